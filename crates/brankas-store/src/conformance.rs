@@ -1,0 +1,199 @@
+//! The conformance suite: what every [`Store`] backend must do, as one set of checks.
+//!
+//! A backend's tests call [`run_all`] with a factory for fresh, empty stores. The suite panics
+//! (failing the test) on the first violated property, naming it.
+
+use crate::{
+    BlindTerm, Expect, NewVersion, PartitionId, RecordKey, Store, StoreError, StoredDek, VersionRow,
+    WrappedKey, WriteBatch,
+};
+use brankas_vault::KekId;
+
+/// Runs every check, each against a fresh store from `fresh`.
+pub fn run_all(fresh: &mut dyn FnMut() -> Box<dyn Store>) {
+    let checks: &[(&str, fn(&dyn Store))] = &[
+        ("meta", meta),
+        ("deks", deks),
+        ("create_read_versions", create_read_versions),
+        ("expectations", expectations),
+        ("batch_atomicity", batch_atomicity),
+        ("commit_many_isolates_batches", commit_many_isolates_batches),
+        ("partition_listing", partition_listing),
+        ("blind_index", blind_index),
+        ("clients", clients),
+        ("concurrent_writers", concurrent_writers),
+    ];
+    for (name, check) in checks {
+        let store = fresh();
+        eprintln!("conformance: {name}");
+        check(store.as_ref());
+    }
+}
+
+fn key(n: u8) -> RecordKey {
+    RecordKey([n; 32])
+}
+fn part(n: u8) -> PartitionId {
+    PartitionId([n; 32])
+}
+
+/// A row for tests; `sealed` is arbitrary bytes (the store never interprets it).
+pub fn sample_row(k: u8, version: u64, p: u8, rtype: &str) -> VersionRow {
+    VersionRow {
+        key: key(k),
+        version,
+        partition: part(p),
+        resource_type: rtype.into(),
+        deleted: false,
+        last_updated_us: 1_700_000_000_000_000 + version as i64,
+        dek_version: 1,
+        sealed: vec![k, version as u8, p, 0xAB],
+    }
+}
+
+fn put(s: &dyn Store, row: VersionRow, expect: Expect) -> crate::Result<()> {
+    s.commit(&WriteBatch { versions: vec![NewVersion { row, expect }], index: vec![] })
+}
+
+fn meta(s: &dyn Store) {
+    assert_eq!(s.get_meta("a").unwrap(), None);
+    s.put_meta("a", b"1").unwrap();
+    s.put_meta("a", b"2").unwrap();
+    assert_eq!(s.get_meta("a").unwrap().as_deref(), Some(&b"2"[..]));
+}
+
+fn deks(s: &dyn Store) {
+    let d1 = StoredDek { partition: part(1), wrapped: WrappedKey { kek: KekId(1), key_version: 1, bytes: vec![1, 2, 3] } };
+    let d1b = StoredDek { partition: part(1), wrapped: WrappedKey { kek: KekId(1), key_version: 1, bytes: vec![9] } };
+    assert_eq!(s.get_dek(&part(1)).unwrap(), None);
+    assert_eq!(s.insert_dek(&d1).unwrap(), d1);
+    // The first key wins; a racing second insert gets the first back.
+    assert_eq!(s.insert_dek(&d1b).unwrap(), d1);
+    assert_eq!(s.get_dek(&part(1)).unwrap(), Some(d1.clone()));
+    for p in 2..=5 {
+        s.insert_dek(&StoredDek { partition: part(p), wrapped: d1.wrapped.clone() }).unwrap();
+    }
+    let first = s.scan_deks(None, 2).unwrap();
+    assert_eq!(first.iter().map(|d| d.partition).collect::<Vec<_>>(), vec![part(1), part(2)]);
+    let rest = s.scan_deks(Some(&part(2)), 10).unwrap();
+    assert_eq!(rest.len(), 3);
+    let new = StoredDek { partition: part(1), wrapped: WrappedKey { kek: KekId(2), key_version: 1, bytes: vec![7] } };
+    assert!(s.replace_dek(&d1, &new).unwrap());
+    assert!(!s.replace_dek(&d1, &new).unwrap(), "replace must compare with the stored value");
+    assert_eq!(s.get_dek(&part(1)).unwrap(), Some(new));
+}
+
+fn create_read_versions(s: &dyn Store) {
+    put(s, sample_row(1, 1, 1, "Patient"), Expect::Absent).unwrap();
+    put(s, sample_row(1, 2, 1, "Patient"), Expect::Version(1)).unwrap();
+    let mut del = sample_row(1, 3, 1, "Patient");
+    del.deleted = true;
+    put(s, del.clone(), Expect::Version(2)).unwrap();
+    assert_eq!(s.current(&key(1)).unwrap(), Some(del));
+    assert_eq!(s.version(&key(1), 1).unwrap(), Some(sample_row(1, 1, 1, "Patient")));
+    assert_eq!(s.version(&key(1), 9).unwrap(), None);
+    let h = s.history(&key(1), None, 10).unwrap();
+    assert_eq!(h.iter().map(|r| r.version).collect::<Vec<_>>(), vec![3, 2, 1]);
+    let h = s.history(&key(1), Some(3), 1).unwrap();
+    assert_eq!(h.iter().map(|r| r.version).collect::<Vec<_>>(), vec![2]);
+    assert_eq!(s.current(&key(2)).unwrap(), None);
+    assert!(s.history(&key(2), None, 10).unwrap().is_empty());
+}
+
+fn expectations(s: &dyn Store) {
+    put(s, sample_row(1, 1, 1, "Observation"), Expect::Absent).unwrap();
+    assert!(matches!(put(s, sample_row(1, 2, 1, "Observation"), Expect::Absent), Err(StoreError::Conflict { index: 0 })));
+    assert!(matches!(put(s, sample_row(1, 2, 1, "Observation"), Expect::Version(7)), Err(StoreError::Conflict { .. })));
+    // Versions only grow, even with Expect::Any.
+    assert!(matches!(put(s, sample_row(1, 1, 1, "Observation"), Expect::Any), Err(StoreError::Conflict { .. })));
+    put(s, sample_row(1, 2, 1, "Observation"), Expect::Any).unwrap();
+    assert_eq!(s.current(&key(1)).unwrap().unwrap().version, 2);
+}
+
+fn batch_atomicity(s: &dyn Store) {
+    put(s, sample_row(1, 1, 1, "Patient"), Expect::Absent).unwrap();
+    let batch = WriteBatch {
+        versions: vec![
+            NewVersion { row: sample_row(2, 1, 1, "Observation"), expect: Expect::Absent },
+            NewVersion { row: sample_row(1, 2, 1, "Patient"), expect: Expect::Version(5) },
+        ],
+        index: vec![(key(2), vec![BlindTerm([9; 32])])],
+    };
+    assert!(matches!(s.commit(&batch), Err(StoreError::Conflict { index: 1 })));
+    assert_eq!(s.current(&key(2)).unwrap(), None, "a failed batch must leave nothing behind");
+    assert!(s.lookup(&BlindTerm([9; 32])).unwrap().is_empty());
+    assert_eq!(s.current(&key(1)).unwrap().unwrap().version, 1);
+}
+
+fn commit_many_isolates_batches(s: &dyn Store) {
+    let ok = WriteBatch { versions: vec![NewVersion { row: sample_row(1, 1, 1, "Patient"), expect: Expect::Absent }], index: vec![] };
+    let bad = WriteBatch {
+        versions: vec![
+            NewVersion { row: sample_row(3, 1, 1, "Patient"), expect: Expect::Absent },
+            NewVersion { row: sample_row(1, 1, 1, "Patient"), expect: Expect::Absent },
+        ],
+        index: vec![],
+    };
+    let ok2 = WriteBatch { versions: vec![NewVersion { row: sample_row(2, 1, 2, "Patient"), expect: Expect::Absent }], index: vec![] };
+    let res = s.commit_many(&[ok, bad, ok2]).unwrap();
+    assert!(res[0].is_ok() && res[1].is_err() && res[2].is_ok());
+    assert!(s.current(&key(1)).unwrap().is_some());
+    assert!(s.current(&key(2)).unwrap().is_some());
+    assert!(s.current(&key(3)).unwrap().is_none(), "a failed batch inside commit_many must roll back whole");
+}
+
+fn partition_listing(s: &dyn Store) {
+    put(s, sample_row(1, 1, 1, "Patient"), Expect::Absent).unwrap();
+    put(s, sample_row(2, 1, 1, "Observation"), Expect::Absent).unwrap();
+    put(s, sample_row(2, 2, 1, "Observation"), Expect::Version(1)).unwrap();
+    put(s, sample_row(3, 1, 1, "Observation"), Expect::Absent).unwrap();
+    let mut d = sample_row(3, 2, 1, "Observation");
+    d.deleted = true;
+    put(s, d, Expect::Version(1)).unwrap();
+    put(s, sample_row(4, 1, 2, "Observation"), Expect::Absent).unwrap();
+    let obs = s.partition_current(&part(1), Some("Observation")).unwrap();
+    assert_eq!(obs.len(), 1, "current, non-deleted, this partition only");
+    assert_eq!(obs[0].version, 2);
+    let all = s.partition_current(&part(1), None).unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(s.partition_current(&part(9), None).unwrap().is_empty());
+}
+
+fn blind_index(s: &dyn Store) {
+    let t1 = BlindTerm([1; 32]);
+    let t2 = BlindTerm([2; 32]);
+    s.commit(&WriteBatch { versions: vec![], index: vec![(key(1), vec![t1, t2]), (key(2), vec![t1])] }).unwrap();
+    let mut hits = s.lookup(&t1).unwrap();
+    hits.sort();
+    assert_eq!(hits, vec![key(1), key(2)]);
+    // Replacing a record's terms drops the old ones.
+    s.commit(&WriteBatch { versions: vec![], index: vec![(key(1), vec![t2])] }).unwrap();
+    assert_eq!(s.lookup(&t1).unwrap(), vec![key(2)]);
+    s.commit(&WriteBatch { versions: vec![], index: vec![(key(1), vec![])] }).unwrap();
+    assert!(s.lookup(&t2).unwrap().is_empty());
+}
+
+fn clients(s: &dyn Store) {
+    assert_eq!(s.get_client("c1").unwrap(), None);
+    s.put_client("c1", b"{}").unwrap();
+    s.put_client("c0", b"{\"a\":1}").unwrap();
+    s.put_client("c1", b"{\"b\":2}").unwrap();
+    assert_eq!(s.get_client("c1").unwrap().as_deref(), Some(&b"{\"b\":2}"[..]));
+    assert_eq!(s.list_clients().unwrap(), vec!["c0".to_string(), "c1".to_string()]);
+}
+
+fn concurrent_writers(s: &dyn Store) {
+    // Eight threads race to write version 2 of the same record: exactly one wins.
+    put(s, sample_row(1, 1, 1, "Patient"), Expect::Absent).unwrap();
+    let wins = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|sc| {
+        for _ in 0..8 {
+            sc.spawn(|| {
+                if put(s, sample_row(1, 2, 1, "Patient"), Expect::Version(1)).is_ok() {
+                    wins.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    assert_eq!(wins.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

@@ -1,0 +1,354 @@
+//! The embedded backend: one SQLite database file in the data directory.
+//!
+//! WAL mode with `synchronous=FULL`: a commit is on disk before it returns, so acknowledged
+//! writes survive `kill -9` and power loss. One writer connection (SQLite allows one writer at
+//! a time anyway) and a small pool of reader connections that read concurrently with it.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+
+use crate::{
+    BlindTerm, Expect, PartitionId, RecordKey, Result, Store, StoreError, StoredDek, VersionRow,
+    WrappedKey, WriteBatch,
+};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS deks (partition BLOB PRIMARY KEY, wrapped BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS versions (
+    rkey BLOB NOT NULL, version INTEGER NOT NULL, partition BLOB NOT NULL, rtype TEXT NOT NULL,
+    deleted INTEGER NOT NULL, last_updated INTEGER NOT NULL, dek_version INTEGER NOT NULL,
+    sealed BLOB NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS versions_key ON versions (rkey, version);
+CREATE TABLE IF NOT EXISTS current (
+    rkey BLOB PRIMARY KEY, version INTEGER NOT NULL, partition BLOB NOT NULL, rtype TEXT NOT NULL,
+    deleted INTEGER NOT NULL, vrow INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS current_partition ON current (partition, rtype);
+CREATE TABLE IF NOT EXISTS blind (term BLOB NOT NULL, rkey BLOB NOT NULL, PRIMARY KEY (term, rkey)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blind_rkey ON blind (rkey);
+CREATE TABLE IF NOT EXISTS clients (client_id TEXT PRIMARY KEY, doc BLOB NOT NULL);
+"#;
+
+const READERS: usize = 8;
+
+/// The SQLite backend.
+pub struct SqliteStore {
+    path: std::path::PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+fn be(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn open_conn(path: &Path, write: bool) -> Result<Connection> {
+    let flags = if write {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let c = Connection::open_with_flags(path, flags).map_err(be)?;
+    c.busy_timeout(std::time::Duration::from_secs(10)).map_err(be)?;
+    // temp_store=MEMORY: SQLite's temporary files never reach the disk.
+    c.execute_batch("PRAGMA synchronous=FULL; PRAGMA temp_store=MEMORY; PRAGMA cache_size=-65536;")
+        .map_err(be)?;
+    Ok(c)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let w = open_conn(path, true)?;
+        w.execute_batch("PRAGMA journal_mode=WAL;").map_err(be)?;
+        w.execute_batch(SCHEMA).map_err(be)?;
+        Ok(Self { path: path.to_owned(), writer: Mutex::new(w), readers: Mutex::new(Vec::new()) })
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let conn = self.readers.lock().map_err(|_| StoreError::Backend("pool poisoned".into()))?.pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => open_conn(&self.path, false)?,
+        };
+        let out = f(&conn).map_err(be);
+        let mut pool = self.readers.lock().map_err(|_| StoreError::Backend("pool poisoned".into()))?;
+        if pool.len() < READERS {
+            pool.push(conn);
+        }
+        out
+    }
+
+    fn write<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let mut conn = self.writer.lock().map_err(|_| StoreError::Backend("writer poisoned".into()))?;
+        f(&mut conn)
+    }
+
+    /// Runs `PRAGMA wal_checkpoint(TRUNCATE)`: folds the WAL into the main file (used before
+    /// a backup copy and by tests that inspect the file).
+    pub fn checkpoint(&self) -> Result<()> {
+        self.write(|c| c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").map_err(be))
+    }
+}
+
+const ROW_COLS: &str = "v.rkey, v.version, v.partition, v.rtype, v.deleted, v.last_updated, v.dek_version, v.sealed";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRow> {
+    Ok(VersionRow {
+        key: RecordKey(blob32(r.get_ref(0)?.as_blob()?)?),
+        version: r.get::<_, i64>(1)? as u64,
+        partition: PartitionId(blob32(r.get_ref(2)?.as_blob()?)?),
+        resource_type: r.get(3)?,
+        deleted: r.get::<_, i64>(4)? != 0,
+        last_updated_us: r.get(5)?,
+        dek_version: r.get::<_, i64>(6)? as u32,
+        sealed: r.get(7)?,
+    })
+}
+
+fn blob32(b: &[u8]) -> rusqlite::Result<[u8; 32]> {
+    b.try_into().map_err(|_| rusqlite::Error::InvalidColumnType(0, "blob32".into(), rusqlite::types::Type::Blob))
+}
+
+fn dek_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Vec<u8>, Vec<u8>)> {
+    Ok((r.get(0)?, r.get(1)?))
+}
+
+fn to_dek((p, w): (Vec<u8>, Vec<u8>)) -> Result<StoredDek> {
+    Ok(StoredDek {
+        partition: PartitionId(p.as_slice().try_into().map_err(|_| StoreError::Corrupt)?),
+        wrapped: WrappedKey::from_bytes(&w).map_err(|_| StoreError::Corrupt)?,
+    })
+}
+
+/// Applies one batch inside an open transaction. On a failed expectation returns Conflict and
+/// leaves the rollback to the caller.
+fn apply(tx: &Connection, batch: &WriteBatch) -> Result<()> {
+    for (i, nv) in batch.versions.iter().enumerate() {
+        let r = &nv.row;
+        let cur: Option<i64> = tx
+            .prepare_cached("SELECT version FROM current WHERE rkey = ?1")
+            .map_err(be)?
+            .query_row(params![&r.key.0[..]], |x| x.get(0))
+            .optional()
+            .map_err(be)?;
+        let ok = match nv.expect {
+            Expect::Any => true,
+            Expect::Absent => cur.is_none(),
+            Expect::Version(v) => cur == Some(v as i64),
+        };
+        // A version number must always grow, whatever the caller expected.
+        if !ok || cur.is_some_and(|c| c as u64 >= r.version) {
+            return Err(StoreError::Conflict { index: i });
+        }
+        tx.prepare_cached(
+            "INSERT INTO versions (rkey, version, partition, rtype, deleted, last_updated, dek_version, sealed) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)",
+        )
+        .map_err(be)?
+        .execute(params![
+            &r.key.0[..], r.version as i64, &r.partition.0[..], r.resource_type, r.deleted as i64,
+            r.last_updated_us, r.dek_version as i64, r.sealed
+        ])
+        .map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                StoreError::Conflict { index: i }
+            }
+            e => be(e),
+        })?;
+        let vrow = tx.last_insert_rowid();
+        tx.prepare_cached(
+            "INSERT INTO current (rkey, version, partition, rtype, deleted, vrow) VALUES (?1,?2,?3,?4,?5,?6) \
+             ON CONFLICT(rkey) DO UPDATE SET version=excluded.version, partition=excluded.partition, rtype=excluded.rtype, deleted=excluded.deleted, vrow=excluded.vrow",
+        )
+        .map_err(be)?
+        .execute(params![&r.key.0[..], r.version as i64, &r.partition.0[..], r.resource_type, r.deleted as i64, vrow])
+        .map_err(be)?;
+    }
+    for (key, terms) in &batch.index {
+        tx.prepare_cached("DELETE FROM blind WHERE rkey = ?1").map_err(be)?.execute(params![&key.0[..]]).map_err(be)?;
+        let mut ins = tx.prepare_cached("INSERT OR IGNORE INTO blind (term, rkey) VALUES (?1, ?2)").map_err(be)?;
+        for t in terms {
+            ins.execute(params![&t.0[..], &key.0[..]]).map_err(be)?;
+        }
+    }
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.read(|c| c.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get(0)).optional())
+    }
+
+    fn put_meta(&self, name: &str, value: &[u8]) -> Result<()> {
+        self.write(|c| {
+            c.execute("INSERT INTO meta (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = excluded.value", params![name, value])
+                .map_err(be)?;
+            Ok(())
+        })
+    }
+
+    fn get_dek(&self, partition: &PartitionId) -> Result<Option<StoredDek>> {
+        self.read(|c| {
+            c.prepare_cached("SELECT partition, wrapped FROM deks WHERE partition = ?1")?
+                .query_row([&partition.0[..]], dek_row)
+                .optional()
+        })?
+        .map(to_dek)
+        .transpose()
+    }
+
+    fn insert_dek(&self, dek: &StoredDek) -> Result<StoredDek> {
+        self.write(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(be)?;
+            tx.execute("INSERT OR IGNORE INTO deks (partition, wrapped) VALUES (?1, ?2)", params![&dek.partition.0[..], dek.wrapped.to_bytes()])
+                .map_err(be)?;
+            let stored = tx
+                .query_row("SELECT partition, wrapped FROM deks WHERE partition = ?1", [&dek.partition.0[..]], dek_row)
+                .map_err(be)?;
+            tx.commit().map_err(be)?;
+            to_dek(stored)
+        })
+    }
+
+    fn scan_deks(&self, after: Option<&PartitionId>, limit: usize) -> Result<Vec<StoredDek>> {
+        let after = after.map(|p| p.0.to_vec()).unwrap_or_default();
+        self.read(|c| {
+            c.prepare_cached("SELECT partition, wrapped FROM deks WHERE partition > ?1 ORDER BY partition LIMIT ?2")?
+                .query_map(params![after, limit as i64], dek_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })?
+        .into_iter()
+        .map(to_dek)
+        .collect()
+    }
+
+    fn replace_dek(&self, old: &StoredDek, new: &StoredDek) -> Result<bool> {
+        self.write(|c| {
+            let n = c
+                .execute(
+                    "UPDATE deks SET wrapped = ?1 WHERE partition = ?2 AND wrapped = ?3",
+                    params![new.wrapped.to_bytes(), &old.partition.0[..], old.wrapped.to_bytes()],
+                )
+                .map_err(be)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn current(&self, key: &RecordKey) -> Result<Option<VersionRow>> {
+        self.read(|c| {
+            c.prepare_cached(&format!("SELECT {ROW_COLS} FROM current c JOIN versions v ON v.rowid = c.vrow WHERE c.rkey = ?1"))?
+                .query_row([&key.0[..]], row)
+                .optional()
+        })
+    }
+
+    fn version(&self, key: &RecordKey, version: u64) -> Result<Option<VersionRow>> {
+        self.read(|c| {
+            c.prepare_cached(&format!("SELECT {ROW_COLS} FROM versions v WHERE v.rkey = ?1 AND v.version = ?2"))?
+                .query_row(params![&key.0[..], version as i64], row)
+                .optional()
+        })
+    }
+
+    fn history(&self, key: &RecordKey, before: Option<u64>, limit: usize) -> Result<Vec<VersionRow>> {
+        let before = before.map(|b| b as i64).unwrap_or(i64::MAX);
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {ROW_COLS} FROM versions v WHERE v.rkey = ?1 AND v.version < ?2 ORDER BY v.version DESC LIMIT ?3"
+            ))?
+            .query_map(params![&key.0[..], before, limit as i64], row)?
+            .collect()
+        })
+    }
+
+    fn partition_current(&self, partition: &PartitionId, resource_type: Option<&str>) -> Result<Vec<VersionRow>> {
+        self.read(|c| match resource_type {
+            Some(t) => c
+                .prepare_cached(&format!(
+                    "SELECT {ROW_COLS} FROM current c JOIN versions v ON v.rowid = c.vrow WHERE c.partition = ?1 AND c.rtype = ?2 AND c.deleted = 0"
+                ))?
+                .query_map(params![&partition.0[..], t], row)?
+                .collect(),
+            None => c
+                .prepare_cached(&format!(
+                    "SELECT {ROW_COLS} FROM current c JOIN versions v ON v.rowid = c.vrow WHERE c.partition = ?1 AND c.deleted = 0"
+                ))?
+                .query_map(params![&partition.0[..]], row)?
+                .collect(),
+        })
+    }
+
+    fn lookup(&self, term: &BlindTerm) -> Result<Vec<RecordKey>> {
+        let keys: Vec<Vec<u8>> = self.read(|c| {
+            c.prepare_cached("SELECT rkey FROM blind WHERE term = ?1")?.query_map([&term.0[..]], |r| r.get(0))?.collect()
+        })?;
+        keys.into_iter().map(|k| Ok(RecordKey(k.as_slice().try_into().map_err(|_| StoreError::Corrupt)?))).collect()
+    }
+
+    fn commit(&self, batch: &WriteBatch) -> Result<()> {
+        self.write(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(be)?;
+            apply(&tx, batch)?; // dropping tx on error rolls back
+            tx.commit().map_err(be)
+        })
+    }
+
+    fn commit_many(&self, batches: &[WriteBatch]) -> Result<Vec<Result<()>>> {
+        self.write(|c| {
+            let mut tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(be)?;
+            let mut out = Vec::with_capacity(batches.len());
+            for b in batches {
+                let sp = tx.savepoint().map_err(be)?;
+                match apply(&sp, b) {
+                    Ok(()) => {
+                        sp.commit().map_err(be)?;
+                        out.push(Ok(()));
+                    }
+                    Err(StoreError::Conflict { index }) => {
+                        drop(sp); // rolls back this batch only
+                        out.push(Err(StoreError::Conflict { index }));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            tx.commit().map_err(be)?;
+            Ok(out)
+        })
+    }
+
+    fn get_client(&self, client_id: &str) -> Result<Option<Vec<u8>>> {
+        self.read(|c| {
+            c.prepare_cached("SELECT doc FROM clients WHERE client_id = ?1")?.query_row([client_id], |r| r.get(0)).optional()
+        })
+    }
+
+    fn put_client(&self, client_id: &str, doc: &[u8]) -> Result<()> {
+        self.write(|c| {
+            c.execute(
+                "INSERT INTO clients (client_id, doc) VALUES (?1, ?2) ON CONFLICT(client_id) DO UPDATE SET doc = excluded.doc",
+                params![client_id, doc],
+            )
+            .map_err(be)?;
+            Ok(())
+        })
+    }
+
+    fn list_clients(&self) -> Result<Vec<String>> {
+        self.read(|c| c.prepare_cached("SELECT client_id FROM clients ORDER BY client_id")?.query_map([], |r| r.get(0))?.collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut n = 0;
+        crate::conformance::run_all(&mut || {
+            n += 1;
+            Box::new(super::SqliteStore::open(&dir.path().join(format!("db{n}.sqlite"))).unwrap())
+        });
+    }
+}

@@ -1,0 +1,158 @@
+//! Record sealing under a partition's data key.
+
+use aws_lc_rs::aead::{AES_256_GCM_SIV, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use zeroize::Zeroizing;
+
+use crate::{PartitionId, VaultError, random_bytes};
+
+/// Format byte in front of every sealed record, so the format can evolve.
+const FORMAT_V1: u8 = 1;
+/// Bytes a sealed record adds to its plaintext: format byte, nonce, tag.
+pub const SEAL_OVERHEAD: usize = 1 + NONCE_LEN + 16;
+
+/// What a sealed record is bound to. Opening with any field different fails, so rows cannot
+/// be swapped between records, versions or patients, or replayed under another key version.
+pub struct RecordAad<'a> {
+    pub resource_type: &'a str,
+    pub id: &'a str,
+    pub version: u64,
+    pub partition: &'a PartitionId,
+    pub dek_version: u32,
+}
+
+impl RecordAad<'_> {
+    fn encode(&self) -> Vec<u8> {
+        // Length-prefixed fields: no two different tuples encode to the same bytes.
+        let mut v = Vec::with_capacity(96);
+        v.extend_from_slice(b"brankas-record-v1");
+        for f in [self.resource_type.as_bytes(), self.id.as_bytes()] {
+            v.extend_from_slice(&(f.len() as u32).to_be_bytes());
+            v.extend_from_slice(f);
+        }
+        v.extend_from_slice(&self.version.to_be_bytes());
+        v.extend_from_slice(&self.partition.0);
+        v.extend_from_slice(&self.dek_version.to_be_bytes());
+        v
+    }
+}
+
+/// One partition's data key. Holds the key inside aws-lc; its bytes cannot be read back.
+pub struct DataKey {
+    key: LessSafeKey,
+}
+
+impl DataKey {
+    /// A fresh random key, returned with its raw bytes for wrapping (zeroised on drop).
+    pub(crate) fn generate_with_bytes() -> Result<(Self, Zeroizing<[u8; 32]>), VaultError> {
+        let mut raw = Zeroizing::new([0u8; 32]);
+        random_bytes(&mut raw[..])?;
+        Ok((Self::from_bytes(&raw[..])?, raw))
+    }
+
+    /// A fresh random key (tests and examples; the server creates keys through [`crate::Vault`]).
+    pub fn generate() -> Result<Self, VaultError> {
+        Ok(Self::generate_with_bytes()?.0)
+    }
+
+    pub(crate) fn from_bytes(raw: &[u8]) -> Result<Self, VaultError> {
+        let unbound = UnboundKey::new(&AES_256_GCM_SIV, raw).map_err(|_| VaultError::Crypto)?;
+        Ok(Self { key: LessSafeKey::new(unbound) })
+    }
+
+    /// Seals a record's bytes, bound to `aad`.
+    pub fn seal(&self, aad: &RecordAad<'_>, plaintext: &[u8]) -> Result<Vec<u8>, VaultError> {
+        self.seal_raw(&aad.encode(), plaintext)
+    }
+
+    /// Opens a sealed record; fails with [`VaultError::Integrity`] unless it was sealed by
+    /// this key for exactly this `aad`.
+    pub fn open(
+        &self,
+        aad: &RecordAad<'_>,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        self.open_raw(&aad.encode(), sealed)
+    }
+
+    pub(crate) fn seal_raw(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, VaultError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        random_bytes(&mut nonce)?;
+        let mut out = Vec::with_capacity(plaintext.len() + SEAL_OVERHEAD);
+        out.push(FORMAT_V1);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(plaintext);
+        let tag = self.key.seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut out[1 + NONCE_LEN..],
+        )?;
+        out.extend_from_slice(tag.as_ref());
+        Ok(out)
+    }
+
+    pub(crate) fn open_raw(
+        &self,
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        if sealed.len() < SEAL_OVERHEAD || sealed[0] != FORMAT_V1 {
+            return Err(VaultError::Integrity);
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&sealed[1..1 + NONCE_LEN]);
+        let mut buf = Zeroizing::new(sealed[1 + NONCE_LEN..].to_vec());
+        let len = self
+            .key
+            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf[..])
+            .map_err(|_| VaultError::Integrity)?
+            .len();
+        buf.truncate(len);
+        Ok(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn aad<'a>(p: &'a PartitionId, id: &'a str, version: u64) -> RecordAad<'a> {
+        RecordAad { resource_type: "Observation", id, version, partition: p, dek_version: 1 }
+    }
+
+    #[test]
+    fn round_trip_and_binding() {
+        let k = DataKey::generate().unwrap();
+        let p = PartitionId([1; 32]);
+        let q = PartitionId([2; 32]);
+        let s = k.seal(&aad(&p, "a", 1), b"hello").unwrap();
+        assert_eq!(&*k.open(&aad(&p, "a", 1), &s).unwrap(), b"hello");
+        assert!(matches!(k.open(&aad(&p, "a", 2), &s), Err(VaultError::Integrity)));
+        assert!(matches!(k.open(&aad(&p, "b", 1), &s), Err(VaultError::Integrity)));
+        assert!(matches!(k.open(&aad(&q, "a", 1), &s), Err(VaultError::Integrity)));
+        let other = DataKey::generate().unwrap();
+        assert!(matches!(other.open(&aad(&p, "a", 1), &s), Err(VaultError::Integrity)));
+    }
+
+    #[test]
+    fn every_bit_flip_is_detected() {
+        let k = DataKey::generate().unwrap();
+        let p = PartitionId([1; 32]);
+        let s = k.seal(&aad(&p, "a", 1), b"some clinical text").unwrap();
+        for i in 0..s.len() * 8 {
+            let mut t = s.clone();
+            t[i / 8] ^= 1 << (i % 8);
+            assert!(k.open(&aad(&p, "a", 1), &t).is_err(), "flip {i} undetected");
+        }
+        assert!(k.open(&aad(&p, "a", 1), &s[..s.len() - 1]).is_err());
+        assert!(k.open(&aad(&p, "a", 1), &[]).is_err());
+    }
+
+    #[test]
+    fn ciphertext_does_not_contain_plaintext() {
+        let k = DataKey::generate().unwrap();
+        let p = PartitionId([1; 32]);
+        let msg = b"3171234567890123 Budi Santoso";
+        let s = k.seal(&aad(&p, "a", 1), msg).unwrap();
+        assert!(!s.windows(msg.len()).any(|w| w == msg));
+    }
+}

@@ -1,0 +1,92 @@
+//! Keys and ciphertext for Brankas.
+//!
+//! This is the only crate that ever holds key material in the clear. Everything above it
+//! handles keys through opaque handles ([`DataKey`], [`Vault`]) that can seal and open data
+//! but cannot hand out their bytes, and nothing here implements `Debug`, `Display` or
+//! `Serialize` for secret values.
+//!
+//! Main types:
+//! - [`KeyProvider`]: where key-encryption keys (KEKs) live, outside the data store. The
+//!   [`KeyFile`] provider keeps them in a file outside the data directory; a PKCS#11 provider
+//!   implements the same trait.
+//! - [`Vault`]: the system root secret (random, stored only wrapped by a KEK) and the keys
+//!   derived from it with HKDF under separate labels: blind-index key, patient-pseudonym key,
+//!   record-key key, token key and cursor key. It wraps and unwraps per-partition data keys.
+//! - [`DataKey`]: one partition's (one patient's, or the system's) AES-256-GCM-SIV key.
+//!   Seals records with associated data that binds them to their place ([`RecordAad`]).
+//!
+//! ```
+//! use brankas_vault::{DataKey, RecordAad, PartitionId};
+//! let key = DataKey::generate().unwrap();
+//! let aad = RecordAad { resource_type: "Patient", id: "p1", version: 1,
+//!                       partition: &PartitionId([7; 32]), dek_version: 1 };
+//! let sealed = key.seal(&aad, b"{\"resourceType\":\"Patient\"}").unwrap();
+//! assert_eq!(&*key.open(&aad, &sealed).unwrap(), b"{\"resourceType\":\"Patient\"}");
+//! ```
+//!
+//! Why AES-256-GCM-SIV: nonces are random 96-bit values, and GCM-SIV stays safe if one ever
+//! repeats (it only reveals equality of identical messages), so per-key message limits are far
+//! beyond what one patient will ever write (NIST's 2^32 random-nonce bound for GCM applies with
+//! a large margin; GCM-SIV's bound is higher still).
+
+mod aead;
+mod provider;
+mod vault;
+
+pub use aead::{DataKey, RecordAad, SEAL_OVERHEAD};
+pub use provider::{KekId, KeyFile, KeyProvider};
+pub use vault::{BlindTerm, PartitionId, RecordKey, SYSTEM_PARTITION_LABEL, Vault, WrappedKey};
+
+/// Errors of key handling. None of them carries key material or plaintext.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    /// A ciphertext failed authentication: edited, truncated, moved to another record, or
+    /// opened with the wrong key. Never served as data.
+    #[error("ciphertext failed authentication (tampered, moved or wrong key)")]
+    Integrity,
+    /// The key provider does not hold the key-encryption key a wrapped key names.
+    #[error("key-encryption key {0} is not available from the key provider")]
+    UnknownKek(KekId),
+    /// The key file could not be read, written or parsed.
+    #[error("key file: {0}")]
+    KeyFile(String),
+    /// The system root secret is missing or malformed.
+    #[error("system root key: {0}")]
+    Root(&'static str),
+    /// The cryptographic library reported a failure (e.g. no randomness).
+    #[error("cryptographic operation failed")]
+    Crypto,
+}
+
+impl From<aws_lc_rs::error::Unspecified> for VaultError {
+    fn from(_: aws_lc_rs::error::Unspecified) -> Self {
+        VaultError::Crypto
+    }
+}
+
+/// Fills `out` from the system's cryptographically secure generator.
+pub fn random_bytes(out: &mut [u8]) -> Result<(), VaultError> {
+    use aws_lc_rs::rand::SecureRandom;
+    aws_lc_rs::rand::SystemRandom::new().fill(out)?;
+    Ok(())
+}
+
+/// A random identifier of `bytes` random bytes, hex-encoded (used for server-assigned ids).
+pub fn random_id(bytes: usize) -> Result<String, VaultError> {
+    let mut b = vec![0u8; bytes];
+    random_bytes(&mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Constant-time equality of two byte strings.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
+}

@@ -1,0 +1,274 @@
+//! The system root secret, the keys derived from it, and data-key wrapping.
+
+use std::sync::Arc;
+
+use aws_lc_rs::{hkdf, hmac};
+use zeroize::Zeroizing;
+
+use crate::aead::DataKey;
+use crate::provider::{KekId, KeyProvider};
+use crate::{VaultError, random_bytes};
+
+/// A keyed pseudonym naming one partition: a patient (HMAC of the patient's id under the
+/// pseudonym key) or the system partition for resources in no patient's compartment.
+/// Storage and sharding see only this, never the patient's id or identity.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PartitionId(pub [u8; 32]);
+
+/// Opaque storage key of one logical resource: HMAC of (type, id). The store never learns ids,
+/// which clients may choose and which could carry identity.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecordKey(pub [u8; 32]);
+
+/// A blind-index term: HMAC of a normalised identity value under the blind-index key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlindTerm(pub [u8; 32]);
+
+macro_rules! opaque_debug {
+    ($t:ty, $name:literal) => {
+        impl std::fmt::Debug for $t {
+            // Pseudonyms are not secret, but a short prefix is all a log needs.
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, concat!($name, "({:02x}{:02x}{:02x}{:02x}…)"), self.0[0], self.0[1], self.0[2], self.0[3])
+            }
+        }
+    };
+}
+opaque_debug!(PartitionId, "PartitionId");
+opaque_debug!(RecordKey, "RecordKey");
+opaque_debug!(BlindTerm, "BlindTerm");
+
+/// Label of the partition that holds resources outside every patient's compartment.
+pub const SYSTEM_PARTITION_LABEL: &str = "system";
+
+/// A key wrapped by a KEK, as it is stored: which KEK, which version of the wrapped key, and
+/// the ciphertext. Safe to store and log (it reveals nothing without the KEK).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WrappedKey {
+    pub kek: KekId,
+    pub key_version: u32,
+    pub bytes: Vec<u8>,
+}
+
+impl WrappedKey {
+    /// Self-describing byte form, for storing in a single column.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(8 + self.bytes.len());
+        v.extend_from_slice(&self.kek.0.to_be_bytes());
+        v.extend_from_slice(&self.key_version.to_be_bytes());
+        v.extend_from_slice(&self.bytes);
+        v
+    }
+
+    /// Parses [`WrappedKey::to_bytes`].
+    pub fn from_bytes(b: &[u8]) -> Result<Self, VaultError> {
+        if b.len() < 8 {
+            return Err(VaultError::Integrity);
+        }
+        Ok(Self {
+            kek: KekId(u32::from_be_bytes(b[0..4].try_into().map_err(|_| VaultError::Integrity)?)),
+            key_version: u32::from_be_bytes(b[4..8].try_into().map_err(|_| VaultError::Integrity)?),
+            bytes: b[8..].to_vec(),
+        })
+    }
+}
+
+/// Key handle for the whole server: derived keys plus access to the key provider.
+///
+/// *Architecture invariant:* derived keys are separated by HKDF labels, so the blind-index key,
+/// pseudonym key, record-key key, token key and cursor key are independent: leaking one (say,
+/// token forgery) gives nothing about another (say, blind-index terms).
+pub struct Vault {
+    provider: Arc<dyn KeyProvider>,
+    blind: hmac::Key,
+    pseudonym: hmac::Key,
+    record: hmac::Key,
+    token: hmac::Key,
+    cursor: DataKey,
+}
+
+const ROOT_CONTEXT: &[u8] = b"system-root";
+
+impl Vault {
+    /// Creates a fresh system root under the provider's current KEK. Returns the vault and the
+    /// wrapped root, which the caller stores (it is useless without the KEK).
+    pub fn create(provider: Arc<dyn KeyProvider>) -> Result<(Self, WrappedKey), VaultError> {
+        let mut root = Zeroizing::new([0u8; 32]);
+        random_bytes(&mut root[..])?;
+        let kek = provider.current()?;
+        let wrapped = WrappedKey { kek, key_version: 1, bytes: provider.wrap(kek, &root[..], ROOT_CONTEXT)? };
+        Ok((Self::from_root(provider, &root[..])?, wrapped))
+    }
+
+    /// Opens the vault from its stored wrapped root.
+    pub fn open(provider: Arc<dyn KeyProvider>, wrapped_root: &WrappedKey) -> Result<Self, VaultError> {
+        let root = provider.unwrap(wrapped_root.kek, &wrapped_root.bytes, ROOT_CONTEXT)?;
+        if root.len() != 32 {
+            return Err(VaultError::Root("wrong length"));
+        }
+        Self::from_root(provider, &root)
+    }
+
+    fn from_root(provider: Arc<dyn KeyProvider>, root: &[u8]) -> Result<Self, VaultError> {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"brankas-root-v1").extract(root);
+        let derive = |label: &[u8]| -> Result<Zeroizing<[u8; 32]>, VaultError> {
+            let mut out = Zeroizing::new([0u8; 32]);
+            let info = [label];
+            prk.expand(&info, hkdf::HKDF_SHA256)?.fill(&mut out[..])?;
+            Ok(out)
+        };
+        Ok(Self {
+            blind: hmac::Key::new(hmac::HMAC_SHA256, &derive(b"blind-index")?[..]),
+            pseudonym: hmac::Key::new(hmac::HMAC_SHA256, &derive(b"patient-pseudonym")?[..]),
+            record: hmac::Key::new(hmac::HMAC_SHA256, &derive(b"record-key")?[..]),
+            token: hmac::Key::new(hmac::HMAC_SHA256, &derive(b"access-token")?[..]),
+            cursor: DataKey::from_bytes(&derive(b"paging-cursor")?[..])?,
+            provider,
+        })
+    }
+
+    /// The key provider.
+    pub fn provider(&self) -> &Arc<dyn KeyProvider> {
+        &self.provider
+    }
+
+    /// Rewraps the stored root under KEK `to` (key rotation), without changing the root.
+    pub fn rewrap_root(&self, wrapped: &WrappedKey, to: KekId) -> Result<WrappedKey, VaultError> {
+        let root = self.provider.unwrap(wrapped.kek, &wrapped.bytes, ROOT_CONTEXT)?;
+        Ok(WrappedKey { kek: to, key_version: wrapped.key_version, bytes: self.provider.wrap(to, &root, ROOT_CONTEXT)? })
+    }
+
+    /// The partition of the patient with logical id `patient_id`.
+    pub fn patient_partition(&self, patient_id: &str) -> PartitionId {
+        PartitionId(mac(&self.pseudonym, &[b"patient", patient_id.as_bytes()]))
+    }
+
+    /// The partition of resources that are in no patient's compartment.
+    pub fn system_partition(&self) -> PartitionId {
+        PartitionId(mac(&self.pseudonym, &[SYSTEM_PARTITION_LABEL.as_bytes()]))
+    }
+
+    /// The opaque storage key of resource `resource_type`/`id`.
+    pub fn record_key(&self, resource_type: &str, id: &str) -> RecordKey {
+        RecordKey(mac(&self.record, &[resource_type.as_bytes(), id.as_bytes()]))
+    }
+
+    /// A blind-index term for an already normalised value in index `domain` (e.g. "identifier").
+    /// Fields are length-prefixed, so ("ab","c") and ("a","bc") differ.
+    pub fn blind_term(&self, domain: &str, parts: &[&str]) -> BlindTerm {
+        let mut fields: Vec<&[u8]> = vec![domain.as_bytes()];
+        fields.extend(parts.iter().map(|p| p.as_bytes()));
+        BlindTerm(mac(&self.blind, &fields))
+    }
+
+    /// A fresh data key for `partition`, and its wrapped form to store.
+    pub fn new_data_key(&self, partition: &PartitionId) -> Result<(DataKey, WrappedKey), VaultError> {
+        let (key, raw) = DataKey::generate_with_bytes()?;
+        let kek = self.provider.current()?;
+        let version = 1;
+        let bytes = self.provider.wrap(kek, &raw[..], &dek_context(partition, version))?;
+        Ok((key, WrappedKey { kek, key_version: version, bytes }))
+    }
+
+    /// Unwraps a stored data key. Fails if it was wrapped for another partition.
+    pub fn open_data_key(&self, partition: &PartitionId, wrapped: &WrappedKey) -> Result<DataKey, VaultError> {
+        let raw = self.provider.unwrap(wrapped.kek, &wrapped.bytes, &dek_context(partition, wrapped.key_version))?;
+        DataKey::from_bytes(&raw)
+    }
+
+    /// Rewraps a stored data key under KEK `to`; the data key itself, and so all data sealed
+    /// with it, stays the same.
+    pub fn rewrap_data_key(&self, partition: &PartitionId, wrapped: &WrappedKey, to: KekId) -> Result<WrappedKey, VaultError> {
+        let ctx = dek_context(partition, wrapped.key_version);
+        let raw = self.provider.unwrap(wrapped.kek, &wrapped.bytes, &ctx)?;
+        Ok(WrappedKey { kek: to, key_version: wrapped.key_version, bytes: self.provider.wrap(to, &raw, &ctx)? })
+    }
+
+    /// MAC over an access token's signing input.
+    pub fn token_mac(&self, data: &[u8]) -> [u8; 32] {
+        mac(&self.token, &[data])
+    }
+
+    /// Seals a paging cursor so that links reveal nothing of the query behind them.
+    pub fn seal_cursor(&self, plaintext: &[u8]) -> Result<Vec<u8>, VaultError> {
+        self.cursor.seal_raw(b"cursor", plaintext)
+    }
+
+    /// Opens a paging cursor; fails on anything not sealed by this server.
+    pub fn open_cursor(&self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        self.cursor.open_raw(b"cursor", sealed)
+    }
+}
+
+fn dek_context(partition: &PartitionId, version: u32) -> Vec<u8> {
+    let mut c = b"data-key".to_vec();
+    c.extend_from_slice(&partition.0);
+    c.extend_from_slice(&version.to_be_bytes());
+    c
+}
+
+fn mac(key: &hmac::Key, fields: &[&[u8]]) -> [u8; 32] {
+    let mut ctx = hmac::Context::with_key(key);
+    for f in fields {
+        ctx.update(&(f.len() as u64).to_be_bytes());
+        ctx.update(f);
+    }
+    let tag = ctx.sign();
+    let mut out = [0u8; 32];
+    out.copy_from_slice(tag.as_ref());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::KeyFile;
+
+    fn vault() -> (tempfile::TempDir, Vault, WrappedKey) {
+        let dir = tempfile::tempdir().unwrap();
+        let kf = Arc::new(KeyFile::create(&dir.path().join("k.json")).unwrap());
+        let (v, w) = Vault::create(kf).unwrap();
+        (dir, v, w)
+    }
+
+    #[test]
+    fn derived_values_are_stable_across_reopen() {
+        let (dir, v, w) = vault();
+        let kf = Arc::new(KeyFile::open(&dir.path().join("k.json")).unwrap());
+        let v2 = Vault::open(kf, &w).unwrap();
+        assert_eq!(v.patient_partition("p1"), v2.patient_partition("p1"));
+        assert_eq!(v.blind_term("nik", &["3171"]), v2.blind_term("nik", &["3171"]));
+        assert_ne!(v.blind_term("nik", &["3171"]), v.blind_term("phone", &["3171"]));
+        assert_ne!(v.blind_term("x", &["ab", "c"]), v.blind_term("x", &["a", "bc"]));
+        assert_ne!(v.patient_partition("p1"), v.system_partition());
+    }
+
+    #[test]
+    fn data_key_bound_to_partition_and_survives_rotation() {
+        let (_dir, v, root) = vault();
+        let p = v.patient_partition("a");
+        let q = v.patient_partition("b");
+        let (k, w) = v.new_data_key(&p).unwrap();
+        assert!(v.open_data_key(&q, &w).is_err());
+        let aad = crate::RecordAad { resource_type: "Patient", id: "a", version: 1, partition: &p, dek_version: 1 };
+        let sealed = k.seal(&aad, b"x").unwrap();
+        let new = v.provider().rotate().unwrap();
+        let w2 = v.rewrap_data_key(&p, &w, new).unwrap();
+        assert_eq!(w2.kek, new);
+        assert_eq!(&*v.open_data_key(&p, &w2).unwrap().open(&aad, &sealed).unwrap(), b"x");
+        let root2 = v.rewrap_root(&root, new).unwrap();
+        let v2 = Vault::open(v.provider().clone(), &root2).unwrap();
+        assert_eq!(v2.patient_partition("a"), p);
+        assert_eq!(WrappedKey::from_bytes(&root2.to_bytes()).unwrap(), root2);
+    }
+
+    #[test]
+    fn cursor_sealing() {
+        let (_d, v, _) = vault();
+        let c = v.seal_cursor(b"state").unwrap();
+        assert_eq!(&*v.open_cursor(&c).unwrap(), b"state");
+        let mut bad = c.clone();
+        bad[5] ^= 1;
+        assert!(v.open_cursor(&bad).is_err());
+    }
+}
