@@ -1,1 +1,55 @@
-//! placeholder
+//! The HTTP boundary of Brankas.
+//!
+//! - [`router`]: the FHIR REST API at `/fhir` (JSON only), the OAuth2 token endpoint
+//!   `/auth/token`, SMART discovery, `/health`.
+//! - [`serve`]: the accept loop (HTTPS by default, plain HTTP on request), with a connection
+//!   cap, header timeouts and graceful shutdown, all in one place.
+//! - [`outcome::ApiError`]: the only place errors become OperationOutcome and HTTP statuses.
+//!
+//! *Architecture invariant:* this is the only crate that knows HTTP and the FHIR wire format
+//! of responses (Bundles, OperationOutcome, CapabilityStatement). Handlers never log query
+//! strings, bodies or ids of patients: only method, route template, status and time.
+//!
+//! *API boundary:* every `/fhir` route but `metadata` and `.well-known/smart-configuration`
+//! requires a bearer token, verified on each request (so revocation is immediate).
+
+mod capability;
+mod handlers;
+pub mod outcome;
+mod server;
+pub mod tls;
+
+use std::sync::Arc;
+
+use brankas_auth::Authority;
+use brankas_engine::Engine;
+
+pub use handlers::router;
+pub use server::{ServeConfig, serve};
+
+/// Content type of every FHIR response.
+pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
+
+/// Documented request limits of the HTTP API.
+#[derive(Clone, Debug)]
+pub struct HttpLimits {
+    /// Largest request body accepted (413 beyond).
+    pub max_body_bytes: usize,
+    /// Longest query string accepted (414 beyond).
+    pub max_query_bytes: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self { max_body_bytes: 32 * 1024 * 1024, max_query_bytes: 8 * 1024 }
+    }
+}
+
+/// Shared state of the HTTP handlers.
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub auth: Arc<Authority>,
+    /// Absolute base URL of the FHIR endpoint, e.g. `https://host:8443/fhir`.
+    pub base_url: String,
+    pub limits: HttpLimits,
+}

@@ -1,1 +1,275 @@
-//! placeholder
+//! The FHIR repository of Brankas: where ciphertext becomes resources and back.
+//!
+//! [`Engine`] implements the FHIR interactions (create, read, vread, update, delete, history,
+//! search, compartment search, `$everything`, transaction and batch Bundles) and the offline
+//! bulk import, over a [`brankas_store::Store`] that only ever sees sealed rows.
+//!
+//! How a resource is placed: the Patient CompartmentDefinition names, per resource type, the
+//! references that put a resource in a patient's compartment. The first patient found (in the
+//! definition's order, e.g. `subject` before `performer`) owns the resource: it is sealed under
+//! that patient's data key and stored in that patient's partition (a keyed pseudonym of the
+//! patient id). Resources in no patient's compartment (Organization, Practitioner…), and
+//! compartment types that name no patient, go to the system partition under the system key.
+//!
+//! How search works without plaintext indexes: a clinical search must name one patient; the
+//! engine decrypts that patient's resources of the type and evaluates the query in memory
+//! (`brankas_search`). Nothing about clinical content is indexed at rest. Across patients only
+//! exact identity lookups exist, through blind-index terms (HMAC) of identifiers, phone numbers
+//! and name + birth date.
+//!
+//! *Architecture invariant:* every public operation takes the caller's [`Principal`] and checks
+//! its scopes before touching data; no operation returns data whose ciphertext failed
+//! authentication (it fails with [`EngineError::Integrity`]).
+//!
+//! *Accepted leakage, documented here because this crate introduces it:* the store learns each
+//! record's resource type, version count, write times and owning partition (so the number of
+//! resources per pseudonymous patient), and equality of blind-indexed identity values.
+
+mod bundle;
+mod crud;
+mod import;
+mod search;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use brankas_auth::Principal;
+use brankas_search::Registry;
+use brankas_store::{Expect, PartitionId, RecordKey, Store, StoreError, StoredDek, VersionRow};
+use brankas_vault::{BlindTerm, DataKey, RecordAad, Vault, VaultError};
+use serde_json::Value;
+
+pub use import::{ImportStats, Importer};
+pub use bundle::{EntryOutcome, parse_etag};
+pub use crud::instant;
+pub use search::{Page, SearchRequest};
+
+/// Meta name under which the wrapped system root is stored.
+pub const ROOT_META: &str = "system-root";
+
+/// Errors of repository operations; the HTTP layer maps each to a status and an
+/// OperationOutcome. Messages never contain resource content or query values.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("resource not found")]
+    NotFound,
+    #[error("resource was deleted")]
+    Gone,
+    #[error("version conflict: the resource was changed concurrently")]
+    Conflict,
+    #[error("precondition failed: {0}")]
+    PreconditionFailed(String),
+    #[error("invalid resource")]
+    Invalid(Vec<brankas_fhir::Issue>),
+    #[error("invalid national identity number (NIK): {0}")]
+    Nik(brankas_fhir::NikError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("search not supported: {0}")]
+    Search(String),
+    #[error("insufficient scope: {0}")]
+    Forbidden(String),
+    #[error("stored data failed its integrity check and was not served")]
+    Integrity,
+    #[error("storage unavailable")]
+    Store(#[source] StoreError),
+    #[error("key handling failed")]
+    Vault(#[source] VaultError),
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict { .. } => EngineError::Conflict,
+            StoreError::Corrupt => EngineError::Integrity,
+            e => EngineError::Store(e),
+        }
+    }
+}
+
+impl From<VaultError> for EngineError {
+    fn from(e: VaultError) -> Self {
+        match e {
+            VaultError::Integrity => EngineError::Integrity,
+            e => EngineError::Vault(e),
+        }
+    }
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// Limits of the repository, documented in the README.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Page size when `_count` is absent.
+    pub default_count: usize,
+    /// Largest page size; larger `_count` values are capped.
+    pub max_count: usize,
+    /// Most entries in one transaction or batch Bundle.
+    pub max_bundle_entries: usize,
+    /// Most resources decrypted to answer one search (a patient with more of one type gets
+    /// a 400 asking for a narrower search instead of an unbounded scan).
+    pub max_scan: usize,
+    /// Most versions returned by one history page.
+    pub max_history: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { default_count: 50, max_count: 500, max_bundle_entries: 20_000, max_scan: 200_000, max_history: 500 }
+    }
+}
+
+/// A resource as stored, decrypted, with its version facts.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    pub resource: Value,
+    pub version: u64,
+    pub last_updated_us: i64,
+    pub deleted: bool,
+}
+
+impl Stored {
+    /// `W/"<version>"`.
+    pub fn etag(&self) -> String {
+        format!("W/\"{}\"", self.version)
+    }
+}
+
+/// Result of a create or update.
+#[derive(Debug)]
+pub struct WriteOutcome {
+    pub stored: Stored,
+    /// True when a new resource came into being (201), false for an update or a conditional
+    /// create that found an existing match (200).
+    pub created: bool,
+}
+
+/// The repository.
+pub struct Engine {
+    store: Arc<dyn Store>,
+    vault: Arc<Vault>,
+    registry: &'static Registry,
+    limits: Limits,
+    /// Unwrapped data keys by partition; bounded, cleared when full.
+    deks: Mutex<HashMap<PartitionId, Arc<DataKey>>>,
+}
+
+const DEK_CACHE: usize = 50_000;
+
+/// One version prepared for writing: sealed row plus index terms.
+pub(crate) struct Prepared {
+    pub row: VersionRow,
+    pub expect: Expect,
+    pub index: Option<(RecordKey, Vec<BlindTerm>)>,
+    pub stored: Stored,
+    pub created: bool,
+}
+
+impl Engine {
+    pub fn new(store: Arc<dyn Store>, vault: Arc<Vault>) -> Self {
+        Self { store, vault, registry: Registry::r4(), limits: Limits::default(), deks: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn vault(&self) -> &Arc<Vault> {
+        &self.vault
+    }
+
+    // ----- authorisation gate -----
+
+    /// Every operation passes here first. Access control (roles, facilities, consent) grows
+    /// from this point; today it enforces SMART scopes.
+    pub(crate) fn require(&self, who: &Principal, resource_type: &str, perm: char) -> Result<()> {
+        if who.scopes().permits(resource_type, perm) {
+            Ok(())
+        } else {
+            let what = match perm {
+                'c' => "create",
+                'r' => "read",
+                'u' => "update",
+                'd' => "delete",
+                _ => "search",
+            };
+            Err(EngineError::Forbidden(format!("no scope grants {what} on {}", safe_type(resource_type))))
+        }
+    }
+
+    // ----- keys -----
+
+    pub(crate) fn data_key(&self, partition: &PartitionId, create: bool) -> Result<Option<Arc<DataKey>>> {
+        if let Some(k) = self.deks.lock().map_err(|_| EngineError::Integrity)?.get(partition) {
+            return Ok(Some(k.clone()));
+        }
+        let key = match self.store.get_dek(partition)? {
+            Some(d) => self.vault.open_data_key(partition, &d.wrapped)?,
+            None if create => {
+                let (k, wrapped) = self.vault.new_data_key(partition)?;
+                let stored = self.store.insert_dek(&StoredDek { partition: *partition, wrapped: wrapped.clone() })?;
+                if stored.wrapped == wrapped { k } else { self.vault.open_data_key(partition, &stored.wrapped)? }
+            }
+            None => return Ok(None),
+        };
+        let key = Arc::new(key);
+        let mut cache = self.deks.lock().map_err(|_| EngineError::Integrity)?;
+        if cache.len() >= DEK_CACHE {
+            cache.clear();
+        }
+        cache.insert(*partition, key.clone());
+        Ok(Some(key))
+    }
+
+    /// Forgets cached data keys (after key rotation they stay valid; used by tests and to
+    /// bound memory).
+    pub fn clear_key_cache(&self) {
+        if let Ok(mut c) = self.deks.lock() {
+            c.clear();
+        }
+    }
+
+    // ----- decoding rows -----
+
+    /// Decrypts a stored row and checks it is what it claims to be: the AAD binds type,
+    /// record key, version and partition; the id inside must hash to the row's record key.
+    /// `expect` names the resource the caller asked for, when it knows it.
+    pub(crate) fn open_row(&self, row: &VersionRow, expect: Option<(&str, &str)>) -> Result<Stored> {
+        if let Some((t, _)) = expect {
+            if row.resource_type != t {
+                return Err(EngineError::Integrity);
+            }
+        }
+        let key = self.data_key(&row.partition, false)?.ok_or(EngineError::Integrity)?;
+        let aad = RecordAad {
+            resource_type: &row.resource_type,
+            record: &row.key,
+            version: row.version,
+            partition: &row.partition,
+            dek_version: row.dek_version,
+        };
+        let plain = key.open(&aad, &row.sealed)?;
+        let resource: Value = serde_json::from_slice(&plain).map_err(|_| EngineError::Integrity)?;
+        let id = resource.get("id").and_then(Value::as_str).ok_or(EngineError::Integrity)?;
+        if self.vault.record_key(&row.resource_type, id) != row.key || expect.is_some_and(|(_, eid)| eid != id) {
+            return Err(EngineError::Integrity);
+        }
+        Ok(Stored { resource, version: row.version, last_updated_us: row.last_updated_us, deleted: row.deleted })
+    }
+}
+
+pub(crate) fn safe_type(t: &str) -> &str {
+    if brankas_fhir::is_resource_type(t) { t } else { "this type" }
+}

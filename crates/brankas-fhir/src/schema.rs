@@ -267,7 +267,7 @@ struct Compiler<'j> {
     prim_ids: HashMap<&'j str, u32>,
     regex_ids: HashMap<&'j str, usize>,
     enum_ids: HashMap<Vec<&'j str>, u32>,
-    inline_prims: HashMap<(&'j str, &'j str, &'j str), u32>,
+    inline_prims: HashMap<(&'j str, &'j str), u32>,
     queue: Vec<(&'j str, TypeId)>,
 }
 
@@ -300,7 +300,7 @@ impl<'j> Compiler<'j> {
         if let Some(&i) = self.regex_ids.get(pattern) {
             return Ok(i);
         }
-        let re = Regex::new(pattern)?;
+        let re = Regex::new(&xsd_whitespace(pattern))?;
         self.schema.regexes.push(re);
         let i = self.schema.regexes.len() - 1;
         self.regex_ids.insert(pattern, i);
@@ -358,8 +358,10 @@ impl<'j> Compiler<'j> {
     }
 
     /// An inline primitive (`"valueDateTime": {"type": "string", "pattern": ...}`).
-    /// Its FHIR type is the primitive definition with the same type and pattern
-    /// whose capitalised name ends the property name (choice-type naming).
+    /// Its FHIR type is the primitive definition of the same JSON type whose
+    /// capitalised name ends the property name (choice-type naming). If the
+    /// inline pattern differs from that definition's (the schema gives inline
+    /// `base64Binary` a pattern but the definition none), the inline one wins.
     fn inline_prim(&mut self, prop: &'j str, def: &'j Value) -> Result<u32, CompileError> {
         let json = json_kind(def).ok_or_else(|| shape(format!("property {prop} has no type")))?;
         let ty = def.get("type").and_then(Value::as_str).unwrap_or("");
@@ -369,23 +371,23 @@ impl<'j> Compiler<'j> {
             if d.get("properties").is_some() || json_kind(d) != Some(json) {
                 continue;
             }
-            if d.get("pattern").and_then(Value::as_str) != pattern {
-                continue;
-            }
             if ends_with_capitalised(prop, name) && best.is_none_or(|b| name.len() > b.len()) {
                 best = Some(name.as_str());
             }
         }
         if let Some(name) = best {
-            let def = self.def(name)?;
-            return self.named_prim(name, def);
+            let named = self.def(name)?;
+            if named.get("pattern").and_then(Value::as_str) == pattern {
+                return self.named_prim(name, named);
+            }
         }
-        // No matching definition: an anonymous primitive named after its JSON type.
-        let key = (ty, pattern.unwrap_or(""), "");
+        // Named after the matching definition if any, else after its JSON type.
+        let name = best.unwrap_or(ty);
+        let key = (name, pattern.unwrap_or(""));
         if let Some(&id) = self.inline_prims.get(&key) {
             return Ok(id);
         }
-        let id = self.push_prim(ty, json, pattern)?;
+        let id = self.push_prim(name, json, pattern)?;
         self.inline_prims.insert(key, id);
         Ok(id)
     }
@@ -503,6 +505,35 @@ impl<'j> Compiler<'j> {
     }
 }
 
+/// Rewrites `\s` / `\S` to their XML Schema meaning.
+///
+/// FHIR's regexes come from XML Schema, where `\s` is only space, tab, CR and
+/// LF; in Rust (and ECMAScript) it is all Unicode whitespace, which would
+/// reject e.g. a no-break space in a `string` (the official example
+/// `DiagnosticReport-gingival-mass` has one). Rust's nested classes let the
+/// same replacement work inside and outside brackets (`[^\s]` becomes
+/// `[^[ \t\n\r]]`).
+fn xsd_whitespace(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len() + 16);
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('s') => out.push_str("[ \\t\\n\\r]"),
+            Some('S') => out.push_str("[^ \\t\\n\\r]"),
+            Some(other) => {
+                out.push('\\');
+                out.push(other);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
 fn json_kind(def: &Value) -> Option<JsonKind> {
     match def.get("type").and_then(Value::as_str)? {
         "string" => Some(JsonKind::String),
@@ -523,7 +554,7 @@ fn ends_with_capitalised(prop: &str, prim: &str) -> bool {
         return false;
     }
     let head = &prop[..prop.len() - rest.len()];
-    head.chars().next_back() == Some(first.to_ascii_uppercase())
+    head.ends_with(first.to_ascii_uppercase())
 }
 
 #[cfg(test)]
@@ -567,9 +598,26 @@ mod tests {
     }
 
     #[test]
+    fn whitespace_classes_follow_xml_schema() {
+        assert_eq!(xsd_whitespace(r"^[^\s]+(\s[^\s]+)*$"), r"^[^[ \t\n\r]]+([ \t\n\r][^[ \t\n\r]]+)*$");
+        assert_eq!(xsd_whitespace(r"^\S*\.\\$"), r"^[^ \t\n\r]*\.\\$");
+        let string = Regex::new(&xsd_whitespace(r"^[ \r\n\t\S]+$")).expect("regex");
+        assert!(string.is_match("a\u{a0}b"));
+        let code = Regex::new(&xsd_whitespace(r"^[^\s]+(\s[^\s]+)*$")).expect("regex");
+        assert!(code.is_match("a b"));
+        assert!(!code.is_match("a  b"));
+        assert!(!code.is_match(" a"));
+        assert!(code.is_match("a\u{a0}"));
+        let uri = Regex::new(&xsd_whitespace(r"^\S*$")).expect("regex");
+        assert!(!uri.is_match("a b"));
+        assert!(!uri.is_match("a\tb"));
+    }
+
+    #[test]
     fn capitalised_suffix() {
         assert!(ends_with_capitalised("valueDateTime", "dateTime"));
-        assert!(ends_with_capitalised("valueDateTime", "time") == false);
+        // A shorter suffix also matches; the compiler prefers the longest.
+        assert!(ends_with_capitalised("valueDateTime", "time"));
         assert!(!ends_with_capitalised("dateTime", "dateTime"));
         assert!(ends_with_capitalised("onsetString", "string"));
     }

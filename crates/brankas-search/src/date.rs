@@ -164,10 +164,7 @@ pub(crate) fn for_each_range(v: &Value, f: &mut dyn FnMut(Range) -> bool) -> boo
                     }
                 }
             }
-            if let Some(Value::Object(bp)) = o
-                .get("repeat")
-                .and_then(|r| r.get("boundsPeriod"))
-            {
+            if let Some(Value::Object(bp)) = o.get("repeat").and_then(|r| r.get("boundsPeriod")) {
                 return period(bp, f);
             }
             false
@@ -219,26 +216,54 @@ mod tests {
         assert_eq!(dec.hi, r("2021").lo);
         let d = r("2021-03-04");
         assert_eq!(d.hi - d.lo, US_PER_DAY);
-        assert_eq!(r("2021-03-04T10:00").hi - r("2021-03-04T10:00").lo, 60 * US_PER_SEC);
-        assert_eq!(r("2021-03-04T10:00:00Z").hi - r("2021-03-04T10:00:00Z").lo, US_PER_SEC);
-        assert_eq!(r("2021-03-04T10:00:00.5Z").hi - r("2021-03-04T10:00:00.5Z").lo, 100_000);
-        assert_eq!(r("2021-03-04T10:00:00.123Z").hi - r("2021-03-04T10:00:00.123Z").lo, 1000);
+        assert_eq!(
+            r("2021-03-04T10:00").hi - r("2021-03-04T10:00").lo,
+            60 * US_PER_SEC
+        );
+        assert_eq!(
+            r("2021-03-04T10:00:00Z").hi - r("2021-03-04T10:00:00Z").lo,
+            US_PER_SEC
+        );
+        assert_eq!(
+            r("2021-03-04T10:00:00.5Z").hi - r("2021-03-04T10:00:00.5Z").lo,
+            100_000
+        );
+        assert_eq!(
+            r("2021-03-04T10:00:00.123Z").hi - r("2021-03-04T10:00:00.123Z").lo,
+            1000
+        );
         assert_eq!(r("1970-01-01T00:00:00Z").lo, 0);
     }
 
     #[test]
     fn timezones() {
-        assert_eq!(r("2021-03-04T10:00:00+07:00").lo, r("2021-03-04T03:00:00Z").lo);
-        assert_eq!(r("2021-03-04T10:00:00-02:30").lo, r("2021-03-04T12:30:00Z").lo);
+        assert_eq!(
+            r("2021-03-04T10:00:00+07:00").lo,
+            r("2021-03-04T03:00:00Z").lo
+        );
+        assert_eq!(
+            r("2021-03-04T10:00:00-02:30").lo,
+            r("2021-03-04T12:30:00Z").lo
+        );
         assert_eq!(r("2021-03-04T10:00:00").lo, r("2021-03-04T10:00:00Z").lo);
     }
 
     #[test]
     fn rejects_garbage() {
         for s in [
-            "", "20", "2021-", "2021-13", "2021-02-30", "2021-03-04T", "2021-03-04T25:00",
-            "2021-03-04T10:00:00+7", "2021-03-04T10:00:00.Z", "abcd", "2021-03-04 10:00",
-            "2021-03-04T10:00:00Zjunk", "2021/03/04",
+            "",
+            "20",
+            "2021-",
+            "2021-13",
+            "2021-02-30",
+            "2021-03-04T",
+            "2021-03-04T25:00",
+            "2021-03-04T10:00:00+7",
+            "2021-03-04T10:00:00.Z",
+            "abcd",
+            "2021-03-04 10:00",
+            "2021-03-04T10:00:00Zjunk",
+            "2021/03/04",
         ] {
             assert!(parse_range(s).is_none(), "{s}");
         }
@@ -252,7 +277,13 @@ mod tests {
             got.push(x);
             false
         });
-        assert_eq!(got, vec![Range { lo: r("2021-01-01").lo, hi: r("2021-01-31").hi }]);
+        assert_eq!(
+            got,
+            vec![Range {
+                lo: r("2021-01-01").lo,
+                hi: r("2021-01-31").hi
+            }]
+        );
         let open: Value = serde_json::json!({"start": "2021-01-01"});
         let mut hi = 0;
         for_each_range(&open, &mut |x| {

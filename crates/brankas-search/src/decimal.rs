@@ -132,9 +132,7 @@ impl Ord for Dec {
             (*other, *self, true)
         };
         let diff = (big.e - small.e) as u32;
-        let scaled = 10i128
-            .checked_pow(diff)
-            .and_then(|p| big.m.checked_mul(p));
+        let scaled = 10i128.checked_pow(diff).and_then(|p| big.m.checked_mul(p));
         let ord = match scaled {
             Some(v) => v.cmp(&small.m),
             // Overflow means |big| exceeds anything `small` can hold, so the

@@ -201,7 +201,9 @@ fn lex(src: &str) -> Result<Vec<Tok>, CompileError> {
                 out.push(Tok::Ident(s));
             }
             other => {
-                return Err(CompileError(format!("unsupported character `{other}` at {i}")));
+                return Err(CompileError(format!(
+                    "unsupported character `{other}` at {i}"
+                )));
             }
         }
     }
@@ -481,7 +483,9 @@ pub(crate) fn compile(src: &str) -> Result<Node, CompileError> {
         return Err(CompileError(format!("trailing input at token {}", p.pos)));
     }
     if node.contains_resolve() {
-        return Err(CompileError("resolve() outside where(resolve() is T)".into()));
+        return Err(CompileError(
+            "resolve() outside where(resolve() is T)".into(),
+        ));
     }
     Ok(node)
 }
@@ -492,13 +496,55 @@ pub(crate) fn compile(src: &str) -> Result<Node, CompileError> {
 /// (`value[x]` → `valueQuantity`). A fixed list rather than "any capitalised
 /// suffix", so `status` never picks up `statusReason`.
 const CHOICE_TYPES: &[&str] = &[
-    "Base64Binary", "Boolean", "Canonical", "Code", "Date", "DateTime", "Decimal", "Id",
-    "Instant", "Integer", "Markdown", "Oid", "PositiveInt", "String", "Time", "UnsignedInt",
-    "Uri", "Url", "Uuid", "Address", "Age", "Annotation", "Attachment", "CodeableConcept",
-    "Coding", "ContactPoint", "Count", "Distance", "Duration", "HumanName", "Identifier",
-    "Money", "Period", "Quantity", "Range", "Ratio", "Reference", "SampledData", "Signature",
-    "Timing", "ContactDetail", "Contributor", "DataRequirement", "Expression",
-    "ParameterDefinition", "RelatedArtifact", "TriggerDefinition", "UsageContext", "Dosage",
+    "Base64Binary",
+    "Boolean",
+    "Canonical",
+    "Code",
+    "Date",
+    "DateTime",
+    "Decimal",
+    "Id",
+    "Instant",
+    "Integer",
+    "Markdown",
+    "Oid",
+    "PositiveInt",
+    "String",
+    "Time",
+    "UnsignedInt",
+    "Uri",
+    "Url",
+    "Uuid",
+    "Address",
+    "Age",
+    "Annotation",
+    "Attachment",
+    "CodeableConcept",
+    "Coding",
+    "ContactPoint",
+    "Count",
+    "Distance",
+    "Duration",
+    "HumanName",
+    "Identifier",
+    "Money",
+    "Period",
+    "Quantity",
+    "Range",
+    "Ratio",
+    "Reference",
+    "SampledData",
+    "Signature",
+    "Timing",
+    "ContactDetail",
+    "Contributor",
+    "DataRequirement",
+    "Expression",
+    "ParameterDefinition",
+    "RelatedArtifact",
+    "TriggerDefinition",
+    "UsageContext",
+    "Dosage",
     "Meta",
 ];
 
@@ -517,17 +563,35 @@ fn type_matches(actual: &str, wanted: &str) -> bool {
     let canon = |s: &str| -> &'static str {
         // Specialisations per the FHIR type hierarchy.
         match () {
-            _ if ["Age", "Count", "Distance", "Duration", "SimpleQuantity", "MoneyQuantity"]
-                .iter()
-                .any(|t| eq_first_caseless(s, t)) =>
+            _ if [
+                "Age",
+                "Count",
+                "Distance",
+                "Duration",
+                "SimpleQuantity",
+                "MoneyQuantity",
+            ]
+            .iter()
+            .any(|t| eq_first_caseless(s, t)) =>
             {
                 "Quantity"
             }
-            _ if ["Url", "Canonical", "Oid", "Uuid"].iter().any(|t| eq_first_caseless(s, t)) => {
+            _ if ["Url", "Canonical", "Oid", "Uuid"]
+                .iter()
+                .any(|t| eq_first_caseless(s, t)) =>
+            {
                 "Uri"
             }
-            _ if ["Code", "Id", "Markdown"].iter().any(|t| eq_first_caseless(s, t)) => "String",
-            _ if ["PositiveInt", "UnsignedInt"].iter().any(|t| eq_first_caseless(s, t)) => {
+            _ if ["Code", "Id", "Markdown"]
+                .iter()
+                .any(|t| eq_first_caseless(s, t)) =>
+            {
+                "String"
+            }
+            _ if ["PositiveInt", "UnsignedInt"]
+                .iter()
+                .any(|t| eq_first_caseless(s, t)) =>
+            {
                 "Integer"
             }
             _ => "",
@@ -540,10 +604,7 @@ fn type_matches(actual: &str, wanted: &str) -> bool {
 /// `DateTime` vs `dateTime`: equal except for the case of the first letter.
 fn eq_first_caseless(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
-    a.len() == b.len()
-        && !a.is_empty()
-        && a[0].eq_ignore_ascii_case(&b[0])
-        && a[1..] == b[1..]
+    a.len() == b.len() && !a.is_empty() && a[0].eq_ignore_ascii_case(&b[0]) && a[1..] == b[1..]
 }
 
 /// `as T` on an item whose type we do not know (not from a choice element):
@@ -571,7 +632,7 @@ fn item_is(it: Item<'_>, wanted: &str) -> bool {
 }
 
 /// The literal reference text of a Reference or canonical/uri item.
-pub(crate) fn reference_text<'a>(v: &'a Value) -> Option<&'a str> {
+pub(crate) fn reference_text(v: &Value) -> Option<&str> {
     match v {
         Value::String(s) => Some(s),
         Value::Object(o) => o.get("reference").and_then(Value::as_str),
@@ -759,7 +820,9 @@ impl Node {
                 CONTINUE
             }
             Node::As(b, t) => b.eval(ctx, &mut |it| if item_is(it, t) { f(it) } else { CONTINUE }),
-            Node::RefIs(b, t) => b.eval(ctx, &mut |it| if ref_is(it, t) { f(it) } else { CONTINUE }),
+            Node::RefIs(b, t) => {
+                b.eval(ctx, &mut |it| if ref_is(it, t) { f(it) } else { CONTINUE })
+            }
             Node::Where(b, c) => b.eval(ctx, &mut |it| {
                 if c.eval_bool(it) == Some(true) {
                     f(it)
@@ -841,7 +904,12 @@ impl Node {
 }
 
 /// `[n]` / `first()` (`Some(n)`) and `last()` (`None`).
-fn nth<'a>(b: &'a Node, ctx: Item<'a>, n: Option<usize>, f: &mut dyn FnMut(Item<'a>) -> Flow) -> Flow {
+fn nth<'a>(
+    b: &'a Node,
+    ctx: Item<'a>,
+    n: Option<usize>,
+    f: &mut dyn FnMut(Item<'a>) -> Flow,
+) -> Flow {
     let mut i = 0usize;
     let mut pick = None;
     let _ = b.eval(ctx, &mut |it| {
@@ -886,16 +954,50 @@ mod tests {
             "valueQuantity": {"value": 1},
             "component": [{"valueCodeableConcept": {"text": "x"}}, {"valueQuantity": {"value": 2}}]
         });
-        assert_eq!(values("Observation.code | Patient.name", "Observation", &obs), vec![json!({"text": "c"})]);
-        assert_eq!(values("Observation.effective", "Observation", &obs), vec![json!("2021-01-01")]);
-        assert_eq!(values("(Observation.effective as dateTime)", "Observation", &obs).len(), 1);
-        assert_eq!(values("(Observation.effective as Period)", "Observation", &obs).len(), 0);
-        assert_eq!(values("Observation.value.as(Quantity)", "Observation", &obs).len(), 1);
-        assert_eq!(values("Observation.value.ofType(Quantity)", "Observation", &obs).len(), 1);
-        assert_eq!(values("(Observation.component.value as CodeableConcept).text", "Observation", &obs), vec![json!("x")]);
-        assert_eq!(values("Observation.component.value.first()", "Observation", &obs), vec![json!({"text": "x"})]);
-        assert_eq!(values("Observation.component[1].value", "Observation", &obs), vec![json!({"value": 2})]);
-        assert_eq!(values("Observation.component.value.last()", "Observation", &obs), vec![json!({"value": 2})]);
+        assert_eq!(
+            values("Observation.code | Patient.name", "Observation", &obs),
+            vec![json!({"text": "c"})]
+        );
+        assert_eq!(
+            values("Observation.effective", "Observation", &obs),
+            vec![json!("2021-01-01")]
+        );
+        assert_eq!(
+            values("(Observation.effective as dateTime)", "Observation", &obs).len(),
+            1
+        );
+        assert_eq!(
+            values("(Observation.effective as Period)", "Observation", &obs).len(),
+            0
+        );
+        assert_eq!(
+            values("Observation.value.as(Quantity)", "Observation", &obs).len(),
+            1
+        );
+        assert_eq!(
+            values("Observation.value.ofType(Quantity)", "Observation", &obs).len(),
+            1
+        );
+        assert_eq!(
+            values(
+                "(Observation.component.value as CodeableConcept).text",
+                "Observation",
+                &obs
+            ),
+            vec![json!("x")]
+        );
+        assert_eq!(
+            values("Observation.component.value.first()", "Observation", &obs),
+            vec![json!({"text": "x"})]
+        );
+        assert_eq!(
+            values("Observation.component[1].value", "Observation", &obs),
+            vec![json!({"value": 2})]
+        );
+        assert_eq!(
+            values("Observation.component.value.last()", "Observation", &obs),
+            vec![json!({"value": 2})]
+        );
         assert_eq!(values("Patient.name", "Observation", &obs).len(), 0);
     }
 
@@ -907,22 +1009,67 @@ mod tests {
             "link": [{"other": {"reference": "Patient/2"}}, {"other": {"reference": "RelatedPerson/3"}}],
             "deceasedDateTime": "2020-01-01"
         });
-        assert_eq!(values("Patient.telecom.where(system='phone')", "Patient", &p), vec![json!({"system": "phone", "value": "123"})]);
-        assert_eq!(values("Patient.link.other.where(resolve() is Patient)", "Patient", &p), vec![json!({"reference": "Patient/2"})]);
-        assert_eq!(values("Patient.deceased.exists() and Patient.deceased != false", "Patient", &p), vec![json!(true)]);
+        assert_eq!(
+            values("Patient.telecom.where(system='phone')", "Patient", &p),
+            vec![json!({"system": "phone", "value": "123"})]
+        );
+        assert_eq!(
+            values(
+                "Patient.link.other.where(resolve() is Patient)",
+                "Patient",
+                &p
+            ),
+            vec![json!({"reference": "Patient/2"})]
+        );
+        assert_eq!(
+            values(
+                "Patient.deceased.exists() and Patient.deceased != false",
+                "Patient",
+                &p
+            ),
+            vec![json!(true)]
+        );
         let alive = json!({"resourceType": "Patient", "deceasedBoolean": false});
-        assert_eq!(values("Patient.deceased.exists() and Patient.deceased != false", "Patient", &alive), vec![json!(false)]);
+        assert_eq!(
+            values(
+                "Patient.deceased.exists() and Patient.deceased != false",
+                "Patient",
+                &alive
+            ),
+            vec![json!(false)]
+        );
         let unknown = json!({"resourceType": "Patient"});
-        assert_eq!(values("Patient.deceased.exists() and Patient.deceased != false", "Patient", &unknown), vec![json!(false)]);
-        assert_eq!(values("Patient.telecom.exists(system='phone')", "Patient", &p), vec![json!(true)]);
-        assert_eq!(values("Patient.telecom.where(system='fax').empty()", "Patient", &p), vec![json!(true)]);
+        assert_eq!(
+            values(
+                "Patient.deceased.exists() and Patient.deceased != false",
+                "Patient",
+                &unknown
+            ),
+            vec![json!(false)]
+        );
+        assert_eq!(
+            values("Patient.telecom.exists(system='phone')", "Patient", &p),
+            vec![json!(true)]
+        );
+        assert_eq!(
+            values("Patient.telecom.where(system='fax').empty()", "Patient", &p),
+            vec![json!(true)]
+        );
     }
 
     #[test]
     fn compile_errors_not_panics() {
         for bad in [
-            "", "Patient.", "Patient.name.where(", "resolve()", "Patient.name.foo()", "a + b",
-            "Patient.name[x]", "'unterminated", "%resource.id", "Patient.a = Patient.b",
+            "",
+            "Patient.",
+            "Patient.name.where(",
+            "resolve()",
+            "Patient.name.foo()",
+            "a + b",
+            "Patient.name[x]",
+            "'unterminated",
+            "%resource.id",
+            "Patient.a = Patient.b",
             "((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((a)))))",
         ] {
             assert!(compile(bad).is_err(), "{bad}");

@@ -3,7 +3,7 @@
 use aws_lc_rs::aead::{AES_256_GCM_SIV, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use zeroize::Zeroizing;
 
-use crate::{PartitionId, VaultError, random_bytes};
+use crate::{PartitionId, RecordKey, VaultError, random_bytes};
 
 /// Format byte in front of every sealed record, so the format can evolve.
 const FORMAT_V1: u8 = 1;
@@ -12,9 +12,11 @@ pub const SEAL_OVERHEAD: usize = 1 + NONCE_LEN + 16;
 
 /// What a sealed record is bound to. Opening with any field different fails, so rows cannot
 /// be swapped between records, versions or patients, or replayed under another key version.
+/// The record is named by its [`RecordKey`] (a keyed hash of type and id), which the reader
+/// re-derives from the id inside the plaintext to close the loop.
 pub struct RecordAad<'a> {
     pub resource_type: &'a str,
-    pub id: &'a str,
+    pub record: &'a RecordKey,
     pub version: u64,
     pub partition: &'a PartitionId,
     pub dek_version: u32,
@@ -25,10 +27,9 @@ impl RecordAad<'_> {
         // Length-prefixed fields: no two different tuples encode to the same bytes.
         let mut v = Vec::with_capacity(96);
         v.extend_from_slice(b"brankas-record-v1");
-        for f in [self.resource_type.as_bytes(), self.id.as_bytes()] {
-            v.extend_from_slice(&(f.len() as u32).to_be_bytes());
-            v.extend_from_slice(f);
-        }
+        v.extend_from_slice(&(self.resource_type.len() as u32).to_be_bytes());
+        v.extend_from_slice(self.resource_type.as_bytes());
+        v.extend_from_slice(&self.record.0);
         v.extend_from_slice(&self.version.to_be_bytes());
         v.extend_from_slice(&self.partition.0);
         v.extend_from_slice(&self.dek_version.to_be_bytes());
@@ -116,7 +117,8 @@ mod tests {
     use super::*;
 
     fn aad<'a>(p: &'a PartitionId, id: &'a str, version: u64) -> RecordAad<'a> {
-        RecordAad { resource_type: "Observation", id, version, partition: p, dek_version: 1 }
+        let record: &'static RecordKey = if id == "a" { &RecordKey([0xa; 32]) } else { &RecordKey([0xb; 32]) };
+        RecordAad { resource_type: "Observation", record, version, partition: p, dek_version: 1 }
     }
 
     #[test]

@@ -16,9 +16,9 @@
 //!   Seals records with associated data that binds them to their place ([`RecordAad`]).
 //!
 //! ```
-//! use brankas_vault::{DataKey, RecordAad, PartitionId};
+//! use brankas_vault::{DataKey, RecordAad, PartitionId, RecordKey};
 //! let key = DataKey::generate().unwrap();
-//! let aad = RecordAad { resource_type: "Patient", id: "p1", version: 1,
+//! let aad = RecordAad { resource_type: "Patient", record: &RecordKey([1; 32]), version: 1,
 //!                       partition: &PartitionId([7; 32]), dek_version: 1 };
 //! let sealed = key.seal(&aad, b"{\"resourceType\":\"Patient\"}").unwrap();
 //! assert_eq!(&*key.open(&aad, &sealed).unwrap(), b"{\"resourceType\":\"Patient\"}");

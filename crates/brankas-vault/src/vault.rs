@@ -250,7 +250,8 @@ mod tests {
         let q = v.patient_partition("b");
         let (k, w) = v.new_data_key(&p).unwrap();
         assert!(v.open_data_key(&q, &w).is_err());
-        let aad = crate::RecordAad { resource_type: "Patient", id: "a", version: 1, partition: &p, dek_version: 1 };
+        let rk = v.record_key("Patient", "a");
+        let aad = crate::RecordAad { resource_type: "Patient", record: &rk, version: 1, partition: &p, dek_version: 1 };
         let sealed = k.seal(&aad, b"x").unwrap();
         let new = v.provider().rotate().unwrap();
         let w2 = v.rewrap_data_key(&p, &w, new).unwrap();

@@ -1,1 +1,331 @@
-fn main() {}
+//! `brankas`: the one binary. Subcommands: init, serve, import, keys rotate, demo.
+//!
+//! The binary is thin: it parses arguments, opens the data directory (store + key provider +
+//! vault) and hands over to the library crates.
+
+mod demo;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use brankas_auth::{Authority, Role};
+use brankas_engine::{Engine, ImportStats, Importer, ROOT_META};
+use brankas_store::{SqliteStore, Store};
+use brankas_vault::{KeyFile, KeyProvider, Vault, WrappedKey};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "brankas", version, about = "Brankas: a FHIR R4 medical-records server whose storage never sees plaintext")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct DataArgs {
+    /// The data directory (database, TLS material). Holds only ciphertext and wrapped keys.
+    #[arg(long, env = "BRANKAS_DATA_DIR")]
+    data_dir: PathBuf,
+    /// The master key file. Default: `<data-dir>.key`, beside (never inside) the data directory.
+    #[arg(long, env = "BRANKAS_KEY_FILE")]
+    key_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a data directory, a master key file and the bootstrap admin client.
+    Init(DataArgs),
+    /// Serve the FHIR API (HTTPS by default).
+    Serve {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Address to listen on (port 0 picks a free port).
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+        /// PEM certificate chain (with --tls-key). Default: a self-signed certificate in the data directory.
+        #[arg(long, requires = "tls_key", conflicts_with = "insecure_http")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for --tls-cert.
+        #[arg(long, requires = "tls_cert", conflicts_with = "insecure_http")]
+        tls_key: Option<PathBuf>,
+        /// Serve plain HTTP (local tests, or behind a TLS-terminating proxy).
+        #[arg(long)]
+        insecure_http: bool,
+        /// Public base URL of the FHIR endpoint, if not `scheme://listen-address/fhir`.
+        #[arg(long)]
+        base_url: Option<String>,
+    },
+    /// Load FHIR transaction/batch Bundles (JSON) and NDJSON files offline.
+    Import {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Files or directories (directories: every *.json and *.ndjson inside, sorted).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Key management.
+    Keys {
+        #[command(subcommand)]
+        cmd: KeysCmd,
+    },
+    /// Zero-setup demonstration: init a data directory if needed, seed synthetic patients,
+    /// print a token and ready-to-paste requests, and serve.
+    Demo {
+        #[arg(long, default_value = "brankas-demo-data")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+        /// Serve plain HTTP instead of HTTPS with a self-signed certificate.
+        #[arg(long)]
+        insecure_http: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Create a new key-encryption key and rewrap every data key under it (data is not
+    /// re-encrypted). Safe while the server runs.
+    Rotate(DataArgs),
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BRANKAS_LOG").unwrap_or_else(|_| "info".into()))
+        .init();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Init(d) => {
+            let creds = init(&d.data_dir, d.key_file.as_deref())?;
+            println!("{}", serde_json::json!({"client_id": creds.client_id, "client_secret": creds.client_secret}));
+            Ok(())
+        }
+        Cmd::Serve { data, listen, tls_cert, tls_key, insecure_http, base_url } => {
+            let tls = match (tls_cert, tls_key, insecure_http) {
+                (_, _, true) => Tls::None,
+                (Some(c), Some(k), _) => Tls::Files(c, k),
+                _ => Tls::SelfSigned,
+            };
+            serve(&data.data_dir, data.key_file.as_deref(), listen, tls, base_url, None)
+        }
+        Cmd::Import { data, paths, quiet } => import(&data.data_dir, data.key_file.as_deref(), &paths, quiet),
+        Cmd::Keys { cmd: KeysCmd::Rotate(d) } => rotate(&d.data_dir, d.key_file.as_deref()),
+        Cmd::Demo { data_dir, key_file, listen, insecure_http } => demo::run(&data_dir, key_file.as_deref(), listen, insecure_http),
+    }
+}
+
+pub(crate) const DB_FILE: &str = "brankas.db";
+
+/// `<data-dir>.key` beside the data directory.
+pub(crate) fn default_key_file(data_dir: &Path) -> PathBuf {
+    let mut name = data_dir.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "brankas".into());
+    name.push(".key");
+    data_dir.with_file_name(name)
+}
+
+fn key_path(data_dir: &Path, key_file: Option<&Path>) -> Result<PathBuf> {
+    let kp = key_file.map(Path::to_path_buf).unwrap_or_else(|| default_key_file(data_dir));
+    // A key stored with the data it protects protects nothing: refuse it.
+    let abs = |p: &Path| -> PathBuf {
+        let p = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(p) };
+        let parent = p.parent().and_then(|d| d.canonicalize().ok());
+        match (parent, p.file_name()) {
+            (Some(d), Some(f)) => d.join(f),
+            _ => p,
+        }
+    };
+    let dd = data_dir.canonicalize().unwrap_or_else(|_| abs(data_dir));
+    if abs(&kp).starts_with(&dd) {
+        bail!("the key file must not be inside the data directory (a stolen copy of the directory would carry its own key)");
+    }
+    Ok(kp)
+}
+
+/// Everything a command needs, opened from a data directory.
+pub(crate) struct Opened {
+    pub store: Arc<dyn Store>,
+    pub vault: Arc<Vault>,
+    pub engine: Arc<Engine>,
+    pub auth: Arc<Authority>,
+}
+
+pub(crate) fn open(data_dir: &Path, key_file: Option<&Path>) -> Result<Opened> {
+    let kp = key_path(data_dir, key_file)?;
+    let db = data_dir.join(DB_FILE);
+    if !db.exists() {
+        bail!("{} is not initialised: run `brankas init --data-dir {}` first", data_dir.display(), data_dir.display());
+    }
+    let provider: Arc<dyn KeyProvider> = Arc::new(KeyFile::open(&kp).with_context(|| format!("opening key file {}", kp.display()))?);
+    let sqlite = Arc::new(SqliteStore::open(&db)?);
+    let store: Arc<dyn Store> = sqlite;
+    let root = store.get_meta(ROOT_META)?.context("the data directory has no system root key")?;
+    let vault = Arc::new(Vault::open(provider, &WrappedKey::from_bytes(&root)?).context("the key file does not open this data directory")?);
+    let engine = Arc::new(Engine::new(store.clone(), vault.clone()));
+    let auth = Arc::new(Authority::new(store.clone(), vault.clone()));
+    Ok(Opened { store, vault, engine, auth })
+}
+
+pub(crate) fn init(data_dir: &Path, key_file: Option<&Path>) -> Result<brankas_auth::NewClient> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let kp = key_path(data_dir, key_file)?;
+    let db = data_dir.join(DB_FILE);
+    if db.exists() {
+        bail!("{} is already initialised", data_dir.display());
+    }
+    let provider: Arc<dyn KeyProvider> = if kp.exists() {
+        Arc::new(KeyFile::open(&kp)?)
+    } else {
+        eprintln!("created master key file {} (keep it outside backups of the data directory)", kp.display());
+        Arc::new(KeyFile::create(&kp)?)
+    };
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db)?);
+    let (vault, root) = Vault::create(provider)?;
+    store.put_meta(ROOT_META, &root.to_bytes())?;
+    let auth = Authority::new(store, Arc::new(vault));
+    Ok(auth.create_client("bootstrap admin", Role::Admin, "system/*.cruds")?)
+}
+
+pub(crate) enum Tls {
+    None,
+    SelfSigned,
+    Files(PathBuf, PathBuf),
+}
+
+pub(crate) fn serve(data_dir: &Path, key_file: Option<&Path>, listen: SocketAddr, tls: Tls, base_url: Option<String>, banner: Option<Box<dyn FnOnce(&str) + Send>>) -> Result<()> {
+    let o = open(data_dir, key_file)?;
+    let (tls_cfg, fingerprint) = match &tls {
+        Tls::None => (None, None),
+        Tls::SelfSigned => {
+            let (c, fp) = brankas_api::tls::load_or_create_self_signed(data_dir, vec!["localhost".into(), listen.ip().to_string()])?;
+            (Some(c), Some(fp))
+        }
+        Tls::Files(c, k) => {
+            let (c, fp) = brankas_api::tls::load(c, k)?;
+            (Some(c), Some(fp))
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        let addr = listener.local_addr()?;
+        let scheme = if tls_cfg.is_some() { "https" } else { "http" };
+        let host = if addr.ip().is_unspecified() { "localhost".to_string() } else { addr.to_string() };
+        let host = if addr.ip().is_unspecified() { format!("{host}:{}", addr.port()) } else { host };
+        let base = base_url.unwrap_or_else(|| format!("{scheme}://{host}/fhir"));
+        let state = Arc::new(brankas_api::AppState { engine: o.engine.clone(), auth: o.auth.clone(), base_url: base.clone(), limits: Default::default() });
+        let app = brankas_api::router(state);
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+            let _ = tx.send(true);
+        });
+        if let Some(fp) = &fingerprint {
+            eprintln!("TLS certificate SHA-256 fingerprint: {fp}");
+        }
+        println!("{}", serde_json::json!({"event": "listening", "address": addr.to_string(), "url": base, "tls_fingerprint": fingerprint}));
+        if let Some(b) = banner {
+            b(&base);
+        }
+        tracing::info!(%addr, "ready");
+        brankas_api::serve(listener, app, brankas_api::ServeConfig { tls: tls_cfg, ..Default::default() }, rx).await?;
+        tracing::info!("stopped");
+        Ok::<_, anyhow::Error>(())
+    })
+}
+
+fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(p)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.extension().is_some_and(|x| x == "json" || x == "ndjson" || x == "jsonl"))
+                .collect();
+            files.sort();
+            out.extend(files);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn import(data_dir: &Path, key_file: Option<&Path>, paths: &[PathBuf], quiet: bool) -> Result<()> {
+    let o = open(data_dir, key_file)?;
+    let files = collect_inputs(paths)?;
+    let total: u64 = files.iter().map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)).sum();
+    let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(total) };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {bytes}/{total_bytes} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let start = std::time::Instant::now();
+    let importer = Importer::new(&o.engine);
+    let mut stats = ImportStats::default();
+    for f in &files {
+        let r = importer.import_file(f, &mut stats, &mut |s: &ImportStats| {
+            bar.set_position(s.bytes);
+            bar.set_message(format!("{} resources, {} failed", s.resources, s.failed));
+        });
+        if let Err(e) = r {
+            stats.failed += 1;
+            stats.errors.push(e.to_string());
+        }
+    }
+    bar.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    for e in &stats.errors {
+        eprintln!("refused: {e}");
+    }
+    println!(
+        "{}",
+        serde_json::json!({"files": files.len(), "units": stats.units, "resources": stats.resources, "failed": stats.failed,
+            "seconds": (secs * 1000.0).round() / 1000.0, "resources_per_second": (stats.resources as f64 / secs.max(1e-9)).round()})
+    );
+    if stats.failed > 0 {
+        std::process::exit(2);
+    }
+    Ok(())
+}
+
+fn rotate(data_dir: &Path, key_file: Option<&Path>) -> Result<()> {
+    let o = open(data_dir, key_file)?;
+    let new = o.vault.provider().rotate()?;
+    let root = WrappedKey::from_bytes(&o.store.get_meta(ROOT_META)?.context("no root key")?)?;
+    o.store.put_meta(ROOT_META, &o.vault.rewrap_root(&root, new)?.to_bytes())?;
+    let mut after = None;
+    let mut n = 0u64;
+    loop {
+        let page = o.store.scan_deks(after.as_ref(), 1000)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.partition);
+        for d in &page {
+            if d.wrapped.kek == new {
+                continue;
+            }
+            let nw = brankas_store::StoredDek { partition: d.partition, wrapped: o.vault.rewrap_data_key(&d.partition, &d.wrapped, new)? };
+            if o.store.replace_dek(d, &nw)? {
+                n += 1;
+            }
+        }
+    }
+    println!("{}", serde_json::json!({"kek": new.to_string(), "rewrapped_data_keys": n}));
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! The CapabilityStatement and SMART configuration: what the server really does.
+
+use serde_json::{Value, json};
+
+pub fn capability_statement(base: &str) -> Value {
+    let registry = brankas_search::Registry::r4();
+    let token_url = token_url(base);
+    let resources: Vec<Value> = registry
+        .resource_types()
+        .iter()
+        .filter(|t| brankas_fhir::is_resource_type(t))
+        .map(|t| {
+            let in_compartment = registry.in_patient_compartment(t);
+            let mut params: Vec<Value> = registry
+                .params_for(t)
+                .filter(|p| !matches!(p.kind, brankas_search::ParamKind::Composite | brankas_search::ParamKind::Special))
+                .map(|p| json!({"name": p.code, "type": kind_code(&p.kind)}))
+                .collect();
+            params.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+            let doc = if t == "Patient" {
+                "Search only by exact identity: identifier=system|value, telecom/phone, or name+birthdate(+gender). No listing."
+            } else if in_compartment {
+                "Search requires one patient (patient= or subject=), or use Patient/[id]/[type]."
+            } else {
+                "Directory resource: encrypted under the system key."
+            };
+            let interactions: Vec<Value> =
+                ["read", "vread", "update", "delete", "history-instance", "create", "search-type"].iter().map(|c| json!({"code": c})).collect();
+            json!({
+                "type": t,
+                "documentation": doc,
+                "versioning": "versioned-update",
+                "readHistory": true,
+                "updateCreate": true,
+                "conditionalCreate": true,
+                "conditionalUpdate": false,
+                "conditionalDelete": "not-supported",
+                "interaction": interactions,
+                "searchParam": params,
+            })
+        })
+        .collect();
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-28",
+        "kind": "instance",
+        "software": {"name": "Brankas", "version": env!("CARGO_PKG_VERSION")},
+        "implementation": {"description": "Brankas FHIR R4 server", "url": base},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [{
+            "mode": "server",
+            "security": {
+                "cors": false,
+                "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}]}],
+                "extension": [{
+                    "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                    "extension": [{"url": "token", "valueUri": token_url}]
+                }],
+                "description": "OAuth2 client_credentials; bearer tokens of at most 300 seconds; SMART v2 system scopes."
+            },
+            "resource": resources,
+            "interaction": [{"code": "transaction"}, {"code": "batch"}],
+            "operation": [{"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}],
+            "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"]
+        }]
+    })
+}
+
+fn kind_code(k: &brankas_search::ParamKind) -> &'static str {
+    use brankas_search::ParamKind as K;
+    match k {
+        K::Number => "number",
+        K::Date => "date",
+        K::String => "string",
+        K::Token => "token",
+        K::Reference => "reference",
+        K::Composite => "composite",
+        K::Quantity => "quantity",
+        K::Uri => "uri",
+        K::Special => "special",
+    }
+}
+
+pub fn token_url(base: &str) -> String {
+    format!("{}/auth/token", base.trim_end_matches("/fhir"))
+}
+
+pub fn smart_configuration(base: &str) -> Value {
+    json!({
+        "issuer": base.trim_end_matches("/fhir"),
+        "token_endpoint": token_url(base),
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "grant_types_supported": ["client_credentials"],
+        "scopes_supported": ["system/*.cruds", "system/*.rs", "system/*.read", "system/*.write"],
+        "capabilities": ["client-confidential-symmetric", "permission-v2", "permission-v1"],
+        "code_challenge_methods_supported": []
+    })
+}

@@ -1,0 +1,533 @@
+//! Routes and handlers.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use base64::Engine as _;
+use brankas_auth::Principal;
+use brankas_engine::{EngineError, EntryOutcome, Page, SearchRequest, Stored, instant, parse_etag};
+use serde_json::{Value, json};
+
+use crate::outcome::ApiError;
+use crate::{AppState, FHIR_JSON, capability};
+
+type St = State<Arc<AppState>>;
+type ApiResult = Result<Response, ApiError>;
+
+/// Builds the whole HTTP application.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/auth/token", post(token))
+        .route("/fhir/metadata", get(metadata))
+        .route("/fhir/.well-known/smart-configuration", get(smart_config))
+        .route("/fhir", post(bundle).fallback(method_not_allowed))
+        .route("/fhir/{rtype}", get(search_get).post(create).fallback(method_not_allowed))
+        .route("/fhir/{rtype}/_search", post(search_post).fallback(method_not_allowed))
+        .route("/fhir/{rtype}/{id}", get(read).put(update).delete(delete).fallback(method_not_allowed))
+        .route("/fhir/{rtype}/{id}/{sub}", get(instance_sub).fallback(method_not_allowed))
+        .route("/fhir/{rtype}/{id}/_history/{vid}", get(vread).fallback(method_not_allowed))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(middleware::from_fn(access_log))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found()
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}
+
+/// Logs method, route template, status and duration: never the raw path, query or body,
+/// which can hold identifiers of patients.
+async fn access_log(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_else(|| "(unmatched)".into());
+    let mut resp = next.run(req).await;
+    let rid = brankas_vault::random_id(8).unwrap_or_default();
+    if let Ok(v) = HeaderValue::from_str(&rid) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    tracing::info!(request_id = %rid, %method, route = %route, status = resp.status().as_u16(), ms = start.elapsed().as_millis() as u64, "request");
+    resp
+}
+
+/// Deny by default: everything under `/fhir` needs a verified bearer token, except the two
+/// public discovery documents. The verified [`Principal`] travels in the request extensions;
+/// handlers that touch data take it as an extractor, so a route without this layer could not
+/// produce one.
+async fn authenticate(State(st): St, mut req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let public = !path.starts_with("/fhir") || path == "/fhir/metadata" || path == "/fhir/.well-known/smart-configuration";
+    if public {
+        return next.run(req).await;
+    }
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .map(String::from);
+    let Some(token) = token else { return ApiError::unauthorized().into_response() };
+    let auth = st.auth.clone();
+    match tokio::task::spawn_blocking(move || auth.verify(&token)).await {
+        Ok(Ok(p)) => {
+            req.extensions_mut().insert(p);
+            next.run(req).await
+        }
+        Ok(Err(brankas_auth::AuthError::Store(e))) => {
+            tracing::error!(error = %e, "storage failure during authentication");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "storage unavailable").into_response()
+        }
+        _ => ApiError::unauthorized().into_response(),
+    }
+}
+
+async fn health() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], r#"{"status":"ok"}"#).into_response()
+}
+
+async fn metadata(State(st): St) -> Response {
+    json_response(StatusCode::OK, &capability::capability_statement(&st.base_url))
+}
+
+async fn smart_config(State(st): St) -> Response {
+    let mut r = json_response(StatusCode::OK, &capability::smart_configuration(&st.base_url));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+// ----- OAuth2 -----
+
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+    let body = json!({"error": error, "error_description": description});
+    let mut r = (status, serde_json::to_vec(&body).unwrap_or_default()).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"brankas\""));
+    }
+    r
+}
+
+async fn token(State(st): St, headers: HeaderMap, body: Body) -> Response {
+    let Ok(bytes) = axum::body::to_bytes(body, 16 * 1024).await else {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "request body too large");
+    };
+    let form: Vec<(String, String)> = form_urlencoded::parse(&bytes).into_owned().collect();
+    let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    if field("grant_type").as_deref() != Some("client_credentials") {
+        return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "only client_credentials is supported");
+    }
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| {
+            let (id, secret) = s.split_once(':')?;
+            // RFC 6749 §2.3.1: both parts are form-urlencoded inside Basic.
+            let dec = |x: &str| form_urlencoded::parse(format!("a={x}").as_bytes()).next().map(|(_, v)| v.into_owned());
+            Some((dec(id)?, dec(secret)?))
+        });
+    let (id, secret) = match (basic, field("client_id"), field("client_secret")) {
+        (Some(b), _, _) => b,
+        (None, Some(i), Some(s)) => (i, s),
+        _ => return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "client authentication is required"),
+    };
+    let scope = field("scope");
+    let auth = st.auth.clone();
+    match tokio::task::spawn_blocking(move || auth.issue(&id, &secret, scope.as_deref())).await {
+        Ok(Ok(t)) => {
+            let body = json!({"access_token": t.access_token, "token_type": "Bearer", "expires_in": t.expires_in, "scope": t.scope});
+            let mut r = (StatusCode::OK, serde_json::to_vec(&body).unwrap_or_default()).into_response();
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+            r
+        }
+        Ok(Err(brankas_auth::AuthError::InvalidScope)) => oauth_error(StatusCode::BAD_REQUEST, "invalid_scope", "requested scope is not granted to this client"),
+        Ok(Err(brankas_auth::AuthError::Store(_))) => oauth_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "storage unavailable"),
+        _ => oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "invalid client credentials"),
+    }
+}
+
+// ----- helpers -----
+
+fn json_response(status: StatusCode, v: &Value) -> Response {
+    let body = serde_json::to_vec(v).unwrap_or_default();
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    r
+}
+
+/// Runs blocking engine work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, EngineError> + Send + 'static) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(ApiError::from),
+        Err(_) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error")),
+    }
+}
+
+fn check_type(rtype: &str) -> Result<(), ApiError> {
+    if brankas_fhir::is_resource_type(rtype) {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::NOT_FOUND, "not-supported", "unknown resource type"))
+    }
+}
+
+fn check_accept(headers: &HeaderMap, query: Option<&str>) -> Result<(), ApiError> {
+    let fmt = query.and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "_format").map(|(_, v)| v.into_owned()));
+    let wants_xml = |s: &str| s.contains("xml") && !s.contains("json") && !s.contains("*/*");
+    if fmt.as_deref().is_some_and(wants_xml) || headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(wants_xml) {
+        return Err(ApiError::new(StatusCode::NOT_ACCEPTABLE, "not-supported", "only application/fhir+json is supported"));
+    }
+    Ok(())
+}
+
+/// Reads a JSON request body within the size limit and checks its content type.
+async fn read_json(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if mime != "application/fhir+json" && mime != "application/json" {
+        return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "not-supported", "Content-Type must be application/fhir+json"));
+    }
+    let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too-costly", format!("request body exceeds the limit of {} bytes", st.limits.max_body_bytes));
+    if headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok()).is_some_and(|n| n > st.limits.max_body_bytes) {
+        return Err(too_large());
+    }
+    let bytes: Bytes = axum::body::to_bytes(body, st.limits.max_body_bytes).await.map_err(|_| too_large())?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        let why = if e.to_string().contains("recursion limit") { "JSON nested too deeply" } else { "malformed JSON" };
+        ApiError::bad_request(format!("{why} (line {}, column {})", e.line(), e.column()))
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Return {
+    Minimal,
+    Representation,
+    Outcome,
+}
+
+fn prefer_return(headers: &HeaderMap) -> Return {
+    let p = headers.get("prefer").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if p.contains("return=minimal") {
+        Return::Minimal
+    } else if p.contains("return=OperationOutcome") {
+        Return::Outcome
+    } else {
+        Return::Representation
+    }
+}
+
+fn strict(headers: &HeaderMap) -> bool {
+    !headers.get("prefer").and_then(|v| v.to_str().ok()).is_some_and(|p| p.contains("handling=lenient"))
+}
+
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    match headers.get(header::IF_MATCH) {
+        None => Ok(None),
+        Some(v) => v.to_str().ok().and_then(parse_etag).map(Some).ok_or_else(|| ApiError::new(StatusCode::PRECONDITION_FAILED, "conflict", "If-Match must be an ETag like W/\"3\"")),
+    }
+}
+
+fn last_modified(us: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp(us / 1_000_000).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::format_description::well_known::Rfc2822)
+        .map(|s| s.replace("+0000", "GMT"))
+        .unwrap_or_default()
+}
+
+fn resource_response(st: &AppState, status: StatusCode, s: &Stored, rtype: &str, ret: Return, location: bool) -> Response {
+    let id = s.resource.get("id").and_then(Value::as_str).unwrap_or_default();
+    let mut r = match ret {
+        Return::Representation => json_response(status, &s.resource),
+        Return::Minimal => status.into_response(),
+        Return::Outcome => json_response(status, &json!({"resourceType": "OperationOutcome", "issue": [{"severity": "information", "code": "informational", "diagnostics": "ok"}]})),
+    };
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&s.etag()) {
+        h.insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&last_modified(s.last_updated_us)) {
+        h.insert(header::LAST_MODIFIED, v);
+    }
+    if location {
+        if let Ok(v) = HeaderValue::from_str(&format!("{}/{rtype}/{id}/_history/{}", st.base_url, s.version)) {
+            h.insert(header::LOCATION, v);
+        }
+    }
+    r
+}
+
+fn query_pairs(st: &AppState, raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    let raw = raw.unwrap_or("");
+    if raw.len() > st.limits.max_query_bytes {
+        return Err(ApiError::new(StatusCode::URI_TOO_LONG, "too-costly", "query string too long"));
+    }
+    Ok(form_urlencoded::parse(raw.as_bytes()).into_owned().filter(|(k, _)| k != "_format" && k != "_pretty").collect())
+}
+
+// ----- FHIR interactions -----
+
+async fn create(State(st): St, Extension(who): Extension<Principal>, Path(rtype): Path<String>, headers: HeaderMap, body: Body) -> ApiResult {
+    check_type(&rtype)?;
+    let resource = read_json(&st, &headers, body).await?;
+    let ine = headers.get("if-none-exist").and_then(|v| v.to_str().ok()).map(String::from);
+    let engine = st.engine.clone();
+    let t = rtype.clone();
+    let out = blocking(move || engine.create(&who, &t, resource, ine.as_deref())).await?;
+    let status = if out.created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok(resource_response(&st, status, &out.stored, &rtype, prefer_return(&headers), true))
+}
+
+async fn update(State(st): St, Extension(who): Extension<Principal>, Path((rtype, id)): Path<(String, String)>, headers: HeaderMap, body: Body) -> ApiResult {
+    check_type(&rtype)?;
+    let resource = read_json(&st, &headers, body).await?;
+    let im = if_match(&headers)?;
+    let engine = st.engine.clone();
+    let t = rtype.clone();
+    let out = blocking(move || engine.update(&who, &t, &id, resource, im)).await?;
+    let status = if out.created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok(resource_response(&st, status, &out.stored, &rtype, prefer_return(&headers), out.created))
+}
+
+async fn read(State(st): St, Extension(who): Extension<Principal>, Path((rtype, id)): Path<(String, String)>, RawQuery(q): RawQuery, headers: HeaderMap) -> ApiResult {
+    check_type(&rtype)?;
+    check_accept(&headers, q.as_deref())?;
+    let engine = st.engine.clone();
+    let t = rtype.clone();
+    let s = blocking(move || engine.read(&who, &t, &id)).await?;
+    if let Some(inm) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+        if parse_etag(inm) == Some(s.version) {
+            let mut r = StatusCode::NOT_MODIFIED.into_response();
+            if let Ok(v) = HeaderValue::from_str(&s.etag()) {
+                r.headers_mut().insert(header::ETAG, v);
+            }
+            return Ok(r);
+        }
+    }
+    Ok(resource_response(&st, StatusCode::OK, &s, &rtype, Return::Representation, false))
+}
+
+async fn vread(State(st): St, Extension(who): Extension<Principal>, Path((rtype, id, vid)): Path<(String, String, String)>) -> ApiResult {
+    check_type(&rtype)?;
+    let version: u64 = vid.parse().map_err(|_| ApiError::not_found())?;
+    let engine = st.engine.clone();
+    let t = rtype.clone();
+    let s = blocking(move || engine.vread(&who, &t, &id, version)).await?;
+    Ok(resource_response(&st, StatusCode::OK, &s, &rtype, Return::Representation, false))
+}
+
+async fn delete(State(st): St, Extension(who): Extension<Principal>, Path((rtype, id)): Path<(String, String)>, headers: HeaderMap) -> ApiResult {
+    check_type(&rtype)?;
+    let im = if_match(&headers)?;
+    let engine = st.engine.clone();
+    let out = blocking(move || engine.delete(&who, &rtype, &id, im)).await?;
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    if let Some(s) = out {
+        if let Ok(v) = HeaderValue::from_str(&s.etag()) {
+            r.headers_mut().insert(header::ETAG, v);
+        }
+    }
+    Ok(r)
+}
+
+async fn instance_sub(
+    State(st): St,
+    Extension(who): Extension<Principal>,
+    Path((rtype, id, sub)): Path<(String, String, String)>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult {
+    check_type(&rtype)?;
+    check_accept(&headers, q.as_deref())?;
+    let pairs = query_pairs(&st, q.as_deref())?;
+    if sub == "_history" {
+        return history(&st, who, rtype, id, &pairs).await;
+    }
+    if rtype == "Patient" && sub == "$everything" {
+        let engine = st.engine.clone();
+        let all = blocking(move || engine.everything(&who, &id)).await?;
+        let total = all.len();
+        let page = Page { total, offset: 0, count: total, next: None, previous: None, this: String::new(), resources: all };
+        return Ok(json_response(StatusCode::OK, &searchset(&st, &page, None)));
+    }
+    if rtype == "Patient" && brankas_fhir::is_resource_type(&sub) {
+        if let Some((_, cursor)) = pairs.iter().find(|(k, _)| k == "_page") {
+            let engine = st.engine.clone();
+            let c = cursor.clone();
+            let page = blocking(move || engine.search_page(&who, &c)).await?;
+            return Ok(json_response(StatusCode::OK, &searchset(&st, &page, Some(&sub))));
+        }
+        let req = SearchRequest { resource_type: sub.clone(), pairs, compartment: Some(id), offset: 0, strict: strict(&headers) };
+        let engine = st.engine.clone();
+        let page = blocking(move || engine.search(&who, &req)).await?;
+        return Ok(json_response(StatusCode::OK, &searchset(&st, &page, Some(&sub))));
+    }
+    if sub.starts_with('$') {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not-supported", "operation not supported"));
+    }
+    Err(ApiError::not_found())
+}
+
+async fn history(st: &AppState, who: Principal, rtype: String, id: String, pairs: &[(String, String)]) -> ApiResult {
+    let count = pairs.iter().find(|(k, _)| k == "_count").and_then(|(_, v)| v.parse::<usize>().ok()).unwrap_or(st.engine.limits().default_count);
+    let before = pairs.iter().find(|(k, _)| k == "_before_version").and_then(|(_, v)| v.parse::<u64>().ok());
+    let engine = st.engine.clone();
+    let (t, i) = (rtype.clone(), id.clone());
+    let versions = blocking(move || engine.history(&who, &t, &i, count, before)).await?;
+    let base = &st.base_url;
+    let entries: Vec<Value> = versions
+        .iter()
+        .map(|s| {
+            let mut e = json!({"fullUrl": format!("{base}/{rtype}/{id}")});
+            let (method, status) = if s.deleted {
+                ("DELETE", "204 No Content")
+            } else if s.version == 1 {
+                ("POST", "201 Created")
+            } else {
+                ("PUT", "200 OK")
+            };
+            if !s.deleted {
+                e["resource"] = s.resource.clone();
+            }
+            e["request"] = json!({"method": method, "url": if method == "POST" { rtype.clone() } else { format!("{rtype}/{id}") }});
+            e["response"] = json!({"status": status, "etag": s.etag(), "lastModified": instant(s.last_updated_us)});
+            e
+        })
+        .collect();
+    let mut links = vec![json!({"relation": "self", "url": format!("{base}/{rtype}/{id}/_history")})];
+    if let Some(last) = versions.last() {
+        if last.version > 1 && versions.len() >= count.max(1) {
+            links.push(json!({"relation": "next", "url": format!("{base}/{rtype}/{id}/_history?_count={count}&_before_version={}", last.version)}));
+        }
+    }
+    Ok(json_response(StatusCode::OK, &json!({"resourceType": "Bundle", "type": "history", "total": entries.len(), "link": links, "entry": entries})))
+}
+
+async fn search_get(State(st): St, Extension(who): Extension<Principal>, Path(rtype): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap) -> ApiResult {
+    check_type(&rtype)?;
+    check_accept(&headers, q.as_deref())?;
+    let pairs = query_pairs(&st, q.as_deref())?;
+    run_search(&st, who, rtype, pairs, &headers).await
+}
+
+async fn search_post(State(st): St, Extension(who): Extension<Principal>, Path(rtype): Path<String>, headers: HeaderMap, body: Body) -> ApiResult {
+    check_type(&rtype)?;
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !ct.starts_with("application/x-www-form-urlencoded") {
+        return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "not-supported", "POST _search takes application/x-www-form-urlencoded"));
+    }
+    let bytes = axum::body::to_bytes(body, st.limits.max_query_bytes).await.map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too-costly", "search form too large"))?;
+    let pairs = query_pairs(&st, Some(&String::from_utf8_lossy(&bytes)))?;
+    run_search(&st, who, rtype, pairs, &headers).await
+}
+
+async fn run_search(st: &AppState, who: Principal, rtype: String, pairs: Vec<(String, String)>, headers: &HeaderMap) -> ApiResult {
+    let engine = st.engine.clone();
+    let page = if let Some((_, cursor)) = pairs.iter().find(|(k, _)| k == "_page") {
+        let c = cursor.clone();
+        blocking(move || engine.search_page(&who, &c)).await?
+    } else {
+        let req = SearchRequest { resource_type: rtype.clone(), pairs, compartment: None, offset: 0, strict: strict(headers) };
+        blocking(move || engine.search(&who, &req)).await?
+    };
+    Ok(json_response(StatusCode::OK, &searchset(st, &page, Some(&rtype))))
+}
+
+/// A searchset Bundle. Paging links carry only a sealed cursor, so the query (which may be
+/// a NIK or a name) never appears in a link, a proxy log or a browser history.
+fn searchset(st: &AppState, page: &Page, rtype: Option<&str>) -> Value {
+    let base = &st.base_url;
+    let entries: Vec<Value> = page
+        .resources
+        .iter()
+        .map(|s| {
+            let t = s.resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+            let id = s.resource.get("id").and_then(Value::as_str).unwrap_or_default();
+            json!({"fullUrl": format!("{base}/{t}/{id}"), "resource": s.resource, "search": {"mode": "match"}})
+        })
+        .collect();
+    let mut links = Vec::new();
+    if let Some(t) = rtype {
+        let link = |c: &str| format!("{base}/{t}?_page={c}");
+        if !page.this.is_empty() {
+            links.push(json!({"relation": "self", "url": link(&page.this)}));
+        }
+        if let Some(n) = &page.next {
+            links.push(json!({"relation": "next", "url": link(n)}));
+        }
+        if let Some(p) = &page.previous {
+            links.push(json!({"relation": "previous", "url": link(p)}));
+        }
+    }
+    let mut b = json!({"resourceType": "Bundle", "type": "searchset", "total": page.total, "entry": entries});
+    if !links.is_empty() {
+        b["link"] = Value::Array(links);
+    }
+    b
+}
+
+async fn bundle(State(st): St, Extension(who): Extension<Principal>, headers: HeaderMap, body: Body) -> ApiResult {
+    let b = read_json(&st, &headers, body).await?;
+    if b.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+        return Err(ApiError::bad_request("POST to the base URL takes a transaction or batch Bundle"));
+    }
+    let kind = match b.get("type").and_then(Value::as_str) {
+        Some("transaction") => "transaction",
+        Some("batch") => "batch",
+        _ => return Err(ApiError::bad_request("Bundle.type must be transaction or batch")),
+    };
+    let ret = prefer_return(&headers);
+    let engine = st.engine.clone();
+    let outcomes = blocking(move || if kind == "transaction" { engine.transaction(&who, &b) } else { engine.batch(&who, &b) }).await?;
+    let entries: Vec<Value> = outcomes.into_iter().map(|o| response_entry(&st, o, ret)).collect();
+    Ok(json_response(StatusCode::OK, &json!({"resourceType": "Bundle", "type": format!("{kind}-response"), "entry": entries})))
+}
+
+fn status_line(code: u16) -> String {
+    let reason = StatusCode::from_u16(code).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
+    format!("{code} {reason}")
+}
+
+fn response_entry(st: &AppState, o: EntryOutcome, ret: Return) -> Value {
+    if let Some(err) = o.error {
+        let e = ApiError::from(err);
+        return json!({"response": {"status": status_line(e.status.as_u16()), "outcome": e.to_outcome()}});
+    }
+    let mut resp = json!({"status": status_line(o.status)});
+    let mut entry = json!({});
+    if let Some((t, id)) = &o.location {
+        entry["fullUrl"] = json!(format!("{}/{t}/{id}", st.base_url));
+        if let Some(s) = &o.stored {
+            resp["location"] = json!(format!("{t}/{id}/_history/{}", s.version));
+        }
+    }
+    if let Some(s) = &o.stored {
+        resp["etag"] = json!(s.etag());
+        resp["lastModified"] = json!(instant(s.last_updated_us));
+        if ret == Return::Representation && !s.deleted {
+            entry["resource"] = s.resource.clone();
+        }
+    }
+    entry["response"] = resp;
+    entry
+}
+

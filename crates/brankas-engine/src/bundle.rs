@@ -1,0 +1,364 @@
+//! Transaction and batch Bundles.
+//!
+//! A transaction is all-or-nothing: every entry is resolved (server ids assigned, `urn:uuid`
+//! and conditional references rewritten, conditional creates and updates decided), prepared
+//! (validated, placed, sealed) and then committed as one store batch. A batch runs each entry
+//! on its own and reports each outcome.
+
+use std::collections::{HashMap, HashSet};
+
+use brankas_auth::Principal;
+use brankas_store::Expect;
+use serde_json::Value;
+
+use crate::crud::{check_type, new_id, now_us};
+use crate::{Engine, EngineError, Prepared, Result, Stored};
+
+/// The outcome of one Bundle entry, for the HTTP layer to render.
+#[derive(Debug)]
+pub struct EntryOutcome {
+    /// HTTP status of the entry (201, 200, 204, 4xx…).
+    pub status: u16,
+    /// The resource written or read, if any.
+    pub stored: Option<Stored>,
+    /// `Type/id` of the resource concerned, for `Location`.
+    pub location: Option<(String, String)>,
+    /// A failed entry of a batch.
+    pub error: Option<EngineError>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Method {
+    Get,
+    Post,
+    Put,
+    Delete,
+}
+
+struct Entry {
+    method: Method,
+    url: String,
+    full_url: Option<String>,
+    resource: Option<Value>,
+    if_none_exist: Option<String>,
+    if_match: Option<u64>,
+}
+
+/// Parses `W/"3"` or `"3"` or `3`.
+pub fn parse_etag(s: &str) -> Option<u64> {
+    s.trim().trim_start_matches("W/").trim_matches('"').parse().ok()
+}
+
+fn parse_entries(bundle: &Value, max: usize) -> Result<Vec<Entry>> {
+    let bad = |m: &str| EngineError::BadRequest(m.to_string());
+    let entries = match bundle.get("entry") {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(bad("Bundle.entry must be an array")),
+    };
+    if entries.len() > max {
+        return Err(EngineError::Unprocessable(format!("a Bundle may hold at most {max} entries")));
+    }
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let req = e.get("request").ok_or_else(|| bad(&format!("Bundle.entry[{i}].request is missing")))?;
+            let method = match req.get("method").and_then(Value::as_str) {
+                Some("GET") => Method::Get,
+                Some("POST") => Method::Post,
+                Some("PUT") => Method::Put,
+                Some("DELETE") => Method::Delete,
+                Some("PATCH" | "HEAD") => return Err(bad(&format!("Bundle.entry[{i}]: method not supported"))),
+                _ => return Err(bad(&format!("Bundle.entry[{i}].request.method is missing or invalid"))),
+            };
+            let url = req.get("url").and_then(Value::as_str).ok_or_else(|| bad(&format!("Bundle.entry[{i}].request.url is missing")))?;
+            let resource = e.get("resource").cloned();
+            if matches!(method, Method::Post | Method::Put) && resource.is_none() {
+                return Err(bad(&format!("Bundle.entry[{i}].resource is missing")));
+            }
+            Ok(Entry {
+                method,
+                url: url.trim_start_matches('/').to_string(),
+                full_url: e.get("fullUrl").and_then(Value::as_str).map(String::from),
+                resource,
+                if_none_exist: req.get("ifNoneExist").and_then(Value::as_str).map(String::from),
+                if_match: req.get("ifMatch").and_then(Value::as_str).and_then(parse_etag),
+            })
+        })
+        .collect()
+}
+
+/// Splits `Type/id` (optionally with a leading base URL is not accepted: entries use
+/// relative URLs).
+fn split_instance(url: &str) -> Option<(&str, &str)> {
+    let (t, id) = url.split_once('/')?;
+    (brankas_fhir::is_resource_type(t) && brankas_fhir::is_valid_id(id)).then_some((t, id))
+}
+
+/// What a transaction will do, decided before anything is written.
+pub(crate) struct PreparedTransaction {
+    pub prepared: Vec<Prepared>,
+    /// Per entry: index into `prepared`, or a ready outcome (conditional create that matched,
+    /// delete of nothing), or a GET to run after the commit.
+    plan: Vec<Planned>,
+    gets: Vec<(usize, String)>,
+}
+
+enum Planned {
+    Write(usize),
+    Done(EntryOutcome),
+    Get,
+}
+
+impl Engine {
+    /// `POST /` with a transaction Bundle.
+    pub fn transaction(&self, who: &Principal, bundle: &Value) -> Result<Vec<EntryOutcome>> {
+        let tx = self.prepare_transaction(who, bundle)?;
+        self.commit_prepared(&tx.prepared)?;
+        self.finish_transaction(who, tx)
+    }
+
+    pub(crate) fn finish_transaction(&self, who: &Principal, tx: PreparedTransaction) -> Result<Vec<EntryOutcome>> {
+        let PreparedTransaction { prepared, plan, gets } = tx;
+        let mut prepared: Vec<Option<Prepared>> = prepared.into_iter().map(Some).collect();
+        let mut out = Vec::with_capacity(plan.len());
+        for p in plan {
+            out.push(match p {
+                Planned::Write(i) => {
+                    let p = prepared[i].take().ok_or(EngineError::Integrity)?;
+                    let t = p.row.resource_type.clone();
+                    let id = p.stored.resource.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+                    let status = if p.stored.deleted { 204 } else if p.created { 201 } else { 200 };
+                    EntryOutcome { status, location: Some((t, id)), stored: Some(p.stored), error: None }
+                }
+                Planned::Done(o) => o,
+                Planned::Get => EntryOutcome { status: 0, stored: None, location: None, error: None },
+            });
+        }
+        for (i, url) in gets {
+            out[i] = self.entry_get(who, &url);
+        }
+        Ok(out)
+    }
+
+    fn entry_get(&self, who: &Principal, url: &str) -> EntryOutcome {
+        let res = match split_instance(url) {
+            Some((t, id)) => self.read(who, t, id),
+            None => Err(EngineError::BadRequest("only reads of Type/id are supported inside a Bundle".into())),
+        };
+        match res {
+            Ok(s) => {
+                let loc = split_instance(url).map(|(t, id)| (t.to_string(), id.to_string()));
+                EntryOutcome { status: 200, stored: Some(s), location: loc, error: None }
+            }
+            Err(e) => EntryOutcome { status: 0, stored: None, location: None, error: Some(e) },
+        }
+    }
+
+    /// Resolves and prepares every entry of a transaction without writing anything.
+    pub(crate) fn prepare_transaction(&self, who: &Principal, bundle: &Value) -> Result<PreparedTransaction> {
+        let entries = parse_entries(bundle, self.limits.max_bundle_entries)?;
+        let now = now_us();
+        // 1. Decide the target of every write and map fullUrls to Type/id.
+        let mut targets: Vec<Option<(String, String)>> = Vec::with_capacity(entries.len());
+        let mut plan: Vec<Option<Planned>> = (0..entries.len()).map(|_| None).collect();
+        let mut map: HashMap<String, String> = HashMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            let target = match e.method {
+                Method::Post => {
+                    let t = e.url.as_str();
+                    check_type(t)?;
+                    self.require(who, t, 'c')?;
+                    let mut existing = None;
+                    if let Some(q) = &e.if_none_exist {
+                        let found = self.conditional_match(who, t, q, e.resource.as_ref())?;
+                        match found.len() {
+                            0 => {}
+                            1 => existing = found.into_iter().next(),
+                            _ => return Err(EngineError::PreconditionFailed(format!("Bundle.entry[{i}]: ifNoneExist matched more than one resource"))),
+                        }
+                    }
+                    match existing {
+                        Some(s) => {
+                            let id = s.resource.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+                            plan[i] = Some(Planned::Done(EntryOutcome { status: 200, location: Some((t.into(), id.clone())), stored: Some(s), error: None }));
+                            Some((t.to_string(), id))
+                        }
+                        None => Some((t.to_string(), new_id()?)),
+                    }
+                }
+                Method::Put => {
+                    if let Some((t, id)) = split_instance(&e.url) {
+                        Some((t.to_string(), id.to_string()))
+                    } else if let Some((t, q)) = e.url.split_once('?') {
+                        check_type(t)?;
+                        let found = self.conditional_match(who, t, q, e.resource.as_ref())?;
+                        match found.len() {
+                            0 => {
+                                let id = match e.resource.as_ref().and_then(|r| r.get("id")).and_then(Value::as_str) {
+                                    Some(id) => id.to_string(),
+                                    None => new_id()?,
+                                };
+                                Some((t.to_string(), id))
+                            }
+                            1 => Some((t.to_string(), found[0].resource.get("id").and_then(Value::as_str).unwrap_or_default().to_string())),
+                            _ => return Err(EngineError::PreconditionFailed(format!("Bundle.entry[{i}]: conditional update matched more than one resource"))),
+                        }
+                    } else {
+                        return Err(EngineError::BadRequest(format!("Bundle.entry[{i}].request.url must be Type/id or Type?query")));
+                    }
+                }
+                Method::Delete => {
+                    let (t, id) = split_instance(&e.url)
+                        .ok_or_else(|| EngineError::BadRequest(format!("Bundle.entry[{i}]: DELETE needs Type/id (conditional delete is not supported)")))?;
+                    Some((t.to_string(), id.to_string()))
+                }
+                Method::Get => None,
+            };
+            if let (Some(full), Some((t, id))) = (&e.full_url, &target) {
+                map.insert(full.clone(), format!("{t}/{id}"));
+            }
+            targets.push(target);
+        }
+        // 2. Write each resource, with references rewritten.
+        let mut seen = HashSet::new();
+        let mut prepared = Vec::new();
+        let mut gets = Vec::new();
+        for (i, (e, target)) in entries.into_iter().zip(targets).enumerate() {
+            if plan[i].is_some() {
+                continue;
+            }
+            if e.method == Method::Get {
+                plan[i] = Some(Planned::Get);
+                gets.push((i, e.url));
+                continue;
+            }
+            let (t, id) = target.ok_or(EngineError::Integrity)?;
+            if !seen.insert((t.clone(), id.clone())) {
+                return Err(EngineError::BadRequest(format!("Bundle.entry[{i}]: the same resource appears twice in one transaction")));
+            }
+            let current = self.current_row(&t, &id)?;
+            let p = match e.method {
+                Method::Delete => {
+                    self.require(who, &t, 'd')?;
+                    match current.as_ref().filter(|c| !c.deleted) {
+                        None => {
+                            plan[i] = Some(Planned::Done(EntryOutcome { status: 204, location: Some((t, id)), stored: None, error: None }));
+                            continue;
+                        }
+                        Some(c) => {
+                            if e.if_match.is_some_and(|v| v != c.version) {
+                                return Err(EngineError::PreconditionFailed(format!("Bundle.entry[{i}]: ifMatch does not match")));
+                            }
+                            self.prepare_delete(&t, &id, c, now)?
+                        }
+                    }
+                }
+                _ => {
+                    let mut resource = e.resource.ok_or(EngineError::Integrity)?;
+                    if resource.get("resourceType").and_then(Value::as_str) != Some(t.as_str()) {
+                        return Err(EngineError::BadRequest(format!("Bundle.entry[{i}]: resourceType does not match request.url")));
+                    }
+                    self.rewrite_references(who, &mut resource, &map, i)?;
+                    let live = current.as_ref().filter(|c| !c.deleted);
+                    self.require(who, &t, if live.is_some() { 'u' } else { 'c' })?;
+                    let expect = match (e.method, e.if_match, &current) {
+                        (Method::Post, _, _) => Expect::Absent,
+                        (_, Some(v), Some(c)) if c.version == v && !c.deleted => Expect::Version(v),
+                        (_, Some(_), _) => return Err(EngineError::PreconditionFailed(format!("Bundle.entry[{i}]: ifMatch does not match"))),
+                        (_, None, Some(c)) => Expect::Version(c.version),
+                        (_, None, None) => Expect::Absent,
+                    };
+                    self.prepare(&t, &id, resource, current.as_ref(), expect, now).map_err(|err| in_entry(err, i))?
+                }
+            };
+            plan[i] = Some(Planned::Write(prepared.len()));
+            prepared.push(p);
+        }
+        Ok(PreparedTransaction { prepared, plan: plan.into_iter().map(|p| p.unwrap_or(Planned::Get)).collect(), gets })
+    }
+
+    fn rewrite_references(&self, who: &Principal, resource: &mut Value, map: &HashMap<String, String>, entry: usize) -> Result<()> {
+        let mut conditional = Vec::new();
+        brankas_fhir::for_each_reference_mut(resource, &mut |r: &mut String| {
+            if let Some(to) = map.get(r.as_str()) {
+                *r = to.clone();
+            } else if r.starts_with("urn:uuid:") || r.starts_with("urn:oid:") {
+                // Left for the check below: an unresolved placeholder is an error.
+                conditional.push(r.clone());
+            } else if let Some((t, _)) = r.split_once('?') {
+                if brankas_fhir::is_resource_type(t) {
+                    conditional.push(r.clone());
+                }
+            }
+        });
+        if conditional.is_empty() {
+            return Ok(());
+        }
+        let mut resolved: HashMap<String, String> = HashMap::new();
+        for c in conditional {
+            if c.starts_with("urn:") {
+                return Err(EngineError::BadRequest(format!("Bundle.entry[{entry}]: a urn reference names no entry of this Bundle")));
+            }
+            let (t, q) = c.split_once('?').ok_or(EngineError::Integrity)?;
+            let found = self.conditional_match(who, t, q, None)?;
+            match found.len() {
+                1 => {
+                    let id = found[0].resource.get("id").and_then(Value::as_str).unwrap_or_default();
+                    resolved.insert(c.clone(), format!("{t}/{id}"));
+                }
+                0 => return Err(EngineError::PreconditionFailed(format!("Bundle.entry[{entry}]: a conditional reference matched nothing"))),
+                _ => return Err(EngineError::PreconditionFailed(format!("Bundle.entry[{entry}]: a conditional reference matched more than one resource"))),
+            }
+        }
+        brankas_fhir::for_each_reference_mut(resource, &mut |r: &mut String| {
+            if let Some(to) = resolved.get(r.as_str()) {
+                *r = to.clone();
+            }
+        });
+        Ok(())
+    }
+
+    /// `POST /` with a batch Bundle: each entry on its own.
+    pub fn batch(&self, who: &Principal, bundle: &Value) -> Result<Vec<EntryOutcome>> {
+        let entries = parse_entries(bundle, self.limits.max_bundle_entries)?;
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            let r: Result<EntryOutcome> = (|| match e.method {
+                Method::Get => Ok(self.entry_get(who, &e.url)),
+                Method::Post => {
+                    let w = self.create(who, &e.url, e.resource.clone().ok_or(EngineError::Integrity)?, e.if_none_exist.as_deref())?;
+                    let id = w.stored.resource.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+                    Ok(EntryOutcome { status: if w.created { 201 } else { 200 }, location: Some((e.url.clone(), id)), stored: Some(w.stored), error: None })
+                }
+                Method::Put => {
+                    let (t, id) = split_instance(&e.url).ok_or_else(|| EngineError::BadRequest("PUT needs Type/id".into()))?;
+                    let w = self.update(who, t, id, e.resource.clone().ok_or(EngineError::Integrity)?, e.if_match)?;
+                    Ok(EntryOutcome { status: if w.created { 201 } else { 200 }, location: Some((t.into(), id.into())), stored: Some(w.stored), error: None })
+                }
+                Method::Delete => {
+                    let (t, id) = split_instance(&e.url).ok_or_else(|| EngineError::BadRequest("DELETE needs Type/id".into()))?;
+                    self.delete(who, t, id, e.if_match)?;
+                    Ok(EntryOutcome { status: 204, location: Some((t.into(), id.into())), stored: None, error: None })
+                }
+            })();
+            out.push(r.unwrap_or_else(|err| EntryOutcome { status: 0, stored: None, location: None, error: Some(err) }));
+        }
+        Ok(out)
+    }
+}
+
+/// Prefixes validation issue paths with the entry they came from.
+fn in_entry(err: EngineError, i: usize) -> EngineError {
+    match err {
+        EngineError::Invalid(mut issues) => {
+            for is in &mut issues {
+                is.path = format!("Bundle.entry[{i}].resource.{}", is.path);
+            }
+            EngineError::Invalid(issues)
+        }
+        EngineError::BadRequest(m) => EngineError::BadRequest(format!("Bundle.entry[{i}]: {m}")),
+        e => e,
+    }
+}

@@ -1,0 +1,271 @@
+//! Single-resource interactions and the write preparation shared with bundles and import.
+
+use brankas_auth::Principal;
+use brankas_fhir::IdentityTerm;
+use brankas_store::{Expect, NewVersion, PartitionId, VersionRow, WriteBatch};
+use brankas_vault::{BlindTerm, RecordAad};
+use serde_json::{Map, Value, json};
+
+use crate::{Engine, EngineError, Prepared, Result, Stored, WriteOutcome, safe_type};
+
+pub(crate) fn now_us() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+/// FHIR `instant` for a time in microseconds (millisecond precision, UTC).
+pub fn instant(us: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(us as i128 * 1000).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        t.month() as u8,
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+impl Engine {
+    /// Checks a resource body against its type and the R4 structure; NIK rules for Patients.
+    pub(crate) fn validate(&self, rtype: &str, resource: &Value) -> Result<()> {
+        if !brankas_fhir::is_resource_type(rtype) {
+            return Err(EngineError::BadRequest("unknown resource type".into()));
+        }
+        match resource.get("resourceType").and_then(Value::as_str) {
+            Some(t) if t == rtype => {}
+            Some(_) => return Err(EngineError::BadRequest("resourceType does not match the URL".into())),
+            None => return Err(EngineError::BadRequest("resourceType is missing".into())),
+        }
+        brankas_fhir::validate_resource(resource).map_err(|e| EngineError::Invalid(e.0))?;
+        if rtype == "Patient" {
+            brankas_fhir::check_patient_nik(resource).map_err(EngineError::Nik)?;
+        }
+        Ok(())
+    }
+
+    /// The partition that owns a resource (see the crate docs).
+    pub(crate) fn partition_of(&self, rtype: &str, id: &str, resource: &Value) -> PartitionId {
+        if rtype == "Patient" {
+            return self.vault.patient_partition(id);
+        }
+        if self.registry.in_patient_compartment(rtype) {
+            if let Some(p) = self.registry.patient_refs(rtype, resource).first() {
+                return self.vault.patient_partition(p);
+            }
+        }
+        self.vault.system_partition()
+    }
+
+    /// Blind-index terms of a resource: identity values of Patients, and identifiers of
+    /// resources outside patient compartments (the directory), which conditional references
+    /// name. Clinical resources get none: their content is never indexed.
+    pub(crate) fn index_terms(&self, rtype: &str, resource: &Value) -> Option<Vec<BlindTerm>> {
+        if rtype == "Patient" {
+            let terms = brankas_fhir::patient_identity_terms(resource)
+                .into_iter()
+                .map(|t| match t {
+                    IdentityTerm::Identifier { system, value } => self.vault.blind_term("identifier", &["Patient", &system, &value]),
+                    IdentityTerm::Phone(p) => self.vault.blind_term("phone", &[&p]),
+                    IdentityTerm::NameBirthDate { name, birth_date } => self.vault.blind_term("name-birthdate", &[&name, &birth_date]),
+                })
+                .collect();
+            return Some(terms);
+        }
+        if self.registry.in_patient_compartment(rtype) {
+            return None;
+        }
+        let mut terms = Vec::new();
+        if let Some(ids) = resource.get("identifier").and_then(Value::as_array) {
+            for i in ids {
+                if let (Some(s), Some(v)) = (i.get("system").and_then(Value::as_str), i.get("value").and_then(Value::as_str)) {
+                    terms.push(self.vault.blind_term("identifier", &[rtype, s, &brankas_fhir::normalize_identifier_value(v)]));
+                }
+            }
+        }
+        Some(terms)
+    }
+
+    /// Validates, stamps meta, places and seals one resource. `current` is the record's
+    /// current row, read by the caller (None when absent).
+    pub(crate) fn prepare(
+        &self,
+        rtype: &str,
+        id: &str,
+        mut resource: Value,
+        current: Option<&VersionRow>,
+        expect: Expect,
+        now: i64,
+    ) -> Result<Prepared> {
+        let obj = resource.as_object_mut().ok_or_else(|| EngineError::BadRequest("a resource must be a JSON object".into()))?;
+        obj.insert("id".into(), Value::String(id.into()));
+        let version = current.map(|c| c.version + 1).unwrap_or(1);
+        let meta = obj.entry("meta").or_insert_with(|| Value::Object(Map::new()));
+        let meta = meta.as_object_mut().ok_or_else(|| EngineError::BadRequest("meta must be an object".into()))?;
+        meta.insert("versionId".into(), Value::String(version.to_string()));
+        meta.insert("lastUpdated".into(), Value::String(instant(now)));
+        // Validate after stamping, so server-set meta is checked too.
+        self.validate(rtype, &resource)?;
+        let partition = self.partition_of(rtype, id, &resource);
+        let key = self.data_key(&partition, true)?.ok_or(EngineError::Integrity)?;
+        let rkey = self.vault.record_key(rtype, id);
+        let bytes = serde_json::to_vec(&resource).map_err(|_| EngineError::BadRequest("resource cannot be encoded".into()))?;
+        let dek_version = 1;
+        let aad = RecordAad { resource_type: rtype, record: &rkey, version, partition: &partition, dek_version };
+        let sealed = key.seal(&aad, &bytes)?;
+        let index = self.index_terms(rtype, &resource).map(|t| (rkey, t));
+        Ok(Prepared {
+            row: VersionRow { key: rkey, version, partition, resource_type: rtype.into(), deleted: false, last_updated_us: now, dek_version, sealed },
+            expect,
+            index,
+            stored: Stored { resource, version, last_updated_us: now, deleted: false },
+            created: current.is_none_or(|c| c.deleted),
+        })
+    }
+
+    /// Prepares a delete marker for an existing, not yet deleted record.
+    pub(crate) fn prepare_delete(&self, rtype: &str, id: &str, current: &VersionRow, now: i64) -> Result<Prepared> {
+        let version = current.version + 1;
+        let tomb = json!({"resourceType": rtype, "id": id, "meta": {"versionId": version.to_string(), "lastUpdated": instant(now)}});
+        let partition = current.partition;
+        let key = self.data_key(&partition, true)?.ok_or(EngineError::Integrity)?;
+        let aad = RecordAad { resource_type: rtype, record: &current.key, version, partition: &partition, dek_version: 1 };
+        let sealed = key.seal(&aad, &serde_json::to_vec(&tomb).map_err(|_| EngineError::Integrity)?)?;
+        Ok(Prepared {
+            row: VersionRow { key: current.key, version, partition, resource_type: rtype.into(), deleted: true, last_updated_us: now, dek_version: 1, sealed },
+            expect: Expect::Version(current.version),
+            // Identity lookups must no longer find a deleted patient.
+            index: Some((current.key, Vec::new())),
+            stored: Stored { resource: tomb, version, last_updated_us: now, deleted: true },
+            created: false,
+        })
+    }
+
+    pub(crate) fn commit_prepared(&self, prepared: &[Prepared]) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for p in prepared {
+            batch.versions.push(NewVersion { row: p.row.clone(), expect: p.expect });
+            if let Some(ix) = &p.index {
+                batch.index.push(ix.clone());
+            }
+        }
+        self.store.commit(&batch)?;
+        Ok(())
+    }
+
+    pub(crate) fn current_row(&self, rtype: &str, id: &str) -> Result<Option<VersionRow>> {
+        Ok(self.store.current(&self.vault.record_key(rtype, id))?)
+    }
+
+    /// `POST [type]`, with optional `If-None-Exist` (conditional create).
+    pub fn create(&self, who: &Principal, rtype: &str, resource: Value, if_none_exist: Option<&str>) -> Result<WriteOutcome> {
+        self.require(who, rtype, 'c')?;
+        if let Some(q) = if_none_exist {
+            let found = self.conditional_match(who, rtype, q, Some(&resource))?;
+            match found.len() {
+                0 => {}
+                1 => return Ok(WriteOutcome { stored: found.into_iter().next().ok_or(EngineError::Integrity)?, created: false }),
+                _ => return Err(EngineError::PreconditionFailed("If-None-Exist matched more than one resource".into())),
+            }
+        }
+        let id = new_id()?;
+        let p = self.prepare(rtype, &id, resource, None, Expect::Absent, now_us())?;
+        self.commit_prepared(std::slice::from_ref(&p))?;
+        Ok(WriteOutcome { stored: p.stored, created: true })
+    }
+
+    /// `PUT [type]/[id]`: update, or create with the client's id when absent.
+    pub fn update(&self, who: &Principal, rtype: &str, id: &str, resource: Value, if_match: Option<u64>) -> Result<WriteOutcome> {
+        if !brankas_fhir::is_valid_id(id) {
+            return Err(EngineError::BadRequest("invalid resource id".into()));
+        }
+        match resource.get("id").and_then(Value::as_str) {
+            Some(body_id) if body_id == id => {}
+            _ => return Err(EngineError::BadRequest("the resource id must be present and equal the id in the URL".into())),
+        }
+        let current = self.current_row(rtype, id)?;
+        let live = current.as_ref().filter(|c| !c.deleted);
+        self.require(who, rtype, if live.is_some() { 'u' } else { 'c' })?;
+        let expect = match (if_match, &current) {
+            (Some(v), Some(c)) if c.version == v && !c.deleted => Expect::Version(v),
+            (Some(_), _) => return Err(EngineError::PreconditionFailed("If-Match does not match the current version".into())),
+            (None, Some(c)) => Expect::Version(c.version),
+            (None, None) => Expect::Absent,
+        };
+        let p = self.prepare(rtype, id, resource, current.as_ref(), expect, now_us())?;
+        self.commit_prepared(std::slice::from_ref(&p))?;
+        Ok(WriteOutcome { created: p.created, stored: p.stored })
+    }
+
+    /// `GET [type]/[id]`.
+    pub fn read(&self, who: &Principal, rtype: &str, id: &str) -> Result<Stored> {
+        self.require(who, rtype, 'r')?;
+        if !brankas_fhir::is_valid_id(id) {
+            return Err(EngineError::NotFound);
+        }
+        let row = self.current_row(rtype, id)?.ok_or(EngineError::NotFound)?;
+        if row.deleted {
+            return Err(EngineError::Gone);
+        }
+        self.open_row(&row, Some((rtype, id)))
+    }
+
+    /// `GET [type]/[id]/_history/[vid]`.
+    pub fn vread(&self, who: &Principal, rtype: &str, id: &str, version: u64) -> Result<Stored> {
+        self.require(who, rtype, 'r')?;
+        if !brankas_fhir::is_valid_id(id) {
+            return Err(EngineError::NotFound);
+        }
+        let row = self.store.version(&self.vault.record_key(rtype, id), version)?.ok_or(EngineError::NotFound)?;
+        if row.deleted {
+            return Err(EngineError::Gone);
+        }
+        self.open_row(&row, Some((rtype, id)))
+    }
+
+    /// `DELETE [type]/[id]`: writes a delete marker version. Deleting what does not exist, or
+    /// is already deleted, succeeds without a new version (idempotent, per FHIR).
+    pub fn delete(&self, who: &Principal, rtype: &str, id: &str, if_match: Option<u64>) -> Result<Option<Stored>> {
+        self.require(who, rtype, 'd')?;
+        if !brankas_fhir::is_valid_id(id) {
+            return Err(EngineError::NotFound);
+        }
+        let Some(current) = self.current_row(rtype, id)? else { return Ok(None) };
+        if current.deleted {
+            return Ok(None);
+        }
+        if if_match.is_some_and(|v| v != current.version) {
+            return Err(EngineError::PreconditionFailed("If-Match does not match the current version".into()));
+        }
+        let p = self.prepare_delete(rtype, id, &current, now_us())?;
+        self.commit_prepared(std::slice::from_ref(&p))?;
+        Ok(Some(p.stored))
+    }
+
+    /// `GET [type]/[id]/_history`: versions newest first, `before` a version number for paging.
+    pub fn history(&self, who: &Principal, rtype: &str, id: &str, count: usize, before: Option<u64>) -> Result<Vec<Stored>> {
+        self.require(who, rtype, 'r')?;
+        if !brankas_fhir::is_valid_id(id) {
+            return Err(EngineError::NotFound);
+        }
+        let rows = self.store.history(&self.vault.record_key(rtype, id), before, count.clamp(1, self.limits.max_history))?;
+        if rows.is_empty() && before.is_none() {
+            return Err(EngineError::NotFound);
+        }
+        rows.iter().map(|r| self.open_row(r, Some((rtype, id)))).collect()
+    }
+}
+
+/// A new server-assigned id: 128 random bits, hex (reveals nothing, never guessable).
+pub(crate) fn new_id() -> Result<String> {
+    Ok(brankas_vault::random_id(16)?)
+}
+
+pub(crate) fn check_type(rtype: &str) -> Result<()> {
+    if brankas_fhir::is_resource_type(rtype) {
+        Ok(())
+    } else {
+        Err(EngineError::BadRequest(format!("unknown resource type {}", safe_type(rtype))))
+    }
+}

@@ -1,0 +1,309 @@
+//! Search: exact identity lookups across patients, in-memory evaluation within one patient.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use brankas_auth::Principal;
+use brankas_search::{IdentityQuery, Query, QueryError};
+use brankas_store::{PartitionId, VersionRow};
+use serde_json::{Value, json};
+
+use crate::{Engine, EngineError, Result, Stored, crud::check_type};
+
+/// A search as the HTTP layer hands it over.
+#[derive(Clone, Debug, Default)]
+pub struct SearchRequest {
+    pub resource_type: String,
+    /// Query pairs, percent-decoded.
+    pub pairs: Vec<(String, String)>,
+    /// `Patient/[id]/[type]` compartment searches name the patient here.
+    pub compartment: Option<String>,
+    /// First result to return.
+    pub offset: usize,
+    /// Unknown parameters are an error (FHIR `Prefer: handling=strict`, our default).
+    pub strict: bool,
+}
+
+/// One page of results.
+#[derive(Debug)]
+pub struct Page {
+    pub resources: Vec<Stored>,
+    /// Number of matches in all pages.
+    pub total: usize,
+    pub offset: usize,
+    pub count: usize,
+    /// Opaque cursors (sealed, bound to the client, expiring) for the links.
+    pub next: Option<String>,
+    pub previous: Option<String>,
+    pub this: String,
+}
+
+/// How long a paging cursor stays valid.
+const CURSOR_SECONDS: u64 = 900;
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn qerr(e: QueryError) -> EngineError {
+    EngineError::Search(e.to_string())
+}
+
+/// Percent-decodes an `a=b&c=d` query (used for If-None-Exist and conditional references).
+pub(crate) fn parse_query_string(q: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(q.trim_start_matches('?').as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
+}
+
+impl Engine {
+    /// Runs a search and returns the requested page.
+    pub fn search(&self, who: &Principal, req: &SearchRequest) -> Result<Page> {
+        check_type(&req.resource_type)?;
+        self.require(who, &req.resource_type, 's')?;
+        let query = Query::parse(self.registry, &req.resource_type, &req.pairs).map_err(qerr)?;
+        if req.strict && !query.unknown_params().is_empty() {
+            return Err(EngineError::Search(format!(
+                "unknown search parameter '{}' for {}",
+                safe_param(&query.unknown_params()[0]),
+                req.resource_type
+            )));
+        }
+        let mut matches = self.candidates(&req.resource_type, &query, req.compartment.as_deref(), &req.pairs, None)?;
+        matches.sort_by(|a, b| {
+            if query.sort().is_empty() {
+                b.last_updated_us.cmp(&a.last_updated_us).then_with(|| id_of(&a.resource).cmp(id_of(&b.resource)))
+            } else {
+                query.compare(&a.resource, &b.resource)
+            }
+        });
+        let count = query.count().unwrap_or(self.limits.default_count).min(self.limits.max_count);
+        let summary_count = req.pairs.iter().any(|(k, v)| k == "_summary" && v == "count");
+        let total = matches.len();
+        let offset = req.offset.min(total);
+        let take = if summary_count { 0 } else { count };
+        let resources: Vec<Stored> = matches.into_iter().skip(offset).take(take).collect();
+        let cursor = |o: usize| self.seal_cursor(who, req, o);
+        Ok(Page {
+            next: if take > 0 && offset + take < total { Some(cursor(offset + take)?) } else { None },
+            previous: if offset > 0 && take > 0 { Some(cursor(offset.saturating_sub(take))?) } else { None },
+            this: cursor(offset)?,
+            resources,
+            total,
+            offset,
+            count: take,
+        })
+    }
+
+    /// Continues a search from an opaque paging cursor made for this client.
+    pub fn search_page(&self, who: &Principal, cursor: &str) -> Result<Page> {
+        let req = self.open_cursor(who, cursor)?;
+        self.search(who, &req)
+    }
+
+    fn seal_cursor(&self, who: &Principal, req: &SearchRequest, offset: usize) -> Result<String> {
+        let state = json!({
+            "c": who.client_id(), "t": req.resource_type, "p": req.pairs, "k": req.compartment,
+            "o": offset, "s": req.strict, "x": now_secs() + CURSOR_SECONDS,
+        });
+        let sealed = self.vault.seal_cursor(&serde_json::to_vec(&state).map_err(|_| EngineError::Integrity)?)?;
+        Ok(B64.encode(sealed))
+    }
+
+    fn open_cursor(&self, who: &Principal, cursor: &str) -> Result<SearchRequest> {
+        let bad = || EngineError::BadRequest("invalid or expired paging link".into());
+        if cursor.len() > 16_384 {
+            return Err(bad());
+        }
+        let sealed = B64.decode(cursor).map_err(|_| bad())?;
+        let plain = self.vault.open_cursor(&sealed).map_err(|_| bad())?;
+        let v: Value = serde_json::from_slice(&plain).map_err(|_| bad())?;
+        if v["c"].as_str() != Some(who.client_id()) || v["x"].as_u64().is_none_or(|x| x < now_secs()) {
+            return Err(bad());
+        }
+        let pairs = v["p"]
+            .as_array()
+            .ok_or_else(bad)?
+            .iter()
+            .filter_map(|p| Some((p.get(0)?.as_str()?.to_string(), p.get(1)?.as_str()?.to_string())))
+            .collect();
+        Ok(SearchRequest {
+            resource_type: v["t"].as_str().ok_or_else(bad)?.to_string(),
+            pairs,
+            compartment: v["k"].as_str().map(String::from),
+            offset: v["o"].as_u64().ok_or_else(bad)? as usize,
+            strict: v["s"].as_bool().unwrap_or(true),
+        })
+    }
+
+    /// All matches of a parsed query, unsorted. `owner` pins a conditional operation to the
+    /// partition of the resource being written.
+    pub(crate) fn candidates(
+        &self,
+        rtype: &str,
+        query: &Query,
+        compartment: Option<&str>,
+        pairs: &[(String, String)],
+        owner: Option<PartitionId>,
+    ) -> Result<Vec<Stored>> {
+        let in_compartment = self.registry.in_patient_compartment(rtype);
+        if let Some(pid) = compartment {
+            if !brankas_fhir::is_valid_id(pid) {
+                return Err(EngineError::NotFound);
+            }
+            if !in_compartment {
+                return Err(EngineError::Search(format!("{rtype} is not in the Patient compartment")));
+            }
+            return self.scan(self.vault.patient_partition(pid), rtype, query, Some(pid));
+        }
+        if rtype == "Patient" {
+            if let Some(id) = query.pinned_patient() {
+                let row = self.current_row("Patient", id)?;
+                return self.filter_rows(row.into_iter().collect(), query);
+            }
+            if let Some(identity) = query.identity() {
+                return self.identity_search(&identity, pairs);
+            }
+            if let Some(p) = owner {
+                return self.scan(p, rtype, query, None);
+            }
+            return Err(EngineError::Search(
+                "Patient searches must be an exact identity lookup: identifier=system|value, telecom (phone), or name with birthdate (and optionally gender); listing or fuzzy-searching patients is not permitted".into(),
+            ));
+        }
+        if in_compartment {
+            if let Some(pid) = query.pinned_patient() {
+                return self.scan(self.vault.patient_partition(pid), rtype, query, Some(pid));
+            }
+            if let Some(p) = owner {
+                return self.scan(p, rtype, query, None);
+            }
+            return Err(EngineError::Search(format!(
+                "searching {rtype} across patients is not permitted: give exactly one patient (patient=Patient/<id> or subject=Patient/<id>)"
+            )));
+        }
+        self.scan(self.vault.system_partition(), rtype, query, None)
+    }
+
+    fn scan(&self, partition: PartitionId, rtype: &str, query: &Query, _patient: Option<&str>) -> Result<Vec<Stored>> {
+        let rows = self.store.partition_current(&partition, Some(rtype))?;
+        if rows.len() > self.limits.max_scan {
+            return Err(EngineError::Search("too many resources to search; narrow the search".into()));
+        }
+        self.filter_rows(rows, query)
+    }
+
+    fn filter_rows(&self, rows: Vec<VersionRow>, query: &Query) -> Result<Vec<Stored>> {
+        let mut out = Vec::new();
+        for row in rows.iter().filter(|r| !r.deleted) {
+            let s = self.open_row(row, None)?;
+            if query.matches(&s.resource) {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    fn identity_search(&self, identity: &IdentityQuery, pairs: &[(String, String)]) -> Result<Vec<Stored>> {
+        let (term, used): (_, &[&str]) = match identity {
+            IdentityQuery::Identifier { system, value } => (
+                self.vault.blind_term("identifier", &["Patient", system, &brankas_fhir::normalize_identifier_value(value)]),
+                &["identifier"],
+            ),
+            IdentityQuery::Phone(p) => {
+                let n = brankas_fhir::normalize_phone(p).ok_or_else(|| EngineError::Search("phone number is not valid".into()))?;
+                (self.vault.blind_term("phone", &[&n]), &["telecom", "phone"])
+            }
+            IdentityQuery::NameBirthDate { name, birth_date, .. } => (
+                self.vault.blind_term("name-birthdate", &[&brankas_fhir::normalize_name(name), birth_date]),
+                &["name", "birthdate"],
+            ),
+        };
+        // The rest of the query (e.g. gender, active) filters the exact hits as usual.
+        let rest: Vec<(String, String)> =
+            pairs.iter().filter(|(k, _)| !used.contains(&k.split(':').next().unwrap_or(""))).cloned().collect();
+        let residual = Query::parse(self.registry, "Patient", &rest).map_err(qerr)?;
+        let mut out = Vec::new();
+        for key in self.store.lookup(&term)? {
+            let Some(row) = self.store.current(&key)? else { continue };
+            if row.deleted || row.resource_type != "Patient" {
+                continue;
+            }
+            let s = self.open_row(&row, None)?;
+            // A tampered index row must not make a lookup return someone else: the hit must
+            // itself carry the identity that was asked for.
+            if !self.index_terms("Patient", &s.resource).is_some_and(|t| t.contains(&term)) {
+                return Err(EngineError::Integrity);
+            }
+            if residual.matches(&s.resource) {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Evaluates a conditional query (If-None-Exist, conditional update, conditional
+    /// reference). `resource`, when given, pins clinical queries to its own patient.
+    pub(crate) fn conditional_match(&self, who: &Principal, rtype: &str, q: &str, resource: Option<&Value>) -> Result<Vec<Stored>> {
+        check_type(rtype)?;
+        self.require(who, rtype, 's')?;
+        let pairs = parse_query_string(q);
+        if pairs.is_empty() {
+            return Err(EngineError::BadRequest("empty conditional query".into()));
+        }
+        let query = Query::parse(self.registry, rtype, &pairs).map_err(qerr)?;
+        if !query.unknown_params().is_empty() {
+            return Err(EngineError::Search(format!("unknown search parameter '{}'", safe_param(&query.unknown_params()[0]))));
+        }
+        let owner = resource.and_then(|r| {
+            let id = r.get("id").and_then(Value::as_str).unwrap_or("");
+            if rtype == "Patient" {
+                None
+            } else if self.registry.in_patient_compartment(rtype) {
+                self.registry.patient_refs(rtype, r).first().map(|p| self.vault.patient_partition(p))
+            } else {
+                let _ = id;
+                None
+            }
+        });
+        self.candidates(rtype, &query, None, &pairs, owner)
+    }
+
+    /// `Patient/[id]/$everything`: the patient's whole compartment, limited to the types the
+    /// caller's scopes allow reading.
+    pub fn everything(&self, who: &Principal, patient_id: &str) -> Result<Vec<Stored>> {
+        self.require(who, "Patient", 'r')?;
+        if !brankas_fhir::is_valid_id(patient_id) {
+            return Err(EngineError::NotFound);
+        }
+        let patient = self.current_row("Patient", patient_id)?.ok_or(EngineError::NotFound)?;
+        if patient.deleted {
+            return Err(EngineError::Gone);
+        }
+        let rows = self.store.partition_current(&self.vault.patient_partition(patient_id), None)?;
+        if rows.len() > self.limits.max_scan {
+            return Err(EngineError::Search("compartment too large for one $everything".into()));
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows.iter().filter(|r| !r.deleted && who.scopes().permits(&r.resource_type, 'r')) {
+            out.push(self.open_row(row, None)?);
+        }
+        // The Patient first, then by type and time: a stable, readable order.
+        out.sort_by(|a, b| {
+            let ta = type_of(&a.resource);
+            let tb = type_of(&b.resource);
+            (ta != "Patient").cmp(&(tb != "Patient")).then(ta.cmp(tb)).then(a.last_updated_us.cmp(&b.last_updated_us))
+        });
+        Ok(out)
+    }
+}
+
+fn id_of(v: &Value) -> &str {
+    v.get("id").and_then(Value::as_str).unwrap_or("")
+}
+
+fn type_of(v: &Value) -> &str {
+    v.get("resourceType").and_then(Value::as_str).unwrap_or("")
+}
+
+/// A parameter name fit to echo: ASCII name characters only, bounded.
+pub(crate) fn safe_param(p: &str) -> String {
+    p.chars().filter(|c| c.is_ascii_alphanumeric() || "_-:.".contains(*c)).take(64).collect()
+}

@@ -1,0 +1,78 @@
+//! `brankas demo`: the zero-setup first run. Seeds a few synthetic patients (fictional
+//! people with structurally valid NIKs), creates a read-only demo client, prints a token and
+//! ready-to-paste requests, then serves.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::Result;
+use brankas_auth::{Principal, Role};
+use serde_json::json;
+
+use crate::{Tls, default_key_file, init, open, serve};
+
+/// Fictional patients: name, NIK, birth date, gender, phone, city.
+const PEOPLE: &[(&str, &str, &str, &str, &str, &str)] = &[
+    ("Siti Rahayu", "3171054708900003", "1990-08-07", "female", "+62 812 3456 7801", "Jakarta Pusat"),
+    ("Budi Santoso", "3273011203850002", "1985-03-12", "male", "+62 813 2233 4455", "Bandung"),
+    ("Ni Luh Putu Ayu", "5171026105920001", "1992-05-21", "female", "+62 817 9988 7766", "Denpasar"),
+];
+
+pub fn run(data_dir: &Path, key_file: Option<&Path>, listen: SocketAddr, insecure_http: bool) -> Result<()> {
+    if !data_dir.join(crate::DB_FILE).exists() {
+        init(data_dir, key_file)?;
+        let o = open(data_dir, key_file)?;
+        let who = Principal::local_operator();
+        for (name, nik, birth, gender, phone, city) in PEOPLE {
+            let (given, family) = name.rsplit_once(' ').unwrap_or((name, ""));
+            let p = o.engine.create(&who, "Patient", json!({
+                "resourceType": "Patient",
+                "identifier": [{"system": brankas_fhir::NIK_SYSTEM, "value": nik}],
+                "name": [{"use": "official", "text": name, "family": family, "given": given.split(' ').collect::<Vec<_>>()}],
+                "telecom": [{"system": "phone", "value": phone, "use": "mobile"}],
+                "gender": gender, "birthDate": birth,
+                "address": [{"use": "home", "city": city, "country": "ID"}]
+            }), None)?;
+            let pid = p.stored.resource["id"].as_str().unwrap_or_default().to_string();
+            let enc = o.engine.create(&who, "Encounter", json!({
+                "resourceType": "Encounter", "status": "finished",
+                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                "subject": {"reference": format!("Patient/{pid}")},
+                "period": {"start": "2021-07-14T09:00:00+07:00", "end": "2021-07-14T09:30:00+07:00"},
+                "reasonCode": [{"text": "Demam dan batuk sejak tiga hari"}]
+            }), None)?;
+            let eid = enc.stored.resource["id"].as_str().unwrap_or_default().to_string();
+            o.engine.create(&who, "Observation", json!({
+                "resourceType": "Observation", "status": "final",
+                "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}],
+                "code": {"coding": [{"system": "http://loinc.org", "code": "94558-4", "display": "SARS-CoV-2 (COVID-19) Ag [Presence] in Respiratory specimen by Rapid immunoassay"}]},
+                "subject": {"reference": format!("Patient/{pid}")},
+                "encounter": {"reference": format!("Encounter/{eid}")},
+                "effectiveDateTime": "2021-07-14T09:10:00+07:00",
+                "valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct", "code": "260385009", "display": "Negative"}]}
+            }), None)?;
+        }
+    }
+    let o = open(data_dir, key_file)?;
+    let demo = o.auth.create_client("demo reader", Role::Admin, "system/*.rs")?;
+    let token = o.auth.issue(&demo.client_id, &demo.client_secret, None)?;
+    drop(o);
+    let kf = key_file.map(Path::to_path_buf).unwrap_or_else(|| default_key_file(data_dir));
+    let cacert = data_dir.join("tls").join("cert.pem");
+    let curl = if insecure_http { "curl -s".to_string() } else { format!("curl -s --cacert {}", cacert.display()) };
+    let tls = if insecure_http { Tls::None } else { Tls::SelfSigned };
+    let access = token.access_token.clone();
+    let (cid, secret) = (demo.client_id.clone(), demo.client_secret.clone());
+    serve(data_dir, Some(&kf), listen, tls, None, Some(Box::new(move |base: &str| {
+        let root = base.trim_end_matches("/fhir");
+        eprintln!("\nBrankas demo is running at {base} with {} synthetic patients.", PEOPLE.len());
+        eprintln!("A read-only demo client was created: client_id={cid}");
+        eprintln!("Access token (valid 5 minutes):\n  TOKEN={access}\n");
+        eprintln!("Try (find a patient by NIK, then read her compartment):");
+        eprintln!("  {curl} -H \"Authorization: Bearer $TOKEN\" '{base}/Patient?identifier={}%7C3171054708900003'", brankas_fhir::NIK_SYSTEM);
+        eprintln!("  {curl} -H \"Authorization: Bearer $TOKEN\" '{base}/Patient/<id from above>/$everything'");
+        eprintln!("A new token when this one expires:");
+        eprintln!("  {curl} -u '{cid}:{secret}' -d grant_type=client_credentials {root}/auth/token\n");
+        eprintln!("Health: {curl} {root}/health    Stop: Ctrl-C\n");
+    })))
+}
