@@ -6,7 +6,7 @@
 //!
 //! # Contents
 //!
-//! * **Resource types** — [`resource_types`] and [`is_resource_type`]: the 146
+//! * **Resource types** — [`resource_types()`] and [`is_resource_type`]: the 146
 //!   R4 resource types.
 //! * **Validation** — [`validate_resource`] / [`validate_resource_with`] check a
 //!   `serde_json::Value` against the official R4 JSON Schema (embedded and
@@ -85,7 +85,9 @@ pub use normalize::{
     IdentityTerm, normalize_identifier_value, normalize_name, normalize_phone,
     patient_identity_terms,
 };
-pub use references::{RefKind, for_each_reference, for_each_reference_mut, is_valid_id, parse_reference};
+pub use references::{
+    RefKind, for_each_reference, for_each_reference_mut, is_valid_id, parse_reference,
+};
 pub use resource_types::{is_resource_type, resource_types};
 pub use validate::{
     HARD_MAX_DEPTH, Issue, IssueCode, Limits, MAX_ISSUES, ValidationErrors, validate_resource,

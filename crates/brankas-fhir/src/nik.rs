@@ -65,8 +65,9 @@ pub struct NikInfo {
     pub serial: u16,
 }
 
-/// Indonesian province codes, including the Papua provinces created in 2022
-/// (93-97: Papua Selatan, Papua Tengah, Papua Pegunungan, Papua Barat Daya).
+/// Indonesian province codes (Kemendagri). 91-97 is the Papua region,
+/// including the codes of the provinces split off in 2022, so NIKs issued
+/// there are not rejected.
 fn is_province(code: u8) -> bool {
     matches!(code, 11..=19 | 21 | 31..=36 | 51..=53 | 61..=65 | 71..=76 | 81 | 82 | 91..=97)
 }
@@ -180,9 +181,18 @@ pub fn check_patient_nik(patient: &Value) -> Result<(), NikError> {
 /// unparsable parts are `None` and so are not compared.
 fn birth_parts(s: &str) -> (Option<u32>, Option<u8>, Option<u8>) {
     let mut it = s.get(..10.min(s.len())).unwrap_or("").split('-');
-    let year = it.next().filter(|y| y.len() == 4).and_then(|y| y.parse().ok());
-    let month = it.next().filter(|m| m.len() == 2).and_then(|m| m.parse().ok());
-    let day = it.next().filter(|d| d.len() == 2).and_then(|d| d.parse().ok());
+    let year = it
+        .next()
+        .filter(|y| y.len() == 4)
+        .and_then(|y| y.parse().ok());
+    let month = it
+        .next()
+        .filter(|m| m.len() == 2)
+        .and_then(|m| m.parse().ok());
+    let day = it
+        .next()
+        .filter(|d| d.len() == 2)
+        .and_then(|d| d.parse().ok());
     (year, month, day)
 }
 
@@ -197,7 +207,16 @@ mod tests {
         let i = parse_nik("9471022911000123").expect("valid");
         assert_eq!(
             i,
-            NikInfo { province: 94, regency: 71, district: 2, day: 29, month: 11, year2: 0, female: false, serial: 123 }
+            NikInfo {
+                province: 94,
+                regency: 71,
+                district: 2,
+                day: 29,
+                month: 11,
+                year2: 0,
+                female: false,
+                serial: 123
+            }
         );
         let i = parse_nik("9701017101059999").expect("valid");
         assert_eq!((i.day, i.female, i.serial), (31, true, 9999));
@@ -210,8 +229,15 @@ mod tests {
         assert_eq!(parse_nik("317405050890000a"), Err(NikError::NotDigits));
         assert_eq!(parse_nik(&"３".repeat(16)), Err(NikError::NotDigits));
         assert_eq!(parse_nik("317405050890000é"), Err(NikError::NotDigits));
-        for p in ["10", "20", "22", "30", "37", "50", "54", "60", "66", "70", "77", "80", "83", "90", "98", "99"] {
-            assert_eq!(parse_nik(&format!("{p}74050508900003")), Err(NikError::Province), "{p}");
+        for p in [
+            "10", "20", "22", "30", "37", "50", "54", "60", "66", "70", "77", "80", "83", "90",
+            "98", "99",
+        ] {
+            assert_eq!(
+                parse_nik(&format!("{p}74050508900003")),
+                Err(NikError::Province),
+                "{p}"
+            );
         }
         assert_eq!(parse_nik("3100050508900003"), Err(NikError::Province));
         assert_eq!(parse_nik("3174000508900003"), Err(NikError::Province));
@@ -236,7 +262,12 @@ mod tests {
 
     #[test]
     fn error_messages_do_not_echo_the_nik() {
-        for nik in ["31740505089000031", "317405050890000a", "0074050508900003", "3174050508900000"] {
+        for nik in [
+            "31740505089000031",
+            "317405050890000a",
+            "0074050508900003",
+            "3174050508900000",
+        ] {
             let e = parse_nik(nik).unwrap_err();
             assert!(!e.to_string().contains("3174"), "{e}");
         }
@@ -251,9 +282,18 @@ mod tests {
 
     #[test]
     fn patient_checks() {
-        assert_eq!(check_patient_nik(&patient("3174054508900003", "female", "1990-08-05")), Ok(()));
-        assert_eq!(check_patient_nik(&patient(" 3174054508900003 ", "female", "1990-08")), Ok(()));
-        assert_eq!(check_patient_nik(&patient("3174054508900003", "other", "2090")), Ok(()));
+        assert_eq!(
+            check_patient_nik(&patient("3174054508900003", "female", "1990-08-05")),
+            Ok(())
+        );
+        assert_eq!(
+            check_patient_nik(&patient(" 3174054508900003 ", "female", "1990-08")),
+            Ok(())
+        );
+        assert_eq!(
+            check_patient_nik(&patient("3174054508900003", "other", "2090")),
+            Ok(())
+        );
         assert_eq!(
             check_patient_nik(&patient("3174054508900003", "male", "1990-08-05")),
             Err(NikError::GenderMismatch)
@@ -270,7 +310,10 @@ mod tests {
             check_patient_nik(&patient("3174054508900000", "female", "1990-08-05")),
             Err(NikError::Serial)
         );
-        assert_eq!(check_patient_nik(&json!({"resourceType": "Patient"})), Ok(()));
+        assert_eq!(
+            check_patient_nik(&json!({"resourceType": "Patient"})),
+            Ok(())
+        );
         let no_birth = json!({"resourceType": "Patient", "identifier": [{"system": NIK_SYSTEM, "value": "3174054508900003"}]});
         assert_eq!(check_patient_nik(&no_birth), Ok(()));
     }

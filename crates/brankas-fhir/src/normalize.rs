@@ -290,13 +290,30 @@ mod tests {
     #[test]
     fn phones() {
         let n = |s: &str| normalize_phone(s);
-        for s in ["+62 812-3456-7890", "0812 3456 7890", "62812-3456-7890", "+62 (0)812 3456 7890", "tel:+6281234567890", "0062 812 3456 7890", "(0812) 3456.7890"] {
+        for s in [
+            "+62 812-3456-7890",
+            "0812 3456 7890",
+            "62812-3456-7890",
+            "+62 (0)812 3456 7890",
+            "tel:+6281234567890",
+            "0062 812 3456 7890",
+            "(0812) 3456.7890",
+        ] {
             assert_eq!(n(s).as_deref(), Some("6281234567890"), "{s}");
         }
         assert_eq!(n("+44 20 7946 0958").as_deref(), Some("442079460958"));
         assert_eq!(n("555-123-4567").as_deref(), Some("5551234567"));
         assert_eq!(n("021 555 1234").as_deref(), Some("62215551234"));
-        for bad in ["", "12345", "+0812345678", "0812 abc 999", "812+3456789", "++62812345678", "phone", "00 0812345678"] {
+        for bad in [
+            "",
+            "12345",
+            "+0812345678",
+            "0812 abc 999",
+            "812+3456789",
+            "++62812345678",
+            "phone",
+            "00 0812345678",
+        ] {
             assert_eq!(n(bad), None, "{bad}");
         }
     }
@@ -342,11 +359,17 @@ mod tests {
             ]
         });
         let t = patient_identity_terms(&p);
-        let nb = |n: &str| IdentityTerm::NameBirthDate { name: n.into(), birth_date: "1990-08-05".into() };
+        let nb = |n: &str| IdentityTerm::NameBirthDate {
+            name: n.into(),
+            birth_date: "1990-08-05".into(),
+        };
         assert_eq!(
             t,
             vec![
-                IdentityTerm::Identifier { system: "https://fhir.kemkes.go.id/id/nik".into(), value: "3174054508900003".into() },
+                IdentityTerm::Identifier {
+                    system: "https://fhir.kemkes.go.id/id/nik".into(),
+                    value: "3174054508900003".into()
+                },
                 IdentityTerm::Phone("6281234567890".into()),
                 nb("siti aminah"),
                 nb("aminah"),
@@ -357,7 +380,11 @@ mod tests {
         for b in [json!("1990-08"), json!("1990-02-30"), json!(19900805)] {
             let mut q = p.clone();
             q["birthDate"] = b;
-            assert!(patient_identity_terms(&q).iter().all(|t| !matches!(t, IdentityTerm::NameBirthDate { .. })));
+            assert!(
+                patient_identity_terms(&q)
+                    .iter()
+                    .all(|t| !matches!(t, IdentityTerm::NameBirthDate { .. }))
+            );
         }
         assert!(patient_identity_terms(&json!("nope")).is_empty());
     }

@@ -63,7 +63,10 @@ pub fn parse_reference(s: &str) -> Option<RefKind<'_>> {
     if let Some(uuid) = s.strip_prefix("urn:uuid:") {
         return is_uuid(uuid).then_some(RefKind::UrnUuid(uuid));
     }
-    if let Some(rest) = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://")) {
+    if let Some(rest) = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+    {
         let host_ok = rest
             .split(['/', '?', '#'])
             .next()
@@ -93,8 +96,7 @@ pub fn parse_reference(s: &str) -> Option<RefKind<'_>> {
 /// ```
 pub fn is_valid_id(s: &str) -> bool {
     (1..=64).contains(&s.len())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
@@ -180,7 +182,11 @@ mod tests {
     fn parses_all_shapes() {
         assert_eq!(
             parse_reference("Patient/123"),
-            Some(RefKind::Local { rtype: "Patient", id: "123", version: None })
+            Some(RefKind::Local {
+                rtype: "Patient",
+                id: "123",
+                version: None
+            })
         );
         assert_eq!(parse_reference("#"), Some(RefKind::Contained("")));
         assert_eq!(
@@ -249,7 +255,10 @@ mod tests {
                 *r = "Patient/abc".to_string();
             }
         });
-        assert_eq!(v["entry"][1]["resource"]["subject"]["reference"], "Patient/abc");
+        assert_eq!(
+            v["entry"][1]["resource"]["subject"]["reference"],
+            "Patient/abc"
+        );
     }
 
     #[test]

@@ -44,10 +44,24 @@ mod tests {
         assert_eq!(t.len(), 146);
         assert_eq!(t.first(), Some(&"Account"));
         assert_eq!(t.last(), Some(&"VisionPrescription"));
-        for n in ["Patient", "Bundle", "Binary", "Parameters", "MedicinalProductUndesirableEffect"] {
+        for n in [
+            "Patient",
+            "Bundle",
+            "Binary",
+            "Parameters",
+            "MedicinalProductUndesirableEffect",
+        ] {
             assert!(is_resource_type(n), "{n}");
         }
-        for n in ["", "Resource", "DomainResource", "User", "Project", "HumanName", "patient"] {
+        for n in [
+            "",
+            "Resource",
+            "DomainResource",
+            "User",
+            "Project",
+            "HumanName",
+            "patient",
+        ] {
             assert!(!is_resource_type(n), "{n}");
         }
     }

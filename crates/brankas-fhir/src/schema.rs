@@ -182,6 +182,7 @@ pub(crate) enum CompileError {
     Regex(#[from] regex::Error),
 }
 
+/// Shorthand for a [`CompileError::Shape`].
 fn shape(msg: impl Into<String>) -> CompileError {
     CompileError::Shape(msg.into())
 }
@@ -195,6 +196,7 @@ impl Schema {
             .map(|i| self.resources[i].1)
     }
 
+    /// The complex type with this id.
     pub(crate) fn ty(&self, id: TypeId) -> &ComplexType {
         &self.types[id as usize]
     }
@@ -260,6 +262,8 @@ impl Schema {
     }
 }
 
+/// Compilation state: the parsed definitions plus interning tables, so each
+/// type, primitive, pattern and code list is compiled once and shared.
 struct Compiler<'j> {
     defs: &'j Map<String, Value>,
     schema: Schema,
@@ -272,6 +276,7 @@ struct Compiler<'j> {
 }
 
 impl<'j> Compiler<'j> {
+    /// The raw definition called `name`.
     fn def(&self, name: &str) -> Result<&'j Value, CompileError> {
         self.defs
             .get(name)
@@ -296,6 +301,7 @@ impl<'j> Compiler<'j> {
         Ok(id)
     }
 
+    /// Compiles a pattern once; later uses share the same [`Regex`].
     fn regex(&mut self, pattern: &'j str) -> Result<usize, CompileError> {
         if let Some(&i) = self.regex_ids.get(pattern) {
             return Ok(i);
@@ -307,6 +313,7 @@ impl<'j> Compiler<'j> {
         Ok(i)
     }
 
+    /// Adds a primitive, deriving its extra rules from its FHIR type name.
     fn push_prim(
         &mut self,
         name: &str,
@@ -392,12 +399,16 @@ impl<'j> Compiler<'j> {
         Ok(id)
     }
 
+    /// Interns a code list (many properties share e.g. the same status codes).
     fn enumeration(&mut self, values: &'j Value) -> Result<u32, CompileError> {
         let list: Vec<&'j str> = values
             .as_array()
             .ok_or_else(|| shape("enum is not an array"))?
             .iter()
-            .map(|v| v.as_str().ok_or_else(|| shape("enum value is not a string")))
+            .map(|v| {
+                v.as_str()
+                    .ok_or_else(|| shape("enum value is not a string"))
+            })
             .collect::<Result<_, _>>()?;
         if let Some(&id) = self.enum_ids.get(&list) {
             return Ok(id);
@@ -439,7 +450,8 @@ impl<'j> Compiler<'j> {
         if let Some(c) = p.get("const") {
             let c = c.as_str().ok_or_else(|| shape("const is not a string"))?;
             self.schema.consts.push(c.into());
-            let id = u32::try_from(self.schema.consts.len() - 1).map_err(|_| shape("too many consts"))?;
+            let id = u32::try_from(self.schema.consts.len() - 1)
+                .map_err(|_| shape("too many consts"))?;
             return Ok(Kind::Const(id));
         }
         if p.get("type").is_some() {
@@ -448,6 +460,7 @@ impl<'j> Compiler<'j> {
         Err(shape(format!("property {prop} has an unsupported shape")))
     }
 
+    /// Compiles the properties and required list of one complex type.
     fn compile_type(&mut self, name: &'j str) -> Result<ComplexType, CompileError> {
         let def = self.def(name)?;
         let props = def
@@ -534,6 +547,7 @@ fn xsd_whitespace(pattern: &str) -> String {
     out
 }
 
+/// The JSON type a primitive schema asks for.
 fn json_kind(def: &Value) -> Option<JsonKind> {
     match def.get("type").and_then(Value::as_str)? {
         "string" => Some(JsonKind::String),
@@ -577,7 +591,11 @@ mod tests {
         let meta = s.types.iter().find(|t| &*t.name == "Meta").expect("Meta");
         assert!(meta.prop("versionId").is_some());
         assert!(meta.prop("project").is_none());
-        let r = s.types.iter().find(|t| &*t.name == "Reference").expect("Reference");
+        let r = s
+            .types
+            .iter()
+            .find(|t| &*t.name == "Reference")
+            .expect("Reference");
         assert!(r.prop("resource").is_none());
         assert!(r.prop("reference").is_some());
     }
@@ -585,7 +603,11 @@ mod tests {
     #[test]
     fn inline_choice_types_get_their_fhir_name() {
         let s = &*SCHEMA;
-        let ext = s.types.iter().find(|t| &*t.name == "Extension").expect("Extension");
+        let ext = s
+            .types
+            .iter()
+            .find(|t| &*t.name == "Extension")
+            .expect("Extension");
         let name_of = |p: &str| match ext.prop(p).map(|p| p.kind) {
             Some(Kind::Primitive(i)) => s.prims[i as usize].name.to_string(),
             other => panic!("{p}: {other:?}"),
@@ -599,7 +621,10 @@ mod tests {
 
     #[test]
     fn whitespace_classes_follow_xml_schema() {
-        assert_eq!(xsd_whitespace(r"^[^\s]+(\s[^\s]+)*$"), r"^[^[ \t\n\r]]+([ \t\n\r][^[ \t\n\r]]+)*$");
+        assert_eq!(
+            xsd_whitespace(r"^[^\s]+(\s[^\s]+)*$"),
+            r"^[^[ \t\n\r]]+([ \t\n\r][^[ \t\n\r]]+)*$"
+        );
         assert_eq!(xsd_whitespace(r"^\S*\.\\$"), r"^[^ \t\n\r]*\.\\$");
         let string = Regex::new(&xsd_whitespace(r"^[ \r\n\t\S]+$")).expect("regex");
         assert!(string.is_match("a\u{a0}b"));

@@ -18,7 +18,9 @@ use std::fmt;
 
 use serde_json::{Map, Number, Value};
 
-use crate::schema::{ComplexType, DateRule, JsonKind, Kind, NumRule, Primitive, SCHEMA, Schema, TypeId};
+use crate::schema::{
+    ComplexType, DateRule, JsonKind, Kind, NumRule, Primitive, SCHEMA, Schema, TypeId,
+};
 
 /// At most this many issues are collected; validation stops after that.
 pub const MAX_ISSUES: usize = 20;
@@ -179,6 +181,7 @@ enum Seg {
     Index(usize),
 }
 
+/// State of one validation run.
 struct Walker {
     schema: &'static Schema,
     limits: Limits,
@@ -188,6 +191,7 @@ struct Walker {
 }
 
 impl Walker {
+    /// Renders the current path, e.g. `Patient.name[0].given[1]`.
     fn render_path(&self) -> String {
         let mut s = String::with_capacity(64);
         for (i, seg) in self.path.iter().enumerate() {
@@ -208,16 +212,22 @@ impl Walker {
         s
     }
 
+    /// Records an issue at an explicit path; stops the walk at [`MAX_ISSUES`].
     fn report_path(&mut self, path: String, code: IssueCode, message: String) {
         if self.stop {
             return;
         }
-        self.issues.push(Issue { path, code, message });
+        self.issues.push(Issue {
+            path,
+            code,
+            message,
+        });
         if self.issues.len() >= MAX_ISSUES {
             self.stop = true;
         }
     }
 
+    /// Records an issue at the current path.
     fn report(&mut self, code: IssueCode, message: impl Into<String>) {
         let path = self.render_path();
         self.report_path(path, code, message.into());
@@ -250,14 +260,20 @@ impl Walker {
         let Some(obj) = v.as_object() else {
             self.report(
                 IssueCode::Structure,
-                format!("expected a resource (a JSON object), found {}", json_name(v)),
+                format!(
+                    "expected a resource (a JSON object), found {}",
+                    json_name(v)
+                ),
             );
             return;
         };
         match obj.get("resourceType") {
             None => {
                 self.path.push(Seg::Name("resourceType"));
-                self.report(IssueCode::Required, "missing required element 'resourceType'");
+                self.report(
+                    IssueCode::Required,
+                    "missing required element 'resourceType'",
+                );
                 self.path.pop();
             }
             Some(Value::String(t)) => match self.schema.resource(t) {
@@ -275,7 +291,10 @@ impl Walker {
                 self.path.push(Seg::Name("resourceType"));
                 self.report(
                     IssueCode::Structure,
-                    format!("expected a string (resourceType), found {}", json_name(other)),
+                    format!(
+                        "expected a string (resourceType), found {}",
+                        json_name(other)
+                    ),
                 );
                 self.path.pop();
             }
@@ -318,6 +337,7 @@ impl Walker {
         }
     }
 
+    /// Reports a member that `ty` does not define, echoing its name only if safe.
     fn unknown(&mut self, key: &str, ty: &ComplexType) {
         let mut path = self.render_path();
         let message = match safe_key(key) {
@@ -475,6 +495,7 @@ impl Walker {
         Some(s)
     }
 
+    /// Checks a primitive value: JSON type, then format/range rules.
     fn primitive(&mut self, val: &Value, p: &'static Primitive) {
         match p.json {
             JsonKind::Boolean => {
@@ -498,9 +519,7 @@ impl Walker {
                 let Some(s) = self.string(val, &p.name) else {
                     return;
                 };
-                let matches = p
-                    .pattern
-                    .is_none_or(|i| self.schema.regexes[i].is_match(s));
+                let matches = p.pattern.is_none_or(|i| self.schema.regexes[i].is_match(s));
                 if !matches {
                     self.report(
                         IssueCode::Value,
@@ -519,6 +538,7 @@ impl Walker {
         }
     }
 
+    /// Reports a primitive of the wrong JSON type.
     fn wrong_type(&mut self, val: &Value, p: &Primitive) {
         self.report(
             IssueCode::Structure,
@@ -539,9 +559,7 @@ impl Walker {
                 let digits = text.strip_prefix('-').unwrap_or(text);
                 plain_digits(digits) && text.parse::<i32>().is_ok()
             }
-            NumRule::PositiveInt => {
-                plain_digits(text) && text.parse::<i32>().is_ok_and(|v| v >= 1)
-            }
+            NumRule::PositiveInt => plain_digits(text) && text.parse::<i32>().is_ok_and(|v| v >= 1),
             NumRule::UnsignedInt => plain_digits(text) && text.parse::<i32>().is_ok(),
             NumRule::Decimal | NumRule::Other => p
                 .pattern
@@ -570,9 +588,7 @@ impl Walker {
 
 /// Digits only, no leading zero unless the number is exactly "0".
 fn plain_digits(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_digit())
-        && (s.len() == 1 || !s.starts_with('0'))
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s.len() == 1 || !s.starts_with('0'))
 }
 
 /// For strings already matching a date/dateTime/instant pattern: if a full
@@ -662,14 +678,23 @@ mod tests {
     #[test]
     fn top_level_shape() {
         let i = one(&json!([1]));
-        assert_eq!((i.code, i.path.as_str()), (IssueCode::Structure, "Resource"));
+        assert_eq!(
+            (i.code, i.path.as_str()),
+            (IssueCode::Structure, "Resource")
+        );
         let i = one(&json!({"id": "x"}));
-        assert_eq!((i.code, i.path.as_str()), (IssueCode::Required, "Resource.resourceType"));
+        assert_eq!(
+            (i.code, i.path.as_str()),
+            (IssueCode::Required, "Resource.resourceType")
+        );
         let i = one(&json!({"resourceType": "Unicorn"}));
         assert_eq!(i.code, IssueCode::NotSupported);
         assert!(!i.message.contains("Unicorn"));
         // Medplum-only types from the schema file are not R4.
-        assert_eq!(one(&json!({"resourceType": "Project"})).code, IssueCode::NotSupported);
+        assert_eq!(
+            one(&json!({"resourceType": "Project"})).code,
+            IssueCode::NotSupported
+        );
         let i = one(&json!({"resourceType": 5}));
         assert_eq!(i.code, IssueCode::Structure);
     }
@@ -677,12 +702,21 @@ mod tests {
     #[test]
     fn wrong_json_types() {
         let i = one(&json!({"resourceType": "Patient", "active": "true"}));
-        assert_eq!((i.code, i.path.as_str()), (IssueCode::Structure, "Patient.active"));
+        assert_eq!(
+            (i.code, i.path.as_str()),
+            (IssueCode::Structure, "Patient.active")
+        );
         assert!(i.message.contains("boolean"), "{}", i.message);
         let i = one(&json!({"resourceType": "Patient", "name": {"family": "X"}}));
-        assert_eq!((i.code, i.path.as_str()), (IssueCode::Structure, "Patient.name"));
+        assert_eq!(
+            (i.code, i.path.as_str()),
+            (IssueCode::Structure, "Patient.name")
+        );
         let i = one(&json!({"resourceType": "Patient", "gender": ["male"]}));
-        assert_eq!((i.code, i.path.as_str()), (IssueCode::Structure, "Patient.gender"));
+        assert_eq!(
+            (i.code, i.path.as_str()),
+            (IssueCode::Structure, "Patient.gender")
+        );
         let i = one(&json!({"resourceType": "Patient", "name": [{"given": ["A", 5]}]}));
         assert_eq!(i.path, "Patient.name[0].given[1]");
         let i = one(&json!({"resourceType": "Patient", "managingOrganization": "Organization/1"}));
@@ -692,7 +726,10 @@ mod tests {
     #[test]
     fn unknown_elements() {
         let i = one(&json!({"resourceType": "Patient", "foo": 1}));
-        assert_eq!((i.code, i.path.as_str()), (IssueCode::Structure, "Patient.foo"));
+        assert_eq!(
+            (i.code, i.path.as_str()),
+            (IssueCode::Structure, "Patient.foo")
+        );
         assert!(i.message.contains("'foo'"));
         let i = one(&json!({"resourceType": "Patient", "name": [{"nick name!": "x"}]}));
         assert_eq!(i.path, "Patient.name[0]");
@@ -709,33 +746,61 @@ mod tests {
     #[test]
     fn required_const_enum() {
         let i = one(&json!({"resourceType": "Patient", "text": {"status": "generated"}}));
-        assert_eq!((i.code, i.path.as_str()), (IssueCode::Required, "Patient.text"));
+        assert_eq!(
+            (i.code, i.path.as_str()),
+            (IssueCode::Required, "Patient.text")
+        );
         assert!(i.message.contains("'div'"));
         let i = one(&json!({"resourceType": "Patient", "gender": "lelaki"}));
-        assert_eq!((i.code, i.path.as_str()), (IssueCode::Value, "Patient.gender"));
+        assert_eq!(
+            (i.code, i.path.as_str()),
+            (IssueCode::Value, "Patient.gender")
+        );
         assert!(i.message.contains("male, female, other, unknown"));
         assert!(!i.message.contains("lelaki"));
         // The schema marks only complex elements required (a required primitive
         // may be given by its `_x` extension alone), so `status` is not listed.
         let i = one(&json!({"resourceType": "Observation", "status": "final"}));
-        assert_eq!((i.code, i.path.as_str()), (IssueCode::Required, "Observation"));
+        assert_eq!(
+            (i.code, i.path.as_str()),
+            (IssueCode::Required, "Observation")
+        );
         assert!(i.message.contains("'code'"));
     }
 
     #[test]
     fn dates() {
         for good in ["2020", "2020-02", "2020-02-29", "2000-02-29"] {
-            assert_eq!(issues(&json!({"resourceType": "Patient", "birthDate": good})), vec![], "{good}");
+            assert_eq!(
+                issues(&json!({"resourceType": "Patient", "birthDate": good})),
+                vec![],
+                "{good}"
+            );
         }
-        for bad in ["2019-02-29", "1900-02-29", "2020-13-01", "2020-1-1", "20-01-01", "2020-04-31", "yesterday"] {
+        for bad in [
+            "2019-02-29",
+            "1900-02-29",
+            "2020-13-01",
+            "2020-1-1",
+            "20-01-01",
+            "2020-04-31",
+            "yesterday",
+        ] {
             let i = one(&json!({"resourceType": "Patient", "birthDate": bad}));
-            assert_eq!((i.code, i.path.as_str()), (IssueCode::Value, "Patient.birthDate"), "{bad}");
+            assert_eq!(
+                (i.code, i.path.as_str()),
+                (IssueCode::Value, "Patient.birthDate"),
+                "{bad}"
+            );
             assert!(i.message.contains("date format"), "{}", i.message);
         }
-        let i = one(&json!({"resourceType": "Patient", "deceasedDateTime": "2020-01-01T25:00:00Z"}));
+        let i =
+            one(&json!({"resourceType": "Patient", "deceasedDateTime": "2020-01-01T25:00:00Z"}));
         assert!(i.message.contains("dateTime"), "{}", i.message);
         assert_eq!(
-            issues(&json!({"resourceType": "Patient", "deceasedDateTime": "2020-01-01T23:59:60.123+14:00"})),
+            issues(
+                &json!({"resourceType": "Patient", "deceasedDateTime": "2020-01-01T23:59:60.123+14:00"})
+            ),
             vec![]
         );
     }
@@ -751,19 +816,30 @@ mod tests {
         assert_eq!(issues(&obs("-0.000")), vec![]);
         assert_eq!(issues(&obs("1e3")), vec![]);
         let i = one(&obs("\"1.50\""));
-        assert_eq!((i.code, i.path.as_str()), (IssueCode::Structure, "Observation.valueQuantity.value"));
+        assert_eq!(
+            (i.code, i.path.as_str()),
+            (IssueCode::Structure, "Observation.valueQuantity.value")
+        );
         assert!(i.message.contains("decimal"));
     }
 
     #[test]
     fn integers() {
-        let p = |n: &str| parse(&format!(r#"{{"resourceType":"Patient","multipleBirthInteger":{n}}}"#));
+        let p = |n: &str| {
+            parse(&format!(
+                r#"{{"resourceType":"Patient","multipleBirthInteger":{n}}}"#
+            ))
+        };
         for good in ["0", "1", "-5", "2147483647", "-2147483648"] {
             assert_eq!(issues(&p(good)), vec![], "{good}");
         }
         for bad in ["1.0", "1e2", "2147483648", "-2147483649", "1.5"] {
             let i = one(&p(bad));
-            assert_eq!((i.code, i.path.as_str()), (IssueCode::Value, "Patient.multipleBirthInteger"), "{bad}");
+            assert_eq!(
+                (i.code, i.path.as_str()),
+                (IssueCode::Value, "Patient.multipleBirthInteger"),
+                "{bad}"
+            );
         }
         let pos = |n: &str| {
             parse(&format!(
@@ -789,12 +865,27 @@ mod tests {
         assert_eq!((i.code, i.path.as_str()), (IssueCode::Value, "Patient.id"));
         let i = one(&json!({"resourceType": "Patient", "implicitRules": ""}));
         assert_eq!(i.message, "empty string is not allowed");
-        assert_eq!(one(&json!({"resourceType": "Patient", "name": []})).code, IssueCode::Structure);
-        assert_eq!(one(&json!({"resourceType": "Patient", "name": [{}]})).code, IssueCode::Structure);
-        assert_eq!(one(&json!({"resourceType": "Patient", "gender": null})).code, IssueCode::Structure);
-        assert_eq!(one(&json!({"resourceType": "Patient", "name": [null]})).code, IssueCode::Structure);
+        assert_eq!(
+            one(&json!({"resourceType": "Patient", "name": []})).code,
+            IssueCode::Structure
+        );
+        assert_eq!(
+            one(&json!({"resourceType": "Patient", "name": [{}]})).code,
+            IssueCode::Structure
+        );
+        assert_eq!(
+            one(&json!({"resourceType": "Patient", "gender": null})).code,
+            IssueCode::Structure
+        );
+        assert_eq!(
+            one(&json!({"resourceType": "Patient", "name": [null]})).code,
+            IssueCode::Structure
+        );
         let i = one(&json!({"resourceType": "Patient", "name": [{"given": [null, null]}]}));
-        assert_eq!((i.code, i.path.as_str()), (IssueCode::Structure, "Patient.name[0].given"));
+        assert_eq!(
+            (i.code, i.path.as_str()),
+            (IssueCode::Structure, "Patient.name[0].given")
+        );
         // Nulls keep primitive arrays aligned with their `_x` siblings.
         let v = json!({"resourceType": "Patient", "name": [{
             "given": ["A", null], "_given": [null, {"extension": [{"url": "http://x", "valueString": "b"}]}]
@@ -806,8 +897,13 @@ mod tests {
     fn narrative_div() {
         let ok = json!({"resourceType": "Patient", "text": {"status": "generated", "div": "\n  <div xmlns=\"http://www.w3.org/1999/xhtml\">x</div>"}});
         assert_eq!(issues(&ok), vec![]);
-        let i = one(&json!({"resourceType": "Patient", "text": {"status": "generated", "div": "<p>x</p>"}}));
-        assert_eq!((i.code, i.path.as_str()), (IssueCode::Invalid, "Patient.text.div"));
+        let i = one(
+            &json!({"resourceType": "Patient", "text": {"status": "generated", "div": "<p>x</p>"}}),
+        );
+        assert_eq!(
+            (i.code, i.path.as_str()),
+            (IssueCode::Invalid, "Patient.text.div")
+        );
     }
 
     #[test]
@@ -820,7 +916,10 @@ mod tests {
         let i = issues(&v);
         assert_eq!(i.len(), 2, "{i:#?}");
         assert_eq!(i[0].path, "Patient.contained[1].active");
-        assert_eq!((i[1].code, i[1].path.as_str()), (IssueCode::NotSupported, "Patient.contained[2].resourceType"));
+        assert_eq!(
+            (i[1].code, i[1].path.as_str()),
+            (IssueCode::NotSupported, "Patient.contained[2].resourceType")
+        );
 
         let b = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
             {"fullUrl": "urn:uuid:0b1c8f6e-1b8e-4a4e-9d5e-2f1e9f0c2a11",
@@ -831,7 +930,10 @@ mod tests {
         let i = issues(&b);
         assert_eq!(i.len(), 2, "{i:#?}");
         assert_eq!(i[0].path, "Bundle.entry[0].resource.birthDate");
-        assert_eq!(i[1].path, "Bundle.entry[1].resource.parameter[0].resource.active");
+        assert_eq!(
+            i[1].path,
+            "Bundle.entry[1].resource.parameter[0].resource.active"
+        );
     }
 
     #[test]
@@ -845,7 +947,10 @@ mod tests {
         assert_eq!(i.len(), 1, "{i:#?}");
         assert_eq!(i[0].code, IssueCode::TooCostly);
         // Even a silly limit is clamped rather than overflowing the stack.
-        let lim = Limits { max_depth: usize::MAX, ..Limits::default() };
+        let lim = Limits {
+            max_depth: usize::MAX,
+            ..Limits::default()
+        };
         let mut deep = json!({"url": "http://x", "valueString": "leaf"});
         for _ in 0..400 {
             deep = json!({"url": "http://x", "extension": [deep]});
@@ -858,7 +963,11 @@ mod tests {
 
     #[test]
     fn size_limits() {
-        let lim = Limits { max_array_len: 3, max_string_len: 10, ..Limits::default() };
+        let lim = Limits {
+            max_array_len: 3,
+            max_string_len: 10,
+            ..Limits::default()
+        };
         let v = json!({"resourceType": "Patient", "name": [{"given": ["a", "b", "c", "d"]}]});
         let e = validate_resource_with(&v, &lim).unwrap_err();
         assert_eq!(e.0[0].code, IssueCode::TooCostly);

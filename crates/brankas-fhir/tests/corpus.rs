@@ -12,14 +12,19 @@ use brankas_fhir::{Issue, validate_resource};
 use serde_json::Value;
 
 fn corpus_dir(sub: &str) -> Option<PathBuf> {
-    let base = std::env::var_os("BRANKAS_CORPUS").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus")
-    });
+    let base = std::env::var_os("BRANKAS_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus")
+        });
     let dir = base.join(sub);
     if dir.is_dir() {
         Some(dir)
     } else {
-        println!("note: corpus directory {} not found; skipping", dir.display());
+        println!(
+            "note: corpus directory {} not found; skipping",
+            dir.display()
+        );
         None
     }
 }
@@ -45,12 +50,29 @@ fn run(dir: &PathBuf) -> (Vec<(String, Vec<Issue>)>, usize, Duration) {
         let start = Instant::now();
         let r = validate_resource(&v);
         spent += start.elapsed();
-        if let Err(e) = r {
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            failures.push((name, e.0));
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match r {
+            Err(e) => failures.push((name, e.0)),
+            Ok(()) => assert_rejects_unknown_element(v, &name),
         }
     }
     (failures, files.len(), spent)
+}
+
+/// Sanity check that acceptance is not vacuous: the same resource with one
+/// extra root element must be rejected with exactly that one issue.
+fn assert_rejects_unknown_element(mut v: Value, name: &str) {
+    let Some(obj) = v.as_object_mut() else { return };
+    obj.insert("bogusElement".into(), Value::Bool(true));
+    let issues = validate_resource(&v).expect_err(name).0;
+    assert_eq!(issues.len(), 1, "{name}: {issues:?}");
+    assert!(
+        issues[0].path.ends_with(".bogusElement"),
+        "{name}: {issues:?}"
+    );
 }
 
 fn report(kind: &str, failures: &[(String, Vec<Issue>)], n: usize, spent: Duration) {
@@ -69,20 +91,34 @@ fn report(kind: &str, failures: &[(String, Vec<Issue>)], n: usize, spent: Durati
 
 #[test]
 fn official_r4_examples_validate() {
-    let Some(dir) = corpus_dir("fhir-r4-examples") else { return };
+    let Some(dir) = corpus_dir("fhir-r4-examples") else {
+        return;
+    };
     // Warm the lazily compiled schema so it is not counted per example.
+    let start = Instant::now();
     let _ = validate_resource(&serde_json::json!({"resourceType": "Patient"}));
+    println!("schema compiled on first use in {:?}", start.elapsed());
     let (failures, n, spent) = run(&dir);
     report("official examples", &failures, n, spent);
     assert!(n >= 684, "expected the 684 official examples, found {n}");
-    assert!(failures.is_empty(), "{} official examples failed", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} official examples failed",
+        failures.len()
+    );
 }
 
 #[test]
 fn synthea_bundles_validate() {
-    let Some(dir) = corpus_dir("synthea") else { return };
+    let Some(dir) = corpus_dir("synthea") else {
+        return;
+    };
     let (failures, n, spent) = run(&dir);
     report("synthea bundles", &failures, n, spent);
     assert!(n > 0);
-    assert!(failures.is_empty(), "{} synthea bundles failed", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} synthea bundles failed",
+        failures.len()
+    );
 }
