@@ -10,8 +10,10 @@ use crate::{
 use brankas_vault::KekId;
 
 /// Runs every check, each against a fresh store from `fresh`.
+type Check = (&'static str, fn(&dyn Store));
+
 pub fn run_all(fresh: &mut dyn FnMut() -> Box<dyn Store>) {
-    let checks: &[(&str, fn(&dyn Store))] = &[
+    let checks: &[Check] = &[
         ("meta", meta),
         ("deks", deks),
         ("create_read_versions", create_read_versions),

@@ -54,6 +54,14 @@ pub trait KeyProvider: Send + Sync {
 pub struct KeyFile {
     path: PathBuf,
     state: RwLock<KeyFileState>,
+    /// Modification stamp of the file as last read: `current()` re-reads the file when it
+    /// changes, so a server picks up a KEK rotated by `brankas keys rotate` for new keys.
+    stamp: RwLock<Option<(std::time::SystemTime, u64)>>,
+}
+
+fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+    let m = fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
 }
 
 struct KeyFileState {
@@ -90,14 +98,15 @@ impl KeyFile {
         state.keks.insert(KekId(1), DataKey::from_bytes(&raw)?);
         state.raw.insert(KekId(1), raw);
         write_atomically(path, &state, true)?;
-        Ok(Self { path: path.to_owned(), state: RwLock::new(state) })
+        Ok(Self { path: path.to_owned(), state: RwLock::new(state), stamp: RwLock::new(file_stamp(path)) })
     }
 
     /// Opens an existing key file. Refuses one readable by group or others, as ssh does
     /// with private keys: a world-readable KEK is a leaked KEK.
     pub fn open(path: &Path) -> Result<Self, VaultError> {
+        let stamp = file_stamp(path);
         let state = read_state(path)?;
-        Ok(Self { path: path.to_owned(), state: RwLock::new(state) })
+        Ok(Self { path: path.to_owned(), state: RwLock::new(state), stamp: RwLock::new(stamp) })
     }
 
     /// The file's path.
@@ -131,6 +140,11 @@ fn wrap_aad(kek: KekId, context: &[u8]) -> Vec<u8> {
 
 impl KeyProvider for KeyFile {
     fn current(&self) -> Result<KekId, VaultError> {
+        let now = file_stamp(&self.path);
+        let seen = *self.stamp.read().map_err(|_| VaultError::KeyFile("lock poisoned".into()))?;
+        if now.is_some() && now != seen {
+            self.reload()?;
+        }
         Ok(self.state.read().map_err(|_| VaultError::KeyFile("lock poisoned".into()))?.current)
     }
 
@@ -154,11 +168,14 @@ impl KeyProvider for KeyFile {
         st.raw.insert(next, raw);
         st.current = next;
         write_atomically(&self.path, &st, false)?;
+        *self.stamp.write().map_err(|_| VaultError::KeyFile("lock poisoned".into()))? = file_stamp(&self.path);
         Ok(next)
     }
 
     fn reload(&self) -> Result<(), VaultError> {
+        let stamp = file_stamp(&self.path);
         let fresh = read_state(&self.path)?;
+        *self.stamp.write().map_err(|_| VaultError::KeyFile("lock poisoned".into()))? = stamp;
         *self.state.write().map_err(|_| VaultError::KeyFile("lock poisoned".into()))? = fresh;
         Ok(())
     }
@@ -255,6 +272,8 @@ mod tests {
         assert_eq!(&*kf.unwrap(KekId(2), &w2, b"ctx").unwrap(), b"k");
         assert_eq!(&*other.unwrap(KekId(1), &w, b"ctx").unwrap(), b"0123456789abcdef0123456789abcdef");
         assert!(matches!(kf.unwrap(KekId(9), &w, b"ctx"), Err(VaultError::UnknownKek(_))));
+        // A long-running holder learns the new current KEK when the file changes.
+        assert_eq!(kf.current().unwrap(), KekId(2));
     }
 
     #[cfg(unix)]

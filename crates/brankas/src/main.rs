@@ -310,20 +310,26 @@ fn rotate(data_dir: &Path, key_file: Option<&Path>) -> Result<()> {
     let new = o.vault.provider().rotate()?;
     let root = WrappedKey::from_bytes(&o.store.get_meta(ROOT_META)?.context("no root key")?)?;
     o.store.put_meta(ROOT_META, &o.vault.rewrap_root(&root, new)?.to_bytes())?;
-    let mut after = None;
+    // Passes until one finds nothing left under an older KEK: a server that created a data
+    // key just before it noticed the rotation is caught by the next pass.
     let mut n = 0u64;
-    loop {
-        let page = o.store.scan_deks(after.as_ref(), 1000)?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.partition);
-        for d in &page {
-            if d.wrapped.kek == new {
-                continue;
+    for _pass in 0..10 {
+        let mut after = None;
+        let mut this_pass = 0u64;
+        loop {
+            let page = o.store.scan_deks(after.as_ref(), 1000)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.partition);
+            for d in page.iter().filter(|d| d.wrapped.kek != new) {
+                let nw = brankas_store::StoredDek { partition: d.partition, wrapped: o.vault.rewrap_data_key(&d.partition, &d.wrapped, new)? };
+                if o.store.replace_dek(d, &nw)? {
+                    this_pass += 1;
+                }
             }
-            let nw = brankas_store::StoredDek { partition: d.partition, wrapped: o.vault.rewrap_data_key(&d.partition, &d.wrapped, new)? };
-            if o.store.replace_dek(d, &nw)? {
-                n += 1;
-            }
+        }
+        n += this_pass;
+        if this_pass == 0 {
+            break;
         }
     }
     println!("{}", serde_json::json!({"kek": new.to_string(), "rewrapped_data_keys": n}));
