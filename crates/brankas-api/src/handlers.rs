@@ -281,7 +281,15 @@ fn query_pairs(st: &AppState, raw: Option<&str>) -> Result<Vec<(String, String)>
     if raw.len() > st.limits.max_query_bytes {
         return Err(ApiError::new(StatusCode::URI_TOO_LONG, "too-costly", "query string too long"));
     }
-    Ok(form_urlencoded::parse(raw.as_bytes()).into_owned().filter(|(k, _)| k != "_format" && k != "_pretty").collect())
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(raw.as_bytes()).into_owned().collect();
+    // Percent-decoding replaces bytes that are not UTF-8 with U+FFFD; searching for that
+    // replacement (or for a control character, which no FHIR string holds) would silently
+    // answer a different question than the one asked, so such queries are refused.
+    let bad = |s: &str| s.chars().any(|c| c == '\u{FFFD}' || (c.is_control() && !matches!(c, '\t' | '\n' | '\r')));
+    if pairs.iter().any(|(k, v)| bad(k) || bad(v)) {
+        return Err(ApiError::bad_request("query string is not valid UTF-8 or contains control characters"));
+    }
+    Ok(pairs.into_iter().filter(|(k, _)| k != "_format" && k != "_pretty").collect())
 }
 
 // ----- FHIR interactions -----
@@ -389,10 +397,22 @@ async fn instance_sub(
 
 async fn history(st: &AppState, who: Principal, rtype: String, id: String, pairs: &[(String, String)]) -> ApiResult {
     let count = pairs.iter().find(|(k, _)| k == "_count").and_then(|(_, v)| v.parse::<usize>().ok()).unwrap_or(st.engine.limits().default_count);
+    // The page size the engine will really use, so that a full page gets its `next` link.
+    let count = count.clamp(1, st.engine.limits().max_history);
     let before = pairs.iter().find(|(k, _)| k == "_before_version").and_then(|(_, v)| v.parse::<u64>().ok());
     let engine = st.engine.clone();
     let (t, i) = (rtype.clone(), id.clone());
-    let versions = blocking(move || engine.history(&who, &t, &i, count, before)).await?;
+    let (versions, total) = blocking(move || {
+        let page = engine.history(&who, &t, &i, count, before)?;
+        // Versions are numbered 1, 2, 3… (a delete is a version too), so the newest one's
+        // number is how many there are: Bundle.total counts all of them, not this page.
+        let total = match (before, page.first()) {
+            (None, Some(newest)) => newest.version,
+            _ => engine.history(&who, &t, &i, 1, None)?.first().map_or(0, |s| s.version),
+        };
+        Ok((page, total))
+    })
+    .await?;
     let base = &st.base_url;
     let entries: Vec<Value> = versions
         .iter()
@@ -419,7 +439,7 @@ async fn history(st: &AppState, who: Principal, rtype: String, id: String, pairs
             links.push(json!({"relation": "next", "url": format!("{base}/{rtype}/{id}/_history?_count={count}&_before_version={}", last.version)}));
         }
     }
-    Ok(json_response(StatusCode::OK, &json!({"resourceType": "Bundle", "type": "history", "total": entries.len(), "link": links, "entry": entries})))
+    Ok(json_response(StatusCode::OK, &json!({"resourceType": "Bundle", "type": "history", "total": total, "link": links, "entry": entries})))
 }
 
 async fn search_get(State(st): St, Extension(who): Extension<Principal>, Path(rtype): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap) -> ApiResult {

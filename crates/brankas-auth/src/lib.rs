@@ -48,6 +48,8 @@ pub enum AuthError {
     Inactive,
     #[error("bad client registration: {0}")]
     BadRegistration(&'static str),
+    #[error("a client registration failed its integrity check")]
+    Integrity,
     #[error("storage: {0}")]
     Store(#[from] brankas_store::StoreError),
     #[error("key handling failed")]
@@ -208,17 +210,29 @@ impl Authority {
         Ok(NewClient { client_id, client_secret })
     }
 
-    /// A client's registration.
+    /// A client's registration. A stored document whose MAC does not verify (edited or
+    /// planted in the database) is an integrity failure, never a usable client.
     pub fn client(&self, client_id: &str) -> Result<Option<ClientRecord>, AuthError> {
-        match self.store.get_client(client_id)? {
-            Some(doc) => Ok(Some(serde_json::from_slice(&doc).map_err(|_| brankas_store::StoreError::Corrupt)?)),
-            None => Ok(None),
+        let Some(doc) = self.store.get_client(client_id)? else { return Ok(None) };
+        let corrupt = || AuthError::Integrity;
+        let (mac_hex, body) = doc.split_at_checked(64).ok_or_else(corrupt)?;
+        let expected = hex(&self.vault.registry_mac(&registry_input(client_id, body)));
+        if !ct_eq(mac_hex, expected.as_bytes()) {
+            tracing::error!("a client registration failed its integrity check (edited or planted in the database)");
+            return Err(corrupt());
         }
+        let rec: ClientRecord = serde_json::from_slice(body).map_err(|_| corrupt())?;
+        if rec.client_id != client_id {
+            return Err(corrupt());
+        }
+        Ok(Some(rec))
     }
 
-    /// Stores a client's registration.
+    /// Stores a client's registration, with a MAC binding it to its client id.
     pub fn put_client(&self, rec: &ClientRecord) -> Result<(), AuthError> {
-        let doc = serde_json::to_vec(rec).map_err(|_| AuthError::BadRegistration("encode"))?;
+        let body = serde_json::to_vec(rec).map_err(|_| AuthError::BadRegistration("encode"))?;
+        let mut doc = hex(&self.vault.registry_mac(&registry_input(&rec.client_id, &body))).into_bytes();
+        doc.extend_from_slice(&body);
         self.store.put_client(&rec.client_id, &doc)?;
         Ok(())
     }
@@ -236,7 +250,11 @@ impl Authority {
         if client_id.len() > 200 || secret.len() > 200 {
             return Err(AuthError::InvalidClient);
         }
-        let rec = self.client(client_id)?;
+        let rec = match self.client(client_id) {
+            Ok(r) => r,
+            Err(AuthError::Integrity) => None,
+            Err(e) => return Err(e),
+        };
         // Compare against a dummy hash for unknown clients: same work either way.
         let expected = rec.as_ref().map(|r| r.secret_sha256.clone()).unwrap_or_else(|| "0".repeat(64));
         let given = hex(&sha256(secret.as_bytes()));
@@ -290,13 +308,24 @@ impl Authority {
         if claims.iss != ISSUER || claims.exp <= now || claims.iat > now + 60 || claims.exp - claims.iat > MAX_TOKEN_SECONDS {
             return Err(AuthError::InvalidToken);
         }
-        let rec = self.client(&claims.sub)?.ok_or(AuthError::InvalidToken)?;
+        let rec = match self.client(&claims.sub) {
+            Ok(Some(r)) => r,
+            Ok(None) | Err(AuthError::Integrity) => return Err(AuthError::InvalidToken),
+            Err(e) => return Err(e),
+        };
         if rec.status != ClientStatus::Active {
             return Err(AuthError::InvalidToken);
         }
         let scopes = Scopes::parse(&claims.scope).map_err(|_| AuthError::InvalidToken)?;
         Ok(Principal { client_id: rec.client_id, role: rec.role, scopes, token_id: claims.jti })
     }
+}
+
+fn registry_input(client_id: &str, body: &[u8]) -> Vec<u8> {
+    let mut v = (client_id.len() as u64).to_be_bytes().to_vec();
+    v.extend_from_slice(client_id.as_bytes());
+    v.extend_from_slice(body);
+    v
 }
 
 fn hex(b: &[u8]) -> String {
@@ -341,6 +370,22 @@ mod tests {
         a.set_status(&c.client_id, ClientStatus::Suspended).unwrap();
         assert!(a.verify(&t.access_token).is_err(), "suspension takes effect on the next request");
         assert!(a.issue(&c.client_id, &c.client_secret, None).is_err());
+    }
+
+    #[test]
+    fn edited_or_planted_client_rows_are_refused() {
+        let (d, a) = authority();
+        let c = a.create_client("his", Role::Clinician, "system/Patient.r").unwrap();
+        let store = SqliteStore::open(&d.path().join("db")).unwrap();
+        let doc = store.get_client(&c.client_id).unwrap().unwrap();
+        let edited = String::from_utf8(doc.clone()).unwrap().replace("clinician", "admin");
+        store.put_client(&c.client_id, edited.as_bytes()).unwrap();
+        assert!(a.issue(&c.client_id, &c.client_secret, None).is_err());
+        // A row copied under another id does not verify either.
+        store.put_client("c-planted", &doc).unwrap();
+        assert!(a.client("c-planted").is_err());
+        store.put_client(&c.client_id, &doc).unwrap();
+        assert!(a.issue(&c.client_id, &c.client_secret, None).is_ok());
     }
 
     #[test]

@@ -160,11 +160,37 @@ impl Engine {
     pub(crate) fn prepare_transaction(&self, who: &Principal, bundle: &Value) -> Result<PreparedTransaction> {
         let entries = parse_entries(bundle, self.limits.max_bundle_entries)?;
         let now = now_us();
-        // 1. Decide the target of every write and map fullUrls to Type/id.
-        let mut targets: Vec<Option<(String, String)>> = Vec::with_capacity(entries.len());
+        // 1. Decide the target of every write and map fullUrls to Type/id. Conditional creates
+        // and updates of clinical resources come last: their query runs within the resource's
+        // own patient, who may be named by the urn of another entry (resolved by then).
+        let mut targets: Vec<Option<(String, String)>> = (0..entries.len()).map(|_| None).collect();
         let mut plan: Vec<Option<Planned>> = (0..entries.len()).map(|_| None).collect();
         let mut map: HashMap<String, String> = HashMap::new();
-        for (i, e) in entries.iter().enumerate() {
+        let dependent = |e: &Entry| {
+            let conditional = match e.method {
+                Method::Post => e.if_none_exist.is_some(),
+                Method::Put => split_instance(&e.url).is_none(),
+                _ => false,
+            };
+            let t = e.url.split(['?', '/']).next().unwrap_or("");
+            conditional && t != "Patient" && self.registry.in_patient_compartment(t)
+        };
+        let order: Vec<usize> =
+            (0..entries.len()).filter(|&i| !dependent(&entries[i])).chain((0..entries.len()).filter(|&i| dependent(&entries[i]))).collect();
+        for i in order {
+            let e = &entries[i];
+            // What a conditional query sees of the resource: its references to other entries
+            // resolved as far as known, so that it is pinned to the right patient.
+            let resolved = e.resource.as_ref().filter(|_| dependent(e)).map(|r| {
+                let mut r = r.clone();
+                brankas_fhir::for_each_reference_mut(&mut r, &mut |x: &mut String| {
+                    if let Some(to) = map.get(x.as_str()) {
+                        *x = to.clone();
+                    }
+                });
+                r
+            });
+            let view = resolved.as_ref().or(e.resource.as_ref());
             let target = match e.method {
                 Method::Post => {
                     let t = e.url.as_str();
@@ -172,7 +198,7 @@ impl Engine {
                     self.require(who, t, 'c')?;
                     let mut existing = None;
                     if let Some(q) = &e.if_none_exist {
-                        let found = self.conditional_match(who, t, q, e.resource.as_ref())?;
+                        let found = self.conditional_match(who, t, q, view)?;
                         match found.len() {
                             0 => {}
                             1 => existing = found.into_iter().next(),
@@ -193,7 +219,7 @@ impl Engine {
                         Some((t.to_string(), id.to_string()))
                     } else if let Some((t, q)) = e.url.split_once('?') {
                         check_type(t)?;
-                        let found = self.conditional_match(who, t, q, e.resource.as_ref())?;
+                        let found = self.conditional_match(who, t, q, view)?;
                         match found.len() {
                             0 => {
                                 let id = match e.resource.as_ref().and_then(|r| r.get("id")).and_then(Value::as_str) {
@@ -219,7 +245,7 @@ impl Engine {
             if let (Some(full), Some((t, id))) = (&e.full_url, &target) {
                 map.insert(full.clone(), format!("{t}/{id}"));
             }
-            targets.push(target);
+            targets[i] = target;
         }
         // 2. Write each resource, with references rewritten.
         let mut seen = HashSet::new();

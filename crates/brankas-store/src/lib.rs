@@ -122,7 +122,9 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces a partition's wrapped key if it is still `old` (rotation racing nothing else).
     fn replace_dek(&self, old: &StoredDek, new: &StoredDek) -> Result<bool>;
 
-    /// The current version of a record, deleted or not.
+    /// The current version of a record, deleted or not. A current pointer that disagrees with
+    /// the row it names, or names a version older than the record's newest, is
+    /// [`StoreError::Corrupt`] (so is such a row met by `partition_current`).
     fn current(&self, key: &RecordKey) -> Result<Option<VersionRow>>;
     /// One version of a record.
     fn version(&self, key: &RecordKey, version: u64) -> Result<Option<VersionRow>>;

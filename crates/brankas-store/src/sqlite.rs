@@ -108,6 +108,26 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRow> {
     })
 }
 
+/// The current pointer's own columns and the record's newest version, read beside the version
+/// row it names (`c` joined to `v`, after [`ROW_COLS`]).
+const CUR_COLS: &str = "c.rkey, c.version, c.partition, c.rtype, c.deleted, (SELECT MAX(x.version) FROM versions x WHERE x.rkey = c.rkey)";
+
+/// A current row, checked: the pointer must agree with the version row it names, and that row
+/// must be the record's newest version. A pointer edited behind the store's back (rolled back
+/// to an older, authentic version, or aimed at another record's row) is reported as
+/// [`StoreError::Corrupt`] instead of being served. (A rollback that also deletes the newer
+/// version rows is not detectable here: that needs state outside the database.)
+fn current_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<VersionRow>> {
+    let v = row(r)?;
+    let ok = r.get_ref(8)?.as_blob()? == &v.key.0[..]
+        && r.get::<_, i64>(9)? as u64 == v.version
+        && r.get_ref(10)?.as_blob()? == &v.partition.0[..]
+        && r.get_ref(11)?.as_str()? == v.resource_type
+        && (r.get::<_, i64>(12)? != 0) == v.deleted
+        && r.get::<_, Option<i64>>(13)?.map(|m| m as u64) == Some(v.version);
+    Ok(if ok { Ok(v) } else { Err(StoreError::Corrupt) })
+}
+
 fn blob32(b: &[u8]) -> rusqlite::Result<[u8; 32]> {
     b.try_into().map_err(|_| rusqlite::Error::InvalidColumnType(0, "blob32".into(), rusqlite::types::Type::Blob))
 }
@@ -238,10 +258,11 @@ impl Store for SqliteStore {
 
     fn current(&self, key: &RecordKey) -> Result<Option<VersionRow>> {
         self.read(|c| {
-            c.prepare_cached(&format!("SELECT {ROW_COLS} FROM current c JOIN versions v ON v.rowid = c.vrow WHERE c.rkey = ?1"))?
-                .query_row([&key.0[..]], row)
+            c.prepare_cached(&format!("SELECT {ROW_COLS}, {CUR_COLS} FROM current c JOIN versions v ON v.rowid = c.vrow WHERE c.rkey = ?1"))?
+                .query_row([&key.0[..]], current_row)
                 .optional()
-        })
+        })?
+        .transpose()
     }
 
     fn version(&self, key: &RecordKey, version: u64) -> Result<Option<VersionRow>> {
@@ -264,20 +285,21 @@ impl Store for SqliteStore {
     }
 
     fn partition_current(&self, partition: &PartitionId, resource_type: Option<&str>) -> Result<Vec<VersionRow>> {
-        self.read(|c| match resource_type {
+        let rows: Vec<Result<VersionRow>> = self.read(|c| match resource_type {
             Some(t) => c
                 .prepare_cached(&format!(
-                    "SELECT {ROW_COLS} FROM current c JOIN versions v ON v.rowid = c.vrow WHERE c.partition = ?1 AND c.rtype = ?2 AND c.deleted = 0"
+                    "SELECT {ROW_COLS}, {CUR_COLS} FROM current c JOIN versions v ON v.rowid = c.vrow WHERE c.partition = ?1 AND c.rtype = ?2 AND c.deleted = 0"
                 ))?
-                .query_map(params![&partition.0[..], t], row)?
+                .query_map(params![&partition.0[..], t], current_row)?
                 .collect(),
             None => c
                 .prepare_cached(&format!(
-                    "SELECT {ROW_COLS} FROM current c JOIN versions v ON v.rowid = c.vrow WHERE c.partition = ?1 AND c.deleted = 0"
+                    "SELECT {ROW_COLS}, {CUR_COLS} FROM current c JOIN versions v ON v.rowid = c.vrow WHERE c.partition = ?1 AND c.deleted = 0"
                 ))?
-                .query_map(params![&partition.0[..]], row)?
+                .query_map(params![&partition.0[..]], current_row)?
                 .collect(),
-        })
+        })?;
+        rows.into_iter().collect()
     }
 
     fn lookup(&self, term: &BlindTerm) -> Result<Vec<RecordKey>> {
@@ -342,6 +364,39 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rolled_back_or_redirected_current_pointer_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let s = SqliteStore::open(&path).unwrap();
+        let (a, b, p) = (RecordKey([1; 32]), RecordKey([2; 32]), PartitionId([9; 32]));
+        let v = |key: RecordKey, version: u64, expect: Expect| crate::NewVersion {
+            row: VersionRow { key, version, partition: p, resource_type: "Patient".into(), deleted: false, last_updated_us: 0, dek_version: 1, sealed: vec![version as u8] },
+            expect,
+        };
+        for nv in [v(a, 1, Expect::Absent), v(a, 2, Expect::Version(1)), v(b, 1, Expect::Absent)] {
+            s.commit(&WriteBatch { versions: vec![nv], index: vec![] }).unwrap();
+        }
+        assert_eq!(s.current(&a).unwrap().unwrap().version, 2);
+        let raw = Connection::open(&path).unwrap();
+        let rowid = |k: &RecordKey, ver: i64| -> i64 {
+            raw.query_row("SELECT rowid FROM versions WHERE rkey = ?1 AND version = ?2", params![&k.0[..], ver], |r| r.get(0)).unwrap()
+        };
+        // Rolled back to version 1 (pointer and its version column both edited).
+        raw.execute("UPDATE current SET vrow = ?1, version = 1 WHERE rkey = ?2", params![rowid(&a, 1), &a.0[..]]).unwrap();
+        assert!(matches!(s.current(&a), Err(StoreError::Corrupt)));
+        assert!(matches!(s.partition_current(&p, Some("Patient")), Err(StoreError::Corrupt)));
+        // Aimed at another record's row.
+        raw.execute("UPDATE current SET vrow = ?1, version = 1 WHERE rkey = ?2", params![rowid(&b, 1), &a.0[..]]).unwrap();
+        assert!(matches!(s.current(&a), Err(StoreError::Corrupt)));
+        // Restored: served again.
+        raw.execute("UPDATE current SET vrow = ?1, version = 2 WHERE rkey = ?2", params![rowid(&a, 2), &a.0[..]]).unwrap();
+        assert_eq!(s.current(&a).unwrap().unwrap().version, 2);
+        assert_eq!(s.partition_current(&p, None).unwrap().len(), 2);
+    }
+
     #[test]
     fn conformance() {
         let dir = tempfile::tempdir().unwrap();

@@ -84,6 +84,7 @@ pub struct Vault {
     pseudonym: hmac::Key,
     record: hmac::Key,
     token: hmac::Key,
+    registry: hmac::Key,
     cursor: DataKey,
 }
 
@@ -122,6 +123,7 @@ impl Vault {
             pseudonym: hmac::Key::new(hmac::HMAC_SHA256, &derive(b"patient-pseudonym")?[..]),
             record: hmac::Key::new(hmac::HMAC_SHA256, &derive(b"record-key")?[..]),
             token: hmac::Key::new(hmac::HMAC_SHA256, &derive(b"access-token")?[..]),
+            registry: hmac::Key::new(hmac::HMAC_SHA256, &derive(b"client-registry")?[..]),
             cursor: DataKey::from_bytes(&derive(b"paging-cursor")?[..])?,
             provider,
         })
@@ -182,6 +184,12 @@ impl Vault {
         let ctx = dek_context(partition, wrapped.key_version);
         let raw = self.provider.unwrap(wrapped.kek, &wrapped.bytes, &ctx)?;
         Ok(WrappedKey { kek: to, key_version: wrapped.key_version, bytes: self.provider.wrap(to, &raw, &ctx)? })
+    }
+
+    /// MAC over a stored client registration, so that rows edited or added in the database
+    /// (a reactivated client, an admin with a chosen secret) are refused.
+    pub fn registry_mac(&self, data: &[u8]) -> [u8; 32] {
+        mac(&self.registry, &[data])
     }
 
     /// MAC over an access token's signing input.

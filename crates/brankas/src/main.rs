@@ -56,6 +56,10 @@ enum Cmd {
         /// Public base URL of the FHIR endpoint, if not `scheme://listen-address/fhir`.
         #[arg(long)]
         base_url: Option<String>,
+        /// Access-token lifetime in seconds, 1 to 300 (default 300). Hidden: for tests (expiry
+        /// without waiting five minutes) and deployments that want shorter-lived tokens.
+        #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(1..=brankas_auth::MAX_TOKEN_SECONDS))]
+        token_seconds: Option<u64>,
     },
     /// Load FHIR transaction/batch Bundles (JSON) and NDJSON files offline.
     Import {
@@ -107,13 +111,13 @@ fn main() -> Result<()> {
             println!("{}", serde_json::json!({"client_id": creds.client_id, "client_secret": creds.client_secret}));
             Ok(())
         }
-        Cmd::Serve { data, listen, tls_cert, tls_key, insecure_http, base_url } => {
+        Cmd::Serve { data, listen, tls_cert, tls_key, insecure_http, base_url, token_seconds } => {
             let tls = match (tls_cert, tls_key, insecure_http) {
                 (_, _, true) => Tls::None,
                 (Some(c), Some(k), _) => Tls::Files(c, k),
                 _ => Tls::SelfSigned,
             };
-            serve(&data.data_dir, data.key_file.as_deref(), listen, tls, base_url, None)
+            serve(&data.data_dir, data.key_file.as_deref(), listen, tls, base_url, token_seconds, None)
         }
         Cmd::Import { data, paths, quiet } => import(&data.data_dir, data.key_file.as_deref(), &paths, quiet),
         Cmd::Keys { cmd: KeysCmd::Rotate(d) } => rotate(&d.data_dir, d.key_file.as_deref()),
@@ -132,20 +136,45 @@ pub(crate) fn default_key_file(data_dir: &Path) -> PathBuf {
 
 fn key_path(data_dir: &Path, key_file: Option<&Path>) -> Result<PathBuf> {
     let kp = key_file.map(Path::to_path_buf).unwrap_or_else(|| default_key_file(data_dir));
-    // A key stored with the data it protects protects nothing: refuse it.
-    let abs = |p: &Path| -> PathBuf {
-        let p = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(p) };
-        let parent = p.parent().and_then(|d| d.canonicalize().ok());
-        match (parent, p.file_name()) {
-            (Some(d), Some(f)) => d.join(f),
-            _ => p,
-        }
-    };
-    let dd = data_dir.canonicalize().unwrap_or_else(|_| abs(data_dir));
-    if abs(&kp).starts_with(&dd) {
+    // A key stored with the data it protects protects nothing: refuse it. Both paths are
+    // resolved the way the OS will resolve them (symlinks of existing parts, then `..`), so
+    // `--key-file other/../data/k` cannot slip past the check while `other` does not exist yet.
+    if resolve(&kp).starts_with(resolve(data_dir)) {
         bail!("the key file must not be inside the data directory (a stolen copy of the directory would carry its own key)");
     }
     Ok(kp)
+}
+
+/// An absolute form of `p`: each `..` applies to the canonical (symlink-free) path before it
+/// when that exists, lexically otherwise; the longest existing prefix is canonicalised.
+fn resolve(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let abs = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(p) };
+    let mut cur = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                cur = cur.canonicalize().unwrap_or(cur);
+                cur.pop();
+            }
+            other => cur.push(other),
+        }
+    }
+    let mut base = cur.clone();
+    let mut rest = Vec::new();
+    while !base.exists() {
+        match base.file_name() {
+            Some(f) => {
+                rest.push(f.to_os_string());
+                base.pop();
+            }
+            None => break,
+        }
+    }
+    let mut out = base.canonicalize().unwrap_or(base);
+    out.extend(rest.iter().rev());
+    out
 }
 
 /// Everything a command needs, opened from a data directory.
@@ -203,8 +232,23 @@ pub(crate) enum Tls {
     Files(PathBuf, PathBuf),
 }
 
-pub(crate) fn serve(data_dir: &Path, key_file: Option<&Path>, listen: SocketAddr, tls: Tls, base_url: Option<String>, banner: Option<Box<dyn FnOnce(&str) + Send>>) -> Result<()> {
+/// Printed once the server listens (the demo's instructions), given the base URL.
+pub(crate) type Banner = Box<dyn FnOnce(&str) + Send>;
+
+pub(crate) fn serve(
+    data_dir: &Path,
+    key_file: Option<&Path>,
+    listen: SocketAddr,
+    tls: Tls,
+    base_url: Option<String>,
+    token_seconds: Option<u64>,
+    banner: Option<Banner>,
+) -> Result<()> {
     let o = open(data_dir, key_file)?;
+    let auth = match token_seconds {
+        Some(s) => Arc::new(Authority::new(o.store.clone(), o.vault.clone()).with_token_seconds(s)),
+        None => o.auth.clone(),
+    };
     let (tls_cfg, fingerprint) = match &tls {
         Tls::None => (None, None),
         Tls::SelfSigned => {
@@ -224,7 +268,7 @@ pub(crate) fn serve(data_dir: &Path, key_file: Option<&Path>, listen: SocketAddr
         let host = if addr.ip().is_unspecified() { "localhost".to_string() } else { addr.to_string() };
         let host = if addr.ip().is_unspecified() { format!("{host}:{}", addr.port()) } else { host };
         let base = base_url.unwrap_or_else(|| format!("{scheme}://{host}/fhir"));
-        let state = Arc::new(brankas_api::AppState { engine: o.engine.clone(), auth: o.auth.clone(), base_url: base.clone(), limits: Default::default() });
+        let state = Arc::new(brankas_api::AppState { engine: o.engine.clone(), auth, base_url: base.clone(), limits: Default::default() });
         let app = brankas_api::router(state);
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {

@@ -1,0 +1,266 @@
+//! Test harness: runs the real `brankas` binary in a temporary directory and talks to it over
+//! HTTP on 127.0.0.1, as a hospital system would.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_brankas");
+
+/// The shared corpus (FHIR examples, Synthea bundles, attachments).
+pub fn corpus() -> PathBuf {
+    std::env::var_os("BRANKAS_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"))
+}
+
+/// A data directory with its key file, created by `brankas init`.
+pub struct Instance {
+    pub root: tempfile::TempDir,
+    pub client_id: String,
+    pub client_secret: String,
+}
+
+impl Instance {
+    pub fn init() -> Self {
+        let root = tempfile::tempdir().expect("tempdir");
+        let out = Command::new(BIN)
+            .args(["init", "--data-dir"])
+            .arg(root.path().join("data"))
+            .arg("--key-file")
+            .arg(root.path().join("master.key"))
+            .output()
+            .expect("run brankas init");
+        assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+        let creds: Value = serde_json::from_slice(&out.stdout).expect("init prints JSON");
+        Self {
+            client_id: creds["client_id"].as_str().unwrap().into(),
+            client_secret: creds["client_secret"].as_str().unwrap().into(),
+            root,
+        }
+    }
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+    pub fn key_file(&self) -> PathBuf {
+        self.root.path().join("master.key")
+    }
+    pub fn log_file(&self) -> PathBuf {
+        self.root.path().join("server.log")
+    }
+    /// Runs a CLI subcommand against this instance's data directory and key file.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--key-file")
+            .arg(self.key_file())
+            .output()
+            .expect("run brankas")
+    }
+    /// Starts `brankas serve --insecure-http` on a free loopback port.
+    pub fn serve(&self) -> Server {
+        self.serve_with(&["--insecure-http"])
+    }
+    pub fn serve_with(&self, extra: &[&str]) -> Server {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_file()).unwrap();
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(self.data_dir())
+            .arg("--key-file")
+            .arg(self.key_file())
+            .args(extra)
+            .env("BRANKAS_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn brankas serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("listening line");
+        let ev: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("unexpected first line: {line}"));
+        let url = ev["url"].as_str().unwrap().to_string();
+        let root = url.trim_end_matches("/fhir").to_string();
+        let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
+        let s = Server { child, base: url, root, http, client_id: self.client_id.clone(), client_secret: self.client_secret.clone(), token: String::new(), fingerprint: ev["tls_fingerprint"].as_str().map(String::from) };
+        s.wait_healthy();
+        let mut s = s;
+        if !extra.iter().any(|a| *a != "--insecure-http") {
+            s.token = s.new_token();
+        }
+        s
+    }
+}
+
+/// A running server.
+pub struct Server {
+    pub child: Child,
+    /// `http://127.0.0.1:PORT/fhir`
+    pub base: String,
+    /// `http://127.0.0.1:PORT`
+    pub root: String,
+    pub http: reqwest::blocking::Client,
+    pub client_id: String,
+    pub client_secret: String,
+    /// A bearer token of the bootstrap admin client.
+    pub token: String,
+    pub fingerprint: Option<String>,
+}
+
+impl Server {
+    fn wait_healthy(&self) {
+        if !self.root.starts_with("http://") {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.http.get(format!("{}/health", self.root)).send().is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("server did not become healthy");
+    }
+
+    pub fn new_token(&self) -> String {
+        let r = self
+            .http
+            .post(format!("{}/auth/token", self.root))
+            .basic_auth(&self.client_id, Some(&self.client_secret))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().unwrap()["access_token"].as_str().unwrap().to_string()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/{}", self.base, path.trim_start_matches('/'))
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::blocking::Response {
+        self.http.get(self.url(path)).bearer_auth(&self.token).send().unwrap()
+    }
+
+    pub fn send_json(&self, method: reqwest::Method, path: &str, body: &Value) -> reqwest::blocking::Response {
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/fhir+json")
+            .body(serde_json::to_vec(body).unwrap())
+            .send()
+            .unwrap()
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> reqwest::blocking::Response {
+        self.send_json(reqwest::Method::POST, path, body)
+    }
+
+    pub fn put(&self, path: &str, body: &Value) -> reqwest::blocking::Response {
+        self.send_json(reqwest::Method::PUT, path, body)
+    }
+
+    pub fn delete(&self, path: &str) -> reqwest::blocking::Response {
+        self.http.delete(self.url(path)).bearer_auth(&self.token).send().unwrap()
+    }
+
+    /// Creates a resource and returns it as stored.
+    pub fn create(&self, body: &Value) -> Value {
+        let t = body["resourceType"].as_str().unwrap();
+        let r = self.post(t, body);
+        let status = r.status();
+        let v: Value = r.json().unwrap();
+        assert_eq!(status, 201, "create {t}: {v}");
+        v
+    }
+
+    /// SIGTERM and wait (graceful).
+    pub fn stop(mut self) {
+        unsafe_kill(self.child.id(), 15);
+        let _ = self.child.wait();
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unsafe_kill(pid: u32, sig: i32) {
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+}
+
+/// Every file under `dir`, recursively.
+pub fn all_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// `resource` without server-managed `meta.versionId` / `meta.lastUpdated` (and an emptied meta).
+pub fn without_server_meta(mut v: Value) -> Value {
+    if let Some(meta) = v.get_mut("meta").and_then(Value::as_object_mut) {
+        meta.remove("versionId");
+        meta.remove("lastUpdated");
+        if meta.is_empty() {
+            v.as_object_mut().unwrap().remove("meta");
+        }
+    }
+    v
+}
+
+// ----- helpers added for security.rs -----
+
+impl Instance {
+    /// Starts `brankas serve --listen 127.0.0.1:0` with exactly `extra` and returns the child
+    /// with its parsed listening line (`None` if the process printed none, e.g. because it
+    /// refused to start). Unlike [`Instance::serve_with`] it neither waits for health nor
+    /// fetches a token, so it also works for HTTPS and for start-up failures.
+    pub fn spawn_serve(&self, extra: &[&str]) -> (Child, Option<Value>) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_file()).unwrap();
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(self.data_dir())
+            .arg("--key-file")
+            .arg(self.key_file())
+            .args(extra)
+            .env("BRANKAS_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn brankas serve");
+        let mut line = String::new();
+        let n = BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap_or(0);
+        let ev = if n == 0 { None } else { serde_json::from_str(&line).ok() };
+        (child, ev)
+    }
+}
+
+impl Server {
+    /// Process id of the server (to SIGKILL it from another thread).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
