@@ -102,6 +102,7 @@ enum KeysCmd {
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BRANKAS_LOG").unwrap_or_else(|_| "info".into()))
         .init();
     let cli = Cli::parse();
