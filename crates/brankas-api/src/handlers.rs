@@ -29,6 +29,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/fhir/metadata", get(metadata))
         .route("/fhir/.well-known/smart-configuration", get(smart_config))
         .route("/fhir", post(bundle).fallback(method_not_allowed))
+        .route("/fhir/", post(bundle).fallback(method_not_allowed))
         .route("/fhir/{rtype}", get(search_get).post(create).fallback(method_not_allowed))
         .route("/fhir/{rtype}/_search", post(search_post).fallback(method_not_allowed))
         .route("/fhir/{rtype}/{id}", get(read).put(update).delete(delete).fallback(method_not_allowed))
