@@ -269,11 +269,10 @@ fn resource_response(st: &AppState, status: StatusCode, s: &Stored, rtype: &str,
     if let Ok(v) = HeaderValue::from_str(&last_modified(s.last_updated_us)) {
         h.insert(header::LAST_MODIFIED, v);
     }
-    if location {
-        if let Ok(v) = HeaderValue::from_str(&format!("{}/{rtype}/{id}/_history/{}", st.base_url, s.version)) {
+    if location
+        && let Ok(v) = HeaderValue::from_str(&format!("{}/{rtype}/{id}/_history/{}", st.base_url, s.version)) {
             h.insert(header::LOCATION, v);
         }
-    }
     r
 }
 
@@ -323,15 +322,14 @@ async fn read(State(st): St, Extension(who): Extension<Principal>, Path((rtype, 
     let engine = st.engine.clone();
     let t = rtype.clone();
     let s = blocking(move || engine.read(&who, &t, &id)).await?;
-    if let Some(inm) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
-        if parse_etag(inm) == Some(s.version) {
+    if let Some(inm) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok())
+        && parse_etag(inm) == Some(s.version) {
             let mut r = StatusCode::NOT_MODIFIED.into_response();
             if let Ok(v) = HeaderValue::from_str(&s.etag()) {
                 r.headers_mut().insert(header::ETAG, v);
             }
             return Ok(r);
         }
-    }
     Ok(resource_response(&st, StatusCode::OK, &s, &rtype, Return::Representation, false))
 }
 
@@ -350,11 +348,10 @@ async fn delete(State(st): St, Extension(who): Extension<Principal>, Path((rtype
     let engine = st.engine.clone();
     let out = blocking(move || engine.delete(&who, &rtype, &id, im)).await?;
     let mut r = StatusCode::NO_CONTENT.into_response();
-    if let Some(s) = out {
-        if let Ok(v) = HeaderValue::from_str(&s.etag()) {
+    if let Some(s) = out
+        && let Ok(v) = HeaderValue::from_str(&s.etag()) {
             r.headers_mut().insert(header::ETAG, v);
         }
-    }
     Ok(r)
 }
 
@@ -435,11 +432,10 @@ async fn history(st: &AppState, who: Principal, rtype: String, id: String, pairs
         })
         .collect();
     let mut links = vec![json!({"relation": "self", "url": format!("{base}/{rtype}/{id}/_history")})];
-    if let Some(last) = versions.last() {
-        if last.version > 1 && versions.len() >= count.max(1) {
+    if let Some(last) = versions.last()
+        && last.version > 1 && versions.len() >= count.max(1) {
             links.push(json!({"relation": "next", "url": format!("{base}/{rtype}/{id}/_history?_count={count}&_before_version={}", last.version)}));
         }
-    }
     Ok(json_response(StatusCode::OK, &json!({"resourceType": "Bundle", "type": "history", "total": total, "link": links, "entry": entries})))
 }
 

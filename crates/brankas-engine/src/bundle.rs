@@ -313,11 +313,10 @@ impl Engine {
             } else if r.starts_with("urn:uuid:") || r.starts_with("urn:oid:") {
                 // Left for the check below: an unresolved placeholder is an error.
                 conditional.push(r.clone());
-            } else if let Some((t, _)) = r.split_once('?') {
-                if brankas_fhir::is_resource_type(t) {
+            } else if let Some((t, _)) = r.split_once('?')
+                && brankas_fhir::is_resource_type(t) {
                     conditional.push(r.clone());
                 }
-            }
         });
         if conditional.is_empty() {
             return Ok(());

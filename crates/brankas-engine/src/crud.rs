@@ -50,11 +50,10 @@ impl Engine {
         if rtype == "Patient" {
             return self.vault.patient_partition(id);
         }
-        if self.registry.in_patient_compartment(rtype) {
-            if let Some(p) = self.registry.patient_refs(rtype, resource).first() {
+        if self.registry.in_patient_compartment(rtype)
+            && let Some(p) = self.registry.patient_refs(rtype, resource).first() {
                 return self.vault.patient_partition(p);
             }
-        }
         self.vault.system_partition()
     }
 

@@ -247,11 +247,10 @@ impl Engine {
     /// record key, version and partition; the id inside must hash to the row's record key.
     /// `expect` names the resource the caller asked for, when it knows it.
     pub(crate) fn open_row(&self, row: &VersionRow, expect: Option<(&str, &str)>) -> Result<Stored> {
-        if let Some((t, _)) = expect {
-            if row.resource_type != t {
+        if let Some((t, _)) = expect
+            && row.resource_type != t {
                 return Err(EngineError::Integrity);
             }
-        }
         let key = self.data_key(&row.partition, false)?.ok_or(EngineError::Integrity)?;
         let aad = RecordAad {
             resource_type: &row.resource_type,

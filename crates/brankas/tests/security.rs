@@ -631,9 +631,8 @@ fn every_fhir_route_requires_a_valid_token() {
     // API yet, so the status is edited in the store; the registration's MAC then fails too,
     // which is the other property shown here: a client row edited in the database is refused.
     let fresh = s.new_token();
-    let mut original = Vec::new();
     for (field, status) in [("status", "suspended"), ("status", "revoked"), ("name", "renamed in the database")] {
-        original = set_client_field(&inst, field, status);
+        let original = set_client_field(&inst, field, status);
         assert_all_401(&s, Some(&format!("Bearer {fresh}")), status);
         let r = s.http.post(format!("{}/auth/token", s.root)).basic_auth(&inst.client_id, Some(&inst.client_secret)).form(&[("grant_type", "client_credentials")]).send().unwrap();
         assert_eq!(r.status(), 401, "{status} client gets no token");
