@@ -383,8 +383,12 @@ impl Registry {
                 continue;
             };
             let _ = p.for_each(resource, &mut |it| {
-                if let Some(parts) =
-                    fhirpath::reference_text(it.value).and_then(crate::reference::parse)
+                // Only local references place a resource: `http://other/fhir/Patient/b` names a
+                // patient of another server, and filing it with our Patient/b would mix two
+                // people's records.
+                if let Some(parts) = fhirpath::reference_text(it.value)
+                    .filter(|t| !t.contains("://"))
+                    .and_then(crate::reference::parse)
                     && parts.ty == "Patient"
                     && !out.iter().any(|x| x == parts.id)
                 {
@@ -477,7 +481,7 @@ mod tests {
                 {"reference": "urn:uuid:1234"}
             ]
         });
-        assert_eq!(r.patient_refs("Observation", &obs), ["a", "b"]);
+        assert_eq!(r.patient_refs("Observation", &obs), ["a"], "absolute URLs name other servers' patients");
         let grp = json!({"resourceType": "Observation", "subject": {"reference": "Group/g"}});
         assert!(r.patient_refs("Observation", &grp).is_empty());
         let p = json!({"resourceType": "Patient", "id": "p1", "link": [{"other": {"reference": "Patient/p2"}}]});
