@@ -3,7 +3,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use brankas_auth::Principal;
-use brankas_search::{IdentityQuery, Query, QueryError};
+use brankas_search::{IdentityQuery, Query, QueryError, Summary};
 use brankas_store::{PartitionId, VersionRow};
 use serde_json::{Value, json};
 
@@ -75,11 +75,27 @@ impl Engine {
             }
         });
         let count = query.count().unwrap_or(self.limits.default_count).min(self.limits.max_count);
-        let summary_count = req.pairs.iter().any(|(k, v)| k == "_summary" && v == "count");
+        let rp = query.result_params();
+        let summary_count = matches!(rp.summary, Some(Summary::Count));
+        if matches!(rp.summary, Some(Summary::True)) {
+            // Needs the isSummary flags of every element, which the R4 JSON Schema lacks:
+            // refuse rather than return full resources under a summary's name.
+            return Err(EngineError::Search("_summary=true is not supported; use _elements".into()));
+        }
         let total = matches.len();
         let offset = req.offset.min(total);
         let take = if summary_count { 0 } else { count };
-        let resources: Vec<Stored> = matches.into_iter().skip(offset).take(take).collect();
+        let mut resources: Vec<Stored> = matches.into_iter().skip(offset).take(take).collect();
+        let keep: Option<Vec<&str>> = match rp.summary {
+            Some(Summary::Text) => Some(vec!["text"]),
+            _ if !rp.elements.is_empty() => Some(rp.elements.iter().map(String::as_str).collect()),
+            _ => None,
+        };
+        if let Some(keep) = keep {
+            resources.iter_mut().for_each(|s| subset(&mut s.resource, |k| keep.contains(&k)));
+        } else if matches!(rp.summary, Some(Summary::Data)) {
+            resources.iter_mut().for_each(|s| subset(&mut s.resource, |k| k != "text"));
+        }
         let cursor = |o: usize| self.seal_cursor(who, req, o);
         Ok(Page {
             next: if take > 0 && offset + take < total { Some(cursor(offset + take)?) } else { None },
@@ -292,6 +308,24 @@ impl Engine {
             (ta != "Patient").cmp(&(tb != "Patient")).then(ta.cmp(tb)).then(a.last_updated_us.cmp(&b.last_updated_us))
         });
         Ok(out)
+    }
+}
+
+/// Keeps `resourceType`, `id`, `meta` and the top-level elements `keep` accepts, and marks the
+/// resource SUBSETTED (FHIR R4 §3.1.1.5.9) so that nobody mistakes it for the whole record.
+fn subset(resource: &mut Value, keep: impl Fn(&str) -> bool) {
+    let Some(obj) = resource.as_object_mut() else { return };
+    let before = obj.len();
+    obj.retain(|k, _| matches!(k.as_str(), "resourceType" | "id" | "meta") || keep(k));
+    if obj.len() == before {
+        return;
+    }
+    let meta = obj.entry("meta").or_insert_with(|| json!({}));
+    if let Some(m) = meta.as_object_mut() {
+        let tags = m.entry("tag").or_insert_with(|| json!([]));
+        if let Some(t) = tags.as_array_mut() {
+            t.push(json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}));
+        }
     }
 }
 

@@ -1266,3 +1266,42 @@ fn transaction_conditional_create_of_clinical_resource_for_matched_patient() {
     assert_eq!(entries(&r3.json)[1]["response"]["status"], "200 OK");
     assert_eq!(get(&s, &format!("Observation?patient={pid}")).json["total"], 2);
 }
+
+// ------------------------------------------------------------------------------------------
+// Result parameters: _elements and _summary.
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn elements_and_summary_subset_results_and_say_so() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let mut p = patient_siti();
+    p["text"] = json!({"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">Siti</div>"});
+    let pid = s.create(&p)["id"].as_str().unwrap().to_string();
+    let q = format!("Patient?identifier={}%7C{NIK_SITI}", url_encode(NIK_SYSTEM));
+
+    let r = get(&s, &format!("{q}&_elements=gender,birthDate"));
+    assert_eq!(r.status, 200, "{}", r.text);
+    let res = &entries(&r.json)[0]["resource"];
+    let mut keys: Vec<&str> = res.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["birthDate", "gender", "id", "meta", "resourceType"]);
+    assert!(res["meta"]["tag"].as_array().unwrap().iter().any(|t| t["code"] == "SUBSETTED"), "{res}");
+
+    let r = get(&s, &format!("{q}&_summary=data"));
+    let res = &entries(&r.json)[0]["resource"];
+    assert!(res.get("text").is_none() && res["name"].is_array(), "{res}");
+    assert!(res["meta"]["tag"].as_array().unwrap().iter().any(|t| t["code"] == "SUBSETTED"));
+
+    let r = get(&s, &format!("{q}&_summary=count"));
+    assert_eq!((r.status, r.json["total"].as_u64()), (200, Some(1)));
+    assert!(r.json.get("entry").is_none_or(|e| e.as_array().unwrap().is_empty()), "{}", r.text);
+
+    let r = get(&s, &format!("{q}&_summary=true"));
+    assert_eq!(r.status, 400, "{}", r.text);
+    r.assert_outcome();
+
+    // Without result parameters, the whole stored resource, untagged.
+    let r = get(&s, &format!("Patient/{pid}"));
+    assert!(r.json.get("text").is_some() && r.json["meta"].get("tag").is_none(), "{}", r.text);
+}
