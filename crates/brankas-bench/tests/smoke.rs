@@ -1,0 +1,84 @@
+//! Keeps the benchmark harness working: runs `brankas-bench --smoke` (3 small Synthea
+//! Bundles, 1-second phases) against the `brankas` binary of the same build, and checks that
+//! every stage produced a figure. It measures nothing; it only proves the pipeline runs.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn corpus() -> PathBuf {
+    std::env::var_os("BRANKAS_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"))
+}
+
+/// The `brankas` binary built beside this one (`cargo test --workspace` builds both).
+fn brankas_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("BRANKAS_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_brankas-bench"));
+    let p = bench.with_file_name(format!("brankas{}", std::env::consts::EXE_SUFFIX));
+    p.is_file().then_some(p)
+}
+
+#[test]
+fn smoke_run_produces_every_figure() {
+    let corpus = corpus();
+    if !corpus.join("synthea").is_dir() {
+        assert!(std::env::var_os("CI").is_none(), "corpus not found at {} (set BRANKAS_CORPUS)", corpus.display());
+        eprintln!("NOTE: corpus not found at {}; skipping (set BRANKAS_CORPUS)", corpus.display());
+        return;
+    }
+    let Some(bin) = brankas_bin() else {
+        assert!(std::env::var_os("CI").is_none(), "brankas binary not built: run cargo test --workspace");
+        eprintln!("NOTE: the brankas binary is not built next to brankas-bench; skipping (cargo test --workspace, or set BRANKAS_BIN)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("results.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_brankas-bench"))
+        .arg("--smoke")
+        .arg("--bin")
+        .arg(&bin)
+        .arg("--corpus")
+        .arg(&corpus)
+        .arg("--out")
+        .arg(&out)
+        .arg("--work-dir")
+        .arg(dir.path().join("work"))
+        .arg("--server-log")
+        .arg("warn")
+        .output()
+        .expect("run brankas-bench");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "brankas-bench --smoke failed:\n{stderr}");
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("| # | measurement |"), "no Markdown table:\n{table}");
+    let r: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    for p in [
+        "/floor_sqlite/insert_one_tx_per_bundle/resources_per_s",
+        "/floor_sqlite/insert_64_bundles_per_tx/resources_per_s",
+        "/floor_sqlite/point_read_1_thread/reads_per_s",
+        "/floor_cpu/seal_aws_lc_raw/mb_per_s",
+        "/floor_cpu/seal_brankas_vault/mb_per_s",
+        "/floor_cpu/json_parse/mb_per_s",
+        "/floor_cpu/r4_validate/resources_per_s",
+        "/import/resources_per_s",
+        "/http_ingest/resources_per_s",
+        "/http_floor_health/requests_per_s",
+        "/read_by_id/requests_per_s",
+        "/read_by_id/latency_ms/p99",
+        "/nik_lookup/requests_per_s",
+        "/nik_lookup/latency_ms/p50",
+        "/nik_lookup_1_client/latency_ms/p99",
+        "/ratios/import_vs_sqlite_one_tx_per_bundle",
+    ] {
+        let v = r.pointer(p).and_then(Value::as_f64).unwrap_or_else(|| panic!("{p} missing in {r:#}"));
+        assert!(v > 0.0, "{p} = {v}");
+    }
+    assert_eq!(r["import"]["resources"], r["config"]["resources"]);
+    assert_eq!(r["http_ingest"]["resources"], r["config"]["resources"]);
+    assert_eq!(r["floor_cpu"]["r4_validate"]["invalid"], 0);
+}
