@@ -153,19 +153,7 @@ fn main() -> Result<()> {
         "r4_validate": median_of(reps, "resources_per_s", |_| validate(&bundles))?,
     });
 
-    /// Runs a floor `n` times and keeps the run with the median `key` (the floors take well under
-/// a second each, so one run is at the mercy of a noisy neighbour); records every run's figure.
-fn median_of(n: usize, key: &str, mut f: impl FnMut(usize) -> Result<Value>) -> Result<Value> {
-    let mut runs = (0..n.max(1)).map(&mut f).collect::<Result<Vec<Value>>>()?;
-    runs.sort_by(|a, b| a[key].as_f64().unwrap_or(0.0).total_cmp(&b[key].as_f64().unwrap_or(0.0)));
-    let all: Vec<Value> = runs.iter().map(|r| r[key].clone()).collect();
-    let mut m = runs.swap_remove(runs.len() / 2);
-    m["runs"] = json!(all.len());
-    m[format!("{key}_of_each_run")] = Value::Array(all);
-    Ok(m)
-}
-
-// ----- offline import -----
+    // ----- offline import -----
     eprintln!("(c) brankas import");
     let input = if all { synthea.clone() } else { copy_inputs(&files, &work.join("input"))? };
     out["import"] = import(&bin, &work.join("import"), &input, n_res)?;
@@ -191,6 +179,19 @@ fn median_of(n: usize, key: &str, mut f: impl FnMut(usize) -> Result<Value>) -> 
     println!("{}", markdown(&out));
     eprintln!("results written to {}", args.out.display());
     Ok(())
+}
+
+
+/// Runs a floor `n` times and keeps the run with the median `key` (the floors take well under
+/// a second each, so one run is at the mercy of a noisy neighbour); records every run's figure.
+fn median_of(n: usize, key: &str, mut f: impl FnMut(usize) -> Result<Value>) -> Result<Value> {
+    let mut runs = (0..n.max(1)).map(&mut f).collect::<Result<Vec<Value>>>()?;
+    runs.sort_by(|a, b| a[key].as_f64().unwrap_or(0.0).total_cmp(&b[key].as_f64().unwrap_or(0.0)));
+    let all: Vec<Value> = runs.iter().map(|r| r[key].clone()).collect();
+    let mut m = runs.swap_remove(runs.len() / 2);
+    m["runs"] = json!(all.len());
+    m[format!("{key}_of_each_run")] = Value::Array(all);
+    Ok(m)
 }
 
 // ----- corpus -----
