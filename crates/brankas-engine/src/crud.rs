@@ -149,8 +149,7 @@ impl Engine {
                 batch.index.push(ix.clone());
             }
         }
-        self.store.commit(&batch)?;
-        Ok(())
+        self.commit_batch(batch)
     }
 
     pub(crate) fn current_row(&self, rtype: &str, id: &str) -> Result<Option<VersionRow>> {

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use brankas_auth::Principal;
-use brankas_store::{NewVersion, WriteBatch};
+use brankas_store::{NewVersion, StoreError, WriteBatch};
 use serde_json::{Value, json};
 
 use crate::{Engine, EngineError, Result};
@@ -105,11 +105,22 @@ impl<'a> Importer<'a> {
                 Err(e) => fail(stats, &where_, &e),
             }
         }
+        for b in &mut batches {
+            self.engine.attach_new_keys(b)?;
+        }
         let results = self.engine.store.commit_many(&batches)?;
-        for ((where_, n), r) in owners.into_iter().zip(results) {
+        for (((where_, n), r), b) in owners.into_iter().zip(results).zip(&batches) {
             match r {
-                Ok(()) => stats.resources += n,
-                Err(e) => fail(stats, &where_, &EngineError::from(e)),
+                Ok(()) => {
+                    self.engine.settle_new_keys(b, true)?;
+                    stats.resources += n;
+                }
+                Err(e) => {
+                    if matches!(e, StoreError::DataKeyRace) {
+                        self.engine.settle_new_keys(b, false)?;
+                    }
+                    fail(stats, &where_, &EngineError::from(e))
+                }
             }
         }
         Ok(())

@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex};
 
 use brankas_auth::Principal;
 use brankas_search::Registry;
-use brankas_store::{Expect, PartitionId, RecordKey, Store, StoreError, StoredDek, VersionRow};
+use brankas_store::{Expect, PartitionId, RecordKey, Store, StoreError, StoredDek, VersionRow, WrappedKey, WriteBatch};
 use brankas_vault::{BlindTerm, DataKey, RecordAad, Vault, VaultError};
 use serde_json::Value;
 
@@ -82,7 +82,8 @@ pub enum EngineError {
 impl From<StoreError> for EngineError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Conflict { .. } => EngineError::Conflict,
+            // A racing replica stored another key for a new patient first: retry.
+            StoreError::Conflict { .. } | StoreError::DataKeyRace => EngineError::Conflict,
             StoreError::Corrupt => EngineError::Integrity,
             e => EngineError::Store(e),
         }
@@ -155,7 +156,15 @@ pub struct Engine {
     limits: Limits,
     /// Unwrapped data keys by partition; bounded, cleared when full.
     deks: Mutex<HashMap<PartitionId, Arc<DataKey>>>,
+    /// Data keys made for partitions that have none stored yet, with their wrapped form.
+    /// They reach the store inside the first batch that uses them ([`Engine::attach_new_keys`]),
+    /// so a new patient costs no separate durable commit; concurrent writers in this process
+    /// share the same pending key. Bounded: when cleared, a batch in flight that needed a
+    /// cleared key fails with `MissingDataKey` (nothing written), it is never stored keyless.
+    pending_deks: Mutex<HashMap<PartitionId, (Arc<DataKey>, WrappedKey)>>,
 }
+
+const PENDING_DEKS: usize = 100_000;
 
 const DEK_CACHE: usize = 50_000;
 
@@ -170,7 +179,7 @@ pub(crate) struct Prepared {
 
 impl Engine {
     pub fn new(store: Arc<dyn Store>, vault: Arc<Vault>) -> Self {
-        Self { store, vault, registry: Registry::r4(), limits: Limits::default(), deks: Mutex::new(HashMap::new()) }
+        Self { store, vault, registry: Registry::r4(), limits: Limits::default(), deks: Mutex::new(HashMap::new()), pending_deks: Mutex::new(HashMap::new()) }
     }
 
     pub fn with_limits(mut self, limits: Limits) -> Self {
@@ -216,21 +225,86 @@ impl Engine {
             return Ok(Some(k.clone()));
         }
         let key = match self.store.get_dek(partition)? {
-            Some(d) => self.vault.open_data_key(partition, &d.wrapped)?,
+            Some(d) => Arc::new(self.vault.open_data_key(partition, &d.wrapped)?),
             None if create => {
+                // A new partition: the key is stored with the first batch that uses it.
+                let mut pending = self.pending_deks.lock().map_err(|_| EngineError::Integrity)?;
+                if let Some((k, _)) = pending.get(partition) {
+                    return Ok(Some(k.clone()));
+                }
                 let (k, wrapped) = self.vault.new_data_key(partition)?;
-                let stored = self.store.insert_dek(&StoredDek { partition: *partition, wrapped: wrapped.clone() })?;
-                if stored.wrapped == wrapped { k } else { self.vault.open_data_key(partition, &stored.wrapped)? }
+                let k = Arc::new(k);
+                if pending.len() >= PENDING_DEKS {
+                    pending.clear();
+                }
+                pending.insert(*partition, (k.clone(), wrapped));
+                return Ok(Some(k));
             }
             None => return Ok(None),
         };
-        let key = Arc::new(key);
+        self.cache_key(partition, key.clone())?;
+        Ok(Some(key))
+    }
+
+    fn cache_key(&self, partition: &PartitionId, key: Arc<DataKey>) -> Result<()> {
         let mut cache = self.deks.lock().map_err(|_| EngineError::Integrity)?;
         if cache.len() >= DEK_CACHE {
             cache.clear();
         }
-        cache.insert(*partition, key.clone());
-        Ok(Some(key))
+        cache.insert(*partition, key);
+        Ok(())
+    }
+
+    /// Adds to `batch` the pending data keys of the partitions its versions use.
+    pub(crate) fn attach_new_keys(&self, batch: &mut WriteBatch) -> Result<()> {
+        let pending = self.pending_deks.lock().map_err(|_| EngineError::Integrity)?;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        for v in &batch.versions {
+            let p = &v.row.partition;
+            if let Some((_, wrapped)) = pending.get(p)
+                && !batch.deks.iter().any(|d| &d.partition == p)
+            {
+                batch.deks.push(StoredDek { partition: *p, wrapped: wrapped.clone() });
+            }
+        }
+        Ok(())
+    }
+
+    /// After `batch` was committed (`ok`) or lost a data-key race: its pending keys are now
+    /// stored keys, or are dropped so that the next attempt uses the stored one.
+    pub(crate) fn settle_new_keys(&self, batch: &WriteBatch, ok: bool) -> Result<()> {
+        if batch.deks.is_empty() {
+            return Ok(());
+        }
+        let mut done = Vec::new();
+        {
+            let mut pending = self.pending_deks.lock().map_err(|_| EngineError::Integrity)?;
+            for d in &batch.deks {
+                if let Some((k, _)) = pending.remove(&d.partition) {
+                    done.push((d.partition, k));
+                }
+            }
+        }
+        if ok {
+            for (p, k) in done {
+                self.cache_key(&p, k)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits one batch, bringing the data keys of new partitions along.
+    pub(crate) fn commit_batch(&self, mut batch: WriteBatch) -> Result<()> {
+        self.attach_new_keys(&mut batch)?;
+        let r = self.store.commit(&batch);
+        match &r {
+            Ok(()) => self.settle_new_keys(&batch, true)?,
+            Err(StoreError::DataKeyRace) => self.settle_new_keys(&batch, false)?,
+            Err(_) => {}
+        }
+        Ok(r?)
     }
 
     /// Forgets cached data keys (after key rotation they stay valid; used by tests and to

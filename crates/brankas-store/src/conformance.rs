@@ -24,6 +24,7 @@ pub fn run_all(fresh: &mut dyn FnMut() -> Box<dyn Store>) {
         ("blind_index", blind_index),
         ("clients", clients),
         ("concurrent_writers", concurrent_writers),
+        ("data_keys_commit_with_their_batch", data_keys_commit_with_their_batch),
     ];
     for (name, check) in checks {
         let store = fresh();
@@ -53,8 +54,21 @@ pub fn sample_row(k: u8, version: u64, p: u8, rtype: &str) -> VersionRow {
     }
 }
 
+/// The data key the suite uses for partition `p` (always the same bytes, so bringing it again
+/// is not a race).
+pub fn sample_dek(p: u8) -> StoredDek {
+    StoredDek { partition: part(p), wrapped: WrappedKey { kek: KekId(1), key_version: 1, bytes: vec![p, 0xD0] } }
+}
+
+/// A batch of versions that brings the (sample) data keys of its partitions.
+fn batch(versions: Vec<NewVersion>, index: Vec<(RecordKey, Vec<BlindTerm>)>) -> WriteBatch {
+    let mut deks: Vec<StoredDek> = versions.iter().map(|v| sample_dek(v.row.partition.0[0])).collect();
+    deks.dedup();
+    WriteBatch { versions, index, deks }
+}
+
 fn put(s: &dyn Store, row: VersionRow, expect: Expect) -> crate::Result<()> {
-    s.commit(&WriteBatch { versions: vec![NewVersion { row, expect }], index: vec![] })
+    s.commit(&batch(vec![NewVersion { row, expect }], vec![]))
 }
 
 fn meta(s: &dyn Store) {
@@ -114,29 +128,29 @@ fn expectations(s: &dyn Store) {
 
 fn batch_atomicity(s: &dyn Store) {
     put(s, sample_row(1, 1, 1, "Patient"), Expect::Absent).unwrap();
-    let batch = WriteBatch {
-        versions: vec![
+    let b = batch(
+        vec![
             NewVersion { row: sample_row(2, 1, 1, "Observation"), expect: Expect::Absent },
             NewVersion { row: sample_row(1, 2, 1, "Patient"), expect: Expect::Version(5) },
         ],
-        index: vec![(key(2), vec![BlindTerm([9; 32])])],
-    };
-    assert!(matches!(s.commit(&batch), Err(StoreError::Conflict { index: 1 })));
+        vec![(key(2), vec![BlindTerm([9; 32])])],
+    );
+    assert!(matches!(s.commit(&b), Err(StoreError::Conflict { index: 1 })));
     assert_eq!(s.current(&key(2)).unwrap(), None, "a failed batch must leave nothing behind");
     assert!(s.lookup(&BlindTerm([9; 32])).unwrap().is_empty());
     assert_eq!(s.current(&key(1)).unwrap().unwrap().version, 1);
 }
 
 fn commit_many_isolates_batches(s: &dyn Store) {
-    let ok = WriteBatch { versions: vec![NewVersion { row: sample_row(1, 1, 1, "Patient"), expect: Expect::Absent }], index: vec![] };
-    let bad = WriteBatch {
-        versions: vec![
+    let ok = batch(vec![NewVersion { row: sample_row(1, 1, 1, "Patient"), expect: Expect::Absent }], vec![]);
+    let bad = batch(
+        vec![
             NewVersion { row: sample_row(3, 1, 1, "Patient"), expect: Expect::Absent },
             NewVersion { row: sample_row(1, 1, 1, "Patient"), expect: Expect::Absent },
         ],
-        index: vec![],
-    };
-    let ok2 = WriteBatch { versions: vec![NewVersion { row: sample_row(2, 1, 2, "Patient"), expect: Expect::Absent }], index: vec![] };
+        vec![],
+    );
+    let ok2 = batch(vec![NewVersion { row: sample_row(2, 1, 2, "Patient"), expect: Expect::Absent }], vec![]);
     let res = s.commit_many(&[ok, bad, ok2]).unwrap();
     assert!(res[0].is_ok() && res[1].is_err() && res[2].is_ok());
     assert!(s.current(&key(1)).unwrap().is_some());
@@ -164,14 +178,14 @@ fn partition_listing(s: &dyn Store) {
 fn blind_index(s: &dyn Store) {
     let t1 = BlindTerm([1; 32]);
     let t2 = BlindTerm([2; 32]);
-    s.commit(&WriteBatch { versions: vec![], index: vec![(key(1), vec![t1, t2]), (key(2), vec![t1])] }).unwrap();
+    s.commit(&batch(vec![], vec![(key(1), vec![t1, t2]), (key(2), vec![t1])])).unwrap();
     let mut hits = s.lookup(&t1).unwrap();
     hits.sort();
     assert_eq!(hits, vec![key(1), key(2)]);
     // Replacing a record's terms drops the old ones.
-    s.commit(&WriteBatch { versions: vec![], index: vec![(key(1), vec![t2])] }).unwrap();
+    s.commit(&batch(vec![], vec![(key(1), vec![t2])])).unwrap();
     assert_eq!(s.lookup(&t1).unwrap(), vec![key(2)]);
-    s.commit(&WriteBatch { versions: vec![], index: vec![(key(1), vec![])] }).unwrap();
+    s.commit(&batch(vec![], vec![(key(1), vec![])])).unwrap();
     assert!(s.lookup(&t2).unwrap().is_empty());
 }
 
@@ -198,4 +212,39 @@ fn concurrent_writers(s: &dyn Store) {
         }
     });
     assert_eq!(wins.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+fn data_keys_commit_with_their_batch(s: &dyn Store) {
+    let nv = |k: u8, p: u8| NewVersion { row: sample_row(k, 1, p, "Patient"), expect: Expect::Absent };
+    // A version without a key for its partition is refused, and leaves nothing.
+    let r = s.commit(&WriteBatch { versions: vec![nv(1, 1)], ..Default::default() });
+    assert!(matches!(r, Err(StoreError::MissingDataKey)), "{r:?}");
+    assert_eq!(s.current(&key(1)).unwrap(), None);
+    // The key comes with the batch: both are stored.
+    s.commit(&WriteBatch { versions: vec![nv(1, 1)], deks: vec![sample_dek(1)], ..Default::default() }).unwrap();
+    assert_eq!(s.get_dek(&part(1)).unwrap(), Some(sample_dek(1)));
+    assert!(s.current(&key(1)).unwrap().is_some());
+    // Bringing the same key again is fine; a different key for the partition lost a race.
+    s.commit(&WriteBatch { versions: vec![nv(2, 1)], deks: vec![sample_dek(1)], ..Default::default() }).unwrap();
+    let other = StoredDek { partition: part(1), wrapped: WrappedKey { kek: KekId(1), key_version: 1, bytes: vec![0xEE] } };
+    let r = s.commit(&WriteBatch { versions: vec![nv(3, 1)], deks: vec![other], ..Default::default() });
+    assert!(matches!(r, Err(StoreError::DataKeyRace)), "{r:?}");
+    assert_eq!(s.current(&key(3)).unwrap(), None);
+    assert_eq!(s.get_dek(&part(1)).unwrap(), Some(sample_dek(1)), "the stored key must not change");
+    // A batch that fails keeps its new key out too.
+    let r = s.commit(&WriteBatch { versions: vec![nv(4, 2), nv(1, 2)], deks: vec![sample_dek(2)], ..Default::default() });
+    assert!(matches!(r, Err(StoreError::Conflict { index: 1 })), "{r:?}");
+    assert_eq!(s.get_dek(&part(2)).unwrap(), None, "a failed batch must not leave its data key behind");
+    // In commit_many each batch stands alone, key included.
+    let res = s
+        .commit_many(&[
+            WriteBatch { versions: vec![nv(5, 3)], deks: vec![sample_dek(3)], ..Default::default() },
+            WriteBatch { versions: vec![nv(6, 4)], ..Default::default() },
+            WriteBatch { versions: vec![nv(7, 3)], ..Default::default() },
+        ])
+        .unwrap();
+    assert!(res[0].is_ok(), "{:?}", res[0]);
+    assert!(matches!(res[1], Err(StoreError::MissingDataKey)), "{:?}", res[1]);
+    assert!(res[2].is_ok(), "a later batch sees the key an earlier one brought: {:?}", res[2]);
+    assert!(s.current(&key(6)).unwrap().is_none());
 }

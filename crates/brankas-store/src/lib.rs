@@ -30,6 +30,14 @@ pub enum StoreError {
     /// An optimistic-concurrency expectation of a [`WriteBatch`] did not hold; nothing was written.
     #[error("write conflict on item {index} of the batch")]
     Conflict { index: usize },
+    /// Another writer stored a different data key for a partition this batch brings a new key
+    /// for; nothing was written. Prepare the writes again with the stored key.
+    #[error("a data key of the batch lost a race with another writer")]
+    DataKeyRace,
+    /// A version's partition has no stored data key and the batch brings none; nothing was
+    /// written (the rows would be unreadable).
+    #[error("a version's partition has no data key")]
+    MissingDataKey,
     /// A stored value could not be decoded (corruption or tampering).
     #[error("stored data is corrupt")]
     Corrupt,
@@ -93,11 +101,16 @@ pub struct WriteBatch {
     /// Records whose blind-index terms are replaced: all old terms of the record are
     /// removed, then these terms added (an empty list just removes).
     pub index: Vec<(RecordKey, Vec<BlindTerm>)>,
+    /// Data keys first used by this batch, stored atomically with it: inserted if the
+    /// partition has none; the same key already stored is fine; a different one is
+    /// [`StoreError::DataKeyRace`]. Every partition of `versions` must have a key, stored
+    /// before or brought here, or the batch is [`StoreError::MissingDataKey`].
+    pub deks: Vec<StoredDek>,
 }
 
 impl WriteBatch {
     pub fn is_empty(&self) -> bool {
-        self.versions.is_empty() && self.index.is_empty()
+        self.versions.is_empty() && self.index.is_empty() && self.deks.is_empty()
     }
 }
 

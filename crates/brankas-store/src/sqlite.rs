@@ -205,6 +205,41 @@ fn to_dek((p, w): (Vec<u8>, Vec<u8>)) -> Result<StoredDek> {
 /// Applies one batch inside an open transaction. On a failed expectation returns Conflict and
 /// leaves the rollback to the caller.
 fn apply(tx: &Connection, batch: &WriteBatch) -> Result<()> {
+    for d in &batch.deks {
+        let bytes = d.wrapped.to_bytes();
+        let inserted = tx
+            .prepare_cached("INSERT INTO deks (partition, wrapped) VALUES (?1, ?2) ON CONFLICT(partition) DO NOTHING")
+            .map_err(be)?
+            .execute(params![&d.partition.0[..], &bytes])
+            .map_err(be)?;
+        if inserted == 0 {
+            let stored: Vec<u8> = tx
+                .prepare_cached("SELECT wrapped FROM deks WHERE partition = ?1")
+                .map_err(be)?
+                .query_row([&d.partition.0[..]], |r| r.get(0))
+                .map_err(be)?;
+            if stored != bytes {
+                return Err(StoreError::DataKeyRace);
+            }
+        }
+    }
+    // No version may be stored under a partition without a data key: it could never be read.
+    let mut checked: Vec<&PartitionId> = Vec::new();
+    for nv in &batch.versions {
+        let p = &nv.row.partition;
+        if checked.contains(&p) {
+            continue;
+        }
+        let has: bool = tx
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM deks WHERE partition = ?1)")
+            .map_err(be)?
+            .query_row([&p.0[..]], |r| r.get(0))
+            .map_err(be)?;
+        if !has {
+            return Err(StoreError::MissingDataKey);
+        }
+        checked.push(p);
+    }
     for (i, nv) in batch.versions.iter().enumerate() {
         let r = &nv.row;
         let cur: Option<i64> = tx
@@ -383,9 +418,9 @@ impl Store for SqliteStore {
                         sp.commit().map_err(be)?;
                         out.push(Ok(()));
                     }
-                    Err(StoreError::Conflict { index }) => {
+                    Err(e @ (StoreError::Conflict { .. } | StoreError::DataKeyRace | StoreError::MissingDataKey)) => {
                         drop(sp); // rolls back this batch only
-                        out.push(Err(StoreError::Conflict { index }));
+                        out.push(Err(e));
                     }
                     Err(e) => return Err(e),
                 }
@@ -452,7 +487,7 @@ mod tests {
             expect,
         };
         for nv in [v(a, 1, Expect::Absent), v(a, 2, Expect::Version(1)), v(b, 1, Expect::Absent)] {
-            s.commit(&WriteBatch { versions: vec![nv], index: vec![] }).unwrap();
+            s.commit(&WriteBatch { versions: vec![nv], deks: vec![crate::conformance::sample_dek(9)], ..Default::default() }).unwrap();
         }
         assert_eq!(s.current(&a).unwrap().unwrap().version, 2);
         let raw = Connection::open(&path).unwrap();
