@@ -152,6 +152,7 @@ fn main() -> Result<()> {
         "json_parse": median_of(reps, "resources_per_s", |_| json_parse(&bundles))?,
         "r4_validate": median_of(reps, "resources_per_s", |_| validate(&bundles))?,
     });
+    out["floor_file_copy"] = median_of(reps, "mb_per_s", |i| file_copy(&files, &floor_db.join(format!("copy-{i}"))))?;
 
     // ----- offline import -----
     eprintln!("(c) brankas import");
@@ -319,6 +320,21 @@ fn sqlite_point_reads(path: &Path, rows: usize, n: usize) -> Result<Value> {
     let secs = start.elapsed().as_secs_f64();
     ensure!(bytes > 0, "point reads returned nothing");
     Ok(json!({"reads": n, "seconds": round(secs, 3), "reads_per_s": round(n as f64 / secs, 0)}))
+}
+
+/// Copies the Bundle files into `dir` and fsyncs each: the disk's own write floor.
+fn file_copy(files: &[PathBuf], dir: &Path) -> Result<Value> {
+    std::fs::create_dir_all(dir)?;
+    let start = Instant::now();
+    let mut bytes = 0u64;
+    for f in files {
+        let dst = dir.join(f.file_name().unwrap_or_default());
+        bytes += std::fs::copy(f, &dst)?;
+        std::fs::File::open(&dst)?.sync_all()?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    std::fs::remove_dir_all(dir)?;
+    Ok(json!({"files": files.len(), "bytes": bytes, "seconds": round(secs, 3), "mb_per_s": round(bytes as f64 / 1e6 / secs, 1)}))
 }
 
 /// Sum of the sizes of `path` and its SQLite companions (`-wal`, `-shm`).
@@ -620,6 +636,12 @@ async fn http_inner(server: &Server, ctx: &Ctx, bundles: Arc<Vec<Bundle>>, args:
     out["read_by_id_1_client"] = load(server, ctx, Target::Read(ids.clone()), 1, cfg).await?;
     out["read_by_id"] = load(server, ctx, Target::Read(ids.clone()), args.clients, cfg).await?;
 
+    let patients: Arc<Vec<String>> = Arc::new(ids.iter().filter_map(|x| x.strip_prefix("Patient/")).map(str::to_string).collect());
+    ensure!(!patients.is_empty(), "no Patient among the ingested resources");
+    eprintln!("(g) compartment search and $everything over {} patients", patients.len());
+    out["compartment_search"] = load(server, ctx, Target::Compartment(patients.clone()), args.clients, cfg).await?;
+    out["everything"] = load(server, ctx, Target::Everything(patients), args.clients, cfg).await?;
+
     eprintln!("(f) NIK lookup: creating {} patients", cfg.nik_patients);
     let (create, pats) = create_nik_patients(server, ctx, cfg.nik_patients).await?;
     out["nik_create"] = create;
@@ -759,6 +781,10 @@ enum Target {
     Health,
     Read(Arc<Vec<String>>),
     Nik(Arc<Vec<(String, String)>>),
+    /// `Patient/{id}/Observation` (compartment search, first page), over patient ids.
+    Compartment(Arc<Vec<String>>),
+    /// `Patient/{id}/$everything` (first page), over patient ids.
+    Everything(Arc<Vec<String>>),
 }
 
 async fn one(ctx: &Ctx, target: &Target, rnd: u64) -> Result<()> {
@@ -789,6 +815,19 @@ async fn one(ctx: &Ctx, target: &Target, rnd: u64) -> Result<()> {
             let v: Value = serde_json::from_slice(&body)?;
             let e = v["entry"].as_array().context("searchset without entry")?;
             ensure!(e.len() == 1 && e[0]["resource"]["id"] == id.as_str(), "NIK lookup found {} entries, not exactly the patient", e.len());
+        }
+        Target::Compartment(ids) | Target::Everything(ids) => {
+            let id = &ids[(rnd % ids.len() as u64) as usize];
+            let url = match target {
+                Target::Compartment(_) => format!("{}/Patient/{id}/Observation?_count=50", ctx.fhir),
+                _ => format!("{}/Patient/{id}/$everything", ctx.fhir),
+            };
+            let r = ctx.client.get(url).bearer_auth(&*ctx.token.get()).send().await?;
+            let status = r.status();
+            let body = r.bytes().await?;
+            ensure!(status == 200, "patient {id} search: {status}");
+            let v: Value = serde_json::from_slice(&body)?;
+            ensure!(v["resourceType"] == "Bundle" && v["type"] == "searchset", "patient search did not answer a searchset");
         }
     }
     Ok(())
@@ -867,6 +906,9 @@ fn ratios(o: &Value) -> Value {
         "http_ingest_vs_import": r(ingest, import),
         "read_by_id_vs_health": r(f("/read_by_id/requests_per_s"), f("/http_floor_health/requests_per_s")),
         "nik_lookup_vs_read_by_id": r(f("/nik_lookup/requests_per_s"), f("/read_by_id/requests_per_s")),
+        "compartment_vs_read_by_id": r(f("/compartment_search/requests_per_s"), f("/read_by_id/requests_per_s")),
+        "everything_vs_read_by_id": r(f("/everything/requests_per_s"), f("/read_by_id/requests_per_s")),
+        "import_vs_file_copy_mb_per_s": r(f("/config/bundle_file_bytes") / f("/import/wall_seconds") / 1e6, f("/floor_file_copy/mb_per_s")),
         "import_data_dir_vs_sqlite_floor_bytes": r(f("/import/data_dir_bytes"), f("/floor_sqlite/insert_64_bundles_per_tx/db_bytes")),
     })
 }
@@ -898,6 +940,7 @@ fn markdown(o: &Value) -> String {
         ["a".into(), "raw SQLite insert, 1 tx per bundle (floor)".into(), format!("{} resources/s", s("/floor_sqlite/insert_one_tx_per_bundle/resources_per_s")), "".into(), "".into(), "1×".into()],
         ["a".into(), "raw SQLite insert, 64 bundles per tx (floor)".into(), format!("{} resources/s", s("/floor_sqlite/insert_64_bundles_per_tx/resources_per_s")), "".into(), "".into(), "1×".into()],
         ["a".into(), "raw SQLite point read by key, 1 thread".into(), format!("{} reads/s", s("/floor_sqlite/point_read_1_thread/reads_per_s")), "".into(), "".into(), "".into()],
+        ["a".into(), "plain file copy of the bundle files, fsync per file".into(), format!("{} MB/s", s("/floor_file_copy/mb_per_s")), "".into(), "".into(), "".into()],
         ["b".into(), "AES-256-GCM-SIV seal, aws-lc-rs, 1 core".into(), format!("{} MB/s ({} resources/s)", s("/floor_cpu/seal_aws_lc_raw/mb_per_s"), s("/floor_cpu/seal_aws_lc_raw/resources_per_s")), "".into(), "".into(), "".into()],
         ["b".into(), "seal via brankas-vault DataKey (random nonce, AAD), 1 core".into(), format!("{} MB/s ({} resources/s)", s("/floor_cpu/seal_brankas_vault/mb_per_s"), s("/floor_cpu/seal_brankas_vault/resources_per_s")), "".into(), "".into(), "".into()],
         ["b".into(), "JSON parse of the bundles, 1 core".into(), format!("{} MB/s ({} resources/s)", s("/floor_cpu/json_parse/mb_per_s"), s("/floor_cpu/json_parse/resources_per_s")), "".into(), "".into(), "".into()],
@@ -921,6 +964,8 @@ fn markdown(o: &Value) -> String {
         ["e".into(), format!("GET /health, {} clients (HTTP floor)", s("/http_floor_health/clients")), format!("{} req/s", s("/http_floor_health/requests_per_s")), lat("http_floor_health"), cpu("http_floor_health"), "1×".into()],
         ["e".into(), "read by id, 1 client".into(), format!("{} req/s", s("/read_by_id_1_client/requests_per_s")), lat("read_by_id_1_client"), cpu("read_by_id_1_client"), "".into()],
         ["e".into(), format!("read by id, {} clients", s("/read_by_id/clients")), format!("{} req/s", s("/read_by_id/requests_per_s")), lat("read_by_id"), cpu("read_by_id"), format!("{} of /health", x("/ratios/read_by_id_vs_health"))],
+        ["g".into(), format!("compartment search Patient/{{id}}/Observation, {} clients", s("/compartment_search/clients")), format!("{} req/s", s("/compartment_search/requests_per_s")), lat("compartment_search"), cpu("compartment_search"), format!("{} of read by id", x("/ratios/compartment_vs_read_by_id"))],
+        ["g".into(), format!("Patient/{{id}}/$everything, {} clients", s("/everything/clients")), format!("{} req/s", s("/everything/requests_per_s")), lat("everything"), cpu("everything"), format!("{} of read by id", x("/ratios/everything_vs_read_by_id"))],
         ["f".into(), "create patients with NIK (transactions of 250)".into(), format!("{} patients/s", s("/nik_create/patients_per_s")), "".into(), "".into(), "".into()],
         ["f".into(), "NIK lookup, 1 client".into(), format!("{} req/s", s("/nik_lookup_1_client/requests_per_s")), lat("nik_lookup_1_client"), cpu("nik_lookup_1_client"), "".into()],
         ["f".into(), format!("NIK lookup, {} clients", s("/nik_lookup/clients")), format!("{} req/s", s("/nik_lookup/requests_per_s")), lat("nik_lookup"), cpu("nik_lookup"), format!("{} of read by id", x("/ratios/nik_lookup_vs_read_by_id"))],

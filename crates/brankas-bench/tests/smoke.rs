@@ -74,6 +74,11 @@ fn smoke_run_produces_every_figure() {
         "/nik_lookup/latency_ms/p50",
         "/nik_lookup_1_client/latency_ms/p99",
         "/ratios/import_vs_sqlite_one_tx_per_bundle",
+        "/floor_file_copy/mb_per_s",
+        "/compartment_search/requests_per_s",
+        "/compartment_search/latency_ms/p99",
+        "/everything/requests_per_s",
+        "/ratios/import_vs_file_copy_mb_per_s",
     ] {
         let v = r.pointer(p).and_then(Value::as_f64).unwrap_or_else(|| panic!("{p} missing in {r:#}"));
         assert!(v > 0.0, "{p} = {v}");
