@@ -48,7 +48,7 @@
 //! | chest imaging, CR (75%) or CT, 1 series of 1–2 instances | 8% of patients | ImagingStudy + 1 Media (DICOM file) per instance |
 //! | patient photo (PNG 48x48) | 20% of patients | inside Patient |
 //!
-//! On average about 10.8 resources and 9 kB of compact JSON per patient (the EKGs, about
+//! On average about 10.1 resources and 16 kB of compact JSON per patient (the EKGs, about
 //! 32 kB each, and the DICOM files, about 11 kB of base64 each, dominate the bytes).
 //! The `proportions` test checks the shares over 2,000 patients.
 
