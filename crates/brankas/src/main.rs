@@ -4,6 +4,7 @@
 //! vault) and hands over to the library crates.
 
 mod demo;
+mod synth_cmd;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -72,6 +73,8 @@ enum Cmd {
         #[arg(long)]
         quiet: bool,
     },
+    /// Write a deterministic synthetic Indonesian population as NDJSON transaction Bundles.
+    Synth(synth_cmd::SynthArgs),
     /// Key management.
     Keys {
         #[command(subcommand)]
@@ -121,6 +124,7 @@ fn main() -> Result<()> {
             serve(&data.data_dir, data.key_file.as_deref(), listen, tls, base_url, token_seconds, None)
         }
         Cmd::Import { data, paths, quiet } => import(&data.data_dir, data.key_file.as_deref(), &paths, quiet),
+        Cmd::Synth(a) => synth_cmd::run(a),
         Cmd::Keys { cmd: KeysCmd::Rotate(d) } => rotate(&d.data_dir, d.key_file.as_deref()),
         Cmd::Demo { data_dir, key_file, listen, insecure_http } => demo::run(&data_dir, key_file.as_deref(), listen, insecure_http),
     }
