@@ -48,8 +48,21 @@ impl<'a> Importer<'a> {
     pub fn import_file(&self, path: &Path, stats: &mut ImportStats, progress: &mut dyn FnMut(&ImportStats)) -> Result<()> {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let f = std::fs::File::open(path).map_err(|e| EngineError::BadRequest(format!("{name}: {e}")))?;
-        let mut reader = BufReader::with_capacity(1 << 20, f);
         let ndjson = name.ends_with(".ndjson") || name.ends_with(".jsonl");
+        self.import_reader(&name, ndjson, BufReader::with_capacity(1 << 20, f), stats, progress)
+    }
+
+    /// Imports from a reader: NDJSON (one resource or Bundle per line) when `ndjson`, else one
+    /// JSON Bundle. `name` appears in refusal messages (never content).
+    pub fn import_reader(
+        &self,
+        name: &str,
+        ndjson: bool,
+        mut reader: impl BufRead,
+        stats: &mut ImportStats,
+        progress: &mut dyn FnMut(&ImportStats),
+    ) -> Result<()> {
+        let name = name.to_string();
         let mut group: Vec<(String, Vec<u8>)> = Vec::with_capacity(GROUP);
         if ndjson {
             let mut line_no = 0u64;

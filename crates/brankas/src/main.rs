@@ -66,7 +66,8 @@ enum Cmd {
     Import {
         #[command(flatten)]
         data: DataArgs,
-        /// Files or directories (directories: every *.json and *.ndjson inside, sorted).
+        /// Files or directories (directories: every *.json and *.ndjson inside, sorted); `-`
+        /// reads NDJSON from standard input (e.g. `brankas synth ... | brankas import ... -`).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
         /// No progress bar.
@@ -329,10 +330,15 @@ fn import(data_dir: &Path, key_file: Option<&Path>, paths: &[PathBuf], quiet: bo
     let importer = Importer::new(&o.engine);
     let mut stats = ImportStats::default();
     for f in &files {
-        let r = importer.import_file(f, &mut stats, &mut |s: &ImportStats| {
+        let mut progress = |s: &ImportStats| {
             bar.set_position(s.bytes);
             bar.set_message(format!("{} resources, {} failed", s.resources, s.failed));
-        });
+        };
+        let r = if f.as_os_str() == "-" {
+            importer.import_reader("stdin", true, std::io::stdin().lock(), &mut stats, &mut progress)
+        } else {
+            importer.import_file(f, &mut stats, &mut progress)
+        };
         if let Err(e) = r {
             stats.failed += 1;
             stats.errors.push(e.to_string());

@@ -505,7 +505,29 @@ fn offline_import_of_ndjson() {
     assert!(stderr.contains("mixed.ndjson:2") && stderr.contains("mixed.ndjson:3"), "{stderr}");
     assert!(!stderr.contains("not-a-status"), "refusals must not echo content: {stderr}");
 
+    // `-` reads NDJSON from standard input (a generator piped straight in).
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["import", "--quiet", "-", "--data-dir"])
+        .arg(inst.data_dir())
+        .arg("--key-file")
+        .arg(inst.key_file())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{}", json!({"resourceType": "Patient", "id": "nd-pat-5", "gender": "female"})).unwrap();
+        writeln!(stdin, "{}", json!({"resourceType": "Patient", "id": "nd-pat-6", "gender": "male"})).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stats: Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
+    assert_eq!((stats["units"].as_u64(), stats["resources"].as_u64(), stats["failed"].as_u64()), (Some(2), Some(2), Some(0)), "{stats}");
+
     let s = inst.serve();
+    assert_eq!(get(&s, "Patient/nd-pat-6").status, 200);
     let p = get(&s, "Patient/nd-pat-1");
     assert_eq!(p.status, 200);
     assert_eq!(without_server_meta(p.json), pat);
