@@ -33,9 +33,20 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
 use serde_json::{Value, json};
 
+mod scale;
+
+#[derive(clap::Subcommand, Debug)]
+enum Cmd {
+    /// Load a synthetic population (brankas-synth) in chunks and measure at checkpoints.
+    Scale(scale::ScaleArgs),
+}
+
 #[derive(Parser, Debug)]
 #[command(name = "brankas-bench", about = "Benchmark Brankas against the shared corpus (loopback only)")]
+#[command(args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
     /// The `brankas` binary to measure (build it with `cargo build --release -p brankas`).
     #[arg(long, default_value = "target/release/brankas")]
     bin: PathBuf,
@@ -93,7 +104,10 @@ struct Bundle {
 }
 
 fn main() -> Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(Cmd::Scale(a)) = args.cmd.take() {
+        return scale::run(a);
+    }
     let cfg = Config {
         duration: Duration::from_secs_f64(args.duration.unwrap_or(if args.smoke { 1.0 } else { 15.0 })),
         warmup: Duration::from_secs_f64(args.warmup.unwrap_or(if args.smoke { 0.3 } else { 3.0 })),
@@ -486,13 +500,18 @@ struct Server {
 impl Server {
     fn start(bin: &Path, dir: &Path, log_level: &str) -> Result<Self> {
         let (data, key, creds) = init(bin, dir)?;
-        let log = dir.join("server.log");
+        Self::start_existing(bin, &data, &key, &creds, &dir.join("server.log"), log_level)
+    }
+
+    /// Serves an existing data directory; `creds` are the ones `brankas init` printed.
+    fn start_existing(bin: &Path, data: &Path, key: &Path, creds: &Value, log: &Path, log_level: &str) -> Result<Self> {
+        let log = log.to_path_buf();
         let mut child = brankas(bin, log_level)
             .arg("serve")
             .arg("--data-dir")
-            .arg(&data)
+            .arg(data)
             .arg("--key-file")
-            .arg(&key)
+            .arg(key)
             .args(["--listen", "127.0.0.1:0", "--insecure-http"])
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log)?)
@@ -785,6 +804,8 @@ enum Target {
     Compartment(Arc<Vec<String>>),
     /// `Patient/{id}/$everything` (first page), over patient ids.
     Everything(Arc<Vec<String>>),
+    /// NIK lookup of patient `rnd % n` of a synthetic population: exactly one patient, with that NIK.
+    Population(Arc<brankas_synth::Population>, u64),
 }
 
 async fn one(ctx: &Ctx, target: &Target, rnd: u64) -> Result<()> {
@@ -816,6 +837,10 @@ async fn one(ctx: &Ctx, target: &Target, rnd: u64) -> Result<()> {
             let e = v["entry"].as_array().context("searchset without entry")?;
             ensure!(e.len() == 1 && e[0]["resource"]["id"] == id.as_str(), "NIK lookup found {} entries, not exactly the patient", e.len());
         }
+        Target::Population(pop, n) => {
+            let nik = pop.identity(rnd % n).nik;
+            resolve_nik(ctx, &nik).await?;
+        }
         Target::Compartment(ids) | Target::Everything(ids) => {
             let id = &ids[(rnd % ids.len() as u64) as usize];
             let url = match target {
@@ -831,6 +856,27 @@ async fn one(ctx: &Ctx, target: &Target, rnd: u64) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Finds the one patient with this NIK and returns its id; anything but exactly one patient
+/// carrying that NIK is an error.
+async fn resolve_nik(ctx: &Ctx, nik: &str) -> Result<String> {
+    let r = ctx
+        .client
+        .get(format!("{}/Patient?identifier=https%3A%2F%2Ffhir.kemkes.go.id%2Fid%2Fnik%7C{nik}", ctx.fhir))
+        .bearer_auth(&*ctx.token.get())
+        .send()
+        .await?;
+    let status = r.status();
+    let body = r.bytes().await?;
+    ensure!(status == 200, "NIK lookup: {status}");
+    let v: Value = serde_json::from_slice(&body)?;
+    let e = v["entry"].as_array().context("searchset without entry")?;
+    ensure!(e.len() == 1, "NIK lookup found {} patients, not exactly one", e.len());
+    let p = &e[0]["resource"];
+    let has = p["identifier"].as_array().into_iter().flatten().any(|i| i["value"] == nik);
+    ensure!(has, "NIK lookup answered a patient without that NIK");
+    p["id"].as_str().map(str::to_string).context("patient without id")
 }
 
 /// `clients` concurrent loops of `target` for warm-up + duration; figures over the measured part.
