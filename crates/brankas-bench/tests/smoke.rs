@@ -87,3 +87,44 @@ fn smoke_run_produces_every_figure() {
     assert_eq!(r["http_ingest"]["resources"], r["config"]["resources"]);
     assert_eq!(r["floor_cpu"]["r4_validate"]["invalid"], 0);
 }
+
+#[test]
+fn scale_smoke_loads_a_tiny_population_and_measures_each_checkpoint() {
+    let Some(bin) = brankas_bin() else {
+        assert!(std::env::var_os("CI").is_none(), "brankas binary not built: run cargo test --workspace");
+        eprintln!("NOTE: the brankas binary is not built next to brankas-bench; skipping");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("scale.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_brankas-bench"))
+        .args(["scale", "--patients", "300", "--checkpoints", "120", "--chunk", "100", "--mix", "full"])
+        .args(["--duration", "0.5", "--warmup", "0.1", "--sample", "20", "--server-log", "warn", "--bin"])
+        .arg(&bin)
+        .arg("--work-dir")
+        .arg(dir.path().join("work"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("run brankas-bench scale");
+    assert!(o.status.success(), "brankas-bench scale failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    let r: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let points = r["checkpoints"].as_array().expect("checkpoints");
+    assert_eq!(points.iter().map(|p| p["patients"].as_u64().unwrap()).collect::<Vec<_>>(), [120, 300]);
+    for p in points {
+        for k in [
+            "/load_patients_per_s",
+            "/bytes_per_patient",
+            "/server_peak_rss_bytes",
+            "/nik_lookup_1_client/latency_ms/p99",
+            "/nik_lookup/requests_per_s",
+            "/read_patient_by_id/requests_per_s",
+            "/compartment_search/requests_per_s",
+            "/everything/requests_per_s",
+        ] {
+            let v = p.pointer(k).and_then(Value::as_f64).unwrap_or_else(|| panic!("{k} missing in {p:#}"));
+            assert!(v > 0.0, "{k} = {v}");
+        }
+    }
+    assert!(String::from_utf8_lossy(&o.stdout).contains("| patients |"), "no Markdown table");
+}
