@@ -632,9 +632,9 @@ impl Gen<'_> {
             self.antigen(&pat, &encs[e0]);
             return;
         }
-        for k in 0..encs.len() {
+        for enc in &encs {
             if self.rng.chance(0.40) {
-                self.cbc(&pat, &encs[k]);
+                self.cbc(&pat, enc);
             }
         }
         let pick = self.rng.below(encs.len() as u64) as usize;

@@ -128,7 +128,7 @@ fn resources_validate_and_reference_their_patient() {
     }
 }
 
-fn find<'a>(pop: &'a Population, what: &str, from: u64) -> (u64, Value) {
+fn find(pop: &Population, what: &str, from: u64) -> (u64, Value) {
     for i in from..from + 5_000 {
         let b = pop.patient_bundle(i);
         if resources(&b).any(|r| r["resourceType"] == what || (what == "photo" && r.get("photo").is_some())) {
