@@ -613,25 +613,33 @@ struct Ctx {
     token: Arc<Token>,
 }
 
-async fn http_phases(server: &Server, bundles: Arc<Vec<Bundle>>, args: &Args, cfg: &Config) -> Result<Value> {
-    let client = reqwest::Client::builder().tcp_nodelay(true).pool_max_idle_per_host(256).timeout(Duration::from_secs(120)).build()?;
-    let first = fetch_token(&client, &server.root, &server.client_id, &server.client_secret).await?;
-    let token = Arc::new(Token { value: RwLock::new(first.into()) });
-    let refresher = {
-        let (client, token) = (client.clone(), token.clone());
-        let (root, id, secret) = (server.root.clone(), server.client_id.clone(), server.client_secret.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(120)).await;
-                if let Ok(t) = fetch_token(&client, &root, &id, &secret).await
-                    && let Ok(mut v) = token.value.write()
-                {
-                    *v = t.into();
+impl Ctx {
+    /// An HTTP client with a token for `server`, and the task that refreshes the token before
+    /// it expires (abort it when done).
+    async fn connect(server: &Server) -> Result<(Self, tokio::task::JoinHandle<()>)> {
+        let client = reqwest::Client::builder().tcp_nodelay(true).pool_max_idle_per_host(256).timeout(Duration::from_secs(120)).build()?;
+        let first = fetch_token(&client, &server.root, &server.client_id, &server.client_secret).await?;
+        let token = Arc::new(Token { value: RwLock::new(first.into()) });
+        let refresher = {
+            let (client, token) = (client.clone(), token.clone());
+            let (root, id, secret) = (server.root.clone(), server.client_id.clone(), server.client_secret.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(120)).await;
+                    if let Ok(t) = fetch_token(&client, &root, &id, &secret).await
+                        && let Ok(mut v) = token.value.write()
+                    {
+                        *v = t.into();
+                    }
                 }
-            }
-        })
-    };
-    let ctx = Ctx { client, fhir: server.fhir.as_str().into(), root: server.root.as_str().into(), token };
+            })
+        };
+        Ok((Self { client, fhir: server.fhir.as_str().into(), root: server.root.as_str().into(), token }, refresher))
+    }
+}
+
+async fn http_phases(server: &Server, bundles: Arc<Vec<Bundle>>, args: &Args, cfg: &Config) -> Result<Value> {
+    let (ctx, refresher) = Ctx::connect(server).await?;
     let r = http_inner(server, &ctx, bundles, args, cfg).await;
     refresher.abort();
     r
@@ -824,18 +832,8 @@ async fn one(ctx: &Ctx, target: &Target, rnd: u64) -> Result<()> {
         }
         Target::Nik(pats) => {
             let (nik, id) = &pats[(rnd % pats.len() as u64) as usize];
-            let r = ctx
-                .client
-                .get(format!("{}/Patient?identifier=https%3A%2F%2Ffhir.kemkes.go.id%2Fid%2Fnik%7C{nik}", ctx.fhir))
-                .bearer_auth(&*ctx.token.get())
-                .send()
-                .await?;
-            let status = r.status();
-            let body = r.bytes().await?;
-            ensure!(status == 200, "NIK lookup: {status}");
-            let v: Value = serde_json::from_slice(&body)?;
-            let e = v["entry"].as_array().context("searchset without entry")?;
-            ensure!(e.len() == 1 && e[0]["resource"]["id"] == id.as_str(), "NIK lookup found {} entries, not exactly the patient", e.len());
+            let found = resolve_nik(ctx, nik).await?;
+            ensure!(found == *id, "NIK lookup found another patient");
         }
         Target::Population(pop, n) => {
             let nik = pop.identity(rnd % n).nik;

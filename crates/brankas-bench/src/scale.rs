@@ -11,7 +11,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
@@ -20,7 +20,7 @@ use clap::Args as ClapArgs;
 use serde_json::{Value, json};
 
 use crate::{
-    Config, Ctx, Server, SplitMix, Target, Token, brankas, children_cpu_seconds, dir_bytes, fetch_token, group, init, load, machine, round,
+    Config, Ctx, Server, SplitMix, Target, brankas, children_cpu_seconds, dir_bytes, group, init, load, machine, round,
 };
 
 #[derive(ClapArgs, Debug)]
@@ -191,24 +191,7 @@ fn measure(bin: &Path, data: &Path, key: &Path, creds: &Value, work: &Path, a: &
     let rss_start = rss(server.pid);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let r = rt.block_on(async {
-        let client = reqwest::Client::builder().tcp_nodelay(true).pool_max_idle_per_host(256).timeout(Duration::from_secs(120)).build()?;
-        let first = fetch_token(&client, &server.root, &server.client_id, &server.client_secret).await?;
-        let token = Arc::new(Token { value: RwLock::new(first.into()) });
-        let refresher = {
-            let (client, token) = (client.clone(), token.clone());
-            let (root, id, secret) = (server.root.clone(), server.client_id.clone(), server.client_secret.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(Duration::from_secs(120)).await;
-                    if let Ok(t) = fetch_token(&client, &root, &id, &secret).await
-                        && let Ok(mut v) = token.value.write()
-                    {
-                        *v = t.into();
-                    }
-                }
-            })
-        };
-        let ctx = Ctx { client, fhir: server.fhir.as_str().into(), root: server.root.as_str().into(), token };
+        let (ctx, refresher) = Ctx::connect(&server).await?;
         let mut o = json!({});
         let population = Target::Population(pop.clone(), n);
         o["nik_lookup_1_client"] = load(&server, &ctx, population.clone(), 1, cfg).await?;
