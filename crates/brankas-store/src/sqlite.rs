@@ -4,19 +4,30 @@
 //! writes survive `kill -9` and power loss. One writer connection (SQLite allows one writer at
 //! a time anyway) and a small pool of reader connections that read concurrently with it.
 
+use std::ffi::c_int;
 use std::path::Path;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, MAIN_DB, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use rusqlite::wal::CheckpointMode;
 
 use crate::{
     BlindTerm, Expect, PartitionId, RecordKey, Result, Store, StoreError, StoredDek, VersionRow,
     WrappedKey, WriteBatch,
 };
 
+/// The layout version this code writes, kept in `PRAGMA user_version`. Version 1 (no
+/// `user_version`) indexed the blind table by record as well; [`migrate_v1`] converts it.
+const LAYOUT: i64 = 2;
+
+/// Every table is keyed for the one access path it serves, and each secondary index costs an
+/// entry at a random position per insert (the keys are keyed hashes), so there are as few as
+/// the reads need: `versions_key` (vread, history, the newest-version check) and
+/// `current_partition` (compartment reads). A record's own blind terms are kept in one row of
+/// `blind_terms`, so replacing them needs no index over `blind` by record.
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS deks (partition BLOB PRIMARY KEY, wrapped BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS deks (partition BLOB PRIMARY KEY, wrapped BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS versions (
     rkey BLOB NOT NULL, version INTEGER NOT NULL, partition BLOB NOT NULL, rtype TEXT NOT NULL,
     deleted INTEGER NOT NULL, last_updated INTEGER NOT NULL, dek_version INTEGER NOT NULL,
@@ -27,7 +38,7 @@ CREATE TABLE IF NOT EXISTS current (
     deleted INTEGER NOT NULL, vrow INTEGER NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS current_partition ON current (partition, rtype);
 CREATE TABLE IF NOT EXISTS blind (term BLOB NOT NULL, rkey BLOB NOT NULL, PRIMARY KEY (term, rkey)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS blind_rkey ON blind (rkey);
+CREATE TABLE IF NOT EXISTS blind_terms (rkey BLOB PRIMARY KEY, terms BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS clients (client_id TEXT PRIMARY KEY, doc BLOB NOT NULL);
 "#;
 
@@ -42,12 +53,73 @@ struct Readers {
     open: usize,
 }
 
+/// Pages in the WAL after which a commit wakes the background checkpointer (SQLite's own
+/// automatic checkpoint threshold) ...
+const CHECKPOINT_SOON: c_int = 1000;
+/// ... and after which the committing writer checkpoints itself, waiting for it: the
+/// checkpointer has fallen behind, and the WAL (which every read searches) must not grow
+/// without bound. 65,536 pages of 4 KiB is 256 MiB.
+const CHECKPOINT_NOW: c_int = 65_536;
+
+/// Wakes the checkpointer thread: (a checkpoint is due, stop).
+struct CheckpointSignal {
+    state: Mutex<(bool, bool)>,
+    cv: Condvar,
+}
+
+impl CheckpointSignal {
+    fn set(&self, due: bool, stop: bool) {
+        if let Ok(mut s) = self.state.lock() {
+            s.0 |= due;
+            s.1 |= stop;
+        }
+        self.cv.notify_one();
+    }
+}
+
 /// The SQLite backend.
 pub struct SqliteStore {
     path: std::path::PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Readers>,
     reader_freed: Condvar,
+    checkpoint_signal: Arc<CheckpointSignal>,
+    checkpointer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.checkpoint_signal.set(false, true);
+        if let Some(t) = self.checkpointer.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Copies committed WAL pages into the database file on its own connection and thread, so
+/// that a commit pays for its WAL append and fsync only, not for the checkpoint (copy and
+/// fsync of the database file) that SQLite would otherwise run inside it. A PASSIVE
+/// checkpoint never blocks readers or the writer.
+fn checkpointer(conn: Connection, signal: Arc<CheckpointSignal>) {
+    loop {
+        {
+            let Ok(mut s) = signal.state.lock() else { return };
+            while !s.0 && !s.1 {
+                s = match signal.cv.wait(s) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
+            }
+            if s.1 {
+                return;
+            }
+            s.0 = false;
+        }
+        // A failure (busy with another checkpoint, I/O) leaves the pages in the WAL, where
+        // they are durable and readable; the next commit wakes us again, and the writer's
+        // own checkpoint bounds the WAL.
+        let _ = conn.wal_checkpoint_v2(Some(MAIN_DB), CheckpointMode::PASSIVE);
+    }
 }
 
 fn be(e: rusqlite::Error) -> StoreError {
@@ -68,13 +140,92 @@ fn open_conn(path: &Path, write: bool) -> Result<Connection> {
     Ok(c)
 }
 
+/// Brings the database to [`LAYOUT`]: creates a new one, converts an older one in one
+/// transaction, refuses a newer one (written by a later release).
+fn prepare_layout(c: &mut Connection) -> Result<()> {
+    let tx = c.transaction_with_behavior(TransactionBehavior::Exclusive).map_err(be)?;
+    let layout: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(be)?;
+    let has_tables: bool =
+        tx.query_row("SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE name = 'versions')", [], |r| r.get(0)).map_err(be)?;
+    match layout {
+        LAYOUT => {}
+        0 if has_tables => migrate_v1(&tx)?,
+        0 => tx.execute_batch(SCHEMA).map_err(be)?,
+        n if n > LAYOUT => return Err(StoreError::Backend(format!("database layout {n} is newer than this release reads ({LAYOUT})"))),
+        n => return Err(StoreError::Backend(format!("unknown database layout {n}"))),
+    }
+    tx.execute_batch(&format!("PRAGMA user_version = {LAYOUT};")).map_err(be)?;
+    tx.commit().map_err(be)
+}
+
+/// Layout 1 to 2: each record's blind terms move into one `blind_terms` row, the
+/// `blind_rkey` index goes, and `deks` loses its rowid.
+fn migrate_v1(tx: &Connection) -> Result<()> {
+    tx.execute_batch(SCHEMA).map_err(be)?; // only creates what is missing (blind_terms)
+    {
+        let mut rows = tx.prepare("SELECT rkey, term FROM blind ORDER BY rkey, term").map_err(be)?;
+        let mut ins = tx.prepare("INSERT INTO blind_terms (rkey, terms) VALUES (?1, ?2)").map_err(be)?;
+        let mut it = rows.query([]).map_err(be)?;
+        let mut cur: Option<(Vec<u8>, Vec<u8>)> = None;
+        while let Some(r) = it.next().map_err(be)? {
+            let (k, t): (Vec<u8>, Vec<u8>) = (r.get(0).map_err(be)?, r.get(1).map_err(be)?);
+            match &mut cur {
+                Some((ck, terms)) if *ck == k => terms.extend_from_slice(&t),
+                _ => {
+                    if let Some((ck, terms)) = cur.take() {
+                        ins.execute(params![ck, terms]).map_err(be)?;
+                    }
+                    cur = Some((k, t));
+                }
+            }
+        }
+        if let Some((ck, terms)) = cur {
+            ins.execute(params![ck, terms]).map_err(be)?;
+        }
+    }
+    tx.execute_batch(
+        "DROP INDEX IF EXISTS blind_rkey;
+         CREATE TABLE deks_v2 (partition BLOB PRIMARY KEY, wrapped BLOB NOT NULL) WITHOUT ROWID;
+         INSERT INTO deks_v2 (partition, wrapped) SELECT partition, wrapped FROM deks;
+         DROP TABLE deks;
+         ALTER TABLE deks_v2 RENAME TO deks;",
+    )
+    .map_err(be)
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let w = open_conn(path, true)?;
+        let mut w = open_conn(path, true)?;
         w.execute_batch("PRAGMA journal_mode=WAL;").map_err(be)?;
-        w.execute_batch(SCHEMA).map_err(be)?;
-        Ok(Self { path: path.to_owned(), writer: Mutex::new(w), readers: Mutex::new(Readers { idle: Vec::new(), open: 0 }), reader_freed: Condvar::new() })
+        prepare_layout(&mut w)?;
+        let signal = Arc::new(CheckpointSignal { state: Mutex::new((false, false)), cv: Condvar::new() });
+        let hook_signal = signal.clone();
+        // Replaces SQLite's automatic checkpoint. The hook must not fail: its error would be
+        // reported as the commit's, after the commit has happened.
+        w.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages: c_int| {
+            if pages >= CHECKPOINT_NOW {
+                let _ = wal.checkpoint_v2(CheckpointMode::RESTART);
+            } else if pages >= CHECKPOINT_SOON {
+                hook_signal.set(true, false);
+            }
+            Ok(())
+        }))
+        .map_err(be)?;
+        let ck = open_conn(path, true)?;
+        let thread_signal = signal.clone();
+        let checkpointer = std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpointer(ck, thread_signal))
+            .map_err(|e| StoreError::Backend(format!("checkpointer thread: {e}")))?;
+        Ok(Self {
+            path: path.to_owned(),
+            writer: Mutex::new(w),
+            readers: Mutex::new(Readers { idle: Vec::new(), open: 0 }),
+            reader_freed: Condvar::new(),
+            checkpoint_signal: signal,
+            checkpointer: Some(checkpointer),
+        })
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
@@ -281,10 +432,38 @@ fn apply(tx: &Connection, batch: &WriteBatch) -> Result<()> {
         .map_err(be)?;
     }
     for (key, terms) in &batch.index {
-        tx.prepare_cached("DELETE FROM blind WHERE rkey = ?1").map_err(be)?.execute(params![&key.0[..]]).map_err(be)?;
+        let old: Option<Vec<u8>> = tx
+            .prepare_cached("SELECT terms FROM blind_terms WHERE rkey = ?1")
+            .map_err(be)?
+            .query_row(params![&key.0[..]], |r| r.get(0))
+            .optional()
+            .map_err(be)?;
+        if let Some(old) = &old {
+            if old.len() % 32 != 0 {
+                return Err(StoreError::Corrupt);
+            }
+            let mut del = tx.prepare_cached("DELETE FROM blind WHERE term = ?1 AND rkey = ?2").map_err(be)?;
+            for t in old.chunks_exact(32) {
+                del.execute(params![t, &key.0[..]]).map_err(be)?;
+            }
+        }
         let mut ins = tx.prepare_cached("INSERT OR IGNORE INTO blind (term, rkey) VALUES (?1, ?2)").map_err(be)?;
+        let mut all = Vec::with_capacity(terms.len() * 32);
         for t in terms {
             ins.execute(params![&t.0[..], &key.0[..]]).map_err(be)?;
+            all.extend_from_slice(&t.0);
+        }
+        if terms.is_empty() {
+            if old.is_some() {
+                tx.prepare_cached("DELETE FROM blind_terms WHERE rkey = ?1").map_err(be)?.execute(params![&key.0[..]]).map_err(be)?;
+            }
+        } else {
+            tx.prepare_cached(
+                "INSERT INTO blind_terms (rkey, terms) VALUES (?1, ?2) ON CONFLICT(rkey) DO UPDATE SET terms = excluded.terms",
+            )
+            .map_err(be)?
+            .execute(params![&key.0[..], all])
+            .map_err(be)?;
         }
     }
     Ok(())
@@ -505,6 +684,101 @@ mod tests {
         raw.execute("UPDATE current SET vrow = ?1, version = 2 WHERE rkey = ?2", params![rowid(&a, 2), &a.0[..]]).unwrap();
         assert_eq!(s.current(&a).unwrap().unwrap().version, 2);
         assert_eq!(s.partition_current(&p, None).unwrap().len(), 2);
+    }
+
+    /// The layout before `blind_terms`, as release data directories hold it.
+    const LAYOUT_V1: &str = r#"
+CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE deks (partition BLOB PRIMARY KEY, wrapped BLOB NOT NULL);
+CREATE TABLE versions (rkey BLOB NOT NULL, version INTEGER NOT NULL, partition BLOB NOT NULL, rtype TEXT NOT NULL,
+    deleted INTEGER NOT NULL, last_updated INTEGER NOT NULL, dek_version INTEGER NOT NULL, sealed BLOB NOT NULL);
+CREATE UNIQUE INDEX versions_key ON versions (rkey, version);
+CREATE TABLE current (rkey BLOB PRIMARY KEY, version INTEGER NOT NULL, partition BLOB NOT NULL, rtype TEXT NOT NULL,
+    deleted INTEGER NOT NULL, vrow INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX current_partition ON current (partition, rtype);
+CREATE TABLE blind (term BLOB NOT NULL, rkey BLOB NOT NULL, PRIMARY KEY (term, rkey)) WITHOUT ROWID;
+CREATE INDEX blind_rkey ON blind (rkey);
+CREATE TABLE clients (client_id TEXT PRIMARY KEY, doc BLOB NOT NULL);
+"#;
+
+    #[test]
+    fn a_layout_1_database_is_converted_and_keeps_its_index_and_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let dek = crate::conformance::sample_dek(9);
+        {
+            let raw = Connection::open(&path).unwrap();
+            raw.execute_batch(LAYOUT_V1).unwrap();
+            raw.execute("INSERT INTO deks (partition, wrapped) VALUES (?1, ?2)", params![&dek.partition.0[..], dek.wrapped.to_bytes()]).unwrap();
+            for (t, k) in [(1u8, 1u8), (2, 1), (1, 2), (3, 2)] {
+                raw.execute("INSERT INTO blind (term, rkey) VALUES (?1, ?2)", params![&[t; 32][..], &[k; 32][..]]).unwrap();
+            }
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let mut hits = s.lookup(&BlindTerm([1; 32])).unwrap();
+        hits.sort();
+        assert_eq!(hits, vec![RecordKey([1; 32]), RecordKey([2; 32])]);
+        assert_eq!(s.get_dek(&dek.partition).unwrap(), Some(dek.clone()));
+        // Record 1's converted terms are replaced as a whole: 1 and 2 go, 3 stays for record 2.
+        s.commit(&WriteBatch { index: vec![(RecordKey([1; 32]), vec![BlindTerm([4; 32])])], ..Default::default() }).unwrap();
+        assert_eq!(s.lookup(&BlindTerm([1; 32])).unwrap(), vec![RecordKey([2; 32])]);
+        assert!(s.lookup(&BlindTerm([2; 32])).unwrap().is_empty());
+        assert_eq!(s.lookup(&BlindTerm([4; 32])).unwrap(), vec![RecordKey([1; 32])]);
+        assert_eq!(s.lookup(&BlindTerm([3; 32])).unwrap(), vec![RecordKey([2; 32])]);
+        drop(s);
+        let raw = Connection::open(&path).unwrap();
+        let v: i64 = raw.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, LAYOUT);
+        let gone: bool = raw.query_row("SELECT NOT EXISTS (SELECT 1 FROM sqlite_schema WHERE name = 'blind_rkey')", [], |r| r.get(0)).unwrap();
+        assert!(gone);
+        let sql: String = raw.query_row("SELECT sql FROM sqlite_schema WHERE name = 'deks'", [], |r| r.get(0)).unwrap();
+        assert!(sql.contains("WITHOUT ROWID"), "{sql}");
+        drop(raw);
+        // Opening again changes nothing.
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.lookup(&BlindTerm([4; 32])).unwrap(), vec![RecordKey([1; 32])]);
+    }
+
+    #[test]
+    fn a_database_from_a_later_release_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        drop(SqliteStore::open(&path).unwrap());
+        Connection::open(&path).unwrap().execute_batch(&format!("PRAGMA user_version = {};", LAYOUT + 1)).unwrap();
+        match SqliteStore::open(&path) {
+            Err(StoreError::Backend(m)) => assert!(m.contains("newer"), "{m}"),
+            other => panic!("opened a newer layout: {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[test]
+    fn committed_pages_reach_the_database_file_without_an_explicit_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let s = SqliteStore::open(&path).unwrap();
+        let p = PartitionId([9; 32]);
+        let before = std::fs::metadata(&path).unwrap().len();
+        // About 2,000 pages of sealed rows: past the background checkpoint's threshold.
+        for i in 0..200u32 {
+            let versions = (0..10u32)
+                .map(|j| {
+                    let mut k = [0u8; 32];
+                    k[..4].copy_from_slice(&i.to_be_bytes());
+                    k[4..8].copy_from_slice(&j.to_be_bytes());
+                    crate::NewVersion {
+                        row: VersionRow { key: RecordKey(k), version: 1, partition: p, resource_type: "Observation".into(), deleted: false, last_updated_us: 0, dek_version: 1, sealed: vec![7; 3000] },
+                        expect: Expect::Absent,
+                    }
+                })
+                .collect();
+            s.commit(&WriteBatch { versions, deks: vec![crate::conformance::sample_dek(9)], ..Default::default() }).unwrap();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::fs::metadata(&path).unwrap().len() < before + 4_000_000 {
+            assert!(std::time::Instant::now() < deadline, "the WAL was never checkpointed into the database file");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(s.partition_current(&p, None).unwrap().len(), 2000);
     }
 
     #[test]
