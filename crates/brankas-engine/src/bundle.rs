@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 
 use brankas_auth::Principal;
-use brankas_store::Expect;
+use brankas_store::{Expect, RecordKey};
 use serde_json::Value;
 
 use crate::crud::{check_type, new_id, now_us};
@@ -103,6 +103,12 @@ pub(crate) struct PreparedTransaction {
     /// delete of nothing), or a GET to run after the commit.
     plan: Vec<Planned>,
     gets: Vec<(usize, String)>,
+    /// What the preparation read of the store, so that a caller preparing ahead of other
+    /// commits (the bulk importer) can tell whether those commits made it stale: the records
+    /// whose current version it read ...
+    pub reads: Vec<RecordKey>,
+    /// ... and whether it ran a query (conditional create, update or reference).
+    pub queried: bool,
 }
 
 enum Planned {
@@ -120,7 +126,7 @@ impl Engine {
     }
 
     pub(crate) fn finish_transaction(&self, who: &Principal, tx: PreparedTransaction) -> Result<Vec<EntryOutcome>> {
-        let PreparedTransaction { prepared, plan, gets } = tx;
+        let PreparedTransaction { prepared, plan, gets, .. } = tx;
         let mut prepared: Vec<Option<Prepared>> = prepared.into_iter().map(Some).collect();
         let mut out = Vec::with_capacity(plan.len());
         for p in plan {
@@ -166,6 +172,8 @@ impl Engine {
         let mut targets: Vec<Option<(String, String)>> = (0..entries.len()).map(|_| None).collect();
         let mut plan: Vec<Option<Planned>> = (0..entries.len()).map(|_| None).collect();
         let mut map: HashMap<String, String> = HashMap::new();
+        let mut queried = false;
+        let mut reads = Vec::new();
         let dependent = |e: &Entry| {
             let conditional = match e.method {
                 Method::Post => e.if_none_exist.is_some(),
@@ -198,6 +206,7 @@ impl Engine {
                     self.require(who, t, 'c')?;
                     let mut existing = None;
                     if let Some(q) = &e.if_none_exist {
+                        queried = true;
                         let found = self.conditional_match(who, t, q, view)?;
                         match found.len() {
                             0 => {}
@@ -219,6 +228,7 @@ impl Engine {
                         Some((t.to_string(), id.to_string()))
                     } else if let Some((t, q)) = e.url.split_once('?') {
                         check_type(t)?;
+                        queried = true;
                         let found = self.conditional_match(who, t, q, view)?;
                         match found.len() {
                             0 => {
@@ -264,7 +274,9 @@ impl Engine {
             if !seen.insert((t.clone(), id.clone())) {
                 return Err(EngineError::BadRequest(format!("Bundle.entry[{i}]: the same resource appears twice in one transaction")));
             }
-            let current = self.current_row(&t, &id)?;
+            let rkey = self.vault.record_key(&t, &id);
+            let current = self.store.current(&rkey)?;
+            reads.push(rkey);
             let p = match e.method {
                 Method::Delete => {
                     self.require(who, &t, 'd')?;
@@ -286,7 +298,7 @@ impl Engine {
                     if resource.get("resourceType").and_then(Value::as_str) != Some(t.as_str()) {
                         return Err(EngineError::BadRequest(format!("Bundle.entry[{i}]: resourceType does not match request.url")));
                     }
-                    self.rewrite_references(who, &mut resource, &map, i)?;
+                    self.rewrite_references(who, &mut resource, &map, i, &mut queried)?;
                     let live = current.as_ref().filter(|c| !c.deleted);
                     self.require(who, &t, if live.is_some() { 'u' } else { 'c' })?;
                     let expect = match (e.method, e.if_match, &current) {
@@ -302,10 +314,17 @@ impl Engine {
             plan[i] = Some(Planned::Write(prepared.len()));
             prepared.push(p);
         }
-        Ok(PreparedTransaction { prepared, plan: plan.into_iter().map(|p| p.unwrap_or(Planned::Get)).collect(), gets })
+        Ok(PreparedTransaction { prepared, plan: plan.into_iter().map(|p| p.unwrap_or(Planned::Get)).collect(), gets, reads, queried })
     }
 
-    fn rewrite_references(&self, who: &Principal, resource: &mut Value, map: &HashMap<String, String>, entry: usize) -> Result<()> {
+    fn rewrite_references(
+        &self,
+        who: &Principal,
+        resource: &mut Value,
+        map: &HashMap<String, String>,
+        entry: usize,
+        queried: &mut bool,
+    ) -> Result<()> {
         let mut conditional = Vec::new();
         brankas_fhir::for_each_reference_mut(resource, &mut |r: &mut String| {
             if let Some(to) = map.get(r.as_str()) {
@@ -327,6 +346,7 @@ impl Engine {
                 return Err(EngineError::BadRequest(format!("Bundle.entry[{entry}]: a urn reference names no entry of this Bundle")));
             }
             let (t, q) = c.split_once('?').ok_or(EngineError::Integrity)?;
+            *queried = true;
             let found = self.conditional_match(who, t, q, None)?;
             match found.len() {
                 1 => {

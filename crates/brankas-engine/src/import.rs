@@ -2,11 +2,12 @@
 //! committed in large groups (many Bundles per durable store transaction, each Bundle still
 //! all-or-nothing).
 
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use brankas_auth::Principal;
-use brankas_store::{NewVersion, StoreError, WriteBatch};
+use brankas_store::{NewVersion, RecordKey, StoreError, WriteBatch};
 use serde_json::{Value, json};
 
 use crate::{Engine, EngineError, Result};
@@ -58,6 +59,13 @@ impl<'a> Importer<'a> {
 
     /// Imports from a reader: NDJSON (one resource or Bundle per line) when `ndjson`, else one
     /// JSON Bundle. `name` appears in refusal messages (never content).
+    ///
+    /// Groups are pipelined: while one group commits (SQLite writes on one core), the next is
+    /// read and prepared on the others. A unit prepared during the previous group's commit is
+    /// prepared again after it when that commit could have changed what it read: a record
+    /// whose current version it read was written, it ran a conditional query, or it failed
+    /// on a precondition or conflict. So each unit sees every earlier group, as without the
+    /// pipeline; units of the same group still do not see each other.
     pub fn import_reader(
         &self,
         name: &str,
@@ -67,73 +75,124 @@ impl<'a> Importer<'a> {
         progress: &mut dyn FnMut(&ImportStats),
     ) -> Result<()> {
         let name = name.to_string();
-        let mut group: Vec<(String, Vec<u8>)> = Vec::with_capacity(GROUP);
-        let mut group_bytes = 0usize;
-        if ndjson {
+        std::thread::scope(|s| {
+            let mut inflight: Option<Inflight<'_>> = None;
             let mut line_no = 0u64;
-            loop {
-                let mut line = Vec::new();
-                let n = (&mut reader).take(MAX_UNIT_BYTES as u64 + 1).read_until(b'\n', &mut line).map_err(|e| EngineError::BadRequest(format!("{name}: {e}")))?;
-                if n == 0 {
-                    break;
-                }
-                line_no += 1;
-                stats.bytes += n as u64;
-                if line.iter().all(|b| b.is_ascii_whitespace()) {
+            let mut done = false;
+            while !done {
+                let units = if ndjson {
+                    let (units, end) = read_group(&name, &mut reader, &mut line_no, stats)?;
+                    done = end;
+                    units
+                } else {
+                    let mut buf = Vec::new();
+                    (&mut reader)
+                        .take(MAX_UNIT_BYTES as u64 + 1)
+                        .read_to_end(&mut buf)
+                        .map_err(|e| EngineError::BadRequest(format!("{name}: {e}")))?;
+                    stats.bytes += buf.len() as u64;
+                    done = true;
+                    vec![(name.clone(), buf)]
+                };
+                if units.is_empty() {
                     continue;
                 }
-                group.push((format!("{name}:{line_no}"), line));
-                group_bytes += n;
-                if group.len() >= GROUP || group_bytes >= GROUP_BYTES {
-                    group_bytes = 0;
-                    self.run_group(std::mem::take(&mut group), stats)?;
+                let mut group = self.prepare_group(units);
+                if let Some(f) = inflight.take() {
+                    let written = self.finish(f, stats)?;
                     progress(stats);
+                    self.refresh(&mut group, &written);
                 }
+                inflight = Some(self.start_commit(s, group, stats)?);
             }
-        } else {
-            let mut buf = Vec::new();
-            (&mut reader).take(MAX_UNIT_BYTES as u64 + 1).read_to_end(&mut buf).map_err(|e| EngineError::BadRequest(format!("{name}: {e}")))?;
-            stats.bytes += buf.len() as u64;
-            group.push((name, buf));
-        }
-        if !group.is_empty() {
-            self.run_group(group, stats)?;
-            progress(stats);
-        }
-        Ok(())
+            if let Some(f) = inflight.take() {
+                self.finish(f, stats)?;
+                progress(stats);
+            }
+            Ok(())
+        })
     }
 
-    fn run_group(&self, units: Vec<(String, Vec<u8>)>, stats: &mut ImportStats) -> Result<()> {
-        // Prepare (parse, validate, seal) in parallel; commit in one durable transaction.
+    /// Parses, validates and seals units on all cores.
+    fn prepare_group(&self, units: Vec<(String, Vec<u8>)>) -> Vec<Unit> {
         let chunk = units.len().div_ceil(self.threads.max(1)).max(1);
-        let prepared: Vec<(String, Result<(WriteBatch, u64)>)> = std::thread::scope(|s| {
-            let handles: Vec<_> = units
-                .chunks(chunk)
-                .map(|c| s.spawn(move || c.iter().map(|(w, b)| (w.clone(), self.prepare_unit(b))).collect::<Vec<_>>()))
+        let mut chunks: Vec<Vec<(String, Vec<u8>)>> = Vec::new();
+        let mut it = units.into_iter().peekable();
+        while it.peek().is_some() {
+            chunks.push(it.by_ref().take(chunk).collect());
+        }
+        std::thread::scope(|s| {
+            let handles: Vec<_> = chunks
+                .into_iter()
+                .map(|c| {
+                    s.spawn(move || {
+                        c.into_iter()
+                            .map(|(where_, bytes)| {
+                                let prep = self.prepare_unit(&bytes);
+                                Unit { where_, bytes, prep }
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
                 .collect();
             handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
-        });
+        })
+    }
+
+    /// Prepares again, now that the previous group is committed, the units whose
+    /// preparation that commit may have made stale (see [`Importer::import_reader`]).
+    fn refresh(&self, group: &mut [Unit], written: &HashSet<RecordKey>) {
+        let stale = |u: &Unit| match &u.prep {
+            Ok(p) => p.queried || p.reads.iter().any(|k| written.contains(k)),
+            Err(EngineError::PreconditionFailed(_) | EngineError::Conflict) => true,
+            Err(_) => false,
+        };
+        let again: Vec<usize> = (0..group.len()).filter(|&i| stale(&group[i])).collect();
+        if again.is_empty() {
+            return;
+        }
+        let units = again.iter().map(|&i| (String::new(), std::mem::take(&mut group[i].bytes))).collect();
+        for (i, u) in again.into_iter().zip(self.prepare_group(units)) {
+            group[i].bytes = u.bytes;
+            group[i].prep = u.prep;
+        }
+    }
+
+    /// Brings new data keys along and starts the group's durable commit on its own thread.
+    fn start_commit<'s>(&'s self, s: &'s std::thread::Scope<'s, '_>, group: Vec<Unit>, stats: &mut ImportStats) -> Result<Inflight<'s>> {
         let mut batches = Vec::new();
         let mut owners = Vec::new();
-        for (where_, r) in prepared {
+        for u in group {
             stats.units += 1;
-            match r {
-                Ok((b, n)) => {
-                    batches.push(b);
-                    owners.push((where_, n));
+            match u.prep {
+                Ok(mut p) => {
+                    self.engine.attach_new_keys(&mut p.batch)?;
+                    batches.push(p.batch);
+                    owners.push((u.where_, p.resources));
                 }
-                Err(e) => fail(stats, &where_, &e),
+                Err(e) => fail(stats, &u.where_, &e),
             }
         }
-        for b in &mut batches {
-            self.engine.attach_new_keys(b)?;
-        }
-        let results = self.engine.store.commit_many(&batches)?;
-        for (((where_, n), r), b) in owners.into_iter().zip(results).zip(&batches) {
+        let store = &self.engine.store;
+        let handle = s.spawn(move || {
+            let r = store.commit_many(&batches);
+            (batches, r)
+        });
+        Ok(Inflight { handle, owners })
+    }
+
+    /// Waits for a group's commit, settles its data keys and counts its outcome. Returns the
+    /// records it wrote.
+    fn finish(&self, f: Inflight<'_>, stats: &mut ImportStats) -> Result<HashSet<RecordKey>> {
+        let (batches, results) = f.handle.join().map_err(|_| EngineError::Integrity)?;
+        let results = results?;
+        let mut written = HashSet::new();
+        for (((where_, n), r), b) in f.owners.into_iter().zip(results).zip(&batches) {
             match r {
                 Ok(()) => {
                     self.engine.settle_new_keys(b, true)?;
                     stats.resources += n;
+                    written.extend(b.versions.iter().map(|v| v.row.key));
                 }
                 Err(e) => {
                     if matches!(e, StoreError::DataKeyRace) {
@@ -143,10 +202,10 @@ impl<'a> Importer<'a> {
                 }
             }
         }
-        Ok(())
+        Ok(written)
     }
 
-    fn prepare_unit(&self, bytes: &[u8]) -> Result<(WriteBatch, u64)> {
+    fn prepare_unit(&self, bytes: &[u8]) -> Result<Prepped> {
         let v: Value = serde_json::from_slice(bytes).map_err(|e| EngineError::BadRequest(format!("not valid JSON (line {}, column {})", e.line(), e.column())))?;
         let bundle = match v.get("resourceType").and_then(Value::as_str) {
             Some("Bundle") if matches!(v.get("type").and_then(Value::as_str), Some("transaction" | "batch")) => v,
@@ -163,7 +222,7 @@ impl<'a> Importer<'a> {
             _ => return Err(EngineError::BadRequest("not a transaction or batch Bundle, nor a resource".into())),
         };
         let tx = self.engine.prepare_transaction(&self.who, &bundle)?;
-        let n = tx.prepared.len() as u64;
+        let resources = tx.prepared.len() as u64;
         let mut batch = WriteBatch::default();
         for p in tx.prepared {
             batch.versions.push(NewVersion { row: p.row, expect: p.expect });
@@ -171,8 +230,56 @@ impl<'a> Importer<'a> {
                 batch.index.push(ix);
             }
         }
-        Ok((batch, n))
+        Ok(Prepped { batch, resources, reads: tx.reads, queried: tx.queried })
     }
+}
+
+/// Reads the next group of NDJSON lines; true when the input has ended.
+fn read_group(name: &str, reader: &mut impl BufRead, line_no: &mut u64, stats: &mut ImportStats) -> Result<(Vec<(String, Vec<u8>)>, bool)> {
+    let mut group = Vec::with_capacity(GROUP);
+    let mut group_bytes = 0usize;
+    loop {
+        let mut line = Vec::new();
+        let n = reader
+            .take(MAX_UNIT_BYTES as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| EngineError::BadRequest(format!("{name}: {e}")))?;
+        if n == 0 {
+            return Ok((group, true));
+        }
+        *line_no += 1;
+        stats.bytes += n as u64;
+        if line.iter().all(|b| b.is_ascii_whitespace()) {
+            continue;
+        }
+        group.push((format!("{name}:{line_no}"), line));
+        group_bytes += n;
+        if group.len() >= GROUP || group_bytes >= GROUP_BYTES {
+            return Ok((group, false));
+        }
+    }
+}
+
+/// One input unit and the outcome of preparing it (the bytes are kept for a second
+/// preparation).
+struct Unit {
+    where_: String,
+    bytes: Vec<u8>,
+    prep: Result<Prepped>,
+}
+
+/// A prepared unit: its writes, and what its preparation read of the store.
+struct Prepped {
+    batch: WriteBatch,
+    resources: u64,
+    reads: Vec<RecordKey>,
+    queried: bool,
+}
+
+/// A group whose commit runs on its own thread: the batches come back with the outcome.
+struct Inflight<'s> {
+    handle: std::thread::ScopedJoinHandle<'s, (Vec<WriteBatch>, brankas_store::Result<Vec<brankas_store::Result<()>>>)>,
+    owners: Vec<(String, u64)>,
 }
 
 fn fail(stats: &mut ImportStats, where_: &str, e: &EngineError) {

@@ -552,6 +552,52 @@ fn offline_import_of_ndjson() {
     assert_eq!(get(&s, "Observation/nd-obs-bad").status, 404);
 }
 
+/// Import commits one group of lines while it prepares the next; a line must still see
+/// every earlier group, whatever it reads: a record's current version (update, If-Match,
+/// delete) or a query (conditional create, conditional reference).
+#[test]
+fn offline_import_lines_see_every_earlier_group() {
+    let inst = Instance::init();
+    let tmp = tempfile::tempdir().unwrap();
+    let patient = |i: usize, gender: &str| {
+        json!({"resourceType": "Patient", "id": format!("pg-{i}"), "identifier": [{"system": "urn:test:mrn", "value": format!("PG-{i}")}], "gender": gender})
+            .to_string()
+    };
+    let tx = |entry: Value| json!({"resourceType": "Bundle", "type": "transaction", "entry": [entry]}).to_string();
+    // Groups hold 512 lines: lines 1-599 are new patients, so the lines after them fall in
+    // the second group and name patients of the first; line 1101 (third group) names a
+    // record the second group wrote.
+    let mut lines: Vec<String> = (1..=599).map(|i| patient(i, "female")).collect();
+    lines.push(patient(1, "male"));
+    lines.push(tx(json!({"request": {"method": "DELETE", "url": "Patient/pg-2"}})));
+    lines.push(tx(json!({"resource": {"resourceType": "Patient", "gender": "other"},
+        "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:test:mrn|PG-3"}})));
+    lines.push(tx(json!({"resource": {"resourceType": "Patient", "id": "pg-4", "gender": "unknown"},
+        "request": {"method": "PUT", "url": "Patient/pg-4", "ifMatch": "W/\"1\""}})));
+    lines.push(tx(json!({"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+        "subject": {"reference": "Patient?identifier=urn:test:mrn|PG-5"}}, "request": {"method": "POST", "url": "Observation"}})));
+    lines.extend((1000..1495).map(|i| patient(i, "female")));
+    assert_eq!(lines.len(), 1099);
+    lines.push(patient(1, "other"));
+    let file = tmp.path().join("groups.ndjson");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let (code, stats, stderr) = import_json(&inst, &file);
+    assert_eq!(code, 0, "{stats} {stderr}");
+    assert_eq!((stats["units"].as_u64(), stats["failed"].as_u64()), (Some(1100), Some(0)), "{stats} {stderr}");
+
+    let s = inst.serve();
+    let p1 = get(&s, "Patient/pg-1");
+    assert_eq!((p1.json["meta"]["versionId"].as_str(), p1.json["gender"].as_str()), (Some("3"), Some("other")), "{}", p1.text);
+    assert_eq!(get(&s, "Patient/pg-2").status, 410, "deleted by a later group");
+    let r = identifier_search(&s, "urn:test:mrn", "PG-3");
+    assert_eq!(r.json["total"], 1, "conditional create made a duplicate: {}", r.text);
+    assert_eq!(entries(&r.json)[0]["resource"]["gender"], "female");
+    let p4 = get(&s, "Patient/pg-4");
+    assert_eq!((p4.json["meta"]["versionId"].as_str(), p4.json["gender"].as_str()), (Some("2"), Some("unknown")), "{}", p4.text);
+    let o = get(&s, "Observation?patient=pg-5");
+    assert_eq!(o.json["total"], 1, "{}", o.text);
+}
+
 // ------------------------------------------------------------------------------------------
 // 4. Versioning: create, update, If-Match, vread, history, delete, re-create.
 // ------------------------------------------------------------------------------------------
