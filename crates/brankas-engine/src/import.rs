@@ -114,9 +114,9 @@ impl<'a> Importer<'a> {
     }
 
     /// Parses, validates and seals units on all cores.
-    fn prepare_group(&self, units: Vec<(String, Vec<u8>)>) -> Vec<Unit> {
+    fn prepare_group(&self, units: Vec<Input>) -> Vec<Unit> {
         let chunk = units.len().div_ceil(self.threads.max(1)).max(1);
-        let mut chunks: Vec<Vec<(String, Vec<u8>)>> = Vec::new();
+        let mut chunks: Vec<Vec<Input>> = Vec::new();
         let mut it = units.into_iter().peekable();
         while it.peek().is_some() {
             chunks.push(it.by_ref().take(chunk).collect());
@@ -235,7 +235,7 @@ impl<'a> Importer<'a> {
 }
 
 /// Reads the next group of NDJSON lines; true when the input has ended.
-fn read_group(name: &str, reader: &mut impl BufRead, line_no: &mut u64, stats: &mut ImportStats) -> Result<(Vec<(String, Vec<u8>)>, bool)> {
+fn read_group(name: &str, reader: &mut impl BufRead, line_no: &mut u64, stats: &mut ImportStats) -> Result<(Vec<Input>, bool)> {
     let mut group = Vec::with_capacity(GROUP);
     let mut group_bytes = 0usize;
     loop {
@@ -260,6 +260,12 @@ fn read_group(name: &str, reader: &mut impl BufRead, line_no: &mut u64, stats: &
     }
 }
 
+/// One input unit as read: where it came from (file and line), and its bytes.
+type Input = (String, Vec<u8>);
+
+/// What a group's commit thread hands back: the batches, and each one's outcome.
+type Committed = (Vec<WriteBatch>, brankas_store::Result<Vec<brankas_store::Result<()>>>);
+
 /// One input unit and the outcome of preparing it (the bytes are kept for a second
 /// preparation).
 struct Unit {
@@ -278,7 +284,7 @@ struct Prepped {
 
 /// A group whose commit runs on its own thread: the batches come back with the outcome.
 struct Inflight<'s> {
-    handle: std::thread::ScopedJoinHandle<'s, (Vec<WriteBatch>, brankas_store::Result<Vec<brankas_store::Result<()>>>)>,
+    handle: std::thread::ScopedJoinHandle<'s, Committed>,
     owners: Vec<(String, u64)>,
 }
 
