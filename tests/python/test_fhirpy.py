@@ -53,7 +53,15 @@ def server():
             capture_output=True, text=True, timeout=60, env=env, check=False,
         )
         assert init.returncode == 0, f"brankas init failed: {init.stderr}"
-        creds = json.loads(init.stdout.strip().splitlines()[-1])
+        # The bootstrap admin reaches no patient data; a facility's system client does.
+        reg = subprocess.run(
+            [str(exe), "clients", "create", "--data-dir", str(data), "--key-file", str(key),
+             "--name", "fhirpy test clinic", "--role", "facility-system",
+             "--organization", "Organization/fhirpy-clinic", "--scopes", "system/*.cruds"],
+            capture_output=True, text=True, timeout=60, env=env, check=False,
+        )
+        assert reg.returncode == 0, f"brankas clients create failed: {reg.stderr}"
+        creds = json.loads(reg.stdout)
 
         stderr_log = open(pathlib.Path(tmp) / "serve.stderr", "w+")
         proc = subprocess.Popen(

@@ -91,10 +91,11 @@ pub fn smart_configuration(base: &str) -> Value {
     json!({
         "issuer": base.trim_end_matches("/fhir"),
         "token_endpoint": token_url(base),
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["ES384", "RS384", "ES256", "RS256"],
         "grant_types_supported": ["client_credentials"],
-        "scopes_supported": ["system/*.cruds", "system/*.rs", "system/*.read", "system/*.write"],
-        "capabilities": ["client-confidential-symmetric", "permission-v2", "permission-v1"],
+        "scopes_supported": ["system/*.cruds", "system/*.rs", "system/*.read", "system/*.write", "user/*.cruds", "user/*.rs", "patient/*.rs"],
+        "capabilities": ["client-confidential-symmetric", "client-confidential-asymmetric", "permission-v2", "permission-v1"],
         "code_challenge_methods_supported": []
     })
 }

@@ -35,6 +35,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/fhir/{rtype}/{id}", get(read).put(update).delete(delete).fallback(method_not_allowed))
         .route("/fhir/{rtype}/{id}/{sub}", get(instance_sub).fallback(method_not_allowed))
         .route("/fhir/{rtype}/{id}/_history/{vid}", get(vread).fallback(method_not_allowed))
+        .merge(crate::admin::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn(access_log))
@@ -67,13 +68,13 @@ async fn access_log(req: Request, next: Next) -> Response {
     resp
 }
 
-/// Deny by default: everything under `/fhir` needs a verified bearer token, except the two
-/// public discovery documents. The verified [`Principal`] travels in the request extensions;
+/// Deny by default: everything needs a verified bearer token, except `/health`, the token
+/// endpoint and the two public discovery documents. The verified [`Principal`] travels in the request extensions;
 /// handlers that touch data take it as an extractor, so a route without this layer could not
 /// produce one.
 async fn authenticate(State(st): St, mut req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    let public = !path.starts_with("/fhir") || path == "/fhir/metadata" || path == "/fhir/.well-known/smart-configuration";
+    let public = matches!(path, "/health" | "/auth/token" | "/fhir/metadata" | "/fhir/.well-known/smart-configuration");
     if public {
         return next.run(req).await;
     }
@@ -134,26 +135,36 @@ async fn token(State(st): St, headers: HeaderMap, body: Body) -> Response {
     if field("grant_type").as_deref() != Some("client_credentials") {
         return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "only client_credentials is supported");
     }
-    let basic = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
-        .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|s| {
-            let (id, secret) = s.split_once(':')?;
-            // RFC 6749 §2.3.1: both parts are form-urlencoded inside Basic.
-            let dec = |x: &str| form_urlencoded::parse(format!("a={x}").as_bytes()).next().map(|(_, v)| v.into_owned());
-            Some((dec(id)?, dec(secret)?))
-        });
-    let (id, secret) = match (basic, field("client_id"), field("client_secret")) {
-        (Some(b), _, _) => b,
-        (None, Some(i), Some(s)) => (i, s),
-        _ => return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "client authentication is required"),
-    };
     let scope = field("scope");
     let auth = st.auth.clone();
-    match tokio::task::spawn_blocking(move || auth.issue(&id, &secret, scope.as_deref())).await {
+    let issued = if let Some(assertion) = field("client_assertion") {
+        // SMART Backend Services: private_key_jwt.
+        if field("client_assertion_type").as_deref() != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer") {
+            return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer");
+        }
+        let audience = capability::token_url(&st.base_url);
+        tokio::task::spawn_blocking(move || auth.issue_with_assertion(&assertion, &audience, scope.as_deref())).await
+    } else {
+        let basic = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Basic "))
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| {
+                let (id, secret) = s.split_once(':')?;
+                // RFC 6749 §2.3.1: both parts are form-urlencoded inside Basic.
+                let dec = |x: &str| form_urlencoded::parse(format!("a={x}").as_bytes()).next().map(|(_, v)| v.into_owned());
+                Some((dec(id)?, dec(secret)?))
+            });
+        let (id, secret) = match (basic, field("client_id"), field("client_secret")) {
+            (Some(b), _, _) => b,
+            (None, Some(i), Some(s)) => (i, s),
+            _ => return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "client authentication is required"),
+        };
+        tokio::task::spawn_blocking(move || auth.issue(&id, &secret, scope.as_deref())).await
+    };
+    match issued {
         Ok(Ok(t)) => {
             let body = json!({"access_token": t.access_token, "token_type": "Bearer", "expires_in": t.expires_in, "scope": t.scope});
             let mut r = (StatusCode::OK, serde_json::to_vec(&body).unwrap_or_default()).into_response();
@@ -163,6 +174,9 @@ async fn token(State(st): St, headers: HeaderMap, body: Body) -> Response {
         }
         Ok(Err(brankas_auth::AuthError::InvalidScope)) => oauth_error(StatusCode::BAD_REQUEST, "invalid_scope", "requested scope is not granted to this client"),
         Ok(Err(brankas_auth::AuthError::Store(_))) => oauth_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "storage unavailable"),
+        // The assertion's own faults (expired, replayed, wrong audience) are named: they are
+        // about the caller's token, never about whether a client exists.
+        Ok(Err(e @ brankas_auth::AuthError::InvalidAssertion(_))) => oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", &e.to_string()),
         _ => oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "invalid client credentials"),
     }
 }

@@ -1,7 +1,8 @@
 //! The HTTP boundary of Brankas.
 //!
 //! - [`router`]: the FHIR REST API at `/fhir` (JSON only), the OAuth2 token endpoint
-//!   `/auth/token`, SMART discovery, `/health`.
+//!   `/auth/token` (client secret or `private_key_jwt`), SMART discovery, `/health`, and the
+//!   administration API under `/admin` (the client registry).
 //! - [`serve`]: the accept loop (HTTPS by default, plain HTTP on request), with a connection
 //!   cap, header timeouts and graceful shutdown, all in one place.
 //! - [`outcome::ApiError`]: the only place errors become OperationOutcome and HTTP statuses.
@@ -10,9 +11,11 @@
 //! of responses (Bundles, OperationOutcome, CapabilityStatement). Handlers never log query
 //! strings, bodies or ids of patients: only method, route template, status and time.
 //!
-//! *API boundary:* every `/fhir` route but `metadata` and `.well-known/smart-configuration`
-//! requires a bearer token, verified on each request (so revocation is immediate).
+//! *API boundary:* every route but `/health`, `/auth/token`, `/fhir/metadata` and
+//! `/fhir/.well-known/smart-configuration` requires a bearer token, verified on each request
+//! (so suspension and revocation are immediate).
 
+mod admin;
 mod capability;
 mod handlers;
 pub mod outcome;

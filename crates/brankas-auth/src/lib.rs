@@ -18,6 +18,8 @@
 //! assert!(!s.permits("Observation", 'c'));
 //! ```
 
+mod jwt;
+mod registry;
 mod scopes;
 
 use std::sync::Arc;
@@ -27,6 +29,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use brankas_store::Store;
 use brankas_vault::{Vault, ct_eq, random_bytes, random_id, sha256};
 
+pub use jwt::Jwks;
+pub use registry::{ClientSpec, ClientUpdate, DIRECTORY_TYPES};
 pub use scopes::{Scope, Scopes};
 
 /// Longest access-token lifetime (SMART Backend Services: at most 5 minutes).
@@ -46,8 +50,14 @@ pub enum AuthError {
     InvalidScope,
     #[error("client is not active")]
     Inactive,
+    #[error("no such client")]
+    UnknownClient,
+    #[error("a revoked client cannot be changed or reinstated")]
+    Revoked,
     #[error("bad client registration: {0}")]
     BadRegistration(&'static str),
+    #[error("invalid client assertion: {0}")]
+    InvalidAssertion(&'static str),
     #[error("a client registration failed its integrity check")]
     Integrity,
     #[error("storage: {0}")]
@@ -77,7 +87,8 @@ pub enum ClientStatus {
     Revoked,
 }
 
-/// A registered client, as stored. Contains no secret, only its hash.
+/// A registered client, as stored. Contains no secret, only its hash. Holds no patient data
+/// either, only references (`Patient/<id>` for a patient client), so it may be shown.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ClientRecord {
     pub client_id: String,
@@ -90,6 +101,44 @@ pub struct ClientRecord {
     pub secret_sha256: String,
     /// Creation time, RFC 3339.
     pub created: String,
+    /// Last change of the registration or its status, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated: Option<String>,
+    /// `Organization/<id>` the client acts for (facility-system, clinician).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization: Option<String>,
+    /// `Practitioner/<id>` the client acts for (clinician).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub practitioner: Option<String>,
+    /// `Patient/<id>` the client is bound to (patient).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient: Option<String>,
+    /// Public keys for `private_key_jwt` (a JWK Set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<serde_json::Value>,
+}
+
+impl ClientRecord {
+    /// The registration as an administrator sees it: everything but the secret's hash.
+    pub fn public_view(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("secret_sha256");
+        }
+        v
+    }
+
+    fn spec(&self) -> ClientSpec {
+        ClientSpec {
+            name: self.name.clone(),
+            role: Some(self.role),
+            scopes: self.scopes.clone(),
+            organization: self.organization.clone(),
+            practitioner: self.practitioner.clone(),
+            patient: self.patient.clone(),
+            jwks: self.jwks.clone(),
+        }
+    }
 }
 
 /// A newly created client's one-time credentials. The secret is shown once and never stored.
@@ -105,6 +154,9 @@ pub struct Principal {
     role: Role,
     scopes: Scopes,
     token_id: String,
+    organization: Option<String>,
+    practitioner: Option<String>,
+    patient: Option<String>,
 }
 
 impl std::fmt::Debug for Principal {
@@ -127,6 +179,18 @@ impl Principal {
     pub fn token_id(&self) -> &str {
         &self.token_id
     }
+    /// `Organization/<id>` the caller acts for, if any.
+    pub fn organization(&self) -> Option<&str> {
+        self.organization.as_deref()
+    }
+    /// `Practitioner/<id>` the caller acts for, if any.
+    pub fn practitioner(&self) -> Option<&str> {
+        self.practitioner.as_deref()
+    }
+    /// `Patient/<id>` a patient caller is bound to.
+    pub fn patient(&self) -> Option<&str> {
+        self.patient.as_deref()
+    }
     /// A principal for offline tools (`brankas import`) that act with the operator's
     /// authority on the data directory itself, not over the network.
     pub fn local_operator() -> Self {
@@ -135,6 +199,9 @@ impl Principal {
             role: Role::Admin,
             scopes: Scopes::parse("system/*.cruds").expect("static scope"),
             token_id: String::new(),
+            organization: None,
+            practitioner: None,
+            patient: None,
         }
     }
 }
@@ -187,27 +254,74 @@ impl Authority {
         self
     }
 
-    /// Registers a client and returns its credentials (the secret is not kept).
-    pub fn create_client(&self, name: &str, role: Role, scopes: &str) -> Result<NewClient, AuthError> {
-        Scopes::parse(scopes).map_err(|_| AuthError::BadRegistration("invalid scopes"))?;
-        if name.is_empty() || name.len() > 200 {
-            return Err(AuthError::BadRegistration("name must be 1 to 200 characters"));
-        }
+    /// Registers a client and returns its credentials (the secret is not kept). The
+    /// registration is checked as a whole first (see [`ClientSpec::validate`]).
+    pub fn create_client(&self, spec: &ClientSpec) -> Result<NewClient, AuthError> {
+        spec.validate()?;
         let client_id = format!("c-{}", random_id(12)?);
         let mut raw = [0u8; 32];
         random_bytes(&mut raw)?;
         let client_secret = B64.encode(raw);
         let rec = ClientRecord {
             client_id: client_id.clone(),
-            name: name.into(),
-            role,
-            scopes: scopes.into(),
+            name: spec.name.trim().into(),
+            role: spec.role.ok_or(AuthError::BadRegistration("role is required"))?,
+            scopes: Scopes::parse(&spec.scopes).map_err(|_| AuthError::BadRegistration("invalid scopes"))?.to_string(),
             status: ClientStatus::Active,
             secret_sha256: hex(&sha256(client_secret.as_bytes())),
             created: rfc3339_now(),
+            updated: None,
+            organization: spec.organization.clone(),
+            practitioner: spec.practitioner.clone(),
+            patient: spec.patient.clone(),
+            jwks: spec.jwks.clone(),
         };
         self.put_client(&rec)?;
         Ok(NewClient { client_id, client_secret })
+    }
+
+    /// Changes a registration; the result is checked as a whole like a new one. A revoked
+    /// client cannot be changed.
+    pub fn update_client(&self, client_id: &str, u: &ClientUpdate) -> Result<ClientRecord, AuthError> {
+        let mut rec = self.client(client_id)?.ok_or(AuthError::UnknownClient)?;
+        if rec.status == ClientStatus::Revoked {
+            return Err(AuthError::Revoked);
+        }
+        let mut spec = rec.spec();
+        if let Some(n) = &u.name {
+            spec.name = n.clone();
+        }
+        if let Some(sc) = &u.scopes {
+            spec.scopes = sc.clone();
+        }
+        if let Some(o) = &u.organization {
+            spec.organization = o.clone();
+        }
+        if let Some(p) = &u.practitioner {
+            spec.practitioner = p.clone();
+        }
+        if let Some(p) = &u.patient {
+            spec.patient = p.clone();
+        }
+        if let Some(j) = &u.jwks {
+            spec.jwks = j.clone();
+        }
+        spec.validate()?;
+        rec.name = spec.name.trim().into();
+        rec.scopes = Scopes::parse(&spec.scopes).map_err(|_| AuthError::BadRegistration("invalid scopes"))?.to_string();
+        rec.organization = spec.organization;
+        rec.practitioner = spec.practitioner;
+        rec.patient = spec.patient;
+        rec.jwks = spec.jwks;
+        rec.updated = Some(rfc3339_now());
+        self.put_client(&rec)?;
+        Ok(rec)
+    }
+
+    /// Every registration, in client-id order. A row that fails its integrity check is an
+    /// error, never skipped: an administrator must see that something was tampered with.
+    pub fn list_clients(&self) -> Result<Vec<ClientRecord>, AuthError> {
+        self.store.list_clients()?.iter().map(|id| self.client(id)?.ok_or(AuthError::Integrity)).collect()
     }
 
     /// A client's registration. A stored document whose MAC does not verify (edited or
@@ -237,15 +351,22 @@ impl Authority {
         Ok(())
     }
 
-    /// Sets a client's status (suspend, reinstate, revoke).
-    pub fn set_status(&self, client_id: &str, status: ClientStatus) -> Result<(), AuthError> {
-        let mut rec = self.client(client_id)?.ok_or(AuthError::InvalidClient)?;
+    /// Sets a client's status (suspend, reinstate, revoke). Revocation is final. Takes effect
+    /// on the client's very next request: every token verification re-reads the status.
+    pub fn set_status(&self, client_id: &str, status: ClientStatus) -> Result<ClientRecord, AuthError> {
+        let mut rec = self.client(client_id)?.ok_or(AuthError::UnknownClient)?;
+        if rec.status == ClientStatus::Revoked && status != ClientStatus::Revoked {
+            return Err(AuthError::Revoked);
+        }
         rec.status = status;
-        self.put_client(&rec)
+        rec.updated = Some(rfc3339_now());
+        self.put_client(&rec)?;
+        Ok(rec)
     }
 
-    /// OAuth2 `client_credentials`: checks the secret and issues a token for `requested`
-    /// scopes (all of the client's scopes when `None`). Asking for more than granted fails.
+    /// OAuth2 `client_credentials` with a client secret: checks the secret and issues a
+    /// token for `requested` scopes (all of the client's scopes when `None`). Asking for more
+    /// than granted fails.
     pub fn issue(&self, client_id: &str, secret: &str, requested: Option<&str>) -> Result<IssuedToken, AuthError> {
         if client_id.len() > 200 || secret.len() > 200 {
             return Err(AuthError::InvalidClient);
@@ -263,6 +384,74 @@ impl Authority {
             Some(r) if ok => r,
             _ => return Err(AuthError::InvalidClient),
         };
+        self.mint(rec, requested)
+    }
+
+    /// SMART Backend Services `private_key_jwt`: the client authenticates with a JWT it
+    /// signed (ES384 or RS384; ES256 and RS256 also accepted) with a key it registered.
+    /// `iss` and `sub` are the client id, `aud` is this token endpoint (`audience`), `exp`
+    /// is at most five minutes ahead, and each `jti` is accepted once: a replayed assertion
+    /// fails, on every replica (the record of used ids is in the store).
+    pub fn issue_with_assertion(&self, assertion: &str, audience: &str, requested: Option<&str>) -> Result<IssuedToken, AuthError> {
+        if assertion.len() > jwt::MAX_JWT_LEN {
+            return Err(AuthError::InvalidClient);
+        }
+        // The issuer named inside the (not yet verified) claims says which keys to try.
+        let unverified_iss = assertion
+            .split('.')
+            .nth(1)
+            .and_then(|b| B64.decode(b).ok())
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|c| c.get("iss").and_then(|i| i.as_str()).map(String::from))
+            .ok_or(AuthError::InvalidClient)?;
+        if unverified_iss.len() > 200 {
+            return Err(AuthError::InvalidClient);
+        }
+        let rec = match self.client(&unverified_iss) {
+            Ok(Some(r)) => r,
+            Ok(None) | Err(AuthError::Integrity) => return Err(AuthError::InvalidClient),
+            Err(e) => return Err(e),
+        };
+        let jwks = rec.jwks.as_ref().ok_or(AuthError::InvalidClient).and_then(|j| Jwks::parse(j).map_err(|_| AuthError::InvalidClient))?;
+        let claims = jwks.verify(assertion)?;
+        let s = |k: &str| claims.get(k).and_then(|v| v.as_str());
+        if s("iss") != Some(rec.client_id.as_str()) || s("sub") != Some(rec.client_id.as_str()) {
+            return Err(AuthError::InvalidAssertion("iss and sub must both be the client id"));
+        }
+        let aud_ok = match claims.get("aud") {
+            Some(serde_json::Value::String(a)) => a == audience,
+            Some(serde_json::Value::Array(a)) => a.iter().any(|x| x.as_str() == Some(audience)),
+            _ => false,
+        };
+        if !aud_ok {
+            return Err(AuthError::InvalidAssertion("aud must be this token endpoint"));
+        }
+        let now = now_secs();
+        let exp = claims.get("exp").and_then(|v| v.as_u64()).ok_or(AuthError::InvalidAssertion("exp is required"))?;
+        if exp <= now {
+            return Err(AuthError::InvalidAssertion("the assertion has expired"));
+        }
+        if exp > now + MAX_TOKEN_SECONDS {
+            return Err(AuthError::InvalidAssertion("exp may be at most five minutes ahead"));
+        }
+        if claims.get("nbf").and_then(|v| v.as_u64()).is_some_and(|nbf| nbf > now + 60) {
+            return Err(AuthError::InvalidAssertion("the assertion is not valid yet"));
+        }
+        let jti = s("jti").filter(|j| !j.is_empty() && j.len() <= 256).ok_or(AuthError::InvalidAssertion("jti is required"))?;
+        let mut once = b"client-assertion\0".to_vec();
+        once.extend_from_slice(rec.client_id.as_bytes());
+        once.push(0);
+        once.extend_from_slice(jti.as_bytes());
+        // Kept until the assertion's own expiry (plus clock slack): after that it is refused anyway.
+        let keep_until_us = ((exp + 60) as i64).saturating_mul(1_000_000);
+        if !self.store.use_once(&sha256(&once), keep_until_us)? {
+            return Err(AuthError::InvalidAssertion("this assertion was already used (jti replay)"));
+        }
+        self.mint(rec, requested)
+    }
+
+    /// Issues an access token to an authenticated, active client.
+    fn mint(&self, rec: ClientRecord, requested: Option<&str>) -> Result<IssuedToken, AuthError> {
         if rec.status != ClientStatus::Active {
             return Err(AuthError::InvalidClient);
         }
@@ -316,8 +505,22 @@ impl Authority {
         if rec.status != ClientStatus::Active {
             return Err(AuthError::InvalidToken);
         }
+        // The token's scopes, but never more than the registration grants now: narrowing a
+        // client's scopes takes effect on its next request too.
         let scopes = Scopes::parse(&claims.scope).map_err(|_| AuthError::InvalidToken)?;
-        Ok(Principal { client_id: rec.client_id, role: rec.role, scopes, token_id: claims.jti })
+        let granted = Scopes::parse(&rec.scopes).map_err(|_| AuthError::InvalidToken)?;
+        if !granted.covers(&scopes) {
+            return Err(AuthError::InvalidToken);
+        }
+        Ok(Principal {
+            client_id: rec.client_id,
+            role: rec.role,
+            scopes,
+            token_id: claims.jti,
+            organization: rec.organization,
+            practitioner: rec.practitioner,
+            patient: rec.patient,
+        })
     }
 }
 
@@ -346,10 +549,20 @@ mod tests {
         (d, Authority::new(store, Arc::new(vault)))
     }
 
+    fn facility(scopes: &str) -> ClientSpec {
+        ClientSpec {
+            name: "his".into(),
+            role: Some(Role::FacilitySystem),
+            scopes: scopes.into(),
+            organization: Some("Organization/rs-1".into()),
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn issue_verify_and_revoke() {
         let (_d, a) = authority();
-        let c = a.create_client("his", Role::Admin, "system/*.cruds").unwrap();
+        let c = a.create_client(&facility("system/*.cruds")).unwrap();
         assert!(a.issue(&c.client_id, "wrong", None).is_err());
         assert!(a.issue("nobody", &c.client_secret, None).is_err());
         let t = a.issue(&c.client_id, &c.client_secret, None).unwrap();
@@ -357,6 +570,7 @@ mod tests {
         let p = a.verify(&t.access_token).unwrap();
         assert_eq!(p.client_id(), c.client_id);
         assert!(p.scopes().permits("Patient", 'r'));
+        assert_eq!((p.role(), p.organization()), (Role::FacilitySystem, Some("Organization/rs-1")));
         // Narrower request is fine, wider is refused.
         let narrow = a.issue(&c.client_id, &c.client_secret, Some("system/Patient.r")).unwrap();
         assert!(!a.verify(&narrow.access_token).unwrap().scopes().permits("Observation", 'r'));
@@ -370,12 +584,72 @@ mod tests {
         a.set_status(&c.client_id, ClientStatus::Suspended).unwrap();
         assert!(a.verify(&t.access_token).is_err(), "suspension takes effect on the next request");
         assert!(a.issue(&c.client_id, &c.client_secret, None).is_err());
+        a.set_status(&c.client_id, ClientStatus::Active).unwrap();
+        assert!(a.verify(&t.access_token).is_ok(), "reinstated");
+        // Narrowing the registration narrows tokens already issued.
+        a.update_client(&c.client_id, &ClientUpdate { scopes: Some("system/Patient.r".into()), ..Default::default() }).unwrap();
+        assert!(a.verify(&t.access_token).is_err());
+        assert!(a.verify(&narrow.access_token).is_ok());
+        a.set_status(&c.client_id, ClientStatus::Revoked).unwrap();
+        assert!(a.verify(&narrow.access_token).is_err());
+        assert!(matches!(a.set_status(&c.client_id, ClientStatus::Active), Err(AuthError::Revoked)), "revocation is final");
+        assert!(matches!(a.update_client(&c.client_id, &ClientUpdate::default()), Err(AuthError::Revoked)));
+        assert!(matches!(a.set_status("c-nobody", ClientStatus::Suspended), Err(AuthError::UnknownClient)));
+    }
+
+    #[test]
+    fn private_key_jwt_assertions() {
+        use jwt::testkeys::Es384;
+        use serde_json::json;
+        let (_d, a) = authority();
+        let key = Es384::generate("k1");
+        let mut spec = facility("system/Patient.rs");
+        spec.jwks = Some(json!({"keys": [key.jwk()]}));
+        let c = a.create_client(&spec).unwrap();
+        let aud = "https://brankas.example/auth/token";
+        let now = now_secs();
+        let claims = |jti: &str, exp: u64| json!({"iss": c.client_id, "sub": c.client_id, "aud": aud, "exp": exp, "jti": jti});
+        let t = a.issue_with_assertion(&key.sign(&claims("j1", now + 120)), aud, None).unwrap();
+        assert_eq!(a.verify(&t.access_token).unwrap().client_id(), c.client_id);
+        let replay = a.issue_with_assertion(&key.sign(&claims("j1", now + 120)), aud, None);
+        assert!(matches!(replay, Err(AuthError::InvalidAssertion(m)) if m.contains("replay")), "same jti twice");
+        assert!(a.issue_with_assertion(&key.sign(&claims("j2", now - 1)), aud, None).is_err(), "expired");
+        assert!(a.issue_with_assertion(&key.sign(&claims("j3", now + 600)), aud, None).is_err(), "exp too far ahead");
+        assert!(a.issue_with_assertion(&key.sign(&claims("j4", now + 60)), "https://other/token", None).is_err(), "wrong audience");
+        let mut no_jti = claims("", now + 60);
+        no_jti.as_object_mut().unwrap().remove("jti");
+        assert!(a.issue_with_assertion(&key.sign(&no_jti), aud, None).is_err());
+        let mut other_sub = claims("j5", now + 60);
+        other_sub["sub"] = json!("c-other");
+        assert!(a.issue_with_assertion(&key.sign(&other_sub), aud, None).is_err());
+        // Signed by a key the client did not register.
+        let stranger = Es384::generate("k1");
+        assert!(a.issue_with_assertion(&stranger.sign(&claims("j6", now + 60)), aud, None).is_err());
+        // Scopes: narrower is fine, wider is refused.
+        assert!(a.issue_with_assertion(&key.sign(&claims("j7", now + 60)), aud, Some("system/Patient.r")).is_ok());
+        assert!(a.issue_with_assertion(&key.sign(&claims("j8", now + 60)), aud, Some("system/Patient.rs system/Observation.r")).is_err());
+        // A suspended client's assertions are refused.
+        a.set_status(&c.client_id, ClientStatus::Suspended).unwrap();
+        assert!(a.issue_with_assertion(&key.sign(&claims("j9", now + 60)), aud, None).is_err());
+        // A client without registered keys cannot use assertions at all.
+        let plain = a.create_client(&facility("system/Patient.rs")).unwrap();
+        let forged = json!({"iss": plain.client_id, "sub": plain.client_id, "aud": aud, "exp": now + 60, "jti": "x"});
+        assert!(a.issue_with_assertion(&key.sign(&forged), aud, None).is_err());
     }
 
     #[test]
     fn edited_or_planted_client_rows_are_refused() {
         let (d, a) = authority();
-        let c = a.create_client("his", Role::Clinician, "system/Patient.r").unwrap();
+        let c = a
+            .create_client(&ClientSpec {
+                name: "app".into(),
+                role: Some(Role::Clinician),
+                scopes: "user/Patient.r".into(),
+                organization: Some("Organization/rs-1".into()),
+                practitioner: Some("Practitioner/dr-1".into()),
+                ..Default::default()
+            })
+            .unwrap();
         let store = SqliteStore::open(&d.path().join("db")).unwrap();
         let doc = store.get_client(&c.client_id).unwrap().unwrap();
         let edited = String::from_utf8(doc.clone()).unwrap().replace("clinician", "admin");
@@ -392,7 +666,7 @@ mod tests {
     fn token_from_another_server_is_refused() {
         let (_d, a) = authority();
         let (_d2, b) = authority();
-        let c = a.create_client("his", Role::Admin, "system/*.cruds").unwrap();
+        let c = a.create_client(&facility("system/*.cruds")).unwrap();
         let t = a.issue(&c.client_id, &c.client_secret, None).unwrap();
         assert!(b.verify(&t.access_token).is_err());
     }

@@ -460,7 +460,16 @@ fn init(bin: &Path, dir: &Path) -> Result<(PathBuf, PathBuf, Value)> {
     let (data, key) = (dir.join("data"), dir.join("master.key"));
     let o = brankas(bin, "warn").arg("init").arg("--data-dir").arg(&data).arg("--key-file").arg(&key).output()?;
     ensure!(o.status.success(), "brankas init failed: {}", String::from_utf8_lossy(&o.stderr));
-    let creds: Value = serde_json::from_slice(&o.stdout).context("brankas init printed no JSON")?;
+    let _admin: Value = serde_json::from_slice(&o.stdout).context("brankas init printed no JSON")?;
+    // The bootstrap admin reaches no patient data: the load comes from a facility's system.
+    let o = brankas(bin, "warn")
+        .args(["clients", "create", "--name", "benchmark facility", "--role", "facility-system", "--organization", "Organization/fac-0001", "--scopes", "system/*.cruds", "--data-dir"])
+        .arg(&data)
+        .arg("--key-file")
+        .arg(&key)
+        .output()?;
+    ensure!(o.status.success(), "brankas clients create failed: {}", String::from_utf8_lossy(&o.stderr));
+    let creds: Value = serde_json::from_slice(&o.stdout).context("brankas clients create printed no JSON")?;
     Ok((data, key, creds))
 }
 

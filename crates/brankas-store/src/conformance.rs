@@ -22,6 +22,7 @@ pub fn run_all(fresh: &mut dyn FnMut() -> Box<dyn Store>) {
         ("commit_many_isolates_batches", commit_many_isolates_batches),
         ("partition_listing", partition_listing),
         ("blind_index", blind_index),
+        ("use_once", use_once),
         ("clients", clients),
         ("concurrent_writers", concurrent_writers),
         ("data_keys_commit_with_their_batch", data_keys_commit_with_their_batch),
@@ -187,6 +188,18 @@ fn blind_index(s: &dyn Store) {
     assert_eq!(s.lookup(&t1).unwrap(), vec![key(2)]);
     s.commit(&batch(vec![], vec![(key(1), vec![])])).unwrap();
     assert!(s.lookup(&t2).unwrap().is_empty());
+}
+
+fn use_once(s: &dyn Store) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
+    let hour = 3_600_000_000;
+    assert!(s.use_once(&[1; 32], now + hour).unwrap(), "first use");
+    assert!(!s.use_once(&[1; 32], now + hour).unwrap(), "second use within its lifetime");
+    assert!(s.use_once(&[2; 32], now + hour).unwrap(), "another key");
+    // An expired entry may be used again (its token would be refused as expired anyway).
+    assert!(s.use_once(&[3; 32], now - 1).unwrap());
+    assert!(s.use_once(&[3; 32], now + hour).unwrap());
+    assert!(!s.use_once(&[3; 32], now + hour).unwrap());
 }
 
 fn clients(s: &dyn Store) {

@@ -153,6 +153,12 @@ pub trait Store: Send + Sync + 'static {
     /// is all-or-nothing; the result lists each batch's outcome.
     fn commit_many(&self, batches: &[WriteBatch]) -> Result<Vec<Result<()>>>;
 
+    /// Records `key` as used until `expires_at_us` (microseconds since the Unix epoch) and
+    /// returns true, or returns false if it is already recorded and not yet expired: a
+    /// one-time check shared by every replica (e.g. the `jti` of client assertions). Expired
+    /// entries may be forgotten.
+    fn use_once(&self, key: &[u8; 32], expires_at_us: i64) -> Result<bool>;
+
     /// A client registration document (not patient data), by client id.
     fn get_client(&self, client_id: &str) -> Result<Option<Vec<u8>>>;
     /// Creates or replaces a client registration document.

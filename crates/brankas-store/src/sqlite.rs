@@ -40,6 +40,7 @@ CREATE INDEX IF NOT EXISTS current_partition ON current (partition, rtype);
 CREATE TABLE IF NOT EXISTS blind (term BLOB NOT NULL, rkey BLOB NOT NULL, PRIMARY KEY (term, rkey)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS blind_terms (rkey BLOB PRIMARY KEY, terms BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS clients (client_id TEXT PRIMARY KEY, doc BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS once (key BLOB PRIMARY KEY, expires INTEGER NOT NULL) WITHOUT ROWID;
 "#;
 
 /// Reader connections at most. Each holds its own page cache and prepared statements, so
@@ -606,6 +607,27 @@ impl Store for SqliteStore {
             }
             tx.commit().map_err(be)?;
             Ok(out)
+        })
+    }
+
+    fn use_once(&self, key: &[u8; 32], expires_at_us: i64) -> Result<bool> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
+        self.write(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(be)?;
+            // Forget a few expired entries on each use, so the table stays as small as the
+            // number of live entries.
+            tx.prepare_cached("DELETE FROM once WHERE key IN (SELECT key FROM once WHERE expires < ?1 LIMIT 16)")
+                .map_err(be)?
+                .execute([now])
+                .map_err(be)?;
+            let fresh = tx
+                .prepare_cached("INSERT INTO once (key, expires) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET expires = excluded.expires WHERE once.expires < ?3")
+                .map_err(be)?
+                .execute(params![&key[..], expires_at_us, now])
+                .map_err(be)?
+                == 1;
+            tx.commit().map_err(be)?;
+            Ok(fresh)
         })
     }
 

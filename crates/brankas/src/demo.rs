@@ -1,15 +1,19 @@
-//! `brankas demo`: the zero-setup first run. Seeds a few synthetic patients (fictional
-//! people with structurally valid NIKs), creates a read-only demo client, prints a token and
-//! ready-to-paste requests, then serves.
+//! `brankas demo`: the zero-setup first run. Seeds a fictional clinic and a few synthetic
+//! patients seen there (fictional people with structurally valid NIKs), registers a read-only
+//! facility-system client for the clinic, prints a token and ready-to-paste requests, then
+//! serves.
 
 use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::Result;
-use brankas_auth::{Principal, Role};
+use brankas_auth::{ClientSpec, Principal, Role};
 use serde_json::json;
 
 use crate::{Tls, default_key_file, init, open, serve};
+
+/// The fictional clinic the demo patients were seen at.
+const DEMO_ORG_ID: &str = "demo-puskesmas";
 
 /// Fictional patients: name, NIK, birth date, gender, phone, city.
 const PEOPLE: &[(&str, &str, &str, &str, &str, &str)] = &[
@@ -23,6 +27,11 @@ pub fn run(data_dir: &Path, key_file: Option<&Path>, listen: SocketAddr, insecur
         init(data_dir, key_file)?;
         let o = open(data_dir, key_file)?;
         let who = Principal::local_operator();
+        o.engine.update(&who, "Organization", DEMO_ORG_ID, json!({
+            "resourceType": "Organization", "id": DEMO_ORG_ID, "active": true,
+            "name": "Puskesmas Demo (fictional)",
+            "type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/organization-type", "code": "prov"}]}]
+        }), None)?;
         for (name, nik, birth, gender, phone, city) in PEOPLE {
             let (given, family) = name.rsplit_once(' ').unwrap_or((name, ""));
             let p = o.engine.create(&who, "Patient", json!({
@@ -38,6 +47,7 @@ pub fn run(data_dir: &Path, key_file: Option<&Path>, listen: SocketAddr, insecur
                 "resourceType": "Encounter", "status": "finished",
                 "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
                 "subject": {"reference": format!("Patient/{pid}")},
+                "serviceProvider": {"reference": format!("Organization/{DEMO_ORG_ID}")},
                 "period": {"start": "2021-07-14T09:00:00+07:00", "end": "2021-07-14T09:30:00+07:00"},
                 "reasonCode": [{"text": "Demam dan batuk sejak tiga hari"}]
             }), None)?;
@@ -54,7 +64,13 @@ pub fn run(data_dir: &Path, key_file: Option<&Path>, listen: SocketAddr, insecur
         }
     }
     let o = open(data_dir, key_file)?;
-    let demo = o.auth.create_client("demo reader", Role::Admin, "system/*.rs")?;
+    let demo = o.auth.create_client(&ClientSpec {
+        name: "demo clinic reader".into(),
+        role: Some(Role::FacilitySystem),
+        scopes: "system/*.rs".into(),
+        organization: Some(format!("Organization/{DEMO_ORG_ID}")),
+        ..Default::default()
+    })?;
     let token = o.auth.issue(&demo.client_id, &demo.client_secret, None)?;
     drop(o);
     let kf = key_file.map(Path::to_path_buf).unwrap_or_else(|| default_key_file(data_dir));
@@ -66,7 +82,7 @@ pub fn run(data_dir: &Path, key_file: Option<&Path>, listen: SocketAddr, insecur
     serve(data_dir, Some(&kf), listen, tls, None, None, Some(Box::new(move |base: &str| {
         let root = base.trim_end_matches("/fhir");
         eprintln!("\nBrankas demo is running at {base} with {} synthetic patients.", PEOPLE.len());
-        eprintln!("A read-only demo client was created: client_id={cid}");
+        eprintln!("A read-only client of the demo clinic was registered: client_id={cid}");
         eprintln!("Access token (valid 5 minutes):\n  TOKEN={access}\n");
         eprintln!("Try (find a patient by NIK, then read her compartment):");
         eprintln!("  {curl} -H \"Authorization: Bearer $TOKEN\" '{base}/Patient?identifier={}%7C3171054708900003'", brankas_fhir::NIK_SYSTEM);

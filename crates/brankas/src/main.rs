@@ -1,8 +1,9 @@
-//! `brankas`: the one binary. Subcommands: init, serve, import, keys rotate, demo.
+//! `brankas`: the one binary. Subcommands: init, serve, import, synth, clients, keys rotate, demo.
 //!
 //! The binary is thin: it parses arguments, opens the data directory (store + key provider +
 //! vault) and hands over to the library crates.
 
+mod clients_cmd;
 mod demo;
 mod synth_cmd;
 
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use brankas_auth::{Authority, Role};
+use brankas_auth::{Authority, ClientSpec, Role};
 use brankas_engine::{Engine, ImportStats, Importer, ROOT_META};
 use brankas_store::{SqliteStore, Store};
 use brankas_vault::{KeyFile, KeyProvider, Vault, WrappedKey};
@@ -76,6 +77,11 @@ enum Cmd {
     },
     /// Write a deterministic synthetic Indonesian population as NDJSON transaction Bundles.
     Synth(synth_cmd::SynthArgs),
+    /// The client registry: create, list, show, update, suspend, reinstate, revoke.
+    Clients {
+        #[command(subcommand)]
+        cmd: clients_cmd::ClientsCmd,
+    },
     /// Key management.
     Keys {
         #[command(subcommand)]
@@ -126,6 +132,7 @@ fn main() -> Result<()> {
         }
         Cmd::Import { data, paths, quiet } => import(&data.data_dir, data.key_file.as_deref(), &paths, quiet),
         Cmd::Synth(a) => synth_cmd::run(a),
+        Cmd::Clients { cmd } => clients_cmd::run(cmd),
         Cmd::Keys { cmd: KeysCmd::Rotate(d) } => rotate(&d.data_dir, d.key_file.as_deref()),
         Cmd::Demo { data_dir, key_file, listen, insecure_http } => demo::run(&data_dir, key_file.as_deref(), listen, insecure_http),
     }
@@ -229,7 +236,13 @@ pub(crate) fn init(data_dir: &Path, key_file: Option<&Path>) -> Result<brankas_a
     let (vault, root) = Vault::create(provider)?;
     store.put_meta(ROOT_META, &root.to_bytes())?;
     let auth = Authority::new(store, Arc::new(vault));
-    Ok(auth.create_client("bootstrap admin", Role::Admin, "system/*.cruds")?)
+    Ok(auth.create_client(&bootstrap_admin())?)
+}
+
+/// The first administrator: clients, keys and the directory, and no patient data.
+fn bootstrap_admin() -> ClientSpec {
+    let scopes: Vec<String> = brankas_auth::DIRECTORY_TYPES.iter().map(|t| format!("system/{t}.cruds")).collect();
+    ClientSpec { name: "bootstrap admin".into(), role: Some(Role::Admin), scopes: scopes.join(" "), ..Default::default() }
 }
 
 pub(crate) enum Tls {

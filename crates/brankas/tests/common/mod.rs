@@ -21,8 +21,13 @@ pub fn corpus() -> PathBuf {
 /// A data directory with its key file, created by `brankas init`.
 pub struct Instance {
     pub root: tempfile::TempDir,
+    /// A facility-system client (`Organization/test-facility`, `system/*.cruds`), registered
+    /// after init: the default caller of the tests.
     pub client_id: String,
     pub client_secret: String,
+    /// The bootstrap admin `brankas init` created (clients, keys, directory; no patient data).
+    pub admin_id: String,
+    pub admin_secret: String,
 }
 
 impl Instance {
@@ -36,12 +41,26 @@ impl Instance {
             .output()
             .expect("run brankas init");
         assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
-        let creds: Value = serde_json::from_slice(&out.stdout).expect("init prints JSON");
-        Self {
-            client_id: creds["client_id"].as_str().unwrap().into(),
-            client_secret: creds["client_secret"].as_str().unwrap().into(),
+        let admin: Value = serde_json::from_slice(&out.stdout).expect("init prints JSON");
+        let mut inst = Self {
+            client_id: String::new(),
+            client_secret: String::new(),
+            admin_id: admin["client_id"].as_str().unwrap().into(),
+            admin_secret: admin["client_secret"].as_str().unwrap().into(),
             root,
-        }
+        };
+        let creds = inst.register(&["--name", "test facility", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.cruds"]);
+        inst.client_id = creds["client_id"].as_str().unwrap().into();
+        inst.client_secret = creds["client_secret"].as_str().unwrap().into();
+        inst
+    }
+    /// Registers a client with `brankas clients create <args>`; returns its id and secret.
+    pub fn register(&self, args: &[&str]) -> Value {
+        let mut all = vec!["clients", "create"];
+        all.extend_from_slice(args);
+        let out = self.cli(&all);
+        assert!(out.status.success(), "clients create failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("clients create prints JSON")
     }
     pub fn data_dir(&self) -> PathBuf {
         self.root.path().join("data")
@@ -106,7 +125,7 @@ pub struct Server {
     pub http: reqwest::blocking::Client,
     pub client_id: String,
     pub client_secret: String,
-    /// A bearer token of the bootstrap admin client.
+    /// A bearer token of the instance's facility-system client.
     pub token: String,
     pub fingerprint: Option<String>,
 }
@@ -127,10 +146,15 @@ impl Server {
     }
 
     pub fn new_token(&self) -> String {
+        self.token_for(&self.client_id, &self.client_secret)
+    }
+
+    /// A token for any client, by its secret.
+    pub fn token_for(&self, client_id: &str, secret: &str) -> String {
         let r = self
             .http
             .post(format!("{}/auth/token", self.root))
-            .basic_auth(&self.client_id, Some(&self.client_secret))
+            .basic_auth(client_id, Some(secret))
             .form(&[("grant_type", "client_credentials")])
             .send()
             .unwrap();

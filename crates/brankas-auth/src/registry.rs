@@ -1,0 +1,210 @@
+//! What a client registration may say: the fields an administrator sets, checked against the
+//! client's role before anything is stored.
+
+use serde::{Deserialize, Serialize};
+
+use crate::jwt::Jwks;
+use crate::{AuthError, Role, Scopes};
+
+/// The resource types of the directory: the only ones an `admin` client reaches (separation
+/// of duties: administrators manage clients, keys and the directory, never patient data).
+pub const DIRECTORY_TYPES: &[&str] = &["Organization", "Practitioner", "PractitionerRole", "Location", "HealthcareService", "Endpoint"];
+
+/// The fields of a client registration an administrator chooses (`POST /admin/clients`,
+/// `brankas clients create`). Unknown fields are refused, so a typo cannot silently drop a
+/// restriction.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSpec {
+    pub name: String,
+    pub role: Option<Role>,
+    /// Space-separated SMART v2 (or v1) scopes the client may be granted.
+    #[serde(default)]
+    pub scopes: String,
+    /// `Organization/<id>`: the facility a `facility-system` or `clinician` client acts for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization: Option<String>,
+    /// `Practitioner/<id>`: the practitioner a `clinician` client acts for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub practitioner: Option<String>,
+    /// `Patient/<id>`: the one patient a `patient` client is bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient: Option<String>,
+    /// Public keys (a JWK Set) for SMART Backend Services `private_key_jwt` authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<serde_json::Value>,
+}
+
+/// Changes to a registration (`PATCH /admin/clients/{id}`): absent fields stay as they are;
+/// `null` clears an optional one.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientUpdate {
+    pub name: Option<String>,
+    pub scopes: Option<String>,
+    #[serde(default, with = "double_option")]
+    pub organization: Option<Option<String>>,
+    #[serde(default, with = "double_option")]
+    pub practitioner: Option<Option<String>>,
+    #[serde(default, with = "double_option")]
+    pub patient: Option<Option<String>>,
+    #[serde(default, with = "double_option")]
+    pub jwks: Option<Option<serde_json::Value>>,
+}
+
+/// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
+mod double_option {
+    use serde::{Deserialize, Deserializer};
+    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+        Option::<T>::deserialize(d).map(Some)
+    }
+}
+
+/// A FHIR id: 1 to 64 of `A-Z a-z 0-9 - .`.
+fn is_fhir_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// `Type/<id>` with the expected type, or the reason it is not.
+fn check_ref(value: &Option<String>, ty: &str, what: &'static str) -> Result<(), AuthError> {
+    match value {
+        None => Ok(()),
+        Some(v) => match v.split_once('/') {
+            Some((t, id)) if t == ty && is_fhir_id(id) => Ok(()),
+            _ => Err(AuthError::BadRegistration(what)),
+        },
+    }
+}
+
+impl ClientSpec {
+    /// Checks the registration as a whole: references well formed, the fields each role needs
+    /// present (and the ones it must not have absent), scopes valid and within what the role
+    /// can use, keys usable. Returns the parsed JWK Set, if any.
+    pub fn validate(&self) -> Result<Option<Jwks>, AuthError> {
+        let role = self.role.ok_or(AuthError::BadRegistration("role is required: facility-system, clinician, patient, security-officer, researcher or admin"))?;
+        if self.name.trim().is_empty() || self.name.chars().count() > 200 || self.name.chars().any(char::is_control) {
+            return Err(AuthError::BadRegistration("name must be 1 to 200 printable characters"));
+        }
+        check_ref(&self.organization, "Organization", "organization must be Organization/<id>")?;
+        check_ref(&self.practitioner, "Practitioner", "practitioner must be Practitioner/<id>")?;
+        check_ref(&self.patient, "Patient", "patient must be Patient/<id>")?;
+        let scopes = Scopes::parse(&self.scopes).map_err(|_| AuthError::BadRegistration("scopes are not valid SMART scopes"))?;
+        let contexts = |allowed: &[&str]| scopes.resource_scopes().iter().all(|s| allowed.contains(&s.context.as_str()));
+        match role {
+            Role::FacilitySystem => {
+                if self.organization.is_none() {
+                    return Err(AuthError::BadRegistration("a facility-system client needs its organization"));
+                }
+                if self.patient.is_some() || self.practitioner.is_some() {
+                    return Err(AuthError::BadRegistration("a facility-system client acts for its facility, not for a patient or practitioner"));
+                }
+                if !contexts(&["system"]) {
+                    return Err(AuthError::BadRegistration("a facility-system client takes system/ scopes"));
+                }
+            }
+            Role::Clinician => {
+                if self.organization.is_none() || self.practitioner.is_none() {
+                    return Err(AuthError::BadRegistration("a clinician client needs its organization and practitioner"));
+                }
+                if self.patient.is_some() {
+                    return Err(AuthError::BadRegistration("a clinician client is not bound to a patient"));
+                }
+                if !contexts(&["user"]) {
+                    return Err(AuthError::BadRegistration("a clinician client takes user/ scopes"));
+                }
+            }
+            Role::Patient => {
+                if self.patient.is_none() {
+                    return Err(AuthError::BadRegistration("a patient client needs its patient"));
+                }
+                if self.organization.is_some() || self.practitioner.is_some() {
+                    return Err(AuthError::BadRegistration("a patient client has no organization or practitioner"));
+                }
+                if !contexts(&["patient"]) {
+                    return Err(AuthError::BadRegistration("a patient client takes patient/ scopes"));
+                }
+            }
+            Role::Admin => {
+                if self.patient.is_some() || self.practitioner.is_some() {
+                    return Err(AuthError::BadRegistration("an admin client is not bound to a patient or practitioner"));
+                }
+                let directory_only = scopes.resource_scopes().iter().all(|s| s.context == "system" && DIRECTORY_TYPES.contains(&s.resource_type.as_str()));
+                if !directory_only {
+                    return Err(AuthError::BadRegistration("an admin client takes system/ scopes on directory types only (Organization, Practitioner, PractitionerRole, Location, HealthcareService, Endpoint)"));
+                }
+            }
+            Role::SecurityOfficer => {
+                if self.patient.is_some() || self.practitioner.is_some() {
+                    return Err(AuthError::BadRegistration("a security-officer client is not bound to a patient or practitioner"));
+                }
+                if !scopes.resource_scopes().iter().all(|s| s.context == "system" && s.resource_type == "AuditEvent" && !s.perms.contains(['c', 'u', 'd'])) {
+                    return Err(AuthError::BadRegistration("a security-officer client reads audit data only (system/AuditEvent.rs)"));
+                }
+            }
+            Role::Researcher => {
+                if self.patient.is_some() || self.practitioner.is_some() || !scopes.resource_scopes().is_empty() {
+                    return Err(AuthError::BadRegistration("a researcher client has no access to the clinical API"));
+                }
+            }
+        }
+        self.jwks.as_ref().map(Jwks::parse).transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(role: Role, scopes: &str) -> ClientSpec {
+        ClientSpec { name: "x".into(), role: Some(role), scopes: scopes.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn each_role_needs_its_binding_and_its_kind_of_scope() {
+        let mut s = spec(Role::FacilitySystem, "system/Patient.cruds");
+        assert!(s.validate().is_err(), "facility without organization");
+        s.organization = Some("Organization/rs-1".into());
+        assert!(s.validate().is_ok());
+        s.scopes = "patient/Patient.r".into();
+        assert!(s.validate().is_err(), "facility with patient/ scopes");
+
+        let mut c = spec(Role::Clinician, "user/Observation.rs");
+        c.organization = Some("Organization/rs-1".into());
+        assert!(c.validate().is_err(), "clinician without practitioner");
+        c.practitioner = Some("Practitioner/dr-1".into());
+        assert!(c.validate().is_ok());
+
+        let mut p = spec(Role::Patient, "patient/*.rs");
+        assert!(p.validate().is_err());
+        p.patient = Some("Patient/p-1".into());
+        assert!(p.validate().is_ok());
+        p.patient = Some("Observation/p-1".into());
+        assert!(p.validate().is_err());
+        p.patient = Some("Patient/bad id".into());
+        assert!(p.validate().is_err());
+
+        assert!(spec(Role::Admin, "system/Organization.cruds system/Location.rs").validate().is_ok());
+        assert!(spec(Role::Admin, "system/*.cruds").validate().is_err(), "admin reaches no patient data");
+        assert!(spec(Role::Admin, "system/Patient.r").validate().is_err());
+        assert!(spec(Role::SecurityOfficer, "system/AuditEvent.rs").validate().is_ok());
+        assert!(spec(Role::SecurityOfficer, "system/Patient.rs").validate().is_err());
+        assert!(spec(Role::Researcher, "").validate().is_ok());
+        assert!(spec(Role::Researcher, "system/Observation.rs").validate().is_err());
+        let mut no_role = spec(Role::Admin, "");
+        no_role.role = None;
+        assert!(no_role.validate().is_err());
+        let mut bad_name = spec(Role::Researcher, "");
+        bad_name.name = "a\nb".into();
+        assert!(bad_name.validate().is_err());
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let r: Result<ClientSpec, _> = serde_json::from_str(r#"{"name":"x","role":"admin","scope":"system/Organization.r"}"#);
+        assert!(r.is_err());
+        let u: ClientUpdate = serde_json::from_str(r#"{"organization":null}"#).unwrap();
+        assert_eq!(u.organization, Some(None));
+        let u: ClientUpdate = serde_json::from_str(r#"{}"#).unwrap();
+        assert_eq!(u.organization, None);
+    }
+}

@@ -1,0 +1,165 @@
+//! `brankas clients ...`: the client registry from the command line, on the data directory
+//! itself (the same operations as `/admin/clients`; safe while the server runs, and a
+//! suspension or revocation applies to the client's very next request there too).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use brankas_auth::{ClientSpec, ClientStatus, ClientUpdate, Role};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+
+use crate::{DataArgs, open};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    FacilitySystem,
+    Clinician,
+    Patient,
+    SecurityOfficer,
+    Researcher,
+    Admin,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::FacilitySystem => Role::FacilitySystem,
+            RoleArg::Clinician => Role::Clinician,
+            RoleArg::Patient => Role::Patient,
+            RoleArg::SecurityOfficer => Role::SecurityOfficer,
+            RoleArg::Researcher => Role::Researcher,
+            RoleArg::Admin => Role::Admin,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum ClientsCmd {
+    /// Register a client; prints its id and its secret (shown once, stored only hashed).
+    Create {
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// Space-separated SMART scopes, e.g. "system/Patient.rs system/Observation.cruds".
+        #[arg(long, default_value = "")]
+        scopes: String,
+        #[command(flatten)]
+        bind: Binding,
+    },
+    /// List every client (without secrets).
+    List(DataArgs),
+    /// Show one client.
+    Show {
+        #[command(flatten)]
+        data: DataArgs,
+        client_id: String,
+    },
+    /// Change a client's registration (only the options given).
+    Update {
+        #[command(flatten)]
+        data: DataArgs,
+        client_id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        scopes: Option<String>,
+        #[command(flatten)]
+        bind: Binding,
+    },
+    /// Suspend a client: refused from its next request on, until reinstated.
+    Suspend {
+        #[command(flatten)]
+        data: DataArgs,
+        client_id: String,
+    },
+    /// Reinstate a suspended client.
+    Reinstate {
+        #[command(flatten)]
+        data: DataArgs,
+        client_id: String,
+    },
+    /// Revoke a client for good.
+    Revoke {
+        #[command(flatten)]
+        data: DataArgs,
+        client_id: String,
+    },
+}
+
+#[derive(Args)]
+pub struct Binding {
+    /// Organization/<id> the client acts for (facility-system, clinician).
+    #[arg(long)]
+    organization: Option<String>,
+    /// Practitioner/<id> the client acts for (clinician).
+    #[arg(long)]
+    practitioner: Option<String>,
+    /// Patient/<id> the client is bound to (patient).
+    #[arg(long)]
+    patient: Option<String>,
+    /// A JWK Set file with the client's public keys, for private_key_jwt.
+    #[arg(long)]
+    jwks: Option<PathBuf>,
+}
+
+fn read_jwks(path: &Option<PathBuf>) -> Result<Option<Value>> {
+    path.as_ref()
+        .map(|p| -> Result<Value> {
+            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", p.display()))
+        })
+        .transpose()
+}
+
+pub fn run(cmd: ClientsCmd) -> Result<()> {
+    let out: Value = match cmd {
+        ClientsCmd::Create { data, name, role, scopes, bind } => {
+            let spec = ClientSpec {
+                name,
+                role: Some(role.into()),
+                scopes,
+                organization: bind.organization,
+                practitioner: bind.practitioner,
+                patient: bind.patient,
+                jwks: read_jwks(&bind.jwks)?,
+            };
+            let o = open(&data.data_dir, data.key_file.as_deref())?;
+            let new = o.auth.create_client(&spec)?;
+            json!({"client_id": new.client_id, "client_secret": new.client_secret})
+        }
+        ClientsCmd::List(data) => {
+            let o = open(&data.data_dir, data.key_file.as_deref())?;
+            json!({"clients": o.auth.list_clients()?.iter().map(|c| c.public_view()).collect::<Vec<_>>()})
+        }
+        ClientsCmd::Show { data, client_id } => {
+            let o = open(&data.data_dir, data.key_file.as_deref())?;
+            o.auth.client(&client_id)?.context("no such client")?.public_view()
+        }
+        ClientsCmd::Update { data, client_id, name, scopes, bind } => {
+            let u = ClientUpdate {
+                name,
+                scopes,
+                organization: bind.organization.map(Some),
+                practitioner: bind.practitioner.map(Some),
+                patient: bind.patient.map(Some),
+                jwks: read_jwks(&bind.jwks)?.map(Some),
+            };
+            let o = open(&data.data_dir, data.key_file.as_deref())?;
+            o.auth.update_client(&client_id, &u)?.public_view()
+        }
+        ClientsCmd::Suspend { data, client_id } => status(data, &client_id, ClientStatus::Suspended)?,
+        ClientsCmd::Reinstate { data, client_id } => status(data, &client_id, ClientStatus::Active)?,
+        ClientsCmd::Revoke { data, client_id } => status(data, &client_id, ClientStatus::Revoked)?,
+    };
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+fn status(data: DataArgs, client_id: &str, s: ClientStatus) -> Result<Value> {
+    let o = open(&data.data_dir, data.key_file.as_deref())?;
+    Ok(o.auth.set_status(client_id, s)?.public_view())
+}
