@@ -86,18 +86,28 @@ async fn authenticate(State(st): St, mut req: Request, next: Next) -> Response {
         .map(str::trim)
         .map(String::from);
     let Some(token) = token else { return ApiError::unauthorized().into_response() };
+    // Purpose of use (HL7 v3 PurposeOfUse) and, for break-glass (BTG), its reason.
+    let purpose = header_text(req.headers(), "x-purpose-of-use");
+    let reason = header_text(req.headers(), "x-break-glass-reason");
     let auth = st.auth.clone();
     match tokio::task::spawn_blocking(move || auth.verify(&token)).await {
-        Ok(Ok(p)) => {
-            req.extensions_mut().insert(p);
-            next.run(req).await
-        }
+        Ok(Ok(p)) => match p.with_purpose(purpose.as_deref(), reason.as_deref()) {
+            Ok(p) => {
+                req.extensions_mut().insert(p);
+                next.run(req).await
+            }
+            Err(m) => ApiError::bad_request(m).into_response(),
+        },
         Ok(Err(brankas_auth::AuthError::Store(e))) => {
             tracing::error!(error = %e, "storage failure during authentication");
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "storage unavailable").into_response()
         }
         _ => ApiError::unauthorized().into_response(),
     }
+}
+
+fn header_text(h: &HeaderMap, name: &str) -> Option<String> {
+    h.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
 }
 
 async fn health() -> Response {

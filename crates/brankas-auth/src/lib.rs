@@ -157,7 +157,16 @@ pub struct Principal {
     organization: Option<String>,
     practitioner: Option<String>,
     patient: Option<String>,
+    /// Purpose of use the request states (`TREAT` when it states none).
+    purpose: String,
+    /// The stated reason of a break-glass request (purpose `BTG`).
+    break_glass_reason: Option<String>,
+    /// The operator's own tools on the data directory (`brankas import`), not a network client.
+    local: bool,
 }
+
+/// Longest break-glass reason kept.
+pub const MAX_REASON_CHARS: usize = 500;
 
 impl std::fmt::Debug for Principal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -191,6 +200,45 @@ impl Principal {
     pub fn patient(&self) -> Option<&str> {
         self.patient.as_deref()
     }
+    /// The purpose of use this request states (HL7 v3 PurposeOfUse code), `TREAT` by default.
+    pub fn purpose(&self) -> &str {
+        &self.purpose
+    }
+    /// The reason given, when this request invokes break-glass (purpose `BTG`).
+    pub fn break_glass_reason(&self) -> Option<&str> {
+        self.break_glass_reason.as_deref()
+    }
+    /// Whether this is the operator's own tool acting on the data directory.
+    pub fn is_local_operator(&self) -> bool {
+        self.local
+    }
+    /// The same caller, for one request that states a purpose of use (and, for `BTG`, a
+    /// reason). A purpose that is not a plain code is refused; `BTG` without a reason too.
+    pub fn with_purpose(mut self, purpose: Option<&str>, reason: Option<&str>) -> Result<Self, &'static str> {
+        let purpose = purpose.map(str::trim).filter(|p| !p.is_empty()).unwrap_or("TREAT");
+        if purpose.len() > 32 || !purpose.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err("the purpose of use must be an HL7 PurposeOfUse code, e.g. TREAT, ETREAT or BTG");
+        }
+        let reason = reason.map(str::trim).filter(|r| !r.is_empty());
+        if purpose == "BTG" {
+            let r = reason.ok_or("break-glass (purpose of use BTG) needs a reason")?;
+            if r.chars().any(char::is_control) {
+                return Err("the break-glass reason must be one line of text");
+            }
+            self.break_glass_reason = Some(r.chars().take(MAX_REASON_CHARS).collect());
+        } else {
+            self.break_glass_reason = None;
+        }
+        self.purpose = purpose.to_string();
+        Ok(self)
+    }
+    /// The operator's offline tool acting on behalf of a facility (`brankas import
+    /// --organization`): what it writes counts as that facility's submission, which gives the
+    /// facility a care relationship with the patients imported.
+    pub fn local_operator_for(organization: Option<String>) -> Self {
+        Self { organization, ..Self::local_operator() }
+    }
+
     /// A principal for offline tools (`brankas import`) that act with the operator's
     /// authority on the data directory itself, not over the network.
     pub fn local_operator() -> Self {
@@ -202,6 +250,9 @@ impl Principal {
             organization: None,
             practitioner: None,
             patient: None,
+            purpose: "TREAT".into(),
+            break_glass_reason: None,
+            local: true,
         }
     }
 }
@@ -520,6 +571,9 @@ impl Authority {
             organization: rec.organization,
             practitioner: rec.practitioner,
             patient: rec.patient,
+            purpose: "TREAT".into(),
+            break_glass_reason: None,
+            local: false,
         })
     }
 }

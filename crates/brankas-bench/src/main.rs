@@ -477,7 +477,7 @@ fn import(bin: &Path, dir: &Path, input: &Path, expected: usize) -> Result<Value
     let (data, key, _) = init(bin, dir)?;
     let children0 = children_cpu_seconds();
     let start = Instant::now();
-    let o = brankas(bin, "warn").arg("import").arg("--data-dir").arg(&data).arg("--key-file").arg(&key).arg("--quiet").arg(input).output()?;
+    let o = brankas(bin, "warn").arg("import").arg("--data-dir").arg(&data).arg("--key-file").arg(&key).arg("--quiet").arg("--organization").arg("Organization/fac-0001").arg(input).output()?;
     let wall = start.elapsed().as_secs_f64();
     let cpu = children_cpu_seconds() - children0;
     let stdout = String::from_utf8_lossy(&o.stdout);

@@ -12,6 +12,7 @@ use brankas_store::{Expect, RecordKey};
 use serde_json::Value;
 
 use crate::crud::{check_type, new_id, now_us};
+use crate::access::Act;
 use crate::{Engine, EngineError, Prepared, Result, Stored};
 
 /// The outcome of one Bundle entry, for the HTTP layer to render.
@@ -121,7 +122,7 @@ impl Engine {
     /// `POST /` with a transaction Bundle.
     pub fn transaction(&self, who: &Principal, bundle: &Value) -> Result<Vec<EntryOutcome>> {
         let tx = self.prepare_transaction(who, bundle)?;
-        self.commit_prepared(&tx.prepared)?;
+        self.commit_prepared(who, &tx.prepared)?;
         self.finish_transaction(who, tx)
     }
 
@@ -286,6 +287,7 @@ impl Engine {
                             continue;
                         }
                         Some(c) => {
+                            self.gate_row(who, c, Act::Write)?;
                             if e.if_match.is_some_and(|v| v != c.version) {
                                 return Err(EngineError::PreconditionFailed(format!("Bundle.entry[{i}]: ifMatch does not match")));
                             }
@@ -301,6 +303,9 @@ impl Engine {
                     self.rewrite_references(who, &mut resource, &map, i, &mut queried)?;
                     let live = current.as_ref().filter(|c| !c.deleted);
                     self.require(who, &t, if live.is_some() { 'u' } else { 'c' })?;
+                    if let Some(c) = live {
+                        self.gate_row(who, c, Act::Write)?;
+                    }
                     let expect = match (e.method, e.if_match, &current) {
                         (Method::Post, _, _) => Expect::Absent,
                         (_, Some(v), Some(c)) if c.version == v && !c.deleted => Expect::Version(v),
@@ -308,7 +313,9 @@ impl Engine {
                         (_, None, Some(c)) => Expect::Version(c.version),
                         (_, None, None) => Expect::Absent,
                     };
-                    self.prepare(&t, &id, resource, current.as_ref(), expect, now).map_err(|err| in_entry(err, i))?
+                    let p = self.prepare(&t, &id, resource, current.as_ref(), expect, now).map_err(|err| in_entry(err, i))?;
+                    self.gate_new(who, &p.row.partition)?;
+                    p
                 }
             };
             plan[i] = Some(Planned::Write(prepared.len()));

@@ -2,10 +2,11 @@
 
 use brankas_auth::Principal;
 use brankas_fhir::IdentityTerm;
-use brankas_store::{Expect, NewVersion, PartitionId, VersionRow, WriteBatch};
+use brankas_store::{Expect, PartitionId, VersionRow};
 use brankas_vault::{BlindTerm, RecordAad};
 use serde_json::{Map, Value, json};
 
+use crate::access::Act;
 use crate::{Engine, EngineError, Prepared, Result, Stored, WriteOutcome, safe_type};
 
 pub(crate) fn now_us() -> i64 {
@@ -141,15 +142,9 @@ impl Engine {
         })
     }
 
-    pub(crate) fn commit_prepared(&self, prepared: &[Prepared]) -> Result<()> {
-        let mut batch = WriteBatch::default();
-        for p in prepared {
-            batch.versions.push(NewVersion { row: p.row.clone(), expect: p.expect });
-            if let Some(ix) = &p.index {
-                batch.index.push(ix.clone());
-            }
-        }
-        self.commit_batch(batch)
+    /// Commits prepared versions, with the care relationships they establish.
+    pub(crate) fn commit_prepared(&self, who: &Principal, prepared: &[Prepared]) -> Result<()> {
+        self.commit_with_care(who, prepared)
     }
 
     pub(crate) fn current_row(&self, rtype: &str, id: &str) -> Result<Option<VersionRow>> {
@@ -169,7 +164,8 @@ impl Engine {
         }
         let id = new_id()?;
         let p = self.prepare(rtype, &id, resource, None, Expect::Absent, now_us())?;
-        self.commit_prepared(std::slice::from_ref(&p))?;
+        self.gate_new(who, &p.row.partition)?;
+        self.commit_prepared(who, std::slice::from_ref(&p))?;
         Ok(WriteOutcome { stored: p.stored, created: true })
     }
 
@@ -182,9 +178,13 @@ impl Engine {
             Some(body_id) if body_id == id => {}
             _ => return Err(EngineError::BadRequest("the resource id must be present and equal the id in the URL".into())),
         }
+        check_type(rtype)?;
         let current = self.current_row(rtype, id)?;
         let live = current.as_ref().filter(|c| !c.deleted);
         self.require(who, rtype, if live.is_some() { 'u' } else { 'c' })?;
+        if let Some(c) = live {
+            self.gate_row(who, c, Act::Write)?;
+        }
         let expect = match (if_match, &current) {
             (Some(v), Some(c)) if c.version == v && !c.deleted => Expect::Version(v),
             (Some(_), _) => return Err(EngineError::PreconditionFailed("If-Match does not match the current version".into())),
@@ -192,17 +192,20 @@ impl Engine {
             (None, None) => Expect::Absent,
         };
         let p = self.prepare(rtype, id, resource, current.as_ref(), expect, now_us())?;
-        self.commit_prepared(std::slice::from_ref(&p))?;
+        self.gate_new(who, &p.row.partition)?;
+        self.commit_prepared(who, std::slice::from_ref(&p))?;
         Ok(WriteOutcome { created: p.created, stored: p.stored })
     }
 
     /// `GET [type]/[id]`.
     pub fn read(&self, who: &Principal, rtype: &str, id: &str) -> Result<Stored> {
+        check_type(rtype)?;
         self.require(who, rtype, 'r')?;
         if !brankas_fhir::is_valid_id(id) {
             return Err(EngineError::NotFound);
         }
         let row = self.current_row(rtype, id)?.ok_or(EngineError::NotFound)?;
+        self.gate_row(who, &row, Act::Read)?;
         if row.deleted {
             return Err(EngineError::Gone);
         }
@@ -211,11 +214,13 @@ impl Engine {
 
     /// `GET [type]/[id]/_history/[vid]`.
     pub fn vread(&self, who: &Principal, rtype: &str, id: &str, version: u64) -> Result<Stored> {
+        check_type(rtype)?;
         self.require(who, rtype, 'r')?;
         if !brankas_fhir::is_valid_id(id) {
             return Err(EngineError::NotFound);
         }
         let row = self.store.version(&self.vault.record_key(rtype, id), version)?.ok_or(EngineError::NotFound)?;
+        self.gate_row(who, &row, Act::Read)?;
         if row.deleted {
             return Err(EngineError::Gone);
         }
@@ -225,11 +230,13 @@ impl Engine {
     /// `DELETE [type]/[id]`: writes a delete marker version. Deleting what does not exist, or
     /// is already deleted, succeeds without a new version (idempotent, per FHIR).
     pub fn delete(&self, who: &Principal, rtype: &str, id: &str, if_match: Option<u64>) -> Result<Option<Stored>> {
+        check_type(rtype)?;
         self.require(who, rtype, 'd')?;
         if !brankas_fhir::is_valid_id(id) {
             return Err(EngineError::NotFound);
         }
         let Some(current) = self.current_row(rtype, id)? else { return Ok(None) };
+        self.gate_row(who, &current, Act::Write)?;
         if current.deleted {
             return Ok(None);
         }
@@ -237,12 +244,13 @@ impl Engine {
             return Err(EngineError::PreconditionFailed("If-Match does not match the current version".into()));
         }
         let p = self.prepare_delete(rtype, id, &current, now_us())?;
-        self.commit_prepared(std::slice::from_ref(&p))?;
+        self.commit_prepared(who, std::slice::from_ref(&p))?;
         Ok(Some(p.stored))
     }
 
     /// `GET [type]/[id]/_history`: versions newest first, `before` a version number for paging.
     pub fn history(&self, who: &Principal, rtype: &str, id: &str, count: usize, before: Option<u64>) -> Result<Vec<Stored>> {
+        check_type(rtype)?;
         self.require(who, rtype, 'r')?;
         if !brankas_fhir::is_valid_id(id) {
             return Err(EngineError::NotFound);
@@ -250,6 +258,10 @@ impl Engine {
         let rows = self.store.history(&self.vault.record_key(rtype, id), before, count.clamp(1, self.limits.max_history))?;
         if rows.is_empty() && before.is_none() {
             return Err(EngineError::NotFound);
+        }
+        // Every version is gated: a resource may have moved between patients.
+        for r in &rows {
+            self.gate_row(who, r, Act::Read)?;
         }
         rows.iter().map(|r| self.open_row(r, Some((rtype, id)))).collect()
     }

@@ -10,6 +10,7 @@ use brankas_auth::Principal;
 use brankas_store::{NewVersion, RecordKey, StoreError, WriteBatch};
 use serde_json::{Value, json};
 
+use crate::access::{CareFacts, merge_facts};
 use crate::{Engine, EngineError, Result};
 
 /// Counts of an import run.
@@ -47,6 +48,14 @@ impl<'a> Importer<'a> {
     pub fn new(engine: &'a Engine) -> Self {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         Self { engine, who: Principal::local_operator(), threads }
+    }
+
+    /// Imports on behalf of a facility (`Organization/<id>`): the facility gets a care
+    /// relationship with every patient whose records it imports, as for data it submits
+    /// over the API.
+    pub fn on_behalf_of(mut self, organization: Option<String>) -> Self {
+        self.who = Principal::local_operator_for(organization);
+        self
     }
 
     /// Imports one file. `progress` is called with the stats after each group commit.
@@ -162,6 +171,7 @@ impl<'a> Importer<'a> {
     fn start_commit<'s>(&'s self, s: &'s std::thread::Scope<'s, '_>, group: Vec<Unit>, stats: &mut ImportStats) -> Result<Inflight<'s>> {
         let mut batches = Vec::new();
         let mut owners = Vec::new();
+        let mut care = CareFacts::new();
         for u in group {
             stats.units += 1;
             match u.prep {
@@ -169,8 +179,22 @@ impl<'a> Importer<'a> {
                     self.engine.attach_new_keys(&mut p.batch)?;
                     batches.push(p.batch);
                     owners.push((u.where_, p.resources));
+                    merge_facts(&mut care, p.care);
                 }
                 Err(e) => fail(stats, &u.where_, &e),
+            }
+        }
+        // One last batch records the care relationships of the whole group, merged per
+        // patient (several lines of a group may concern one patient), read now that every
+        // earlier group is committed. Should a unit fail at commit, the relationship it
+        // would have established is still recorded: a facility that tried to submit data
+        // for a patient is in that patient's care.
+        if !care.is_empty() {
+            let mut b = WriteBatch { versions: self.engine.care_versions(&care, crate::crud::now_us())?, ..Default::default() };
+            if !b.versions.is_empty() {
+                self.engine.attach_new_keys(&mut b)?;
+                batches.push(b);
+                owners.push(("care relationships of the group".into(), 0));
             }
         }
         let store = &self.engine.store;
@@ -223,6 +247,10 @@ impl<'a> Importer<'a> {
         };
         let tx = self.engine.prepare_transaction(&self.who, &bundle)?;
         let resources = tx.prepared.len() as u64;
+        // The care relationships the records establish (Encounters at facilities...): written
+        // for the whole group at once, after its units (see `start_commit`).
+        let care = self.engine.care_facts(&self.who, &tx.prepared, crate::crud::now_us());
+        let reads = tx.reads;
         let mut batch = WriteBatch::default();
         for p in tx.prepared {
             batch.versions.push(NewVersion { row: p.row, expect: p.expect });
@@ -230,7 +258,7 @@ impl<'a> Importer<'a> {
                 batch.index.push(ix);
             }
         }
-        Ok(Prepped { batch, resources, reads: tx.reads, queried: tx.queried })
+        Ok(Prepped { batch, resources, reads, queried: tx.queried, care })
     }
 }
 
@@ -280,6 +308,7 @@ struct Prepped {
     resources: u64,
     reads: Vec<RecordKey>,
     queried: bool,
+    care: CareFacts,
 }
 
 /// A group whose commit runs on its own thread: the batches come back with the outcome.

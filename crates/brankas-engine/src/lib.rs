@@ -25,6 +25,7 @@
 //! record's resource type, version count, write times and owning partition (so the number of
 //! resources per pseudonymous patient), and equality of blind-indexed identity values.
 
+mod access;
 mod bundle;
 mod crud;
 mod import;
@@ -115,11 +116,16 @@ pub struct Limits {
     pub max_scan: usize,
     /// Most versions returned by one history page.
     pub max_history: usize,
+    /// How long a care relationship (an Encounter at a facility, data it submitted...) lets
+    /// the facility's clients reach the patient's record, in days.
+    pub care_days: u32,
+    /// How long a break-glass grant lasts, in minutes.
+    pub break_glass_minutes: u32,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { default_count: 50, max_count: 500, max_bundle_entries: 20_000, max_scan: 200_000, max_history: 500 }
+        Self { default_count: 50, max_count: 500, max_bundle_entries: 20_000, max_scan: 200_000, max_history: 500, care_days: 730, break_glass_minutes: 60 }
     }
 }
 
@@ -201,8 +207,9 @@ impl Engine {
 
     // ----- authorisation gate -----
 
-    /// Every operation passes here first. Access control (roles, facilities, consent) grows
-    /// from this point; today it enforces SMART scopes.
+    /// Every operation passes here first: the SMART scopes (resource type and interaction).
+    /// The role, facility and patient checks of [`access`] follow once the data's owner is
+    /// known ([`Engine::gate_row`]).
     pub(crate) fn require(&self, who: &Principal, resource_type: &str, perm: char) -> Result<()> {
         if who.scopes().permits(resource_type, perm) {
             Ok(())
@@ -215,6 +222,36 @@ impl Engine {
                 _ => "search",
             };
             Err(EngineError::Forbidden(format!("no scope grants {what} on {}", safe_type(resource_type))))
+        }
+    }
+
+    /// The gate for a stored row about to be served or changed: internal records are never
+    /// served; a patient's rows pass [`Engine::gate_patient`], the directory's
+    /// [`Engine::gate_directory`]. The operator's local tools pass.
+    pub(crate) fn gate_row(&self, who: &Principal, row: &VersionRow, act: access::Act) -> Result<()> {
+        if row.resource_type == access::CARE_TYPE {
+            return Err(EngineError::NotFound);
+        }
+        if who.is_local_operator() {
+            return Ok(());
+        }
+        if self.is_patient_partition(&row.partition) {
+            self.gate_patient(who, &row.partition, act)
+        } else {
+            self.gate_directory(who, act)
+        }
+    }
+
+    /// The gate for a new version about to be written into `partition` (a create, or an
+    /// update that moves a resource to another patient).
+    pub(crate) fn gate_new(&self, who: &Principal, partition: &PartitionId) -> Result<()> {
+        if who.is_local_operator() {
+            return Ok(());
+        }
+        if self.is_patient_partition(partition) {
+            self.gate_patient_write(who, partition)
+        } else {
+            self.gate_directory(who, access::Act::Write)
         }
     }
 

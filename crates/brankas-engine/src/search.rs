@@ -2,11 +2,12 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use brankas_auth::Principal;
+use brankas_auth::{Principal, Role};
 use brankas_search::{IdentityQuery, Query, QueryError, Summary};
 use brankas_store::{PartitionId, VersionRow};
 use serde_json::{Value, json};
 
+use crate::access::Act;
 use crate::{Engine, EngineError, Result, Stored, crud::check_type};
 
 /// A search as the HTTP layer hands it over.
@@ -66,7 +67,7 @@ impl Engine {
                 req.resource_type
             )));
         }
-        let mut matches = self.candidates(&req.resource_type, &query, req.compartment.as_deref(), &req.pairs, None)?;
+        let mut matches = self.candidates(who, &req.resource_type, &query, req.compartment.as_deref(), &req.pairs, None)?;
         matches.sort_by(|a, b| {
             if query.sort().is_empty() {
                 b.last_updated_us.cmp(&a.last_updated_us).then_with(|| id_of(&a.resource).cmp(id_of(&b.resource)))
@@ -149,10 +150,16 @@ impl Engine {
         })
     }
 
-    /// All matches of a parsed query, unsorted. `owner` pins a conditional operation to the
-    /// partition of the resource being written.
+    /// All matches of a parsed query that `who` may see, unsorted. `owner` pins a conditional
+    /// operation to the partition of the resource being written.
+    ///
+    /// Access is decided before anything is decrypted where the query names its patient (a
+    /// compartment search, `patient=`): without access the answer is 403, whatever exists. An
+    /// identity lookup of Patients answers facilities without a care relationship too (that
+    /// is how a visit is registered), and answers a patient client with its own record only.
     pub(crate) fn candidates(
         &self,
+        who: &Principal,
         rtype: &str,
         query: &Query,
         compartment: Option<&str>,
@@ -167,18 +174,31 @@ impl Engine {
             if !in_compartment {
                 return Err(EngineError::Search(format!("{rtype} is not in the Patient compartment")));
             }
-            return self.scan(self.vault.patient_partition(pid), rtype, query, Some(pid));
+            let partition = self.vault.patient_partition(pid);
+            self.gate_partition_read(who, &partition)?;
+            return self.scan(partition, rtype, query, Some(pid));
         }
         if rtype == "Patient" {
             if let Some(id) = query.pinned_patient() {
                 let row = self.current_row("Patient", id)?;
+                if let Some(r) = &row {
+                    self.gate_row(who, r, Act::Read)?;
+                }
                 return self.filter_rows(row.into_iter().collect(), query);
             }
             if let Some(identity) = query.identity() {
-                return self.identity_search(&identity, pairs);
+                if !who.is_local_operator() {
+                    self.role_allows_patient_data(who)?;
+                }
+                let own = who.patient().and_then(|p| p.strip_prefix("Patient/")).map(|id| self.vault.patient_partition(id));
+                let hits = self.identity_search(&identity, pairs)?;
+                return Ok(match (who.role(), own) {
+                    (Role::Patient, own) => hits.into_iter().filter(|(row, _)| Some(&row.partition) == own.as_ref()).map(|(_, s)| s).collect(),
+                    _ => hits.into_iter().map(|(_, s)| s).collect(),
+                });
             }
             if let Some(p) = owner {
-                return self.scan(p, rtype, query, None);
+                return self.scan_owned(who, p, rtype, query);
             }
             return Err(EngineError::Search(
                 "Patient searches must be an exact identity lookup: identifier=system|value, telecom (phone), or name with birthdate (and optionally gender); listing or fuzzy-searching patients is not permitted".into(),
@@ -186,16 +206,37 @@ impl Engine {
         }
         if in_compartment {
             if let Some(pid) = query.pinned_patient() {
-                return self.scan(self.vault.patient_partition(pid), rtype, query, Some(pid));
+                let partition = self.vault.patient_partition(pid);
+                self.gate_partition_read(who, &partition)?;
+                return self.scan(partition, rtype, query, Some(pid));
             }
             if let Some(p) = owner {
-                return self.scan(p, rtype, query, None);
+                return self.scan_owned(who, p, rtype, query);
             }
             return Err(EngineError::Search(format!(
                 "searching {rtype} across patients is not permitted: give exactly one patient (patient=Patient/<id> or subject=Patient/<id>)"
             )));
         }
+        if !who.is_local_operator() {
+            self.gate_directory(who, Act::Read)?;
+        }
         self.scan(self.vault.system_partition(), rtype, query, None)
+    }
+
+    /// Read access to one patient's partition, for searches that name the patient.
+    fn gate_partition_read(&self, who: &Principal, partition: &PartitionId) -> Result<()> {
+        if who.is_local_operator() { Ok(()) } else { self.gate_patient(who, partition, Act::Read) }
+    }
+
+    /// A conditional operation's search inside the partition of the resource being written:
+    /// its matches are answers (a conditional create returns the match), so finding any
+    /// needs read access to that patient.
+    fn scan_owned(&self, who: &Principal, partition: PartitionId, rtype: &str, query: &Query) -> Result<Vec<Stored>> {
+        let found = self.scan(partition, rtype, query, None)?;
+        if !found.is_empty() && self.is_patient_partition(&partition) {
+            self.gate_partition_read(who, &partition)?;
+        }
+        Ok(found)
     }
 
     fn scan(&self, partition: PartitionId, rtype: &str, query: &Query, _patient: Option<&str>) -> Result<Vec<Stored>> {
@@ -217,7 +258,7 @@ impl Engine {
         Ok(out)
     }
 
-    fn identity_search(&self, identity: &IdentityQuery, pairs: &[(String, String)]) -> Result<Vec<Stored>> {
+    fn identity_search(&self, identity: &IdentityQuery, pairs: &[(String, String)]) -> Result<Vec<(VersionRow, Stored)>> {
         let (term, used): (_, &[&str]) = match identity {
             IdentityQuery::Identifier { system, value } => (
                 self.vault.blind_term("identifier", &["Patient", system, &brankas_fhir::normalize_identifier_value(value)]),
@@ -249,7 +290,7 @@ impl Engine {
                 return Err(EngineError::Integrity);
             }
             if residual.matches(&s.resource) {
-                out.push(s);
+                out.push((row, s));
             }
         }
         Ok(out)
@@ -279,7 +320,7 @@ impl Engine {
                 None
             }
         });
-        self.candidates(rtype, &query, None, &pairs, owner)
+        self.candidates(who, rtype, &query, None, &pairs, owner)
     }
 
     /// `Patient/[id]/$everything`: the patient's whole compartment, limited to the types the
@@ -290,6 +331,7 @@ impl Engine {
             return Err(EngineError::NotFound);
         }
         let patient = self.current_row("Patient", patient_id)?.ok_or(EngineError::NotFound)?;
+        self.gate_row(who, &patient, Act::Read)?;
         if patient.deleted {
             return Err(EngineError::Gone);
         }
@@ -298,7 +340,7 @@ impl Engine {
             return Err(EngineError::Search("compartment too large for one $everything".into()));
         }
         let mut out = Vec::with_capacity(rows.len());
-        for row in rows.iter().filter(|r| !r.deleted && who.scopes().permits(&r.resource_type, 'r')) {
+        for row in rows.iter().filter(|r| !r.deleted && r.resource_type != crate::access::CARE_TYPE && who.scopes().permits(&r.resource_type, 'r')) {
             out.push(self.open_row(row, None)?);
         }
         // The Patient first, then by type and time: a stable, readable order.

@@ -80,5 +80,11 @@ pub use query::{
 };
 pub use registry::{ParamKind, Registry, RegistryStats, SearchParam};
 
+/// The instant range `[lo, hi)` (microseconds since the Unix epoch, UTC) a FHIR `date`,
+/// `dateTime` or `instant` denotes (`2021`, `2021-07`, `2021-07-14`, `2021-07-14T09:00:00+07:00`).
+pub fn instant_range(s: &str) -> Option<(i64, i64)> {
+    date::parse_range(s).map(|r| (r.lo, r.hi))
+}
+
 #[cfg(test)]
 mod tests;

@@ -74,6 +74,10 @@ enum Cmd {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// Import on behalf of this facility (`Organization/<id>`): its clients get a care
+        /// relationship with the imported patients, as for data they submit themselves.
+        #[arg(long)]
+        organization: Option<String>,
     },
     /// Write a deterministic synthetic Indonesian population as NDJSON transaction Bundles.
     Synth(synth_cmd::SynthArgs),
@@ -130,7 +134,7 @@ fn main() -> Result<()> {
             };
             serve(&data.data_dir, data.key_file.as_deref(), listen, tls, base_url, token_seconds, None)
         }
-        Cmd::Import { data, paths, quiet } => import(&data.data_dir, data.key_file.as_deref(), &paths, quiet),
+        Cmd::Import { data, paths, quiet, organization } => import(&data.data_dir, data.key_file.as_deref(), &paths, quiet, organization),
         Cmd::Synth(a) => synth_cmd::run(a),
         Cmd::Clients { cmd } => clients_cmd::run(cmd),
         Cmd::Keys { cmd: KeysCmd::Rotate(d) } => rotate(&d.data_dir, d.key_file.as_deref()),
@@ -329,7 +333,12 @@ fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn import(data_dir: &Path, key_file: Option<&Path>, paths: &[PathBuf], quiet: bool) -> Result<()> {
+fn import(data_dir: &Path, key_file: Option<&Path>, paths: &[PathBuf], quiet: bool, organization: Option<String>) -> Result<()> {
+    if let Some(o) = &organization
+        && !o.strip_prefix("Organization/").is_some_and(brankas_fhir::is_valid_id)
+    {
+        bail!("--organization must be Organization/<id>");
+    }
     let o = open(data_dir, key_file)?;
     let files = collect_inputs(paths)?;
     let total: u64 = files.iter().map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)).sum();
@@ -340,7 +349,7 @@ fn import(data_dir: &Path, key_file: Option<&Path>, paths: &[PathBuf], quiet: bo
             .progress_chars("=> "),
     );
     let start = std::time::Instant::now();
-    let importer = Importer::new(&o.engine);
+    let importer = Importer::new(&o.engine).on_behalf_of(organization);
     let mut stats = ImportStats::default();
     for f in &files {
         let mut progress = |s: &ImportStats| {

@@ -400,7 +400,7 @@ fn synthea_transactions_over_http() {
 
 fn import_json(inst: &Instance, path: &Path) -> (i32, Value, String) {
     let start = Instant::now();
-    let out = inst.cli(&["import", "--quiet", path.to_str().unwrap()]);
+    let out = inst.cli(&["import", "--quiet", "--organization", "Organization/test-facility", path.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     eprintln!("import {}: {:.1?}", path.display(), start.elapsed());
@@ -507,7 +507,7 @@ fn offline_import_of_ndjson() {
 
     // `-` reads NDJSON from standard input (a generator piped straight in).
     let mut child = std::process::Command::new(common::BIN)
-        .args(["import", "--quiet", "-", "--data-dir"])
+        .args(["import", "--quiet", "--organization", "Organization/test-facility", "-", "--data-dir"])
         .arg(inst.data_dir())
         .arg("--key-file")
         .arg(inst.key_file())

@@ -1,0 +1,364 @@
+//! Access control: who may touch which patient's data (invariant 5 of the threat model).
+//!
+//! Deny by default. A request reaches a patient's data only when all of these allow it:
+//!
+//! - **scopes** (SMART v2): the resource type and interaction ([`Engine::require`]);
+//! - **role**: `admin`, `security-officer` and `researcher` reach no patient data at all; a
+//!   `patient` client only its own patient's compartment; `facility-system` and `clinician`
+//!   clients as below;
+//! - **care relationship**: a facility's clients (and its clinicians) reach a patient's
+//!   clinical data only while the facility has a care relationship with the patient: an
+//!   Encounter there (`serviceProvider`), an EpisodeOfCare it manages, a referral
+//!   ServiceRequest to it (`performer`), the Patient's `managingOrganization`, or data it
+//!   submitted, within [`crate::Limits::care_days`]. Exact identity lookups (by NIK etc.)
+//!   stay possible without one, and answer with the Patient (demographics) only;
+//! - **break-glass**: a facility client that states purpose of use `BTG` and a reason gets
+//!   [`crate::Limits::break_glass_minutes`] of access to that one patient; the grant is
+//!   recorded with the patient and raises a security alert (a log line without patient data;
+//!   the durable alert and audit record come with the audit log).
+//!
+//! The relationships and break-glass grants of a patient live in one internal record in the
+//! patient's own partition (type [`CARE_TYPE`], sealed under the patient's key like
+//! everything else there), written in the same atomic batch as the data that establishes
+//! them, so every replica sees the same answer and erasing the patient erases it too.
+
+use std::collections::BTreeMap;
+
+use brankas_auth::{Principal, Role};
+use brankas_store::{Expect, NewVersion, PartitionId, RecordKey, StoreError, VersionRow, WriteBatch};
+use brankas_vault::RecordAad;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::crud::now_us;
+use crate::{Engine, EngineError, Prepared, Result};
+
+/// Resource type of the internal care record. Not a FHIR type: never served, never matched
+/// by a search (searches name FHIR types), skipped by `$everything`.
+pub(crate) const CARE_TYPE: &str = "BrankasCare";
+
+const US_PER_DAY: i64 = 86_400_000_000;
+
+/// A patient's care relationships and break-glass grants.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Care {
+    /// The partition, hex (the record's id, checked against its record key on every read).
+    id: String,
+    /// `Organization/<id>` → the latest time (µs) a relationship was established.
+    #[serde(default)]
+    orgs: BTreeMap<String, i64>,
+    /// Client id → when its break-glass access to this patient ends (µs).
+    #[serde(default)]
+    btg: BTreeMap<String, i64>,
+}
+
+/// Relationships to record, by patient partition: (`Organization/<id>`, time in µs).
+pub(crate) type CareFacts = BTreeMap<PartitionId, Vec<(String, i64)>>;
+
+/// Merges `more` into `into` (the importer gathers a whole group's facts).
+pub(crate) fn merge_facts(into: &mut CareFacts, more: CareFacts) {
+    for (p, mut r) in more {
+        into.entry(p).or_default().append(&mut r);
+    }
+}
+
+/// What a request does with patient data (for the messages of denials).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Act {
+    Read,
+    Write,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn forbidden(m: &str) -> EngineError {
+    EngineError::Forbidden(m.into())
+}
+
+/// The organizations a written resource relates to its patient, with the clinical time of the
+/// relationship when the resource gives one (else `now`).
+fn relationships(rtype: &str, resource: &Value, now: i64) -> Vec<(String, i64)> {
+    let org_ref = |v: Option<&Value>| -> Option<String> {
+        let r = v?.get("reference")?.as_str()?;
+        let id = r.strip_prefix("Organization/")?;
+        brankas_fhir::is_valid_id(id).then(|| r.to_string())
+    };
+    // The end of a Period (or its start, if open), else now; never in the future.
+    let when = |period: Option<&Value>| -> i64 {
+        let p = period.and_then(|p| p.get("end").or_else(|| p.get("start"))).and_then(Value::as_str);
+        p.and_then(brankas_search::instant_range).map(|(lo, _)| lo.min(now)).unwrap_or(now)
+    };
+    let mut out = Vec::new();
+    match rtype {
+        "Encounter" => {
+            if let Some(o) = org_ref(resource.get("serviceProvider")) {
+                out.push((o, when(resource.get("period"))));
+            }
+        }
+        "EpisodeOfCare" => {
+            if let Some(o) = org_ref(resource.get("managingOrganization")) {
+                out.push((o, when(resource.get("period"))));
+            }
+        }
+        "ServiceRequest" => {
+            for p in resource.get("performer").and_then(Value::as_array).into_iter().flatten() {
+                if let Some(o) = org_ref(Some(p)) {
+                    out.push((o, now));
+                }
+            }
+        }
+        "Patient" => {
+            if let Some(o) = org_ref(resource.get("managingOrganization")) {
+                out.push((o, now));
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+impl Engine {
+    /// The role part of the gate, before any data is looked at: may this caller touch patient
+    /// data at all, and for writes, which?
+    pub(crate) fn role_allows_patient_data(&self, who: &Principal) -> Result<()> {
+        match who.role() {
+            Role::Admin => Err(forbidden("the admin role reaches no patient data (separation of duties)")),
+            Role::SecurityOfficer => Err(forbidden("the security-officer role reaches audit data, not patient data")),
+            Role::Researcher => Err(forbidden("the researcher role has no access to the clinical API")),
+            Role::Patient | Role::FacilitySystem | Role::Clinician => Ok(()),
+        }
+    }
+
+    /// Whether `partition` belongs to a patient (not the directory).
+    pub(crate) fn is_patient_partition(&self, partition: &PartitionId) -> bool {
+        *partition != self.vault.system_partition()
+    }
+
+    /// The directory (resources outside every patient compartment): scopes decide, but roles
+    /// without a clinical purpose do not read it through the clinical API, and only admins
+    /// and facility systems maintain it.
+    pub(crate) fn gate_directory(&self, who: &Principal, act: Act) -> Result<()> {
+        match (who.role(), act) {
+            (Role::Researcher, _) => Err(forbidden("the researcher role has no access to the clinical API")),
+            (Role::SecurityOfficer, _) => Err(forbidden("the security-officer role reaches audit data only")),
+            (Role::Admin | Role::FacilitySystem, _) | (Role::Clinician | Role::Patient, Act::Read) => Ok(()),
+            (Role::Clinician | Role::Patient, Act::Write) => Err(forbidden("the directory is maintained by administrators and facility systems")),
+        }
+    }
+
+    /// The gate for one patient's data (`partition`), for reading or for writing what does
+    /// not itself establish a care relationship. Break-glass, when the request asks for it
+    /// and nothing else allows, is granted here (and recorded).
+    pub(crate) fn gate_patient(&self, who: &Principal, partition: &PartitionId, act: Act) -> Result<()> {
+        self.role_allows_patient_data(who)?;
+        if who.role() == Role::Patient {
+            let own = who.patient().and_then(|p| p.strip_prefix("Patient/")).map(|id| self.vault.patient_partition(id));
+            return if own.as_ref() == Some(partition) {
+                Ok(())
+            } else {
+                Err(forbidden("a patient client reaches its own patient's record only"))
+            };
+        }
+        let org = who.organization().ok_or_else(|| forbidden("this client acts for no organization"))?;
+        let now = now_us();
+        let care = self.care(partition)?;
+        if let Some(care) = &care {
+            if care.orgs.get(org).is_some_and(|t| *t >= now - i64::from(self.limits.care_days) * US_PER_DAY) {
+                return Ok(());
+            }
+            if care.btg.get(who.client_id()).is_some_and(|until| *until > now) {
+                return Ok(());
+            }
+        }
+        if who.break_glass_reason().is_some() {
+            self.grant_break_glass(who, partition, now)?;
+            return Ok(());
+        }
+        Err(forbidden(match act {
+            Act::Read => "your organization has no care relationship with this patient (an identity lookup answers with the Patient only; in an emergency, state purpose of use BTG and a reason)",
+            Act::Write => "your organization has no care relationship with this patient",
+        }))
+    }
+
+    /// A write into a patient's partition: role first; a facility's write is allowed when it
+    /// is itself part of the patient's care (it will establish or refresh the relationship,
+    /// see [`Engine::add_care_updates`]), a patient's only into its own record.
+    pub(crate) fn gate_patient_write(&self, who: &Principal, partition: &PartitionId) -> Result<()> {
+        self.role_allows_patient_data(who)?;
+        match who.role() {
+            Role::Patient => self.gate_patient(who, partition, Act::Write),
+            _ if who.organization().is_some() => Ok(()),
+            _ => Err(forbidden("this client acts for no organization")),
+        }
+    }
+
+    fn care_key(&self, partition: &PartitionId) -> (RecordKey, String) {
+        let id = hex(&partition.0);
+        (self.vault.record_key(CARE_TYPE, &id), id)
+    }
+
+    /// The stored care record of a patient, with its row.
+    fn care_row(&self, partition: &PartitionId) -> Result<Option<(Care, VersionRow)>> {
+        let (key, id) = self.care_key(partition);
+        let Some(row) = self.store.current(&key)? else { return Ok(None) };
+        if row.resource_type != CARE_TYPE || row.partition != *partition {
+            return Err(EngineError::Integrity);
+        }
+        let s = self.open_row(&row, Some((CARE_TYPE, &id)))?;
+        let care: Care = serde_json::from_value(s.resource).map_err(|_| EngineError::Integrity)?;
+        Ok(Some((care, row)))
+    }
+
+    fn care(&self, partition: &PartitionId) -> Result<Option<Care>> {
+        Ok(self.care_row(partition)?.map(|(c, _)| c))
+    }
+
+    /// Seals a new version of a patient's care record.
+    fn prepare_care(&self, partition: &PartitionId, care: &Care, current: Option<&VersionRow>, now: i64) -> Result<(NewVersion, RecordKey)> {
+        let (key, _) = self.care_key(partition);
+        let version = current.map(|c| c.version + 1).unwrap_or(1);
+        let dek = self.data_key(partition, true)?.ok_or(EngineError::Integrity)?;
+        let aad = RecordAad { resource_type: CARE_TYPE, record: &key, version, partition, dek_version: 1 };
+        let sealed = dek.seal(&aad, &serde_json::to_vec(care).map_err(|_| EngineError::Integrity)?)?;
+        let row = VersionRow { key, version, partition: *partition, resource_type: CARE_TYPE.into(), deleted: false, last_updated_us: now, dek_version: 1, sealed };
+        let expect = current.map(|c| Expect::Version(c.version)).unwrap_or(Expect::Absent);
+        Ok((NewVersion { row, expect }, key))
+    }
+
+    /// The relationships `prepared` (about to be written by `who`) establishes, by patient
+    /// partition: the organizations the resources name, and the writer's own organization.
+    /// Pure: reads nothing.
+    pub(crate) fn care_facts(&self, who: &Principal, prepared: &[Prepared], now: i64) -> CareFacts {
+        let mut facts = CareFacts::new();
+        for p in prepared.iter().filter(|p| !p.row.deleted && self.is_patient_partition(&p.row.partition)) {
+            let rels = facts.entry(p.row.partition).or_default();
+            rels.extend(relationships(&p.row.resource_type, &p.stored.resource, now));
+            if (who.is_local_operator() || matches!(who.role(), Role::FacilitySystem | Role::Clinician))
+                && let Some(org) = who.organization()
+            {
+                rels.push((org.to_string(), now));
+            }
+        }
+        facts.retain(|_, r| !r.is_empty());
+        facts
+    }
+
+    /// New care-record versions for `facts`, against the records as stored now. A record is
+    /// rewritten only when an organization is new to it or its time moves forward by more
+    /// than a day, so most writes add nothing.
+    pub(crate) fn care_versions(&self, facts: &CareFacts, now: i64) -> Result<Vec<NewVersion>> {
+        let mut out = Vec::new();
+        for (partition, rels) in facts {
+            let current = self.care_row(partition)?;
+            let mut care = current.as_ref().map(|(c, _)| c.clone()).unwrap_or_else(|| Care { id: hex(&partition.0), ..Default::default() });
+            let mut changed = false;
+            for (org, t) in rels {
+                match care.orgs.get_mut(org) {
+                    None => {
+                        care.orgs.insert(org.clone(), *t);
+                        changed = true;
+                    }
+                    Some(e) if *t > *e + US_PER_DAY => {
+                        *e = *t;
+                        changed = true;
+                    }
+                    Some(_) => {}
+                }
+            }
+            if changed {
+                out.push(self.prepare_care(partition, &care, current.as_ref().map(|(_, r)| r), now)?.0);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records a break-glass grant for `who` on `partition`, with retries against concurrent
+    /// writers of the same care record, and raises the alert.
+    fn grant_break_glass(&self, who: &Principal, partition: &PartitionId, now: i64) -> Result<()> {
+        let until = now + i64::from(self.limits.break_glass_minutes) * 60_000_000;
+        for _ in 0..5 {
+            let current = self.care_row(partition)?;
+            let mut care = current.as_ref().map(|(c, _)| c.clone()).unwrap_or_else(|| Care { id: hex(&partition.0), ..Default::default() });
+            care.btg.retain(|_, t| *t > now);
+            care.btg.insert(who.client_id().to_string(), until);
+            let (nv, _) = self.prepare_care(partition, &care, current.as_ref().map(|(_, r)| r), now)?;
+            match self.commit_batch(WriteBatch { versions: vec![nv], ..Default::default() }) {
+                Ok(()) => {
+                    // The alert names the client, never the patient (whose identity the log
+                    // must not hold); the audit record will name the patient's opaque id.
+                    tracing::warn!(
+                        target: "brankas::alert",
+                        client_id = who.client_id(),
+                        organization = who.organization().unwrap_or(""),
+                        minutes = self.limits.break_glass_minutes,
+                        "break-glass access granted"
+                    );
+                    return Ok(());
+                }
+                Err(EngineError::Conflict) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(EngineError::Conflict)
+    }
+
+    /// Commits prepared resource versions together with the care-record versions they imply,
+    /// retrying (with freshly read care records) when only a care record lost a race.
+    pub(crate) fn commit_with_care(&self, who: &Principal, prepared: &[Prepared]) -> Result<()> {
+        for _ in 0..5 {
+            let now = now_us();
+            let care = self.care_versions(&self.care_facts(who, prepared, now), now)?;
+            let mut batch = WriteBatch::default();
+            for p in prepared {
+                batch.versions.push(NewVersion { row: p.row.clone(), expect: p.expect });
+                if let Some(ix) = &p.index {
+                    batch.index.push(ix.clone());
+                }
+            }
+            let n = batch.versions.len();
+            batch.versions.extend(care);
+            self.attach_new_keys(&mut batch)?;
+            let r = self.store.commit(&batch);
+            match &r {
+                Ok(()) => self.settle_new_keys(&batch, true)?,
+                Err(StoreError::DataKeyRace) => self.settle_new_keys(&batch, false)?,
+                Err(_) => {}
+            }
+            match r {
+                Ok(()) => return Ok(()),
+                Err(StoreError::Conflict { index }) if index >= n => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(EngineError::Conflict)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn relationships_come_from_the_resources_that_name_a_facility() {
+        let now = 2_000_000_000_000_000;
+        let enc = json!({"resourceType": "Encounter", "serviceProvider": {"reference": "Organization/rs-1"},
+                         "period": {"start": "2021-07-14T09:00:00+07:00", "end": "2021-07-14T10:00:00+07:00"}});
+        let r = relationships("Encounter", &enc, now);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].0, "Organization/rs-1");
+        assert_eq!(r[0].1, brankas_search::instant_range("2021-07-14T10:00:00+07:00").unwrap().0, "the visit's time, not the write's");
+        let future = json!({"resourceType": "Encounter", "serviceProvider": {"reference": "Organization/rs-1"}, "period": {"start": "2999-01-01"}});
+        assert_eq!(relationships("Encounter", &future, now)[0].1, now, "never later than now");
+        let sr = json!({"resourceType": "ServiceRequest", "performer": [{"reference": "Practitioner/x"}, {"reference": "Organization/rs-2"}]});
+        assert_eq!(relationships("ServiceRequest", &sr, now), vec![("Organization/rs-2".to_string(), now)]);
+        let eoc = json!({"resourceType": "EpisodeOfCare", "managingOrganization": {"reference": "Organization/pkm-3"}});
+        assert_eq!(relationships("EpisodeOfCare", &eoc, now)[0].0, "Organization/pkm-3");
+        let obs = json!({"resourceType": "Observation", "performer": [{"reference": "Organization/rs-1"}]});
+        assert!(relationships("Observation", &obs, now).is_empty(), "only the listed kinds of record relate a facility");
+        let odd = json!({"resourceType": "Encounter", "serviceProvider": {"reference": "Organization/../x"}});
+        assert!(relationships("Encounter", &odd, now).is_empty());
+    }
+}
