@@ -1,0 +1,231 @@
+//! Who may see what, through the HTTP API: roles, facilities and their care relationships,
+//! patient clients, and break-glass. Every denial is a 403 OperationOutcome that says what
+//! is missing and nothing about the data.
+
+mod common;
+
+use common::{Instance, Server};
+use serde_json::{Value, json};
+
+const NIK_SYSTEM: &str = "https://fhir.kemkes.go.id/id/nik";
+
+/// A client of the instance, with a token.
+struct Caller {
+    token: String,
+}
+
+fn caller(inst: &Instance, s: &Server, args: &[&str]) -> Caller {
+    let c = inst.register(args);
+    Caller { token: s.token_for(c["client_id"].as_str().unwrap(), c["client_secret"].as_str().unwrap()) }
+}
+
+fn facility(inst: &Instance, s: &Server, org: &str) -> Caller {
+    caller(inst, s, &["--name", org, "--role", "facility-system", "--organization", &format!("Organization/{org}"), "--scopes", "system/*.cruds"])
+}
+
+fn call(s: &Server, c: &Caller, method: reqwest::Method, path: &str, body: Option<&Value>, headers: &[(&str, &str)]) -> (u16, Value) {
+    let mut r = s.http.request(method, s.url(path)).bearer_auth(&c.token);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    if let Some(b) = body {
+        r = r.header("content-type", "application/fhir+json").body(serde_json::to_vec(b).unwrap());
+    }
+    let r = r.send().unwrap();
+    let st = r.status().as_u16();
+    let text = r.text().unwrap();
+    (st, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn get(s: &Server, c: &Caller, path: &str) -> (u16, Value) {
+    call(s, c, reqwest::Method::GET, path, None, &[])
+}
+
+fn create(s: &Server, c: &Caller, body: Value) -> String {
+    let (st, v) = call(s, c, reqwest::Method::POST, body["resourceType"].as_str().unwrap(), Some(&body), &[]);
+    assert_eq!(st, 201, "{v}");
+    v["id"].as_str().unwrap().to_string()
+}
+
+fn patient(nik: &str, family: &str) -> Value {
+    json!({"resourceType": "Patient", "identifier": [{"system": NIK_SYSTEM, "value": nik}],
+           "name": [{"family": family, "given": ["Sri"]}], "gender": "female", "birthDate": "1990-08-07"})
+}
+
+fn observation(pid: &str) -> Value {
+    json!({"resourceType": "Observation", "status": "final",
+           "code": {"coding": [{"system": "http://loinc.org", "code": "94558-4"}]},
+           "subject": {"reference": format!("Patient/{pid}")}, "effectiveDateTime": "2021-07-14T09:10:00+07:00",
+           "valueCodeableConcept": {"text": "Positive"}})
+}
+
+/// A denial: 403, an OperationOutcome, and no trace of the record.
+fn assert_denied(r: (u16, Value), what: &str, secret: &str) {
+    assert_eq!(r.0, 403, "{what}: {}", r.1);
+    assert_eq!(r.1["resourceType"], "OperationOutcome", "{what}");
+    assert!(!r.1.to_string().contains(secret), "{what}: the denial echoes data: {}", r.1);
+}
+
+#[test]
+fn facilities_reach_their_own_patients_and_identity_lookups_only_elsewhere() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let rs_a = facility(&inst, &s, "rs-a");
+    let rs_b = facility(&inst, &s, "rs-b");
+    let pkm_c = facility(&inst, &s, "pkm-c");
+
+    // Facility A registers a patient and records a positive antigen result.
+    let pid = create(&s, &rs_a, patient("3171054708900003", "Lestari"));
+    let oid = create(&s, &rs_a, observation(&pid));
+    // A sees everything of its patient.
+    assert_eq!(get(&s, &rs_a, &format!("Patient/{pid}")).0, 200);
+    assert_eq!(get(&s, &rs_a, &format!("Observation/{oid}")).0, 200);
+    assert_eq!(get(&s, &rs_a, &format!("Observation?patient={pid}")).1["total"], 1);
+    assert_eq!(get(&s, &rs_a, &format!("Patient/{pid}/$everything")).0, 200);
+
+    // Facility B has no care relationship: every route to the clinical record is closed.
+    for path in [
+        format!("Patient/{pid}"),
+        format!("Observation/{oid}"),
+        format!("Observation/{oid}/_history"),
+        format!("Observation/{oid}/_history/1"),
+        format!("Patient/{pid}/_history"),
+        format!("Observation?patient={pid}"),
+        format!("Observation?subject=Patient/{pid}"),
+        format!("Patient/{pid}/Observation"),
+        format!("Patient/{pid}/$everything"),
+        format!("Patient?_id={pid}"),
+    ] {
+        assert_denied(get(&s, &rs_b, &path), &path, "Lestari");
+    }
+    assert_denied(call(&s, &rs_b, reqwest::Method::PUT, &format!("Observation/{oid}"), Some(&{
+        let mut o = observation(&pid);
+        o["id"] = json!(oid);
+        o
+    }), &[]), "update of A's record", "Positive");
+    assert_denied(call(&s, &rs_b, reqwest::Method::DELETE, &format!("Observation/{oid}"), None, &[]), "delete of A's record", "Positive");
+    assert_eq!(get(&s, &rs_a, &format!("Observation/{oid}")).1["meta"]["versionId"], "1", "nothing changed");
+    // But an exact identity lookup answers (to register a visit), with the Patient only.
+    let (st, found) = get(&s, &rs_b, &format!("Patient?identifier={NIK_SYSTEM}|3171054708900003"));
+    assert_eq!((st, found["total"].as_u64()), (200, Some(1)), "{found}");
+    assert_eq!(found["entry"][0]["resource"]["id"], json!(pid));
+
+    // A transaction cannot be used to read through a conditional create either.
+    let sneaky = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{
+        "resource": observation(&pid), "request": {"method": "POST", "url": "Observation", "ifNoneExist": "code=http://loinc.org|94558-4"}}]});
+    let (st, v) = call(&s, &rs_b, reqwest::Method::POST, "", Some(&sneaky), &[]);
+    assert_eq!(st, 403, "{v}");
+
+    // An Encounter at puskesmas C (written by A, e.g. a referral visit) makes C part of the care.
+    assert_denied(get(&s, &pkm_c, &format!("Observation/{oid}")), "C before the visit", "Positive");
+    create(&s, &rs_a, json!({"resourceType": "Encounter", "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": format!("Patient/{pid}")}, "serviceProvider": {"reference": "Organization/pkm-c"},
+        "period": {"start": "2026-11-01T08:00:00+07:00"}}));
+    assert_eq!(get(&s, &pkm_c, &format!("Observation/{oid}")).0, 200, "C after the visit");
+    assert_eq!(get(&s, &pkm_c, &format!("Patient/{pid}/$everything")).0, 200);
+    // A referral ServiceRequest to B does the same for B.
+    create(&s, &rs_a, json!({"resourceType": "ServiceRequest", "status": "active", "intent": "order",
+        "subject": {"reference": format!("Patient/{pid}")}, "performer": [{"reference": "Organization/rs-b"}],
+        "identifier": [{"system": "https://fhir.kemkes.go.id/id/referral", "value": "RJK-0001"}]}));
+    assert_eq!(get(&s, &rs_b, &format!("Observation/{oid}")).0, 200, "B after the referral");
+
+    // Data a facility submits puts the patient in its care (a new facility registering a visit).
+    let rs_d = facility(&inst, &s, "rs-d");
+    assert_denied(get(&s, &rs_d, &format!("Observation/{oid}")), "D before", "Positive");
+    create(&s, &rs_d, observation(&pid));
+    assert_eq!(get(&s, &rs_d, &format!("Observation/{oid}")).0, 200, "D after submitting");
+}
+
+#[test]
+fn a_patient_client_reaches_its_own_record_only() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let rs = facility(&inst, &s, "rs-a");
+    let mine = create(&s, &rs, patient("3171054708900003", "Lestari"));
+    let my_obs = create(&s, &rs, observation(&mine));
+    let other = create(&s, &rs, patient("3273014708900007", "Santoso"));
+    let other_obs = create(&s, &rs, observation(&other));
+    let me = caller(&inst, &s, &["--name", "Mobile JKN (Sri)", "--role", "patient", "--patient", &format!("Patient/{mine}"), "--scopes", "patient/*.rs"]);
+
+    assert_eq!(get(&s, &me, &format!("Patient/{mine}")).0, 200);
+    assert_eq!(get(&s, &me, &format!("Observation/{my_obs}")).0, 200);
+    assert_eq!(get(&s, &me, &format!("Observation?patient={mine}")).1["total"], 1);
+    assert_eq!(get(&s, &me, &format!("Patient/{mine}/$everything")).0, 200);
+    for path in [
+        format!("Patient/{other}"),
+        format!("Observation/{other_obs}"),
+        format!("Observation/{other_obs}/_history"),
+        format!("Patient/{other}/_history/1"),
+        format!("Observation?patient={other}"),
+        format!("Patient/{other}/Observation"),
+        format!("Patient/{other}/$everything"),
+        format!("Patient?_id={other}"),
+    ] {
+        assert_denied(get(&s, &me, &path), &path, "Santoso");
+    }
+    // An identity lookup of someone else finds nobody.
+    let (st, v) = get(&s, &me, &format!("Patient?identifier={NIK_SYSTEM}|3273014708900007"));
+    assert_eq!((st, v["total"].as_u64()), (200, Some(0)), "{v}");
+    let (st, v) = get(&s, &me, &format!("Patient?identifier={NIK_SYSTEM}|3171054708900003"));
+    assert_eq!((st, v["total"].as_u64()), (200, Some(1)), "{v}");
+    // Read-only scopes: no writes, even into the own record.
+    let (st, _) = call(&s, &me, reqwest::Method::POST, "Observation", Some(&observation(&mine)), &[]);
+    assert_eq!(st, 403);
+}
+
+#[test]
+fn roles_without_a_clinical_purpose_read_no_patient_data() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let rs = facility(&inst, &s, "rs-a");
+    let pid = create(&s, &rs, patient("3171054708900003", "Lestari"));
+    let admin = Caller { token: s.token_for(&inst.admin_id, &inst.admin_secret) };
+    let officer = caller(&inst, &s, &["--name", "CSIRT", "--role", "security-officer", "--scopes", "system/AuditEvent.rs"]);
+    let researcher = caller(&inst, &s, &["--name", "Litbangkes", "--role", "researcher"]);
+    for (who, c) in [("admin", &admin), ("security officer", &officer), ("researcher", &researcher)] {
+        for path in [
+            format!("Patient/{pid}"),
+            format!("Patient?identifier={NIK_SYSTEM}|3171054708900003"),
+            format!("Observation?patient={pid}"),
+            format!("Patient/{pid}/$everything"),
+        ] {
+            assert_denied(get(&s, c, &path), &format!("{who}: {path}"), "Lestari");
+        }
+    }
+    // The admin maintains the directory.
+    let (st, v) = call(&s, &admin, reqwest::Method::PUT, "Organization/rs-a", Some(&json!({"resourceType": "Organization", "id": "rs-a", "name": "RS A"})), &[]);
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(get(&s, &rs, "Organization/rs-a").0, 200, "facilities read the directory");
+    assert_denied(get(&s, &researcher, "Organization/rs-a"), "researcher reads no directory through the clinical API", "RS A");
+}
+
+#[test]
+fn break_glass_needs_a_reason_is_time_limited_and_per_patient() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let rs_a = facility(&inst, &s, "rs-a");
+    let igd = facility(&inst, &s, "igd-b");
+    let pid = create(&s, &rs_a, patient("3171054708900003", "Lestari"));
+    let oid = create(&s, &rs_a, observation(&pid));
+    let other = create(&s, &rs_a, patient("3273014708900007", "Santoso"));
+    let path = format!("Observation/{oid}");
+
+    assert_denied(get(&s, &igd, &path), "no relationship", "Positive");
+    let (st, v) = call(&s, &igd, reqwest::Method::GET, &path, None, &[("X-Purpose-Of-Use", "BTG")]);
+    assert_eq!(st, 400, "break-glass without a reason: {v}");
+    assert!(v["issue"][0]["diagnostics"].as_str().unwrap().contains("reason"), "{v}");
+    let (st, v) = call(&s, &igd, reqwest::Method::GET, &path, None, &[("X-Purpose-Of-Use", "TREAT;DROP"), ("X-Break-Glass-Reason", "x")]);
+    assert_eq!(st, 400, "{v}");
+    let btg = [("X-Purpose-Of-Use", "BTG"), ("X-Break-Glass-Reason", "unconscious patient in the emergency room")];
+    let (st, v) = call(&s, &igd, reqwest::Method::GET, &path, None, &btg);
+    assert_eq!(st, 200, "{v}");
+    // The grant holds for this patient for a while, without repeating the headers...
+    assert_eq!(get(&s, &igd, &format!("Patient/{pid}/$everything")).0, 200);
+    // ... and for no one else.
+    assert_denied(get(&s, &igd, &format!("Patient/{other}")), "another patient", "Santoso");
+    // The alert is in the server's log, naming the client and not the patient.
+    let log = std::fs::read_to_string(inst.log_file()).unwrap_or_default();
+    assert!(log.contains("break-glass access granted"), "no alert logged");
+    assert!(!log.contains(&pid) && !log.contains("Lestari") && !log.contains("3171054708900003"), "the alert names the patient");
+}
