@@ -21,6 +21,10 @@
 //! patient's own partition (type [`CARE_TYPE`], sealed under the patient's key like
 //! everything else there), written in the same atomic batch as the data that establishes
 //! them, so every replica sees the same answer and erasing the patient erases it too.
+//!
+//! Leakage at rest (documented as the threat model asks): a thief of the database sees that
+//! a patient partition holds a record of type `BrankasCare`, its size (which grows with the
+//! number of organizations and grants) and when it was written; not which organizations.
 
 use std::collections::BTreeMap;
 
