@@ -135,6 +135,48 @@ impl Engine {
         }
     }
 
+    /// The SMART v2 query restrictions of the caller's scopes for `perm` on `rtype`
+    /// (`system/Observation.rs?category=laboratory`): `None` when some granting scope has no
+    /// restriction, else the queries of which a resource must match one. A restriction that
+    /// names a parameter unknown for the type matches nothing (it must never widen access).
+    pub(crate) fn scope_restrictions(&self, who: &Principal, rtype: &str, perm: char) -> Result<Option<Vec<brankas_search::Query>>> {
+        let mut out = Vec::new();
+        for s in who.scopes().resource_scopes().iter().filter(|s| (s.resource_type == "*" || s.resource_type == rtype) && s.perms.contains(perm)) {
+            match &s.query {
+                None => return Ok(None),
+                Some(q) => {
+                    let pairs = crate::search::parse_query_string(q);
+                    if let Ok(query) = brankas_search::Query::parse(self.registry, rtype, &pairs)
+                        && query.unknown_params().is_empty()
+                    {
+                        out.push(query);
+                    }
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Whether the caller's scopes let it `perm` this resource, restrictions included.
+    pub(crate) fn scope_permits_resource(&self, who: &Principal, rtype: &str, perm: char, resource: &Value) -> Result<bool> {
+        if who.is_local_operator() {
+            return Ok(true);
+        }
+        Ok(match self.scope_restrictions(who, rtype, perm)? {
+            None => true,
+            Some(qs) => qs.iter().any(|q| q.matches(resource)),
+        })
+    }
+
+    /// [`Engine::scope_permits_resource`] as a gate.
+    pub(crate) fn gate_scope_resource(&self, who: &Principal, rtype: &str, perm: char, resource: &Value) -> Result<()> {
+        if self.scope_permits_resource(who, rtype, perm, resource)? {
+            Ok(())
+        } else {
+            Err(forbidden("the scope that grants this is restricted to other records of this type (its query does not match)"))
+        }
+    }
+
     /// Whether `partition` belongs to a patient (not the directory).
     pub(crate) fn is_patient_partition(&self, partition: &PartitionId) -> bool {
         *partition != self.vault.system_partition()

@@ -288,6 +288,8 @@ impl Engine {
                         }
                         Some(c) => {
                             self.gate_row(who, c, Act::Write)?;
+                            let old = self.open_row(c, Some((&t, &id)))?;
+                            self.gate_scope_resource(who, &t, 'd', &old.resource)?;
                             if e.if_match.is_some_and(|v| v != c.version) {
                                 return Err(EngineError::PreconditionFailed(format!("Bundle.entry[{i}]: ifMatch does not match")));
                             }
@@ -315,6 +317,11 @@ impl Engine {
                     };
                     let p = self.prepare(&t, &id, resource, current.as_ref(), expect, now).map_err(|err| in_entry(err, i))?;
                     self.gate_new(who, &p.row.partition)?;
+                    self.gate_scope_resource(who, &t, if live.is_some() { 'u' } else { 'c' }, &p.stored.resource)?;
+                    if let Some(c) = live {
+                        let old = self.open_row(c, Some((&t, &id)))?;
+                        self.gate_scope_resource(who, &t, 'u', &old.resource)?;
+                    }
                     p
                 }
             };

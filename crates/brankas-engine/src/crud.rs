@@ -165,6 +165,7 @@ impl Engine {
         let id = new_id()?;
         let p = self.prepare(rtype, &id, resource, None, Expect::Absent, now_us())?;
         self.gate_new(who, &p.row.partition)?;
+        self.gate_scope_resource(who, rtype, 'c', &p.stored.resource)?;
         self.commit_prepared(who, std::slice::from_ref(&p))?;
         Ok(WriteOutcome { stored: p.stored, created: true })
     }
@@ -193,6 +194,12 @@ impl Engine {
         };
         let p = self.prepare(rtype, id, resource, current.as_ref(), expect, now_us())?;
         self.gate_new(who, &p.row.partition)?;
+        self.gate_scope_resource(who, rtype, if live.is_some() { 'u' } else { 'c' }, &p.stored.resource)?;
+        if let Some(c) = live {
+            // The version replaced must be within the scope too.
+            let old = self.open_row(c, Some((rtype, id)))?;
+            self.gate_scope_resource(who, rtype, 'u', &old.resource)?;
+        }
         self.commit_prepared(who, std::slice::from_ref(&p))?;
         Ok(WriteOutcome { created: p.created, stored: p.stored })
     }
@@ -209,7 +216,9 @@ impl Engine {
         if row.deleted {
             return Err(EngineError::Gone);
         }
-        self.open_row(&row, Some((rtype, id)))
+        let s = self.open_row(&row, Some((rtype, id)))?;
+        self.gate_scope_resource(who, rtype, 'r', &s.resource)?;
+        Ok(s)
     }
 
     /// `GET [type]/[id]/_history/[vid]`.
@@ -224,7 +233,9 @@ impl Engine {
         if row.deleted {
             return Err(EngineError::Gone);
         }
-        self.open_row(&row, Some((rtype, id)))
+        let s = self.open_row(&row, Some((rtype, id)))?;
+        self.gate_scope_resource(who, rtype, 'r', &s.resource)?;
+        Ok(s)
     }
 
     /// `DELETE [type]/[id]`: writes a delete marker version. Deleting what does not exist, or
@@ -243,6 +254,8 @@ impl Engine {
         if if_match.is_some_and(|v| v != current.version) {
             return Err(EngineError::PreconditionFailed("If-Match does not match the current version".into()));
         }
+        let old = self.open_row(&current, Some((rtype, id)))?;
+        self.gate_scope_resource(who, rtype, 'd', &old.resource)?;
         let p = self.prepare_delete(rtype, id, &current, now_us())?;
         self.commit_prepared(who, std::slice::from_ref(&p))?;
         Ok(Some(p.stored))
@@ -263,7 +276,11 @@ impl Engine {
         for r in &rows {
             self.gate_row(who, r, Act::Read)?;
         }
-        rows.iter().map(|r| self.open_row(r, Some((rtype, id)))).collect()
+        let out: Vec<Stored> = rows.iter().map(|r| self.open_row(r, Some((rtype, id)))).collect::<Result<_>>()?;
+        for s in out.iter().filter(|s| !s.deleted) {
+            self.gate_scope_resource(who, rtype, 'r', &s.resource)?;
+        }
+        Ok(out)
     }
 }
 

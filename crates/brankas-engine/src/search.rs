@@ -68,6 +68,13 @@ impl Engine {
             )));
         }
         let mut matches = self.candidates(who, &req.resource_type, &query, req.compartment.as_deref(), &req.pairs, None)?;
+        // Scope query restrictions filter before counting: a page never reveals (not even
+        // in its total) a resource the caller may not see.
+        if !who.is_local_operator()
+            && let Some(qs) = self.scope_restrictions(who, &req.resource_type, 's')?
+        {
+            matches.retain(|s| qs.iter().any(|q| q.matches(&s.resource)));
+        }
         matches.sort_by(|a, b| {
             if query.sort().is_empty() {
                 b.last_updated_us.cmp(&a.last_updated_us).then_with(|| id_of(&a.resource).cmp(id_of(&b.resource)))
@@ -320,7 +327,13 @@ impl Engine {
                 None
             }
         });
-        self.candidates(who, rtype, &query, None, &pairs, owner)
+        let mut found = self.candidates(who, rtype, &query, None, &pairs, owner)?;
+        if !who.is_local_operator()
+            && let Some(qs) = self.scope_restrictions(who, rtype, 's')?
+        {
+            found.retain(|s| qs.iter().any(|q| q.matches(&s.resource)));
+        }
+        Ok(found)
     }
 
     /// `Patient/[id]/$everything`: the patient's whole compartment, limited to the types the
@@ -340,8 +353,20 @@ impl Engine {
             return Err(EngineError::Search("compartment too large for one $everything".into()));
         }
         let mut out = Vec::with_capacity(rows.len());
+        let mut restrictions: std::collections::HashMap<String, Option<Vec<Query>>> = std::collections::HashMap::new();
         for row in rows.iter().filter(|r| !r.deleted && r.resource_type != crate::access::CARE_TYPE && who.scopes().permits(&r.resource_type, 'r')) {
-            out.push(self.open_row(row, None)?);
+            let s = self.open_row(row, None)?;
+            if !who.is_local_operator() {
+                if !restrictions.contains_key(&row.resource_type) {
+                    restrictions.insert(row.resource_type.clone(), self.scope_restrictions(who, &row.resource_type, 'r')?);
+                }
+                if let Some(Some(qs)) = restrictions.get(&row.resource_type)
+                    && !qs.iter().any(|q| q.matches(&s.resource))
+                {
+                    continue;
+                }
+            }
+            out.push(s);
         }
         // The Patient first, then by type and time: a stable, readable order.
         out.sort_by(|a, b| {

@@ -229,3 +229,40 @@ fn break_glass_needs_a_reason_is_time_limited_and_per_patient() {
     assert!(log.contains("break-glass access granted"), "no alert logged");
     assert!(!log.contains(&pid) && !log.contains("Lestari") && !log.contains("3171054708900003"), "the alert names the patient");
 }
+
+#[test]
+fn scope_query_restrictions_limit_reads_searches_and_writes() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let rs = facility(&inst, &s, "rs-a");
+    let pid = create(&s, &rs, patient("3171054708900003", "Lestari"));
+    let obs = |category: &str, value: &str| {
+        let mut o = observation(&pid);
+        o["category"] = json!([{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": category}]}]);
+        o["valueCodeableConcept"] = json!({"text": value});
+        o
+    };
+    let lab = create(&s, &rs, obs("laboratory", "Positive"));
+    let vital = create(&s, &rs, obs("vital-signs", "Febrile"));
+    // A laboratory information system of the same facility: laboratory results only.
+    let lis = caller(&inst, &s, &["--name", "LIS", "--role", "facility-system", "--organization", "Organization/rs-a", "--scopes",
+        "system/Patient.rs system/Observation.crs?category=laboratory"]);
+    assert_eq!(get(&s, &lis, &format!("Observation/{lab}")).0, 200);
+    assert_denied(get(&s, &lis, &format!("Observation/{vital}")), "a vital sign through a laboratory scope", "Febrile");
+    assert_denied(get(&s, &lis, &format!("Observation/{vital}/_history/1")), "vread of it", "Febrile");
+    let (st, found) = get(&s, &lis, &format!("Observation?patient={pid}"));
+    assert_eq!(st, 200);
+    assert_eq!(found["total"], 1, "the total counts only what the scope shows: {found}");
+    assert_eq!(found["entry"][0]["resource"]["id"], json!(lab));
+    let (st, all) = get(&s, &lis, &format!("Patient/{pid}/$everything"));
+    assert_eq!(st, 200);
+    assert!(!all.to_string().contains("Febrile"), "$everything leaks the vital sign");
+    assert!(all.to_string().contains(&lab));
+    assert_eq!(call(&s, &lis, reqwest::Method::POST, "Observation", Some(&obs("laboratory", "Negative")), &[]).0, 201);
+    assert_eq!(call(&s, &lis, reqwest::Method::POST, "Observation", Some(&obs("vital-signs", "36.5")), &[]).0, 403, "writes outside the restriction");
+    // A restriction on a parameter the type does not have matches nothing, never everything.
+    let odd = caller(&inst, &s, &["--name", "odd", "--role", "facility-system", "--organization", "Organization/rs-a", "--scopes",
+        "system/Observation.rs?no-such-param=x"]);
+    assert_denied(get(&s, &odd, &format!("Observation/{lab}")), "unknown restriction", "Positive");
+    assert_eq!(get(&s, &odd, &format!("Observation?patient={pid}")).1["total"], 0);
+}
