@@ -66,6 +66,152 @@ pub(crate) fn merge_facts(into: &mut CareFacts, more: CareFacts) {
     }
 }
 
+/// Why a caller may reach a patient's record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Basis {
+    /// Its organization is part of the patient's care.
+    Care,
+    /// An active break-glass grant.
+    BreakGlass,
+    /// A Consent of the patient permits it by name.
+    Consent,
+}
+
+/// One provision of an active Consent, with its nested provisions: exceptions that, where
+/// they apply, override it (FHIR R4 Consent.provision). Conditions a provision leaves empty
+/// apply to everything (a nested one inherits its parent's).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct ConsentRule {
+    permit: bool,
+    /// `Organization/<id>` or `Practitioner/<id>`; empty means everyone.
+    actors: Vec<String>,
+    /// PurposeOfUse codes; empty means any.
+    purposes: Vec<String>,
+    /// Resource types; empty means all.
+    classes: Vec<String>,
+    /// Security label codes; empty means any record.
+    labels: Vec<String>,
+    /// Validity, µs; open ends are MIN / MAX.
+    start: i64,
+    end: i64,
+    exceptions: Vec<ConsentRule>,
+}
+
+fn codes(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("code").and_then(Value::as_str).map(String::from))
+        .collect()
+}
+
+/// The codes of a resource's `meta.security`.
+pub(crate) fn security_labels(resource: &Value) -> Vec<String> {
+    codes(resource.get("meta").and_then(|m| m.get("security")))
+}
+
+impl ConsentRule {
+    /// The base provision of one Consent resource, if it is an active privacy consent.
+    pub(crate) fn from_consent(c: &Value) -> Option<ConsentRule> {
+        if c.get("status").and_then(Value::as_str) != Some("active") {
+            return None;
+        }
+        let privacy = c
+            .get("scope")
+            .and_then(|s| s.get("coding"))
+            .and_then(Value::as_array)
+            .is_none_or(|cs| cs.iter().any(|x| x.get("code").and_then(Value::as_str) == Some("patient-privacy")));
+        if !privacy {
+            return None;
+        }
+        Some(Self::build(c.get("provision")?, None, 0))
+    }
+
+    fn build(p: &Value, parent: Option<&ConsentRule>, depth: usize) -> ConsentRule {
+        let period = p.get("period");
+        let bound = |k: &str, hi: bool| {
+            period.and_then(|x| x.get(k)).and_then(Value::as_str).and_then(brankas_search::instant_range).map(|(lo, h)| if hi { h } else { lo })
+        };
+        let inherit = |mine: Vec<String>, theirs: Option<&Vec<String>>| if mine.is_empty() { theirs.cloned().unwrap_or_default() } else { mine };
+        let mut rule = ConsentRule {
+            // A nested provision without a type is the opposite of its parent (an exception).
+            permit: match p.get("type").and_then(Value::as_str) {
+                Some("permit") => true,
+                Some("deny") => false,
+                _ => parent.is_some_and(|x| !x.permit),
+            },
+            actors: inherit(
+                p.get("actor")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| a.get("reference").and_then(|r| r.get("reference")).and_then(Value::as_str).map(String::from))
+                    .collect(),
+                parent.map(|x| &x.actors),
+            ),
+            purposes: inherit(codes(p.get("purpose")), parent.map(|x| &x.purposes)),
+            classes: inherit(codes(p.get("class")), parent.map(|x| &x.classes)),
+            labels: inherit(codes(p.get("securityLabel")), parent.map(|x| &x.labels)),
+            start: bound("start", false).or(parent.map(|x| x.start)).unwrap_or(i64::MIN),
+            end: bound("end", true).or(parent.map(|x| x.end)).unwrap_or(i64::MAX),
+            exceptions: Vec::new(),
+        };
+        if depth < 4 {
+            let children: Vec<ConsentRule> =
+                p.get("provision").and_then(Value::as_array).into_iter().flatten().map(|c| Self::build(c, Some(&rule), depth + 1)).collect();
+            rule.exceptions = children;
+        }
+        rule
+    }
+
+    fn applies_to_actor(&self, who: &Principal, now: i64) -> bool {
+        (self.start..self.end).contains(&now)
+            && (self.actors.is_empty()
+                || who.organization().is_some_and(|o| self.actors.iter().any(|a| a == o))
+                || who.practitioner().is_some_and(|p| self.actors.iter().any(|a| a == p)))
+            && (self.purposes.is_empty() || self.purposes.iter().any(|p| p == who.purpose()))
+    }
+
+    fn applies_to_record(&self, rtype: &str, labels: &[String]) -> bool {
+        (self.classes.is_empty() || self.classes.iter().any(|c| c == rtype)) && (self.labels.is_empty() || self.labels.iter().any(|l| labels.contains(l)))
+    }
+
+    /// Permit (true), deny (false) or no opinion, for this caller and record.
+    fn decide(&self, who: &Principal, now: i64, rtype: &str, labels: &[String]) -> Option<bool> {
+        if !(self.applies_to_actor(who, now) && self.applies_to_record(rtype, labels)) {
+            return None;
+        }
+        let mut d = self.permit;
+        for e in &self.exceptions {
+            if let Some(x) = e.decide(who, now, rtype, labels) {
+                d = x;
+            }
+        }
+        Some(d)
+    }
+
+    /// Whether this provision or one of its exceptions permits this caller by name.
+    fn names_permitted(&self, who: &Principal, now: i64) -> bool {
+        (self.permit && !self.actors.is_empty() && self.applies_to_actor(who, now)) || self.exceptions.iter().any(|e| e.names_permitted(who, now))
+    }
+}
+
+/// A patient's consent rules as they apply to one caller.
+pub(crate) struct ConsentView {
+    rules: Vec<ConsentRule>,
+    /// The caller's organization is part of the patient's care (else it rests on a permit).
+    care: bool,
+    now: i64,
+}
+
+impl ConsentView {
+    pub(crate) fn permits(&self, who: &Principal, rtype: &str, resource: &Value) -> bool {
+        let labels = security_labels(resource);
+        let decisions: Vec<bool> = self.rules.iter().filter_map(|r| r.decide(who, self.now, rtype, &labels)).collect();
+        !decisions.contains(&false) && (self.care || decisions.contains(&true))
+    }
+}
+
 /// What a request does with patient data (for the messages of denials).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Act {
@@ -194,9 +340,27 @@ impl Engine {
         }
     }
 
-    /// The gate for one patient's data (`partition`), for reading or for writing what does
-    /// not itself establish a care relationship. Break-glass, when the request asks for it
-    /// and nothing else allows, is granted here (and recorded).
+    /// Why a facility's (or clinician's) client may reach a patient, if it may.
+    fn basis(&self, who: &Principal, partition: &PartitionId, rules: &[ConsentRule], now: i64) -> Result<Option<Basis>> {
+        let Some(org) = who.organization() else { return Ok(None) };
+        if let Some(care) = self.care(partition)? {
+            if care.btg.get(who.client_id()).is_some_and(|until| *until > now) {
+                return Ok(Some(Basis::BreakGlass));
+            }
+            if care.orgs.get(org).is_some_and(|t| *t >= now - i64::from(self.limits.care_days) * US_PER_DAY) {
+                return Ok(Some(Basis::Care));
+            }
+        }
+        if rules.iter().any(|r| r.names_permitted(who, now)) {
+            return Ok(Some(Basis::Consent));
+        }
+        Ok(None)
+    }
+
+    /// The gate for one patient's data (`partition`), before any of it is decrypted, for
+    /// reading or for changing what exists. Break-glass, when the request asks for it and
+    /// nothing else allows, is granted here (and recorded). The patient's consent applies to
+    /// each record as it is served ([`Engine::consent_permits_resource`]).
     pub(crate) fn gate_patient(&self, who: &Principal, partition: &PartitionId, act: Act) -> Result<()> {
         self.role_allows_patient_data(who)?;
         if who.role() == Role::Patient {
@@ -207,25 +371,84 @@ impl Engine {
                 Err(forbidden("a patient client reaches its own patient's record only"))
             };
         }
-        let org = who.organization().ok_or_else(|| forbidden("this client acts for no organization"))?;
+        if who.organization().is_none() {
+            return Err(forbidden("this client acts for no organization"));
+        }
         let now = now_us();
-        let care = self.care(partition)?;
-        if let Some(care) = &care {
-            if care.orgs.get(org).is_some_and(|t| *t >= now - i64::from(self.limits.care_days) * US_PER_DAY) {
-                return Ok(());
-            }
-            if care.btg.get(who.client_id()).is_some_and(|until| *until > now) {
-                return Ok(());
-            }
+        let rules = self.consent_rules(partition)?;
+        match self.basis(who, partition, &rules, now)? {
+            // Breaking the glass is explicit: it is granted (and alerted) whenever asked for
+            // and not already held, also where care allows but the patient's consent hides.
+            Some(b) if b != Basis::BreakGlass && who.break_glass_reason().is_some() => self.grant_break_glass(who, partition, now),
+            Some(_) => Ok(()),
+            None if who.break_glass_reason().is_some() => self.grant_break_glass(who, partition, now),
+            None => Err(forbidden(match act {
+                Act::Read => "your organization has no care relationship with this patient (an identity lookup answers with the Patient only; in an emergency, state purpose of use BTG and a reason)",
+                Act::Write => "your organization has no care relationship with this patient",
+            })),
         }
-        if who.break_glass_reason().is_some() {
-            self.grant_break_glass(who, partition, now)?;
-            return Ok(());
+    }
+
+    /// The patient's consent as it applies to this caller, read once for a batch of records:
+    /// `None` when it restricts nothing (no consents, a patient's own client, the operator's
+    /// tools, the directory, or break-glass, which overrides consent and is alerted).
+    pub(crate) fn consent_view(&self, who: &Principal, partition: &PartitionId) -> Result<Option<ConsentView>> {
+        if who.is_local_operator() || who.role() == Role::Patient || !self.is_patient_partition(partition) {
+            return Ok(None);
         }
-        Err(forbidden(match act {
-            Act::Read => "your organization has no care relationship with this patient (an identity lookup answers with the Patient only; in an emergency, state purpose of use BTG and a reason)",
-            Act::Write => "your organization has no care relationship with this patient",
-        }))
+        let rules = self.consent_rules(partition)?;
+        if rules.is_empty() {
+            return Ok(None);
+        }
+        let now = now_us();
+        let basis = self.basis(who, partition, &rules, now)?;
+        if basis == Some(Basis::BreakGlass) {
+            return Ok(None);
+        }
+        Ok(Some(ConsentView { rules, care: basis == Some(Basis::Care), now }))
+    }
+
+    /// The patient's consent, for one record about to be served: a deny that covers it (by
+    /// resource type or security label) refuses it, unless under break-glass; access that
+    /// rests on a consent's permit alone covers only what a consent permits.
+    pub(crate) fn consent_permits_resource(&self, who: &Principal, partition: &PartitionId, rtype: &str, resource: &Value) -> Result<bool> {
+        Ok(self.consent_view(who, partition)?.is_none_or(|v| v.permits(who, rtype, resource)))
+    }
+
+    /// The per-record gate, once a record is decrypted: the scope's query restriction for
+    /// `perm`, and the patient's consent.
+    pub(crate) fn gate_record(&self, who: &Principal, partition: &PartitionId, rtype: &str, perm: char, resource: &Value) -> Result<()> {
+        self.gate_scope_resource(who, rtype, perm, resource)?;
+        if self.consent_permits_resource(who, partition, rtype, resource)? {
+            Ok(())
+        } else {
+            Err(forbidden("the patient's consent does not allow your organization this record"))
+        }
+    }
+
+    /// Keeps the records of one patient's partition the caller may see (consent), for search
+    /// results: what is hidden is left out, not refused, and not counted.
+    pub(crate) fn filter_consent(&self, who: &Principal, partition: &PartitionId, rtype: &str, found: Vec<crate::Stored>) -> Result<Vec<crate::Stored>> {
+        if who.is_local_operator() || who.role() == Role::Patient || !self.is_patient_partition(partition) || found.is_empty() {
+            return Ok(found);
+        }
+        Ok(match self.consent_view(who, partition)? {
+            None => found,
+            Some(v) => found.into_iter().filter(|s| v.permits(who, rtype, &s.resource)).collect(),
+        })
+    }
+
+    /// The rules of the patient's active Consents (privacy consents; others are ignored).
+    fn consent_rules(&self, partition: &PartitionId) -> Result<Vec<ConsentRule>> {
+        if !self.is_patient_partition(partition) {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for row in self.store.partition_current(partition, Some("Consent"))? {
+            let c = self.open_row(&row, None)?;
+            out.extend(ConsentRule::from_consent(&c.resource));
+        }
+        Ok(out)
     }
 
     /// A write into a patient's partition: role first; a facility's write is allowed when it
@@ -386,6 +609,35 @@ impl Engine {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn facility(org: &str, purpose: Option<&str>) -> Principal {
+        Principal::local_operator_for(Some(org.into())).with_purpose(purpose, None).unwrap()
+    }
+
+    #[test]
+    fn consent_provisions_nest_as_exceptions_within_their_period_and_purpose() {
+        let c = json!({"resourceType": "Consent", "status": "active",
+            "scope": {"coding": [{"code": "patient-privacy"}]},
+            "provision": {"type": "deny", "period": {"start": "2020-01-01", "end": "2030-12-31"},
+                "class": [{"code": "Observation"}],
+                "provision": [{"actor": [{"reference": {"reference": "Organization/rs-a"}}], "purpose": [{"code": "TREAT"}]}]}});
+        let rule = ConsentRule::from_consent(&c).unwrap();
+        let now = brankas_search::instant_range("2026-11-30").unwrap().0;
+        let (a, b) = (facility("Organization/rs-a", None), facility("Organization/rs-b", None));
+        assert_eq!(rule.decide(&b, now, "Observation", &[]), Some(false), "denied to everyone");
+        assert_eq!(rule.decide(&a, now, "Observation", &[]), Some(true), "the nested provision is an exception");
+        assert_eq!(rule.decide(&facility("Organization/rs-a", Some("HRESCH")), now, "Observation", &[]), Some(false), "only for treatment");
+        assert_eq!(rule.decide(&b, now, "Condition", &[]), None, "other types are not covered");
+        let later = brankas_search::instant_range("2031-06-01").unwrap().0;
+        assert_eq!(rule.decide(&b, later, "Observation", &[]), None, "expired");
+        assert!(rule.names_permitted(&a, now) && !rule.names_permitted(&b, now));
+        let mut draft = c.clone();
+        draft["status"] = json!("draft");
+        assert!(ConsentRule::from_consent(&draft).is_none(), "only active consents count");
+        let mut research = c;
+        research["scope"] = json!({"coding": [{"code": "research"}]});
+        assert!(ConsentRule::from_consent(&research).is_none(), "only privacy consents restrict access");
+    }
 
     #[test]
     fn relationships_come_from_the_resources_that_name_a_facility() {

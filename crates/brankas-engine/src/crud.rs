@@ -198,7 +198,7 @@ impl Engine {
         if let Some(c) = live {
             // The version replaced must be within the scope too.
             let old = self.open_row(c, Some((rtype, id)))?;
-            self.gate_scope_resource(who, rtype, 'u', &old.resource)?;
+            self.gate_record(who, &c.partition, rtype, 'u', &old.resource)?;
         }
         self.commit_prepared(who, std::slice::from_ref(&p))?;
         Ok(WriteOutcome { created: p.created, stored: p.stored })
@@ -217,7 +217,7 @@ impl Engine {
             return Err(EngineError::Gone);
         }
         let s = self.open_row(&row, Some((rtype, id)))?;
-        self.gate_scope_resource(who, rtype, 'r', &s.resource)?;
+        self.gate_record(who, &row.partition, rtype, 'r', &s.resource)?;
         Ok(s)
     }
 
@@ -234,7 +234,7 @@ impl Engine {
             return Err(EngineError::Gone);
         }
         let s = self.open_row(&row, Some((rtype, id)))?;
-        self.gate_scope_resource(who, rtype, 'r', &s.resource)?;
+        self.gate_record(who, &row.partition, rtype, 'r', &s.resource)?;
         Ok(s)
     }
 
@@ -255,7 +255,7 @@ impl Engine {
             return Err(EngineError::PreconditionFailed("If-Match does not match the current version".into()));
         }
         let old = self.open_row(&current, Some((rtype, id)))?;
-        self.gate_scope_resource(who, rtype, 'd', &old.resource)?;
+        self.gate_record(who, &current.partition, rtype, 'd', &old.resource)?;
         let p = self.prepare_delete(rtype, id, &current, now_us())?;
         self.commit_prepared(who, std::slice::from_ref(&p))?;
         Ok(Some(p.stored))
@@ -277,8 +277,8 @@ impl Engine {
             self.gate_row(who, r, Act::Read)?;
         }
         let out: Vec<Stored> = rows.iter().map(|r| self.open_row(r, Some((rtype, id)))).collect::<Result<_>>()?;
-        for s in out.iter().filter(|s| !s.deleted) {
-            self.gate_scope_resource(who, rtype, 'r', &s.resource)?;
+        for (r, s) in rows.iter().zip(&out).filter(|(_, s)| !s.deleted) {
+            self.gate_record(who, &r.partition, rtype, 'r', &s.resource)?;
         }
         Ok(out)
     }

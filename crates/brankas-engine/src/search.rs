@@ -183,15 +183,17 @@ impl Engine {
             }
             let partition = self.vault.patient_partition(pid);
             self.gate_partition_read(who, &partition)?;
-            return self.scan(partition, rtype, query, Some(pid));
+            let found = self.scan(partition, rtype, query, Some(pid))?;
+            return self.filter_consent(who, &partition, rtype, found);
         }
         if rtype == "Patient" {
             if let Some(id) = query.pinned_patient() {
                 let row = self.current_row("Patient", id)?;
-                if let Some(r) = &row {
-                    self.gate_row(who, r, Act::Read)?;
-                }
-                return self.filter_rows(row.into_iter().collect(), query);
+                let Some(r) = row else { return Ok(Vec::new()) };
+                self.gate_row(who, &r, Act::Read)?;
+                let partition = r.partition;
+                let found = self.filter_rows(vec![r], query)?;
+                return self.filter_consent(who, &partition, rtype, found);
             }
             if let Some(identity) = query.identity() {
                 if !who.is_local_operator() {
@@ -215,7 +217,8 @@ impl Engine {
             if let Some(pid) = query.pinned_patient() {
                 let partition = self.vault.patient_partition(pid);
                 self.gate_partition_read(who, &partition)?;
-                return self.scan(partition, rtype, query, Some(pid));
+                let found = self.scan(partition, rtype, query, Some(pid))?;
+                return self.filter_consent(who, &partition, rtype, found);
             }
             if let Some(p) = owner {
                 return self.scan_owned(who, p, rtype, query);
@@ -242,6 +245,7 @@ impl Engine {
         let found = self.scan(partition, rtype, query, None)?;
         if !found.is_empty() && self.is_patient_partition(&partition) {
             self.gate_partition_read(who, &partition)?;
+            return self.filter_consent(who, &partition, rtype, found);
         }
         Ok(found)
     }
@@ -354,8 +358,12 @@ impl Engine {
         }
         let mut out = Vec::with_capacity(rows.len());
         let mut restrictions: std::collections::HashMap<String, Option<Vec<Query>>> = std::collections::HashMap::new();
+        let consent = self.consent_view(who, &self.vault.patient_partition(patient_id))?;
         for row in rows.iter().filter(|r| !r.deleted && r.resource_type != crate::access::CARE_TYPE && who.scopes().permits(&r.resource_type, 'r')) {
             let s = self.open_row(row, None)?;
+            if consent.as_ref().is_some_and(|v| !v.permits(who, &row.resource_type, &s.resource)) {
+                continue;
+            }
             if !who.is_local_operator() {
                 if !restrictions.contains_key(&row.resource_type) {
                     restrictions.insert(row.resource_type.clone(), self.scope_restrictions(who, &row.resource_type, 'r')?);

@@ -266,3 +266,67 @@ fn scope_query_restrictions_limit_reads_searches_and_writes() {
     assert_denied(get(&s, &odd, &format!("Observation/{lab}")), "unknown restriction", "Positive");
     assert_eq!(get(&s, &odd, &format!("Observation?patient={pid}")).1["total"], 0);
 }
+
+fn consent(pid: &str, provision: Value) -> Value {
+    json!({"resourceType": "Consent", "status": "active",
+           "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+           "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+           "patient": {"reference": format!("Patient/{pid}")},
+           "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTOUT"}]},
+           "provision": provision})
+}
+
+#[test]
+fn the_patients_consent_is_enforced_record_by_record() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let rs_a = facility(&inst, &s, "rs-a");
+    let pkm_c = facility(&inst, &s, "pkm-c");
+    let rs_e = facility(&inst, &s, "rs-e");
+    let pid = create(&s, &rs_a, patient("3171054708900003", "Lestari"));
+    let plain = create(&s, &rs_a, observation(&pid));
+    let mut psy = observation(&pid);
+    psy["meta"] = json!({"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PSY"}]});
+    psy["valueCodeableConcept"] = json!({"text": "Depressive episode"});
+    let psy = create(&s, &rs_a, psy);
+    create(&s, &rs_a, json!({"resourceType": "Encounter", "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": format!("Patient/{pid}")}, "serviceProvider": {"reference": "Organization/pkm-c"}}));
+    assert_eq!(get(&s, &pkm_c, &format!("Observation/{psy}")).0, 200, "before any consent, care is enough");
+
+    // Psychiatric records: nobody but RS A (a deny with a nested permit).
+    create(&s, &rs_a, consent(&pid, json!({"type": "deny",
+        "securityLabel": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PSY"}],
+        "provision": [{"type": "permit", "actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "PRCP"}]},
+                                                      "reference": {"reference": "Organization/rs-a"}}]}]})));
+    assert_eq!(get(&s, &rs_a, &format!("Observation/{psy}")).0, 200, "the exception");
+    assert_denied(get(&s, &pkm_c, &format!("Observation/{psy}")), "a labelled record the consent denies", "Depressive");
+    assert_eq!(get(&s, &pkm_c, &format!("Observation/{plain}")).0, 200, "unlabelled records stay readable");
+    let (_, found) = get(&s, &pkm_c, &format!("Observation?patient={pid}"));
+    assert_eq!(found["total"], 1, "hidden, and not counted: {found}");
+    let (_, all) = get(&s, &pkm_c, &format!("Patient/{pid}/$everything"));
+    assert!(!all.to_string().contains("Depressive") && all.to_string().contains(&plain), "{all}");
+    // Break-glass overrides the consent (and is alerted).
+    let (st, _) = call(&s, &pkm_c, reqwest::Method::GET, &format!("Observation/{psy}"), None,
+        &[("X-Purpose-Of-Use", "BTG"), ("X-Break-Glass-Reason", "suicide risk assessment in the emergency room")]);
+    assert_eq!(st, 200);
+
+    // A permit by name lets a facility without a relationship see what it names, nothing else.
+    assert_denied(get(&s, &rs_e, &format!("Observation/{plain}")), "no relationship, no consent", "Positive");
+    create(&s, &rs_a, consent(&pid, json!({"type": "permit",
+        "actor": [{"role": {"coding": [{"code": "PRCP"}]}, "reference": {"reference": "Organization/rs-e"}}],
+        "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "Observation"}]})));
+    assert_eq!(get(&s, &rs_e, &format!("Observation/{plain}")).0, 200, "named by the permit");
+    assert_denied(get(&s, &rs_e, &format!("Observation/{psy}")), "the PSY deny still holds", "Depressive");
+    assert_denied(get(&s, &rs_e, &format!("Patient/{pid}")), "the permit names Observations only", "Lestari");
+
+    // A consent that denies a facility everything.
+    create(&s, &rs_a, consent(&pid, json!({"type": "deny",
+        "actor": [{"role": {"coding": [{"code": "PRCP"}]}, "reference": {"reference": "Organization/pkm-c"}}]})));
+    // (pkm-c still holds its break-glass grant from above: use a second client of pkm-c.)
+    let pkm_c2 = facility(&inst, &s, "pkm-c");
+    assert_denied(get(&s, &pkm_c2, &format!("Observation/{plain}")), "denied by name", "Positive");
+    assert_denied(get(&s, &pkm_c2, &format!("Patient/{pid}")), "denied by name", "Lestari");
+    assert_eq!(get(&s, &pkm_c2, &format!("Observation?patient={pid}")).1["total"], 0);
+    assert_eq!(get(&s, &rs_a, &format!("Observation?patient={pid}")).1["total"], 2, "RS A is not affected");
+}
