@@ -30,7 +30,7 @@ use brankas_store::Store;
 use brankas_vault::{Vault, ct_eq, random_bytes, random_id, sha256};
 
 pub use jwt::Jwks;
-pub use registry::{ClientSpec, ClientUpdate, DIRECTORY_TYPES};
+pub use registry::{ClientSpec, ClientUpdate, DIRECTORY_TYPES, SENSITIVE_CATEGORIES};
 pub use scopes::{Scope, Scopes};
 
 /// Longest access-token lifetime (SMART Backend Services: at most 5 minutes).
@@ -116,6 +116,9 @@ pub struct ClientRecord {
     /// Public keys for `private_key_jwt` (a JWK Set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks: Option<serde_json::Value>,
+    /// Sensitive categories granted explicitly.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sensitive: Vec<String>,
 }
 
 impl ClientRecord {
@@ -137,6 +140,7 @@ impl ClientRecord {
             practitioner: self.practitioner.clone(),
             patient: self.patient.clone(),
             jwks: self.jwks.clone(),
+            sensitive: self.sensitive.clone(),
         }
     }
 }
@@ -163,6 +167,8 @@ pub struct Principal {
     break_glass_reason: Option<String>,
     /// The operator's own tools on the data directory (`brankas import`), not a network client.
     local: bool,
+    /// Sensitive categories granted explicitly.
+    sensitive: Vec<String>,
 }
 
 /// Longest break-glass reason kept.
@@ -207,6 +213,10 @@ impl Principal {
     /// The reason given, when this request invokes break-glass (purpose `BTG`).
     pub fn break_glass_reason(&self) -> Option<&str> {
         self.break_glass_reason.as_deref()
+    }
+    /// Whether the client holds an explicit grant for a sensitive category (`HIV`, `R`, `PHOTO`...).
+    pub fn has_sensitive_grant(&self, category: &str) -> bool {
+        self.sensitive.iter().any(|c| c == category)
     }
     /// Whether this is the operator's own tool acting on the data directory.
     pub fn is_local_operator(&self) -> bool {
@@ -253,6 +263,7 @@ impl Principal {
             purpose: "TREAT".into(),
             break_glass_reason: None,
             local: true,
+            sensitive: Vec::new(),
         }
     }
 }
@@ -326,6 +337,7 @@ impl Authority {
             practitioner: spec.practitioner.clone(),
             patient: spec.patient.clone(),
             jwks: spec.jwks.clone(),
+            sensitive: spec.sensitive.clone(),
         };
         self.put_client(&rec)?;
         Ok(NewClient { client_id, client_secret })
@@ -357,6 +369,9 @@ impl Authority {
         if let Some(j) = &u.jwks {
             spec.jwks = j.clone();
         }
+        if let Some(x) = &u.sensitive {
+            spec.sensitive = x.clone();
+        }
         spec.validate()?;
         rec.name = spec.name.trim().into();
         rec.scopes = Scopes::parse(&spec.scopes).map_err(|_| AuthError::BadRegistration("invalid scopes"))?.to_string();
@@ -364,6 +379,7 @@ impl Authority {
         rec.practitioner = spec.practitioner;
         rec.patient = spec.patient;
         rec.jwks = spec.jwks;
+        rec.sensitive = spec.sensitive;
         rec.updated = Some(rfc3339_now());
         self.put_client(&rec)?;
         Ok(rec)
@@ -574,6 +590,7 @@ impl Authority {
             purpose: "TREAT".into(),
             break_glass_reason: None,
             local: false,
+            sensitive: rec.sensitive,
         })
     }
 }

@@ -10,6 +10,12 @@ use crate::{AuthError, Role, Scopes};
 /// of duties: administrators manage clients, keys and the directory, never patient data).
 pub const DIRECTORY_TYPES: &[&str] = &["Organization", "Practitioner", "PractitionerRole", "Location", "HealthcareService", "Endpoint"];
 
+/// Sensitive categories a client may be granted explicitly (`"sensitive": [...]`): records
+/// labelled with one of these in `meta.security` (HL7 v3 ActCode sensitivity codes and the
+/// v3 Confidentiality codes R and V) are hidden from clients without the grant, and `PHOTO`
+/// lets a client see patients' photos (`Patient.photo`), which are otherwise redacted.
+pub const SENSITIVE_CATEGORIES: &[&str] = &["HIV", "PSY", "ETH", "SDV", "STD", "SUD", "SICKLE", "GDIS", "R", "V", "PHOTO"];
+
 /// The fields of a client registration an administrator chooses (`POST /admin/clients`,
 /// `brankas clients create`). Unknown fields are refused, so a typo cannot silently drop a
 /// restriction.
@@ -33,6 +39,9 @@ pub struct ClientSpec {
     /// Public keys (a JWK Set) for SMART Backend Services `private_key_jwt` authentication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks: Option<serde_json::Value>,
+    /// Sensitive categories granted explicitly (see [`SENSITIVE_CATEGORIES`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sensitive: Vec<String>,
 }
 
 /// Changes to a registration (`PATCH /admin/clients/{id}`): absent fields stay as they are;
@@ -50,6 +59,7 @@ pub struct ClientUpdate {
     pub patient: Option<Option<String>>,
     #[serde(default, with = "double_option")]
     pub jwks: Option<Option<serde_json::Value>>,
+    pub sensitive: Option<Vec<String>>,
 }
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -146,6 +156,12 @@ impl ClientSpec {
                     return Err(AuthError::BadRegistration("a researcher client has no access to the clinical API"));
                 }
             }
+        }
+        if self.sensitive.iter().any(|c| !SENSITIVE_CATEGORIES.contains(&c.as_str())) {
+            return Err(AuthError::BadRegistration("sensitive grants must be among HIV, PSY, ETH, SDV, STD, SUD, SICKLE, GDIS, R, V, PHOTO"));
+        }
+        if !self.sensitive.is_empty() && !matches!(role, Role::FacilitySystem | Role::Clinician) {
+            return Err(AuthError::BadRegistration("only facility-system and clinician clients take sensitive grants"));
         }
         self.jwks.as_ref().map(Jwks::parse).transpose()
     }

@@ -196,6 +196,59 @@ impl ConsentRule {
     }
 }
 
+/// How one patient's records are shown to one caller (see [`Engine::record_view`]).
+pub(crate) struct RecordView {
+    /// Nothing restricted (own patient, operator, break-glass, directory).
+    open: bool,
+    consent: Option<ConsentView>,
+}
+
+impl RecordView {
+    /// Sensitive labels (`meta.security`) need an explicit grant for each.
+    pub(crate) fn labels_permit(&self, who: &Principal, resource: &Value) -> bool {
+        self.open
+            || security_labels(resource)
+                .iter()
+                .filter(|l| l.as_str() != "PHOTO" && brankas_auth::SENSITIVE_CATEGORIES.contains(&l.as_str()))
+                .all(|l| who.has_sensitive_grant(l))
+    }
+
+    pub(crate) fn consent_permits(&self, who: &Principal, rtype: &str, resource: &Value) -> bool {
+        self.open || self.consent.as_ref().is_none_or(|c| c.permits(who, rtype, resource))
+    }
+
+    pub(crate) fn permits(&self, who: &Principal, rtype: &str, resource: &Value) -> bool {
+        self.labels_permit(who, resource) && self.consent_permits(who, rtype, resource)
+    }
+
+    /// Removes what the caller may see only with a grant: patient photos.
+    pub(crate) fn redact(&self, who: &Principal, rtype: &str, resource: &mut Value) {
+        if !self.open {
+            redact_photo(who, rtype, resource);
+        }
+    }
+}
+
+/// A Patient's photos are shown only to clients granted `PHOTO` (and to the patient): the
+/// element is removed and the resource marked REDACTED (HL7 v3 ObservationValue), so that
+/// nobody takes it for the whole record.
+pub(crate) fn redact_photo(who: &Principal, rtype: &str, resource: &mut Value) {
+    if rtype != "Patient" || who.is_local_operator() || who.role() == Role::Patient || who.has_sensitive_grant("PHOTO") {
+        return;
+    }
+    let Some(obj) = resource.as_object_mut() else { return };
+    if obj.remove("photo").is_none() {
+        return;
+    }
+    let meta = obj.entry("meta").or_insert_with(|| serde_json::json!({}));
+    if let Some(m) = meta.as_object_mut() {
+        let sec = m.entry("security").or_insert_with(|| serde_json::json!([]));
+        if let Some(a) = sec.as_array_mut() {
+            a.push(serde_json::json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "REDACTED"}));
+        }
+    }
+}
+
 /// A patient's consent rules as they apply to one caller.
 pub(crate) struct ConsentView {
     rules: Vec<ConsentRule>,
@@ -389,53 +442,54 @@ impl Engine {
         }
     }
 
-    /// The patient's consent as it applies to this caller, read once for a batch of records:
-    /// `None` when it restricts nothing (no consents, a patient's own client, the operator's
-    /// tools, the directory, or break-glass, which overrides consent and is alerted).
-    pub(crate) fn consent_view(&self, who: &Principal, partition: &PartitionId) -> Result<Option<ConsentView>> {
+    /// How the records of one partition are shown to this caller, read once for a batch of
+    /// records: the patient's consent, sensitive labels, photos. Nothing is restricted for a
+    /// patient's own client, the operator's tools, or under break-glass (which overrides
+    /// consent and labels, and is alerted).
+    pub(crate) fn record_view(&self, who: &Principal, partition: &PartitionId) -> Result<RecordView> {
         if who.is_local_operator() || who.role() == Role::Patient || !self.is_patient_partition(partition) {
-            return Ok(None);
+            return Ok(RecordView { open: true, consent: None });
         }
         let rules = self.consent_rules(partition)?;
-        if rules.is_empty() {
-            return Ok(None);
-        }
         let now = now_us();
         let basis = self.basis(who, partition, &rules, now)?;
         if basis == Some(Basis::BreakGlass) {
-            return Ok(None);
+            return Ok(RecordView { open: true, consent: None });
         }
-        Ok(Some(ConsentView { rules, care: basis == Some(Basis::Care), now }))
-    }
-
-    /// The patient's consent, for one record about to be served: a deny that covers it (by
-    /// resource type or security label) refuses it, unless under break-glass; access that
-    /// rests on a consent's permit alone covers only what a consent permits.
-    pub(crate) fn consent_permits_resource(&self, who: &Principal, partition: &PartitionId, rtype: &str, resource: &Value) -> Result<bool> {
-        Ok(self.consent_view(who, partition)?.is_none_or(|v| v.permits(who, rtype, resource)))
+        let consent = (!rules.is_empty()).then(|| ConsentView { rules, care: basis == Some(Basis::Care), now });
+        Ok(RecordView { open: false, consent })
     }
 
     /// The per-record gate, once a record is decrypted: the scope's query restriction for
     /// `perm`, and the patient's consent.
-    pub(crate) fn gate_record(&self, who: &Principal, partition: &PartitionId, rtype: &str, perm: char, resource: &Value) -> Result<()> {
+    pub(crate) fn gate_record(&self, who: &Principal, partition: &PartitionId, rtype: &str, perm: char, resource: &mut Value) -> Result<()> {
         self.gate_scope_resource(who, rtype, perm, resource)?;
-        if self.consent_permits_resource(who, partition, rtype, resource)? {
-            Ok(())
-        } else {
-            Err(forbidden("the patient's consent does not allow your organization this record"))
+        let view = self.record_view(who, partition)?;
+        if !view.labels_permit(who, resource) {
+            return Err(forbidden("this record carries a sensitive label your client holds no grant for"));
         }
+        if !view.consent_permits(who, rtype, resource) {
+            return Err(forbidden("the patient's consent does not allow your organization this record"));
+        }
+        view.redact(who, rtype, resource);
+        Ok(())
     }
 
     /// Keeps the records of one patient's partition the caller may see (consent), for search
     /// results: what is hidden is left out, not refused, and not counted.
     pub(crate) fn filter_consent(&self, who: &Principal, partition: &PartitionId, rtype: &str, found: Vec<crate::Stored>) -> Result<Vec<crate::Stored>> {
-        if who.is_local_operator() || who.role() == Role::Patient || !self.is_patient_partition(partition) || found.is_empty() {
+        if found.is_empty() {
             return Ok(found);
         }
-        Ok(match self.consent_view(who, partition)? {
-            None => found,
-            Some(v) => found.into_iter().filter(|s| v.permits(who, rtype, &s.resource)).collect(),
-        })
+        let view = self.record_view(who, partition)?;
+        Ok(found
+            .into_iter()
+            .filter(|s| view.permits(who, rtype, &s.resource))
+            .map(|mut s| {
+                view.redact(who, rtype, &mut s.resource);
+                s
+            })
+            .collect())
     }
 
     /// The rules of the patient's active Consents (privacy consents; others are ignored).

@@ -288,8 +288,8 @@ impl Engine {
                         }
                         Some(c) => {
                             self.gate_row(who, c, Act::Write)?;
-                            let old = self.open_row(c, Some((&t, &id)))?;
-                            self.gate_record(who, &c.partition, &t, 'd', &old.resource)?;
+                            let mut old = self.open_row(c, Some((&t, &id)))?;
+                            self.gate_record(who, &c.partition, &t, 'd', &mut old.resource)?;
                             if e.if_match.is_some_and(|v| v != c.version) {
                                 return Err(EngineError::PreconditionFailed(format!("Bundle.entry[{i}]: ifMatch does not match")));
                             }
@@ -319,8 +319,8 @@ impl Engine {
                     self.gate_new(who, &p.row.partition)?;
                     self.gate_scope_resource(who, &t, if live.is_some() { 'u' } else { 'c' }, &p.stored.resource)?;
                     if let Some(c) = live {
-                        let old = self.open_row(c, Some((&t, &id)))?;
-                        self.gate_record(who, &c.partition, &t, 'u', &old.resource)?;
+                        let mut old = self.open_row(c, Some((&t, &id)))?;
+                        self.gate_record(who, &c.partition, &t, 'u', &mut old.resource)?;
                     }
                     p
                 }

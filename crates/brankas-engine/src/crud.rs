@@ -197,8 +197,8 @@ impl Engine {
         self.gate_scope_resource(who, rtype, if live.is_some() { 'u' } else { 'c' }, &p.stored.resource)?;
         if let Some(c) = live {
             // The version replaced must be within the scope too.
-            let old = self.open_row(c, Some((rtype, id)))?;
-            self.gate_record(who, &c.partition, rtype, 'u', &old.resource)?;
+            let mut old = self.open_row(c, Some((rtype, id)))?;
+            self.gate_record(who, &c.partition, rtype, 'u', &mut old.resource)?;
         }
         self.commit_prepared(who, std::slice::from_ref(&p))?;
         Ok(WriteOutcome { created: p.created, stored: p.stored })
@@ -216,8 +216,8 @@ impl Engine {
         if row.deleted {
             return Err(EngineError::Gone);
         }
-        let s = self.open_row(&row, Some((rtype, id)))?;
-        self.gate_record(who, &row.partition, rtype, 'r', &s.resource)?;
+        let mut s = self.open_row(&row, Some((rtype, id)))?;
+        self.gate_record(who, &row.partition, rtype, 'r', &mut s.resource)?;
         Ok(s)
     }
 
@@ -233,8 +233,8 @@ impl Engine {
         if row.deleted {
             return Err(EngineError::Gone);
         }
-        let s = self.open_row(&row, Some((rtype, id)))?;
-        self.gate_record(who, &row.partition, rtype, 'r', &s.resource)?;
+        let mut s = self.open_row(&row, Some((rtype, id)))?;
+        self.gate_record(who, &row.partition, rtype, 'r', &mut s.resource)?;
         Ok(s)
     }
 
@@ -254,8 +254,8 @@ impl Engine {
         if if_match.is_some_and(|v| v != current.version) {
             return Err(EngineError::PreconditionFailed("If-Match does not match the current version".into()));
         }
-        let old = self.open_row(&current, Some((rtype, id)))?;
-        self.gate_record(who, &current.partition, rtype, 'd', &old.resource)?;
+        let mut old = self.open_row(&current, Some((rtype, id)))?;
+        self.gate_record(who, &current.partition, rtype, 'd', &mut old.resource)?;
         let p = self.prepare_delete(rtype, id, &current, now_us())?;
         self.commit_prepared(who, std::slice::from_ref(&p))?;
         Ok(Some(p.stored))
@@ -276,9 +276,9 @@ impl Engine {
         for r in &rows {
             self.gate_row(who, r, Act::Read)?;
         }
-        let out: Vec<Stored> = rows.iter().map(|r| self.open_row(r, Some((rtype, id)))).collect::<Result<_>>()?;
-        for (r, s) in rows.iter().zip(&out).filter(|(_, s)| !s.deleted) {
-            self.gate_record(who, &r.partition, rtype, 'r', &s.resource)?;
+        let mut out: Vec<Stored> = rows.iter().map(|r| self.open_row(r, Some((rtype, id)))).collect::<Result<_>>()?;
+        for (r, s) in rows.iter().zip(out.iter_mut()).filter(|(_, s)| !s.deleted) {
+            self.gate_record(who, &r.partition, rtype, 'r', &mut s.resource)?;
         }
         Ok(out)
     }

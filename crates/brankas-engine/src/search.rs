@@ -203,7 +203,14 @@ impl Engine {
                 let hits = self.identity_search(&identity, pairs)?;
                 return Ok(match (who.role(), own) {
                     (Role::Patient, own) => hits.into_iter().filter(|(row, _)| Some(&row.partition) == own.as_ref()).map(|(_, s)| s).collect(),
-                    _ => hits.into_iter().map(|(_, s)| s).collect(),
+                    // Demographics: photos only with a grant.
+                    _ => hits
+                        .into_iter()
+                        .map(|(_, mut s)| {
+                            crate::access::redact_photo(who, "Patient", &mut s.resource);
+                            s
+                        })
+                        .collect(),
                 });
             }
             if let Some(p) = owner {
@@ -358,12 +365,13 @@ impl Engine {
         }
         let mut out = Vec::with_capacity(rows.len());
         let mut restrictions: std::collections::HashMap<String, Option<Vec<Query>>> = std::collections::HashMap::new();
-        let consent = self.consent_view(who, &self.vault.patient_partition(patient_id))?;
+        let view = self.record_view(who, &self.vault.patient_partition(patient_id))?;
         for row in rows.iter().filter(|r| !r.deleted && r.resource_type != crate::access::CARE_TYPE && who.scopes().permits(&r.resource_type, 'r')) {
-            let s = self.open_row(row, None)?;
-            if consent.as_ref().is_some_and(|v| !v.permits(who, &row.resource_type, &s.resource)) {
+            let mut s = self.open_row(row, None)?;
+            if !view.permits(who, &row.resource_type, &s.resource) {
                 continue;
             }
+            view.redact(who, &row.resource_type, &mut s.resource);
             if !who.is_local_operator() {
                 if !restrictions.contains_key(&row.resource_type) {
                     restrictions.insert(row.resource_type.clone(), self.scope_restrictions(who, &row.resource_type, 'r')?);

@@ -104,6 +104,10 @@ pub struct Binding {
     /// A JWK Set file with the client's public keys, for private_key_jwt.
     #[arg(long)]
     jwks: Option<PathBuf>,
+    /// Sensitive categories granted explicitly, comma-separated: HIV, PSY, ETH, SDV, STD,
+    /// SUD, SICKLE, GDIS, R, V (records so labelled), PHOTO (patients' photos).
+    #[arg(long, value_delimiter = ',')]
+    sensitive: Option<Vec<String>>,
 }
 
 fn read_jwks(path: &Option<PathBuf>) -> Result<Option<Value>> {
@@ -126,6 +130,7 @@ pub fn run(cmd: ClientsCmd) -> Result<()> {
                 practitioner: bind.practitioner,
                 patient: bind.patient,
                 jwks: read_jwks(&bind.jwks)?,
+                sensitive: bind.sensitive.unwrap_or_default(),
             };
             let o = open(&data.data_dir, data.key_file.as_deref())?;
             let new = o.auth.create_client(&spec)?;
@@ -147,6 +152,7 @@ pub fn run(cmd: ClientsCmd) -> Result<()> {
                 practitioner: bind.practitioner.map(Some),
                 patient: bind.patient.map(Some),
                 jwks: read_jwks(&bind.jwks)?.map(Some),
+                sensitive: bind.sensitive,
             };
             let o = open(&data.data_dir, data.key_file.as_deref())?;
             o.auth.update_client(&client_id, &u)?.public_view()

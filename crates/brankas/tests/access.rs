@@ -23,6 +23,11 @@ fn facility(inst: &Instance, s: &Server, org: &str) -> Caller {
     caller(inst, s, &["--name", org, "--role", "facility-system", "--organization", &format!("Organization/{org}"), "--scopes", "system/*.cruds"])
 }
 
+/// A facility client that also holds grants for sensitive categories.
+fn facility_granted(inst: &Instance, s: &Server, org: &str, sensitive: &str) -> Caller {
+    caller(inst, s, &["--name", org, "--role", "facility-system", "--organization", &format!("Organization/{org}"), "--scopes", "system/*.cruds", "--sensitive", sensitive])
+}
+
 fn call(s: &Server, c: &Caller, method: reqwest::Method, path: &str, body: Option<&Value>, headers: &[(&str, &str)]) -> (u16, Value) {
     let mut r = s.http.request(method, s.url(path)).bearer_auth(&c.token);
     for (k, v) in headers {
@@ -280,9 +285,10 @@ fn consent(pid: &str, provision: Value) -> Value {
 fn the_patients_consent_is_enforced_record_by_record() {
     let inst = Instance::init();
     let s = inst.serve();
-    let rs_a = facility(&inst, &s, "rs-a");
-    let pkm_c = facility(&inst, &s, "pkm-c");
-    let rs_e = facility(&inst, &s, "rs-e");
+    // All hold the PSY grant: what decides below is the patient's consent.
+    let rs_a = facility_granted(&inst, &s, "rs-a", "PSY");
+    let pkm_c = facility_granted(&inst, &s, "pkm-c", "PSY");
+    let rs_e = facility_granted(&inst, &s, "rs-e", "PSY");
     let pid = create(&s, &rs_a, patient("3171054708900003", "Lestari"));
     let plain = create(&s, &rs_a, observation(&pid));
     let mut psy = observation(&pid);
@@ -324,9 +330,50 @@ fn the_patients_consent_is_enforced_record_by_record() {
     create(&s, &rs_a, consent(&pid, json!({"type": "deny",
         "actor": [{"role": {"coding": [{"code": "PRCP"}]}, "reference": {"reference": "Organization/pkm-c"}}]})));
     // (pkm-c still holds its break-glass grant from above: use a second client of pkm-c.)
-    let pkm_c2 = facility(&inst, &s, "pkm-c");
+    let pkm_c2 = facility_granted(&inst, &s, "pkm-c", "PSY");
     assert_denied(get(&s, &pkm_c2, &format!("Observation/{plain}")), "denied by name", "Positive");
     assert_denied(get(&s, &pkm_c2, &format!("Patient/{pid}")), "denied by name", "Lestari");
     assert_eq!(get(&s, &pkm_c2, &format!("Observation?patient={pid}")).1["total"], 0);
     assert_eq!(get(&s, &rs_a, &format!("Observation?patient={pid}")).1["total"], 2, "RS A is not affected");
+}
+
+#[test]
+fn sensitive_labels_and_photos_need_an_explicit_grant() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let rs = facility(&inst, &s, "rs-a");
+    let mut p = patient("3171054708900003", "Lestari");
+    p["photo"] = json!([{"contentType": "image/png", "data": "iVBORw0KGgo="}]);
+    let pid = create(&s, &rs, p);
+    let mut hiv = observation(&pid);
+    hiv["meta"] = json!({"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "HIV"}]});
+    hiv["valueCodeableConcept"] = json!({"text": "HIV-1 antibody reactive"});
+    let hiv = create(&s, &rs, hiv);
+    let plain = create(&s, &rs, observation(&pid));
+    // The same facility's general system holds no grant: the labelled record is hidden, the
+    // photo redacted (and the resource marked so).
+    assert_denied(get(&s, &rs, &format!("Observation/{hiv}")), "HIV-labelled record without a grant", "reactive");
+    assert_eq!(get(&s, &rs, &format!("Observation?patient={pid}")).1["total"], 1);
+    let (_, all) = get(&s, &rs, &format!("Patient/{pid}/$everything"));
+    assert!(!all.to_string().contains("reactive") && all.to_string().contains(&plain));
+    let (_, read) = get(&s, &rs, &format!("Patient/{pid}"));
+    assert!(read.get("photo").is_none(), "{read}");
+    assert!(read["meta"]["security"].to_string().contains("REDACTED"), "{read}");
+    let (_, found) = get(&s, &rs, &format!("Patient?identifier={NIK_SYSTEM}|3171054708900003"));
+    assert!(found["entry"][0]["resource"].get("photo").is_none(), "identity lookups redact photos too: {found}");
+    // The HIV clinic's system holds both grants.
+    let vct = caller(&inst, &s, &["--name", "VCT clinic", "--role", "facility-system", "--organization", "Organization/rs-a",
+        "--scopes", "system/*.cruds", "--sensitive", "HIV,PHOTO"]);
+    let (st, v) = get(&s, &vct, &format!("Observation/{hiv}"));
+    assert_eq!((st, v["valueCodeableConcept"]["text"].as_str()), (200, Some("HIV-1 antibody reactive")));
+    assert_eq!(get(&s, &vct, &format!("Observation?patient={pid}")).1["total"], 2);
+    let (_, read) = get(&s, &vct, &format!("Patient/{pid}"));
+    assert_eq!(read["photo"][0]["contentType"], "image/png");
+    // The patient sees all of its own record.
+    let me = caller(&inst, &s, &["--name", "me", "--role", "patient", "--patient", &format!("Patient/{pid}"), "--scopes", "patient/*.rs"]);
+    assert_eq!(get(&s, &me, &format!("Observation/{hiv}")).0, 200);
+    assert!(get(&s, &me, &format!("Patient/{pid}")).1.get("photo").is_some());
+    // Unknown grants are refused at registration.
+    let out = inst.cli(&["clients", "create", "--name", "x", "--role", "facility-system", "--organization", "Organization/rs-a", "--scopes", "system/*.rs", "--sensitive", "EVERYTHING"]);
+    assert!(!out.status.success());
 }

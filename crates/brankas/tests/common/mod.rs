@@ -21,8 +21,8 @@ pub fn corpus() -> PathBuf {
 /// A data directory with its key file, created by `brankas init`.
 pub struct Instance {
     pub root: tempfile::TempDir,
-    /// A facility-system client (`Organization/test-facility`, `system/*.cruds`), registered
-    /// after init: the default caller of the tests.
+    /// A facility-system client (`Organization/test-facility`, `system/*.cruds`, every
+    /// sensitive category granted), registered after init: the default caller of the tests.
     pub client_id: String,
     pub client_secret: String,
     /// The bootstrap admin `brankas init` created (clients, keys, directory; no patient data).
@@ -49,7 +49,12 @@ impl Instance {
             admin_secret: admin["client_secret"].as_str().unwrap().into(),
             root,
         };
-        let creds = inst.register(&["--name", "test facility", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.cruds"]);
+        // Every sensitive category granted: the API and fidelity tests read back exactly what
+        // they wrote (the access tests register narrower clients of their own).
+        let creds = inst.register(&[
+            "--name", "test facility", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.cruds",
+            "--sensitive", "HIV,PSY,ETH,SDV,STD,SUD,SICKLE,GDIS,R,V,PHOTO",
+        ]);
         inst.client_id = creds["client_id"].as_str().unwrap().into();
         inst.client_secret = creds["client_secret"].as_str().unwrap().into();
         inst
