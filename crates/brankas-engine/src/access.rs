@@ -630,9 +630,12 @@ impl Engine {
     /// Commits prepared resource versions together with the care-record versions they imply,
     /// retrying (with freshly read care records) when only a care record lost a race.
     pub(crate) fn commit_with_care(&self, who: &Principal, prepared: &[Prepared]) -> Result<()> {
-        for _ in 0..5 {
+        // A busy facility's writers all add to the same work list; a lost race is retried
+        // with the list read again.
+        for _ in 0..16 {
             let now = now_us();
-            let care = self.care_versions(&self.care_facts(who, prepared, now), now)?;
+            let mut care = self.care_versions(&self.care_facts(who, prepared, now), now)?;
+            care.extend(self.worklist_versions(&crate::worklist::facts_of(prepared, now), now)?);
             let mut batch = WriteBatch::default();
             for p in prepared {
                 batch.versions.push(NewVersion { row: p.row.clone(), expect: p.expect });

@@ -11,6 +11,7 @@ use brankas_store::{NewVersion, RecordKey, StoreError, WriteBatch};
 use serde_json::{Value, json};
 
 use crate::access::{CareFacts, merge_facts};
+use crate::worklist::WorklistFacts;
 use crate::{Engine, EngineError, Result};
 
 /// Counts of an import run.
@@ -172,6 +173,7 @@ impl<'a> Importer<'a> {
         let mut batches = Vec::new();
         let mut owners = Vec::new();
         let mut care = CareFacts::new();
+        let mut worklists = WorklistFacts::new();
         for u in group {
             stats.units += 1;
             match u.prep {
@@ -180,6 +182,9 @@ impl<'a> Importer<'a> {
                     batches.push(p.batch);
                     owners.push((u.where_, p.resources));
                     merge_facts(&mut care, p.care);
+                    for (id, keys) in p.worklists {
+                        worklists.entry(id).or_default().extend(keys);
+                    }
                 }
                 Err(e) => fail(stats, &u.where_, &e),
             }
@@ -189,8 +194,11 @@ impl<'a> Importer<'a> {
         // earlier group is committed. Should a unit fail at commit, the relationship it
         // would have established is still recorded: a facility that tried to submit data
         // for a patient is in that patient's care.
-        if !care.is_empty() {
-            let mut b = WriteBatch { versions: self.engine.care_versions(&care, crate::crud::now_us())?, ..Default::default() };
+        if !care.is_empty() || !worklists.is_empty() {
+            let now = crate::crud::now_us();
+            let mut versions = self.engine.care_versions(&care, now)?;
+            versions.extend(self.engine.worklist_versions(&worklists, now)?);
+            let mut b = WriteBatch { versions, ..Default::default() };
             if !b.versions.is_empty() {
                 self.engine.attach_new_keys(&mut b)?;
                 batches.push(b);
@@ -249,7 +257,9 @@ impl<'a> Importer<'a> {
         let resources = tx.prepared.len() as u64;
         // The care relationships the records establish (Encounters at facilities...): written
         // for the whole group at once, after its units (see `start_commit`).
-        let care = self.engine.care_facts(&self.who, &tx.prepared, crate::crud::now_us());
+        let now = crate::crud::now_us();
+        let care = self.engine.care_facts(&self.who, &tx.prepared, now);
+        let worklists = crate::worklist::facts_of(&tx.prepared, now);
         let reads = tx.reads;
         let mut batch = WriteBatch::default();
         for p in tx.prepared {
@@ -258,7 +268,7 @@ impl<'a> Importer<'a> {
                 batch.index.push(ix);
             }
         }
-        Ok(Prepped { batch, resources, reads, queried: tx.queried, care })
+        Ok(Prepped { batch, resources, reads, queried: tx.queried, care, worklists })
     }
 }
 
@@ -309,6 +319,7 @@ struct Prepped {
     reads: Vec<RecordKey>,
     queried: bool,
     care: CareFacts,
+    worklists: WorklistFacts,
 }
 
 /// A group whose commit runs on its own thread: the batches come back with the outcome.

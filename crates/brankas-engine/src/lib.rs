@@ -30,6 +30,7 @@ mod bundle;
 mod crud;
 mod import;
 mod search;
+mod worklist;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -44,6 +45,7 @@ pub use import::{ImportStats, Importer};
 pub use bundle::{EntryOutcome, parse_etag};
 pub use crud::instant;
 pub use search::{Page, SearchRequest};
+pub use worklist::MAX_WORKLIST_DAYS;
 
 /// Meta name under which the wrapped system root is stored.
 pub const ROOT_META: &str = "system-root";
@@ -229,7 +231,7 @@ impl Engine {
     /// served; a patient's rows pass [`Engine::gate_patient`], the directory's
     /// [`Engine::gate_directory`]. The operator's local tools pass.
     pub(crate) fn gate_row(&self, who: &Principal, row: &VersionRow, act: access::Act) -> Result<()> {
-        if row.resource_type == access::CARE_TYPE {
+        if row.resource_type == access::CARE_TYPE || row.resource_type == worklist::WORKLIST_TYPE {
             return Err(EngineError::NotFound);
         }
         if who.is_local_operator() {

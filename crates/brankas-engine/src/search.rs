@@ -230,6 +230,9 @@ impl Engine {
             if let Some(p) = owner {
                 return self.scan_owned(who, p, rtype, query);
             }
+            if let Some(r) = self.worklist_search(who, rtype, query, pairs) {
+                return r;
+            }
             return Err(EngineError::Search(format!(
                 "searching {rtype} across patients is not permitted: give exactly one patient (patient=Patient/<id> or subject=Patient/<id>)"
             )));

@@ -377,3 +377,62 @@ fn sensitive_labels_and_photos_need_an_explicit_grant() {
     let out = inst.cli(&["clients", "create", "--name", "x", "--role", "facility-system", "--organization", "Organization/rs-a", "--scopes", "system/*.rs", "--sensitive", "EVERYTHING"]);
     assert!(!out.status.success());
 }
+
+#[test]
+fn facility_work_lists_are_the_one_cross_patient_search() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let rs_a = facility(&inst, &s, "rs-a");
+    let rs_b = facility(&inst, &s, "rs-b");
+    let visit = |c: &Caller, pid: &str, org: &str, start: &str| {
+        create(&s, c, json!({"resourceType": "Encounter", "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+            "subject": {"reference": format!("Patient/{pid}")}, "serviceProvider": {"reference": format!("Organization/{org}")},
+            "period": {"start": start, "end": start.replace("T0", "T1").replace("T10", "T11")}}))
+    };
+    let p1 = create(&s, &rs_a, patient("3171054708900003", "Lestari"));
+    let p2 = create(&s, &rs_a, patient("3273014708900007", "Wulandari"));
+    let p3 = create(&s, &rs_b, patient("3374014708900001", "Rahayu"));
+    let e1 = visit(&rs_a, &p1, "rs-a", "2026-11-30T08:00:00+07:00");
+    let e2 = visit(&rs_a, &p2, "rs-a", "2026-11-29T10:00:00+07:00");
+    let e3 = visit(&rs_b, &p3, "rs-b", "2026-11-30T09:00:00+07:00");
+    let ids = |v: &Value| -> Vec<String> {
+        let mut x: Vec<String> = v["entry"].as_array().map(|a| a.iter().map(|e| e["resource"]["id"].as_str().unwrap().to_string()).collect()).unwrap_or_default();
+        x.sort();
+        x
+    };
+
+    let (st, v) = get(&s, &rs_a, "Encounter?service-provider=Organization/rs-a&date=ge2026-11-29&date=le2026-11-30");
+    assert_eq!(st, 200, "{v}");
+    let mut want = vec![e1.clone(), e2.clone()];
+    want.sort();
+    assert_eq!(ids(&v), want, "both of A's visits, across two patients, and not B's");
+    let (_, v) = get(&s, &rs_a, "Encounter?service-provider=rs-a&date=2026-11-30");
+    assert_eq!(ids(&v), vec![e1.clone()], "one day");
+    let (_, v) = get(&s, &rs_a, "Encounter?service-provider=Organization/rs-a&date=ge2026-11-30&date=le2026-11-30&status=planned");
+    assert_eq!(v["total"], 0, "the rest of the query applies");
+    let (_, v) = get(&s, &rs_b, "Encounter?service-provider=Organization/rs-b&date=2026-11-30");
+    assert_eq!(ids(&v), vec![e3], "B's own list");
+    // Only for one's own organization, only bounded, and no other cross-patient search.
+    assert_denied(get(&s, &rs_a, "Encounter?service-provider=Organization/rs-b&date=2026-11-30"), "another facility's list", "Rahayu");
+    assert_eq!(get(&s, &rs_a, "Encounter?service-provider=Organization/rs-a").0, 400, "unbounded");
+    assert_eq!(get(&s, &rs_a, "Encounter?service-provider=Organization/rs-a&date=ge2025-01-01&date=le2026-12-31").0, 400, "too long");
+    assert_eq!(get(&s, &rs_a, "Encounter?date=2026-11-30").0, 400, "no organization: across patients, refused");
+    assert_eq!(get(&s, &rs_a, "Observation?code=http://loinc.org|94558-4").0, 400);
+    let me = caller(&inst, &s, &["--name", "me", "--role", "patient", "--patient", &format!("Patient/{p1}"), "--scopes", "patient/*.rs"]);
+    assert_eq!(get(&s, &me, "Encounter?service-provider=Organization/rs-a&date=2026-11-30").0, 403);
+
+    // Incoming referrals: B's list of ServiceRequests naming it as performer.
+    let sr = create(&s, &rs_a, json!({"resourceType": "ServiceRequest", "status": "active", "intent": "order",
+        "subject": {"reference": format!("Patient/{p1}")}, "performer": [{"reference": "Organization/rs-b"}],
+        "authoredOn": "2026-11-30T11:00:00+07:00", "identifier": [{"system": "https://fhir.kemkes.go.id/id/referral", "value": "RJK-0002"}]}));
+    let (st, v) = get(&s, &rs_b, "ServiceRequest?performer=Organization/rs-b&authored=2026-11-30");
+    assert_eq!((st, ids(&v)), (200, vec![sr]), "{v}");
+    // A visit moved to another facility leaves the old list.
+    let (st, mut enc) = get(&s, &rs_a, &format!("Encounter/{e2}"));
+    assert_eq!(st, 200);
+    enc["serviceProvider"] = json!({"reference": "Organization/rs-c"});
+    assert_eq!(call(&s, &rs_a, reqwest::Method::PUT, &format!("Encounter/{e2}"), Some(&enc), &[]).0, 200);
+    let (_, v) = get(&s, &rs_a, "Encounter?service-provider=Organization/rs-a&date=2026-11-29");
+    assert_eq!(v["total"], 0, "{v}");
+}
