@@ -90,7 +90,8 @@ async fn authenticate(State(st): St, mut req: Request, next: Next) -> Response {
     let purpose = header_text(req.headers(), "x-purpose-of-use");
     let reason = header_text(req.headers(), "x-break-glass-reason");
     let auth = st.auth.clone();
-    match tokio::task::spawn_blocking(move || auth.verify(&token)).await {
+    let audience = st.base_url.clone();
+    match tokio::task::spawn_blocking(move || auth.verify(&token, &audience)).await {
         Ok(Ok(p)) => match p.with_purpose(purpose.as_deref(), reason.as_deref()) {
             Ok(p) => {
                 req.extensions_mut().insert(p);

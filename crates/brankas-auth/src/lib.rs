@@ -119,6 +119,9 @@ pub struct ClientRecord {
     /// Sensitive categories granted explicitly.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sensitive: Vec<String>,
+    /// A trusted external identity provider's `iss`, for clients that stand for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
 }
 
 impl ClientRecord {
@@ -141,6 +144,7 @@ impl ClientRecord {
             patient: self.patient.clone(),
             jwks: self.jwks.clone(),
             sensitive: self.sensitive.clone(),
+            issuer: self.issuer.clone(),
         }
     }
 }
@@ -280,6 +284,8 @@ pub struct Authority {
     store: Arc<dyn Store>,
     vault: Arc<Vault>,
     token_seconds: u64,
+    /// Trusted issuer → client id, rebuilt from the registry on a miss (at most once a second).
+    issuers: std::sync::Mutex<(std::collections::HashMap<String, String>, Option<std::time::Instant>)>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -307,7 +313,7 @@ fn rfc3339_now() -> String {
 
 impl Authority {
     pub fn new(store: Arc<dyn Store>, vault: Arc<Vault>) -> Self {
-        Self { store, vault, token_seconds: MAX_TOKEN_SECONDS }
+        Self { store, vault, token_seconds: MAX_TOKEN_SECONDS, issuers: std::sync::Mutex::new((std::collections::HashMap::new(), None)) }
     }
 
     /// Sets the token lifetime, capped at [`MAX_TOKEN_SECONDS`].
@@ -320,6 +326,11 @@ impl Authority {
     /// registration is checked as a whole first (see [`ClientSpec::validate`]).
     pub fn create_client(&self, spec: &ClientSpec) -> Result<NewClient, AuthError> {
         spec.validate()?;
+        if let Some(iss) = &spec.issuer
+            && self.list_clients()?.iter().any(|c| c.issuer.as_deref() == Some(iss.as_str()) && c.status != ClientStatus::Revoked)
+        {
+            return Err(AuthError::BadRegistration("another client already stands for this issuer"));
+        }
         let client_id = format!("c-{}", random_id(12)?);
         let mut raw = [0u8; 32];
         random_bytes(&mut raw)?;
@@ -338,6 +349,7 @@ impl Authority {
             patient: spec.patient.clone(),
             jwks: spec.jwks.clone(),
             sensitive: spec.sensitive.clone(),
+            issuer: spec.issuer.clone(),
         };
         self.put_client(&rec)?;
         Ok(NewClient { client_id, client_secret })
@@ -380,6 +392,7 @@ impl Authority {
         rec.patient = spec.patient;
         rec.jwks = spec.jwks;
         rec.sensitive = spec.sensitive;
+        rec.issuer = spec.issuer;
         rec.updated = Some(rfc3339_now());
         self.put_client(&rec)?;
         Ok(rec)
@@ -541,8 +554,10 @@ impl Authority {
         Ok(IssuedToken { access_token: format!("{signing_input}.{}", B64.encode(sig)), expires_in: self.token_seconds, scope })
     }
 
-    /// Verifies a bearer token: signature, issuer, expiry, and that its client is still active.
-    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+    /// Verifies a bearer token for the FHIR endpoint `audience`: one of ours (signature,
+    /// issuer, expiry), or one of a registered trusted issuer ([`Authority::verify_external`]);
+    /// either way its client must still be active and still hold the token's scopes.
+    pub fn verify(&self, token: &str, audience: &str) -> Result<Principal, AuthError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::InvalidToken);
         }
@@ -550,9 +565,10 @@ impl Authority {
         let (Some(h), Some(b), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err(AuthError::InvalidToken);
         };
-        // Only our own fixed header is accepted: no algorithm negotiation ("alg":"none" etc.).
+        // Our own tokens have one fixed header: no algorithm negotiation ("alg":"none" etc.).
+        // Anything else can only be a trusted issuer's, checked against its registered keys.
         if h != B64.encode(JWS_HEADER) {
-            return Err(AuthError::InvalidToken);
+            return self.verify_external(token, b, audience);
         }
         let sig = B64.decode(s).map_err(|_| AuthError::InvalidToken)?;
         let expected = self.vault.token_mac(format!("{h}.{b}").as_bytes());
@@ -595,6 +611,92 @@ impl Authority {
     }
 }
 
+impl Authority {
+    /// The client standing for trusted issuer `iss`.
+    fn issuer_client(&self, iss: &str) -> Result<Option<String>, AuthError> {
+        let mut cache = self.issuers.lock().map_err(|_| AuthError::InvalidToken)?;
+        if let Some(id) = cache.0.get(iss) {
+            return Ok(Some(id.clone()));
+        }
+        // A miss rescans the registry, at most once a second (tokens naming unknown issuers
+        // must not turn into a registry scan each).
+        if cache.1.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) {
+            return Ok(None);
+        }
+        let mut map = std::collections::HashMap::new();
+        for c in self.list_clients()? {
+            if let Some(i) = c.issuer {
+                map.insert(i, c.client_id);
+            }
+        }
+        *cache = (map, Some(std::time::Instant::now()));
+        Ok(cache.0.get(iss).cloned())
+    }
+
+    /// An access token of a trusted external identity provider (a hospital's): signed by a
+    /// key its client registered (ES384/RS384, also ES256/RS256), `iss` its issuer, `aud` this
+    /// FHIR endpoint, at most 300 s of life (`exp` − `iat`, and `exp` at most 300 s ahead),
+    /// `fhirUser` naming the practitioner (clinician) or patient (patient client), `scope`
+    /// within the registration's.
+    fn verify_external(&self, token: &str, body: &str, audience: &str) -> Result<Principal, AuthError> {
+        let unverified: serde_json::Value =
+            B64.decode(body).ok().and_then(|b| serde_json::from_slice(&b).ok()).ok_or(AuthError::InvalidToken)?;
+        let iss = unverified.get("iss").and_then(|v| v.as_str()).filter(|i| i.len() <= 200).ok_or(AuthError::InvalidToken)?;
+        let client_id = self.issuer_client(iss)?.ok_or(AuthError::InvalidToken)?;
+        let rec = match self.client(&client_id) {
+            Ok(Some(r)) => r,
+            Ok(None) | Err(AuthError::Integrity) => return Err(AuthError::InvalidToken),
+            Err(e) => return Err(e),
+        };
+        if rec.status != ClientStatus::Active || rec.issuer.as_deref() != Some(iss) {
+            return Err(AuthError::InvalidToken);
+        }
+        let jwks = rec.jwks.as_ref().and_then(|j| Jwks::parse(j).ok()).ok_or(AuthError::InvalidToken)?;
+        let claims = jwks.verify(token).map_err(|_| AuthError::InvalidToken)?;
+        let s = |k: &str| claims.get(k).and_then(|v| v.as_str());
+        let aud_ok = match claims.get("aud") {
+            Some(serde_json::Value::String(a)) => a == audience,
+            Some(serde_json::Value::Array(a)) => a.iter().any(|x| x.as_str() == Some(audience)),
+            _ => false,
+        };
+        let now = now_secs();
+        let exp = claims.get("exp").and_then(|v| v.as_u64()).ok_or(AuthError::InvalidToken)?;
+        let iat = claims.get("iat").and_then(|v| v.as_u64()).ok_or(AuthError::InvalidToken)?;
+        if s("iss") != Some(iss) || !aud_ok || exp <= now || exp > now + MAX_TOKEN_SECONDS || iat > now + 60 || exp.saturating_sub(iat) > MAX_TOKEN_SECONDS {
+            return Err(AuthError::InvalidToken);
+        }
+        let scopes = Scopes::parse(s("scope").unwrap_or("")).map_err(|_| AuthError::InvalidToken)?;
+        let granted = Scopes::parse(&rec.scopes).map_err(|_| AuthError::InvalidToken)?;
+        if !granted.covers(&scopes) {
+            return Err(AuthError::InvalidToken);
+        }
+        // fhirUser: a relative reference or an absolute URL ending in one.
+        let fhir_user = s("fhirUser").ok_or(AuthError::InvalidToken)?;
+        let want = if rec.role == Role::Patient { "Patient" } else { "Practitioner" };
+        let mut tail = fhir_user.rsplit('/');
+        let (id, ty) = (tail.next().unwrap_or(""), tail.next().unwrap_or(""));
+        let id_ok = !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if ty != want || !id_ok {
+            return Err(AuthError::InvalidToken);
+        }
+        let user = format!("{want}/{id}");
+        let (practitioner, patient) = if rec.role == Role::Patient { (None, Some(user)) } else { (Some(user), None) };
+        Ok(Principal {
+            client_id: rec.client_id,
+            role: rec.role,
+            scopes,
+            token_id: s("jti").unwrap_or("").chars().take(64).collect(),
+            organization: rec.organization,
+            practitioner,
+            patient,
+            purpose: "TREAT".into(),
+            break_glass_reason: None,
+            local: false,
+            sensitive: rec.sensitive,
+        })
+    }
+}
+
 fn registry_input(client_id: &str, body: &[u8]) -> Vec<u8> {
     let mut v = (client_id.len() as u64).to_be_bytes().to_vec();
     v.extend_from_slice(client_id.as_bytes());
@@ -620,6 +722,12 @@ mod tests {
         (d, Authority::new(store, Arc::new(vault)))
     }
 
+    impl Authority {
+        fn verify_any(&self, t: &str) -> Result<Principal, AuthError> {
+            self.verify(t, "https://brankas.example/fhir")
+        }
+    }
+
     fn facility(scopes: &str) -> ClientSpec {
         ClientSpec {
             name: "his".into(),
@@ -638,31 +746,31 @@ mod tests {
         assert!(a.issue("nobody", &c.client_secret, None).is_err());
         let t = a.issue(&c.client_id, &c.client_secret, None).unwrap();
         assert!(t.expires_in <= 300);
-        let p = a.verify(&t.access_token).unwrap();
+        let p = a.verify_any(&t.access_token).unwrap();
         assert_eq!(p.client_id(), c.client_id);
         assert!(p.scopes().permits("Patient", 'r'));
         assert_eq!((p.role(), p.organization()), (Role::FacilitySystem, Some("Organization/rs-1")));
         // Narrower request is fine, wider is refused.
         let narrow = a.issue(&c.client_id, &c.client_secret, Some("system/Patient.r")).unwrap();
-        assert!(!a.verify(&narrow.access_token).unwrap().scopes().permits("Observation", 'r'));
+        assert!(!a.verify_any(&narrow.access_token).unwrap().scopes().permits("Observation", 'r'));
         // Tampering anywhere invalidates.
         let mut forged = t.access_token.clone();
         let mid = forged.len() / 2;
         forged.replace_range(mid..mid + 1, if &forged[mid..mid + 1] == "A" { "B" } else { "A" });
-        assert!(a.verify(&forged).is_err());
-        assert!(a.verify("a.b.c").is_err());
-        assert!(a.verify(&"x".repeat(10_000)).is_err());
+        assert!(a.verify_any(&forged).is_err());
+        assert!(a.verify_any("a.b.c").is_err());
+        assert!(a.verify_any(&"x".repeat(10_000)).is_err());
         a.set_status(&c.client_id, ClientStatus::Suspended).unwrap();
-        assert!(a.verify(&t.access_token).is_err(), "suspension takes effect on the next request");
+        assert!(a.verify_any(&t.access_token).is_err(), "suspension takes effect on the next request");
         assert!(a.issue(&c.client_id, &c.client_secret, None).is_err());
         a.set_status(&c.client_id, ClientStatus::Active).unwrap();
-        assert!(a.verify(&t.access_token).is_ok(), "reinstated");
+        assert!(a.verify_any(&t.access_token).is_ok(), "reinstated");
         // Narrowing the registration narrows tokens already issued.
         a.update_client(&c.client_id, &ClientUpdate { scopes: Some("system/Patient.r".into()), ..Default::default() }).unwrap();
-        assert!(a.verify(&t.access_token).is_err());
-        assert!(a.verify(&narrow.access_token).is_ok());
+        assert!(a.verify_any(&t.access_token).is_err());
+        assert!(a.verify_any(&narrow.access_token).is_ok());
         a.set_status(&c.client_id, ClientStatus::Revoked).unwrap();
-        assert!(a.verify(&narrow.access_token).is_err());
+        assert!(a.verify_any(&narrow.access_token).is_err());
         assert!(matches!(a.set_status(&c.client_id, ClientStatus::Active), Err(AuthError::Revoked)), "revocation is final");
         assert!(matches!(a.update_client(&c.client_id, &ClientUpdate::default()), Err(AuthError::Revoked)));
         assert!(matches!(a.set_status("c-nobody", ClientStatus::Suspended), Err(AuthError::UnknownClient)));
@@ -681,7 +789,7 @@ mod tests {
         let now = now_secs();
         let claims = |jti: &str, exp: u64| json!({"iss": c.client_id, "sub": c.client_id, "aud": aud, "exp": exp, "jti": jti});
         let t = a.issue_with_assertion(&key.sign(&claims("j1", now + 120)), aud, None).unwrap();
-        assert_eq!(a.verify(&t.access_token).unwrap().client_id(), c.client_id);
+        assert_eq!(a.verify_any(&t.access_token).unwrap().client_id(), c.client_id);
         let replay = a.issue_with_assertion(&key.sign(&claims("j1", now + 120)), aud, None);
         assert!(matches!(replay, Err(AuthError::InvalidAssertion(m)) if m.contains("replay")), "same jti twice");
         assert!(a.issue_with_assertion(&key.sign(&claims("j2", now - 1)), aud, None).is_err(), "expired");
@@ -739,6 +847,6 @@ mod tests {
         let (_d2, b) = authority();
         let c = a.create_client(&facility("system/*.cruds")).unwrap();
         let t = a.issue(&c.client_id, &c.client_secret, None).unwrap();
-        assert!(b.verify(&t.access_token).is_err());
+        assert!(b.verify_any(&t.access_token).is_err());
     }
 }

@@ -42,6 +42,12 @@ pub struct ClientSpec {
     /// Sensitive categories granted explicitly (see [`SENSITIVE_CATEGORIES`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sensitive: Vec<String>,
+    /// A trusted external identity provider (a hospital's): its access tokens, signed by a
+    /// key of `jwks` with this `iss`, are accepted as they are. The token's `fhirUser` names
+    /// the practitioner (clinician) or patient (patient); the registration names the
+    /// organization and bounds the scopes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
 }
 
 /// Changes to a registration (`PATCH /admin/clients/{id}`): absent fields stay as they are;
@@ -113,8 +119,15 @@ impl ClientSpec {
                 }
             }
             Role::Clinician => {
-                if self.organization.is_none() || self.practitioner.is_none() {
-                    return Err(AuthError::BadRegistration("a clinician client needs its organization and practitioner"));
+                if self.organization.is_none() {
+                    return Err(AuthError::BadRegistration("a clinician client needs its organization"));
+                }
+                match (&self.issuer, &self.practitioner) {
+                    (None, None) => return Err(AuthError::BadRegistration("a clinician client needs its practitioner")),
+                    (Some(_), Some(_)) => {
+                        return Err(AuthError::BadRegistration("a trusted issuer's tokens name their practitioner (fhirUser); the registration does not"));
+                    }
+                    _ => {}
                 }
                 if self.patient.is_some() {
                     return Err(AuthError::BadRegistration("a clinician client is not bound to a patient"));
@@ -124,8 +137,10 @@ impl ClientSpec {
                 }
             }
             Role::Patient => {
-                if self.patient.is_none() {
-                    return Err(AuthError::BadRegistration("a patient client needs its patient"));
+                match (&self.issuer, &self.patient) {
+                    (None, None) => return Err(AuthError::BadRegistration("a patient client needs its patient")),
+                    (Some(_), Some(_)) => return Err(AuthError::BadRegistration("a trusted issuer's tokens name their patient (fhirUser); the registration does not")),
+                    _ => {}
                 }
                 if self.organization.is_some() || self.practitioner.is_some() {
                     return Err(AuthError::BadRegistration("a patient client has no organization or practitioner"));
@@ -162,6 +177,17 @@ impl ClientSpec {
         }
         if !self.sensitive.is_empty() && !matches!(role, Role::FacilitySystem | Role::Clinician) {
             return Err(AuthError::BadRegistration("only facility-system and clinician clients take sensitive grants"));
+        }
+        if let Some(iss) = &self.issuer {
+            if !matches!(role, Role::Clinician | Role::Patient) {
+                return Err(AuthError::BadRegistration("a trusted issuer is registered as a clinician or patient client"));
+            }
+            if iss.is_empty() || iss.len() > 200 || !iss.starts_with("https://") || iss.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err(AuthError::BadRegistration("issuer must be an https URL of at most 200 characters"));
+            }
+            if self.jwks.is_none() {
+                return Err(AuthError::BadRegistration("a trusted issuer needs its public keys (jwks)"));
+            }
         }
         self.jwks.as_ref().map(Jwks::parse).transpose()
     }

@@ -47,6 +47,11 @@ pub enum ClientsCmd {
         /// Space-separated SMART scopes, e.g. "system/Patient.rs system/Observation.cruds".
         #[arg(long, default_value = "")]
         scopes: String,
+        /// The client stands for a trusted identity provider (a hospital's): its access
+        /// tokens with this `iss`, signed by a key of --jwks, are accepted as they are
+        /// (clinician or patient role; the token's fhirUser names the person).
+        #[arg(long)]
+        issuer: Option<String>,
         #[command(flatten)]
         bind: Binding,
     },
@@ -121,7 +126,7 @@ fn read_jwks(path: &Option<PathBuf>) -> Result<Option<Value>> {
 
 pub fn run(cmd: ClientsCmd) -> Result<()> {
     let out: Value = match cmd {
-        ClientsCmd::Create { data, name, role, scopes, bind } => {
+        ClientsCmd::Create { data, name, role, scopes, issuer, bind } => {
             let spec = ClientSpec {
                 name,
                 role: Some(role.into()),
@@ -131,6 +136,7 @@ pub fn run(cmd: ClientsCmd) -> Result<()> {
                 patient: bind.patient,
                 jwks: read_jwks(&bind.jwks)?,
                 sensitive: bind.sensitive.unwrap_or_default(),
+                issuer,
             };
             let o = open(&data.data_dir, data.key_file.as_deref())?;
             let new = o.auth.create_client(&spec)?;

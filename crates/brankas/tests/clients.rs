@@ -258,3 +258,59 @@ fn smart_backend_services_private_key_jwt() {
     let (st, _) = request(&key.assertion(&claims("a-6", now() + 60, &endpoint)));
     assert_eq!(st, 401);
 }
+
+#[test]
+fn tokens_of_a_trusted_hospital_identity_provider() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let idp = Signer::new();
+    let dir = tempfile::tempdir().unwrap();
+    let jwks_file = dir.path().join("idp-jwks.json");
+    std::fs::write(&jwks_file, idp.jwks().to_string()).unwrap();
+    let iss = "https://sso.rs-harapan.example/realms/staff";
+    let c = inst.register(&["--name", "RS Harapan SSO", "--role", "clinician", "--organization", "Organization/rs-harapan",
+        "--scopes", "user/Patient.rs user/Observation.rs", "--issuer", iss, "--jwks", jwks_file.to_str().unwrap()]);
+    let cid = c["client_id"].as_str().unwrap().to_string();
+    // The clinic's own patient, so that the clinician has something to read.
+    let (st, p) = {
+        let r = s.http.post(s.url("Patient")).bearer_auth(&s.token).header("content-type", "application/fhir+json")
+            .body(json!({"resourceType": "Patient", "managingOrganization": {"reference": "Organization/rs-harapan"}, "gender": "female"}).to_string()).send().unwrap();
+        (r.status().as_u16(), r.json::<Value>().unwrap())
+    };
+    assert_eq!(st, 201);
+    let pid = p["id"].as_str().unwrap();
+
+    let claims = |over: Value| {
+        let mut c = json!({"iss": iss, "sub": "ani@rs-harapan", "aud": s.base, "iat": now(), "exp": now() + 240,
+                           "scope": "user/Patient.rs", "fhirUser": "https://rs-harapan.example/fhir/Practitioner/dr-ani"});
+        for (k, v) in over.as_object().unwrap() {
+            if v.is_null() { c.as_object_mut().unwrap().remove(k); } else { c[k] = v.clone(); }
+        }
+        c
+    };
+    let token = idp.assertion(&claims(json!({})));
+    assert_eq!(get(&s, &token, &format!("Patient/{pid}")), 200, "a valid token of the hospital's identity provider");
+    assert_eq!(get(&s, &token, "Observation?patient=x"), 403, "its scope is user/Patient.rs only");
+    for (what, bad) in [
+        ("another audience", idp.assertion(&claims(json!({"aud": "https://other.example/fhir"})))),
+        ("expired", idp.assertion(&claims(json!({"iat": now() - 400, "exp": now() - 100})))),
+        ("lives longer than 300 s", idp.assertion(&claims(json!({"exp": now() + 290, "iat": now() - 100})))),
+        ("more scope than registered", idp.assertion(&claims(json!({"scope": "user/Patient.rs user/Encounter.rs"})))),
+        ("no fhirUser", idp.assertion(&claims(json!({"fhirUser": null})))),
+        ("fhirUser not a practitioner", idp.assertion(&claims(json!({"fhirUser": "Patient/p-1"})))),
+        ("an unknown issuer", idp.assertion(&claims(json!({"iss": "https://evil.example"})))),
+        ("signed by another key", Signer::new().assertion(&claims(json!({})))),
+    ] {
+        assert_eq!(get(&s, &bad, &format!("Patient/{pid}")), 401, "{what}");
+    }
+    // Suspending the issuer's client cuts off every token it issued, on the next request.
+    let admin = s.token_for(&inst.admin_id, &inst.admin_secret);
+    assert_eq!(admin_call(&s, &admin, reqwest::Method::POST, &format!("/admin/clients/{cid}/suspend"), None).0, 200);
+    assert_eq!(get(&s, &token, &format!("Patient/{pid}")), 401);
+    // Registration rules: keys are required, and one client per issuer.
+    let out = inst.cli(&["clients", "create", "--name", "x", "--role", "clinician", "--organization", "Organization/a", "--scopes", "user/Patient.rs", "--issuer", "https://sso.example"]);
+    assert!(!out.status.success(), "an issuer without keys");
+    let out = inst.cli(&["clients", "create", "--name", "x", "--role", "clinician", "--organization", "Organization/rs-harapan",
+        "--scopes", "user/Patient.rs", "--issuer", iss, "--jwks", jwks_file.to_str().unwrap()]);
+    assert!(!out.status.success(), "a second client for the same issuer");
+}
