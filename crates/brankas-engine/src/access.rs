@@ -645,14 +645,7 @@ impl Engine {
             }
             let n = batch.versions.len();
             batch.versions.extend(care);
-            self.attach_new_keys(&mut batch)?;
-            let r = self.store.commit(&batch);
-            match &r {
-                Ok(()) => self.settle_new_keys(&batch, true)?,
-                Err(StoreError::DataKeyRace) => self.settle_new_keys(&batch, false)?,
-                Err(_) => {}
-            }
-            match r {
+            match self.commit_with_keys(batch)? {
                 Ok(()) => return Ok(()),
                 Err(StoreError::Conflict { index }) if index >= n => continue,
                 Err(e) => return Err(e.into()),

@@ -335,7 +335,14 @@ impl Engine {
     }
 
     /// Commits one batch, bringing the data keys of new partitions along.
-    pub(crate) fn commit_batch(&self, mut batch: WriteBatch) -> Result<()> {
+    pub(crate) fn commit_batch(&self, batch: WriteBatch) -> Result<()> {
+        Ok(self.commit_with_keys(batch)??)
+    }
+
+    /// Commits one batch with the data keys of new partitions, and settles those keys by the
+    /// outcome. The outer error is the engine's own; the inner one is the store's answer, for
+    /// callers that retry on some of them.
+    pub(crate) fn commit_with_keys(&self, mut batch: WriteBatch) -> Result<std::result::Result<(), StoreError>> {
         self.attach_new_keys(&mut batch)?;
         let r = self.store.commit(&batch);
         match &r {
@@ -343,7 +350,7 @@ impl Engine {
             Err(StoreError::DataKeyRace) => self.settle_new_keys(&batch, false)?,
             Err(_) => {}
         }
-        Ok(r?)
+        Ok(r)
     }
 
     /// Forgets cached data keys (after key rotation they stay valid; used by tests and to
