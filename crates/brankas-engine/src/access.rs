@@ -507,7 +507,7 @@ impl Engine {
 
     /// A write into a patient's partition: role first; a facility's write is allowed when it
     /// is itself part of the patient's care (it will establish or refresh the relationship,
-    /// see [`Engine::add_care_updates`]), a patient's only into its own record.
+    /// see [`Engine::care_facts`]), a patient's only into its own record.
     pub(crate) fn gate_patient_write(&self, who: &Principal, partition: &PartitionId) -> Result<()> {
         self.role_allows_patient_data(who)?;
         match who.role() {
