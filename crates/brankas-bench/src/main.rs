@@ -455,12 +455,25 @@ fn brankas(bin: &Path, log: &str) -> Command {
     c
 }
 
+/// Whether `bin` is a build with access control (it imports on behalf of an organization), as
+/// opposed to a baseline build from before it, measured for comparison.
+pub(crate) fn has_access_control(bin: &Path) -> bool {
+    brankas(bin, "warn")
+        .args(["import", "--help"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--organization"))
+}
+
 fn init(bin: &Path, dir: &Path) -> Result<(PathBuf, PathBuf, Value)> {
     std::fs::create_dir_all(dir)?;
     let (data, key) = (dir.join("data"), dir.join("master.key"));
     let o = brankas(bin, "warn").arg("init").arg("--data-dir").arg(&data).arg("--key-file").arg(&key).output()?;
     ensure!(o.status.success(), "brankas init failed: {}", String::from_utf8_lossy(&o.stderr));
-    let _admin: Value = serde_json::from_slice(&o.stdout).context("brankas init printed no JSON")?;
+    let admin: Value = serde_json::from_slice(&o.stdout).context("brankas init printed no JSON")?;
+    if !has_access_control(bin) {
+        // A build from before access control (a baseline): its bootstrap admin reads everything.
+        return Ok((data, key, admin));
+    }
     // The bootstrap admin reaches no patient data: the load comes from a facility's system.
     let o = brankas(bin, "warn")
         .args(["clients", "create", "--name", "benchmark facility", "--role", "facility-system", "--organization", "Organization/fac-0001", "--scopes", "system/*.cruds", "--data-dir"])
@@ -477,7 +490,12 @@ fn import(bin: &Path, dir: &Path, input: &Path, expected: usize) -> Result<Value
     let (data, key, _) = init(bin, dir)?;
     let children0 = children_cpu_seconds();
     let start = Instant::now();
-    let o = brankas(bin, "warn").arg("import").arg("--data-dir").arg(&data).arg("--key-file").arg(&key).arg("--quiet").arg("--organization").arg("Organization/fac-0001").arg(input).output()?;
+    let mut cmd = brankas(bin, "warn");
+    cmd.arg("import").arg("--data-dir").arg(&data).arg("--key-file").arg(&key).arg("--quiet");
+    if has_access_control(bin) {
+        cmd.arg("--organization").arg("Organization/fac-0001");
+    }
+    let o = cmd.arg(input).output()?;
     let wall = start.elapsed().as_secs_f64();
     let cpu = children_cpu_seconds() - children0;
     let stdout = String::from_utf8_lossy(&o.stdout);

@@ -168,7 +168,12 @@ fn write_chunk(pop: &Population, first: u64, n: u64, path: &Path) -> Result<u64>
 }
 
 fn import_chunk(bin: &Path, data: &Path, key: &Path, file: &Path, units: u64) -> Result<Value> {
-    let o = brankas(bin, "warn").arg("import").arg("--data-dir").arg(data).arg("--key-file").arg(key).arg("--quiet").arg("--organization").arg("Organization/fac-0001").arg(file).output()?;
+    let mut cmd = brankas(bin, "warn");
+    cmd.arg("import").arg("--data-dir").arg(data).arg("--key-file").arg(key).arg("--quiet");
+    if crate::has_access_control(bin) {
+        cmd.arg("--organization").arg("Organization/fac-0001");
+    }
+    let o = cmd.arg(file).output()?;
     let stdout = String::from_utf8_lossy(&o.stdout);
     let stats: Value = stdout.lines().last().and_then(|l| serde_json::from_str(l).ok()).unwrap_or(Value::Null);
     ensure!(o.status.success(), "brankas import failed ({}): {stdout} {}", o.status, String::from_utf8_lossy(&o.stderr));
