@@ -72,7 +72,7 @@ pub enum EngineError {
     Unprocessable(String),
     #[error("search not supported: {0}")]
     Search(String),
-    #[error("insufficient scope: {0}")]
+    #[error("forbidden: {0}")]
     Forbidden(String),
     #[error("stored data failed its integrity check and was not served")]
     Integrity,

@@ -26,7 +26,8 @@ pub fn run(data_dir: &Path, key_file: Option<&Path>, listen: SocketAddr, insecur
     if !data_dir.join(crate::DB_FILE).exists() {
         init(data_dir, key_file)?;
         let o = open(data_dir, key_file)?;
-        let who = Principal::local_operator();
+        // Seeded on behalf of the demo clinic: the clinic's client is in its patients' care.
+        let who = Principal::local_operator_for(Some(format!("Organization/{DEMO_ORG_ID}")));
         o.engine.update(&who, "Organization", DEMO_ORG_ID, json!({
             "resourceType": "Organization", "id": DEMO_ORG_ID, "active": true,
             "name": "Puskesmas Demo (fictional)",
