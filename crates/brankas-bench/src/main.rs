@@ -474,7 +474,13 @@ fn init(bin: &Path, dir: &Path) -> Result<(PathBuf, PathBuf, Value)> {
         // A build from before access control (a baseline): its bootstrap admin reads everything.
         return Ok((data, key, admin));
     }
-    // The bootstrap admin reaches no patient data: the load comes from a facility's system.
+    let creds = facility_client(bin, &data, &key)?;
+    Ok((data, key, creds))
+}
+
+/// The bootstrap admin reaches no patient data: the load comes from a facility's system,
+/// registered offline on the data directory.
+fn facility_client(bin: &Path, data: &Path, key: &Path) -> Result<Value> {
     let o = brankas(bin, "warn")
         .args(["clients", "create", "--name", "benchmark facility", "--role", "facility-system", "--organization", "Organization/fac-0001", "--scopes", "system/*.cruds", "--data-dir"])
         .arg(&data)
@@ -482,8 +488,7 @@ fn init(bin: &Path, dir: &Path) -> Result<(PathBuf, PathBuf, Value)> {
         .arg(&key)
         .output()?;
     ensure!(o.status.success(), "brankas clients create failed: {}", String::from_utf8_lossy(&o.stderr));
-    let creds: Value = serde_json::from_slice(&o.stdout).context("brankas clients create printed no JSON")?;
-    Ok((data, key, creds))
+    serde_json::from_slice(&o.stdout).context("brankas clients create printed no JSON")
 }
 
 fn import(bin: &Path, dir: &Path, input: &Path, expected: usize) -> Result<Value> {
@@ -886,6 +891,16 @@ async fn one(ctx: &Ctx, target: &Target, rnd: u64) -> Result<()> {
 /// Finds the one patient with this NIK and returns its id; anything but exactly one patient
 /// carrying that NIK is an error.
 async fn resolve_nik(ctx: &Ctx, nik: &str) -> Result<String> {
+    let e = lookup_nik(ctx, nik).await?;
+    ensure!(e.len() == 1, "NIK lookup found {} patients, not exactly one", e.len());
+    let p = &e[0]["resource"];
+    let has = p["identifier"].as_array().into_iter().flatten().any(|i| i["value"] == nik);
+    ensure!(has, "NIK lookup answered a patient without that NIK");
+    p["id"].as_str().map(str::to_string).context("patient without id")
+}
+
+/// The entries of a NIK lookup's searchset.
+async fn lookup_nik(ctx: &Ctx, nik: &str) -> Result<Vec<Value>> {
     let r = ctx
         .client
         .get(format!("{}/Patient?identifier=https%3A%2F%2Ffhir.kemkes.go.id%2Fid%2Fnik%7C{nik}", ctx.fhir))
@@ -896,12 +911,7 @@ async fn resolve_nik(ctx: &Ctx, nik: &str) -> Result<String> {
     let body = r.bytes().await?;
     ensure!(status == 200, "NIK lookup: {status}");
     let v: Value = serde_json::from_slice(&body)?;
-    let e = v["entry"].as_array().context("searchset without entry")?;
-    ensure!(e.len() == 1, "NIK lookup found {} patients, not exactly one", e.len());
-    let p = &e[0]["resource"];
-    let has = p["identifier"].as_array().into_iter().flatten().any(|i| i["value"] == nik);
-    ensure!(has, "NIK lookup answered a patient without that NIK");
-    p["id"].as_str().map(str::to_string).context("patient without id")
+    Ok(v["entry"].as_array().cloned().unwrap_or_default())
 }
 
 /// `clients` concurrent loops of `target` for warm-up + duration; figures over the measured part.

@@ -65,6 +65,19 @@ pub struct ScaleArgs {
     /// BRANKAS_LOG of the measured server.
     #[arg(long, default_value = "info")]
     server_log: String,
+    /// Go on with an interrupted run: the data directory in `--work-dir` already holds the
+    /// directory and patients `0 .. N` (an import commits whole groups in file order, so an
+    /// interrupted chunk leaves a prefix; count the Patient rows to find N). The harness checks
+    /// that patient N-1 is found and patient N is not, registers a new facility client and
+    /// loads from patient N on. Load figures then cover only the patients loaded after the
+    /// resumption; checkpoints at or below N are skipped.
+    #[arg(long)]
+    resume_from: Option<u64>,
+    /// With `--resume-from` on a baseline build from before the client registry (whose
+    /// bootstrap admin secret is not kept): a newer `brankas` whose `clients create`
+    /// registers the load's client on the data directory.
+    #[arg(long)]
+    registry_bin: Option<PathBuf>,
 }
 
 pub fn run(a: ScaleArgs) -> Result<()> {
@@ -72,6 +85,9 @@ pub fn run(a: ScaleArgs) -> Result<()> {
     ensure!(a.patients > 0 && a.chunk > 0, "--patients and --chunk must be positive");
     let mut checkpoints: Vec<u64> = a.checkpoints.iter().copied().filter(|&c| c > 0 && c < a.patients).collect();
     checkpoints.push(a.patients);
+    let resume_from = a.resume_from.unwrap_or(0);
+    ensure!(resume_from < a.patients, "--resume-from must be below --patients");
+    checkpoints.retain(|&c| c > resume_from);
     checkpoints.sort_unstable();
     checkpoints.dedup();
     std::fs::create_dir_all(&a.work_dir)?;
@@ -84,21 +100,25 @@ pub fn run(a: ScaleArgs) -> Result<()> {
         "machine": machine(&work),
         "config": {"bin": bin.display().to_string(), "patients": a.patients, "checkpoints": checkpoints, "seed": a.seed,
                    "mix": a.mix, "chunk": a.chunk, "clients": a.clients, "duration_s": a.duration,
-                   "warmup_s": a.warmup, "sample": a.sample, "server_log": a.server_log},
+                   "warmup_s": a.warmup, "sample": a.sample, "server_log": a.server_log, "resumed_from": a.resume_from},
     });
 
-    let (data, key, creds) = init(&bin, &work.join("run"))?;
     let chunk_file = work.join("chunk.ndjson");
-    // The directory (facilities, practitioners) first.
-    {
+    let (data, key, creds) = if resume_from > 0 {
+        resume(&bin, &work, &a, pop.clone(), resume_from)?
+    } else {
+        let (data, key, creds) = init(&bin, &work.join("run"))?;
+        // The directory (facilities, practitioners) first.
         let mut f = std::io::BufWriter::new(std::fs::File::create(&chunk_file)?);
         serde_json::to_writer(&mut f, &pop.directory_bundle())?;
         f.write_all(b"\n")?;
         f.flush()?;
-    }
-    import_chunk(&bin, &data, &key, &chunk_file, 1)?;
+        drop(f);
+        import_chunk(&bin, &data, &key, &chunk_file, 1)?;
+        (data, key, creds)
+    };
 
-    let mut loaded = 0u64;
+    let mut loaded = resume_from;
     let (mut gen_secs, mut import_secs, mut import_cpu, mut gen_bytes, mut resources) = (0.0f64, 0.0f64, 0.0f64, 0u64, 0u64);
     let mut points = Vec::new();
     for &cp in &checkpoints {
@@ -120,7 +140,7 @@ pub fn run(a: ScaleArgs) -> Result<()> {
                 "  {} patients loaded ({:.0} patients/s in this chunk, {:.0} overall; {:.1} GB on disk; {:.0} s so far)",
                 group(loaded as i64),
                 n as f64 / secs,
-                loaded as f64 / import_secs,
+                (loaded - resume_from) as f64 / import_secs,
                 dir_bytes(&data) as f64 / 1e9,
                 started.elapsed().as_secs_f64()
             );
@@ -128,8 +148,8 @@ pub fn run(a: ScaleArgs) -> Result<()> {
         std::fs::remove_file(&chunk_file).ok();
         eprintln!("checkpoint at {} patients", group(cp as i64));
         let mut point = json!({
-            "patients": cp, "resources": resources,
-            "load_seconds": round(import_secs, 1), "load_patients_per_s": round(cp as f64 / import_secs, 0),
+            "patients": cp, "resources": resources, "loaded_in_this_run": cp - resume_from,
+            "load_seconds": round(import_secs, 1), "load_patients_per_s": round((cp - resume_from) as f64 / import_secs, 0),
             "load_resources_per_s": round(resources as f64 / import_secs, 0), "load_cpu_cores": round(import_cpu / import_secs, 2),
             "generate_seconds": round(gen_secs, 1), "generated_bytes": gen_bytes,
             "data_dir_bytes": dir_bytes(&data), "bytes_per_patient": round(dir_bytes(&data) as f64 / cp as f64, 0),
@@ -149,6 +169,28 @@ pub fn run(a: ScaleArgs) -> Result<()> {
     println!("{}", markdown(&out));
     eprintln!("results written to {}", a.out.display());
     Ok(())
+}
+
+/// Picks up the data directory of an interrupted run holding patients `0 .. n`.
+fn resume(bin: &Path, work: &Path, a: &ScaleArgs, pop: Arc<Population>, n: u64) -> Result<(PathBuf, PathBuf, Value)> {
+    let (data, key) = (work.join("run").join("data"), work.join("run").join("master.key"));
+    ensure!(data.join("brankas.db").is_file() && key.is_file(), "--resume-from: no data directory and key in {}", work.join("run").display());
+    let registry = a.registry_bin.as_deref().unwrap_or(bin);
+    ensure!(crate::has_access_control(registry), "--resume-from on a build without `brankas clients`: give --registry-bin");
+    let creds = crate::facility_client(registry, &data, &key)?;
+    let server = Server::start_existing(bin, &data, &key, &creds, &work.join(format!("server-resume-{n}.log")), &a.server_log)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let (ctx, refresher) = Ctx::connect(&server).await?;
+        crate::resolve_nik(&ctx, &pop.identity(n - 1).nik).await.context("--resume-from: patient N-1 is not loaded")?;
+        let next = crate::lookup_nik(&ctx, &pop.identity(n).nik).await?;
+        ensure!(next.is_empty(), "--resume-from: patient N is already loaded");
+        refresher.abort();
+        Ok::<_, anyhow::Error>(())
+    })?;
+    drop(server);
+    eprintln!("resuming after {} patients", group(n as i64));
+    Ok((data, key, creds))
 }
 
 /// Patients `first .. first + n` as NDJSON lines; returns the bytes written.

@@ -204,6 +204,16 @@ pub(crate) struct RecordView {
 }
 
 impl RecordView {
+    /// Nothing restricted.
+    pub(crate) const OPEN: RecordView = RecordView { open: true, consent: None };
+
+    /// Restricted by labels and, where the patient has active Consents, by their `rules`
+    /// (`care`: the caller reaches the patient through a care relationship).
+    fn restricted(rules: Vec<ConsentRule>, care: bool, now: i64) -> RecordView {
+        let consent = (!rules.is_empty()).then_some(ConsentView { rules, care, now });
+        RecordView { open: false, consent }
+    }
+
     /// Sensitive labels (`meta.security`) need an explicit grant for each.
     pub(crate) fn labels_permit(&self, who: &Principal, resource: &Value) -> bool {
         self.open
@@ -413,13 +423,14 @@ impl Engine {
     /// The gate for one patient's data (`partition`), before any of it is decrypted, for
     /// reading or for changing what exists. Break-glass, when the request asks for it and
     /// nothing else allows, is granted here (and recorded). The patient's consent applies to
-    /// each record as it is served ([`Engine::consent_permits_resource`]).
-    pub(crate) fn gate_patient(&self, who: &Principal, partition: &PartitionId, act: Act) -> Result<()> {
+    /// each record as it is served, through the [`RecordView`] returned (read with the same
+    /// Consents and care record as the decision, so they are read once per request).
+    pub(crate) fn gate_patient(&self, who: &Principal, partition: &PartitionId, act: Act) -> Result<RecordView> {
         self.role_allows_patient_data(who)?;
         if who.role() == Role::Patient {
             let own = who.patient().and_then(|p| p.strip_prefix("Patient/")).map(|id| self.vault.patient_partition(id));
             return if own.as_ref() == Some(partition) {
-                Ok(())
+                Ok(RecordView::OPEN)
             } else {
                 Err(forbidden("a patient client reaches its own patient's record only"))
             };
@@ -432,9 +443,13 @@ impl Engine {
         match self.basis(who, partition, &rules, now)? {
             // Breaking the glass is explicit: it is granted (and alerted) whenever asked for
             // and not already held, also where care allows but the patient's consent hides.
-            Some(b) if b != Basis::BreakGlass && who.break_glass_reason().is_some() => self.grant_break_glass(who, partition, now),
-            Some(_) => Ok(()),
-            None if who.break_glass_reason().is_some() => self.grant_break_glass(who, partition, now),
+            // Break-glass overrides consent and labels: the view is open.
+            Some(b) if b != Basis::BreakGlass && who.break_glass_reason().is_some() => {
+                self.grant_break_glass(who, partition, now).map(|()| RecordView::OPEN)
+            }
+            Some(Basis::BreakGlass) => Ok(RecordView::OPEN),
+            Some(b) => Ok(RecordView::restricted(rules, b == Basis::Care, now)),
+            None if who.break_glass_reason().is_some() => self.grant_break_glass(who, partition, now).map(|()| RecordView::OPEN),
             None => Err(forbidden(match act {
                 Act::Read => "your organization has no care relationship with this patient (an identity lookup answers with the Patient only; in an emergency, state purpose of use BTG and a reason)",
                 Act::Write => "your organization has no care relationship with this patient",
@@ -446,25 +461,24 @@ impl Engine {
     /// records: the patient's consent, sensitive labels, photos. Nothing is restricted for a
     /// patient's own client, the operator's tools, or under break-glass (which overrides
     /// consent and labels, and is alerted).
+    /// For callers that reach the partition without [`Engine::gate_patient`] (work lists,
+    /// whose care relationship the list itself proves).
     pub(crate) fn record_view(&self, who: &Principal, partition: &PartitionId) -> Result<RecordView> {
         if who.is_local_operator() || who.role() == Role::Patient || !self.is_patient_partition(partition) {
-            return Ok(RecordView { open: true, consent: None });
+            return Ok(RecordView::OPEN);
         }
         let rules = self.consent_rules(partition)?;
         let now = now_us();
-        let basis = self.basis(who, partition, &rules, now)?;
-        if basis == Some(Basis::BreakGlass) {
-            return Ok(RecordView { open: true, consent: None });
+        match self.basis(who, partition, &rules, now)? {
+            Some(Basis::BreakGlass) => Ok(RecordView::OPEN),
+            basis => Ok(RecordView::restricted(rules, basis == Some(Basis::Care), now)),
         }
-        let consent = (!rules.is_empty()).then(|| ConsentView { rules, care: basis == Some(Basis::Care), now });
-        Ok(RecordView { open: false, consent })
     }
 
     /// The per-record gate, once a record is decrypted: the scope's query restriction for
-    /// `perm`, and the patient's consent.
-    pub(crate) fn gate_record(&self, who: &Principal, partition: &PartitionId, rtype: &str, perm: char, resource: &mut Value) -> Result<()> {
+    /// `perm`, and the view its partition's gate returned (labels, consent, redaction).
+    pub(crate) fn gate_record(&self, who: &Principal, view: &RecordView, rtype: &str, perm: char, resource: &mut Value) -> Result<()> {
         self.gate_scope_resource(who, rtype, perm, resource)?;
-        let view = self.record_view(who, partition)?;
         if !view.labels_permit(who, resource) {
             return Err(forbidden("this record carries a sensitive label your client holds no grant for"));
         }
@@ -477,11 +491,7 @@ impl Engine {
 
     /// Keeps the records of one patient's partition the caller may see (consent), for search
     /// results: what is hidden is left out, not refused, and not counted.
-    pub(crate) fn filter_consent(&self, who: &Principal, partition: &PartitionId, rtype: &str, found: Vec<crate::Stored>) -> Result<Vec<crate::Stored>> {
-        if found.is_empty() {
-            return Ok(found);
-        }
-        let view = self.record_view(who, partition)?;
+    pub(crate) fn filter_consent(&self, who: &Principal, view: &RecordView, rtype: &str, found: Vec<crate::Stored>) -> Result<Vec<crate::Stored>> {
         Ok(found
             .into_iter()
             .filter(|s| view.permits(who, rtype, &s.resource))
@@ -511,7 +521,7 @@ impl Engine {
     pub(crate) fn gate_patient_write(&self, who: &Principal, partition: &PartitionId) -> Result<()> {
         self.role_allows_patient_data(who)?;
         match who.role() {
-            Role::Patient => self.gate_patient(who, partition, Act::Write),
+            Role::Patient => self.gate_patient(who, partition, Act::Write).map(drop),
             _ if who.organization().is_some() => Ok(()),
             _ => Err(forbidden("this client acts for no organization")),
         }

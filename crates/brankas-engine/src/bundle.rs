@@ -287,9 +287,9 @@ impl Engine {
                             continue;
                         }
                         Some(c) => {
-                            self.gate_row(who, c, Act::Write)?;
+                            let view = self.gate_row(who, c, Act::Write)?;
                             let mut old = self.open_row(c, Some((&t, &id)))?;
-                            self.gate_record(who, &c.partition, &t, 'd', &mut old.resource)?;
+                            self.gate_record(who, &view, &t, 'd', &mut old.resource)?;
                             if e.if_match.is_some_and(|v| v != c.version) {
                                 return Err(EngineError::PreconditionFailed(format!("Bundle.entry[{i}]: ifMatch does not match")));
                             }
@@ -305,9 +305,7 @@ impl Engine {
                     self.rewrite_references(who, &mut resource, &map, i, &mut queried)?;
                     let live = current.as_ref().filter(|c| !c.deleted);
                     self.require(who, &t, if live.is_some() { 'u' } else { 'c' })?;
-                    if let Some(c) = live {
-                        self.gate_row(who, c, Act::Write)?;
-                    }
+                    let view = live.map(|c| self.gate_row(who, c, Act::Write)).transpose()?;
                     let expect = match (e.method, e.if_match, &current) {
                         (Method::Post, _, _) => Expect::Absent,
                         (_, Some(v), Some(c)) if c.version == v && !c.deleted => Expect::Version(v),
@@ -318,9 +316,9 @@ impl Engine {
                     let p = self.prepare(&t, &id, resource, current.as_ref(), expect, now).map_err(|err| in_entry(err, i))?;
                     self.gate_new(who, &p.row.partition)?;
                     self.gate_scope_resource(who, &t, if live.is_some() { 'u' } else { 'c' }, &p.stored.resource)?;
-                    if let Some(c) = live {
+                    if let (Some(c), Some(view)) = (live, &view) {
                         let mut old = self.open_row(c, Some((&t, &id)))?;
-                        self.gate_record(who, &c.partition, &t, 'u', &mut old.resource)?;
+                        self.gate_record(who, view, &t, 'u', &mut old.resource)?;
                     }
                     p
                 }

@@ -183,9 +183,7 @@ impl Engine {
         let current = self.current_row(rtype, id)?;
         let live = current.as_ref().filter(|c| !c.deleted);
         self.require(who, rtype, if live.is_some() { 'u' } else { 'c' })?;
-        if let Some(c) = live {
-            self.gate_row(who, c, Act::Write)?;
-        }
+        let view = live.map(|c| self.gate_row(who, c, Act::Write)).transpose()?;
         let expect = match (if_match, &current) {
             (Some(v), Some(c)) if c.version == v && !c.deleted => Expect::Version(v),
             (Some(_), _) => return Err(EngineError::PreconditionFailed("If-Match does not match the current version".into())),
@@ -195,10 +193,10 @@ impl Engine {
         let p = self.prepare(rtype, id, resource, current.as_ref(), expect, now_us())?;
         self.gate_new(who, &p.row.partition)?;
         self.gate_scope_resource(who, rtype, if live.is_some() { 'u' } else { 'c' }, &p.stored.resource)?;
-        if let Some(c) = live {
+        if let (Some(c), Some(view)) = (live, &view) {
             // The version replaced must be within the scope too.
             let mut old = self.open_row(c, Some((rtype, id)))?;
-            self.gate_record(who, &c.partition, rtype, 'u', &mut old.resource)?;
+            self.gate_record(who, view, rtype, 'u', &mut old.resource)?;
         }
         self.commit_prepared(who, std::slice::from_ref(&p))?;
         Ok(WriteOutcome { created: p.created, stored: p.stored })
@@ -212,12 +210,12 @@ impl Engine {
             return Err(EngineError::NotFound);
         }
         let row = self.current_row(rtype, id)?.ok_or(EngineError::NotFound)?;
-        self.gate_row(who, &row, Act::Read)?;
+        let view = self.gate_row(who, &row, Act::Read)?;
         if row.deleted {
             return Err(EngineError::Gone);
         }
         let mut s = self.open_row(&row, Some((rtype, id)))?;
-        self.gate_record(who, &row.partition, rtype, 'r', &mut s.resource)?;
+        self.gate_record(who, &view, rtype, 'r', &mut s.resource)?;
         Ok(s)
     }
 
@@ -229,12 +227,12 @@ impl Engine {
             return Err(EngineError::NotFound);
         }
         let row = self.store.version(&self.vault.record_key(rtype, id), version)?.ok_or(EngineError::NotFound)?;
-        self.gate_row(who, &row, Act::Read)?;
+        let view = self.gate_row(who, &row, Act::Read)?;
         if row.deleted {
             return Err(EngineError::Gone);
         }
         let mut s = self.open_row(&row, Some((rtype, id)))?;
-        self.gate_record(who, &row.partition, rtype, 'r', &mut s.resource)?;
+        self.gate_record(who, &view, rtype, 'r', &mut s.resource)?;
         Ok(s)
     }
 
@@ -247,7 +245,7 @@ impl Engine {
             return Err(EngineError::NotFound);
         }
         let Some(current) = self.current_row(rtype, id)? else { return Ok(None) };
-        self.gate_row(who, &current, Act::Write)?;
+        let view = self.gate_row(who, &current, Act::Write)?;
         if current.deleted {
             return Ok(None);
         }
@@ -255,7 +253,7 @@ impl Engine {
             return Err(EngineError::PreconditionFailed("If-Match does not match the current version".into()));
         }
         let mut old = self.open_row(&current, Some((rtype, id)))?;
-        self.gate_record(who, &current.partition, rtype, 'd', &mut old.resource)?;
+        self.gate_record(who, &view, rtype, 'd', &mut old.resource)?;
         let p = self.prepare_delete(rtype, id, &current, now_us())?;
         self.commit_prepared(who, std::slice::from_ref(&p))?;
         Ok(Some(p.stored))
@@ -273,12 +271,22 @@ impl Engine {
             return Err(EngineError::NotFound);
         }
         // Every version is gated: a resource may have moved between patients.
+        // Versions in one partition share its view.
+        let mut views: Vec<(PartitionId, crate::access::RecordView)> = Vec::new();
+        let mut at = Vec::with_capacity(rows.len());
         for r in &rows {
-            self.gate_row(who, r, Act::Read)?;
+            let i = match views.iter().position(|(p, _)| *p == r.partition) {
+                Some(i) => i,
+                None => {
+                    views.push((r.partition.clone(), self.gate_row(who, r, Act::Read)?));
+                    views.len() - 1
+                }
+            };
+            at.push(i);
         }
         let mut out: Vec<Stored> = rows.iter().map(|r| self.open_row(r, Some((rtype, id)))).collect::<Result<_>>()?;
-        for (r, s) in rows.iter().zip(out.iter_mut()).filter(|(_, s)| !s.deleted) {
-            self.gate_record(who, &r.partition, rtype, 'r', &mut s.resource)?;
+        for (i, s) in at.into_iter().zip(out.iter_mut()).filter(|(_, s)| !s.deleted) {
+            self.gate_record(who, &views[i].1, rtype, 'r', &mut s.resource)?;
         }
         Ok(out)
     }

@@ -229,18 +229,19 @@ impl Engine {
 
     /// The gate for a stored row about to be served or changed: internal records are never
     /// served; a patient's rows pass [`Engine::gate_patient`], the directory's
-    /// [`Engine::gate_directory`]. The operator's local tools pass.
-    pub(crate) fn gate_row(&self, who: &Principal, row: &VersionRow, act: access::Act) -> Result<()> {
+    /// [`Engine::gate_directory`]. The operator's local tools pass. Returns how the row's
+    /// partition is shown to the caller, for [`Engine::gate_record`].
+    pub(crate) fn gate_row(&self, who: &Principal, row: &VersionRow, act: access::Act) -> Result<access::RecordView> {
         if row.resource_type == access::CARE_TYPE || row.resource_type == worklist::WORKLIST_TYPE {
             return Err(EngineError::NotFound);
         }
         if who.is_local_operator() {
-            return Ok(());
+            return Ok(access::RecordView::OPEN);
         }
         if self.is_patient_partition(&row.partition) {
             self.gate_patient(who, &row.partition, act)
         } else {
-            self.gate_directory(who, act)
+            self.gate_directory(who, act).map(|()| access::RecordView::OPEN)
         }
     }
 

@@ -182,18 +182,17 @@ impl Engine {
                 return Err(EngineError::Search(format!("{rtype} is not in the Patient compartment")));
             }
             let partition = self.vault.patient_partition(pid);
-            self.gate_partition_read(who, &partition)?;
+            let view = self.gate_partition_read(who, &partition)?;
             let found = self.scan(partition, rtype, query, Some(pid))?;
-            return self.filter_consent(who, &partition, rtype, found);
+            return self.filter_consent(who, &view, rtype, found);
         }
         if rtype == "Patient" {
             if let Some(id) = query.pinned_patient() {
                 let row = self.current_row("Patient", id)?;
                 let Some(r) = row else { return Ok(Vec::new()) };
-                self.gate_row(who, &r, Act::Read)?;
-                let partition = r.partition;
+                let view = self.gate_row(who, &r, Act::Read)?;
                 let found = self.filter_rows(vec![r], query)?;
-                return self.filter_consent(who, &partition, rtype, found);
+                return self.filter_consent(who, &view, rtype, found);
             }
             if let Some(identity) = query.identity() {
                 if !who.is_local_operator() {
@@ -223,9 +222,9 @@ impl Engine {
         if in_compartment {
             if let Some(pid) = query.pinned_patient() {
                 let partition = self.vault.patient_partition(pid);
-                self.gate_partition_read(who, &partition)?;
+                let view = self.gate_partition_read(who, &partition)?;
                 let found = self.scan(partition, rtype, query, Some(pid))?;
-                return self.filter_consent(who, &partition, rtype, found);
+                return self.filter_consent(who, &view, rtype, found);
             }
             if let Some(p) = owner {
                 return self.scan_owned(who, p, rtype, query);
@@ -244,8 +243,8 @@ impl Engine {
     }
 
     /// Read access to one patient's partition, for searches that name the patient.
-    fn gate_partition_read(&self, who: &Principal, partition: &PartitionId) -> Result<()> {
-        if who.is_local_operator() { Ok(()) } else { self.gate_patient(who, partition, Act::Read) }
+    fn gate_partition_read(&self, who: &Principal, partition: &PartitionId) -> Result<crate::access::RecordView> {
+        if who.is_local_operator() { Ok(crate::access::RecordView::OPEN) } else { self.gate_patient(who, partition, Act::Read) }
     }
 
     /// A conditional operation's search inside the partition of the resource being written:
@@ -254,8 +253,8 @@ impl Engine {
     fn scan_owned(&self, who: &Principal, partition: PartitionId, rtype: &str, query: &Query) -> Result<Vec<Stored>> {
         let found = self.scan(partition, rtype, query, None)?;
         if !found.is_empty() && self.is_patient_partition(&partition) {
-            self.gate_partition_read(who, &partition)?;
-            return self.filter_consent(who, &partition, rtype, found);
+            let view = self.gate_partition_read(who, &partition)?;
+            return self.filter_consent(who, &view, rtype, found);
         }
         Ok(found)
     }
@@ -358,7 +357,7 @@ impl Engine {
             return Err(EngineError::NotFound);
         }
         let patient = self.current_row("Patient", patient_id)?.ok_or(EngineError::NotFound)?;
-        self.gate_row(who, &patient, Act::Read)?;
+        let view = self.gate_row(who, &patient, Act::Read)?;
         if patient.deleted {
             return Err(EngineError::Gone);
         }
@@ -368,7 +367,6 @@ impl Engine {
         }
         let mut out = Vec::with_capacity(rows.len());
         let mut restrictions: std::collections::HashMap<String, Option<Vec<Query>>> = std::collections::HashMap::new();
-        let view = self.record_view(who, &self.vault.patient_partition(patient_id))?;
         for row in rows.iter().filter(|r| !r.deleted && r.resource_type != crate::access::CARE_TYPE && who.scopes().permits(&r.resource_type, 'r')) {
             let mut s = self.open_row(row, None)?;
             if !view.permits(who, &row.resource_type, &s.resource) {
