@@ -26,6 +26,7 @@ pub fn run_all(fresh: &mut dyn FnMut() -> Box<dyn Store>) {
         ("clients", clients),
         ("concurrent_writers", concurrent_writers),
         ("data_keys_commit_with_their_batch", data_keys_commit_with_their_batch),
+        ("audit_log", audit_log),
     ];
     for (name, check) in checks {
         let store = fresh();
@@ -260,4 +261,47 @@ fn data_keys_commit_with_their_batch(s: &dyn Store) {
     assert!(matches!(res[1], Err(StoreError::MissingDataKey)), "{:?}", res[1]);
     assert!(res[2].is_ok(), "a later batch sees the key an earlier one brought: {:?}", res[2]);
     assert!(s.current(&key(6)).unwrap().is_none());
+}
+
+fn audit_row(seq: u64, p: Option<u8>, actor: u8) -> crate::AuditRow {
+    crate::AuditRow { seq, time_us: 1_000 + seq as i64, partition: p.map(part), actor: [actor; 32], sealed: vec![seq as u8; 5] }
+}
+
+fn audit_append(rows: Vec<crate::AuditRow>, size: u64, checkpoint: bool) -> crate::AuditAppend {
+    crate::AuditAppend {
+        nodes: rows.iter().map(|r| (8u8, r.seq, [r.seq as u8; 32])).collect(),
+        head: Some(crate::AuditHead { size, frontier: vec![size as u8] }),
+        checkpoint: checkpoint.then(|| crate::AuditCheckpointRow { size, time_us: 7, note: format!("note {size}") }),
+        rows,
+    }
+}
+
+fn audit_log(s: &dyn Store) {
+    assert_eq!(s.audit_head().unwrap(), None);
+    assert!(s.audit_latest_checkpoint().unwrap().is_none());
+    // The first append must start at 0, continue without gaps, and bring the new head.
+    assert!(matches!(s.audit_append(&audit_append(vec![audit_row(1, None, 1)], 2, false)), Err(StoreError::Conflict { .. })));
+    assert!(matches!(s.audit_append(&audit_append(vec![audit_row(0, None, 1), audit_row(2, None, 1)], 3, false)), Err(StoreError::Conflict { .. })));
+    assert!(matches!(s.audit_append(&audit_append(vec![audit_row(0, None, 1)], 5, false)), Err(StoreError::Conflict { .. })));
+    assert_eq!(s.audit_head().unwrap(), None, "a refused append writes nothing");
+    s.audit_append(&audit_append(vec![audit_row(0, Some(1), 1), audit_row(1, None, 2), audit_row(2, Some(2), 1)], 3, true)).unwrap();
+    // A second writer that still believes the log is empty is refused.
+    assert!(matches!(s.audit_append(&audit_append(vec![audit_row(0, None, 9)], 1, false)), Err(StoreError::Conflict { .. })));
+    s.audit_append(&audit_append(vec![audit_row(3, Some(1), 2), audit_row(4, Some(1), 1)], 5, false)).unwrap();
+    // A checkpoint alone.
+    s.audit_append(&crate::AuditAppend { checkpoint: Some(crate::AuditCheckpointRow { size: 5, time_us: 9, note: "note 5".into() }), ..Default::default() }).unwrap();
+    assert_eq!(s.audit_head().unwrap(), Some(crate::AuditHead { size: 5, frontier: vec![5] }));
+    let all = s.audit_rows(0, 100).unwrap();
+    assert_eq!(all, (0..5).map(|i| audit_row(i, [Some(1), None, Some(2), Some(1), Some(1)][i as usize], [1, 2, 1, 2, 1][i as usize])).collect::<Vec<_>>());
+    assert_eq!(s.audit_rows(3, 1).unwrap(), vec![audit_row(3, Some(1), 2)]);
+    assert_eq!(s.audit_by_partition(&part(1), None, 10).unwrap().iter().map(|r| r.seq).collect::<Vec<_>>(), vec![4, 3, 0]);
+    assert_eq!(s.audit_by_partition(&part(1), Some(4), 1).unwrap().iter().map(|r| r.seq).collect::<Vec<_>>(), vec![3]);
+    assert_eq!(s.audit_by_actor(&[2; 32], None, 10).unwrap().iter().map(|r| r.seq).collect::<Vec<_>>(), vec![3, 1]);
+    assert_eq!(s.audit_latest(Some(2), 10).unwrap().iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 0]);
+    assert_eq!(s.audit_nodes(8, 1, 2).unwrap(), vec![(1, [1; 32]), (2, [2; 32])]);
+    assert!(s.audit_nodes(16, 0, 2).unwrap().is_empty());
+    let cps = s.audit_checkpoints(0, 10).unwrap();
+    assert_eq!(cps.iter().map(|c| c.size).collect::<Vec<_>>(), vec![3, 5]);
+    assert_eq!(s.audit_latest_checkpoint().unwrap().unwrap().note, "note 5");
+    assert_eq!(s.audit_checkpoints(4, 10).unwrap().len(), 1);
 }

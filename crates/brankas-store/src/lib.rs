@@ -24,6 +24,7 @@ mod sqlite;
 pub use brankas_vault::{BlindTerm, PartitionId, RecordKey, WrappedKey};
 pub use sqlite::SqliteStore;
 
+
 /// Errors of a storage backend. They carry no row content.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -114,6 +115,46 @@ impl WriteBatch {
     }
 }
 
+/// One record of the audit log as stored: its position, write time, the patient it concerns
+/// (by pseudonym), a keyed tag of the actor (client), and the sealed record. The store learns
+/// which opaque actor touched which opaque patient when (accepted leakage, like write times),
+/// nothing of what or why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditRow {
+    /// Position in the log, from 0, without gaps.
+    pub seq: u64,
+    pub time_us: i64,
+    pub partition: Option<PartitionId>,
+    pub actor: [u8; 32],
+    pub sealed: Vec<u8>,
+}
+
+/// A signed checkpoint of the audit log (a C2SP signed note naming size and tree head).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditCheckpointRow {
+    pub size: u64,
+    pub time_us: i64,
+    pub note: String,
+}
+
+/// The appender's state after the last append: the log's size and the right edge of its
+/// Merkle tree (opaque to the store).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditHead {
+    pub size: u64,
+    pub frontier: Vec<u8>,
+}
+
+/// One atomic append to the audit log: records continuing the log, the complete subtree
+/// hashes they finished (`(level, index, hash)`), the new head, and optionally a checkpoint.
+#[derive(Clone, Debug, Default)]
+pub struct AuditAppend {
+    pub rows: Vec<AuditRow>,
+    pub nodes: Vec<(u8, u64, [u8; 32])>,
+    pub head: Option<AuditHead>,
+    pub checkpoint: Option<AuditCheckpointRow>,
+}
+
 /// The storage of one Brankas deployment.
 ///
 /// Implementations are synchronous (callers run them on blocking threads) and must be safe to
@@ -165,4 +206,27 @@ pub trait Store: Send + Sync + 'static {
     fn put_client(&self, client_id: &str, doc: &[u8]) -> Result<()>;
     /// All client ids.
     fn list_clients(&self) -> Result<Vec<String>>;
+
+    /// The audit log's head (size and Merkle frontier), `None` while the log is empty.
+    fn audit_head(&self) -> Result<Option<AuditHead>>;
+    /// Appends to the audit log atomically and durably. The rows must continue the log
+    /// exactly (the first at the stored head's size, then without gaps) and `head` must be
+    /// given when rows are; otherwise [`StoreError::Conflict`] (another replica appended
+    /// first) and nothing is written.
+    fn audit_append(&self, append: &AuditAppend) -> Result<()>;
+    /// Audit records from position `from` on, in order, at most `limit`.
+    fn audit_rows(&self, from: u64, limit: usize) -> Result<Vec<AuditRow>>;
+    /// Stored subtree hashes of `level` from index `from` on, in order, at most `limit`.
+    fn audit_nodes(&self, level: u8, from: u64, limit: usize) -> Result<Vec<(u64, [u8; 32])>>;
+    /// Checkpoints with size >= `from_size`, by size, at most `limit`.
+    fn audit_checkpoints(&self, from_size: u64, limit: usize) -> Result<Vec<AuditCheckpointRow>>;
+    /// The checkpoint of the largest size.
+    fn audit_latest_checkpoint(&self) -> Result<Option<AuditCheckpointRow>>;
+    /// One patient's audit records, newest first, with position < `before` if given.
+    fn audit_by_partition(&self, partition: &PartitionId, before: Option<u64>, limit: usize) -> Result<Vec<AuditRow>>;
+    /// One actor's audit records, newest first, with position < `before` if given.
+    fn audit_by_actor(&self, actor: &[u8; 32], before: Option<u64>, limit: usize) -> Result<Vec<AuditRow>>;
+    /// Audit records newest first, with position < `before` if given (a time window walks
+    /// back from its end until records are older than it).
+    fn audit_latest(&self, before: Option<u64>, limit: usize) -> Result<Vec<AuditRow>>;
 }

@@ -12,7 +12,7 @@ use rusqlite::{Connection, MAIN_DB, OpenFlags, OptionalExtension, TransactionBeh
 use rusqlite::wal::CheckpointMode;
 
 use crate::{
-    BlindTerm, Expect, PartitionId, RecordKey, Result, Store, StoreError, StoredDek, VersionRow,
+    AuditAppend, AuditCheckpointRow, AuditHead, AuditRow, BlindTerm, Expect, PartitionId, RecordKey, Result, Store, StoreError, StoredDek, VersionRow,
     WrappedKey, WriteBatch,
 };
 
@@ -41,6 +41,18 @@ CREATE TABLE IF NOT EXISTS blind (term BLOB NOT NULL, rkey BLOB NOT NULL, PRIMAR
 CREATE TABLE IF NOT EXISTS blind_terms (rkey BLOB PRIMARY KEY, terms BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS clients (client_id TEXT PRIMARY KEY, doc BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS once (key BLOB PRIMARY KEY, expires INTEGER NOT NULL) WITHOUT ROWID;
+"#;
+
+/// The audit log lives in a file of its own beside the database (`<name>.audit.db`), with
+/// its own writer: its appends (a group commit per batch of requests) never queue behind data
+/// commits, nor they behind it. Positions are the rowid; records are only ever appended.
+const AUDIT_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS audit_log (seq INTEGER PRIMARY KEY, time INTEGER NOT NULL, partition BLOB, actor BLOB NOT NULL, sealed BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_partition ON audit_log (partition, seq) WHERE partition IS NOT NULL;
+CREATE INDEX IF NOT EXISTS audit_actor ON audit_log (actor, seq);
+CREATE TABLE IF NOT EXISTS audit_nodes (level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL, PRIMARY KEY (level, idx)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit_checkpoints (size INTEGER PRIMARY KEY, time INTEGER NOT NULL, note TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit_head (id INTEGER PRIMARY KEY CHECK (id = 0), size INTEGER NOT NULL, frontier BLOB NOT NULL);
 "#;
 
 /// Reader connections at most. Each holds its own page cache and prepared statements, so
@@ -82,6 +94,8 @@ impl CheckpointSignal {
 pub struct SqliteStore {
     path: std::path::PathBuf,
     writer: Mutex<Connection>,
+    audit_writer: Mutex<Connection>,
+    audit_reader: Mutex<Connection>,
     readers: Mutex<Readers>,
     reader_freed: Condvar,
     checkpoint_signal: Arc<CheckpointSignal>,
@@ -213,6 +227,11 @@ impl SqliteStore {
             Ok(())
         }))
         .map_err(be)?;
+        let audit_path = Self::audit_path(path);
+        let aw = open_conn(&audit_path, true)?;
+        aw.execute_batch("PRAGMA journal_mode=WAL;").map_err(be)?;
+        aw.execute_batch(AUDIT_SCHEMA).map_err(be)?;
+        let ar = open_conn(&audit_path, false)?;
         let ck = open_conn(path, true)?;
         let thread_signal = signal.clone();
         let checkpointer = std::thread::Builder::new()
@@ -222,11 +241,23 @@ impl SqliteStore {
         Ok(Self {
             path: path.to_owned(),
             writer: Mutex::new(w),
+            audit_writer: Mutex::new(aw),
+            audit_reader: Mutex::new(ar),
             readers: Mutex::new(Readers { idle: Vec::new(), open: 0 }),
             reader_freed: Condvar::new(),
             checkpoint_signal: signal,
             checkpointer: Some(checkpointer),
         })
+    }
+
+    /// The audit log's file for the database at `path`.
+    pub fn audit_path(path: &Path) -> std::path::PathBuf {
+        path.with_extension("audit.db")
+    }
+
+    fn audit_read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let c = self.audit_reader.lock().map_err(|_| StoreError::Backend("audit reader poisoned".into()))?;
+        f(&c).map_err(be)
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
@@ -651,6 +682,125 @@ impl Store for SqliteStore {
     fn list_clients(&self) -> Result<Vec<String>> {
         self.read(|c| c.prepare_cached("SELECT client_id FROM clients ORDER BY client_id")?.query_map([], |r| r.get(0))?.collect())
     }
+
+    fn audit_head(&self) -> Result<Option<AuditHead>> {
+        self.audit_read(|c| {
+            c.prepare_cached("SELECT size, frontier FROM audit_head WHERE id = 0")?
+                .query_row([], |r| Ok(AuditHead { size: r.get::<_, i64>(0)? as u64, frontier: r.get(1)? }))
+                .optional()
+        })
+    }
+
+    fn audit_append(&self, a: &AuditAppend) -> Result<()> {
+        let mut c = self.audit_writer.lock().map_err(|_| StoreError::Backend("audit writer poisoned".into()))?;
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(be)?;
+        let size: u64 = tx
+            .query_row("SELECT size FROM audit_head WHERE id = 0", [], |r| r.get::<_, i64>(0))
+            .optional()
+            .map_err(be)?
+            .unwrap_or(0) as u64;
+        if !a.rows.is_empty() {
+            let contiguous = a.rows.iter().enumerate().all(|(i, r)| r.seq == size + i as u64);
+            let head_ok = a.head.as_ref().is_some_and(|h| h.size == size + a.rows.len() as u64);
+            if !contiguous || !head_ok {
+                return Err(StoreError::Conflict { index: 0 });
+            }
+        }
+        {
+            let mut ins = tx.prepare_cached("INSERT INTO audit_log (seq, time, partition, actor, sealed) VALUES (?1, ?2, ?3, ?4, ?5)").map_err(be)?;
+            for r in &a.rows {
+                ins.execute(params![r.seq as i64, r.time_us, r.partition.as_ref().map(|p| &p.0[..]), &r.actor[..], r.sealed]).map_err(be)?;
+            }
+            let mut node = tx.prepare_cached("INSERT OR REPLACE INTO audit_nodes (level, idx, hash) VALUES (?1, ?2, ?3)").map_err(be)?;
+            for (level, idx, hash) in &a.nodes {
+                node.execute(params![*level as i64, *idx as i64, &hash[..]]).map_err(be)?;
+            }
+        }
+        if let Some(h) = &a.head {
+            tx.execute("INSERT OR REPLACE INTO audit_head (id, size, frontier) VALUES (0, ?1, ?2)", params![h.size as i64, h.frontier]).map_err(be)?;
+        }
+        if let Some(cp) = &a.checkpoint {
+            tx.execute("INSERT OR REPLACE INTO audit_checkpoints (size, time, note) VALUES (?1, ?2, ?3)", params![cp.size as i64, cp.time_us, cp.note])
+                .map_err(be)?;
+        }
+        tx.commit().map_err(be)
+    }
+
+    fn audit_rows(&self, from: u64, limit: usize) -> Result<Vec<AuditRow>> {
+        self.audit_read(|c| {
+            c.prepare_cached("SELECT seq, time, partition, actor, sealed FROM audit_log WHERE seq >= ?1 ORDER BY seq LIMIT ?2")?
+                .query_map(params![from.min(i64::MAX as u64) as i64, limit as i64], audit_row)?
+                .collect()
+        })
+    }
+
+    fn audit_nodes(&self, level: u8, from: u64, limit: usize) -> Result<Vec<(u64, [u8; 32])>> {
+        self.audit_read(|c| {
+            c.prepare_cached("SELECT idx, hash FROM audit_nodes WHERE level = ?1 AND idx >= ?2 ORDER BY idx LIMIT ?3")?
+                .query_map(params![level as i64, from.min(i64::MAX as u64) as i64, limit as i64], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, blob32(r.get_ref(1)?.as_blob()?)?))
+                })?
+                .collect()
+        })
+    }
+
+    fn audit_checkpoints(&self, from_size: u64, limit: usize) -> Result<Vec<AuditCheckpointRow>> {
+        self.audit_read(|c| {
+            c.prepare_cached("SELECT size, time, note FROM audit_checkpoints WHERE size >= ?1 ORDER BY size LIMIT ?2")?
+                .query_map(params![from_size.min(i64::MAX as u64) as i64, limit as i64], checkpoint_row)?
+                .collect()
+        })
+    }
+
+    fn audit_latest_checkpoint(&self) -> Result<Option<AuditCheckpointRow>> {
+        self.audit_read(|c| {
+            c.prepare_cached("SELECT size, time, note FROM audit_checkpoints ORDER BY size DESC LIMIT 1")?.query_row([], checkpoint_row).optional()
+        })
+    }
+
+    fn audit_by_partition(&self, partition: &PartitionId, before: Option<u64>, limit: usize) -> Result<Vec<AuditRow>> {
+        let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+        self.audit_read(|c| {
+            c.prepare_cached("SELECT seq, time, partition, actor, sealed FROM audit_log WHERE partition = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3")?
+                .query_map(params![&partition.0[..], before, limit as i64], audit_row)?
+                .collect()
+        })
+    }
+
+    fn audit_by_actor(&self, actor: &[u8; 32], before: Option<u64>, limit: usize) -> Result<Vec<AuditRow>> {
+        let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+        self.audit_read(|c| {
+            c.prepare_cached("SELECT seq, time, partition, actor, sealed FROM audit_log WHERE actor = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3")?
+                .query_map(params![&actor[..], before, limit as i64], audit_row)?
+                .collect()
+        })
+    }
+
+    fn audit_latest(&self, before: Option<u64>, limit: usize) -> Result<Vec<AuditRow>> {
+        let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+        self.audit_read(|c| {
+            c.prepare_cached("SELECT seq, time, partition, actor, sealed FROM audit_log WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2")?
+                .query_map(params![before, limit as i64], audit_row)?
+                .collect()
+        })
+    }
+}
+
+fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
+    Ok(AuditRow {
+        seq: r.get::<_, i64>(0)? as u64,
+        time_us: r.get(1)?,
+        partition: match r.get_ref(2)? {
+            rusqlite::types::ValueRef::Null => None,
+            v => Some(PartitionId(blob32(v.as_blob()?)?)),
+        },
+        actor: blob32(r.get_ref(3)?.as_blob()?)?,
+        sealed: r.get(4)?,
+    })
+}
+
+fn checkpoint_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditCheckpointRow> {
+    Ok(AuditCheckpointRow { size: r.get::<_, i64>(0)? as u64, time_us: r.get(1)?, note: r.get(2)? })
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use aws_lc_rs::{hkdf, hmac};
 use zeroize::Zeroizing;
 
@@ -86,6 +87,9 @@ pub struct Vault {
     token: hmac::Key,
     registry: hmac::Key,
     cursor: DataKey,
+    audit_seal: DataKey,
+    audit_index: hmac::Key,
+    audit_signing: Ed25519KeyPair,
 }
 
 const ROOT_CONTEXT: &[u8] = b"system-root";
@@ -125,6 +129,9 @@ impl Vault {
             token: hmac::Key::new(hmac::HMAC_SHA256, &derive(b"access-token")?[..]),
             registry: hmac::Key::new(hmac::HMAC_SHA256, &derive(b"client-registry")?[..]),
             cursor: DataKey::from_bytes(&derive(b"paging-cursor")?[..])?,
+            audit_seal: DataKey::from_bytes(&derive(b"audit-log")?[..])?,
+            audit_index: hmac::Key::new(hmac::HMAC_SHA256, &derive(b"audit-index")?[..]),
+            audit_signing: Ed25519KeyPair::from_seed_unchecked(&derive(b"audit-signing")?[..]).map_err(|_| VaultError::Crypto)?,
             provider,
         })
     }
@@ -200,6 +207,37 @@ impl Vault {
     /// Seals a paging cursor so that links reveal nothing of the query behind them.
     pub fn seal_cursor(&self, plaintext: &[u8]) -> Result<Vec<u8>, VaultError> {
         self.cursor.seal_raw(b"cursor", plaintext)
+    }
+
+    /// Seals an audit record; `aad` binds it to its place in the log (position, time, patient
+    /// pseudonym, actor tag), so a record moved, reordered or edited fails to open.
+    pub fn seal_audit(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, VaultError> {
+        let mut ctx = b"audit-record".to_vec();
+        ctx.extend_from_slice(aad);
+        self.audit_seal.seal_raw(&ctx, plaintext)
+    }
+
+    /// Opens an audit record sealed by [`Vault::seal_audit`] with the same `aad`.
+    pub fn open_audit(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        let mut ctx = b"audit-record".to_vec();
+        ctx.extend_from_slice(aad);
+        self.audit_seal.open_raw(&ctx, sealed)
+    }
+
+    /// A keyed tag of an audit index value (e.g. a client id), so the log can be searched by
+    /// actor without naming the actor in the clear.
+    pub fn audit_tag(&self, domain: &str, value: &str) -> [u8; 32] {
+        mac(&self.audit_index, &[domain.as_bytes(), value.as_bytes()])
+    }
+
+    /// The Ed25519 public key that verifies audit checkpoints.
+    pub fn audit_public_key(&self) -> [u8; 32] {
+        self.audit_signing.public_key().as_ref().try_into().expect("Ed25519 public keys are 32 bytes")
+    }
+
+    /// Signs an audit checkpoint with the audit key (Ed25519).
+    pub fn audit_sign(&self, message: &[u8]) -> [u8; 64] {
+        self.audit_signing.sign(message).as_ref().try_into().expect("Ed25519 signatures are 64 bytes")
     }
 
     /// Opens a paging cursor; fails on anything not sealed by this server.

@@ -1,0 +1,406 @@
+//! The appender: a thread that takes the records of concurrent requests, seals them, extends
+//! the Merkle tree, and writes them in one durable append (group commit), then answers each
+//! request. It signs a checkpoint with an append at least once a second while records arrive,
+//! and one more when records wait unsigned for a second.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use brankas_store::{AuditAppend, AuditCheckpointRow, AuditHead, AuditRow, PartitionId, Store, StoreError};
+use brankas_vault::Vault;
+use tokio::sync::oneshot;
+
+use crate::merkle::{self, Frontier, Hash, HashSource, STORED_LEVELS};
+use crate::note::Checkpoint;
+use crate::{AuditEntry, leaf_of, row_context};
+
+/// Checkpoints are signed at least this often while records arrive.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// Records taken into one append at most.
+const MAX_BATCH: usize = 4096;
+/// Appends retried after another replica appended first.
+const RETRIES: usize = 8;
+
+/// Errors of the audit log. None carries record content.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// Records could not be made durable: the request they describe must fail.
+    #[error("the audit log cannot be written")]
+    Unavailable,
+    /// The log is shutting down.
+    #[error("the audit log is stopped")]
+    Stopped,
+    /// A stored record or checkpoint failed authentication.
+    #[error("an audit record failed authentication")]
+    Integrity,
+    /// A proof was asked for beyond the log.
+    #[error("no such position in the audit log")]
+    OutOfRange,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A record to append: the patient it concerns (by partition), the client that acted, and
+/// what happened.
+pub struct NewRecord {
+    pub partition: Option<PartitionId>,
+    pub client_id: String,
+    pub entry: AuditEntry,
+}
+
+/// A record read back.
+#[derive(Debug)]
+pub struct Opened {
+    pub seq: u64,
+    pub time_us: i64,
+    pub partition: Option<PartitionId>,
+    pub entry: AuditEntry,
+}
+
+/// An inclusion or consistency proof with the tree sizes it is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Proof {
+    pub hashes: Vec<Hash>,
+}
+
+type Reply = oneshot::Sender<Result<u64, AuditError>>;
+
+/// Submitted sets of records, each answered as a whole.
+struct Queue {
+    pending: Vec<(Vec<NewRecord>, Reply)>,
+    stop: bool,
+}
+
+struct Shared {
+    store: Arc<dyn Store>,
+    vault: Arc<Vault>,
+    origin: String,
+    public_key: [u8; 32],
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+/// The audit log of one server. Dropping it stops the appender after the records already
+/// submitted, and signs a final checkpoint.
+pub struct AuditLog {
+    shared: Arc<Shared>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        if let Ok(mut q) = self.shared.queue.lock() {
+            q.stop = true;
+        }
+        self.shared.wake.notify_all();
+        if let Some(t) = self.writer.lock().ok().and_then(|mut w| w.take()) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl AuditLog {
+    /// Opens the log on `store` and starts its appender.
+    pub fn open(store: Arc<dyn Store>, vault: Arc<Vault>) -> Result<Self, AuditError> {
+        let public_key = vault.audit_public_key();
+        let origin = crate::origin(&public_key);
+        let state = WriterState::load(&*store)?;
+        let shared = Arc::new(Shared { store, vault, origin, public_key, queue: Mutex::new(Queue { pending: Vec::new(), stop: false }), wake: Condvar::new() });
+        let s = shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("audit-append".into())
+            .spawn(move || appender(s, state))
+            .map_err(|_| AuditError::Unavailable)?;
+        Ok(Self { shared, writer: Mutex::new(Some(writer)) })
+    }
+
+    /// The origin line of this log's checkpoints.
+    pub fn origin(&self) -> &str {
+        &self.shared.origin
+    }
+
+    /// The Ed25519 key that verifies this log's checkpoints.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.shared.public_key
+    }
+
+    /// Submits records; the receiver answers (with the last record's position) once all of
+    /// them are durable, or with the error that kept them from being written.
+    pub fn submit(&self, records: Vec<NewRecord>) -> oneshot::Receiver<Result<u64, AuditError>> {
+        let (tx, rx) = oneshot::channel();
+        if records.is_empty() {
+            let _ = tx.send(Ok(0));
+            return rx;
+        }
+        let Ok(mut q) = self.shared.queue.lock() else {
+            let _ = tx.send(Err(AuditError::Unavailable));
+            return rx;
+        };
+        if q.stop {
+            let _ = tx.send(Err(AuditError::Stopped));
+            return rx;
+        }
+        q.pending.push((records, tx));
+        drop(q);
+        self.shared.wake.notify_one();
+        rx
+    }
+
+    /// Appends records and waits until they are durable.
+    pub async fn record(&self, records: Vec<NewRecord>) -> Result<u64, AuditError> {
+        self.submit(records).await.map_err(|_| AuditError::Unavailable)?
+    }
+
+    /// Appends records from synchronous code (the CLI) and waits.
+    pub fn record_blocking(&self, records: Vec<NewRecord>) -> Result<u64, AuditError> {
+        self.submit(records).blocking_recv().map_err(|_| AuditError::Unavailable)?
+    }
+
+    /// The newest signed checkpoint (a C2SP signed note).
+    pub fn latest_checkpoint(&self) -> Result<Option<AuditCheckpointRow>, AuditError> {
+        Ok(self.shared.store.audit_latest_checkpoint()?)
+    }
+
+    /// The inclusion proof of record `seq` in the tree of size `size`.
+    pub fn inclusion_proof(&self, seq: u64, size: u64) -> Result<Proof, AuditError> {
+        self.check_size(size)?;
+        if seq >= size {
+            return Err(AuditError::OutOfRange);
+        }
+        let mut src = StoreSource { store: &*self.shared.store };
+        Ok(Proof { hashes: merkle::inclusion_proof(&mut src, seq, size)? })
+    }
+
+    /// The leaf hash of record `seq` (to check an inclusion proof against).
+    pub fn leaf_hash(&self, seq: u64) -> Result<Hash, AuditError> {
+        let rows = self.shared.store.audit_rows(seq, 1)?;
+        rows.first().filter(|r| r.seq == seq).map(leaf_of).ok_or(AuditError::OutOfRange)
+    }
+
+    /// The tree head of the first `size` records.
+    pub fn root(&self, size: u64) -> Result<Hash, AuditError> {
+        self.check_size(size)?;
+        let mut src = StoreSource { store: &*self.shared.store };
+        Ok(merkle::root(&mut src, size)?)
+    }
+
+    /// The consistency proof between the trees of sizes `old` and `new`.
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Proof, AuditError> {
+        self.check_size(new)?;
+        if old == 0 || old > new {
+            return Err(AuditError::OutOfRange);
+        }
+        let mut src = StoreSource { store: &*self.shared.store };
+        Ok(Proof { hashes: merkle::consistency_proof(&mut src, old, new)? })
+    }
+
+    fn check_size(&self, size: u64) -> Result<(), AuditError> {
+        let have = self.shared.store.audit_head()?.map_or(0, |h| h.size);
+        if size == 0 || size > have { Err(AuditError::OutOfRange) } else { Ok(()) }
+    }
+
+    /// Opens stored rows.
+    pub fn open_rows(&self, rows: Vec<AuditRow>) -> Result<Vec<Opened>, AuditError> {
+        rows.into_iter().map(|r| open_row(&self.shared.vault, r)).collect()
+    }
+
+    /// One patient's records, newest first (position < `before`).
+    pub fn by_partition(&self, partition: &PartitionId, before: Option<u64>, limit: usize) -> Result<Vec<Opened>, AuditError> {
+        self.open_rows(self.shared.store.audit_by_partition(partition, before, limit)?)
+    }
+
+    /// One client's records, newest first (position < `before`).
+    pub fn by_client(&self, client_id: &str, before: Option<u64>, limit: usize) -> Result<Vec<Opened>, AuditError> {
+        let tag = self.shared.vault.audit_tag("client", client_id);
+        self.open_rows(self.shared.store.audit_by_actor(&tag, before, limit)?)
+    }
+
+    /// The newest records (position < `before`).
+    pub fn latest(&self, before: Option<u64>, limit: usize) -> Result<Vec<Opened>, AuditError> {
+        self.open_rows(self.shared.store.audit_latest(before, limit)?)
+    }
+}
+
+pub(crate) fn open_row(vault: &Vault, r: AuditRow) -> Result<Opened, AuditError> {
+    let ctx = row_context(r.seq, r.time_us, r.partition.as_ref(), &r.actor);
+    let plain = vault.open_audit(&ctx, &r.sealed).map_err(|_| AuditError::Integrity)?;
+    let entry: AuditEntry = serde_json::from_slice(&plain).map_err(|_| AuditError::Integrity)?;
+    Ok(Opened { seq: r.seq, time_us: r.time_us, partition: r.partition, entry })
+}
+
+/// Subtree hashes from the store: stored levels where they exist, records below them.
+struct StoreSource<'a> {
+    store: &'a dyn Store,
+}
+
+impl HashSource for StoreSource<'_> {
+    type Error = AuditError;
+    fn subtree(&mut self, level: u8, start: u64) -> Result<Hash, AuditError> {
+        let count = 1u64 << level;
+        let stored = STORED_LEVELS.iter().rev().copied().find(|l| *l <= level);
+        let hashes: Vec<Hash> = match stored {
+            Some(l) => {
+                let from = start >> l;
+                let n = (count >> l) as usize;
+                let nodes = self.store.audit_nodes(l, from, n)?;
+                if nodes.len() != n || nodes.iter().enumerate().any(|(i, (idx, _))| *idx != from + i as u64) {
+                    return Err(AuditError::Integrity);
+                }
+                nodes.into_iter().map(|(_, h)| h).collect()
+            }
+            None => {
+                let rows = self.store.audit_rows(start, count as usize)?;
+                if rows.len() as u64 != count || rows.iter().enumerate().any(|(i, r)| r.seq != start + i as u64) {
+                    return Err(AuditError::Integrity);
+                }
+                rows.iter().map(leaf_of).collect()
+            }
+        };
+        let slice: &[Hash] = &hashes;
+        Ok(merkle::root(&mut &slice[..], hashes.len() as u64).unwrap_or_else(|e| match e {}))
+    }
+}
+
+/// What the appender knows between appends.
+#[derive(Clone)]
+struct WriterState {
+    frontier: Frontier,
+    last_time_us: i64,
+    /// Size of the newest checkpoint and when this process signed one.
+    checkpointed: u64,
+    checkpoint_at: Option<Instant>,
+}
+
+impl WriterState {
+    fn load(store: &dyn Store) -> Result<Self, AuditError> {
+        let frontier = match store.audit_head()? {
+            None => Frontier::default(),
+            Some(AuditHead { size, frontier }) => {
+                let f = Frontier::decode(&frontier).ok_or(AuditError::Integrity)?;
+                if f.size() != size {
+                    return Err(AuditError::Integrity);
+                }
+                f
+            }
+        };
+        let last = if frontier.size() > 0 { store.audit_rows(frontier.size() - 1, 1)?.first().map_or(0, |r| r.time_us) } else { 0 };
+        let checkpointed = store.audit_latest_checkpoint()?.map_or(0, |c| c.size);
+        Ok(Self { frontier, last_time_us: last, checkpointed, checkpoint_at: None })
+    }
+}
+
+fn now_us() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
+}
+
+fn appender(shared: Arc<Shared>, mut state: WriterState) {
+    loop {
+        let (batch, stop) = {
+            let Ok(mut q) = shared.queue.lock() else { return };
+            if q.pending.is_empty() && !q.stop {
+                let wait = if state.frontier.size() > state.checkpointed { CHECKPOINT_EVERY } else { Duration::from_secs(3600) };
+                q = match shared.wake.wait_timeout(q, wait) {
+                    Ok((q, _)) => q,
+                    Err(_) => return,
+                };
+            }
+            // Whole submissions, at least one, up to about MAX_BATCH records.
+            let (mut n, mut records) = (0, 0);
+            while n < q.pending.len() && (n == 0 || records + q.pending[n].0.len() <= MAX_BATCH) {
+                records += q.pending[n].0.len();
+                n += 1;
+            }
+            (q.pending.drain(..n).collect::<Vec<_>>(), q.stop && q.pending.len() == n)
+        };
+        let unsigned = state.frontier.size() > state.checkpointed;
+        let due = unsigned && state.checkpoint_at.is_none_or(|t| t.elapsed() >= CHECKPOINT_EVERY);
+        if !batch.is_empty() || due || (stop && unsigned) {
+            append(&shared, &mut state, batch, stop);
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+/// Appends one batch (possibly empty, for a checkpoint alone) and answers its requests.
+fn append(shared: &Shared, state: &mut WriterState, batch: Vec<(Vec<NewRecord>, Reply)>, force_checkpoint: bool) {
+    let mut records = Vec::new();
+    let mut replies = Vec::new();
+    for (set, reply) in batch {
+        records.extend(set);
+        replies.push((records.len(), reply));
+    }
+    let mut attempt = 0;
+    let result = loop {
+        let mut next = state.clone();
+        let r = build(shared, &mut next, &records, force_checkpoint).and_then(|(append, last)| {
+            shared.store.audit_append(&append)?;
+            Ok((append, last))
+        });
+        match r {
+            Ok((append, last)) => {
+                if let Some(cp) = &append.checkpoint {
+                    next.checkpointed = cp.size;
+                    next.checkpoint_at = Some(Instant::now());
+                }
+                *state = next;
+                break Ok(last);
+            }
+            Err(AuditError::Store(StoreError::Conflict { .. })) if attempt < RETRIES => {
+                // Another replica appended: continue from its head.
+                attempt += 1;
+                match WriterState::load(&*shared.store) {
+                    Ok(s) => *state = WriterState { checkpoint_at: state.checkpoint_at, ..s },
+                    Err(e) => break Err(e),
+                }
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    match result {
+        Ok(last) => {
+            // Each set is answered with the position of its own last record.
+            for (end, reply) in replies {
+                let _ = reply.send(Ok(last + end as u64 - records.len() as u64));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, records = records.len(), "audit append failed; the requests it describes fail");
+            for (_, reply) in replies {
+                let _ = reply.send(Err(AuditError::Unavailable));
+            }
+        }
+    }
+}
+
+/// Seals the records at the next positions; returns the append and the last position.
+fn build(shared: &Shared, state: &mut WriterState, records: &[NewRecord], force_checkpoint: bool) -> Result<(AuditAppend, u64), AuditError> {
+    let mut append = AuditAppend::default();
+    for r in records {
+        let seq = state.frontier.size();
+        let time_us = now_us().max(state.last_time_us);
+        state.last_time_us = time_us;
+        let actor = shared.vault.audit_tag("client", &r.client_id);
+        let body = serde_json::to_vec(&r.entry).map_err(|_| AuditError::Unavailable)?;
+        let sealed = shared.vault.seal_audit(&row_context(seq, time_us, r.partition.as_ref(), &actor), &body).map_err(|_| AuditError::Unavailable)?;
+        let row = AuditRow { seq, time_us, partition: r.partition.clone(), actor, sealed };
+        for (level, idx, hash) in state.frontier.push(leaf_of(&row)) {
+            if STORED_LEVELS.contains(&level) {
+                append.nodes.push((level, idx, hash));
+            }
+        }
+        append.rows.push(row);
+    }
+    let size = state.frontier.size();
+    if !records.is_empty() {
+        append.head = Some(AuditHead { size, frontier: state.frontier.encode() });
+    }
+    let unsigned = size > state.checkpointed;
+    if unsigned && (force_checkpoint || state.checkpoint_at.is_none_or(|t| t.elapsed() >= CHECKPOINT_EVERY)) {
+        let cp = Checkpoint { origin: shared.origin.clone(), size, root: state.frontier.root() };
+        let note = cp.sign(&shared.public_key, |m| shared.vault.audit_sign(m));
+        append.checkpoint = Some(AuditCheckpointRow { size, time_us: now_us(), note });
+    }
+    Ok((append, size.saturating_sub(1)))
+}
