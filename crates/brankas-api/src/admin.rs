@@ -28,13 +28,35 @@ type St = State<Arc<AppState>>;
 /// Largest admin request body (a registration with a JWK Set of ten RSA keys fits easily).
 const MAX_ADMIN_BODY: usize = 64 * 1024;
 
-pub fn routes() -> Router<Arc<AppState>> {
+pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route("/admin/clients", get(list).post(create))
         .route("/admin/clients/{id}", get(show).patch(update))
         .route("/admin/clients/{id}/suspend", post(suspend))
         .route("/admin/clients/{id}/reinstate", post(reinstate))
         .route("/admin/clients/{id}/revoke", post(revoke))
+        .route_layer(axum::middleware::from_fn_with_state(state, audited))
+}
+
+/// Client administration is audited (who changed or looked at which registration, and how it
+/// went) before the answer leaves; if the record cannot be written the answer is a 503.
+async fn audited(State(st): St, ctx: crate::audit::ReqCtx, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let Some(who) = req.extensions().get::<Principal>().cloned() else { return next.run(req).await };
+    let action = match *req.method() {
+        axum::http::Method::GET => "R",
+        axum::http::Method::PATCH => "U",
+        _ if req.uri().path() == "/admin/clients" => "C",
+        _ => "U",
+    };
+    let target: String = req.uri().path().chars().take(128).collect();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    let why = (status >= 400).then(|| resp.status().canonical_reason().unwrap_or("failed").to_string());
+    let what = crate::audit::What::new("client-admin", action, Some(target));
+    match crate::audit::finish_plain(&st, who.client_id(), role_name(who.role()), &ctx, what, status, why).await {
+        Ok(()) => resp,
+        Err(e) => e.into_response(),
+    }
 }
 
 fn json(status: StatusCode, v: &Value) -> Response {

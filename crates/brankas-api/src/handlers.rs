@@ -15,6 +15,7 @@ use brankas_auth::Principal;
 use brankas_engine::{EngineError, EntryOutcome, Page, SearchRequest, Stored, instant, parse_etag};
 use serde_json::{Value, json};
 
+use crate::audit::{self, ReqCtx, RequestId, What};
 use crate::outcome::ApiError;
 use crate::{AppState, FHIR_JSON, capability};
 
@@ -35,7 +36,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/fhir/{rtype}/{id}", get(read).put(update).delete(delete).fallback(method_not_allowed))
         .route("/fhir/{rtype}/{id}/{sub}", get(instance_sub).fallback(method_not_allowed))
         .route("/fhir/{rtype}/{id}/_history/{vid}", get(vread).fallback(method_not_allowed))
-        .merge(crate::admin::routes())
+        .merge(crate::admin::routes(state.clone()))
+        .merge(crate::audit::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn(access_log))
@@ -52,12 +54,13 @@ async fn method_not_allowed() -> ApiError {
 
 /// Logs method, route template, status and duration: never the raw path, query or body,
 /// which can hold identifiers of patients.
-async fn access_log(req: Request, next: Next) -> Response {
+async fn access_log(mut req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
     let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_else(|| "(unmatched)".into());
-    let mut resp = next.run(req).await;
     let rid = brankas_vault::random_id(8).unwrap_or_default();
+    req.extensions_mut().insert(RequestId(rid.clone()));
+    let mut resp = next.run(req).await;
     if let Ok(v) = HeaderValue::from_str(&rid) {
         resp.headers_mut().insert("x-request-id", v);
     }
@@ -137,7 +140,7 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
     r
 }
 
-async fn token(State(st): St, headers: HeaderMap, body: Body) -> Response {
+async fn token(State(st): St, ctx: ReqCtx, headers: HeaderMap, body: Body) -> Response {
     let Ok(bytes) = axum::body::to_bytes(body, 16 * 1024).await else {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "request body too large");
     };
@@ -148,13 +151,14 @@ async fn token(State(st): St, headers: HeaderMap, body: Body) -> Response {
     }
     let scope = field("scope");
     let auth = st.auth.clone();
+    let mut claimed = String::new();
     let issued = if let Some(assertion) = field("client_assertion") {
         // SMART Backend Services: private_key_jwt.
         if field("client_assertion_type").as_deref() != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer") {
             return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer");
         }
         let audience = capability::token_url(&st.base_url);
-        tokio::task::spawn_blocking(move || auth.issue_with_assertion(&assertion, &audience, scope.as_deref())).await
+        tokio::task::spawn_blocking(move || auth.issue_with_assertion(&assertion, &audience, scope.as_deref()).map(|t| (String::new(), t))).await
     } else {
         let basic = headers
             .get(header::AUTHORIZATION)
@@ -173,9 +177,24 @@ async fn token(State(st): St, headers: HeaderMap, body: Body) -> Response {
             (None, Some(i), Some(s)) => (i, s),
             _ => return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "client authentication is required"),
         };
-        tokio::task::spawn_blocking(move || auth.issue(&id, &secret, scope.as_deref())).await
+        claimed = id.clone();
+        tokio::task::spawn_blocking(move || auth.issue(&id, &secret, scope.as_deref()).map(|t| (id, t))).await
     };
-    match issued {
+    // Token issuance is audited, refused or not (under the client id as claimed).
+    let (status, why) = match &issued {
+        Ok(Ok(_)) => (200, None),
+        Ok(Err(e)) => (if matches!(e, brankas_auth::AuthError::InvalidScope) { 400 } else { 401 }, Some(e.to_string())),
+        Err(_) => (500, None),
+    };
+    let actor = match &issued {
+        Ok(Ok((id, t))) if id.is_empty() => t.client_id.clone(),
+        Ok(Ok((id, _))) => id.clone(),
+        _ => claimed,
+    };
+    if audit::finish_plain(&st, &actor, "", &ctx, What::new("token", "E", None), status, why).await.is_err() {
+        return oauth_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the audit log cannot be written");
+    }
+    match issued.map(|r| r.map(|(_, t)| t)) {
         Ok(Ok(t)) => {
             let body = json!({"access_token": t.access_token, "token_type": "Bearer", "expires_in": t.expires_in, "scope": t.scope});
             let mut r = (StatusCode::OK, serde_json::to_vec(&body).unwrap_or_default()).into_response();
@@ -194,7 +213,7 @@ async fn token(State(st): St, headers: HeaderMap, body: Body) -> Response {
 
 // ----- helpers -----
 
-fn json_response(status: StatusCode, v: &Value) -> Response {
+pub(crate) fn json_response(status: StatusCode, v: &Value) -> Response {
     let body = serde_json::to_vec(v).unwrap_or_default();
     let mut r = (status, body).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
@@ -319,34 +338,40 @@ fn query_pairs(st: &AppState, raw: Option<&str>) -> Result<Vec<(String, String)>
 
 // ----- FHIR interactions -----
 
-async fn create(State(st): St, Extension(who): Extension<Principal>, Path(rtype): Path<String>, headers: HeaderMap, body: Body) -> ApiResult {
+async fn create(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, Path(rtype): Path<String>, headers: HeaderMap, body: Body) -> ApiResult {
     check_type(&rtype)?;
+    not_audit_event(&rtype)?;
     let resource = read_json(&st, &headers, body).await?;
     let ine = headers.get("if-none-exist").and_then(|v| v.to_str().ok()).map(String::from);
     let engine = st.engine.clone();
-    let t = rtype.clone();
-    let out = blocking(move || engine.create(&who, &t, resource, ine.as_deref())).await?;
+    let (t, w) = (rtype.clone(), who.clone());
+    let out = blocking(move || engine.create(&w, &t, resource, ine.as_deref())).await;
+    let out = audit::finish(&st, &who, &ctx, What::new("create", "C", Some(rtype.clone())), out, |o| vec![&o.stored.resource]).await?;
     let status = if out.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok(resource_response(&st, status, &out.stored, &rtype, prefer_return(&headers), true))
 }
 
-async fn update(State(st): St, Extension(who): Extension<Principal>, Path((rtype, id)): Path<(String, String)>, headers: HeaderMap, body: Body) -> ApiResult {
+async fn update(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, Path((rtype, id)): Path<(String, String)>, headers: HeaderMap, body: Body) -> ApiResult {
     check_type(&rtype)?;
+    not_audit_event(&rtype)?;
     let resource = read_json(&st, &headers, body).await?;
     let im = if_match(&headers)?;
     let engine = st.engine.clone();
-    let t = rtype.clone();
-    let out = blocking(move || engine.update(&who, &t, &id, resource, im)).await?;
+    let (t, w, target) = (rtype.clone(), who.clone(), target(&rtype, &id));
+    let out = blocking(move || engine.update(&w, &t, &id, resource, im)).await;
+    let out = audit::finish(&st, &who, &ctx, What::new("update", "U", target), out, |o| vec![&o.stored.resource]).await?;
     let status = if out.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok(resource_response(&st, status, &out.stored, &rtype, prefer_return(&headers), out.created))
 }
 
-async fn read(State(st): St, Extension(who): Extension<Principal>, Path((rtype, id)): Path<(String, String)>, RawQuery(q): RawQuery, headers: HeaderMap) -> ApiResult {
+async fn read(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, Path((rtype, id)): Path<(String, String)>, RawQuery(q): RawQuery, headers: HeaderMap) -> ApiResult {
     check_type(&rtype)?;
     check_accept(&headers, q.as_deref())?;
+    not_audit_event(&rtype)?;
     let engine = st.engine.clone();
-    let t = rtype.clone();
-    let s = blocking(move || engine.read(&who, &t, &id)).await?;
+    let (t, w, target) = (rtype.clone(), who.clone(), target(&rtype, &id));
+    let s = blocking(move || engine.read(&w, &t, &id)).await;
+    let s = audit::finish(&st, &who, &ctx, What::new("read", "R", target), s, |s| vec![&s.resource]).await?;
     if let Some(inm) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok())
         && parse_etag(inm) == Some(s.version) {
             let mut r = StatusCode::NOT_MODIFIED.into_response();
@@ -358,20 +383,25 @@ async fn read(State(st): St, Extension(who): Extension<Principal>, Path((rtype, 
     Ok(resource_response(&st, StatusCode::OK, &s, &rtype, Return::Representation, false))
 }
 
-async fn vread(State(st): St, Extension(who): Extension<Principal>, Path((rtype, id, vid)): Path<(String, String, String)>) -> ApiResult {
+async fn vread(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, Path((rtype, id, vid)): Path<(String, String, String)>) -> ApiResult {
     check_type(&rtype)?;
+    not_audit_event(&rtype)?;
     let version: u64 = vid.parse().map_err(|_| ApiError::not_found())?;
     let engine = st.engine.clone();
-    let t = rtype.clone();
-    let s = blocking(move || engine.vread(&who, &t, &id, version)).await?;
+    let (t, w, target) = (rtype.clone(), who.clone(), target(&rtype, &id));
+    let s = blocking(move || engine.vread(&w, &t, &id, version)).await;
+    let s = audit::finish(&st, &who, &ctx, What::new("vread", "R", target), s, |s| vec![&s.resource]).await?;
     Ok(resource_response(&st, StatusCode::OK, &s, &rtype, Return::Representation, false))
 }
 
-async fn delete(State(st): St, Extension(who): Extension<Principal>, Path((rtype, id)): Path<(String, String)>, headers: HeaderMap) -> ApiResult {
+async fn delete(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, Path((rtype, id)): Path<(String, String)>, headers: HeaderMap) -> ApiResult {
     check_type(&rtype)?;
+    not_audit_event(&rtype)?;
     let im = if_match(&headers)?;
     let engine = st.engine.clone();
-    let out = blocking(move || engine.delete(&who, &rtype, &id, im)).await?;
+    let (w, target) = (who.clone(), target(&rtype, &id));
+    let out = blocking(move || engine.delete(&w, &rtype, &id, im)).await;
+    let out = audit::finish(&st, &who, &ctx, What::new("delete", "D", target), out, |_| Vec::new()).await?;
     let mut r = StatusCode::NO_CONTENT.into_response();
     if let Some(s) = out
         && let Ok(v) = HeaderValue::from_str(&s.etag()) {
@@ -383,6 +413,7 @@ async fn delete(State(st): St, Extension(who): Extension<Principal>, Path((rtype
 async fn instance_sub(
     State(st): St,
     Extension(who): Extension<Principal>,
+    ctx: ReqCtx,
     Path((rtype, id, sub)): Path<(String, String, String)>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
@@ -390,26 +421,34 @@ async fn instance_sub(
     check_type(&rtype)?;
     check_accept(&headers, q.as_deref())?;
     let pairs = query_pairs(&st, q.as_deref())?;
+    not_audit_event(&rtype)?;
     if sub == "_history" {
-        return history(&st, who, rtype, id, &pairs).await;
+        let what = What::new("history", "R", target(&rtype, &id));
+        let r = history(&st, who.clone(), rtype, id, &pairs).await;
+        let r = audit::finish(&st, &who, &ctx, what, r, |(_, served)| served.iter().collect()).await?;
+        return Ok(r.0);
     }
     if rtype == "Patient" && sub == "$everything" {
         let engine = st.engine.clone();
-        let all = blocking(move || engine.everything(&who, &id)).await?;
+        let (w, target) = (who.clone(), target(&rtype, &id));
+        let all = blocking(move || engine.everything(&w, &id)).await;
+        let all = audit::finish(&st, &who, &ctx, What::new("everything", "R", target), all, |a| a.iter().map(|s| &s.resource).collect()).await?;
         let total = all.len();
         let page = Page { total, offset: 0, count: total, next: None, previous: None, this: String::new(), resources: all };
         return Ok(json_response(StatusCode::OK, &searchset(&st, &page, None)));
     }
     if rtype == "Patient" && brankas_fhir::is_resource_type(&sub) {
-        if let Some((_, cursor)) = pairs.iter().find(|(k, _)| k == "_page") {
-            let engine = st.engine.clone();
-            let c = cursor.clone();
-            let page = blocking(move || engine.search_page(&who, &c)).await?;
-            return Ok(json_response(StatusCode::OK, &searchset(&st, &page, Some(&sub))));
-        }
-        let req = SearchRequest { resource_type: sub.clone(), pairs, compartment: Some(id), offset: 0, strict: strict(&headers) };
+        let what = What::new("search", "R", target(&rtype, &id)).with_query(&pairs);
         let engine = st.engine.clone();
-        let page = blocking(move || engine.search(&who, &req)).await?;
+        let w = who.clone();
+        let page = if let Some((_, cursor)) = pairs.iter().find(|(k, _)| k == "_page") {
+            let c = cursor.clone();
+            blocking(move || engine.search_page(&w, &c)).await
+        } else {
+            let req = SearchRequest { resource_type: sub.clone(), pairs, compartment: Some(id), offset: 0, strict: strict(&headers) };
+            blocking(move || engine.search(&w, &req)).await
+        };
+        let page = audit::finish(&st, &who, &ctx, what, page, |p| p.resources.iter().map(|s| &s.resource).collect()).await?;
         return Ok(json_response(StatusCode::OK, &searchset(&st, &page, Some(&sub))));
     }
     if sub.starts_with('$') {
@@ -418,7 +457,8 @@ async fn instance_sub(
     Err(ApiError::not_found())
 }
 
-async fn history(st: &AppState, who: Principal, rtype: String, id: String, pairs: &[(String, String)]) -> ApiResult {
+/// The history Bundle, and the versions it serves (for the audit).
+async fn history(st: &AppState, who: Principal, rtype: String, id: String, pairs: &[(String, String)]) -> Result<(Response, Vec<Value>), ApiError> {
     let count = pairs.iter().find(|(k, _)| k == "_count").and_then(|(_, v)| v.parse::<usize>().ok()).unwrap_or(st.engine.limits().default_count);
     // The page size the engine will really use, so that a full page gets its `next` link.
     let count = count.clamp(1, st.engine.limits().max_history);
@@ -461,17 +501,21 @@ async fn history(st: &AppState, who: Principal, rtype: String, id: String, pairs
         && last.version > 1 && versions.len() >= count.max(1) {
             links.push(json!({"relation": "next", "url": format!("{base}/{rtype}/{id}/_history?_count={count}&_before_version={}", last.version)}));
         }
-    Ok(json_response(StatusCode::OK, &json!({"resourceType": "Bundle", "type": "history", "total": total, "link": links, "entry": entries})))
+    let served: Vec<Value> = versions.into_iter().filter(|s| !s.deleted).map(|s| s.resource).collect();
+    Ok((json_response(StatusCode::OK, &json!({"resourceType": "Bundle", "type": "history", "total": total, "link": links, "entry": entries})), served))
 }
 
-async fn search_get(State(st): St, Extension(who): Extension<Principal>, Path(rtype): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap) -> ApiResult {
+async fn search_get(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, Path(rtype): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap) -> ApiResult {
     check_type(&rtype)?;
     check_accept(&headers, q.as_deref())?;
     let pairs = query_pairs(&st, q.as_deref())?;
-    run_search(&st, who, rtype, pairs, &headers).await
+    if rtype == "AuditEvent" {
+        return audit::search(st.clone(), who, ctx, pairs).await;
+    }
+    run_search(&st, who, ctx, rtype, pairs, &headers).await
 }
 
-async fn search_post(State(st): St, Extension(who): Extension<Principal>, Path(rtype): Path<String>, headers: HeaderMap, body: Body) -> ApiResult {
+async fn search_post(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, Path(rtype): Path<String>, headers: HeaderMap, body: Body) -> ApiResult {
     check_type(&rtype)?;
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !ct.starts_with("application/x-www-form-urlencoded") {
@@ -479,18 +523,24 @@ async fn search_post(State(st): St, Extension(who): Extension<Principal>, Path(r
     }
     let bytes = axum::body::to_bytes(body, st.limits.max_query_bytes).await.map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too-costly", "search form too large"))?;
     let pairs = query_pairs(&st, Some(&String::from_utf8_lossy(&bytes)))?;
-    run_search(&st, who, rtype, pairs, &headers).await
+    if rtype == "AuditEvent" {
+        return audit::search(st.clone(), who, ctx, pairs).await;
+    }
+    run_search(&st, who, ctx, rtype, pairs, &headers).await
 }
 
-async fn run_search(st: &AppState, who: Principal, rtype: String, pairs: Vec<(String, String)>, headers: &HeaderMap) -> ApiResult {
+async fn run_search(st: &AppState, who: Principal, ctx: ReqCtx, rtype: String, pairs: Vec<(String, String)>, headers: &HeaderMap) -> ApiResult {
     let engine = st.engine.clone();
+    let what = What::new("search", "R", Some(rtype.clone())).with_query(&pairs);
+    let w = who.clone();
     let page = if let Some((_, cursor)) = pairs.iter().find(|(k, _)| k == "_page") {
         let c = cursor.clone();
-        blocking(move || engine.search_page(&who, &c)).await?
+        blocking(move || engine.search_page(&w, &c)).await
     } else {
         let req = SearchRequest { resource_type: rtype.clone(), pairs, compartment: None, offset: 0, strict: strict(headers) };
-        blocking(move || engine.search(&who, &req)).await?
+        blocking(move || engine.search(&w, &req)).await
     };
+    let page = audit::finish(st, &who, &ctx, what, page, |p| p.resources.iter().map(|s| &s.resource).collect()).await?;
     Ok(json_response(StatusCode::OK, &searchset(st, &page, Some(&rtype))))
 }
 
@@ -527,7 +577,7 @@ fn searchset(st: &AppState, page: &Page, rtype: Option<&str>) -> Value {
     b
 }
 
-async fn bundle(State(st): St, Extension(who): Extension<Principal>, headers: HeaderMap, body: Body) -> ApiResult {
+async fn bundle(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, headers: HeaderMap, body: Body) -> ApiResult {
     let b = read_json(&st, &headers, body).await?;
     if b.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
         return Err(ApiError::bad_request("POST to the base URL takes a transaction or batch Bundle"));
@@ -539,7 +589,9 @@ async fn bundle(State(st): St, Extension(who): Extension<Principal>, headers: He
     };
     let ret = prefer_return(&headers);
     let engine = st.engine.clone();
-    let outcomes = blocking(move || if kind == "transaction" { engine.transaction(&who, &b) } else { engine.batch(&who, &b) }).await?;
+    let w = who.clone();
+    let outcomes = blocking(move || if kind == "transaction" { engine.transaction(&w, &b) } else { engine.batch(&w, &b) }).await;
+    let outcomes = audit::finish(&st, &who, &ctx, What::new(kind, "E", None), outcomes, |o| o.iter().filter_map(|e| e.stored.as_ref()).filter(|s| !s.deleted).map(|s| &s.resource).collect()).await?;
     let entries: Vec<Value> = outcomes.into_iter().map(|o| response_entry(&st, o, ret)).collect();
     Ok(json_response(StatusCode::OK, &json!({"resourceType": "Bundle", "type": format!("{kind}-response"), "entry": entries})))
 }
@@ -573,3 +625,18 @@ fn response_entry(st: &AppState, o: EntryOutcome, ret: Return) -> Value {
     entry
 }
 
+
+/// `Type/id` of a request URL, for its audit record.
+fn target(rtype: &str, id: &str) -> Option<String> {
+    Some(format!("{rtype}/{}", id.chars().take(64).collect::<String>()))
+}
+
+/// AuditEvent resources come from the audit log only: they are searched, never written or
+/// read as stored resources.
+fn not_audit_event(rtype: &str) -> Result<(), ApiError> {
+    if rtype == "AuditEvent" {
+        Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "not-supported", "AuditEvent is written by the server's audit log and read by searching it (GET /fhir/AuditEvent?patient=...)"))
+    } else {
+        Ok(())
+    }
+}

@@ -16,6 +16,7 @@
 //! (so suspension and revocation are immediate).
 
 mod admin;
+mod audit;
 mod capability;
 mod handlers;
 pub mod outcome;
@@ -55,4 +56,6 @@ pub struct AppState {
     /// Absolute base URL of the FHIR endpoint, e.g. `https://host:8443/fhir`.
     pub base_url: String,
     pub limits: HttpLimits,
+    /// The audit log: every response waits for its records (see the `audit` module).
+    pub audit: Arc<brankas_audit::AuditLog>,
 }

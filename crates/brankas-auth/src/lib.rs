@@ -173,6 +173,28 @@ pub struct Principal {
     local: bool,
     /// Sensitive categories granted explicitly.
     sensitive: Vec<String>,
+    /// The patients (partitions) whose data the request reached or tried to reach, noted by
+    /// the engine's gates for the request's audit records. Shared by clones of this principal.
+    trail: AccessTrail,
+}
+
+/// The partitions one request's gates were asked about, in order, without repeats.
+#[derive(Clone, Default)]
+pub struct AccessTrail(std::sync::Arc<std::sync::Mutex<Vec<brankas_vault::PartitionId>>>);
+
+impl AccessTrail {
+    /// Notes a partition (once).
+    pub fn note(&self, p: &brankas_vault::PartitionId) {
+        if let Ok(mut v) = self.0.lock()
+            && !v.contains(p) && v.len() < 100_000 {
+                v.push(p.clone());
+            }
+    }
+
+    /// The partitions noted so far; the trail is left empty.
+    pub fn take(&self) -> Vec<brankas_vault::PartitionId> {
+        self.0.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
+    }
 }
 
 /// Longest break-glass reason kept.
@@ -268,12 +290,20 @@ impl Principal {
             break_glass_reason: None,
             local: true,
             sensitive: Vec::new(),
+            trail: AccessTrail::default(),
         }
+    }
+
+    /// The patients this request's gates were asked about (see [`AccessTrail`]).
+    pub fn trail(&self) -> &AccessTrail {
+        &self.trail
     }
 }
 
 /// An issued access token.
 pub struct IssuedToken {
+    /// The client it was issued to.
+    pub client_id: String,
     pub access_token: String,
     pub expires_in: u64,
     pub scope: String,
@@ -547,11 +577,12 @@ impl Authority {
             }
         };
         let iat = now_secs();
+        let client_id = rec.client_id.clone();
         let claims = Claims { iss: ISSUER.into(), sub: rec.client_id, scope: scope.clone(), iat, exp: iat + self.token_seconds, jti: random_id(16)? };
         let body = serde_json::to_vec(&claims).map_err(|_| AuthError::InvalidToken)?;
         let signing_input = format!("{}.{}", B64.encode(JWS_HEADER), B64.encode(body));
         let sig = self.vault.token_mac(signing_input.as_bytes());
-        Ok(IssuedToken { access_token: format!("{signing_input}.{}", B64.encode(sig)), expires_in: self.token_seconds, scope })
+        Ok(IssuedToken { client_id, access_token: format!("{signing_input}.{}", B64.encode(sig)), expires_in: self.token_seconds, scope })
     }
 
     /// Verifies a bearer token for the FHIR endpoint `audience`: one of ours (signature,
@@ -607,6 +638,7 @@ impl Authority {
             break_glass_reason: None,
             local: false,
             sensitive: rec.sensitive,
+            trail: AccessTrail::default(),
         })
     }
 }
@@ -693,6 +725,7 @@ impl Authority {
             break_glass_reason: None,
             local: false,
             sensitive: rec.sensitive,
+            trail: AccessTrail::default(),
         })
     }
 }

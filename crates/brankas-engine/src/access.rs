@@ -426,6 +426,7 @@ impl Engine {
     /// each record as it is served, through the [`RecordView`] returned (read with the same
     /// Consents and care record as the decision, so they are read once per request).
     pub(crate) fn gate_patient(&self, who: &Principal, partition: &PartitionId, act: Act) -> Result<RecordView> {
+        who.trail().note(partition);
         self.role_allows_patient_data(who)?;
         if who.role() == Role::Patient {
             let own = who.patient().and_then(|p| p.strip_prefix("Patient/")).map(|id| self.vault.patient_partition(id));
@@ -519,6 +520,7 @@ impl Engine {
     /// is itself part of the patient's care (it will establish or refresh the relationship,
     /// see [`Engine::care_facts`]), a patient's only into its own record.
     pub(crate) fn gate_patient_write(&self, who: &Principal, partition: &PartitionId) -> Result<()> {
+        who.trail().note(partition);
         self.role_allows_patient_data(who)?;
         match who.role() {
             Role::Patient => self.gate_patient(who, partition, Act::Write).map(drop),

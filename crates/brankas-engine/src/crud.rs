@@ -46,6 +46,27 @@ impl Engine {
         Ok(())
     }
 
+    /// The patient a served or written resource belongs to, for its audit record: the
+    /// Patient's own id, or the patient its compartment reference names, with that patient's
+    /// partition. `None` for the directory.
+    pub fn audit_subject(&self, resource: &Value) -> Option<(String, PartitionId)> {
+        let rtype = resource.get("resourceType").and_then(Value::as_str)?;
+        let pid = if rtype == "Patient" {
+            resource.get("id").and_then(Value::as_str)?.to_string()
+        } else if self.registry.in_patient_compartment(rtype) {
+            self.registry.patient_refs(rtype, resource).into_iter().next()?
+        } else {
+            return None;
+        };
+        let partition = self.vault.patient_partition(&pid);
+        Some((pid, partition))
+    }
+
+    /// The partition of the patient with id `patient_id` (audit queries name patients so).
+    pub fn patient_partition(&self, patient_id: &str) -> PartitionId {
+        self.vault.patient_partition(patient_id)
+    }
+
     /// The partition that owns a resource (see the crate docs).
     pub(crate) fn partition_of(&self, rtype: &str, id: &str, resource: &Value) -> PartitionId {
         if rtype == "Patient" {

@@ -139,15 +139,19 @@ pub fn run(cmd: ClientsCmd) -> Result<()> {
                 issuer,
             };
             let o = open(&data.data_dir, data.key_file.as_deref())?;
-            let new = o.auth.create_client(&spec)?;
+            let new = o.auth.create_client(&spec);
+            o.audit_local("client-admin", "C", new.as_ref().ok().map(|n| format!("/admin/clients/{}", n.client_id)), new.is_ok(), None)?;
+            let new = new?;
             json!({"client_id": new.client_id, "client_secret": new.client_secret})
         }
         ClientsCmd::List(data) => {
             let o = open(&data.data_dir, data.key_file.as_deref())?;
+            o.audit_local("client-admin", "R", Some("/admin/clients".into()), true, None)?;
             json!({"clients": o.auth.list_clients()?.iter().map(|c| c.public_view()).collect::<Vec<_>>()})
         }
         ClientsCmd::Show { data, client_id } => {
             let o = open(&data.data_dir, data.key_file.as_deref())?;
+            o.audit_local("client-admin", "R", Some(target(&client_id)), true, None)?;
             o.auth.client(&client_id)?.context("no such client")?.public_view()
         }
         ClientsCmd::Update { data, client_id, name, scopes, bind } => {
@@ -161,7 +165,9 @@ pub fn run(cmd: ClientsCmd) -> Result<()> {
                 sensitive: bind.sensitive,
             };
             let o = open(&data.data_dir, data.key_file.as_deref())?;
-            o.auth.update_client(&client_id, &u)?.public_view()
+            let r = o.auth.update_client(&client_id, &u);
+            o.audit_local("client-admin", "U", Some(target(&client_id)), r.is_ok(), None)?;
+            r?.public_view()
         }
         ClientsCmd::Suspend { data, client_id } => status(data, &client_id, ClientStatus::Suspended)?,
         ClientsCmd::Reinstate { data, client_id } => status(data, &client_id, ClientStatus::Active)?,
@@ -173,5 +179,11 @@ pub fn run(cmd: ClientsCmd) -> Result<()> {
 
 fn status(data: DataArgs, client_id: &str, s: ClientStatus) -> Result<Value> {
     let o = open(&data.data_dir, data.key_file.as_deref())?;
-    Ok(o.auth.set_status(client_id, s)?.public_view())
+    let r = o.auth.set_status(client_id, s);
+    o.audit_local("client-admin", "U", Some(format!("{}/{s:?}", target(client_id)).to_lowercase()), r.is_ok(), None)?;
+    Ok(r?.public_view())
+}
+
+fn target(client_id: &str) -> String {
+    format!("/admin/clients/{}", client_id.chars().take(64).collect::<String>())
 }

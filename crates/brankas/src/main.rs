@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+use brankas_audit::AuditLog;
 use brankas_auth::{Authority, ClientSpec, Role};
 use brankas_engine::{Engine, ImportStats, Importer, ROOT_META};
 use brankas_store::{SqliteStore, Store};
@@ -91,6 +92,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: KeysCmd,
     },
+    /// The audit log: verify it, print its newest signed checkpoint.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
     /// Zero-setup demonstration: init a data directory if needed, seed synthetic patients,
     /// print a token and ready-to-paste requests, and serve.
     Demo {
@@ -104,6 +110,23 @@ enum Cmd {
         #[arg(long)]
         insecure_http: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Verify the whole audit log: exits 0 when it is intact, 1 naming the first bad position
+    /// when a record was edited, removed, inserted or reordered, or the log was truncated
+    /// behind a stored checkpoint or the one given with --checkpoint.
+    Verify {
+        #[command(flatten)]
+        data: DataArgs,
+        /// A signed checkpoint kept outside the data directory (e.g. from
+        /// `GET /admin/audit/checkpoint`, its `note`): the log must still contain it.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Print the newest signed checkpoint (a C2SP signed note) and the verifier key.
+    Checkpoint(DataArgs),
 }
 
 #[derive(Subcommand)]
@@ -138,6 +161,8 @@ fn main() -> Result<()> {
         Cmd::Synth(a) => synth_cmd::run(a),
         Cmd::Clients { cmd } => clients_cmd::run(cmd),
         Cmd::Keys { cmd: KeysCmd::Rotate(d) } => rotate(&d.data_dir, d.key_file.as_deref()),
+        Cmd::Audit { cmd: AuditCmd::Verify { data, checkpoint } } => audit_verify(&data.data_dir, data.key_file.as_deref(), checkpoint.as_deref()),
+        Cmd::Audit { cmd: AuditCmd::Checkpoint(d) } => audit_checkpoint(&d.data_dir, d.key_file.as_deref()),
         Cmd::Demo { data_dir, key_file, listen, insecure_http } => demo::run(&data_dir, key_file.as_deref(), listen, insecure_http),
     }
 }
@@ -200,6 +225,72 @@ pub(crate) struct Opened {
     pub vault: Arc<Vault>,
     pub engine: Arc<Engine>,
     pub auth: Arc<Authority>,
+    pub audit: Arc<AuditLog>,
+}
+
+impl Opened {
+    /// Audits an action of the operator's own tools on the data directory.
+    pub(crate) fn audit_local(&self, interaction: &str, action: &str, target: Option<String>, ok: bool, text: Option<String>) -> Result<()> {
+        let entry = brankas_audit::AuditEntry {
+            interaction: interaction.into(),
+            action: action.into(),
+            outcome: Some(if ok { brankas_audit::Outcome::Success } else { brankas_audit::Outcome::MinorFailure }),
+            outcome_text: text,
+            client_id: "local-operator".into(),
+            role: "operator".into(),
+            target,
+            ..Default::default()
+        };
+        self.audit
+            .record_blocking(vec![brankas_audit::NewRecord { partition: None, client_id: "local-operator".into(), entry }])
+            .context("the audit log cannot be written")?;
+        Ok(())
+    }
+}
+
+/// The store and the vault of a data directory, without starting anything.
+fn open_vault(data_dir: &Path, key_file: Option<&Path>) -> Result<(Arc<dyn Store>, Arc<Vault>)> {
+    let kp = key_path(data_dir, key_file)?;
+    let db = data_dir.join(DB_FILE);
+    if !db.exists() {
+        bail!("{} is not initialised: run `brankas init --data-dir {}` first", data_dir.display(), data_dir.display());
+    }
+    let provider: Arc<dyn KeyProvider> = Arc::new(KeyFile::open(&kp).with_context(|| format!("opening key file {}", kp.display()))?);
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db)?);
+    let root = store.get_meta(ROOT_META)?.context("the data directory has no system root key")?;
+    let vault = Arc::new(Vault::open(provider, &WrappedKey::from_bytes(&root)?).context("the key file does not open this data directory")?);
+    Ok((store, vault))
+}
+
+fn audit_verify(data_dir: &Path, key_file: Option<&Path>, checkpoint: Option<&Path>) -> Result<()> {
+    let (store, vault) = open_vault(data_dir, key_file)?;
+    let external = checkpoint.map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))).transpose()?;
+    let start = std::time::Instant::now();
+    match brankas_audit::verify(&*store, &vault, external.as_deref()) {
+        Ok(r) => {
+            println!(
+                "{}",
+                serde_json::json!({"intact": true, "records": r.records, "checkpoints": r.checkpoints, "signed_size": r.signed_size,
+                    "root": r.root.iter().map(|b| format!("{b:02x}")).collect::<String>(), "seconds": (start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0})
+            );
+            Ok(())
+        }
+        Err(f) => {
+            println!("{}", serde_json::json!({"intact": false, "failure": f.to_string()}));
+            eprintln!("audit log NOT intact: {f}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn audit_checkpoint(data_dir: &Path, key_file: Option<&Path>) -> Result<()> {
+    let (store, vault) = open_vault(data_dir, key_file)?;
+    let pk = vault.audit_public_key();
+    let origin = brankas_audit::origin(&pk);
+    let cp = store.audit_latest_checkpoint()?.context("no checkpoint has been signed yet")?;
+    print!("{}", cp.note);
+    eprintln!("verifier key: {}", brankas_audit::note::verifier_key(&origin, &pk));
+    Ok(())
 }
 
 pub(crate) fn open(data_dir: &Path, key_file: Option<&Path>) -> Result<Opened> {
@@ -215,7 +306,8 @@ pub(crate) fn open(data_dir: &Path, key_file: Option<&Path>) -> Result<Opened> {
     let vault = Arc::new(Vault::open(provider, &WrappedKey::from_bytes(&root)?).context("the key file does not open this data directory")?);
     let engine = Arc::new(Engine::new(store.clone(), vault.clone()));
     let auth = Arc::new(Authority::new(store.clone(), vault.clone()));
-    Ok(Opened { store, vault, engine, auth })
+    let audit = Arc::new(AuditLog::open(store.clone(), vault.clone()).context("opening the audit log")?);
+    Ok(Opened { store, vault, engine, auth, audit })
 }
 
 pub(crate) fn init(data_dir: &Path, key_file: Option<&Path>) -> Result<brankas_auth::NewClient> {
@@ -291,7 +383,7 @@ pub(crate) fn serve(
         let host = if addr.ip().is_unspecified() { "localhost".to_string() } else { addr.to_string() };
         let host = if addr.ip().is_unspecified() { format!("{host}:{}", addr.port()) } else { host };
         let base = base_url.unwrap_or_else(|| format!("{scheme}://{host}/fhir"));
-        let state = Arc::new(brankas_api::AppState { engine: o.engine.clone(), auth, base_url: base.clone(), limits: Default::default() });
+        let state = Arc::new(brankas_api::AppState { engine: o.engine.clone(), auth, base_url: base.clone(), limits: Default::default(), audit: o.audit.clone() });
         let app = brankas_api::router(state);
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
@@ -371,6 +463,13 @@ fn import(data_dir: &Path, key_file: Option<&Path>, paths: &[PathBuf], quiet: bo
     for e in &stats.errors {
         eprintln!("refused: {e}");
     }
+    o.audit_local(
+        "import",
+        "C",
+        None,
+        stats.failed == 0,
+        Some(format!("{} units, {} resources imported from {} files; {} refused", stats.units, stats.resources, files.len(), stats.failed)),
+    )?;
     println!(
         "{}",
         serde_json::json!({"files": files.len(), "units": stats.units, "resources": stats.resources, "failed": stats.failed,
@@ -409,6 +508,7 @@ fn rotate(data_dir: &Path, key_file: Option<&Path>) -> Result<()> {
             break;
         }
     }
+    o.audit_local("key-rotation", "U", None, true, Some(format!("{n} data keys rewrapped")))?;
     println!("{}", serde_json::json!({"kek": new.to_string(), "rewrapped_data_keys": n}));
     Ok(())
 }

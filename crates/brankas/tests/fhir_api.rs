@@ -133,12 +133,21 @@ fn r4_examples_round_trip_exactly() {
     let start = Instant::now();
     let mut failures = Vec::new();
     let mut consent_hidden = 0;
+    let mut audit_events = 0;
     for f in &files {
         let name = f.file_name().unwrap().to_string_lossy().into_owned();
         let sent = read_json(f);
         let t = sent["resourceType"].as_str().unwrap();
         let id = sent["id"].as_str().unwrap();
         let put = reply(s.put(&format!("{t}/{id}"), &sent));
+        if t == "AuditEvent" {
+            // AuditEvents come from the server's own audit log; clients cannot write them.
+            if put.status != 405 {
+                failures.push(format!("{name}: PUT of an AuditEvent answered {}, not 405", put.status));
+            }
+            audit_events += 1;
+            continue;
+        }
         if put.status != 201 {
             failures.push(format!("{name}: PUT {} {}", put.status, put.text));
             continue;
@@ -167,6 +176,7 @@ fn r4_examples_round_trip_exactly() {
         }
     }
     eprintln!("r4 examples: {} PUT+GET in {:.1?} ({consent_hidden} hidden by the examples' own Consents)", files.len(), start.elapsed());
+    assert_eq!(audit_events, 9, "the nine AuditEvent examples are refused");
     assert!(consent_hidden > 0, "the examples' deny Consents (e.g. consent-example-notThis) hid nothing: consent is not enforced");
     assert!(failures.is_empty(), "{} of {} examples failed:\n{}", failures.len(), files.len(), failures.join("\n"));
 }

@@ -1,0 +1,666 @@
+//! Audit at the HTTP boundary: every request that reaches patient data, every denial, token
+//! issuance and client administration becomes audit records (one per patient touched), made
+//! durable **before** the response is released; if they cannot be written the request fails
+//! with 503 and its data is dropped (fail closed). Also `GET /fhir/AuditEvent` (BALP-shaped
+//! AuditEvent for security officers, and a patient's own access history in plain words) and
+//! the log's checkpoint and proofs under `/admin/audit`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Router};
+use base64::Engine as _;
+use brankas_audit::{AuditEntry, NewRecord, Outcome};
+use brankas_auth::{Principal, Role};
+use brankas_store::PartitionId;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::outcome::ApiError;
+
+type St = State<Arc<AppState>>;
+
+/// The id of the request, set before any handler runs, returned in `X-Request-Id` and written
+/// into its audit records.
+#[derive(Clone, Debug)]
+pub(crate) struct RequestId(pub String);
+
+/// Who is asking from where: the request id and the peer address.
+#[derive(Clone, Debug)]
+pub(crate) struct ReqCtx {
+    pub request_id: String,
+    pub address: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ReqCtx {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ReqCtx {
+            request_id: parts.extensions.get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default(),
+            address: parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string()),
+        })
+    }
+}
+
+/// What kind of request is being audited.
+pub(crate) struct What {
+    pub interaction: &'static str,
+    pub action: &'static str,
+    /// `Type` or `Type/id` of the URL.
+    pub target: Option<String>,
+    /// Names of query parameters (never values).
+    pub query: Vec<String>,
+}
+
+impl What {
+    pub fn new(interaction: &'static str, action: &'static str, target: Option<String>) -> Self {
+        Self { interaction, action, target, query: Vec::new() }
+    }
+    pub fn with_query(mut self, pairs: &[(String, String)]) -> Self {
+        let mut names: Vec<String> = pairs.iter().map(|(k, _)| k.chars().take(64).collect()).collect();
+        names.sort();
+        names.dedup();
+        names.truncate(50);
+        self.query = names;
+        self
+    }
+}
+
+/// The base entry for a request, before patients and outcome are known.
+fn base_entry(who: &Principal, ctx: &ReqCtx, what: &What) -> AuditEntry {
+    AuditEntry {
+        interaction: what.interaction.into(),
+        action: what.action.into(),
+        client_id: who.client_id().into(),
+        role: role_name(who.role()).into(),
+        organization: who.organization().map(String::from),
+        practitioner: who.practitioner().map(String::from),
+        acting_patient: who.patient().map(String::from),
+        address: ctx.address.clone(),
+        request_id: ctx.request_id.clone(),
+        purpose: Some(who.purpose().to_string()),
+        break_glass: who.break_glass_reason().map(String::from),
+        target: what.target.clone(),
+        query: what.query.clone(),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Admin => "admin",
+        Role::FacilitySystem => "facility-system",
+        Role::Clinician => "clinician",
+        Role::Patient => "patient",
+        Role::SecurityOfficer => "security-officer",
+        Role::Researcher => "researcher",
+    }
+}
+
+/// The audit records of one finished request: one per patient whose resources were served
+/// or written (`served`), one per further patient the request's gates were asked about (a
+/// denial, an empty compartment search), and one without a patient when there was none.
+pub(crate) fn records(st: &AppState, who: &Principal, ctx: &ReqCtx, what: &What, status: u16, why: Option<&ApiError>, served: &[&Value]) -> Vec<NewRecord> {
+    let base = base_entry(who, ctx, what);
+    let mut by_patient: BTreeMap<[u8; 32], (PartitionId, AuditEntry)> = BTreeMap::new();
+    for r in served {
+        let Some((pid, partition)) = st.engine.audit_subject(r) else { continue };
+        let e = &mut by_patient.entry(partition.0).or_insert_with(|| (partition.clone(), base.clone())).1;
+        e.patient = Some(pid);
+        let t = r.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+        let id = r.get("id").and_then(Value::as_str).unwrap_or_default();
+        e.add_resource(format!("{t}/{id}"));
+    }
+    for p in who.trail().take() {
+        by_patient.entry(p.0).or_insert_with(|| (p.clone(), base.clone()));
+    }
+    let outcome = Outcome::of_status(status);
+    // Denials carry their reason (fixed phrases); other failures their issue code.
+    let text = why.map(|e| if e.status == StatusCode::FORBIDDEN { e.message.clone() } else { e.code.to_string() });
+    let finish = |mut e: AuditEntry| {
+        e.status = status;
+        e.outcome = Some(outcome);
+        e.outcome_text = text.clone();
+        e
+    };
+    if by_patient.is_empty() {
+        return vec![NewRecord { partition: None, client_id: who.client_id().into(), entry: finish(base) }];
+    }
+    by_patient.into_values().map(|(p, e)| NewRecord { partition: Some(p), client_id: who.client_id().into(), entry: finish(e) }).collect()
+}
+
+/// Makes the records durable; on failure the caller's answer is replaced by 503.
+pub(crate) async fn commit(st: &AppState, records: Vec<NewRecord>) -> Result<(), ApiError> {
+    match st.audit.record(records).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::error!(error = %e, "audit records could not be written; the request fails");
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "the audit log cannot be written; nothing was served"))
+        }
+    }
+}
+
+/// Audits a finished request, then releases its result (or the 503 that replaces it).
+pub(crate) async fn finish<T>(st: &AppState, who: &Principal, ctx: &ReqCtx, what: What, result: Result<T, ApiError>, served: impl FnOnce(&T) -> Vec<&Value>) -> Result<T, ApiError> {
+    let recs = match &result {
+        Ok(t) => records(st, who, ctx, &what, 200, None, &served(t)),
+        Err(e) => records(st, who, ctx, &what, e.status.as_u16(), Some(e), &[]),
+    };
+    commit(st, recs).await?;
+    result
+}
+
+/// Audits a request that touches no patient (token issuance, client administration).
+pub(crate) async fn finish_plain(st: &AppState, client_id: &str, role: &str, ctx: &ReqCtx, what: What, status: u16, why: Option<String>) -> Result<(), ApiError> {
+    let entry = AuditEntry {
+        interaction: what.interaction.into(),
+        action: what.action.into(),
+        outcome: Some(Outcome::of_status(status)),
+        outcome_text: why,
+        status,
+        client_id: client_id.chars().take(128).collect(),
+        role: role.into(),
+        address: ctx.address.clone(),
+        request_id: ctx.request_id.clone(),
+        target: what.target,
+        ..Default::default()
+    };
+    commit(st, vec![NewRecord { partition: None, client_id: client_id.chars().take(128).collect(), entry }]).await
+}
+
+// ----- reading the log -----
+
+const DEFAULT_COUNT: usize = 50;
+const MAX_COUNT: usize = 200;
+/// Records examined at most for one page of a filtered search.
+const MAX_SCAN: usize = 20_000;
+
+/// `GET /fhir/AuditEvent`: security officers search the whole log; a patient's client sees
+/// its own patient's accesses, in plain words.
+pub(crate) async fn search(st: Arc<AppState>, who: Principal, ctx: ReqCtx, pairs: Vec<(String, String)>) -> Result<Response, ApiError> {
+    let what = What::new("audit-read", "E", Some("AuditEvent".into())).with_query(&pairs);
+    let result = search_inner(&st, &who, &pairs).await;
+    // Reading the log is itself audited: one record per patient whose accesses were shown.
+    let shown: Vec<Value> = match &result {
+        Ok((_, patients)) => patients.iter().map(|p| json!({"resourceType": "Patient", "id": p})).collect(),
+        Err(_) => Vec::new(),
+    };
+    let recs = match &result {
+        Ok(_) => records(&st, &who, &ctx, &what, 200, None, &shown.iter().collect::<Vec<_>>()),
+        Err(e) => records(&st, &who, &ctx, &what, e.status.as_u16(), Some(e), &[]),
+    };
+    commit(&st, recs).await?;
+    let (bundle, _) = result?;
+    Ok(crate::handlers::json_response(StatusCode::OK, &bundle))
+}
+
+struct Filter {
+    since: Option<i64>,
+    until: Option<i64>,
+    action: Option<String>,
+    outcome: Option<String>,
+    subtype: Option<String>,
+    agent: Option<String>,
+}
+
+impl Filter {
+    fn keeps(&self, o: &brankas_audit::Opened) -> bool {
+        self.since.is_none_or(|s| o.time_us >= s)
+            && self.until.is_none_or(|u| o.time_us < u)
+            && self.action.as_ref().is_none_or(|a| *a == o.entry.action)
+            && self.outcome.as_ref().is_none_or(|c| o.entry.outcome.is_some_and(|x| x.code() == c))
+            && self.subtype.as_ref().is_none_or(|s| *s == o.entry.interaction)
+            && self.agent.as_ref().is_none_or(|a| *a == o.entry.client_id)
+    }
+}
+
+/// Parses a FHIR date(time) search value with a prefix into a bound in microseconds.
+fn date_bound(v: &str) -> Result<(String, i64, i64), ApiError> {
+    let bad = || ApiError::bad_request("date must be a FHIR date or dateTime with an optional prefix (ge, gt, le, lt, eq)");
+    let (prefix, rest) = match v.get(..2) {
+        Some(p @ ("ge" | "gt" | "le" | "lt" | "eq")) => (p.to_string(), &v[2..]),
+        _ => ("eq".to_string(), v),
+    };
+    use time::format_description::well_known::Rfc3339;
+    let (start, end) = if rest.len() == 10 {
+        let d = time::Date::parse(rest, time::macros::format_description!("[year]-[month]-[day]")).map_err(|_| bad())?;
+        let s = d.midnight().assume_utc();
+        (s, s + time::Duration::days(1))
+    } else {
+        let t = time::OffsetDateTime::parse(rest, &Rfc3339).map_err(|_| bad())?;
+        (t, t + time::Duration::microseconds(1))
+    };
+    let us = |t: time::OffsetDateTime| (t.unix_timestamp_nanos() / 1000) as i64;
+    Ok((prefix, us(start), us(end)))
+}
+
+async fn search_inner(st: &Arc<AppState>, who: &Principal, pairs: &[(String, String)]) -> Result<(Value, Vec<String>), ApiError> {
+    let param = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let known = ["patient", "agent", "date", "action", "outcome", "subtype", "_count", "_before"];
+    if let Some((k, _)) = pairs.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(format!("AuditEvent search does not support the parameter {}", k.chars().take(40).collect::<String>())));
+    }
+    let patient = param("patient").map(|p| p.strip_prefix("Patient/").unwrap_or(&p).to_string());
+    let plain = match who.role() {
+        Role::SecurityOfficer => false,
+        Role::Patient => {
+            let own = who.patient().and_then(|p| p.strip_prefix("Patient/")).map(String::from);
+            if patient.is_none() || patient != own {
+                return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "a patient's client reads the access history of its own patient only (patient=<own id>)"));
+            }
+            true
+        }
+        _ => return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "the audit log is read by security officers, and by patients for their own record")),
+    };
+    if !who.scopes().permits("AuditEvent", 's') && !who.scopes().permits("AuditEvent", 'r') {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "no scope grants search on AuditEvent"));
+    }
+    if let Some(p) = &patient
+        && !brankas_fhir::is_valid_id(p) {
+            return Err(ApiError::bad_request("patient must be a Patient id"));
+        }
+    let mut f = Filter { since: None, until: None, action: param("action"), outcome: param("outcome"), subtype: param("subtype"), agent: None };
+    for (k, v) in pairs.iter().filter(|(k, _)| k == "date") {
+        let _ = k;
+        let (prefix, start, end) = date_bound(v)?;
+        match prefix.as_str() {
+            "ge" => f.since = Some(start),
+            "gt" => f.since = Some(end),
+            "le" => f.until = Some(end),
+            "lt" => f.until = Some(start),
+            _ => {
+                f.since = Some(start);
+                f.until = Some(end);
+            }
+        }
+    }
+    let agent = param("agent");
+    if patient.is_some() {
+        f.agent = agent.clone();
+    }
+    let count = param("_count").and_then(|c| c.parse::<usize>().ok()).unwrap_or(DEFAULT_COUNT).clamp(1, MAX_COUNT);
+    let mut before = match param("_before") {
+        Some(b) => Some(b.parse::<u64>().map_err(|_| ApiError::bad_request("_before must be a position from a next link"))?),
+        None => None,
+    };
+    let st2 = st.clone();
+    let partition = patient.as_ref().map(|p| st.engine.patient_partition(p));
+    let (found, next) = tokio::task::spawn_blocking(move || -> Result<(Vec<brankas_audit::Opened>, Option<u64>), brankas_audit::AuditError> {
+        let mut out = Vec::new();
+        let mut scanned = 0;
+        loop {
+            let page = match (&partition, &agent) {
+                (Some(p), _) => st2.audit.by_partition(p, before, 500)?,
+                (None, Some(a)) => st2.audit.by_client(a, before, 500)?,
+                (None, None) => st2.audit.latest(before, 500)?,
+            };
+            let done = page.len() < 500;
+            for o in page {
+                before = Some(o.seq);
+                scanned += 1;
+                if f.since.is_some_and(|s| o.time_us < s) {
+                    return Ok((out, None));
+                }
+                if f.keeps(&o) {
+                    out.push(o);
+                    if out.len() == count {
+                        return Ok((out, before.filter(|b| *b > 0)));
+                    }
+                }
+            }
+            if done {
+                return Ok((out, None));
+            }
+            if scanned >= MAX_SCAN {
+                return Ok((out, before));
+            }
+        }
+    })
+    .await
+    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error"))?
+    .map_err(|e| {
+        tracing::error!(error = %e, "reading the audit log failed");
+        match e {
+            brankas_audit::AuditError::Integrity => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "an audit record failed its integrity check"),
+            _ => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "the audit log cannot be read"),
+        }
+    })?;
+    let mut names = Names::default();
+    let mut patients: Vec<String> = Vec::new();
+    let base = &st.base_url;
+    let entries: Vec<Value> = found
+        .iter()
+        .map(|o| {
+            if let Some(p) = &o.entry.patient
+                && !patients.contains(p) {
+                    patients.push(p.clone());
+                }
+            let mut ev = render(o, patient.as_deref());
+            if plain {
+                ev["text"] = json!({"status": "generated", "div": plain_words(o, &mut names, st)});
+            }
+            json!({"fullUrl": format!("{base}/AuditEvent/{}", o.seq), "resource": ev, "search": {"mode": "match"}})
+        })
+        .collect();
+    if let Some(p) = &patient
+        && !patients.contains(p) && !found.is_empty() {
+            patients.push(p.clone());
+        }
+    let mut links = Vec::new();
+    if let Some(n) = next {
+        let mut q: Vec<(String, String)> = pairs.iter().filter(|(k, _)| k != "_before").cloned().collect();
+        q.push(("_before".into(), n.to_string()));
+        let qs = form_urlencoded::Serializer::new(String::new()).extend_pairs(q).finish();
+        links.push(json!({"relation": "next", "url": format!("{base}/AuditEvent?{qs}")}));
+    }
+    let mut b = json!({"resourceType": "Bundle", "type": "searchset", "entry": entries});
+    if !links.is_empty() {
+        b["link"] = Value::Array(links);
+    }
+    Ok((b, patients))
+}
+
+fn coding(system: &str, code: &str, display: &str) -> Value {
+    json!({"system": system, "code": code, "display": display})
+}
+
+fn instant(us: i64) -> String {
+    brankas_engine::instant(us)
+}
+
+/// One record as a FHIR R4 AuditEvent following IHE Basic Audit Log Patterns.
+fn render(o: &brankas_audit::Opened, queried_patient: Option<&str>) -> Value {
+    let e = &o.entry;
+    let (subtype, profile) = match e.interaction.as_str() {
+        "read" => ("read", Some("PatientRead")),
+        "vread" => ("vread", Some("PatientRead")),
+        "history" => ("history-instance", Some("PatientRead")),
+        "search" | "lookup" | "worklist" => ("search-type", Some("PatientQuery")),
+        "everything" => ("operation", Some("PatientRead")),
+        "create" => ("create", Some("PatientCreate")),
+        "update" => ("update", Some("PatientUpdate")),
+        "delete" => ("delete", Some("PatientDelete")),
+        "transaction" => ("transaction", None),
+        "batch" => ("batch", None),
+        other => (other, None),
+    };
+    let mut ev = json!({
+        "resourceType": "AuditEvent",
+        "id": o.seq.to_string(),
+        "type": coding("http://terminology.hl7.org/CodeSystem/audit-event-type", "rest", "Restful Operation"),
+        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": subtype}],
+        "action": e.action,
+        "recorded": instant(o.time_us),
+        "outcome": e.outcome.map_or("0", |x| x.code()),
+        "source": {
+            "observer": {"display": "Brankas"},
+            "type": [coding("http://terminology.hl7.org/CodeSystem/security-source-type", "4", "Application Server")]
+        },
+    });
+    if let Some(p) = profile.filter(|_| e.patient.is_some() || queried_patient.is_some()) {
+        ev["meta"] = json!({"profile": [format!("https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.{p}")]});
+    }
+    if let Some(t) = &e.outcome_text {
+        ev["outcomeDesc"] = json!(t);
+    }
+    if let Some(p) = &e.purpose {
+        ev["purposeOfEvent"] = json!([{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": p}]}]);
+    }
+    let mut client = json!({
+        "type": {"coding": [coding("http://dicom.nema.org/resources/ontology/DCM", "110153", "Source Role ID")]},
+        "who": {"identifier": {"system": "urn:brankas:client", "value": e.client_id}},
+        "requestor": true,
+        "role": [{"text": e.role}],
+    });
+    if let Some(a) = &e.address {
+        client["network"] = json!({"address": a, "type": if a.contains(':') { "2" } else { "2" }});
+    }
+    let mut agents = vec![client];
+    if let Some(p) = &e.practitioner {
+        agents.push(json!({"type": {"coding": [coding("http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "AUT", "author (originator)")]}, "who": {"reference": p}, "requestor": true}));
+    }
+    if let Some(p) = &e.acting_patient {
+        agents.push(json!({"who": {"reference": p}, "requestor": true, "role": [{"text": "the patient"}]}));
+    }
+    if let Some(org) = &e.organization {
+        agents.push(json!({"type": {"coding": [coding("http://terminology.hl7.org/CodeSystem/v3-RoleClass", "PROV", "healthcare provider")]}, "who": {"reference": org}, "requestor": false}));
+    }
+    if let Some(r) = &e.break_glass {
+        agents[0]["purposeOfUse"] = json!([{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "BTG", "display": "break the glass"}], "text": r}]);
+    }
+    ev["agent"] = Value::Array(agents);
+    let mut entities = Vec::new();
+    if let Some(p) = e.patient.as_deref().or(if o.partition.is_some() { queried_patient } else { None }) {
+        entities.push(json!({
+            "what": {"reference": format!("Patient/{p}")},
+            "type": coding("http://terminology.hl7.org/CodeSystem/audit-entity-type", "1", "Person"),
+            "role": coding("http://terminology.hl7.org/CodeSystem/object-role", "1", "Patient"),
+        }));
+    }
+    for r in &e.resources {
+        if r.starts_with("Patient/") {
+            continue;
+        }
+        entities.push(json!({
+            "what": {"reference": r},
+            "type": coding("http://terminology.hl7.org/CodeSystem/audit-entity-type", "2", "System Object"),
+            "role": coding("http://terminology.hl7.org/CodeSystem/object-role", "4", "Domain Resource"),
+        }));
+    }
+    if !e.query.is_empty() {
+        entities.push(json!({
+            "type": coding("http://terminology.hl7.org/CodeSystem/audit-entity-type", "2", "System Object"),
+            "role": coding("http://terminology.hl7.org/CodeSystem/object-role", "24", "Query"),
+            "description": format!("search parameters: {}", e.query.join(", ")),
+        }));
+    }
+    entities.push(json!({
+        "what": {"identifier": {"value": e.request_id}},
+        "type": {"system": "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType", "code": "XrequestId"},
+    }));
+    ev["entity"] = Value::Array(entities);
+    ev
+}
+
+/// Facility names, looked up once per page.
+#[derive(Default)]
+struct Names(BTreeMap<String, String>);
+
+impl Names {
+    fn of(&mut self, st: &AppState, org: &str) -> String {
+        if let Some(n) = self.0.get(org) {
+            return n.clone();
+        }
+        let name = org
+            .strip_prefix("Organization/")
+            .and_then(|id| st.engine.read(&Principal::local_operator(), "Organization", id).ok())
+            .and_then(|s| s.resource.get("name").and_then(Value::as_str).map(String::from))
+            .unwrap_or_else(|| org.to_string());
+        self.0.insert(org.to_string(), name.clone());
+        name
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// Categories of data in words a person understands: (Indonesian, English).
+fn category(resource_type: &str) -> (&'static str, &'static str) {
+    match resource_type {
+        "Patient" | "RelatedPerson" => ("identitas dan kontak", "identity and contact details"),
+        "Encounter" | "EpisodeOfCare" | "Appointment" => ("kunjungan", "visits"),
+        "Condition" | "AllergyIntolerance" | "ClinicalImpression" => ("keluhan dan diagnosis", "complaints and diagnoses"),
+        "Observation" | "DiagnosticReport" | "Specimen" => ("hasil pemeriksaan (laboratorium, antigen, EKG)", "test results (laboratory, antigen, EKG)"),
+        "ImagingStudy" | "Media" => ("gambar medis dan foto", "medical images and photos"),
+        "DocumentReference" | "Binary" | "Composition" => ("dokumen", "documents"),
+        "Consent" => ("persetujuan", "consents"),
+        "ServiceRequest" | "ReferralRequest" => ("rujukan dan permintaan pemeriksaan", "referrals and orders"),
+        "MedicationRequest" | "MedicationStatement" | "MedicationAdministration" | "MedicationDispense" | "Immunization" => ("obat dan imunisasi", "medicines and immunisations"),
+        "Procedure" => ("tindakan", "procedures"),
+        _ => ("catatan medis lainnya", "other medical records"),
+    }
+}
+
+/// A patient's view of one access: who (kind of professional, facility), when, what kind of
+/// data, why, break-glass, and whether it was refused.
+fn plain_words(o: &brankas_audit::Opened, names: &mut Names, st: &AppState) -> String {
+    let e = &o.entry;
+    let when = instant(o.time_us);
+    let (who_id, who_en) = match e.role.as_str() {
+        "clinician" => ("Seorang tenaga kesehatan", "A health professional"),
+        "facility-system" => ("Sistem informasi", "The information system"),
+        "patient" => ("Anda (aplikasi pasien)", "You (your patient app)"),
+        "security-officer" => ("Petugas keamanan data", "A data security officer"),
+        _ => ("Sebuah layanan", "A service"),
+    };
+    let place = e.organization.as_deref().map(|o| names.of(st, o));
+    let (verb_id, verb_en) = match e.action.as_str() {
+        "C" => ("menambahkan", "added"),
+        "U" => ("mengubah", "changed"),
+        "D" => ("menghapus", "deleted"),
+        "E" if e.interaction == "audit-read" => ("melihat riwayat akses", "viewed the access history of"),
+        _ => ("melihat", "viewed"),
+    };
+    let mut types: Vec<&str> = e.resource_types();
+    if types.is_empty()
+        && let Some(t) = e.target.as_deref().and_then(|t| t.split('/').next()) {
+            types.push(t);
+        }
+    let mut cats: Vec<(&str, &str)> = types.iter().map(|t| category(t)).collect();
+    cats.sort();
+    cats.dedup();
+    let what_id = cats.iter().map(|c| c.0).collect::<Vec<_>>().join(", ");
+    let what_en = cats.iter().map(|c| c.1).collect::<Vec<_>>().join(", ");
+    let at_id = place.as_ref().map(|p| format!(" di {}", escape(p))).unwrap_or_default();
+    let at_en = place.as_ref().map(|p| format!(" at {}", escape(p))).unwrap_or_default();
+    let refused = e.outcome != Some(Outcome::Success);
+    let mut id = format!("{when}: {who_id}{at_id} {}{verb_id} data Anda: {}.", if refused { "mencoba " } else { "" }, escape(&what_id));
+    let mut en = format!("{when}: {who_en}{at_en} {}{verb_en} your {}.", if refused { "tried to have " } else { "" }, escape(&what_en));
+    if refused {
+        id.push_str(" Akses ini ditolak.");
+        en.push_str(" This access was refused.");
+    }
+    if let Some(r) = &e.break_glass {
+        id.push_str(&format!(" Akses darurat (break-glass) dengan alasan: \u{201c}{}\u{201d}.", escape(r)));
+        en.push_str(&format!(" Emergency access (break-glass), reason given: \u{201c}{}\u{201d}.", escape(r)));
+    } else if let Some(p) = &e.purpose {
+        let (pid, pen) = match p.as_str() {
+            "TREAT" => ("untuk perawatan", "for treatment"),
+            "ETREAT" => ("untuk perawatan darurat", "for emergency treatment"),
+            "PATRQT" => ("atas permintaan Anda", "at your request"),
+            _ => ("", ""),
+        };
+        if !pid.is_empty() {
+            id = format!("{} {pid}.", id.trim_end_matches('.'));
+            en = format!("{} {pen}.", en.trim_end_matches('.'));
+        }
+    }
+    format!("<div xmlns=\"http://www.w3.org/1999/xhtml\"><p lang=\"id\">{id}</p><p lang=\"en\">{en}</p></div>")
+}
+
+// ----- checkpoint and proofs -----
+
+pub(crate) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/admin/audit/checkpoint", get(checkpoint))
+        .route("/admin/audit/proof", get(proof))
+        .route("/admin/audit/consistency", get(consistency))
+}
+
+fn officer(who: &Principal) -> Result<(), ApiError> {
+    if matches!(who.role(), Role::SecurityOfficer | Role::Admin) {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "the audit log's checkpoints and proofs are for security officers and administrators"))
+    }
+}
+
+fn b64(h: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(h)
+}
+
+fn audit_error(e: brankas_audit::AuditError) -> ApiError {
+    match e {
+        brankas_audit::AuditError::OutOfRange => ApiError::bad_request("no such position or tree size in the audit log"),
+        brankas_audit::AuditError::Integrity => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "the audit log failed an integrity check"),
+        _ => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "the audit log cannot be read"),
+    }
+}
+
+fn plain_json(v: &Value) -> Response {
+    let mut r = (StatusCode::OK, serde_json::to_vec(v).unwrap_or_default()).into_response();
+    r.headers_mut().insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
+    r
+}
+
+/// `GET /admin/audit/checkpoint`: the newest signed checkpoint, to publish elsewhere.
+async fn checkpoint(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx) -> Result<Response, ApiError> {
+    let r = async {
+        officer(&who)?;
+        let s = st.clone();
+        let cp = tokio::task::spawn_blocking(move || s.audit.latest_checkpoint()).await.map_err(|_| ApiError::not_found())?.map_err(audit_error)?;
+        let cp = cp.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not-found", "no checkpoint has been signed yet"))?;
+        Ok::<_, ApiError>(plain_json(&json!({
+            "origin": st.audit.origin(), "size": cp.size, "recorded": instant(cp.time_us), "note": cp.note,
+            "verifier_key": brankas_audit::note::verifier_key(st.audit.origin(), &st.audit.public_key()),
+        })))
+    }
+    .await;
+    admin_audited(&st, &who, &ctx, "audit-checkpoint", r).await
+}
+
+#[derive(serde::Deserialize)]
+struct ProofQuery {
+    seq: Option<u64>,
+    size: Option<u64>,
+    from: Option<u64>,
+    to: Option<u64>,
+}
+
+/// `GET /admin/audit/proof?seq=N&size=M`: the inclusion proof of record N in the tree of size M.
+async fn proof(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, Query(q): Query<ProofQuery>) -> Result<Response, ApiError> {
+    let r = async {
+        officer(&who)?;
+        let (seq, size) = (q.seq.ok_or_else(|| ApiError::bad_request("seq is required"))?, q.size.ok_or_else(|| ApiError::bad_request("size is required"))?);
+        let s = st.clone();
+        let (leaf, p, root) = tokio::task::spawn_blocking(move || Ok::<_, brankas_audit::AuditError>((s.audit.leaf_hash(seq)?, s.audit.inclusion_proof(seq, size)?, s.audit.root(size)?)))
+            .await
+            .map_err(|_| ApiError::not_found())?
+            .map_err(audit_error)?;
+        Ok(plain_json(&json!({"seq": seq, "size": size, "leaf_hash": b64(&leaf), "root": b64(&root), "proof": p.hashes.iter().map(|h| b64(h)).collect::<Vec<_>>()})))
+    }
+    .await;
+    admin_audited(&st, &who, &ctx, "audit-proof", r).await
+}
+
+/// `GET /admin/audit/consistency?from=M&to=N`: the consistency proof between two tree sizes.
+async fn consistency(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, Query(q): Query<ProofQuery>) -> Result<Response, ApiError> {
+    let r = async {
+        officer(&who)?;
+        let (from, to) = (q.from.ok_or_else(|| ApiError::bad_request("from is required"))?, q.to.ok_or_else(|| ApiError::bad_request("to is required"))?);
+        let s = st.clone();
+        let (p, old, new) = tokio::task::spawn_blocking(move || Ok::<_, brankas_audit::AuditError>((s.audit.consistency_proof(from, to)?, s.audit.root(from)?, s.audit.root(to)?)))
+            .await
+            .map_err(|_| ApiError::not_found())?
+            .map_err(audit_error)?;
+        Ok(plain_json(&json!({"from": from, "to": to, "from_root": b64(&old), "to_root": b64(&new), "proof": p.hashes.iter().map(|h| b64(h)).collect::<Vec<_>>()})))
+    }
+    .await;
+    admin_audited(&st, &who, &ctx, "audit-proof", r).await
+}
+
+async fn admin_audited(st: &AppState, who: &Principal, ctx: &ReqCtx, interaction: &'static str, r: Result<Response, ApiError>) -> Result<Response, ApiError> {
+    let (status, why) = match &r {
+        Ok(_) => (200, None),
+        Err(e) => (e.status.as_u16(), Some(e.message.clone())),
+    };
+    finish_plain(st, who.client_id(), role_name(who.role()), ctx, What::new(interaction, "R", None), status, why).await?;
+    r
+}
