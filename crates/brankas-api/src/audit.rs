@@ -56,13 +56,28 @@ pub(crate) struct What {
     pub target: Option<String>,
     /// Names of query parameters (never values).
     pub query: Vec<String>,
+    /// Patient ids the request names (URL, `patient`/`subject` parameters): a record whose
+    /// patient is known only by partition (a denial) gets the id that maps to that partition.
+    candidates: Vec<String>,
 }
 
 impl What {
     pub fn new(interaction: &'static str, action: &'static str, target: Option<String>) -> Self {
-        Self { interaction, action, target, query: Vec::new() }
+        let candidates = target.as_deref().and_then(|t| t.strip_prefix("Patient/")).map(|id| vec![id.to_string()]).unwrap_or_default();
+        Self { interaction, action, target, query: Vec::new(), candidates }
     }
     pub fn with_query(mut self, pairs: &[(String, String)]) -> Self {
+        for (k, v) in pairs {
+            let name = k.split(':').next().unwrap_or_default();
+            if matches!(name, "patient" | "subject" | "_id") {
+                for id in v.split(',').take(10) {
+                    let id = id.rsplit('/').next().unwrap_or_default();
+                    if brankas_fhir::is_valid_id(id) {
+                        self.candidates.push(id.to_string());
+                    }
+                }
+            }
+        }
         let mut names: Vec<String> = pairs.iter().map(|(k, _)| k.chars().take(64).collect()).collect();
         names.sort();
         names.dedup();
@@ -118,7 +133,12 @@ pub(crate) fn records(st: &AppState, who: &Principal, ctx: &ReqCtx, what: &What,
         e.add_resource(format!("{t}/{id}"));
     }
     for p in who.trail().take() {
-        by_patient.entry(p.0).or_insert_with(|| (p.clone(), base.clone()));
+        let e = &mut by_patient.entry(p.0).or_insert_with(|| (p.clone(), base.clone())).1;
+        if e.patient.is_none() {
+            // Only an id that maps to this very partition: never a value the caller typed
+            // that is not this patient's id.
+            e.patient = what.candidates.iter().find(|c| st.engine.patient_partition(c) == p).cloned();
+        }
     }
     let outcome = Outcome::of_status(status);
     // Denials carry their reason (fixed phrases); other failures their issue code.

@@ -1,0 +1,349 @@
+//! The audit log through the public interfaces: every access leaves exactly the expected
+//! records (one per patient touched, with actor and outcome), security officers search them as
+//! AuditEvent, patients read their own history in plain words, the log fails closed, and
+//! `brankas audit verify` catches every kind of tampering with the log file.
+
+mod common;
+
+use std::path::Path;
+
+use common::{Instance, Server};
+use serde_json::{Value, json};
+
+const NIK_SYSTEM: &str = "https://fhir.kemkes.go.id/id/nik";
+
+struct Caller {
+    id: String,
+    token: String,
+}
+
+fn caller(inst: &Instance, s: &Server, args: &[&str]) -> Caller {
+    let c = inst.register(args);
+    let id = c["client_id"].as_str().unwrap().to_string();
+    Caller { token: s.token_for(&id, c["client_secret"].as_str().unwrap()), id }
+}
+
+fn call(s: &Server, token: &str, method: reqwest::Method, path: &str, body: Option<&Value>, headers: &[(&str, &str)]) -> (u16, Value) {
+    let mut r = s.http.request(method, s.url(path)).bearer_auth(token);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    if let Some(b) = body {
+        r = r.header("content-type", "application/fhir+json").body(serde_json::to_vec(b).unwrap());
+    }
+    let r = r.send().unwrap();
+    let st = r.status().as_u16();
+    let text = r.text().unwrap();
+    (st, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn get(s: &Server, token: &str, path: &str) -> (u16, Value) {
+    call(s, token, reqwest::Method::GET, path, None, &[])
+}
+
+fn patient(nik: &str, family: &str) -> Value {
+    json!({"resourceType": "Patient", "identifier": [{"system": NIK_SYSTEM, "value": nik}],
+           "name": [{"family": family, "given": ["Sri"]}], "gender": "female", "birthDate": "1990-08-07"})
+}
+
+fn observation(pid: &str) -> Value {
+    json!({"resourceType": "Observation", "status": "final",
+           "code": {"coding": [{"system": "http://loinc.org", "code": "94558-4"}]},
+           "subject": {"reference": format!("Patient/{pid}")}, "effectiveDateTime": "2021-07-14T09:10:00+07:00",
+           "valueCodeableConcept": {"text": "Positive"}})
+}
+
+/// Every AuditEvent of a search, following next links.
+fn audit_events(s: &Server, token: &str, query: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let (st, mut b) = get(s, token, &format!("AuditEvent?{query}"));
+    assert_eq!(st, 200, "{b}");
+    loop {
+        out.extend(b["entry"].as_array().into_iter().flatten().map(|e| e["resource"].clone()));
+        let next = b["link"].as_array().into_iter().flatten().find(|l| l["relation"] == "next").and_then(|l| l["url"].as_str()).map(String::from);
+        let Some(next) = next else { break };
+        let r = s.http.get(next).bearer_auth(token).send().unwrap();
+        assert_eq!(r.status(), 200);
+        b = r.json().unwrap();
+    }
+    out
+}
+
+fn subtype(e: &Value) -> &str {
+    e["subtype"][0]["code"].as_str().unwrap_or_default()
+}
+
+fn client_of(e: &Value) -> &str {
+    e["agent"][0]["who"]["identifier"]["value"].as_str().unwrap_or_default()
+}
+
+fn patients_of(e: &Value) -> Vec<String> {
+    e["entity"].as_array().into_iter().flatten().filter(|x| x["role"]["code"] == "1").filter_map(|x| x["what"]["reference"].as_str().map(String::from)).collect()
+}
+
+/// Counts of (subtype, outcome, client) among events.
+fn count(events: &[Value], sub: &str, outcome: &str, client: &str) -> usize {
+    events.iter().filter(|e| subtype(e) == sub && e["outcome"] == outcome && client_of(e) == client).count()
+}
+
+#[test]
+fn every_access_is_recorded_once_per_patient_and_patients_see_theirs() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let fac = Caller { id: s.client_id.clone(), token: s.token.clone() };
+    // The facility names itself in the directory; patients will read that name.
+    let (st, v) = call(&s, &fac.token, reqwest::Method::PUT, "Organization/test-facility", Some(&json!({"resourceType": "Organization", "id": "test-facility", "name": "Puskesmas Uji Coba"})), &[]);
+    assert_eq!(st, 201, "{v}");
+    let p1 = s.create(&patient("3171054708900003", "Lestari"))["id"].as_str().unwrap().to_string();
+    let p2 = s.create(&patient("3171054708900011", "Wulandari"))["id"].as_str().unwrap().to_string();
+    let obs = s.create(&observation(&p1))["id"].as_str().unwrap().to_string();
+    let clin = caller(&inst, &s, &["--name", "dr sari", "--role", "clinician", "--organization", "Organization/test-facility", "--practitioner", "Practitioner/sari", "--scopes", "user/*.rs"]);
+    let stranger = caller(&inst, &s, &["--name", "rs lain", "--role", "facility-system", "--organization", "Organization/rs-lain", "--scopes", "system/*.rs"]);
+    let officer = caller(&inst, &s, &["--name", "officer", "--role", "security-officer", "--scopes", "system/AuditEvent.rs"]);
+    let me = caller(&inst, &s, &["--name", "app of p1", "--role", "patient", "--patient", &format!("Patient/{p1}"), "--scopes", "patient/*.rs"]);
+
+    // The clinician: 2 reads, 3 searches, 1 $everything of p1; 1 read of p2.
+    assert_eq!(get(&s, &clin.token, &format!("Patient/{p1}")).0, 200);
+    assert_eq!(get(&s, &clin.token, &format!("Observation/{obs}")).0, 200);
+    for _ in 0..3 {
+        let (st, b) = get(&s, &clin.token, &format!("Observation?patient={p1}"));
+        assert_eq!((st, b["total"].as_u64()), (200, Some(1)));
+    }
+    assert_eq!(get(&s, &clin.token, &format!("Patient/{p1}/$everything")).0, 200);
+    assert_eq!(get(&s, &clin.token, &format!("Patient/{p2}")).0, 200);
+    // An identity lookup answering one patient touches that patient only.
+    let (st, b) = get(&s, &clin.token, &format!("Patient?identifier={NIK_SYSTEM}|3171054708900011"));
+    assert_eq!((st, b["total"].as_u64()), (200, Some(1)));
+    // A transaction writing into two patients makes two records.
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": observation(&p1), "request": {"method": "POST", "url": "Observation"}},
+        {"resource": observation(&p2), "request": {"method": "POST", "url": "Observation"}}]});
+    let (st, v) = call(&s, &fac.token, reqwest::Method::POST, "", Some(&tx), &[]);
+    assert_eq!(st, 200, "{v}");
+    // A facility without care: two denials on p1, then break-glass.
+    assert_eq!(get(&s, &stranger.token, &format!("Patient/{p1}")).0, 403);
+    assert_eq!(get(&s, &stranger.token, &format!("Observation?patient={p1}")).0, 403);
+    let (st, _) = call(&s, &stranger.token, reqwest::Method::GET, &format!("Patient/{p1}"), None, &[("X-Purpose-Of-Use", "BTG"), ("X-Break-Glass-Reason", "unconscious at ER")]);
+    assert_eq!(st, 200);
+
+    // The officer's view of p1.
+    let ev = audit_events(&s, &officer.token, &format!("patient={p1}&_count=7"));
+    assert_eq!(count(&ev, "read", "0", &clin.id), 2, "clinician reads of p1");
+    assert_eq!(count(&ev, "search-type", "0", &clin.id), 3);
+    assert_eq!(count(&ev, "operation", "0", &clin.id), 1);
+    assert_eq!(count(&ev, "create", "0", &fac.id), 2, "Patient and Observation created");
+    assert_eq!(count(&ev, "transaction", "0", &fac.id), 1, "one record for p1 of the two-patient transaction");
+    assert_eq!(count(&ev, "read", "4", &stranger.id), 1, "the denied read");
+    assert_eq!(count(&ev, "search-type", "4", &stranger.id), 1, "the denied search");
+    assert_eq!(count(&ev, "read", "0", &stranger.id), 1, "the break-glass read");
+    assert_eq!(ev.len(), 12, "nothing else touched p1: {}", ev.iter().map(|e| format!("{}/{}/{}", subtype(e), e["outcome"], client_of(e))).collect::<Vec<_>>().join(" "));
+    assert!(ev.iter().all(|e| patients_of(e) == vec![format!("Patient/{p1}")]), "every record names p1 and only p1");
+    let btg = ev.iter().find(|e| client_of(e) == stranger.id && e["outcome"] == "0").unwrap();
+    assert_eq!(btg["agent"][0]["purposeOfUse"][0]["coding"][0]["code"], "BTG");
+    assert_eq!(btg["agent"][0]["purposeOfUse"][0]["text"], "unconscious at ER");
+    let denied = ev.iter().find(|e| client_of(e) == stranger.id && subtype(e) == "read" && e["outcome"] == "4").unwrap();
+    assert!(denied["outcomeDesc"].as_str().unwrap().contains("no care relationship"), "{denied}");
+    let search = ev.iter().find(|e| subtype(e) == "search-type").unwrap();
+    assert!(search["entity"].to_string().contains("search parameters: patient"), "query by parameter names: {search}");
+    assert!(!ev.iter().any(|e| e.to_string().contains("3171054708900003") || e.to_string().contains("Lestari")), "no identity data in audit events");
+    let read = ev.iter().find(|e| subtype(e) == "read" && client_of(e) == clin.id).unwrap();
+    assert_eq!(read["agent"][1]["who"]["reference"], "Practitioner/sari");
+    assert!(read["agent"].to_string().contains("Organization/test-facility"));
+    assert!(read["meta"]["profile"][0].as_str().unwrap().ends_with("IHE.BasicAudit.PatientRead"));
+
+    // p2: the clinician's read, the lookup, its creation, its half of the transaction.
+    let ev2 = audit_events(&s, &officer.token, &format!("patient={p2}"));
+    assert_eq!(count(&ev2, "read", "0", &clin.id), 1);
+    assert_eq!(count(&ev2, "search-type", "0", &clin.id), 1);
+    assert_eq!(count(&ev2, "transaction", "0", &fac.id), 1);
+    assert_eq!(ev2.len(), 4, "{}", ev2.iter().map(|e| subtype(e).to_string()).collect::<Vec<_>>().join(" "));
+    // By actor, and filtered.
+    let by_stranger = audit_events(&s, &officer.token, &format!("agent={}", stranger.id));
+    assert_eq!(by_stranger.iter().filter(|e| !patients_of(e).is_empty()).count(), 3);
+    assert_eq!(audit_events(&s, &officer.token, &format!("agent={}&outcome=4", stranger.id)).len(), 2);
+    let created = audit_events(&s, &officer.token, &format!("patient={p1}&action=C"));
+    assert_eq!(created.len(), 2, "{}", serde_json::to_string_pretty(&created).unwrap());
+    assert!(audit_events(&s, &officer.token, &format!("patient={p1}&date=lt2020-01-01")).is_empty());
+    assert_eq!(audit_events(&s, &officer.token, &format!("patient={p1}&date=ge2020-01-01&outcome=4")).len(), 2);
+
+    // Reading the log is itself recorded.
+    let again = audit_events(&s, &officer.token, &format!("patient={p1}&subtype=audit-read"));
+    assert!(!again.is_empty() && again.iter().all(|e| client_of(e) == officer.id));
+
+    // The patient's own history, in words.
+    let mine = audit_events(&s, &me.token, &format!("patient={p1}"));
+    assert!(mine.len() >= 12);
+    assert!(mine.iter().all(|e| patients_of(e) == vec![format!("Patient/{p1}")]));
+    let texts: Vec<String> = mine.iter().map(|e| e["text"]["div"].as_str().unwrap().to_string()).collect();
+    assert!(texts.iter().any(|t| t.contains("A health professional at Puskesmas Uji Coba viewed your test results")), "{texts:?}");
+    assert!(texts.iter().any(|t| t.contains("Seorang tenaga kesehatan di Puskesmas Uji Coba melihat data Anda")), "{texts:?}");
+    assert!(texts.iter().any(|t| t.contains("break-glass") && t.contains("unconscious at ER")), "{texts:?}");
+    assert!(texts.iter().any(|t| t.contains("This access was refused")), "{texts:?}");
+    // Nothing about anyone else, and no officer-only searches.
+    assert_eq!(get(&s, &me.token, &format!("AuditEvent?patient={p2}")).0, 403);
+    assert_eq!(get(&s, &me.token, "AuditEvent").0, 403);
+    assert_eq!(get(&s, &clin.token, &format!("AuditEvent?patient={p1}")).0, 403);
+    assert_eq!(get(&s, &fac.token, "AuditEvent").0, 403);
+    // AuditEvent is the server's: not written by clients.
+    assert_eq!(call(&s, &fac.token, reqwest::Method::POST, "AuditEvent", Some(&json!({"resourceType": "AuditEvent"})), &[]).0, 405);
+    // Bad parameters are refused cleanly.
+    assert_eq!(get(&s, &officer.token, "AuditEvent?date=yesterday").0, 400);
+    assert_eq!(get(&s, &officer.token, "AuditEvent?name=Lestari").0, 400);
+}
+
+#[test]
+fn token_issuance_and_client_administration_are_recorded() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let officer = caller(&inst, &s, &["--name", "officer", "--role", "security-officer", "--scopes", "system/AuditEvent.rs"]);
+    // A refused token request (wrong secret) and an admin action over HTTP.
+    let r = s.http.post(format!("{}/auth/token", s.root)).basic_auth(&s.client_id, Some("wrong")).form(&[("grant_type", "client_credentials")]).send().unwrap();
+    assert_eq!(r.status(), 401);
+    let admin = s.token_for(&inst.admin_id, &inst.admin_secret);
+    let r = s.http.get(format!("{}/admin/clients", s.root)).bearer_auth(&admin).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let tokens = audit_events(&s, &officer.token, &format!("agent={}&subtype=token", s.client_id));
+    assert_eq!(tokens.iter().filter(|e| e["outcome"] == "4").count(), 1, "the refused token request");
+    assert!(tokens.iter().any(|e| e["outcome"] == "0"), "the issued tokens");
+    let admin_events = audit_events(&s, &officer.token, &format!("agent={}&subtype=client-admin", inst.admin_id));
+    assert_eq!(admin_events.len(), 1);
+    // The CLI's own administration (the registrations above) is recorded too.
+    let local = audit_events(&s, &officer.token, "agent=local-operator&subtype=client-admin");
+    assert!(local.len() >= 2, "clients created with the CLI: {}", local.len());
+}
+
+#[test]
+fn without_a_durable_audit_record_nothing_is_served() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let p = s.create(&patient("3171054708900003", "Lestari"))["id"].as_str().unwrap().to_string();
+    assert_eq!(s.get(&format!("Patient/{p}")).status(), 200);
+    // The audit sink fails (as a full disk would): every insert into the log is refused.
+    let db = rusqlite::Connection::open(inst.data_dir().join("brankas.audit.db")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    db.execute_batch("CREATE TRIGGER audit_fails BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'no space left'); END;").unwrap();
+    for path in [format!("Patient/{p}"), format!("Patient?identifier={NIK_SYSTEM}|3171054708900003"), format!("Patient/{p}/$everything")] {
+        let r = s.get(&path);
+        assert_eq!(r.status(), 503, "{path}");
+        let body = r.text().unwrap();
+        assert!(body.contains("OperationOutcome") && body.contains("audit"), "{body}");
+        assert!(!body.contains("Lestari") && !body.contains(&p), "no data leaves without its audit record: {body}");
+    }
+    db.execute_batch("DROP TRIGGER audit_fails;").unwrap();
+    assert_eq!(s.get(&format!("Patient/{p}")).status(), 200, "serving resumes once the log can be written");
+    drop(s);
+    let out = inst.cli(&["audit", "verify"]);
+    assert!(out.status.success(), "the log stays intact across the failure: {}", String::from_utf8_lossy(&out.stdout));
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+fn verify(inst: &Instance, data: &Path, checkpoint: Option<&Path>) -> (bool, String) {
+    let mut cmd = std::process::Command::new(common::BIN);
+    cmd.args(["audit", "verify", "--data-dir"]).arg(data).arg("--key-file").arg(inst.key_file());
+    if let Some(c) = checkpoint {
+        cmd.arg("--checkpoint").arg(c);
+    }
+    let o = cmd.output().unwrap();
+    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+}
+
+#[test]
+fn audit_verify_detects_every_kind_of_tampering() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let p = s.create(&patient("3171054708900003", "Lestari"))["id"].as_str().unwrap().to_string();
+    for _ in 0..20 {
+        assert_eq!(s.get(&format!("Patient/{p}")).status(), 200);
+    }
+    s.stop(); // graceful: the last records are signed
+    let (ok, out) = verify(&inst, &inst.data_dir(), None);
+    assert!(ok, "{out}");
+    let report: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    let n = report["records"].as_u64().unwrap();
+    assert_eq!(n, 23, "one CLI registration, one token, one create, 20 reads: {report}");
+    assert_eq!(report["signed_size"].as_u64(), Some(n), "the whole log is signed after a graceful stop");
+    // The published checkpoint, kept outside.
+    let cp_file = inst.root.path().join("published-checkpoint");
+    let o = inst.cli(&["audit", "checkpoint"]);
+    assert!(o.status.success());
+    std::fs::write(&cp_file, &o.stdout).unwrap();
+
+    let case_with = |name: &str, f: &dyn Fn(&rusqlite::Connection)| -> std::path::PathBuf {
+        let d = inst.root.path().join(format!("case-{name}"));
+        copy_dir(&inst.data_dir(), &d);
+        let c = rusqlite::Connection::open(d.join("brankas.audit.db")).unwrap();
+        f(&c);
+        drop(c);
+        d
+    };
+    let case = |name: &str, sql: &str| case_with(name, &|c| c.execute_batch(sql).unwrap());
+    let expect_fail = |name: &str, d: &Path, cp: Option<&Path>, needle: &str| {
+        let (ok, out) = verify(&inst, d, cp);
+        assert!(!ok, "{name}: verify passed on a tampered log: {out}");
+        assert!(out.contains(needle), "{name}: expected '{needle}' in: {out}");
+    };
+    // Edited: one bit of a sealed record.
+    let d = case_with("edit", &|c| {
+        let mut b: Vec<u8> = c.query_row("SELECT sealed FROM audit_log WHERE seq = 9", [], |r| r.get(0)).unwrap();
+        b[20] ^= 1;
+        c.execute("UPDATE audit_log SET sealed = ?1 WHERE seq = 9", [b]).unwrap();
+    });
+    expect_fail("edit", &d, None, "record 9 was altered");
+    // Edited in the clear columns: the record now claims another patient, another actor, or
+    // another time.
+    let d = case("move", "UPDATE audit_log SET partition = randomblob(32) WHERE seq = 1;");
+    expect_fail("move", &d, None, "record 1 was altered");
+    let d = case("actor", "UPDATE audit_log SET actor = zeroblob(32) WHERE seq = 12;");
+    expect_fail("actor", &d, None, "record 12 was altered");
+    let d = case("time", "UPDATE audit_log SET time = time - 3600000000 WHERE seq = 13;");
+    expect_fail("time", &d, None, "record 13 was altered");
+    // Removed.
+    let d = case("delete", "DELETE FROM audit_log WHERE seq = 7;");
+    expect_fail("delete", &d, None, "record 7 is missing");
+    // Inserted: a copy of record 0 slipped in at position 3, the rest moved up.
+    let d = case(
+        "insert",
+        "CREATE TEMP TABLE t AS SELECT * FROM audit_log; DELETE FROM audit_log WHERE seq >= 3;
+         INSERT INTO audit_log SELECT 3, time, partition, actor, sealed FROM t WHERE seq = 0;
+         INSERT INTO audit_log SELECT seq + 1, time, partition, actor, sealed FROM t WHERE seq >= 3;",
+    );
+    expect_fail("insert", &d, None, "record 3 was altered");
+    // Reordered: records 4 and 5 swapped (every column but the position).
+    let d = case(
+        "reorder",
+        "CREATE TEMP TABLE t AS SELECT * FROM audit_log WHERE seq IN (4, 5); DELETE FROM audit_log WHERE seq IN (4, 5);
+         INSERT INTO audit_log SELECT 9 - seq, time, partition, actor, sealed FROM t;",
+    );
+    expect_fail("reorder", &d, None, "record 4 was altered");
+    // Truncated: the last records removed.
+    let d = case("truncate", &format!("DELETE FROM audit_log WHERE seq >= {};", n - 3));
+    expect_fail("truncate", &d, None, "truncated");
+    // Truncated with the newer checkpoints removed too (an attacker cannot sign new ones):
+    // a checkpoint kept outside the database names records that are gone.
+    let d = case(
+        "truncate-covered",
+        &format!(
+            "DELETE FROM audit_log WHERE seq >= {m}; DELETE FROM audit_checkpoints WHERE size > {m}; DELETE FROM audit_head;",
+            m = n - 3
+        ),
+    );
+    expect_fail("truncate-covered", &d, Some(&cp_file), "truncated");
+    // A forged checkpoint: its size changed, its signature no longer holds.
+    let d = case(
+        "forged-checkpoint",
+        "UPDATE audit_checkpoints SET note = replace(note, char(10) || size || char(10), char(10) || (size + 1) || char(10)) WHERE size = (SELECT MAX(size) FROM audit_checkpoints);",
+    );
+    expect_fail("forged-checkpoint", &d, None, "is not validly signed");
+    // The untouched log still verifies, also against the published checkpoint.
+    let (ok, out) = verify(&inst, &inst.data_dir(), Some(&cp_file));
+    assert!(ok, "{out}");
+}
