@@ -126,14 +126,14 @@ pub(crate) fn records(st: &AppState, who: &Principal, ctx: &ReqCtx, what: &What,
     let mut by_patient: BTreeMap<[u8; 32], (PartitionId, AuditEntry)> = BTreeMap::new();
     for r in served {
         let Some((pid, partition)) = st.engine.audit_subject(r) else { continue };
-        let e = &mut by_patient.entry(partition.0).or_insert_with(|| (partition.clone(), base.clone())).1;
+        let e = &mut by_patient.entry(partition.0).or_insert_with(|| (partition, base.clone())).1;
         e.patient = Some(pid);
         let t = r.get("resourceType").and_then(Value::as_str).unwrap_or_default();
         let id = r.get("id").and_then(Value::as_str).unwrap_or_default();
         e.add_resource(format!("{t}/{id}"));
     }
     for p in who.trail().take() {
-        let e = &mut by_patient.entry(p.0).or_insert_with(|| (p.clone(), base.clone())).1;
+        let e = &mut by_patient.entry(p.0).or_insert_with(|| (p, base.clone())).1;
         if e.patient.is_none() {
             // Only an id that maps to this very partition: never a value the caller typed
             // that is not this patient's id.
@@ -439,7 +439,7 @@ fn render(o: &brankas_audit::Opened, queried_patient: Option<&str>) -> Value {
         "role": [{"text": e.role}],
     });
     if let Some(a) = &e.address {
-        client["network"] = json!({"address": a, "type": if a.contains(':') { "2" } else { "2" }});
+        client["network"] = json!({"address": a, "type": "2"});
     }
     let mut agents = vec![client];
     if let Some(p) = &e.practitioner {

@@ -181,7 +181,7 @@ impl AuditLog {
     pub fn root(&self, size: u64) -> Result<Hash, AuditError> {
         self.check_size(size)?;
         let mut src = StoreSource { store: &*self.shared.store };
-        Ok(merkle::root(&mut src, size)?)
+        merkle::root(&mut src, size)
     }
 
     /// The consistency proof between the trees of sizes `old` and `new`.
@@ -384,7 +384,7 @@ fn build(shared: &Shared, state: &mut WriterState, records: &[NewRecord], force_
         let actor = shared.vault.audit_tag("client", &r.client_id);
         let body = serde_json::to_vec(&r.entry).map_err(|_| AuditError::Unavailable)?;
         let sealed = shared.vault.seal_audit(&row_context(seq, time_us, r.partition.as_ref(), &actor), &body).map_err(|_| AuditError::Unavailable)?;
-        let row = AuditRow { seq, time_us, partition: r.partition.clone(), actor, sealed };
+        let row = AuditRow { seq, time_us, partition: r.partition, actor, sealed };
         for (level, idx, hash) in state.frontier.push(leaf_of(&row)) {
             if STORED_LEVELS.contains(&level) {
                 append.nodes.push((level, idx, hash));

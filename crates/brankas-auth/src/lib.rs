@@ -187,7 +187,7 @@ impl AccessTrail {
     pub fn note(&self, p: &brankas_vault::PartitionId) {
         if let Ok(mut v) = self.0.lock()
             && !v.contains(p) && v.len() < 100_000 {
-                v.push(p.clone());
+                v.push(*p);
             }
     }
 

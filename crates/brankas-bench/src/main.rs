@@ -483,9 +483,9 @@ fn init(bin: &Path, dir: &Path) -> Result<(PathBuf, PathBuf, Value)> {
 fn facility_client(bin: &Path, data: &Path, key: &Path) -> Result<Value> {
     let o = brankas(bin, "warn")
         .args(["clients", "create", "--name", "benchmark facility", "--role", "facility-system", "--organization", "Organization/fac-0001", "--scopes", "system/*.cruds", "--data-dir"])
-        .arg(&data)
+        .arg(data)
         .arg("--key-file")
-        .arg(&key)
+        .arg(key)
         .output()?;
     ensure!(o.status.success(), "brankas clients create failed: {}", String::from_utf8_lossy(&o.stderr));
     serde_json::from_slice(&o.stdout).context("brankas clients create printed no JSON")

@@ -299,7 +299,7 @@ impl Engine {
             let i = match views.iter().position(|(p, _)| *p == r.partition) {
                 Some(i) => i,
                 None => {
-                    views.push((r.partition.clone(), self.gate_row(who, r, Act::Read)?));
+                    views.push((r.partition, self.gate_row(who, r, Act::Read)?));
                     views.len() - 1
                 }
             };
