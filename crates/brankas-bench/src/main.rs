@@ -185,6 +185,12 @@ fn main() -> Result<()> {
     for (k, v) in http.as_object().into_iter().flatten() {
         out[k] = v.clone();
     }
+    // Every request of the HTTP phases left audit records (on a build that keeps an audit
+    // log): verify the whole log, as an operator would.
+    if has_audit_log(&bin) {
+        eprintln!("(h) brankas audit verify");
+        out["audit_verify"] = audit_verify(&bin, &work.join("http"))?;
+    }
     out["ratios"] = ratios(&out);
     out["wall_seconds"] = json!(round(started.elapsed().as_secs_f64(), 1));
     out["machine"]["loadavg_at_end"] = json!(std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim());
@@ -462,6 +468,26 @@ pub(crate) fn has_access_control(bin: &Path) -> bool {
         .args(["import", "--help"])
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--organization"))
+}
+
+/// Whether the build keeps an audit log (`brankas audit verify`).
+pub(crate) fn has_audit_log(bin: &Path) -> bool {
+    brankas(bin, "warn").args(["audit", "verify", "--help"]).output().is_ok_and(|o| o.status.success())
+}
+
+/// `brankas audit verify` on the data directory `init` made in `dir`: its time per record.
+fn audit_verify(bin: &Path, dir: &Path) -> Result<Value> {
+    let start = Instant::now();
+    let o = brankas(bin, "warn").args(["audit", "verify", "--data-dir"]).arg(dir.join("data")).arg("--key-file").arg(dir.join("master.key")).output()?;
+    let wall = start.elapsed().as_secs_f64();
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    ensure!(o.status.success() && report["intact"] == true, "audit verify failed: {} {}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let records = report["records"].as_u64().unwrap_or(0);
+    Ok(json!({
+        "records": records, "checkpoints": report["checkpoints"], "wall_seconds": round(wall, 2),
+        "verify_seconds": report["seconds"], "seconds_per_million_records": round(report["seconds"].as_f64().unwrap_or(wall) * 1e6 / records.max(1) as f64, 1),
+        "audit_file_bytes": std::fs::metadata(dir.join("data").join("brankas.audit.db")).map(|m| m.len()).unwrap_or(0),
+    }))
 }
 
 fn init(bin: &Path, dir: &Path) -> Result<(PathBuf, PathBuf, Value)> {
@@ -1050,6 +1076,14 @@ fn markdown(o: &Value) -> String {
         ["f".into(), "create patients with NIK (transactions of 250)".into(), format!("{} patients/s", s("/nik_create/patients_per_s")), "".into(), "".into(), "".into()],
         ["f".into(), "NIK lookup, 1 client".into(), format!("{} req/s", s("/nik_lookup_1_client/requests_per_s")), lat("nik_lookup_1_client"), cpu("nik_lookup_1_client"), "".into()],
         ["f".into(), format!("NIK lookup, {} clients", s("/nik_lookup/clients")), format!("{} req/s", s("/nik_lookup/requests_per_s")), lat("nik_lookup"), cpu("nik_lookup"), format!("{} of read by id", x("/ratios/nik_lookup_vs_read_by_id"))],
+        [
+            "h".into(),
+            "`brankas audit verify` of the log the HTTP phases wrote".into(),
+            format!("{} records in {} s", s("/audit_verify/records"), s("/audit_verify/verify_seconds")),
+            "".into(),
+            format!("{} s per million records", s("/audit_verify/seconds_per_million_records")),
+            "".into(),
+        ],
     ];
     for r in rows {
         t.push_str(&format!("| {} |\n", r.join(" | ")));
