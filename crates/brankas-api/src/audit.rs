@@ -227,6 +227,8 @@ struct Filter {
     outcome: Option<String>,
     subtype: Option<String>,
     agent: Option<String>,
+    /// `Type/id` of a record touched.
+    entity: Option<String>,
 }
 
 impl Filter {
@@ -237,6 +239,7 @@ impl Filter {
             && self.outcome.as_ref().is_none_or(|c| o.entry.outcome.is_some_and(|x| x.code() == c))
             && self.subtype.as_ref().is_none_or(|s| *s == o.entry.interaction)
             && self.agent.as_ref().is_none_or(|a| *a == o.entry.client_id)
+            && self.entity.as_ref().is_none_or(|r| o.entry.resources.contains(r) || o.entry.target.as_ref() == Some(r) || o.entry.patient.as_ref().is_some_and(|p| *r == format!("Patient/{p}")))
     }
 }
 
@@ -262,7 +265,7 @@ fn date_bound(v: &str) -> Result<(String, i64, i64), ApiError> {
 
 async fn search_inner(st: &Arc<AppState>, who: &Principal, pairs: &[(String, String)]) -> Result<(Value, Vec<String>), ApiError> {
     let param = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let known = ["patient", "agent", "date", "action", "outcome", "subtype", "_count", "_before"];
+    let known = ["patient", "agent", "entity", "date", "action", "outcome", "subtype", "_count", "_before"];
     if let Some((k, _)) = pairs.iter().find(|(k, _)| !known.contains(&k.as_str())) {
         return Err(ApiError::bad_request(format!("AuditEvent search does not support the parameter {}", k.chars().take(40).collect::<String>())));
     }
@@ -285,7 +288,7 @@ async fn search_inner(st: &Arc<AppState>, who: &Principal, pairs: &[(String, Str
         && !brankas_fhir::is_valid_id(p) {
             return Err(ApiError::bad_request("patient must be a Patient id"));
         }
-    let mut f = Filter { since: None, until: None, action: param("action"), outcome: param("outcome"), subtype: param("subtype"), agent: None };
+    let mut f = Filter { since: None, until: None, action: param("action"), outcome: param("outcome"), subtype: param("subtype"), agent: None, entity: param("entity") };
     for (k, v) in pairs.iter().filter(|(k, _)| k == "date") {
         let _ = k;
         let (prefix, start, end) = date_bound(v)?;

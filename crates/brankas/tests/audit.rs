@@ -161,6 +161,8 @@ fn every_access_is_recorded_once_per_patient_and_patients_see_theirs() {
     let by_stranger = audit_events(&s, &officer.token, &format!("agent={}", stranger.id));
     assert_eq!(by_stranger.iter().filter(|e| !patients_of(e).is_empty()).count(), 3);
     assert_eq!(audit_events(&s, &officer.token, &format!("agent={}&outcome=4", stranger.id)).len(), 2);
+    let about_obs = audit_events(&s, &officer.token, &format!("entity=Observation/{obs}"));
+    assert_eq!(about_obs.len(), 6, "its creation, the clinician's read, three searches and $everything: {}", about_obs.iter().map(|e| subtype(e).to_string()).collect::<Vec<_>>().join(" "));
     let created = audit_events(&s, &officer.token, &format!("patient={p1}&action=C"));
     assert_eq!(created.len(), 2, "{}", serde_json::to_string_pretty(&created).unwrap());
     assert!(audit_events(&s, &officer.token, &format!("patient={p1}&date=lt2020-01-01")).is_empty());
@@ -346,4 +348,56 @@ fn audit_verify_detects_every_kind_of_tampering() {
     // The untouched log still verifies, also against the published checkpoint.
     let (ok, out) = verify(&inst, &inst.data_dir(), Some(&cp_file));
     assert!(ok, "{out}");
+}
+
+#[test]
+fn checkpoints_and_proofs_verify_against_each_other() {
+    use base64::Engine as _;
+    use brankas_audit::merkle::{verify_consistency, verify_inclusion};
+    let inst = Instance::init();
+    let s = inst.serve();
+    let p = s.create(&patient("3171054708900003", "Lestari"))["id"].as_str().unwrap().to_string();
+    for _ in 0..40 {
+        assert_eq!(s.get(&format!("Patient/{p}")).status(), 200);
+    }
+    let officer = caller(&inst, &s, &["--name", "officer", "--role", "security-officer", "--scopes", "system/AuditEvent.rs"]);
+    let admin_get = |path: &str| -> (u16, Value) {
+        let r = s.http.get(format!("{}{path}", s.root)).bearer_auth(&officer.token).send().unwrap();
+        (r.status().as_u16(), r.json().unwrap_or(Value::Null))
+    };
+    // A checkpoint is signed within a second of the last record.
+    let mut cp = Value::Null;
+    for _ in 0..50 {
+        let (st, v) = admin_get("/admin/audit/checkpoint");
+        if st == 200 && v["size"].as_u64() >= Some(42) {
+            cp = v;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let size = cp["size"].as_u64().expect("a checkpoint covering the reads");
+    let b64 = |v: &Value| -> [u8; 32] { base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap()).unwrap().try_into().unwrap() };
+    // The verifier key: <origin>+<key hash>+<base64(0x01 || Ed25519 key)>.
+    let vk = cp["verifier_key"].as_str().unwrap();
+    let key = base64::engine::general_purpose::STANDARD.decode(vk.splitn(3, '+').nth(2).unwrap()).unwrap();
+    assert_eq!(key[0], 1);
+    let key: [u8; 32] = key[1..].try_into().unwrap();
+    let signed = brankas_audit::note::Checkpoint::verify(cp["note"].as_str().unwrap(), cp["origin"].as_str(), &key).expect("the note is signed by the verifier key");
+    assert_eq!(signed.size, size);
+    for seq in [0, 5, size / 2, size - 1] {
+        let (st, pr) = admin_get(&format!("/admin/audit/proof?seq={seq}&size={size}"));
+        assert_eq!(st, 200, "{pr}");
+        let path: Vec<[u8; 32]> = pr["proof"].as_array().unwrap().iter().map(b64).collect();
+        assert!(verify_inclusion(&b64(&pr["leaf_hash"]), seq, size, &path, &signed.root), "record {seq} is in the signed tree");
+        assert!(!verify_inclusion(&b64(&pr["leaf_hash"]), (seq + 1) % size, size, &path, &signed.root));
+    }
+    let (st, c) = admin_get(&format!("/admin/audit/consistency?from=7&to={size}"));
+    assert_eq!(st, 200, "{c}");
+    let path: Vec<[u8; 32]> = c["proof"].as_array().unwrap().iter().map(b64).collect();
+    assert!(verify_consistency(7, size, &path, &b64(&c["from_root"]), &signed.root));
+    // Out of range and the wrong role.
+    assert_eq!(admin_get(&format!("/admin/audit/proof?seq={size}&size={size}")).0, 400);
+    assert_eq!(admin_get(&format!("/admin/audit/consistency?from=0&to={size}")).0, 400);
+    let r = s.http.get(format!("{}/admin/audit/checkpoint", s.root)).bearer_auth(&s.token).send().unwrap();
+    assert_eq!(r.status(), 403);
 }
