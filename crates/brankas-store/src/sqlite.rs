@@ -695,8 +695,8 @@ impl Store for SqliteStore {
         let mut c = self.audit_writer.lock().map_err(|_| StoreError::Backend("audit writer poisoned".into()))?;
         let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(be)?;
         let size: u64 = tx
-            .query_row("SELECT size FROM audit_head WHERE id = 0", [], |r| r.get::<_, i64>(0))
-            .optional()
+            .prepare_cached("SELECT size FROM audit_head WHERE id = 0")
+            .and_then(|mut q| q.query_row([], |r| r.get::<_, i64>(0)).optional())
             .map_err(be)?
             .unwrap_or(0) as u64;
         if !a.rows.is_empty() {
@@ -717,10 +717,13 @@ impl Store for SqliteStore {
             }
         }
         if let Some(h) = &a.head {
-            tx.execute("INSERT OR REPLACE INTO audit_head (id, size, frontier) VALUES (0, ?1, ?2)", params![h.size as i64, h.frontier]).map_err(be)?;
+            tx.prepare_cached("INSERT OR REPLACE INTO audit_head (id, size, frontier) VALUES (0, ?1, ?2)")
+                .and_then(|mut q| q.execute(params![h.size as i64, h.frontier]))
+                .map_err(be)?;
         }
         if let Some(cp) = &a.checkpoint {
-            tx.execute("INSERT OR REPLACE INTO audit_checkpoints (size, time, note) VALUES (?1, ?2, ?3)", params![cp.size as i64, cp.time_us, cp.note])
+            tx.prepare_cached("INSERT OR REPLACE INTO audit_checkpoints (size, time, note) VALUES (?1, ?2, ?3)")
+                .and_then(|mut q| q.execute(params![cp.size as i64, cp.time_us, cp.note]))
                 .map_err(be)?;
         }
         tx.commit().map_err(be)
