@@ -231,7 +231,13 @@ pub(crate) struct Opened {
 impl Opened {
     /// Audits an action of the operator's own tools on the data directory.
     pub(crate) fn audit_local(&self, interaction: &str, action: &str, target: Option<String>, ok: bool, text: Option<String>) -> Result<()> {
+        self.audit_local_for(None, interaction, action, target, ok, text)
+    }
+
+    /// [`Opened::audit_local`] on behalf of a facility (`brankas import --organization`).
+    pub(crate) fn audit_local_for(&self, organization: Option<String>, interaction: &str, action: &str, target: Option<String>, ok: bool, text: Option<String>) -> Result<()> {
         let entry = brankas_audit::AuditEntry {
+            organization,
             interaction: interaction.into(),
             action: action.into(),
             outcome: Some(if ok { brankas_audit::Outcome::Success } else { brankas_audit::Outcome::MinorFailure }),
@@ -441,7 +447,7 @@ fn import(data_dir: &Path, key_file: Option<&Path>, paths: &[PathBuf], quiet: bo
             .progress_chars("=> "),
     );
     let start = std::time::Instant::now();
-    let importer = Importer::new(&o.engine).on_behalf_of(organization);
+    let importer = Importer::new(&o.engine).on_behalf_of(organization.clone());
     let mut stats = ImportStats::default();
     for f in &files {
         let mut progress = |s: &ImportStats| {
@@ -463,7 +469,8 @@ fn import(data_dir: &Path, key_file: Option<&Path>, paths: &[PathBuf], quiet: bo
     for e in &stats.errors {
         eprintln!("refused: {e}");
     }
-    o.audit_local(
+    o.audit_local_for(
+        organization.clone(),
         "import",
         "C",
         None,

@@ -212,6 +212,21 @@ fn token_issuance_and_client_administration_are_recorded() {
     // The CLI's own administration (the registrations above) is recorded too.
     let local = audit_events(&s, &officer.token, "agent=local-operator&subtype=client-admin");
     assert!(local.len() >= 2, "clients created with the CLI: {}", local.len());
+    // An offline import while the server runs: one operator record naming the facility. The
+    // server appends next and finds the log grown under it (as a second replica would).
+    let file = inst.root.path().join("one.ndjson");
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": patient("3171054708900003", "Lestari"), "request": {"method": "POST", "url": "Patient"}}]});
+    std::fs::write(&file, format!("{bundle}\n")).unwrap();
+    let o = inst.cli(&["import", "--quiet", "--organization", "Organization/rs-impor", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let imports = audit_events(&s, &officer.token, "agent=local-operator&subtype=import");
+    assert_eq!(imports.len(), 1);
+    assert!(imports[0]["agent"].to_string().contains("Organization/rs-impor"), "{}", imports[0]);
+    assert_eq!(audit_events(&s, &officer.token, "agent=local-operator&subtype=import").len(), 1);
+    s.stop();
+    let out = inst.cli(&["audit", "verify"]);
+    assert!(out.status.success(), "two writers kept one intact log: {}", String::from_utf8_lossy(&out.stdout));
 }
 
 #[test]
