@@ -595,6 +595,74 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/admin/audit/checkpoint", get(checkpoint))
         .route("/admin/audit/proof", get(proof))
         .route("/admin/audit/consistency", get(consistency))
+        .route("/admin/breach-report", get(breach_report))
+}
+
+#[derive(serde::Deserialize)]
+struct BreachParams {
+    client: Option<String>,
+    address: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    format: Option<String>,
+    lang: Option<String>,
+    contact: Option<String>,
+}
+
+/// `GET /admin/breach-report?client=ID|address=IP&since=T[&until=T][&format=json|csv][&lang=id|en][&contact=TEXT]`:
+/// "who was hit?", for security officers. The report names patients, so each patient in it is
+/// an audited disclosure to the officer.
+async fn breach_report(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, Query(q): Query<BreachParams>) -> Result<Response, ApiError> {
+    use brankas_audit::breach::{self, BreachQuery, Identity, Suspect};
+    let what = What::new("breach-report", "E", None);
+    let r = async {
+        if who.role() != Role::SecurityOfficer {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "breach reports are for security officers"));
+        }
+        let suspect = match (&q.client, &q.address) {
+            (Some(c), None) => Suspect::Client(c.chars().take(128).collect()),
+            (None, Some(a)) => Suspect::Address(a.chars().take(64).collect()),
+            _ => return Err(ApiError::bad_request("give exactly one of client and address")),
+        };
+        let since_us = q.since.as_deref().and_then(breach::parse_time).ok_or_else(|| ApiError::bad_request("since is required: RFC 3339 or YYYY-MM-DD"))?;
+        let until_us = match q.until.as_deref() {
+            Some(u) => Some(breach::parse_time(u).ok_or_else(|| ApiError::bad_request("until must be RFC 3339 or YYYY-MM-DD"))?),
+            None => None,
+        };
+        let format = q.format.clone().unwrap_or_else(|| "json".into());
+        let lang = q.lang.clone().unwrap_or_else(|| "id".into());
+        if !matches!(format.as_str(), "json" | "csv") || !matches!(lang.as_str(), "id" | "en") {
+            return Err(ApiError::bad_request("format is json or csv, lang is id or en"));
+        }
+        let contact = q.contact.clone().unwrap_or_else(|| "the data protection officer of the health facility".into()).chars().take(500).collect();
+        let bq = BreachQuery { suspect, since_us, until_us, contact };
+        let s = st.clone();
+        let report = tokio::task::spawn_blocking(move || {
+            let op = Principal::local_operator();
+            breach::breach_report(&s.audit, &bq, |id| s.engine.read(&op, "Patient", id).ok().map(|r| Identity::from_patient(&r.resource)))
+        })
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error"))?
+        .map_err(audit_error)?;
+        Ok((report, format, lang))
+    }
+    .await;
+    let shown: Vec<Value> = match &r {
+        Ok((rep, _, _)) => rep.patients.iter().map(|p| json!({"resourceType": "Patient", "id": p.id})).collect(),
+        Err(_) => Vec::new(),
+    };
+    let recs = match &r {
+        Ok(_) => records(&st, &who, &ctx, &what, 200, None, &shown.iter().collect::<Vec<_>>()),
+        Err(e) => records(&st, &who, &ctx, &what, e.status.as_u16(), Some(e), &[]),
+    };
+    commit(&st, recs).await?;
+    let (report, format, lang) = r?;
+    if format == "csv" {
+        let mut resp = (StatusCode::OK, report.to_csv(&lang)).into_response();
+        resp.headers_mut().insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("text/csv; charset=utf-8"));
+        return Ok(resp);
+    }
+    Ok(plain_json(&serde_json::to_value(&report).unwrap_or_default()))
 }
 
 fn officer(who: &Principal) -> Result<(), ApiError> {

@@ -17,6 +17,7 @@
 //! The stored bytes reveal positions, times, patient pseudonyms and keyed actor tags; the
 //! content is sealed.
 
+pub mod breach;
 mod entry;
 mod log;
 pub mod merkle;

@@ -92,6 +92,34 @@ enum Cmd {
         #[command(subcommand)]
         cmd: KeysCmd,
     },
+    /// "Who was hit?": every patient whose data a client (or an address) received in a time
+    /// window, from the audit log, with the categories of data, first and last access, and a
+    /// notification text per patient (UU 27/2022 Art. 46) in Indonesian and English.
+    BreachReport {
+        #[command(flatten)]
+        data: DataArgs,
+        /// The client id of the suspected credential.
+        #[arg(long, required_unless_present = "address", conflicts_with = "address")]
+        client: Option<String>,
+        /// The network address (as the audit log records it).
+        #[arg(long)]
+        address: Option<String>,
+        /// Start of the window: RFC 3339 or YYYY-MM-DD.
+        #[arg(long)]
+        since: String,
+        /// End of the window (exclusive); default now.
+        #[arg(long)]
+        until: Option<String>,
+        /// `json` (both languages) or `csv` (one row per patient).
+        #[arg(long, default_value = "json", value_parser = ["json", "csv"])]
+        format: String,
+        /// Language of the notification column in CSV.
+        #[arg(long, default_value = "id", value_parser = ["id", "en"])]
+        lang: String,
+        /// Whom the patients should contact (goes into every notification).
+        #[arg(long, default_value = "the data protection officer of the health facility")]
+        contact: String,
+    },
     /// The audit log: verify it, print its newest signed checkpoint.
     Audit {
         #[command(subcommand)]
@@ -163,6 +191,9 @@ fn main() -> Result<()> {
         Cmd::Keys { cmd: KeysCmd::Rotate(d) } => rotate(&d.data_dir, d.key_file.as_deref()),
         Cmd::Audit { cmd: AuditCmd::Verify { data, checkpoint } } => audit_verify(&data.data_dir, data.key_file.as_deref(), checkpoint.as_deref()),
         Cmd::Audit { cmd: AuditCmd::Checkpoint(d) } => audit_checkpoint(&d.data_dir, d.key_file.as_deref()),
+        Cmd::BreachReport { data, client, address, since, until, format, lang, contact } => {
+            breach_report(&data.data_dir, data.key_file.as_deref(), client, address, &since, until.as_deref(), &format, &lang, contact)
+        }
         Cmd::Demo { data_dir, key_file, listen, insecure_http } => demo::run(&data_dir, key_file.as_deref(), listen, insecure_http),
     }
 }
@@ -287,6 +318,58 @@ fn audit_verify(data_dir: &Path, key_file: Option<&Path>, checkpoint: Option<&Pa
             std::process::exit(1);
         }
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn breach_report(
+    data_dir: &Path,
+    key_file: Option<&Path>,
+    client: Option<String>,
+    address: Option<String>,
+    since: &str,
+    until: Option<&str>,
+    format: &str,
+    lang: &str,
+    contact: String,
+) -> Result<()> {
+    use brankas_audit::breach::{self, BreachQuery, Identity, Suspect};
+    let since_us = breach::parse_time(since).context("--since must be RFC 3339 or YYYY-MM-DD")?;
+    let until_us = until.map(|u| breach::parse_time(u).context("--until must be RFC 3339 or YYYY-MM-DD")).transpose()?;
+    let suspect = match (client, address) {
+        (Some(c), _) => Suspect::Client(c),
+        (None, Some(a)) => Suspect::Address(a),
+        (None, None) => bail!("give --client or --address"),
+    };
+    let o = open(data_dir, key_file)?;
+    let q = BreachQuery { suspect, since_us, until_us, contact };
+    let who = brankas_auth::Principal::local_operator();
+    let report = breach::breach_report(&o.audit, &q, |id| o.engine.read(&who, "Patient", id).ok().map(|s| Identity::from_patient(&s.resource)))?;
+    // The report reveals identities: each patient in it is an audited disclosure.
+    let records: Vec<brankas_audit::NewRecord> = report
+        .patients
+        .iter()
+        .map(|p| brankas_audit::NewRecord {
+            partition: Some(o.engine.patient_partition(&p.id)),
+            client_id: "local-operator".into(),
+            entry: brankas_audit::AuditEntry {
+                interaction: "breach-report".into(),
+                action: "E".into(),
+                outcome: Some(brankas_audit::Outcome::Success),
+                client_id: "local-operator".into(),
+                role: "operator".into(),
+                patient: Some(p.id.clone()),
+                purpose: Some("HOPERAT".into()),
+                ..Default::default()
+            },
+        })
+        .collect();
+    o.audit.record_blocking(records).context("the audit log cannot be written; no report")?;
+    if format == "csv" {
+        print!("{}", report.to_csv(lang));
+    } else {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
 }
 
 fn audit_checkpoint(data_dir: &Path, key_file: Option<&Path>) -> Result<()> {

@@ -416,3 +416,73 @@ fn checkpoints_and_proofs_verify_against_each_other() {
     let r = s.http.get(format!("{}/admin/audit/checkpoint", s.root)).bearer_auth(&s.token).send().unwrap();
     assert_eq!(r.status(), 403);
 }
+
+#[test]
+fn breach_report_lists_exactly_the_patients_a_credential_received() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let fac = s.token.clone();
+    let niks = ["3171054708900003", "3171054708900011", "3171054708900029", "3171054708900037", "3171054708900045"];
+    let names = ["Lestari", "Wulandari", "Rahayu", "Susanti", "Hidayati"];
+    let ids: Vec<String> = niks.iter().zip(names).map(|(n, f)| s.create(&patient(n, f))["id"].as_str().unwrap().to_string()).collect();
+    let _ = s.create(&observation(&ids[3]));
+    let thief = caller(&inst, &s, &["--name", "dr x", "--role", "clinician", "--organization", "Organization/test-facility", "--practitioner", "Practitioner/x", "--scopes", "user/*.rs"]);
+    let bystander = caller(&inst, &s, &["--name", "dr y", "--role", "clinician", "--organization", "Organization/test-facility", "--practitioner", "Practitioner/y", "--scopes", "user/*.rs"]);
+    let elsewhere = caller(&inst, &s, &["--name", "rs lain", "--role", "facility-system", "--organization", "Organization/rs-lain", "--scopes", "system/*.cruds"]);
+    let foreign = {
+        let (st, v) = call(&s, &elsewhere.token, reqwest::Method::POST, "Patient", Some(&patient("3171054708900053", "Kurniasih")), &[]);
+        assert_eq!(st, 201, "{v}");
+        v["id"].as_str().unwrap().to_string()
+    };
+    let officer = caller(&inst, &s, &["--name", "officer", "--role", "security-officer", "--scopes", "system/AuditEvent.rs"]);
+    // What the thief's script received, by its own record.
+    let mut received = std::collections::BTreeSet::new();
+    for id in &ids[0..3] {
+        let (st, v) = get(&s, &thief.token, &format!("Patient/{id}"));
+        assert_eq!(st, 200);
+        received.insert(v["id"].as_str().unwrap().to_string());
+    }
+    let (st, b) = get(&s, &thief.token, &format!("Observation?patient={}", ids[3]));
+    assert_eq!((st, b["total"].as_u64()), (200, Some(1)));
+    received.insert(ids[3].clone());
+    assert_eq!(get(&s, &thief.token, &format!("Patient/{foreign}")).0, 403, "no care at the other facility");
+    assert_eq!(get(&s, &bystander.token, &format!("Patient/{}", ids[4])).0, 200);
+    let _ = fac;
+
+    let r = s.http.get(format!("{}/admin/breach-report", s.root)).bearer_auth(&officer.token).query(&[("client", thief.id.as_str()), ("since", "2020-01-01"), ("contact", "DPO RS Uji, 021-555-0100")]).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let rep: Value = r.json().unwrap();
+    let listed: std::collections::BTreeSet<String> = rep["patients"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(listed, received, "exactly the patients the script received: {rep}");
+    assert_eq!(rep["refused_attempts"], 1);
+    let p0 = rep["patients"].as_array().unwrap().iter().find(|p| p["id"] == ids[0].as_str()).unwrap();
+    assert_eq!(p0["identity"]["nik"], niks[0]);
+    assert_eq!(p0["identity"]["name"], "Sri Lestari");
+    assert_eq!(p0["categories"], json!(["identity"]));
+    assert!(p0["first_access"].as_str().unwrap() <= p0["last_access"].as_str().unwrap());
+    let p3 = rep["patients"].as_array().unwrap().iter().find(|p| p["id"] == ids[3].as_str()).unwrap();
+    assert_eq!(p3["categories"], json!(["lab and antigen results"]));
+    let (nid, nen) = (p3["notification"]["id"].as_str().unwrap(), p3["notification"]["en"].as_str().unwrap());
+    assert!(nid.contains("Pasal 46") && nid.contains("Susanti") && nid.contains("hasil laboratorium") && nid.contains("DPO RS Uji, 021-555-0100"), "{nid}");
+    assert!(nen.contains("Article 46") && nen.contains("laboratory") && nen.contains("3 x 24 hours"), "{nen}");
+    // CSV, in English; the CLI says the same.
+    let r = s.http.get(format!("{}/admin/breach-report", s.root)).bearer_auth(&officer.token).query(&[("client", thief.id.as_str()), ("since", "2020-01-01"), ("format", "csv"), ("lang", "en")]).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let csv = r.text().unwrap();
+    assert_eq!(csv.lines().count(), 1 + received.len());
+    assert!(csv.contains("Article 46") && csv.contains(niks[1]));
+    let o = inst.cli(&["breach-report", "--client", &thief.id, "--since", "2020-01-01"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cli: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let cli_listed: std::collections::BTreeSet<String> = cli["patients"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(cli_listed, received);
+    // A window after the accesses finds nothing; only officers ask; the report is audited.
+    let r = s.http.get(format!("{}/admin/breach-report", s.root)).bearer_auth(&officer.token).query(&[("client", thief.id.as_str()), ("since", "2999-01-01")]).send().unwrap();
+    assert_eq!(r.json::<Value>().unwrap()["patients"], json!([]));
+    let r = s.http.get(format!("{}/admin/breach-report", s.root)).bearer_auth(&s.token).query(&[("client", thief.id.as_str()), ("since", "2020-01-01")]).send().unwrap();
+    assert_eq!(r.status(), 403);
+    let r = s.http.get(format!("{}/admin/breach-report", s.root)).bearer_auth(&officer.token).query(&[("client", thief.id.as_str())]).send().unwrap();
+    assert_eq!(r.status(), 400);
+    let seen = audit_events(&s, &officer.token, &format!("patient={}&subtype=breach-report", ids[0]));
+    assert!(seen.len() >= 2, "the API's and the CLI's reports disclosed this patient: {}", seen.len());
+}
