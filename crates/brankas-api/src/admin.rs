@@ -132,8 +132,19 @@ fn check_id(id: &str) -> Result<(), ApiError> {
 async fn list(State(st): St, Extension(who): Extension<Principal>) -> Result<Response, ApiError> {
     require(&who, &[Role::Admin, Role::SecurityOfficer])?;
     let auth = st.auth.clone();
-    let clients = run(move || auth.list_clients()).await?;
-    Ok(json(StatusCode::OK, &json!({"clients": clients.iter().map(|c| c.public_view()).collect::<Vec<_>>()})))
+    let store = st.store.clone();
+    let clients = run(move || Ok(auth.list_clients()?.iter().map(|c| view(&*store, c)).collect::<Vec<_>>())).await?;
+    Ok(json(StatusCode::OK, &json!({"clients": clients})))
+}
+
+/// A registration as shown: without secrets, with its patient budget and current use.
+fn view(store: &dyn brankas_store::Store, c: &brankas_auth::ClientRecord) -> Value {
+    let mut v = c.public_view();
+    let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64;
+    if let Ok((h, d)) = store.guard_usage(&c.client_id, now.div_euclid(3_600_000_000), now.div_euclid(86_400_000_000)) {
+        v["patient_budget_use"] = json!({"this_hour": h, "today": d});
+    }
+    v
 }
 
 async fn show(State(st): St, Extension(who): Extension<Principal>, Path(id): Path<String>) -> Result<Response, ApiError> {
@@ -141,7 +152,7 @@ async fn show(State(st): St, Extension(who): Extension<Principal>, Path(id): Pat
     check_id(&id)?;
     let auth = st.auth.clone();
     let rec = run(move || auth.client(&id)).await?.ok_or_else(ApiError::not_found)?;
-    Ok(json(StatusCode::OK, &rec.public_view()))
+    Ok(json(StatusCode::OK, &view(&*st.store, &rec)))
 }
 
 async fn create(State(st): St, Extension(who): Extension<Principal>, body: Body) -> Result<Response, ApiError> {

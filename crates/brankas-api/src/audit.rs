@@ -166,14 +166,32 @@ pub(crate) async fn commit(st: &AppState, records: Vec<NewRecord>) -> Result<(),
     }
 }
 
-/// Audits a finished request, then releases its result (or the 503 that replaces it).
+/// Guards, audits and then releases a finished request's result: the patients it would
+/// disclose pass the guard (canaries, the client's patient budget) or nothing leaves; its
+/// records become durable or the answer is a 503.
 pub(crate) async fn finish<T>(st: &AppState, who: &Principal, ctx: &ReqCtx, what: What, result: Result<T, ApiError>, served: impl FnOnce(&T) -> Vec<&Value>) -> Result<T, ApiError> {
-    let recs = match &result {
-        Ok(t) => records(st, who, ctx, &what, 200, None, &served(t)),
-        Err(e) => records(st, who, ctx, &what, e.status.as_u16(), Some(e), &[]),
+    let (recs, result) = match result {
+        Ok(t) => {
+            let recs = records(st, who, ctx, &what, 200, None, &served(&t));
+            match crate::guard::admit(st, who, &recs).await {
+                Ok(()) => (recs, Ok(t)),
+                Err(e) => (refused(recs, &e), Err(e)),
+            }
+        }
+        Err(e) => (records(st, who, ctx, &what, e.status.as_u16(), Some(&e), &[]), Err(e)),
     };
     commit(st, recs).await?;
     result
+}
+
+/// The records of a request the guard refused: nothing was disclosed.
+fn refused(mut recs: Vec<NewRecord>, e: &ApiError) -> Vec<NewRecord> {
+    for r in &mut recs {
+        r.entry.status = e.status.as_u16();
+        r.entry.outcome = Some(Outcome::of_status(e.status.as_u16()));
+        r.entry.outcome_text = Some(e.message.clone());
+    }
+    recs
 }
 
 /// Audits a request that touches no patient (token issuance, client administration).
@@ -639,7 +657,12 @@ async fn breach_report(State(st): St, Extension(who): Extension<Principal>, ctx:
         let s = st.clone();
         let report = tokio::task::spawn_blocking(move || {
             let op = Principal::local_operator();
-            breach::breach_report(&s.audit, &bq, |id| s.engine.read(&op, "Patient", id).ok().map(|r| Identity::from_patient(&r.resource)))
+            breach::breach_report(
+                &s.audit,
+                &bq,
+                |id| s.engine.read(&op, "Patient", id).ok().map(|r| Identity::from_patient(&r.resource)),
+                |id| s.store.canaries_among(&[s.engine.patient_partition(id)]).is_ok_and(|c| !c.is_empty()),
+            )
         })
         .await
         .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error"))?

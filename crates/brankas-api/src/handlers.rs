@@ -38,6 +38,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/fhir/{rtype}/{id}/_history/{vid}", get(vread).fallback(method_not_allowed))
         .merge(crate::admin::routes(state.clone()))
         .merge(crate::audit::routes())
+        .merge(crate::guard::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn(access_log))

@@ -18,6 +18,8 @@
 mod admin;
 mod audit;
 mod capability;
+pub mod canary;
+mod guard;
 mod handlers;
 pub mod outcome;
 mod server;
@@ -58,4 +60,6 @@ pub struct AppState {
     pub limits: HttpLimits,
     /// The audit log: every response waits for its records (see the `audit` module).
     pub audit: Arc<brankas_audit::AuditLog>,
+    /// The store, for the guard's shared state (budgets, canaries, alerts).
+    pub store: Arc<dyn brankas_store::Store>,
 }

@@ -88,6 +88,15 @@ pub struct BreachReport {
     /// Refused attempts by the suspect in the window (they disclosed nothing).
     pub refused_attempts: u64,
     pub patients: Vec<HitPatient>,
+    /// Canary patients the suspect touched: trip-wires, not people (no notification).
+    pub canaries: Vec<CanaryHit>,
+}
+
+/// A canary touched: which, and when first.
+#[derive(Clone, Debug, Serialize)]
+pub struct CanaryHit {
+    pub id: String,
+    pub first_access: String,
 }
 
 /// The category of data a resource type holds, in the report's words.
@@ -145,7 +154,12 @@ pub const MAX_RECORDS: u64 = 50_000_000;
 
 /// Builds the report. `identity` returns a patient's identity by Patient id (or `None` if the
 /// patient no longer exists).
-pub fn breach_report(log: &AuditLog, q: &BreachQuery, mut identity: impl FnMut(&str) -> Option<Identity>) -> Result<BreachReport, AuditError> {
+pub fn breach_report(
+    log: &AuditLog,
+    q: &BreachQuery,
+    mut identity: impl FnMut(&str) -> Option<Identity>,
+    mut is_canary: impl FnMut(&str) -> bool,
+) -> Result<BreachReport, AuditError> {
     let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64;
     let until = q.until_us.unwrap_or(i64::MAX);
     struct Acc {
@@ -183,6 +197,10 @@ pub fn breach_report(log: &AuditLog, q: &BreachQuery, mut identity: impl FnMut(&
                 continue;
             }
             let Some(pid) = o.entry.patient.clone() else { continue };
+            if o.entry.resources.is_empty() {
+                // The request reached the patient but received none of its data.
+                continue;
+            }
             // What left (or was changed): reads, searches and exports, and writes.
             let a = hit.entry(pid).or_insert(Acc { first: o.time_us, last: o.time_us, accesses: 0, categories: BTreeMap::new(), records: Vec::new() });
             a.first = a.first.min(o.time_us);
@@ -194,10 +212,6 @@ pub fn breach_report(log: &AuditLog, q: &BreachQuery, mut identity: impl FnMut(&
                     a.records.push(r.clone());
                 }
             }
-            if o.entry.resources.is_empty()
-                && let Some(t) = o.entry.target.as_deref() {
-                    a.categories.insert(category(t.split('/').next().unwrap_or_default()), ());
-                }
         }
         if done {
             break;
@@ -207,7 +221,9 @@ pub fn breach_report(log: &AuditLog, q: &BreachQuery, mut identity: impl FnMut(&
         Suspect::Client(c) => format!("client {c}"),
         Suspect::Address(a) => format!("address {a}"),
     };
-    let mut patients: Vec<HitPatient> = hit
+    let (canary, real): (Vec<_>, Vec<_>) = hit.into_iter().partition(|(id, _)| is_canary(id));
+    let canaries = canary.into_iter().map(|(id, a)| CanaryHit { id, first_access: rfc3339(a.first) }).collect();
+    let mut patients: Vec<HitPatient> = real
         .into_iter()
         .map(|(id, a)| {
             let categories: Vec<String> = a.categories.keys().map(|c| c.to_string()).collect();
@@ -225,6 +241,7 @@ pub fn breach_report(log: &AuditLog, q: &BreachQuery, mut identity: impl FnMut(&
         records_examined: examined.min(MAX_RECORDS),
         refused_attempts: refused,
         patients,
+        canaries,
     })
 }
 

@@ -30,7 +30,7 @@ use brankas_store::Store;
 use brankas_vault::{Vault, ct_eq, random_bytes, random_id, sha256};
 
 pub use jwt::Jwks;
-pub use registry::{ClientSpec, ClientUpdate, DIRECTORY_TYPES, SENSITIVE_CATEGORIES};
+pub use registry::{ClientSpec, ClientUpdate, DIRECTORY_TYPES, OnExceed, PatientBudget, SENSITIVE_CATEGORIES};
 pub use scopes::{Scope, Scopes};
 
 /// Longest access-token lifetime (SMART Backend Services: at most 5 minutes).
@@ -119,6 +119,9 @@ pub struct ClientRecord {
     /// Sensitive categories granted explicitly.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sensitive: Vec<String>,
+    /// The patient budget set for this client (`None`: its role's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient_budget: Option<PatientBudget>,
     /// A trusted external identity provider's `iss`, for clients that stand for one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
@@ -130,8 +133,14 @@ impl ClientRecord {
         let mut v = serde_json::to_value(self).unwrap_or_default();
         if let Some(o) = v.as_object_mut() {
             o.remove("secret_sha256");
+            o.insert("patient_budget".into(), serde_json::to_value(self.budget()).unwrap_or_default());
         }
         v
+    }
+
+    /// The patient budget in force: the one set, else the role's default.
+    pub fn budget(&self) -> PatientBudget {
+        self.patient_budget.unwrap_or_else(|| PatientBudget::default_for(self.role))
     }
 
     fn spec(&self) -> ClientSpec {
@@ -145,6 +154,7 @@ impl ClientRecord {
             jwks: self.jwks.clone(),
             sensitive: self.sensitive.clone(),
             issuer: self.issuer.clone(),
+            patient_budget: self.patient_budget,
         }
     }
 }
@@ -176,6 +186,8 @@ pub struct Principal {
     /// The patients (partitions) whose data the request reached or tried to reach, noted by
     /// the engine's gates for the request's audit records. Shared by clones of this principal.
     trail: AccessTrail,
+    /// Distinct patients it may receive (none for the operator's local tools).
+    budget: Option<PatientBudget>,
 }
 
 /// The partitions one request's gates were asked about, in order, without repeats.
@@ -291,7 +303,13 @@ impl Principal {
             local: true,
             sensitive: Vec::new(),
             trail: AccessTrail::default(),
+            budget: None,
         }
+    }
+
+    /// The patient budget of the client (`None`: unbounded, the operator's own tools).
+    pub fn budget(&self) -> Option<PatientBudget> {
+        self.budget
     }
 
     /// The patients this request's gates were asked about (see [`AccessTrail`]).
@@ -380,6 +398,7 @@ impl Authority {
             jwks: spec.jwks.clone(),
             sensitive: spec.sensitive.clone(),
             issuer: spec.issuer.clone(),
+            patient_budget: spec.patient_budget,
         };
         self.put_client(&rec)?;
         Ok(NewClient { client_id, client_secret })
@@ -414,6 +433,9 @@ impl Authority {
         if let Some(x) = &u.sensitive {
             spec.sensitive = x.clone();
         }
+        if let Some(b) = &u.patient_budget {
+            spec.patient_budget = *b;
+        }
         spec.validate()?;
         rec.name = spec.name.trim().into();
         rec.scopes = Scopes::parse(&spec.scopes).map_err(|_| AuthError::BadRegistration("invalid scopes"))?.to_string();
@@ -423,6 +445,7 @@ impl Authority {
         rec.jwks = spec.jwks;
         rec.sensitive = spec.sensitive;
         rec.issuer = spec.issuer;
+        rec.patient_budget = spec.patient_budget;
         rec.updated = Some(rfc3339_now());
         self.put_client(&rec)?;
         Ok(rec)
@@ -626,7 +649,9 @@ impl Authority {
         if !granted.covers(&scopes) {
             return Err(AuthError::InvalidToken);
         }
+        let budget = Some(rec.budget());
         Ok(Principal {
+            budget,
             client_id: rec.client_id,
             role: rec.role,
             scopes,
@@ -713,7 +738,9 @@ impl Authority {
         }
         let user = format!("{want}/{id}");
         let (practitioner, patient) = if rec.role == Role::Patient { (None, Some(user)) } else { (Some(user), None) };
+        let budget = Some(rec.budget());
         Ok(Principal {
+            budget,
             client_id: rec.client_id,
             role: rec.role,
             scopes,

@@ -48,6 +48,55 @@ pub struct ClientSpec {
     /// organization and bounds the scopes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
+    /// How many distinct patients' data the client may receive; absent: its role's default
+    /// ([`PatientBudget::default_for`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient_budget: Option<PatientBudget>,
+}
+
+/// What a client exceeding its patient budget meets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnExceed {
+    /// The request is refused and the client suspended (the default).
+    #[default]
+    Suspend,
+    /// The request is refused; the client may go on within its budget.
+    Throttle,
+}
+
+/// Distinct patients whose data a client may receive (identity lookups included) per clock
+/// hour and per UTC day (`"patient_budget": {"per_hour": N, "per_day": M, "on_exceed": "suspend"}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatientBudget {
+    pub per_hour: u32,
+    pub per_day: u32,
+    #[serde(default)]
+    pub on_exceed: OnExceed,
+}
+
+impl PatientBudget {
+    /// The default of a role: a facility's information system sees its facility's day
+    /// (1,000 patients an hour, 10,000 a day); a clinician's app one practitioner's (60 an
+    /// hour, 300 a day); a patient's app its own record; the other roles receive no patient
+    /// data through the clinical API.
+    pub fn default_for(role: Role) -> PatientBudget {
+        let (per_hour, per_day) = match role {
+            Role::FacilitySystem => (1_000, 10_000),
+            Role::Clinician => (60, 300),
+            Role::Patient => (5, 20),
+            Role::SecurityOfficer | Role::Researcher | Role::Admin => (0, 0),
+        };
+        PatientBudget { per_hour, per_day, on_exceed: OnExceed::Suspend }
+    }
+
+    fn validate(&self) -> Result<(), AuthError> {
+        if self.per_hour == 0 || self.per_day == 0 || self.per_hour > self.per_day || self.per_day > 100_000_000 {
+            return Err(AuthError::BadRegistration("patient_budget needs 0 < per_hour <= per_day <= 100000000"));
+        }
+        Ok(())
+    }
 }
 
 /// Changes to a registration (`PATCH /admin/clients/{id}`): absent fields stay as they are;
@@ -66,6 +115,9 @@ pub struct ClientUpdate {
     #[serde(default, with = "double_option")]
     pub jwks: Option<Option<serde_json::Value>>,
     pub sensitive: Option<Vec<String>>,
+    /// A new patient budget; `null` returns to the role's default.
+    #[serde(default, with = "double_option")]
+    pub patient_budget: Option<Option<PatientBudget>>,
 }
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -104,6 +156,9 @@ impl ClientSpec {
         check_ref(&self.organization, "Organization", "organization must be Organization/<id>")?;
         check_ref(&self.practitioner, "Practitioner", "practitioner must be Practitioner/<id>")?;
         check_ref(&self.patient, "Patient", "patient must be Patient/<id>")?;
+        if let Some(b) = &self.patient_budget {
+            b.validate()?;
+        }
         let scopes = Scopes::parse(&self.scopes).map_err(|_| AuthError::BadRegistration("scopes are not valid SMART scopes"))?;
         let contexts = |allowed: &[&str]| scopes.resource_scopes().iter().all(|s| allowed.contains(&s.context.as_str()));
         match role {

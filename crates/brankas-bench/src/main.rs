@@ -470,6 +470,11 @@ pub(crate) fn has_access_control(bin: &Path) -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--organization"))
 }
 
+/// Whether the build has patient budgets (`clients create --budget-per-hour`).
+pub(crate) fn has_budgets(bin: &Path) -> bool {
+    brankas(bin, "warn").args(["clients", "create", "--help"]).output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--budget-per-hour"))
+}
+
 /// Whether the build keeps an audit log (`brankas audit verify`).
 pub(crate) fn has_audit_log(bin: &Path) -> bool {
     brankas(bin, "warn").args(["audit", "verify", "--help"]).output().is_ok_and(|o| o.status.success())
@@ -508,7 +513,11 @@ fn init(bin: &Path, dir: &Path) -> Result<(PathBuf, PathBuf, Value)> {
 /// registered offline on the data directory.
 fn facility_client(bin: &Path, data: &Path, key: &Path) -> Result<Value> {
     let o = brankas(bin, "warn")
-        .args(["clients", "create", "--name", "benchmark facility", "--role", "facility-system", "--organization", "Organization/fac-0001", "--scopes", "system/*.cruds", "--data-dir"])
+        .args(["clients", "create", "--name", "benchmark facility", "--role", "facility-system", "--organization", "Organization/fac-0001", "--scopes", "system/*.cruds"])
+        // A load generator is a legitimate system reading every patient: no patient budget
+        // in its way (on builds that have budgets).
+        .args(if has_budgets(bin) { &["--budget-per-hour", "100000000", "--budget-per-day", "100000000"][..] } else { &[][..] })
+        .arg("--data-dir")
         .arg(data)
         .arg("--key-file")
         .arg(key)

@@ -27,6 +27,7 @@ pub fn run_all(fresh: &mut dyn FnMut() -> Box<dyn Store>) {
         ("concurrent_writers", concurrent_writers),
         ("data_keys_commit_with_their_batch", data_keys_commit_with_their_batch),
         ("audit_log", audit_log),
+        ("guard", guard),
     ];
     for (name, check) in checks {
         let store = fresh();
@@ -304,4 +305,35 @@ fn audit_log(s: &dyn Store) {
     assert_eq!(cps.iter().map(|c| c.size).collect::<Vec<_>>(), vec![3, 5]);
     assert_eq!(s.audit_latest_checkpoint().unwrap().unwrap().note, "note 5");
     assert_eq!(s.audit_checkpoints(4, 10).unwrap().len(), 1);
+}
+
+fn guard(s: &dyn Store) {
+    let (h, d) = (490_000, 20_400);
+    // Three distinct patients fit a budget of 3 an hour; repeats are free.
+    let a = s.guard_admit("c1", h, d, &[part(1), part(2), part(1)], 3, 10).unwrap();
+    assert_eq!(a, crate::GuardAdmission { admitted: true, hour: 2, day: 2 });
+    assert!(s.guard_admit("c1", h, d, &[part(2), part(3)], 3, 10).unwrap().admitted);
+    assert!(s.guard_admit("c1", h, d, &[part(1), part(2), part(3)], 3, 10).unwrap().admitted, "all already seen");
+    // A fourth is refused, and nothing of the refused request is counted.
+    let r = s.guard_admit("c1", h, d, &[part(4), part(1)], 3, 10).unwrap();
+    assert_eq!(r, crate::GuardAdmission { admitted: false, hour: 4, day: 4 });
+    assert_eq!(s.guard_usage("c1", h, d).unwrap(), (3, 3));
+    // The next hour starts afresh; the day goes on counting and has its own limit.
+    assert!(s.guard_admit("c1", h + 1, d, &[part(4)], 3, 4).unwrap().admitted);
+    let r = s.guard_admit("c1", h + 1, d, &[part(5)], 3, 4).unwrap();
+    assert!(!r.admitted && r.day == 5 && r.hour == 2, "{r:?}");
+    // Clients are counted apart.
+    assert_eq!(s.guard_usage("c2", h, d).unwrap(), (0, 0));
+    assert!(s.guard_admit("c2", h, d, &[part(9)], 1, 1).unwrap().admitted);
+    // Canaries and alerts.
+    assert!(s.canaries_among(&[part(1)]).unwrap().is_empty());
+    s.canary_add(&[part(7), part(8)]).unwrap();
+    assert_eq!(s.canaries_among(&[part(1), part(8), part(7), part(8)]).unwrap(), vec![part(8), part(7)]);
+    let mk = |k: &str| crate::AlertRow { id: 0, time_us: 5, kind: k.into(), severity: "high".into(), client_id: Some("c1".into()), detail: "{}".into() };
+    let first = s.alert_add(&mk("a")).unwrap();
+    let second = s.alert_add(&mk("b")).unwrap();
+    assert!(second > first);
+    let all = s.alerts(None, 10).unwrap();
+    assert_eq!(all.iter().map(|a| a.kind.as_str()).collect::<Vec<_>>(), vec!["b", "a"]);
+    assert_eq!(s.alerts(Some(second), 10).unwrap().len(), 1);
 }

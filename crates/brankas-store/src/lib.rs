@@ -155,6 +155,28 @@ pub struct AuditAppend {
     pub checkpoint: Option<AuditCheckpointRow>,
 }
 
+/// The answer of [`Store::guard_admit`]: whether the patients were admitted, and the distinct
+/// patients counted in the hour and the day (after admission, or as they would have been).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuardAdmission {
+    pub admitted: bool,
+    pub hour: u32,
+    pub day: u32,
+}
+
+/// A security alert (no patient data: kinds, clients, counts).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlertRow {
+    /// Assigned by the store on insert (ignored there).
+    pub id: u64,
+    pub time_us: i64,
+    pub kind: String,
+    pub severity: String,
+    pub client_id: Option<String>,
+    /// JSON with the alert's details.
+    pub detail: String,
+}
+
 /// The storage of one Brankas deployment.
 ///
 /// Implementations are synchronous (callers run them on blocking threads) and must be safe to
@@ -229,4 +251,19 @@ pub trait Store: Send + Sync + 'static {
     /// Audit records newest first, with position < `before` if given (a time window walks
     /// back from its end until records are older than it).
     fn audit_latest(&self, before: Option<u64>, limit: usize) -> Result<Vec<AuditRow>>;
+
+    /// Admits `partitions` into `client`'s distinct-patient counts of the clock hour `hour`
+    /// and the UTC day `day` if neither count then exceeds its limit; otherwise changes
+    /// nothing. Atomic, and shared by every replica (one budget however requests spread).
+    fn guard_admit(&self, client: &str, hour: i64, day: i64, partitions: &[PartitionId], per_hour: u32, per_day: u32) -> Result<GuardAdmission>;
+    /// Distinct patients counted for `client` in the hour and the day.
+    fn guard_usage(&self, client: &str, hour: i64, day: i64) -> Result<(u32, u32)>;
+    /// Marks partitions as canaries (planted trip-wire patients).
+    fn canary_add(&self, partitions: &[PartitionId]) -> Result<()>;
+    /// The canaries among `partitions`.
+    fn canaries_among(&self, partitions: &[PartitionId]) -> Result<Vec<PartitionId>>;
+    /// Stores an alert; returns its id.
+    fn alert_add(&self, alert: &AlertRow) -> Result<u64>;
+    /// Alerts newest first, with id < `before` if given.
+    fn alerts(&self, before: Option<u64>, limit: usize) -> Result<Vec<AlertRow>>;
 }

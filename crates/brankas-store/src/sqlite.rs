@@ -12,7 +12,7 @@ use rusqlite::{Connection, MAIN_DB, OpenFlags, OptionalExtension, TransactionBeh
 use rusqlite::wal::CheckpointMode;
 
 use crate::{
-    AuditAppend, AuditCheckpointRow, AuditHead, AuditRow, BlindTerm, Expect, PartitionId, RecordKey, Result, Store, StoreError, StoredDek, VersionRow,
+    AlertRow, AuditAppend, AuditCheckpointRow, AuditHead, AuditRow, BlindTerm, GuardAdmission, Expect, PartitionId, RecordKey, Result, Store, StoreError, StoredDek, VersionRow,
     WrappedKey, WriteBatch,
 };
 
@@ -53,6 +53,18 @@ CREATE INDEX IF NOT EXISTS audit_actor ON audit_log (actor, seq);
 CREATE TABLE IF NOT EXISTS audit_nodes (level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL, PRIMARY KEY (level, idx)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS audit_checkpoints (size INTEGER PRIMARY KEY, time INTEGER NOT NULL, note TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS audit_head (id INTEGER PRIMARY KEY CHECK (id = 0), size INTEGER NOT NULL, frontier BLOB NOT NULL);
+"#;
+
+/// Security state (patient budgets, canaries, alerts) in a third file, `<name>.guard.db`,
+/// with `synchronous=NORMAL`: its writes happen on the request path (a client reaching a
+/// patient for the first time in a window) and must not each wait for an fsync. WAL keeps
+/// them across a process crash; a power failure can lose the last moments of counts and
+/// alerts (suspensions are in the registry, which is fully durable).
+const GUARD_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS guard_seen (client TEXT NOT NULL, window INTEGER NOT NULL, partition BLOB NOT NULL, PRIMARY KEY (client, window, partition)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS guard_count (client TEXT NOT NULL, window INTEGER NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (client, window)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS canaries (partition BLOB PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS alerts (id INTEGER PRIMARY KEY, time INTEGER NOT NULL, kind TEXT NOT NULL, severity TEXT NOT NULL, client TEXT, detail TEXT NOT NULL);
 "#;
 
 /// Reader connections at most. Each holds its own page cache and prepared statements, so
@@ -96,6 +108,7 @@ pub struct SqliteStore {
     writer: Mutex<Connection>,
     audit_writer: Mutex<Connection>,
     audit_reader: Mutex<Connection>,
+    guard: Mutex<Connection>,
     readers: Mutex<Readers>,
     reader_freed: Condvar,
     checkpoint_signal: Arc<CheckpointSignal>,
@@ -232,6 +245,9 @@ impl SqliteStore {
         aw.execute_batch("PRAGMA journal_mode=WAL;").map_err(be)?;
         aw.execute_batch(AUDIT_SCHEMA).map_err(be)?;
         let ar = open_conn(&audit_path, false)?;
+        let guard = open_conn(&path.with_extension("guard.db"), true)?;
+        guard.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;").map_err(be)?;
+        guard.execute_batch(GUARD_SCHEMA).map_err(be)?;
         let ck = open_conn(path, true)?;
         let thread_signal = signal.clone();
         let checkpointer = std::thread::Builder::new()
@@ -243,6 +259,7 @@ impl SqliteStore {
             writer: Mutex::new(w),
             audit_writer: Mutex::new(aw),
             audit_reader: Mutex::new(ar),
+            guard: Mutex::new(guard),
             readers: Mutex::new(Readers { idle: Vec::new(), open: 0 }),
             reader_freed: Condvar::new(),
             checkpoint_signal: signal,
@@ -779,6 +796,104 @@ impl Store for SqliteStore {
         })
     }
 
+    fn guard_admit(&self, client: &str, hour: i64, day: i64, partitions: &[PartitionId], per_hour: u32, per_day: u32) -> Result<GuardAdmission> {
+        let mut c = self.guard_conn()?;
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(be)?;
+        let mut counts = [0u32; 2];
+        let mut fresh: [Vec<&PartitionId>; 2] = [Vec::new(), Vec::new()];
+        {
+            let mut seen = tx.prepare_cached("SELECT 1 FROM guard_seen WHERE client = ?1 AND window = ?2 AND partition = ?3").map_err(be)?;
+            let mut count = tx.prepare_cached("SELECT n FROM guard_count WHERE client = ?1 AND window = ?2").map_err(be)?;
+            for (i, w) in guard_windows(hour, day).into_iter().enumerate() {
+                let n: i64 = count.query_row(params![client, w], |r| r.get(0)).optional().map_err(be)?.unwrap_or(0);
+                let mut uniq: Vec<&PartitionId> = Vec::new();
+                for p in partitions {
+                    if uniq.contains(&p) {
+                        continue;
+                    }
+                    uniq.push(p);
+                    if !seen.exists(params![client, w, &p.0[..]]).map_err(be)? {
+                        fresh[i].push(p);
+                    }
+                }
+                counts[i] = (n as u64 + fresh[i].len() as u64).min(u32::MAX as u64) as u32;
+            }
+        }
+        if counts[0] > per_hour || counts[1] > per_day {
+            return Ok(GuardAdmission { admitted: false, hour: counts[0], day: counts[1] });
+        }
+        if fresh.iter().any(|f| !f.is_empty()) {
+            {
+                let mut ins = tx.prepare_cached("INSERT OR IGNORE INTO guard_seen (client, window, partition) VALUES (?1, ?2, ?3)").map_err(be)?;
+                let mut up = tx.prepare_cached("INSERT OR REPLACE INTO guard_count (client, window, n) VALUES (?1, ?2, ?3)").map_err(be)?;
+                for (i, w) in guard_windows(hour, day).into_iter().enumerate() {
+                    for p in &fresh[i] {
+                        ins.execute(params![client, w, &p.0[..]]).map_err(be)?;
+                    }
+                    up.execute(params![client, w, counts[i] as i64]).map_err(be)?;
+                }
+            }
+            // Windows older than two days are forgotten (now and then, not on every write).
+            if brankas_vault::random_id(1).map(|b| b == "00").unwrap_or(false) {
+                tx.execute("DELETE FROM guard_seen WHERE (window >= 0 AND window < ?1) OR (window < 0 AND window > ?2)", params![hour - 48, -(day - 2) - 1]).map_err(be)?;
+                tx.execute("DELETE FROM guard_count WHERE (window >= 0 AND window < ?1) OR (window < 0 AND window > ?2)", params![hour - 48, -(day - 2) - 1]).map_err(be)?;
+            }
+            tx.commit().map_err(be)?;
+        }
+        Ok(GuardAdmission { admitted: true, hour: counts[0], day: counts[1] })
+    }
+
+    fn guard_usage(&self, client: &str, hour: i64, day: i64) -> Result<(u32, u32)> {
+        let c = self.guard_conn()?;
+        let mut q = c.prepare_cached("SELECT n FROM guard_count WHERE client = ?1 AND window = ?2").map_err(be)?;
+        let [h, d] = guard_windows(hour, day).map(|w| q.query_row(params![client, w], |r| r.get::<_, i64>(0)).optional().map(|n| n.unwrap_or(0) as u32));
+        Ok((h.map_err(be)?, d.map_err(be)?))
+    }
+
+    fn canary_add(&self, partitions: &[PartitionId]) -> Result<()> {
+        let mut c = self.guard_conn()?;
+        let tx = c.transaction().map_err(be)?;
+        {
+            let mut ins = tx.prepare_cached("INSERT OR IGNORE INTO canaries (partition) VALUES (?1)").map_err(be)?;
+            for p in partitions {
+                ins.execute([&p.0[..]]).map_err(be)?;
+            }
+        }
+        tx.commit().map_err(be)
+    }
+
+    fn canaries_among(&self, partitions: &[PartitionId]) -> Result<Vec<PartitionId>> {
+        let c = self.guard_conn()?;
+        let mut q = c.prepare_cached("SELECT 1 FROM canaries WHERE partition = ?1").map_err(be)?;
+        let mut out = Vec::new();
+        for p in partitions {
+            if q.exists([&p.0[..]]).map_err(be)? && !out.contains(p) {
+                out.push(*p);
+            }
+        }
+        Ok(out)
+    }
+
+    fn alert_add(&self, a: &AlertRow) -> Result<u64> {
+        let c = self.guard_conn()?;
+        c.prepare_cached("INSERT INTO alerts (time, kind, severity, client, detail) VALUES (?1, ?2, ?3, ?4, ?5)")
+            .and_then(|mut q| q.execute(params![a.time_us, a.kind, a.severity, a.client_id, a.detail]))
+            .map_err(be)?;
+        Ok(c.last_insert_rowid() as u64)
+    }
+
+    fn alerts(&self, before: Option<u64>, limit: usize) -> Result<Vec<AlertRow>> {
+        let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+        let c = self.guard_conn()?;
+        let mut q = c.prepare_cached("SELECT id, time, kind, severity, client, detail FROM alerts WHERE id < ?1 ORDER BY id DESC LIMIT ?2").map_err(be)?;
+        q.query_map(params![before, limit as i64], |r| {
+            Ok(AlertRow { id: r.get::<_, i64>(0)? as u64, time_us: r.get(1)?, kind: r.get(2)?, severity: r.get(3)?, client_id: r.get(4)?, detail: r.get(5)? })
+        })
+        .map_err(be)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(be)
+    }
+
     fn audit_latest(&self, before: Option<u64>, limit: usize) -> Result<Vec<AuditRow>> {
         let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
         self.audit_read(|c| {
@@ -786,6 +901,17 @@ impl Store for SqliteStore {
                 .query_map(params![before, limit as i64], audit_row)?
                 .collect()
         })
+    }
+}
+
+/// Windows are stored in one column: clock hours as themselves, days negated.
+fn guard_windows(hour: i64, day: i64) -> [i64; 2] {
+    [hour, -day - 1]
+}
+
+impl SqliteStore {
+    fn guard_conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>> {
+        self.guard.lock().map_err(|_| StoreError::Backend("guard connection poisoned".into()))
     }
 }
 

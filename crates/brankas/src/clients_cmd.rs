@@ -113,6 +113,26 @@ pub struct Binding {
     /// SUD, SICKLE, GDIS, R, V (records so labelled), PHOTO (patients' photos).
     #[arg(long, value_delimiter = ',')]
     sensitive: Option<Vec<String>>,
+    /// Distinct patients the client may receive per clock hour (with --budget-per-day;
+    /// default: the role's, see README).
+    #[arg(long, requires = "budget_per_day")]
+    budget_per_hour: Option<u32>,
+    /// Distinct patients the client may receive per UTC day.
+    #[arg(long, requires = "budget_per_hour")]
+    budget_per_day: Option<u32>,
+    /// What exceeding the budget does: `suspend` (default) or `throttle`.
+    #[arg(long, value_parser = ["suspend", "throttle"], requires = "budget_per_hour")]
+    on_exceed: Option<String>,
+}
+
+impl Binding {
+    fn budget(&self) -> Option<brankas_auth::PatientBudget> {
+        Some(brankas_auth::PatientBudget {
+            per_hour: self.budget_per_hour?,
+            per_day: self.budget_per_day?,
+            on_exceed: if self.on_exceed.as_deref() == Some("throttle") { brankas_auth::OnExceed::Throttle } else { brankas_auth::OnExceed::Suspend },
+        })
+    }
 }
 
 fn read_jwks(path: &Option<PathBuf>) -> Result<Option<Value>> {
@@ -127,6 +147,7 @@ fn read_jwks(path: &Option<PathBuf>) -> Result<Option<Value>> {
 pub fn run(cmd: ClientsCmd) -> Result<()> {
     let out: Value = match cmd {
         ClientsCmd::Create { data, name, role, scopes, issuer, bind } => {
+            let budget = bind.budget();
             let spec = ClientSpec {
                 name,
                 role: Some(role.into()),
@@ -135,6 +156,7 @@ pub fn run(cmd: ClientsCmd) -> Result<()> {
                 practitioner: bind.practitioner,
                 patient: bind.patient,
                 jwks: read_jwks(&bind.jwks)?,
+                patient_budget: budget,
                 sensitive: bind.sensitive.unwrap_or_default(),
                 issuer,
             };
@@ -155,6 +177,7 @@ pub fn run(cmd: ClientsCmd) -> Result<()> {
             o.auth.client(&client_id)?.context("no such client")?.public_view()
         }
         ClientsCmd::Update { data, client_id, name, scopes, bind } => {
+            let budget = bind.budget();
             let u = ClientUpdate {
                 name,
                 scopes,
@@ -162,6 +185,7 @@ pub fn run(cmd: ClientsCmd) -> Result<()> {
                 practitioner: bind.practitioner.map(Some),
                 patient: bind.patient.map(Some),
                 jwks: read_jwks(&bind.jwks)?.map(Some),
+                patient_budget: budget.map(Some),
                 sensitive: bind.sensitive,
             };
             let o = open(&data.data_dir, data.key_file.as_deref())?;

@@ -120,6 +120,11 @@ enum Cmd {
         #[arg(long, default_value = "the data protection officer of the health facility")]
         contact: String,
     },
+    /// Canary patients: trip-wires whose first touch suspends the credential.
+    Canary {
+        #[command(subcommand)]
+        cmd: CanaryCmd,
+    },
     /// The audit log: verify it, print its newest signed checkpoint.
     Audit {
         #[command(subcommand)]
@@ -137,6 +142,22 @@ enum Cmd {
         /// Serve plain HTTP instead of HTTPS with a self-signed certificate.
         #[arg(long)]
         insecure_http: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CanaryCmd {
+    /// Plant synthetic patients that cannot be told apart through the API, with a recent
+    /// encounter at the facility (so a walk through its patients meets them early).
+    Create {
+        #[command(flatten)]
+        data: DataArgs,
+        /// How many (1 to 1000).
+        #[arg(long)]
+        count: usize,
+        /// The facility (`Organization/<id>`) whose patients they hide among.
+        #[arg(long)]
+        organization: Option<String>,
     },
 }
 
@@ -191,6 +212,14 @@ fn main() -> Result<()> {
         Cmd::Keys { cmd: KeysCmd::Rotate(d) } => rotate(&d.data_dir, d.key_file.as_deref()),
         Cmd::Audit { cmd: AuditCmd::Verify { data, checkpoint } } => audit_verify(&data.data_dir, data.key_file.as_deref(), checkpoint.as_deref()),
         Cmd::Audit { cmd: AuditCmd::Checkpoint(d) } => audit_checkpoint(&d.data_dir, d.key_file.as_deref()),
+        Cmd::Canary { cmd: CanaryCmd::Create { data, count, organization } } => {
+            let o = open(&data.data_dir, data.key_file.as_deref())?;
+            let ids = brankas_api::canary::plant(&o.engine, &*o.store, count, organization.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            o.audit_local_for(organization.clone(), "canary-create", "C", Some(format!("{} canaries", ids.len())), true, None)?;
+            let list: Vec<serde_json::Value> = ids.iter().map(|(id, nik)| serde_json::json!({"id": id, "nik": nik})).collect();
+            println!("{}", serde_json::json!({"planted": ids.len(), "organization": organization, "canaries": list}));
+            Ok(())
+        }
         Cmd::BreachReport { data, client, address, since, until, format, lang, contact } => {
             breach_report(&data.data_dir, data.key_file.as_deref(), client, address, &since, until.as_deref(), &format, &lang, contact)
         }
@@ -343,7 +372,12 @@ fn breach_report(
     let o = open(data_dir, key_file)?;
     let q = BreachQuery { suspect, since_us, until_us, contact };
     let who = brankas_auth::Principal::local_operator();
-    let report = breach::breach_report(&o.audit, &q, |id| o.engine.read(&who, "Patient", id).ok().map(|s| Identity::from_patient(&s.resource)))?;
+    let report = breach::breach_report(
+        &o.audit,
+        &q,
+        |id| o.engine.read(&who, "Patient", id).ok().map(|s| Identity::from_patient(&s.resource)),
+        |id| o.store.canaries_among(&[o.engine.patient_partition(id)]).is_ok_and(|c| !c.is_empty()),
+    )?;
     // The report reveals identities: each patient in it is an audited disclosure.
     let records: Vec<brankas_audit::NewRecord> = report
         .patients
@@ -472,7 +506,7 @@ pub(crate) fn serve(
         let host = if addr.ip().is_unspecified() { "localhost".to_string() } else { addr.to_string() };
         let host = if addr.ip().is_unspecified() { format!("{host}:{}", addr.port()) } else { host };
         let base = base_url.unwrap_or_else(|| format!("{scheme}://{host}/fhir"));
-        let state = Arc::new(brankas_api::AppState { engine: o.engine.clone(), auth, base_url: base.clone(), limits: Default::default(), audit: o.audit.clone() });
+        let state = Arc::new(brankas_api::AppState { engine: o.engine.clone(), auth, base_url: base.clone(), limits: Default::default(), audit: o.audit.clone(), store: o.store.clone() });
         let app = brankas_api::router(state);
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {

@@ -53,7 +53,7 @@ impl Instance {
         // they wrote (the access tests register narrower clients of their own).
         let creds = inst.register(&[
             "--name", "test facility", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.cruds",
-            "--sensitive", "HIV,PSY,ETH,SDV,STD,SUD,SICKLE,GDIS,R,V,PHOTO",
+            "--sensitive", "HIV,PSY,ETH,SDV,STD,SUD,SICKLE,GDIS,R,V,PHOTO", "--budget-per-hour", "1000000", "--budget-per-day", "10000000",
         ]);
         inst.client_id = creds["client_id"].as_str().unwrap().into();
         inst.client_secret = creds["client_secret"].as_str().unwrap().into();

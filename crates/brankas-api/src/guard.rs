@@ -1,0 +1,194 @@
+//! The guard (invariant 7): before a response discloses patients, canaries and the client's
+//! patient budget are checked, in state shared through the store (so every replica enforces
+//! one budget). Touching a canary, or exceeding the budget, refuses the response, suspends
+//! the client (effective on its very next request, on every replica: each request re-reads
+//! the registration) and raises an alert. Also `GET /admin/alerts`.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Router};
+use brankas_audit::{NewRecord, Outcome};
+use brankas_auth::{ClientStatus, OnExceed, Principal, Role};
+use brankas_store::{AlertRow, PartitionId};
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::outcome::ApiError;
+
+const US_PER_HOUR: i64 = 3_600_000_000;
+const US_PER_DAY: i64 = 86_400_000_000;
+
+fn now_us() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
+}
+
+/// The patients whose data a response would disclose: records of served resources.
+fn disclosed(recs: &[NewRecord]) -> Vec<PartitionId> {
+    let mut out: Vec<PartitionId> = Vec::new();
+    for r in recs {
+        if let Some(p) = r.partition
+            && r.entry.outcome == Some(Outcome::Success)
+            && !r.entry.resources.is_empty()
+            && !out.contains(&p)
+        {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn suspended_error() -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "security", "this credential has been suspended; contact the data protection officer")
+}
+
+/// Raises an alert: stored, and logged without patient data.
+pub(crate) fn raise(st: &AppState, kind: &str, severity: &str, client_id: Option<&str>, detail: Value) {
+    tracing::warn!(alert = kind, severity, client_id = client_id.unwrap_or(""), "security alert");
+    let row = AlertRow { id: 0, time_us: now_us(), kind: kind.into(), severity: severity.into(), client_id: client_id.map(String::from), detail: detail.to_string() };
+    if let Err(e) = st.store.alert_add(&row) {
+        tracing::error!(error = %e, alert = kind, "an alert could not be stored");
+    }
+}
+
+/// Checks what a response would disclose. `Err` replaces the response.
+pub(crate) async fn admit(st: &AppState, who: &Principal, recs: &[NewRecord]) -> Result<(), ApiError> {
+    let Some(budget) = who.budget() else { return Ok(()) };
+    let parts = disclosed(recs);
+    if parts.is_empty() {
+        return Ok(());
+    }
+    let st2 = st.store.clone();
+    let auth = st.auth.clone();
+    let client = who.client_id().to_string();
+    let verdict = tokio::task::spawn_blocking(move || -> Result<Option<(&'static str, Value, bool)>, brankas_store::StoreError> {
+        let canaries = st2.canaries_among(&parts)?;
+        if !canaries.is_empty() {
+            let _ = auth.set_status(&client, ClientStatus::Suspended);
+            return Ok(Some(("canary", json!({"canaries_touched": canaries.len(), "action": "suspended"}), true)));
+        }
+        let now = now_us();
+        let (hour, day) = (now.div_euclid(US_PER_HOUR), now.div_euclid(US_PER_DAY));
+        let a = st2.guard_admit(&client, hour, day, &parts, budget.per_hour, budget.per_day)?;
+        if a.admitted {
+            return Ok(None);
+        }
+        let suspend = budget.on_exceed == OnExceed::Suspend;
+        if suspend {
+            let _ = auth.set_status(&client, ClientStatus::Suspended);
+        }
+        Ok(Some((
+            "patient-budget",
+            json!({"per_hour": budget.per_hour, "per_day": budget.per_day, "would_be_hour": a.hour, "would_be_day": a.day,
+                   "action": if suspend { "suspended" } else { "throttled" }}),
+            suspend,
+        )))
+    })
+    .await
+    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error"))?
+    .map_err(|e| {
+        tracing::error!(error = %e, "guard state unavailable");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "security state unavailable; nothing was served")
+    })?;
+    match verdict {
+        None => Ok(()),
+        Some(("canary", detail, _)) => {
+            raise(st, "canary", "critical", Some(who.client_id()), detail);
+            Err(suspended_error())
+        }
+        Some((kind, detail, suspended)) => {
+            raise(st, kind, "high", Some(who.client_id()), detail);
+            if suspended {
+                Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "throttled", "patient budget exceeded: nothing was served and this credential has been suspended"))
+            } else {
+                Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "throttled", "patient budget exceeded: nothing was served; try again in the next hour"))
+            }
+        }
+    }
+}
+
+pub(crate) fn routes() -> Router<Arc<AppState>> {
+    Router::new().route("/admin/alerts", get(alerts)).route("/admin/canaries", axum::routing::post(canaries))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CanaryRequest {
+    count: usize,
+    organization: Option<String>,
+}
+
+/// `POST /admin/canaries` `{"count", "organization"}` (security officers): plants canaries;
+/// answers with how many were planted (their ids go to the audit log only).
+async fn canaries(State(st): State<Arc<AppState>>, Extension(who): Extension<Principal>, ctx: crate::audit::ReqCtx, body: axum::body::Body) -> Result<Response, ApiError> {
+    let r = async {
+        if who.role() != Role::SecurityOfficer {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "canaries are planted by security officers"));
+        }
+        let bytes = axum::body::to_bytes(body, 4096).await.map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too-costly", "request body too large"))?;
+        let q: CanaryRequest = serde_json::from_slice(&bytes).map_err(|_| ApiError::bad_request("the body is {\"count\": N, \"organization\": \"Organization/<id>\"}"))?;
+        let s = st.clone();
+        let ids = tokio::task::spawn_blocking(move || crate::canary::plant(&s.engine, &*s.store, q.count, q.organization.as_deref()))
+            .await
+            .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error"))?
+            .map_err(ApiError::from)?;
+        Ok(ids)
+    }
+    .await;
+    let (status, why) = match &r {
+        Ok(_) => (201, None),
+        Err(e) => (e.status.as_u16(), Some(e.message.clone())),
+    };
+    let what = crate::audit::What::new("canary-create", "C", Some(format!("{} canaries", r.as_ref().map_or(0, Vec::len))));
+    crate::audit::finish_plain(&st, who.client_id(), crate::audit::role_name(who.role()), &ctx, what, status, why).await?;
+    let ids = r?;
+    let mut resp = (StatusCode::CREATED, serde_json::to_vec(&json!({"planted": ids.len()})).unwrap_or_default()).into_response();
+    resp.headers_mut().insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
+    Ok(resp)
+}
+
+#[derive(serde::Deserialize)]
+struct AlertQuery {
+    before: Option<u64>,
+    #[serde(rename = "_count")]
+    count: Option<usize>,
+}
+
+/// `GET /admin/alerts`: newest first (`_count`, `before=<id>` for the next page).
+async fn alerts(State(st): State<Arc<AppState>>, Extension(who): Extension<Principal>, ctx: crate::audit::ReqCtx, Query(q): Query<AlertQuery>) -> Result<Response, ApiError> {
+    let r = async {
+        if who.role() != Role::SecurityOfficer {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "alerts are for security officers"));
+        }
+        let s = st.store.clone();
+        let rows = tokio::task::spawn_blocking(move || s.alerts(q.before, q.count.unwrap_or(100).clamp(1, 1000)))
+            .await
+            .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error"))?
+            .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "security state unavailable"))?;
+        let items: Vec<Value> = rows
+            .iter()
+            .map(|a| {
+                json!({"id": a.id, "time": brankas_engine::instant(a.time_us), "kind": a.kind, "severity": a.severity, "client_id": a.client_id,
+                       "detail": serde_json::from_str::<Value>(&a.detail).unwrap_or(Value::Null)})
+            })
+            .collect();
+        let mut body = json!({"alerts": items});
+        if rows.len() >= q.count.unwrap_or(100).clamp(1, 1000)
+            && let Some(last) = rows.last() {
+                body["next"] = json!(format!("/admin/alerts?before={}", last.id));
+            }
+        let mut resp = (StatusCode::OK, serde_json::to_vec(&body).unwrap_or_default()).into_response();
+        resp.headers_mut().insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
+        Ok(resp)
+    }
+    .await;
+    let (status, why) = match &r {
+        Ok(_) => (200, None),
+        Err(e) => (e.status.as_u16(), Some(e.message.clone())),
+    };
+    crate::audit::finish_plain(&st, who.client_id(), crate::audit::role_name(who.role()), &ctx, crate::audit::What::new("alerts-read", "R", None), status, why).await?;
+    r
+}

@@ -1,0 +1,185 @@
+//! A stolen credential reads a handful of patients, then stops, and we can name every one:
+//! patient budgets, canaries, suspension, alerts and the breach report, through the API and
+//! the CLI.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{Instance, Server};
+use serde_json::{Value, json};
+
+const NIK_SYSTEM: &str = "https://fhir.kemkes.go.id/id/nik";
+
+struct Caller {
+    id: String,
+    token: String,
+}
+
+fn caller(inst: &Instance, s: &Server, args: &[&str]) -> Caller {
+    let c = inst.register(args);
+    let id = c["client_id"].as_str().unwrap().to_string();
+    Caller { token: s.token_for(&id, c["client_secret"].as_str().unwrap()), id }
+}
+
+fn get(s: &Server, token: &str, path: &str) -> (u16, Value) {
+    let r = s.http.get(s.url(path)).bearer_auth(token).send().unwrap();
+    let st = r.status().as_u16();
+    (st, r.json().unwrap_or(Value::Null))
+}
+
+fn admin(s: &Server, token: &str, path: &str) -> (u16, Value) {
+    let r = s.http.get(format!("{}{path}", s.root)).bearer_auth(token).send().unwrap();
+    let st = r.status().as_u16();
+    (st, r.json().unwrap_or(Value::Null))
+}
+
+/// `n` patients with NIKs of women born on 7 Aug 1990 in one district, each with a recent
+/// encounter at `Organization/test-facility` (written by the instance's facility client).
+fn population(s: &Server, n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| {
+            let nik = format!("317105470890{:04}", i + 1);
+            let p = s.create(&json!({"resourceType": "Patient", "identifier": [{"system": NIK_SYSTEM, "value": nik}],
+                "name": [{"family": format!("Pasien{i}"), "given": ["Sri"]}], "gender": "female", "birthDate": "1990-08-07"}));
+            let id = p["id"].as_str().unwrap().to_string();
+            s.create(&json!({"resourceType": "Encounter", "status": "finished",
+                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                "subject": {"reference": format!("Patient/{id}")}, "serviceProvider": {"reference": "Organization/test-facility"},
+                "period": {"start": "2026-11-29T08:00:00+07:00", "end": "2026-11-29T08:30:00+07:00"}}));
+            (id, nik)
+        })
+        .collect()
+}
+
+fn alerts(s: &Server, officer: &Caller) -> Vec<Value> {
+    let (st, v) = admin(s, &officer.token, "/admin/alerts");
+    assert_eq!(st, 200, "{v}");
+    v["alerts"].as_array().unwrap().clone()
+}
+
+fn breach(s: &Server, officer: &Caller, client: &str) -> Value {
+    let r = s.http.get(format!("{}/admin/breach-report", s.root)).bearer_auth(&officer.token).query(&[("client", client), ("since", "2020-01-01")]).send().unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().unwrap()
+}
+
+fn ids_of(report: &Value, key: &str) -> BTreeSet<String> {
+    report[key].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn a_stolen_credential_is_cut_off_at_its_budget_and_the_report_names_every_patient() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let people = population(&s, 12);
+    let officer = caller(&inst, &s, &["--name", "officer", "--role", "security-officer", "--scopes", "system/AuditEvent.rs"]);
+    // The facility's clinician app, with a budget of 5 patients an hour.
+    let stolen = caller(&inst, &s, &["--name", "ward app", "--role", "clinician", "--organization", "Organization/test-facility", "--practitioner", "Practitioner/x",
+        "--scopes", "user/*.rs", "--budget-per-hour", "5", "--budget-per-day", "50"]);
+
+    // The thief's script, as fast as it can: identity enumeration (NIK lookups), then each
+    // patient's record. Its own record of what it received:
+    let mut received: BTreeSet<String> = BTreeSet::new();
+    let mut codes = Vec::new();
+    for (id, nik) in &people {
+        let (st, b) = get(&s, &stolen.token, &format!("Patient?identifier={NIK_SYSTEM}|{nik}"));
+        codes.push(st);
+        if st == 200 {
+            for e in b["entry"].as_array().into_iter().flatten() {
+                received.insert(e["resource"]["id"].as_str().unwrap().to_string());
+            }
+        }
+        let (st, b) = get(&s, &stolen.token, &format!("Patient/{id}"));
+        codes.push(st);
+        if st == 200 {
+            received.insert(b["id"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(received.len(), 5, "at most the budget, and all of it: {codes:?}");
+    assert!(codes.contains(&429), "the request past the budget is refused: {codes:?}");
+    let first_refusal = codes.iter().position(|c| *c == 429).unwrap();
+    assert!(codes[first_refusal + 1..].iter().all(|c| *c == 401), "suspended from the next request on: {codes:?}");
+    // The registry says so, with the budget and its use; an alert names the client.
+    let (st, v) = admin(&s, &officer.token, &format!("/admin/clients/{}", stolen.id));
+    assert_eq!(st, 200);
+    assert_eq!(v["status"], "suspended");
+    assert_eq!(v["patient_budget"], json!({"per_hour": 5, "per_day": 50, "on_exceed": "suspend"}));
+    assert_eq!(v["patient_budget_use"]["this_hour"], 5);
+    let al = alerts(&s, &officer);
+    assert!(al.iter().any(|a| a["kind"] == "patient-budget" && a["client_id"] == stolen.id.as_str() && a["detail"]["action"] == "suspended"), "{al:?}");
+    // The breach report names exactly the patients the script received.
+    let report = breach(&s, &officer, &stolen.id);
+    assert_eq!(ids_of(&report, "patients"), received, "{report}");
+    assert!(report["refused_attempts"].as_u64().unwrap() >= 1);
+    // The CLI agrees.
+    let o = inst.cli(&["breach-report", "--client", &stolen.id, "--since", "2020-01-01"]);
+    assert!(o.status.success());
+    assert_eq!(ids_of(&serde_json::from_slice(&o.stdout).unwrap(), "patients"), received);
+
+    // A facility system whose single work-list page would disclose 12 patients: refused
+    // whole, suspended at once, nobody disclosed.
+    let sys = caller(&inst, &s, &["--name", "simrs", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.rs",
+        "--budget-per-hour", "5", "--budget-per-day", "50", "--on-exceed", "suspend"]);
+    let (st, b) = get(&s, &sys.token, "Encounter?service-provider=Organization/test-facility&date=ge2026-11-01&date=le2026-12-31");
+    assert_eq!(st, 429, "{b}");
+    assert!(!b.to_string().contains("Pasien"), "nothing of the page leaves: {b}");
+    assert_eq!(get(&s, &sys.token, &format!("Patient/{}", people[0].0)).0, 401);
+    assert!(ids_of(&breach(&s, &officer, &sys.id), "patients").is_empty());
+
+    // Throttle instead of suspend: refused past the budget, still served within it.
+    let slow = caller(&inst, &s, &["--name", "kiosk", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.rs",
+        "--budget-per-hour", "2", "--budget-per-day", "2", "--on-exceed", "throttle"]);
+    assert_eq!(get(&s, &slow.token, &format!("Patient/{}", people[0].0)).0, 200);
+    assert_eq!(get(&s, &slow.token, &format!("Patient/{}", people[1].0)).0, 200);
+    assert_eq!(get(&s, &slow.token, &format!("Patient/{}", people[2].0)).0, 429);
+    assert_eq!(get(&s, &slow.token, &format!("Patient/{}", people[0].0)).0, 200, "patients already counted stay readable");
+}
+
+#[test]
+fn the_first_touch_of_a_canary_suspends_and_nothing_real_follows() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let people = population(&s, 4);
+    let officer = caller(&inst, &s, &["--name", "officer", "--role", "security-officer", "--scopes", "system/AuditEvent.rs"]);
+    // Planted by the CLI among the facility's patients, and by an officer over HTTP.
+    let o = inst.cli(&["canary", "create", "--count", "3", "--organization", "Organization/test-facility"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let planted: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let canaries: Vec<(String, String)> =
+        planted["canaries"].as_array().unwrap().iter().map(|v| (v["id"].as_str().unwrap().to_string(), v["nik"].as_str().unwrap().to_string())).collect();
+    assert_eq!(canaries.len(), 3);
+    assert!(canaries.iter().all(|(id, nik)| id.len() == 32 && nik.len() == 16), "ids like any server-assigned id, 16-digit NIKs");
+    let r = s.http.post(format!("{}/admin/canaries", s.root)).bearer_auth(&officer.token).json(&json!({"count": 2, "organization": "Organization/test-facility"})).send().unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.json::<Value>().unwrap()["planted"], 2);
+    let r = s.http.post(format!("{}/admin/canaries", s.root)).bearer_auth(&s.token).json(&json!({"count": 2})).send().unwrap();
+    assert_eq!(r.status(), 403, "only officers plant canaries");
+
+    let walker = caller(&inst, &s, &["--name", "walker", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.rs",
+        "--budget-per-hour", "1000", "--budget-per-day", "1000"]);
+    // The walk: the facility's recent encounters, newest first, then each patient.
+    let (st, b) = get(&s, &walker.token, "Encounter?service-provider=Organization/test-facility&date=ge2026-11-20&date=le2026-12-31");
+    assert_eq!(st, 403, "the work list holds canaries: the page is refused and the client suspended: {b}");
+    assert!(!b.to_string().contains("Pasien"), "no real patient in the refusal: {b}");
+    for (id, _) in &people {
+        assert_eq!(get(&s, &walker.token, &format!("Patient/{id}")).0, 401, "zero real patients after the canary");
+    }
+    let al = alerts(&s, &officer);
+    assert!(al.iter().any(|a| a["kind"] == "canary" && a["severity"] == "critical" && a["client_id"] == walker.id.as_str()), "{al:?}");
+
+    // An identity lookup that hits a canary trips just the same, at any facility.
+    let prober = caller(&inst, &s, &["--name", "prober", "--role", "facility-system", "--organization", "Organization/rs-lain", "--scopes", "system/*.rs"]);
+    assert_eq!(get(&s, &prober.token, &format!("Patient?identifier={NIK_SYSTEM}|{}", people[1].1)).0, 200, "a real lookup is served");
+    let (st, b) = get(&s, &prober.token, &format!("Patient?identifier={NIK_SYSTEM}|{}", canaries[1].1));
+    assert_eq!(st, 403, "{b}");
+    assert_eq!(get(&s, &prober.token, &format!("Patient?identifier={NIK_SYSTEM}|{}", people[0].1)).0, 401);
+    // The breach report keeps canaries apart: trip-wires, not people to notify. (The refused
+    // canary page disclosed nothing, so a report lists only what was served.)
+    let report = breach(&s, &officer, &prober.id);
+    assert_eq!(ids_of(&report, "patients"), BTreeSet::from([people[1].0.clone()]), "{report}");
+    // Even the facility's own client trips on a canary read by id.
+    let (st, _) = get(&s, &s.token, &format!("Patient/{}", canaries[0].0));
+    assert_eq!(st, 403);
+    assert_eq!(get(&s, &s.token, &format!("Patient/{}", people[0].0)).0, 401);
+}
