@@ -19,6 +19,117 @@ use serde_json::{Value, json};
 use crate::AppState;
 use crate::outcome::ApiError;
 
+/// Break-glass grants a client may make in a day before its alerts become `high`.
+pub const BREAK_GLASS_PER_DAY: u32 = 3;
+/// Failed authentications from one address within [`FAILURE_WINDOW`] that lock the address
+/// out of the token endpoint.
+pub const FAILURES_TO_LOCK: u32 = 10;
+const FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+/// The first lockout; each further one doubles, up to an hour.
+const FIRST_LOCKOUT: std::time::Duration = std::time::Duration::from_secs(60);
+const MAX_LOCKOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Addresses tracked at most (failures); beyond, stale entries are dropped.
+const MAX_TRACKED: usize = 100_000;
+
+/// Per-replica state of the guard: failed authentications per address (and lockouts), and
+/// the (client, address) pairs already recorded in the store.
+#[derive(Default)]
+pub struct GuardState {
+    failures: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, Failures>>,
+    seen: std::sync::Mutex<std::collections::HashSet<(String, std::net::IpAddr)>>,
+}
+
+struct Failures {
+    count: u32,
+    since: std::time::Instant,
+    locked_until: Option<std::time::Instant>,
+    lockouts: u32,
+}
+
+impl GuardState {
+    /// Seconds an address is still locked out of the token endpoint.
+    pub(crate) fn locked(&self, addr: std::net::IpAddr) -> Option<u64> {
+        let map = self.failures.lock().ok()?;
+        let until = map.get(&addr)?.locked_until?;
+        let now = std::time::Instant::now();
+        (until > now).then(|| (until - now).as_secs().max(1))
+    }
+
+    /// Counts a failed authentication; returns the lockout it started, if any.
+    pub(crate) fn failed(&self, addr: std::net::IpAddr) -> Option<(u32, std::time::Duration)> {
+        let mut map = self.failures.lock().ok()?;
+        let now = std::time::Instant::now();
+        if map.len() >= MAX_TRACKED {
+            map.retain(|_, f| f.locked_until.is_some_and(|u| u > now) || now - f.since < FAILURE_WINDOW);
+        }
+        let f = map.entry(addr).or_insert(Failures { count: 0, since: now, locked_until: None, lockouts: 0 });
+        if now - f.since >= FAILURE_WINDOW {
+            f.count = 0;
+            f.since = now;
+        }
+        f.count += 1;
+        if f.count >= FAILURES_TO_LOCK && f.locked_until.is_none_or(|u| u <= now) {
+            let lock = (FIRST_LOCKOUT * 2u32.saturating_pow(f.lockouts.min(12))).min(MAX_LOCKOUT);
+            f.locked_until = Some(now + lock);
+            f.lockouts += 1;
+            let n = f.count;
+            f.count = 0;
+            f.since = now;
+            return Some((n, lock));
+        }
+        None
+    }
+}
+
+/// A failed authentication from `addr`: counted, and a lockout raises an alert.
+pub(crate) fn auth_failed(st: &AppState, addr: Option<std::net::IpAddr>) {
+    let Some(addr) = addr else { return };
+    if let Some((n, lock)) = st.guard.failed(addr) {
+        raise(st, "auth-failures", "high", None, json!({"address": addr.to_string(), "failures": n, "window_seconds": FAILURE_WINDOW.as_secs(), "locked_seconds": lock.as_secs()}));
+    }
+}
+
+/// A client seen at an address: the first time at a new one (after others) raises an alert.
+pub(crate) async fn seen_at(st: &AppState, client_id: &str, addr: Option<std::net::IpAddr>) {
+    let Some(addr) = addr else { return };
+    let key = (client_id.to_string(), addr);
+    if st.guard.seen.lock().is_ok_and(|s| s.contains(&key)) {
+        return;
+    }
+    let store = st.store.clone();
+    let (c, a) = (client_id.to_string(), addr.to_string());
+    let r = tokio::task::spawn_blocking(move || store.guard_address(&c, &a, now_us())).await;
+    if let Ok(Ok((new, others))) = r {
+        if new && others > 0 {
+            raise(st, "new-address", "medium", Some(client_id), json!({"address": addr.to_string(), "addresses_seen_before": others}));
+        }
+        if let Ok(mut s) = st.guard.seen.lock() {
+            if s.len() >= MAX_TRACKED {
+                s.clear();
+            }
+            s.insert(key);
+        }
+    }
+}
+
+/// Break-glass grants of a request: each raises an alert, `high` past the daily threshold.
+pub(crate) async fn break_glass(st: &AppState, who: &Principal) {
+    let grants = who.trail().take_break_glass();
+    if grants == 0 {
+        return;
+    }
+    let store = st.store.clone();
+    let c = who.client_id().to_string();
+    let day = now_us().div_euclid(US_PER_DAY);
+    let mut n = 0;
+    for _ in 0..grants {
+        let (store, c) = (store.clone(), c.clone());
+        n = tokio::task::spawn_blocking(move || store.guard_bump(&c, "break-glass", day)).await.ok().and_then(Result::ok).unwrap_or(n + 1);
+    }
+    let severity = if n > BREAK_GLASS_PER_DAY { "high" } else { "medium" };
+    raise(st, "break-glass", severity, Some(who.client_id()), json!({"grants_today": n, "threshold": BREAK_GLASS_PER_DAY, "reason_given": who.break_glass_reason().is_some()}));
+}
+
 const US_PER_HOUR: i64 = 3_600_000_000;
 const US_PER_DAY: i64 = 86_400_000_000;
 

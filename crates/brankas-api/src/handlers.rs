@@ -89,6 +89,7 @@ async fn authenticate(State(st): St, mut req: Request, next: Next) -> Response {
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
         .map(String::from);
+    let addr = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
     let Some(token) = token else { return ApiError::unauthorized().into_response() };
     // Purpose of use (HL7 v3 PurposeOfUse) and, for break-glass (BTG), its reason.
     let purpose = header_text(req.headers(), "x-purpose-of-use");
@@ -98,6 +99,7 @@ async fn authenticate(State(st): St, mut req: Request, next: Next) -> Response {
     match tokio::task::spawn_blocking(move || auth.verify(&token, &audience)).await {
         Ok(Ok(p)) => match p.with_purpose(purpose.as_deref(), reason.as_deref()) {
             Ok(p) => {
+                crate::guard::seen_at(&st, p.client_id(), addr).await;
                 req.extensions_mut().insert(p);
                 next.run(req).await
             }
@@ -107,7 +109,10 @@ async fn authenticate(State(st): St, mut req: Request, next: Next) -> Response {
             tracing::error!(error = %e, "storage failure during authentication");
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "storage unavailable").into_response()
         }
-        _ => ApiError::unauthorized().into_response(),
+        _ => {
+            crate::guard::auth_failed(&st, addr);
+            ApiError::unauthorized().into_response()
+        }
     }
 }
 
@@ -145,6 +150,14 @@ async fn token(State(st): St, ctx: ReqCtx, headers: HeaderMap, body: Body) -> Re
     let Ok(bytes) = axum::body::to_bytes(body, 16 * 1024).await else {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "request body too large");
     };
+    let addr = ctx.address.as_deref().and_then(|a| a.parse::<std::net::IpAddr>().ok());
+    if let Some(secs) = addr.and_then(|a| st.guard.locked(a)) {
+        let mut r = oauth_error(StatusCode::TOO_MANY_REQUESTS, "temporarily_unavailable", "too many failed authentications from this address; try again later");
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
+    }
     let form: Vec<(String, String)> = form_urlencoded::parse(&bytes).into_owned().collect();
     let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     if field("grant_type").as_deref() != Some("client_credentials") {
@@ -192,6 +205,9 @@ async fn token(State(st): St, ctx: ReqCtx, headers: HeaderMap, body: Body) -> Re
         Ok(Ok((id, _))) => id.clone(),
         _ => claimed,
     };
+    if status == 401 {
+        crate::guard::auth_failed(&st, addr);
+    }
     if audit::finish_plain(&st, &actor, "", &ctx, What::new("token", "E", None), status, why).await.is_err() {
         return oauth_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the audit log cannot be written");
     }

@@ -19,7 +19,7 @@ mod admin;
 mod audit;
 mod capability;
 pub mod canary;
-mod guard;
+pub mod guard;
 mod handlers;
 pub mod outcome;
 mod server;
@@ -62,4 +62,6 @@ pub struct AppState {
     pub audit: Arc<brankas_audit::AuditLog>,
     /// The store, for the guard's shared state (budgets, canaries, alerts).
     pub store: Arc<dyn brankas_store::Store>,
+    /// The guard's per-replica state (failed authentications, addresses seen).
+    pub guard: guard::GuardState,
 }

@@ -190,11 +190,22 @@ pub struct Principal {
     budget: Option<PatientBudget>,
 }
 
-/// The partitions one request's gates were asked about, in order, without repeats.
+/// The partitions one request's gates were asked about, in order, without repeats, and the
+/// break-glass grants it made.
 #[derive(Clone, Default)]
-pub struct AccessTrail(std::sync::Arc<std::sync::Mutex<Vec<brankas_vault::PartitionId>>>);
+pub struct AccessTrail(std::sync::Arc<std::sync::Mutex<Vec<brankas_vault::PartitionId>>>, std::sync::Arc<std::sync::atomic::AtomicU32>);
 
 impl AccessTrail {
+    /// Notes a break-glass grant.
+    pub fn note_break_glass(&self) {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Break-glass grants made by this request so far; the count is reset.
+    pub fn take_break_glass(&self) -> u32 {
+        self.1.swap(0, std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Notes a partition (once).
     pub fn note(&self, p: &brankas_vault::PartitionId) {
         if let Ok(mut v) = self.0.lock()

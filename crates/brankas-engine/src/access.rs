@@ -621,7 +621,9 @@ impl Engine {
             let (nv, _) = self.prepare_care(partition, &care, current.as_ref().map(|(_, r)| r), now)?;
             match self.commit_batch(WriteBatch { versions: vec![nv], ..Default::default() }) {
                 Ok(()) => {
-                    // The alert names the client, never the patient (whose identity the log
+                    // The HTTP layer raises the alert (and the audit record names the patient).
+                    who.trail().note_break_glass();
+                    // The log line names the client, never the patient (whose identity the log
                     // must not hold); the audit record will name the patient's opaque id.
                     tracing::warn!(
                         target: "brankas::alert",

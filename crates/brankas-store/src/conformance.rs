@@ -325,6 +325,15 @@ fn guard(s: &dyn Store) {
     // Clients are counted apart.
     assert_eq!(s.guard_usage("c2", h, d).unwrap(), (0, 0));
     assert!(s.guard_admit("c2", h, d, &[part(9)], 1, 1).unwrap().admitted);
+    // Addresses and daily counters.
+    assert_eq!(s.guard_address("c1", "10.0.0.1", 1).unwrap(), (true, 0));
+    assert_eq!(s.guard_address("c1", "10.0.0.1", 2).unwrap(), (false, 0));
+    assert_eq!(s.guard_address("c1", "10.0.0.2", 3).unwrap(), (true, 1));
+    assert_eq!(s.guard_address("c2", "10.0.0.2", 3).unwrap(), (true, 0));
+    assert_eq!(s.guard_bump("c1", "break-glass", d).unwrap(), 1);
+    assert_eq!(s.guard_bump("c1", "break-glass", d).unwrap(), 2);
+    assert_eq!(s.guard_bump("c1", "break-glass", d + 1).unwrap(), 1);
+    assert_eq!(s.guard_bump("c2", "break-glass", d).unwrap(), 1);
     // Canaries and alerts.
     assert!(s.canaries_among(&[part(1)]).unwrap().is_empty());
     s.canary_add(&[part(7), part(8)]).unwrap();

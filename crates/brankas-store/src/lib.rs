@@ -262,6 +262,11 @@ pub trait Store: Send + Sync + 'static {
     fn canary_add(&self, partitions: &[PartitionId]) -> Result<()>;
     /// The canaries among `partitions`.
     fn canaries_among(&self, partitions: &[PartitionId]) -> Result<Vec<PartitionId>>;
+    /// Records that `client` was seen at `address`; returns whether the address is new for it
+    /// and how many other addresses it was seen at before.
+    fn guard_address(&self, client: &str, address: &str, now_us: i64) -> Result<(bool, u32)>;
+    /// Adds one to a named daily counter of `client` (e.g. break-glass grants) and returns it.
+    fn guard_bump(&self, client: &str, counter: &str, day: i64) -> Result<u32>;
     /// Stores an alert; returns its id.
     fn alert_add(&self, alert: &AlertRow) -> Result<u64>;
     /// Alerts newest first, with id < `before` if given.

@@ -64,6 +64,8 @@ const GUARD_SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS guard_seen (client TEXT NOT NULL, window INTEGER NOT NULL, partition BLOB NOT NULL, PRIMARY KEY (client, window, partition)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS guard_count (client TEXT NOT NULL, window INTEGER NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (client, window)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS canaries (partition BLOB PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS guard_addresses (client TEXT NOT NULL, address TEXT NOT NULL, first_seen INTEGER NOT NULL, PRIMARY KEY (client, address)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS guard_counters (client TEXT NOT NULL, counter TEXT NOT NULL, day INTEGER NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (client, counter, day)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS alerts (id INTEGER PRIMARY KEY, time INTEGER NOT NULL, kind TEXT NOT NULL, severity TEXT NOT NULL, client TEXT, detail TEXT NOT NULL);
 "#;
 
@@ -872,6 +874,29 @@ impl Store for SqliteStore {
             }
         }
         Ok(out)
+    }
+
+    fn guard_address(&self, client: &str, address: &str, now_us: i64) -> Result<(bool, u32)> {
+        let mut c = self.guard_conn()?;
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(be)?;
+        let known: bool = tx.prepare_cached("SELECT 1 FROM guard_addresses WHERE client = ?1 AND address = ?2").and_then(|mut q| q.exists(params![client, address])).map_err(be)?;
+        if known {
+            return Ok((false, 0));
+        }
+        let others: i64 = tx.prepare_cached("SELECT COUNT(*) FROM guard_addresses WHERE client = ?1").and_then(|mut q| q.query_row([client], |r| r.get(0))).map_err(be)?;
+        tx.prepare_cached("INSERT INTO guard_addresses (client, address, first_seen) VALUES (?1, ?2, ?3)")
+            .and_then(|mut q| q.execute(params![client, address, now_us]))
+            .map_err(be)?;
+        tx.commit().map_err(be)?;
+        Ok((true, others as u32))
+    }
+
+    fn guard_bump(&self, client: &str, counter: &str, day: i64) -> Result<u32> {
+        let c = self.guard_conn()?;
+        c.prepare_cached("INSERT INTO guard_counters (client, counter, day, n) VALUES (?1, ?2, ?3, 1) ON CONFLICT (client, counter, day) DO UPDATE SET n = n + 1 RETURNING n")
+            .and_then(|mut q| q.query_row(params![client, counter, day], |r| r.get::<_, i64>(0)))
+            .map(|n| n as u32)
+            .map_err(be)
     }
 
     fn alert_add(&self, a: &AlertRow) -> Result<u64> {

@@ -183,3 +183,74 @@ fn the_first_touch_of_a_canary_suspends_and_nothing_real_follows() {
     assert_eq!(st, 403);
     assert_eq!(get(&s, &s.token, &format!("Patient/{}", people[0].0)).0, 401);
 }
+
+#[test]
+fn two_servers_on_one_database_enforce_one_budget() {
+    let inst = Instance::init();
+    let a = inst.serve();
+    let b = inst.serve();
+    let people = population(&a, 8);
+    let thief = inst.register(&["--name", "ward app", "--role", "clinician", "--organization", "Organization/test-facility", "--practitioner", "Practitioner/x",
+        "--scopes", "user/*.rs", "--budget-per-hour", "4", "--budget-per-day", "40"]);
+    let (id, secret) = (thief["client_id"].as_str().unwrap(), thief["client_secret"].as_str().unwrap());
+    let (ta, tb) = (a.token_for(id, secret), b.token_for(id, secret));
+    // Requests alternate between the two replicas.
+    let mut received = 0;
+    let mut codes = Vec::new();
+    for (i, (pid, _)) in people.iter().enumerate() {
+        let (s, t) = if i % 2 == 0 { (&a, &ta) } else { (&b, &tb) };
+        let (st, _) = get(s, t, &format!("Patient/{pid}"));
+        codes.push(st);
+        if st == 200 {
+            received += 1;
+        }
+    }
+    assert_eq!(received, 4, "one budget across both replicas, not two: {codes:?}");
+    assert_eq!(codes[4], 429);
+    assert!(codes[5..].iter().all(|c| *c == 401), "suspended on both replicas: {codes:?}");
+    a.stop();
+    b.stop();
+    let out = inst.cli(&["audit", "verify"]);
+    assert!(out.status.success(), "two appenders, one intact log: {}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn failed_logins_lock_an_address_out_and_new_addresses_and_break_glass_raise_alerts() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let people = population(&s, 5);
+    let officer = caller(&inst, &s, &["--name", "officer", "--role", "security-officer", "--scopes", "system/AuditEvent.rs"]);
+    let er = caller(&inst, &s, &["--name", "igd", "--role", "facility-system", "--organization", "Organization/rs-lain", "--scopes", "system/*.rs"]);
+    // Break-glass on four patients in one day: each an alert, the fourth above the threshold.
+    for (id, _) in people.iter().take(4) {
+        let r = s.http.get(s.url(&format!("Patient/{id}"))).bearer_auth(&er.token).header("X-Purpose-Of-Use", "BTG").header("X-Break-Glass-Reason", "unconscious, no ID").send().unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let al = alerts(&s, &officer);
+    let btg: Vec<&Value> = al.iter().filter(|a| a["kind"] == "break-glass" && a["client_id"] == er.id.as_str()).collect();
+    assert_eq!(btg.len(), 4, "{al:?}");
+    assert_eq!(btg.iter().filter(|a| a["severity"] == "high").count(), 1, "only the grant past the threshold of 3 is high");
+    // The same credential from another address.
+    let other = reqwest::blocking::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, 2])).build().unwrap();
+    let r = other.get(s.url(&format!("Patient/{}", people[0].0))).bearer_auth(&er.token).send().unwrap();
+    assert_eq!(r.status(), 200, "still within the break-glass grant");
+    let al = alerts(&s, &officer);
+    assert!(al.iter().any(|a| a["kind"] == "new-address" && a["client_id"] == er.id.as_str() && a["detail"]["address"] == "127.0.0.2"), "{al:?}");
+    // Guessing a secret from one address: after 10 failures the token endpoint refuses that
+    // address, right secret or not, for a while; other addresses are unaffected.
+    for _ in 0..10 {
+        let r = s.http.post(format!("{}/auth/token", s.root)).basic_auth(&er.id, Some("guess")).form(&[("grant_type", "client_credentials")]).send().unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    let (st, _) = {
+        let r = s.http.post(format!("{}/auth/token", s.root)).basic_auth(&s.client_id, Some(&s.client_secret)).form(&[("grant_type", "client_credentials")]).send().unwrap();
+        (r.status().as_u16(), r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string()))
+    };
+    assert_eq!(st, 429, "locked out");
+    let r = other.post(format!("{}/auth/token", s.root)).basic_auth(&s.client_id, Some(&s.client_secret)).form(&[("grant_type", "client_credentials")]).send().unwrap();
+    assert_eq!(r.status(), 200, "another address is not locked out");
+    // Tokens already issued still work from the locked address (guessing is what stops).
+    assert_eq!(s.get(&format!("Patient/{}", people[1].0)).status(), 200);
+    let al = alerts(&s, &officer);
+    assert!(al.iter().any(|a| a["kind"] == "auth-failures" && a["detail"]["address"] == "127.0.0.1" && a["detail"]["locked_seconds"] == 60), "{al:?}");
+}
