@@ -37,6 +37,55 @@ const MAX_TRACKED: usize = 100_000;
 pub struct GuardState {
     failures: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, Failures>>,
     seen: std::sync::Mutex<std::collections::HashSet<(String, std::net::IpAddr)>>,
+    /// Per client: token bucket (tokens, last refill) and requests in progress.
+    rates: std::sync::Mutex<std::collections::HashMap<String, Rate>>,
+}
+
+struct Rate {
+    tokens: f64,
+    at: std::time::Instant,
+    inflight: u32,
+}
+
+/// A request in progress; dropping it frees its concurrency slot.
+pub(crate) struct InFlight<'a> {
+    state: &'a GuardState,
+    client: String,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.state.rates.lock()
+            && let Some(r) = m.get_mut(&self.client) {
+                r.inflight = r.inflight.saturating_sub(1);
+            }
+    }
+}
+
+impl GuardState {
+    /// Admits one request of `client` under its limits, or says how long to wait.
+    pub(crate) fn start(&self, client: &str, l: brankas_auth::RateLimits) -> Result<InFlight<'_>, ApiError> {
+        let mut m = self.rates.lock().map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "busy"))?;
+        let now = std::time::Instant::now();
+        if m.len() >= MAX_TRACKED {
+            m.retain(|_, r| r.inflight > 0);
+        }
+        let r = m.entry(client.to_string()).or_insert(Rate { tokens: f64::from(l.burst), at: now, inflight: 0 });
+        r.tokens = (r.tokens + (now - r.at).as_secs_f64() * f64::from(l.requests_per_second)).min(f64::from(l.burst));
+        r.at = now;
+        if r.inflight >= l.max_concurrent {
+            return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "throttled", format!("more than {} requests at once for this client", l.max_concurrent)));
+        }
+        if r.tokens < 1.0 {
+            let wait = ((1.0 - r.tokens) / f64::from(l.requests_per_second.max(1))).ceil().max(1.0);
+            let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "throttled", format!("request rate above {} per second for this client", l.requests_per_second));
+            e.retry_after = Some(wait as u64);
+            return Err(e);
+        }
+        r.tokens -= 1.0;
+        r.inflight += 1;
+        Ok(InFlight { state: self, client: client.to_string() })
+    }
 }
 
 struct Failures {

@@ -100,6 +100,13 @@ async fn authenticate(State(st): St, mut req: Request, next: Next) -> Response {
         Ok(Ok(p)) => match p.with_purpose(purpose.as_deref(), reason.as_deref()) {
             Ok(p) => {
                 crate::guard::seen_at(&st, p.client_id(), addr).await;
+                let _inflight = match p.limits() {
+                    Some(l) => match st.guard.start(p.client_id(), l) {
+                        Ok(f) => Some(f),
+                        Err(e) => return e.into_response(),
+                    },
+                    None => None,
+                };
                 req.extensions_mut().insert(p);
                 next.run(req).await
             }
@@ -109,10 +116,10 @@ async fn authenticate(State(st): St, mut req: Request, next: Next) -> Response {
             tracing::error!(error = %e, "storage failure during authentication");
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "storage unavailable").into_response()
         }
-        _ => {
-            crate::guard::auth_failed(&st, addr);
-            ApiError::unauthorized().into_response()
-        }
+        // Bearer tokens are 256-bit MACs: a bad one is a client's bug, not a guess worth
+        // locking an address (and its whole NAT) out for; failed logins at the token
+        // endpoint are what is counted.
+        _ => ApiError::unauthorized().into_response(),
     }
 }
 
@@ -462,7 +469,8 @@ async fn instance_sub(
             let c = cursor.clone();
             blocking(move || engine.search_page(&w, &c)).await
         } else {
-            let req = SearchRequest { resource_type: sub.clone(), pairs, compartment: Some(id), offset: 0, strict: strict(&headers) };
+            let pairs = cap_page(&st, &who, pairs);
+        let req = SearchRequest { resource_type: sub.clone(), pairs, compartment: Some(id), offset: 0, strict: strict(&headers) };
             blocking(move || engine.search(&w, &req)).await
         };
         let page = audit::finish(&st, &who, &ctx, what, page, |p| p.resources.iter().map(|s| &s.resource).collect()).await?;
@@ -546,7 +554,20 @@ async fn search_post(State(st): St, Extension(who): Extension<Principal>, ctx: R
     run_search(&st, who, ctx, rtype, pairs, &headers).await
 }
 
+/// `_count` within the client's largest page (and the engine's default page when it is larger).
+fn cap_page(st: &AppState, who: &Principal, mut pairs: Vec<(String, String)>) -> Vec<(String, String)> {
+    let Some(max) = who.limits().map(|l| l.max_page as usize) else { return pairs };
+    match pairs.iter_mut().find(|(k, _)| k == "_count") {
+        Some((_, v)) if v.parse::<usize>().is_ok_and(|n| n > max) => *v = max.to_string(),
+        Some(_) => {}
+        None if st.engine.limits().default_count > max => pairs.push(("_count".into(), max.to_string())),
+        None => {}
+    }
+    pairs
+}
+
 async fn run_search(st: &AppState, who: Principal, ctx: ReqCtx, rtype: String, pairs: Vec<(String, String)>, headers: &HeaderMap) -> ApiResult {
+    let pairs = cap_page(st, &who, pairs);
     let engine = st.engine.clone();
     let what = What::new("search", "R", Some(rtype.clone())).with_query(&pairs);
     let w = who.clone();

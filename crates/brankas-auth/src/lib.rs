@@ -30,7 +30,7 @@ use brankas_store::Store;
 use brankas_vault::{Vault, ct_eq, random_bytes, random_id, sha256};
 
 pub use jwt::Jwks;
-pub use registry::{ClientSpec, ClientUpdate, DIRECTORY_TYPES, OnExceed, PatientBudget, SENSITIVE_CATEGORIES};
+pub use registry::{ClientSpec, ClientUpdate, DIRECTORY_TYPES, OnExceed, PatientBudget, RateLimitSpec, RateLimits, SENSITIVE_CATEGORIES};
 pub use scopes::{Scope, Scopes};
 
 /// Longest access-token lifetime (SMART Backend Services: at most 5 minutes).
@@ -50,6 +50,10 @@ pub enum AuthError {
     InvalidScope,
     #[error("client is not active")]
     Inactive,
+    /// A token this server signed, no longer valid (expired, or its client suspended,
+    /// revoked or narrowed): not a guess.
+    #[error("the access token is no longer valid")]
+    Stale,
     #[error("no such client")]
     UnknownClient,
     #[error("a revoked client cannot be changed or reinstated")]
@@ -122,6 +126,9 @@ pub struct ClientRecord {
     /// The patient budget set for this client (`None`: its role's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patient_budget: Option<PatientBudget>,
+    /// Request limits set for this client (absent fields: its role's defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<RateLimitSpec>,
     /// A trusted external identity provider's `iss`, for clients that stand for one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
@@ -134,8 +141,14 @@ impl ClientRecord {
         if let Some(o) = v.as_object_mut() {
             o.remove("secret_sha256");
             o.insert("patient_budget".into(), serde_json::to_value(self.budget()).unwrap_or_default());
+            o.insert("limits".into(), serde_json::to_value(self.rate_limits()).unwrap_or_default());
         }
         v
+    }
+
+    /// The request limits in force.
+    pub fn rate_limits(&self) -> RateLimits {
+        RateLimits::resolve(self.role, self.limits.as_ref())
     }
 
     /// The patient budget in force: the one set, else the role's default.
@@ -155,6 +168,7 @@ impl ClientRecord {
             sensitive: self.sensitive.clone(),
             issuer: self.issuer.clone(),
             patient_budget: self.patient_budget,
+            limits: self.limits,
         }
     }
 }
@@ -188,6 +202,8 @@ pub struct Principal {
     trail: AccessTrail,
     /// Distinct patients it may receive (none for the operator's local tools).
     budget: Option<PatientBudget>,
+    /// Request limits (none for the operator's local tools).
+    limits: Option<RateLimits>,
 }
 
 /// The partitions one request's gates were asked about, in order, without repeats, and the
@@ -315,7 +331,13 @@ impl Principal {
             sensitive: Vec::new(),
             trail: AccessTrail::default(),
             budget: None,
+            limits: None,
         }
+    }
+
+    /// The client's request limits (`None`: the operator's own tools).
+    pub fn limits(&self) -> Option<RateLimits> {
+        self.limits
     }
 
     /// The patient budget of the client (`None`: unbounded, the operator's own tools).
@@ -410,6 +432,7 @@ impl Authority {
             sensitive: spec.sensitive.clone(),
             issuer: spec.issuer.clone(),
             patient_budget: spec.patient_budget,
+            limits: spec.limits,
         };
         self.put_client(&rec)?;
         Ok(NewClient { client_id, client_secret })
@@ -447,6 +470,9 @@ impl Authority {
         if let Some(b) = &u.patient_budget {
             spec.patient_budget = *b;
         }
+        if let Some(l) = &u.limits {
+            spec.limits = *l;
+        }
         spec.validate()?;
         rec.name = spec.name.trim().into();
         rec.scopes = Scopes::parse(&spec.scopes).map_err(|_| AuthError::BadRegistration("invalid scopes"))?.to_string();
@@ -457,6 +483,7 @@ impl Authority {
         rec.sensitive = spec.sensitive;
         rec.issuer = spec.issuer;
         rec.patient_budget = spec.patient_budget;
+        rec.limits = spec.limits;
         rec.updated = Some(rfc3339_now());
         self.put_client(&rec)?;
         Ok(rec)
@@ -642,8 +669,11 @@ impl Authority {
         }
         let claims: Claims = serde_json::from_slice(&B64.decode(b).map_err(|_| AuthError::InvalidToken)?).map_err(|_| AuthError::InvalidToken)?;
         let now = now_secs();
-        if claims.iss != ISSUER || claims.exp <= now || claims.iat > now + 60 || claims.exp - claims.iat > MAX_TOKEN_SECONDS {
+        if claims.iss != ISSUER || claims.iat > now + 60 || claims.exp - claims.iat > MAX_TOKEN_SECONDS {
             return Err(AuthError::InvalidToken);
+        }
+        if claims.exp <= now {
+            return Err(AuthError::Stale);
         }
         let rec = match self.client(&claims.sub) {
             Ok(Some(r)) => r,
@@ -651,7 +681,7 @@ impl Authority {
             Err(e) => return Err(e),
         };
         if rec.status != ClientStatus::Active {
-            return Err(AuthError::InvalidToken);
+            return Err(AuthError::Stale);
         }
         // The token's scopes, but never more than the registration grants now: narrowing a
         // client's scopes takes effect on its next request too.
@@ -661,8 +691,10 @@ impl Authority {
             return Err(AuthError::InvalidToken);
         }
         let budget = Some(rec.budget());
+        let limits = Some(rec.rate_limits());
         Ok(Principal {
             budget,
+            limits,
             client_id: rec.client_id,
             role: rec.role,
             scopes,
@@ -750,8 +782,10 @@ impl Authority {
         let user = format!("{want}/{id}");
         let (practitioner, patient) = if rec.role == Role::Patient { (None, Some(user)) } else { (Some(user), None) };
         let budget = Some(rec.budget());
+        let limits = Some(rec.rate_limits());
         Ok(Principal {
             budget,
+            limits,
             client_id: rec.client_id,
             role: rec.role,
             scopes,

@@ -52,6 +52,76 @@ pub struct ClientSpec {
     /// ([`PatientBudget::default_for`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patient_budget: Option<PatientBudget>,
+    /// Request rate, page size and concurrency; absent fields take the role's default
+    /// ([`RateLimits::default_for`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<RateLimitSpec>,
+}
+
+/// A client's request limits as registered: each field optional.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// Sustained requests per second (token bucket refill).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<u32>,
+    /// Requests allowed in a burst (token bucket size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// Largest search page (`_count`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_page: Option<u32>,
+    /// Requests in progress at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+}
+
+/// A client's request limits in force.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimits {
+    pub requests_per_second: u32,
+    pub burst: u32,
+    pub max_page: u32,
+    pub max_concurrent: u32,
+}
+
+impl RateLimits {
+    /// The defaults of a role: a facility's system 200 requests/s (bursts of 400), pages of
+    /// 200, 64 at once; a clinician's or officer's app 20/s (60), pages of 100, 8 at once; a
+    /// patient's app 10/s (30), pages of 50, 4 at once; admin and researcher 20/s, 100, 4.
+    pub fn default_for(role: Role) -> RateLimits {
+        let (requests_per_second, burst, max_page, max_concurrent) = match role {
+            Role::FacilitySystem => (200, 400, 200, 64),
+            Role::Clinician | Role::SecurityOfficer => (20, 60, 100, 8),
+            Role::Patient => (10, 30, 50, 4),
+            Role::Admin | Role::Researcher => (20, 60, 100, 4),
+        };
+        RateLimits { requests_per_second, burst, max_page, max_concurrent }
+    }
+
+    /// The registered limits over the role's defaults.
+    pub fn resolve(role: Role, spec: Option<&RateLimitSpec>) -> RateLimits {
+        let d = Self::default_for(role);
+        let Some(s) = spec else { return d };
+        RateLimits {
+            requests_per_second: s.requests_per_second.unwrap_or(d.requests_per_second),
+            burst: s.burst.unwrap_or(d.burst),
+            max_page: s.max_page.unwrap_or(d.max_page),
+            max_concurrent: s.max_concurrent.unwrap_or(d.max_concurrent),
+        }
+    }
+}
+
+impl RateLimitSpec {
+    fn validate(&self) -> Result<(), AuthError> {
+        let ok = |v: Option<u32>, max: u32| v.is_none_or(|v| v >= 1 && v <= max);
+        if !ok(self.requests_per_second, 1_000_000) || !ok(self.burst, 10_000_000) || !ok(self.max_page, 1000) || !ok(self.max_concurrent, 100_000) {
+            return Err(AuthError::BadRegistration(
+                "limits: requests_per_second 1..1000000, burst 1..10000000, max_page 1..1000, max_concurrent 1..100000",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// What a client exceeding its patient budget meets.
@@ -118,6 +188,9 @@ pub struct ClientUpdate {
     /// A new patient budget; `null` returns to the role's default.
     #[serde(default, with = "double_option")]
     pub patient_budget: Option<Option<PatientBudget>>,
+    /// New request limits; `null` returns to the role's defaults.
+    #[serde(default, with = "double_option")]
+    pub limits: Option<Option<RateLimitSpec>>,
 }
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -158,6 +231,9 @@ impl ClientSpec {
         check_ref(&self.patient, "Patient", "patient must be Patient/<id>")?;
         if let Some(b) = &self.patient_budget {
             b.validate()?;
+        }
+        if let Some(l) = &self.limits {
+            l.validate()?;
         }
         let scopes = Scopes::parse(&self.scopes).map_err(|_| AuthError::BadRegistration("scopes are not valid SMART scopes"))?;
         let contexts = |allowed: &[&str]| scopes.resource_scopes().iter().all(|s| allowed.contains(&s.context.as_str()));

@@ -475,6 +475,11 @@ pub(crate) fn has_budgets(bin: &Path) -> bool {
     brankas(bin, "warn").args(["clients", "create", "--help"]).output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--budget-per-hour"))
 }
 
+/// Whether the build has per-client request limits (`clients create --rate-per-second`).
+pub(crate) fn has_rate_limits(bin: &Path) -> bool {
+    brankas(bin, "warn").args(["clients", "create", "--help"]).output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--rate-per-second"))
+}
+
 /// Whether the build keeps an audit log (`brankas audit verify`).
 pub(crate) fn has_audit_log(bin: &Path) -> bool {
     brankas(bin, "warn").args(["audit", "verify", "--help"]).output().is_ok_and(|o| o.status.success())
@@ -517,6 +522,7 @@ fn facility_client(bin: &Path, data: &Path, key: &Path) -> Result<Value> {
         // A load generator is a legitimate system reading every patient: no patient budget
         // in its way (on builds that have budgets).
         .args(if has_budgets(bin) { &["--budget-per-hour", "100000000", "--budget-per-day", "100000000"][..] } else { &[][..] })
+        .args(if has_rate_limits(bin) { &["--rate-per-second", "1000000", "--burst", "1000000", "--max-concurrent", "100000"][..] } else { &[][..] })
         .arg("--data-dir")
         .arg(data)
         .arg("--key-file")

@@ -123,9 +123,26 @@ pub struct Binding {
     /// What exceeding the budget does: `suspend` (default) or `throttle`.
     #[arg(long, value_parser = ["suspend", "throttle"], requires = "budget_per_hour")]
     on_exceed: Option<String>,
+    /// Sustained requests per second (default: the role's, see README).
+    #[arg(long)]
+    rate_per_second: Option<u32>,
+    /// Requests allowed in a burst.
+    #[arg(long)]
+    burst: Option<u32>,
+    /// Largest search page.
+    #[arg(long)]
+    max_page: Option<u32>,
+    /// Requests in progress at once.
+    #[arg(long)]
+    max_concurrent: Option<u32>,
 }
 
 impl Binding {
+    fn limits(&self) -> Option<brankas_auth::RateLimitSpec> {
+        let l = brankas_auth::RateLimitSpec { requests_per_second: self.rate_per_second, burst: self.burst, max_page: self.max_page, max_concurrent: self.max_concurrent };
+        (l != brankas_auth::RateLimitSpec::default()).then_some(l)
+    }
+
     fn budget(&self) -> Option<brankas_auth::PatientBudget> {
         Some(brankas_auth::PatientBudget {
             per_hour: self.budget_per_hour?,
@@ -148,6 +165,7 @@ pub fn run(cmd: ClientsCmd) -> Result<()> {
     let out: Value = match cmd {
         ClientsCmd::Create { data, name, role, scopes, issuer, bind } => {
             let budget = bind.budget();
+            let limits = bind.limits();
             let spec = ClientSpec {
                 name,
                 role: Some(role.into()),
@@ -157,6 +175,7 @@ pub fn run(cmd: ClientsCmd) -> Result<()> {
                 patient: bind.patient,
                 jwks: read_jwks(&bind.jwks)?,
                 patient_budget: budget,
+                limits,
                 sensitive: bind.sensitive.unwrap_or_default(),
                 issuer,
             };
@@ -178,6 +197,7 @@ pub fn run(cmd: ClientsCmd) -> Result<()> {
         }
         ClientsCmd::Update { data, client_id, name, scopes, bind } => {
             let budget = bind.budget();
+            let limits = bind.limits();
             let u = ClientUpdate {
                 name,
                 scopes,
@@ -186,6 +206,7 @@ pub fn run(cmd: ClientsCmd) -> Result<()> {
                 patient: bind.patient.map(Some),
                 jwks: read_jwks(&bind.jwks)?.map(Some),
                 patient_budget: budget.map(Some),
+                limits: limits.map(Some),
                 sensitive: bind.sensitive,
             };
             let o = open(&data.data_dir, data.key_file.as_deref())?;

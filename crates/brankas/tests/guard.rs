@@ -254,3 +254,26 @@ fn failed_logins_lock_an_address_out_and_new_addresses_and_break_glass_raise_ale
     let al = alerts(&s, &officer);
     assert!(al.iter().any(|a| a["kind"] == "auth-failures" && a["detail"]["address"] == "127.0.0.1" && a["detail"]["locked_seconds"] == 60), "{al:?}");
 }
+
+#[test]
+fn request_rate_and_page_size_are_bounded_per_client() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let people = population(&s, 5);
+    let c = caller(&inst, &s, &["--name", "kiosk", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.rs",
+        "--rate-per-second", "1", "--burst", "3", "--max-page", "2"]);
+    let codes: Vec<u16> = (0..4).map(|i| s.http.get(s.url(&format!("Patient/{}", people[i].0))).bearer_auth(&c.token).send().unwrap().status().as_u16()).collect();
+    assert_eq!(codes, vec![200, 200, 200, 429], "a burst of 3, then 1 a second");
+    let r = s.http.get(s.url(&format!("Patient/{}", people[0].0))).bearer_auth(&c.token).send().unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().get("retry-after").is_some(), "429 says when to come back");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    // A page never larger than the client's largest page, asked for or not.
+    let (st, b) = get(&s, &c.token, "Encounter?service-provider=Organization/test-facility&date=ge2026-11-01&date=le2026-12-31&_count=50");
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["entry"].as_array().unwrap().len(), 2);
+    assert!(b["link"].as_array().unwrap().iter().any(|l| l["relation"] == "next"), "the rest is a page away");
+    let (st, v) = admin(&s, &s.token_for(&inst.admin_id, &inst.admin_secret), &format!("/admin/clients/{}", c.id));
+    assert_eq!(st, 200);
+    assert_eq!(v["limits"], json!({"requests_per_second": 1, "burst": 3, "max_page": 2, "max_concurrent": 64}));
+}

@@ -54,6 +54,7 @@ impl Instance {
         let creds = inst.register(&[
             "--name", "test facility", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.cruds",
             "--sensitive", "HIV,PSY,ETH,SDV,STD,SUD,SICKLE,GDIS,R,V,PHOTO", "--budget-per-hour", "1000000", "--budget-per-day", "10000000",
+            "--rate-per-second", "1000000", "--burst", "1000000", "--max-page", "1000", "--max-concurrent", "10000",
         ]);
         inst.client_id = creds["client_id"].as_str().unwrap().into();
         inst.client_secret = creds["client_secret"].as_str().unwrap().into();
