@@ -209,8 +209,15 @@ fn suspended_error() -> ApiError {
 pub(crate) fn raise(st: &AppState, kind: &str, severity: &str, client_id: Option<&str>, detail: Value) {
     tracing::warn!(alert = kind, severity, client_id = client_id.unwrap_or(""), "security alert");
     let row = AlertRow { id: 0, time_us: now_us(), kind: kind.into(), severity: severity.into(), client_id: client_id.map(String::from), detail: detail.to_string() };
-    if let Err(e) = st.store.alert_add(&row) {
-        tracing::error!(error = %e, alert = kind, "an alert could not be stored");
+    let id = match st.store.alert_add(&row) {
+        Ok(id) => Some(id),
+        Err(e) => {
+            tracing::error!(error = %e, alert = kind, "an alert could not be stored");
+            None
+        }
+    };
+    if let Some(w) = &st.webhook {
+        w.send(json!({"id": id, "time": brankas_engine::instant(row.time_us), "kind": kind, "severity": severity, "client_id": client_id, "detail": detail}));
     }
 }
 

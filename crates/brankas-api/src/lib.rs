@@ -24,6 +24,7 @@ mod handlers;
 pub mod outcome;
 mod server;
 pub mod tls;
+pub mod webhook;
 
 use std::sync::Arc;
 
@@ -64,4 +65,6 @@ pub struct AppState {
     pub store: Arc<dyn brankas_store::Store>,
     /// The guard's per-replica state (failed authentications, addresses seen).
     pub guard: guard::GuardState,
+    /// Where alerts are pushed, if configured.
+    pub webhook: Option<webhook::Webhook>,
 }

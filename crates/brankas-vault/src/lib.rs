@@ -90,3 +90,22 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
 }
+
+/// An operator-provided HMAC-SHA256 key that signs outgoing messages (the alert webhook's
+/// bodies), so the receiver can tell them from forgeries. Prints nothing of itself.
+pub struct SigningKey(aws_lc_rs::hmac::Key);
+
+impl SigningKey {
+    /// A key from the secret's bytes (at least 16).
+    pub fn new(secret: &[u8]) -> Result<Self, VaultError> {
+        if secret.len() < 16 {
+            return Err(VaultError::KeyFile("a signing secret needs at least 16 bytes".into()));
+        }
+        Ok(Self(aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret)))
+    }
+
+    /// HMAC-SHA256 of `message`, lower-case hex.
+    pub fn sign_hex(&self, message: &[u8]) -> String {
+        aws_lc_rs::hmac::sign(&self.0, message).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}

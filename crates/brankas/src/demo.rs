@@ -80,7 +80,7 @@ pub fn run(data_dir: &Path, key_file: Option<&Path>, listen: SocketAddr, insecur
     let tls = if insecure_http { Tls::None } else { Tls::SelfSigned };
     let access = token.access_token.clone();
     let (cid, secret) = (demo.client_id.clone(), demo.client_secret.clone());
-    serve(data_dir, Some(&kf), listen, tls, None, None, Some(Box::new(move |base: &str| {
+    serve(data_dir, Some(&kf), listen, tls, None, None, None, Some(Box::new(move |base: &str| {
         let root = base.trim_end_matches("/fhir");
         eprintln!("\nBrankas demo is running at {base} with {} synthetic patients.", PEOPLE.len());
         eprintln!("A read-only client of the demo clinic was registered: client_id={cid}");

@@ -63,6 +63,8 @@ enum Cmd {
         /// without waiting five minutes) and deployments that want shorter-lived tokens.
         #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(1..=brankas_auth::MAX_TOKEN_SECONDS))]
         token_seconds: Option<u64>,
+        #[command(flatten)]
+        webhook: WebhookArgs,
     },
     /// Load FHIR transaction/batch Bundles (JSON) and NDJSON files offline.
     Import {
@@ -145,6 +147,32 @@ enum Cmd {
     },
 }
 
+/// Where alerts are pushed (besides `GET /admin/alerts` and the log).
+#[derive(Args, Clone, Default)]
+pub(crate) struct WebhookArgs {
+    /// POST every alert as JSON to this URL (http:// or https://), signed with HMAC-SHA256
+    /// in `X-Brankas-Signature: sha256=<hex>`, retried with back-off.
+    #[arg(long, requires = "alert_webhook_secret_file")]
+    alert_webhook: Option<String>,
+    /// File holding the webhook's HMAC secret (at least 16 bytes; surrounding whitespace is
+    /// ignored).
+    #[arg(long)]
+    alert_webhook_secret_file: Option<PathBuf>,
+    /// PEM file of extra CA certificates trusted for an HTTPS webhook receiver.
+    #[arg(long)]
+    alert_webhook_ca: Option<PathBuf>,
+}
+
+impl WebhookArgs {
+    fn config(&self) -> Result<Option<brankas_api::webhook::WebhookConfig>> {
+        let Some(url) = &self.alert_webhook else { return Ok(None) };
+        let path = self.alert_webhook_secret_file.as_ref().context("--alert-webhook needs --alert-webhook-secret-file")?;
+        let secret = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let ca = self.alert_webhook_ca.as_ref().map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display()))).transpose()?;
+        Ok(Some(brankas_api::webhook::WebhookConfig::new(url, secret.trim().as_bytes(), ca.as_deref()).map_err(|e| anyhow::anyhow!(e))?))
+    }
+}
+
 #[derive(Subcommand)]
 enum CanaryCmd {
     /// Plant synthetic patients that cannot be told apart through the API, with a recent
@@ -198,13 +226,13 @@ fn main() -> Result<()> {
             println!("{}", serde_json::json!({"client_id": creds.client_id, "client_secret": creds.client_secret}));
             Ok(())
         }
-        Cmd::Serve { data, listen, tls_cert, tls_key, insecure_http, base_url, token_seconds } => {
+        Cmd::Serve { data, listen, tls_cert, tls_key, insecure_http, base_url, token_seconds, webhook } => {
             let tls = match (tls_cert, tls_key, insecure_http) {
                 (_, _, true) => Tls::None,
                 (Some(c), Some(k), _) => Tls::Files(c, k),
                 _ => Tls::SelfSigned,
             };
-            serve(&data.data_dir, data.key_file.as_deref(), listen, tls, base_url, token_seconds, None)
+            serve(&data.data_dir, data.key_file.as_deref(), listen, tls, base_url, token_seconds, webhook.config()?, None)
         }
         Cmd::Import { data, paths, quiet, organization } => import(&data.data_dir, data.key_file.as_deref(), &paths, quiet, organization),
         Cmd::Synth(a) => synth_cmd::run(a),
@@ -473,6 +501,7 @@ pub(crate) enum Tls {
 /// Printed once the server listens (the demo's instructions), given the base URL.
 pub(crate) type Banner = Box<dyn FnOnce(&str) + Send>;
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn serve(
     data_dir: &Path,
     key_file: Option<&Path>,
@@ -480,6 +509,7 @@ pub(crate) fn serve(
     tls: Tls,
     base_url: Option<String>,
     token_seconds: Option<u64>,
+    webhook: Option<brankas_api::webhook::WebhookConfig>,
     banner: Option<Banner>,
 ) -> Result<()> {
     let o = open(data_dir, key_file)?;
@@ -506,7 +536,8 @@ pub(crate) fn serve(
         let host = if addr.ip().is_unspecified() { "localhost".to_string() } else { addr.to_string() };
         let host = if addr.ip().is_unspecified() { format!("{host}:{}", addr.port()) } else { host };
         let base = base_url.unwrap_or_else(|| format!("{scheme}://{host}/fhir"));
-        let state = Arc::new(brankas_api::AppState { engine: o.engine.clone(), auth, base_url: base.clone(), limits: Default::default(), audit: o.audit.clone(), store: o.store.clone(), guard: Default::default() });
+        let webhook = webhook.map(brankas_api::webhook::Webhook::start).transpose().map_err(|e| anyhow::anyhow!(e))?;
+        let state = Arc::new(brankas_api::AppState { engine: o.engine.clone(), auth, base_url: base.clone(), limits: Default::default(), audit: o.audit.clone(), store: o.store.clone(), guard: Default::default(), webhook });
         let app = brankas_api::router(state);
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {

@@ -277,3 +277,72 @@ fn request_rate_and_page_size_are_bounded_per_client() {
     assert_eq!(st, 200);
     assert_eq!(v["limits"], json!({"requests_per_second": 1, "burst": 3, "max_page": 2, "max_concurrent": 64}));
 }
+
+/// A webhook receiver on loopback: answers 500 to the first request, 200 after; keeps every
+/// request (signature header and body).
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+fn receiver() -> (u16, Received) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for (n, conn) in l.incoming().enumerate() {
+            let Ok(mut conn) = conn else { continue };
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let (mut len, mut sig) = (0usize, String::new());
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                let lower = line.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                if lower.starts_with("x-brankas-signature:") {
+                    sig = line.split_once(':').unwrap().1.trim().to_string();
+                }
+            }
+            let mut body = vec![0u8; len];
+            r.read_exact(&mut body).unwrap();
+            g.lock().unwrap().push((sig, body));
+            let status = if n == 0 { "500 Internal Server Error" } else { "200 OK" };
+            let _ = conn.write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes());
+        }
+    });
+    (port, got)
+}
+
+#[test]
+fn alerts_are_pushed_to_a_signed_webhook_and_retried() {
+    let inst = Instance::init();
+    let (port, got) = receiver();
+    let secret_file = inst.root.path().join("webhook.secret");
+    std::fs::write(&secret_file, "a-webhook-secret-of-the-siem\n").unwrap();
+    let mut s = inst.serve_with(&["--insecure-http", "--alert-webhook", &format!("http://127.0.0.1:{port}/alerts"), "--alert-webhook-secret-file", secret_file.to_str().unwrap()]);
+    s.token = s.new_token();
+    let people = population(&s, 3);
+    let c = caller(&inst, &s, &["--name", "kiosk", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.rs",
+        "--budget-per-hour", "1", "--budget-per-day", "1"]);
+    assert_eq!(get(&s, &c.token, &format!("Patient/{}", people[0].0)).0, 200);
+    assert_eq!(get(&s, &c.token, &format!("Patient/{}", people[1].0)).0, 429);
+    // Delivered: refused once (500), delivered on the retry a second later.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while got.lock().unwrap().len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let got = got.lock().unwrap().clone();
+    assert_eq!(got.len(), 2, "one failed delivery and its retry");
+    assert_eq!(got[0], got[1], "the retry sends the same signed body");
+    let (sig, body) = &got[1];
+    let alert: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(alert["kind"], "patient-budget");
+    assert_eq!(alert["client_id"], c.id.as_str());
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, b"a-webhook-secret-of-the-siem");
+    let want: String = aws_lc_rs::hmac::sign(&key, body).as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(sig, &format!("sha256={want}"), "HMAC-SHA256 of the exact body with the shared secret");
+    assert!(!String::from_utf8_lossy(body).contains("Pasien"), "no patient data in alerts");
+}
