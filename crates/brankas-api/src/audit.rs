@@ -131,6 +131,9 @@ pub(crate) fn records(st: &AppState, who: &Principal, ctx: &ReqCtx, what: &What,
         let t = r.get("resourceType").and_then(Value::as_str).unwrap_or_default();
         let id = r.get("id").and_then(Value::as_str).unwrap_or_default();
         e.add_resource(format!("{t}/{id}"));
+        for c in brankas_audit::breach::category_of(r) {
+            e.add_category(c);
+        }
     }
     for p in who.trail().take() {
         let e = &mut by_patient.entry(p.0).or_insert_with(|| (p, base.clone())).1;

@@ -99,6 +99,14 @@ pub struct CanaryHit {
     pub first_access: String,
 }
 
+/// A stored category name as one of the report's own (unknown names become "other records").
+fn known_category(c: &str) -> &'static str {
+    ["identity", "anamnesis and conditions", "lab and antigen results", "EKG", "imaging", "photos", "documents", "referrals", "medicines and immunisations"]
+        .into_iter()
+        .find(|k| *k == c)
+        .unwrap_or("other records")
+}
+
 /// The category of data a resource type holds, in the report's words.
 pub fn category(resource_type: &str) -> &'static str {
     match resource_type {
@@ -114,12 +122,41 @@ pub fn category(resource_type: &str) -> &'static str {
     }
 }
 
+/// The categories of data one resource discloses, judged from its content: a Patient with a
+/// photo is also a photo; an Observation carrying waveform samples (`valueSampledData`, in a
+/// component too) or coded as an ECG is an EKG; a Media is a photo unless it is an image study.
+pub fn category_of(resource: &serde_json::Value) -> Vec<&'static str> {
+    use serde_json::Value;
+    let ty = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+    let mut out = vec![category(ty)];
+    match ty {
+        "Patient" if resource.get("photo").and_then(Value::as_array).is_some_and(|p| !p.is_empty()) => out.push("photos"),
+        "Observation" => {
+            let sampled = resource.get("valueSampledData").is_some()
+                || resource.get("component").and_then(Value::as_array).is_some_and(|c| c.iter().any(|x| x.get("valueSampledData").is_some()));
+            let text = resource.get("code").map(|c| c.to_string().to_ascii_lowercase()).unwrap_or_default();
+            if sampled || text.contains("ecg") || text.contains("ekg") || text.contains("electrocardiogram") {
+                out = vec!["EKG"];
+            }
+        }
+        "Media" => {
+            let modality = resource.get("modality").map(|m| m.to_string().to_ascii_lowercase()).unwrap_or_default();
+            if modality.contains("\"cr\"") || modality.contains("\"ct\"") || modality.contains("\"dx\"") || modality.contains("\"mr\"") {
+                out = vec!["imaging"];
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
 fn category_id(c: &str) -> &'static str {
     match c {
         "identity" => "identitas (nama, NIK, tanggal lahir, alamat, nomor telepon)",
         "anamnesis and conditions" => "anamnesis, keluhan, diagnosis dan kunjungan",
         "lab and antigen results" => "hasil laboratorium, antigen dan pemeriksaan lain (termasuk EKG)",
         "imaging" => "gambar radiologi (rontgen, CT)",
+        "EKG" => "rekaman EKG (elektrokardiogram)",
         "photos" => "foto",
         "documents" => "dokumen (surat persetujuan, rujukan)",
         "referrals" => "rujukan",
@@ -134,6 +171,7 @@ fn category_en(c: &str) -> &'static str {
         "anamnesis and conditions" => "medical history, complaints, diagnoses and visits",
         "lab and antigen results" => "laboratory, antigen and other test results (including EKGs)",
         "imaging" => "medical images (X-ray, CT)",
+        "EKG" => "EKG (electrocardiogram) recordings",
         "photos" => "photos",
         "documents" => "documents (consent letters, referrals)",
         "referrals" => "referrals",
@@ -206,8 +244,13 @@ pub fn breach_report(
             a.first = a.first.min(o.time_us);
             a.last = a.last.max(o.time_us);
             a.accesses += 1;
+            for c in &o.entry.categories {
+                a.categories.insert(known_category(c), ());
+            }
             for r in &o.entry.resources {
-                a.categories.insert(category(r.split('/').next().unwrap_or_default()), ());
+                if o.entry.categories.is_empty() {
+                    a.categories.insert(category(r.split('/').next().unwrap_or_default()), ());
+                }
                 if a.records.len() < 1000 && !a.records.contains(r) {
                     a.records.push(r.clone());
                 }

@@ -79,6 +79,10 @@ pub struct AuditEntry {
     pub resources: Vec<String>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub more: u64,
+    /// Categories of the data touched, judged from the resources themselves when they were
+    /// served (see [`crate::breach::category_of`]): what a breach notification names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub categories: Vec<String>,
     /// The request's resource type and id (`Observation`, `Patient/123`), without query.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
@@ -102,6 +106,13 @@ impl AuditEntry {
             }
         } else {
             self.more += 1;
+        }
+    }
+
+    /// Adds a data category (once).
+    pub fn add_category(&mut self, c: &str) {
+        if !self.categories.iter().any(|x| x == c) {
+            self.categories.push(c.to_string());
         }
     }
 

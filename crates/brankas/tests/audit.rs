@@ -426,6 +426,10 @@ fn breach_report_lists_exactly_the_patients_a_credential_received() {
     let names = ["Lestari", "Wulandari", "Rahayu", "Susanti", "Hidayati"];
     let ids: Vec<String> = niks.iter().zip(names).map(|(n, f)| s.create(&patient(n, f))["id"].as_str().unwrap().to_string()).collect();
     let _ = s.create(&observation(&ids[3]));
+    let ekg = s.create(&json!({"resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "11524-6", "display": "EKG study"}]},
+        "subject": {"reference": format!("Patient/{}", ids[2])},
+        "valueSampledData": {"origin": {"value": 0}, "period": 2, "dimensions": 1, "data": "0 12 40 12 0 -5"}}))["id"].as_str().unwrap().to_string();
     let thief = caller(&inst, &s, &["--name", "dr x", "--role", "clinician", "--organization", "Organization/test-facility", "--practitioner", "Practitioner/x", "--scopes", "user/*.rs"]);
     let bystander = caller(&inst, &s, &["--name", "dr y", "--role", "clinician", "--organization", "Organization/test-facility", "--practitioner", "Practitioner/y", "--scopes", "user/*.rs"]);
     let elsewhere = caller(&inst, &s, &["--name", "rs lain", "--role", "facility-system", "--organization", "Organization/rs-lain", "--scopes", "system/*.cruds"]);
@@ -442,6 +446,7 @@ fn breach_report_lists_exactly_the_patients_a_credential_received() {
         assert_eq!(st, 200);
         received.insert(v["id"].as_str().unwrap().to_string());
     }
+    assert_eq!(get(&s, &thief.token, &format!("Observation/{ekg}")).0, 200);
     let (st, b) = get(&s, &thief.token, &format!("Observation?patient={}", ids[3]));
     assert_eq!((st, b["total"].as_u64()), (200, Some(1)));
     received.insert(ids[3].clone());
@@ -460,6 +465,9 @@ fn breach_report_lists_exactly_the_patients_a_credential_received() {
     assert_eq!(p0["identity"]["name"], "Sri Lestari");
     assert_eq!(p0["categories"], json!(["identity"]));
     assert!(p0["first_access"].as_str().unwrap() <= p0["last_access"].as_str().unwrap());
+    let p2 = rep["patients"].as_array().unwrap().iter().find(|p| p["id"] == ids[2].as_str()).unwrap();
+    assert_eq!(p2["categories"], json!(["EKG", "identity"]), "an Observation with waveform samples is an EKG");
+    assert!(p2["notification"]["en"].as_str().unwrap().contains("EKG (electrocardiogram) recordings"));
     let p3 = rep["patients"].as_array().unwrap().iter().find(|p| p["id"] == ids[3].as_str()).unwrap();
     assert_eq!(p3["categories"], json!(["lab and antigen results"]));
     let (nid, nen) = (p3["notification"]["id"].as_str().unwrap(), p3["notification"]["en"].as_str().unwrap());
