@@ -117,15 +117,42 @@ fn a_stolen_credential_is_cut_off_at_its_budget_and_the_report_names_every_patie
     assert!(o.status.success());
     assert_eq!(ids_of(&serde_json::from_slice(&o.stdout).unwrap(), "patients"), received);
 
-    // A facility system whose single work-list page would disclose 12 patients: refused
-    // whole, suspended at once, nobody disclosed.
+    // A stolen facility credential (its information system) walks the facility's work list
+    // page by page, then tries identity enumeration.
     let sys = caller(&inst, &s, &["--name", "simrs", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.rs",
         "--budget-per-hour", "5", "--budget-per-day", "50", "--on-exceed", "suspend"]);
-    let (st, b) = get(&s, &sys.token, "Encounter?service-provider=Organization/test-facility&date=ge2026-11-01&date=le2026-12-31");
-    assert_eq!(st, 429, "{b}");
-    assert!(!b.to_string().contains("Pasien"), "nothing of the page leaves: {b}");
-    assert_eq!(get(&s, &sys.token, &format!("Patient/{}", people[0].0)).0, 401);
-    assert!(ids_of(&breach(&s, &officer, &sys.id), "patients").is_empty());
+    let mut got: BTreeSet<String> = BTreeSet::new();
+    let mut codes = Vec::new();
+    let mut next = Some(s.url("Encounter?service-provider=Organization/test-facility&date=ge2026-11-01&date=le2026-12-31&_count=2"));
+    while let Some(url) = next.take() {
+        let r = s.http.get(&url).bearer_auth(&sys.token).send().unwrap();
+        codes.push(r.status().as_u16());
+        if r.status() != 200 {
+            let body = r.text().unwrap();
+            assert!(!body.contains("Pasien") && !body.contains("Patient/"), "a refused page discloses nothing: {body}");
+            break;
+        }
+        let b: Value = r.json().unwrap();
+        for e in b["entry"].as_array().into_iter().flatten() {
+            got.insert(e["resource"]["subject"]["reference"].as_str().unwrap().trim_start_matches("Patient/").to_string());
+        }
+        next = b["link"].as_array().into_iter().flatten().find(|l| l["relation"] == "next").and_then(|l| l["url"].as_str()).map(String::from);
+    }
+    for (_, nik) in &people {
+        let (st, b) = get(&s, &sys.token, &format!("Patient?identifier={NIK_SYSTEM}|{nik}"));
+        codes.push(st);
+        for e in b["entry"].as_array().into_iter().flatten() {
+            got.insert(e["resource"]["id"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(got.len() <= 5, "never more than the budget: {} ({codes:?})", got.len());
+    assert_eq!(got.len(), 4, "two pages of two; the third would pass the budget: {codes:?}");
+    assert_eq!(codes[..3], [200, 200, 429], "{codes:?}");
+    assert!(codes[3..].iter().all(|c| *c == 401), "suspended from the next request on: {codes:?}");
+    let (_, v) = admin(&s, &officer.token, &format!("/admin/clients/{}", sys.id));
+    assert_eq!(v["status"], "suspended");
+    assert!(alerts(&s, &officer).iter().any(|a| a["kind"] == "patient-budget" && a["client_id"] == sys.id.as_str()));
+    assert_eq!(ids_of(&breach(&s, &officer, &sys.id), "patients"), got, "the report names exactly what the walk received");
 
     // Throttle instead of suspend: refused past the budget, still served within it.
     let slow = caller(&inst, &s, &["--name", "kiosk", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.rs",
