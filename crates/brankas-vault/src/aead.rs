@@ -55,6 +55,11 @@ impl DataKey {
         Ok(Self::generate_with_bytes()?.0)
     }
 
+    /// The aws-lc key, for the sealing modes of this crate.
+    pub(crate) fn key(&self) -> &LessSafeKey {
+        &self.key
+    }
+
     pub(crate) fn from_bytes(raw: &[u8]) -> Result<Self, VaultError> {
         let unbound = UnboundKey::new(&AES_256_GCM_SIV, raw).map_err(|_| VaultError::Crypto)?;
         Ok(Self { key: LessSafeKey::new(unbound) })
