@@ -18,10 +18,12 @@
 //! assert!(store.get_meta("absent").unwrap().is_none());
 //! ```
 
+pub mod blob;
 pub mod conformance;
 mod sqlite;
 
 pub use brankas_vault::{BlindTerm, PartitionId, RecordKey, WrappedKey};
+pub use blob::{BlobId, BlobStore, BlobWriter, FileBlobStore};
 pub use sqlite::SqliteStore;
 
 

@@ -1,0 +1,236 @@
+//! Where attachments' sealed bytes live: the [`BlobStore`] trait (streamed writes that become
+//! visible only when committed, ranged reads) and its default backend, [`FileBlobStore`]:
+//! files under the data directory. S3-compatible object storage implements the same trait
+//! later; [`conformance`] is the suite every backend runs.
+//!
+//! *Architecture invariant:* a blob store sees only sealed bytes (segmented ciphertext from
+//! the vault) under opaque ids; it never sees plaintext, content types or patients.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use crate::{Result, StoreError};
+
+/// A blob's opaque name (a keyed hash chosen by the engine).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BlobId(pub [u8; 32]);
+
+impl BlobId {
+    fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// A blob being written. Nothing is visible until [`BlobWriter::commit`]; dropping it
+/// uncommitted discards what was written.
+pub trait BlobWriter: Send {
+    fn write(&mut self, bytes: &[u8]) -> Result<()>;
+    /// Makes the blob durable and visible; returns its length.
+    fn commit(self: Box<Self>) -> Result<u64>;
+}
+
+/// The storage of attachments.
+pub trait BlobStore: Send + Sync + 'static {
+    /// Starts writing a new blob; [`StoreError::Conflict`] at commit if `id` exists by then.
+    fn create(&self, id: &BlobId) -> Result<Box<dyn BlobWriter>>;
+    /// The length of a blob, if it exists.
+    fn len(&self, id: &BlobId) -> Result<Option<u64>>;
+    /// Up to `len` bytes from `offset` (fewer at the end of the blob); `None` if it does not exist.
+    fn read_at(&self, id: &BlobId, offset: u64, len: usize) -> Result<Option<Vec<u8>>>;
+    /// Removes a blob; returns whether it existed.
+    fn delete(&self, id: &BlobId) -> Result<bool>;
+}
+
+fn io(e: std::io::Error) -> StoreError {
+    StoreError::Backend(format!("blob store: {e}"))
+}
+
+/// Blobs as files: `<root>/<2 hex>/<2 hex>/<64 hex>`, written to `<root>/tmp/` first, fsynced,
+/// then linked into place (and the directory fsynced), so a crash leaves a blob whole or absent.
+pub struct FileBlobStore {
+    root: PathBuf,
+}
+
+impl FileBlobStore {
+    /// Opens (creating) the store at `root` (e.g. `<data-dir>/blobs`); clears abandoned
+    /// temporary files.
+    pub fn open(root: &Path) -> Result<Self> {
+        std::fs::create_dir_all(root.join("tmp")).map_err(io)?;
+        for e in std::fs::read_dir(root.join("tmp")).map_err(io)?.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+        Ok(Self { root: root.to_path_buf() })
+    }
+
+    fn path(&self, id: &BlobId) -> PathBuf {
+        let h = id.hex();
+        self.root.join(&h[..2]).join(&h[2..4]).join(h)
+    }
+}
+
+struct FileWriter {
+    tmp: PathBuf,
+    dest: PathBuf,
+    file: Option<std::fs::File>,
+    written: u64,
+}
+
+impl BlobWriter for FileWriter {
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.file.as_mut().ok_or_else(|| StoreError::Backend("blob writer closed".into()))?.write_all(bytes).map_err(io)?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn commit(mut self: Box<Self>) -> Result<u64> {
+        let f = self.file.take().ok_or_else(|| StoreError::Backend("blob writer closed".into()))?;
+        f.sync_all().map_err(io)?;
+        drop(f);
+        let dir = self.dest.parent().ok_or_else(|| StoreError::Backend("blob path".into()))?.to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        // A hard link is created atomically and never replaces an existing name: of two
+        // writers of one id, exactly one wins.
+        match std::fs::hard_link(&self.tmp, &self.dest) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(StoreError::Conflict { index: 0 }),
+            Err(e) => return Err(io(e)),
+        }
+        std::fs::remove_file(&self.tmp).map_err(io)?;
+        std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io)?;
+        Ok(self.written)
+    }
+}
+
+impl Drop for FileWriter {
+    fn drop(&mut self) {
+        if self.file.take().is_some() || self.tmp.exists() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+impl BlobStore for FileBlobStore {
+    fn create(&self, id: &BlobId) -> Result<Box<dyn BlobWriter>> {
+        let mut nonce = [0u8; 8];
+        brankas_vault::random_bytes(&mut nonce).map_err(|_| StoreError::Backend("no randomness".into()))?;
+        let tmp = self.root.join("tmp").join(format!("{}-{}", id.hex(), nonce.iter().map(|b| format!("{b:02x}")).collect::<String>()));
+        let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io)?;
+        Ok(Box::new(FileWriter { tmp, dest: self.path(id), file: Some(file), written: 0 }))
+    }
+
+    fn len(&self, id: &BlobId) -> Result<Option<u64>> {
+        match std::fs::metadata(self.path(id)) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    fn read_at(&self, id: &BlobId, offset: u64, len: usize) -> Result<Option<Vec<u8>>> {
+        let mut f = match std::fs::File::open(self.path(id)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(e)),
+        };
+        f.seek(SeekFrom::Start(offset)).map_err(io)?;
+        let mut out = Vec::with_capacity(len.min(16 * 1024 * 1024));
+        f.take(len as u64).read_to_end(&mut out).map_err(io)?;
+        Ok(Some(out))
+    }
+
+    fn delete(&self, id: &BlobId) -> Result<bool> {
+        match std::fs::remove_file(self.path(id)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io(e)),
+        }
+    }
+}
+
+/// The suite every blob store backend passes unchanged.
+pub mod conformance {
+    use super::*;
+
+    fn id(n: u8) -> BlobId {
+        BlobId([n; 32])
+    }
+
+    /// Runs every check against fresh stores from `fresh`.
+    pub fn run_all(fresh: &mut dyn FnMut() -> Box<dyn BlobStore>) {
+        write_read_delete(fresh().as_ref());
+        uncommitted_is_invisible(fresh().as_ref());
+        existing_ids_are_not_overwritten(fresh().as_ref());
+    }
+
+    fn write_read_delete(s: &dyn BlobStore) {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut w = s.create(&id(1)).unwrap();
+        for c in data.chunks(65_551) {
+            w.write(c).unwrap();
+        }
+        assert_eq!(w.commit().unwrap(), data.len() as u64);
+        assert_eq!(s.len(&id(1)).unwrap(), Some(data.len() as u64));
+        assert_eq!(s.read_at(&id(1), 0, data.len()).unwrap().unwrap(), data);
+        assert_eq!(s.read_at(&id(1), 70_000, 10).unwrap().unwrap(), &data[70_000..70_010]);
+        assert_eq!(s.read_at(&id(1), data.len() as u64 - 3, 100).unwrap().unwrap(), &data[data.len() - 3..], "short at the end");
+        assert!(s.read_at(&id(1), data.len() as u64 + 5, 10).unwrap().unwrap().is_empty());
+        assert_eq!(s.len(&id(2)).unwrap(), None);
+        assert_eq!(s.read_at(&id(2), 0, 1).unwrap(), None);
+        assert!(s.delete(&id(1)).unwrap());
+        assert!(!s.delete(&id(1)).unwrap());
+        assert_eq!(s.len(&id(1)).unwrap(), None);
+        let empty = s.create(&id(3)).unwrap();
+        assert_eq!(empty.commit().unwrap(), 0);
+        assert_eq!(s.read_at(&id(3), 0, 10).unwrap().unwrap(), Vec::<u8>::new());
+    }
+
+    fn uncommitted_is_invisible(s: &dyn BlobStore) {
+        let mut w = s.create(&id(4)).unwrap();
+        w.write(b"half").unwrap();
+        assert_eq!(s.len(&id(4)).unwrap(), None, "invisible before commit");
+        drop(w);
+        assert_eq!(s.len(&id(4)).unwrap(), None, "discarded when dropped");
+        let mut w = s.create(&id(4)).unwrap();
+        w.write(b"whole").unwrap();
+        w.commit().unwrap();
+        assert_eq!(s.read_at(&id(4), 0, 10).unwrap().unwrap(), b"whole");
+    }
+
+    fn existing_ids_are_not_overwritten(s: &dyn BlobStore) {
+        let mut a = s.create(&id(5)).unwrap();
+        let mut b = s.create(&id(5)).unwrap();
+        a.write(b"first").unwrap();
+        b.write(b"second").unwrap();
+        a.commit().unwrap();
+        assert!(matches!(b.commit(), Err(StoreError::Conflict { .. })));
+        assert_eq!(s.read_at(&id(5), 0, 10).unwrap().unwrap(), b"first");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_blob_store_conformance() {
+        let dirs = std::cell::RefCell::new(Vec::new());
+        conformance::run_all(&mut || {
+            let d = tempfile::tempdir().unwrap();
+            let s = FileBlobStore::open(&d.path().join("blobs")).unwrap();
+            dirs.borrow_mut().push(d);
+            Box::new(s)
+        });
+    }
+
+    #[test]
+    fn abandoned_temporary_files_are_cleared_on_open() {
+        let d = tempfile::tempdir().unwrap();
+        let s = FileBlobStore::open(&d.path().join("blobs")).unwrap();
+        let mut w = s.create(&BlobId([9; 32])).unwrap();
+        w.write(b"x").unwrap();
+        std::mem::forget(w); // as if the process died mid-upload
+        assert_eq!(std::fs::read_dir(d.path().join("blobs/tmp")).unwrap().count(), 1);
+        let _ = FileBlobStore::open(&d.path().join("blobs")).unwrap();
+        assert_eq!(std::fs::read_dir(d.path().join("blobs/tmp")).unwrap().count(), 0);
+    }
+}
