@@ -53,7 +53,7 @@ async fn audited(State(st): St, ctx: crate::audit::ReqCtx, req: axum::extract::R
     let status = resp.status().as_u16();
     let why = (status >= 400).then(|| resp.status().canonical_reason().unwrap_or("failed").to_string());
     let what = crate::audit::What::new("client-admin", action, Some(target));
-    match crate::audit::finish_plain(&st, who.client_id(), role_name(who.role()), &ctx, what, status, why).await {
+    match crate::audit::finish_by(&st, &who, &ctx, what, status, why).await {
         Ok(()) => resp,
         Err(e) => e.into_response(),
     }
@@ -69,19 +69,8 @@ fn require(who: &Principal, roles: &[Role]) -> Result<(), ApiError> {
     if roles.contains(&who.role()) {
         Ok(())
     } else {
-        let names: Vec<&str> = roles.iter().map(|r| role_name(*r)).collect();
+        let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
         Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("this needs the role {}", names.join(" or "))))
-    }
-}
-
-fn role_name(r: Role) -> &'static str {
-    match r {
-        Role::Admin => "admin",
-        Role::FacilitySystem => "facility-system",
-        Role::Clinician => "clinician",
-        Role::Patient => "patient",
-        Role::SecurityOfficer => "security-officer",
-        Role::Researcher => "researcher",
     }
 }
 
@@ -140,8 +129,8 @@ async fn list(State(st): St, Extension(who): Extension<Principal>) -> Result<Res
 /// A registration as shown: without secrets, with its patient budget and current use.
 fn view(store: &dyn brankas_store::Store, c: &brankas_auth::ClientRecord) -> Value {
     let mut v = c.public_view();
-    let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64;
-    if let Ok((h, d)) = store.guard_usage(&c.client_id, now.div_euclid(3_600_000_000), now.div_euclid(86_400_000_000)) {
+    let (hour, day) = crate::guard::windows();
+    if let Ok((h, d)) = store.guard_usage(&c.client_id, hour, day) {
         v["patient_budget_use"] = json!({"this_hour": h, "today": d});
     }
     v

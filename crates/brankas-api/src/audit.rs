@@ -93,7 +93,7 @@ fn base_entry(who: &Principal, ctx: &ReqCtx, what: &What) -> AuditEntry {
         interaction: what.interaction.into(),
         action: what.action.into(),
         client_id: who.client_id().into(),
-        role: role_name(who.role()).into(),
+        role: who.role().as_str().into(),
         organization: who.organization().map(String::from),
         practitioner: who.practitioner().map(String::from),
         acting_patient: who.patient().map(String::from),
@@ -104,17 +104,6 @@ fn base_entry(who: &Principal, ctx: &ReqCtx, what: &What) -> AuditEntry {
         target: what.target.clone(),
         query: what.query.clone(),
         ..Default::default()
-    }
-}
-
-pub(crate) fn role_name(r: Role) -> &'static str {
-    match r {
-        Role::Admin => "admin",
-        Role::FacilitySystem => "facility-system",
-        Role::Clinician => "clinician",
-        Role::Patient => "patient",
-        Role::SecurityOfficer => "security-officer",
-        Role::Researcher => "researcher",
     }
 }
 
@@ -198,6 +187,11 @@ fn refused(mut recs: Vec<NewRecord>, e: &ApiError) -> Vec<NewRecord> {
     recs
 }
 
+/// Audits a request of an authenticated client that touches no patient.
+pub(crate) async fn finish_by(st: &AppState, who: &Principal, ctx: &ReqCtx, what: What, status: u16, why: Option<String>) -> Result<(), ApiError> {
+    finish_plain(st, who.client_id(), who.role().as_str(), ctx, what, status, why).await
+}
+
 /// Audits a request that touches no patient (token issuance, client administration).
 pub(crate) async fn finish_plain(st: &AppState, client_id: &str, role: &str, ctx: &ReqCtx, what: What, status: u16, why: Option<String>) -> Result<(), ApiError> {
     let entry = AuditEntry {
@@ -272,17 +266,10 @@ fn date_bound(v: &str) -> Result<(String, i64, i64), ApiError> {
         Some(p @ ("ge" | "gt" | "le" | "lt" | "eq")) => (p.to_string(), &v[2..]),
         _ => ("eq".to_string(), v),
     };
-    use time::format_description::well_known::Rfc3339;
-    let (start, end) = if rest.len() == 10 {
-        let d = time::Date::parse(rest, time::macros::format_description!("[year]-[month]-[day]")).map_err(|_| bad())?;
-        let s = d.midnight().assume_utc();
-        (s, s + time::Duration::days(1))
-    } else {
-        let t = time::OffsetDateTime::parse(rest, &Rfc3339).map_err(|_| bad())?;
-        (t, t + time::Duration::microseconds(1))
-    };
-    let us = |t: time::OffsetDateTime| (t.unix_timestamp_nanos() / 1000) as i64;
-    Ok((prefix, us(start), us(end)))
+    // A date covers its whole (UTC) day; a dateTime the one microsecond it names.
+    let start = brankas_audit::breach::parse_time(rest).ok_or_else(bad)?;
+    let end = if rest.len() == 10 { start + 86_400_000_000 } else { start + 1 };
+    Ok((prefix, start, end))
 }
 
 async fn search_inner(st: &Arc<AppState>, who: &Principal, pairs: &[(String, String)]) -> Result<(Value, Vec<String>), ApiError> {
@@ -779,6 +766,6 @@ async fn admin_audited(st: &AppState, who: &Principal, ctx: &ReqCtx, interaction
         Ok(_) => (200, None),
         Err(e) => (e.status.as_u16(), Some(e.message.clone())),
     };
-    finish_plain(st, who.client_id(), role_name(who.role()), ctx, What::new(interaction, "R", None), status, why).await?;
+    finish_by(st, who, ctx, What::new(interaction, "R", None), status, why).await?;
     r
 }

@@ -169,7 +169,7 @@ pub(crate) async fn break_glass(st: &AppState, who: &Principal) {
     }
     let store = st.store.clone();
     let c = who.client_id().to_string();
-    let day = now_us().div_euclid(US_PER_DAY);
+    let (_, day) = windows();
     let mut n = 0;
     for _ in 0..grants {
         let (store, c) = (store.clone(), c.clone());
@@ -181,6 +181,12 @@ pub(crate) async fn break_glass(st: &AppState, who: &Principal) {
 
 const US_PER_HOUR: i64 = 3_600_000_000;
 const US_PER_DAY: i64 = 86_400_000_000;
+
+/// The budget windows now: (clock hour, UTC day), as the store counts them.
+pub(crate) fn windows() -> (i64, i64) {
+    let now = now_us();
+    (now.div_euclid(US_PER_HOUR), now.div_euclid(US_PER_DAY))
+}
 
 fn now_us() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
@@ -237,8 +243,7 @@ pub(crate) async fn admit(st: &AppState, who: &Principal, recs: &[NewRecord]) ->
             let _ = auth.set_status(&client, ClientStatus::Suspended);
             return Ok(Some(("canary", json!({"canaries_touched": canaries.len(), "action": "suspended"}), true)));
         }
-        let now = now_us();
-        let (hour, day) = (now.div_euclid(US_PER_HOUR), now.div_euclid(US_PER_DAY));
+        let (hour, day) = windows();
         let a = st2.guard_admit(&client, hour, day, &parts, budget.per_hour, budget.per_day)?;
         if a.admitted {
             return Ok(None);
@@ -310,7 +315,7 @@ async fn canaries(State(st): State<Arc<AppState>>, Extension(who): Extension<Pri
         Err(e) => (e.status.as_u16(), Some(e.message.clone())),
     };
     let what = crate::audit::What::new("canary-create", "C", Some(format!("{} canaries", r.as_ref().map_or(0, Vec::len))));
-    crate::audit::finish_plain(&st, who.client_id(), crate::audit::role_name(who.role()), &ctx, what, status, why).await?;
+    crate::audit::finish_by(&st, &who, &ctx, what, status, why).await?;
     let ids = r?;
     let mut resp = (StatusCode::CREATED, serde_json::to_vec(&json!({"planted": ids.len()})).unwrap_or_default()).into_response();
     resp.headers_mut().insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
@@ -356,6 +361,6 @@ async fn alerts(State(st): State<Arc<AppState>>, Extension(who): Extension<Princ
         Ok(_) => (200, None),
         Err(e) => (e.status.as_u16(), Some(e.message.clone())),
     };
-    crate::audit::finish_plain(&st, who.client_id(), crate::audit::role_name(who.role()), &ctx, crate::audit::What::new("alerts-read", "R", None), status, why).await?;
+    crate::audit::finish_by(&st, &who, &ctx, crate::audit::What::new("alerts-read", "R", None), status, why).await?;
     r
 }

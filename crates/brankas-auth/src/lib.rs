@@ -82,6 +82,20 @@ pub enum Role {
     Researcher,
 }
 
+impl Role {
+    /// The role's name, as registrations and audit records write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::FacilitySystem => "facility-system",
+            Role::Clinician => "clinician",
+            Role::Patient => "patient",
+            Role::SecurityOfficer => "security-officer",
+            Role::Researcher => "researcher",
+        }
+    }
+}
+
 /// Lifecycle state of a client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -343,6 +357,27 @@ impl Principal {
     /// The patient budget of the client (`None`: unbounded, the operator's own tools).
     pub fn budget(&self) -> Option<PatientBudget> {
         self.budget
+    }
+
+    /// The caller a verified token of registered client `rec` stands for (its own token, or
+    /// a trusted issuer's naming `practitioner` or `patient`).
+    fn of_client(rec: ClientRecord, scopes: Scopes, token_id: String, practitioner: Option<String>, patient: Option<String>) -> Self {
+        Self {
+            budget: Some(rec.budget()),
+            limits: Some(rec.rate_limits()),
+            client_id: rec.client_id,
+            role: rec.role,
+            scopes,
+            token_id,
+            organization: rec.organization,
+            practitioner,
+            patient,
+            purpose: "TREAT".into(),
+            break_glass_reason: None,
+            local: false,
+            sensitive: rec.sensitive,
+            trail: AccessTrail::default(),
+        }
     }
 
     /// The patients this request's gates were asked about (see [`AccessTrail`]).
@@ -690,24 +725,8 @@ impl Authority {
         if !granted.covers(&scopes) {
             return Err(AuthError::InvalidToken);
         }
-        let budget = Some(rec.budget());
-        let limits = Some(rec.rate_limits());
-        Ok(Principal {
-            budget,
-            limits,
-            client_id: rec.client_id,
-            role: rec.role,
-            scopes,
-            token_id: claims.jti,
-            organization: rec.organization,
-            practitioner: rec.practitioner,
-            patient: rec.patient,
-            purpose: "TREAT".into(),
-            break_glass_reason: None,
-            local: false,
-            sensitive: rec.sensitive,
-            trail: AccessTrail::default(),
-        })
+        let (practitioner, patient) = (rec.practitioner.clone(), rec.patient.clone());
+        Ok(Principal::of_client(rec, scopes, claims.jti, practitioner, patient))
     }
 }
 
@@ -781,24 +800,8 @@ impl Authority {
         }
         let user = format!("{want}/{id}");
         let (practitioner, patient) = if rec.role == Role::Patient { (None, Some(user)) } else { (Some(user), None) };
-        let budget = Some(rec.budget());
-        let limits = Some(rec.rate_limits());
-        Ok(Principal {
-            budget,
-            limits,
-            client_id: rec.client_id,
-            role: rec.role,
-            scopes,
-            token_id: s("jti").unwrap_or("").chars().take(64).collect(),
-            organization: rec.organization,
-            practitioner,
-            patient,
-            purpose: "TREAT".into(),
-            break_glass_reason: None,
-            local: false,
-            sensitive: rec.sensitive,
-            trail: AccessTrail::default(),
-        })
+        let token_id = s("jti").unwrap_or("").chars().take(64).collect();
+        Ok(Principal::of_client(rec, scopes, token_id, practitioner, patient))
     }
 }
 
