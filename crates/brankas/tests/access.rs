@@ -4,19 +4,12 @@
 
 mod common;
 
-use common::{Instance, Server};
+use common::{Caller, Instance, NIK_SYSTEM, Server, observation, patient};
 use serde_json::{Value, json};
 
-const NIK_SYSTEM: &str = "https://fhir.kemkes.go.id/id/nik";
-
 /// A client of the instance, with a token.
-struct Caller {
-    token: String,
-}
-
 fn caller(inst: &Instance, s: &Server, args: &[&str]) -> Caller {
-    let c = inst.register(args);
-    Caller { token: s.token_for(c["client_id"].as_str().unwrap(), c["client_secret"].as_str().unwrap()) }
+    inst.caller(s, args)
 }
 
 fn facility(inst: &Instance, s: &Server, org: &str) -> Caller {
@@ -29,17 +22,7 @@ fn facility_granted(inst: &Instance, s: &Server, org: &str, sensitive: &str) -> 
 }
 
 fn call(s: &Server, c: &Caller, method: reqwest::Method, path: &str, body: Option<&Value>, headers: &[(&str, &str)]) -> (u16, Value) {
-    let mut r = s.http.request(method, s.url(path)).bearer_auth(&c.token);
-    for (k, v) in headers {
-        r = r.header(*k, *v);
-    }
-    if let Some(b) = body {
-        r = r.header("content-type", "application/fhir+json").body(serde_json::to_vec(b).unwrap());
-    }
-    let r = r.send().unwrap();
-    let st = r.status().as_u16();
-    let text = r.text().unwrap();
-    (st, serde_json::from_str(&text).unwrap_or(Value::Null))
+    s.call(&c.token, method, path, body, headers)
 }
 
 fn get(s: &Server, c: &Caller, path: &str) -> (u16, Value) {
@@ -50,18 +33,6 @@ fn create(s: &Server, c: &Caller, body: Value) -> String {
     let (st, v) = call(s, c, reqwest::Method::POST, body["resourceType"].as_str().unwrap(), Some(&body), &[]);
     assert_eq!(st, 201, "{v}");
     v["id"].as_str().unwrap().to_string()
-}
-
-fn patient(nik: &str, family: &str) -> Value {
-    json!({"resourceType": "Patient", "identifier": [{"system": NIK_SYSTEM, "value": nik}],
-           "name": [{"family": family, "given": ["Sri"]}], "gender": "female", "birthDate": "1990-08-07"})
-}
-
-fn observation(pid: &str) -> Value {
-    json!({"resourceType": "Observation", "status": "final",
-           "code": {"coding": [{"system": "http://loinc.org", "code": "94558-4"}]},
-           "subject": {"reference": format!("Patient/{pid}")}, "effectiveDateTime": "2021-07-14T09:10:00+07:00",
-           "valueCodeableConcept": {"text": "Positive"}})
 }
 
 /// A denial: 403, an OperationOutcome, and no trace of the record.
@@ -185,7 +156,7 @@ fn roles_without_a_clinical_purpose_read_no_patient_data() {
     let s = inst.serve();
     let rs = facility(&inst, &s, "rs-a");
     let pid = create(&s, &rs, patient("3171054708900003", "Lestari"));
-    let admin = Caller { token: s.token_for(&inst.admin_id, &inst.admin_secret) };
+    let admin = Caller { id: inst.admin_id.clone(), token: s.token_for(&inst.admin_id, &inst.admin_secret) };
     let officer = caller(&inst, &s, &["--name", "CSIRT", "--role", "security-officer", "--scopes", "system/AuditEvent.rs"]);
     let researcher = caller(&inst, &s, &["--name", "Litbangkes", "--role", "researcher"]);
     for (who, c) in [("admin", &admin), ("security officer", &officer), ("researcher", &researcher)] {

@@ -7,56 +7,13 @@ mod common;
 
 use std::path::Path;
 
-use common::{Instance, Server};
+use common::{Caller, Instance, NIK_SYSTEM, Server, observation, patient};
 use serde_json::{Value, json};
-
-const NIK_SYSTEM: &str = "https://fhir.kemkes.go.id/id/nik";
-
-struct Caller {
-    id: String,
-    token: String,
-}
-
-fn caller(inst: &Instance, s: &Server, args: &[&str]) -> Caller {
-    let c = inst.register(args);
-    let id = c["client_id"].as_str().unwrap().to_string();
-    Caller { token: s.token_for(&id, c["client_secret"].as_str().unwrap()), id }
-}
-
-fn call(s: &Server, token: &str, method: reqwest::Method, path: &str, body: Option<&Value>, headers: &[(&str, &str)]) -> (u16, Value) {
-    let mut r = s.http.request(method, s.url(path)).bearer_auth(token);
-    for (k, v) in headers {
-        r = r.header(*k, *v);
-    }
-    if let Some(b) = body {
-        r = r.header("content-type", "application/fhir+json").body(serde_json::to_vec(b).unwrap());
-    }
-    let r = r.send().unwrap();
-    let st = r.status().as_u16();
-    let text = r.text().unwrap();
-    (st, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-fn get(s: &Server, token: &str, path: &str) -> (u16, Value) {
-    call(s, token, reqwest::Method::GET, path, None, &[])
-}
-
-fn patient(nik: &str, family: &str) -> Value {
-    json!({"resourceType": "Patient", "identifier": [{"system": NIK_SYSTEM, "value": nik}],
-           "name": [{"family": family, "given": ["Sri"]}], "gender": "female", "birthDate": "1990-08-07"})
-}
-
-fn observation(pid: &str) -> Value {
-    json!({"resourceType": "Observation", "status": "final",
-           "code": {"coding": [{"system": "http://loinc.org", "code": "94558-4"}]},
-           "subject": {"reference": format!("Patient/{pid}")}, "effectiveDateTime": "2021-07-14T09:10:00+07:00",
-           "valueCodeableConcept": {"text": "Positive"}})
-}
 
 /// Every AuditEvent of a search, following next links.
 fn audit_events(s: &Server, token: &str, query: &str) -> Vec<Value> {
     let mut out = Vec::new();
-    let (st, mut b) = get(s, token, &format!("AuditEvent?{query}"));
+    let (st, mut b) = s.get_as(token, &format!("AuditEvent?{query}"));
     assert_eq!(st, 200, "{b}");
     loop {
         out.extend(b["entry"].as_array().into_iter().flatten().map(|e| e["resource"].clone()));
@@ -92,38 +49,38 @@ fn every_access_is_recorded_once_per_patient_and_patients_see_theirs() {
     let s = inst.serve();
     let fac = Caller { id: s.client_id.clone(), token: s.token.clone() };
     // The facility names itself in the directory; patients will read that name.
-    let (st, v) = call(&s, &fac.token, reqwest::Method::PUT, "Organization/test-facility", Some(&json!({"resourceType": "Organization", "id": "test-facility", "name": "Puskesmas Uji Coba"})), &[]);
+    let (st, v) = s.call(&fac.token, reqwest::Method::PUT, "Organization/test-facility", Some(&json!({"resourceType": "Organization", "id": "test-facility", "name": "Puskesmas Uji Coba"})), &[]);
     assert_eq!(st, 201, "{v}");
     let p1 = s.create(&patient("3171054708900003", "Lestari"))["id"].as_str().unwrap().to_string();
     let p2 = s.create(&patient("3171054708900011", "Wulandari"))["id"].as_str().unwrap().to_string();
     let obs = s.create(&observation(&p1))["id"].as_str().unwrap().to_string();
-    let clin = caller(&inst, &s, &["--name", "dr sari", "--role", "clinician", "--organization", "Organization/test-facility", "--practitioner", "Practitioner/sari", "--scopes", "user/*.rs"]);
-    let stranger = caller(&inst, &s, &["--name", "rs lain", "--role", "facility-system", "--organization", "Organization/rs-lain", "--scopes", "system/*.rs"]);
-    let officer = caller(&inst, &s, &["--name", "officer", "--role", "security-officer", "--scopes", "system/AuditEvent.rs"]);
-    let me = caller(&inst, &s, &["--name", "app of p1", "--role", "patient", "--patient", &format!("Patient/{p1}"), "--scopes", "patient/*.rs"]);
+    let clin = inst.caller(&s, &["--name", "dr sari", "--role", "clinician", "--organization", "Organization/test-facility", "--practitioner", "Practitioner/sari", "--scopes", "user/*.rs"]);
+    let stranger = inst.caller(&s, &["--name", "rs lain", "--role", "facility-system", "--organization", "Organization/rs-lain", "--scopes", "system/*.rs"]);
+    let officer = inst.caller(&s, &["--name", "officer", "--role", "security-officer", "--scopes", "system/AuditEvent.rs"]);
+    let me = inst.caller(&s, &["--name", "app of p1", "--role", "patient", "--patient", &format!("Patient/{p1}"), "--scopes", "patient/*.rs"]);
 
     // The clinician: 2 reads, 3 searches, 1 $everything of p1; 1 read of p2.
-    assert_eq!(get(&s, &clin.token, &format!("Patient/{p1}")).0, 200);
-    assert_eq!(get(&s, &clin.token, &format!("Observation/{obs}")).0, 200);
+    assert_eq!(s.get_as(&clin.token, &format!("Patient/{p1}")).0, 200);
+    assert_eq!(s.get_as(&clin.token, &format!("Observation/{obs}")).0, 200);
     for _ in 0..3 {
-        let (st, b) = get(&s, &clin.token, &format!("Observation?patient={p1}"));
+        let (st, b) = s.get_as(&clin.token, &format!("Observation?patient={p1}"));
         assert_eq!((st, b["total"].as_u64()), (200, Some(1)));
     }
-    assert_eq!(get(&s, &clin.token, &format!("Patient/{p1}/$everything")).0, 200);
-    assert_eq!(get(&s, &clin.token, &format!("Patient/{p2}")).0, 200);
+    assert_eq!(s.get_as(&clin.token, &format!("Patient/{p1}/$everything")).0, 200);
+    assert_eq!(s.get_as(&clin.token, &format!("Patient/{p2}")).0, 200);
     // An identity lookup answering one patient touches that patient only.
-    let (st, b) = get(&s, &clin.token, &format!("Patient?identifier={NIK_SYSTEM}|3171054708900011"));
+    let (st, b) = s.get_as(&clin.token, &format!("Patient?identifier={NIK_SYSTEM}|3171054708900011"));
     assert_eq!((st, b["total"].as_u64()), (200, Some(1)));
     // A transaction writing into two patients makes two records.
     let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
         {"resource": observation(&p1), "request": {"method": "POST", "url": "Observation"}},
         {"resource": observation(&p2), "request": {"method": "POST", "url": "Observation"}}]});
-    let (st, v) = call(&s, &fac.token, reqwest::Method::POST, "", Some(&tx), &[]);
+    let (st, v) = s.call(&fac.token, reqwest::Method::POST, "", Some(&tx), &[]);
     assert_eq!(st, 200, "{v}");
     // A facility without care: two denials on p1, then break-glass.
-    assert_eq!(get(&s, &stranger.token, &format!("Patient/{p1}")).0, 403);
-    assert_eq!(get(&s, &stranger.token, &format!("Observation?patient={p1}")).0, 403);
-    let (st, _) = call(&s, &stranger.token, reqwest::Method::GET, &format!("Patient/{p1}"), None, &[("X-Purpose-Of-Use", "BTG"), ("X-Break-Glass-Reason", "unconscious at ER")]);
+    assert_eq!(s.get_as(&stranger.token, &format!("Patient/{p1}")).0, 403);
+    assert_eq!(s.get_as(&stranger.token, &format!("Observation?patient={p1}")).0, 403);
+    let (st, _) = s.call(&stranger.token, reqwest::Method::GET, &format!("Patient/{p1}"), None, &[("X-Purpose-Of-Use", "BTG"), ("X-Break-Glass-Reason", "unconscious at ER")]);
     assert_eq!(st, 200);
 
     // The officer's view of p1.
@@ -182,22 +139,22 @@ fn every_access_is_recorded_once_per_patient_and_patients_see_theirs() {
     assert!(texts.iter().any(|t| t.contains("break-glass") && t.contains("unconscious at ER")), "{texts:?}");
     assert!(texts.iter().any(|t| t.contains("This access was refused")), "{texts:?}");
     // Nothing about anyone else, and no officer-only searches.
-    assert_eq!(get(&s, &me.token, &format!("AuditEvent?patient={p2}")).0, 403);
-    assert_eq!(get(&s, &me.token, "AuditEvent").0, 403);
-    assert_eq!(get(&s, &clin.token, &format!("AuditEvent?patient={p1}")).0, 403);
-    assert_eq!(get(&s, &fac.token, "AuditEvent").0, 403);
+    assert_eq!(s.get_as(&me.token, &format!("AuditEvent?patient={p2}")).0, 403);
+    assert_eq!(s.get_as(&me.token, "AuditEvent").0, 403);
+    assert_eq!(s.get_as(&clin.token, &format!("AuditEvent?patient={p1}")).0, 403);
+    assert_eq!(s.get_as(&fac.token, "AuditEvent").0, 403);
     // AuditEvent is the server's: not written by clients.
-    assert_eq!(call(&s, &fac.token, reqwest::Method::POST, "AuditEvent", Some(&json!({"resourceType": "AuditEvent"})), &[]).0, 405);
+    assert_eq!(s.call(&fac.token, reqwest::Method::POST, "AuditEvent", Some(&json!({"resourceType": "AuditEvent"})), &[]).0, 405);
     // Bad parameters are refused cleanly.
-    assert_eq!(get(&s, &officer.token, "AuditEvent?date=yesterday").0, 400);
-    assert_eq!(get(&s, &officer.token, "AuditEvent?name=Lestari").0, 400);
+    assert_eq!(s.get_as(&officer.token, "AuditEvent?date=yesterday").0, 400);
+    assert_eq!(s.get_as(&officer.token, "AuditEvent?name=Lestari").0, 400);
 }
 
 #[test]
 fn token_issuance_and_client_administration_are_recorded() {
     let inst = Instance::init();
     let s = inst.serve();
-    let officer = caller(&inst, &s, &["--name", "officer", "--role", "security-officer", "--scopes", "system/AuditEvent.rs"]);
+    let officer = inst.caller(&s, &["--name", "officer", "--role", "security-officer", "--scopes", "system/AuditEvent.rs"]);
     // A refused token request (wrong secret) and an admin action over HTTP.
     let r = s.http.post(format!("{}/auth/token", s.root)).basic_auth(&s.client_id, Some("wrong")).form(&[("grant_type", "client_credentials")]).send().unwrap();
     assert_eq!(r.status(), 401);
@@ -375,7 +332,7 @@ fn checkpoints_and_proofs_verify_against_each_other() {
     for _ in 0..40 {
         assert_eq!(s.get(&format!("Patient/{p}")).status(), 200);
     }
-    let officer = caller(&inst, &s, &["--name", "officer", "--role", "security-officer", "--scopes", "system/AuditEvent.rs"]);
+    let officer = inst.caller(&s, &["--name", "officer", "--role", "security-officer", "--scopes", "system/AuditEvent.rs"]);
     let admin_get = |path: &str| -> (u16, Value) {
         let r = s.http.get(format!("{}{path}", s.root)).bearer_auth(&officer.token).send().unwrap();
         (r.status().as_u16(), r.json().unwrap_or(Value::Null))
@@ -430,28 +387,28 @@ fn breach_report_lists_exactly_the_patients_a_credential_received() {
         "code": {"coding": [{"system": "http://loinc.org", "code": "11524-6", "display": "EKG study"}]},
         "subject": {"reference": format!("Patient/{}", ids[2])},
         "valueSampledData": {"origin": {"value": 0}, "period": 2, "dimensions": 1, "data": "0 12 40 12 0 -5"}}))["id"].as_str().unwrap().to_string();
-    let thief = caller(&inst, &s, &["--name", "dr x", "--role", "clinician", "--organization", "Organization/test-facility", "--practitioner", "Practitioner/x", "--scopes", "user/*.rs"]);
-    let bystander = caller(&inst, &s, &["--name", "dr y", "--role", "clinician", "--organization", "Organization/test-facility", "--practitioner", "Practitioner/y", "--scopes", "user/*.rs"]);
-    let elsewhere = caller(&inst, &s, &["--name", "rs lain", "--role", "facility-system", "--organization", "Organization/rs-lain", "--scopes", "system/*.cruds"]);
+    let thief = inst.caller(&s, &["--name", "dr x", "--role", "clinician", "--organization", "Organization/test-facility", "--practitioner", "Practitioner/x", "--scopes", "user/*.rs"]);
+    let bystander = inst.caller(&s, &["--name", "dr y", "--role", "clinician", "--organization", "Organization/test-facility", "--practitioner", "Practitioner/y", "--scopes", "user/*.rs"]);
+    let elsewhere = inst.caller(&s, &["--name", "rs lain", "--role", "facility-system", "--organization", "Organization/rs-lain", "--scopes", "system/*.cruds"]);
     let foreign = {
-        let (st, v) = call(&s, &elsewhere.token, reqwest::Method::POST, "Patient", Some(&patient("3171054708900053", "Kurniasih")), &[]);
+        let (st, v) = s.call(&elsewhere.token, reqwest::Method::POST, "Patient", Some(&patient("3171054708900053", "Kurniasih")), &[]);
         assert_eq!(st, 201, "{v}");
         v["id"].as_str().unwrap().to_string()
     };
-    let officer = caller(&inst, &s, &["--name", "officer", "--role", "security-officer", "--scopes", "system/AuditEvent.rs"]);
+    let officer = inst.caller(&s, &["--name", "officer", "--role", "security-officer", "--scopes", "system/AuditEvent.rs"]);
     // What the thief's script received, by its own record.
     let mut received = std::collections::BTreeSet::new();
     for id in &ids[0..3] {
-        let (st, v) = get(&s, &thief.token, &format!("Patient/{id}"));
+        let (st, v) = s.get_as(&thief.token, &format!("Patient/{id}"));
         assert_eq!(st, 200);
         received.insert(v["id"].as_str().unwrap().to_string());
     }
-    assert_eq!(get(&s, &thief.token, &format!("Observation/{ekg}")).0, 200);
-    let (st, b) = get(&s, &thief.token, &format!("Observation?patient={}", ids[3]));
+    assert_eq!(s.get_as(&thief.token, &format!("Observation/{ekg}")).0, 200);
+    let (st, b) = s.get_as(&thief.token, &format!("Observation?patient={}", ids[3]));
     assert_eq!((st, b["total"].as_u64()), (200, Some(1)));
     received.insert(ids[3].clone());
-    assert_eq!(get(&s, &thief.token, &format!("Patient/{foreign}")).0, 403, "no care at the other facility");
-    assert_eq!(get(&s, &bystander.token, &format!("Patient/{}", ids[4])).0, 200);
+    assert_eq!(s.get_as(&thief.token, &format!("Patient/{foreign}")).0, 403, "no care at the other facility");
+    assert_eq!(s.get_as(&bystander.token, &format!("Patient/{}", ids[4])).0, 200);
     let _ = fac;
 
     let r = s.http.get(format!("{}/admin/breach-report", s.root)).bearer_auth(&officer.token).query(&[("client", thief.id.as_str()), ("since", "2020-01-01"), ("contact", "DPO RS Uji, 021-555-0100")]).send().unwrap();

@@ -6,27 +6,8 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{Instance, Server};
+use common::{Caller, Instance, NIK_SYSTEM, Server};
 use serde_json::{Value, json};
-
-const NIK_SYSTEM: &str = "https://fhir.kemkes.go.id/id/nik";
-
-struct Caller {
-    id: String,
-    token: String,
-}
-
-fn caller(inst: &Instance, s: &Server, args: &[&str]) -> Caller {
-    let c = inst.register(args);
-    let id = c["client_id"].as_str().unwrap().to_string();
-    Caller { token: s.token_for(&id, c["client_secret"].as_str().unwrap()), id }
-}
-
-fn get(s: &Server, token: &str, path: &str) -> (u16, Value) {
-    let r = s.http.get(s.url(path)).bearer_auth(token).send().unwrap();
-    let st = r.status().as_u16();
-    (st, r.json().unwrap_or(Value::Null))
-}
 
 fn admin(s: &Server, token: &str, path: &str) -> (u16, Value) {
     let r = s.http.get(format!("{}{path}", s.root)).bearer_auth(token).send().unwrap();
@@ -73,9 +54,9 @@ fn a_stolen_credential_is_cut_off_at_its_budget_and_the_report_names_every_patie
     let inst = Instance::init();
     let s = inst.serve();
     let people = population(&s, 12);
-    let officer = caller(&inst, &s, &["--name", "officer", "--role", "security-officer", "--scopes", "system/AuditEvent.rs"]);
+    let officer = inst.caller(&s, &["--name", "officer", "--role", "security-officer", "--scopes", "system/AuditEvent.rs"]);
     // The facility's clinician app, with a budget of 5 patients an hour.
-    let stolen = caller(&inst, &s, &["--name", "ward app", "--role", "clinician", "--organization", "Organization/test-facility", "--practitioner", "Practitioner/x",
+    let stolen = inst.caller(&s, &["--name", "ward app", "--role", "clinician", "--organization", "Organization/test-facility", "--practitioner", "Practitioner/x",
         "--scopes", "user/*.rs", "--budget-per-hour", "5", "--budget-per-day", "50"]);
 
     // The thief's script, as fast as it can: identity enumeration (NIK lookups), then each
@@ -83,14 +64,14 @@ fn a_stolen_credential_is_cut_off_at_its_budget_and_the_report_names_every_patie
     let mut received: BTreeSet<String> = BTreeSet::new();
     let mut codes = Vec::new();
     for (id, nik) in &people {
-        let (st, b) = get(&s, &stolen.token, &format!("Patient?identifier={NIK_SYSTEM}|{nik}"));
+        let (st, b) = s.get_as(&stolen.token, &format!("Patient?identifier={NIK_SYSTEM}|{nik}"));
         codes.push(st);
         if st == 200 {
             for e in b["entry"].as_array().into_iter().flatten() {
                 received.insert(e["resource"]["id"].as_str().unwrap().to_string());
             }
         }
-        let (st, b) = get(&s, &stolen.token, &format!("Patient/{id}"));
+        let (st, b) = s.get_as(&stolen.token, &format!("Patient/{id}"));
         codes.push(st);
         if st == 200 {
             received.insert(b["id"].as_str().unwrap().to_string());
@@ -119,7 +100,7 @@ fn a_stolen_credential_is_cut_off_at_its_budget_and_the_report_names_every_patie
 
     // A stolen facility credential (its information system) walks the facility's work list
     // page by page, then tries identity enumeration.
-    let sys = caller(&inst, &s, &["--name", "simrs", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.rs",
+    let sys = inst.caller(&s, &["--name", "simrs", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.rs",
         "--budget-per-hour", "5", "--budget-per-day", "50", "--on-exceed", "suspend"]);
     let mut got: BTreeSet<String> = BTreeSet::new();
     let mut codes = Vec::new();
@@ -139,7 +120,7 @@ fn a_stolen_credential_is_cut_off_at_its_budget_and_the_report_names_every_patie
         next = b["link"].as_array().into_iter().flatten().find(|l| l["relation"] == "next").and_then(|l| l["url"].as_str()).map(String::from);
     }
     for (_, nik) in &people {
-        let (st, b) = get(&s, &sys.token, &format!("Patient?identifier={NIK_SYSTEM}|{nik}"));
+        let (st, b) = s.get_as(&sys.token, &format!("Patient?identifier={NIK_SYSTEM}|{nik}"));
         codes.push(st);
         for e in b["entry"].as_array().into_iter().flatten() {
             got.insert(e["resource"]["id"].as_str().unwrap().to_string());
@@ -155,12 +136,12 @@ fn a_stolen_credential_is_cut_off_at_its_budget_and_the_report_names_every_patie
     assert_eq!(ids_of(&breach(&s, &officer, &sys.id), "patients"), got, "the report names exactly what the walk received");
 
     // Throttle instead of suspend: refused past the budget, still served within it.
-    let slow = caller(&inst, &s, &["--name", "kiosk", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.rs",
+    let slow = inst.caller(&s, &["--name", "kiosk", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.rs",
         "--budget-per-hour", "2", "--budget-per-day", "2", "--on-exceed", "throttle"]);
-    assert_eq!(get(&s, &slow.token, &format!("Patient/{}", people[0].0)).0, 200);
-    assert_eq!(get(&s, &slow.token, &format!("Patient/{}", people[1].0)).0, 200);
-    assert_eq!(get(&s, &slow.token, &format!("Patient/{}", people[2].0)).0, 429);
-    assert_eq!(get(&s, &slow.token, &format!("Patient/{}", people[0].0)).0, 200, "patients already counted stay readable");
+    assert_eq!(s.get_as(&slow.token, &format!("Patient/{}", people[0].0)).0, 200);
+    assert_eq!(s.get_as(&slow.token, &format!("Patient/{}", people[1].0)).0, 200);
+    assert_eq!(s.get_as(&slow.token, &format!("Patient/{}", people[2].0)).0, 429);
+    assert_eq!(s.get_as(&slow.token, &format!("Patient/{}", people[0].0)).0, 200, "patients already counted stay readable");
 }
 
 #[test]
@@ -168,7 +149,7 @@ fn the_first_touch_of_a_canary_suspends_and_nothing_real_follows() {
     let inst = Instance::init();
     let s = inst.serve();
     let people = population(&s, 4);
-    let officer = caller(&inst, &s, &["--name", "officer", "--role", "security-officer", "--scopes", "system/AuditEvent.rs"]);
+    let officer = inst.caller(&s, &["--name", "officer", "--role", "security-officer", "--scopes", "system/AuditEvent.rs"]);
     // Planted by the CLI among the facility's patients, and by an officer over HTTP.
     let o = inst.cli(&["canary", "create", "--count", "3", "--organization", "Organization/test-facility"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -183,32 +164,32 @@ fn the_first_touch_of_a_canary_suspends_and_nothing_real_follows() {
     let r = s.http.post(format!("{}/admin/canaries", s.root)).bearer_auth(&s.token).json(&json!({"count": 2})).send().unwrap();
     assert_eq!(r.status(), 403, "only officers plant canaries");
 
-    let walker = caller(&inst, &s, &["--name", "walker", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.rs",
+    let walker = inst.caller(&s, &["--name", "walker", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.rs",
         "--budget-per-hour", "1000", "--budget-per-day", "1000"]);
     // The walk: the facility's recent encounters, newest first, then each patient.
-    let (st, b) = get(&s, &walker.token, "Encounter?service-provider=Organization/test-facility&date=ge2026-11-20&date=le2026-12-31");
+    let (st, b) = s.get_as(&walker.token, "Encounter?service-provider=Organization/test-facility&date=ge2026-11-20&date=le2026-12-31");
     assert_eq!(st, 403, "the work list holds canaries: the page is refused and the client suspended: {b}");
     assert!(!b.to_string().contains("Pasien"), "no real patient in the refusal: {b}");
     for (id, _) in &people {
-        assert_eq!(get(&s, &walker.token, &format!("Patient/{id}")).0, 401, "zero real patients after the canary");
+        assert_eq!(s.get_as(&walker.token, &format!("Patient/{id}")).0, 401, "zero real patients after the canary");
     }
     let al = alerts(&s, &officer);
     assert!(al.iter().any(|a| a["kind"] == "canary" && a["severity"] == "critical" && a["client_id"] == walker.id.as_str()), "{al:?}");
 
     // An identity lookup that hits a canary trips just the same, at any facility.
-    let prober = caller(&inst, &s, &["--name", "prober", "--role", "facility-system", "--organization", "Organization/rs-lain", "--scopes", "system/*.rs"]);
-    assert_eq!(get(&s, &prober.token, &format!("Patient?identifier={NIK_SYSTEM}|{}", people[1].1)).0, 200, "a real lookup is served");
-    let (st, b) = get(&s, &prober.token, &format!("Patient?identifier={NIK_SYSTEM}|{}", canaries[1].1));
+    let prober = inst.caller(&s, &["--name", "prober", "--role", "facility-system", "--organization", "Organization/rs-lain", "--scopes", "system/*.rs"]);
+    assert_eq!(s.get_as(&prober.token, &format!("Patient?identifier={NIK_SYSTEM}|{}", people[1].1)).0, 200, "a real lookup is served");
+    let (st, b) = s.get_as(&prober.token, &format!("Patient?identifier={NIK_SYSTEM}|{}", canaries[1].1));
     assert_eq!(st, 403, "{b}");
-    assert_eq!(get(&s, &prober.token, &format!("Patient?identifier={NIK_SYSTEM}|{}", people[0].1)).0, 401);
+    assert_eq!(s.get_as(&prober.token, &format!("Patient?identifier={NIK_SYSTEM}|{}", people[0].1)).0, 401);
     // The breach report keeps canaries apart: trip-wires, not people to notify. (The refused
     // canary page disclosed nothing, so a report lists only what was served.)
     let report = breach(&s, &officer, &prober.id);
     assert_eq!(ids_of(&report, "patients"), BTreeSet::from([people[1].0.clone()]), "{report}");
     // Even the facility's own client trips on a canary read by id.
-    let (st, _) = get(&s, &s.token, &format!("Patient/{}", canaries[0].0));
+    let (st, _) = s.get_as(&s.token, &format!("Patient/{}", canaries[0].0));
     assert_eq!(st, 403);
-    assert_eq!(get(&s, &s.token, &format!("Patient/{}", people[0].0)).0, 401);
+    assert_eq!(s.get_as(&s.token, &format!("Patient/{}", people[0].0)).0, 401);
 }
 
 #[test]
@@ -226,7 +207,7 @@ fn two_servers_on_one_database_enforce_one_budget() {
     let mut codes = Vec::new();
     for (i, (pid, _)) in people.iter().enumerate() {
         let (s, t) = if i % 2 == 0 { (&a, &ta) } else { (&b, &tb) };
-        let (st, _) = get(s, t, &format!("Patient/{pid}"));
+        let (st, _) = s.get_as(t, &format!("Patient/{pid}"));
         codes.push(st);
         if st == 200 {
             received += 1;
@@ -246,8 +227,8 @@ fn failed_logins_lock_an_address_out_and_new_addresses_and_break_glass_raise_ale
     let inst = Instance::init();
     let s = inst.serve();
     let people = population(&s, 5);
-    let officer = caller(&inst, &s, &["--name", "officer", "--role", "security-officer", "--scopes", "system/AuditEvent.rs"]);
-    let er = caller(&inst, &s, &["--name", "igd", "--role", "facility-system", "--organization", "Organization/rs-lain", "--scopes", "system/*.rs"]);
+    let officer = inst.caller(&s, &["--name", "officer", "--role", "security-officer", "--scopes", "system/AuditEvent.rs"]);
+    let er = inst.caller(&s, &["--name", "igd", "--role", "facility-system", "--organization", "Organization/rs-lain", "--scopes", "system/*.rs"]);
     // Break-glass on four patients in one day: each an alert, the fourth above the threshold.
     for (id, _) in people.iter().take(4) {
         let r = s.http.get(s.url(&format!("Patient/{id}"))).bearer_auth(&er.token).header("X-Purpose-Of-Use", "BTG").header("X-Break-Glass-Reason", "unconscious, no ID").send().unwrap();
@@ -287,7 +268,7 @@ fn request_rate_and_page_size_are_bounded_per_client() {
     let inst = Instance::init();
     let s = inst.serve();
     let people = population(&s, 5);
-    let c = caller(&inst, &s, &["--name", "kiosk", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.rs",
+    let c = inst.caller(&s, &["--name", "kiosk", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.rs",
         "--rate-per-second", "1", "--burst", "3", "--max-page", "2"]);
     let codes: Vec<u16> = (0..4).map(|i| s.http.get(s.url(&format!("Patient/{}", people[i].0))).bearer_auth(&c.token).send().unwrap().status().as_u16()).collect();
     assert_eq!(codes, vec![200, 200, 200, 429], "a burst of 3, then 1 a second");
@@ -296,7 +277,7 @@ fn request_rate_and_page_size_are_bounded_per_client() {
     assert!(r.headers().get("retry-after").is_some(), "429 says when to come back");
     std::thread::sleep(std::time::Duration::from_millis(2100));
     // A page never larger than the client's largest page, asked for or not.
-    let (st, b) = get(&s, &c.token, "Encounter?service-provider=Organization/test-facility&date=ge2026-11-01&date=le2026-12-31&_count=50");
+    let (st, b) = s.get_as(&c.token, "Encounter?service-provider=Organization/test-facility&date=ge2026-11-01&date=le2026-12-31&_count=50");
     assert_eq!(st, 200, "{b}");
     assert_eq!(b["entry"].as_array().unwrap().len(), 2);
     assert!(b["link"].as_array().unwrap().iter().any(|l| l["relation"] == "next"), "the rest is a page away");
@@ -352,10 +333,10 @@ fn alerts_are_pushed_to_a_signed_webhook_and_retried() {
     let mut s = inst.serve_with(&["--insecure-http", "--alert-webhook", &format!("http://127.0.0.1:{port}/alerts"), "--alert-webhook-secret-file", secret_file.to_str().unwrap()]);
     s.token = s.new_token();
     let people = population(&s, 3);
-    let c = caller(&inst, &s, &["--name", "kiosk", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.rs",
+    let c = inst.caller(&s, &["--name", "kiosk", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.rs",
         "--budget-per-hour", "1", "--budget-per-day", "1"]);
-    assert_eq!(get(&s, &c.token, &format!("Patient/{}", people[0].0)).0, 200);
-    assert_eq!(get(&s, &c.token, &format!("Patient/{}", people[1].0)).0, 429);
+    assert_eq!(s.get_as(&c.token, &format!("Patient/{}", people[0].0)).0, 200);
+    assert_eq!(s.get_as(&c.token, &format!("Patient/{}", people[1].0)).0, 429);
     // Delivered: refused once (500), delivered on the retry a second later.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while got.lock().unwrap().len() < 2 && std::time::Instant::now() < deadline {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_brankas");
 
@@ -293,4 +293,58 @@ impl Server {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+}
+
+/// The NIK identifier system.
+pub const NIK_SYSTEM: &str = "https://fhir.kemkes.go.id/id/nik";
+
+/// A registered client and a token of it.
+pub struct Caller {
+    pub id: String,
+    pub token: String,
+}
+
+impl Instance {
+    /// Registers a client (`brankas clients create <args>`) and gets it a token from `s`.
+    pub fn caller(&self, s: &Server, args: &[&str]) -> Caller {
+        let c = self.register(args);
+        let id = c["client_id"].as_str().unwrap().to_string();
+        Caller { token: s.token_for(&id, c["client_secret"].as_str().unwrap()), id }
+    }
+}
+
+impl Server {
+    /// A FHIR request with `token`: status and JSON body (`Null` if none).
+    pub fn call(&self, token: &str, method: reqwest::Method, path: &str, body: Option<&Value>, headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut r = self.http.request(method, self.url(path)).bearer_auth(token);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        if let Some(b) = body {
+            r = r.header("content-type", "application/fhir+json").body(serde_json::to_vec(b).unwrap());
+        }
+        let r = r.send().unwrap();
+        let st = r.status().as_u16();
+        let text = r.text().unwrap();
+        (st, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// `GET` with `token`.
+    pub fn get_as(&self, token: &str, path: &str) -> (u16, Value) {
+        self.call(token, reqwest::Method::GET, path, None, &[])
+    }
+}
+
+/// A woman born on 7 Aug 1990 with this NIK (which must agree) and family name.
+pub fn patient(nik: &str, family: &str) -> Value {
+    json!({"resourceType": "Patient", "identifier": [{"system": NIK_SYSTEM, "value": nik}],
+           "name": [{"family": family, "given": ["Sri"]}], "gender": "female", "birthDate": "1990-08-07"})
+}
+
+/// A positive COVID-19 antigen result of patient `pid`.
+pub fn observation(pid: &str) -> Value {
+    json!({"resourceType": "Observation", "status": "final",
+           "code": {"coding": [{"system": "http://loinc.org", "code": "94558-4"}]},
+           "subject": {"reference": format!("Patient/{pid}")}, "effectiveDateTime": "2021-07-14T09:10:00+07:00",
+           "valueCodeableConcept": {"text": "Positive"}})
 }
