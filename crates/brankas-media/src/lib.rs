@@ -1,0 +1,245 @@
+//! Photos without their metadata.
+//!
+//! A patient photo taken with a phone carries EXIF: the GPS position where it was taken
+//! (often the patient's home), the time, the camera, sometimes a thumbnail of the uncropped
+//! picture; XMP, IPTC and comments can carry names and notes. None of it is needed to show
+//! the picture, so every JPEG and PNG the server stores goes through [`clean`] first, which
+//! keeps only what is needed to render it:
+//!
+//! - **JPEG**: a lossless rewrite of the marker segments (tables, frame, scans, JFIF without
+//!   thumbnail, ICC profile, Adobe colour transform); EXIF, XMP, MPF (further embedded JPEGs
+//!   with their own EXIF), IPTC, comments and bytes after the end are dropped.
+//! - **PNG**: a lossless rewrite of the chunks (pixels, palette, transparency, colour space,
+//!   pixel size, background, APNG frames); eXIf, text chunks, tIME and every other ancillary
+//!   chunk are dropped.
+//! - **Orientation**: dropping EXIF would drop the orientation too, turning a portrait photo
+//!   on its side; so when EXIF says the picture must be rotated or flipped (orientation 2–8),
+//!   the pixels are turned first and the image re-encoded (JPEG at quality 92, or PNG).
+//! - **Bounded**: the input size is checked first, the pixel count from the header before
+//!   any decoding (a 100000 × 100000 PNG of a few hundred bytes never allocates), and every
+//!   image is fully decoded within [`Limits`] so that truncated, corrupt or hostile images are
+//!   refused instead of stored.
+//!
+//! [`classify`] decides from the declared content type and the magic number whether bytes
+//! are to be cleaned, stored as they are, or refused (image formats that carry EXIF or XMP
+//! but cannot be cleaned here, such as HEIC and WebP).
+//!
+//! Errors ([`MediaError`]) never carry image bytes or metadata values: their messages are
+//! fixed texts. The crate does no I/O.
+//!
+//! ```
+//! use brankas_media::{Handling, Limits, classify, clean};
+//!
+//! # fn photo() -> Vec<u8> {
+//! #     let mut png = Vec::new();
+//! #     let img = image::DynamicImage::new_rgb8(4, 3);
+//! #     img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+//! #     png
+//! # }
+//! let upload: Vec<u8> = photo();
+//! let stored = match classify("application/octet-stream", &upload) {
+//!     Handling::Clean(kind) => clean(kind, &upload, &Limits::default())?,
+//!     Handling::PassThrough => upload,
+//!     Handling::Refuse => panic!("send JPEG or PNG"),
+//! };
+//! assert!(stored.starts_with(b"\x89PNG"));
+//! # Ok::<(), brankas_media::MediaError>(())
+//! ```
+
+mod codec;
+mod exif;
+mod jpeg;
+mod png;
+
+use image::ImageFormat;
+use image::metadata::Orientation;
+
+/// Bounds on the work [`clean`] does for one image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest input accepted, in bytes (default 32 MiB).
+    pub max_bytes: usize,
+    /// Largest image accepted, in pixels (width × height; default 64 million, a 64-megapixel
+    /// camera's photo). Checked against the header before decoding.
+    pub max_pixels: u64,
+    /// The decoder's allocation cap in bytes (default 512 MiB). Peak memory of [`clean`] is
+    /// about the input, its rewrite, the decoded image and, when the orientation is applied,
+    /// a turned copy of it.
+    pub max_alloc: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_bytes: 32 << 20, max_pixels: 64_000_000, max_alloc: 512 << 20 }
+    }
+}
+
+/// An image format [`clean`] handles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageKind {
+    Jpeg,
+    Png,
+}
+
+/// What to do with an attachment, from [`classify`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handling {
+    /// An image to pass through [`clean`] before storing it.
+    Clean(ImageKind),
+    /// Not an image that can carry EXIF or XMP here: store as it is.
+    PassThrough,
+    /// An image format that can carry EXIF or XMP and that this crate cannot clean: refuse it
+    /// rather than store a location.
+    Refuse,
+}
+
+/// Why an image was not cleaned. The messages are fixed texts: never image bytes, never
+/// metadata values (patient data), never the decoder's own words (which may quote either).
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    #[error("the image is larger than the size limit")]
+    TooLarge,
+    #[error("the image has more pixels than the limit")]
+    TooManyPixels,
+    #[error("decoding the image would exceed the memory limit")]
+    TooMuchMemory,
+    #[error("malformed image: {0}")]
+    Malformed(&'static str),
+    #[error("unsupported image: {0}")]
+    Unsupported(&'static str),
+    #[error("the cleaned image could not be encoded")]
+    Encode,
+}
+
+const PNG_SIGNATURE: [u8; 8] = png::SIGNATURE;
+
+/// Whether `first_bytes` start like an image format that carries EXIF or XMP and that this
+/// crate cannot clean (TIFF and camera raw files built on it, WebP, HEIF/HEIC/AVIF, JPEG XL,
+/// JPEG 2000). Such bytes are refused whatever the declared type, as JPEG and PNG are cleaned
+/// whatever the declared type: a phone's HEIC photo sent as `application/octet-stream` keeps
+/// its GPS position just the same.
+fn uncleanable_image_magic(b: &[u8]) -> bool {
+    const HEIF_BRANDS: [&[u8; 4]; 12] = [b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1", b"avif", b"avis"];
+    let tiff = [&b"II*\0"[..], b"MM\0*", b"II+\0", b"MM\0+"].iter().any(|m| b.starts_with(m));
+    let webp = b.starts_with(b"RIFF") && b.get(8..12) == Some(b"WEBP");
+    let heif = b.get(4..8) == Some(b"ftyp") && b.get(8..12).is_some_and(|brand| HEIF_BRANDS.iter().any(|h| h[..] == *brand));
+    // Only JPEG XL's container can hold EXIF and XMP; a bare codestream (FF 0A) cannot, and
+    // two bytes would be too weak a signature to refuse arbitrary binary content on.
+    let jxl = b.starts_with(b"\0\0\0\x0CJXL \r\n\x87\n");
+    let jp2 = b.starts_with(b"\0\0\0\x0CjP  \r\n\x87\n");
+    tiff || webp || heif || jxl || jp2
+}
+
+/// Decides how to store an attachment from its declared content type and its first bytes
+/// (16 are enough; all of them will do).
+///
+/// - Bytes that start like a JPEG (`FF D8 FF`) or carry the PNG signature are cleaned,
+///   whatever the declared type: the declaration is the client's, the bytes are what a viewer
+///   will show.
+/// - Bytes that start like another image format carrying EXIF or XMP (TIFF, WebP, HEIF, AVIF,
+///   JPEG XL, JPEG 2000) are refused, whatever the declared type, for the same reason.
+/// - Otherwise the declared type decides (case-insensitive, parameters after `;` ignored):
+///   `image/jpeg`, `image/jpg`, `image/pjpeg`, `image/png` and `image/apng` are cleaned (so
+///   bytes that are not really that format fail in [`clean`]); `image/gif`, `image/bmp` and
+///   non-image types pass through; every other `image/*` type (TIFF, WebP, HEIC, HEIF, AVIF,
+///   JPEG XL, SVG, `image/x-*`…) is refused, since it can carry EXIF or XMP.
+pub fn classify(content_type: &str, first_bytes: &[u8]) -> Handling {
+    if first_bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        return Handling::Clean(ImageKind::Jpeg);
+    }
+    if first_bytes.starts_with(&PNG_SIGNATURE) {
+        return Handling::Clean(ImageKind::Png);
+    }
+    if uncleanable_image_magic(first_bytes) {
+        return Handling::Refuse;
+    }
+    let essence = content_type.split_once(';').map_or(content_type, |(essence, _)| essence).trim();
+    let is = |t: &str| essence.eq_ignore_ascii_case(t);
+    if is("image/jpeg") || is("image/jpg") || is("image/pjpeg") {
+        Handling::Clean(ImageKind::Jpeg)
+    } else if is("image/png") || is("image/apng") {
+        Handling::Clean(ImageKind::Png)
+    } else if is("image/gif") || is("image/bmp") {
+        Handling::PassThrough
+    } else if essence.get(..6).is_some_and(|t| t.eq_ignore_ascii_case("image/")) {
+        Handling::Refuse
+    } else {
+        Handling::PassThrough
+    }
+}
+
+/// The orientation an EXIF value asks for; values outside 1–8 are ignored, as viewers do.
+fn to_orientation(value: Option<u16>) -> Orientation {
+    value.and_then(|v| u8::try_from(v).ok()).and_then(Orientation::from_exif).unwrap_or(Orientation::NoTransforms)
+}
+
+/// Returns `bytes` (a JPEG or PNG, as `kind` says) without metadata, with the EXIF orientation
+/// applied to the pixels. Without an orientation to apply (none, or 1) the result is a lossless
+/// rewrite with exactly the same pixels, and `clean` of a cleaned image returns it unchanged.
+///
+/// Checked in this order, each before any work the next needs: `bytes.len()` against
+/// `max_bytes` ([`MediaError::TooLarge`]); the structure, and the header's width × height
+/// against `max_pixels` ([`MediaError::TooManyPixels`]); then a complete decode within
+/// `max_alloc`, so that truncated or corrupt images fail here rather than in a viewer.
+pub fn clean(kind: ImageKind, bytes: &[u8], limits: &Limits) -> Result<Vec<u8>, MediaError> {
+    if bytes.len() > limits.max_bytes {
+        return Err(MediaError::TooLarge);
+    }
+    match kind {
+        ImageKind::Jpeg => clean_jpeg(bytes, limits),
+        ImageKind::Png => clean_png(bytes, limits),
+    }
+}
+
+fn clean_jpeg(bytes: &[u8], limits: &Limits) -> Result<Vec<u8>, MediaError> {
+    let rewritten = jpeg::rewrite(bytes, limits.max_pixels)?;
+    let orientation = to_orientation(rewritten.orientation);
+    let turn = orientation != Orientation::NoTransforms;
+    // The rewrite is what gets decoded: what is stored is what was validated.
+    let decoded = codec::decode(ImageFormat::Jpeg, &rewritten.bytes, limits, turn)?;
+    if (decoded.image.width(), decoded.image.height()) != (rewritten.width, rewritten.height) {
+        return Err(MediaError::Malformed("the JPEG's frame header and image data disagree"));
+    }
+    if !turn {
+        return Ok(rewritten.bytes);
+    }
+    let mut image = decoded.image;
+    image.apply_orientation(orientation);
+    let icc = decoded.icc.filter(|icc| codec::icc_fits(icc, image.color()));
+    let encoded = codec::encode_jpeg(&image, icc)?;
+    // Through the rewrite once more, so the output obeys the whitelist whatever the encoder
+    // writes (and cleaning it again changes nothing).
+    Ok(jpeg::rewrite(&encoded, u64::MAX)?.bytes)
+}
+
+fn clean_png(bytes: &[u8], limits: &Limits) -> Result<Vec<u8>, MediaError> {
+    let rewritten = png::rewrite(bytes, limits.max_pixels)?;
+    let orientation = to_orientation(rewritten.orientation);
+    let turn = orientation != Orientation::NoTransforms;
+    if turn && rewritten.animated {
+        // Only the first frame would survive a re-encode: refuse rather than lose the rest.
+        return Err(MediaError::Unsupported("an animated PNG with an EXIF orientation"));
+    }
+    let decoded = codec::decode(ImageFormat::Png, &rewritten.bytes, limits, false)?;
+    if (decoded.image.width(), decoded.image.height()) != (rewritten.width, rewritten.height) {
+        return Err(MediaError::Malformed("the PNG's header and image data disagree"));
+    }
+    if !turn {
+        return Ok(rewritten.bytes);
+    }
+    let mut image = decoded.image;
+    image.apply_orientation(orientation);
+    let encoded = codec::encode_png(&image)?;
+    let with_colour = png::with_colour_of(&encoded, &rewritten.bytes)?;
+    Ok(png::rewrite(&with_colour, u64::MAX)?.bytes)
+}
+
+/// The EXIF orientation value (1–8 when valid) of a JPEG's first EXIF segment or a PNG's
+/// first eXIf chunk before the image data; `None` when there is none or the structure of
+/// the file is invalid. No limit applies: this walks the structure without decoding.
+pub fn orientation(kind: ImageKind, bytes: &[u8]) -> Option<u16> {
+    match kind {
+        ImageKind::Jpeg => jpeg::rewrite(bytes, u64::MAX).ok()?.orientation,
+        ImageKind::Png => png::rewrite(bytes, u64::MAX).ok()?.orientation,
+    }
+}
