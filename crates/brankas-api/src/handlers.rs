@@ -39,6 +39,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::admin::routes(state.clone()))
         .merge(crate::audit::routes())
         .merge(crate::guard::routes())
+        .merge(crate::dicomweb::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn(access_log))
@@ -362,9 +363,36 @@ fn query_pairs(st: &AppState, raw: Option<&str>) -> Result<Vec<(String, String)>
 
 // ----- FHIR interactions -----
 
+/// A served Binary: the raw content, or FHIR JSON with `data` inline when asked for.
+async fn binary_response(st: &Arc<AppState>, mut s: Stored, headers: &HeaderMap, q: Option<&str>) -> ApiResult {
+    let etag_hit = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).and_then(parse_etag) == Some(s.version);
+    let mut r = if etag_hit {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else if crate::attach::wants_json(headers, q) {
+        let engine = st.engine.clone();
+        s = blocking(move || engine.inline_binary(&mut s).map(|()| s)).await?;
+        resource_response(st, StatusCode::OK, &s, "Binary", Return::Representation, false)
+    } else {
+        crate::attach::download(st, &s, headers).await?
+    };
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&s.etag()) {
+        h.insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&last_modified(s.last_updated_us)) {
+        h.insert(header::LAST_MODIFIED, v);
+    }
+    Ok(r)
+}
+
 async fn create(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, Path(rtype): Path<String>, headers: HeaderMap, body: Body) -> ApiResult {
     check_type(&rtype)?;
     not_audit_event(&rtype)?;
+    if rtype == "Binary" && crate::attach::is_raw(&headers) {
+        let out = crate::attach::upload(&st, &who, None, None, &headers, body).await;
+        let out = audit::finish(&st, &who, &ctx, What::new("create", "C", Some(rtype.clone())), out, |o| vec![&o.stored.resource]).await?;
+        return Ok(resource_response(&st, StatusCode::CREATED, &out.stored, &rtype, prefer_return(&headers), true));
+    }
     let resource = read_json(&st, &headers, body).await?;
     let ine = headers.get("if-none-exist").and_then(|v| v.to_str().ok()).map(String::from);
     let engine = st.engine.clone();
@@ -378,6 +406,14 @@ async fn create(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx
 async fn update(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, Path((rtype, id)): Path<(String, String)>, headers: HeaderMap, body: Body) -> ApiResult {
     check_type(&rtype)?;
     not_audit_event(&rtype)?;
+    if rtype == "Binary" && crate::attach::is_raw(&headers) {
+        let im = if_match(&headers)?;
+        let what = What::new("update", "U", target(&rtype, &id));
+        let out = crate::attach::upload(&st, &who, Some(id), im, &headers, body).await;
+        let out = audit::finish(&st, &who, &ctx, what, out, |o| vec![&o.stored.resource]).await?;
+        let status = if out.created { StatusCode::CREATED } else { StatusCode::OK };
+        return Ok(resource_response(&st, status, &out.stored, &rtype, prefer_return(&headers), out.created));
+    }
     let resource = read_json(&st, &headers, body).await?;
     let im = if_match(&headers)?;
     let engine = st.engine.clone();
@@ -390,12 +426,17 @@ async fn update(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx
 
 async fn read(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, Path((rtype, id)): Path<(String, String)>, RawQuery(q): RawQuery, headers: HeaderMap) -> ApiResult {
     check_type(&rtype)?;
-    check_accept(&headers, q.as_deref())?;
+    if rtype != "Binary" {
+        check_accept(&headers, q.as_deref())?;
+    }
     not_audit_event(&rtype)?;
     let engine = st.engine.clone();
     let (t, w, target) = (rtype.clone(), who.clone(), target(&rtype, &id));
     let s = blocking(move || engine.read(&w, &t, &id)).await;
     let s = audit::finish(&st, &who, &ctx, What::new("read", "R", target), s, |s| vec![&s.resource]).await?;
+    if rtype == "Binary" {
+        return binary_response(&st, s, &headers, q.as_deref()).await;
+    }
     if let Some(inm) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok())
         && parse_etag(inm) == Some(s.version) {
             let mut r = StatusCode::NOT_MODIFIED.into_response();
@@ -407,7 +448,14 @@ async fn read(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, 
     Ok(resource_response(&st, StatusCode::OK, &s, &rtype, Return::Representation, false))
 }
 
-async fn vread(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, Path((rtype, id, vid)): Path<(String, String, String)>) -> ApiResult {
+async fn vread(
+    State(st): St,
+    Extension(who): Extension<Principal>,
+    ctx: ReqCtx,
+    Path((rtype, id, vid)): Path<(String, String, String)>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult {
     check_type(&rtype)?;
     not_audit_event(&rtype)?;
     let version: u64 = vid.parse().map_err(|_| ApiError::not_found())?;
@@ -415,6 +463,9 @@ async fn vread(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx,
     let (t, w, target) = (rtype.clone(), who.clone(), target(&rtype, &id));
     let s = blocking(move || engine.vread(&w, &t, &id, version)).await;
     let s = audit::finish(&st, &who, &ctx, What::new("vread", "R", target), s, |s| vec![&s.resource]).await?;
+    if rtype == "Binary" {
+        return binary_response(&st, s, &headers, q.as_deref()).await;
+    }
     Ok(resource_response(&st, StatusCode::OK, &s, &rtype, Return::Representation, false))
 }
 

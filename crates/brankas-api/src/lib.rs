@@ -16,8 +16,10 @@
 //! (so suspension and revocation are immediate).
 
 mod admin;
+mod attach;
 mod audit;
 mod capability;
+pub mod dicomweb;
 pub mod canary;
 pub mod guard;
 mod handlers;

@@ -61,6 +61,8 @@ impl From<EngineError> for ApiError {
             EngineError::BadRequest(_) => Self::new(S::BAD_REQUEST, "invalid", e.to_string()),
             EngineError::Unprocessable(_) => Self::new(S::UNPROCESSABLE_ENTITY, "processing", e.to_string()),
             EngineError::Search(_) => Self::new(S::BAD_REQUEST, "not-supported", e.to_string()),
+            EngineError::TooLarge(_) => Self::new(S::PAYLOAD_TOO_LARGE, "too-costly", e.to_string()),
+            EngineError::UnsupportedMedia(_) => Self::new(S::UNSUPPORTED_MEDIA_TYPE, "not-supported", e.to_string()),
             EngineError::Forbidden(_) => Self::new(S::FORBIDDEN, "forbidden", e.to_string()),
             EngineError::Integrity => {
                 tracing::error!("integrity failure: stored data failed authentication");

@@ -53,6 +53,8 @@ impl Engine {
         let rtype = resource.get("resourceType").and_then(Value::as_str)?;
         let pid = if rtype == "Patient" {
             resource.get("id").and_then(Value::as_str)?.to_string()
+        } else if rtype == "Binary" {
+            crate::binary::binary_patient(resource)?.to_string()
         } else if self.registry.in_patient_compartment(rtype) {
             self.registry.patient_refs(rtype, resource).into_iter().next()?
         } else {
@@ -72,6 +74,10 @@ impl Engine {
         if rtype == "Patient" {
             return self.vault.patient_partition(id);
         }
+        if rtype == "Binary"
+            && let Some(p) = crate::binary::binary_patient(resource) {
+                return self.vault.patient_partition(p);
+            }
         if self.registry.in_patient_compartment(rtype)
             && let Some(p) = self.registry.patient_refs(rtype, resource).first() {
                 return self.vault.patient_partition(p);
@@ -93,6 +99,10 @@ impl Engine {
                 })
                 .collect();
             return Some(terms);
+        }
+        if rtype == "ImagingStudy" {
+            // DICOMweb finds a study by its UID (an exact lookup, like an identity's).
+            return Some(self.imaging_terms(resource));
         }
         if self.registry.in_patient_compartment(rtype) {
             return None;
@@ -130,6 +140,7 @@ impl Engine {
         self.validate(rtype, &resource)?;
         let partition = self.partition_of(rtype, id, &resource);
         let key = self.data_key(&partition, true)?.ok_or(EngineError::Integrity)?;
+        self.prepare_attachments(rtype, id, &mut resource, &key)?;
         let rkey = self.vault.record_key(rtype, id);
         let bytes = serde_json::to_vec(&resource).map_err(|_| EngineError::BadRequest("resource cannot be encoded".into()))?;
         let dek_version = 1;
@@ -173,8 +184,9 @@ impl Engine {
     }
 
     /// `POST [type]`, with optional `If-None-Exist` (conditional create).
-    pub fn create(&self, who: &Principal, rtype: &str, resource: Value, if_none_exist: Option<&str>) -> Result<WriteOutcome> {
+    pub fn create(&self, who: &Principal, rtype: &str, mut resource: Value, if_none_exist: Option<&str>) -> Result<WriteOutcome> {
         self.require(who, rtype, 'c')?;
+        self.bind_binary(who, rtype, &mut resource)?;
         if let Some(q) = if_none_exist {
             let found = self.conditional_match(who, rtype, q, Some(&resource))?;
             match found.len() {
@@ -184,6 +196,10 @@ impl Engine {
             }
         }
         let id = new_id()?;
+        if rtype == "Binary" {
+            // Checked before the content is sealed into a blob, not only after.
+            self.gate_new(who, &self.partition_of(rtype, &id, &resource))?;
+        }
         let p = self.prepare(rtype, &id, resource, None, Expect::Absent, now_us())?;
         self.gate_new(who, &p.row.partition)?;
         self.gate_scope_resource(who, rtype, 'c', &p.stored.resource)?;
@@ -192,7 +208,7 @@ impl Engine {
     }
 
     /// `PUT [type]/[id]`: update, or create with the client's id when absent.
-    pub fn update(&self, who: &Principal, rtype: &str, id: &str, resource: Value, if_match: Option<u64>) -> Result<WriteOutcome> {
+    pub fn update(&self, who: &Principal, rtype: &str, id: &str, mut resource: Value, if_match: Option<u64>) -> Result<WriteOutcome> {
         if !brankas_fhir::is_valid_id(id) {
             return Err(EngineError::BadRequest("invalid resource id".into()));
         }
@@ -201,6 +217,11 @@ impl Engine {
             _ => return Err(EngineError::BadRequest("the resource id must be present and equal the id in the URL".into())),
         }
         check_type(rtype)?;
+        if rtype == "Binary" {
+            self.bind_binary(who, rtype, &mut resource)?;
+            self.gate_new(who, &self.partition_of(rtype, id, &resource))?;
+            return self.write_binary_version(who, id, resource, if_match);
+        }
         let current = self.current_row(rtype, id)?;
         let live = current.as_ref().filter(|c| !c.deleted);
         self.require(who, rtype, if live.is_some() { 'u' } else { 'c' })?;

@@ -26,8 +26,10 @@
 //! resources per pseudonymous patient), and equality of blind-indexed identity values.
 
 mod access;
+mod binary;
 mod bundle;
 mod crud;
+mod imaging;
 mod import;
 mod search;
 mod worklist;
@@ -37,7 +39,10 @@ use std::sync::{Arc, Mutex};
 
 use brankas_auth::Principal;
 use brankas_search::Registry;
-use brankas_store::{Expect, PartitionId, RecordKey, Store, StoreError, StoredDek, VersionRow, WrappedKey, WriteBatch};
+use brankas_store::{BlobStore, Expect, PartitionId, RecordKey, Store, StoreError, StoredDek, VersionRow, WrappedKey, WriteBatch};
+
+pub use binary::{AttachmentLimits, BinaryTarget, BlobReader, BlobSink, NewBlob};
+pub use imaging::{InstanceRecord, StoredInstance, instance_of, study_uid_of};
 use brankas_vault::{BlindTerm, DataKey, RecordAad, Vault, VaultError};
 use serde_json::Value;
 
@@ -72,6 +77,10 @@ pub enum EngineError {
     Unprocessable(String),
     #[error("search not supported: {0}")]
     Search(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    UnsupportedMedia(String),
     #[error("forbidden: {0}")]
     Forbidden(String),
     #[error("stored data failed its integrity check and was not served")]
@@ -170,6 +179,11 @@ pub struct Engine {
     /// share the same pending key. Bounded: when cleared, a batch in flight that needed a
     /// cleared key fails with `MissingDataKey` (nothing written), it is never stored keyless.
     pending_deks: Mutex<HashMap<PartitionId, (Arc<DataKey>, WrappedKey)>>,
+    /// Where attachments' sealed bytes go (see [`binary`]); `None` refuses attachments.
+    blobs: Option<Arc<dyn BlobStore>>,
+    attachments: binary::AttachmentLimits,
+    /// Serialises ImagingStudy updates from DICOM stores within this process.
+    imaging: Mutex<()>,
 }
 
 const PENDING_DEKS: usize = 100_000;
@@ -187,12 +201,23 @@ pub(crate) struct Prepared {
 
 impl Engine {
     pub fn new(store: Arc<dyn Store>, vault: Arc<Vault>) -> Self {
-        Self { store, vault, registry: Registry::r4(), limits: Limits::default(), deks: Mutex::new(HashMap::new()), pending_deks: Mutex::new(HashMap::new()) }
+        Self { store, vault, registry: Registry::r4(), limits: Limits::default(), deks: Mutex::new(HashMap::new()), pending_deks: Mutex::new(HashMap::new()), blobs: None, attachments: binary::AttachmentLimits::default(), imaging: Mutex::new(()) }
     }
 
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
+    }
+
+    /// Stores attachments (Binary content, DICOM instances) in `blobs`.
+    pub fn with_blobs(mut self, blobs: Arc<dyn BlobStore>, limits: AttachmentLimits) -> Self {
+        self.blobs = Some(blobs);
+        self.attachments = limits;
+        self
+    }
+
+    pub fn attachment_limits(&self) -> &AttachmentLimits {
+        &self.attachments
     }
 
     pub fn limits(&self) -> &Limits {

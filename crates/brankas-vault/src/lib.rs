@@ -36,7 +36,7 @@ mod vault;
 
 pub use aead::{DataKey, RecordAad, SEAL_OVERHEAD};
 pub use provider::{KekId, KeyFile, KeyProvider};
-pub use stream::{STREAM_HEADER_LEN, STREAM_SEGMENT, STREAM_TAG_LEN, StreamOpener, StreamSealer};
+pub use stream::{STREAM_HEADER_LEN, STREAM_SEGMENT, STREAM_TAG_LEN, StreamOpener, StreamSealer, opener as stream_opener, sealer as stream_sealer};
 pub use vault::{BlindTerm, PartitionId, RecordKey, SYSTEM_PARTITION_LABEL, Vault, WrappedKey};
 
 /// Errors of key handling. None of them carries key material or plaintext.

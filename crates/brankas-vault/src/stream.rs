@@ -12,6 +12,8 @@
 //! the same 56-bit prefix would reveal only which of their segments at the same index are
 //! identical (GCM-SIV resists nonce reuse), nothing else.
 
+use std::ops::Deref;
+
 use aws_lc_rs::aead::{Aad, Nonce};
 use zeroize::Zeroizing;
 
@@ -43,9 +45,10 @@ fn associated(header: &[u8], context: &[u8]) -> Vec<u8> {
     a
 }
 
-/// Seals one blob segment by segment, in order.
-pub struct StreamSealer<'a> {
-    key: &'a DataKey,
+/// Seals one blob segment by segment, in order. `K` is how the key is held: a borrow, or an
+/// `Arc<DataKey>` for a sealer that outlives the caller's frame (a streamed upload).
+pub struct StreamSealer<K: Deref<Target = DataKey>> {
+    key: K,
     aad: Vec<u8>,
     prefix: [u8; 7],
     segment: usize,
@@ -53,7 +56,7 @@ pub struct StreamSealer<'a> {
     finished: bool,
 }
 
-impl StreamSealer<'_> {
+impl<K: Deref<Target = DataKey>> StreamSealer<K> {
     /// The plaintext bytes each segment but the last must hold.
     pub fn segment_size(&self) -> usize {
         self.segment
@@ -76,14 +79,14 @@ impl StreamSealer<'_> {
 }
 
 /// Opens the segments of one blob, in any order.
-pub struct StreamOpener<'a> {
-    key: &'a DataKey,
+pub struct StreamOpener<K: Deref<Target = DataKey>> {
+    key: K,
     aad: Vec<u8>,
     prefix: [u8; 7],
     segment: usize,
 }
 
-impl StreamOpener<'_> {
+impl<K: Deref<Target = DataKey>> StreamOpener<K> {
     pub fn segment_size(&self) -> usize {
         self.segment
     }
@@ -124,29 +127,39 @@ impl StreamOpener<'_> {
 impl DataKey {
     /// Starts sealing a blob bound to `context`; returns the sealer and the header to store
     /// in front of the segments.
-    pub fn stream_sealer(&self, context: &[u8]) -> Result<(StreamSealer<'_>, Vec<u8>), VaultError> {
-        let mut prefix = [0u8; 7];
-        random_bytes(&mut prefix)?;
-        let mut header = MAGIC.to_vec();
-        header.extend_from_slice(&STREAM_SEGMENT.to_be_bytes());
-        header.extend_from_slice(&prefix);
-        let aad = associated(&header, context);
-        Ok((StreamSealer { key: self, aad, prefix, segment: STREAM_SEGMENT as usize, next: 0, finished: false }, header))
+    pub fn stream_sealer(&self, context: &[u8]) -> Result<(StreamSealer<&DataKey>, Vec<u8>), VaultError> {
+        sealer(self, context)
     }
 
     /// Opens a blob's header for reading its segments; the `context` must be the one it was
     /// sealed with.
-    pub fn stream_opener(&self, context: &[u8], header: &[u8]) -> Result<StreamOpener<'_>, VaultError> {
-        if header.len() != STREAM_HEADER_LEN || &header[..4] != MAGIC {
-            return Err(VaultError::Integrity);
-        }
-        let segment = u32::from_be_bytes(header[4..8].try_into().map_err(|_| VaultError::Integrity)?);
-        if !(1024..=16 * 1024 * 1024).contains(&segment) {
-            return Err(VaultError::Integrity);
-        }
-        let prefix: [u8; 7] = header[8..15].try_into().map_err(|_| VaultError::Integrity)?;
-        Ok(StreamOpener { key: self, aad: associated(header, context), prefix, segment: segment as usize })
+    pub fn stream_opener(&self, context: &[u8], header: &[u8]) -> Result<StreamOpener<&DataKey>, VaultError> {
+        opener(self, context, header)
     }
+}
+
+/// [`DataKey::stream_sealer`] for any way of holding the key (e.g. `Arc<DataKey>`).
+pub fn sealer<K: Deref<Target = DataKey>>(key: K, context: &[u8]) -> Result<(StreamSealer<K>, Vec<u8>), VaultError> {
+    let mut prefix = [0u8; 7];
+    random_bytes(&mut prefix)?;
+    let mut header = MAGIC.to_vec();
+    header.extend_from_slice(&STREAM_SEGMENT.to_be_bytes());
+    header.extend_from_slice(&prefix);
+    let aad = associated(&header, context);
+    Ok((StreamSealer { key, aad, prefix, segment: STREAM_SEGMENT as usize, next: 0, finished: false }, header))
+}
+
+/// [`DataKey::stream_opener`] for any way of holding the key (e.g. `Arc<DataKey>`).
+pub fn opener<K: Deref<Target = DataKey>>(key: K, context: &[u8], header: &[u8]) -> Result<StreamOpener<K>, VaultError> {
+    if header.len() != STREAM_HEADER_LEN || &header[..4] != MAGIC {
+        return Err(VaultError::Integrity);
+    }
+    let segment = u32::from_be_bytes(header[4..8].try_into().map_err(|_| VaultError::Integrity)?);
+    if !(1024..=16 * 1024 * 1024).contains(&segment) {
+        return Err(VaultError::Integrity);
+    }
+    let prefix: [u8; 7] = header[8..15].try_into().map_err(|_| VaultError::Integrity)?;
+    Ok(StreamOpener { key, aad: associated(header, context), prefix, segment: segment as usize })
 }
 
 #[cfg(test)]

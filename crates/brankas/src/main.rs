@@ -63,6 +63,9 @@ enum Cmd {
         /// without waiting five minutes) and deployments that want shorter-lived tokens.
         #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(1..=brankas_auth::MAX_TOKEN_SECONDS))]
         token_seconds: Option<u64>,
+        /// Largest attachment accepted (Binary content, DICOM instance), in bytes; 413 beyond.
+        #[arg(long, env = "BRANKAS_MAX_ATTACHMENT_BYTES", default_value_t = brankas_engine::AttachmentLimits::default().max_bytes)]
+        max_attachment_bytes: u64,
         #[command(flatten)]
         webhook: WebhookArgs,
     },
@@ -226,13 +229,14 @@ fn main() -> Result<()> {
             println!("{}", serde_json::json!({"client_id": creds.client_id, "client_secret": creds.client_secret}));
             Ok(())
         }
-        Cmd::Serve { data, listen, tls_cert, tls_key, insecure_http, base_url, token_seconds, webhook } => {
+        Cmd::Serve { data, listen, tls_cert, tls_key, insecure_http, base_url, token_seconds, max_attachment_bytes, webhook } => {
             let tls = match (tls_cert, tls_key, insecure_http) {
                 (_, _, true) => Tls::None,
                 (Some(c), Some(k), _) => Tls::Files(c, k),
                 _ => Tls::SelfSigned,
             };
-            serve(&data.data_dir, data.key_file.as_deref(), listen, tls, base_url, token_seconds, webhook.config()?, None)
+            let attachments = brankas_engine::AttachmentLimits { max_bytes: max_attachment_bytes, ..Default::default() };
+            serve(&data.data_dir, data.key_file.as_deref(), listen, tls, base_url, token_seconds, webhook.config()?, None, attachments)
         }
         Cmd::Import { data, paths, quiet, organization } => import(&data.data_dir, data.key_file.as_deref(), &paths, quiet, organization),
         Cmd::Synth(a) => synth_cmd::run(a),
@@ -256,6 +260,8 @@ fn main() -> Result<()> {
 }
 
 pub(crate) const DB_FILE: &str = "brankas.db";
+/// Attachments (sealed blobs) under the data directory.
+pub(crate) const BLOB_DIR: &str = "blobs";
 
 /// `<data-dir>.key` beside the data directory.
 pub(crate) fn default_key_file(data_dir: &Path) -> PathBuf {
@@ -445,6 +451,12 @@ fn audit_checkpoint(data_dir: &Path, key_file: Option<&Path>) -> Result<()> {
 }
 
 pub(crate) fn open(data_dir: &Path, key_file: Option<&Path>) -> Result<Opened> {
+    open_with(data_dir, key_file, brankas_engine::AttachmentLimits::default())
+}
+
+/// Opens a data directory: the database, its key provider, the vault, the attachment store
+/// (`<data-dir>/blobs`) and the audit log.
+pub(crate) fn open_with(data_dir: &Path, key_file: Option<&Path>, attachments: brankas_engine::AttachmentLimits) -> Result<Opened> {
     let kp = key_path(data_dir, key_file)?;
     let db = data_dir.join(DB_FILE);
     if !db.exists() {
@@ -455,7 +467,8 @@ pub(crate) fn open(data_dir: &Path, key_file: Option<&Path>) -> Result<Opened> {
     let store: Arc<dyn Store> = sqlite;
     let root = store.get_meta(ROOT_META)?.context("the data directory has no system root key")?;
     let vault = Arc::new(Vault::open(provider, &WrappedKey::from_bytes(&root)?).context("the key file does not open this data directory")?);
-    let engine = Arc::new(Engine::new(store.clone(), vault.clone()));
+    let blobs = Arc::new(brankas_store::FileBlobStore::open(&data_dir.join(BLOB_DIR)).context("opening the attachment store")?);
+    let engine = Arc::new(Engine::new(store.clone(), vault.clone()).with_blobs(blobs, attachments));
     let auth = Arc::new(Authority::new(store.clone(), vault.clone()));
     let audit = Arc::new(AuditLog::open(store.clone(), vault.clone()).context("opening the audit log")?);
     Ok(Opened { store, vault, engine, auth, audit })
@@ -511,8 +524,9 @@ pub(crate) fn serve(
     token_seconds: Option<u64>,
     webhook: Option<brankas_api::webhook::WebhookConfig>,
     banner: Option<Banner>,
+    attachments: brankas_engine::AttachmentLimits,
 ) -> Result<()> {
-    let o = open(data_dir, key_file)?;
+    let o = open_with(data_dir, key_file, attachments)?;
     let auth = match token_seconds {
         Some(s) => Arc::new(Authority::new(o.store.clone(), o.vault.clone()).with_token_seconds(s)),
         None => o.auth.clone(),
