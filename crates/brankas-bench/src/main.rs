@@ -33,12 +33,15 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
 use serde_json::{Value, json};
 
+mod attach;
 mod scale;
 
 #[derive(clap::Subcommand, Debug)]
 enum Cmd {
     /// Load a synthetic population (brankas-synth) in chunks and measure at checkpoints.
     Scale(scale::ScaleArgs),
+    /// Upload and download one large attachment; the machine's AEAD and file-copy floors.
+    Attachments(attach::AttachArgs),
 }
 
 #[derive(Parser, Debug)]
@@ -105,8 +108,10 @@ struct Bundle {
 
 fn main() -> Result<()> {
     let mut args = Args::parse();
-    if let Some(Cmd::Scale(a)) = args.cmd.take() {
-        return scale::run(a);
+    match args.cmd.take() {
+        Some(Cmd::Scale(a)) => return scale::run(a),
+        Some(Cmd::Attachments(a)) => return attach::run(a),
+        None => {}
     }
     let cfg = Config {
         duration: Duration::from_secs_f64(args.duration.unwrap_or(if args.smoke { 1.0 } else { 15.0 })),

@@ -314,7 +314,8 @@ fn sensitive_labels_and_photos_need_an_explicit_grant() {
     let s = inst.serve();
     let rs = facility(&inst, &s, "rs-a");
     let mut p = patient("3171054708900003", "Lestari");
-    p["photo"] = json!([{"contentType": "image/png", "data": "iVBORw0KGgo="}]);
+    // A real (1x1) PNG: photos are decoded to be cleaned of their metadata.
+    p["photo"] = json!([{"contentType": "image/png", "data": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII="}]);
     let pid = create(&s, &rs, p);
     let mut hiv = observation(&pid);
     hiv["meta"] = json!({"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "HIV"}]});

@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use common::{Instance, Server, without_server_meta};
 use reqwest::blocking::Response;
 use serde_json::{Value, json};
@@ -134,11 +136,18 @@ fn r4_examples_round_trip_exactly() {
     let mut failures = Vec::new();
     let mut consent_hidden = 0;
     let mut audit_events = 0;
+    let mut binaries = Vec::new();
     for f in &files {
         let name = f.file_name().unwrap().to_string_lossy().into_owned();
         let sent = read_json(f);
         let t = sent["resourceType"].as_str().unwrap();
         let id = sent["id"].as_str().unwrap();
+        if t == "Binary" {
+            // A Binary belongs to a patient, named by its securityContext, which must exist
+            // first: the Binary examples go last (below).
+            binaries.push((name, sent));
+            continue;
+        }
         let put = reply(s.put(&format!("{t}/{id}"), &sent));
         if t == "AuditEvent" {
             // AuditEvents come from the server's own audit log; clients cannot write them.
@@ -174,6 +183,27 @@ fn r4_examples_round_trip_exactly() {
         if without_server_meta(put.json) != without_server_meta(sent) {
             failures.push(format!("{name}: PUT response body differs from what was sent"));
         }
+    }
+    assert_eq!(binaries.len(), 2, "the two Binary examples");
+    for (name, sent) in &binaries {
+        let id = sent["id"].as_str().unwrap();
+        let put = reply(s.put(&format!("Binary/{id}"), sent));
+        let Some(context) = sent["securityContext"]["reference"].as_str() else {
+            // Binary-f006 names no patient: refused, as every Binary must belong to one.
+            assert_eq!(put.status, 422, "{name}: {}", put.text);
+            put.assert_outcome();
+            continue;
+        };
+        assert_eq!(put.status, 201, "{name}: {}", put.text);
+        // Its securityContext (DocumentReference/example) is resolved to that document's patient.
+        let doc = get(&s, context);
+        let patient = doc.json["subject"]["reference"].as_str().unwrap().to_string();
+        let got = with_headers(&s, reqwest::Method::GET, &format!("Binary/{id}"), None, &[("accept", "application/fhir+json")]);
+        assert_eq!(got.status, 200, "{name}: {}", got.text);
+        assert_eq!(got.json["securityContext"]["reference"], patient.as_str(), "{name}");
+        assert_eq!(got.json["contentType"], sent["contentType"], "{name}");
+        let bytes = |v: &Value| B64.decode(v.as_str().unwrap().split_ascii_whitespace().collect::<String>()).unwrap();
+        assert_eq!(bytes(&got.json["data"]), bytes(&sent["data"]), "{name}: the content reads back exactly");
     }
     eprintln!("r4 examples: {} PUT+GET in {:.1?} ({consent_hidden} hidden by the examples' own Consents)", files.len(), start.elapsed());
     assert_eq!(audit_events, 9, "the nine AuditEvent examples are refused");

@@ -229,10 +229,22 @@ fn dump_reveals_nothing(kill9: bool) {
     let pdf = std::fs::read(common::corpus().join("attachments/Binary-example.pdf")).expect("corpus PDF");
     let pdf_b64 = B64.encode(&pdf);
 
+    let gif = std::fs::read(common::corpus().join("attachments/Media-example.gif")).expect("corpus GIF");
     let mut sent = Vec::new();
+    // Raw attachments (sealed blobs): the corpus PDF and GIF, and a file unique to each person.
+    let mut raw_files: Vec<(String, Vec<u8>)> = Vec::new();
     for p in &PEOPLE {
         let created = seed_person(&s, p, &pdf_b64);
         let pid = id_of(&created[0]);
+        let unique: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ p.nik.as_bytes()[(i % 16) as usize]).collect();
+        for (name, ct, bytes) in [("PDF", "application/pdf", pdf.clone()), ("GIF", "image/gif", gif.clone()), ("unique file", "application/octet-stream", unique)] {
+            let r = s.http.post(format!("{}/Binary", s.base)).bearer_auth(&s.token).header("content-type", ct).header("x-security-context", format!("Patient/{pid}")).body(bytes.clone()).send().unwrap();
+            assert_eq!(r.status(), 201, "raw upload of the {name}");
+            let id = r.json::<Value>().unwrap()["id"].as_str().unwrap().to_string();
+            let back = s.http.get(format!("{}/Binary/{id}", s.base)).bearer_auth(&s.token).send().unwrap().bytes().unwrap();
+            assert_eq!(back.to_vec(), bytes, "the {name} reads back");
+            raw_files.push((format!("{name} of {}", p.family), bytes));
+        }
         // Identity lookups through the blind indexes: each finds exactly this patient.
         for pairs in [
             vec![("identifier", format!("{NIK_SYSTEM}|{}", p.nik))],
@@ -279,6 +291,11 @@ fn dump_reveals_nothing(kill9: bool) {
     let bmid = pdf_b64.len() / 2;
     let b64_window = pdf_b64.as_bytes()[bmid..bmid + 64].to_vec();
     needles.push(("32 bytes from the middle of the PDF".into(), pdf_window.clone()));
+    for (what, bytes) in &raw_files {
+        for at in [0, bytes.len() / 2, bytes.len() - 64] {
+            needles.push((format!("64 bytes at {at} of the raw {what}"), bytes[at..at + 64].to_vec()));
+        }
+    }
     needles.push(("64 characters from the middle of the PDF's base64".into(), b64_window.clone()));
 
     // Controls: every value is really in what was sent and read back (so zero hits below mean
