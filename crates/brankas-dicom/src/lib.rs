@@ -103,7 +103,10 @@ pub struct Limits {
     pub max_bytes: usize,
     /// Deepest accepted nesting of sequences (default 32; real data rarely
     /// goes beyond 10, structured reports included). dicom-rs builds nested
-    /// sequences recursively, so this bounds its stack use; keep it modest.
+    /// sequences recursively and a deeper file overflows the stack (an
+    /// abort, not a panic): measured on a 2 MiB thread (tokio's blocking
+    /// pool default) with this workspace's dev profile, dicom-rs 0.10
+    /// survives 128 levels and overflows at 250. Keep this well below 100.
     pub max_depth: usize,
     /// Most data elements plus sequence items plus pixel data fragments in
     /// the whole file (default 1 000 000). Each costs dicom-rs about a
