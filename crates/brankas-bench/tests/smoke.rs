@@ -128,3 +128,30 @@ fn scale_smoke_loads_a_tiny_population_and_measures_each_checkpoint() {
     }
     assert!(String::from_utf8_lossy(&o.stdout).contains("| patients |"), "no Markdown table");
 }
+
+#[test]
+fn attachment_benchmark_runs() {
+    let Some(bin) = brankas_bin() else {
+        assert!(std::env::var_os("CI").is_none(), "brankas binary not built: run cargo test --workspace");
+        eprintln!("NOTE: the brankas binary is not built next to brankas-bench; skipping (cargo test --workspace, or set BRANKAS_BIN)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("attachments.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_brankas-bench"))
+        .args(["attachments", "--size-mib", "8", "--bin"])
+        .arg(&bin)
+        .arg("--out")
+        .arg(&out)
+        .arg("--work-dir")
+        .arg(dir.path().join("work"))
+        .output()
+        .expect("run brankas-bench attachments");
+    assert!(o.status.success(), "brankas-bench attachments failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    let r: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    for (phase, key) in [("upload", "mib_s"), ("download", "mib_s"), ("upload", "server_rss_peak_above_idle_mib"), ("download", "server_rss_peak_above_idle_mib")] {
+        assert!(r[phase][key].as_f64().is_some_and(|x| x >= 0.0), "{phase}.{key} missing: {r}");
+    }
+    assert!(r["floors_mib_s"]["vault_stream_sealing"].as_f64().is_some_and(|x| x > 0.0), "{r}");
+    assert!(r["stored_bytes"].as_u64().is_some_and(|b| b > 8 << 20), "the blob was stored sealed, a little larger: {r}");
+}

@@ -165,6 +165,20 @@ fn binaries_round_trip_byte_exact_with_ranges_and_versions() {
     let (st, b) = upload(&s, &s.token, Some("application/pdf"), Some(&format!("DocumentReference/{did}")), pdf.clone());
     assert_eq!(st, 201, "{b}");
     assert_eq!(b["securityContext"]["reference"], ctx.as_str(), "the document's patient owns the Binary");
+    // In a transaction, next to a new patient named by its urn:uuid.
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:0b5b6f4e-37a4-4f51-9d4c-6c2ab0c2f001", "resource": patient("3171054708900005", "Purnama"), "request": {"method": "POST", "url": "Patient"}},
+        {"fullUrl": "urn:uuid:0b5b6f4e-37a4-4f51-9d4c-6c2ab0c2f002", "resource": {"resourceType": "Binary", "contentType": "application/pdf",
+            "securityContext": {"reference": "urn:uuid:0b5b6f4e-37a4-4f51-9d4c-6c2ab0c2f001"}, "data": B64.encode(&pdf)}, "request": {"method": "POST", "url": "Binary"}}]});
+    let r = s.post("", &bundle);
+    assert_eq!(r.status(), 200);
+    let out: Value = r.json().unwrap();
+    let loc = out["entry"][1]["response"]["location"].as_str().unwrap();
+    let bid = loc.split('/').nth(1).unwrap();
+    let new_pid = out["entry"][0]["response"]["location"].as_str().unwrap().split('/').nth(1).unwrap().to_string();
+    let r = raw_get(&s, &s.token, &format!("Binary/{bid}"), &[]);
+    assert_eq!(r.headers()["x-security-context"].to_str().unwrap(), format!("Patient/{new_pid}"));
+    assert_eq!(body_of(r), pdf, "a Binary written in a transaction");
     let via_doc = s.create(&json!({"resourceType": "Binary", "contentType": "text/plain", "securityContext": {"reference": format!("DocumentReference/{did}")}, "data": B64.encode(b"surat")}));
     assert_eq!(via_doc["securityContext"]["reference"], ctx.as_str());
     s.stop();
