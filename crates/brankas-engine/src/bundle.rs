@@ -60,7 +60,7 @@ fn parse_entries(bundle: &Value, max: usize) -> Result<Vec<Entry>> {
     if entries.len() > max {
         return Err(EngineError::Unprocessable(format!("a Bundle may hold at most {max} entries")));
     }
-    entries
+    let mut parsed = entries
         .iter()
         .enumerate()
         .map(|(i, e)| {
@@ -87,7 +87,71 @@ fn parse_entries(bundle: &Value, max: usize) -> Result<Vec<Entry>> {
                 if_match: req.get("ifMatch").and_then(Value::as_str).and_then(parse_etag),
             })
         })
-        .collect()
+        .collect::<Result<Vec<Entry>>>()?;
+    bind_binaries(&mut parsed);
+    Ok(parsed)
+}
+
+/// `url` elements (e.g. `Attachment.url`) that name another entry's `fullUrl` follow it to its
+/// new `Type/id`, as R4's transaction rules ask for uri and url elements.
+fn rewrite_urls(v: &mut Value, map: &HashMap<String, String>, depth: usize) {
+    if depth > 64 {
+        return;
+    }
+    match v {
+        Value::Object(o) => {
+            if let Some(Value::String(u)) = o.get_mut("url")
+                && let Some(to) = map.get(u.as_str()) {
+                    *u = to.clone();
+                }
+            o.values_mut().for_each(|x| rewrite_urls(x, map, depth + 1));
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| rewrite_urls(x, map, depth + 1)),
+        _ => {}
+    }
+}
+
+/// A Binary without a `securityContext` belongs to the patient of the resource in the same
+/// Bundle whose attachment points to it (`url` = the Binary's `fullUrl` or `Binary/<id>`),
+/// e.g. a DocumentReference or Media with a `subject`: that subject becomes its context (a
+/// `urn:uuid` is resolved with the other references).
+fn bind_binaries(entries: &mut [Entry]) {
+    fn urls<'a>(v: &'a Value, out: &mut Vec<&'a str>, depth: usize) {
+        if depth > 64 {
+            return;
+        }
+        match v {
+            Value::Object(o) => {
+                if let Some(Value::String(u)) = o.get("url") {
+                    out.push(u);
+                }
+                o.values().for_each(|x| urls(x, out, depth + 1));
+            }
+            Value::Array(a) => a.iter().for_each(|x| urls(x, out, depth + 1)),
+            _ => {}
+        }
+    }
+    let mut owners: Vec<(String, String)> = Vec::new();
+    for r in entries.iter().filter_map(|e| e.resource.as_ref()) {
+        let Some(subject) = r.pointer("/subject/reference").and_then(Value::as_str) else { continue };
+        let mut found = Vec::new();
+        urls(r, &mut found, 0);
+        owners.extend(found.into_iter().map(|u| (u.to_string(), subject.to_string())));
+    }
+    if owners.is_empty() {
+        return;
+    }
+    for e in entries.iter_mut() {
+        let full_url = e.full_url.clone();
+        let Some(r) = e.resource.as_mut() else { continue };
+        if r.get("resourceType").and_then(Value::as_str) != Some("Binary") || r.get("securityContext").is_some() {
+            continue;
+        }
+        let own = r.get("id").and_then(Value::as_str).map(|id| format!("Binary/{id}"));
+        if let Some((_, subject)) = owners.iter().find(|(u, _)| Some(u) == full_url.as_ref() || Some(u) == own.as_ref()) {
+            r["securityContext"] = serde_json::json!({"reference": subject});
+        }
+    }
 }
 
 /// Splits `Type/id` (optionally with a leading base URL is not accepted: entries use
@@ -338,6 +402,7 @@ impl Engine {
         queried: &mut bool,
     ) -> Result<()> {
         let mut conditional = Vec::new();
+        rewrite_urls(resource, map, 0);
         brankas_fhir::for_each_reference_mut(resource, &mut |r: &mut String| {
             if let Some(to) = map.get(r.as_str()) {
                 *r = to.clone();

@@ -179,6 +179,23 @@ fn binaries_round_trip_byte_exact_with_ranges_and_versions() {
     let r = raw_get(&s, &s.token, &format!("Binary/{bid}"), &[]);
     assert_eq!(r.headers()["x-security-context"].to_str().unwrap(), format!("Patient/{new_pid}"));
     assert_eq!(body_of(r), pdf, "a Binary written in a transaction");
+    // A Binary with no securityContext belongs to the patient of the DocumentReference in the
+    // same transaction that points at it.
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:0b5b6f4e-37a4-4f51-9d4c-6c2ab0c2f003", "resource": {"resourceType": "Binary", "contentType": "application/pdf", "data": B64.encode(b"%PDF-1.4 rujukan")},
+         "request": {"method": "POST", "url": "Binary"}},
+        {"resource": {"resourceType": "DocumentReference", "status": "current", "subject": {"reference": ctx},
+            "content": [{"attachment": {"contentType": "application/pdf", "url": "urn:uuid:0b5b6f4e-37a4-4f51-9d4c-6c2ab0c2f003"}}]},
+         "request": {"method": "POST", "url": "DocumentReference"}}]});
+    let r = s.post("", &bundle);
+    assert_eq!(r.status(), 200);
+    let out: Value = r.json().unwrap();
+    let bid = out["entry"][0]["response"]["location"].as_str().unwrap().split('/').nth(1).unwrap().to_string();
+    let (_, doc2) = s.get_as(&s.token, &out["entry"][1]["response"]["location"].as_str().unwrap().split("/_history").next().unwrap());
+    assert_eq!(doc2["content"][0]["attachment"]["url"], format!("Binary/{bid}"), "the urn became the Binary's id");
+    let r = raw_get(&s, &s.token, &format!("Binary/{bid}"), &[]);
+    assert_eq!(r.headers()["x-security-context"].to_str().unwrap(), ctx.as_str());
+    assert_eq!(body_of(r), b"%PDF-1.4 rujukan");
     let via_doc = s.create(&json!({"resourceType": "Binary", "contentType": "text/plain", "securityContext": {"reference": format!("DocumentReference/{did}")}, "data": B64.encode(b"surat")}));
     assert_eq!(via_doc["securityContext"]["reference"], ctx.as_str());
     s.stop();
