@@ -191,7 +191,7 @@ fn binaries_round_trip_byte_exact_with_ranges_and_versions() {
     assert_eq!(r.status(), 200);
     let out: Value = r.json().unwrap();
     let bid = out["entry"][0]["response"]["location"].as_str().unwrap().split('/').nth(1).unwrap().to_string();
-    let (_, doc2) = s.get_as(&s.token, &out["entry"][1]["response"]["location"].as_str().unwrap().split("/_history").next().unwrap());
+    let (_, doc2) = s.get_as(&s.token, out["entry"][1]["response"]["location"].as_str().unwrap().split("/_history").next().unwrap());
     assert_eq!(doc2["content"][0]["attachment"]["url"], format!("Binary/{bid}"), "the urn became the Binary's id");
     let r = raw_get(&s, &s.token, &format!("Binary/{bid}"), &[]);
     assert_eq!(r.headers()["x-security-context"].to_str().unwrap(), ctx.as_str());
