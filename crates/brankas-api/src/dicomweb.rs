@@ -27,7 +27,7 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use brankas_auth::Principal;
 use brankas_dicom::qido::{self, InstanceRow, Level, SeriesRow, StudyRow};
-use brankas_engine::{BlobReader, EngineError, InstanceRecord, SearchRequest, Stored};
+use brankas_engine::{BlobReader, EngineError, SearchRequest, Stored};
 use serde_json::{Value, json};
 
 use crate::AppState;
@@ -391,7 +391,7 @@ fn multipart_error(e: multer::Error, max: u64) -> ApiError {
 // ----- WADO-RS -----
 
 /// The study, with the instances asked for (all, a series', or one).
-async fn instances(st: &Arc<AppState>, who: &Principal, study: &str, series: Option<&str>, sop: Option<&str>) -> Result<(Stored, Vec<(Stored, InstanceRecord)>), ApiError> {
+async fn instances(st: &Arc<AppState>, who: &Principal, study: &str, series: Option<&str>, sop: Option<&str>) -> Result<(Stored, Vec<Stored>), ApiError> {
     uid_ok(study)?;
     for u in series.iter().chain(sop.iter()) {
         uid_ok(u)?;
@@ -410,8 +410,8 @@ async fn instances(st: &Arc<AppState>, who: &Principal, study: &str, series: Opt
     Ok((s, list))
 }
 
-fn served<'a>(s: &'a Stored, list: &'a [(Stored, InstanceRecord)]) -> Vec<&'a Value> {
-    std::iter::once(&s.resource).chain(list.iter().map(|(b, _)| &b.resource)).collect()
+fn served<'a>(s: &'a Stored, list: &'a [Stored]) -> Vec<&'a Value> {
+    std::iter::once(&s.resource).chain(list.iter().map(|b| &b.resource)).collect()
 }
 
 fn accepts_multipart_dicom(headers: &HeaderMap) -> bool {
@@ -431,16 +431,18 @@ async fn wado(st: Arc<AppState>, who: Principal, ctx: ReqCtx, headers: HeaderMap
         instances(&st, &who, &study, series.as_deref(), sop.as_deref()).await
     }
     .await;
-    let (s, list) = audit::finish(&st, &who, &ctx, what, r, |(s, l)| served(s, l)).await?;
-    let mut readers = Vec::new();
-    for (b, _) in &list {
-        let engine = st.engine.clone();
-        let b = b.clone();
-        if let Some(r) = blocking(move || engine.binary_reader(&b)).await? {
-            readers.push(Arc::new(r));
+    let (_, list) = audit::finish(&st, &who, &ctx, what, r, |(s, l)| served(s, l)).await?;
+    let engine = st.engine.clone();
+    let readers: Vec<Arc<BlobReader>> = blocking(move || {
+        let mut out = Vec::with_capacity(list.len());
+        for b in &list {
+            if let Some(r) = engine.binary_reader(b)? {
+                out.push(Arc::new(r));
+            }
         }
-    }
-    drop(s);
+        Ok(out)
+    })
+    .await?;
     let mut nonce = [0u8; 12];
     brankas_vault::random_bytes(&mut nonce).map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error"))?;
     let boundary: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
@@ -506,13 +508,12 @@ async fn metadata(st: Arc<AppState>, who: Principal, ctx: ReqCtx, study: String,
     let r = instances(&st, &who, &study, series.as_deref(), sop.as_deref()).await;
     let (_, list) = audit::finish(&st, &who, &ctx, what, r, |(s, l)| served(s, l)).await?;
     let base = root(&st);
-    let out: Vec<Value> = list
-        .into_iter()
-        .map(|(_, rec)| {
-            let text = rec.metadata.to_string().replace(BASE, &base);
-            serde_json::from_str(&text).unwrap_or(rec.metadata)
-        })
-        .collect();
+    let mut out: Vec<Value> = Vec::with_capacity(list.len());
+    for b in &list {
+        let meta = brankas_engine::dicom_metadata(&b.resource).ok_or_else(|| ApiError::from(EngineError::Integrity))?;
+        let text = meta.to_string().replace(BASE, &base);
+        out.push(serde_json::from_str(&text).unwrap_or(meta));
+    }
     Ok(dicom_json(StatusCode::OK, &Value::Array(out)))
 }
 

@@ -39,14 +39,6 @@ pub struct StoredInstance {
     pub binary_id: String,
 }
 
-/// A DICOM instance as stored: where its content is and what it is.
-pub struct InstanceRecord {
-    pub binary_id: String,
-    pub instance: Instance,
-    /// DICOM JSON (PS3.18 F.2) of the instance, bulk data by reference.
-    pub metadata: Value,
-}
-
 fn b64(v: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(v)
 }
@@ -58,10 +50,13 @@ fn ext_value(resource: &Value, url: &str) -> Option<Vec<u8>> {
 }
 
 /// The instance facts stored on a DICOM Binary.
-pub fn instance_of(binary: &Value) -> Option<(Instance, Value)> {
-    let inst: Instance = serde_json::from_slice(&ext_value(binary, DICOM_INSTANCE_EXT)?).ok()?;
-    let meta: Value = serde_json::from_slice(&ext_value(binary, DICOM_METADATA_EXT)?).ok()?;
-    Some((inst, meta))
+pub fn instance_of(binary: &Value) -> Option<Instance> {
+    serde_json::from_slice(&ext_value(binary, DICOM_INSTANCE_EXT)?).ok()
+}
+
+/// The DICOM JSON (PS3.18 F.2) metadata stored on a DICOM Binary, bulk data by reference.
+pub fn dicom_metadata(binary: &Value) -> Option<Value> {
+    serde_json::from_slice(&ext_value(binary, DICOM_METADATA_EXT)?).ok()
 }
 
 /// `urn:oid:` form of a UID, as FHIR identifiers and codings carry it.
@@ -194,7 +189,7 @@ impl Engine {
 
     /// The instances of a study (optionally of one series, or one instance) as stored, read
     /// with `who`'s rights: the Binaries the study names.
-    pub fn study_instances(&self, who: &Principal, study: &Stored, series_uid: Option<&str>, sop_uid: Option<&str>) -> Result<Vec<(Stored, InstanceRecord)>> {
+    pub fn study_instances(&self, who: &Principal, study: &Stored, series_uid: Option<&str>, sop_uid: Option<&str>) -> Result<Vec<Stored>> {
         let mut out = Vec::new();
         for series in study.resource.get("series").and_then(Value::as_array).into_iter().flatten() {
             if series_uid.is_some_and(|u| series.get("uid").and_then(Value::as_str) != Some(u)) {
@@ -219,8 +214,7 @@ impl Engine {
                     Err(EngineError::NotFound | EngineError::Gone) => continue,
                     Err(e) => return Err(e),
                 };
-                let (instance, metadata) = instance_of(&b.resource).ok_or(EngineError::Integrity)?;
-                out.push((b, InstanceRecord { binary_id: bid.to_string(), instance, metadata }));
+                out.push(b);
             }
         }
         Ok(out)

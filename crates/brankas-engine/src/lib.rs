@@ -42,7 +42,7 @@ use brankas_search::Registry;
 use brankas_store::{BlobStore, Expect, PartitionId, RecordKey, Store, StoreError, StoredDek, VersionRow, WrappedKey, WriteBatch};
 
 pub use binary::{AttachmentLimits, BinaryTarget, BlobReader, BlobSink, NewBlob};
-pub use imaging::{InstanceRecord, StoredInstance, instance_of, study_uid_of};
+pub use imaging::{StoredInstance, dicom_metadata, instance_of, study_uid_of};
 use brankas_vault::{BlindTerm, DataKey, RecordAad, Vault, VaultError};
 use serde_json::Value;
 
