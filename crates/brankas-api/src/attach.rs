@@ -18,6 +18,7 @@ use brankas_auth::Principal;
 use brankas_engine::{BlobReader, EngineError, Stored, WriteOutcome};
 
 use crate::AppState;
+use crate::handlers::blocking;
 use crate::outcome::ApiError;
 
 /// How long an upload may send nothing before it is abandoned.
@@ -56,13 +57,6 @@ fn content_type(headers: &HeaderMap) -> Result<String, ApiError> {
         return Err(ApiError::bad_request("Content-Type is not a media type"));
     }
     Ok(ct.to_string())
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, EngineError> + Send + 'static) -> Result<T, ApiError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(ApiError::from),
-        Err(_) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error")),
-    }
 }
 
 fn too_large(max: u64) -> ApiError {

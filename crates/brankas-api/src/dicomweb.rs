@@ -31,6 +31,7 @@ use brankas_engine::{BlobReader, EngineError, SearchRequest, Stored};
 use serde_json::{Value, json};
 
 use crate::AppState;
+use crate::handlers::blocking;
 use crate::audit::{self, ReqCtx, What};
 use crate::outcome::ApiError;
 
@@ -64,13 +65,6 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
 
 fn root(st: &AppState) -> String {
     st.base_url.trim_end_matches("/fhir").to_string() + "/dicomweb"
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, EngineError> + Send + 'static) -> Result<T, ApiError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(ApiError::from),
-        Err(_) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error")),
-    }
 }
 
 fn dicom_json(status: StatusCode, v: &Value) -> Response {

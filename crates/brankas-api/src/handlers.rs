@@ -246,7 +246,7 @@ pub(crate) fn json_response(status: StatusCode, v: &Value) -> Response {
 }
 
 /// Runs blocking engine work off the async threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, EngineError> + Send + 'static) -> Result<T, ApiError> {
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, EngineError> + Send + 'static) -> Result<T, ApiError> {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r.map_err(ApiError::from),
         Err(_) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error")),

@@ -19,13 +19,11 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use brankas_auth::Principal;
-use brankas_store::{BlobId, BlobStore, BlobWriter, Expect};
+use brankas_store::{BlobId, BlobStore, BlobWriter};
 use brankas_vault::{DataKey, STREAM_HEADER_LEN, STREAM_TAG_LEN, StreamOpener, StreamSealer};
 use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
 
-use crate::access::Act;
-use crate::crud::now_us;
 use crate::{Engine, EngineError, Result, Stored, WriteOutcome};
 
 /// The extension on `Binary._data` that names the sealed blob holding the content.
@@ -349,7 +347,7 @@ impl Engine {
         if let Some(e) = resource["_data"]["extension"].as_array_mut() {
             e.extend(extra);
         }
-        let out = self.write_binary_version(who, &target.id, resource, if_match);
+        let out = self.write_version(who, "Binary", &target.id, resource, if_match);
         if out.is_err() {
             self.discard_blob(blob);
         }
@@ -423,30 +421,6 @@ impl Engine {
             }
         }
         Ok(())
-    }
-
-    /// Update (or create with this id) without the client-facing checks of the body's id.
-    pub(crate) fn write_binary_version(&self, who: &Principal, id: &str, resource: Value, if_match: Option<u64>) -> Result<WriteOutcome> {
-        let current = self.current_row("Binary", id)?;
-        let live = current.as_ref().filter(|c| !c.deleted);
-        let perm = if live.is_some() { 'u' } else { 'c' };
-        self.require(who, "Binary", perm)?;
-        let view = live.map(|c| self.gate_row(who, c, Act::Write)).transpose()?;
-        let expect = match (if_match, &current) {
-            (Some(v), Some(c)) if c.version == v && !c.deleted => Expect::Version(v),
-            (Some(_), _) => return Err(EngineError::PreconditionFailed("If-Match does not match the current version".into())),
-            (None, Some(c)) => Expect::Version(c.version),
-            (None, None) => Expect::Absent,
-        };
-        let p = self.prepare("Binary", id, resource, current.as_ref(), expect, now_us())?;
-        self.gate_new(who, &p.row.partition)?;
-        self.gate_scope_resource(who, "Binary", perm, &p.stored.resource)?;
-        if let (Some(c), Some(view)) = (live, &view) {
-            let mut old = self.open_row(c, Some(("Binary", id)))?;
-            self.gate_record(who, view, "Binary", 'u', &mut old.resource)?;
-        }
-        self.commit_prepared(who, std::slice::from_ref(&p))?;
-        Ok(WriteOutcome { created: p.created, stored: p.stored })
     }
 }
 

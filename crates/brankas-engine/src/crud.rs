@@ -219,12 +219,19 @@ impl Engine {
         check_type(rtype)?;
         if rtype == "Binary" {
             self.bind_binary(who, rtype, &mut resource)?;
+            // Checked before the content is sealed into a blob, not only after.
             self.gate_new(who, &self.partition_of(rtype, id, &resource))?;
-            return self.write_binary_version(who, id, resource, if_match);
         }
+        self.write_version(who, rtype, id, resource, if_match)
+    }
+
+    /// The write of `update`, once the request is checked: a new version of `rtype/id` (or its
+    /// first), gated on the version it replaces and on where the new one goes.
+    pub(crate) fn write_version(&self, who: &Principal, rtype: &str, id: &str, resource: Value, if_match: Option<u64>) -> Result<WriteOutcome> {
         let current = self.current_row(rtype, id)?;
         let live = current.as_ref().filter(|c| !c.deleted);
-        self.require(who, rtype, if live.is_some() { 'u' } else { 'c' })?;
+        let perm = if live.is_some() { 'u' } else { 'c' };
+        self.require(who, rtype, perm)?;
         let view = live.map(|c| self.gate_row(who, c, Act::Write)).transpose()?;
         let expect = match (if_match, &current) {
             (Some(v), Some(c)) if c.version == v && !c.deleted => Expect::Version(v),
@@ -234,7 +241,7 @@ impl Engine {
         };
         let p = self.prepare(rtype, id, resource, current.as_ref(), expect, now_us())?;
         self.gate_new(who, &p.row.partition)?;
-        self.gate_scope_resource(who, rtype, if live.is_some() { 'u' } else { 'c' }, &p.stored.resource)?;
+        self.gate_scope_resource(who, rtype, perm, &p.stored.resource)?;
         if let (Some(c), Some(view)) = (live, &view) {
             // The version replaced must be within the scope too.
             let mut old = self.open_row(c, Some((rtype, id)))?;
