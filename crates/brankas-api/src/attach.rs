@@ -113,14 +113,18 @@ pub(crate) async fn upload(st: &Arc<AppState>, who: &Principal, id: Option<Strin
     let t = target.clone();
     let mut sink = blocking(move || engine.blob_sink(&t)).await?;
     if let brankas_media::Handling::Clean(kind) = handling {
-        // Photos are cleaned whole, in memory, within the photo limit.
+        // Photos are cleaned whole, in memory, within the photo limit and the process's
+        // in-memory bound.
         let max = limits.photo.max_bytes;
+        let mut held = crate::inmem::Held::default();
+        held.grow(first.len()).await?;
         while !ended {
             match next_chunk(&mut body).await? {
                 Some(b) => {
                     if first.len() + b.len() > max {
                         return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too-costly", format!("images are limited to {max} bytes")));
                     }
+                    held.grow(b.len()).await?;
                     first.extend_from_slice(&b);
                 }
                 None => ended = true,

@@ -260,10 +260,15 @@ async fn stow_inner(st: &Arc<AppState>, who: &Principal, study: Option<String>, 
             }
         let mut field = field;
         let mut bytes: Vec<u8> = Vec::new();
+        // The instance is parsed whole: its bytes count against the process's in-memory bound.
+        let mut held = crate::inmem::Held::default();
         loop {
             match tokio::time::timeout(IDLE, field.chunk()).await {
                 Err(_) => return Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "timeout", "the upload stalled")),
-                Ok(Ok(Some(c))) => bytes.extend_from_slice(&c),
+                Ok(Ok(Some(c))) => {
+                    held.grow(c.len()).await?;
+                    bytes.extend_from_slice(&c);
+                }
                 Ok(Ok(None)) => break,
                 Ok(Err(e)) => return Err(multipart_error(e, max)),
             }

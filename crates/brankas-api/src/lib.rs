@@ -23,6 +23,7 @@ pub mod dicomweb;
 pub mod canary;
 pub mod guard;
 mod handlers;
+mod inmem;
 pub mod outcome;
 mod server;
 pub mod tls;
