@@ -241,7 +241,7 @@ pub(crate) async fn download(st: &Arc<AppState>, s: &Stored, headers: &HeaderMap
             // integrity check at the start gets an error response, not a broken body.
             let reader = Arc::new(reader);
             let r = reader.clone();
-            let first = if start < end { Some(blocking(move || r.read_from(start)).await?) } else { None };
+            let first = if start < end { Some(blocking(move || r.read_span(start, 1)).await?) } else { None };
             let first = first.map(|f| Bytes::copy_from_slice(&f[..f.len().min((end - start) as usize)]));
             let state = (reader, start + first.as_ref().map(|f| f.len() as u64).unwrap_or(0), end, first);
             Body::from_stream(futures_util::stream::unfold(state, |(reader, pos, end, first)| async move {

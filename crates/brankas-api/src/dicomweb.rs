@@ -86,7 +86,7 @@ fn pairs_of(st: &AppState, q: Option<&str>) -> Result<Vec<(String, String)>, Api
 }
 
 fn uid_ok(u: &str) -> Result<(), ApiError> {
-    if (1..=64).contains(&u.len()) && u.bytes().all(|c| c.is_ascii_digit() || c == b'.') {
+    if brankas_dicom::is_valid_uid(u) {
         Ok(())
     } else {
         Err(ApiError::bad_request("not a DICOM UID"))
@@ -241,8 +241,8 @@ async fn stow_inner(st: &Arc<AppState>, who: &Principal, study: Option<String>, 
     // Patient per PatientID (or the hint), and instances stored per patient, for the studies.
     let mut patients: HashMap<String, Result<String, u16>> = HashMap::new();
     let mut linked: BTreeMap<String, Vec<(String, brankas_dicom::Instance)>> = BTreeMap::new();
-    // Studies checked to belong to the patient (a study of another patient is refused).
-    let mut known: HashMap<(String, String), std::collections::BTreeSet<String>> = HashMap::new();
+    // (patient, study UID) pairs checked: the study is new or the patient's own.
+    let mut known: std::collections::HashSet<(String, String)> = std::collections::HashSet::new();
     loop {
         let field = match tokio::time::timeout(IDLE, mp.next_field()).await {
             Err(_) => return Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "timeout", "the upload stalled")),
@@ -316,12 +316,12 @@ async fn stow_inner(st: &Arc<AppState>, who: &Principal, study: Option<String>, 
         // A study of another patient is refused here. An instance sent again replaces the
         // stored one in its study (its earlier Binary stays, as stored).
         let sk = (pid.clone(), inst.study_uid.clone());
-        if !known.contains_key(&sk) {
+        if !known.contains(&sk) {
             let engine = st.engine.clone();
             let (p, u) = sk.clone();
-            match blocking(move || engine.stored_instances(&p, &u)).await {
-                Ok(set) => {
-                    known.insert(sk.clone(), set);
+            match blocking(move || engine.check_study_patient(&p, &u)).await {
+                Ok(()) => {
+                    known.insert(sk);
                 }
                 Err(_) => {
                     res.failure = Some(0x0110);
@@ -346,9 +346,6 @@ async fn stow_inner(st: &Arc<AppState>, who: &Principal, study: Option<String>, 
             Ok(s) => {
                 written.push(s.binary.resource.clone());
                 linked.entry(pid.clone()).or_default().push((s.binary_id, inst.clone()));
-                if let Some(set) = known.get_mut(&sk) {
-                    set.insert(inst.sop_instance_uid.clone());
-                }
                 results.push(res);
             }
             Err(e) => {

@@ -123,27 +123,10 @@ impl BlobReader {
         self.size
     }
 
-    /// The plaintext from `offset` to the end of its segment (empty at or past the end).
-    /// Fails with [`EngineError::Integrity`] if the segment was altered, moved, cut or
-    /// spliced in from elsewhere.
-    pub fn read_from(&self, offset: u64) -> Result<Zeroizing<Vec<u8>>> {
-        if offset >= self.size {
-            return Ok(Zeroizing::new(Vec::new()));
-        }
-        let seg = self.opener.segment_size() as u64;
-        let index = offset / seg;
-        let at = STREAM_HEADER_LEN as u64 + index * (seg + STREAM_TAG_LEN as u64);
-        let sealed = self.store.read_at(&self.blob, at, seg as usize + STREAM_TAG_LEN)?.ok_or(EngineError::Integrity)?;
-        let plain = self.opener.open(index, index + 1 == self.segments, &sealed).map_err(|_| EngineError::Integrity)?;
-        let skip = (offset - index * seg) as usize;
-        if skip > plain.len() {
-            return Err(EngineError::Integrity);
-        }
-        Ok(Zeroizing::new(plain[skip..].to_vec()))
-    }
-
-    /// The plaintext from `offset`, at most about `max` bytes (whole segments, read from the
-    /// store in one piece and opened one by one); empty at or past the end.
+    /// The plaintext from `offset` to the end of the segment holding `offset + max - 1` (whole
+    /// segments, read from the store in one piece and opened one by one; `max` 1 reads one
+    /// segment); empty at or past the end. Fails with [`EngineError::Integrity`] if a segment
+    /// was altered, moved, cut or spliced in from elsewhere.
     pub fn read_span(&self, offset: u64, max: usize) -> Result<Zeroizing<Vec<u8>>> {
         if offset >= self.size {
             return Ok(Zeroizing::new(Vec::new()));
@@ -176,7 +159,7 @@ impl BlobReader {
     pub fn read_all(&self) -> Result<Zeroizing<Vec<u8>>> {
         let mut out = Zeroizing::new(Vec::with_capacity(self.size as usize));
         while (out.len() as u64) < self.size {
-            let part = self.read_from(out.len() as u64)?;
+            let part = self.read_span(out.len() as u64, 1 << 20)?;
             if part.is_empty() {
                 return Err(EngineError::Integrity);
             }
@@ -414,7 +397,7 @@ impl Engine {
         } else if let Some(blob) = blob_id_of(resource) {
             // Only a blob sealed for this Binary under this patient's key opens here.
             let r = self.open_blob(id, key.clone(), blob).map_err(|_| EngineError::Unprocessable("the Binary's content reference is not valid".into()))?;
-            r.read_from(0).map_err(|_| EngineError::Unprocessable("the Binary's content reference is not valid".into()))?;
+            r.read_span(0, 1).map_err(|_| EngineError::Unprocessable("the Binary's content reference is not valid".into()))?;
             if let Some(ext) = resource.pointer_mut("/_data/extension").and_then(Value::as_array_mut) {
                 ext.retain(|e| e.get("url").and_then(Value::as_str) != Some(BLOB_SIZE_EXT));
                 ext.push(json!({"url": BLOB_SIZE_EXT, "valueString": r.size().to_string()}));

@@ -89,21 +89,12 @@ impl Engine {
 
     /// The current ImagingStudy rows with this Study Instance UID, ungated.
     fn studies_by_uid(&self, uid: &str) -> Result<Vec<(brankas_store::VersionRow, Stored)>> {
-        let term = self.study_term(uid);
-        let mut out = Vec::new();
-        for key in self.store.lookup(&term)? {
-            let Some(row) = self.store.current(&key)? else { continue };
-            if row.deleted || row.resource_type != "ImagingStudy" {
-                continue;
-            }
-            let s = self.open_row(&row, None)?;
-            // A tampered index row must not lead to another study.
-            if study_uid_of(&s.resource).as_deref() != Some(uid) {
-                return Err(EngineError::Integrity);
-            }
-            out.push((row, s));
+        let hits = self.term_hits(&self.study_term(uid), "ImagingStudy")?;
+        // A tampered index row must not lead to another study.
+        if hits.iter().any(|(_, s)| study_uid_of(&s.resource).as_deref() != Some(uid)) {
+            return Err(EngineError::Integrity);
         }
-        Ok(out)
+        Ok(hits)
     }
 
     /// The ImagingStudy with this Study Instance UID, if `who` may read it.
@@ -115,24 +106,18 @@ impl Engine {
         Ok(s)
     }
 
-    /// The SOP Instance UIDs already stored in a study, if it exists; refuses a study of
-    /// another patient.
-    pub fn stored_instances(&self, patient_id: &str, study_uid: &str) -> Result<BTreeSet<String>> {
-        let mut out = BTreeSet::new();
-        let partition = self.vault.patient_partition(patient_id);
-        for (row, s) in self.studies_by_uid(study_uid)? {
-            if row.partition != partition {
-                return Err(EngineError::Unprocessable("this study belongs to another patient".into()));
-            }
-            for series in s.resource.get("series").and_then(Value::as_array).into_iter().flatten() {
-                for i in series.get("instance").and_then(Value::as_array).into_iter().flatten() {
-                    if let Some(u) = i.get("uid").and_then(Value::as_str) {
-                        out.insert(u.to_string());
-                    }
-                }
-            }
+    /// The patient's study with this UID, if there is one; refuses a study of another patient.
+    fn patient_study(&self, partition: &brankas_store::PartitionId, study_uid: &str) -> Result<Option<(brankas_store::VersionRow, Stored)>> {
+        let found = self.studies_by_uid(study_uid)?;
+        if found.iter().any(|(row, _)| row.partition != *partition) {
+            return Err(EngineError::Unprocessable("this study belongs to another patient".into()));
         }
-        Ok(out)
+        Ok(found.into_iter().next())
+    }
+
+    /// Refuses a study UID that belongs to another patient (before instances are stored for it).
+    pub fn check_study_patient(&self, patient_id: &str, study_uid: &str) -> Result<()> {
+        self.patient_study(&self.vault.patient_partition(patient_id), study_uid).map(drop)
     }
 
     /// Stores one DICOM instance's bytes as a Binary of the target's patient, with its
@@ -165,11 +150,7 @@ impl Engine {
         let partition = self.vault.patient_partition(patient_id);
         let mut out = Vec::new();
         for (uid, list) in by_study {
-            let existing = self.studies_by_uid(uid)?.into_iter().next();
-            if let Some((row, _)) = &existing
-                && row.partition != partition {
-                    return Err(EngineError::Unprocessable("this study belongs to another patient".into()));
-                }
+            let existing = self.patient_study(&partition, uid)?;
             let (id, mut study, version) = match existing {
                 Some((row, s)) => (s.resource.get("id").and_then(Value::as_str).unwrap_or_default().to_string(), s.resource, Some(row.version)),
                 None => (crate::crud::new_id()?, new_study(patient_id, &list[0].1), None),

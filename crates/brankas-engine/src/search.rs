@@ -5,6 +5,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use brankas_auth::{Principal, Role};
 use brankas_search::{IdentityQuery, Query, QueryError, Summary};
 use brankas_store::{PartitionId, VersionRow};
+use brankas_vault::BlindTerm;
 use serde_json::{Value, json};
 
 use crate::access::Act;
@@ -298,12 +299,7 @@ impl Engine {
             pairs.iter().filter(|(k, _)| !used.contains(&k.split(':').next().unwrap_or(""))).cloned().collect();
         let residual = Query::parse(self.registry, "Patient", &rest).map_err(qerr)?;
         let mut out = Vec::new();
-        for key in self.store.lookup(&term)? {
-            let Some(row) = self.store.current(&key)? else { continue };
-            if row.deleted || row.resource_type != "Patient" {
-                continue;
-            }
-            let s = self.open_row(&row, None)?;
+        for (row, s) in self.term_hits(&term, "Patient")? {
             // A tampered index row must not make a lookup return someone else: the hit must
             // itself carry the identity that was asked for.
             if !self.index_terms("Patient", &s.resource).is_some_and(|t| t.contains(&term)) {
@@ -312,6 +308,21 @@ impl Engine {
             if residual.matches(&s.resource) {
                 out.push((row, s));
             }
+        }
+        Ok(out)
+    }
+
+    /// The current, live records of type `rtype` a blind-index term points to, opened and
+    /// ungated. Callers check that each hit really carries the term (the index is not trusted).
+    pub(crate) fn term_hits(&self, term: &BlindTerm, rtype: &str) -> Result<Vec<(VersionRow, Stored)>> {
+        let mut out = Vec::new();
+        for key in self.store.lookup(term)? {
+            let Some(row) = self.store.current(&key)? else { continue };
+            if row.deleted || row.resource_type != rtype {
+                continue;
+            }
+            let s = self.open_row(&row, None)?;
+            out.push((row, s));
         }
         Ok(out)
     }
