@@ -12,6 +12,10 @@
 //! the content of that Binary id (the blob id and the Binary id are the stream's associated
 //! data), so a blob reference copied into another Binary fails to open and is refused.
 //!
+//! *Accepted leakage, introduced here:* the blob store sees each blob's size (the attachment's
+//! size plus 16 bytes per 64 KiB segment and a 15-byte header) and write time, not which
+//! Binary or patient it belongs to.
+//!
 //! Memory stays flat whatever the size: uploads are sealed as they arrive ([`BlobSink`]), and
 //! downloads are opened one segment at a time ([`BlobReader`]), so ranges cost one segment.
 

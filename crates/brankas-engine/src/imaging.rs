@@ -7,6 +7,11 @@
 //! term, like an identity lookup; everything else about imaging is read inside one patient.
 //! A study belongs to one patient: instances of a known study for another patient are refused.
 //!
+//! *Accepted leakage, introduced here:* one blind-index term per ImagingStudy (an HMAC of its
+//! Study Instance UID), so the store learns which record holds a given study UID if it can
+//! compute that HMAC (it cannot without the vault's key). A UID is a high-entropy, unguessable
+//! value, not a low-cardinality attribute.
+//!
 //! Known limit: an instance's Binary and the study's new version are two commits; a failure
 //! between them leaves a Binary no study lists (readable as a Binary, not through DICOMweb).
 //! Study updates are serialised within a replica; two replicas creating the same new study
