@@ -65,7 +65,7 @@ fn too_large(max: u64) -> ApiError {
 
 /// Receives a raw upload and writes the Binary (a new one, or version of `id`). The caller
 /// audits the result.
-pub(crate) async fn upload(st: &Arc<AppState>, who: &Principal, id: Option<String>, if_match: Option<u64>, headers: &HeaderMap, body: Body) -> Result<WriteOutcome, ApiError> {
+pub(crate) async fn upload(st: &Arc<AppState>, who: &Principal, id: Option<String>, if_match: Option<u64>, headers: &HeaderMap, body: Body) -> Result<brankas_engine::Admitted<WriteOutcome>, ApiError> {
     let ct = content_type(headers)?;
     let context = headers
         .get("x-security-context")

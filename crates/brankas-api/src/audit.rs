@@ -18,6 +18,7 @@ use axum::{Extension, Router};
 use base64::Engine as _;
 use brankas_audit::{AuditEntry, NewRecord, Outcome};
 use brankas_auth::{Principal, Role};
+use brankas_engine::{Admitted, Disclosure};
 use brankas_store::PartitionId;
 use serde_json::{Value, json};
 
@@ -147,6 +148,53 @@ pub(crate) fn records(st: &AppState, who: &Principal, ctx: &ReqCtx, what: &What,
     by_patient.into_values().map(|(p, e)| NewRecord { partition: Some(p), client_id: who.client_id().into(), entry: finish(e) }).collect()
 }
 
+/// The audit records of a request whose engine call succeeded: one per patient it discloses
+/// (from the engine's [`Disclosure`], decided where the gates admitted the records, never
+/// from the trimmed answer), one per further patient its gates were asked about, one without
+/// a patient when there was none. Records of a success need the guard's [`Cleared`]: only
+/// what the guard admitted is recorded as served.
+fn disclosed_records(st: &AppState, who: &Principal, ctx: &ReqCtx, what: &What, d: &Disclosure, outcome: Served) -> Vec<NewRecord> {
+    let base = base_entry(who, ctx, what);
+    let mut by_patient: BTreeMap<[u8; 32], (PartitionId, AuditEntry)> = BTreeMap::new();
+    for (partition, p) in d.patients() {
+        let e = &mut by_patient.entry(partition.0).or_insert_with(|| (*partition, base.clone())).1;
+        e.disclosed = matches!(outcome, Served::Cleared(_));
+        e.patient = p.patient_id.clone().or_else(|| what.candidates.iter().find(|c| st.engine.patient_partition(c) == *partition).cloned());
+        for r in &p.records {
+            e.add_resource(r.clone());
+        }
+        for c in &p.categories {
+            e.add_category(c);
+        }
+    }
+    for p in who.trail().take() {
+        let e = &mut by_patient.entry(p.0).or_insert_with(|| (p, base.clone())).1;
+        if e.patient.is_none() {
+            e.patient = what.candidates.iter().find(|c| st.engine.patient_partition(c) == p).cloned();
+        }
+    }
+    let (status, text) = match &outcome {
+        Served::Cleared(_) => (200, None),
+        Served::Refused(e) => (e.status.as_u16(), Some(e.message.clone())),
+    };
+    let finish = |mut e: AuditEntry| {
+        e.status = status;
+        e.outcome = Some(Outcome::of_status(status));
+        e.outcome_text = text.clone();
+        e
+    };
+    if by_patient.is_empty() {
+        return vec![NewRecord { partition: None, client_id: who.client_id().into(), entry: finish(base) }];
+    }
+    by_patient.into_values().map(|(p, e)| NewRecord { partition: Some(p), client_id: who.client_id().into(), entry: finish(e) }).collect()
+}
+
+/// How a disclosure went: admitted by the guard, or refused by it.
+enum Served<'a> {
+    Cleared(crate::guard::Cleared),
+    Refused(&'a ApiError),
+}
+
 /// Makes the records durable; on failure the caller's answer is replaced by 503.
 pub(crate) async fn commit(st: &AppState, records: Vec<NewRecord>) -> Result<(), ApiError> {
     match st.audit.record(records).await {
@@ -158,33 +206,42 @@ pub(crate) async fn commit(st: &AppState, records: Vec<NewRecord>) -> Result<(),
     }
 }
 
-/// Guards, audits and then releases a finished request's result: the patients it would
-/// disclose pass the guard (canaries, the client's patient budget) or nothing leaves; its
-/// records become durable or the answer is a 503.
-pub(crate) async fn finish<T>(st: &AppState, who: &Principal, ctx: &ReqCtx, what: What, result: Result<T, ApiError>, served: impl FnOnce(&T) -> Vec<&Value>) -> Result<T, ApiError> {
-    let (recs, result) = match result {
-        Ok(t) => {
-            let recs = records(st, who, ctx, &what, 200, None, &served(&t));
-            match crate::guard::admit(st, who, &recs).await {
-                Ok(()) => (recs, Ok(t)),
-                Err(e) => (refused(recs, &e), Err(e)),
-            }
+/// Guards, audits and then releases a finished request's result. What it discloses (the
+/// engine's [`Admitted`] value, decided by the access checks) passes the guard (canaries, the
+/// client's patient budget) or nothing leaves; its records become durable or the answer is a
+/// 503; and only the audit log's [`brankas_audit::Receipt`] for those records releases the
+/// result, so no answer can skip this step and still be serialized.
+pub(crate) async fn finish<T>(st: &AppState, who: &Principal, ctx: &ReqCtx, what: What, result: Result<Admitted<T>, ApiError>) -> Result<T, ApiError> {
+    let admitted = match result {
+        Ok(a) => a,
+        Err(e) => {
+            commit(st, records(st, who, ctx, &what, e.status.as_u16(), Some(&e), &[])).await?;
+            crate::guard::break_glass(st, who).await;
+            return Err(e);
         }
-        Err(e) => (records(st, who, ctx, &what, e.status.as_u16(), Some(&e), &[]), Err(e)),
     };
-    commit(st, recs).await?;
-    crate::guard::break_glass(st, who).await;
-    result
-}
-
-/// The records of a request the guard refused: nothing was disclosed.
-fn refused(mut recs: Vec<NewRecord>, e: &ApiError) -> Vec<NewRecord> {
-    for r in &mut recs {
-        r.entry.status = e.status.as_u16();
-        r.entry.outcome = Some(Outcome::of_status(e.status.as_u16()));
-        r.entry.outcome_text = Some(e.message.clone());
+    match crate::guard::admit(st, who, admitted.disclosure()).await {
+        Ok(cleared) => {
+            let recs = disclosed_records(st, who, ctx, &what, admitted.disclosure(), Served::Cleared(cleared));
+            let receipt = match st.audit.record_receipt(recs).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "audit records could not be written; the request fails");
+                    return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "the audit log cannot be written; nothing was served"));
+                }
+            };
+            crate::guard::break_glass(st, who).await;
+            admitted.release(&receipt).map_err(|e| {
+                tracing::error!(error = %e, "an answer's audit did not cover what it discloses; nothing was served");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error")
+            })
+        }
+        Err(e) => {
+            commit(st, disclosed_records(st, who, ctx, &what, admitted.disclosure(), Served::Refused(&e))).await?;
+            crate::guard::break_glass(st, who).await;
+            Err(e)
+        }
     }
-    recs
 }
 
 /// Audits a request of an authenticated client that touches no patient.
@@ -511,7 +568,7 @@ impl Names {
         }
         let name = org
             .strip_prefix("Organization/")
-            .and_then(|id| st.engine.read(&Principal::local_operator(), "Organization", id).ok())
+            .and_then(|id| st.engine.directory_entry("Organization", id).ok().flatten())
             .and_then(|s| s.resource.get("name").and_then(Value::as_str).map(String::from))
             .unwrap_or_else(|| org.to_string());
         self.0.insert(org.to_string(), name.clone());
@@ -651,7 +708,8 @@ async fn breach_report(State(st): St, Extension(who): Extension<Principal>, ctx:
             breach::breach_report(
                 &s.audit,
                 &bq,
-                |id| s.engine.read(&op, "Patient", id).ok().map(|r| Identity::from_patient(&r.resource)),
+                // The report is itself audited (one disclosure record per patient listed).
+                |id| s.engine.read(&op, "Patient", id).ok().map(|r| Identity::from_patient(&r.unreleased().resource)),
                 |id| s.store.canaries_among(&[s.engine.patient_partition(id)]).is_ok_and(|c| !c.is_empty()),
             )
         })

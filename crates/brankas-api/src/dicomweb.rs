@@ -27,7 +27,7 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use brankas_auth::Principal;
 use brankas_dicom::qido::{self, InstanceRow, Level, SeriesRow, StudyRow};
-use brankas_engine::{BlobReader, EngineError, SearchRequest, Stored};
+use brankas_engine::{Admitted, BlobReader, EngineError, SearchRequest, Stored};
 use serde_json::{Value, json};
 
 use crate::AppState;
@@ -96,7 +96,8 @@ fn uid_ok(u: &str) -> Result<(), ApiError> {
 // ----- patients -----
 
 /// The patient a DICOM PatientID names: the one Patient whose NIK or IHS number it is.
-fn patient_by_dicom_id(engine: &brankas_engine::Engine, who: &Principal, pid: &str) -> Result<Stored, EngineError> {
+fn patient_by_dicom_id(engine: &brankas_engine::Engine, who: &Principal, pid: &str) -> Result<Admitted<Stored>, EngineError> {
+    let mut acc = Admitted::nothing(());
     let mut found: Vec<Stored> = Vec::new();
     for system in [brankas_fhir::NIK_SYSTEM, brankas_fhir::IHS_SYSTEM] {
         let req = SearchRequest {
@@ -106,14 +107,14 @@ fn patient_by_dicom_id(engine: &brankas_engine::Engine, who: &Principal, pid: &s
             offset: 0,
             strict: true,
         };
-        for s in engine.search(who, &req)?.resources {
+        for s in acc.take(engine.search(who, &req)?).resources {
             if !found.iter().any(|f| f.resource.get("id") == s.resource.get("id")) {
                 found.push(s);
             }
         }
     }
     match found.len() {
-        1 => Ok(found.remove(0)),
+        1 => Ok(acc.map(|()| found.remove(0))),
         0 => Err(EngineError::Unprocessable("no patient has this PatientID as NIK or IHS number; name the patient with ?patient=Patient/<id>".into())),
         _ => Err(EngineError::Unprocessable("more than one patient matches this PatientID; name the patient with ?patient=Patient/<id>".into())),
     }
@@ -167,6 +168,12 @@ fn boundary(headers: &HeaderMap) -> Result<String, ApiError> {
     boundary.ok_or_else(|| ApiError::bad_request("multipart/related without a boundary"))
 }
 
+/// A STOW request's patient: named by the caller, or found by PatientID (a disclosure).
+enum AdmittedOr {
+    Hint(String),
+    Found(Admitted<String>),
+}
+
 /// What happened to one part.
 struct PartResult {
     sop_class: String,
@@ -180,7 +187,7 @@ struct PartResult {
 async fn stow_req(st: Arc<AppState>, who: Principal, ctx: ReqCtx, study: Option<String>, q: Option<String>, headers: HeaderMap, body: Body) -> ApiResult {
     let what = What::new("dicom-store", "C", Some("ImagingStudy".into()));
     let out = stow_inner(&st, &who, study, q, &headers, body).await;
-    let (results, _written) = audit::finish(&st, &who, &ctx, what, out, |(_, w)| w.iter().collect()).await?;
+    let results = audit::finish(&st, &who, &ctx, what, out).await?;
     let stored = results.iter().filter(|r| r.failure.is_none()).count();
     let base = root(&st);
     let mut body = serde_json::Map::new();
@@ -229,7 +236,7 @@ async fn stow_req(st: Arc<AppState>, who: Principal, ctx: ReqCtx, study: Option<
 }
 
 /// Reads, parses and stores every part; returns each part's result and the resources written.
-async fn stow_inner(st: &Arc<AppState>, who: &Principal, study: Option<String>, q: Option<String>, headers: &HeaderMap, body: Body) -> Result<(Vec<PartResult>, Vec<Value>), ApiError> {
+async fn stow_inner(st: &Arc<AppState>, who: &Principal, study: Option<String>, q: Option<String>, headers: &HeaderMap, body: Body) -> Result<Admitted<Vec<PartResult>>, ApiError> {
     let pairs = pairs_of(st, q.as_deref())?;
     let hint = patient_hint(&pairs)?;
     let boundary = boundary(headers)?;
@@ -237,7 +244,8 @@ async fn stow_inner(st: &Arc<AppState>, who: &Principal, study: Option<String>, 
     let constraints = multer::Constraints::new().size_limit(multer::SizeLimit::new().per_field(max));
     let mut mp = multer::Multipart::with_constraints(body.into_data_stream(), boundary, constraints);
     let mut results = Vec::new();
-    let mut written = Vec::new();
+    // What the request discloses: the patients found by PatientID, the instances and studies written.
+    let mut acc = Admitted::nothing(());
     // Patient per PatientID (or the hint), and instances stored per patient, for the studies.
     let mut patients: HashMap<String, Result<String, u16>> = HashMap::new();
     let mut linked: BTreeMap<String, Vec<(String, brankas_dicom::Instance)>> = BTreeMap::new();
@@ -297,13 +305,18 @@ async fn stow_inner(st: &Arc<AppState>, who: &Principal, study: Option<String>, 
             let engine = st.engine.clone();
             let (w, h, dicom_id) = (who.clone(), hint.clone(), inst.patient_id.clone().unwrap_or_default());
             let r = tokio::task::spawn_blocking(move || match h {
-                Some(h) => Ok(h),
+                Some(h) => Ok(AdmittedOr::Hint(h)),
                 None if dicom_id.trim().is_empty() => Err(EngineError::Unprocessable("no PatientID".into())),
-                None => patient_by_dicom_id(&engine, &w, dicom_id.trim()).map(|p| p.resource.get("id").and_then(Value::as_str).unwrap_or_default().to_string()),
+                None => patient_by_dicom_id(&engine, &w, dicom_id.trim()).map(|p| AdmittedOr::Found(p.map(|p| p.resource.get("id").and_then(Value::as_str).unwrap_or_default().to_string()))),
             })
             .await
             .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error"))?;
-            patients.insert(key.clone(), r.map_err(|e| failure_of(&e)));
+            let r = match r {
+                Ok(AdmittedOr::Hint(h)) => Ok(h),
+                Ok(AdmittedOr::Found(a)) => Ok(acc.take(a)),
+                Err(e) => Err(failure_of(&e)),
+            };
+            patients.insert(key.clone(), r);
         }
         let pid = match &patients[&key] {
             Ok(p) => p.clone(),
@@ -344,7 +357,7 @@ async fn stow_inner(st: &Arc<AppState>, who: &Principal, study: Option<String>, 
         .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error"))?;
         match stored {
             Ok(s) => {
-                written.push(s.binary.resource.clone());
+                let s = acc.take(s);
                 linked.entry(pid.clone()).or_default().push((s.binary_id, inst.clone()));
                 results.push(res);
             }
@@ -362,9 +375,9 @@ async fn stow_inner(st: &Arc<AppState>, who: &Principal, study: Option<String>, 
         let engine = st.engine.clone();
         let w = who.clone();
         let studies = blocking(move || engine.link_instances(&w, &pid, &items)).await?;
-        written.extend(studies.into_iter().map(|s| s.resource));
+        acc.take(studies);
     }
-    Ok((results, written))
+    Ok(acc.map(|()| results))
 }
 
 fn failure_of(e: &EngineError) -> u16 {
@@ -387,27 +400,21 @@ fn multipart_error(e: multer::Error, max: u64) -> ApiError {
 // ----- WADO-RS -----
 
 /// The study, with the instances asked for (all, a series', or one).
-async fn instances(st: &Arc<AppState>, who: &Principal, study: &str, series: Option<&str>, sop: Option<&str>) -> Result<(Stored, Vec<Stored>), ApiError> {
+async fn instances(st: &Arc<AppState>, who: &Principal, study: &str, series: Option<&str>, sop: Option<&str>) -> Result<Admitted<(Stored, Vec<Stored>)>, ApiError> {
     uid_ok(study)?;
     for u in series.iter().chain(sop.iter()) {
         uid_ok(u)?;
     }
     let engine = st.engine.clone();
     let (w, study, series, sop) = (who.clone(), study.to_string(), series.map(String::from), sop.map(String::from));
-    let (s, list) = blocking(move || {
-        let s = engine.study_by_uid(&w, &study)?;
-        let list = engine.study_instances(&w, &s, series.as_deref(), sop.as_deref())?;
-        Ok((s, list))
+    let found = blocking(move || {
+        engine.study_by_uid(&w, &study)?.and_then(|s| engine.study_instances(&w, &s, series.as_deref(), sop.as_deref()).map(|l| l.map(|l| (s, l))))
     })
     .await?;
-    if list.is_empty() {
+    if found.unreleased().1.is_empty() {
         return Err(ApiError::not_found());
     }
-    Ok((s, list))
-}
-
-fn served<'a>(s: &'a Stored, list: &'a [Stored]) -> Vec<&'a Value> {
-    std::iter::once(&s.resource).chain(list.iter().map(|b| &b.resource)).collect()
+    Ok(found)
 }
 
 fn accepts_multipart_dicom(headers: &HeaderMap) -> bool {
@@ -427,7 +434,7 @@ async fn wado(st: Arc<AppState>, who: Principal, ctx: ReqCtx, headers: HeaderMap
         instances(&st, &who, &study, series.as_deref(), sop.as_deref()).await
     }
     .await;
-    let (_, list) = audit::finish(&st, &who, &ctx, what, r, |(s, l)| served(s, l)).await?;
+    let (_, list) = audit::finish(&st, &who, &ctx, what, r).await?;
     let engine = st.engine.clone();
     let readers: Vec<Arc<BlobReader>> = blocking(move || {
         let mut out = Vec::with_capacity(list.len());
@@ -502,7 +509,7 @@ async fn wado_instance(State(st): St, Extension(who): Extension<Principal>, ctx:
 async fn metadata(st: Arc<AppState>, who: Principal, ctx: ReqCtx, study: String, series: Option<String>, sop: Option<String>) -> ApiResult {
     let what = What::new("dicom-metadata", "R", Some("ImagingStudy".into()));
     let r = instances(&st, &who, &study, series.as_deref(), sop.as_deref()).await;
-    let (_, list) = audit::finish(&st, &who, &ctx, what, r, |(s, l)| served(s, l)).await?;
+    let (_, list) = audit::finish(&st, &who, &ctx, what, r).await?;
     let base = root(&st);
     let mut out: Vec<Value> = Vec::with_capacity(list.len());
     for b in &list {
@@ -529,23 +536,24 @@ async fn meta_instance(State(st): St, Extension(who): Extension<Principal>, ctx:
 
 /// The studies a QIDO request covers, with their patient: those of one patient
 /// (`PatientID`/`patient`), or the one named by its UID (path or `StudyInstanceUID`).
-fn studies_for(engine: &brankas_engine::Engine, who: &Principal, pairs: &[(String, String)], study: Option<&str>) -> Result<Vec<(Stored, Stored)>, EngineError> {
-    let patient_of = |s: &Stored| -> Result<Stored, EngineError> {
+fn studies_for(engine: &brankas_engine::Engine, who: &Principal, pairs: &[(String, String)], study: Option<&str>) -> Result<Admitted<Vec<(Stored, Stored)>>, EngineError> {
+    let mut acc = Admitted::nothing(());
+    let patient_of = |s: &Stored| -> Result<Admitted<Stored>, EngineError> {
         let pid = s.resource.pointer("/subject/reference").and_then(Value::as_str).and_then(|r| r.strip_prefix("Patient/")).ok_or(EngineError::Integrity)?;
         engine.read(who, "Patient", pid)
     };
     let uid_param = pairs.iter().find(|(k, _)| k == "StudyInstanceUID" || k == "0020000D").map(|(_, v)| v.clone());
     if let Some(u) = study {
-        let s = engine.study_by_uid(who, u)?;
-        let p = patient_of(&s)?;
-        return Ok(vec![(s, p)]);
+        let s = acc.take(engine.study_by_uid(who, u)?);
+        let p = acc.take(patient_of(&s)?);
+        return Ok(acc.map(|()| vec![(s, p)]));
     }
     let patient = if let Some(h) = pairs.iter().find(|(k, _)| k == "patient").map(|(_, v)| v.strip_prefix("Patient/").unwrap_or(v).to_string()) {
-        Some(engine.read(who, "Patient", &h)?)
+        Some(acc.take(engine.read(who, "Patient", &h)?))
     } else if let Some(pid) = pairs.iter().find(|(k, _)| k == "PatientID" || k == "00100020").map(|(_, v)| v.clone()) {
         match patient_by_dicom_id(engine, who, pid.trim()) {
-            Ok(p) => Some(p),
-            Err(EngineError::Unprocessable(_)) => return Ok(Vec::new()),
+            Ok(p) => Some(acc.take(p)),
+            Err(EngineError::Unprocessable(_)) => return Ok(acc.map(|()| Vec::new())),
             Err(e) => return Err(e),
         }
     } else {
@@ -558,7 +566,7 @@ fn studies_for(engine: &brankas_engine::Engine, who: &Principal, pairs: &[(Strin
             let mut offset = 0;
             loop {
                 let req = SearchRequest { resource_type: "ImagingStudy".into(), pairs: vec![("_count".into(), "500".into())], compartment: Some(pid.clone()), offset, strict: true };
-                let page = engine.search(who, &req)?;
+                let page = acc.take(engine.search(who, &req)?);
                 let n = page.resources.len();
                 out.extend(page.resources.into_iter().map(|s| (s, p.clone())));
                 offset += n;
@@ -566,14 +574,15 @@ fn studies_for(engine: &brankas_engine::Engine, who: &Principal, pairs: &[(Strin
                     break;
                 }
             }
-            Ok(out)
+            Ok(acc.map(|()| out))
         }
         (None, Some(uids)) if !uids.contains(',') => match engine.study_by_uid(who, uids.trim()) {
             Ok(s) => {
-                let p = patient_of(&s)?;
-                Ok(vec![(s, p)])
+                let s = acc.take(s);
+                let p = acc.take(patient_of(&s)?);
+                Ok(acc.map(|()| vec![(s, p)]))
             }
-            Err(EngineError::NotFound) => Ok(Vec::new()),
+            Err(EngineError::NotFound) => Ok(acc.map(|()| Vec::new())),
             Err(e) => Err(e),
         },
         _ => Err(EngineError::BadRequest("QIDO-RS searches within one patient: give PatientID (NIK or IHS number), patient=Patient/<id>, or one StudyInstanceUID".into())),
@@ -684,10 +693,10 @@ async fn qido(st: Arc<AppState>, who: Principal, ctx: ReqCtx, q: Option<String>,
         let engine = st.engine.clone();
         let (w, p, s) = (who.clone(), pairs.clone(), study.clone());
         let studies = blocking(move || studies_for(&engine, &w, &p, s.as_deref())).await?;
-        Ok((studies, query))
+        Ok(studies.map(|st| (st, query)))
     }
     .await;
-    let (studies, query) = audit::finish(&st, &who, &ctx, what, r, served_studies).await?;
+    let (studies, query) = audit::finish(&st, &who, &ctx, what, r).await?;
     let base = root(&st);
     let mut out: Vec<Value> = Vec::new();
     for (s, p) in &studies {
@@ -732,10 +741,6 @@ async fn qido(st: Arc<AppState>, who: Principal, ctx: ReqCtx, q: Option<String>,
     let offset = query.offset().min(out.len());
     let out: Vec<Value> = out.into_iter().skip(offset).take(query.limit().unwrap_or(usize::MAX)).collect();
     Ok(dicom_json(StatusCode::OK, &Value::Array(out)))
-}
-
-fn served_studies(x: &(Vec<(Stored, Stored)>, qido::Query)) -> Vec<&Value> {
-    x.0.iter().flat_map(|(s, p)| [&s.resource, &p.resource]).collect()
 }
 
 /// Adds the attributes of `from` that `to` lacks.

@@ -11,9 +11,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
-use brankas_audit::{NewRecord, Outcome};
 use brankas_auth::{ClientStatus, OnExceed, Principal, Role};
-use brankas_store::{AlertRow, PartitionId};
+use brankas_store::AlertRow;
 use serde_json::{Value, json};
 
 use crate::AppState;
@@ -192,19 +191,10 @@ fn now_us() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
 }
 
-/// The patients whose data a response would disclose: records of served resources.
-fn disclosed(recs: &[NewRecord]) -> Vec<PartitionId> {
-    let mut out: Vec<PartitionId> = Vec::new();
-    for r in recs {
-        if let Some(p) = r.partition
-            && r.entry.outcome == Some(Outcome::Success)
-            && !r.entry.resources.is_empty()
-            && !out.contains(&p)
-        {
-            out.push(p);
-        }
-    }
-    out
+/// Proof that the guard admitted a response's disclosure: the audit records of a served
+/// answer are made only with one (see `audit::finish`). Only [`admit`] makes it.
+pub(crate) struct Cleared {
+    _private: (),
 }
 
 fn suspended_error() -> ApiError {
@@ -227,13 +217,20 @@ pub(crate) fn raise(st: &AppState, kind: &str, severity: &str, client_id: Option
     }
 }
 
-/// Checks what a response would disclose. `Err` replaces the response.
-pub(crate) async fn admit(st: &AppState, who: &Principal, recs: &[NewRecord]) -> Result<(), ApiError> {
-    let Some(budget) = who.budget() else { return Ok(()) };
-    let parts = disclosed(recs);
+/// Checks what a response would disclose (the engine's disclosure: every patient the access
+/// checks admitted into the answer, however it is later trimmed or counted). `Err` replaces
+/// the response.
+pub(crate) async fn admit(st: &AppState, who: &Principal, disclosure: &brankas_engine::Disclosure) -> Result<Cleared, ApiError> {
+    let cleared = Cleared { _private: () };
+    let parts = disclosure.partitions();
     if parts.is_empty() {
-        return Ok(());
+        return Ok(cleared);
     }
+    // Clients without a budget reach no patient data; a disclosure for one is refused.
+    let Some(budget) = who.budget() else {
+        tracing::error!("a disclosure for a client without a patient budget was refused");
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this client reaches no patient data"));
+    };
     let st2 = st.store.clone();
     let auth = st.auth.clone();
     let client = who.client_id().to_string();
@@ -266,7 +263,7 @@ pub(crate) async fn admit(st: &AppState, who: &Principal, recs: &[NewRecord]) ->
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "security state unavailable; nothing was served")
     })?;
     match verdict {
-        None => Ok(()),
+        None => Ok(cleared),
         Some(("canary", detail, _)) => {
             raise(st, "canary", "critical", Some(who.client_id()), detail);
             Err(suspended_error())

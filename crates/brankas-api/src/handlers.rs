@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use base64::Engine as _;
 use brankas_auth::Principal;
-use brankas_engine::{EngineError, EntryOutcome, Page, SearchRequest, Stored, instant, parse_etag};
+use brankas_engine::{Admitted, EngineError, EntryOutcome, Page, SearchRequest, Stored, instant, parse_etag};
 use serde_json::{Value, json};
 
 use crate::audit::{self, ReqCtx, RequestId, What};
@@ -390,7 +390,7 @@ async fn create(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx
     not_audit_event(&rtype)?;
     if rtype == "Binary" && crate::attach::is_raw(&headers) {
         let out = crate::attach::upload(&st, &who, None, None, &headers, body).await;
-        let out = audit::finish(&st, &who, &ctx, What::new("create", "C", Some(rtype.clone())), out, |o| vec![&o.stored.resource]).await?;
+        let out = audit::finish(&st, &who, &ctx, What::new("create", "C", Some(rtype.clone())), out).await?;
         return Ok(resource_response(&st, StatusCode::CREATED, &out.stored, &rtype, prefer_return(&headers), true));
     }
     let resource = read_json(&st, &headers, body).await?;
@@ -398,7 +398,7 @@ async fn create(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx
     let engine = st.engine.clone();
     let (t, w) = (rtype.clone(), who.clone());
     let out = blocking(move || engine.create(&w, &t, resource, ine.as_deref())).await;
-    let out = audit::finish(&st, &who, &ctx, What::new("create", "C", Some(rtype.clone())), out, |o| vec![&o.stored.resource]).await?;
+    let out = audit::finish(&st, &who, &ctx, What::new("create", "C", Some(rtype.clone())), out).await?;
     let status = if out.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok(resource_response(&st, status, &out.stored, &rtype, prefer_return(&headers), true))
 }
@@ -410,7 +410,7 @@ async fn update(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx
         let im = if_match(&headers)?;
         let what = What::new("update", "U", target(&rtype, &id));
         let out = crate::attach::upload(&st, &who, Some(id), im, &headers, body).await;
-        let out = audit::finish(&st, &who, &ctx, what, out, |o| vec![&o.stored.resource]).await?;
+        let out = audit::finish(&st, &who, &ctx, what, out).await?;
         let status = if out.created { StatusCode::CREATED } else { StatusCode::OK };
         return Ok(resource_response(&st, status, &out.stored, &rtype, prefer_return(&headers), out.created));
     }
@@ -419,7 +419,7 @@ async fn update(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx
     let engine = st.engine.clone();
     let (t, w, target) = (rtype.clone(), who.clone(), target(&rtype, &id));
     let out = blocking(move || engine.update(&w, &t, &id, resource, im)).await;
-    let out = audit::finish(&st, &who, &ctx, What::new("update", "U", target), out, |o| vec![&o.stored.resource]).await?;
+    let out = audit::finish(&st, &who, &ctx, What::new("update", "U", target), out).await?;
     let status = if out.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok(resource_response(&st, status, &out.stored, &rtype, prefer_return(&headers), out.created))
 }
@@ -433,7 +433,7 @@ async fn read(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, 
     let engine = st.engine.clone();
     let (t, w, target) = (rtype.clone(), who.clone(), target(&rtype, &id));
     let s = blocking(move || engine.read(&w, &t, &id)).await;
-    let s = audit::finish(&st, &who, &ctx, What::new("read", "R", target), s, |s| vec![&s.resource]).await?;
+    let s = audit::finish(&st, &who, &ctx, What::new("read", "R", target), s).await?;
     if rtype == "Binary" {
         return binary_response(&st, s, &headers, q.as_deref()).await;
     }
@@ -462,7 +462,7 @@ async fn vread(
     let engine = st.engine.clone();
     let (t, w, target) = (rtype.clone(), who.clone(), target(&rtype, &id));
     let s = blocking(move || engine.vread(&w, &t, &id, version)).await;
-    let s = audit::finish(&st, &who, &ctx, What::new("vread", "R", target), s, |s| vec![&s.resource]).await?;
+    let s = audit::finish(&st, &who, &ctx, What::new("vread", "R", target), s).await?;
     if rtype == "Binary" {
         return binary_response(&st, s, &headers, q.as_deref()).await;
     }
@@ -476,7 +476,7 @@ async fn delete(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx
     let engine = st.engine.clone();
     let (w, target) = (who.clone(), target(&rtype, &id));
     let out = blocking(move || engine.delete(&w, &rtype, &id, im)).await;
-    let out = audit::finish(&st, &who, &ctx, What::new("delete", "D", target), out, |_| Vec::new()).await?;
+    let out = audit::finish(&st, &who, &ctx, What::new("delete", "D", target), out.map(Admitted::nothing)).await?;
     let mut r = StatusCode::NO_CONTENT.into_response();
     if let Some(s) = out
         && let Ok(v) = HeaderValue::from_str(&s.etag()) {
@@ -500,14 +500,14 @@ async fn instance_sub(
     if sub == "_history" {
         let what = What::new("history", "R", target(&rtype, &id));
         let r = history(&st, who.clone(), rtype, id, &pairs).await;
-        let r = audit::finish(&st, &who, &ctx, what, r, |(_, served)| served.iter().collect()).await?;
-        return Ok(r.0);
+        let r = audit::finish(&st, &who, &ctx, what, r).await?;
+        return Ok(r);
     }
     if rtype == "Patient" && sub == "$everything" {
         let engine = st.engine.clone();
         let (w, target) = (who.clone(), target(&rtype, &id));
         let all = blocking(move || engine.everything(&w, &id)).await;
-        let all = audit::finish(&st, &who, &ctx, What::new("everything", "R", target), all, |a| a.iter().map(|s| &s.resource).collect()).await?;
+        let all = audit::finish(&st, &who, &ctx, What::new("everything", "R", target), all).await?;
         let total = all.len();
         let page = Page { total, offset: 0, count: total, next: None, previous: None, this: String::new(), resources: all };
         return Ok(json_response(StatusCode::OK, &searchset(&st, &page, None)));
@@ -524,7 +524,7 @@ async fn instance_sub(
         let req = SearchRequest { resource_type: sub.clone(), pairs, compartment: Some(id), offset: 0, strict: strict(&headers) };
             blocking(move || engine.search(&w, &req)).await
         };
-        let page = audit::finish(&st, &who, &ctx, what, page, |p| p.resources.iter().map(|s| &s.resource).collect()).await?;
+        let page = audit::finish(&st, &who, &ctx, what, page).await?;
         return Ok(json_response(StatusCode::OK, &searchset(&st, &page, Some(&sub))));
     }
     if sub.starts_with('$') {
@@ -533,25 +533,32 @@ async fn instance_sub(
     Err(ApiError::not_found())
 }
 
-/// The history Bundle, and the versions it serves (for the audit).
-async fn history(st: &AppState, who: Principal, rtype: String, id: String, pairs: &[(String, String)]) -> Result<(Response, Vec<Value>), ApiError> {
+/// The history Bundle, with what its versions disclose.
+async fn history(st: &AppState, who: Principal, rtype: String, id: String, pairs: &[(String, String)]) -> Result<Admitted<Response>, ApiError> {
     let count = pairs.iter().find(|(k, _)| k == "_count").and_then(|(_, v)| v.parse::<usize>().ok()).unwrap_or(st.engine.limits().default_count);
     // The page size the engine will really use, so that a full page gets its `next` link.
     let count = count.clamp(1, st.engine.limits().max_history);
     let before = pairs.iter().find(|(k, _)| k == "_before_version").and_then(|(_, v)| v.parse::<u64>().ok());
     let engine = st.engine.clone();
     let (t, i) = (rtype.clone(), id.clone());
-    let (versions, total) = blocking(move || {
-        let page = engine.history(&who, &t, &i, count, before)?;
+    let versions = blocking(move || {
+        let mut page = engine.history(&who, &t, &i, count, before)?;
         // Versions are numbered 1, 2, 3… (a delete is a version too), so the newest one's
         // number is how many there are: Bundle.total counts all of them, not this page.
-        let total = match (before, page.first()) {
+        let total = match (before, page.unreleased().first()) {
             (None, Some(newest)) => newest.version,
-            _ => engine.history(&who, &t, &i, 1, None)?.first().map_or(0, |s| s.version),
+            _ => {
+                let newest = engine.history(&who, &t, &i, 1, None)?;
+                page.take(newest).first().map_or(0, |s| s.version)
+            }
         };
-        Ok((page, total))
+        Ok(page.map(|p| (p, total)))
     })
     .await?;
+    Ok(versions.map(|(versions, total)| history_bundle(st, &rtype, &id, versions, total, count)))
+}
+
+fn history_bundle(st: &AppState, rtype: &str, id: &str, versions: Vec<Stored>, total: u64, count: usize) -> Response {
     let base = &st.base_url;
     let entries: Vec<Value> = versions
         .iter()
@@ -567,7 +574,7 @@ async fn history(st: &AppState, who: Principal, rtype: String, id: String, pairs
             if !s.deleted {
                 e["resource"] = s.resource.clone();
             }
-            e["request"] = json!({"method": method, "url": if method == "POST" { rtype.clone() } else { format!("{rtype}/{id}") }});
+            e["request"] = json!({"method": method, "url": if method == "POST" { rtype.to_string() } else { format!("{rtype}/{id}") }});
             e["response"] = json!({"status": status, "etag": s.etag(), "lastModified": instant(s.last_updated_us)});
             e
         })
@@ -577,8 +584,7 @@ async fn history(st: &AppState, who: Principal, rtype: String, id: String, pairs
         && last.version > 1 && versions.len() >= count.max(1) {
             links.push(json!({"relation": "next", "url": format!("{base}/{rtype}/{id}/_history?_count={count}&_before_version={}", last.version)}));
         }
-    let served: Vec<Value> = versions.into_iter().filter(|s| !s.deleted).map(|s| s.resource).collect();
-    Ok((json_response(StatusCode::OK, &json!({"resourceType": "Bundle", "type": "history", "total": total, "link": links, "entry": entries})), served))
+    json_response(StatusCode::OK, &json!({"resourceType": "Bundle", "type": "history", "total": total, "link": links, "entry": entries}))
 }
 
 async fn search_get(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, Path(rtype): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap) -> ApiResult {
@@ -629,7 +635,7 @@ async fn run_search(st: &AppState, who: Principal, ctx: ReqCtx, rtype: String, p
         let req = SearchRequest { resource_type: rtype.clone(), pairs, compartment: None, offset: 0, strict: strict(headers) };
         blocking(move || engine.search(&w, &req)).await
     };
-    let page = audit::finish(st, &who, &ctx, what, page, |p| p.resources.iter().map(|s| &s.resource).collect()).await?;
+    let page = audit::finish(st, &who, &ctx, what, page).await?;
     Ok(json_response(StatusCode::OK, &searchset(st, &page, Some(&rtype))))
 }
 
@@ -680,7 +686,7 @@ async fn bundle(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx
     let engine = st.engine.clone();
     let w = who.clone();
     let outcomes = blocking(move || if kind == "transaction" { engine.transaction(&w, &b) } else { engine.batch(&w, &b) }).await;
-    let outcomes = audit::finish(&st, &who, &ctx, What::new(kind, "E", None), outcomes, |o| o.iter().filter_map(|e| e.stored.as_ref()).filter(|s| !s.deleted).map(|s| &s.resource).collect()).await?;
+    let outcomes = audit::finish(&st, &who, &ctx, What::new(kind, "E", None), outcomes).await?;
     let entries: Vec<Value> = outcomes.into_iter().map(|o| response_entry(&st, o, ret)).collect();
     Ok(json_response(StatusCode::OK, &json!({"resourceType": "Bundle", "type": format!("{kind}-response"), "entry": entries})))
 }

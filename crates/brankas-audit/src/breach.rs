@@ -235,7 +235,7 @@ pub fn breach_report(
                 continue;
             }
             let Some(pid) = o.entry.patient.clone() else { continue };
-            if o.entry.resources.is_empty() {
+            if o.entry.resources.is_empty() && !o.entry.disclosed {
                 // The request reached the patient but received none of its data.
                 continue;
             }
@@ -246,6 +246,11 @@ pub fn breach_report(
             a.accesses += 1;
             for c in &o.entry.categories {
                 a.categories.insert(known_category(c), ());
+            }
+            if o.entry.resources.is_empty() && o.entry.categories.is_empty() {
+                // A count or an empty page about the patient: what was asked about.
+                let t = o.entry.target.as_deref().and_then(|t| t.split('/').next()).unwrap_or_default();
+                a.categories.insert(category(t), ());
             }
             for r in &o.entry.resources {
                 if o.entry.categories.is_empty() {

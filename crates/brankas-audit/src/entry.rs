@@ -83,12 +83,21 @@ pub struct AuditEntry {
     /// served (see [`crate::breach::category_of`]): what a breach notification names.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub categories: Vec<String>,
+    /// The answer disclosed this patient's data (the access checks admitted it and the guard
+    /// passed it), even where it served none of the patient's records whole: a trimmed page,
+    /// a count, a search naming the patient that found nothing.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub disclosed: bool,
     /// The request's resource type and id (`Observation`, `Patient/123`), without query.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
     /// Names of the search parameters, never their values.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub query: Vec<String>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn is_zero(n: &u64) -> bool {

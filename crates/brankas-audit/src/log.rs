@@ -48,6 +48,38 @@ pub struct NewRecord {
     pub entry: AuditEntry,
 }
 
+/// Proof that a set of records is durable in the log: which patients' disclosures they
+/// recorded as served. Only [`AuditLog::record_receipt`] makes one, after the append, so code
+/// that holds a `Receipt` for a patient has written that patient's successful record first
+/// (the engine's `Admitted::release` requires one covering every patient it disclosed).
+pub struct Receipt {
+    position: u64,
+    served: std::collections::BTreeSet<PartitionId>,
+}
+
+impl Receipt {
+    /// Position of the last record appended.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Whether a successful record for this patient's partition was appended.
+    pub fn covers(&self, partition: &PartitionId) -> bool {
+        self.served.contains(partition)
+    }
+}
+
+/// Names nothing: positions only.
+impl std::fmt::Debug for Receipt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receipt").field("position", &self.position).field("patients", &self.served.len()).finish()
+    }
+}
+
+fn served_partitions(records: &[NewRecord]) -> std::collections::BTreeSet<PartitionId> {
+    records.iter().filter(|r| r.entry.outcome == Some(crate::Outcome::Success)).filter_map(|r| r.partition).collect()
+}
+
 /// A record read back.
 #[derive(Debug)]
 pub struct Opened {
@@ -149,6 +181,21 @@ impl AuditLog {
     /// Appends records and waits until they are durable.
     pub async fn record(&self, records: Vec<NewRecord>) -> Result<u64, AuditError> {
         self.submit(records).await.map_err(|_| AuditError::Unavailable)?
+    }
+
+    /// Appends records, waits until they are durable, and returns the [`Receipt`] naming the
+    /// partitions whose records say they were served (outcome success).
+    pub async fn record_receipt(&self, records: Vec<NewRecord>) -> Result<Receipt, AuditError> {
+        let served = served_partitions(&records);
+        let position = self.record(records).await?;
+        Ok(Receipt { position, served })
+    }
+
+    /// [`AuditLog::record_receipt`] from synchronous code (the CLI).
+    pub fn record_receipt_blocking(&self, records: Vec<NewRecord>) -> Result<Receipt, AuditError> {
+        let served = served_partitions(&records);
+        let position = self.record_blocking(records)?;
+        Ok(Receipt { position, served })
     }
 
     /// Appends records from synchronous code (the CLI) and waits.

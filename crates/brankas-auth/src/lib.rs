@@ -324,12 +324,15 @@ impl Principal {
     /// The operator's offline tool acting on behalf of a facility (`brankas import
     /// --organization`): what it writes counts as that facility's submission, which gives the
     /// facility a care relationship with the patients imported.
+    #[cfg(feature = "operator")]
     pub fn local_operator_for(organization: Option<String>) -> Self {
         Self { organization, ..Self::local_operator() }
     }
 
     /// A principal for offline tools (`brankas import`) that act with the operator's
-    /// authority on the data directory itself, not over the network.
+    /// authority on the data directory itself, not over the network. Behind the `operator`
+    /// feature, which only the `brankas` binary enables.
+    #[cfg(feature = "operator")]
     pub fn local_operator() -> Self {
         Self {
             client_id: "local-operator".into(),

@@ -241,7 +241,7 @@ impl Engine {
         if !self.registry.in_patient_compartment(t) {
             return Err(no_patient());
         }
-        let s = self.read(who, t, id).map_err(|e| match e {
+        let s = self.read_gated(who, t, id).map_err(|e| match e {
             EngineError::NotFound | EngineError::Gone | EngineError::BadRequest(_) => {
                 EngineError::Unprocessable("the securityContext names a resource that does not exist".into())
             }
@@ -310,8 +310,8 @@ impl Engine {
 
     /// Writes the Binary that names an uploaded blob: a create (`if_match` None and no such
     /// Binary yet), or a new version of an existing Binary. On failure the blob is removed.
-    pub fn binary_commit(&self, who: &Principal, target: &BinaryTarget, content_type: &str, blob: NewBlob, if_match: Option<u64>) -> Result<WriteOutcome> {
-        self.binary_commit_with(who, target, content_type, blob, if_match, Vec::new())
+    pub fn binary_commit(&self, who: &Principal, target: &BinaryTarget, content_type: &str, blob: NewBlob, if_match: Option<u64>) -> Result<crate::Admitted<WriteOutcome>> {
+        self.binary_commit_with(who, target, content_type, blob, if_match, Vec::new()).map(|w| self.admit_write(w))
     }
 
     /// [`Engine::binary_commit`] with further extensions on `Binary._data`.

@@ -178,16 +178,24 @@ pub(crate) struct PreparedTransaction {
 
 enum Planned {
     Write(usize),
-    Done(EntryOutcome),
+    Done(Box<EntryOutcome>),
     Get,
 }
 
 impl Engine {
     /// `POST /` with a transaction Bundle.
-    pub fn transaction(&self, who: &Principal, bundle: &Value) -> Result<Vec<EntryOutcome>> {
+    pub fn transaction(&self, who: &Principal, bundle: &Value) -> Result<crate::Admitted<Vec<EntryOutcome>>> {
         let tx = self.prepare_transaction(who, bundle)?;
         self.commit_prepared(who, &tx.prepared)?;
-        self.finish_transaction(who, tx)
+        let out = self.finish_transaction(who, tx)?;
+        Ok(self.admit_entries(out))
+    }
+
+    /// A Bundle's answer discloses every resource its entries return (reads, writes echoed,
+    /// conditional matches), whether or not `Prefer: return=minimal` then leaves them out.
+    fn admit_entries(&self, out: Vec<EntryOutcome>) -> crate::Admitted<Vec<EntryOutcome>> {
+        let d = self.disclosure_of(out.iter().filter_map(|e| e.stored.as_ref()));
+        crate::Admitted::new(out, d)
     }
 
     pub(crate) fn finish_transaction(&self, who: &Principal, tx: PreparedTransaction) -> Result<Vec<EntryOutcome>> {
@@ -203,7 +211,7 @@ impl Engine {
                     let status = if p.stored.deleted { 204 } else if p.created { 201 } else { 200 };
                     EntryOutcome { status, location: Some((t, id)), stored: Some(p.stored), error: None }
                 }
-                Planned::Done(o) => o,
+                Planned::Done(o) => *o,
                 Planned::Get => EntryOutcome { status: 0, stored: None, location: None, error: None },
             });
         }
@@ -215,7 +223,7 @@ impl Engine {
 
     fn entry_get(&self, who: &Principal, url: &str) -> EntryOutcome {
         let res = match split_instance(url) {
-            Some((t, id)) => self.read(who, t, id),
+            Some((t, id)) => self.read_gated(who, t, id),
             None => Err(EngineError::BadRequest("only reads of Type/id are supported inside a Bundle".into())),
         };
         match res {
@@ -282,7 +290,7 @@ impl Engine {
                     match existing {
                         Some(s) => {
                             let id = s.resource.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
-                            plan[i] = Some(Planned::Done(EntryOutcome { status: 200, location: Some((t.into(), id.clone())), stored: Some(s), error: None }));
+                            plan[i] = Some(Planned::Done(Box::new(EntryOutcome { status: 200, location: Some((t.into(), id.clone())), stored: Some(s), error: None })));
                             Some((t.to_string(), id))
                         }
                         None => Some((t.to_string(), new_id()?)),
@@ -347,7 +355,7 @@ impl Engine {
                     self.require(who, &t, 'd')?;
                     match current.as_ref().filter(|c| !c.deleted) {
                         None => {
-                            plan[i] = Some(Planned::Done(EntryOutcome { status: 204, location: Some((t, id)), stored: None, error: None }));
+                            plan[i] = Some(Planned::Done(Box::new(EntryOutcome { status: 204, location: Some((t, id)), stored: None, error: None })));
                             continue;
                         }
                         Some(c) => {
@@ -443,20 +451,20 @@ impl Engine {
     }
 
     /// `POST /` with a batch Bundle: each entry on its own.
-    pub fn batch(&self, who: &Principal, bundle: &Value) -> Result<Vec<EntryOutcome>> {
+    pub fn batch(&self, who: &Principal, bundle: &Value) -> Result<crate::Admitted<Vec<EntryOutcome>>> {
         let entries = parse_entries(bundle, self.limits.max_bundle_entries)?;
         let mut out = Vec::with_capacity(entries.len());
         for e in entries {
             let r: Result<EntryOutcome> = (|| match e.method {
                 Method::Get => Ok(self.entry_get(who, &e.url)),
                 Method::Post => {
-                    let w = self.create(who, &e.url, e.resource.clone().ok_or(EngineError::Integrity)?, e.if_none_exist.as_deref())?;
+                    let w = self.create_gated(who, &e.url, e.resource.clone().ok_or(EngineError::Integrity)?, e.if_none_exist.as_deref())?;
                     let id = w.stored.resource.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
                     Ok(EntryOutcome { status: if w.created { 201 } else { 200 }, location: Some((e.url.clone(), id)), stored: Some(w.stored), error: None })
                 }
                 Method::Put => {
                     let (t, id) = split_instance(&e.url).ok_or_else(|| EngineError::BadRequest("PUT needs Type/id".into()))?;
-                    let w = self.update(who, t, id, e.resource.clone().ok_or(EngineError::Integrity)?, e.if_match)?;
+                    let w = self.update_gated(who, t, id, e.resource.clone().ok_or(EngineError::Integrity)?, e.if_match)?;
                     Ok(EntryOutcome { status: if w.created { 201 } else { 200 }, location: Some((t.into(), id.into())), stored: Some(w.stored), error: None })
                 }
                 Method::Delete => {
@@ -467,7 +475,7 @@ impl Engine {
             })();
             out.push(r.unwrap_or_else(|err| EntryOutcome { status: 0, stored: None, location: None, error: Some(err) }));
         }
-        Ok(out)
+        Ok(self.admit_entries(out))
     }
 }
 

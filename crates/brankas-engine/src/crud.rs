@@ -7,7 +7,7 @@ use brankas_vault::{BlindTerm, RecordAad};
 use serde_json::{Map, Value, json};
 
 use crate::access::Act;
-use crate::{Engine, EngineError, Prepared, Result, Stored, WriteOutcome, safe_type};
+use crate::{Admitted, Disclosure, Engine, EngineError, Prepared, Result, Stored, WriteOutcome, safe_type};
 
 pub(crate) fn now_us() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
@@ -151,7 +151,7 @@ impl Engine {
             row: VersionRow { key: rkey, version, partition, resource_type: rtype.into(), deleted: false, last_updated_us: now, dek_version, sealed },
             expect,
             index,
-            stored: Stored { resource, version, last_updated_us: now, deleted: false },
+            stored: Stored { resource, version, last_updated_us: now, deleted: false, partition },
             created: current.is_none_or(|c| c.deleted),
         })
     }
@@ -169,7 +169,7 @@ impl Engine {
             expect: Expect::Version(current.version),
             // Identity lookups must no longer find a deleted patient.
             index: Some((current.key, Vec::new())),
-            stored: Stored { resource: tomb, version, last_updated_us: now, deleted: true },
+            stored: Stored { resource: tomb, version, last_updated_us: now, deleted: true, partition: current.partition },
             created: false,
         })
     }
@@ -183,8 +183,37 @@ impl Engine {
         Ok(self.store.current(&self.vault.record_key(rtype, id))?)
     }
 
+    /// What serving these resources discloses: the patient records among them (the directory
+    /// is not patient data; delete markers carry nothing).
+    pub(crate) fn disclosure_of<'a>(&self, served: impl IntoIterator<Item = &'a Stored>) -> Disclosure {
+        let mut d = Disclosure::none();
+        for s in served {
+            self.disclose(&mut d, s);
+        }
+        d
+    }
+
+    /// Adds one served resource to a disclosure.
+    pub(crate) fn disclose(&self, d: &mut Disclosure, s: &Stored) {
+        if s.deleted || !self.is_patient_partition(&s.partition) {
+            return;
+        }
+        let pid = self.audit_subject(&s.resource).filter(|(_, p)| *p == s.partition).map(|(id, _)| id);
+        d.record(s.partition, pid, &s.resource);
+    }
+
+    /// A write's answer: the version written (or found, for a conditional create), echoed.
+    pub(crate) fn admit_write(&self, w: WriteOutcome) -> Admitted<WriteOutcome> {
+        let d = self.disclosure_of([&w.stored]);
+        Admitted::new(w, d)
+    }
+
     /// `POST [type]`, with optional `If-None-Exist` (conditional create).
-    pub fn create(&self, who: &Principal, rtype: &str, mut resource: Value, if_none_exist: Option<&str>) -> Result<WriteOutcome> {
+    pub fn create(&self, who: &Principal, rtype: &str, resource: Value, if_none_exist: Option<&str>) -> Result<Admitted<WriteOutcome>> {
+        self.create_gated(who, rtype, resource, if_none_exist).map(|w| self.admit_write(w))
+    }
+
+    pub(crate) fn create_gated(&self, who: &Principal, rtype: &str, mut resource: Value, if_none_exist: Option<&str>) -> Result<WriteOutcome> {
         self.require(who, rtype, 'c')?;
         self.bind_binary(who, rtype, &mut resource)?;
         if let Some(q) = if_none_exist {
@@ -208,7 +237,11 @@ impl Engine {
     }
 
     /// `PUT [type]/[id]`: update, or create with the client's id when absent.
-    pub fn update(&self, who: &Principal, rtype: &str, id: &str, mut resource: Value, if_match: Option<u64>) -> Result<WriteOutcome> {
+    pub fn update(&self, who: &Principal, rtype: &str, id: &str, resource: Value, if_match: Option<u64>) -> Result<Admitted<WriteOutcome>> {
+        self.update_gated(who, rtype, id, resource, if_match).map(|w| self.admit_write(w))
+    }
+
+    pub(crate) fn update_gated(&self, who: &Principal, rtype: &str, id: &str, mut resource: Value, if_match: Option<u64>) -> Result<WriteOutcome> {
         if !brankas_fhir::is_valid_id(id) {
             return Err(EngineError::BadRequest("invalid resource id".into()));
         }
@@ -251,8 +284,29 @@ impl Engine {
         Ok(WriteOutcome { created: p.created, stored: p.stored })
     }
 
+    /// A directory entry (a resource in no patient's compartment: Organization,
+    /// Practitioner…) for the server's own texts, e.g. a facility's name in a patient's access
+    /// history. Never a patient's record: those are read only through the gates.
+    pub fn directory_entry(&self, rtype: &str, id: &str) -> Result<Option<Stored>> {
+        check_type(rtype)?;
+        if !brankas_fhir::is_valid_id(id) || self.registry.in_patient_compartment(rtype) || matches!(rtype, "Patient" | "Binary") {
+            return Ok(None);
+        }
+        let Some(row) = self.current_row(rtype, id)? else { return Ok(None) };
+        if row.deleted || self.is_patient_partition(&row.partition) {
+            return Ok(None);
+        }
+        self.open_row(&row, Some((rtype, id))).map(Some)
+    }
+
     /// `GET [type]/[id]`.
-    pub fn read(&self, who: &Principal, rtype: &str, id: &str) -> Result<Stored> {
+    pub fn read(&self, who: &Principal, rtype: &str, id: &str) -> Result<Admitted<Stored>> {
+        let s = self.read_gated(who, rtype, id)?;
+        let d = self.disclosure_of([&s]);
+        Ok(Admitted::new(s, d))
+    }
+
+    pub(crate) fn read_gated(&self, who: &Principal, rtype: &str, id: &str) -> Result<Stored> {
         check_type(rtype)?;
         self.require(who, rtype, 'r')?;
         if !brankas_fhir::is_valid_id(id) {
@@ -269,7 +323,13 @@ impl Engine {
     }
 
     /// `GET [type]/[id]/_history/[vid]`.
-    pub fn vread(&self, who: &Principal, rtype: &str, id: &str, version: u64) -> Result<Stored> {
+    pub fn vread(&self, who: &Principal, rtype: &str, id: &str, version: u64) -> Result<Admitted<Stored>> {
+        let s = self.vread_gated(who, rtype, id, version)?;
+        let d = self.disclosure_of([&s]);
+        Ok(Admitted::new(s, d))
+    }
+
+    fn vread_gated(&self, who: &Principal, rtype: &str, id: &str, version: u64) -> Result<Stored> {
         check_type(rtype)?;
         self.require(who, rtype, 'r')?;
         if !brankas_fhir::is_valid_id(id) {
@@ -309,7 +369,13 @@ impl Engine {
     }
 
     /// `GET [type]/[id]/_history`: versions newest first, `before` a version number for paging.
-    pub fn history(&self, who: &Principal, rtype: &str, id: &str, count: usize, before: Option<u64>) -> Result<Vec<Stored>> {
+    pub fn history(&self, who: &Principal, rtype: &str, id: &str, count: usize, before: Option<u64>) -> Result<Admitted<Vec<Stored>>> {
+        let v = self.history_gated(who, rtype, id, count, before)?;
+        let d = self.disclosure_of(&v);
+        Ok(Admitted::new(v, d))
+    }
+
+    fn history_gated(&self, who: &Principal, rtype: &str, id: &str, count: usize, before: Option<u64>) -> Result<Vec<Stored>> {
         check_type(rtype)?;
         self.require(who, rtype, 'r')?;
         if !brankas_fhir::is_valid_id(id) {

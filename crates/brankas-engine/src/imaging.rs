@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 
 use crate::access::Act;
 use crate::binary::BinaryTarget;
-use crate::{Engine, EngineError, Result, Stored};
+use crate::{Admitted, Engine, EngineError, Result, Stored};
 
 /// On `ImagingStudy.series.instance`: the Binary holding the instance.
 pub const INSTANCE_BINARY_EXT: &str = "https://brankas.id/fhir/StructureDefinition/dicom-instance-binary";
@@ -103,12 +103,19 @@ impl Engine {
     }
 
     /// The ImagingStudy with this Study Instance UID, if `who` may read it.
-    pub fn study_by_uid(&self, who: &Principal, uid: &str) -> Result<Stored> {
+    pub fn study_by_uid(&self, who: &Principal, uid: &str) -> Result<Admitted<Stored>> {
         self.require(who, "ImagingStudy", 'r')?;
-        let (row, mut s) = self.studies_by_uid(uid)?.into_iter().next().ok_or(EngineError::NotFound)?;
+        // Access is decided on the row (its patient) before the study is decrypted.
+        let row = self.term_rows(&self.study_term(uid), "ImagingStudy")?.into_iter().next().ok_or(EngineError::NotFound)?;
         let view = self.gate_row(who, &row, Act::Read)?;
+        let mut s = self.open_row(&row, None)?;
+        // A tampered index row must not lead to another study.
+        if study_uid_of(&s.resource).as_deref() != Some(uid) {
+            return Err(EngineError::Integrity);
+        }
         self.gate_record(who, &view, "ImagingStudy", 'r', &mut s.resource)?;
-        Ok(s)
+        let d = self.disclosure_of([&s]);
+        Ok(Admitted::new(s, d))
     }
 
     /// The patient's study with this UID, if there is one; refuses a study of another patient.
@@ -127,7 +134,7 @@ impl Engine {
 
     /// Stores one DICOM instance's bytes as a Binary of the target's patient, with its
     /// metadata. The study is updated separately ([`Engine::link_instances`]).
-    pub fn store_instance(&self, who: &Principal, target: &BinaryTarget, bytes: &[u8], instance: &Instance, metadata: &Value) -> Result<StoredInstance> {
+    pub fn store_instance(&self, who: &Principal, target: &BinaryTarget, bytes: &[u8], instance: &Instance, metadata: &Value) -> Result<Admitted<StoredInstance>> {
         let mut sink = self.blob_sink(target)?;
         sink.write(bytes)?;
         let blob = sink.finish()?;
@@ -138,12 +145,13 @@ impl Engine {
             json!({"url": DICOM_METADATA_EXT, "valueBase64Binary": b64(&meta)}),
         ];
         let out = self.binary_commit_with(who, target, "application/dicom", blob, None, extra)?;
-        Ok(StoredInstance { binary: out.stored, binary_id: target.id.clone() })
+        let d = self.disclosure_of([&out.stored]);
+        Ok(Admitted::new(StoredInstance { binary: out.stored, binary_id: target.id.clone() }, d))
     }
 
     /// Adds stored instances to their patient's ImagingStudy (creating it), one new version
     /// per study.
-    pub fn link_instances(&self, who: &Principal, patient_id: &str, items: &[(String, Instance)]) -> Result<Vec<Stored>> {
+    pub fn link_instances(&self, who: &Principal, patient_id: &str, items: &[(String, Instance)]) -> Result<Admitted<Vec<Stored>>> {
         let _one_at_a_time = self.imaging.lock().map_err(|_| EngineError::Integrity)?;
         let mut by_study: Vec<(&str, Vec<&(String, Instance)>)> = Vec::new();
         for it in items {
@@ -165,17 +173,18 @@ impl Engine {
             }
             study["id"] = json!(id);
             let w = match version {
-                Some(v) => self.update(who, "ImagingStudy", &id, study, Some(v))?,
-                None => self.update(who, "ImagingStudy", &id, study, None)?,
+                Some(v) => self.update_gated(who, "ImagingStudy", &id, study, Some(v))?,
+                None => self.update_gated(who, "ImagingStudy", &id, study, None)?,
             };
             out.push(w.stored);
         }
-        Ok(out)
+        let d = self.disclosure_of(&out);
+        Ok(Admitted::new(out, d))
     }
 
     /// The instances of a study (optionally of one series, or one instance) as stored, read
     /// with `who`'s rights: the Binaries the study names.
-    pub fn study_instances(&self, who: &Principal, study: &Stored, series_uid: Option<&str>, sop_uid: Option<&str>) -> Result<Vec<Stored>> {
+    pub fn study_instances(&self, who: &Principal, study: &Stored, series_uid: Option<&str>, sop_uid: Option<&str>) -> Result<Admitted<Vec<Stored>>> {
         let mut out = Vec::new();
         for series in study.resource.get("series").and_then(Value::as_array).into_iter().flatten() {
             if series_uid.is_some_and(|u| series.get("uid").and_then(Value::as_str) != Some(u)) {
@@ -195,7 +204,7 @@ impl Engine {
                 else {
                     continue;
                 };
-                let b = match self.read(who, "Binary", bid) {
+                let b = match self.read_gated(who, "Binary", bid) {
                     Ok(b) => b,
                     Err(EngineError::NotFound | EngineError::Gone) => continue,
                     Err(e) => return Err(e),
@@ -203,7 +212,8 @@ impl Engine {
                 out.push(b);
             }
         }
-        Ok(out)
+        let d = self.disclosure_of(&out);
+        Ok(Admitted::new(out, d))
     }
 }
 

@@ -46,17 +46,13 @@ pub struct Importer<'a> {
 }
 
 impl<'a> Importer<'a> {
-    pub fn new(engine: &'a Engine) -> Self {
+    /// An importer acting as `who`: the operator's principal, made by the command-line tool
+    /// that holds the key file (`Principal::local_operator_for(organization)`: on behalf of a
+    /// facility, which then gets a care relationship with every patient whose records it
+    /// imports, as for data it submits over the API).
+    pub fn new(engine: &'a Engine, who: Principal) -> Self {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        Self { engine, who: Principal::local_operator(), threads }
-    }
-
-    /// Imports on behalf of a facility (`Organization/<id>`): the facility gets a care
-    /// relationship with every patient whose records it imports, as for data it submits
-    /// over the API.
-    pub fn on_behalf_of(mut self, organization: Option<String>) -> Self {
-        self.who = Principal::local_operator_for(organization);
-        self
+        Self { engine, who, threads }
     }
 
     /// Imports one file. `progress` is called with the stats after each group commit.

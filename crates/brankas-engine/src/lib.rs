@@ -29,6 +29,7 @@ mod access;
 mod binary;
 mod bundle;
 mod crud;
+mod disclosure;
 mod imaging;
 mod import;
 mod search;
@@ -49,6 +50,7 @@ use serde_json::Value;
 pub use import::{ImportStats, Importer};
 pub use bundle::{EntryOutcome, parse_etag};
 pub use crud::instant;
+pub use disclosure::{Admitted, Disclosed, Disclosure, Unaudited};
 pub use search::{Page, SearchRequest};
 pub use worklist::MAX_WORKLIST_DAYS;
 
@@ -147,6 +149,9 @@ pub struct Stored {
     pub version: u64,
     pub last_updated_us: i64,
     pub deleted: bool,
+    /// The partition the row was stored in (the patient whose record it is, or the system
+    /// partition): what an answer serving it discloses.
+    pub(crate) partition: PartitionId,
 }
 
 impl Stored {
@@ -411,7 +416,7 @@ impl Engine {
         if self.vault.record_key(&row.resource_type, id) != row.key || expect.is_some_and(|(_, eid)| eid != id) {
             return Err(EngineError::Integrity);
         }
-        Ok(Stored { resource, version: row.version, last_updated_us: row.last_updated_us, deleted: row.deleted })
+        Ok(Stored { resource, version: row.version, last_updated_us: row.last_updated_us, deleted: row.deleted, partition: row.partition })
     }
 }
 

@@ -9,7 +9,7 @@ use brankas_vault::BlindTerm;
 use serde_json::{Value, json};
 
 use crate::access::Act;
-use crate::{Engine, EngineError, Result, Stored, crud::check_type};
+use crate::{Admitted, Disclosure, Engine, EngineError, Result, Stored, crud::check_type};
 
 /// A search as the HTTP layer hands it over.
 #[derive(Clone, Debug, Default)]
@@ -39,6 +39,9 @@ pub struct Page {
     pub this: String,
 }
 
+/// The patient a search names, when its gate admitted the search: (partition, patient id).
+pub(crate) type Pinned = Option<(PartitionId, Option<String>)>;
+
 /// How long a paging cursor stays valid.
 const CURSOR_SECONDS: u64 = 900;
 
@@ -56,8 +59,12 @@ pub(crate) fn parse_query_string(q: &str) -> Vec<(String, String)> {
 }
 
 impl Engine {
-    /// Runs a search and returns the requested page.
-    pub fn search(&self, who: &Principal, req: &SearchRequest) -> Result<Page> {
+    /// Runs a search and returns the requested page, with what it discloses: the patients of
+    /// the records on the page as admitted (before `_elements`/`_summary` trim them), every
+    /// record counted when the answer is a count (`_summary=count`), and the patient a search
+    /// names whenever its gate admitted the search (even an empty page or a count tells about
+    /// that patient's record).
+    pub fn search(&self, who: &Principal, req: &SearchRequest) -> Result<Admitted<Page>> {
         check_type(&req.resource_type)?;
         self.require(who, &req.resource_type, 's')?;
         let query = Query::parse(self.registry, &req.resource_type, &req.pairs).map_err(qerr)?;
@@ -68,7 +75,7 @@ impl Engine {
                 req.resource_type
             )));
         }
-        let mut matches = self.candidates(who, &req.resource_type, &query, req.compartment.as_deref(), &req.pairs, None)?;
+        let (mut matches, pinned) = self.candidates(who, &req.resource_type, &query, req.compartment.as_deref(), &req.pairs, None)?;
         // Scope query restrictions filter before counting: a page never reveals (not even
         // in its total) a resource the caller may not see.
         if !who.is_local_operator()
@@ -93,8 +100,18 @@ impl Engine {
         }
         let total = matches.len();
         let offset = req.offset.min(total);
-        let take = if summary_count { 0 } else { count };
-        let mut resources: Vec<Stored> = matches.into_iter().skip(offset).take(take).collect();
+        let take = if summary_count || count == 0 { 0 } else { count };
+        let mut disclosure = Disclosure::none();
+        if let Some((p, pid)) = pinned {
+            disclosure.patient(p, pid);
+        }
+        if take == 0 {
+            // The answer is a count: every record counted informed it.
+            matches.iter().for_each(|s| self.disclose(&mut disclosure, s));
+        }
+        let resources_all: Vec<Stored> = matches.into_iter().skip(offset).take(take).collect();
+        resources_all.iter().for_each(|s| self.disclose(&mut disclosure, s));
+        let mut resources = resources_all;
         let keep: Option<Vec<&str>> = match rp.summary {
             Some(Summary::Text) => Some(vec!["text"]),
             _ if !rp.elements.is_empty() => Some(rp.elements.iter().map(String::as_str).collect()),
@@ -106,7 +123,7 @@ impl Engine {
             resources.iter_mut().for_each(|s| subset(&mut s.resource, |k| k != "text"));
         }
         let cursor = |o: usize| self.seal_cursor(who, req, o);
-        Ok(Page {
+        let page = Page {
             next: if take > 0 && offset + take < total { Some(cursor(offset + take)?) } else { None },
             previous: if offset > 0 && take > 0 { Some(cursor(offset.saturating_sub(take))?) } else { None },
             this: cursor(offset)?,
@@ -114,11 +131,12 @@ impl Engine {
             total,
             offset,
             count: take,
-        })
+        };
+        Ok(Admitted::new(page, disclosure))
     }
 
     /// Continues a search from an opaque paging cursor made for this client.
-    pub fn search_page(&self, who: &Principal, cursor: &str) -> Result<Page> {
+    pub fn search_page(&self, who: &Principal, cursor: &str) -> Result<Admitted<Page>> {
         let req = self.open_cursor(who, cursor)?;
         self.search(who, &req)
     }
@@ -173,7 +191,7 @@ impl Engine {
         compartment: Option<&str>,
         pairs: &[(String, String)],
         owner: Option<PartitionId>,
-    ) -> Result<Vec<Stored>> {
+    ) -> Result<(Vec<Stored>, Pinned)> {
         let in_compartment = self.registry.in_patient_compartment(rtype);
         if let Some(pid) = compartment {
             if !brankas_fhir::is_valid_id(pid) {
@@ -185,23 +203,26 @@ impl Engine {
             let partition = self.vault.patient_partition(pid);
             let view = self.gate_partition_read(who, &partition)?;
             let found = self.scan(partition, rtype, query, Some(pid))?;
-            return self.filter_consent(who, &view, rtype, found);
+            return Ok((self.filter_consent(who, &view, rtype, found)?, Some((partition, Some(pid.to_string())))));
         }
         if rtype == "Patient" {
             if let Some(id) = query.pinned_patient() {
                 let row = self.current_row("Patient", id)?;
-                let Some(r) = row else { return Ok(Vec::new()) };
+                let Some(r) = row else { return Ok((Vec::new(), None)) };
                 let view = self.gate_row(who, &r, Act::Read)?;
+                let partition = r.partition;
                 let found = self.filter_rows(vec![r], query)?;
-                return self.filter_consent(who, &view, rtype, found);
+                return Ok((self.filter_consent(who, &view, rtype, found)?, Some((partition, Some(id.to_string())))));
             }
             if let Some(identity) = query.identity() {
                 if !who.is_local_operator() {
                     self.role_allows_patient_data(who)?;
                 }
                 let own = who.patient().and_then(|p| p.strip_prefix("Patient/")).map(|id| self.vault.patient_partition(id));
-                let hits = self.identity_search(&identity, pairs)?;
-                return Ok(match (who.role(), own) {
+                // A patient's client finds its own patient only: others' rows are never opened.
+                let only = if who.role() == Role::Patient { Some(own) } else { None };
+                let hits = self.identity_search(&identity, pairs, only)?;
+                return Ok((match (who.role(), own) {
                     (Role::Patient, own) => hits.into_iter().filter(|(row, _)| Some(&row.partition) == own.as_ref()).map(|(_, s)| s).collect(),
                     // Demographics: photos only with a grant.
                     _ => hits
@@ -211,10 +232,10 @@ impl Engine {
                             s
                         })
                         .collect(),
-                });
+                }, None));
             }
             if let Some(p) = owner {
-                return self.scan_owned(who, p, rtype, query);
+                return self.scan_owned(who, p, rtype, query).map(|f| (f, None));
             }
             return Err(EngineError::Search(
                 "Patient searches must be an exact identity lookup: identifier=system|value, telecom (phone), or name with birthdate (and optionally gender); listing or fuzzy-searching patients is not permitted".into(),
@@ -225,13 +246,13 @@ impl Engine {
                 let partition = self.vault.patient_partition(pid);
                 let view = self.gate_partition_read(who, &partition)?;
                 let found = self.scan(partition, rtype, query, Some(pid))?;
-                return self.filter_consent(who, &view, rtype, found);
+                return Ok((self.filter_consent(who, &view, rtype, found)?, Some((partition, Some(pid.to_string())))));
             }
             if let Some(p) = owner {
-                return self.scan_owned(who, p, rtype, query);
+                return self.scan_owned(who, p, rtype, query).map(|f| (f, None));
             }
             if let Some(r) = self.worklist_search(who, rtype, query, pairs) {
-                return r;
+                return r.map(|f| (f, None));
             }
             return Err(EngineError::Search(format!(
                 "searching {rtype} across patients is not permitted: give exactly one patient (patient=Patient/<id> or subject=Patient/<id>)"
@@ -240,7 +261,7 @@ impl Engine {
         if !who.is_local_operator() {
             self.gate_directory(who, Act::Read)?;
         }
-        self.scan(self.vault.system_partition(), rtype, query, None)
+        self.scan(self.vault.system_partition(), rtype, query, None).map(|f| (f, None))
     }
 
     /// Read access to one patient's partition, for searches that name the patient.
@@ -249,15 +270,21 @@ impl Engine {
     }
 
     /// A conditional operation's search inside the partition of the resource being written:
-    /// its matches are answers (a conditional create returns the match), so finding any
-    /// needs read access to that patient.
+    /// its matches are answers (a conditional create returns the match) and its emptiness is
+    /// a fact about the patient's record, so it needs read access to that patient, decided
+    /// before anything of the partition is decrypted.
     fn scan_owned(&self, who: &Principal, partition: PartitionId, rtype: &str, query: &Query) -> Result<Vec<Stored>> {
-        let found = self.scan(partition, rtype, query, None)?;
-        if !found.is_empty() && self.is_patient_partition(&partition) {
-            let view = self.gate_partition_read(who, &partition)?;
-            return self.filter_consent(who, &view, rtype, found);
+        if !self.is_patient_partition(&partition) {
+            return self.scan(partition, rtype, query, None);
         }
-        Ok(found)
+        // Nothing of the type stored (e.g. the patient is new in this very transaction):
+        // nothing to decrypt, and nothing to decide.
+        if self.store.partition_current(&partition, Some(rtype))?.iter().all(|r| r.deleted) {
+            return Ok(Vec::new());
+        }
+        let view = self.gate_partition_read(who, &partition)?;
+        let found = self.scan(partition, rtype, query, None)?;
+        self.filter_consent(who, &view, rtype, found)
     }
 
     fn scan(&self, partition: PartitionId, rtype: &str, query: &Query, _patient: Option<&str>) -> Result<Vec<Stored>> {
@@ -279,7 +306,9 @@ impl Engine {
         Ok(out)
     }
 
-    fn identity_search(&self, identity: &IdentityQuery, pairs: &[(String, String)]) -> Result<Vec<(VersionRow, Stored)>> {
+    /// Exact identity lookup through the blind index. `only`, when given, is the one partition
+    /// whose hits may be opened (a patient's client): other hits are dropped before decryption.
+    fn identity_search(&self, identity: &IdentityQuery, pairs: &[(String, String)], only: Option<Option<PartitionId>>) -> Result<Vec<(VersionRow, Stored)>> {
         let (term, used): (_, &[&str]) = match identity {
             IdentityQuery::Identifier { system, value } => (
                 self.vault.blind_term("identifier", &["Patient", system, &brankas_fhir::normalize_identifier_value(value)]),
@@ -299,7 +328,7 @@ impl Engine {
             pairs.iter().filter(|(k, _)| !used.contains(&k.split(':').next().unwrap_or(""))).cloned().collect();
         let residual = Query::parse(self.registry, "Patient", &rest).map_err(qerr)?;
         let mut out = Vec::new();
-        for (row, s) in self.term_hits(&term, "Patient")? {
+        for (row, s) in self.term_hits_in(&term, "Patient", only)? {
             // A tampered index row must not make a lookup return someone else: the hit must
             // itself carry the identity that was asked for.
             if !self.index_terms("Patient", &s.resource).is_some_and(|t| t.contains(&term)) {
@@ -315,10 +344,32 @@ impl Engine {
     /// The current, live records of type `rtype` a blind-index term points to, opened and
     /// ungated. Callers check that each hit really carries the term (the index is not trusted).
     pub(crate) fn term_hits(&self, term: &BlindTerm, rtype: &str) -> Result<Vec<(VersionRow, Stored)>> {
+        self.term_hits_in(term, rtype, None)
+    }
+
+    /// The current, live rows of type `rtype` a blind-index term points to, still sealed.
+    pub(crate) fn term_rows(&self, term: &BlindTerm, rtype: &str) -> Result<Vec<VersionRow>> {
+        let mut out = Vec::new();
+        for key in self.store.lookup(term)? {
+            let Some(row) = self.store.current(&key)? else { continue };
+            if !row.deleted && row.resource_type == rtype {
+                out.push(row);
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`Engine::term_hits`], opening only rows of partition `only` when it is given.
+    fn term_hits_in(&self, term: &BlindTerm, rtype: &str, only: Option<Option<PartitionId>>) -> Result<Vec<(VersionRow, Stored)>> {
         let mut out = Vec::new();
         for key in self.store.lookup(term)? {
             let Some(row) = self.store.current(&key)? else { continue };
             if row.deleted || row.resource_type != rtype {
+                continue;
+            }
+            if let Some(p) = &only
+                && p.as_ref() != Some(&row.partition)
+            {
                 continue;
             }
             let s = self.open_row(&row, None)?;
@@ -351,7 +402,7 @@ impl Engine {
                 None
             }
         });
-        let mut found = self.candidates(who, rtype, &query, None, &pairs, owner)?;
+        let (mut found, _) = self.candidates(who, rtype, &query, None, &pairs, owner)?;
         if !who.is_local_operator()
             && let Some(qs) = self.scope_restrictions(who, rtype, 's')?
         {
@@ -362,7 +413,7 @@ impl Engine {
 
     /// `Patient/[id]/$everything`: the patient's whole compartment, limited to the types the
     /// caller's scopes allow reading.
-    pub fn everything(&self, who: &Principal, patient_id: &str) -> Result<Vec<Stored>> {
+    pub fn everything(&self, who: &Principal, patient_id: &str) -> Result<Admitted<Vec<Stored>>> {
         self.require(who, "Patient", 'r')?;
         if !brankas_fhir::is_valid_id(patient_id) {
             return Err(EngineError::NotFound);
@@ -402,7 +453,9 @@ impl Engine {
             let tb = type_of(&b.resource);
             (ta != "Patient").cmp(&(tb != "Patient")).then(ta.cmp(tb)).then(a.last_updated_us.cmp(&b.last_updated_us))
         });
-        Ok(out)
+        let mut d = self.disclosure_of(&out);
+        d.patient(patient.partition, Some(patient_id.to_string()));
+        Ok(Admitted::new(out, d))
     }
 }
 

@@ -191,16 +191,18 @@ impl Engine {
             if row.deleted || row.resource_type != rtype {
                 continue;
             }
+            // How this patient's records are shown to the caller is decided before any of them
+            // is decrypted.
+            let view = match views.entry(row.partition) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => e.insert(self.record_view(who, &row.partition)?),
+            };
             let mut s = self.open_row(&row, None)?;
             // The record may have changed since it was listed: it must still name this
             // organization, and match the whole query.
             if !entries(rtype, &s.resource, 0).iter().any(|(o, _)| *o == org) || !query.matches(&s.resource) {
                 continue;
             }
-            let view = match views.entry(row.partition) {
-                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(e) => e.insert(self.record_view(who, &row.partition)?),
-            };
             if !view.permits(who, rtype, &s.resource) {
                 continue;
             }

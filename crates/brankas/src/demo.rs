@@ -28,11 +28,12 @@ pub fn run(data_dir: &Path, key_file: Option<&Path>, listen: SocketAddr, insecur
         let o = open(data_dir, key_file)?;
         // Seeded on behalf of the demo clinic: the clinic's client is in its patients' care.
         let who = Principal::local_operator_for(Some(format!("Organization/{DEMO_ORG_ID}")));
-        o.engine.update(&who, "Organization", DEMO_ORG_ID, json!({
+        // The operator's own seeding: nothing of it is served to anyone.
+        drop(o.engine.update(&who, "Organization", DEMO_ORG_ID, json!({
             "resourceType": "Organization", "id": DEMO_ORG_ID, "active": true,
             "name": "Puskesmas Demo (fictional)",
             "type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/organization-type", "code": "prov"}]}]
-        }), None)?;
+        }), None)?);
         for (name, nik, birth, gender, phone, city) in PEOPLE {
             let (given, family) = name.rsplit_once(' ').unwrap_or((name, ""));
             let p = o.engine.create(&who, "Patient", json!({
@@ -43,7 +44,7 @@ pub fn run(data_dir: &Path, key_file: Option<&Path>, listen: SocketAddr, insecur
                 "gender": gender, "birthDate": birth,
                 "address": [{"use": "home", "city": city, "country": "ID"}]
             }), None)?;
-            let pid = p.stored.resource["id"].as_str().unwrap_or_default().to_string();
+            let pid = p.unreleased().stored.resource["id"].as_str().unwrap_or_default().to_string();
             let enc = o.engine.create(&who, "Encounter", json!({
                 "resourceType": "Encounter", "status": "finished",
                 "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
@@ -52,8 +53,8 @@ pub fn run(data_dir: &Path, key_file: Option<&Path>, listen: SocketAddr, insecur
                 "period": {"start": "2021-07-14T09:00:00+07:00", "end": "2021-07-14T09:30:00+07:00"},
                 "reasonCode": [{"text": "Demam dan batuk sejak tiga hari"}]
             }), None)?;
-            let eid = enc.stored.resource["id"].as_str().unwrap_or_default().to_string();
-            o.engine.create(&who, "Observation", json!({
+            let eid = enc.unreleased().stored.resource["id"].as_str().unwrap_or_default().to_string();
+            drop(o.engine.create(&who, "Observation", json!({
                 "resourceType": "Observation", "status": "final",
                 "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}],
                 "code": {"coding": [{"system": "http://loinc.org", "code": "94558-4", "display": "SARS-CoV-2 (COVID-19) Ag [Presence] in Respiratory specimen by Rapid immunoassay"}]},
@@ -61,7 +62,7 @@ pub fn run(data_dir: &Path, key_file: Option<&Path>, listen: SocketAddr, insecur
                 "encounter": {"reference": format!("Encounter/{eid}")},
                 "effectiveDateTime": "2021-07-14T09:10:00+07:00",
                 "valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct", "code": "260385009", "display": "Negative"}]}
-            }), None)?;
+            }), None)?);
         }
     }
     let o = open(data_dir, key_file)?;

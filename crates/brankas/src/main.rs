@@ -409,7 +409,8 @@ fn breach_report(
     let report = breach::breach_report(
         &o.audit,
         &q,
-        |id| o.engine.read(&who, "Patient", id).ok().map(|s| Identity::from_patient(&s.resource)),
+        // Each patient in the report is recorded below as the operator's disclosure.
+        |id| o.engine.read(&who, "Patient", id).ok().map(|s| Identity::from_patient(&s.unreleased().resource)),
         |id| o.store.canaries_among(&[o.engine.patient_partition(id)]).is_ok_and(|c| !c.is_empty()),
     )?;
     // The report reveals identities: each patient in it is an audited disclosure.
@@ -609,7 +610,7 @@ fn import(data_dir: &Path, key_file: Option<&Path>, paths: &[PathBuf], quiet: bo
             .progress_chars("=> "),
     );
     let start = std::time::Instant::now();
-    let importer = Importer::new(&o.engine).on_behalf_of(organization.clone());
+    let importer = Importer::new(&o.engine, brankas_auth::Principal::local_operator_for(organization.clone()));
     let mut stats = ImportStats::default();
     for f in &files {
         let mut progress = |s: &ImportStats| {

@@ -1,0 +1,169 @@
+//! Disclosure is counted where it is decided (threat model invariant 12): an answer trimmed
+//! with `_elements` or `_summary`, reduced to a count, or a page of a work list, counts every
+//! patient the access checks admitted into it against the client's budget, trips canaries,
+//! and is named in the breach report. Each test is written as the attack that went through
+//! when the patients were read back from the trimmed answer.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::{Caller, Instance, NIK_SYSTEM, Server};
+use serde_json::{Value, json};
+
+/// `n` patients, each with a visit at `Organization/test-facility` (its anamnesis in
+/// `reasonCode`) and a Condition with a note; returns (patient id, NIK, encounter id).
+fn population(s: &Server, n: usize) -> Vec<(String, String, String)> {
+    (0..n)
+        .map(|i| {
+            let nik = format!("317105470890{:04}", i + 1);
+            let p = s.create(&json!({"resourceType": "Patient", "identifier": [{"system": NIK_SYSTEM, "value": nik}],
+                "name": [{"family": format!("Pasien{i}"), "given": ["Sri"]}], "gender": "female", "birthDate": "1990-08-07"}));
+            let id = p["id"].as_str().unwrap().to_string();
+            let e = s.create(&json!({"resourceType": "Encounter", "status": "finished",
+                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                "subject": {"reference": format!("Patient/{id}")}, "serviceProvider": {"reference": "Organization/test-facility"},
+                "reasonCode": [{"text": format!("keluhan rahasia {i}")}],
+                "period": {"start": "2026-11-29T08:00:00+07:00", "end": "2026-11-29T08:30:00+07:00"}}));
+            s.create(&json!({"resourceType": "Condition", "subject": {"reference": format!("Patient/{id}")},
+                "code": {"text": "diagnosis"}, "note": [{"text": format!("anamnesis rahasia {i}")}]}));
+            (id, nik, e["id"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+fn officer(inst: &Instance, s: &Server) -> Caller {
+    inst.caller(s, &["--name", "officer", "--role", "security-officer", "--scopes", "system/AuditEvent.rs"])
+}
+
+fn breach_ids(s: &Server, officer: &Caller, client: &str) -> (BTreeSet<String>, Value) {
+    let r = s.http.get(format!("{}/admin/breach-report", s.root)).bearer_auth(&officer.token).query(&[("client", client), ("since", "2020-01-01")]).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().unwrap();
+    (v["patients"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_string()).collect(), v)
+}
+
+fn client_status(s: &Server, officer: &Caller, id: &str) -> Value {
+    let r = s.http.get(format!("{}/admin/clients/{id}", s.root)).bearer_auth(&officer.token).send().unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().unwrap()
+}
+
+/// Trimmed, summarised and counted answers about one patient each: the budget stops the
+/// sixth patient, the client is suspended, and the breach report names the five.
+#[test]
+fn trimmed_and_counted_answers_count_against_the_budget_and_are_reported() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let people = population(&s, 12);
+    let off = officer(&inst, &s);
+    let stolen = inst.caller(&s, &["--name", "ward app", "--role", "clinician", "--organization", "Organization/test-facility", "--practitioner", "Practitioner/x",
+        "--scopes", "user/*.rs", "--budget-per-hour", "5", "--budget-per-day", "50"]);
+    // Every shape of answer that carries no `subject` (or nothing but a number).
+    let shapes = |id: &str, nik: &str| {
+        vec![
+            format!("Patient/{id}/Condition?_elements=note"),
+            format!("Condition?patient={id}&_summary=text"),
+            format!("Condition?patient=Patient/{id}&_summary=count"),
+            format!("Patient/{id}/Condition?_summary=data&_elements=code"),
+            format!("Patient?identifier={NIK_SYSTEM}|{nik}&_elements=birthDate"),
+            format!("Patient/{id}/Encounter?_elements=reasonCode"),
+        ]
+    };
+    let mut answered: BTreeSet<String> = BTreeSet::new();
+    let mut codes = Vec::new();
+    let mut leaked_notes = 0;
+    for (i, (id, nik, _)) in people.iter().enumerate() {
+        let url = shapes(id, nik)[i % 6].clone();
+        let (st, b) = s.get_as(&stolen.token, &url);
+        codes.push(st);
+        if st == 200 {
+            answered.insert(id.clone());
+            leaked_notes += b.to_string().matches("rahasia").count();
+            // The answer really is trimmed: no reference to the patient in it.
+            if !url.starts_with("Patient?") {
+                assert!(!b.to_string().contains(&format!("Patient/{id}")), "{url}: {b}");
+            }
+        }
+    }
+    assert_eq!(answered.len(), 5, "five patients' answers, no more: {codes:?}");
+    assert!(leaked_notes >= 1, "the trimmed answers did carry clinical text");
+    let first_refusal = codes.iter().position(|c| *c == 429).expect("the sixth patient is refused");
+    assert_eq!(first_refusal, 5, "{codes:?}");
+    assert!(codes[first_refusal + 1..].iter().all(|c| *c == 401), "suspended from the next request on: {codes:?}");
+    let c = client_status(&s, &off, &stolen.id);
+    assert_eq!(c["status"], "suspended");
+    assert_eq!(c["patient_budget_use"]["this_hour"], 5, "{c}");
+    let (reported, report) = breach_ids(&s, &off, &stolen.id);
+    assert_eq!(reported, answered, "the breach report names every patient answered about: {report}");
+    // Each named with what was disclosed about it.
+    for p in report["patients"].as_array().unwrap() {
+        assert!(!p["categories"].as_array().unwrap().is_empty(), "{p}");
+    }
+}
+
+/// A facility credential walks its work list with `_elements`, which drops `subject`: the
+/// patients of each page still count, the walk stops at the budget, and the report names
+/// exactly the patients whose visits were on the pages served.
+#[test]
+fn a_trimmed_work_list_walk_stops_at_the_budget() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let people = population(&s, 9);
+    let by_encounter: BTreeMap<String, String> = people.iter().map(|(p, _, e)| (e.clone(), p.clone())).collect();
+    let off = officer(&inst, &s);
+    let sys = inst.caller(&s, &["--name", "simrs", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.rs",
+        "--budget-per-hour", "5", "--budget-per-day", "50"]);
+    let mut got: BTreeSet<String> = BTreeSet::new();
+    let mut codes = Vec::new();
+    let mut next = Some(s.url("Encounter?service-provider=Organization/test-facility&date=ge2026-11-01&date=le2026-12-31&_count=2&_elements=reasonCode,period,diagnosis"));
+    while let Some(url) = next.take() {
+        let r = s.http.get(&url).bearer_auth(&sys.token).send().unwrap();
+        codes.push(r.status().as_u16());
+        if r.status() != 200 {
+            let body = r.text().unwrap();
+            assert!(!body.contains("rahasia"), "a refused page discloses nothing: {body}");
+            break;
+        }
+        let b: Value = r.json().unwrap();
+        for e in b["entry"].as_array().into_iter().flatten() {
+            assert!(e["resource"].get("subject").is_none(), "the page is trimmed");
+            assert!(e["resource"]["reasonCode"][0]["text"].as_str().unwrap().contains("rahasia"));
+            got.insert(by_encounter[e["resource"]["id"].as_str().unwrap()].clone());
+        }
+        next = b["link"].as_array().into_iter().flatten().find(|l| l["relation"] == "next").and_then(|l| l["url"].as_str()).map(String::from);
+    }
+    assert_eq!(codes, vec![200, 200, 429], "two pages of two, the third would make six");
+    assert_eq!(got.len(), 4);
+    assert_eq!(client_status(&s, &off, &sys.id)["status"], "suspended");
+    let (reported, report) = breach_ids(&s, &off, &sys.id);
+    assert_eq!(reported, got, "{report}");
+    // A count of the whole work list is the disclosure of every patient counted.
+    let counter = inst.caller(&s, &["--name", "counter", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.rs",
+        "--budget-per-hour", "5", "--budget-per-day", "50"]);
+    let (st, _) = s.get_as(&counter.token, "Encounter?service-provider=Organization/test-facility&date=ge2026-11-01&date=le2026-12-31&_summary=count");
+    assert_eq!(st, 429, "nine patients counted exceed a budget of five");
+}
+
+/// A canary is met through a trimmed or counted answer as through a whole one.
+#[test]
+fn a_canary_trips_on_a_count() {
+    let inst = Instance::init();
+    let out = inst.cli(&["canary", "create", "--count", "1", "--organization", "Organization/test-facility"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let planted: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let canary = planted["canaries"][0]["id"].as_str().unwrap().to_string();
+    let s = inst.serve();
+    let off = officer(&inst, &s);
+    let thief = inst.caller(&s, &["--name", "simrs", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.rs"]);
+    let (st, b) = s.get_as(&thief.token, &format!("Patient/{canary}/Encounter?_summary=count"));
+    assert_eq!(st, 403, "{b}");
+    assert!(b.get("total").is_none(), "nothing of the answer left: {b}");
+    let (st, _) = s.get_as(&thief.token, "metadata");
+    assert_eq!(st, 200, "public");
+    let (st, _) = s.get_as(&thief.token, &format!("Patient/{canary}"));
+    assert_eq!(st, 401, "suspended");
+    let r = s.http.get(format!("{}/admin/alerts", s.root)).bearer_auth(&off.token).send().unwrap();
+    let al: Value = r.json().unwrap();
+    assert!(al["alerts"].as_array().unwrap().iter().any(|a| a["kind"] == "canary" && a["client_id"] == thief.id.as_str()), "{al}");
+}
