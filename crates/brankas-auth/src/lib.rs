@@ -352,6 +352,30 @@ impl Principal {
         }
     }
 
+    /// The writer of canaries for `organization`, derived from a verified security officer
+    /// (`POST /admin/canaries`): it creates records and looks up identities as a facility
+    /// system of that one organization (so the canary sits in the facility's work list and
+    /// care, like a real patient it registered), reads nothing else, and is no operator: every
+    /// gate applies. `None` for any caller but a security officer's verified token.
+    pub fn canary_planter(&self, organization: &str) -> Option<Self> {
+        (self.role == Role::SecurityOfficer && !self.local).then(|| Self {
+            client_id: format!("canary-planter/{}", self.client_id),
+            role: Role::FacilitySystem,
+            scopes: Scopes::parse("system/*.cs").expect("static scope"),
+            token_id: self.token_id.clone(),
+            organization: Some(organization.to_string()),
+            practitioner: None,
+            patient: None,
+            purpose: "TREAT".into(),
+            break_glass_reason: None,
+            local: false,
+            sensitive: Vec::new(),
+            trail: AccessTrail::default(),
+            budget: None,
+            limits: None,
+        })
+    }
+
     /// The client's request limits (`None`: the operator's own tools).
     pub fn limits(&self) -> Option<RateLimits> {
         self.limits

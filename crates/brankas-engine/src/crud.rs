@@ -299,6 +299,26 @@ impl Engine {
         self.open_row(&row, Some((rtype, id))).map(Some)
     }
 
+    /// A patient's identity for a breach report or notification, read for a security officer
+    /// (whom no gate admits to patient data): the Patient as stored, or `None`. The report
+    /// that shows it is itself a disclosure: the caller audits and budgets every patient it
+    /// names.
+    pub fn breach_identity(&self, officer: &Principal, patient_id: &str) -> Result<Option<Admitted<Stored>>> {
+        if officer.role() != brankas_auth::Role::SecurityOfficer && !officer.is_local_operator() {
+            return Err(EngineError::Forbidden("identities for breach reports are read by security officers".into()));
+        }
+        if !brankas_fhir::is_valid_id(patient_id) {
+            return Ok(None);
+        }
+        let Some(row) = self.current_row("Patient", patient_id)? else { return Ok(None) };
+        if row.deleted {
+            return Ok(None);
+        }
+        let s = self.open_row(&row, Some(("Patient", patient_id)))?;
+        let d = self.disclosure_of([&s]);
+        Ok(Some(Admitted::new(s, d)))
+    }
+
     /// `GET [type]/[id]`.
     pub fn read(&self, who: &Principal, rtype: &str, id: &str) -> Result<Admitted<Stored>> {
         let s = self.read_gated(who, rtype, id)?;
