@@ -12,6 +12,9 @@ if [ -z "${BRANKAS_CORPUS:-}" ] && [ -d ../shared/corpus ]; then
     export BRANKAS_CORPUS
 fi
 tests/python/venv.sh
+# The HTTP crate builds without brankas-auth's `operator` feature: no network path can make
+# the operator's principal (ARCHITECTURE.md, brankas-api).
+cargo build -p brankas-api --lib --locked
 cargo test --workspace --locked
 # cargo test built target/debug/brankas (the brankas crate's integration tests need it).
 tests/python/run.sh

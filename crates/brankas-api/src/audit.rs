@@ -702,14 +702,13 @@ async fn breach_report(State(st): St, Extension(who): Extension<Principal>, ctx:
         }
         let contact = q.contact.clone().unwrap_or_else(|| "the data protection officer of the health facility".into()).chars().take(500).collect();
         let bq = BreachQuery { suspect, since_us, until_us, contact };
-        let s = st.clone();
+        let (s, officer) = (st.clone(), who.clone());
         let report = tokio::task::spawn_blocking(move || {
-            let op = Principal::local_operator();
             breach::breach_report(
                 &s.audit,
                 &bq,
                 // The report is itself audited (one disclosure record per patient listed).
-                |id| s.engine.read(&op, "Patient", id).ok().map(|r| Identity::from_patient(&r.unreleased().resource)),
+                |id| s.engine.breach_identity(&officer, id).ok().flatten().map(|r| Identity::from_patient(&r.unreleased().resource)),
                 |id| s.store.canaries_among(&[s.engine.patient_partition(id)]).is_ok_and(|c| !c.is_empty()),
             )
         })

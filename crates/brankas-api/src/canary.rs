@@ -21,8 +21,10 @@ use serde_json::{Value, json};
 pub const MAX_CANARIES: usize = 1000;
 
 /// Plants `count` canaries, at `organization` (`Organization/<id>`) if given; returns their
-/// Patient ids and NIKs.
-pub fn plant(engine: &Engine, store: &dyn Store, count: usize, organization: Option<&str>) -> Result<Vec<(String, String)>, EngineError> {
+/// Patient ids and NIKs. `planter` writes them (the facility's writer: the operator's tool on
+/// the command line, [`Principal::canary_planter`] of a security officer over HTTP) and
+/// `lookup` checks that a NIK is not taken; this crate makes neither.
+pub fn plant(engine: &Engine, store: &dyn Store, count: usize, organization: Option<&str>, planter: &Principal, lookup: &Principal) -> Result<Vec<(String, String)>, EngineError> {
     if count == 0 || count > MAX_CANARIES {
         return Err(EngineError::BadRequest(format!("count must be 1 to {MAX_CANARIES}")));
     }
@@ -34,8 +36,6 @@ pub fn plant(engine: &Engine, store: &dyn Store, count: usize, organization: Opt
     let mut seed = [0u8; 8];
     brankas_vault::random_bytes(&mut seed)?;
     let pop = Population::new(u64::from_le_bytes(seed), Mix::Minimal);
-    let operator = Principal::local_operator_for(organization.map(String::from));
-    let lookup = Principal::local_operator();
     let now = time::OffsetDateTime::now_utc();
     let mut out = Vec::new();
     let mut i = 0u64;
@@ -50,7 +50,7 @@ pub fn plant(engine: &Engine, store: &dyn Store, count: usize, organization: Opt
             offset: 0,
             strict: true,
         };
-        if engine.search(&lookup, &req)?.unreleased().total > 0 {
+        if engine.search(lookup, &req)?.unreleased().total > 0 {
             continue;
         }
         let id = brankas_vault::random_id(16)?;
@@ -62,7 +62,7 @@ pub fn plant(engine: &Engine, store: &dyn Store, count: usize, organization: Opt
         // Marked first: a canary is never served unmarked, even for a moment.
         store.canary_add(&[engine.patient_partition(&id)])?;
         // A write by the operator's planting: its answer goes nowhere.
-        drop(engine.transaction(&operator, &bundle)?);
+        drop(engine.transaction(planter, &bundle)?);
         out.push((id, nik));
     }
     Ok(out)

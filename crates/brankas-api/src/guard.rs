@@ -299,8 +299,11 @@ async fn canaries(State(st): State<Arc<AppState>>, Extension(who): Extension<Pri
         }
         let bytes = axum::body::to_bytes(body, 4096).await.map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too-costly", "request body too large"))?;
         let q: CanaryRequest = serde_json::from_slice(&bytes).map_err(|_| ApiError::bad_request("the body is {\"count\": N, \"organization\": \"Organization/<id>\"}"))?;
+        // Planted as the facility's writer, derived from this officer's verified token.
+        let org = q.organization.clone().ok_or_else(|| ApiError::bad_request("name the facility: {\"count\": N, \"organization\": \"Organization/<id>\"}"))?;
+        let planter = who.canary_planter(&org).ok_or_else(|| ApiError::new(StatusCode::FORBIDDEN, "forbidden", "canaries are planted by security officers"))?;
         let s = st.clone();
-        let ids = tokio::task::spawn_blocking(move || crate::canary::plant(&s.engine, &*s.store, q.count, q.organization.as_deref()))
+        let ids = tokio::task::spawn_blocking(move || crate::canary::plant(&s.engine, &*s.store, q.count, Some(&org), &planter, &planter))
             .await
             .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error"))?
             .map_err(ApiError::from)?;

@@ -246,7 +246,8 @@ fn main() -> Result<()> {
         Cmd::Audit { cmd: AuditCmd::Checkpoint(d) } => audit_checkpoint(&d.data_dir, d.key_file.as_deref()),
         Cmd::Canary { cmd: CanaryCmd::Create { data, count, organization } } => {
             let o = open(&data.data_dir, data.key_file.as_deref())?;
-            let ids = brankas_api::canary::plant(&o.engine, &*o.store, count, organization.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let (planter, lookup) = (brankas_auth::Principal::local_operator_for(organization.clone()), brankas_auth::Principal::local_operator());
+            let ids = brankas_api::canary::plant(&o.engine, &*o.store, count, organization.as_deref(), &planter, &lookup).map_err(|e| anyhow::anyhow!("{e}"))?;
             o.audit_local_for(organization.clone(), "canary-create", "C", Some(format!("{} canaries", ids.len())), true, None)?;
             let list: Vec<serde_json::Value> = ids.iter().map(|(id, nik)| serde_json::json!({"id": id, "nik": nik})).collect();
             println!("{}", serde_json::json!({"planted": ids.len(), "organization": organization, "canaries": list}));
