@@ -268,6 +268,28 @@ impl AuditLog {
     }
 }
 
+/// The tree head of the first `size` records of the log in `store`, from its stored subtrees
+/// (a few hundred reads at any size): to compare with a head recorded earlier (the state
+/// anchor), as a consistency check between that size and the log as it is now.
+pub fn tree_root(store: &dyn Store, size: u64) -> Result<Hash, AuditError> {
+    let have = store.audit_head()?.map_or(0, |h| h.size);
+    if size > have {
+        return Err(AuditError::OutOfRange);
+    }
+    merkle::root(&mut StoreSource { store }, size)
+}
+
+/// The log's size and tree head as its stored head says (no records read).
+pub fn head(store: &dyn Store) -> Result<(u64, Hash), AuditError> {
+    match store.audit_head()? {
+        None => Ok((0, merkle::empty_root())),
+        Some(h) => {
+            let f = Frontier::decode(&h.frontier).filter(|f| f.size() == h.size).ok_or(AuditError::Integrity)?;
+            Ok((h.size, f.root()))
+        }
+    }
+}
+
 pub(crate) fn open_row(vault: &Vault, r: AuditRow) -> Result<Opened, AuditError> {
     let ctx = row_context(r.seq, r.time_us, r.partition.as_ref(), &r.actor);
     let plain = vault.open_audit(&ctx, &r.sealed).map_err(|_| AuditError::Integrity)?;

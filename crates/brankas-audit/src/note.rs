@@ -47,22 +47,29 @@ impl Checkpoint {
     /// The note with its signature line; `sign` signs bytes with the Ed25519 key whose public
     /// half is `public_key`.
     pub fn sign(&self, public_key: &[u8; 32], sign: impl FnOnce(&[u8]) -> [u8; 64]) -> String {
-        let body = self.body();
-        let sig = sign(body.as_bytes());
-        let mut blob = key_hash(&self.origin, public_key).to_vec();
-        blob.extend_from_slice(&sig);
-        format!("{body}\n\u{2014} {} {}\n", self.origin, B64.encode(blob))
+        self.sign_extended(&[], public_key, sign)
     }
 
     /// Parses a signed note and checks that `public_key` signed it (and, if given, that it is
-    /// for `origin`). Lines signed by other keys are ignored, as C2SP notes allow.
+    /// for `origin`). Lines signed by other keys are ignored, as C2SP notes allow, and so are
+    /// extension lines after the tree head (see [`Checkpoint::verify_extended`]).
     pub fn verify(note: &str, origin: Option<&str>, public_key: &[u8; 32]) -> Result<Checkpoint, NoteError> {
+        Self::verify_extended(note, origin, public_key).map(|(c, _)| c)
+    }
+
+    /// [`Checkpoint::verify`], also returning the checkpoint's extension lines (C2SP
+    /// `tlog-checkpoint` allows lines after the tree head; they are covered by the signature).
+    pub fn verify_extended(note: &str, origin: Option<&str>, public_key: &[u8; 32]) -> Result<(Checkpoint, Vec<String>), NoteError> {
         let (body, sigs) = note.split_once("\n\n").ok_or(NoteError::Malformed)?;
         let body = format!("{body}\n");
         let mut lines = body.lines();
-        let (Some(o), Some(size), Some(root), None) = (lines.next(), lines.next(), lines.next(), lines.next()) else {
+        let (Some(o), Some(size), Some(root)) = (lines.next(), lines.next(), lines.next()) else {
             return Err(NoteError::Malformed);
         };
+        let extensions: Vec<String> = lines.map(String::from).collect();
+        if extensions.iter().any(|l| l.is_empty()) {
+            return Err(NoteError::Malformed);
+        }
         if o.is_empty() || size.is_empty() || size.len() > 20 || !size.bytes().all(|b| b.is_ascii_digit()) || (size.len() > 1 && size.starts_with('0')) {
             return Err(NoteError::Malformed);
         }
@@ -78,10 +85,23 @@ impl Checkpoint {
             let Some((name, blob)) = rest.split_once(' ') else { return Err(NoteError::Malformed) };
             let Ok(blob) = B64.decode(blob) else { return Err(NoteError::Malformed) };
             if name == o && blob.len() == 68 && blob[..4] == want && key.verify(body.as_bytes(), &blob[4..]).is_ok() {
-                return Ok(Checkpoint { origin: o.to_string(), size, root });
+                return Ok((Checkpoint { origin: o.to_string(), size, root }, extensions));
             }
         }
         Err(NoteError::BadSignature)
+    }
+
+    /// The note of this checkpoint with extension lines (each non-empty, without newlines).
+    pub fn sign_extended(&self, extensions: &[String], public_key: &[u8; 32], sign: impl FnOnce(&[u8]) -> [u8; 64]) -> String {
+        let mut body = self.body();
+        for e in extensions {
+            body.push_str(e);
+            body.push('\n');
+        }
+        let sig = sign(body.as_bytes());
+        let mut blob = key_hash(&self.origin, public_key).to_vec();
+        blob.extend_from_slice(&sig);
+        format!("{body}\n\u{2014} {} {}\n", self.origin, B64.encode(blob))
     }
 }
 
@@ -132,5 +152,11 @@ mod tests {
         assert_eq!(Checkpoint::verify("garbage", None, &pk), Err(NoteError::Malformed));
         assert_eq!(Checkpoint::verify("o\n012\nAAAA\n\n", None, &pk), Err(NoteError::Malformed));
         assert!(verifier_key("brankas.example/audit", &pk).starts_with("brankas.example/audit+"));
+        // Extension lines are signed with the rest and returned; editing one breaks the signature.
+        let ext = vec!["brankas-anchor 1".to_string(), "versions 12".to_string()];
+        let note = c.sign_extended(&ext, &pk, |m| kp.sign(m).as_ref().try_into().unwrap());
+        assert_eq!(Checkpoint::verify_extended(&note, None, &pk), Ok((c.clone(), ext)));
+        assert_eq!(Checkpoint::verify(&note, None, &pk), Ok(c.clone()));
+        assert_eq!(Checkpoint::verify(&note.replace("versions 12", "versions 13"), None, &pk), Err(NoteError::BadSignature));
     }
 }

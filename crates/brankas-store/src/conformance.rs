@@ -28,6 +28,7 @@ pub fn run_all(fresh: &mut dyn FnMut() -> Box<dyn Store>) {
         ("data_keys_commit_with_their_batch", data_keys_commit_with_their_batch),
         ("audit_log", audit_log),
         ("guard", guard),
+        ("state_counters", state_counters),
     ];
     for (name, check) in checks {
         let store = fresh();
@@ -345,4 +346,20 @@ fn guard(s: &dyn Store) {
     let all = s.alerts(None, 10).unwrap();
     assert_eq!(all.iter().map(|a| a.kind.as_str()).collect::<Vec<_>>(), vec!["b", "a"]);
     assert_eq!(s.alerts(Some(second), 10).unwrap().len(), 1);
+    assert_eq!(s.canaries().unwrap(), vec![part(7), part(8)]);
+    let epoch = s.state_counters().unwrap().guard_epoch;
+    assert!(!epoch.is_empty());
+    assert_eq!(s.state_counters().unwrap().guard_epoch, epoch, "the guard's identity is stable");
+}
+
+/// The version counter follows every stored version, in the commit's transaction.
+fn state_counters(s: &dyn Store) {
+    let nv = |k: u8, v: u64, expect: Expect| NewVersion { row: sample_row(k, v, 9, "Observation"), expect };
+    assert_eq!((s.state_counters().unwrap().versions, s.versions_present().unwrap()), (0, 0));
+    s.commit(&batch(vec![nv(1, 1, Expect::Absent), nv(2, 1, Expect::Absent)], vec![])).unwrap();
+    // A refused batch counts nothing.
+    assert!(s.commit(&batch(vec![nv(3, 1, Expect::Absent), nv(1, 2, Expect::Version(7))], vec![])).is_err());
+    let r = s.commit_many(&[batch(vec![nv(1, 2, Expect::Version(1))], vec![]), batch(vec![nv(2, 2, Expect::Version(5))], vec![])]);
+    assert!(r.unwrap()[1].is_err());
+    assert_eq!((s.state_counters().unwrap().versions, s.versions_present().unwrap()), (3, 3));
 }

@@ -273,4 +273,23 @@ pub trait Store: Send + Sync + 'static {
     fn alert_add(&self, alert: &AlertRow) -> Result<u64>;
     /// Alerts newest first, with id < `before` if given.
     fn alerts(&self, before: Option<u64>, limit: usize) -> Result<Vec<AlertRow>>;
+
+    /// The counters the state anchor follows, cheap to read: version rows stored (a counter
+    /// kept in the same transaction as every commit) and the guard state's identity.
+    fn state_counters(&self) -> Result<StateCounters>;
+    /// Version rows actually present (a count over the table, proportional to its size): at
+    /// start, checked against [`StateCounters::versions`] and the anchor.
+    fn versions_present(&self) -> Result<u64>;
+    /// Every canary partition, in order.
+    fn canaries(&self) -> Result<Vec<PartitionId>>;
+}
+
+/// See [`Store::state_counters`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateCounters {
+    /// Version rows committed, kept with each commit (only ever grows).
+    pub versions: u64,
+    /// A random identity given to the guard's state when it is created: a deleted or
+    /// replaced guard database comes back with another one.
+    pub guard_epoch: String,
 }

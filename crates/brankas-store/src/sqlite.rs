@@ -12,8 +12,8 @@ use rusqlite::{Connection, MAIN_DB, OpenFlags, OptionalExtension, TransactionBeh
 use rusqlite::wal::CheckpointMode;
 
 use crate::{
-    AlertRow, AuditAppend, AuditCheckpointRow, AuditHead, AuditRow, BlindTerm, GuardAdmission, Expect, PartitionId, RecordKey, Result, Store, StoreError, StoredDek, VersionRow,
-    WrappedKey, WriteBatch,
+    AlertRow, AuditAppend, AuditCheckpointRow, AuditHead, AuditRow, BlindTerm, GuardAdmission, Expect, PartitionId, RecordKey, Result, StateCounters, Store, StoreError, StoredDek,
+    VersionRow, WrappedKey, WriteBatch,
 };
 
 /// The layout version this code writes, kept in `PRAGMA user_version`. Version 1 (no
@@ -67,7 +67,13 @@ CREATE TABLE IF NOT EXISTS canaries (partition BLOB PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS guard_addresses (client TEXT NOT NULL, address TEXT NOT NULL, first_seen INTEGER NOT NULL, PRIMARY KEY (client, address)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS guard_counters (client TEXT NOT NULL, counter TEXT NOT NULL, day INTEGER NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (client, counter, day)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS alerts (id INTEGER PRIMARY KEY, time INTEGER NOT NULL, kind TEXT NOT NULL, severity TEXT NOT NULL, client TEXT, detail TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS guard_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 "#;
+
+/// Counters the state anchor follows, in the main database (created on open, whatever the
+/// layout: older releases ignore the table). `versions` is the number of version rows,
+/// raised in the transaction of every commit; a database from before it is counted once.
+const COUNTERS_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;";
 
 /// Reader connections at most. Each holds its own page cache and prepared statements, so
 /// they are opened once and kept: a request that finds them all busy waits for one rather
@@ -229,6 +235,11 @@ impl SqliteStore {
         let mut w = open_conn(path, true)?;
         w.execute_batch("PRAGMA journal_mode=WAL;").map_err(be)?;
         prepare_layout(&mut w)?;
+        w.execute_batch(COUNTERS_SCHEMA).map_err(be)?;
+        let counted: bool = w.query_row("SELECT EXISTS (SELECT 1 FROM counters WHERE name = 'versions')", [], |r| r.get(0)).map_err(be)?;
+        if !counted {
+            w.execute("INSERT OR IGNORE INTO counters (name, n) SELECT 'versions', COUNT(*) FROM versions", []).map_err(be)?;
+        }
         let signal = Arc::new(CheckpointSignal { state: Mutex::new((false, false)), cv: Condvar::new() });
         let hook_signal = signal.clone();
         // Replaces SQLite's automatic checkpoint. The hook must not fail: its error would be
@@ -250,6 +261,8 @@ impl SqliteStore {
         let guard = open_conn(&path.with_extension("guard.db"), true)?;
         guard.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;").map_err(be)?;
         guard.execute_batch(GUARD_SCHEMA).map_err(be)?;
+        let epoch = brankas_vault::random_id(16).map_err(|e| StoreError::Backend(e.to_string()))?;
+        guard.execute("INSERT OR IGNORE INTO guard_meta (name, value) VALUES ('epoch', ?1)", [epoch]).map_err(be)?;
         let ck = open_conn(path, true)?;
         let thread_signal = signal.clone();
         let checkpointer = std::thread::Builder::new()
@@ -364,7 +377,7 @@ const CUR_COLS: &str = "c.rkey, c.version, c.partition, c.rtype, c.deleted, (SEL
 /// must be the record's newest version. A pointer edited behind the store's back (rolled back
 /// to an older, authentic version, or aimed at another record's row) is reported as
 /// [`StoreError::Corrupt`] instead of being served. (A rollback that also deletes the newer
-/// version rows is not detectable here: that needs state outside the database.)
+/// version rows is not detectable here: the version count is anchored outside the database.)
 fn current_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<VersionRow>> {
     let v = row(r)?;
     let ok = r.get_ref(8)?.as_blob()? == &v.key.0[..]
@@ -481,6 +494,12 @@ fn apply(tx: &Connection, batch: &WriteBatch) -> Result<()> {
         .map_err(be)?
         .execute(params![&r.key.0[..], r.version as i64, &r.partition.0[..], r.resource_type, r.deleted as i64, vrow])
         .map_err(be)?;
+    }
+    if !batch.versions.is_empty() {
+        tx.prepare_cached("UPDATE counters SET n = n + ?1 WHERE name = 'versions'")
+            .map_err(be)?
+            .execute([batch.versions.len() as i64])
+            .map_err(be)?;
     }
     for (key, terms) in &batch.index {
         let old: Option<Vec<u8>> = tx
@@ -917,6 +936,27 @@ impl Store for SqliteStore {
         .map_err(be)?
         .collect::<rusqlite::Result<Vec<_>>>()
         .map_err(be)
+    }
+
+    fn state_counters(&self) -> Result<StateCounters> {
+        let versions = self.read(|c| c.prepare_cached("SELECT n FROM counters WHERE name = 'versions'")?.query_row([], |r| r.get::<_, i64>(0)).optional())?;
+        let guard_epoch = self
+            .guard_conn()?
+            .prepare_cached("SELECT value FROM guard_meta WHERE name = 'epoch'")
+            .and_then(|mut q| q.query_row([], |r| r.get::<_, String>(0)).optional())
+            .map_err(be)?;
+        Ok(StateCounters { versions: versions.unwrap_or(0).max(0) as u64, guard_epoch: guard_epoch.unwrap_or_default() })
+    }
+
+    fn versions_present(&self) -> Result<u64> {
+        self.read(|c| c.query_row("SELECT COUNT(*) FROM versions", [], |r| r.get::<_, i64>(0))).map(|n| n.max(0) as u64)
+    }
+
+    fn canaries(&self) -> Result<Vec<PartitionId>> {
+        let c = self.guard_conn()?;
+        let mut q = c.prepare_cached("SELECT partition FROM canaries ORDER BY partition").map_err(be)?;
+        let rows: Vec<Vec<u8>> = q.query_map([], |r| r.get(0)).map_err(be)?.collect::<rusqlite::Result<_>>().map_err(be)?;
+        rows.into_iter().map(|p| Ok(PartitionId(p.as_slice().try_into().map_err(|_| StoreError::Corrupt)?))).collect()
     }
 
     fn audit_latest(&self, before: Option<u64>, limit: usize) -> Result<Vec<AuditRow>> {

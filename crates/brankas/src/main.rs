@@ -3,6 +3,7 @@
 //! The binary is thin: it parses arguments, opens the data directory (store + key provider +
 //! vault) and hands over to the library crates.
 
+mod anchor;
 mod clients_cmd;
 mod demo;
 mod synth_cmd;
@@ -68,6 +69,11 @@ enum Cmd {
         max_attachment_bytes: u64,
         #[command(flatten)]
         webhook: WebhookArgs,
+        /// Start although the data directory is behind its state anchor (a deliberate restore
+        /// of older state): re-anchors to the state as it is, audited with this reason and
+        /// raising an alert.
+        #[arg(long, value_name = "REASON")]
+        accept_state_rollback: Option<String>,
     },
     /// Load FHIR transaction/batch Bundles (JSON) and NDJSON files offline.
     Import {
@@ -134,6 +140,12 @@ enum Cmd {
     Audit {
         #[command(subcommand)]
         cmd: AuditCmd,
+    },
+    /// The state anchor beside the key file: check the data directory against it, or accept
+    /// older state after a deliberate restore.
+    Anchor {
+        #[command(subcommand)]
+        cmd: AnchorCmd,
     },
     /// Zero-setup demonstration: init a data directory if needed, seed synthetic patients,
     /// print a token and ready-to-paste requests, and serve.
@@ -210,6 +222,22 @@ enum AuditCmd {
 }
 
 #[derive(Subcommand)]
+enum AnchorCmd {
+    /// Compares the data directory with its anchor: exit 0 when nothing is behind, 1 naming
+    /// what is (changes nothing).
+    Check(DataArgs),
+    /// Re-anchors to the data directory as it is, after a deliberate restore of older state:
+    /// audited as the local operator with the reason, and raising an alert.
+    Accept {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Why older state is accepted (goes into the audit record and the alert).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum KeysCmd {
     /// Create a new key-encryption key and rewrap every data key under it (data is not
     /// re-encrypted). Safe while the server runs.
@@ -229,14 +257,15 @@ fn main() -> Result<()> {
             println!("{}", serde_json::json!({"client_id": creds.client_id, "client_secret": creds.client_secret}));
             Ok(())
         }
-        Cmd::Serve { data, listen, tls_cert, tls_key, insecure_http, base_url, token_seconds, max_attachment_bytes, webhook } => {
+        Cmd::Serve { data, listen, tls_cert, tls_key, insecure_http, base_url, token_seconds, max_attachment_bytes, webhook, accept_state_rollback } => {
             let tls = match (tls_cert, tls_key, insecure_http) {
                 (_, _, true) => Tls::None,
                 (Some(c), Some(k), _) => Tls::Files(c, k),
                 _ => Tls::SelfSigned,
             };
             let attachments = brankas_engine::AttachmentLimits { max_bytes: max_attachment_bytes, ..Default::default() };
-            serve(&data.data_dir, data.key_file.as_deref(), listen, tls, base_url, token_seconds, webhook.config()?, None, attachments)
+            let accept = accept_state_rollback.map(|r| accept_reason(&r)).transpose()?;
+            serve(&data.data_dir, data.key_file.as_deref(), listen, tls, base_url, token_seconds, webhook.config()?, None, attachments, accept)
         }
         Cmd::Import { data, paths, quiet, organization } => import(&data.data_dir, data.key_file.as_deref(), &paths, quiet, organization),
         Cmd::Synth(a) => synth_cmd::run(a),
@@ -255,6 +284,22 @@ fn main() -> Result<()> {
         }
         Cmd::BreachReport { data, client, address, since, until, format, lang, contact } => {
             breach_report(&data.data_dir, data.key_file.as_deref(), client, address, &since, until.as_deref(), &format, &lang, contact)
+        }
+        Cmd::Anchor { cmd: AnchorCmd::Check(d) } => {
+            let (store, vault) = open_vault(&d.data_dir, d.key_file.as_deref())?;
+            let behind = anchor::inspect(&*store, vault, &key_path(&d.data_dir, d.key_file.as_deref())?)?;
+            println!("{}", serde_json::json!({"behind": behind}));
+            if !behind.is_empty() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Cmd::Anchor { cmd: AnchorCmd::Accept { data, reason } } => {
+            let o = open_with(&data.data_dir, data.key_file.as_deref(), Default::default(), Some(accept_reason(&reason)?))?;
+            let accepted = o.opening_behind.clone();
+            drop(o);
+            println!("{}", serde_json::json!({"accepted": accepted}));
+            Ok(())
         }
         Cmd::Demo { data_dir, key_file, listen, insecure_http } => demo::run(&data_dir, key_file.as_deref(), listen, insecure_http),
     }
@@ -314,13 +359,25 @@ fn resolve(p: &Path) -> PathBuf {
     out
 }
 
+/// An operator's reason for accepting older state: one line of text.
+fn accept_reason(r: &str) -> Result<String> {
+    let r = r.trim();
+    if r.is_empty() || r.len() > 500 || r.chars().any(char::is_control) {
+        bail!("the reason for accepting older state must be one line of 1 to 500 characters");
+    }
+    Ok(r.to_string())
+}
+
 /// Everything a command needs, opened from a data directory.
 pub(crate) struct Opened {
+    /// The directory's store behind its state anchor (see `anchor.rs`).
     pub store: Arc<dyn Store>,
     pub vault: Arc<Vault>,
     pub engine: Arc<Engine>,
     pub auth: Arc<Authority>,
     pub audit: Arc<AuditLog>,
+    /// What was behind the anchor and accepted on opening (`--accept-state-rollback`).
+    pub opening_behind: Vec<String>,
 }
 
 impl Opened {
@@ -453,27 +510,75 @@ fn audit_checkpoint(data_dir: &Path, key_file: Option<&Path>) -> Result<()> {
 }
 
 pub(crate) fn open(data_dir: &Path, key_file: Option<&Path>) -> Result<Opened> {
-    open_with(data_dir, key_file, brankas_engine::AttachmentLimits::default())
+    open_with(data_dir, key_file, brankas_engine::AttachmentLimits::default(), None)
+}
+
+/// Audits (as the local operator) and alerts what opening found: a first anchor, or older
+/// state accepted by the operator. Runs before the anchor is written: if the record cannot
+/// be made, nothing is anchored and nothing starts.
+fn record_opening(store: &Arc<dyn Store>, vault: &Arc<Vault>, kp: &Path, o: &anchor::Opening) -> Result<()> {
+    let (interaction, text, kind, severity, detail) = match o {
+        anchor::Opening::Current => return Ok(()),
+        anchor::Opening::FirstAnchor => (
+            "state-anchor-created",
+            "no state anchor and no anchor mark: first anchored start".to_string(),
+            "state-anchor-created",
+            "warning",
+            serde_json::json!({"anchor": format!("{}.anchor", kp.display())}),
+        ),
+        anchor::Opening::Accepted { reason, behind } => (
+            "state-rollback-accepted",
+            format!("older state accepted by the operator: {reason} (behind: {})", behind.join("; ")),
+            "state-rollback-accepted",
+            "critical",
+            serde_json::json!({"reason": reason, "behind": behind}),
+        ),
+    };
+    let audit = AuditLog::open(store.clone(), vault.clone()).context("opening the audit log")?;
+    let entry = brankas_audit::AuditEntry {
+        interaction: interaction.into(),
+        action: "E".into(),
+        outcome: Some(brankas_audit::Outcome::Success),
+        outcome_text: Some(text),
+        client_id: "local-operator".into(),
+        role: "operator".into(),
+        ..Default::default()
+    };
+    audit
+        .record_blocking(vec![brankas_audit::NewRecord { partition: None, client_id: "local-operator".into(), entry }])
+        .context("the audit log cannot be written; nothing accepted")?;
+    drop(audit);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros() as i64;
+    store.alert_add(&brankas_store::AlertRow { id: 0, time_us: now, kind: kind.into(), severity: severity.into(), client_id: None, detail: detail.to_string() })?;
+    tracing::warn!(alert = kind, severity, "{interaction}");
+    Ok(())
 }
 
 /// Opens a data directory: the database, its key provider, the vault, the attachment store
-/// (`<data-dir>/blobs`) and the audit log.
-pub(crate) fn open_with(data_dir: &Path, key_file: Option<&Path>, attachments: brankas_engine::AttachmentLimits) -> Result<Opened> {
+/// (`<data-dir>/blobs`) and the audit log, after checking the directory against its state
+/// anchor (refused if behind, unless `accept` gives the operator's reason).
+pub(crate) fn open_with(data_dir: &Path, key_file: Option<&Path>, attachments: brankas_engine::AttachmentLimits, accept: Option<String>) -> Result<Opened> {
     let kp = key_path(data_dir, key_file)?;
     let db = data_dir.join(DB_FILE);
     if !db.exists() {
         bail!("{} is not initialised: run `brankas init --data-dir {}` first", data_dir.display(), data_dir.display());
     }
     let provider: Arc<dyn KeyProvider> = Arc::new(KeyFile::open(&kp).with_context(|| format!("opening key file {}", kp.display()))?);
-    let sqlite = Arc::new(SqliteStore::open(&db)?);
-    let store: Arc<dyn Store> = sqlite;
-    let root = store.get_meta(ROOT_META)?.context("the data directory has no system root key")?;
+    let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&db)?);
+    let root = sqlite.get_meta(ROOT_META)?.context("the data directory has no system root key")?;
     let vault = Arc::new(Vault::open(provider, &WrappedKey::from_bytes(&root)?).context("the key file does not open this data directory")?);
+    let (anchored, opening) = anchor::open(sqlite.clone(), vault.clone(), &kp, accept.as_deref(), |o| record_opening(&sqlite, &vault, &kp, o))?;
+    let opening_behind = match opening {
+        anchor::Opening::Accepted { behind, .. } => behind,
+        _ => Vec::new(),
+    };
+    drop(sqlite);
+    let store: Arc<dyn Store> = Arc::new(anchored);
     let blobs = Arc::new(brankas_store::FileBlobStore::open(&data_dir.join(BLOB_DIR)).context("opening the attachment store")?);
     let engine = Arc::new(Engine::new(store.clone(), vault.clone()).with_blobs(blobs, attachments));
     let auth = Arc::new(Authority::new(store.clone(), vault.clone()));
     let audit = Arc::new(AuditLog::open(store.clone(), vault.clone()).context("opening the audit log")?);
-    Ok(Opened { store, vault, engine, auth, audit })
+    Ok(Opened { store, vault, engine, auth, audit, opening_behind })
 }
 
 pub(crate) fn init(data_dir: &Path, key_file: Option<&Path>) -> Result<brankas_auth::NewClient> {
@@ -497,8 +602,11 @@ pub(crate) fn init(data_dir: &Path, key_file: Option<&Path>) -> Result<brankas_a
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db)?);
     let (vault, root) = Vault::create(provider)?;
     store.put_meta(ROOT_META, &root.to_bytes())?;
-    let auth = Authority::new(store, Arc::new(vault));
-    Ok(auth.create_client(&bootstrap_admin())?)
+    let vault = Arc::new(vault);
+    let auth = Authority::new(store.clone(), vault.clone());
+    let admin = auth.create_client(&bootstrap_admin())?;
+    anchor::create(&*store, vault, &kp).context("writing the state anchor beside the key file")?;
+    Ok(admin)
 }
 
 /// The first administrator: clients, keys and the directory, and no patient data.
@@ -527,8 +635,9 @@ pub(crate) fn serve(
     webhook: Option<brankas_api::webhook::WebhookConfig>,
     banner: Option<Banner>,
     attachments: brankas_engine::AttachmentLimits,
+    accept_state_rollback: Option<String>,
 ) -> Result<()> {
-    let o = open_with(data_dir, key_file, attachments)?;
+    let o = open_with(data_dir, key_file, attachments, accept_state_rollback)?;
     let auth = match token_seconds {
         Some(s) => Arc::new(Authority::new(o.store.clone(), o.vault.clone()).with_token_seconds(s)),
         None => o.auth.clone(),

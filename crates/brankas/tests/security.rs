@@ -482,9 +482,10 @@ fn swapped_flipped_moved_and_misindexed_rows_are_never_served() {
 }
 
 /// Rollback of a whole record (current pointer moved back AND the newer version rows
-/// deleted) leaves only authentic, older rows: nothing inside the database can tell.
+/// deleted) leaves only authentic, older rows: nothing inside the database can tell, so the
+/// count of version rows is anchored outside it (beside the key file) and the server refuses
+/// to start on fewer.
 #[test]
-#[ignore = "known design limit (ARCHITECTURE.md): detecting a rollback that also deletes the newer versions needs state outside the database, e.g. the planned signed audit checkpoints"]
 fn full_rollback_with_deleted_history_is_detected() {
     let inst = Instance::init();
     let s = inst.serve();
@@ -501,8 +502,11 @@ fn full_rollback_with_deleted_history_is_detected() {
         c.execute("DELETE FROM versions WHERE rowid = ?1", [r2.rowid]).unwrap();
         c.execute("UPDATE current SET vrow = ?1, version = 1 WHERE rkey = ?2", rusqlite::params![r1.rowid, r1.rkey]).unwrap();
     }
-    let s = inst.serve();
-    assert_not_served("fully rolled-back patient", get_raw(&s, &format!("Patient/{id}")), &["Tamperfam0x"]);
+    let (mut child, listening) = inst.spawn_serve(&["--insecure-http"]);
+    assert!(!child.wait().unwrap().success(), "a rollback with deleted history must not start");
+    assert!(listening.is_none());
+    let log = std::fs::read_to_string(inst.log_file()).unwrap();
+    assert!(log.contains("refusing to start") && log.contains("main database"), "{log:.3000}");
 }
 
 // ---------------------------------------------------------------- 3. deny by default
