@@ -54,6 +54,20 @@ struct Care {
     /// Client id → when its break-glass access to this patient ends (µs).
     #[serde(default)]
     btg: BTreeMap<String, i64>,
+    /// `<client id> <purpose>` → until when the client's stated purpose of use other than
+    /// treatment (registered, with a reason) is honoured for this patient without a new alert.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pou: BTreeMap<String, i64>,
+}
+
+/// What a time-limited, alerted grant is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Grant {
+    /// Break-glass (`BTG`): opens the record, overriding consent and labels.
+    BreakGlass,
+    /// A registered purpose of use other than treatment: the patient's consent is evaluated
+    /// for it, nothing is opened by it.
+    Purpose,
 }
 
 /// Relationships to record, by patient partition: (`Organization/<id>`, time in µs).
@@ -77,14 +91,81 @@ enum Basis {
     Consent,
 }
 
+/// One actor of a Consent provision, as far as this server can tell who it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Actor {
+    /// `Organization/<id>` or `Practitioner/<id>` of this server, in that one normal form
+    /// (whether written relative, versioned, or as an absolute URL on this server's base).
+    Known(String),
+    /// Certainly no facility or clinician (a Patient, a RelatedPerson).
+    Never,
+    /// Who it is cannot be told with certainty: an identifier instead of a reference, a
+    /// `urn:uuid` left unresolved, a contained resource, a conditional reference, an absolute
+    /// URL on another server (or another scheme), a group-like type (CareTeam, Group,
+    /// PractitionerRole...) or anything malformed. A deny naming it applies to every caller;
+    /// a permit naming it grants nobody (fail closed).
+    Unknown,
+}
+
+impl Actor {
+    /// The actor named by `actor.reference` (a FHIR Reference), against this server's base
+    /// URL (`https://host/fhir`, without a trailing slash), when it is known.
+    pub(crate) fn of_reference(reference: Option<&Value>, base: Option<&str>) -> Actor {
+        let Some(s) = reference
+            .and_then(|r| r.get("reference"))
+            .and_then(Value::as_str)
+        else {
+            return Actor::Unknown;
+        };
+        Self::of_str(s, base)
+    }
+
+    fn of_str(s: &str, base: Option<&str>) -> Actor {
+        // An absolute URL on this server's base (scheme and host compared without case)
+        // is its relative form; never a second absolute hop.
+        if let Some(base) = base
+            .map(|b| b.trim_end_matches('/'))
+            .filter(|b| !b.is_empty())
+            && s.get(..base.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(base))
+        {
+            return match s[base.len()..].strip_prefix('/') {
+                Some(rest) if !rest.contains(':') => Self::of_str(rest, None),
+                _ => Actor::Unknown,
+            };
+        }
+        match brankas_fhir::parse_reference(s) {
+            Some(brankas_fhir::RefKind::Local { rtype, id, .. }) => match rtype {
+                "Organization" | "Practitioner" => Actor::Known(format!("{rtype}/{id}")),
+                "Patient" | "RelatedPerson" => Actor::Never,
+                _ => Actor::Unknown,
+            },
+            // Another server's (or a contained, conditional, unresolved urn:uuid...).
+            _ => Actor::Unknown,
+        }
+    }
+}
+
+/// Whether a provision applies to a caller: certainly, certainly not, or maybe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Applies {
+    Yes,
+    No,
+    Maybe,
+}
+
 /// One provision of an active Consent, with its nested provisions: exceptions that, where
 /// they apply, override it (FHIR R4 Consent.provision). Conditions a provision leaves empty
 /// apply to everything (a nested one inherits its parent's).
+///
+/// Fail closed: where the server cannot tell whether a provision covers the caller (an
+/// [`Actor::Unknown`], or conditions it does not evaluate: `data`, `dataPeriod`, `code`), a
+/// deny applies and a permit does not.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct ConsentRule {
     permit: bool,
-    /// `Organization/<id>` or `Practitioner/<id>`; empty means everyone.
-    actors: Vec<String>,
+    /// Empty means everyone.
+    actors: Vec<Actor>,
     /// PurposeOfUse codes; empty means any.
     purposes: Vec<String>,
     /// Resource types; empty means all.
@@ -94,6 +175,8 @@ pub(crate) struct ConsentRule {
     /// Validity, µs; open ends are MIN / MAX.
     start: i64,
     end: i64,
+    /// Restricted by conditions the server does not evaluate (inherited).
+    uncertain: bool,
     exceptions: Vec<ConsentRule>,
 }
 
@@ -111,8 +194,9 @@ pub(crate) fn security_labels(resource: &Value) -> Vec<String> {
 }
 
 impl ConsentRule {
-    /// The base provision of one Consent resource, if it is an active privacy consent.
-    pub(crate) fn from_consent(c: &Value) -> Option<ConsentRule> {
+    /// The base provision of one Consent resource, if it is an active privacy consent;
+    /// `base` is this server's base URL (absolute references to it are its own).
+    pub(crate) fn from_consent(c: &Value, base: Option<&str>) -> Option<ConsentRule> {
         if c.get("status").and_then(Value::as_str) != Some("active") {
             return None;
         }
@@ -120,79 +204,149 @@ impl ConsentRule {
             .get("scope")
             .and_then(|s| s.get("coding"))
             .and_then(Value::as_array)
-            .is_none_or(|cs| cs.iter().any(|x| x.get("code").and_then(Value::as_str) == Some("patient-privacy")));
+            .is_none_or(|cs| {
+                cs.iter()
+                    .any(|x| x.get("code").and_then(Value::as_str) == Some("patient-privacy"))
+            });
         if !privacy {
             return None;
         }
-        Some(Self::build(c.get("provision")?, None, 0))
+        Some(Self::build(c.get("provision")?, None, 0, base))
     }
 
-    fn build(p: &Value, parent: Option<&ConsentRule>, depth: usize) -> ConsentRule {
+    fn build(
+        p: &Value,
+        parent: Option<&ConsentRule>,
+        depth: usize,
+        base: Option<&str>,
+    ) -> ConsentRule {
         let period = p.get("period");
         let bound = |k: &str, hi: bool| {
-            period.and_then(|x| x.get(k)).and_then(Value::as_str).and_then(brankas_search::instant_range).map(|(lo, h)| if hi { h } else { lo })
+            period
+                .and_then(|x| x.get(k))
+                .and_then(Value::as_str)
+                .and_then(brankas_search::instant_range)
+                .map(|(lo, h)| if hi { h } else { lo })
         };
-        let inherit = |mine: Vec<String>, theirs: Option<&Vec<String>>| if mine.is_empty() { theirs.cloned().unwrap_or_default() } else { mine };
+        let inherit = |mine: Vec<String>, theirs: Option<&Vec<String>>| {
+            if mine.is_empty() {
+                theirs.cloned().unwrap_or_default()
+            } else {
+                mine
+            }
+        };
+        let actors: Vec<Actor> = match p.get("actor") {
+            None => Vec::new(),
+            // An actor element that is not a list of actors names someone unknown.
+            Some(a) => match a.as_array() {
+                Some(list) => list
+                    .iter()
+                    .map(|a| Actor::of_reference(a.get("reference"), base))
+                    .collect(),
+                None => vec![Actor::Unknown],
+            },
+        };
         let mut rule = ConsentRule {
-            // A nested provision without a type is the opposite of its parent (an exception).
+            // A nested provision without a type is the opposite of its parent (an exception);
+            // a base provision without one denies.
             permit: match p.get("type").and_then(Value::as_str) {
                 Some("permit") => true,
                 Some("deny") => false,
                 _ => parent.is_some_and(|x| !x.permit),
             },
-            actors: inherit(
-                p.get("actor")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|a| a.get("reference").and_then(|r| r.get("reference")).and_then(Value::as_str).map(String::from))
-                    .collect(),
-                parent.map(|x| &x.actors),
-            ),
+            actors: if actors.is_empty() {
+                parent.map(|x| x.actors.clone()).unwrap_or_default()
+            } else {
+                actors
+            },
             purposes: inherit(codes(p.get("purpose")), parent.map(|x| &x.purposes)),
             classes: inherit(codes(p.get("class")), parent.map(|x| &x.classes)),
             labels: inherit(codes(p.get("securityLabel")), parent.map(|x| &x.labels)),
-            start: bound("start", false).or(parent.map(|x| x.start)).unwrap_or(i64::MIN),
-            end: bound("end", true).or(parent.map(|x| x.end)).unwrap_or(i64::MAX),
+            start: bound("start", false)
+                .or(parent.map(|x| x.start))
+                .unwrap_or(i64::MIN),
+            end: bound("end", true)
+                .or(parent.map(|x| x.end))
+                .unwrap_or(i64::MAX),
+            uncertain: parent.is_some_and(|x| x.uncertain)
+                || ["data", "dataPeriod", "code"]
+                    .iter()
+                    .any(|k| p.get(*k).is_some()),
             exceptions: Vec::new(),
         };
         if depth < 4 {
-            let children: Vec<ConsentRule> =
-                p.get("provision").and_then(Value::as_array).into_iter().flatten().map(|c| Self::build(c, Some(&rule), depth + 1)).collect();
+            let children: Vec<ConsentRule> = p
+                .get("provision")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|c| Self::build(c, Some(&rule), depth + 1, base))
+                .collect();
             rule.exceptions = children;
+        } else if p.get("provision").is_some() {
+            // Deeper nesting is not evaluated: what this provision allows is uncertain.
+            rule.uncertain = true;
         }
         rule
     }
 
-    fn applies_to_actor(&self, who: &Principal, now: i64) -> bool {
-        (self.start..self.end).contains(&now)
-            && (self.actors.is_empty()
-                || who.organization().is_some_and(|o| self.actors.iter().any(|a| a == o))
-                || who.practitioner().is_some_and(|p| self.actors.iter().any(|a| a == p)))
-            && (self.purposes.is_empty() || self.purposes.iter().any(|p| p == who.purpose()))
+    fn applies_to_actor(&self, who: &Principal, now: i64) -> Applies {
+        if !(self.start..self.end).contains(&now)
+            || !(self.purposes.is_empty() || self.purposes.iter().any(|p| p == who.purpose()))
+        {
+            return Applies::No;
+        }
+        if self.actors.is_empty() {
+            return Applies::Yes;
+        }
+        let named = |a: &Actor| match a {
+            Actor::Known(r) => {
+                who.organization() == Some(r.as_str()) || who.practitioner() == Some(r.as_str())
+            }
+            _ => false,
+        };
+        if self.actors.iter().any(named) {
+            Applies::Yes
+        } else if self.actors.contains(&Actor::Unknown) {
+            Applies::Maybe
+        } else {
+            Applies::No
+        }
     }
 
     fn applies_to_record(&self, rtype: &str, labels: &[String]) -> bool {
-        (self.classes.is_empty() || self.classes.iter().any(|c| c == rtype)) && (self.labels.is_empty() || self.labels.iter().any(|l| labels.contains(l)))
+        (self.classes.is_empty() || self.classes.iter().any(|c| c == rtype))
+            && (self.labels.is_empty() || self.labels.iter().any(|l| labels.contains(l)))
     }
 
-    /// Permit (true), deny (false) or no opinion, for this caller and record.
+    /// Permit (true), deny (false) or no opinion, for this caller and record. A provision
+    /// that may cover the caller denies if it is a deny, and grants nothing if a permit.
     fn decide(&self, who: &Principal, now: i64, rtype: &str, labels: &[String]) -> Option<bool> {
-        if !(self.applies_to_actor(who, now) && self.applies_to_record(rtype, labels)) {
+        if !self.applies_to_record(rtype, labels) {
             return None;
         }
-        let mut d = self.permit;
+        let certain = match self.applies_to_actor(who, now) {
+            Applies::No => return None,
+            Applies::Yes => !self.uncertain,
+            Applies::Maybe => false,
+        };
+        let mut d = (certain || !self.permit).then_some(self.permit);
         for e in &self.exceptions {
             if let Some(x) = e.decide(who, now, rtype, labels) {
-                d = x;
+                d = Some(x);
             }
         }
-        Some(d)
+        d
     }
 
-    /// Whether this provision or one of its exceptions permits this caller by name.
+    /// Whether this provision or one of its exceptions permits this caller by name, with
+    /// certainty.
     fn names_permitted(&self, who: &Principal, now: i64) -> bool {
-        (self.permit && !self.actors.is_empty() && self.applies_to_actor(who, now)) || self.exceptions.iter().any(|e| e.names_permitted(who, now))
+        (self.permit
+            && !self.uncertain
+            && !self.actors.is_empty()
+            && self.applies_to_actor(who, now) == Applies::Yes)
+            || self.exceptions.iter().any(|e| e.names_permitted(who, now))
     }
 }
 
@@ -441,16 +595,22 @@ impl Engine {
         }
         let now = now_us();
         let rules = self.consent_rules(partition)?;
+        let btg = who.purpose() == "BTG";
         match self.basis(who, partition, &rules, now)? {
             // Breaking the glass is explicit: it is granted (and alerted) whenever asked for
             // and not already held, also where care allows but the patient's consent hides.
             // Break-glass overrides consent and labels: the view is open.
-            Some(b) if b != Basis::BreakGlass && who.break_glass_reason().is_some() => {
-                self.grant_break_glass(who, partition, now).map(|()| RecordView::OPEN)
-            }
+            Some(b) if b != Basis::BreakGlass && btg => self.grant(who, partition, now, Grant::BreakGlass).map(|()| RecordView::OPEN),
             Some(Basis::BreakGlass) => Ok(RecordView::OPEN),
-            Some(b) => Ok(RecordView::restricted(rules, b == Basis::Care, now)),
-            None if who.break_glass_reason().is_some() => self.grant_break_glass(who, partition, now).map(|()| RecordView::OPEN),
+            Some(b) => {
+                // Another purpose than treatment changes what the consent allows: it is
+                // honoured like break-glass (registered, with a reason, time-limited, alerted).
+                if who.states_other_purpose() {
+                    self.grant(who, partition, now, Grant::Purpose)?;
+                }
+                Ok(RecordView::restricted(rules, b == Basis::Care, now))
+            }
+            None if btg => self.grant(who, partition, now, Grant::BreakGlass).map(|()| RecordView::OPEN),
             None => Err(forbidden(match act {
                 Act::Read => "your organization has no care relationship with this patient (an identity lookup answers with the Patient only; in an emergency, state purpose of use BTG and a reason)",
                 Act::Write => "your organization has no care relationship with this patient",
@@ -472,7 +632,12 @@ impl Engine {
         let now = now_us();
         match self.basis(who, partition, &rules, now)? {
             Some(Basis::BreakGlass) => Ok(RecordView::OPEN),
-            basis => Ok(RecordView::restricted(rules, basis == Some(Basis::Care), now)),
+            basis => {
+                if basis.is_some() && who.states_other_purpose() {
+                    self.grant(who, partition, now, Grant::Purpose)?;
+                }
+                Ok(RecordView::restricted(rules, basis == Some(Basis::Care), now))
+            }
         }
     }
 
@@ -511,7 +676,7 @@ impl Engine {
         let mut out = Vec::new();
         for row in self.store.partition_current(partition, Some("Consent"))? {
             let c = self.open_row(&row, None)?;
-            out.extend(ConsentRule::from_consent(&c.resource));
+            out.extend(ConsentRule::from_consent(&c.resource, self.base_url()));
         }
         Ok(out)
     }
@@ -609,15 +774,28 @@ impl Engine {
         Ok(out)
     }
 
-    /// Records a break-glass grant for `who` on `partition`, with retries against concurrent
-    /// writers of the same care record, and raises the alert.
-    fn grant_break_glass(&self, who: &Principal, partition: &PartitionId, now: i64) -> Result<()> {
+    /// Records a break-glass grant (or a purpose-of-use grant) for `who` on `partition`, with
+    /// retries against concurrent writers of the same care record, and raises the alert. A
+    /// purpose grant still running is not renewed (nor alerted again).
+    fn grant(&self, who: &Principal, partition: &PartitionId, now: i64, kind: Grant) -> Result<()> {
         let until = now + i64::from(self.limits.break_glass_minutes) * 60_000_000;
+        let pou_key = format!("{} {}", who.client_id(), who.purpose());
         for _ in 0..5 {
             let current = self.care_row(partition)?;
             let mut care = current.as_ref().map(|(c, _)| c.clone()).unwrap_or_else(|| Care { id: hex(&partition.0), ..Default::default() });
-            care.btg.retain(|_, t| *t > now);
-            care.btg.insert(who.client_id().to_string(), until);
+            match kind {
+                Grant::BreakGlass => {
+                    care.btg.retain(|_, t| *t > now);
+                    care.btg.insert(who.client_id().to_string(), until);
+                }
+                Grant::Purpose => {
+                    if care.pou.get(&pou_key).is_some_and(|t| *t > now) {
+                        return Ok(());
+                    }
+                    care.pou.retain(|_, t| *t > now);
+                    care.pou.insert(pou_key.clone(), until);
+                }
+            }
             let (nv, _) = self.prepare_care(partition, &care, current.as_ref().map(|(_, r)| r), now)?;
             match self.commit_batch(WriteBatch { versions: vec![nv], ..Default::default() }) {
                 Ok(()) => {
@@ -629,8 +807,13 @@ impl Engine {
                         target: "brankas::alert",
                         client_id = who.client_id(),
                         organization = who.organization().unwrap_or(""),
+                        purpose = who.purpose(),
                         minutes = self.limits.break_glass_minutes,
-                        "break-glass access granted"
+                        "{}",
+                        match kind {
+                            Grant::BreakGlass => "break-glass access granted",
+                            Grant::Purpose => "access for a purpose of use other than treatment granted",
+                        }
                     );
                     return Ok(());
                 }
@@ -675,7 +858,7 @@ mod tests {
     use serde_json::json;
 
     fn facility(org: &str, purpose: Option<&str>) -> Principal {
-        Principal::local_operator_for(Some(org.into())).with_purpose(purpose, None).unwrap()
+        Principal::local_operator_for(Some(org.into())).with_purpose(purpose, Some("a stated reason")).unwrap()
     }
 
     #[test]
@@ -685,7 +868,7 @@ mod tests {
             "provision": {"type": "deny", "period": {"start": "2020-01-01", "end": "2030-12-31"},
                 "class": [{"code": "Observation"}],
                 "provision": [{"actor": [{"reference": {"reference": "Organization/rs-a"}}], "purpose": [{"code": "TREAT"}]}]}});
-        let rule = ConsentRule::from_consent(&c).unwrap();
+        let rule = ConsentRule::from_consent(&c, None).unwrap();
         let now = brankas_search::instant_range("2026-11-30").unwrap().0;
         let (a, b) = (facility("Organization/rs-a", None), facility("Organization/rs-b", None));
         assert_eq!(rule.decide(&b, now, "Observation", &[]), Some(false), "denied to everyone");
@@ -697,10 +880,142 @@ mod tests {
         assert!(rule.names_permitted(&a, now) && !rule.names_permitted(&b, now));
         let mut draft = c.clone();
         draft["status"] = json!("draft");
-        assert!(ConsentRule::from_consent(&draft).is_none(), "only active consents count");
+        assert!(ConsentRule::from_consent(&draft, None).is_none(), "only active consents count");
         let mut research = c;
         research["scope"] = json!({"coding": [{"code": "research"}]});
-        assert!(ConsentRule::from_consent(&research).is_none(), "only privacy consents restrict access");
+        assert!(ConsentRule::from_consent(&research, None).is_none(), "only privacy consents restrict access");
+    }
+
+    /// A deny of everything to one actor (given as `actor.reference`), with `base` as the
+    /// server's base URL.
+    fn deny_to(reference: Value, base: Option<&str>) -> ConsentRule {
+        let c = json!({"resourceType": "Consent", "status": "active",
+            "provision": {"type": "deny", "actor": [{"role": {"coding": [{"code": "PRCP"}]}, "reference": reference}]}});
+        ConsentRule::from_consent(&c, base).unwrap()
+    }
+
+    fn permit_to(reference: Value, base: Option<&str>) -> ConsentRule {
+        let c = json!({"resourceType": "Consent", "status": "active",
+            "provision": {"type": "permit", "actor": [{"role": {"coding": [{"code": "PRCP"}]}, "reference": reference}]}});
+        ConsentRule::from_consent(&c, base).unwrap()
+    }
+
+    #[test]
+    fn consent_actors_are_compared_in_one_normal_form_and_fail_closed() {
+        let base = Some("https://brankas.test/fhir");
+        let now = 0;
+        let (a, b) = (
+            facility("Organization/rs-a", None),
+            facility("Organization/rs-b", None),
+        );
+        let dr = Principal::local_operator_for(Some("Organization/rs-b".into()));
+        // The same organization, however it is written: denied to A only.
+        for r in [
+            json!({"reference": "Organization/rs-a"}),
+            json!({"reference": "Organization/rs-a/_history/3"}),
+            json!({"reference": "https://brankas.test/fhir/Organization/rs-a"}),
+            json!({"reference": "HTTPS://Brankas.Test/fhir/Organization/rs-a/_history/1"}),
+        ] {
+            let rule = deny_to(r.clone(), base);
+            assert_eq!(
+                rule.decide(&a, now, "Observation", &[]),
+                Some(false),
+                "{r}: A is denied"
+            );
+            assert_eq!(
+                rule.decide(&b, now, "Observation", &[]),
+                None,
+                "{r}: B is not named"
+            );
+            let rule = permit_to(r.clone(), base);
+            assert!(
+                rule.names_permitted(&a, now) && !rule.names_permitted(&b, now),
+                "{r}: a permit names A"
+            );
+        }
+        // Who these name cannot be told: a deny denies everyone, a permit grants nobody.
+        for r in [
+            json!({"reference": "https://other.example/fhir/Organization/rs-a"}),
+            json!({"reference": "http://brankas.test/fhir/Organization/rs-a"}),
+            json!({"reference": "https://brankas.test/fhirx/Organization/rs-a"}),
+            json!({"reference": "https://brankas.test/fhir/https://x/Organization/rs-a"}),
+            json!({"reference": "urn:uuid:0b3a2e7a-4d7e-4e4e-9f0a-2a4f0c1e2b3c"}),
+            json!({"reference": "#org1"}),
+            json!({"reference": "Organization?identifier=https://sirs.kemkes.go.id|1234"}),
+            json!({"reference": "CareTeam/ct-1"}),
+            json!({"reference": "PractitionerRole/pr-1"}),
+            json!({"reference": "Organization/../rs-a"}),
+            json!({"identifier": {"system": "https://sirs.kemkes.go.id", "value": "3171015"}}),
+            json!({"display": "RS A"}),
+            json!("Organization/rs-a"),
+        ] {
+            let rule = deny_to(r.clone(), base);
+            for who in [&a, &b, &dr] {
+                assert_eq!(
+                    rule.decide(who, now, "Observation", &[]),
+                    Some(false),
+                    "{r}: an uncertain deny denies"
+                );
+            }
+            let rule = permit_to(r.clone(), base);
+            assert!(
+                !rule.names_permitted(&a, now),
+                "{r}: an uncertain permit names nobody"
+            );
+            assert_eq!(
+                rule.decide(&a, now, "Observation", &[]),
+                None,
+                "{r}: and grants nothing"
+            );
+        }
+        // Without a known base URL, every absolute reference is another server's.
+        assert_eq!(
+            deny_to(
+                json!({"reference": "https://brankas.test/fhir/Organization/rs-b"}),
+                None
+            )
+            .decide(&a, now, "Observation", &[]),
+            Some(false)
+        );
+        // A patient or related person is certainly not a facility.
+        assert_eq!(
+            deny_to(json!({"reference": "Patient/p1"}), base).decide(&a, now, "Observation", &[]),
+            None
+        );
+        // An uncertain actor among certain ones: the deny holds for everyone.
+        let c = json!({"resourceType": "Consent", "status": "active", "provision": {"type": "deny",
+            "actor": [{"reference": {"reference": "Organization/rs-b"}}, {"reference": {"identifier": {"value": "x"}}}]}});
+        assert_eq!(
+            ConsentRule::from_consent(&c, base)
+                .unwrap()
+                .decide(&a, now, "Observation", &[]),
+            Some(false)
+        );
+        // A deny nested in a permit that names someone unknown still denies.
+        let c = json!({"resourceType": "Consent", "status": "active", "provision": {"type": "permit",
+            "actor": [{"reference": {"reference": "https://other.example/Organization/rs-a"}}],
+            "provision": [{"type": "deny", "class": [{"code": "Observation"}]}]}});
+        let rule = ConsentRule::from_consent(&c, base).unwrap();
+        assert_eq!(rule.decide(&a, now, "Observation", &[]), Some(false));
+        assert_eq!(
+            rule.decide(&a, now, "Condition", &[]),
+            None,
+            "the permit grants nothing"
+        );
+        // Conditions not evaluated (specific data): the deny covers more, the permit nothing.
+        let c = json!({"resourceType": "Consent", "status": "active", "provision": {"type": "permit",
+            "actor": [{"reference": {"reference": "Organization/rs-a"}}], "data": [{"meaning": "instance", "reference": {"reference": "Observation/o1"}}]}});
+        let rule = ConsentRule::from_consent(&c, base).unwrap();
+        assert!(!rule.names_permitted(&a, now));
+        assert_eq!(rule.decide(&a, now, "Observation", &[]), None);
+        let c = json!({"resourceType": "Consent", "status": "active", "provision": {"type": "deny",
+            "actor": [{"reference": {"reference": "Organization/rs-a"}}], "data": [{"meaning": "instance", "reference": {"reference": "Observation/o1"}}]}});
+        assert_eq!(
+            ConsentRule::from_consent(&c, base)
+                .unwrap()
+                .decide(&a, now, "Condition", &[]),
+            Some(false)
+        );
     }
 
     #[test]

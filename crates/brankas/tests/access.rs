@@ -408,3 +408,329 @@ fn facility_work_lists_are_the_one_cross_patient_search() {
     let (_, v) = get(&s, &rs_a, "Encounter?service-provider=Organization/rs-a&date=2026-11-29");
     assert_eq!(v["total"], 0, "{v}");
 }
+
+/// A patient of RS A with one result, and puskesmas C in the patient's care (an Encounter
+/// there, written by RS A). Returns (patient id, Observation id, Encounter id).
+fn patient_in_care_of_c(s: &Server, rs_a: &Caller) -> (String, String, String) {
+    let pid = create(s, rs_a, patient("3171054708900003", "Lestari"));
+    let oid = create(s, rs_a, observation(&pid));
+    let eid = create(
+        s,
+        rs_a,
+        json!({"resourceType": "Encounter", "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": format!("Patient/{pid}")}, "serviceProvider": {"reference": "Organization/pkm-c"},
+        "period": {"start": "2026-11-30T08:00:00+07:00", "end": "2026-11-30T09:00:00+07:00"}}),
+    );
+    (pid, oid, eid)
+}
+
+#[test]
+fn a_consent_deny_holds_however_the_organization_is_written_and_when_it_cannot_be_evaluated() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let rs_a = facility(&inst, &s, "rs-a");
+    let pkm_c = facility(&inst, &s, "pkm-c");
+    let (pid, oid, eid) = patient_in_care_of_c(&s, &rs_a);
+    assert_eq!(
+        get(&s, &pkm_c, &format!("Observation/{oid}")).0,
+        200,
+        "care, no consent yet"
+    );
+    let mut changed = observation(&pid);
+    changed["id"] = json!(oid);
+    for (form, reference) in [
+        (
+            "versioned",
+            json!({"reference": "Organization/pkm-c/_history/1"}),
+        ),
+        (
+            "absolute on this server",
+            json!({"reference": s.url("Organization/pkm-c")}),
+        ),
+        (
+            "absolute on another server",
+            json!({"reference": "https://sisrute.example/fhir/Organization/pkm-c"}),
+        ),
+        (
+            "an unresolved urn:uuid",
+            json!({"reference": "urn:uuid:0b3a2e7a-4d7e-4e4e-9f0a-2a4f0c1e2b3c"}),
+        ),
+        (
+            "an identifier",
+            json!({"identifier": {"system": "https://sirs.kemkes.go.id", "value": "3171015"}}),
+        ),
+    ] {
+        let (st, v) = call(
+            &s,
+            &rs_a,
+            reqwest::Method::POST,
+            "Consent",
+            Some(&consent(
+                &pid,
+                json!({"type": "deny",
+            "actor": [{"role": {"coding": [{"code": "PRCP"}]}, "reference": reference}]}),
+            )),
+            &[],
+        );
+        assert_eq!(st, 201, "{form}: {v}");
+        let cid = v["id"].as_str().unwrap().to_string();
+        for path in [
+            format!("Observation/{oid}"),
+            format!("Observation/{oid}/_history/1"),
+            format!("Patient/{pid}"),
+        ] {
+            assert_denied(
+                get(&s, &pkm_c, &path),
+                &format!("{form}: {path}"),
+                "Positive",
+            );
+        }
+        for path in [
+            format!("Observation?patient={pid}"),
+            format!("Patient/{pid}/Observation"),
+            format!("Observation?_id={oid}&patient={pid}"),
+        ] {
+            let (st, v) = get(&s, &pkm_c, &path);
+            assert_eq!(
+                (st, v["total"].as_u64()),
+                (200, Some(0)),
+                "{form}: {path}: {v}"
+            );
+        }
+        let (st, v) = get(&s, &pkm_c, &format!("Patient/{pid}/$everything"));
+        assert!(
+            st == 403 || !v.to_string().contains(&oid),
+            "{form}: $everything: {st} {v}"
+        );
+        let (st, v) = get(&s, &pkm_c, &format!("Observation/{oid}/_history"));
+        assert!(
+            st == 403 || !v.to_string().contains("Positive"),
+            "{form}: history: {st} {v}"
+        );
+        let (st, v) = get(
+            &s,
+            &pkm_c,
+            "Encounter?service-provider=Organization/pkm-c&date=2026-11-30",
+        );
+        assert!(
+            st == 200 && !v.to_string().contains(&eid),
+            "{form}: the work list: {st} {v}"
+        );
+        let (st, v) = get(
+            &s,
+            &pkm_c,
+            &format!("Patient?identifier={NIK_SYSTEM}|3171054708900003"),
+        );
+        assert!(
+            st == 200 && !v.to_string().contains("Lestari"),
+            "{form}: identity lookup: {st} {v}"
+        );
+        assert_denied(
+            call(
+                &s,
+                &pkm_c,
+                reqwest::Method::PUT,
+                &format!("Observation/{oid}"),
+                Some(&changed),
+                &[],
+            ),
+            &format!("{form}: update"),
+            "Positive",
+        );
+        assert_denied(
+            call(
+                &s,
+                &pkm_c,
+                reqwest::Method::DELETE,
+                &format!("Observation/{oid}"),
+                None,
+                &[],
+            ),
+            &format!("{form}: delete"),
+            "Positive",
+        );
+        // RS A, named by none of these, is not affected by those it can evaluate.
+        let certain = matches!(form, "versioned" | "absolute on this server");
+        assert_eq!(
+            get(&s, &rs_a, &format!("Observation/{oid}")).0 == 200,
+            certain,
+            "{form}: RS A"
+        );
+        assert_eq!(
+            call(
+                &s,
+                &rs_a,
+                reqwest::Method::DELETE,
+                &format!("Consent/{cid}"),
+                None,
+                &[]
+            )
+            .0,
+            200,
+            "{form}"
+        );
+        assert_eq!(
+            get(&s, &pkm_c, &format!("Observation/{oid}")).0,
+            200,
+            "{form}: the consent withdrawn"
+        );
+    }
+    assert_eq!(
+        get(&s, &rs_a, &format!("Observation/{oid}")).1["meta"]["versionId"],
+        "1",
+        "nothing changed"
+    );
+}
+
+#[test]
+fn a_purpose_of_use_is_honoured_only_when_registered_and_then_like_break_glass() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let rs_a = facility(&inst, &s, "rs-a");
+    let pkm_c = facility(&inst, &s, "pkm-c");
+    let pkm_c_er = caller(
+        &inst,
+        &s,
+        &[
+            "--name",
+            "pkm-c ER",
+            "--role",
+            "facility-system",
+            "--organization",
+            "Organization/pkm-c",
+            "--scopes",
+            "system/*.cruds",
+            "--purposes",
+            "ETREAT",
+        ],
+    );
+    let (pid, oid, _) = patient_in_care_of_c(&s, &rs_a);
+    // Nobody but in an emergency (a deny with a nested permit for purpose ETREAT).
+    create(
+        &s,
+        &rs_a,
+        consent(
+            &pid,
+            json!({"type": "deny", "class": [{"code": "Observation"}],
+        "provision": [{"type": "permit", "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "ETREAT"}]}]}),
+        ),
+    );
+    let path = format!("Observation/{oid}");
+    assert_denied(get(&s, &pkm_c, &path), "treatment", "Positive");
+    let etreat = ("X-Purpose-Of-Use", "ETREAT");
+    let reason = ("X-Break-Glass-Reason", "patient brought in unconscious");
+    // Stating the purpose is not enough: the client must be registered for it.
+    let (st, v) = call(
+        &s,
+        &pkm_c,
+        reqwest::Method::GET,
+        &path,
+        None,
+        &[etreat, reason],
+    );
+    assert_eq!(
+        (st, v["resourceType"].as_str()),
+        (403, Some("OperationOutcome")),
+        "unregistered: {v}"
+    );
+    let (st, _) = call(
+        &s,
+        &pkm_c,
+        reqwest::Method::GET,
+        &path,
+        None,
+        &[("X-Purpose-Of-Use", "HPAYMT"), reason],
+    );
+    assert_eq!(st, 403, "any other purpose, unregistered");
+    // Registered, it needs a reason...
+    let (st, v) = call(&s, &pkm_c_er, reqwest::Method::GET, &path, None, &[etreat]);
+    assert_eq!(st, 400, "registered without a reason: {v}");
+    assert!(
+        v["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("reason"),
+        "{v}"
+    );
+    assert_denied(
+        get(&s, &pkm_c_er, &path),
+        "the registered client, for treatment",
+        "Positive",
+    );
+    let (st, _) = call(
+        &s,
+        &pkm_c_er,
+        reqwest::Method::GET,
+        &path,
+        None,
+        &[("X-Purpose-Of-Use", "HPAYMT"), reason],
+    );
+    assert_eq!(st, 403, "a purpose it is not registered for");
+    // ... and with one it is honoured, and alerted.
+    let (st, v) = call(
+        &s,
+        &pkm_c_er,
+        reqwest::Method::GET,
+        &path,
+        None,
+        &[etreat, reason],
+    );
+    assert_eq!(st, 200, "{v}");
+    let log = std::fs::read_to_string(inst.log_file()).unwrap_or_default();
+    assert!(
+        log.contains("purpose of use other than treatment granted"),
+        "no alert logged"
+    );
+    assert!(
+        !log.contains(&pid) && !log.contains("Lestari"),
+        "the alert names the patient"
+    );
+    // A purpose opens nothing by itself: without a care relationship, still 403.
+    let rs_e = caller(
+        &inst,
+        &s,
+        &[
+            "--name",
+            "rs-e",
+            "--role",
+            "facility-system",
+            "--organization",
+            "Organization/rs-e",
+            "--scopes",
+            "system/*.cruds",
+            "--purposes",
+            "ETREAT",
+        ],
+    );
+    assert_denied(
+        call(
+            &s,
+            &rs_e,
+            reqwest::Method::GET,
+            &path,
+            None,
+            &[etreat, reason],
+        ),
+        "no relationship",
+        "Positive",
+    );
+    // Registration refuses BTG as a purpose (break-glass is its own mechanism), and malformed codes.
+    for bad in ["BTG", "E TREAT"] {
+        let out = inst.cli(&[
+            "clients",
+            "create",
+            "--name",
+            "x",
+            "--role",
+            "facility-system",
+            "--organization",
+            "Organization/rs-a",
+            "--scopes",
+            "system/*.rs",
+            "--purposes",
+            bad,
+        ]);
+        assert!(!out.status.success(), "{bad}");
+    }
+}
