@@ -961,7 +961,7 @@ impl Engine {
                 )));
             }
             let pid = self.registry.patient_refs(rtype, &p.stored.resource).into_iter().next().ok_or(EngineError::Integrity)?;
-            if !self.current_row("Patient", &pid)?.is_some_and(|r| !r.deleted) {
+            if self.current_row("Patient", &pid)?.is_none_or(|r| r.deleted) {
                 return Err(EngineError::Unprocessable(format!(
                     "the patient this {what} names does not exist on this server (create the Patient first, or in the same transaction)"
                 )));

@@ -120,6 +120,9 @@ impl Engine {
 
     /// Validates, stamps meta, places and seals one resource. `current` is the record's
     /// current row, read by the caller (None when absent).
+    // The writer (`who`) is an argument of its own so that no write can be sealed without
+    // the server's writer stamp.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn prepare(
         &self,
         who: &Principal,
