@@ -160,7 +160,8 @@ pub(crate) async fn seen_at(st: &AppState, client_id: &str, addr: Option<std::ne
     }
 }
 
-/// Break-glass grants of a request: each raises an alert, `high` past the daily threshold.
+/// Break-glass grants of a request (and grants for a registered purpose of use other than
+/// treatment, handled alike): each raises an alert, `high` past the daily threshold.
 pub(crate) async fn break_glass(st: &AppState, who: &Principal) {
     let grants = who.trail().take_break_glass();
     if grants == 0 {
@@ -175,7 +176,7 @@ pub(crate) async fn break_glass(st: &AppState, who: &Principal) {
         n = tokio::task::spawn_blocking(move || store.guard_bump(&c, "break-glass", day)).await.ok().and_then(Result::ok).unwrap_or(n + 1);
     }
     let severity = if n > BREAK_GLASS_PER_DAY { "high" } else { "medium" };
-    raise(st, "break-glass", severity, Some(who.client_id()), json!({"grants_today": n, "threshold": BREAK_GLASS_PER_DAY, "reason_given": who.break_glass_reason().is_some()}));
+    raise(st, "break-glass", severity, Some(who.client_id()), json!({"grants_today": n, "threshold": BREAK_GLASS_PER_DAY, "reason_given": who.break_glass_reason().is_some(), "purpose": who.purpose()}));
 }
 
 const US_PER_HOUR: i64 = 3_600_000_000;

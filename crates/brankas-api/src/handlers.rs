@@ -111,7 +111,8 @@ async fn authenticate(State(st): St, mut req: Request, next: Next) -> Response {
                 req.extensions_mut().insert(p);
                 next.run(req).await
             }
-            Err(m) => ApiError::bad_request(m).into_response(),
+            Err(brankas_auth::PurposeError::Malformed(m)) => ApiError::bad_request(m).into_response(),
+            Err(e @ brankas_auth::PurposeError::NotRegistered) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()).into_response(),
         },
         Ok(Err(brankas_auth::AuthError::Store(e))) => {
             tracing::error!(error = %e, "storage failure during authentication");

@@ -30,7 +30,7 @@ use brankas_store::Store;
 use brankas_vault::{Vault, ct_eq, random_bytes, random_id, sha256};
 
 pub use jwt::Jwks;
-pub use registry::{ClientSpec, ClientUpdate, DIRECTORY_TYPES, OnExceed, PatientBudget, RateLimitSpec, RateLimits, SENSITIVE_CATEGORIES};
+pub use registry::{is_purpose_code, ClientSpec, ClientUpdate, DIRECTORY_TYPES, OnExceed, PatientBudget, RateLimitSpec, RateLimits, SENSITIVE_CATEGORIES};
 pub use scopes::{Scope, Scopes};
 
 /// Longest access-token lifetime (SMART Backend Services: at most 5 minutes).
@@ -146,6 +146,9 @@ pub struct ClientRecord {
     /// A trusted external identity provider's `iss`, for clients that stand for one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
+    /// Purposes of use it may state besides treatment (see [`ClientSpec::purposes`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub purposes: Vec<String>,
 }
 
 impl ClientRecord {
@@ -183,6 +186,7 @@ impl ClientRecord {
             issuer: self.issuer.clone(),
             patient_budget: self.patient_budget,
             limits: self.limits,
+            purposes: self.purposes.clone(),
         }
     }
 }
@@ -205,8 +209,11 @@ pub struct Principal {
     patient: Option<String>,
     /// Purpose of use the request states (`TREAT` when it states none).
     purpose: String,
-    /// The stated reason of a break-glass request (purpose `BTG`).
+    /// The stated reason of a break-glass request (purpose `BTG`) or of a request stating
+    /// another registered purpose than treatment.
     break_glass_reason: Option<String>,
+    /// Purposes of use the client may state besides `TREAT` and `BTG` (its registration's).
+    purposes: Vec<String>,
     /// The operator's own tools on the data directory (`brankas import`), not a network client.
     local: bool,
     /// Sensitive categories granted explicitly.
@@ -250,6 +257,17 @@ impl AccessTrail {
     }
 }
 
+/// Why a request's purpose of use is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PurposeError {
+    /// Not a code, or a reason missing or malformed (a 400).
+    #[error("{0}")]
+    Malformed(&'static str),
+    /// A purpose the client's registration does not list (a 403).
+    #[error("this client is not registered for the purpose of use it states (only TREAT, BTG and the purposes its registration lists)")]
+    NotRegistered,
+}
+
 /// Longest break-glass reason kept.
 pub const MAX_REASON_CHARS: usize = 500;
 
@@ -289,9 +307,16 @@ impl Principal {
     pub fn purpose(&self) -> &str {
         &self.purpose
     }
-    /// The reason given, when this request invokes break-glass (purpose `BTG`).
+    /// The reason given, when this request invokes break-glass (purpose `BTG`) or states
+    /// another purpose than treatment (which is handled like break-glass).
     pub fn break_glass_reason(&self) -> Option<&str> {
         self.break_glass_reason.as_deref()
+    }
+    /// Whether this request states a purpose of use other than treatment and break-glass:
+    /// one the client's registration lists, honoured only with a reason, time-limited and
+    /// alerted like break-glass.
+    pub fn states_other_purpose(&self) -> bool {
+        self.purpose != "TREAT" && self.purpose != "BTG"
     }
     /// Whether the client holds an explicit grant for a sensitive category (`HIV`, `R`, `PHOTO`...).
     pub fn has_sensitive_grant(&self, category: &str) -> bool {
@@ -301,22 +326,33 @@ impl Principal {
     pub fn is_local_operator(&self) -> bool {
         self.local
     }
-    /// The same caller, for one request that states a purpose of use (and, for `BTG`, a
-    /// reason). A purpose that is not a plain code is refused; `BTG` without a reason too.
-    pub fn with_purpose(mut self, purpose: Option<&str>, reason: Option<&str>) -> Result<Self, &'static str> {
+    /// The same caller, for one request that states a purpose of use (and, for anything but
+    /// treatment, a reason). A purpose that is not a plain code is refused
+    /// ([`PurposeError::Malformed`]); so is one the client's registration does not list
+    /// ([`PurposeError::NotRegistered`]; `TREAT` and `BTG` need no listing), and `BTG` or a
+    /// registered purpose without a reason ([`PurposeError::Malformed`]).
+    pub fn with_purpose(mut self, purpose: Option<&str>, reason: Option<&str>) -> Result<Self, PurposeError> {
         let purpose = purpose.map(str::trim).filter(|p| !p.is_empty()).unwrap_or("TREAT");
-        if purpose.len() > 32 || !purpose.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-            return Err("the purpose of use must be an HL7 PurposeOfUse code, e.g. TREAT, ETREAT or BTG");
+        if !registry::is_purpose_code(purpose) {
+            return Err(PurposeError::Malformed("the purpose of use must be an HL7 PurposeOfUse code, e.g. TREAT, ETREAT or BTG"));
+        }
+        let listed = self.local || self.purposes.iter().any(|p| p == purpose);
+        if purpose != "TREAT" && purpose != "BTG" && !listed {
+            return Err(PurposeError::NotRegistered);
         }
         let reason = reason.map(str::trim).filter(|r| !r.is_empty());
-        if purpose == "BTG" {
-            let r = reason.ok_or("break-glass (purpose of use BTG) needs a reason")?;
+        if purpose == "TREAT" {
+            self.break_glass_reason = None;
+        } else {
+            let r = reason.ok_or(if purpose == "BTG" {
+                PurposeError::Malformed("break-glass (purpose of use BTG) needs a reason (X-Break-Glass-Reason)")
+            } else {
+                PurposeError::Malformed("a purpose of use other than TREAT needs a reason (X-Break-Glass-Reason); it is handled like break-glass")
+            })?;
             if r.chars().any(char::is_control) {
-                return Err("the break-glass reason must be one line of text");
+                return Err(PurposeError::Malformed("the reason must be one line of text"));
             }
             self.break_glass_reason = Some(r.chars().take(MAX_REASON_CHARS).collect());
-        } else {
-            self.break_glass_reason = None;
         }
         self.purpose = purpose.to_string();
         Ok(self)
@@ -344,6 +380,7 @@ impl Principal {
             patient: None,
             purpose: "TREAT".into(),
             break_glass_reason: None,
+            purposes: Vec::new(),
             local: true,
             sensitive: Vec::new(),
             trail: AccessTrail::default(),
@@ -401,6 +438,7 @@ impl Principal {
             patient,
             purpose: "TREAT".into(),
             break_glass_reason: None,
+            purposes: rec.purposes,
             local: false,
             sensitive: rec.sensitive,
             trail: AccessTrail::default(),
@@ -495,6 +533,7 @@ impl Authority {
             issuer: spec.issuer.clone(),
             patient_budget: spec.patient_budget,
             limits: spec.limits,
+            purposes: spec.purposes.clone(),
         };
         self.put_client(&rec)?;
         Ok(NewClient { client_id, client_secret })
@@ -535,6 +574,9 @@ impl Authority {
         if let Some(l) = &u.limits {
             spec.limits = *l;
         }
+        if let Some(p) = &u.purposes {
+            spec.purposes = p.clone();
+        }
         spec.validate()?;
         rec.name = spec.name.trim().into();
         rec.scopes = Scopes::parse(&spec.scopes).map_err(|_| AuthError::BadRegistration("invalid scopes"))?.to_string();
@@ -546,6 +588,7 @@ impl Authority {
         rec.issuer = spec.issuer;
         rec.patient_budget = spec.patient_budget;
         rec.limits = spec.limits;
+        rec.purposes = spec.purposes;
         rec.updated = Some(rfc3339_now());
         self.put_client(&rec)?;
         Ok(rec)

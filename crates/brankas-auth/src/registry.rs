@@ -56,6 +56,18 @@ pub struct ClientSpec {
     /// ([`RateLimits::default_for`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<RateLimitSpec>,
+    /// Purposes of use (HL7 v3 PurposeOfUse codes, e.g. `ETREAT`, `HPAYMT`) the client may
+    /// state besides treatment (`TREAT`, always allowed to facility-system and clinician
+    /// clients). Break-glass (`BTG`) is its own mechanism and is not listed here. A request
+    /// stating any other purpose is refused; a registered one needs a reason and is handled
+    /// like break-glass (time-limited, alerted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub purposes: Vec<String>,
+}
+
+/// Whether `code` has the shape of a purpose-of-use code (letters, digits, `-`, `_`; 1 to 32).
+pub fn is_purpose_code(code: &str) -> bool {
+    !code.is_empty() && code.len() <= 32 && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// A client's request limits as registered: each field optional.
@@ -191,6 +203,8 @@ pub struct ClientUpdate {
     /// New request limits; `null` returns to the role's defaults.
     #[serde(default, with = "double_option")]
     pub limits: Option<Option<RateLimitSpec>>,
+    /// The purposes of use it may state besides treatment (replaces the list).
+    pub purposes: Option<Vec<String>>,
 }
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -308,6 +322,12 @@ impl ClientSpec {
         }
         if !self.sensitive.is_empty() && !matches!(role, Role::FacilitySystem | Role::Clinician) {
             return Err(AuthError::BadRegistration("only facility-system and clinician clients take sensitive grants"));
+        }
+        if self.purposes.iter().any(|p| !is_purpose_code(p) || p == "BTG") {
+            return Err(AuthError::BadRegistration("purposes are HL7 PurposeOfUse codes (e.g. ETREAT, HPAYMT); BTG is break-glass, not a registered purpose"));
+        }
+        if !self.purposes.is_empty() && !matches!(role, Role::FacilitySystem | Role::Clinician) {
+            return Err(AuthError::BadRegistration("only facility-system and clinician clients take purposes of use"));
         }
         if let Some(iss) = &self.issuer {
             if !matches!(role, Role::Clinician | Role::Patient) {

@@ -7,11 +7,22 @@
 //!   `patient` client only its own patient's compartment; `facility-system` and `clinician`
 //!   clients as below;
 //! - **care relationship**: a facility's clients (and its clinicians) reach a patient's
-//!   clinical data only while the facility has a care relationship with the patient: an
-//!   Encounter there (`serviceProvider`), an EpisodeOfCare it manages, a referral
-//!   ServiceRequest to it (`performer`), the Patient's `managingOrganization`, or data it
-//!   submitted, within [`crate::Limits::care_days`]. Exact identity lookups (by NIK etc.)
-//!   stay possible without one, and answer with the Patient (demographics) only;
+//!   clinical data only while the facility has a care relationship with the patient, within
+//!   [`crate::Limits::care_days`]. No credential can make one for its own facility
+//!   (invariant 13): a relationship comes from evidence outside it: the facility registered
+//!   the patient (its client created the Patient), a facility already in the patient's care
+//!   (or the patient's own client) wrote an Encounter there (`serviceProvider`), an
+//!   EpisodeOfCare it manages, a referral ServiceRequest to it (`performer`) or the
+//!   Patient's `managingOrganization`, or the operator imported the data for it (`brankas
+//!   import --organization`). What a facility writes without standing establishes nothing.
+//!   Exact identity lookups (by NIK etc.) stay possible without one, and answer with the
+//!   Patient (demographics) only;
+//! - **own writes**: a facility reaches the records it wrote itself (the server stamps each
+//!   record of a patient with its writers, see [`WRITTEN_BY`]), and nothing else of the
+//!   patient's, without a relationship;
+//! - **the patient's permit**: a Consent `permit` naming the organization opens what it
+//!   covers, only when the patient's own client wrote it (the Consent's current version);
+//!   anyone's Consent can restrict (a deny), none but the patient's can open;
 //! - **break-glass**: a facility client that states purpose of use `BTG` and a reason gets
 //!   [`crate::Limits::break_glass_minutes`] of access to that one patient; the grant is
 //!   recorded with the patient and raises a security alert (a log line without patient data;
@@ -54,37 +65,215 @@ struct Care {
     /// Client id → when its break-glass access to this patient ends (µs).
     #[serde(default)]
     btg: BTreeMap<String, i64>,
+    /// `Organization/<id>` → the latest time (µs) it wrote into this record, with or without
+    /// a relationship: it then reaches the records it wrote (not the rest).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    wrote: BTreeMap<String, i64>,
+    /// `<client id> <purpose>` → until when the client's stated purpose of use other than
+    /// treatment (registered, with a reason) is honoured for this patient without a new alert.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pou: BTreeMap<String, i64>,
 }
 
-/// Relationships to record, by patient partition: (`Organization/<id>`, time in µs).
-pub(crate) type CareFacts = BTreeMap<PartitionId, Vec<(String, i64)>>;
+/// What a time-limited, alerted grant is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Grant {
+    /// Break-glass (`BTG`): opens the record, overriding consent and labels.
+    BreakGlass,
+    /// A registered purpose of use other than treatment: the patient's consent is evaluated
+    /// for it, nothing is opened by it.
+    Purpose,
+}
+
+/// What one write tells about a patient's care, by patient partition.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PartitionFacts {
+    /// Relationships the written records name (`Organization/<id>`, time in µs): recorded
+    /// only when the writer has standing in the patient's care.
+    named: Vec<(String, i64)>,
+    /// Relationships certain from the write itself: the registrar creating the Patient, the
+    /// operator's import for a facility.
+    own: Vec<(String, i64)>,
+    /// The writing organization (it reaches what it wrote).
+    writer: Option<String>,
+    /// The writer has standing without a relationship of its own: the operator's tools, the
+    /// patient's own client, the registrar of a new patient.
+    vouched: bool,
+}
+
+/// Care facts by patient partition.
+pub(crate) type CareFacts = BTreeMap<PartitionId, PartitionFacts>;
 
 /// Merges `more` into `into` (the importer gathers a whole group's facts).
 pub(crate) fn merge_facts(into: &mut CareFacts, more: CareFacts) {
-    for (p, mut r) in more {
-        into.entry(p).or_default().append(&mut r);
+    for (p, mut f) in more {
+        let e = into.entry(p).or_default();
+        e.named.append(&mut f.named);
+        e.own.append(&mut f.own);
+        e.writer = e.writer.take().or(f.writer);
+        e.vouched |= f.vouched;
     }
 }
 
-/// Why a caller may reach a patient's record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Basis {
-    /// Its organization is part of the patient's care.
-    Care,
+/// Extension (in `meta.extension`) with which the server stamps every record of a patient
+/// with the organizations (or the patient) that wrote it, one `valueReference` each. Set by
+/// the server on each write and never taken from the client (a client's is removed). A
+/// record keeps its earlier writers across updates; a Consent names only the writer of its
+/// current version (its permits count only when that is the patient).
+///
+/// Why in the record: the check costs nothing for a caller in the patient's care (never
+/// evaluated) and one look into an already decrypted record otherwise; keeping the list in
+/// the care record instead would grow with every record and be read on every request.
+pub const WRITTEN_BY: &str = "https://brankas.dev/fhir/StructureDefinition/written-by";
+
+/// Most writers kept on one record (the earliest are dropped first).
+const MAX_WRITERS: usize = 16;
+
+/// The writers stamped on a record.
+pub(crate) fn writers(resource: &Value) -> Vec<&str> {
+    resource
+        .get("meta")
+        .and_then(|m| m.get("extension"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.get("url").and_then(Value::as_str) == Some(WRITTEN_BY))
+        .filter_map(|e| e.get("valueReference").and_then(|r| r.get("reference")).and_then(Value::as_str))
+        .collect()
+}
+
+/// Removes every writer stamp (a client's is never trusted).
+pub(crate) fn strip_writers(resource: &mut Value) {
+    let Some(meta) = resource.get_mut("meta").and_then(Value::as_object_mut) else { return };
+    if let Some(ext) = meta.get_mut("extension").and_then(Value::as_array_mut) {
+        ext.retain(|e| e.get("url").and_then(Value::as_str) != Some(WRITTEN_BY));
+        if ext.is_empty() {
+            meta.remove("extension");
+        }
+    }
+}
+
+/// Stamps `list` as the record's writers (after [`strip_writers`]).
+pub(crate) fn stamp_writers(resource: &mut Value, list: &[String]) {
+    if list.is_empty() {
+        return;
+    }
+    let Some(obj) = resource.as_object_mut() else { return };
+    let meta = obj.entry("meta").or_insert_with(|| serde_json::json!({}));
+    let Some(meta) = meta.as_object_mut() else { return };
+    let ext = meta.entry("extension").or_insert_with(|| serde_json::json!([]));
+    if let Some(a) = ext.as_array_mut() {
+        for w in list {
+            a.push(serde_json::json!({"url": WRITTEN_BY, "valueReference": {"reference": w}}));
+        }
+    }
+}
+
+/// What a caller writes as: its organization (facility, clinician, the operator's import for
+/// one), or `Patient/<id>` for a patient's own client.
+pub(crate) fn writer_of(who: &Principal) -> Option<String> {
+    match who.role() {
+        Role::Patient => who.patient().map(String::from),
+        Role::FacilitySystem | Role::Clinician => who.organization().map(String::from),
+        _ if who.is_local_operator() => who.organization().map(String::from),
+        _ => None,
+    }
+}
+
+/// What lets a facility's (or clinician's) client reach a patient's record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Reach {
     /// An active break-glass grant.
-    BreakGlass,
-    /// A Consent of the patient permits it by name.
-    Consent,
+    btg: bool,
+    /// Its organization is part of the patient's care: the whole record.
+    care: bool,
+    /// A Consent the patient wrote permits it by name: what the permit covers.
+    permit: bool,
+    /// It wrote into the record: what it wrote.
+    wrote: bool,
+}
+
+impl Reach {
+    fn any(&self) -> bool {
+        self.btg || self.care || self.permit || self.wrote
+    }
+}
+
+/// One actor of a Consent provision, as far as this server can tell who it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Actor {
+    /// `Organization/<id>` or `Practitioner/<id>` of this server, in that one normal form
+    /// (whether written relative, versioned, or as an absolute URL on this server's base).
+    Known(String),
+    /// Certainly no facility or clinician (a Patient, a RelatedPerson).
+    Never,
+    /// Who it is cannot be told with certainty: an identifier instead of a reference, a
+    /// `urn:uuid` left unresolved, a contained resource, a conditional reference, an absolute
+    /// URL on another server (or another scheme), a group-like type (CareTeam, Group,
+    /// PractitionerRole...) or anything malformed. A deny naming it applies to every caller;
+    /// a permit naming it grants nobody (fail closed).
+    Unknown,
+}
+
+impl Actor {
+    /// The actor named by `actor.reference` (a FHIR Reference), against this server's base
+    /// URL (`https://host/fhir`, without a trailing slash), when it is known.
+    pub(crate) fn of_reference(reference: Option<&Value>, base: Option<&str>) -> Actor {
+        let Some(s) = reference
+            .and_then(|r| r.get("reference"))
+            .and_then(Value::as_str)
+        else {
+            return Actor::Unknown;
+        };
+        Self::of_str(s, base)
+    }
+
+    fn of_str(s: &str, base: Option<&str>) -> Actor {
+        // An absolute URL on this server's base (scheme and host compared without case)
+        // is its relative form; never a second absolute hop.
+        if let Some(base) = base
+            .map(|b| b.trim_end_matches('/'))
+            .filter(|b| !b.is_empty())
+            && s.get(..base.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(base))
+        {
+            return match s[base.len()..].strip_prefix('/') {
+                Some(rest) if !rest.contains(':') => Self::of_str(rest, None),
+                _ => Actor::Unknown,
+            };
+        }
+        match brankas_fhir::parse_reference(s) {
+            Some(brankas_fhir::RefKind::Local { rtype, id, .. }) => match rtype {
+                "Organization" | "Practitioner" => Actor::Known(format!("{rtype}/{id}")),
+                "Patient" | "RelatedPerson" => Actor::Never,
+                _ => Actor::Unknown,
+            },
+            // Another server's (or a contained, conditional, unresolved urn:uuid...).
+            _ => Actor::Unknown,
+        }
+    }
+}
+
+/// Whether a provision applies to a caller: certainly, certainly not, or maybe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Applies {
+    Yes,
+    No,
+    Maybe,
 }
 
 /// One provision of an active Consent, with its nested provisions: exceptions that, where
 /// they apply, override it (FHIR R4 Consent.provision). Conditions a provision leaves empty
 /// apply to everything (a nested one inherits its parent's).
+///
+/// Fail closed: where the server cannot tell whether a provision covers the caller (an
+/// [`Actor::Unknown`], or conditions it does not evaluate: `data`, `dataPeriod`, `code`), a
+/// deny applies and a permit does not.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct ConsentRule {
     permit: bool,
-    /// `Organization/<id>` or `Practitioner/<id>`; empty means everyone.
-    actors: Vec<String>,
+    /// Empty means everyone.
+    actors: Vec<Actor>,
     /// PurposeOfUse codes; empty means any.
     purposes: Vec<String>,
     /// Resource types; empty means all.
@@ -94,6 +283,12 @@ pub(crate) struct ConsentRule {
     /// Validity, µs; open ends are MIN / MAX.
     start: i64,
     end: i64,
+    /// Restricted by conditions the server does not evaluate (inherited).
+    uncertain: bool,
+    /// Written by the patient's own client (set by the caller of
+    /// [`ConsentRule::from_consent`]; false by default): only then may it grant anything.
+    /// Anyone's Consent may restrict.
+    pub(crate) trusted: bool,
     exceptions: Vec<ConsentRule>,
 }
 
@@ -111,8 +306,9 @@ pub(crate) fn security_labels(resource: &Value) -> Vec<String> {
 }
 
 impl ConsentRule {
-    /// The base provision of one Consent resource, if it is an active privacy consent.
-    pub(crate) fn from_consent(c: &Value) -> Option<ConsentRule> {
+    /// The base provision of one Consent resource, if it is an active privacy consent;
+    /// `base` is this server's base URL (absolute references to it are its own).
+    pub(crate) fn from_consent(c: &Value, base: Option<&str>) -> Option<ConsentRule> {
         if c.get("status").and_then(Value::as_str) != Some("active") {
             return None;
         }
@@ -120,79 +316,164 @@ impl ConsentRule {
             .get("scope")
             .and_then(|s| s.get("coding"))
             .and_then(Value::as_array)
-            .is_none_or(|cs| cs.iter().any(|x| x.get("code").and_then(Value::as_str) == Some("patient-privacy")));
+            .is_none_or(|cs| {
+                cs.iter()
+                    .any(|x| x.get("code").and_then(Value::as_str) == Some("patient-privacy"))
+            });
         if !privacy {
             return None;
         }
-        Some(Self::build(c.get("provision")?, None, 0))
+        Some(Self::build(c.get("provision")?, None, 0, base))
     }
 
-    fn build(p: &Value, parent: Option<&ConsentRule>, depth: usize) -> ConsentRule {
+    fn build(
+        p: &Value,
+        parent: Option<&ConsentRule>,
+        depth: usize,
+        base: Option<&str>,
+    ) -> ConsentRule {
         let period = p.get("period");
         let bound = |k: &str, hi: bool| {
-            period.and_then(|x| x.get(k)).and_then(Value::as_str).and_then(brankas_search::instant_range).map(|(lo, h)| if hi { h } else { lo })
+            period
+                .and_then(|x| x.get(k))
+                .and_then(Value::as_str)
+                .and_then(brankas_search::instant_range)
+                .map(|(lo, h)| if hi { h } else { lo })
         };
-        let inherit = |mine: Vec<String>, theirs: Option<&Vec<String>>| if mine.is_empty() { theirs.cloned().unwrap_or_default() } else { mine };
+        let inherit = |mine: Vec<String>, theirs: Option<&Vec<String>>| {
+            if mine.is_empty() {
+                theirs.cloned().unwrap_or_default()
+            } else {
+                mine
+            }
+        };
+        let actors: Vec<Actor> = match p.get("actor") {
+            None => Vec::new(),
+            // An actor element that is not a list of actors names someone unknown.
+            Some(a) => match a.as_array() {
+                Some(list) => list
+                    .iter()
+                    .map(|a| Actor::of_reference(a.get("reference"), base))
+                    .collect(),
+                None => vec![Actor::Unknown],
+            },
+        };
         let mut rule = ConsentRule {
-            // A nested provision without a type is the opposite of its parent (an exception).
+            // A nested provision without a type is the opposite of its parent (an exception);
+            // a base provision without one denies.
             permit: match p.get("type").and_then(Value::as_str) {
                 Some("permit") => true,
                 Some("deny") => false,
                 _ => parent.is_some_and(|x| !x.permit),
             },
-            actors: inherit(
-                p.get("actor")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|a| a.get("reference").and_then(|r| r.get("reference")).and_then(Value::as_str).map(String::from))
-                    .collect(),
-                parent.map(|x| &x.actors),
-            ),
+            actors: if actors.is_empty() {
+                parent.map(|x| x.actors.clone()).unwrap_or_default()
+            } else {
+                actors
+            },
             purposes: inherit(codes(p.get("purpose")), parent.map(|x| &x.purposes)),
             classes: inherit(codes(p.get("class")), parent.map(|x| &x.classes)),
             labels: inherit(codes(p.get("securityLabel")), parent.map(|x| &x.labels)),
-            start: bound("start", false).or(parent.map(|x| x.start)).unwrap_or(i64::MIN),
-            end: bound("end", true).or(parent.map(|x| x.end)).unwrap_or(i64::MAX),
+            start: bound("start", false)
+                .or(parent.map(|x| x.start))
+                .unwrap_or(i64::MIN),
+            end: bound("end", true)
+                .or(parent.map(|x| x.end))
+                .unwrap_or(i64::MAX),
+            uncertain: parent.is_some_and(|x| x.uncertain)
+                || ["data", "dataPeriod", "code"]
+                    .iter()
+                    .any(|k| p.get(*k).is_some()),
+            trusted: false,
             exceptions: Vec::new(),
         };
         if depth < 4 {
-            let children: Vec<ConsentRule> =
-                p.get("provision").and_then(Value::as_array).into_iter().flatten().map(|c| Self::build(c, Some(&rule), depth + 1)).collect();
+            let children: Vec<ConsentRule> = p
+                .get("provision")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|c| Self::build(c, Some(&rule), depth + 1, base))
+                .collect();
             rule.exceptions = children;
+        } else if p.get("provision").is_some() {
+            // Deeper nesting is not evaluated: what this provision allows is uncertain.
+            rule.uncertain = true;
         }
         rule
     }
 
-    fn applies_to_actor(&self, who: &Principal, now: i64) -> bool {
-        (self.start..self.end).contains(&now)
-            && (self.actors.is_empty()
-                || who.organization().is_some_and(|o| self.actors.iter().any(|a| a == o))
-                || who.practitioner().is_some_and(|p| self.actors.iter().any(|a| a == p)))
-            && (self.purposes.is_empty() || self.purposes.iter().any(|p| p == who.purpose()))
+    fn applies_to_actor(&self, who: &Principal, now: i64) -> Applies {
+        if !(self.start..self.end).contains(&now)
+            || !(self.purposes.is_empty() || self.purposes.iter().any(|p| p == who.purpose()))
+        {
+            return Applies::No;
+        }
+        if self.actors.is_empty() {
+            return Applies::Yes;
+        }
+        let named = |a: &Actor| match a {
+            Actor::Known(r) => {
+                who.organization() == Some(r.as_str()) || who.practitioner() == Some(r.as_str())
+            }
+            _ => false,
+        };
+        if self.actors.iter().any(named) {
+            Applies::Yes
+        } else if self.actors.contains(&Actor::Unknown) {
+            Applies::Maybe
+        } else {
+            Applies::No
+        }
     }
 
     fn applies_to_record(&self, rtype: &str, labels: &[String]) -> bool {
-        (self.classes.is_empty() || self.classes.iter().any(|c| c == rtype)) && (self.labels.is_empty() || self.labels.iter().any(|l| labels.contains(l)))
+        (self.classes.is_empty() || self.classes.iter().any(|c| c == rtype))
+            && (self.labels.is_empty() || self.labels.iter().any(|l| labels.contains(l)))
     }
 
-    /// Permit (true), deny (false) or no opinion, for this caller and record.
+    /// Permit (true), deny (false) or no opinion, for this caller and record. A provision
+    /// that may cover the caller denies if it is a deny, and grants nothing if a permit.
     fn decide(&self, who: &Principal, now: i64, rtype: &str, labels: &[String]) -> Option<bool> {
-        if !(self.applies_to_actor(who, now) && self.applies_to_record(rtype, labels)) {
+        if !self.applies_to_record(rtype, labels) {
             return None;
         }
-        let mut d = self.permit;
+        let certain = match self.applies_to_actor(who, now) {
+            Applies::No => return None,
+            Applies::Yes => !self.uncertain,
+            Applies::Maybe => false,
+        };
+        let mut d = (certain || !self.permit).then_some(self.permit);
         for e in &self.exceptions {
             if let Some(x) = e.decide(who, now, rtype, labels) {
-                d = x;
+                d = Some(x);
             }
         }
-        Some(d)
+        d
     }
 
-    /// Whether this provision or one of its exceptions permits this caller by name.
+    /// Whether this provision or one of its exceptions permits this caller by name, with
+    /// certainty.
+    /// [`ConsentRule::decide`] for a Consent's base provision: a Consent the patient did not
+    /// write may deny, never permit.
+    fn decide_top(&self, who: &Principal, now: i64, rtype: &str, labels: &[String]) -> Option<bool> {
+        match self.decide(who, now, rtype, labels) {
+            Some(true) if !self.trusted => None,
+            d => d,
+        }
+    }
+
+    /// Whether a Consent the patient wrote permits this caller by name, with certainty.
+    fn permits_by_name(&self, who: &Principal, now: i64) -> bool {
+        self.trusted && self.names_permitted(who, now)
+    }
+
     fn names_permitted(&self, who: &Principal, now: i64) -> bool {
-        (self.permit && !self.actors.is_empty() && self.applies_to_actor(who, now)) || self.exceptions.iter().any(|e| e.names_permitted(who, now))
+        (self.permit
+            && !self.uncertain
+            && !self.actors.is_empty()
+            && self.applies_to_actor(who, now) == Applies::Yes)
+            || self.exceptions.iter().any(|e| e.names_permitted(who, now))
     }
 }
 
@@ -200,18 +481,24 @@ impl ConsentRule {
 pub(crate) struct RecordView {
     /// Nothing restricted (own patient, operator, break-glass, directory).
     open: bool,
-    consent: Option<ConsentView>,
+    /// The caller's organization is part of the patient's care: every record, unless the
+    /// consent denies it. Else a record needs a permit of the patient's, or `writer` among
+    /// its writers.
+    care: bool,
+    /// The caller's organization, when it wrote into the record (it reaches what it wrote).
+    writer: Option<String>,
+    /// The patient's consent rules.
+    rules: Vec<ConsentRule>,
+    now: i64,
 }
 
 impl RecordView {
     /// Nothing restricted.
-    pub(crate) const OPEN: RecordView = RecordView { open: true, consent: None };
+    pub(crate) const OPEN: RecordView = RecordView { open: true, care: true, writer: None, rules: Vec::new(), now: 0 };
 
-    /// Restricted by labels and, where the patient has active Consents, by their `rules`
-    /// (`care`: the caller reaches the patient through a care relationship).
-    fn restricted(rules: Vec<ConsentRule>, care: bool, now: i64) -> RecordView {
-        let consent = (!rules.is_empty()).then_some(ConsentView { rules, care, now });
-        RecordView { open: false, consent }
+    /// Restricted by labels, the patient's consent `rules`, and what the caller reaches.
+    fn restricted(rules: Vec<ConsentRule>, care: bool, writer: Option<String>, now: i64) -> RecordView {
+        RecordView { open: false, care, writer, rules, now }
     }
 
     /// Sensitive labels (`meta.security`) need an explicit grant for each.
@@ -223,8 +510,23 @@ impl RecordView {
                 .all(|l| who.has_sensitive_grant(l))
     }
 
+    /// Whether the caller reaches this record by care or by having written it (the check
+    /// looks into the record only for a caller outside the patient's care).
+    fn stands_in(&self, resource: &Value) -> bool {
+        self.care || self.writer.as_deref().is_some_and(|w| writers(resource).contains(&w))
+    }
+
     pub(crate) fn consent_permits(&self, who: &Principal, rtype: &str, resource: &Value) -> bool {
-        self.open || self.consent.as_ref().is_none_or(|c| c.permits(who, rtype, resource))
+        if self.open {
+            return true;
+        }
+        let standing = self.stands_in(resource);
+        if self.rules.is_empty() {
+            return standing;
+        }
+        let labels = security_labels(resource);
+        let decisions: Vec<bool> = self.rules.iter().filter_map(|r| r.decide_top(who, self.now, rtype, &labels)).collect();
+        !decisions.contains(&false) && (standing || decisions.contains(&true))
     }
 
     pub(crate) fn permits(&self, who: &Principal, rtype: &str, resource: &Value) -> bool {
@@ -259,19 +561,18 @@ pub(crate) fn redact_photo(who: &Principal, rtype: &str, resource: &mut Value) {
     }
 }
 
-/// A patient's consent rules as they apply to one caller.
-pub(crate) struct ConsentView {
-    rules: Vec<ConsentRule>,
-    /// The caller's organization is part of the patient's care (else it rests on a permit).
-    care: bool,
-    now: i64,
-}
-
-impl ConsentView {
-    pub(crate) fn permits(&self, who: &Principal, rtype: &str, resource: &Value) -> bool {
-        let labels = security_labels(resource);
-        let decisions: Vec<bool> = self.rules.iter().filter_map(|r| r.decide(who, self.now, rtype, &labels)).collect();
-        !decisions.contains(&false) && (self.care || decisions.contains(&true))
+/// Sets `map[org]` to `t` when new or later by more than a day; whether it changed.
+fn bump(map: &mut BTreeMap<String, i64>, org: &str, t: i64) -> bool {
+    match map.get_mut(org) {
+        None => {
+            map.insert(org.to_string(), t);
+            true
+        }
+        Some(e) if t > *e + US_PER_DAY => {
+            *e = t;
+            true
+        }
+        Some(_) => false,
     }
 }
 
@@ -403,21 +704,22 @@ impl Engine {
         }
     }
 
-    /// Why a facility's (or clinician's) client may reach a patient, if it may.
-    fn basis(&self, who: &Principal, partition: &PartitionId, rules: &[ConsentRule], now: i64) -> Result<Option<Basis>> {
-        let Some(org) = who.organization() else { return Ok(None) };
+    /// What lets a facility's (or clinician's) client reach a patient.
+    fn reach(&self, who: &Principal, partition: &PartitionId, rules: &[ConsentRule], now: i64) -> Result<Reach> {
+        let Some(org) = who.organization() else { return Ok(Reach::default()) };
+        let mut r = Reach::default();
         if let Some(care) = self.care(partition)? {
-            if care.btg.get(who.client_id()).is_some_and(|until| *until > now) {
-                return Ok(Some(Basis::BreakGlass));
-            }
-            if care.orgs.get(org).is_some_and(|t| *t >= now - i64::from(self.limits.care_days) * US_PER_DAY) {
-                return Ok(Some(Basis::Care));
-            }
+            r.btg = care.btg.get(who.client_id()).is_some_and(|until| *until > now);
+            r.care = self.in_care(&care, org, now);
+            r.wrote = care.wrote.contains_key(org);
         }
-        if rules.iter().any(|r| r.names_permitted(who, now)) {
-            return Ok(Some(Basis::Consent));
-        }
-        Ok(None)
+        r.permit = rules.iter().any(|c| c.permits_by_name(who, now));
+        Ok(r)
+    }
+
+    /// Whether `org` has a live relationship in `care`.
+    fn in_care(&self, care: &Care, org: &str, now: i64) -> bool {
+        care.orgs.get(org).is_some_and(|t| *t >= now - i64::from(self.limits.care_days) * US_PER_DAY)
     }
 
     /// The gate for one patient's data (`partition`), before any of it is decrypted, for
@@ -441,21 +743,34 @@ impl Engine {
         }
         let now = now_us();
         let rules = self.consent_rules(partition)?;
-        match self.basis(who, partition, &rules, now)? {
-            // Breaking the glass is explicit: it is granted (and alerted) whenever asked for
-            // and not already held, also where care allows but the patient's consent hides.
-            // Break-glass overrides consent and labels: the view is open.
-            Some(b) if b != Basis::BreakGlass && who.break_glass_reason().is_some() => {
-                self.grant_break_glass(who, partition, now).map(|()| RecordView::OPEN)
-            }
-            Some(Basis::BreakGlass) => Ok(RecordView::OPEN),
-            Some(b) => Ok(RecordView::restricted(rules, b == Basis::Care, now)),
-            None if who.break_glass_reason().is_some() => self.grant_break_glass(who, partition, now).map(|()| RecordView::OPEN),
-            None => Err(forbidden(match act {
+        let btg = who.purpose() == "BTG";
+        let reach = self.reach(who, partition, &rules, now)?;
+        if reach.btg {
+            return Ok(RecordView::OPEN);
+        }
+        // Breaking the glass is explicit: it is granted (and alerted) whenever asked for and
+        // not already held, also where care allows but the patient's consent hides.
+        // Break-glass overrides consent and labels: the view is open.
+        if btg {
+            return self.grant(who, partition, now, Grant::BreakGlass).map(|()| RecordView::OPEN);
+        }
+        if !reach.any() {
+            return Err(forbidden(match act {
                 Act::Read => "your organization has no care relationship with this patient (an identity lookup answers with the Patient only; in an emergency, state purpose of use BTG and a reason)",
                 Act::Write => "your organization has no care relationship with this patient",
-            })),
+            }));
         }
+        // Another purpose than treatment changes what the consent allows: it is honoured
+        // like break-glass (registered, with a reason, time-limited, alerted).
+        if who.states_other_purpose() {
+            self.grant(who, partition, now, Grant::Purpose)?;
+        }
+        Ok(self.view_of(who, rules, reach, now))
+    }
+
+    fn view_of(&self, who: &Principal, rules: Vec<ConsentRule>, reach: Reach, now: i64) -> RecordView {
+        let writer = if reach.wrote && !reach.care { who.organization().map(String::from) } else { None };
+        RecordView::restricted(rules, reach.care, writer, now)
     }
 
     /// How the records of one partition are shown to this caller, read once for a batch of
@@ -470,10 +785,14 @@ impl Engine {
         }
         let rules = self.consent_rules(partition)?;
         let now = now_us();
-        match self.basis(who, partition, &rules, now)? {
-            Some(Basis::BreakGlass) => Ok(RecordView::OPEN),
-            basis => Ok(RecordView::restricted(rules, basis == Some(Basis::Care), now)),
+        let reach = self.reach(who, partition, &rules, now)?;
+        if reach.btg {
+            return Ok(RecordView::OPEN);
         }
+        if reach.any() && who.states_other_purpose() {
+            self.grant(who, partition, now, Grant::Purpose)?;
+        }
+        Ok(self.view_of(who, rules, reach, now))
     }
 
     /// The per-record gate, once a record is decrypted: the scope's query restriction for
@@ -484,7 +803,11 @@ impl Engine {
             return Err(forbidden("this record carries a sensitive label your client holds no grant for"));
         }
         if !view.consent_permits(who, rtype, resource) {
-            return Err(forbidden("the patient's consent does not allow your organization this record"));
+            return Err(forbidden(if view.stands_in(resource) {
+                "the patient's consent does not allow your organization this record"
+            } else {
+                "your organization has no care relationship with this patient: it reaches only the records it wrote (and what the patient's consent permits it)"
+            }));
         }
         view.redact(who, rtype, resource);
         Ok(())
@@ -511,14 +834,19 @@ impl Engine {
         let mut out = Vec::new();
         for row in self.store.partition_current(partition, Some("Consent"))? {
             let c = self.open_row(&row, None)?;
-            out.extend(ConsentRule::from_consent(&c.resource));
+            if let Some(mut rule) = ConsentRule::from_consent(&c.resource, self.base_url()) {
+                // Only the patient's own client writing the current version makes it a grant.
+                let patient = self.registry.patient_refs("Consent", &c.resource).into_iter().next().map(|id| format!("Patient/{id}"));
+                rule.trusted = patient.is_some_and(|p| writers(&c.resource) == [p.as_str()]);
+                out.push(rule);
+            }
         }
         Ok(out)
     }
 
-    /// A write into a patient's partition: role first; a facility's write is allowed when it
-    /// is itself part of the patient's care (it will establish or refresh the relationship,
-    /// see [`Engine::care_facts`]), a patient's only into its own record.
+    /// A write into a patient's partition: role first; a facility may add to any patient's
+    /// record (a visit of a patient found by identity), which gives it the records it wrote
+    /// and nothing else ([`Engine::care_versions`]); a patient's client only its own record.
     pub(crate) fn gate_patient_write(&self, who: &Principal, partition: &PartitionId) -> Result<()> {
         who.trail().note(partition);
         self.role_allows_patient_data(who)?;
@@ -562,45 +890,52 @@ impl Engine {
         Ok((NewVersion { row, expect }, key))
     }
 
-    /// The relationships `prepared` (about to be written by `who`) establishes, by patient
-    /// partition: the organizations the resources name, and the writer's own organization.
-    /// Pure: reads nothing.
+    /// What `prepared` (about to be written by `who`) tells about the patients' care, by
+    /// patient partition: the relationships the records name, the writer, and whether the
+    /// writer's standing is certain without a relationship (the operator's tools, the
+    /// patient's own client, the registrar creating a new Patient). Pure: reads nothing.
     pub(crate) fn care_facts(&self, who: &Principal, prepared: &[Prepared], now: i64) -> CareFacts {
         let mut facts = CareFacts::new();
+        let org = match who.role() {
+            Role::FacilitySystem | Role::Clinician => who.organization(),
+            _ if who.is_local_operator() => who.organization(),
+            _ => None,
+        };
         for p in prepared.iter().filter(|p| !p.row.deleted && self.is_patient_partition(&p.row.partition)) {
-            let rels = facts.entry(p.row.partition).or_default();
-            rels.extend(relationships(&p.row.resource_type, &p.stored.resource, now));
-            if (who.is_local_operator() || matches!(who.role(), Role::FacilitySystem | Role::Clinician))
-                && let Some(org) = who.organization()
-            {
-                rels.push((org.to_string(), now));
+            let f = facts.entry(p.row.partition).or_default();
+            f.named.extend(relationships(&p.row.resource_type, &p.stored.resource, now));
+            f.writer = org.map(String::from);
+            // The registrar: its client creates the Patient (its first version, never a
+            // deleted one brought back, which could have data of its own).
+            let registrar = p.row.resource_type == "Patient" && p.row.version == 1 && org.is_some();
+            if who.is_local_operator() || who.role() == Role::Patient || registrar {
+                f.vouched = true;
+                if let Some(o) = org {
+                    f.own.push((o.to_string(), now));
+                }
             }
         }
-        facts.retain(|_, r| !r.is_empty());
         facts
     }
 
-    /// New care-record versions for `facts`, against the records as stored now. A record is
+    /// New care-record versions for `facts`, against the records as stored now. The
+    /// relationships the records name count only when the writer has standing (vouched, or
+    /// itself in the patient's care by evidence); the writer is recorded as such. A record is
     /// rewritten only when an organization is new to it or its time moves forward by more
     /// than a day, so most writes add nothing.
     pub(crate) fn care_versions(&self, facts: &CareFacts, now: i64) -> Result<Vec<NewVersion>> {
         let mut out = Vec::new();
-        for (partition, rels) in facts {
+        for (partition, f) in facts {
             let current = self.care_row(partition)?;
             let mut care = current.as_ref().map(|(c, _)| c.clone()).unwrap_or_else(|| Care { id: hex(&partition.0), ..Default::default() });
+            let standing = f.vouched || f.writer.as_deref().is_some_and(|w| self.in_care(&care, w, now));
             let mut changed = false;
-            for (org, t) in rels {
-                match care.orgs.get_mut(org) {
-                    None => {
-                        care.orgs.insert(org.clone(), *t);
-                        changed = true;
-                    }
-                    Some(e) if *t > *e + US_PER_DAY => {
-                        *e = *t;
-                        changed = true;
-                    }
-                    Some(_) => {}
-                }
+            let named: &[(String, i64)] = if standing { &f.named } else { &[] };
+            for (org, t) in f.own.iter().chain(named) {
+                changed |= bump(&mut care.orgs, org, *t);
+            }
+            if let Some(w) = &f.writer {
+                changed |= bump(&mut care.wrote, w, now);
             }
             if changed {
                 out.push(self.prepare_care(partition, &care, current.as_ref().map(|(_, r)| r), now)?.0);
@@ -609,15 +944,76 @@ impl Engine {
         Ok(out)
     }
 
-    /// Records a break-glass grant for `who` on `partition`, with retries against concurrent
-    /// writers of the same care record, and raises the alert.
-    fn grant_break_glass(&self, who: &Principal, partition: &PartitionId, now: i64) -> Result<()> {
+    /// Clinical resources of patient-compartment types must name a patient that exists: a
+    /// live stored Patient, or one written in the same batch. One that names none would
+    /// land in the directory, where every facility could read, overwrite and delete it.
+    pub(crate) fn check_patients_exist(&self, prepared: &[Prepared]) -> Result<()> {
+        let mut known: Vec<PartitionId> = prepared.iter().filter(|p| !p.row.deleted && p.row.resource_type == "Patient").map(|p| p.row.partition).collect();
+        for p in prepared.iter().filter(|p| !p.row.deleted) {
+            let rtype = p.row.resource_type.as_str();
+            if rtype == "Patient" || !self.registry.in_patient_compartment(rtype) || known.contains(&p.row.partition) {
+                continue;
+            }
+            let what = crate::safe_type(rtype);
+            if !self.is_patient_partition(&p.row.partition) {
+                return Err(EngineError::Unprocessable(format!(
+                    "a {what} belongs to a patient's record: it must name its patient (e.g. subject or patient) as Patient/<id> of this server"
+                )));
+            }
+            let pid = self.registry.patient_refs(rtype, &p.stored.resource).into_iter().next().ok_or(EngineError::Integrity)?;
+            if self.current_row("Patient", &pid)?.is_none_or(|r| r.deleted) {
+                return Err(EngineError::Unprocessable(format!(
+                    "the patient this {what} names does not exist on this server (create the Patient first, or in the same transaction)"
+                )));
+            }
+            known.push(p.row.partition);
+        }
+        Ok(())
+    }
+
+    /// The writers a new version of a record carries: its earlier writers (read from the
+    /// version it replaces in the same patient's record; not for a Consent, whose grants
+    /// depend on who wrote its current version) and `who`.
+    pub(crate) fn writers_after(&self, who: &Principal, rtype: &str, current: Option<&VersionRow>, partition: &PartitionId) -> Result<Vec<String>> {
+        let mut out: Vec<String> = Vec::new();
+        if rtype != "Consent"
+            && let Some(c) = current.filter(|c| !c.deleted && c.partition == *partition)
+        {
+            let old = self.open_row(c, None)?;
+            out = writers(&old.resource).into_iter().map(String::from).collect();
+        }
+        if let Some(me) = writer_of(who) {
+            out.retain(|w| *w != me);
+            out.push(me);
+        }
+        if out.len() > MAX_WRITERS {
+            out.drain(..out.len() - MAX_WRITERS);
+        }
+        Ok(out)
+    }
+
+    /// Records a break-glass grant (or a purpose-of-use grant) for `who` on `partition`, with
+    /// retries against concurrent writers of the same care record, and raises the alert. A
+    /// purpose grant still running is not renewed (nor alerted again).
+    fn grant(&self, who: &Principal, partition: &PartitionId, now: i64, kind: Grant) -> Result<()> {
         let until = now + i64::from(self.limits.break_glass_minutes) * 60_000_000;
+        let pou_key = format!("{} {}", who.client_id(), who.purpose());
         for _ in 0..5 {
             let current = self.care_row(partition)?;
             let mut care = current.as_ref().map(|(c, _)| c.clone()).unwrap_or_else(|| Care { id: hex(&partition.0), ..Default::default() });
-            care.btg.retain(|_, t| *t > now);
-            care.btg.insert(who.client_id().to_string(), until);
+            match kind {
+                Grant::BreakGlass => {
+                    care.btg.retain(|_, t| *t > now);
+                    care.btg.insert(who.client_id().to_string(), until);
+                }
+                Grant::Purpose => {
+                    if care.pou.get(&pou_key).is_some_and(|t| *t > now) {
+                        return Ok(());
+                    }
+                    care.pou.retain(|_, t| *t > now);
+                    care.pou.insert(pou_key.clone(), until);
+                }
+            }
             let (nv, _) = self.prepare_care(partition, &care, current.as_ref().map(|(_, r)| r), now)?;
             match self.commit_batch(WriteBatch { versions: vec![nv], ..Default::default() }) {
                 Ok(()) => {
@@ -629,8 +1025,13 @@ impl Engine {
                         target: "brankas::alert",
                         client_id = who.client_id(),
                         organization = who.organization().unwrap_or(""),
+                        purpose = who.purpose(),
                         minutes = self.limits.break_glass_minutes,
-                        "break-glass access granted"
+                        "{}",
+                        match kind {
+                            Grant::BreakGlass => "break-glass access granted",
+                            Grant::Purpose => "access for a purpose of use other than treatment granted",
+                        }
                     );
                     return Ok(());
                 }
@@ -646,6 +1047,7 @@ impl Engine {
     pub(crate) fn commit_with_care(&self, who: &Principal, prepared: &[Prepared]) -> Result<()> {
         // A busy facility's writers all add to the same work list; a lost race is retried
         // with the list read again.
+        self.check_patients_exist(prepared)?;
         for _ in 0..16 {
             let now = now_us();
             let mut care = self.care_versions(&self.care_facts(who, prepared, now), now)?;
@@ -675,7 +1077,7 @@ mod tests {
     use serde_json::json;
 
     fn facility(org: &str, purpose: Option<&str>) -> Principal {
-        Principal::local_operator_for(Some(org.into())).with_purpose(purpose, None).unwrap()
+        Principal::local_operator_for(Some(org.into())).with_purpose(purpose, Some("a stated reason")).unwrap()
     }
 
     #[test]
@@ -685,7 +1087,8 @@ mod tests {
             "provision": {"type": "deny", "period": {"start": "2020-01-01", "end": "2030-12-31"},
                 "class": [{"code": "Observation"}],
                 "provision": [{"actor": [{"reference": {"reference": "Organization/rs-a"}}], "purpose": [{"code": "TREAT"}]}]}});
-        let rule = ConsentRule::from_consent(&c).unwrap();
+        let mut rule = ConsentRule::from_consent(&c, None).unwrap();
+        rule.trusted = true;
         let now = brankas_search::instant_range("2026-11-30").unwrap().0;
         let (a, b) = (facility("Organization/rs-a", None), facility("Organization/rs-b", None));
         assert_eq!(rule.decide(&b, now, "Observation", &[]), Some(false), "denied to everyone");
@@ -697,10 +1100,142 @@ mod tests {
         assert!(rule.names_permitted(&a, now) && !rule.names_permitted(&b, now));
         let mut draft = c.clone();
         draft["status"] = json!("draft");
-        assert!(ConsentRule::from_consent(&draft).is_none(), "only active consents count");
+        assert!(ConsentRule::from_consent(&draft, None).is_none(), "only active consents count");
         let mut research = c;
         research["scope"] = json!({"coding": [{"code": "research"}]});
-        assert!(ConsentRule::from_consent(&research).is_none(), "only privacy consents restrict access");
+        assert!(ConsentRule::from_consent(&research, None).is_none(), "only privacy consents restrict access");
+    }
+
+    /// A deny of everything to one actor (given as `actor.reference`), with `base` as the
+    /// server's base URL.
+    fn deny_to(reference: Value, base: Option<&str>) -> ConsentRule {
+        let c = json!({"resourceType": "Consent", "status": "active",
+            "provision": {"type": "deny", "actor": [{"role": {"coding": [{"code": "PRCP"}]}, "reference": reference}]}});
+        ConsentRule::from_consent(&c, base).unwrap()
+    }
+
+    fn permit_to(reference: Value, base: Option<&str>) -> ConsentRule {
+        let c = json!({"resourceType": "Consent", "status": "active",
+            "provision": {"type": "permit", "actor": [{"role": {"coding": [{"code": "PRCP"}]}, "reference": reference}]}});
+        ConsentRule::from_consent(&c, base).unwrap()
+    }
+
+    #[test]
+    fn consent_actors_are_compared_in_one_normal_form_and_fail_closed() {
+        let base = Some("https://brankas.test/fhir");
+        let now = 0;
+        let (a, b) = (
+            facility("Organization/rs-a", None),
+            facility("Organization/rs-b", None),
+        );
+        let dr = Principal::local_operator_for(Some("Organization/rs-b".into()));
+        // The same organization, however it is written: denied to A only.
+        for r in [
+            json!({"reference": "Organization/rs-a"}),
+            json!({"reference": "Organization/rs-a/_history/3"}),
+            json!({"reference": "https://brankas.test/fhir/Organization/rs-a"}),
+            json!({"reference": "HTTPS://Brankas.Test/fhir/Organization/rs-a/_history/1"}),
+        ] {
+            let rule = deny_to(r.clone(), base);
+            assert_eq!(
+                rule.decide(&a, now, "Observation", &[]),
+                Some(false),
+                "{r}: A is denied"
+            );
+            assert_eq!(
+                rule.decide(&b, now, "Observation", &[]),
+                None,
+                "{r}: B is not named"
+            );
+            let rule = permit_to(r.clone(), base);
+            assert!(
+                rule.names_permitted(&a, now) && !rule.names_permitted(&b, now),
+                "{r}: a permit names A"
+            );
+        }
+        // Who these name cannot be told: a deny denies everyone, a permit grants nobody.
+        for r in [
+            json!({"reference": "https://other.example/fhir/Organization/rs-a"}),
+            json!({"reference": "http://brankas.test/fhir/Organization/rs-a"}),
+            json!({"reference": "https://brankas.test/fhirx/Organization/rs-a"}),
+            json!({"reference": "https://brankas.test/fhir/https://x/Organization/rs-a"}),
+            json!({"reference": "urn:uuid:0b3a2e7a-4d7e-4e4e-9f0a-2a4f0c1e2b3c"}),
+            json!({"reference": "#org1"}),
+            json!({"reference": "Organization?identifier=https://sirs.kemkes.go.id|1234"}),
+            json!({"reference": "CareTeam/ct-1"}),
+            json!({"reference": "PractitionerRole/pr-1"}),
+            json!({"reference": "Organization/../rs-a"}),
+            json!({"identifier": {"system": "https://sirs.kemkes.go.id", "value": "3171015"}}),
+            json!({"display": "RS A"}),
+            json!("Organization/rs-a"),
+        ] {
+            let rule = deny_to(r.clone(), base);
+            for who in [&a, &b, &dr] {
+                assert_eq!(
+                    rule.decide(who, now, "Observation", &[]),
+                    Some(false),
+                    "{r}: an uncertain deny denies"
+                );
+            }
+            let rule = permit_to(r.clone(), base);
+            assert!(
+                !rule.names_permitted(&a, now),
+                "{r}: an uncertain permit names nobody"
+            );
+            assert_eq!(
+                rule.decide(&a, now, "Observation", &[]),
+                None,
+                "{r}: and grants nothing"
+            );
+        }
+        // Without a known base URL, every absolute reference is another server's.
+        assert_eq!(
+            deny_to(
+                json!({"reference": "https://brankas.test/fhir/Organization/rs-b"}),
+                None
+            )
+            .decide(&a, now, "Observation", &[]),
+            Some(false)
+        );
+        // A patient or related person is certainly not a facility.
+        assert_eq!(
+            deny_to(json!({"reference": "Patient/p1"}), base).decide(&a, now, "Observation", &[]),
+            None
+        );
+        // An uncertain actor among certain ones: the deny holds for everyone.
+        let c = json!({"resourceType": "Consent", "status": "active", "provision": {"type": "deny",
+            "actor": [{"reference": {"reference": "Organization/rs-b"}}, {"reference": {"identifier": {"value": "x"}}}]}});
+        assert_eq!(
+            ConsentRule::from_consent(&c, base)
+                .unwrap()
+                .decide(&a, now, "Observation", &[]),
+            Some(false)
+        );
+        // A deny nested in a permit that names someone unknown still denies.
+        let c = json!({"resourceType": "Consent", "status": "active", "provision": {"type": "permit",
+            "actor": [{"reference": {"reference": "https://other.example/Organization/rs-a"}}],
+            "provision": [{"type": "deny", "class": [{"code": "Observation"}]}]}});
+        let rule = ConsentRule::from_consent(&c, base).unwrap();
+        assert_eq!(rule.decide(&a, now, "Observation", &[]), Some(false));
+        assert_eq!(
+            rule.decide(&a, now, "Condition", &[]),
+            None,
+            "the permit grants nothing"
+        );
+        // Conditions not evaluated (specific data): the deny covers more, the permit nothing.
+        let c = json!({"resourceType": "Consent", "status": "active", "provision": {"type": "permit",
+            "actor": [{"reference": {"reference": "Organization/rs-a"}}], "data": [{"meaning": "instance", "reference": {"reference": "Observation/o1"}}]}});
+        let rule = ConsentRule::from_consent(&c, base).unwrap();
+        assert!(!rule.names_permitted(&a, now));
+        assert_eq!(rule.decide(&a, now, "Observation", &[]), None);
+        let c = json!({"resourceType": "Consent", "status": "active", "provision": {"type": "deny",
+            "actor": [{"reference": {"reference": "Organization/rs-a"}}], "data": [{"meaning": "instance", "reference": {"reference": "Observation/o1"}}]}});
+        assert_eq!(
+            ConsentRule::from_consent(&c, base)
+                .unwrap()
+                .decide(&a, now, "Condition", &[]),
+            Some(false)
+        );
     }
 
     #[test]

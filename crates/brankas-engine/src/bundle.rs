@@ -385,7 +385,7 @@ impl Engine {
                         (_, None, Some(c)) => Expect::Version(c.version),
                         (_, None, None) => Expect::Absent,
                     };
-                    let p = self.prepare(&t, &id, resource, current.as_ref(), expect, now).map_err(|err| in_entry(err, i))?;
+                    let p = self.prepare(who, &t, &id, resource, current.as_ref(), expect, now).map_err(|err| in_entry(err, i))?;
                     self.gate_new(who, &p.row.partition)?;
                     self.gate_scope_resource(who, &t, if live.is_some() { 'u' } else { 'c' }, &p.stored.resource)?;
                     if let (Some(c), Some(view)) = (live, &view) {

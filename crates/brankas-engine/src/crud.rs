@@ -120,8 +120,12 @@ impl Engine {
 
     /// Validates, stamps meta, places and seals one resource. `current` is the record's
     /// current row, read by the caller (None when absent).
+    // The writer (`who`) is an argument of its own so that no write can be sealed without
+    // the server's writer stamp.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn prepare(
         &self,
+        who: &Principal,
         rtype: &str,
         id: &str,
         mut resource: Value,
@@ -136,9 +140,15 @@ impl Engine {
         let meta = meta.as_object_mut().ok_or_else(|| EngineError::BadRequest("meta must be an object".into()))?;
         meta.insert("versionId".into(), Value::String(version.to_string()));
         meta.insert("lastUpdated".into(), Value::String(instant(now)));
+        // Who wrote a record is the server's to say, never the client's.
+        crate::access::strip_writers(&mut resource);
         // Validate after stamping, so server-set meta is checked too.
         self.validate(rtype, &resource)?;
         let partition = self.partition_of(rtype, id, &resource);
+        if self.is_patient_partition(&partition) {
+            let w = self.writers_after(who, rtype, current, &partition)?;
+            crate::access::stamp_writers(&mut resource, &w);
+        }
         let key = self.data_key(&partition, true)?.ok_or(EngineError::Integrity)?;
         self.prepare_attachments(rtype, id, &mut resource, &key)?;
         let rkey = self.vault.record_key(rtype, id);
@@ -229,7 +239,7 @@ impl Engine {
             // Checked before the content is sealed into a blob, not only after.
             self.gate_new(who, &self.partition_of(rtype, &id, &resource))?;
         }
-        let p = self.prepare(rtype, &id, resource, None, Expect::Absent, now_us())?;
+        let p = self.prepare(who, rtype, &id, resource, None, Expect::Absent, now_us())?;
         self.gate_new(who, &p.row.partition)?;
         self.gate_scope_resource(who, rtype, 'c', &p.stored.resource)?;
         self.commit_prepared(who, std::slice::from_ref(&p))?;
@@ -272,7 +282,7 @@ impl Engine {
             (None, Some(c)) => Expect::Version(c.version),
             (None, None) => Expect::Absent,
         };
-        let p = self.prepare(rtype, id, resource, current.as_ref(), expect, now_us())?;
+        let p = self.prepare(who, rtype, id, resource, current.as_ref(), expect, now_us())?;
         self.gate_new(who, &p.row.partition)?;
         self.gate_scope_resource(who, rtype, perm, &p.stored.resource)?;
         if let (Some(c), Some(view)) = (live, &view) {

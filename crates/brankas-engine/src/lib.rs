@@ -189,6 +189,9 @@ pub struct Engine {
     attachments: binary::AttachmentLimits,
     /// Serialises ImagingStudy updates from DICOM stores within this process.
     imaging: Mutex<()>,
+    /// This server's FHIR base URL, once the server knows it: absolute references to it in
+    /// Consents name its own resources ([`Engine::set_base_url`]).
+    base_url: std::sync::OnceLock<String>,
 }
 
 const PENDING_DEKS: usize = 100_000;
@@ -206,7 +209,7 @@ pub(crate) struct Prepared {
 
 impl Engine {
     pub fn new(store: Arc<dyn Store>, vault: Arc<Vault>) -> Self {
-        Self { store, vault, registry: Registry::r4(), limits: Limits::default(), deks: Mutex::new(HashMap::new()), pending_deks: Mutex::new(HashMap::new()), blobs: None, attachments: binary::AttachmentLimits::default(), imaging: Mutex::new(()) }
+        Self { store, vault, registry: Registry::r4(), limits: Limits::default(), deks: Mutex::new(HashMap::new()), pending_deks: Mutex::new(HashMap::new()), blobs: None, attachments: binary::AttachmentLimits::default(), imaging: Mutex::new(()), base_url: std::sync::OnceLock::new() }
     }
 
     pub fn with_limits(mut self, limits: Limits) -> Self {
@@ -219,6 +222,17 @@ impl Engine {
         self.blobs = Some(blobs);
         self.attachments = limits;
         self
+    }
+
+    /// Tells the repository the FHIR base URL it is served at (`https://host/fhir`), once:
+    /// absolute references to this server in Consents are compared in their relative form.
+    /// Without it every absolute reference is another server's.
+    pub fn set_base_url(&self, base: &str) {
+        let _ = self.base_url.set(base.trim_end_matches('/').to_string());
+    }
+
+    pub(crate) fn base_url(&self) -> Option<&str> {
+        self.base_url.get().map(String::as_str)
     }
 
     pub fn attachment_limits(&self) -> &AttachmentLimits {

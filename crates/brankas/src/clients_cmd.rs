@@ -113,6 +113,11 @@ pub struct Binding {
     /// SUD, SICKLE, GDIS, R, V (records so labelled), PHOTO (patients' photos).
     #[arg(long, value_delimiter = ',')]
     sensitive: Option<Vec<String>>,
+    /// Purposes of use the client may state besides TREAT, comma-separated HL7 PurposeOfUse
+    /// codes (e.g. ETREAT,HPAYMT): each needs a reason per request and is alerted like
+    /// break-glass.
+    #[arg(long, value_delimiter = ',')]
+    purposes: Option<Vec<String>>,
     /// Distinct patients the client may receive per clock hour (with --budget-per-day;
     /// default: the role's, see README).
     #[arg(long, requires = "budget_per_day")]
@@ -178,6 +183,7 @@ pub fn run(cmd: ClientsCmd) -> Result<()> {
                 limits,
                 sensitive: bind.sensitive.unwrap_or_default(),
                 issuer,
+                purposes: bind.purposes.unwrap_or_default(),
             };
             let o = open(&data.data_dir, data.key_file.as_deref())?;
             let new = o.auth.create_client(&spec);
@@ -208,6 +214,7 @@ pub fn run(cmd: ClientsCmd) -> Result<()> {
                 patient_budget: budget.map(Some),
                 limits: limits.map(Some),
                 sensitive: bind.sensitive,
+                purposes: bind.purposes,
             };
             let o = open(&data.data_dir, data.key_file.as_deref())?;
             let r = o.auth.update_client(&client_id, &u);

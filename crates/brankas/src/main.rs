@@ -661,6 +661,7 @@ pub(crate) fn serve(
         let host = if addr.ip().is_unspecified() { "localhost".to_string() } else { addr.to_string() };
         let host = if addr.ip().is_unspecified() { format!("{host}:{}", addr.port()) } else { host };
         let base = base_url.unwrap_or_else(|| format!("{scheme}://{host}/fhir"));
+        o.engine.set_base_url(&base);
         let webhook = webhook.map(brankas_api::webhook::Webhook::start).transpose().map_err(|e| anyhow::anyhow!(e))?;
         let state = Arc::new(brankas_api::AppState { engine: o.engine.clone(), auth, base_url: base.clone(), limits: Default::default(), audit: o.audit.clone(), store: o.store.clone(), guard: Default::default(), webhook });
         let app = brankas_api::router(state);

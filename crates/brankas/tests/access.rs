@@ -106,11 +106,124 @@ fn facilities_reach_their_own_patients_and_identity_lookups_only_elsewhere() {
         "identifier": [{"system": "https://fhir.kemkes.go.id/id/referral", "value": "RJK-0001"}]}));
     assert_eq!(get(&s, &rs_b, &format!("Observation/{oid}")).0, 200, "B after the referral");
 
-    // Data a facility submits puts the patient in its care (a new facility registering a visit).
+}
+
+/// The attack of issue 13: a facility that finds a patient by NIK and writes something for
+/// them (an Observation, an Encounter at itself, a referral, a Consent permitting itself)
+/// must not gain the rest of the record. It reaches what it wrote, nothing else.
+#[test]
+fn writing_for_a_patient_opens_nothing_but_what_was_written() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let rs_a = facility(&inst, &s, "rs-a");
     let rs_d = facility(&inst, &s, "rs-d");
-    assert_denied(get(&s, &rs_d, &format!("Observation/{oid}")), "D before", "Positive");
-    create(&s, &rs_d, observation(&pid));
-    assert_eq!(get(&s, &rs_d, &format!("Observation/{oid}")).0, 200, "D after submitting");
+    let rs_e = facility(&inst, &s, "rs-e");
+    let pid = create(&s, &rs_a, patient("3171054708900003", "Lestari"));
+    let oid = create(&s, &rs_a, observation(&pid));
+    // D finds the patient by NIK and writes for them.
+    let (_, found) = get(&s, &rs_d, &format!("Patient?identifier={NIK_SYSTEM}|3171054708900003"));
+    assert_eq!(found["entry"][0]["resource"]["id"], json!(pid));
+    let mut mine = observation(&pid);
+    mine["valueCodeableConcept"] = json!({"text": "Negative"});
+    // A writer stamp sent by the client is not believed.
+    mine["meta"] = json!({"extension": [{"url": "https://brankas.dev/fhir/StructureDefinition/written-by", "valueReference": {"reference": "Organization/rs-a"}}]});
+    let my_obs = create(&s, &rs_d, mine);
+    create(&s, &rs_d, json!({"resourceType": "Encounter", "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": format!("Patient/{pid}")}, "serviceProvider": {"reference": "Organization/rs-d"}}));
+    create(&s, &rs_d, json!({"resourceType": "ServiceRequest", "status": "active", "intent": "order",
+        "subject": {"reference": format!("Patient/{pid}")}, "performer": [{"reference": "Organization/rs-e"}]}));
+    create(&s, &rs_d, consent(&pid, json!({"type": "permit",
+        "actor": [{"role": {"coding": [{"code": "PRCP"}]}, "reference": {"reference": "Organization/rs-d"}}]})));
+    // What it wrote it reads (and the stamp names it, not the one it claimed)...
+    let (st, v) = get(&s, &rs_d, &format!("Observation/{my_obs}"));
+    assert_eq!(st, 200, "{v}");
+    let stamps: Vec<&Value> = v["meta"]["extension"].as_array().unwrap().iter().map(|e| &e["valueReference"]["reference"]).collect();
+    assert_eq!(stamps, vec![&json!("Organization/rs-d")], "{v}");
+    let (st, v) = get(&s, &rs_d, &format!("Observation?patient={pid}"));
+    assert_eq!((st, v["total"].as_u64()), (200, Some(1)), "only its own: {v}");
+    // ... and nothing else: not the Patient, not RS A's result, not through any route.
+    for path in [
+        format!("Patient/{pid}"),
+        format!("Observation/{oid}"),
+        format!("Observation/{oid}/_history/1"),
+        format!("Observation/{oid}/_history"),
+    ] {
+        assert_denied(get(&s, &rs_d, &path), &path, "Positive");
+    }
+    let (_, all) = get(&s, &rs_d, &format!("Patient/{pid}/$everything"));
+    assert!(!all.to_string().contains(&oid) && !all.to_string().contains("Lestari"), "{all}");
+    let mut changed = observation(&pid);
+    changed["id"] = json!(oid);
+    assert_denied(call(&s, &rs_d, reqwest::Method::PUT, &format!("Observation/{oid}"), Some(&changed), &[]), "update of A's record", "Positive");
+    assert_denied(call(&s, &rs_d, reqwest::Method::DELETE, &format!("Observation/{oid}"), None, &[]), "delete of A's record", "Positive");
+    // Its referral opens nothing for E either: D is not in the patient's care.
+    assert_denied(get(&s, &rs_e, &format!("Observation/{oid}")), "a referral from outside the care", "Positive");
+    // The patient's own client writes the permit: that opens what it covers.
+    let me = caller(&inst, &s, &["--name", "Mobile JKN", "--role", "patient", "--patient", &format!("Patient/{pid}"), "--scopes", "patient/*.cruds"]);
+    let (st, v) = call(&s, &me, reqwest::Method::POST, "Consent", Some(&consent(&pid, json!({"type": "permit",
+        "actor": [{"role": {"coding": [{"code": "PRCP"}]}, "reference": {"reference": "Organization/rs-d"}}],
+        "class": [{"code": "Observation"}]}))), &[]);
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(get(&s, &rs_d, &format!("Observation/{oid}")).0, 200, "the patient's permit");
+    assert_denied(get(&s, &rs_d, &format!("Patient/{pid}")), "the permit names Observations only", "Lestari");
+    // The facility cannot widen the patient's permit; a facility in care that rewrites it
+    // makes it its own, and then it grants nothing.
+    let cid = v["id"].as_str().unwrap().to_string();
+    let mut again = v.clone();
+    again["provision"]["class"] = json!([{"code": "Observation"}, {"code": "Patient"}]);
+    assert_denied(call(&s, &rs_d, reqwest::Method::PUT, &format!("Consent/{cid}"), Some(&again), &[]), "D widening its permit", "Lestari");
+    assert_eq!(call(&s, &rs_a, reqwest::Method::PUT, &format!("Consent/{cid}"), Some(&again), &[]).0, 200);
+    assert_denied(get(&s, &rs_d, &format!("Patient/{pid}")), "a permit last written by a facility", "Lestari");
+    assert_denied(get(&s, &rs_d, &format!("Observation/{oid}")), "a permit last written by a facility", "Positive");
+    // RS A registered the patient, so it is in the care: its referral to E opens for E.
+    create(&s, &rs_a, json!({"resourceType": "ServiceRequest", "status": "active", "intent": "order",
+        "subject": {"reference": format!("Patient/{pid}")}, "performer": [{"reference": "Organization/rs-e"}]}));
+    assert_eq!(get(&s, &rs_e, &format!("Observation/{oid}")).0, 200, "a referral from a facility in care");
+}
+
+#[test]
+fn a_clinical_record_must_name_a_patient_that_exists() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let rs_a = facility(&inst, &s, "rs-a");
+    let rs_b = facility(&inst, &s, "rs-b");
+    let pid = create(&s, &rs_a, patient("3171054708900003", "Lestari"));
+    // A subject that does not resolve.
+    let (st, v) = call(&s, &rs_a, reqwest::Method::POST, "Observation", Some(&observation("no-such-patient")), &[]);
+    assert_eq!((st, v["resourceType"].as_str()), (422, Some("OperationOutcome")), "{v}");
+    // No patient at all: it would land in the directory, readable by every facility.
+    let mut orphan = observation(&pid);
+    orphan.as_object_mut().unwrap().remove("subject");
+    let (st, v) = call(&s, &rs_a, reqwest::Method::POST, "Observation", Some(&orphan), &[]);
+    assert_eq!((st, v["resourceType"].as_str()), (422, Some("OperationOutcome")), "{v}");
+    let (st, v) = call(&s, &rs_b, reqwest::Method::PUT, "Observation/orphan-1", Some(&{
+        let mut o = orphan.clone();
+        o["id"] = json!("orphan-1");
+        o
+    }), &[]);
+    assert_eq!(st, 422, "{v}");
+    // Another server's patient is not ours either.
+    let (st, _) = call(&s, &rs_a, reqwest::Method::POST, "Observation", Some(&observation("x").as_object().map(|o| {
+        let mut o = o.clone();
+        o.insert("subject".into(), json!({"reference": "https://other.example/fhir/Patient/1"}));
+        Value::Object(o)
+    }).unwrap()), &[]);
+    assert_eq!(st, 422);
+    // A deleted patient takes no new records.
+    let gone = create(&s, &rs_a, patient("3273014708900007", "Santoso"));
+    assert_eq!(call(&s, &rs_a, reqwest::Method::DELETE, &format!("Patient/{gone}"), None, &[]).0, 204);
+    assert_eq!(call(&s, &rs_a, reqwest::Method::POST, "Observation", Some(&observation(&gone)), &[]).0, 422);
+    // A patient created in the same transaction exists for its records.
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:7f0c3b0e-8a7a-4c55-b1f8-0d6a4a1f7a11", "resource": patient("3374014708900001", "Rahayu"), "request": {"method": "POST", "url": "Patient"}},
+        {"resource": observation("x").as_object().map(|o| {
+            let mut o = o.clone();
+            o.insert("subject".into(), json!({"reference": "urn:uuid:7f0c3b0e-8a7a-4c55-b1f8-0d6a4a1f7a11"}));
+            Value::Object(o)
+        }).unwrap(), "request": {"method": "POST", "url": "Observation"}}]});
+    let (st, v) = call(&s, &rs_a, reqwest::Method::POST, "", Some(&bundle), &[]);
+    assert_eq!(st, 200, "{v}");
 }
 
 #[test]
@@ -288,11 +401,16 @@ fn the_patients_consent_is_enforced_record_by_record() {
         &[("X-Purpose-Of-Use", "BTG"), ("X-Break-Glass-Reason", "suicide risk assessment in the emergency room")]);
     assert_eq!(st, 200);
 
-    // A permit by name lets a facility without a relationship see what it names, nothing else.
+    // A permit by name lets a facility without a relationship see what it names, nothing
+    // else; only when the patient's own client wrote it (a facility's permit opens nothing).
     assert_denied(get(&s, &rs_e, &format!("Observation/{plain}")), "no relationship, no consent", "Positive");
-    create(&s, &rs_a, consent(&pid, json!({"type": "permit",
+    let permit_e = consent(&pid, json!({"type": "permit",
         "actor": [{"role": {"coding": [{"code": "PRCP"}]}, "reference": {"reference": "Organization/rs-e"}}],
-        "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "Observation"}]})));
+        "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "Observation"}]}));
+    create(&s, &rs_a, permit_e.clone());
+    assert_denied(get(&s, &rs_e, &format!("Observation/{plain}")), "a permit a facility wrote", "Positive");
+    let me = caller(&inst, &s, &["--name", "me", "--role", "patient", "--patient", &format!("Patient/{pid}"), "--scopes", "patient/*.cruds"]);
+    assert_eq!(call(&s, &me, reqwest::Method::POST, "Consent", Some(&permit_e), &[]).0, 201);
     assert_eq!(get(&s, &rs_e, &format!("Observation/{plain}")).0, 200, "named by the permit");
     assert_denied(get(&s, &rs_e, &format!("Observation/{psy}")), "the PSY deny still holds", "Depressive");
     assert_denied(get(&s, &rs_e, &format!("Patient/{pid}")), "the permit names Observations only", "Lestari");
@@ -407,4 +525,311 @@ fn facility_work_lists_are_the_one_cross_patient_search() {
     assert_eq!(call(&s, &rs_a, reqwest::Method::PUT, &format!("Encounter/{e2}"), Some(&enc), &[]).0, 200);
     let (_, v) = get(&s, &rs_a, "Encounter?service-provider=Organization/rs-a&date=2026-11-29");
     assert_eq!(v["total"], 0, "{v}");
+}
+
+/// A patient of RS A with one result, and puskesmas C in the patient's care (an Encounter
+/// there, written by RS A). Returns (patient id, Observation id, Encounter id).
+fn patient_in_care_of_c(s: &Server, rs_a: &Caller) -> (String, String, String) {
+    let pid = create(s, rs_a, patient("3171054708900003", "Lestari"));
+    let oid = create(s, rs_a, observation(&pid));
+    let eid = create(
+        s,
+        rs_a,
+        json!({"resourceType": "Encounter", "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": format!("Patient/{pid}")}, "serviceProvider": {"reference": "Organization/pkm-c"},
+        "period": {"start": "2026-11-30T08:00:00+07:00", "end": "2026-11-30T09:00:00+07:00"}}),
+    );
+    (pid, oid, eid)
+}
+
+#[test]
+fn a_consent_deny_holds_however_the_organization_is_written_and_when_it_cannot_be_evaluated() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let rs_a = facility(&inst, &s, "rs-a");
+    let pkm_c = facility(&inst, &s, "pkm-c");
+    let (pid, oid, eid) = patient_in_care_of_c(&s, &rs_a);
+    let me = caller(&inst, &s, &["--name", "me", "--role", "patient", "--patient", &format!("Patient/{pid}"), "--scopes", "patient/*.cruds"]);
+    assert_eq!(
+        get(&s, &pkm_c, &format!("Observation/{oid}")).0,
+        200,
+        "care, no consent yet"
+    );
+    let mut changed = observation(&pid);
+    changed["id"] = json!(oid);
+    for (form, reference) in [
+        (
+            "versioned",
+            json!({"reference": "Organization/pkm-c/_history/1"}),
+        ),
+        (
+            "absolute on this server",
+            json!({"reference": s.url("Organization/pkm-c")}),
+        ),
+        (
+            "absolute on another server",
+            json!({"reference": "https://sisrute.example/fhir/Organization/pkm-c"}),
+        ),
+        (
+            "an unresolved urn:uuid",
+            json!({"reference": "urn:uuid:0b3a2e7a-4d7e-4e4e-9f0a-2a4f0c1e2b3c"}),
+        ),
+        (
+            "an identifier",
+            json!({"identifier": {"system": "https://sirs.kemkes.go.id", "value": "3171015"}}),
+        ),
+    ] {
+        let (st, v) = call(
+            &s,
+            &rs_a,
+            reqwest::Method::POST,
+            "Consent",
+            Some(&consent(
+                &pid,
+                json!({"type": "deny",
+            "actor": [{"role": {"coding": [{"code": "PRCP"}]}, "reference": reference}]}),
+            )),
+            &[],
+        );
+        assert_eq!(st, 201, "{form}: {v}");
+        let cid = v["id"].as_str().unwrap().to_string();
+        for path in [
+            format!("Observation/{oid}"),
+            format!("Observation/{oid}/_history/1"),
+            format!("Patient/{pid}"),
+        ] {
+            assert_denied(
+                get(&s, &pkm_c, &path),
+                &format!("{form}: {path}"),
+                "Positive",
+            );
+        }
+        for path in [
+            format!("Observation?patient={pid}"),
+            format!("Patient/{pid}/Observation"),
+            format!("Observation?_id={oid}&patient={pid}"),
+        ] {
+            let (st, v) = get(&s, &pkm_c, &path);
+            assert_eq!(
+                (st, v["total"].as_u64()),
+                (200, Some(0)),
+                "{form}: {path}: {v}"
+            );
+        }
+        let (st, v) = get(&s, &pkm_c, &format!("Patient/{pid}/$everything"));
+        assert!(
+            st == 403 || !v.to_string().contains(&oid),
+            "{form}: $everything: {st} {v}"
+        );
+        let (st, v) = get(&s, &pkm_c, &format!("Observation/{oid}/_history"));
+        assert!(
+            st == 403 || !v.to_string().contains("Positive"),
+            "{form}: history: {st} {v}"
+        );
+        let (st, v) = get(
+            &s,
+            &pkm_c,
+            "Encounter?service-provider=Organization/pkm-c&date=2026-11-30",
+        );
+        assert!(
+            st == 200 && !v.to_string().contains(&eid),
+            "{form}: the work list: {st} {v}"
+        );
+        assert_denied(
+            call(
+                &s,
+                &pkm_c,
+                reqwest::Method::PUT,
+                &format!("Observation/{oid}"),
+                Some(&changed),
+                &[],
+            ),
+            &format!("{form}: update"),
+            "Positive",
+        );
+        assert_denied(
+            call(
+                &s,
+                &pkm_c,
+                reqwest::Method::DELETE,
+                &format!("Observation/{oid}"),
+                None,
+                &[],
+            ),
+            &format!("{form}: delete"),
+            "Positive",
+        );
+        // RS A, named by none of these, is not affected by those it can evaluate.
+        let certain = matches!(form, "versioned" | "absolute on this server");
+        assert_eq!(
+            get(&s, &rs_a, &format!("Observation/{oid}")).0 == 200,
+            certain,
+            "{form}: RS A"
+        );
+        // The patient withdraws it (a deny nobody can evaluate denies RS A the Consent too).
+        assert_eq!(call(&s, &me, reqwest::Method::DELETE, &format!("Consent/{cid}"), None, &[]).0, 204, "{form}");
+        assert_eq!(
+            get(&s, &pkm_c, &format!("Observation/{oid}")).0,
+            200,
+            "{form}: the consent withdrawn"
+        );
+    }
+    assert_eq!(
+        get(&s, &rs_a, &format!("Observation/{oid}")).1["meta"]["versionId"],
+        "1",
+        "nothing changed"
+    );
+}
+
+#[test]
+fn a_purpose_of_use_is_honoured_only_when_registered_and_then_like_break_glass() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let rs_a = facility(&inst, &s, "rs-a");
+    let pkm_c = facility(&inst, &s, "pkm-c");
+    let pkm_c_er = caller(
+        &inst,
+        &s,
+        &[
+            "--name",
+            "pkm-c ER",
+            "--role",
+            "facility-system",
+            "--organization",
+            "Organization/pkm-c",
+            "--scopes",
+            "system/*.cruds",
+            "--purposes",
+            "ETREAT",
+        ],
+    );
+    let (pid, oid, _) = patient_in_care_of_c(&s, &rs_a);
+    // Nobody but in an emergency (a deny with a nested permit for purpose ETREAT).
+    create(
+        &s,
+        &rs_a,
+        consent(
+            &pid,
+            json!({"type": "deny", "class": [{"code": "Observation"}],
+        "provision": [{"type": "permit", "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "ETREAT"}]}]}),
+        ),
+    );
+    let path = format!("Observation/{oid}");
+    assert_denied(get(&s, &pkm_c, &path), "treatment", "Positive");
+    let etreat = ("X-Purpose-Of-Use", "ETREAT");
+    let reason = ("X-Break-Glass-Reason", "patient brought in unconscious");
+    // Stating the purpose is not enough: the client must be registered for it.
+    let (st, v) = call(
+        &s,
+        &pkm_c,
+        reqwest::Method::GET,
+        &path,
+        None,
+        &[etreat, reason],
+    );
+    assert_eq!(
+        (st, v["resourceType"].as_str()),
+        (403, Some("OperationOutcome")),
+        "unregistered: {v}"
+    );
+    let (st, _) = call(
+        &s,
+        &pkm_c,
+        reqwest::Method::GET,
+        &path,
+        None,
+        &[("X-Purpose-Of-Use", "HPAYMT"), reason],
+    );
+    assert_eq!(st, 403, "any other purpose, unregistered");
+    // Registered, it needs a reason...
+    let (st, v) = call(&s, &pkm_c_er, reqwest::Method::GET, &path, None, &[etreat]);
+    assert_eq!(st, 400, "registered without a reason: {v}");
+    assert!(
+        v["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("reason"),
+        "{v}"
+    );
+    assert_denied(
+        get(&s, &pkm_c_er, &path),
+        "the registered client, for treatment",
+        "Positive",
+    );
+    let (st, _) = call(
+        &s,
+        &pkm_c_er,
+        reqwest::Method::GET,
+        &path,
+        None,
+        &[("X-Purpose-Of-Use", "HPAYMT"), reason],
+    );
+    assert_eq!(st, 403, "a purpose it is not registered for");
+    // ... and with one it is honoured, and alerted.
+    let (st, v) = call(
+        &s,
+        &pkm_c_er,
+        reqwest::Method::GET,
+        &path,
+        None,
+        &[etreat, reason],
+    );
+    assert_eq!(st, 200, "{v}");
+    let log = std::fs::read_to_string(inst.log_file()).unwrap_or_default();
+    assert!(
+        log.contains("purpose of use other than treatment granted"),
+        "no alert logged"
+    );
+    assert!(
+        !log.contains(&pid) && !log.contains("Lestari"),
+        "the alert names the patient"
+    );
+    // A purpose opens nothing by itself: without a care relationship, still 403.
+    let rs_e = caller(
+        &inst,
+        &s,
+        &[
+            "--name",
+            "rs-e",
+            "--role",
+            "facility-system",
+            "--organization",
+            "Organization/rs-e",
+            "--scopes",
+            "system/*.cruds",
+            "--purposes",
+            "ETREAT",
+        ],
+    );
+    assert_denied(
+        call(
+            &s,
+            &rs_e,
+            reqwest::Method::GET,
+            &path,
+            None,
+            &[etreat, reason],
+        ),
+        "no relationship",
+        "Positive",
+    );
+    // Registration refuses BTG as a purpose (break-glass is its own mechanism), and malformed codes.
+    for bad in ["BTG", "E TREAT"] {
+        let out = inst.cli(&[
+            "clients",
+            "create",
+            "--name",
+            "x",
+            "--role",
+            "facility-system",
+            "--organization",
+            "Organization/rs-a",
+            "--scopes",
+            "system/*.rs",
+            "--purposes",
+            bad,
+        ]);
+        assert!(!out.status.success(), "{bad}");
+    }
 }

@@ -95,7 +95,9 @@ fn oracle(c: &Caller, t: &Target, interaction: &str) -> Want {
         }
         Role::Facility | Role::Clinician => {
             if perm == 'c' {
-                return Want::Ok; // submitting data puts the patient in the facility's care
+                // Any facility may add to a patient's record; it reaches what it wrote and
+                // nothing more (checked after the creates, below).
+                return Want::Ok;
             }
             // Both patients were registered by rs-home; rs-other has no relationship.
             if c.org != Some("rs-home") {
@@ -209,8 +211,7 @@ fn generated_authorisation_matrix() {
             failures.push(format!("{what}: expected {want:?}, got {got:?} (HTTP {status})"));
         }
     };
-    // Reads, searches and updates first (updates rewrite the same content), creates last:
-    // a create puts the patient in the creator's care, which would change later answers.
+    // Reads, searches and updates first (updates rewrite the same content), creates last.
     for c in &callers {
         for t in &targets {
             let what = |i: &str| format!("{} / {} {} of {} / {i}", c.name, t.rtype, if t.hiv { "(HIV)" } else { "" }, t.patient.unwrap_or("directory"));
@@ -262,6 +263,15 @@ fn generated_authorisation_matrix() {
                 _ => panic!("{} / create Observation of {p}: unexpected status {st} {v}", c.name),
             };
             check(format!("{} / create Observation of {p}", c.name), oracle(c, &t, "create"), got, st);
+        }
+    }
+    // Writing for a patient opened nothing: every record of the patients is still denied
+    // to the facility outside their care, as before its creates.
+    for c in callers.iter().filter(|c| c.org == Some("rs-other")) {
+        for t in targets.iter().filter(|t| t.patient.is_some()) {
+            let (st, _) = send(&s, &c.token, reqwest::Method::GET, &format!("{}/{}", t.rtype, t.id), None);
+            let got = if st == 200 { Want::Ok } else if st == 403 { Want::Denied } else { panic!("{}: read after create: {st}", c.name) };
+            check(format!("{} / {} of {} / read after its own create", c.name, t.rtype, t.patient.unwrap()), Want::Denied, got, st);
         }
     }
     eprintln!("authorisation matrix: {cases} cases ({} callers × {} targets × read, search, update; plus creates)", callers.len(), targets.len());

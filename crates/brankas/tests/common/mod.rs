@@ -249,11 +249,21 @@ pub fn all_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// `resource` without server-managed `meta.versionId` / `meta.lastUpdated` (and an emptied meta).
+/// The extension with which the server stamps who wrote a patient's record.
+pub const WRITTEN_BY: &str = "https://brankas.dev/fhir/StructureDefinition/written-by";
+
+/// `resource` without server-managed `meta.versionId` / `meta.lastUpdated` and writer stamps
+/// (and an emptied meta).
 pub fn without_server_meta(mut v: Value) -> Value {
     if let Some(meta) = v.get_mut("meta").and_then(Value::as_object_mut) {
         meta.remove("versionId");
         meta.remove("lastUpdated");
+        if let Some(ext) = meta.get_mut("extension").and_then(Value::as_array_mut) {
+            ext.retain(|e| e["url"] != WRITTEN_BY);
+            if ext.is_empty() {
+                meta.remove("extension");
+            }
+        }
         if meta.is_empty() {
             v.as_object_mut().unwrap().remove("meta");
         }
