@@ -407,6 +407,7 @@ impl Principal {
             break_glass_reason: None,
             local: false,
             sensitive: Vec::new(),
+            purposes: Vec::new(),
             trail: AccessTrail::default(),
             budget: None,
             limits: None,

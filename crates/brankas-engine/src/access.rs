@@ -124,7 +124,7 @@ pub(crate) fn merge_facts(into: &mut CareFacts, more: CareFacts) {
 /// Why in the record: the check costs nothing for a caller in the patient's care (never
 /// evaluated) and one look into an already decrypted record otherwise; keeping the list in
 /// the care record instead would grow with every record and be read on every request.
-pub const WRITTEN_BY: &str = "https://brankas.dev/fhir/StructureDefinition/written-by";
+pub const WRITTEN_BY: &str = "https://brankas.id/fhir/StructureDefinition/written-by";
 
 /// Most writers kept on one record (the earliest are dropped first).
 const MAX_WRITERS: usize = 16;

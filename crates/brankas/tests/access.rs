@@ -126,7 +126,7 @@ fn writing_for_a_patient_opens_nothing_but_what_was_written() {
     let mut mine = observation(&pid);
     mine["valueCodeableConcept"] = json!({"text": "Negative"});
     // A writer stamp sent by the client is not believed.
-    mine["meta"] = json!({"extension": [{"url": "https://brankas.dev/fhir/StructureDefinition/written-by", "valueReference": {"reference": "Organization/rs-a"}}]});
+    mine["meta"] = json!({"extension": [{"url": "https://brankas.id/fhir/StructureDefinition/written-by", "valueReference": {"reference": "Organization/rs-a"}}]});
     let my_obs = create(&s, &rs_d, mine);
     create(&s, &rs_d, json!({"resourceType": "Encounter", "status": "finished",
         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},

@@ -250,7 +250,7 @@ pub fn all_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// The extension with which the server stamps who wrote a patient's record.
-pub const WRITTEN_BY: &str = "https://brankas.dev/fhir/StructureDefinition/written-by";
+pub const WRITTEN_BY: &str = "https://brankas.id/fhir/StructureDefinition/written-by";
 
 /// `resource` without server-managed `meta.versionId` / `meta.lastUpdated` and writer stamps
 /// (and an emptied meta).
