@@ -610,6 +610,8 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
 #[derive(serde::Deserialize)]
 struct BreachParams {
     client: Option<String>,
+    /// An administrator (or any client): the clients it registered or approved.
+    admin: Option<String>,
     address: Option<String>,
     since: Option<String>,
     until: Option<String>,
@@ -618,9 +620,12 @@ struct BreachParams {
     contact: Option<String>,
 }
 
-/// `GET /admin/breach-report?client=ID|address=IP&since=T[&until=T][&format=json|csv][&lang=id|en][&contact=TEXT]`:
-/// "who was hit?", for security officers. The report names patients, so each patient in it is
-/// an audited disclosure to the officer.
+/// `GET /admin/breach-report?client=ID|admin=ID|address=IP&since=T[&until=T][&format=json|csv][&lang=id|en][&contact=TEXT]`:
+/// "who was hit?", for security officers. `admin=ID` covers the clients that administrator
+/// registered or approved (and those they registered in turn). The report reveals
+/// identities, so each patient in it is an audited disclosure to the officer, counted against
+/// the officer's own patient budget like any other (past it: 429 and suspension) and
+/// alerted (`breach-report`).
 async fn breach_report(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, Query(q): Query<BreachParams>) -> Result<Response, ApiError> {
     use brankas_audit::breach::{self, BreachQuery, Identity, Suspect};
     let what = What::new("breach-report", "E", None);
@@ -628,10 +633,19 @@ async fn breach_report(State(st): St, Extension(who): Extension<Principal>, ctx:
         if who.role() != Role::SecurityOfficer {
             return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "breach reports are for security officers"));
         }
-        let suspect = match (&q.client, &q.address) {
-            (Some(c), None) => Suspect::Client(c.chars().take(128).collect()),
-            (None, Some(a)) => Suspect::Address(a.chars().take(64).collect()),
-            _ => return Err(ApiError::bad_request("give exactly one of client and address")),
+        let suspect = match (&q.client, &q.address, &q.admin) {
+            (Some(c), None, None) => Suspect::Client(c.chars().take(128).collect()),
+            (None, Some(a), None) => Suspect::Address(a.chars().take(64).collect()),
+            (None, None, Some(a)) => {
+                let a: String = a.chars().take(128).collect();
+                let (auth, id) = (st.auth.clone(), a.clone());
+                let ids = tokio::task::spawn_blocking(move || auth.descendants(&id))
+                    .await
+                    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error"))?
+                    .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "the client registry cannot be read"))?;
+                Suspect::Clients { label: format!("administrator {a} and the clients it registered or approved"), ids }
+            }
+            _ => return Err(ApiError::bad_request("give exactly one of client, admin and address")),
         };
         let since_us = q.since.as_deref().and_then(breach::parse_time).ok_or_else(|| ApiError::bad_request("since is required: RFC 3339 or YYYY-MM-DD"))?;
         let until_us = match q.until.as_deref() {
@@ -665,9 +679,23 @@ async fn breach_report(State(st): St, Extension(who): Extension<Principal>, ctx:
         Ok((rep, _, _)) => rep.patients.iter().map(|p| json!({"resourceType": "Patient", "id": p.id})).collect(),
         Err(_) => Vec::new(),
     };
-    let recs = match &r {
-        Ok(_) => records(&st, &who, &ctx, &what, 200, None, &shown.iter().collect::<Vec<_>>()),
-        Err(e) => records(&st, &who, &ctx, &what, e.status.as_u16(), Some(e), &[]),
+    let (recs, r) = match r {
+        Ok(rep) => {
+            // The identities revealed pass the guard like any disclosure: the officer's own
+            // patient budget (and suspension past it).
+            let recs = records(&st, &who, &ctx, &what, 200, None, &shown.iter().collect::<Vec<_>>());
+            match crate::guard::admit(&st, &who, &recs).await {
+                Ok(()) => {
+                    if !shown.is_empty() {
+                        let detail = json!({"officer": who.client_id(), "patients_revealed": shown.len(), "suspect": rep.0.suspect});
+                        crate::guard::raise(&st, "breach-report", "medium", Some(who.client_id()), detail);
+                    }
+                    (recs, Ok(rep))
+                }
+                Err(e) => (refused(recs, &e), Err(e)),
+            }
+        }
+        Err(e) => (records(&st, &who, &ctx, &what, e.status.as_u16(), Some(&e), &[]), Err(e)),
     };
     commit(&st, recs).await?;
     let (report, format, lang) = r?;
