@@ -667,6 +667,8 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
 #[derive(serde::Deserialize)]
 struct BreachParams {
     client: Option<String>,
+    /// An administrator (or any client): the clients it registered or approved.
+    admin: Option<String>,
     address: Option<String>,
     since: Option<String>,
     until: Option<String>,
@@ -675,9 +677,12 @@ struct BreachParams {
     contact: Option<String>,
 }
 
-/// `GET /admin/breach-report?client=ID|address=IP&since=T[&until=T][&format=json|csv][&lang=id|en][&contact=TEXT]`:
-/// "who was hit?", for security officers. The report names patients, so each patient in it is
-/// an audited disclosure to the officer.
+/// `GET /admin/breach-report?client=ID|admin=ID|address=IP&since=T[&until=T][&format=json|csv][&lang=id|en][&contact=TEXT]`:
+/// "who was hit?", for security officers. `admin=ID` covers the clients that administrator
+/// registered or approved (and those they registered in turn). The report reveals
+/// identities, so each patient in it is an audited disclosure to the officer, counted against
+/// the officer's own patient budget like any other (past it: 429 and suspension) and
+/// alerted (`breach-report`).
 async fn breach_report(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, Query(q): Query<BreachParams>) -> Result<Response, ApiError> {
     use brankas_audit::breach::{self, BreachQuery, Identity, Suspect};
     let what = What::new("breach-report", "E", None);
@@ -685,10 +690,19 @@ async fn breach_report(State(st): St, Extension(who): Extension<Principal>, ctx:
         if who.role() != Role::SecurityOfficer {
             return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "breach reports are for security officers"));
         }
-        let suspect = match (&q.client, &q.address) {
-            (Some(c), None) => Suspect::Client(c.chars().take(128).collect()),
-            (None, Some(a)) => Suspect::Address(a.chars().take(64).collect()),
-            _ => return Err(ApiError::bad_request("give exactly one of client and address")),
+        let suspect = match (&q.client, &q.address, &q.admin) {
+            (Some(c), None, None) => Suspect::Client(c.chars().take(128).collect()),
+            (None, Some(a), None) => Suspect::Address(a.chars().take(64).collect()),
+            (None, None, Some(a)) => {
+                let a: String = a.chars().take(128).collect();
+                let (auth, id) = (st.auth.clone(), a.clone());
+                let ids = tokio::task::spawn_blocking(move || auth.descendants(&id))
+                    .await
+                    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error"))?
+                    .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "the client registry cannot be read"))?;
+                Suspect::Clients { label: format!("administrator {a} and the clients it registered or approved"), ids }
+            }
+            _ => return Err(ApiError::bad_request("give exactly one of client, admin and address")),
         };
         let since_us = q.since.as_deref().and_then(breach::parse_time).ok_or_else(|| ApiError::bad_request("since is required: RFC 3339 or YYYY-MM-DD"))?;
         let until_us = match q.until.as_deref() {
@@ -704,30 +718,34 @@ async fn breach_report(State(st): St, Extension(who): Extension<Principal>, ctx:
         let bq = BreachQuery { suspect, since_us, until_us, contact };
         let (s, officer) = (st.clone(), who.clone());
         let report = tokio::task::spawn_blocking(move || {
-            breach::breach_report(
+            // Each identity the report reveals is a disclosure to the officer: gathered here,
+            // it passes the guard (the officer's own patient budget, suspension past it) and
+            // the audit like any other before the report is released.
+            let revealed = std::cell::RefCell::new(brankas_engine::Admitted::nothing(()));
+            let report = breach::breach_report(
                 &s.audit,
                 &bq,
-                // The report is itself audited (one disclosure record per patient listed).
-                |id| s.engine.breach_identity(&officer, id).ok().flatten().map(|r| Identity::from_patient(&r.unreleased().resource)),
+                |id| {
+                    let a = s.engine.breach_identity(&officer, id).ok().flatten()?;
+                    let identity = Identity::from_patient(&a.unreleased().resource);
+                    revealed.borrow_mut().take(a);
+                    Some(identity)
+                },
                 |id| s.store.canaries_among(&[s.engine.patient_partition(id)]).is_ok_and(|c| !c.is_empty()),
-            )
+            );
+            report.map(|r| revealed.into_inner().map(|()| r))
         })
         .await
         .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error"))?
         .map_err(audit_error)?;
-        Ok((report, format, lang))
+        Ok(report.map(|r| (r, format, lang)))
     }
     .await;
-    let shown: Vec<Value> = match &r {
-        Ok((rep, _, _)) => rep.patients.iter().map(|p| json!({"resourceType": "Patient", "id": p.id})).collect(),
-        Err(_) => Vec::new(),
-    };
-    let recs = match &r {
-        Ok(_) => records(&st, &who, &ctx, &what, 200, None, &shown.iter().collect::<Vec<_>>()),
-        Err(e) => records(&st, &who, &ctx, &what, e.status.as_u16(), Some(e), &[]),
-    };
-    commit(&st, recs).await?;
-    let (report, format, lang) = r?;
+    let (report, format, lang) = finish(&st, &who, &ctx, what, r).await?;
+    if !report.patients.is_empty() {
+        let detail = json!({"officer": who.client_id(), "patients_revealed": report.patients.len(), "suspect": report.suspect});
+        crate::guard::raise(&st, "breach-report", "medium", Some(who.client_id()), detail);
+    }
     if format == "csv" {
         let mut resp = (StatusCode::OK, report.to_csv(&lang)).into_response();
         resp.headers_mut().insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("text/csv; charset=utf-8"));

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
-use brankas_auth::{ClientStatus, OnExceed, Principal, Role};
+use brankas_auth::{OnExceed, Principal, Role};
 use brankas_store::AlertRow;
 use serde_json::{Value, json};
 
@@ -238,7 +238,7 @@ pub(crate) async fn admit(st: &AppState, who: &Principal, disclosure: &brankas_e
     let verdict = tokio::task::spawn_blocking(move || -> Result<Option<(&'static str, Value, bool)>, brankas_store::StoreError> {
         let canaries = st2.canaries_among(&parts)?;
         if !canaries.is_empty() {
-            let _ = auth.set_status(&client, ClientStatus::Suspended);
+            let _ = auth.suspend(&client);
             return Ok(Some(("canary", json!({"canaries_touched": canaries.len(), "action": "suspended"}), true)));
         }
         let (hour, day) = windows();
@@ -248,7 +248,7 @@ pub(crate) async fn admit(st: &AppState, who: &Principal, disclosure: &brankas_e
         }
         let suspend = budget.on_exceed == OnExceed::Suspend;
         if suspend {
-            let _ = auth.set_status(&client, ClientStatus::Suspended);
+            let _ = auth.suspend(&client);
         }
         Ok(Some((
             "patient-budget",

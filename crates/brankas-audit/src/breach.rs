@@ -21,6 +21,9 @@ pub enum Suspect {
     Client(String),
     /// A network address (as recorded).
     Address(String),
+    /// Several clients reported as one: e.g. the clients an administrator registered or a
+    /// security officer approved (`label` names them in the report).
+    Clients { label: String, ids: Vec<String> },
 }
 
 /// The question of a breach report.
@@ -209,65 +212,74 @@ pub fn breach_report(
     }
     let mut hit: BTreeMap<String, Acc> = BTreeMap::new();
     let (mut examined, mut refused) = (0u64, 0u64);
-    let mut before = None;
-    'walk: loop {
-        let page = match &q.suspect {
-            Suspect::Client(c) => log.by_client(c, before, 2000)?,
-            Suspect::Address(_) => log.latest(before, 2000)?,
-        };
-        let done = page.len() < 2000;
-        for o in page {
-            before = Some(o.seq);
-            if o.time_us < q.since_us {
-                break 'walk;
-            }
-            examined += 1;
-            if examined > MAX_RECORDS {
-                break 'walk;
-            }
-            if o.time_us >= until || !matches(&q.suspect, &o) {
-                continue;
-            }
-            if o.entry.outcome != Some(Outcome::Success) {
-                if o.partition.is_some() {
-                    refused += 1;
+    // One walk per client (by the log's client index), or one over the whole log.
+    let walks: Vec<Option<&str>> = match &q.suspect {
+        Suspect::Client(c) => vec![Some(c.as_str())],
+        Suspect::Clients { ids, .. } => ids.iter().map(|c| Some(c.as_str())).collect(),
+        Suspect::Address(_) => vec![None],
+    };
+    for walk in walks {
+        let mut before = None;
+        'walk: loop {
+            let page = match walk {
+                Some(c) => log.by_client(c, before, 2000)?,
+                None => log.latest(before, 2000)?,
+            };
+            let done = page.len() < 2000;
+            for o in page {
+                before = Some(o.seq);
+                if o.time_us < q.since_us {
+                    break 'walk;
                 }
-                continue;
-            }
-            let Some(pid) = o.entry.patient.clone() else { continue };
-            if o.entry.resources.is_empty() && !o.entry.disclosed {
-                // The request reached the patient but received none of its data.
-                continue;
-            }
-            // What left (or was changed): reads, searches and exports, and writes.
-            let a = hit.entry(pid).or_insert(Acc { first: o.time_us, last: o.time_us, accesses: 0, categories: BTreeMap::new(), records: Vec::new() });
-            a.first = a.first.min(o.time_us);
-            a.last = a.last.max(o.time_us);
-            a.accesses += 1;
-            for c in &o.entry.categories {
-                a.categories.insert(known_category(c), ());
-            }
-            if o.entry.resources.is_empty() && o.entry.categories.is_empty() {
-                // A count or an empty page about the patient: what was asked about.
-                let t = o.entry.target.as_deref().and_then(|t| t.split('/').next()).unwrap_or_default();
-                a.categories.insert(category(t), ());
-            }
-            for r in &o.entry.resources {
-                if o.entry.categories.is_empty() {
-                    a.categories.insert(category(r.split('/').next().unwrap_or_default()), ());
+                examined += 1;
+                if examined > MAX_RECORDS {
+                    break 'walk;
                 }
-                if a.records.len() < 1000 && !a.records.contains(r) {
-                    a.records.push(r.clone());
+                if o.time_us >= until || !matches(&q.suspect, &o) {
+                    continue;
+                }
+                if o.entry.outcome != Some(Outcome::Success) {
+                    if o.partition.is_some() {
+                        refused += 1;
+                    }
+                    continue;
+                }
+                let Some(pid) = o.entry.patient.clone() else { continue };
+                if o.entry.resources.is_empty() && !o.entry.disclosed {
+                    // The request reached the patient but received none of its data.
+                    continue;
+                }
+                // What left (or was changed): reads, searches and exports, and writes.
+                let a = hit.entry(pid).or_insert(Acc { first: o.time_us, last: o.time_us, accesses: 0, categories: BTreeMap::new(), records: Vec::new() });
+                a.first = a.first.min(o.time_us);
+                a.last = a.last.max(o.time_us);
+                a.accesses += 1;
+                for c in &o.entry.categories {
+                    a.categories.insert(known_category(c), ());
+                }
+                if o.entry.resources.is_empty() && o.entry.categories.is_empty() {
+                    // A count or an empty page about the patient: what was asked about.
+                    let t = o.entry.target.as_deref().and_then(|t| t.split('/').next()).unwrap_or_default();
+                    a.categories.insert(category(t), ());
+                }
+                for r in &o.entry.resources {
+                    if o.entry.categories.is_empty() {
+                        a.categories.insert(category(r.split('/').next().unwrap_or_default()), ());
+                    }
+                    if a.records.len() < 1000 && !a.records.contains(r) {
+                        a.records.push(r.clone());
+                    }
                 }
             }
-        }
-        if done {
-            break;
+            if done {
+                break;
+            }
         }
     }
     let suspect = match &q.suspect {
         Suspect::Client(c) => format!("client {c}"),
         Suspect::Address(a) => format!("address {a}"),
+        Suspect::Clients { label, ids } => format!("{label}: clients {}", ids.join(", ")),
     };
     let (canary, real): (Vec<_>, Vec<_>) = hit.into_iter().partition(|(id, _)| is_canary(id));
     let canaries = canary.into_iter().map(|(id, a)| CanaryHit { id, first_access: rfc3339(a.first) }).collect();
@@ -297,6 +309,7 @@ fn matches(s: &Suspect, o: &Opened) -> bool {
     match s {
         Suspect::Client(c) => o.entry.client_id == *c,
         Suspect::Address(a) => o.entry.address.as_deref() == Some(a.as_str()),
+        Suspect::Clients { ids, .. } => ids.contains(&o.entry.client_id),
     }
 }
 

@@ -68,6 +68,14 @@ pub enum AuthError {
     Store(#[from] brankas_store::StoreError),
     #[error("key handling failed")]
     Vault(#[from] brankas_vault::VaultError),
+    /// The two-person rule refuses this act (see [`Authority::approve`]).
+    #[error("not allowed: {0}")]
+    NotAllowed(&'static str),
+    /// A request on this client awaits a security officer's decision.
+    #[error("a request on this client is awaiting approval: approve or reject it first")]
+    AwaitingApproval,
+    #[error("nothing on this client is awaiting approval")]
+    NothingPending,
 }
 
 /// What a client is for. Access control beyond scopes builds on this.
@@ -94,6 +102,15 @@ impl Role {
             Role::Researcher => "researcher",
         }
     }
+
+    /// Whether registering a client of this role, widening it or reinstating it needs a
+    /// security officer's approval (the two-person rule, threat model invariant 13): every
+    /// role that reaches patient data, the security officers who approve and see identities
+    /// in breach reports, and researchers, who will receive exports derived from patient
+    /// data. Admins reach the registry and the directory only.
+    pub fn needs_approval(self) -> bool {
+        !matches!(self, Role::Admin)
+    }
 }
 
 /// Lifecycle state of a client.
@@ -103,6 +120,45 @@ pub enum ClientStatus {
     Active,
     Suspended,
     Revoked,
+    /// Registered, but no token until a security officer approves it.
+    #[serde(rename = "pending_approval")]
+    PendingApproval,
+}
+
+/// What a pending request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RequestKind {
+    /// A new client (its status is `pending_approval` until then).
+    Registration,
+    /// A change that widens what the client reaches (the old registration stays in force).
+    Change,
+    /// Reinstating a suspended client.
+    Reinstatement,
+}
+
+impl RequestKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestKind::Registration => "registration",
+            RequestKind::Change => "change",
+            RequestKind::Reinstatement => "reinstatement",
+        }
+    }
+}
+
+/// A request that takes effect only when a security officer other than its requester
+/// approves it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct PendingRequest {
+    pub kind: RequestKind,
+    /// The client id of the requester (`local-operator` for the CLI).
+    pub requested_by: String,
+    /// When, RFC 3339.
+    pub requested: String,
+    /// The registration as it will be once a change is approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<ClientSpec>,
 }
 
 /// A registered client, as stored. Contains no secret, only its hash. Holds no patient data
@@ -149,6 +205,16 @@ pub struct ClientRecord {
     /// Purposes of use it may state besides treatment (see [`ClientSpec::purposes`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub purposes: Vec<String>,
+    /// Who registered the client (its secret was shown to them): a client id, or
+    /// `local-operator`. Absent on registrations older than the two-person rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    /// The security officer who approved its registration or its last approved request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
+    /// A request awaiting a security officer's decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingRequest>,
 }
 
 impl ClientRecord {
@@ -171,6 +237,23 @@ impl ClientRecord {
     /// The patient budget in force: the one set, else the role's default.
     pub fn budget(&self) -> PatientBudget {
         self.patient_budget.unwrap_or_else(|| PatientBudget::default_for(self.role))
+    }
+
+    /// Puts a checked registration in force (everything but role, status and provenance).
+    fn apply(&mut self, spec: ClientSpec) -> Result<(), AuthError> {
+        spec.validate()?;
+        self.name = spec.name.trim().into();
+        self.scopes = Scopes::parse(&spec.scopes).map_err(|_| AuthError::BadRegistration("invalid scopes"))?.to_string();
+        self.organization = spec.organization;
+        self.practitioner = spec.practitioner;
+        self.patient = spec.patient;
+        self.jwks = spec.jwks;
+        self.sensitive = spec.sensitive;
+        self.issuer = spec.issuer;
+        self.patient_budget = spec.patient_budget;
+        self.limits = spec.limits;
+        self.purposes = spec.purposes;
+        Ok(())
     }
 
     fn spec(&self) -> ClientSpec {
@@ -504,9 +587,16 @@ impl Authority {
         self
     }
 
-    /// Registers a client and returns its credentials (the secret is not kept). The
-    /// registration is checked as a whole first (see [`ClientSpec::validate`]).
-    pub fn create_client(&self, spec: &ClientSpec) -> Result<NewClient, AuthError> {
+    /// Registers a client and returns its credentials (the secret is not kept), active at
+    /// once and without approval: for the crate's own tests. Everything else registers
+    /// through [`Authority::register`], which applies the two-person rule.
+    #[cfg(test)]
+    fn create_client(&self, spec: &ClientSpec) -> Result<NewClient, AuthError> {
+        self.insert(spec, ClientStatus::Active, None, None).map(|(n, _)| n)
+    }
+
+    /// Checks and stores a new registration.
+    fn insert(&self, spec: &ClientSpec, status: ClientStatus, created_by: Option<String>, pending: Option<PendingRequest>) -> Result<(NewClient, ClientRecord), AuthError> {
         spec.validate()?;
         if let Some(iss) = &spec.issuer
             && self.list_clients()?.iter().any(|c| c.issuer.as_deref() == Some(iss.as_str()) && c.status != ClientStatus::Revoked)
@@ -517,82 +607,230 @@ impl Authority {
         let mut raw = [0u8; 32];
         random_bytes(&mut raw)?;
         let client_secret = B64.encode(raw);
-        let rec = ClientRecord {
+        let mut rec = ClientRecord {
             client_id: client_id.clone(),
-            name: spec.name.trim().into(),
+            name: String::new(),
             role: spec.role.ok_or(AuthError::BadRegistration("role is required"))?,
-            scopes: Scopes::parse(&spec.scopes).map_err(|_| AuthError::BadRegistration("invalid scopes"))?.to_string(),
-            status: ClientStatus::Active,
+            scopes: String::new(),
+            status,
             secret_sha256: hex(&sha256(client_secret.as_bytes())),
             created: rfc3339_now(),
             updated: None,
-            organization: spec.organization.clone(),
-            practitioner: spec.practitioner.clone(),
-            patient: spec.patient.clone(),
-            jwks: spec.jwks.clone(),
-            sensitive: spec.sensitive.clone(),
-            issuer: spec.issuer.clone(),
-            patient_budget: spec.patient_budget,
-            limits: spec.limits,
-            purposes: spec.purposes.clone(),
+            organization: None,
+            practitioner: None,
+            patient: None,
+            jwks: None,
+            sensitive: Vec::new(),
+            issuer: None,
+            patient_budget: None,
+            limits: None,
+            purposes: Vec::new(),
+            created_by,
+            approved_by: None,
+            pending,
         };
+        rec.apply(spec.clone())?;
         self.put_client(&rec)?;
-        Ok(NewClient { client_id, client_secret })
+        Ok((NewClient { client_id, client_secret }, rec))
     }
 
-    /// Changes a registration; the result is checked as a whole like a new one. A revoked
-    /// client cannot be changed.
-    pub fn update_client(&self, client_id: &str, u: &ClientUpdate) -> Result<ClientRecord, AuthError> {
+    /// Registers a client on behalf of `by` (an admin, or the operator's CLI). A client of a
+    /// role that [needs approval](Role::needs_approval) is stored with status
+    /// `pending_approval`: it gets no token until a security officer other than `by`
+    /// approves it ([`Authority::approve`]). The one exception is the first security
+    /// officer, registered by the operator holding the key file while no active security
+    /// officer exists: someone has to be able to approve.
+    pub fn register(&self, spec: &ClientSpec, by: &Principal) -> Result<(NewClient, ClientRecord), AuthError> {
+        if by.role() != Role::Admin {
+            return Err(AuthError::NotAllowed("clients are registered by administrators"));
+        }
+        let role = spec.role.ok_or(AuthError::BadRegistration("role is required: facility-system, clinician, patient, security-officer, researcher or admin"))?;
+        let first_officer = by.is_local_operator()
+            && role == Role::SecurityOfficer
+            && !self.list_clients()?.iter().any(|c| c.role == Role::SecurityOfficer && c.status == ClientStatus::Active);
+        let by_id = by.client_id().to_string();
+        if role.needs_approval() && !first_officer {
+            let pending = PendingRequest { kind: RequestKind::Registration, requested_by: by_id.clone(), requested: rfc3339_now(), change: None };
+            self.insert(spec, ClientStatus::PendingApproval, Some(by_id), Some(pending))
+        } else {
+            self.insert(spec, ClientStatus::Active, Some(by_id), None)
+        }
+    }
+
+    /// Changes a registration on behalf of `by`; the result is checked as a whole like a new
+    /// one. A change that only narrows the client (name, fewer scopes or grants, lower budget
+    /// or limits, keys removed) applies at once; any other change to a client whose role
+    /// [needs approval](Role::needs_approval) is kept as a pending request, and the old
+    /// registration stays in force until a security officer other than `by` approves it.
+    /// Returns the registration and whether the change is pending. A revoked client cannot
+    /// be changed; one with a request awaiting approval neither (decide that one first).
+    pub fn request_update(&self, client_id: &str, u: &ClientUpdate, by: &Principal) -> Result<(ClientRecord, bool), AuthError> {
+        if by.role() != Role::Admin {
+            return Err(AuthError::NotAllowed("registrations are changed by administrators"));
+        }
         let mut rec = self.client(client_id)?.ok_or(AuthError::UnknownClient)?;
         if rec.status == ClientStatus::Revoked {
             return Err(AuthError::Revoked);
         }
-        let mut spec = rec.spec();
-        if let Some(n) = &u.name {
-            spec.name = n.clone();
+        if rec.pending.is_some() {
+            return Err(AuthError::AwaitingApproval);
         }
-        if let Some(sc) = &u.scopes {
-            spec.scopes = sc.clone();
-        }
-        if let Some(o) = &u.organization {
-            spec.organization = o.clone();
-        }
-        if let Some(p) = &u.practitioner {
-            spec.practitioner = p.clone();
-        }
-        if let Some(p) = &u.patient {
-            spec.patient = p.clone();
-        }
-        if let Some(j) = &u.jwks {
-            spec.jwks = j.clone();
-        }
-        if let Some(x) = &u.sensitive {
-            spec.sensitive = x.clone();
-        }
-        if let Some(b) = &u.patient_budget {
-            spec.patient_budget = *b;
-        }
-        if let Some(l) = &u.limits {
-            spec.limits = *l;
-        }
-        if let Some(p) = &u.purposes {
-            spec.purposes = p.clone();
-        }
+        let old = rec.spec();
+        let spec = u.applied_to(old.clone());
         spec.validate()?;
-        rec.name = spec.name.trim().into();
-        rec.scopes = Scopes::parse(&spec.scopes).map_err(|_| AuthError::BadRegistration("invalid scopes"))?.to_string();
-        rec.organization = spec.organization;
-        rec.practitioner = spec.practitioner;
-        rec.patient = spec.patient;
-        rec.jwks = spec.jwks;
-        rec.sensitive = spec.sensitive;
-        rec.issuer = spec.issuer;
-        rec.patient_budget = spec.patient_budget;
-        rec.limits = spec.limits;
-        rec.purposes = spec.purposes;
+        let pending = rec.role.needs_approval() && !spec.only_narrows(&old);
+        if pending {
+            rec.pending = Some(PendingRequest { kind: RequestKind::Change, requested_by: by.client_id().into(), requested: rfc3339_now(), change: Some(spec) });
+        } else {
+            rec.apply(spec)?;
+        }
+        rec.updated = Some(rfc3339_now());
+        self.put_client(&rec)?;
+        Ok((rec, pending))
+    }
+
+    /// Changes a registration at once, without the two-person rule: the crate's own tests.
+    #[cfg(test)]
+    fn update_client(&self, client_id: &str, u: &ClientUpdate) -> Result<ClientRecord, AuthError> {
+        let mut rec = self.client(client_id)?.ok_or(AuthError::UnknownClient)?;
+        if rec.status == ClientStatus::Revoked {
+            return Err(AuthError::Revoked);
+        }
+        let spec = u.applied_to(rec.spec());
+        rec.apply(spec)?;
         rec.updated = Some(rfc3339_now());
         self.put_client(&rec)?;
         Ok(rec)
+    }
+
+    /// Asks to reinstate a suspended client on behalf of `by` (an admin, a security officer
+    /// or the operator's CLI). A client whose role [needs approval](Role::needs_approval)
+    /// comes back only when a security officer other than `by` approves: a credential the
+    /// guard caught (budget, canary) or an officer suspended stays cut off until then.
+    /// Returns the registration and whether the reinstatement is pending.
+    pub fn request_reinstate(&self, client_id: &str, by: &Principal) -> Result<(ClientRecord, bool), AuthError> {
+        if !matches!(by.role(), Role::Admin | Role::SecurityOfficer) {
+            return Err(AuthError::NotAllowed("clients are reinstated by administrators and security officers"));
+        }
+        let mut rec = self.client(client_id)?.ok_or(AuthError::UnknownClient)?;
+        match rec.status {
+            ClientStatus::Revoked => return Err(AuthError::Revoked),
+            ClientStatus::PendingApproval => return Err(AuthError::AwaitingApproval),
+            ClientStatus::Active => return Ok((rec, false)),
+            ClientStatus::Suspended => {}
+        }
+        if rec.pending.is_some() {
+            return Err(AuthError::AwaitingApproval);
+        }
+        if rec.role.needs_approval() {
+            rec.pending = Some(PendingRequest { kind: RequestKind::Reinstatement, requested_by: by.client_id().into(), requested: rfc3339_now(), change: None });
+            rec.updated = Some(rfc3339_now());
+            self.put_client(&rec)?;
+            return Ok((rec, true));
+        }
+        Ok((self.set_status(client_id, ClientStatus::Active)?, false))
+    }
+
+    /// Approves the request pending on `client_id`: a new client becomes active, a change
+    /// is applied, a suspended client reinstated. Only a security officer may approve, and
+    /// only someone else's request: not one it made, not one on its own registration, and
+    /// not one whose requester shares a registration lineage with it (the requester, or
+    /// whoever registered the requester, registered the approver, so it has seen the
+    /// approver's secret). The operator's CLI (`local-operator`) is not a lineage: the key
+    /// file's holder registers the first security officer and is trusted to hand its secret
+    /// to another person. Returns the registration and the request approved.
+    pub fn approve(&self, client_id: &str, by: &Principal) -> Result<(ClientRecord, PendingRequest), AuthError> {
+        if by.role() != Role::SecurityOfficer || by.is_local_operator() {
+            return Err(AuthError::NotAllowed("requests are approved by a security officer"));
+        }
+        let mut rec = self.client(client_id)?.ok_or(AuthError::UnknownClient)?;
+        if rec.status == ClientStatus::Revoked {
+            return Err(AuthError::Revoked);
+        }
+        let req = rec.pending.clone().ok_or(AuthError::NothingPending)?;
+        if req.requested_by == by.client_id() {
+            return Err(AuthError::NotAllowed("a request is approved by a security officer other than its requester"));
+        }
+        if rec.client_id == by.client_id() {
+            return Err(AuthError::NotAllowed("no client approves a request on its own registration"));
+        }
+        let mine = self.lineage(by.client_id())?;
+        if self.lineage(&req.requested_by)?.iter().any(|c| mine.contains(c)) {
+            return Err(AuthError::NotAllowed("the approver was registered by the requester or by whoever registered it: that is not a second person"));
+        }
+        match req.kind {
+            RequestKind::Registration => rec.status = ClientStatus::Active,
+            RequestKind::Change => rec.apply(req.change.clone().ok_or(AuthError::Integrity)?)?,
+            RequestKind::Reinstatement => {
+                if rec.status == ClientStatus::Suspended {
+                    rec.status = ClientStatus::Active;
+                }
+            }
+        }
+        rec.pending = None;
+        rec.approved_by = Some(by.client_id().into());
+        rec.updated = Some(rfc3339_now());
+        self.put_client(&rec)?;
+        Ok((rec, req))
+    }
+
+    /// Rejects the request pending on `client_id` (an admin, a security officer or the
+    /// operator's CLI): a new client is revoked (its id is never usable), a change or a
+    /// reinstatement dropped. Rejecting grants nothing, so no second person is needed.
+    pub fn reject(&self, client_id: &str, by: &Principal) -> Result<(ClientRecord, PendingRequest), AuthError> {
+        if !matches!(by.role(), Role::Admin | Role::SecurityOfficer) {
+            return Err(AuthError::NotAllowed("requests are rejected by administrators and security officers"));
+        }
+        let mut rec = self.client(client_id)?.ok_or(AuthError::UnknownClient)?;
+        let req = rec.pending.take().ok_or(AuthError::NothingPending)?;
+        if req.kind == RequestKind::Registration {
+            rec.status = ClientStatus::Revoked;
+        }
+        rec.updated = Some(rfc3339_now());
+        self.put_client(&rec)?;
+        Ok((rec, req))
+    }
+
+    /// A client and the chain of clients that registered it (by `created_by`), without
+    /// `local-operator`: whoever is in it has seen the client's secret, or the secret of
+    /// someone who registered it.
+    fn lineage(&self, client_id: &str) -> Result<Vec<String>, AuthError> {
+        let mut out = Vec::new();
+        let mut next = Some(client_id.to_string());
+        while let Some(id) = next.take() {
+            if id == "local-operator" || out.contains(&id) || out.len() >= 64 {
+                break;
+            }
+            next = self.client(&id)?.and_then(|r| r.created_by);
+            out.push(id);
+        }
+        Ok(out)
+    }
+
+    /// The clients `client_id` registered or approved, and those they registered in turn
+    /// (a breach report on an administrator covers what it could have used), itself first.
+    pub fn descendants(&self, client_id: &str) -> Result<Vec<String>, AuthError> {
+        let all = self.list_clients()?;
+        let mut out = vec![client_id.to_string()];
+        let mut i = 0;
+        while i < out.len() {
+            let parent = out[i].clone();
+            for c in &all {
+                let child = c.created_by.as_deref() == Some(parent.as_str()) || (i == 0 && c.approved_by.as_deref() == Some(parent.as_str()));
+                if child && !out.contains(&c.client_id) {
+                    out.push(c.client_id.clone());
+                }
+            }
+            i += 1;
+        }
+        Ok(out)
+    }
+
+    /// Authenticates a client by its secret (the CLI's approver) into a [`Principal`],
+    /// exactly as a token request followed by a verified request would.
+    pub fn authenticate(&self, client_id: &str, secret: &str) -> Result<Principal, AuthError> {
+        let t = self.issue(client_id, secret, None)?;
+        self.verify(&t.access_token, "")
     }
 
     /// Every registration, in client-id order. A row that fails its integrity check is an
@@ -628,12 +866,29 @@ impl Authority {
         Ok(())
     }
 
-    /// Sets a client's status (suspend, reinstate, revoke). Revocation is final. Takes effect
-    /// on the client's very next request: every token verification re-reads the status.
-    pub fn set_status(&self, client_id: &str, status: ClientStatus) -> Result<ClientRecord, AuthError> {
+    /// Suspends a client: refused from its very next request on (every token verification
+    /// re-reads the status), until a reinstatement is approved.
+    pub fn suspend(&self, client_id: &str) -> Result<ClientRecord, AuthError> {
+        self.set_status(client_id, ClientStatus::Suspended)
+    }
+
+    /// Revokes a client for good (a pending request on it is dropped).
+    pub fn revoke(&self, client_id: &str) -> Result<ClientRecord, AuthError> {
+        self.set_status(client_id, ClientStatus::Revoked)
+    }
+
+    /// Sets a client's status. Revocation is final. Takes effect on the client's very next
+    /// request. Private: reinstatement goes through [`Authority::request_reinstate`].
+    fn set_status(&self, client_id: &str, status: ClientStatus) -> Result<ClientRecord, AuthError> {
         let mut rec = self.client(client_id)?.ok_or(AuthError::UnknownClient)?;
         if rec.status == ClientStatus::Revoked && status != ClientStatus::Revoked {
             return Err(AuthError::Revoked);
+        }
+        if rec.status == ClientStatus::PendingApproval && status == ClientStatus::Suspended {
+            return Err(AuthError::AwaitingApproval);
+        }
+        if status == ClientStatus::Revoked {
+            rec.pending = None;
         }
         rec.status = status;
         rec.updated = Some(rfc3339_now());
@@ -1018,6 +1273,72 @@ mod tests {
         assert!(a.client("c-planted").is_err());
         store.put_client(&c.client_id, &doc).unwrap();
         assert!(a.issue(&c.client_id, &c.client_secret, None).is_ok());
+    }
+
+    fn officer() -> ClientSpec {
+        ClientSpec { name: "csirt".into(), role: Some(Role::SecurityOfficer), scopes: "system/AuditEvent.rs".into(), ..Default::default() }
+    }
+
+    #[test]
+    fn two_person_rule() {
+        let (_d, a) = authority();
+        let op = Principal::local_operator();
+        let login = |n: &NewClient| a.authenticate(&n.client_id, &n.client_secret).unwrap();
+        let not_allowed = |r: Result<(ClientRecord, PendingRequest), AuthError>| matches!(r, Err(AuthError::NotAllowed(_)));
+        // The operator's first security officer is active at once; an admin needs no approval.
+        let (so1, r) = a.register(&officer(), &op).unwrap();
+        assert_eq!(r.status, ClientStatus::Active);
+        let so1 = login(&so1);
+        let (adm, r) = a.register(&ClientSpec { name: "adm".into(), role: Some(Role::Admin), ..Default::default() }, &op).unwrap();
+        assert_eq!(r.status, ClientStatus::Active);
+        let adm = login(&adm);
+        assert!(matches!(a.register(&officer(), &so1), Err(AuthError::NotAllowed(_))), "officers do not register clients");
+
+        // An admin's facility client is pending: no token until another person approves.
+        let (f, r) = a.register(&facility("system/*.rs"), &adm).unwrap();
+        assert_eq!(r.status, ClientStatus::PendingApproval);
+        assert!(a.issue(&f.client_id, &f.client_secret, None).is_err());
+        assert!(not_allowed(a.approve(&f.client_id, &adm)), "an admin cannot approve");
+        assert!(not_allowed(a.approve(&f.client_id, &op)), "nor the operator");
+        // The admin's own security officer (approved by the real one) cannot approve for it.
+        let (so2, r) = a.register(&officer(), &adm).unwrap();
+        assert_eq!(r.status, ClientStatus::PendingApproval, "a second officer needs approval too");
+        a.approve(&so2.client_id, &so1).unwrap();
+        let so2 = login(&so2);
+        assert!(not_allowed(a.approve(&f.client_id, &so2)), "registered by the requester: not a second person");
+        let (r, req) = a.approve(&f.client_id, &so1).unwrap();
+        assert_eq!((r.status, req.kind, r.approved_by.as_deref()), (ClientStatus::Active, RequestKind::Registration, Some(so1.client_id())));
+        let t = a.issue(&f.client_id, &f.client_secret, None).unwrap();
+        assert!(matches!(a.approve(&f.client_id, &so1), Err(AuthError::NothingPending)));
+
+        // A widening change waits; the old registration stays in force.
+        let wider = ClientUpdate { organization: Some(Some("Organization/rs-2".into())), ..Default::default() };
+        let (r, pending) = a.request_update(&f.client_id, &wider, &adm).unwrap();
+        assert!(pending);
+        assert_eq!(a.client(&f.client_id).unwrap().unwrap().organization.as_deref(), Some("Organization/rs-1"));
+        assert!(r.pending.is_some());
+        let narrower = ClientUpdate { scopes: Some("system/Patient.r".into()), ..Default::default() };
+        assert!(matches!(a.request_update(&f.client_id, &narrower, &adm), Err(AuthError::AwaitingApproval)));
+        a.reject(&f.client_id, &adm).unwrap();
+        assert_eq!(a.client(&f.client_id).unwrap().unwrap().organization.as_deref(), Some("Organization/rs-1"));
+        assert!(!a.request_update(&f.client_id, &narrower, &adm).unwrap().1, "narrowing applies at once");
+        assert!(a.verify_any(&t.access_token).is_err());
+
+        // A suspended client comes back only with approval, never by its requester.
+        a.suspend(&f.client_id).unwrap();
+        let (_, pending) = a.request_reinstate(&f.client_id, &so1).unwrap();
+        assert!(pending);
+        assert!(a.issue(&f.client_id, &f.client_secret, None).is_err());
+        assert!(not_allowed(a.approve(&f.client_id, &so1)), "its own request");
+        a.reject(&f.client_id, &so1).unwrap();
+        a.request_reinstate(&f.client_id, &adm).unwrap();
+        a.approve(&f.client_id, &so1).unwrap();
+        assert!(a.issue(&f.client_id, &f.client_secret, None).is_ok());
+        // A rejected registration is revoked for good.
+        let (g, _) = a.register(&facility("system/*.rs"), &adm).unwrap();
+        a.reject(&g.client_id, &so1).unwrap();
+        assert!(matches!(a.approve(&g.client_id, &so1), Err(AuthError::Revoked)));
+        assert_eq!(a.descendants(adm.client_id()).unwrap().len(), 4, "itself, so2, f and g");
     }
 
     #[test]

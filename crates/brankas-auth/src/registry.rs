@@ -161,14 +161,18 @@ pub struct PatientBudget {
 impl PatientBudget {
     /// The default of a role: a facility's information system sees its facility's day
     /// (1,000 patients an hour, 10,000 a day); a clinician's app one practitioner's (60 an
-    /// hour, 300 a day); a patient's app its own record; the other roles receive no patient
-    /// data through the clinical API.
+    /// hour, 300 a day); a patient's app its own record; a security officer's breach reports
+    /// name at most 500 patients an hour and 2,000 a day; admins and researchers receive no
+    /// patient data.
     pub fn default_for(role: Role) -> PatientBudget {
         let (per_hour, per_day) = match role {
             Role::FacilitySystem => (1_000, 10_000),
             Role::Clinician => (60, 300),
             Role::Patient => (5, 20),
-            Role::SecurityOfficer | Role::Researcher | Role::Admin => (0, 0),
+            // What an officer's breach reports reveal (the identities of the patients named)
+            // is counted like any disclosure: a stolen officer credential is bounded too.
+            Role::SecurityOfficer => (500, 2_000),
+            Role::Researcher | Role::Admin => (0, 0),
         };
         PatientBudget { per_hour, per_day, on_exceed: OnExceed::Suspend }
     }
@@ -207,6 +211,43 @@ pub struct ClientUpdate {
     pub purposes: Option<Vec<String>>,
 }
 
+impl ClientUpdate {
+    /// The registration `spec` with these changes made (not yet checked).
+    pub fn applied_to(&self, mut spec: ClientSpec) -> ClientSpec {
+        if let Some(n) = &self.name {
+            spec.name = n.clone();
+        }
+        if let Some(sc) = &self.scopes {
+            spec.scopes = sc.clone();
+        }
+        if let Some(o) = &self.organization {
+            spec.organization = o.clone();
+        }
+        if let Some(p) = &self.practitioner {
+            spec.practitioner = p.clone();
+        }
+        if let Some(p) = &self.patient {
+            spec.patient = p.clone();
+        }
+        if let Some(j) = &self.jwks {
+            spec.jwks = j.clone();
+        }
+        if let Some(x) = &self.sensitive {
+            spec.sensitive = x.clone();
+        }
+        if let Some(b) = &self.patient_budget {
+            spec.patient_budget = *b;
+        }
+        if let Some(l) = &self.limits {
+            spec.limits = *l;
+        }
+        if let Some(p) = &self.purposes {
+            spec.purposes = p.clone();
+        }
+        spec
+    }
+}
+
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
 mod double_option {
     use serde::{Deserialize, Deserializer};
@@ -232,6 +273,48 @@ fn check_ref(value: &Option<String>, ty: &str, what: &'static str) -> Result<(),
 }
 
 impl ClientSpec {
+    /// Whether this registration (a changed `old`) reaches nothing `old` did not: only the
+    /// name changed, scopes within the old ones, sensitive grants a subset, the patient
+    /// budget and request limits in force no higher (and `suspend` not turned into
+    /// `throttle`), keys removed. Any other difference (organization, practitioner, patient,
+    /// keys, issuer, and any field this function does not know) counts as widening: the
+    /// two-person rule fails closed.
+    pub fn only_narrows(&self, old: &ClientSpec) -> bool {
+        let Some(role) = old.role else { return false };
+        if self.role != old.role {
+            return false;
+        }
+        let mut probe = self.clone();
+        probe.name = old.name.clone();
+        if let (Ok(new), Ok(was)) = (Scopes::parse(&self.scopes), Scopes::parse(&old.scopes))
+            && was.covers(&new)
+        {
+            probe.scopes = old.scopes.clone();
+        }
+        if self.sensitive.iter().all(|c| old.sensitive.contains(c)) {
+            probe.sensitive = old.sensitive.clone();
+        }
+        if self.jwks.is_none() {
+            probe.jwks = old.jwks.clone();
+        }
+        // Fewer purposes of use reach less.
+        if self.purposes.iter().all(|p| old.purposes.contains(p)) {
+            probe.purposes = old.purposes.clone();
+        }
+        let (nb, ob) = (self.patient_budget.unwrap_or(PatientBudget::default_for(role)), old.patient_budget.unwrap_or(PatientBudget::default_for(role)));
+        if nb.per_hour <= ob.per_hour && nb.per_day <= ob.per_day && (nb.on_exceed == ob.on_exceed || nb.on_exceed == OnExceed::Suspend) {
+            probe.patient_budget = old.patient_budget;
+        }
+        let (nl, ol) = (RateLimits::resolve(role, self.limits.as_ref()), RateLimits::resolve(role, old.limits.as_ref()));
+        if nl.requests_per_second <= ol.requests_per_second && nl.burst <= ol.burst && nl.max_page <= ol.max_page && nl.max_concurrent <= ol.max_concurrent {
+            probe.limits = old.limits;
+        }
+        match (serde_json::to_value(&probe), serde_json::to_value(old)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        }
+    }
+
     /// Checks the registration as a whole: references well formed, the fields each role needs
     /// present (and the ones it must not have absent), scopes valid and within what the role
     /// can use, keys usable. Returns the parsed JWK Set, if any.
@@ -389,6 +472,31 @@ mod tests {
         let mut bad_name = spec(Role::Researcher, "");
         bad_name.name = "a\nb".into();
         assert!(bad_name.validate().is_err());
+    }
+
+    #[test]
+    fn only_narrowing_changes_escape_the_two_person_rule() {
+        let mut old = spec(Role::FacilitySystem, "system/Patient.rs system/Observation.rs");
+        old.organization = Some("Organization/rs-1".into());
+        old.sensitive = vec!["HIV".into()];
+        let narrows = |f: &dyn Fn(&mut ClientSpec)| {
+            let mut n = old.clone();
+            f(&mut n);
+            n.only_narrows(&old)
+        };
+        assert!(narrows(&|_| {}));
+        assert!(narrows(&|n| n.name = "renamed".into()));
+        assert!(narrows(&|n| n.scopes = "system/Patient.r".into()));
+        assert!(narrows(&|n| n.sensitive.clear()));
+        assert!(narrows(&|n| n.patient_budget = Some(PatientBudget { per_hour: 10, per_day: 20, on_exceed: OnExceed::Suspend })));
+        assert!(narrows(&|n| n.limits = Some(RateLimitSpec { burst: Some(5), ..Default::default() })));
+        assert!(!narrows(&|n| n.scopes = "system/*.cruds".into()), "wider scopes");
+        assert!(!narrows(&|n| n.organization = Some("Organization/rs-2".into())), "another facility");
+        assert!(!narrows(&|n| n.sensitive.push("PSY".into())), "a new sensitive grant");
+        assert!(!narrows(&|n| n.patient_budget = Some(PatientBudget { per_hour: 1_000_000, per_day: 10_000_000, on_exceed: OnExceed::Suspend })), "a raised budget");
+        assert!(!narrows(&|n| n.patient_budget = Some(PatientBudget { per_hour: 10, per_day: 20, on_exceed: OnExceed::Throttle })), "no more suspension");
+        assert!(!narrows(&|n| n.limits = Some(RateLimitSpec { max_page: Some(1000), ..Default::default() })), "raised limits");
+        assert!(!narrows(&|n| n.jwks = Some(serde_json::json!({"keys": []}))), "new keys");
     }
 
     #[test]

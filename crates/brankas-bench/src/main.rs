@@ -534,7 +534,33 @@ fn facility_client(bin: &Path, data: &Path, key: &Path) -> Result<Value> {
         .arg(key)
         .output()?;
     ensure!(o.status.success(), "brankas clients create failed: {}", String::from_utf8_lossy(&o.stderr));
-    serde_json::from_slice(&o.stdout).context("brankas clients create printed no JSON")
+    let creds: Value = serde_json::from_slice(&o.stdout).context("brankas clients create printed no JSON")?;
+    if creds["status"] == "pending_approval" {
+        approve(bin, data, key, creds["client_id"].as_str().unwrap_or_default())?;
+    }
+    Ok(creds)
+}
+
+/// On builds with the two-person rule a facility client waits for a security officer: the
+/// harness registers the first one (active at once) and approves with it.
+fn approve(bin: &Path, data: &Path, key: &Path, client_id: &str) -> Result<()> {
+    let with_dir = |c: &mut std::process::Command| {
+        c.arg("--data-dir").arg(data).arg("--key-file").arg(key);
+    };
+    let mut c = brankas(bin, "warn");
+    c.args(["clients", "create", "--name", "benchmark officer", "--role", "security-officer", "--scopes", "system/AuditEvent.rs"]);
+    with_dir(&mut c);
+    let o = c.output()?;
+    ensure!(o.status.success(), "brankas clients create (officer) failed: {}", String::from_utf8_lossy(&o.stderr));
+    let officer: Value = serde_json::from_slice(&o.stdout).context("brankas clients create printed no JSON")?;
+    let secret_file = data.with_extension("officer-secret");
+    std::fs::write(&secret_file, officer["client_secret"].as_str().unwrap_or_default())?;
+    let mut c = brankas(bin, "warn");
+    c.args(["clients", "approve", client_id, "--approver-id", officer["client_id"].as_str().unwrap_or_default(), "--approver-secret-file"]).arg(&secret_file);
+    with_dir(&mut c);
+    let o = c.output()?;
+    ensure!(o.status.success(), "brankas clients approve failed: {}", String::from_utf8_lossy(&o.stderr));
+    Ok(())
 }
 
 fn import(bin: &Path, dir: &Path, input: &Path, expected: usize) -> Result<Value> {

@@ -1,11 +1,17 @@
 //! `brankas clients ...`: the client registry from the command line, on the data directory
 //! itself (the same operations as `/admin/clients`; safe while the server runs, and a
 //! suspension or revocation applies to the client's very next request there too).
+//!
+//! The operator's shell is adversary A7 as much as the admin API: it acts as `local-operator`
+//! and gets no more. Registering, widening or reinstating a client of a role that needs
+//! approval is pending until a security officer approves it (`brankas clients approve ID
+//! --approver-id SO --approver-secret-file F`, or `POST /admin/clients/{id}/approve`). The
+//! one exception is the first security officer, active at once while no active one exists.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use brankas_auth::{ClientSpec, ClientStatus, ClientUpdate, Role};
+use brankas_auth::{ClientRecord, ClientSpec, ClientStatus, ClientUpdate, Principal, Role};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
@@ -89,6 +95,24 @@ pub enum ClientsCmd {
     },
     /// Revoke a client for good.
     Revoke {
+        #[command(flatten)]
+        data: DataArgs,
+        client_id: String,
+    },
+    /// Approve the request pending on a client, as a security officer (not its requester).
+    Approve {
+        #[command(flatten)]
+        data: DataArgs,
+        client_id: String,
+        /// The approving security officer's client id.
+        #[arg(long)]
+        approver_id: String,
+        /// A file holding the approving security officer's client secret.
+        #[arg(long)]
+        approver_secret_file: PathBuf,
+    },
+    /// Reject the request pending on a client (a pending new client is revoked).
+    Reject {
         #[command(flatten)]
         data: DataArgs,
         client_id: String,
@@ -186,10 +210,17 @@ pub fn run(cmd: ClientsCmd) -> Result<()> {
                 purposes: bind.purposes.unwrap_or_default(),
             };
             let o = open(&data.data_dir, data.key_file.as_deref())?;
-            let new = o.auth.create_client(&spec);
-            o.audit_local("client-admin", "C", new.as_ref().ok().map(|n| format!("/admin/clients/{}", n.client_id)), new.is_ok(), None)?;
-            let new = new?;
-            json!({"client_id": new.client_id, "client_secret": new.client_secret})
+            let r = o.auth.register(&spec, &Principal::local_operator());
+            let note = |rec: &ClientRecord| if rec.status == ClientStatus::PendingApproval { "; pending approval (registration)" } else { "" };
+            o.audit_local("client-admin", "C", r.as_ref().ok().map(|(n, rec)| format!("/admin/clients/{}{}", n.client_id, note(rec))), r.is_ok(), None)?;
+            let (new, rec) = r?;
+            if rec.status == ClientStatus::PendingApproval {
+                requested(&o, &rec)?;
+            } else if rec.role == Role::SecurityOfficer {
+                let detail = json!({"role": rec.role.as_str(), "requested_by": "local-operator", "reason": "the first security officer"});
+                alert(&o, "registered-without-approval", "high", &rec.client_id, detail)?;
+            }
+            json!({"client_id": new.client_id, "client_secret": new.client_secret, "status": status_word(&rec)})
         }
         ClientsCmd::List(data) => {
             let o = open(&data.data_dir, data.key_file.as_deref())?;
@@ -217,23 +248,96 @@ pub fn run(cmd: ClientsCmd) -> Result<()> {
                 purposes: bind.purposes,
             };
             let o = open(&data.data_dir, data.key_file.as_deref())?;
-            let r = o.auth.update_client(&client_id, &u);
-            o.audit_local("client-admin", "U", Some(target(&client_id)), r.is_ok(), None)?;
+            let r = o.auth.request_update(&client_id, &u, &Principal::local_operator());
+            pending_or_done(&o, &client_id, r)?
+        }
+        ClientsCmd::Suspend { data, client_id } => {
+            let o = open(&data.data_dir, data.key_file.as_deref())?;
+            let r = o.auth.suspend(&client_id);
+            o.audit_local("client-admin", "U", Some(format!("{}/suspend", target(&client_id))), r.is_ok(), None)?;
             r?.public_view()
         }
-        ClientsCmd::Suspend { data, client_id } => status(data, &client_id, ClientStatus::Suspended)?,
-        ClientsCmd::Reinstate { data, client_id } => status(data, &client_id, ClientStatus::Active)?,
-        ClientsCmd::Revoke { data, client_id } => status(data, &client_id, ClientStatus::Revoked)?,
+        ClientsCmd::Reinstate { data, client_id } => {
+            let o = open(&data.data_dir, data.key_file.as_deref())?;
+            let r = o.auth.request_reinstate(&client_id, &Principal::local_operator());
+            pending_or_done(&o, &client_id, r)?
+        }
+        ClientsCmd::Revoke { data, client_id } => {
+            let o = open(&data.data_dir, data.key_file.as_deref())?;
+            let r = o.auth.revoke(&client_id);
+            o.audit_local("client-admin", "U", Some(format!("{}/revoke", target(&client_id))), r.is_ok(), None)?;
+            r?.public_view()
+        }
+        ClientsCmd::Approve { data, client_id, approver_id, approver_secret_file } => {
+            let secret = std::fs::read_to_string(&approver_secret_file).with_context(|| format!("reading {}", approver_secret_file.display()))?;
+            let o = open(&data.data_dir, data.key_file.as_deref())?;
+            let officer = o.auth.authenticate(&approver_id, secret.trim()).context("the approver's client id and secret do not authenticate an active client")?;
+            let r = o.auth.approve(&client_id, &officer);
+            let note = r.as_ref().map_or(String::new(), |(_, req)| format!("; approved {} requested by {}", req.kind.as_str(), req.requested_by));
+            let why = r.as_ref().err().map(|e| e.to_string());
+            o.audit_as(officer.client_id(), officer.role().as_str(), "client-admin", "U", Some(format!("{}/approve{note}", target(&client_id))), r.is_ok(), why)?;
+            let (rec, req) = r?;
+            let severity = if req.kind == brankas_auth::RequestKind::Reinstatement { "high" } else { "medium" };
+            let detail = json!({"request": req.kind.as_str(), "role": rec.role.as_str(), "requested_by": req.requested_by, "approved_by": officer.client_id()});
+            alert(&o, "approved", severity, &rec.client_id, detail)?;
+            rec.public_view()
+        }
+        ClientsCmd::Reject { data, client_id } => {
+            let o = open(&data.data_dir, data.key_file.as_deref())?;
+            let r = o.auth.reject(&client_id, &Principal::local_operator());
+            let note = r.as_ref().map_or(String::new(), |(_, req)| format!("; rejected {} requested by {}", req.kind.as_str(), req.requested_by));
+            o.audit_local("client-admin", "U", Some(format!("{}/reject{note}", target(&client_id))), r.is_ok(), None)?;
+            let (rec, req) = r?;
+            let detail = json!({"request": req.kind.as_str(), "role": rec.role.as_str(), "requested_by": req.requested_by, "rejected_by": "local-operator"});
+            alert(&o, "rejected", "low", &rec.client_id, detail)?;
+            rec.public_view()
+        }
     };
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }
 
-fn status(data: DataArgs, client_id: &str, s: ClientStatus) -> Result<Value> {
-    let o = open(&data.data_dir, data.key_file.as_deref())?;
-    let r = o.auth.set_status(client_id, s);
-    o.audit_local("client-admin", "U", Some(format!("{}/{s:?}", target(client_id)).to_lowercase()), r.is_ok(), None)?;
-    Ok(r?.public_view())
+/// A registration's state as the CLI reports it.
+fn status_word(rec: &ClientRecord) -> &'static str {
+    match rec.status {
+        ClientStatus::Active => "active",
+        ClientStatus::Suspended => "suspended",
+        ClientStatus::Revoked => "revoked",
+        ClientStatus::PendingApproval => "pending_approval",
+    }
+}
+
+/// Audits (and, if pending, alerts) a change or reinstatement the operator asked for.
+fn pending_or_done(o: &crate::Opened, client_id: &str, r: Result<(ClientRecord, bool), brankas_auth::AuthError>) -> Result<Value> {
+    let note = match &r {
+        Ok((rec, true)) => format!("; pending approval ({})", rec.pending.as_ref().map_or("change", |p| p.kind.as_str())),
+        _ => String::new(),
+    };
+    o.audit_local("client-admin", "U", Some(format!("{}{note}", target(client_id))), r.is_ok(), None)?;
+    let (rec, pending) = r?;
+    if pending {
+        requested(o, &rec)?;
+        let kind = rec.pending.as_ref().map_or("change", |p| p.kind.as_str());
+        return Ok(json!({"status": "pending_approval", "client_id": rec.client_id, "request": kind, "requested_by": "local-operator", "client": rec.public_view()}));
+    }
+    Ok(rec.public_view())
+}
+
+/// Alerts the officers to a request waiting for one of them.
+fn requested(o: &crate::Opened, rec: &ClientRecord) -> Result<()> {
+    let kind = rec.pending.as_ref().map_or("registration", |p| p.kind.as_str());
+    let detail = json!({"request": kind, "role": rec.role.as_str(), "requested_by": "local-operator", "approve": format!("brankas clients approve {}", rec.client_id)});
+    alert(o, "approval-requested", "medium", &rec.client_id, detail)
+}
+
+/// Stores an alert (listed by `GET /admin/alerts`; the webhook is the server's, so an alert
+/// raised offline is not pushed) and shows it on stderr.
+fn alert(o: &crate::Opened, kind: &str, severity: &str, client_id: &str, detail: Value) -> Result<()> {
+    let time_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
+    let row = brankas_store::AlertRow { id: 0, time_us, kind: kind.into(), severity: severity.into(), client_id: Some(client_id.into()), detail: detail.to_string() };
+    o.store.alert_add(&row).context("the alert could not be stored")?;
+    eprintln!("alert {kind}: {detail}");
+    Ok(())
 }
 
 fn target(client_id: &str) -> String {

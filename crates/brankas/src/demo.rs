@@ -66,13 +66,19 @@ pub fn run(data_dir: &Path, key_file: Option<&Path>, listen: SocketAddr, insecur
         }
     }
     let o = open(data_dir, key_file)?;
-    let demo = o.auth.create_client(&ClientSpec {
+    // Two people register a client that reads patient data: the demo plays both, a
+    // security officer (the first, so active at once) approving the operator's request.
+    let op = brankas_auth::Principal::local_operator();
+    let officer = ClientSpec { name: "demo security officer".into(), role: Some(Role::SecurityOfficer), scopes: "system/AuditEvent.rs".into(), ..Default::default() };
+    let (officer, _) = o.auth.register(&officer, &op)?;
+    let (demo, _) = o.auth.register(&ClientSpec {
         name: "demo clinic reader".into(),
         role: Some(Role::FacilitySystem),
         scopes: "system/*.rs".into(),
         organization: Some(format!("Organization/{DEMO_ORG_ID}")),
         ..Default::default()
-    })?;
+    }, &op)?;
+    o.auth.approve(&demo.client_id, &o.auth.authenticate(&officer.client_id, &officer.client_secret)?)?;
     let token = o.auth.issue(&demo.client_id, &demo.client_secret, None)?;
     drop(o);
     let kf = key_file.map(Path::to_path_buf).unwrap_or_else(|| default_key_file(data_dir));

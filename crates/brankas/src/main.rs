@@ -110,11 +110,15 @@ enum Cmd {
         #[command(flatten)]
         data: DataArgs,
         /// The client id of the suspected credential.
-        #[arg(long, required_unless_present = "address", conflicts_with = "address")]
+        #[arg(long, required_unless_present_any = ["address", "admin"], conflicts_with_all = ["address", "admin"])]
         client: Option<String>,
         /// The network address (as the audit log records it).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "admin")]
         address: Option<String>,
+        /// An administrator's client id: the patients read by the clients it registered or
+        /// approved (and by those they registered in turn).
+        #[arg(long)]
+        admin: Option<String>,
         /// Start of the window: RFC 3339 or YYYY-MM-DD.
         #[arg(long)]
         since: String,
@@ -282,8 +286,8 @@ fn main() -> Result<()> {
             println!("{}", serde_json::json!({"planted": ids.len(), "organization": organization, "canaries": list}));
             Ok(())
         }
-        Cmd::BreachReport { data, client, address, since, until, format, lang, contact } => {
-            breach_report(&data.data_dir, data.key_file.as_deref(), client, address, &since, until.as_deref(), &format, &lang, contact)
+        Cmd::BreachReport { data, client, address, admin, since, until, format, lang, contact } => {
+            breach_report(&data.data_dir, data.key_file.as_deref(), client, address, admin, &since, until.as_deref(), &format, &lang, contact)
         }
         Cmd::Anchor { cmd: AnchorCmd::Check(d) } => {
             let (store, vault) = open_vault(&d.data_dir, d.key_file.as_deref())?;
@@ -386,6 +390,24 @@ impl Opened {
         self.audit_local_for(None, interaction, action, target, ok, text)
     }
 
+    /// An administrative act done at the CLI with a client's own credentials (a security
+    /// officer approving a request), audited under that client.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn audit_as(&self, client_id: &str, role: &str, interaction: &str, action: &str, target: Option<String>, ok: bool, text: Option<String>) -> Result<()> {
+        let entry = brankas_audit::AuditEntry {
+            interaction: interaction.into(),
+            action: action.into(),
+            outcome: Some(if ok { brankas_audit::Outcome::Success } else { brankas_audit::Outcome::MinorFailure }),
+            outcome_text: text,
+            client_id: client_id.into(),
+            role: role.into(),
+            target,
+            ..Default::default()
+        };
+        self.audit.record_blocking(vec![brankas_audit::NewRecord { partition: None, client_id: client_id.into(), entry }]).context("the audit log cannot be written")?;
+        Ok(())
+    }
+
     /// [`Opened::audit_local`] on behalf of a facility (`brankas import --organization`).
     pub(crate) fn audit_local_for(&self, organization: Option<String>, interaction: &str, action: &str, target: Option<String>, ok: bool, text: Option<String>) -> Result<()> {
         let entry = brankas_audit::AuditEntry {
@@ -447,6 +469,7 @@ fn breach_report(
     key_file: Option<&Path>,
     client: Option<String>,
     address: Option<String>,
+    admin: Option<String>,
     since: &str,
     until: Option<&str>,
     format: &str,
@@ -456,12 +479,13 @@ fn breach_report(
     use brankas_audit::breach::{self, BreachQuery, Identity, Suspect};
     let since_us = breach::parse_time(since).context("--since must be RFC 3339 or YYYY-MM-DD")?;
     let until_us = until.map(|u| breach::parse_time(u).context("--until must be RFC 3339 or YYYY-MM-DD")).transpose()?;
-    let suspect = match (client, address) {
-        (Some(c), _) => Suspect::Client(c),
-        (None, Some(a)) => Suspect::Address(a),
-        (None, None) => bail!("give --client or --address"),
-    };
     let o = open(data_dir, key_file)?;
+    let suspect = match (client, address, admin) {
+        (Some(c), _, _) => Suspect::Client(c),
+        (None, Some(a), _) => Suspect::Address(a),
+        (None, None, Some(a)) => Suspect::Clients { ids: o.auth.descendants(&a)?, label: format!("administrator {a} and the clients it registered or approved") },
+        (None, None, None) => bail!("give --client, --admin or --address"),
+    };
     let q = BreachQuery { suspect, since_us, until_us, contact };
     let who = brankas_auth::Principal::local_operator();
     let report = breach::breach_report(
@@ -604,7 +628,7 @@ pub(crate) fn init(data_dir: &Path, key_file: Option<&Path>) -> Result<brankas_a
     store.put_meta(ROOT_META, &root.to_bytes())?;
     let vault = Arc::new(vault);
     let auth = Authority::new(store.clone(), vault.clone());
-    let admin = auth.create_client(&bootstrap_admin())?;
+    let admin = auth.register(&bootstrap_admin(), &brankas_auth::Principal::local_operator())?.0;
     anchor::create(&*store, vault, &kp).context("writing the state anchor beside the key file")?;
     Ok(admin)
 }

@@ -243,7 +243,7 @@ fn audit_verify_detects_every_kind_of_tampering() {
     assert!(ok, "{out}");
     let report: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     let n = report["records"].as_u64().unwrap();
-    assert_eq!(n, 23, "one CLI registration, one token, one create, 20 reads: {report}");
+    assert_eq!(n, 25, "three CLI records (the harness officer, the facility client, its approval), one token, one create, 20 reads: {report}");
     assert_eq!(report["signed_size"].as_u64(), Some(n), "the whole log is signed after a graceful stop");
     // The published checkpoint, kept outside.
     let cp_file = inst.root.path().join("published-checkpoint");

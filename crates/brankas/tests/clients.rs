@@ -59,17 +59,19 @@ fn admin_api_registers_clients_and_status_changes_apply_to_the_next_request() {
     let r = s.http.get(format!("{}/admin/clients", s.root)).send().unwrap();
     assert_eq!(r.status(), 401, "no token");
 
-    // Create a clinician: 201, the secret once, a Location.
+    // Create a clinician: 202 pending approval, the secret once, a Location.
     let spec = json!({"name": "Klinik Sehat EMR (dr. Ani)", "role": "clinician", "organization": "Organization/klinik-sehat",
                       "practitioner": "Practitioner/dr-ani", "scopes": "user/Patient.rs user/Observation.rs"});
     let r = s.http.post(format!("{}/admin/clients", s.root)).bearer_auth(&admin).json(&spec).send().unwrap();
-    assert_eq!(r.status(), 201);
+    assert_eq!(r.status(), 202);
     let loc = r.headers().get("location").unwrap().to_str().unwrap().to_string();
     let created: Value = r.json().unwrap();
     let (cid, secret) = (created["client_id"].as_str().unwrap().to_string(), created["client_secret"].as_str().unwrap().to_string());
     assert_eq!(loc, format!("/admin/clients/{cid}"));
-    assert_eq!((created["role"].as_str(), created["status"].as_str()), (Some("clinician"), Some("active")));
-    assert!(created.get("secret_sha256").is_none(), "{created}");
+    assert_eq!((created["client"]["role"].as_str(), created["status"].as_str()), (Some("clinician"), Some("pending_approval")));
+    assert!(!created.to_string().contains("secret_sha256"), "{created}");
+    let so = s.token_for(&inst.officer_id, &inst.officer_secret);
+    assert_eq!(admin_call(&s, &so, M::POST, &format!("{loc}/approve"), None).0, 200);
 
     // Shown and listed without any secret material.
     let (st, shown) = admin_call(&s, &admin, M::GET, &loc, None);
@@ -117,7 +119,9 @@ fn admin_api_registers_clients_and_status_changes_apply_to_the_next_request() {
     assert_eq!(get(&s, &t, "Patient?identifier=urn:x|1"), 401, "suspended: the old token is refused");
     assert_eq!(token_status(&s, &cid, &secret), 401, "suspended: no new token");
     let (st, _) = admin_call(&s, &admin, M::POST, &format!("{loc}/reinstate"), None);
-    assert_eq!(st, 200);
+    assert_eq!(st, 202, "reinstatement awaits a security officer");
+    assert_eq!(get(&s, &t, "Patient?identifier=urn:x|1"), 401, "still suspended");
+    assert_eq!(admin_call(&s, &so, M::POST, &format!("{loc}/approve"), None).0, 200);
     assert_eq!(get(&s, &t, "Patient?identifier=urn:x|1"), 200, "reinstated");
 
     // Narrowing the scopes narrows the token already issued.
@@ -132,7 +136,9 @@ fn admin_api_registers_clients_and_status_changes_apply_to_the_next_request() {
     let ot = s.token_for(officer["client_id"].as_str().unwrap(), officer["client_secret"].as_str().unwrap());
     assert_eq!(admin_call(&s, &ot, M::GET, "/admin/clients", None).0, 200);
     assert_eq!(admin_call(&s, &ot, M::POST, &format!("{loc}/suspend"), None).0, 200);
-    assert_eq!(admin_call(&s, &ot, M::POST, &format!("{loc}/reinstate"), None).0, 200);
+    assert_eq!(admin_call(&s, &ot, M::POST, &format!("{loc}/reinstate"), None).0, 202);
+    assert_eq!(admin_call(&s, &ot, M::POST, &format!("{loc}/approve"), None).0, 403, "not its own request");
+    assert_eq!(admin_call(&s, &so, M::POST, &format!("{loc}/approve"), None).0, 200);
     assert_eq!(admin_call(&s, &ot, M::POST, &format!("{loc}/revoke"), None).0, 403);
     assert_eq!(admin_call(&s, &ot, M::POST, "/admin/clients", Some(&spec)).0, 403);
     assert_eq!(admin_call(&s, &ot, M::PATCH, &loc, Some(&json!({"name": "y"}))).0, 403);
@@ -159,6 +165,8 @@ fn cli_manages_the_same_registry() {
     let c: Value = serde_json::from_slice(&out.stdout).unwrap();
     let id = c["client_id"].as_str().unwrap();
     assert!(c["client_secret"].as_str().unwrap().len() >= 40);
+    assert_eq!(c["status"], "pending_approval", "the operator's shell alone registers no facility");
+    inst.approve(id);
     let out = inst.cli(&["clients", "suspend", id]);
     assert!(out.status.success());
     let shown: Value = serde_json::from_slice(&inst.cli(&["clients", "show", id]).stdout).unwrap();
@@ -201,8 +209,9 @@ fn smart_backend_services_private_key_jwt() {
     let key = Signer::new();
     let spec = json!({"name": "RS Harapan SIMRS", "role": "facility-system", "organization": "Organization/rs-harapan", "scopes": "system/Patient.rs", "jwks": key.jwks()});
     let (st, c) = admin_call(&s, &admin, reqwest::Method::POST, "/admin/clients", Some(&spec));
-    assert_eq!(st, 201, "{c}");
+    assert_eq!(st, 202, "{c}");
     let cid = c["client_id"].as_str().unwrap().to_string();
+    inst.approve(&cid);
 
     let discovery: Value = s.http.get(format!("{}/.well-known/smart-configuration", s.base)).send().unwrap().json().unwrap();
     assert!(discovery["token_endpoint_auth_methods_supported"].as_array().unwrap().contains(&json!("private_key_jwt")));

@@ -28,6 +28,10 @@ pub struct Instance {
     /// The bootstrap admin `brankas init` created (clients, keys, directory; no patient data).
     pub admin_id: String,
     pub admin_secret: String,
+    /// The first security officer, registered with the CLI after init (active at once): it
+    /// approves every registration the tests make through [`Instance::register`].
+    pub officer_id: String,
+    pub officer_secret: String,
 }
 
 impl Instance {
@@ -47,8 +51,15 @@ impl Instance {
             client_secret: String::new(),
             admin_id: admin["client_id"].as_str().unwrap().into(),
             admin_secret: admin["client_secret"].as_str().unwrap().into(),
+            officer_id: String::new(),
+            officer_secret: String::new(),
             root,
         };
+        let officer = inst.register_pending(&["--name", "harness officer", "--role", "security-officer", "--scopes", "system/AuditEvent.rs"]);
+        assert_eq!(officer["status"], "active", "the first security officer is active at once: {officer}");
+        inst.officer_id = officer["client_id"].as_str().unwrap().into();
+        inst.officer_secret = officer["client_secret"].as_str().unwrap().into();
+        std::fs::write(inst.officer_secret_file(), &inst.officer_secret).unwrap();
         // Every sensitive category granted: the API and fidelity tests read back exactly what
         // they wrote (the access tests register narrower clients of their own).
         let creds = inst.register(&[
@@ -60,13 +71,31 @@ impl Instance {
         inst.client_secret = creds["client_secret"].as_str().unwrap().into();
         inst
     }
-    /// Registers a client with `brankas clients create <args>`; returns its id and secret.
+    /// Registers a client with `brankas clients create <args>` and, if it awaits approval,
+    /// approves it as the harness's security officer; returns its id and secret.
     pub fn register(&self, args: &[&str]) -> Value {
+        let c = self.register_pending(args);
+        if c["status"] == "pending_approval" {
+            self.approve(c["client_id"].as_str().unwrap());
+        }
+        c
+    }
+    /// `brankas clients create <args>` only: the client may await approval.
+    pub fn register_pending(&self, args: &[&str]) -> Value {
         let mut all = vec!["clients", "create"];
         all.extend_from_slice(args);
         let out = self.cli(&all);
         assert!(out.status.success(), "clients create failed: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).expect("clients create prints JSON")
+    }
+    /// Approves the request pending on `client_id` as the harness's security officer (CLI).
+    pub fn approve(&self, client_id: &str) {
+        let f = self.officer_secret_file();
+        let out = self.cli(&["clients", "approve", client_id, "--approver-id", &self.officer_id, "--approver-secret-file", f.to_str().unwrap()]);
+        assert!(out.status.success(), "clients approve failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    pub fn officer_secret_file(&self) -> PathBuf {
+        self.root.path().join("officer.secret")
     }
     pub fn data_dir(&self) -> PathBuf {
         self.root.path().join("data")
