@@ -602,7 +602,7 @@ pub(crate) fn serve(
     let (tls_cfg, fingerprint) = match &tls {
         Tls::None => (None, None),
         Tls::SelfSigned => {
-            let (c, fp) = brankas_api::tls::load_or_create_self_signed(data_dir, vec!["localhost".into(), listen.ip().to_string()])?;
+            let (c, fp) = brankas_api::tls::load_or_create_self_signed(data_dir, vec!["localhost".into(), listen.ip().to_string()], &o.vault)?;
             (Some(c), Some(fp))
         }
         Tls::Files(c, k) => {
