@@ -136,11 +136,14 @@ fn patient_hint(pairs: &[(String, String)]) -> Result<Option<String>, ApiError> 
 
 // ----- STOW-RS -----
 
-async fn stow(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, RawQuery(q): RawQuery, headers: HeaderMap, body: Body) -> ApiResult {
+async fn stow(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, clock: crate::handlers::Clock, RawQuery(q): RawQuery, headers: HeaderMap, body: Body) -> ApiResult {
+    crate::handlers::streaming(&clock);
     stow_req(st, who, ctx, None, q, headers, body).await
 }
 
-async fn stow_into(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, Path(study): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap, body: Body) -> ApiResult {
+#[allow(clippy::too_many_arguments)] // axum extractors
+async fn stow_into(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, clock: crate::handlers::Clock, Path(study): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap, body: Body) -> ApiResult {
+    crate::handlers::streaming(&clock);
     uid_ok(&study)?;
     stow_req(st, who, ctx, Some(study), q, headers, body).await
 }

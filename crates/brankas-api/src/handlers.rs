@@ -21,6 +21,16 @@ use crate::{AppState, FHIR_JSON, capability};
 
 type St = State<Arc<AppState>>;
 type ApiResult = Result<Response, ApiError>;
+/// The request body's clock (see `server`), absent only when the router is driven without
+/// the server.
+pub(crate) type Clock = Option<Extension<Arc<crate::server::BodyClock>>>;
+
+/// Marks the body as a streaming upload (bounded by its idle time, not the body deadline).
+pub(crate) fn streaming(clock: &Clock) {
+    if let Some(Extension(c)) = clock {
+        c.streaming();
+    }
+}
 
 /// Builds the whole HTTP application.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -100,6 +110,10 @@ async fn authenticate(State(st): St, mut req: Request, next: Next) -> Response {
     match tokio::task::spawn_blocking(move || auth.verify(&token, &audience)).await {
         Ok(Ok(p)) => match p.with_purpose(purpose.as_deref(), reason.as_deref()) {
             Ok(p) => {
+                // Its connection is no longer expendable while this request runs (see `server`).
+                if let Some(a) = req.extensions().get::<crate::server::Admission>() {
+                    a.authenticated();
+                }
                 crate::guard::seen_at(&st, p.client_id(), addr).await;
                 let _inflight = match p.limits() {
                     Some(l) => match st.guard.start(p.client_id(), l) {
@@ -386,10 +400,11 @@ async fn binary_response(st: &Arc<AppState>, mut s: Stored, headers: &HeaderMap,
     Ok(r)
 }
 
-async fn create(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, Path(rtype): Path<String>, headers: HeaderMap, body: Body) -> ApiResult {
+async fn create(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, clock: Clock, Path(rtype): Path<String>, headers: HeaderMap, body: Body) -> ApiResult {
     check_type(&rtype)?;
     not_audit_event(&rtype)?;
     if rtype == "Binary" && crate::attach::is_raw(&headers) {
+        streaming(&clock);
         let out = crate::attach::upload(&st, &who, None, None, &headers, body).await;
         let out = audit::finish(&st, &who, &ctx, What::new("create", "C", Some(rtype.clone())), out).await?;
         return Ok(resource_response(&st, StatusCode::CREATED, &out.stored, &rtype, prefer_return(&headers), true));
@@ -404,10 +419,11 @@ async fn create(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx
     Ok(resource_response(&st, status, &out.stored, &rtype, prefer_return(&headers), true))
 }
 
-async fn update(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, Path((rtype, id)): Path<(String, String)>, headers: HeaderMap, body: Body) -> ApiResult {
+async fn update(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, clock: Clock, Path((rtype, id)): Path<(String, String)>, headers: HeaderMap, body: Body) -> ApiResult {
     check_type(&rtype)?;
     not_audit_event(&rtype)?;
     if rtype == "Binary" && crate::attach::is_raw(&headers) {
+        streaming(&clock);
         let im = if_match(&headers)?;
         let what = What::new("update", "U", target(&rtype, &id));
         let out = crate::attach::upload(&st, &who, Some(id), im, &headers, body).await;

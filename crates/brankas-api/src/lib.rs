@@ -3,8 +3,9 @@
 //! - [`router`]: the FHIR REST API at `/fhir` (JSON only), the OAuth2 token endpoint
 //!   `/auth/token` (client secret or `private_key_jwt`), SMART discovery, `/health`, and the
 //!   administration API under `/admin` (the client registry).
-//! - [`serve`]: the accept loop (HTTPS by default, plain HTTP on request), with a connection
-//!   cap, header timeouts and graceful shutdown, all in one place.
+//! - [`serve`]: the connection lifecycle (HTTPS by default, plain HTTP on request): admission
+//!   under global and per-address caps, handshake, idle and body clocks, graceful shutdown,
+//!   all in one place.
 //! - [`outcome::ApiError`]: the only place errors become OperationOutcome and HTTP statuses.
 //!
 //! *Architecture invariant:* this is the only crate that knows HTTP and the FHIR wire format

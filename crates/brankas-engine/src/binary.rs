@@ -219,7 +219,7 @@ fn clean_photo(content_type: &str, bytes: Vec<u8>, limits: &brankas_media::Limit
         )),
         brankas_media::Handling::Clean(kind) => brankas_media::clean(kind, &bytes, limits).map_err(|e| match e {
             brankas_media::MediaError::TooLarge => EngineError::TooLarge(format!("images are limited to {} bytes", limits.max_bytes)),
-            brankas_media::MediaError::TooManyPixels => EngineError::TooLarge(format!("images are limited to {} pixels", limits.max_pixels)),
+            brankas_media::MediaError::TooManyPixels => EngineError::TooLarge(format!("images are limited to {} pixels, {} when their EXIF orientation must be applied", limits.max_pixels, limits.max_pixels_turned)),
             brankas_media::MediaError::TooMuchMemory => EngineError::TooLarge("decoding the image would exceed the memory limit".into()),
             e => EngineError::Unprocessable(format!("the image cannot be read: {e}")),
         }),

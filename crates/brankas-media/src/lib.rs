@@ -18,7 +18,10 @@
 //! - **Bounded**: the input size is checked first, the pixel count from the header before
 //!   any decoding (a 100000 × 100000 PNG of a few hundred bytes never allocates), and every
 //!   image is fully decoded within [`Limits`] so that truncated, corrupt or hostile images are
-//!   refused instead of stored.
+//!   refused instead of stored. Turning costs a second copy of the pixels and an encode, so
+//!   it has a lower pixel bound ([`Limits::max_pixels_turned`]). Across the process at most
+//!   one image per core is decoded at once ([`max_concurrent`]); further calls wait their
+//!   turn, so a burst of large photos costs time, not memory beyond that many images.
 //!
 //! [`classify`] decides from the declared content type and the magic number whether bytes
 //! are to be cleaned, stored as they are, or refused (image formats that carry EXIF or XMP
@@ -66,11 +69,47 @@ pub struct Limits {
     /// about the input, its rewrite, the decoded image and, when the orientation is applied,
     /// a turned copy of it.
     pub max_alloc: u64,
+    /// Largest image whose EXIF orientation is applied (decoded, turned and re-encoded), in
+    /// pixels (default 24 million); a larger image with an orientation to apply is refused
+    /// with [`MediaError::TooManyPixels`] before decoding.
+    pub max_pixels_turned: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_bytes: 32 << 20, max_pixels: 64_000_000, max_alloc: 512 << 20 }
+        Self { max_bytes: 32 << 20, max_pixels: 64_000_000, max_alloc: 512 << 20, max_pixels_turned: 24_000_000 }
+    }
+}
+
+/// How many images [`clean`] decodes at once across the process: one per core.
+pub fn max_concurrent() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+}
+
+/// The process-wide count of images being decoded.
+static BUSY: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
+static FREED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// One of the [`max_concurrent`] places; waits for one to free up.
+struct Turn;
+
+impl Turn {
+    fn take() -> Self {
+        let mut busy = BUSY.lock().unwrap_or_else(|p| p.into_inner());
+        while *busy >= max_concurrent() {
+            busy = FREED.wait(busy).unwrap_or_else(|p| p.into_inner());
+        }
+        *busy += 1;
+        Turn
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut busy = BUSY.lock().unwrap_or_else(|p| p.into_inner());
+        *busy -= 1;
+        FREED.notify_one();
     }
 }
 
@@ -185,6 +224,7 @@ pub fn clean(kind: ImageKind, bytes: &[u8], limits: &Limits) -> Result<Vec<u8>, 
     if bytes.len() > limits.max_bytes {
         return Err(MediaError::TooLarge);
     }
+    let _turn = Turn::take();
     match kind {
         ImageKind::Jpeg => clean_jpeg(bytes, limits),
         ImageKind::Png => clean_png(bytes, limits),
@@ -195,6 +235,9 @@ fn clean_jpeg(bytes: &[u8], limits: &Limits) -> Result<Vec<u8>, MediaError> {
     let rewritten = jpeg::rewrite(bytes, limits.max_pixels)?;
     let orientation = to_orientation(rewritten.orientation);
     let turn = orientation != Orientation::NoTransforms;
+    if turn && u64::from(rewritten.width) * u64::from(rewritten.height) > limits.max_pixels_turned {
+        return Err(MediaError::TooManyPixels);
+    }
     // The rewrite is what gets decoded: what is stored is what was validated.
     let decoded = codec::decode(ImageFormat::Jpeg, &rewritten.bytes, limits, turn)?;
     if (decoded.image.width(), decoded.image.height()) != (rewritten.width, rewritten.height) {
@@ -220,6 +263,9 @@ fn clean_png(bytes: &[u8], limits: &Limits) -> Result<Vec<u8>, MediaError> {
         // Only the first frame would survive a re-encode: refuse rather than lose the rest.
         return Err(MediaError::Unsupported("an animated PNG with an EXIF orientation"));
     }
+    if turn && u64::from(rewritten.width) * u64::from(rewritten.height) > limits.max_pixels_turned {
+        return Err(MediaError::TooManyPixels);
+    }
     let decoded = codec::decode(ImageFormat::Png, &rewritten.bytes, limits, false)?;
     if (decoded.image.width(), decoded.image.height()) != (rewritten.width, rewritten.height) {
         return Err(MediaError::Malformed("the PNG's header and image data disagree"));
@@ -243,3 +289,28 @@ pub fn orientation(kind: ImageKind, bytes: &[u8]) -> Option<u16> {
         ImageKind::Png => png::rewrite(bytes, u64::MAX).ok()?.orientation,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png() -> Vec<u8> {
+        let mut out = Vec::new();
+        image::DynamicImage::new_rgb8(4, 3).write_to(&mut std::io::Cursor::new(&mut out), ImageFormat::Png).unwrap();
+        out
+    }
+
+    #[test]
+    fn no_more_images_than_cores_are_decoded_at_once() {
+        // Every place taken: a caller waits until one frees up.
+        let held: Vec<Turn> = (0..max_concurrent()).map(|_| Turn::take()).collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let input = png();
+        let t = std::thread::spawn(move || tx.send(clean(ImageKind::Png, &input, &Limits::default()).is_ok()).unwrap());
+        assert!(rx.recv_timeout(std::time::Duration::from_millis(300)).is_err(), "a call went past the bound");
+        drop(held);
+        assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(30)), Ok(true), "it runs once a place is free");
+        t.join().unwrap();
+    }
+}
+

@@ -228,3 +228,39 @@ proptest! {
         check(ImageKind::Png, &[&b"\x89PNG\r\n\x1a\n"[..], &rebuilt].concat());
     }
 }
+
+/// `jpeg` with an Exif APP1 asking for `orientation`, right after SOI.
+fn with_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+    [&jpeg[..2], &jpeg_segment(0xE1, &[&b"Exif\0\0"[..], &exif_tiff(Some(orientation), false)].concat()), &jpeg[2..]].concat()
+}
+
+#[test]
+fn turning_has_a_lower_pixel_bound_checked_before_decoding() {
+    let (w, h) = (pattern().width() as u64, pattern().height() as u64);
+    let tight = Limits { max_pixels_turned: w * h - 1, ..Limits::default() };
+    // Control: within the bound, the same photo is turned.
+    let turned = clean(ImageKind::Jpeg, &with_orientation(&plain_jpeg(), 6), &Limits { max_pixels_turned: w * h, ..Limits::default() }).expect("turned");
+    assert_eq!((decode(&turned).width() as u64, decode(&turned).height() as u64), (h, w));
+    assert!(matches!(clean(ImageKind::Jpeg, &with_orientation(&plain_jpeg(), 6), &tight), Err(MediaError::TooManyPixels)));
+    // Without an orientation to apply nothing is re-encoded: the general bound applies.
+    assert!(clean(ImageKind::Jpeg, &with_orientation(&plain_jpeg(), 1), &tight).is_ok());
+    assert!(clean(ImageKind::Jpeg, &plain_jpeg(), &tight).is_ok());
+    // A 62-megapixel frame with an orientation is refused from its header (the default
+    // bound is 24 million), before any decoding.
+    let big = with_orientation(&jpeg_claiming(&plain_jpeg(), 9000, 6900), 6);
+    assert!(matches!(clean(ImageKind::Jpeg, &big, &Limits::default()), Err(MediaError::TooManyPixels)));
+}
+
+#[test]
+fn many_callers_at_once_all_finish() {
+    // More callers than places: they queue, none fails or deadlocks.
+    let jpeg = with_orientation(&plain_jpeg(), 6);
+    let n = brankas_media::max_concurrent() * 4;
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let j = jpeg.clone();
+            std::thread::spawn(move || clean(ImageKind::Jpeg, &j, &Limits::default()).is_ok())
+        })
+        .collect();
+    assert!(handles.into_iter().all(|h| h.join().unwrap()));
+}

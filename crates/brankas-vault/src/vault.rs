@@ -90,6 +90,7 @@ pub struct Vault {
     audit_seal: DataKey,
     audit_index: hmac::Key,
     audit_signing: Ed25519KeyPair,
+    secrets: DataKey,
 }
 
 const ROOT_CONTEXT: &[u8] = b"system-root";
@@ -132,6 +133,7 @@ impl Vault {
             audit_seal: DataKey::from_bytes(&derive(b"audit-log")?[..])?,
             audit_index: hmac::Key::new(hmac::HMAC_SHA256, &derive(b"audit-index")?[..]),
             audit_signing: Ed25519KeyPair::from_seed_unchecked(&derive(b"audit-signing")?[..]).map_err(|_| VaultError::Crypto)?,
+            secrets: DataKey::from_bytes(&derive(b"opaque-secret")?[..])?,
             provider,
         })
     }
@@ -240,10 +242,28 @@ impl Vault {
         self.audit_signing.sign(message).as_ref().try_into().expect("Ed25519 signatures are 64 bytes")
     }
 
+    /// Seals an opaque secret the server keeps in its data directory (e.g. the TLS private
+    /// key, under the label `tls-key`), so a copy of the directory does not carry it.
+    pub fn seal_secret(&self, label: &str, plaintext: &[u8]) -> Result<Vec<u8>, VaultError> {
+        self.secrets.seal_raw(&secret_context(label), plaintext)
+    }
+
+    /// Opens a secret sealed by [`Vault::seal_secret`] under the same label.
+    pub fn open_secret(&self, label: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        self.secrets.open_raw(&secret_context(label), sealed)
+    }
+
     /// Opens a paging cursor; fails on anything not sealed by this server.
     pub fn open_cursor(&self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, VaultError> {
         self.cursor.open_raw(b"cursor", sealed)
     }
+}
+
+fn secret_context(label: &str) -> Vec<u8> {
+    let mut c = b"opaque-secret".to_vec();
+    c.extend_from_slice(&(label.len() as u64).to_be_bytes());
+    c.extend_from_slice(label.as_bytes());
+    c
 }
 
 fn dek_context(partition: &PartitionId, version: u32) -> Vec<u8> {
@@ -287,6 +307,19 @@ mod tests {
         assert_ne!(v.blind_term("nik", &["3171"]), v.blind_term("phone", &["3171"]));
         assert_ne!(v.blind_term("x", &["ab", "c"]), v.blind_term("x", &["a", "bc"]));
         assert_ne!(v.patient_partition("p1"), v.system_partition());
+    }
+
+    #[test]
+    fn secrets_open_only_under_their_label_and_vault() {
+        let (dir, v, w) = vault();
+        let sealed = v.seal_secret("tls-key", b"private key bytes").unwrap();
+        assert!(!sealed.windows(7).any(|x| x == b"private"), "sealed, not encoded");
+        assert_eq!(&*v.open_secret("tls-key", &sealed).unwrap(), b"private key bytes");
+        assert!(v.open_secret("tls-keys", &sealed).is_err(), "bound to its label");
+        let kf = Arc::new(KeyFile::open(&dir.path().join("k.json")).unwrap());
+        assert_eq!(&*Vault::open(kf, &w).unwrap().open_secret("tls-key", &sealed).unwrap(), b"private key bytes");
+        let (_d2, other, _) = vault();
+        assert!(other.open_secret("tls-key", &sealed).is_err(), "another vault cannot open it");
     }
 
     #[test]

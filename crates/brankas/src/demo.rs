@@ -98,5 +98,5 @@ pub fn run(data_dir: &Path, key_file: Option<&Path>, listen: SocketAddr, insecur
         eprintln!("A new token when this one expires:");
         eprintln!("  {curl} -u '{cid}:{secret}' -d grant_type=client_credentials {root}/auth/token\n");
         eprintln!("Health: {curl} {root}/health    Stop: Ctrl-C\n");
-    })), brankas_engine::AttachmentLimits::default(), None)
+    })), brankas_engine::AttachmentLimits::default(), None, crate::ConnArgs::default())
 }

@@ -74,6 +74,8 @@ enum Cmd {
         /// raising an alert.
         #[arg(long, value_name = "REASON")]
         accept_state_rollback: Option<String>,
+        #[command(flatten)]
+        conn: ConnArgs,
     },
     /// Load FHIR transaction/batch Bundles (JSON) and NDJSON files offline.
     Import {
@@ -164,6 +166,71 @@ enum Cmd {
         #[arg(long)]
         insecure_http: bool,
     },
+}
+
+/// Connection limits and clocks (the rules are in `brankas-api`'s `server` module).
+#[derive(Args, Clone)]
+pub(crate) struct ConnArgs {
+    /// Most connections open at once; past it a new connection displaces a stalled or idle
+    /// unauthenticated one (kept within the process's file-descriptor limit).
+    #[arg(long, default_value_t = brankas_api::ServeConfig::default().max_connections)]
+    max_connections: usize,
+    /// Most connections open at once from one IPv4 address or IPv6 /64.
+    #[arg(long, default_value_t = brankas_api::ServeConfig::default().max_connections_per_address)]
+    max_connections_per_address: usize,
+    /// Seconds a connection may hold no request in flight (before its first request's headers
+    /// are complete, and between requests).
+    #[arg(long, default_value_t = brankas_api::ServeConfig::default().header_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    header_timeout: u64,
+    /// Seconds a request body may take, plus one per 4 KiB received (streaming uploads: 60 s
+    /// without a byte instead).
+    #[arg(long, default_value_t = brankas_api::ServeConfig::default().body_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    body_timeout: u64,
+}
+
+impl Default for ConnArgs {
+    fn default() -> Self {
+        let d = brankas_api::ServeConfig::default();
+        Self { max_connections: d.max_connections, max_connections_per_address: d.max_connections_per_address, header_timeout: d.header_timeout.as_secs(), body_timeout: d.body_timeout.as_secs() }
+    }
+}
+
+impl ConnArgs {
+    /// The listener's configuration, with the connection cap kept within the file
+    /// descriptors this process may open (raised to its hard limit first).
+    fn config(&self) -> brankas_api::ServeConfig {
+        let fds = raise_fd_limit();
+        // Files, the databases, blobs being streamed and the webhook need some too.
+        let room = fds.map_or(usize::MAX, |n| n.saturating_sub(256).max(64) as usize);
+        if self.max_connections > room {
+            tracing::warn!(requested = self.max_connections, allowed = room, "connection cap lowered to fit the file-descriptor limit");
+        }
+        brankas_api::ServeConfig {
+            max_connections: self.max_connections.min(room).max(1),
+            max_connections_per_address: self.max_connections_per_address.max(1),
+            header_timeout: std::time::Duration::from_secs(self.header_timeout),
+            body_timeout: std::time::Duration::from_secs(self.body_timeout),
+            ..Default::default()
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit; returns the soft limit in force.
+fn raise_fd_limit() -> Option<libc::rlim_t> {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed by reference.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return None;
+        }
+        if r.rlim_cur < r.rlim_max {
+            let want = libc::rlimit { rlim_cur: r.rlim_max, rlim_max: r.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                r.rlim_cur = r.rlim_max;
+            }
+        }
+    }
+    Some(r.rlim_cur)
 }
 
 /// Where alerts are pushed (besides `GET /admin/alerts` and the log).
@@ -261,7 +328,7 @@ fn main() -> Result<()> {
             println!("{}", serde_json::json!({"client_id": creds.client_id, "client_secret": creds.client_secret}));
             Ok(())
         }
-        Cmd::Serve { data, listen, tls_cert, tls_key, insecure_http, base_url, token_seconds, max_attachment_bytes, webhook, accept_state_rollback } => {
+        Cmd::Serve { data, listen, tls_cert, tls_key, insecure_http, base_url, token_seconds, max_attachment_bytes, webhook, accept_state_rollback, conn } => {
             let tls = match (tls_cert, tls_key, insecure_http) {
                 (_, _, true) => Tls::None,
                 (Some(c), Some(k), _) => Tls::Files(c, k),
@@ -269,7 +336,7 @@ fn main() -> Result<()> {
             };
             let attachments = brankas_engine::AttachmentLimits { max_bytes: max_attachment_bytes, ..Default::default() };
             let accept = accept_state_rollback.map(|r| accept_reason(&r)).transpose()?;
-            serve(&data.data_dir, data.key_file.as_deref(), listen, tls, base_url, token_seconds, webhook.config()?, None, attachments, accept)
+            serve(&data.data_dir, data.key_file.as_deref(), listen, tls, base_url, token_seconds, webhook.config()?, None, attachments, accept, conn)
         }
         Cmd::Import { data, paths, quiet, organization } => import(&data.data_dir, data.key_file.as_deref(), &paths, quiet, organization),
         Cmd::Synth(a) => synth_cmd::run(a),
@@ -660,6 +727,7 @@ pub(crate) fn serve(
     banner: Option<Banner>,
     attachments: brankas_engine::AttachmentLimits,
     accept_state_rollback: Option<String>,
+    conn: ConnArgs,
 ) -> Result<()> {
     let o = open_with(data_dir, key_file, attachments, accept_state_rollback)?;
     let auth = match token_seconds {
@@ -669,7 +737,7 @@ pub(crate) fn serve(
     let (tls_cfg, fingerprint) = match &tls {
         Tls::None => (None, None),
         Tls::SelfSigned => {
-            let (c, fp) = brankas_api::tls::load_or_create_self_signed(data_dir, vec!["localhost".into(), listen.ip().to_string()])?;
+            let (c, fp) = brankas_api::tls::load_or_create_self_signed(data_dir, vec!["localhost".into(), listen.ip().to_string()], &o.vault)?;
             (Some(c), Some(fp))
         }
         Tls::Files(c, k) => {
@@ -679,7 +747,7 @@ pub(crate) fn serve(
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        let listener = bind(listen).with_context(|| format!("binding {listen}"))?;
         let addr = listener.local_addr()?;
         let scheme = if tls_cfg.is_some() { "https" } else { "http" };
         let host = if addr.ip().is_unspecified() { "localhost".to_string() } else { addr.to_string() };
@@ -706,10 +774,20 @@ pub(crate) fn serve(
             b(&base);
         }
         tracing::info!(%addr, "ready");
-        brankas_api::serve(listener, app, brankas_api::ServeConfig { tls: tls_cfg, ..Default::default() }, rx).await?;
+        brankas_api::serve(listener, app, brankas_api::ServeConfig { tls: tls_cfg, ..conn.config() }, rx).await?;
         tracing::info!("stopped");
         Ok::<_, anyhow::Error>(())
     })
+}
+
+/// Listens with a deep accept queue (4,096, as the kernel allows), so a burst of connections
+/// waits there for the accept loop, which sheds the stalled ones, instead of having its SYNs
+/// dropped.
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let sock = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(4096)
 }
 
 fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {

@@ -1040,9 +1040,10 @@ fn tls_is_the_default() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(inst.data_dir().join("tls/key.pem")).unwrap().permissions().mode();
-        assert_eq!(mode & 0o077, 0, "the TLS private key is private");
+        let mode = std::fs::metadata(inst.data_dir().join("tls/key.sealed")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the sealed TLS private key is private too");
     }
+    assert_no_private_key(&inst.data_dir(), None);
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(certs[0].clone()).unwrap();
@@ -1072,6 +1073,65 @@ fn tls_is_the_default() {
 
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// The PKCS#8 DER of an EC P-256 key starts so (SEQUENCE, version 0, id-ecPublicKey).
+const EC_PKCS8_PREFIX: &[u8] = &[0x30, 0x81, 0x87, 0x02, 0x01, 0x00, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+
+/// No file of the data directory holds a private key in the clear: no PEM private key, no
+/// EC PKCS#8 DER, and not the bytes of `known` (a key whose DER the test knows).
+fn assert_no_private_key(dir: &Path, known: Option<&[u8]>) {
+    let files = common::all_files(dir);
+    assert!(files.iter().any(|f| f.ends_with("tls/key.sealed")), "control: the sealed key is among the files searched");
+    for f in files {
+        let b = std::fs::read(&f).unwrap();
+        let has = |n: &[u8]| b.windows(n.len()).any(|w| w == n);
+        assert!(!has(b"PRIVATE KEY"), "{} holds a PEM private key", f.display());
+        assert!(!has(EC_PKCS8_PREFIX), "{} holds an EC PKCS#8 private key", f.display());
+        if let Some(k) = known {
+            // The private scalar: `ECPrivateKey { version 1, privateKey OCTET STRING (32) }`.
+            let at = k.windows(5).position(|w| w == [0x02, 0x01, 0x01, 0x04, 0x20]).expect("an EC private key") + 5;
+            assert!(!has(&k[at..at + 32]), "{} holds the private key's bytes", f.display());
+        }
+    }
+}
+
+#[test]
+fn the_tls_private_key_is_sealed_and_an_old_plaintext_key_is_migrated() {
+    let inst = Instance::init();
+    // The layout of earlier versions: a plaintext key.pem beside the certificate.
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let der = ck.signing_key.serialize_der();
+    let tls = inst.data_dir().join("tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    std::fs::write(tls.join("cert.pem"), ck.cert.pem()).unwrap();
+    std::fs::write(tls.join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+    let want: Vec<String> = brankas_vault::sha256(ck.cert.der()).iter().map(|b| format!("{b:02X}")).collect();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ck.cert.der().clone()).unwrap();
+    let trusted = tls_config(roots);
+    // Control: the key's bytes are on disk before the first start.
+    assert!(std::fs::read(tls.join("key.pem")).unwrap().windows(EC_PKCS8_PREFIX.len()).any(|w| w == EC_PKCS8_PREFIX) || std::fs::read_to_string(tls.join("key.pem")).unwrap().contains("PRIVATE KEY"));
+    for round in 0..2 {
+        let (mut child, ev) = inst.spawn_serve(&[]);
+        let ev = ev.expect("listening line");
+        assert_eq!(ev["tls_fingerprint"].as_str().unwrap(), want.join(":"), "round {round}: the same certificate");
+        let addr = ev["address"].as_str().unwrap().to_string();
+        // The handshake proves the server still signs with the same key.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let health = loop {
+            match tls_get(&addr, trusted.clone(), "/health") {
+                Ok(r) => break r,
+                Err(e) if Instant::now() > deadline => panic!("TLS GET /health: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        assert!(health.starts_with("HTTP/1.1 200"), "{health:.200}");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(!tls.join("key.pem").exists(), "the plaintext key was removed");
+        assert_no_private_key(&inst.data_dir(), Some(&der));
+    }
 }
 
 #[test]
