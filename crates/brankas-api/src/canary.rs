@@ -3,9 +3,12 @@
 //!
 //! Placement: each canary is a `brankas-synth` identity (valid-structured NIK, name by
 //! regional tradition, address, `+62` phone, IHS number) with one encounter and one antigen
-//! result at the given facility, dated within the last week, submitted on the facility's
-//! behalf: it is in the facility's care and on its recent work lists, so a walk through the
-//! facility's patients (newest first, as work lists go) meets one early. Ids are random like
+//! result at the given facility, submitted on the facility's behalf (it is in the facility's
+//! care and on its work lists). The visits are dated across the facility's whole history
+//! (`placement`: quantiles of its visits over the last two years, from the oldest to the
+//! newest), so that a walk in any order and by windows of any size meets one early; with no
+//! history yet, within the last week. Plant again as visits accumulate (e.g. weekly): new
+//! visits after the newest canary are not covered until then. Ids are random like
 //! every server-assigned id; references to practitioners and locations are left out (the canary's
 //! synthetic ones do not exist here), and times are whole seconds. A NIK already present is skipped; a real person later
 //! registered under a canary's NIK would trip it (the odds are those of two random NIKs of the
@@ -19,6 +22,37 @@ use serde_json::{Value, json};
 
 /// Most canaries planted by one call.
 pub const MAX_CANARIES: usize = 1000;
+
+/// How far back the facility's visits are looked at to place canaries (the care window).
+const PROFILE_DAYS: i64 = 730;
+
+/// The hours at which `count` canaries' visits go, given the facility's visits per hour
+/// (oldest first): at evenly spaced quantiles of the visits themselves, the first at the
+/// oldest visit and the last at the newest, so that a walk of the work list in any order
+/// — newest first, oldest first, window by window of any size, or from any point on — has
+/// at most about `visits / (count - 1)` real visits before it meets one (`count` 1: the
+/// newest). Dense periods get canaries in proportion. Without visits, none (the caller
+/// falls back to the last week).
+fn placement(profile: &[(i64, usize)], count: usize) -> Vec<i64> {
+    let total: usize = profile.iter().map(|(_, n)| n).sum();
+    if total == 0 || count == 0 {
+        return Vec::new();
+    }
+    (0..count)
+        .map(|k| {
+            // The visit index of this quantile, 0 ..= total - 1.
+            let target = if count == 1 { total - 1 } else { k * (total - 1) / (count - 1) };
+            let mut seen = 0;
+            for (h, n) in profile {
+                if target < seen + n {
+                    return *h;
+                }
+                seen += n;
+            }
+            profile.last().map_or(0, |(h, _)| *h)
+        })
+        .collect()
+}
 
 /// Plants `count` canaries, at `organization` (`Organization/<id>`) if given; returns their
 /// Patient ids and NIKs. `planter` writes them (the facility's writer: the operator's tool on
@@ -37,6 +71,13 @@ pub fn plant(engine: &Engine, store: &dyn Store, count: usize, organization: Opt
     brankas_vault::random_bytes(&mut seed)?;
     let pop = Population::new(u64::from_le_bytes(seed), Mix::Minimal);
     let now = time::OffsetDateTime::now_utc();
+    // Where the facility's visits are, over the care window (two years): each canary's visit
+    // is dated at a quantile of them (see `placement`).
+    let profile = match organization {
+        Some(o) => engine.visit_profile(planter, o, PROFILE_DAYS)?,
+        None => Vec::new(),
+    };
+    let hours = placement(&profile, count);
     let mut out = Vec::new();
     let mut i = 0u64;
     while out.len() < count && i < count as u64 * 4 {
@@ -56,8 +97,12 @@ pub fn plant(engine: &Engine, store: &dyn Store, count: usize, organization: Opt
         let id = brankas_vault::random_id(16)?;
         let mut rnd = [0u8; 2];
         brankas_vault::random_bytes(&mut rnd)?;
-        let hours_ago = 1 + i64::from(u16::from_le_bytes(rnd) % 167);
-        let start = now - time::Duration::hours(hours_ago);
+        let start = match hours.get(out.len()) {
+            // Within the hour of the visit at this canary's quantile, at a random minute.
+            Some(h) => time::OffsetDateTime::from_unix_timestamp(h * 3600 + i64::from(u16::from_le_bytes(rnd) % 3540)).unwrap_or(now),
+            // No visits yet: within the last week.
+            None => now - time::Duration::hours(1 + i64::from(u16::from_le_bytes(rnd) % 167)),
+        };
         let bundle = place(pop.patient_bundle(n), &id, organization, start);
         // Marked first: a canary is never served unmarked, even for a moment.
         store.canary_add(&[engine.patient_partition(&id)])?;
@@ -144,5 +189,23 @@ fn rewrite(v: &mut Value, urn: &str, id: &str, org_id: Option<&str>) {
             }
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::placement;
+
+    #[test]
+    fn canaries_sit_at_quantiles_of_the_visits_from_the_oldest_to_the_newest() {
+        // 120 visits, one an hour for 120 hours.
+        let profile: Vec<(i64, usize)> = (0..120).map(|h| (1000 + h, 1)).collect();
+        assert_eq!(placement(&profile, 5), vec![1000, 1029, 1059, 1089, 1119]);
+        assert_eq!(placement(&profile, 1), vec![1119], "one canary: the newest visit");
+        // A busy day gets the canaries its visits call for.
+        let bursty = vec![(10, 1), (20, 98), (30, 1)];
+        assert_eq!(placement(&bursty, 3), vec![10, 20, 30]);
+        assert_eq!(placement(&bursty, 5), vec![10, 20, 20, 20, 30]);
+        assert!(placement(&[], 3).is_empty());
     }
 }

@@ -162,6 +162,24 @@ impl Engine {
         Ok(out)
     }
 
+    /// How a facility's visits are spread over time: `(hour, visits)` of every hour in the
+    /// last `days` days that holds any of `organization`'s Encounters, oldest first. For
+    /// placing canaries where walks of the work list pass (`brankas-api`'s `canary.rs`); only
+    /// the organization's own writer (or the operator) may ask, and it learns counts only.
+    pub fn visit_profile(&self, who: &Principal, organization: &str, days: i64) -> Result<Vec<(i64, usize)>> {
+        if !who.is_local_operator() && (who.role() != Role::FacilitySystem || who.organization() != Some(organization)) {
+            return Err(EngineError::Forbidden("a facility's visit profile is its own".into()));
+        }
+        let now = crate::crud::now_us().div_euclid(US_PER_HOUR);
+        let mut out = Vec::new();
+        for hour in now - days.clamp(1, 3660) * 24..=now {
+            if let Some((wl, _)) = self.worklist_row(&list_id(organization, "Encounter", hour))? {
+                out.push((hour, wl.keys.len()));
+            }
+        }
+        Ok(out)
+    }
+
     /// Serves a work-list search if the query is one (`None` otherwise).
     pub(crate) fn worklist_search(&self, who: &Principal, rtype: &str, query: &Query, pairs: &[(String, String)]) -> Option<Result<Vec<Stored>>> {
         let (org_param, date_param) = params_of(rtype)?;
