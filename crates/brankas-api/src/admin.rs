@@ -153,19 +153,12 @@ async fn body_json<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiE
 }
 
 async fn run<T: Send + 'static>(f: impl FnOnce() -> Result<T, AuthError> + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error"))?
-        .map_err(auth_error)
+    tokio::task::spawn_blocking(f).await.map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error"))?.map_err(auth_error)
 }
 
 /// Client ids are `c-` and base32-ish characters; anything else cannot name a client.
 fn check_id(id: &str) -> Result<(), ApiError> {
-    if id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-        Ok(())
-    } else {
-        Err(ApiError::not_found())
-    }
+    if id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') { Ok(()) } else { Err(ApiError::not_found()) }
 }
 
 async fn list(State(st): St, Extension(who): Extension<Principal>) -> Result<Response, ApiError> {

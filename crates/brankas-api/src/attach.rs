@@ -65,14 +65,23 @@ fn too_large(max: u64) -> ApiError {
 
 /// Receives a raw upload and writes the Binary (a new one, or version of `id`). The caller
 /// audits the result.
-pub(crate) async fn upload(st: &Arc<AppState>, who: &Principal, id: Option<String>, if_match: Option<u64>, headers: &HeaderMap, body: Body) -> Result<brankas_engine::Admitted<WriteOutcome>, ApiError> {
+pub(crate) async fn upload(
+    st: &Arc<AppState>,
+    who: &Principal,
+    id: Option<String>,
+    if_match: Option<u64>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<brankas_engine::Admitted<WriteOutcome>, ApiError> {
     let ct = content_type(headers)?;
     let context = headers
         .get("x-security-context")
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty())
-        .ok_or_else(|| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "processing", "a raw Binary upload needs X-Security-Context: Patient/<id> (or a resource of the patient's record)"))?
+        .ok_or_else(|| {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "processing", "a raw Binary upload needs X-Security-Context: Patient/<id> (or a resource of the patient's record)")
+        })?
         .to_string();
     let limits = st.engine.attachment_limits().clone();
     if headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).is_some_and(|n| n > limits.max_bytes) {
@@ -133,7 +142,9 @@ pub(crate) async fn upload(st: &Arc<AppState>, who: &Principal, id: Option<Strin
         let photo = limits.photo.clone();
         sink = blocking(move || {
             let clean = brankas_media::clean(kind, &first, &photo).map_err(|e| match e {
-                brankas_media::MediaError::TooLarge | brankas_media::MediaError::TooManyPixels | brankas_media::MediaError::TooMuchMemory => EngineError::TooLarge(format!("the image exceeds the photo limits: {e}")),
+                brankas_media::MediaError::TooLarge | brankas_media::MediaError::TooManyPixels | brankas_media::MediaError::TooMuchMemory => {
+                    EngineError::TooLarge(format!("the image exceeds the photo limits: {e}"))
+                }
                 e => EngineError::Unprocessable(format!("the image cannot be read: {e}")),
             })?;
             sink.write(&clean)?;
@@ -276,13 +287,15 @@ pub(crate) async fn download(st: &Arc<AppState>, s: &Stored, headers: &HeaderMap
     // Content from clients is never run as part of this origin.
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("default-src 'none'; sandbox"));
     if status == StatusCode::PARTIAL_CONTENT
-        && let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end - 1)) {
-            h.insert(header::CONTENT_RANGE, v);
-        }
+        && let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end - 1))
+    {
+        h.insert(header::CONTENT_RANGE, v);
+    }
     if let Some(sc) = s.resource.get("securityContext").and_then(|c| c.get("reference")).and_then(|v| v.as_str())
-        && let Ok(v) = HeaderValue::from_str(sc) {
-            h.insert("x-security-context", v);
-        }
+        && let Ok(v) = HeaderValue::from_str(sc)
+    {
+        h.insert("x-security-context", v);
+    }
     Ok(r)
 }
 

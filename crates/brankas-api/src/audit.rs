@@ -312,7 +312,10 @@ impl Filter {
             && self.outcome.as_ref().is_none_or(|c| o.entry.outcome.is_some_and(|x| x.code() == c))
             && self.subtype.as_ref().is_none_or(|s| *s == o.entry.interaction)
             && self.agent.as_ref().is_none_or(|a| *a == o.entry.client_id)
-            && self.entity.as_ref().is_none_or(|r| o.entry.resources.contains(r) || o.entry.target.as_ref() == Some(r) || o.entry.patient.as_ref().is_some_and(|p| *r == format!("Patient/{p}")))
+            && self
+                .entity
+                .as_ref()
+                .is_none_or(|r| o.entry.resources.contains(r) || o.entry.target.as_ref() == Some(r) || o.entry.patient.as_ref().is_some_and(|p| *r == format!("Patient/{p}")))
     }
 }
 
@@ -351,9 +354,10 @@ async fn search_inner(st: &Arc<AppState>, who: &Principal, pairs: &[(String, Str
         return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "no scope grants search on AuditEvent"));
     }
     if let Some(p) = &patient
-        && !brankas_fhir::is_valid_id(p) {
-            return Err(ApiError::bad_request("patient must be a Patient id"));
-        }
+        && !brankas_fhir::is_valid_id(p)
+    {
+        return Err(ApiError::bad_request("patient must be a Patient id"));
+    }
     let mut f = Filter { since: None, until: None, action: param("action"), outcome: param("outcome"), subtype: param("subtype"), agent: None, entity: param("entity") };
     for (k, v) in pairs.iter().filter(|(k, _)| k == "date") {
         let _ = k;
@@ -427,9 +431,10 @@ async fn search_inner(st: &Arc<AppState>, who: &Principal, pairs: &[(String, Str
         .iter()
         .map(|o| {
             if let Some(p) = &o.entry.patient
-                && !patients.contains(p) {
-                    patients.push(p.clone());
-                }
+                && !patients.contains(p)
+            {
+                patients.push(p.clone());
+            }
             let mut ev = render(o, patient.as_deref());
             if plain {
                 ev["text"] = json!({"status": "generated", "div": plain_words(o, &mut names, st)});
@@ -438,9 +443,11 @@ async fn search_inner(st: &Arc<AppState>, who: &Principal, pairs: &[(String, Str
         })
         .collect();
     if let Some(p) = &patient
-        && !patients.contains(p) && !found.is_empty() {
-            patients.push(p.clone());
-        }
+        && !patients.contains(p)
+        && !found.is_empty()
+    {
+        patients.push(p.clone());
+    }
     let mut links = Vec::new();
     if let Some(n) = next {
         let mut q: Vec<(String, String)> = pairs.iter().filter(|(k, _)| k != "_before").cloned().collect();
@@ -619,9 +626,10 @@ fn plain_words(o: &brankas_audit::Opened, names: &mut Names, st: &AppState) -> S
     };
     let mut types: Vec<&str> = e.resource_types();
     if types.is_empty()
-        && let Some(t) = e.target.as_deref().and_then(|t| t.split('/').next()) {
-            types.push(t);
-        }
+        && let Some(t) = e.target.as_deref().and_then(|t| t.split('/').next())
+    {
+        types.push(t);
+    }
     let mut cats: Vec<(&str, &str)> = types.iter().map(|t| category(t)).collect();
     cats.sort();
     cats.dedup();
@@ -810,10 +818,11 @@ async fn proof(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx,
         officer(&who)?;
         let (seq, size) = (q.seq.ok_or_else(|| ApiError::bad_request("seq is required"))?, q.size.ok_or_else(|| ApiError::bad_request("size is required"))?);
         let s = st.clone();
-        let (leaf, p, root) = tokio::task::spawn_blocking(move || Ok::<_, brankas_audit::AuditError>((s.audit.leaf_hash(seq)?, s.audit.inclusion_proof(seq, size)?, s.audit.root(size)?)))
-            .await
-            .map_err(|_| ApiError::not_found())?
-            .map_err(audit_error)?;
+        let (leaf, p, root) =
+            tokio::task::spawn_blocking(move || Ok::<_, brankas_audit::AuditError>((s.audit.leaf_hash(seq)?, s.audit.inclusion_proof(seq, size)?, s.audit.root(size)?)))
+                .await
+                .map_err(|_| ApiError::not_found())?
+                .map_err(audit_error)?;
         Ok(plain_json(&json!({"seq": seq, "size": size, "leaf_hash": b64(&leaf), "root": b64(&root), "proof": p.hashes.iter().map(|h| b64(h)).collect::<Vec<_>>()})))
     }
     .await;

@@ -31,8 +31,8 @@ use brankas_engine::{Admitted, BlobReader, EngineError, SearchRequest, Stored};
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::handlers::blocking;
 use crate::audit::{self, ReqCtx, What};
+use crate::handlers::blocking;
 use crate::outcome::ApiError;
 
 type St = State<Arc<AppState>>;
@@ -86,11 +86,7 @@ fn pairs_of(st: &AppState, q: Option<&str>) -> Result<Vec<(String, String)>, Api
 }
 
 fn uid_ok(u: &str) -> Result<(), ApiError> {
-    if brankas_dicom::is_valid_uid(u) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request("not a DICOM UID"))
-    }
+    if brankas_dicom::is_valid_uid(u) { Ok(()) } else { Err(ApiError::bad_request("not a DICOM UID")) }
 }
 
 // ----- patients -----
@@ -100,13 +96,7 @@ fn patient_by_dicom_id(engine: &brankas_engine::Engine, who: &Principal, pid: &s
     let mut acc = Admitted::nothing(());
     let mut found: Vec<Stored> = Vec::new();
     for system in [brankas_fhir::NIK_SYSTEM, brankas_fhir::IHS_SYSTEM] {
-        let req = SearchRequest {
-            resource_type: "Patient".into(),
-            pairs: vec![("identifier".into(), format!("{system}|{pid}"))],
-            compartment: None,
-            offset: 0,
-            strict: true,
-        };
+        let req = SearchRequest { resource_type: "Patient".into(), pairs: vec![("identifier".into(), format!("{system}|{pid}"))], compartment: None, offset: 0, strict: true };
         for s in acc.take(engine.search(who, &req)?).resources {
             if !found.iter().any(|f| f.resource.get("id") == s.resource.get("id")) {
                 found.push(s);
@@ -125,11 +115,7 @@ fn patient_hint(pairs: &[(String, String)]) -> Result<Option<String>, ApiError> 
         None => Ok(None),
         Some((_, v)) => {
             let id = v.strip_prefix("Patient/").unwrap_or(v);
-            if brankas_fhir::is_valid_id(id) {
-                Ok(Some(id.to_string()))
-            } else {
-                Err(ApiError::bad_request("patient must be Patient/<id>"))
-            }
+            if brankas_fhir::is_valid_id(id) { Ok(Some(id.to_string())) } else { Err(ApiError::bad_request("patient must be Patient/<id>")) }
         }
     }
 }
@@ -142,7 +128,16 @@ async fn stow(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, 
 }
 
 #[allow(clippy::too_many_arguments)] // axum extractors
-async fn stow_into(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, clock: crate::handlers::Clock, Path(study): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap, body: Body) -> ApiResult {
+async fn stow_into(
+    State(st): St,
+    Extension(who): Extension<Principal>,
+    ctx: ReqCtx,
+    clock: crate::handlers::Clock,
+    Path(study): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
     crate::handlers::streaming(&clock);
     uid_ok(&study)?;
     stow_req(st, who, ctx, Some(study), q, headers, body).await
@@ -265,10 +260,11 @@ async fn stow_inner(st: &Arc<AppState>, who: &Principal, study: Option<String>, 
             return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too-costly", format!("at most {MAX_PARTS} instances per request")));
         }
         if let Some(ct) = field.content_type()
-            && !ct.essence_str().eq_ignore_ascii_case("application/dicom") {
-                results.push(PartResult { sop_class: String::new(), sop_instance: String::new(), failure: Some(0xC000), retrieve: None });
-                continue;
-            }
+            && !ct.essence_str().eq_ignore_ascii_case("application/dicom")
+        {
+            results.push(PartResult { sop_class: String::new(), sop_instance: String::new(), failure: Some(0xC000), retrieve: None });
+            continue;
+        }
         let mut field = field;
         let mut bytes: Vec<u8> = Vec::new();
         // The instance is parsed whole: its bytes count against the process's in-memory bound.
@@ -310,7 +306,8 @@ async fn stow_inner(st: &Arc<AppState>, who: &Principal, study: Option<String>, 
             let r = tokio::task::spawn_blocking(move || match h {
                 Some(h) => Ok(AdmittedOr::Hint(h)),
                 None if dicom_id.trim().is_empty() => Err(EngineError::Unprocessable("no PatientID".into())),
-                None => patient_by_dicom_id(&engine, &w, dicom_id.trim()).map(|p| AdmittedOr::Found(p.map(|p| p.resource.get("id").and_then(Value::as_str).unwrap_or_default().to_string()))),
+                None => patient_by_dicom_id(&engine, &w, dicom_id.trim())
+                    .map(|p| AdmittedOr::Found(p.map(|p| p.resource.get("id").and_then(Value::as_str).unwrap_or_default().to_string()))),
             })
             .await
             .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error"))?;
@@ -410,10 +407,8 @@ async fn instances(st: &Arc<AppState>, who: &Principal, study: &str, series: Opt
     }
     let engine = st.engine.clone();
     let (w, study, series, sop) = (who.clone(), study.to_string(), series.map(String::from), sop.map(String::from));
-    let found = blocking(move || {
-        engine.study_by_uid(&w, &study)?.and_then(|s| engine.study_instances(&w, &s, series.as_deref(), sop.as_deref()).map(|l| l.map(|l| (s, l))))
-    })
-    .await?;
+    let found =
+        blocking(move || engine.study_by_uid(&w, &study)?.and_then(|s| engine.study_instances(&w, &s, series.as_deref(), sop.as_deref()).map(|l| l.map(|l| (s, l))))).await?;
     if found.unreleased().1.is_empty() {
         return Err(ApiError::not_found());
     }
@@ -505,7 +500,13 @@ async fn wado_series(State(st): St, Extension(who): Extension<Principal>, ctx: R
     wado(st, who, ctx, headers, study, Some(series), None).await
 }
 
-async fn wado_instance(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, Path((study, series, sop)): Path<(String, String, String)>, headers: HeaderMap) -> ApiResult {
+async fn wado_instance(
+    State(st): St,
+    Extension(who): Extension<Principal>,
+    ctx: ReqCtx,
+    Path((study, series, sop)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
     wado(st, who, ctx, headers, study, Some(series), Some(sop)).await
 }
 
@@ -568,7 +569,8 @@ fn studies_for(engine: &brankas_engine::Engine, who: &Principal, pairs: &[(Strin
             let mut out = Vec::new();
             let mut offset = 0;
             loop {
-                let req = SearchRequest { resource_type: "ImagingStudy".into(), pairs: vec![("_count".into(), "500".into())], compartment: Some(pid.clone()), offset, strict: true };
+                let req =
+                    SearchRequest { resource_type: "ImagingStudy".into(), pairs: vec![("_count".into(), "500".into())], compartment: Some(pid.clone()), offset, strict: true };
                 let page = acc.take(engine.search(who, &req)?);
                 let n = page.resources.len();
                 out.extend(page.resources.into_iter().map(|s| (s, p.clone())));
@@ -619,9 +621,10 @@ fn study_row(s: &Value, p: &Value) -> Option<StudyRow> {
     let uid = brankas_engine::study_uid_of(s)?;
     let (patient_id, patient_name, birth, sex) = patient_facts(p);
     let series = s.get("series").and_then(Value::as_array).cloned().unwrap_or_default();
-    let accession = s.get("identifier").and_then(Value::as_array).and_then(|ids| {
-        ids.iter().find(|i| i.pointer("/type/coding/0/code").and_then(Value::as_str) == Some("ACSN")).and_then(|i| text(i, "/value"))
-    });
+    let accession = s
+        .get("identifier")
+        .and_then(Value::as_array)
+        .and_then(|ids| ids.iter().find(|i| i.pointer("/type/coding/0/code").and_then(Value::as_str) == Some("ACSN")).and_then(|i| text(i, "/value")));
     Some(StudyRow {
         study_uid: uid,
         study_date: text(s, "/started").map(|d| d.get(..10).unwrap_or(&d).replace('-', "")),
@@ -785,6 +788,12 @@ async fn qido_instances_of_study(State(st): St, Extension(who): Extension<Princi
     qido(st, who, ctx, q, Level::Instance, Some(study), None).await
 }
 
-async fn qido_instances_of_series(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, Path((study, series)): Path<(String, String)>, RawQuery(q): RawQuery) -> ApiResult {
+async fn qido_instances_of_series(
+    State(st): St,
+    Extension(who): Extension<Principal>,
+    ctx: ReqCtx,
+    Path((study, series)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
     qido(st, who, ctx, q, Level::Instance, Some(study), Some(series)).await
 }

@@ -55,9 +55,10 @@ pub(crate) struct InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if let Ok(mut m) = self.state.rates.lock()
-            && let Some(r) = m.get_mut(&self.client) {
-                r.inflight = r.inflight.saturating_sub(1);
-            }
+            && let Some(r) = m.get_mut(&self.client)
+        {
+            r.inflight = r.inflight.saturating_sub(1);
+        }
     }
 }
 
@@ -176,7 +177,13 @@ pub(crate) async fn break_glass(st: &AppState, who: &Principal) {
         n = tokio::task::spawn_blocking(move || store.guard_bump(&c, "break-glass", day)).await.ok().and_then(Result::ok).unwrap_or(n + 1);
     }
     let severity = if n > BREAK_GLASS_PER_DAY { "high" } else { "medium" };
-    raise(st, "break-glass", severity, Some(who.client_id()), json!({"grants_today": n, "threshold": BREAK_GLASS_PER_DAY, "reason_given": who.break_glass_reason().is_some(), "purpose": who.purpose()}));
+    raise(
+        st,
+        "break-glass",
+        severity,
+        Some(who.client_id()),
+        json!({"grants_today": n, "threshold": BREAK_GLASS_PER_DAY, "reason_given": who.break_glass_reason().is_some(), "purpose": who.purpose()}),
+    );
 }
 
 const US_PER_HOUR: i64 = 3_600_000_000;
@@ -350,9 +357,10 @@ async fn alerts(State(st): State<Arc<AppState>>, Extension(who): Extension<Princ
             .collect();
         let mut body = json!({"alerts": items});
         if rows.len() >= q.count.unwrap_or(100).clamp(1, 1000)
-            && let Some(last) = rows.last() {
-                body["next"] = json!(format!("/admin/alerts?before={}", last.id));
-            }
+            && let Some(last) = rows.last()
+        {
+            body["next"] = json!(format!("/admin/alerts?before={}", last.id));
+        }
         let mut resp = (StatusCode::OK, serde_json::to_vec(&body).unwrap_or_default()).into_response();
         resp.headers_mut().insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
         Ok(resp)

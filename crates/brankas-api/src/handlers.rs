@@ -269,11 +269,7 @@ pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, En
 }
 
 fn check_type(rtype: &str) -> Result<(), ApiError> {
-    if brankas_fhir::is_resource_type(rtype) {
-        Ok(())
-    } else {
-        Err(ApiError::new(StatusCode::NOT_FOUND, "not-supported", "unknown resource type"))
-    }
+    if brankas_fhir::is_resource_type(rtype) { Ok(()) } else { Err(ApiError::new(StatusCode::NOT_FOUND, "not-supported", "unknown resource type")) }
 }
 
 fn check_accept(headers: &HeaderMap, query: Option<&str>) -> Result<(), ApiError> {
@@ -328,15 +324,15 @@ fn strict(headers: &HeaderMap) -> bool {
 fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     match headers.get(header::IF_MATCH) {
         None => Ok(None),
-        Some(v) => v.to_str().ok().and_then(parse_etag).map(Some).ok_or_else(|| ApiError::new(StatusCode::PRECONDITION_FAILED, "conflict", "If-Match must be an ETag like W/\"3\"")),
+        Some(v) => {
+            v.to_str().ok().and_then(parse_etag).map(Some).ok_or_else(|| ApiError::new(StatusCode::PRECONDITION_FAILED, "conflict", "If-Match must be an ETag like W/\"3\""))
+        }
     }
 }
 
 fn last_modified(us: i64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp(us / 1_000_000).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    t.format(&time::format_description::well_known::Rfc2822)
-        .map(|s| s.replace("+0000", "GMT"))
-        .unwrap_or_default()
+    t.format(&time::format_description::well_known::Rfc2822).map(|s| s.replace("+0000", "GMT")).unwrap_or_default()
 }
 
 fn resource_response(st: &AppState, status: StatusCode, s: &Stored, rtype: &str, ret: Return, location: bool) -> Response {
@@ -344,7 +340,9 @@ fn resource_response(st: &AppState, status: StatusCode, s: &Stored, rtype: &str,
     let mut r = match ret {
         Return::Representation => json_response(status, &s.resource),
         Return::Minimal => status.into_response(),
-        Return::Outcome => json_response(status, &json!({"resourceType": "OperationOutcome", "issue": [{"severity": "information", "code": "informational", "diagnostics": "ok"}]})),
+        Return::Outcome => {
+            json_response(status, &json!({"resourceType": "OperationOutcome", "issue": [{"severity": "information", "code": "informational", "diagnostics": "ok"}]}))
+        }
     };
     let h = r.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&s.etag()) {
@@ -353,10 +351,9 @@ fn resource_response(st: &AppState, status: StatusCode, s: &Stored, rtype: &str,
     if let Ok(v) = HeaderValue::from_str(&last_modified(s.last_updated_us)) {
         h.insert(header::LAST_MODIFIED, v);
     }
-    if location
-        && let Ok(v) = HeaderValue::from_str(&format!("{}/{rtype}/{id}/_history/{}", st.base_url, s.version)) {
-            h.insert(header::LOCATION, v);
-        }
+    if location && let Ok(v) = HeaderValue::from_str(&format!("{}/{rtype}/{id}/_history/{}", st.base_url, s.version)) {
+        h.insert(header::LOCATION, v);
+    }
     r
 }
 
@@ -419,7 +416,15 @@ async fn create(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx
     Ok(resource_response(&st, status, &out.stored, &rtype, prefer_return(&headers), true))
 }
 
-async fn update(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, clock: Clock, Path((rtype, id)): Path<(String, String)>, headers: HeaderMap, body: Body) -> ApiResult {
+async fn update(
+    State(st): St,
+    Extension(who): Extension<Principal>,
+    ctx: ReqCtx,
+    clock: Clock,
+    Path((rtype, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
     check_type(&rtype)?;
     not_audit_event(&rtype)?;
     if rtype == "Binary" && crate::attach::is_raw(&headers) {
@@ -455,13 +460,14 @@ async fn read(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, 
         return binary_response(&st, s, &headers, q.as_deref()).await;
     }
     if let Some(inm) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok())
-        && parse_etag(inm) == Some(s.version) {
-            let mut r = StatusCode::NOT_MODIFIED.into_response();
-            if let Ok(v) = HeaderValue::from_str(&s.etag()) {
-                r.headers_mut().insert(header::ETAG, v);
-            }
-            return Ok(r);
+        && parse_etag(inm) == Some(s.version)
+    {
+        let mut r = StatusCode::NOT_MODIFIED.into_response();
+        if let Ok(v) = HeaderValue::from_str(&s.etag()) {
+            r.headers_mut().insert(header::ETAG, v);
         }
+        return Ok(r);
+    }
     Ok(resource_response(&st, StatusCode::OK, &s, &rtype, Return::Representation, false))
 }
 
@@ -496,9 +502,10 @@ async fn delete(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx
     let out = audit::finish(&st, &who, &ctx, What::new("delete", "D", target), out.map(Admitted::nothing)).await?;
     let mut r = StatusCode::NO_CONTENT.into_response();
     if let Some(s) = out
-        && let Ok(v) = HeaderValue::from_str(&s.etag()) {
-            r.headers_mut().insert(header::ETAG, v);
-        }
+        && let Ok(v) = HeaderValue::from_str(&s.etag())
+    {
+        r.headers_mut().insert(header::ETAG, v);
+    }
     Ok(r)
 }
 
@@ -538,7 +545,7 @@ async fn instance_sub(
             blocking(move || engine.search_page(&w, &c)).await
         } else {
             let pairs = cap_page(&st, &who, pairs);
-        let req = SearchRequest { resource_type: sub.clone(), pairs, compartment: Some(id), offset: 0, strict: strict(&headers) };
+            let req = SearchRequest { resource_type: sub.clone(), pairs, compartment: Some(id), offset: 0, strict: strict(&headers) };
             blocking(move || engine.search(&w, &req)).await
         };
         let page = audit::finish(&st, &who, &ctx, what, page).await?;
@@ -598,9 +605,11 @@ fn history_bundle(st: &AppState, rtype: &str, id: &str, versions: Vec<Stored>, t
         .collect();
     let mut links = vec![json!({"relation": "self", "url": format!("{base}/{rtype}/{id}/_history")})];
     if let Some(last) = versions.last()
-        && last.version > 1 && versions.len() >= count.max(1) {
-            links.push(json!({"relation": "next", "url": format!("{base}/{rtype}/{id}/_history?_count={count}&_before_version={}", last.version)}));
-        }
+        && last.version > 1
+        && versions.len() >= count.max(1)
+    {
+        links.push(json!({"relation": "next", "url": format!("{base}/{rtype}/{id}/_history?_count={count}&_before_version={}", last.version)}));
+    }
     json_response(StatusCode::OK, &json!({"resourceType": "Bundle", "type": "history", "total": total, "link": links, "entry": entries}))
 }
 
@@ -737,7 +746,6 @@ fn response_entry(st: &AppState, o: EntryOutcome, ret: Return) -> Value {
     entry
 }
 
-
 /// `Type/id` of a request URL, for its audit record.
 fn target(rtype: &str, id: &str) -> Option<String> {
     Some(format!("{rtype}/{}", id.chars().take(64).collect::<String>()))
@@ -747,7 +755,11 @@ fn target(rtype: &str, id: &str) -> Option<String> {
 /// read as stored resources.
 fn not_audit_event(rtype: &str) -> Result<(), ApiError> {
     if rtype == "AuditEvent" {
-        Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "not-supported", "AuditEvent is written by the server's audit log and read by searching it (GET /fhir/AuditEvent?patient=...)"))
+        Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "not-supported",
+            "AuditEvent is written by the server's audit log and read by searching it (GET /fhir/AuditEvent?patient=...)",
+        ))
     } else {
         Ok(())
     }

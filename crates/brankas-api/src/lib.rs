@@ -19,9 +19,9 @@
 mod admin;
 mod attach;
 mod audit;
+pub mod canary;
 mod capability;
 pub mod dicomweb;
-pub mod canary;
 pub mod guard;
 mod handlers;
 mod inmem;

@@ -88,16 +88,8 @@ impl Default for ServeConfig {
 
 /// Serves `app` on `listener` until `shutdown` becomes true, then waits for open connections
 /// to finish their current requests.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    cfg: ServeConfig,
-    mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    let conns = Arc::new(Conns::new(
-        cfg.max_connections.max(1),
-        cfg.max_connections_per_address.max(1),
-    ));
+pub async fn serve(listener: TcpListener, app: Router, cfg: ServeConfig, mut shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
+    let conns = Arc::new(Conns::new(cfg.max_connections.max(1), cfg.max_connections_per_address.max(1)));
     let acceptor = cfg.tls.clone().map(TlsAcceptor::from);
     let (closed_tx, mut closed_rx) = watch::channel(());
     loop {
@@ -138,10 +130,7 @@ pub async fn serve(
     }
     drop(closed_tx);
     // Every connection task holds a sender clone; changed() errors once all are gone.
-    let _ = tokio::time::timeout(Duration::from_secs(30), async {
-        while closed_rx.changed().await.is_ok() {}
-    })
-    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(30), async { while closed_rx.changed().await.is_ok() {} }).await;
     Ok(())
 }
 
@@ -155,24 +144,12 @@ async fn connection(
     slot: Arc<Slot>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let timing = BodyTiming {
-        base: cfg.body_timeout,
-        min_rate: cfg.body_min_rate.max(1),
-    };
+    let timing = BodyTiming { base: cfg.body_timeout, min_rate: cfg.body_min_rate.max(1) };
     let svc_slot = slot.clone();
-    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        handle(app.clone(), svc_slot.clone(), peer, timing, req)
-    });
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| handle(app.clone(), svc_slot.clone(), peer, timing, req));
     let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_timeout)
-        .max_buf_size(64 * 1024);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(64);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(cfg.header_timeout).max_buf_size(64 * 1024);
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(64);
     let idle = idle_watch(&slot, cfg.header_timeout);
     macro_rules! drive {
         ($io:expr) => {{
@@ -187,8 +164,7 @@ async fn connection(
     }
     match acceptor {
         Some(acc) => {
-            let Ok(Ok(tls)) = tokio::time::timeout(cfg.handshake_timeout, acc.accept(stream)).await
-            else {
+            let Ok(Ok(tls)) = tokio::time::timeout(cfg.handshake_timeout, acc.accept(stream)).await else {
                 return;
             };
             slot.touch();
@@ -201,11 +177,7 @@ async fn connection(
 /// Resolves once the connection has had no request in flight for `limit`.
 async fn idle_watch(slot: &Slot, limit: Duration) {
     loop {
-        let wait = if slot.inflight.load(Ordering::Acquire) > 0 {
-            limit
-        } else {
-            limit.saturating_sub(slot.since_activity())
-        };
+        let wait = if slot.inflight.load(Ordering::Acquire) > 0 { limit } else { limit.saturating_sub(slot.since_activity()) };
         if wait.is_zero() {
             return;
         }
@@ -214,24 +186,12 @@ async fn idle_watch(slot: &Slot, limit: Duration) {
 }
 
 /// One request: the clocks and marks around the application.
-async fn handle(
-    app: Router,
-    slot: Arc<Slot>,
-    peer: SocketAddr,
-    timing: BodyTiming,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
-    let track = Arc::new(ReqTrack {
-        slot: slot.clone(),
-        state: AtomicU8::new(ANON),
-    });
+async fn handle(app: Router, slot: Arc<Slot>, peer: SocketAddr, timing: BodyTiming, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let track = Arc::new(ReqTrack { slot: slot.clone(), state: AtomicU8::new(ANON) });
     slot.inflight.fetch_add(1, Ordering::AcqRel);
     slot.touch();
     let guard = InFlight(track.clone());
-    let clock = Arc::new(BodyClock {
-        streaming: AtomicBool::new(false),
-        timed_out: AtomicBool::new(false),
-    });
+    let clock = Arc::new(BodyClock { streaming: AtomicBool::new(false), timed_out: AtomicBool::new(false) });
     let (mut parts, body) = req.into_parts();
     parts.extensions.insert(axum::extract::ConnectInfo(peer));
     parts.extensions.insert(Admission(track));
@@ -242,25 +202,14 @@ async fn handle(
         Err(never) => match never {},
     };
     let mut resp = if clock.timed_out.load(Ordering::Acquire) {
-        ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "timeout",
-            "the request body did not arrive in time",
-        )
-        .into_response()
+        ApiError::new(StatusCode::REQUEST_TIMEOUT, "timeout", "the request body did not arrive in time").into_response()
     } else {
         resp
     };
     if clock.timed_out.load(Ordering::Acquire) {
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    Ok(resp.map(|b| {
-        Body::new(Tracked {
-            inner: b,
-            _guard: guard,
-        })
-    }))
+    Ok(resp.map(|b| Body::new(Tracked { inner: b, _guard: guard })))
 }
 
 // ----- admission -----
@@ -318,24 +267,17 @@ struct Slot {
 
 impl Slot {
     fn touch(&self) {
-        self.last
-            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Release);
+        self.last.store(self.epoch.elapsed().as_millis() as u64, Ordering::Release);
     }
     fn since_activity(&self) -> Duration {
-        Duration::from_millis(
-            (self.epoch.elapsed().as_millis() as u64)
-                .saturating_sub(self.last.load(Ordering::Acquire)),
-        )
+        Duration::from_millis((self.epoch.elapsed().as_millis() as u64).saturating_sub(self.last.load(Ordering::Acquire)))
     }
     /// `None` while serving an authenticated request; otherwise lower is shed first.
     fn expendability(&self) -> Option<(u8, u64)> {
         if self.authed.load(Ordering::Acquire) > 0 {
             return None;
         }
-        let class = match (
-            self.served.load(Ordering::Acquire),
-            self.inflight.load(Ordering::Acquire) > 0,
-        ) {
+        let class = match (self.served.load(Ordering::Acquire), self.inflight.load(Ordering::Acquire) > 0) {
             (false, _) => 0,
             (true, false) => 1,
             (true, true) => 2,
@@ -358,12 +300,7 @@ impl Drop for Entry {
 
 impl Conns {
     fn new(max: usize, per_address: usize) -> Self {
-        Self {
-            max,
-            per_address,
-            epoch: Instant::now(),
-            inner: Mutex::new(ConnsInner::default()),
-        }
+        Self { max, per_address, epoch: Instant::now(), inner: Mutex::new(ConnsInner::default()) }
     }
 
     /// Admits a connection from `ip`, displacing an expendable one if a limit is full;
@@ -372,11 +309,7 @@ impl Conns {
         let key = AddrKey::of(ip);
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let inner = &mut *g;
-        if inner
-            .by_addr
-            .get(&key)
-            .is_some_and(|l| l.len() >= self.per_address)
-        {
+        if inner.by_addr.get(&key).is_some_and(|l| l.len() >= self.per_address) {
             let victim = inner.by_addr.get(&key).and_then(|l| pick(l.iter()))?;
             Self::evict(inner, &victim);
         }
@@ -398,10 +331,7 @@ impl Conns {
         slot.touch();
         inner.by_addr.entry(key).or_default().push(slot.clone());
         inner.total += 1;
-        Some(Entry {
-            conns: self.clone(),
-            slot,
-        })
+        Some(Entry { conns: self.clone(), slot })
     }
 
     fn evict(inner: &mut ConnsInner, victim: &Arc<Slot>) {
@@ -432,10 +362,7 @@ impl Conns {
 }
 
 fn pick<'a>(slots: impl Iterator<Item = &'a Arc<Slot>>) -> Option<Arc<Slot>> {
-    slots
-        .filter_map(|s| s.expendability().map(|e| (e, s)))
-        .min_by_key(|(e, _)| *e)
-        .map(|(_, s)| s.clone())
+    slots.filter_map(|s| s.expendability().map(|e| (e, s))).min_by_key(|(e, _)| *e).map(|(_, s)| s.clone())
 }
 
 const ANON: u8 = 0;
@@ -454,12 +381,7 @@ pub(crate) struct Admission(Arc<ReqTrack>);
 
 impl Admission {
     pub(crate) fn authenticated(&self) {
-        if self
-            .0
-            .state
-            .compare_exchange(ANON, AUTHED, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
+        if self.0.state.compare_exchange(ANON, AUTHED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             self.0.slot.authed.fetch_add(1, Ordering::AcqRel);
         }
     }
@@ -489,10 +411,7 @@ struct Tracked {
 impl HttpBody for Tracked {
     type Data = Bytes;
     type Error = axum::Error;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
     fn is_end_stream(&self) -> bool {
@@ -543,23 +462,13 @@ struct TimedBody {
 impl TimedBody {
     fn new(inner: Incoming, clock: Arc<BodyClock>, timing: BodyTiming) -> Self {
         let now = tokio::time::Instant::now();
-        Self {
-            inner,
-            clock,
-            timing,
-            start: now,
-            last: now,
-            received: 0,
-            sleep: Box::pin(tokio::time::sleep_until(now + timing.base)),
-        }
+        Self { inner, clock, timing, start: now, last: now, received: 0, sleep: Box::pin(tokio::time::sleep_until(now + timing.base)) }
     }
     fn deadline(&self) -> tokio::time::Instant {
         if self.clock.streaming.load(Ordering::Acquire) {
             self.last + STREAM_IDLE
         } else {
-            self.start
-                + self.timing.base
-                + Duration::from_secs(self.received / self.timing.min_rate)
+            self.start + self.timing.base + Duration::from_secs(self.received / self.timing.min_rate)
         }
     }
 }
@@ -567,10 +476,7 @@ impl TimedBody {
 impl HttpBody for TimedBody {
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => {
@@ -629,14 +535,9 @@ mod tests {
         a.slot.authed.fetch_add(1, Ordering::AcqRel);
         let third = c.admit(ip("10.0.0.1")).unwrap();
         let g = c.inner.lock().unwrap();
-        let ids: Vec<u64> = g.by_addr[&AddrKey::of(ip("10.0.0.1"))]
-            .iter()
-            .map(|s| s.id)
-            .collect();
+        let ids: Vec<u64> = g.by_addr[&AddrKey::of(ip("10.0.0.1"))].iter().map(|s| s.id).collect();
         drop(g);
-        assert!(
-            ids.contains(&a.slot.id) && ids.contains(&third.slot.id) && !ids.contains(&b.slot.id)
-        );
+        assert!(ids.contains(&a.slot.id) && ids.contains(&third.slot.id) && !ids.contains(&b.slot.id));
         // Both authenticated: the next one is refused.
         third.slot.authed.fetch_add(1, Ordering::AcqRel);
         assert!(c.admit(ip("10.0.0.1")).is_none());

@@ -106,9 +106,8 @@ fn build(cert_pem: &[u8], key_pem: &[u8]) -> Result<(Arc<ServerConfig>, String),
 }
 
 fn build_with(cert_pem: &[u8], key: PrivateKeyDer<'static>) -> Result<(Arc<ServerConfig>, String), TlsError> {
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &cert_pem[..])
-        .collect::<Result<_, _>>()
-        .map_err(|_| TlsError::Invalid("certificate file is not valid PEM".into()))?;
+    let certs: Vec<CertificateDer<'static>> =
+        rustls_pemfile::certs(&mut &cert_pem[..]).collect::<Result<_, _>>().map_err(|_| TlsError::Invalid("certificate file is not valid PEM".into()))?;
     if certs.is_empty() {
         return Err(TlsError::Invalid("no certificate in the certificate file".into()));
     }

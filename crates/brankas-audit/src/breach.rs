@@ -184,10 +184,7 @@ fn category_en(c: &str) -> &'static str {
 }
 
 fn rfc3339(us: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_default()
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000).ok().and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()).unwrap_or_default()
 }
 
 /// Records examined at most by one report (the window walks the log from its end).
@@ -370,16 +367,14 @@ impl Identity {
         use serde_json::Value;
         let s = |v: &Value| v.as_str().map(String::from);
         let names = p.get("name").and_then(Value::as_array);
-        let name = names
-            .and_then(|n| n.iter().find(|x| x.get("use").and_then(Value::as_str) == Some("official")).or_else(|| n.first()))
-            .and_then(|n| {
-                if let Some(t) = n.get("text").and_then(Value::as_str) {
-                    return Some(t.to_string());
-                }
-                let mut parts: Vec<String> = n.get("given").and_then(Value::as_array).into_iter().flatten().filter_map(s).collect();
-                parts.extend(n.get("family").and_then(s));
-                (!parts.is_empty()).then(|| parts.join(" "))
-            });
+        let name = names.and_then(|n| n.iter().find(|x| x.get("use").and_then(Value::as_str) == Some("official")).or_else(|| n.first())).and_then(|n| {
+            if let Some(t) = n.get("text").and_then(Value::as_str) {
+                return Some(t.to_string());
+            }
+            let mut parts: Vec<String> = n.get("given").and_then(Value::as_array).into_iter().flatten().filter_map(s).collect();
+            parts.extend(n.get("family").and_then(s));
+            (!parts.is_empty()).then(|| parts.join(" "))
+        });
         let nik = p
             .get("identifier")
             .and_then(Value::as_array)

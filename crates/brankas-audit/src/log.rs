@@ -139,10 +139,7 @@ impl AuditLog {
         let state = WriterState::load(&*store)?;
         let shared = Arc::new(Shared { store, vault, origin, public_key, queue: Mutex::new(Queue { pending: Vec::new(), stop: false }), wake: Condvar::new() });
         let s = shared.clone();
-        let writer = std::thread::Builder::new()
-            .name("audit-append".into())
-            .spawn(move || appender(s, state))
-            .map_err(|_| AuditError::Unavailable)?;
+        let writer = std::thread::Builder::new().name("audit-append".into()).spawn(move || appender(s, state)).map_err(|_| AuditError::Unavailable)?;
         Ok(Self { shared, writer: Mutex::new(Some(writer)) })
     }
 

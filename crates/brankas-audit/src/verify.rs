@@ -121,12 +121,7 @@ pub fn verify(store: &dyn Store, vault: &Vault, external: Option<&str>) -> Resul
         Some(h) if h.size > at => return Err(VerifyFailure::Truncated { size: h.size, records: at }),
         _ => return Err(VerifyFailure::BadHead),
     }
-    Ok(VerifyReport {
-        records: at,
-        checkpoints: checkpoints.len() as u64,
-        root: frontier.root(),
-        signed_size: checkpoints.last().map_or(0, |c| c.size),
-    })
+    Ok(VerifyReport { records: at, checkpoints: checkpoints.len() as u64, root: frontier.root(), signed_size: checkpoints.last().map_or(0, |c| c.size) })
 }
 
 /// Compares recomputed subtree hashes with the stored ones.

@@ -42,8 +42,14 @@ impl Alg {
 #[derive(Clone, Debug)]
 enum KeyMaterial {
     /// Uncompressed SEC1 point, and which curve.
-    Ec { point: Vec<u8>, p384: bool },
-    Rsa { n: Vec<u8>, e: Vec<u8> },
+    Ec {
+        point: Vec<u8>,
+        p384: bool,
+    },
+    Rsa {
+        n: Vec<u8>,
+        e: Vec<u8>,
+    },
 }
 
 /// One verified-usable public key.
@@ -135,18 +141,10 @@ impl Jwks {
         let sig = B64.decode(s).map_err(|_| AuthError::InvalidClient)?;
         let msg = &jwt.as_bytes()[..h.len() + 1 + b.len()];
         let ok = self.keys.iter().filter(|k| kid.is_none() || k.kid.as_deref() == kid).any(|k| match (&k.key, alg) {
-            (KeyMaterial::Ec { point, p384: true }, Alg::Es384) => {
-                UnparsedPublicKey::new(&signature::ECDSA_P384_SHA384_FIXED, point).verify(msg, &sig).is_ok()
-            }
-            (KeyMaterial::Ec { point, p384: false }, Alg::Es256) => {
-                UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point).verify(msg, &sig).is_ok()
-            }
-            (KeyMaterial::Rsa { n, e }, Alg::Rs384) => {
-                RsaPublicKeyComponents { n, e }.verify(&signature::RSA_PKCS1_2048_8192_SHA384, msg, &sig).is_ok()
-            }
-            (KeyMaterial::Rsa { n, e }, Alg::Rs256) => {
-                RsaPublicKeyComponents { n, e }.verify(&signature::RSA_PKCS1_2048_8192_SHA256, msg, &sig).is_ok()
-            }
+            (KeyMaterial::Ec { point, p384: true }, Alg::Es384) => UnparsedPublicKey::new(&signature::ECDSA_P384_SHA384_FIXED, point).verify(msg, &sig).is_ok(),
+            (KeyMaterial::Ec { point, p384: false }, Alg::Es256) => UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point).verify(msg, &sig).is_ok(),
+            (KeyMaterial::Rsa { n, e }, Alg::Rs384) => RsaPublicKeyComponents { n, e }.verify(&signature::RSA_PKCS1_2048_8192_SHA384, msg, &sig).is_ok(),
+            (KeyMaterial::Rsa { n, e }, Alg::Rs256) => RsaPublicKeyComponents { n, e }.verify(&signature::RSA_PKCS1_2048_8192_SHA256, msg, &sig).is_ok(),
             _ => false,
         });
         if !ok {

@@ -30,7 +30,7 @@ use brankas_store::Store;
 use brankas_vault::{Vault, ct_eq, random_bytes, random_id, sha256};
 
 pub use jwt::Jwks;
-pub use registry::{is_purpose_code, ClientSpec, ClientUpdate, DIRECTORY_TYPES, OnExceed, PatientBudget, RateLimitSpec, RateLimits, SENSITIVE_CATEGORIES};
+pub use registry::{ClientSpec, ClientUpdate, DIRECTORY_TYPES, OnExceed, PatientBudget, RateLimitSpec, RateLimits, SENSITIVE_CATEGORIES, is_purpose_code};
 pub use scopes::{Scope, Scopes};
 
 /// Longest access-token lifetime (SMART Backend Services: at most 5 minutes).
@@ -329,9 +329,11 @@ impl AccessTrail {
     /// Notes a partition (once).
     pub fn note(&self, p: &brankas_vault::PartitionId) {
         if let Ok(mut v) = self.0.lock()
-            && !v.contains(p) && v.len() < 100_000 {
-                v.push(*p);
-            }
+            && !v.contains(p)
+            && v.len() < 100_000
+        {
+            v.push(*p);
+        }
     }
 
     /// The partitions noted so far; the trail is left empty.
@@ -571,9 +573,7 @@ fn now_secs() -> u64 {
 }
 
 fn rfc3339_now() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
 }
 
 impl Authority {
@@ -645,9 +645,8 @@ impl Authority {
             return Err(AuthError::NotAllowed("clients are registered by administrators"));
         }
         let role = spec.role.ok_or(AuthError::BadRegistration("role is required: facility-system, clinician, patient, security-officer, researcher or admin"))?;
-        let first_officer = by.is_local_operator()
-            && role == Role::SecurityOfficer
-            && !self.list_clients()?.iter().any(|c| c.role == Role::SecurityOfficer && c.status == ClientStatus::Active);
+        let first_officer =
+            by.is_local_operator() && role == Role::SecurityOfficer && !self.list_clients()?.iter().any(|c| c.role == Role::SecurityOfficer && c.status == ClientStatus::Active);
         let by_id = by.client_id().to_string();
         if role.needs_approval() && !first_officer {
             let pending = PendingRequest { kind: RequestKind::Registration, requested_by: by_id.clone(), requested: rfc3339_now(), change: None };
@@ -1084,8 +1083,7 @@ impl Authority {
     /// `fhirUser` naming the practitioner (clinician) or patient (patient client), `scope`
     /// within the registration's.
     fn verify_external(&self, token: &str, body: &str, audience: &str) -> Result<Principal, AuthError> {
-        let unverified: serde_json::Value =
-            B64.decode(body).ok().and_then(|b| serde_json::from_slice(&b).ok()).ok_or(AuthError::InvalidToken)?;
+        let unverified: serde_json::Value = B64.decode(body).ok().and_then(|b| serde_json::from_slice(&b).ok()).ok_or(AuthError::InvalidToken)?;
         let iss = unverified.get("iss").and_then(|v| v.as_str()).filter(|i| i.len() <= 200).ok_or(AuthError::InvalidToken)?;
         let client_id = self.issuer_client(iss)?.ok_or(AuthError::InvalidToken)?;
         let rec = match self.client(&client_id) {
@@ -1163,13 +1161,7 @@ mod tests {
     }
 
     fn facility(scopes: &str) -> ClientSpec {
-        ClientSpec {
-            name: "his".into(),
-            role: Some(Role::FacilitySystem),
-            scopes: scopes.into(),
-            organization: Some("Organization/rs-1".into()),
-            ..Default::default()
-        }
+        ClientSpec { name: "his".into(), role: Some(Role::FacilitySystem), scopes: scopes.into(), organization: Some("Organization/rs-1".into()), ..Default::default() }
     }
 
     #[test]

@@ -128,9 +128,7 @@ impl RateLimitSpec {
     fn validate(&self) -> Result<(), AuthError> {
         let ok = |v: Option<u32>, max: u32| v.is_none_or(|v| v >= 1 && v <= max);
         if !ok(self.requests_per_second, 1_000_000) || !ok(self.burst, 10_000_000) || !ok(self.max_page, 1000) || !ok(self.max_concurrent, 100_000) {
-            return Err(AuthError::BadRegistration(
-                "limits: requests_per_second 1..1000000, burst 1..10000000, max_page 1..1000, max_concurrent 1..100000",
-            ));
+            return Err(AuthError::BadRegistration("limits: requests_per_second 1..1000000, burst 1..10000000, max_page 1..1000, max_concurrent 1..100000"));
         }
         Ok(())
     }
@@ -383,7 +381,9 @@ impl ClientSpec {
                 }
                 let directory_only = scopes.resource_scopes().iter().all(|s| s.context == "system" && DIRECTORY_TYPES.contains(&s.resource_type.as_str()));
                 if !directory_only {
-                    return Err(AuthError::BadRegistration("an admin client takes system/ scopes on directory types only (Organization, Practitioner, PractitionerRole, Location, HealthcareService, Endpoint)"));
+                    return Err(AuthError::BadRegistration(
+                        "an admin client takes system/ scopes on directory types only (Organization, Practitioner, PractitionerRole, Location, HealthcareService, Endpoint)",
+                    ));
                 }
             }
             Role::SecurityOfficer => {

@@ -67,10 +67,7 @@ impl Scopes {
         want.resource.iter().all(|w| {
             w.perms.chars().all(|p| {
                 self.resource.iter().any(|g| {
-                    g.context == w.context
-                        && (g.resource_type == "*" || g.resource_type == w.resource_type)
-                        && g.perms.contains(p)
-                        && (g.query.is_none() || g.query == w.query)
+                    g.context == w.context && (g.resource_type == "*" || g.resource_type == w.resource_type) && g.perms.contains(p) && (g.query.is_none() || g.query == w.query)
                 })
             })
         }) && want.other.iter().all(|o| self.other.contains(o))

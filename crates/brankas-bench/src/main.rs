@@ -207,7 +207,6 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-
 /// Runs a floor `n` times and keeps the run with the median `key` (the floors take well under
 /// a second each, so one run is at the mercy of a noisy neighbour); records every run's figure.
 fn median_of(n: usize, key: &str, mut f: impl FnMut(usize) -> Result<Value>) -> Result<Value> {
@@ -245,10 +244,7 @@ fn find_corpus(arg: Option<&Path>) -> Result<PathBuf> {
 
 /// The Bundle files to use, and whether that is the whole directory.
 fn select_bundles(dir: &Path, smoke: bool, limit: Option<usize>) -> Result<(Vec<PathBuf>, bool)> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "json")).collect();
     files.sort();
     ensure!(!files.is_empty(), "no *.json Bundles in {}", dir.display());
     let total = files.len();
@@ -367,19 +363,12 @@ fn dir_bytes_matching(path: &Path) -> u64 {
     let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_string_lossy().starts_with(&name))
-                .filter_map(|e| e.metadata().ok().map(|m| m.len()))
-                .sum()
-        })
+        .map(|rd| rd.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with(&name)).filter_map(|e| e.metadata().ok().map(|m| m.len())).sum())
         .unwrap_or(0)
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok()).filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum())
-        .unwrap_or(0)
+    std::fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok()).filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()).unwrap_or(0)
 }
 
 fn cpu_figure(start: Instant, resources: usize, bytes: usize) -> Value {
@@ -398,8 +387,7 @@ fn seal_raw(bundles: &[Bundle]) -> Result<Value> {
             counter += 1;
             let mut nonce = [0u8; NONCE_LEN];
             nonce[..8].copy_from_slice(&counter.to_le_bytes());
-            key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(b"record"), &mut buf)
-                .map_err(|_| anyhow::anyhow!("seal failed"))?;
+            key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(b"record"), &mut buf).map_err(|_| anyhow::anyhow!("seal failed"))?;
             n += 1;
             bytes += r.len();
         }
@@ -469,10 +457,7 @@ fn brankas(bin: &Path, log: &str) -> Command {
 /// Whether `bin` is a build with access control (it imports on behalf of an organization), as
 /// opposed to a baseline build from before it, measured for comparison.
 pub(crate) fn has_access_control(bin: &Path) -> bool {
-    brankas(bin, "warn")
-        .args(["import", "--help"])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--organization"))
+    brankas(bin, "warn").args(["import", "--help"]).output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--organization"))
 }
 
 /// Whether the build has patient budgets (`clients create --budget-per-hour`).
@@ -973,12 +958,7 @@ async fn resolve_nik(ctx: &Ctx, nik: &str) -> Result<String> {
 
 /// The entries of a NIK lookup's searchset.
 async fn lookup_nik(ctx: &Ctx, nik: &str) -> Result<Vec<Value>> {
-    let r = ctx
-        .client
-        .get(format!("{}/Patient?identifier=https%3A%2F%2Ffhir.kemkes.go.id%2Fid%2Fnik%7C{nik}", ctx.fhir))
-        .bearer_auth(&*ctx.token.get())
-        .send()
-        .await?;
+    let r = ctx.client.get(format!("{}/Patient?identifier=https%3A%2F%2Ffhir.kemkes.go.id%2Fid%2Fnik%7C{nik}", ctx.fhir)).bearer_auth(&*ctx.token.get()).send().await?;
     let status = r.status();
     let body = r.bytes().await?;
     ensure!(status == 200, "NIK lookup: {status}");
@@ -1085,18 +1065,59 @@ fn markdown(o: &Value) -> String {
     let mut t = String::new();
     t.push_str(&format!(
         "Corpus: {} Synthea bundles, {} resources, {:.1} MB. Load phases: {} s after {} s warm-up. Server log level: {}. Load average at start / end: {} / {}.\n\n",
-        c["bundles"], c["resources"], mb(c["bundle_file_bytes"].as_u64().unwrap_or(0) as usize), c["duration_s"], c["warmup_s"], c["server_log"].as_str().unwrap_or(""),
-        o["machine"]["loadavg_at_start"].as_str().unwrap_or("?"), o["machine"]["loadavg_at_end"].as_str().unwrap_or("?")
+        c["bundles"],
+        c["resources"],
+        mb(c["bundle_file_bytes"].as_u64().unwrap_or(0) as usize),
+        c["duration_s"],
+        c["warmup_s"],
+        c["server_log"].as_str().unwrap_or(""),
+        o["machine"]["loadavg_at_start"].as_str().unwrap_or("?"),
+        o["machine"]["loadavg_at_end"].as_str().unwrap_or("?")
     ));
     t.push_str("| # | measurement | result | latency | server CPU | vs floor |\n|---|---|---|---|---|---|\n");
     let rows: Vec<[String; 6]> = vec![
-        ["a".into(), "raw SQLite insert, 1 tx per bundle (floor)".into(), format!("{} resources/s", s("/floor_sqlite/insert_one_tx_per_bundle/resources_per_s")), "".into(), "".into(), "1×".into()],
-        ["a".into(), "raw SQLite insert, 64 bundles per tx (floor)".into(), format!("{} resources/s", s("/floor_sqlite/insert_64_bundles_per_tx/resources_per_s")), "".into(), "".into(), "1×".into()],
+        [
+            "a".into(),
+            "raw SQLite insert, 1 tx per bundle (floor)".into(),
+            format!("{} resources/s", s("/floor_sqlite/insert_one_tx_per_bundle/resources_per_s")),
+            "".into(),
+            "".into(),
+            "1×".into(),
+        ],
+        [
+            "a".into(),
+            "raw SQLite insert, 64 bundles per tx (floor)".into(),
+            format!("{} resources/s", s("/floor_sqlite/insert_64_bundles_per_tx/resources_per_s")),
+            "".into(),
+            "".into(),
+            "1×".into(),
+        ],
         ["a".into(), "raw SQLite point read by key, 1 thread".into(), format!("{} reads/s", s("/floor_sqlite/point_read_1_thread/reads_per_s")), "".into(), "".into(), "".into()],
         ["a".into(), "plain file copy of the bundle files, fsync per file".into(), format!("{} MB/s", s("/floor_file_copy/mb_per_s")), "".into(), "".into(), "".into()],
-        ["b".into(), "AES-256-GCM-SIV seal, aws-lc-rs, 1 core".into(), format!("{} MB/s ({} resources/s)", s("/floor_cpu/seal_aws_lc_raw/mb_per_s"), s("/floor_cpu/seal_aws_lc_raw/resources_per_s")), "".into(), "".into(), "".into()],
-        ["b".into(), "seal via brankas-vault DataKey (random nonce, AAD), 1 core".into(), format!("{} MB/s ({} resources/s)", s("/floor_cpu/seal_brankas_vault/mb_per_s"), s("/floor_cpu/seal_brankas_vault/resources_per_s")), "".into(), "".into(), "".into()],
-        ["b".into(), "JSON parse of the bundles, 1 core".into(), format!("{} MB/s ({} resources/s)", s("/floor_cpu/json_parse/mb_per_s"), s("/floor_cpu/json_parse/resources_per_s")), "".into(), "".into(), "".into()],
+        [
+            "b".into(),
+            "AES-256-GCM-SIV seal, aws-lc-rs, 1 core".into(),
+            format!("{} MB/s ({} resources/s)", s("/floor_cpu/seal_aws_lc_raw/mb_per_s"), s("/floor_cpu/seal_aws_lc_raw/resources_per_s")),
+            "".into(),
+            "".into(),
+            "".into(),
+        ],
+        [
+            "b".into(),
+            "seal via brankas-vault DataKey (random nonce, AAD), 1 core".into(),
+            format!("{} MB/s ({} resources/s)", s("/floor_cpu/seal_brankas_vault/mb_per_s"), s("/floor_cpu/seal_brankas_vault/resources_per_s")),
+            "".into(),
+            "".into(),
+            "".into(),
+        ],
+        [
+            "b".into(),
+            "JSON parse of the bundles, 1 core".into(),
+            format!("{} MB/s ({} resources/s)", s("/floor_cpu/json_parse/mb_per_s"), s("/floor_cpu/json_parse/resources_per_s")),
+            "".into(),
+            "".into(),
+            "".into(),
+        ],
         ["b".into(), "R4 schema validation, 1 core".into(), format!("{} resources/s", s("/floor_cpu/r4_validate/resources_per_s")), "".into(), "".into(), "".into()],
         [
             "c".into(),
@@ -1114,14 +1135,63 @@ fn markdown(o: &Value) -> String {
             format!("{} cores, {} µs/resource", s("/http_ingest/server_cpu_cores"), s("/http_ingest/server_cpu_us_per_resource")),
             format!("{} of (a) 1 tx/bundle; {} of (c)", x("/ratios/http_ingest_vs_sqlite_one_tx_per_bundle"), x("/ratios/http_ingest_vs_import")),
         ],
-        ["e".into(), format!("GET /health, {} clients (HTTP floor)", s("/http_floor_health/clients")), format!("{} req/s", s("/http_floor_health/requests_per_s")), lat("http_floor_health"), cpu("http_floor_health"), "1×".into()],
-        ["e".into(), "read by id, 1 client".into(), format!("{} req/s", s("/read_by_id_1_client/requests_per_s")), lat("read_by_id_1_client"), cpu("read_by_id_1_client"), "".into()],
-        ["e".into(), format!("read by id, {} clients", s("/read_by_id/clients")), format!("{} req/s", s("/read_by_id/requests_per_s")), lat("read_by_id"), cpu("read_by_id"), format!("{} of /health", x("/ratios/read_by_id_vs_health"))],
-        ["g".into(), format!("compartment search Patient/{{id}}/Observation, {} clients", s("/compartment_search/clients")), format!("{} req/s", s("/compartment_search/requests_per_s")), lat("compartment_search"), cpu("compartment_search"), format!("{} of read by id", x("/ratios/compartment_vs_read_by_id"))],
-        ["g".into(), format!("Patient/{{id}}/$everything, {} clients", s("/everything/clients")), format!("{} req/s", s("/everything/requests_per_s")), lat("everything"), cpu("everything"), format!("{} of read by id", x("/ratios/everything_vs_read_by_id"))],
+        [
+            "e".into(),
+            format!("GET /health, {} clients (HTTP floor)", s("/http_floor_health/clients")),
+            format!("{} req/s", s("/http_floor_health/requests_per_s")),
+            lat("http_floor_health"),
+            cpu("http_floor_health"),
+            "1×".into(),
+        ],
+        [
+            "e".into(),
+            "read by id, 1 client".into(),
+            format!("{} req/s", s("/read_by_id_1_client/requests_per_s")),
+            lat("read_by_id_1_client"),
+            cpu("read_by_id_1_client"),
+            "".into(),
+        ],
+        [
+            "e".into(),
+            format!("read by id, {} clients", s("/read_by_id/clients")),
+            format!("{} req/s", s("/read_by_id/requests_per_s")),
+            lat("read_by_id"),
+            cpu("read_by_id"),
+            format!("{} of /health", x("/ratios/read_by_id_vs_health")),
+        ],
+        [
+            "g".into(),
+            format!("compartment search Patient/{{id}}/Observation, {} clients", s("/compartment_search/clients")),
+            format!("{} req/s", s("/compartment_search/requests_per_s")),
+            lat("compartment_search"),
+            cpu("compartment_search"),
+            format!("{} of read by id", x("/ratios/compartment_vs_read_by_id")),
+        ],
+        [
+            "g".into(),
+            format!("Patient/{{id}}/$everything, {} clients", s("/everything/clients")),
+            format!("{} req/s", s("/everything/requests_per_s")),
+            lat("everything"),
+            cpu("everything"),
+            format!("{} of read by id", x("/ratios/everything_vs_read_by_id")),
+        ],
         ["f".into(), "create patients with NIK (transactions of 250)".into(), format!("{} patients/s", s("/nik_create/patients_per_s")), "".into(), "".into(), "".into()],
-        ["f".into(), "NIK lookup, 1 client".into(), format!("{} req/s", s("/nik_lookup_1_client/requests_per_s")), lat("nik_lookup_1_client"), cpu("nik_lookup_1_client"), "".into()],
-        ["f".into(), format!("NIK lookup, {} clients", s("/nik_lookup/clients")), format!("{} req/s", s("/nik_lookup/requests_per_s")), lat("nik_lookup"), cpu("nik_lookup"), format!("{} of read by id", x("/ratios/nik_lookup_vs_read_by_id"))],
+        [
+            "f".into(),
+            "NIK lookup, 1 client".into(),
+            format!("{} req/s", s("/nik_lookup_1_client/requests_per_s")),
+            lat("nik_lookup_1_client"),
+            cpu("nik_lookup_1_client"),
+            "".into(),
+        ],
+        [
+            "f".into(),
+            format!("NIK lookup, {} clients", s("/nik_lookup/clients")),
+            format!("{} req/s", s("/nik_lookup/requests_per_s")),
+            lat("nik_lookup"),
+            cpu("nik_lookup"),
+            format!("{} of read by id", x("/ratios/nik_lookup_vs_read_by_id")),
+        ],
         [
             "h".into(),
             "`brankas audit verify` of the log the HTTP phases wrote".into(),

@@ -19,9 +19,7 @@ use brankas_synth::{Mix, Population};
 use clap::Args as ClapArgs;
 use serde_json::{Value, json};
 
-use crate::{
-    Config, Ctx, Server, SplitMix, Target, brankas, children_cpu_seconds, dir_bytes, group, init, load, machine, round,
-};
+use crate::{Config, Ctx, Server, SplitMix, Target, brankas, children_cpu_seconds, dir_bytes, group, init, load, machine, round};
 
 #[derive(ClapArgs, Debug)]
 pub struct ScaleArgs {
@@ -226,9 +224,7 @@ fn import_chunk(bin: &Path, data: &Path, key: &Path, file: &Path, units: u64) ->
 /// Resident memory of a process: (VmRSS, VmHWM) in bytes.
 fn rss(pid: u32) -> (u64, u64) {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb = |name: &str| {
-        s.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 1024
-    };
+    let kb = |name: &str| s.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 1024;
     (kb("VmRSS:"), kb("VmHWM:"))
 }
 
@@ -271,7 +267,12 @@ fn markdown(o: &Value) -> String {
     let c = &o["config"];
     let mut t = format!(
         "Population: seed {}, mix {}, {} patients; load phases {} s after {} s warm-up, {} clients.\n\n",
-        c["seed"], c["mix"].as_str().unwrap_or(""), c["patients"], c["duration_s"], c["warmup_s"], c["clients"]
+        c["seed"],
+        c["mix"].as_str().unwrap_or(""),
+        c["patients"],
+        c["duration_s"],
+        c["warmup_s"],
+        c["clients"]
     );
     t.push_str("| patients | load time | load rate | bytes on disk / patient | server RSS | NIK lookup, 1 client p50 / p99 | NIK lookup, N clients req/s, p50 / p99 | read by id req/s | compartment search req/s, p99 | $everything req/s, p99 |\n");
     t.push_str("|---|---|---|---|---|---|---|---|---|---|\n");

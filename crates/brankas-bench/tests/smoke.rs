@@ -8,9 +8,7 @@ use std::process::Command;
 use serde_json::Value;
 
 fn corpus() -> PathBuf {
-    std::env::var_os("BRANKAS_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"))
+    std::env::var_os("BRANKAS_CORPUS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"))
 }
 
 /// The `brankas` binary built beside this one (`cargo test --workspace` builds both).

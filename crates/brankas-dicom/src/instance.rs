@@ -140,11 +140,7 @@ impl Instance {
     /// Reads the attributes from a data set whose structure has been
     /// checked. `transfer_syntax` and `media_storage_sop_instance_uid` come
     /// from the (validated) file meta group.
-    pub(crate) fn from_dataset(
-        obj: &InMemDicomObject,
-        transfer_syntax: &str,
-        media_storage_sop_instance_uid: &str,
-    ) -> Result<Self, DicomError> {
+    pub(crate) fn from_dataset(obj: &InMemDicomObject, transfer_syntax: &str, media_storage_sop_instance_uid: &str) -> Result<Self, DicomError> {
         use tags::*;
         let sop_class_uid = required_uid(obj, SOP_CLASS_UID, "SOPClassUID")?;
         let sop_instance_uid = required_uid(obj, SOP_INSTANCE_UID, "SOPInstanceUID")?;
@@ -153,15 +149,13 @@ impl Instance {
         if sop_instance_uid != media_storage_sop_instance_uid {
             return Err(DicomError::SopInstanceMismatch);
         }
-        let has_pixel_data = [PIXEL_DATA, FLOAT_PIXEL_DATA, DOUBLE_FLOAT_PIXEL_DATA]
-            .into_iter()
-            .any(|tag| {
-                obj.get(tag).is_some_and(|e| match e.value() {
-                    DicomValue::Primitive(v) => !matches!(v, PrimitiveValue::Empty),
-                    DicomValue::PixelSequence(_) => true,
-                    DicomValue::Sequence(_) => false,
-                })
-            });
+        let has_pixel_data = [PIXEL_DATA, FLOAT_PIXEL_DATA, DOUBLE_FLOAT_PIXEL_DATA].into_iter().any(|tag| {
+            obj.get(tag).is_some_and(|e| match e.value() {
+                DicomValue::Primitive(v) => !matches!(v, PrimitiveValue::Empty),
+                DicomValue::PixelSequence(_) => true,
+                DicomValue::Sequence(_) => false,
+            })
+        });
         Ok(Instance {
             study_uid,
             series_uid,
@@ -206,13 +200,7 @@ pub(crate) fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
     let raw: Cow<'_, str> = match value {
         PrimitiveValue::Empty => return None,
         PrimitiveValue::Str(s) => Cow::Borrowed(s.as_str()),
-        PrimitiveValue::Strs(values) => Cow::Owned(
-            values
-                .iter()
-                .map(|v| trim_padding(v))
-                .collect::<Vec<_>>()
-                .join("\\"),
-        ),
+        PrimitiveValue::Strs(values) => Cow::Owned(values.iter().map(|v| trim_padding(v)).collect::<Vec<_>>().join("\\")),
         PrimitiveValue::U8(bytes) => String::from_utf8_lossy(bytes),
         other => Cow::Owned(other.to_str().into_owned()),
     };
@@ -240,11 +228,7 @@ fn unsigned_short(obj: &InMemDicomObject, tag: Tag) -> Option<u16> {
     }
 }
 
-fn required_uid(
-    obj: &InMemDicomObject,
-    tag: Tag,
-    keyword: &'static str,
-) -> Result<String, DicomError> {
+fn required_uid(obj: &InMemDicomObject, tag: Tag, keyword: &'static str) -> Result<String, DicomError> {
     let Some(elem) = obj.get(tag) else {
         return Err(DicomError::MissingAttribute(keyword));
     };
@@ -253,9 +237,7 @@ fn required_uid(
             return Err(DicomError::MissingAttribute(keyword));
         }
         DicomValue::Primitive(PrimitiveValue::Str(s)) => Cow::Borrowed(s.as_str()),
-        DicomValue::Primitive(PrimitiveValue::Strs(values)) if values.len() == 1 => {
-            Cow::Borrowed(values[0].as_str())
-        }
+        DicomValue::Primitive(PrimitiveValue::Strs(values)) if values.len() == 1 => Cow::Borrowed(values[0].as_str()),
         DicomValue::Primitive(PrimitiveValue::U8(bytes)) => String::from_utf8_lossy(bytes),
         _ => return Err(DicomError::InvalidUid(keyword)),
     };

@@ -39,17 +39,11 @@ fn is_bulk_data_tag(tag: Tag) -> bool {
 /// [`INLINE_BINARY_MAX`] bytes, where their JSON would be ten times larger
 /// than the value (PS3.18 allows a BulkDataURI for these VRs).
 fn is_binary_number_vr(vr: VR) -> bool {
-    matches!(
-        vr,
-        VR::US | VR::SS | VR::UL | VR::SL | VR::FL | VR::FD | VR::UV | VR::SV
-    )
+    matches!(vr, VR::US | VR::SS | VR::UL | VR::SL | VR::FL | VR::FD | VR::UV | VR::SV)
 }
 
 fn is_binary_vr(vr: VR) -> bool {
-    matches!(
-        vr,
-        VR::OB | VR::OD | VR::OF | VR::OL | VR::OV | VR::OW | VR::UN
-    )
+    matches!(vr, VR::OB | VR::OD | VR::OF | VR::OL | VR::OV | VR::OW | VR::UN)
 }
 
 /// Elements left out of the metadata: the file meta group (0002,xxxx),
@@ -100,10 +94,7 @@ fn element_json(elem: &InMemElement, bulk_data_uri: &str) -> Value {
         DicomValue::Sequence(seq) => {
             let items = seq.items();
             if !items.is_empty() {
-                let items = items
-                    .iter()
-                    .map(|item| dataset_json(item, bulk_data_uri))
-                    .collect();
+                let items = items.iter().map(|item| dataset_json(item, bulk_data_uri)).collect();
                 map.insert("Value".into(), Value::Array(items));
             }
         }
@@ -112,16 +103,10 @@ fn element_json(elem: &InMemElement, bulk_data_uri: &str) -> Value {
         }
         DicomValue::Primitive(PrimitiveValue::Empty) => {}
         DicomValue::Primitive(value) => {
-            if is_bulk_data_tag(elem.tag())
-                || ((is_binary_vr(vr) || is_binary_number_vr(vr))
-                    && byte_len(value) > INLINE_BINARY_MAX)
-            {
+            if is_bulk_data_tag(elem.tag()) || ((is_binary_vr(vr) || is_binary_number_vr(vr)) && byte_len(value) > INLINE_BINARY_MAX) {
                 map.insert("BulkDataURI".into(), Value::String(bulk_data_uri.into()));
             } else if is_binary_vr(vr) {
-                map.insert(
-                    "InlineBinary".into(),
-                    Value::String(base64(&le_bytes(value))),
-                );
+                map.insert("InlineBinary".into(), Value::String(base64(&le_bytes(value))));
             } else if let Some(values) = primitive_values(vr, value) {
                 map.insert("Value".into(), Value::Array(values));
             }
@@ -135,14 +120,8 @@ fn element_json(elem: &InMemElement, bulk_data_uri: &str) -> Value {
 fn primitive_values(vr: VR, value: &PrimitiveValue) -> Option<Vec<Value>> {
     let values: Vec<Value> = match vr {
         VR::PN => strings(value).iter().map(|s| person_name(s)).collect(),
-        VR::IS => strings(value)
-            .iter()
-            .map(|s| number_or_string(s, integer_string))
-            .collect(),
-        VR::DS => strings(value)
-            .iter()
-            .map(|s| number_or_string(s, decimal_string))
-            .collect(),
+        VR::IS => strings(value).iter().map(|s| number_or_string(s, integer_string)).collect(),
+        VR::DS => strings(value).iter().map(|s| number_or_string(s, decimal_string)).collect(),
         VR::AT => match value {
             PrimitiveValue::Tags(tags) => tags.iter().map(|t| Value::String(tag_key(*t))).collect(),
             other => strings(other).iter().map(|s| text_value(s)).collect(),
@@ -150,10 +129,7 @@ fn primitive_values(vr: VR, value: &PrimitiveValue) -> Option<Vec<Value>> {
         VR::US | VR::SS | VR::UL | VR::SL | VR::UV | VR::SV | VR::FL | VR::FD => numbers(value),
         // The string VRs (and SQ holding a primitive value, which dicom-rs
         // does not produce).
-        _ => strings(value)
-            .iter()
-            .map(|s| text_value(trim_for(vr, s)))
-            .collect(),
+        _ => strings(value).iter().map(|s| text_value(trim_for(vr, s))).collect(),
     };
     values.iter().any(|v| !v.is_null()).then_some(values)
 }
@@ -165,10 +141,7 @@ fn strings(value: &PrimitiveValue) -> Vec<String> {
         PrimitiveValue::Str(s) => vec![s.clone()],
         PrimitiveValue::Strs(values) => values.to_vec(),
         // Text read as bytes (e.g. a VR the decoder did not interpret).
-        PrimitiveValue::U8(bytes) => String::from_utf8_lossy(bytes)
-            .split('\\')
-            .map(str::to_owned)
-            .collect(),
+        PrimitiveValue::U8(bytes) => String::from_utf8_lossy(bytes).split('\\').map(str::to_owned).collect(),
         other => other.to_multi_str().into_owned(),
     }
 }
@@ -178,19 +151,13 @@ fn strings(value: &PrimitiveValue) -> Vec<String> {
 fn trim_for(vr: VR, s: &str) -> &str {
     let s = s.trim_end_matches([' ', '\0']);
     match vr {
-        VR::AE | VR::AS | VR::CS | VR::DA | VR::DT | VR::TM | VR::UI | VR::LO | VR::SH => {
-            s.trim_start_matches(' ')
-        }
+        VR::AE | VR::AS | VR::CS | VR::DA | VR::DT | VR::TM | VR::UI | VR::LO | VR::SH => s.trim_start_matches(' '),
         _ => s,
     }
 }
 
 fn text_value(s: &str) -> Value {
-    if s.is_empty() {
-        Value::Null
-    } else {
-        Value::String(s.to_owned())
-    }
+    if s.is_empty() { Value::Null } else { Value::String(s.to_owned()) }
 }
 
 /// A PN value as `{"Alphabetic": .., "Ideographic": .., "Phonetic": ..}`,
@@ -198,20 +165,13 @@ fn text_value(s: &str) -> Value {
 pub(crate) fn person_name(s: &str) -> Value {
     let s = s.trim_end_matches([' ', '\0']);
     let mut map = Map::new();
-    for (name, group) in ["Alphabetic", "Ideographic", "Phonetic"]
-        .into_iter()
-        .zip(s.split('='))
-    {
+    for (name, group) in ["Alphabetic", "Ideographic", "Phonetic"].into_iter().zip(s.split('=')) {
         let group = group.trim_end_matches(' ');
         if !group.is_empty() {
             map.insert(name.into(), Value::String(group.to_owned()));
         }
     }
-    if map.is_empty() {
-        Value::Null
-    } else {
-        Value::Object(map)
-    }
+    if map.is_empty() { Value::Null } else { Value::Object(map) }
 }
 
 /// A number for a well-formed IS / DS value, the trimmed text for a
@@ -258,23 +218,11 @@ fn numbers(value: &PrimitiveValue) -> Vec<Value> {
         PrimitiveValue::U64(v) => v.iter().map(|&x| Value::from(x)).collect(),
         // The shortest text that reads back as the same f32 ("0.1", not
         // 0.10000000149011612).
-        PrimitiveValue::F32(v) => v
-            .iter()
-            .map(|&x| {
-                if x.is_finite() {
-                    x.to_string()
-                        .parse::<Number>()
-                        .map_or_else(|_| float_number(f64::from(x)), Value::Number)
-                } else {
-                    Value::Null
-                }
-            })
-            .collect(),
+        PrimitiveValue::F32(v) => {
+            v.iter().map(|&x| if x.is_finite() { x.to_string().parse::<Number>().map_or_else(|_| float_number(f64::from(x)), Value::Number) } else { Value::Null }).collect()
+        }
         PrimitiveValue::F64(v) => v.iter().map(|&x| float_number(x)).collect(),
-        other => strings(other)
-            .iter()
-            .map(|s| number_or_string(s, decimal_string))
-            .collect(),
+        other => strings(other).iter().map(|s| number_or_string(s, decimal_string)).collect(),
     }
 }
 
@@ -293,9 +241,7 @@ fn byte_len(value: &PrimitiveValue) -> usize {
         PrimitiveValue::U64(v) => v.len() * 8,
         PrimitiveValue::F64(v) => v.len() * 8,
         PrimitiveValue::Str(s) => s.len(),
-        PrimitiveValue::Strs(v) => {
-            v.iter().map(String::len).sum::<usize>() + v.len().saturating_sub(1)
-        }
+        PrimitiveValue::Strs(v) => v.iter().map(String::len).sum::<usize>() + v.len().saturating_sub(1),
         other => other.to_str().len(),
     }
 }
@@ -331,11 +277,7 @@ pub(crate) fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
+        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         let symbols = [n >> 18, n >> 12, n >> 6, n];
         for (i, s) in symbols.into_iter().enumerate() {
@@ -356,15 +298,7 @@ mod tests {
     #[test]
     fn base64_vectors() {
         // RFC 4648 section 10.
-        for (input, expected) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
+        for (input, expected) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")] {
             assert_eq!(base64(input.as_bytes()), expected);
         }
     }
@@ -381,49 +315,18 @@ mod tests {
 
     #[test]
     fn values() {
-        let v = PrimitiveValue::Strs(
-            ["12 ".to_owned(), "+3".to_owned(), "1A".to_owned()]
-                .into_iter()
-                .collect(),
-        );
-        assert_eq!(
-            primitive_values(VR::IS, &v),
-            Some(vec![Value::from(12), Value::from(3), Value::from("1A")])
-        );
-        let v = PrimitiveValue::Strs(
-            ["0.5 ".to_owned(), ".5".to_owned(), "1e3".to_owned()]
-                .into_iter()
-                .collect(),
-        );
-        let out: Vec<f64> = primitive_values(VR::DS, &v)
-            .unwrap()
-            .iter()
-            .map(|n| n.as_f64().unwrap())
-            .collect();
+        let v = PrimitiveValue::Strs(["12 ".to_owned(), "+3".to_owned(), "1A".to_owned()].into_iter().collect());
+        assert_eq!(primitive_values(VR::IS, &v), Some(vec![Value::from(12), Value::from(3), Value::from("1A")]));
+        let v = PrimitiveValue::Strs(["0.5 ".to_owned(), ".5".to_owned(), "1e3".to_owned()].into_iter().collect());
+        let out: Vec<f64> = primitive_values(VR::DS, &v).unwrap().iter().map(|n| n.as_f64().unwrap()).collect();
         assert_eq!(out, [0.5, 0.5, 1000.0]);
-        let v = PrimitiveValue::Strs(
-            ["Doe^John=ド^ジ=".to_owned(), String::new()]
-                .into_iter()
-                .collect(),
-        );
-        assert_eq!(
-            primitive_values(VR::PN, &v),
-            Some(vec![
-                serde_json::json!({"Alphabetic": "Doe^John", "Ideographic": "ド^ジ"}),
-                Value::Null
-            ])
-        );
+        let v = PrimitiveValue::Strs(["Doe^John=ド^ジ=".to_owned(), String::new()].into_iter().collect());
+        assert_eq!(primitive_values(VR::PN, &v), Some(vec![serde_json::json!({"Alphabetic": "Doe^John", "Ideographic": "ド^ジ"}), Value::Null]));
         let v = PrimitiveValue::Strs(["  ".to_owned()].into_iter().collect());
         assert_eq!(primitive_values(VR::LO, &v), None);
         let v = PrimitiveValue::F32([0.1, f32::NAN].into_iter().collect());
-        assert_eq!(
-            serde_json::to_string(&primitive_values(VR::FL, &v)).unwrap(),
-            "[0.1,null]"
-        );
+        assert_eq!(serde_json::to_string(&primitive_values(VR::FL, &v)).unwrap(), "[0.1,null]");
         let v = PrimitiveValue::Tags([Tag(0x0008, 0x009C)].into_iter().collect());
-        assert_eq!(
-            primitive_values(VR::AT, &v),
-            Some(vec![Value::from("0008009C")])
-        );
+        assert_eq!(primitive_values(VR::AT, &v), Some(vec![Value::from("0008009C")]));
     }
 }

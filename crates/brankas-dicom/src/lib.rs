@@ -120,12 +120,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_bytes: 512 * 1024 * 1024,
-            max_depth: 32,
-            max_elements: 1_000_000,
-            max_string_values: 10_000_000,
-        }
+        Limits { max_bytes: 512 * 1024 * 1024, max_depth: 32, max_elements: 1_000_000, max_string_values: 10_000_000 }
     }
 }
 
@@ -142,10 +137,7 @@ pub struct Parsed {
 
 impl fmt::Debug for Parsed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Parsed")
-            .field("instance", &self.instance)
-            .field("elements", &self.dataset.iter().count())
-            .finish_non_exhaustive()
+        f.debug_struct("Parsed").field("instance", &self.instance).field("elements", &self.dataset.iter().count()).finish_non_exhaustive()
     }
 }
 
@@ -219,24 +211,15 @@ pub fn parse(bytes: &[u8], limits: &Limits) -> Result<Parsed, DicomError> {
     // dicom-rs reads a minimal file meta group of ours, then the original
     // data set bytes.
     let source = Cursor::new(scan::canonical_meta(&part10.meta)).chain(part10.dataset);
-    let file = OpenFileOptions::new()
-        .read_preamble(ReadPreamble::Never)
-        .from_reader(source)
-        .map_err(|e| match e {
-            dicom_object::ReadError::ReadUnrecognizedTransferSyntax { .. }
-            | dicom_object::ReadError::ReadUnsupportedTransferSyntax { .. }
-            | dicom_object::ReadError::ReadUnsupportedTransferSyntaxWithSuggestion { .. } => {
-                DicomError::UnsupportedTransferSyntax
-            }
-            // The dicom-rs error is dropped: its Debug output can hold
-            // element values.
-            _ => DicomError::Decode,
-        })?;
+    let file = OpenFileOptions::new().read_preamble(ReadPreamble::Never).from_reader(source).map_err(|e| match e {
+        dicom_object::ReadError::ReadUnrecognizedTransferSyntax { .. }
+        | dicom_object::ReadError::ReadUnsupportedTransferSyntax { .. }
+        | dicom_object::ReadError::ReadUnsupportedTransferSyntaxWithSuggestion { .. } => DicomError::UnsupportedTransferSyntax,
+        // The dicom-rs error is dropped: its Debug output can hold
+        // element values.
+        _ => DicomError::Decode,
+    })?;
     let dataset = file.into_inner();
-    let instance = Instance::from_dataset(
-        &dataset,
-        &part10.meta.transfer_syntax,
-        &part10.meta.media_storage_sop_instance_uid,
-    )?;
+    let instance = Instance::from_dataset(&dataset, &part10.meta.transfer_syntax, &part10.meta.media_storage_sop_instance_uid)?;
     Ok(Parsed { instance, dataset })
 }

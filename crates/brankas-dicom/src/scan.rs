@@ -130,8 +130,7 @@ pub(crate) fn split_part10(bytes: &[u8]) -> Result<Part10<'_>, DicomError> {
             return Err(DicomError::Truncated);
         }
         let element = u16_le(rest, 2);
-        let vr = VR::from_binary([rest[4], rest[5]])
-            .ok_or(DicomError::MalformedMeta("invalid value representation"))?;
+        let vr = VR::from_binary([rest[4], rest[5]]).ok_or(DicomError::MalformedMeta("invalid value representation"))?;
         let (header, len) = if has_short_length(vr) {
             (8, u32::from(u16_le(rest, 6)))
         } else {
@@ -184,14 +183,7 @@ pub(crate) fn split_part10(bytes: &[u8]) -> Result<Part10<'_>, DicomError> {
         // endian; unknown ones are refused by dicom-rs after this scan.
         _ => Encoding::ExplicitLe,
     };
-    Ok(Part10 {
-        meta: Meta {
-            transfer_syntax,
-            media_storage_sop_instance_uid,
-        },
-        encoding,
-        dataset: &bytes[p..],
-    })
+    Ok(Part10 { meta: Meta { transfer_syntax, media_storage_sop_instance_uid }, encoding, dataset: &bytes[p..] })
 }
 
 fn uid_text(value: &[u8]) -> String {
@@ -248,22 +240,8 @@ struct Frame {
 }
 
 /// Walks the data set, see the module documentation.
-pub(crate) fn check_dataset(
-    data: &[u8],
-    encoding: Encoding,
-    limits: &Limits,
-) -> Result<(), DicomError> {
-    Walker {
-        data,
-        encoding,
-        limits,
-        p: 0,
-        stack: Vec::new(),
-        depth: 0,
-        elements: 0,
-        strings: 0,
-    }
-    .run()
+pub(crate) fn check_dataset(data: &[u8], encoding: Encoding, limits: &Limits) -> Result<(), DicomError> {
+    Walker { data, encoding, limits, p: 0, stack: Vec::new(), depth: 0, elements: 0, strings: 0 }.run()
 }
 
 struct Walker<'a> {
@@ -289,12 +267,7 @@ impl Walker<'_> {
     }
 
     fn u32_at(&self, at: usize) -> u32 {
-        let b = [
-            self.data[at],
-            self.data[at + 1],
-            self.data[at + 2],
-            self.data[at + 3],
-        ];
+        let b = [self.data[at], self.data[at + 1], self.data[at + 2], self.data[at + 3]];
         match self.encoding {
             Encoding::ExplicitBe => u32::from_be_bytes(b),
             _ => u32::from_le_bytes(b),
@@ -317,9 +290,7 @@ impl Walker<'_> {
         if end <= bound {
             Ok(end)
         } else if end <= self.data.len() {
-            Err(DicomError::Malformed(
-                "value extends past the end of its item or sequence",
-            ))
+            Err(DicomError::Malformed("value extends past the end of its item or sequence"))
         } else {
             Err(DicomError::Truncated)
         }
@@ -368,11 +339,7 @@ impl Walker<'_> {
             let end = self.fits(len as usize)?;
             (Some(end), end)
         };
-        self.stack.push(Frame {
-            kind: Kind::Sequence,
-            end,
-            bound,
-        });
+        self.stack.push(Frame { kind: Kind::Sequence, end, bound });
         Ok(())
     }
 
@@ -383,14 +350,7 @@ impl Walker<'_> {
         let tag = self.tag_at(self.p);
         if tag.0 == 0xFFFE {
             self.fits(8)?;
-            let undefined_item = matches!(
-                self.stack.last(),
-                Some(Frame {
-                    kind: Kind::Items,
-                    end: None,
-                    ..
-                })
-            );
+            let undefined_item = matches!(self.stack.last(), Some(Frame { kind: Kind::Items, end: None, .. }));
             if tag == ITEM_DELIMITER && undefined_item {
                 // dicom-rs ignores the delimiter's length field; so do we.
                 self.p += 8;
@@ -406,8 +366,7 @@ impl Walker<'_> {
             }
             Encoding::ExplicitLe | Encoding::ExplicitBe => {
                 self.fits(8)?;
-                let vr = VR::from_binary([self.data[self.p + 4], self.data[self.p + 5]])
-                    .unwrap_or(VR::UN);
+                let vr = VR::from_binary([self.data[self.p + 4], self.data[self.p + 5]]).unwrap_or(VR::UN);
                 if has_short_length(vr) {
                     (vr, u32::from(self.u16_at(self.p + 6)), 8)
                 } else {
@@ -424,11 +383,7 @@ impl Walker<'_> {
         if len == UNDEFINED {
             if tag == PIXEL_DATA {
                 let bound = self.bound();
-                self.stack.push(Frame {
-                    kind: Kind::Pixels { first: true },
-                    end: None,
-                    bound,
-                });
+                self.stack.push(Frame { kind: Kind::Pixels { first: true }, end: None, bound });
                 return Ok(());
             }
             // dicom-rs reads any other undefined-length element as a
@@ -438,16 +393,10 @@ impl Walker<'_> {
         let len = len as usize;
         let end = self.fits(len)?;
         if !len.is_multiple_of(value_size(vr)) {
-            return Err(DicomError::Malformed(
-                "value length is not a multiple of its value size",
-            ));
+            return Err(DicomError::Malformed("value length is not a multiple of its value size"));
         }
         if is_multi_valued_string(vr) {
-            let values = self.data[self.p..end]
-                .iter()
-                .filter(|&&b| b == b'\\')
-                .count()
-                + 1;
+            let values = self.data[self.p..end].iter().filter(|&&b| b == b'\\').count() + 1;
             self.strings += values;
             if self.strings > self.limits.max_string_values {
                 return Err(DicomError::TooManyElements);
@@ -480,11 +429,7 @@ impl Walker<'_> {
             let end = self.fits(len as usize)?;
             (Some(end), end)
         };
-        self.stack.push(Frame {
-            kind: Kind::Items,
-            end,
-            bound,
-        });
+        self.stack.push(Frame { kind: Kind::Items, end, bound });
         Ok(())
     }
 
@@ -496,9 +441,7 @@ impl Walker<'_> {
         let len = self.u32_at(self.p + 4);
         if tag == SEQUENCE_DELIMITER {
             if first {
-                return Err(DicomError::Malformed(
-                    "pixel data without offset table item",
-                ));
+                return Err(DicomError::Malformed("pixel data without offset table item"));
             }
             self.p += 8;
             self.stack.pop();
@@ -508,9 +451,7 @@ impl Walker<'_> {
             return Err(DicomError::Malformed("expected a pixel data fragment"));
         }
         if len == UNDEFINED {
-            return Err(DicomError::Malformed(
-                "undefined pixel data fragment length",
-            ));
+            return Err(DicomError::Malformed("undefined pixel data fragment length"));
         }
         if first && !len.is_multiple_of(4) {
             return Err(DicomError::Malformed("invalid basic offset table length"));
@@ -518,11 +459,7 @@ impl Walker<'_> {
         self.count_element()?;
         self.p += 8;
         self.p = self.fits(len as usize)?;
-        if let Some(Frame {
-            kind: Kind::Pixels { first },
-            ..
-        }) = self.stack.last_mut()
-        {
+        if let Some(Frame { kind: Kind::Pixels { first }, .. }) = self.stack.last_mut() {
             *first = false;
         }
         Ok(())
@@ -531,14 +468,7 @@ impl Walker<'_> {
 
 /// The VR dicom-rs gives an element in implicit VR little endian.
 fn implicit_vr(tag: Tag) -> VR {
-    if tag == PIXEL_DATA || (tag.0 >> 8 == 0x60 && tag.1 == 0x3000) {
-        VR::OW
-    } else {
-        StandardDataDictionary
-            .by_tag(tag)
-            .map(|entry| entry.vr().relaxed())
-            .unwrap_or(VR::UN)
-    }
+    if tag == PIXEL_DATA || (tag.0 >> 8 == 0x60 && tag.1 == 0x3000) { VR::OW } else { StandardDataDictionary.by_tag(tag).map(|entry| entry.vr().relaxed()).unwrap_or(VR::UN) }
 }
 
 /// The size of one binary value: dicom-rs reads `len / size` values, so a
@@ -554,22 +484,7 @@ fn value_size(vr: VR) -> usize {
 
 /// VRs dicom-rs splits on backslashes into one `String` per value.
 fn is_multi_valued_string(vr: VR) -> bool {
-    matches!(
-        vr,
-        VR::AE
-            | VR::AS
-            | VR::CS
-            | VR::DA
-            | VR::DS
-            | VR::DT
-            | VR::IS
-            | VR::LO
-            | VR::PN
-            | VR::SH
-            | VR::TM
-            | VR::UC
-            | VR::UI
-    )
+    matches!(vr, VR::AE | VR::AS | VR::CS | VR::DA | VR::DS | VR::DT | VR::IS | VR::LO | VR::PN | VR::SH | VR::TM | VR::UC | VR::UI)
 }
 
 #[cfg(test)]
@@ -671,15 +586,9 @@ mod tests {
             data.extend(item_header(0xE000, UNDEFINED));
         }
         assert_eq!(check(&data), Err(DicomError::TooDeep));
-        let limits = Limits {
-            max_depth: usize::MAX,
-            ..Limits::default()
-        };
+        let limits = Limits { max_depth: usize::MAX, ..Limits::default() };
         // Without a depth limit the walk still ends, on the truncation.
-        assert_eq!(
-            check_dataset(&data, Encoding::ExplicitLe, &limits),
-            Err(DicomError::Truncated)
-        );
+        assert_eq!(check_dataset(&data, Encoding::ExplicitLe, &limits), Err(DicomError::Truncated));
     }
 
     #[test]
@@ -701,14 +610,8 @@ mod tests {
     #[test]
     fn string_values_are_counted() {
         let data = short(0x0008, 0x0008, b"CS", &[b'\\'; 100]);
-        let limits = Limits {
-            max_string_values: 100,
-            ..Limits::default()
-        };
-        assert_eq!(
-            check_dataset(&data, Encoding::ExplicitLe, &limits),
-            Err(DicomError::TooManyElements)
-        );
+        let limits = Limits { max_string_values: 100, ..Limits::default() };
+        assert_eq!(check_dataset(&data, Encoding::ExplicitLe, &limits), Err(DicomError::TooManyElements));
     }
 
     #[test]
@@ -718,18 +621,12 @@ mod tests {
         data.extend_from_slice(&[0x08, 0x00, 0x15, 0x11]);
         data.extend_from_slice(&8u32.to_le_bytes());
         data.extend(item_header(0xE000, 0));
-        assert_eq!(
-            check_dataset(&data, Encoding::ImplicitLe, &limits()),
-            Ok(())
-        );
+        assert_eq!(check_dataset(&data, Encoding::ImplicitLe, &limits()), Ok(()));
         // (0028,0010) Rows is US: an odd length is refused.
         let mut bad = Vec::new();
         bad.extend_from_slice(&[0x28, 0x00, 0x10, 0x00]);
         bad.extend_from_slice(&3u32.to_le_bytes());
         bad.extend_from_slice(&[0, 0, 0]);
-        assert!(matches!(
-            check_dataset(&bad, Encoding::ImplicitLe, &limits()),
-            Err(DicomError::Malformed(_))
-        ));
+        assert!(matches!(check_dataset(&bad, Encoding::ImplicitLe, &limits()), Err(DicomError::Malformed(_))));
     }
 }

@@ -18,10 +18,7 @@ pub const MAX_UID_LEN: usize = 64;
 /// assert!(!is_valid_uid(""));
 /// ```
 pub fn is_valid_uid(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= MAX_UID_LEN
-        && s.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-        && s.split('.').all(|c| !c.is_empty())
+    !s.is_empty() && s.len() <= MAX_UID_LEN && s.bytes().all(|b| b.is_ascii_digit() || b == b'.') && s.split('.').all(|c| !c.is_empty())
 }
 
 /// Removes UI value padding: trailing NULs and spaces (trailing spaces are

@@ -23,19 +23,9 @@ pub(crate) fn decode_un(tag: Tag, bytes: &[u8]) -> Option<(VR, PrimitiveValue)> 
         return None;
     };
     let value = match vr {
-        VR::AE
-        | VR::AS
-        | VR::CS
-        | VR::DA
-        | VR::DS
-        | VR::DT
-        | VR::IS
-        | VR::LO
-        | VR::PN
-        | VR::SH
-        | VR::TM
-        | VR::UC
-        | VR::UI => PrimitiveValue::Strs(text(bytes).split('\\').map(str::to_owned).collect()),
+        VR::AE | VR::AS | VR::CS | VR::DA | VR::DS | VR::DT | VR::IS | VR::LO | VR::PN | VR::SH | VR::TM | VR::UC | VR::UI => {
+            PrimitiveValue::Strs(text(bytes).split('\\').map(str::to_owned).collect())
+        }
         VR::LT | VR::ST | VR::UT | VR::UR => PrimitiveValue::Str(text(bytes)),
         VR::US => PrimitiveValue::U16(words::<2>(bytes)?.map(u16::from_le_bytes).collect()),
         VR::SS => PrimitiveValue::I16(words::<2>(bytes)?.map(i16::from_le_bytes).collect()),
@@ -45,11 +35,7 @@ pub(crate) fn decode_un(tag: Tag, bytes: &[u8]) -> Option<(VR, PrimitiveValue)> 
         VR::FD => PrimitiveValue::F64(words::<8>(bytes)?.map(f64::from_le_bytes).collect()),
         VR::UV => PrimitiveValue::U64(words::<8>(bytes)?.map(u64::from_le_bytes).collect()),
         VR::SV => PrimitiveValue::I64(words::<8>(bytes)?.map(i64::from_le_bytes).collect()),
-        VR::AT => PrimitiveValue::Tags(
-            words::<4>(bytes)?
-                .map(|[a, b, c, d]| Tag(u16::from_le_bytes([a, b]), u16::from_le_bytes([c, d])))
-                .collect(),
-        ),
+        VR::AT => PrimitiveValue::Tags(words::<4>(bytes)?.map(|[a, b, c, d]| Tag(u16::from_le_bytes([a, b]), u16::from_le_bytes([c, d]))).collect()),
         _ => return None,
     };
     Some((vr, value))
@@ -79,11 +65,7 @@ fn words<const N: usize>(bytes: &[u8]) -> Option<impl Iterator<Item = [u8; N]> +
     if !bytes.len().is_multiple_of(N) {
         return None;
     }
-    Some(
-        bytes
-            .chunks_exact(N)
-            .map(|c| <[u8; N]>::try_from(c).unwrap_or([0; N])),
-    )
+    Some(bytes.chunks_exact(N).map(|c| <[u8; N]>::try_from(c).unwrap_or([0; N])))
 }
 
 #[cfg(test)]
@@ -94,10 +76,7 @@ mod tests {
     fn decodes_standard_attributes() {
         let (vr, v) = decode_un(Tag(0x0008, 0x0060), b"RTDOSE").unwrap();
         assert_eq!(vr, VR::CS);
-        assert_eq!(
-            v,
-            PrimitiveValue::Strs(["RTDOSE".to_owned()].into_iter().collect())
-        );
+        assert_eq!(v, PrimitiveValue::Strs(["RTDOSE".to_owned()].into_iter().collect()));
         let (vr, v) = decode_un(Tag(0x0028, 0x0011), &[10, 0]).unwrap();
         assert_eq!(vr, VR::US);
         assert_eq!(v, PrimitiveValue::U16([10].into_iter().collect()));

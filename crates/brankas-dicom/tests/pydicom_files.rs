@@ -62,8 +62,7 @@ const ACCEPTED: &[Expected] = &[
 #[test]
 fn accepted_files_match_pydicom() {
     for e in ACCEPTED {
-        let parsed = parse(&read(e.file), &Limits::default())
-            .unwrap_or_else(|err| panic!("{} refused: {err}", e.file));
+        let parsed = parse(&read(e.file), &Limits::default()).unwrap_or_else(|err| panic!("{} refused: {err}", e.file));
         let i = &parsed.instance;
         assert_eq!(i.transfer_syntax, e.transfer_syntax, "{}", e.file);
         assert_eq!(i.sop_class_uid, e.sop_class, "{}", e.file);
@@ -79,9 +78,7 @@ fn accepted_files_match_pydicom() {
 /// The other indexed attributes of a few files, as pydicom reads them.
 #[test]
 fn attributes_match_pydicom() {
-    let i = parse(&read("CT_small.dcm"), &Limits::default())
-        .unwrap()
-        .instance;
+    let i = parse(&read("CT_small.dcm"), &Limits::default()).unwrap().instance;
     assert_eq!(i.patient_id.as_deref(), Some("1CT1"));
     assert_eq!(i.issuer_of_patient_id, None);
     assert_eq!(i.patient_name.as_deref(), Some("CompressedSamples^CT1"));
@@ -103,9 +100,7 @@ fn attributes_match_pydicom() {
     assert_eq!(i.number_of_frames, None);
     assert_eq!((i.rows, i.columns), (Some(128), Some(128)));
 
-    let i = parse(&read("waveform_ecg.dcm"), &Limits::default())
-        .unwrap()
-        .instance;
+    let i = parse(&read("waveform_ecg.dcm"), &Limits::default()).unwrap().instance;
     assert_eq!(i.patient_id.as_deref(), Some("642341"));
     assert_eq!(i.patient_name.as_deref(), Some("Anonymous"));
     assert_eq!(i.patient_birth_date.as_deref(), Some("19710123"));
@@ -118,42 +113,24 @@ fn attributes_match_pydicom() {
     assert_eq!((i.rows, i.columns), (None, None));
     assert!(i.is_waveform && !i.has_pixel_data);
 
-    let i = parse(&read("JPEG2000.dcm"), &Limits::default())
-        .unwrap()
-        .instance;
+    let i = parse(&read("JPEG2000.dcm"), &Limits::default()).unwrap().instance;
     assert_eq!(i.body_part_examined.as_deref(), Some("WHOLE BODY"));
     assert_eq!(i.study_description.as_deref(), Some("Whole Body Bone"));
     assert_eq!(i.instance_number, Some(3));
     assert_eq!((i.rows, i.columns), (Some(1024), Some(256)));
 
-    let i = parse(&read("SC_rgb_rle_2frame.dcm"), &Limits::default())
-        .unwrap()
-        .instance;
+    let i = parse(&read("SC_rgb_rle_2frame.dcm"), &Limits::default()).unwrap().instance;
     assert_eq!(i.number_of_frames, Some(2));
-    assert_eq!(
-        i.referring_physician_name.as_deref(),
-        Some("Moriarty^James")
-    );
+    assert_eq!(i.referring_physician_name.as_deref(), Some("Moriarty^James"));
 
-    let i = parse(&read("test-SR.dcm"), &Limits::default())
-        .unwrap()
-        .instance;
+    let i = parse(&read("test-SR.dcm"), &Limits::default()).unwrap().instance;
     assert_eq!(i.patient_name.as_deref(), Some("Test^S R"));
-    assert_eq!(
-        i.series_description.as_deref(),
-        Some("Demonstration of SR Features")
-    );
+    assert_eq!(i.series_description.as_deref(), Some("Demonstration of SR Features"));
     assert_eq!(i.modality.as_deref(), Some("SR"));
 
     // The same instance in four encodings gives the same attributes.
-    let reference = parse(&read("MR_small.dcm"), &Limits::default())
-        .unwrap()
-        .instance;
-    for file in [
-        "MR_small_implicit.dcm",
-        "MR_small_bigendian.dcm",
-        "MR_small_RLE.dcm",
-    ] {
+    let reference = parse(&read("MR_small.dcm"), &Limits::default()).unwrap().instance;
+    for file in ["MR_small_implicit.dcm", "MR_small_bigendian.dcm", "MR_small_RLE.dcm"] {
         let mut i = parse(&read(file), &Limits::default()).unwrap().instance;
         i.transfer_syntax.clone_from(&reference.transfer_syntax);
         assert!(i == reference, "{file} differs from MR_small.dcm");
@@ -174,40 +151,19 @@ fn refused_files() {
         ("ExplVR_BigEndNoMeta.dcm", NotPart10),
         ("ExplVR_LitEndNoMeta.dcm", NotPart10),
         ("rtstruct.dcm", NotPart10),
-        (
-            "meta_missing_tsyntax.dcm",
-            MissingAttribute("TransferSyntaxUID"),
-        ),
+        ("meta_missing_tsyntax.dcm", MissingAttribute("TransferSyntaxUID")),
         // File meta without MediaStorageSOPInstanceUID.
-        (
-            "empty_charset_LEI.dcm",
-            MissingAttribute("MediaStorageSOPInstanceUID"),
-        ),
-        (
-            "nested_priv_SQ.dcm",
-            MissingAttribute("MediaStorageSOPInstanceUID"),
-        ),
+        ("empty_charset_LEI.dcm", MissingAttribute("MediaStorageSOPInstanceUID")),
+        ("nested_priv_SQ.dcm", MissingAttribute("MediaStorageSOPInstanceUID")),
         // Meta group without group length (tolerated), but the data set
         // has no SOP UIDs.
         ("no_meta_group_length.dcm", MissingAttribute("SOPClassUID")),
         ("priv_SQ.dcm", MissingAttribute("SOPClassUID")),
         // No study or series UIDs.
-        (
-            "JPEGLSNearLossless_08.dcm",
-            MissingAttribute("StudyInstanceUID"),
-        ),
-        (
-            "JPEGLSNearLossless_16.dcm",
-            MissingAttribute("StudyInstanceUID"),
-        ),
-        (
-            "SC_rgb_jls_lossy_line.dcm",
-            MissingAttribute("StudyInstanceUID"),
-        ),
-        (
-            "SC_rgb_jls_lossy_sample.dcm",
-            MissingAttribute("StudyInstanceUID"),
-        ),
+        ("JPEGLSNearLossless_08.dcm", MissingAttribute("StudyInstanceUID")),
+        ("JPEGLSNearLossless_16.dcm", MissingAttribute("StudyInstanceUID")),
+        ("SC_rgb_jls_lossy_line.dcm", MissingAttribute("StudyInstanceUID")),
+        ("SC_rgb_jls_lossy_sample.dcm", MissingAttribute("StudyInstanceUID")),
         // MediaStorageSOPInstanceUID 1.2.999... but SOPInstanceUID 1.9.999...
         // (or 1.2.777... for rtplan).
         ("badVR.dcm", SopInstanceMismatch),
@@ -229,9 +185,7 @@ fn refused_files() {
         ("UN_sequence.dcm", Truncated),
     ];
     for (file, expected) in cases {
-        let err = parse(&read(file), &Limits::default())
-            .err()
-            .unwrap_or_else(|| panic!("{file} was accepted"));
+        let err = parse(&read(file), &Limits::default()).err().unwrap_or_else(|| panic!("{file} was accepted"));
         assert_eq!(&err, expected, "{file}");
     }
 }
@@ -240,10 +194,7 @@ fn refused_files() {
 /// the same length.
 fn with_media_uid(mut bytes: Vec<u8>, old: &str, new: &str) -> Vec<u8> {
     assert_eq!(old.len(), new.len());
-    let at = bytes[..1024]
-        .windows(old.len())
-        .position(|w| w == old.as_bytes())
-        .expect("media storage SOP instance UID in the meta group");
+    let at = bytes[..1024].windows(old.len()).position(|w| w == old.as_bytes()).expect("media storage SOP instance UID in the meta group");
     bytes[at..at + new.len()].copy_from_slice(new.as_bytes());
     bytes
 }
@@ -254,53 +205,27 @@ fn with_media_uid(mut bytes: Vec<u8>, old: &str, new: &str) -> Vec<u8> {
 /// left out of the instance, kept as a string in the metadata).
 #[test]
 fn mismatched_files_parse_once_fixed() {
-    let rtplan = with_media_uid(
-        read("rtplan.dcm"),
-        "1.2.999.999.99.9.9999.9999.20030903150023",
-        "1.2.777.777.77.7.7777.7777.20030903150023",
-    );
+    let rtplan = with_media_uid(read("rtplan.dcm"), "1.2.999.999.99.9.9999.9999.20030903150023", "1.2.777.777.77.7.7777.7777.20030903150023");
     let parsed = parse(&rtplan, &Limits::default()).unwrap();
     assert_eq!(parsed.instance.modality.as_deref(), Some("RTPLAN"));
-    assert_eq!(
-        parsed.instance.patient_name.as_deref(),
-        Some("Last^First^mid^pre")
-    );
+    assert_eq!(parsed.instance.patient_name.as_deref(), Some("Last^First^mid^pre"));
     assert_eq!(parsed.instance.series_number, Some(2));
     let json = parsed.metadata_json("x");
     // BeamSequence (300A,00B0), read from implicit VR with the dictionary.
     assert_eq!(json["300A00B0"]["vr"], "SQ");
-    assert!(
-        json["300A00B0"]["Value"]
-            .as_array()
-            .is_some_and(|v| !v.is_empty())
-    );
+    assert!(json["300A00B0"]["Value"].as_array().is_some_and(|v| !v.is_empty()));
 
-    for (file, frames) in [
-        ("rtdose.dcm", Some(15)),
-        ("rtdose_expb.dcm", Some(15)),
-        ("rtdose_1frame.dcm", None),
-    ] {
-        let fixed = with_media_uid(
-            read(file),
-            "1.2.999.999.99.9.9999.9999.20030818153516",
-            "1.9.999.999.99.9.9999.9999.20030818153516",
-        );
+    for (file, frames) in [("rtdose.dcm", Some(15)), ("rtdose_expb.dcm", Some(15)), ("rtdose_1frame.dcm", None)] {
+        let fixed = with_media_uid(read(file), "1.2.999.999.99.9.9999.9999.20030818153516", "1.9.999.999.99.9.9999.9999.20030818153516");
         let parsed = parse(&fixed, &Limits::default()).unwrap();
         assert_eq!(parsed.instance.number_of_frames, frames, "{file}");
         assert_eq!(parsed.instance.modality.as_deref(), Some("RTDOSE"));
     }
 
-    let bad_vr = with_media_uid(
-        read("badVR.dcm"),
-        "1.2.999.999.99.9.9999.9999.20030818153516",
-        "1.9.999.999.99.9.9999.9999.20030818153516",
-    );
+    let bad_vr = with_media_uid(read("badVR.dcm"), "1.2.999.999.99.9.9999.9999.20030818153516", "1.9.999.999.99.9.9999.9999.20030818153516");
     let parsed = parse(&bad_vr, &Limits::default()).unwrap();
     assert_eq!(parsed.instance.number_of_frames, None);
-    assert_eq!(
-        parsed.metadata_json("x")["00280008"],
-        serde_json::json!({"vr": "IS", "Value": ["1A"]})
-    );
+    assert_eq!(parsed.metadata_json("x")["00280008"], serde_json::json!({"vr": "IS", "Value": ["1A"]}));
 }
 
 /// `Debug` of parsed data and errors never shows patient data.
@@ -308,12 +233,7 @@ fn mismatched_files_parse_once_fixed() {
 fn debug_output_is_redacted() {
     let parsed = parse(&read("CT_small.dcm"), &Limits::default()).unwrap();
     let debug = format!("{parsed:?} {:?}", parsed.instance);
-    for secret in [
-        "CompressedSamples",
-        "1CT1",
-        "20040119",
-        &parsed.instance.study_uid,
-    ] {
+    for secret in ["CompressedSamples", "1CT1", "20040119", &parsed.instance.study_uid] {
         assert!(!debug.contains(secret), "{secret} in {debug}");
     }
     assert!(debug.contains("1.2.840.10008.5.1.4.1.1.2"), "{debug}");
@@ -321,13 +241,7 @@ fn debug_output_is_redacted() {
     // Errors name attributes, not values.
     let mut bytes = read("CT_small.dcm");
     let uid = parsed.instance.sop_instance_uid.clone();
-    let at = bytes.len()
-        - bytes
-            .windows(uid.len())
-            .rev()
-            .position(|w| w == uid.as_bytes())
-            .unwrap()
-        - uid.len();
+    let at = bytes.len() - bytes.windows(uid.len()).rev().position(|w| w == uid.as_bytes()).unwrap() - uid.len();
     bytes[at + 2] = b'x';
     let err = parse(&bytes, &Limits::default()).unwrap_err();
     assert_eq!(err, DicomError::InvalidUid("SOPInstanceUID"));

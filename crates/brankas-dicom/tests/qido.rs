@@ -4,17 +4,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use brankas_dicom::qido::{
-    InstanceRow, Level, MAX_QUERY_BYTES, QidoError, Query, SeriesRow, StudyRow, glob_match,
-    series_rows, study_rows,
-};
+use brankas_dicom::qido::{InstanceRow, Level, MAX_QUERY_BYTES, QidoError, Query, SeriesRow, StudyRow, glob_match, series_rows, study_rows};
 use brankas_dicom::{Instance, Limits, parse};
 use serde_json::json;
 
 fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-    list.iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 fn query(level: Level, list: &[(&str, &str)]) -> Query {
@@ -71,10 +66,7 @@ fn attribute_names_by_keyword_or_tag() {
     assert!(by_tag.matches_study(&study()));
     assert!(!other.matches_study(&study()));
     assert!(query(Level::Study, &[("0020000d", "1.2.3")]).matches_study(&study()));
-    assert_eq!(
-        by_tag.attributes().collect::<Vec<_>>(),
-        [("PatientID", 0x0010_0020)]
-    );
+    assert_eq!(by_tag.attributes().collect::<Vec<_>>(), [("PatientID", 0x0010_0020)]);
 }
 
 #[test]
@@ -91,23 +83,13 @@ fn unknown_and_unsupported_parameters_are_refused_by_name() {
         (Level::Series, "InstanceNumber"),
         (Level::Series, "SOPClassUID"),
     ] {
-        assert_eq!(
-            refused(level, &[(name, "1")]),
-            QidoError::UnsupportedParameter(name.into()),
-            "{level:?} {name}"
-        );
+        assert_eq!(refused(level, &[(name, "1")]), QidoError::UnsupportedParameter(name.into()), "{level:?} {name}");
     }
     // SeriesDate: series rows have no date.
-    assert_eq!(
-        refused(Level::Series, &[("SeriesDate", "20240101")]),
-        QidoError::UnsupportedParameter("SeriesDate".into())
-    );
+    assert_eq!(refused(Level::Series, &[("SeriesDate", "20240101")]), QidoError::UnsupportedParameter("SeriesDate".into()));
     // Sequence paths, misspelt keywords, unknown tags.
     for name in ["00081115.0020000E", "patientid", "00191010", "orderby"] {
-        assert_eq!(
-            refused(Level::Series, &[(name, "1")]),
-            QidoError::UnsupportedParameter(name.into())
-        );
+        assert_eq!(refused(Level::Series, &[(name, "1")]), QidoError::UnsupportedParameter(name.into()));
     }
     // Long or odd names are cut and cleaned in errors.
     let long = format!("X{}\n", "y".repeat(200));
@@ -124,72 +106,31 @@ fn unknown_and_unsupported_parameters_are_refused_by_name() {
 
 #[test]
 fn limit_offset_fuzzymatching() {
-    let q = query(
-        Level::Study,
-        &[("limit", "25"), ("offset", "50"), ("fuzzymatching", "true")],
-    );
-    assert_eq!(
-        (q.limit(), q.offset(), q.fuzzy_matching()),
-        (Some(25), 50, true)
-    );
+    let q = query(Level::Study, &[("limit", "25"), ("offset", "50"), ("fuzzymatching", "true")]);
+    assert_eq!((q.limit(), q.offset(), q.fuzzy_matching()), (Some(25), 50, true));
     let q = query(Level::Study, &[]);
-    assert_eq!(
-        (q.limit(), q.offset(), q.fuzzy_matching()),
-        (None, 0, false)
-    );
+    assert_eq!((q.limit(), q.offset(), q.fuzzy_matching()), (None, 0, false));
     assert!(!query(Level::Study, &[("fuzzymatching", "false")]).fuzzy_matching());
-    for (name, value) in [
-        ("limit", "-1"),
-        ("limit", "+5"),
-        ("limit", ""),
-        ("limit", "ten"),
-        ("offset", "99999999999"),
-        ("fuzzymatching", "yes"),
-    ] {
-        assert_eq!(
-            refused(Level::Study, &[(name, value)]),
-            QidoError::InvalidValue(name.into()),
-            "{name}={value}"
-        );
+    for (name, value) in [("limit", "-1"), ("limit", "+5"), ("limit", ""), ("limit", "ten"), ("offset", "99999999999"), ("fuzzymatching", "yes")] {
+        assert_eq!(refused(Level::Study, &[(name, value)]), QidoError::InvalidValue(name.into()), "{name}={value}");
     }
-    assert_eq!(
-        refused(Level::Study, &[("limit", "1"), ("limit", "2")]),
-        QidoError::DuplicateParameter("limit".into())
-    );
+    assert_eq!(refused(Level::Study, &[("limit", "1"), ("limit", "2")]), QidoError::DuplicateParameter("limit".into()));
     // Fuzzy matching is not performed: PN matching stays literal.
-    let q = query(
-        Level::Study,
-        &[("fuzzymatching", "true"), ("PatientName", "Jon")],
-    );
+    let q = query(Level::Study, &[("fuzzymatching", "true"), ("PatientName", "Jon")]);
     assert!(!q.matches_study(&study()));
 }
 
 #[test]
 fn includefield() {
-    let q = query(
-        Level::Study,
-        &[
-            ("includefield", "PatientAge,00081030"),
-            ("includefield", "00101010"),
-        ],
-    );
+    let q = query(Level::Study, &[("includefield", "PatientAge,00081030"), ("includefield", "00101010")]);
     let include = q.include_fields();
     assert!(!include.is_all());
-    assert_eq!(
-        include.tags().collect::<Vec<_>>(),
-        [0x0008_1030, 0x0010_1010]
-    );
+    assert_eq!(include.tags().collect::<Vec<_>>(), [0x0008_1030, 0x0010_1010]);
     assert!(include.contains(0x0010_1010));
     assert!(!include.contains(0x0010_0010));
     let q = query(Level::Series, &[("includefield", "all")]);
     assert!(q.include_fields().is_all() && q.include_fields().contains(0x0008_0060));
-    assert_eq!(
-        refused(
-            Level::Study,
-            &[("includefield", "PatientAge,NoSuchKeyword")]
-        ),
-        QidoError::InvalidValue("includefield".into())
-    );
+    assert_eq!(refused(Level::Study, &[("includefield", "PatientAge,NoSuchKeyword")]), QidoError::InvalidValue("includefield".into()));
 }
 
 #[test]
@@ -200,50 +141,23 @@ fn uid_lists() {
     assert!(query(Level::Study, &[("StudyInstanceUID", "9.9\\1.2.3")]).matches_study(&row));
     assert!(!query(Level::Study, &[("StudyInstanceUID", "9.9,1.2.33")]).matches_study(&row));
     // UIDs never match as wildcards or prefixes.
-    assert!(matches!(
-        refused(Level::Study, &[("StudyInstanceUID", "1.2.*")]),
-        QidoError::InvalidValue(_)
-    ));
-    assert!(matches!(
-        refused(Level::Study, &[("StudyInstanceUID", "1.2.3,,1.2.4")]),
-        QidoError::InvalidValue(_)
-    ));
+    assert!(matches!(refused(Level::Study, &[("StudyInstanceUID", "1.2.*")]), QidoError::InvalidValue(_)));
+    assert!(matches!(refused(Level::Study, &[("StudyInstanceUID", "1.2.3,,1.2.4")]), QidoError::InvalidValue(_)));
     // At most 1000 UIDs.
     let thousand: Vec<String> = (0..1000).map(|i| format!("1.2.{i}.9")).collect();
     let q = query(Level::Study, &[("StudyInstanceUID", &thousand.join(","))]);
     assert!(!q.matches_study(&row));
-    let q = query(
-        Level::Study,
-        &[(
-            "StudyInstanceUID",
-            &format!("{},1.2.3", thousand[..999].join(",")),
-        )],
-    );
+    let q = query(Level::Study, &[("StudyInstanceUID", &format!("{},1.2.3", thousand[..999].join(",")))]);
     assert!(q.matches_study(&row));
     let too_many: Vec<String> = (0..1001).map(|i| format!("1.2.{i}")).collect();
-    assert_eq!(
-        refused(Level::Study, &[("StudyInstanceUID", &too_many.join(","))]),
-        QidoError::TooManyValues("StudyInstanceUID".into())
-    );
+    assert_eq!(refused(Level::Study, &[("StudyInstanceUID", &too_many.join(","))]), QidoError::TooManyValues("StudyInstanceUID".into()));
     // Series and instance levels.
     let i = instance("1.2.3", "1.2.3.1", "1.2.3.1.1");
     let series = SeriesRow::from(&i);
     let inst = InstanceRow::from(&i);
-    let q = query(
-        Level::Series,
-        &[
-            ("StudyInstanceUID", "1.2.3"),
-            ("SeriesInstanceUID", "1.2.3.1,1.2.3.2"),
-        ],
-    );
+    let q = query(Level::Series, &[("StudyInstanceUID", "1.2.3"), ("SeriesInstanceUID", "1.2.3.1,1.2.3.2")]);
     assert!(q.matches_series(&series));
-    let q = query(
-        Level::Instance,
-        &[
-            ("SOPInstanceUID", "1.2.3.1.1"),
-            ("SOPClassUID", "1.2.840.10008.5.1.4.1.1.2"),
-        ],
-    );
+    let q = query(Level::Instance, &[("SOPInstanceUID", "1.2.3.1.1"), ("SOPClassUID", "1.2.840.10008.5.1.4.1.1.2")]);
     assert!(q.matches_instance(&inst));
     assert!(!query(Level::Instance, &[("SOPInstanceUID", "1.2.3.1.2")]).matches_instance(&inst));
 }
@@ -262,32 +176,14 @@ fn date_matching() {
         ("20240315-", true),
         ("20240316-", false),
     ] {
-        assert_eq!(
-            query(Level::Study, &[("StudyDate", value)]).matches_study(&row),
-            expected,
-            "StudyDate={value}"
-        );
+        assert_eq!(query(Level::Study, &[("StudyDate", value)]).matches_study(&row), expected, "StudyDate={value}");
     }
     assert!(query(Level::Study, &[("PatientBirthDate", "-19701231")]).matches_study(&row));
-    for value in [
-        "2024",
-        "2024-03-15",
-        "20241315",
-        "-",
-        "20240331-20240301",
-        "2024031*",
-    ] {
-        assert_eq!(
-            refused(Level::Study, &[("StudyDate", value)]),
-            QidoError::InvalidValue("StudyDate".into()),
-            "{value}"
-        );
+    for value in ["2024", "2024-03-15", "20241315", "-", "20240331-20240301", "2024031*"] {
+        assert_eq!(refused(Level::Study, &[("StudyDate", value)]), QidoError::InvalidValue("StudyDate".into()), "{value}");
     }
     // A study without a date matches only universal matching.
-    let undated = StudyRow {
-        study_date: None,
-        ..study()
-    };
+    let undated = StudyRow { study_date: None, ..study() };
     assert!(!query(Level::Study, &[("StudyDate", "19000101-")]).matches_study(&undated));
     assert!(query(Level::Study, &[("StudyDate", "")]).matches_study(&undated));
 }
@@ -297,26 +193,13 @@ fn date_matching() {
 #[test]
 fn relational_queries() {
     let i = instance("1.2.3", "1.2.3.1", "1.2.3.1.1");
-    let (study, series, inst) = (
-        StudyRow::from(&i),
-        SeriesRow::from(&i),
-        InstanceRow::from(&i),
-    );
+    let (study, series, inst) = (StudyRow::from(&i), SeriesRow::from(&i), InstanceRow::from(&i));
     // A series search on a patient's name and a modality.
-    let q = query(
-        Level::Series,
-        &[("PatientName", "doe*"), ("Modality", "CT")],
-    );
+    let q = query(Level::Series, &[("PatientName", "doe*"), ("Modality", "CT")]);
     assert!(q.matches_study(&study) && q.matches_series(&series));
-    let q = query(
-        Level::Series,
-        &[("PatientName", "roe*"), ("Modality", "CT")],
-    );
+    let q = query(Level::Series, &[("PatientName", "roe*"), ("Modality", "CT")]);
     assert!(!q.matches_study(&study) && q.matches_series(&series));
-    let q = query(
-        Level::Series,
-        &[("PatientName", "doe*"), ("Modality", "MR")],
-    );
+    let q = query(Level::Series, &[("PatientName", "doe*"), ("Modality", "MR")]);
     assert!(q.matches_study(&study) && !q.matches_series(&series));
     // In a series search, Modality is the series' own, not checked on the
     // study (whose ModalitiesInStudy could hold it through another series).
@@ -324,19 +207,9 @@ fn relational_queries() {
     mixed.modalities_in_study = vec!["MR".into()];
     assert!(query(Level::Series, &[("Modality", "CT")]).matches_study(&mixed));
     // An instance search with study, series and instance attributes.
-    let q = query(
-        Level::Instance,
-        &[
-            ("StudyDate", "20240101-"),
-            ("SeriesNumber", "3"),
-            ("InstanceNumber", "7"),
-        ],
-    );
+    let q = query(Level::Instance, &[("StudyDate", "20240101-"), ("SeriesNumber", "3"), ("InstanceNumber", "7")]);
     assert!(q.matches_study(&study) && q.matches_series(&series) && q.matches_instance(&inst));
-    let q = query(
-        Level::Instance,
-        &[("SeriesNumber", "4"), ("InstanceNumber", "7")],
-    );
+    let q = query(Level::Instance, &[("SeriesNumber", "4"), ("InstanceNumber", "7")]);
     assert!(!q.matches_series(&series) && q.matches_instance(&inst));
     // UIDs are checked on every row that has them.
     let q = query(Level::Instance, &[("StudyInstanceUID", "9.9")]);
@@ -356,11 +229,7 @@ fn wildcard_and_name_matching() {
         ("*", true),
         ("Smith*", false),
     ] {
-        assert_eq!(
-            query(Level::Study, &[("PatientName", value)]).matches_study(&row),
-            expected,
-            "PatientName={value}"
-        );
+        assert_eq!(query(Level::Study, &[("PatientName", value)]).matches_study(&row), expected, "PatientName={value}");
     }
     // Each component group of a name is matched too.
     assert!(query(Level::Study, &[("ReferringPhysicianName", "スミス*")]).matches_study(&row));
@@ -371,28 +240,17 @@ fn wildcard_and_name_matching() {
     assert!(query(Level::Study, &[("AccessionNumber", "ACC??")]).matches_study(&row));
     assert!(query(Level::Study, &[("StudyID", "S1")]).matches_study(&row));
     // Absent values: only universal matching matches.
-    let anonymous = StudyRow {
-        patient_name: None,
-        ..study()
-    };
+    let anonymous = StudyRow { patient_name: None, ..study() };
     assert!(query(Level::Study, &[("PatientName", "*")]).matches_study(&anonymous));
     assert!(query(Level::Study, &[("PatientName", "")]).matches_study(&anonymous));
     assert!(!query(Level::Study, &[("PatientName", "?*")]).matches_study(&anonymous));
     // Modalities: a list, against every modality of the study.
     let mut mixed = study();
     mixed.modalities_in_study = vec!["CT".into(), "SR".into()];
-    for (name, value, expected) in [
-        ("ModalitiesInStudy", "SR", true),
-        ("ModalitiesInStudy", "MR,SR", true),
-        ("ModalitiesInStudy", "MR", false),
-        ("ModalitiesInStudy", "S?", true),
-        ("Modality", "CT", true),
-    ] {
-        assert_eq!(
-            query(Level::Study, &[(name, value)]).matches_study(&mixed),
-            expected,
-            "{name}={value}"
-        );
+    for (name, value, expected) in
+        [("ModalitiesInStudy", "SR", true), ("ModalitiesInStudy", "MR,SR", true), ("ModalitiesInStudy", "MR", false), ("ModalitiesInStudy", "S?", true), ("Modality", "CT", true)]
+    {
+        assert_eq!(query(Level::Study, &[(name, value)]).matches_study(&mixed), expected, "{name}={value}");
     }
     let series = SeriesRow::from(&instance("1.2.3", "1.2.3.1", "1.2.3.1.1"));
     assert!(query(Level::Series, &[("Modality", "MR,CT")]).matches_series(&series));
@@ -401,22 +259,13 @@ fn wildcard_and_name_matching() {
     assert!(query(Level::Series, &[("SeriesNumber", "3")]).matches_series(&series));
     assert!(!query(Level::Series, &[("SeriesNumber", "4")]).matches_series(&series));
     assert!(query(Level::Series, &[("BodyPartExamined", "CHEST")]).matches_series(&series));
-    assert!(matches!(
-        refused(Level::Series, &[("SeriesNumber", "three")]),
-        QidoError::InvalidValue(_)
-    ));
+    assert!(matches!(refused(Level::Series, &[("SeriesNumber", "three")]), QidoError::InvalidValue(_)));
     let inst = InstanceRow::from(&instance("1.2.3", "1.2.3.1", "1.2.3.1.1"));
     assert!(query(Level::Instance, &[("InstanceNumber", "7")]).matches_instance(&inst));
     // All attributes must match.
-    let q = query(
-        Level::Study,
-        &[("PatientID", "P-001"), ("PatientName", "Roe*")],
-    );
+    let q = query(Level::Study, &[("PatientID", "P-001"), ("PatientName", "Roe*")]);
     assert!(!q.matches_study(&row));
-    assert_eq!(
-        refused(Level::Study, &[("PatientID", "a"), ("00100020", "b")]),
-        QidoError::DuplicateParameter("00100020".into())
-    );
+    assert_eq!(refused(Level::Study, &[("PatientID", "a"), ("00100020", "b")]), QidoError::DuplicateParameter("00100020".into()));
 }
 
 #[test]
@@ -426,20 +275,10 @@ fn hostile_wildcards_run_in_linear_time() {
     assert!(!glob_match("*a*a*a*a*a*a*a*a*b", &text));
     assert!(glob_match("*a*a*a*a*a*a*a*a*", &text));
     assert!(!glob_match("*?*?*?*?*?*?*?*b", &text));
-    assert!(!glob_match(
-        &format!("{}b", "*a".repeat(200)),
-        &text[..20_000]
-    ));
-    assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        start.elapsed()
-    );
+    assert!(!glob_match(&format!("{}b", "*a".repeat(200)), &text[..20_000]));
+    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
     // Through a query on a long stored value.
-    let long_name = StudyRow {
-        patient_name: Some("a".repeat(60_000)),
-        ..study()
-    };
+    let long_name = StudyRow { patient_name: Some("a".repeat(60_000)), ..study() };
     let start = Instant::now();
     let q = query(Level::Study, &[("PatientName", "*a*a*a*a*a*a*a*a*b")]);
     assert!(!q.matches_study(&long_name));
@@ -449,37 +288,18 @@ fn hostile_wildcards_run_in_linear_time() {
 #[test]
 fn query_size_is_bounded() {
     let big = "a".repeat(MAX_QUERY_BYTES);
-    assert_eq!(
-        refused(Level::Study, &[("PatientID", &big)]),
-        QidoError::TooLarge
-    );
+    assert_eq!(refused(Level::Study, &[("PatientID", &big)]), QidoError::TooLarge);
     assert!(Query::parse(Level::Study, &pairs(&[("PatientID", &big[..60_000])])).is_ok());
 }
 
 #[test]
 fn query_debug_shows_no_values() {
-    let q = query(
-        Level::Study,
-        &[
-            ("PatientName", "Secret^Name"),
-            ("PatientID", "ID-777"),
-            ("limit", "5"),
-        ],
-    );
+    let q = query(Level::Study, &[("PatientName", "Secret^Name"), ("PatientID", "ID-777"), ("limit", "5")]);
     let debug = format!("{q:?}");
-    assert!(
-        debug.contains("PatientName") && debug.contains("PatientID"),
-        "{debug}"
-    );
-    assert!(
-        !debug.contains("Secret") && !debug.contains("777"),
-        "{debug}"
-    );
+    assert!(debug.contains("PatientName") && debug.contains("PatientID"), "{debug}");
+    assert!(!debug.contains("Secret") && !debug.contains("777"), "{debug}");
     let row = format!("{:?}", study());
-    assert!(
-        !row.contains("Doe") && !row.contains("P-001") && !row.contains("1.2.3"),
-        "{row}"
-    );
+    assert!(!row.contains("Doe") && !row.contains("P-001") && !row.contains("1.2.3"), "{row}");
 }
 
 #[test]
@@ -498,16 +318,10 @@ fn rows_from_instances() {
     assert_eq!(studies.len(), 2);
     assert_eq!(studies[0].study_uid, "1.2.3");
     assert_eq!(studies[0].modalities_in_study, ["CT", "SR"]);
-    assert_eq!(
-        (studies[0].number_of_series, studies[0].number_of_instances),
-        (2, 3)
-    );
+    assert_eq!((studies[0].number_of_series, studies[0].number_of_instances), (2, 3));
     assert_eq!(studies[0].accession_number.as_deref(), Some("ACC42"));
     assert_eq!(studies[1].modalities_in_study, Vec::<String>::new());
-    assert_eq!(
-        (studies[1].number_of_series, studies[1].number_of_instances),
-        (1, 1)
-    );
+    assert_eq!((studies[1].number_of_series, studies[1].number_of_instances), (1, 1));
     let series = series_rows(all);
     assert_eq!(series.len(), 3);
     assert_eq!(series[0].number_of_instances, 2);
@@ -544,10 +358,7 @@ fn study_json() {
     sorted.sort();
     assert_eq!(keys, sorted, "attributes in tag order");
     // Absent values are empty attributes; no RetrieveURL without a URL.
-    let bare = StudyRow {
-        study_uid: "1.2.5".into(),
-        ..StudyRow::default()
-    };
+    let bare = StudyRow { study_uid: "1.2.5".into(), ..StudyRow::default() };
     let json = bare.to_json(None);
     assert_eq!(json["00100010"], json!({"vr": "PN"}));
     assert_eq!(json["00080061"], json!({"vr": "CS"}));
@@ -590,37 +401,19 @@ fn series_and_instance_json() {
 
 #[test]
 fn rows_from_real_files() {
-    let parsed: Vec<Instance> = [
-        "MR_small.dcm",
-        "SC_rgb_rle_2frame.dcm",
-        "SC_rgb_jpeg_gdcm.dcm",
-        "SC_rgb_dcmtk_+eb+cr.dcm",
-    ]
-    .iter()
-    .map(|f| {
-        parse(&common::read(f), &Limits::default())
-            .unwrap()
-            .instance
-    })
-    .collect();
+    let parsed: Vec<Instance> = ["MR_small.dcm", "SC_rgb_rle_2frame.dcm", "SC_rgb_jpeg_gdcm.dcm", "SC_rgb_dcmtk_+eb+cr.dcm"]
+        .iter()
+        .map(|f| parse(&common::read(f), &Limits::default()).unwrap().instance)
+        .collect();
     let studies = study_rows(&parsed);
     // The three SC files share one study and one series (and two share a
     // SOP instance UID).
     assert_eq!(studies.len(), 2);
     assert_eq!(studies[1].patient_name.as_deref(), Some("Lestrade^G"));
-    assert_eq!(
-        (studies[1].number_of_series, studies[1].number_of_instances),
-        (1, 2)
-    );
+    assert_eq!((studies[1].number_of_series, studies[1].number_of_instances), (1, 2));
     assert_eq!(studies[1].modalities_in_study, ["OT"]);
-    let q = query(
-        Level::Study,
-        &[("PatientName", "lestrade*"), ("StudyDate", "20170101-")],
-    );
+    let q = query(Level::Study, &[("PatientName", "lestrade*"), ("StudyDate", "20170101-")]);
     assert!(q.matches_study(&studies[1]) && !q.matches_study(&studies[0]));
     let row = InstanceRow::from(&parsed[1]);
-    assert_eq!(
-        row.to_json(None)["00280008"],
-        json!({"vr": "IS", "Value": [2]})
-    );
+    assert_eq!(row.to_json(None)["00280008"], json!({"vr": "IS", "Value": [2]}));
 }

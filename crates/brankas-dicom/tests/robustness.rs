@@ -13,16 +13,8 @@ use brankas_dicom::{DicomError, Limits, Parsed, is_valid_uid, parse};
 use common::*;
 use proptest::prelude::*;
 
-const BASES: [&str; 8] = [
-    "CT_small.dcm",
-    "MR_small_implicit.dcm",
-    "MR_small_bigendian.dcm",
-    "test-SR.dcm",
-    "JPEG2000.dcm",
-    "waveform_ecg.dcm",
-    "SC_rgb_rle_2frame.dcm",
-    "liver_1frame.dcm",
-];
+const BASES: [&str; 8] =
+    ["CT_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "test-SR.dcm", "JPEG2000.dcm", "waveform_ecg.dcm", "SC_rgb_rle_2frame.dcm", "liver_1frame.dcm"];
 
 fn bases() -> &'static Vec<Vec<u8>> {
     static BASES_BYTES: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
@@ -32,13 +24,7 @@ fn bases() -> &'static Vec<Vec<u8>> {
 /// What an accepted file must satisfy.
 fn check_accepted(parsed: &Parsed) {
     let i = &parsed.instance;
-    for uid in [
-        &i.study_uid,
-        &i.series_uid,
-        &i.sop_instance_uid,
-        &i.sop_class_uid,
-        &i.transfer_syntax,
-    ] {
+    for uid in [&i.study_uid, &i.series_uid, &i.sop_instance_uid, &i.sop_class_uid, &i.transfer_syntax] {
         assert!(is_valid_uid(uid));
     }
     let json = parsed.metadata_json("http://x/bulk");
@@ -234,12 +220,7 @@ proptest! {
 /// data) is refused; no truncation anywhere panics.
 #[test]
 fn every_truncation_is_handled() {
-    for name in [
-        "CT_small.dcm",
-        "JPEG2000.dcm",
-        "test-SR.dcm",
-        "MR_small_implicit.dcm",
-    ] {
+    for name in ["CT_small.dcm", "JPEG2000.dcm", "test-SR.dcm", "MR_small_implicit.dcm"] {
         let bytes = read(name);
         let step = (bytes.len() / 1500).max(1);
         for cut in (0..bytes.len()).step_by(step) {
@@ -251,10 +232,7 @@ fn every_truncation_is_handled() {
         let bytes = read(name);
         for back in (1..pixel_data_len).step_by(97) {
             let cut = bytes.len() - back;
-            assert!(
-                parse(&bytes[..cut], &Limits::default()).is_err(),
-                "{name} cut {back} bytes before its end was accepted"
-            );
+            assert!(parse(&bytes[..cut], &Limits::default()).is_err(), "{name} cut {back} bytes before its end was accepted");
         }
     }
 }
@@ -274,10 +252,7 @@ fn hostile_structures_are_refused_quickly() {
         deep.extend(item(0xE0DD, 0));
     }
     let start = std::time::Instant::now();
-    assert_eq!(
-        parse(&minimal_file(&deep), &Limits::default()).unwrap_err(),
-        DicomError::TooDeep
-    );
+    assert_eq!(parse(&minimal_file(&deep), &Limits::default()).unwrap_err(), DicomError::TooDeep);
     // Within the limit, nesting is fine.
     let mut ok = Vec::new();
     for _ in 0..32 {
@@ -300,26 +275,17 @@ fn hostile_structures_are_refused_quickly() {
         too_deep.extend(item(0xE00D, 0));
         too_deep.extend(item(0xE0DD, 0));
     }
-    assert_eq!(
-        parse(&minimal_file(&too_deep), &Limits::default()).unwrap_err(),
-        DicomError::TooDeep
-    );
+    assert_eq!(parse(&minimal_file(&too_deep), &Limits::default()).unwrap_err(), DicomError::TooDeep);
 
     // 4 GiB declared in a tiny file.
     let huge = long_header(0x0009, 0x1010, b"OB", 0xFFFF_FFF0);
-    assert_eq!(
-        parse(&minimal_file(&huge), &Limits::default()).unwrap_err(),
-        DicomError::Truncated
-    );
+    assert_eq!(parse(&minimal_file(&huge), &Limits::default()).unwrap_err(), DicomError::Truncated);
     // Same in implicit VR, and for a string VR.
     let mut implicit = Vec::new();
     implicit.extend_from_slice(&[0x10, 0x00, 0x10, 0x00]); // PatientName
     implicit.extend_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
     let mut ds = Vec::new();
-    for (tag, uid) in [
-        ([0x08, 0x00, 0x16, 0x00], SOP_CLASS),
-        ([0x08, 0x00, 0x18, 0x00], SOP_INSTANCE),
-    ] {
+    for (tag, uid) in [([0x08, 0x00, 0x16, 0x00], SOP_CLASS), ([0x08, 0x00, 0x18, 0x00], SOP_INSTANCE)] {
         let mut v = uid.as_bytes().to_vec();
         if v.len() % 2 == 1 {
             v.push(0);
@@ -329,14 +295,7 @@ fn hostile_structures_are_refused_quickly() {
         ds.extend(v);
     }
     ds.extend(implicit);
-    assert_eq!(
-        parse(
-            &part10("1.2.840.10008.1.2", SOP_INSTANCE, &ds),
-            &Limits::default()
-        )
-        .unwrap_err(),
-        DicomError::Truncated
-    );
+    assert_eq!(parse(&part10("1.2.840.10008.1.2", SOP_INSTANCE, &ds), &Limits::default()).unwrap_err(), DicomError::Truncated);
     assert!(start.elapsed() < std::time::Duration::from_secs(20));
 }
 
@@ -348,36 +307,18 @@ fn element_and_value_budgets() {
         many.extend(item(0xE000, 0));
     }
     many.extend(item(0xE0DD, 0));
-    let limits = Limits {
-        max_elements: 5_000,
-        ..Limits::default()
-    };
-    assert_eq!(
-        parse(&minimal_file(&many), &limits).unwrap_err(),
-        DicomError::TooManyElements
-    );
+    let limits = Limits { max_elements: 5_000, ..Limits::default() };
+    assert_eq!(parse(&minimal_file(&many), &limits).unwrap_err(), DicomError::TooManyElements);
     assert!(parse(&minimal_file(&many), &Limits::default()).is_ok());
 
     // A long text of backslashes: one String per value in dicom-rs.
     let mut values = long_header(0x0008, 0x0119, b"UC", 20_000);
     values.extend(std::iter::repeat_n(b'\\', 20_000));
-    let limits = Limits {
-        max_string_values: 10_000,
-        ..Limits::default()
-    };
-    assert_eq!(
-        parse(&minimal_file(&values), &limits).unwrap_err(),
-        DicomError::TooManyElements
-    );
+    let limits = Limits { max_string_values: 10_000, ..Limits::default() };
+    assert_eq!(parse(&minimal_file(&values), &limits).unwrap_err(), DicomError::TooManyElements);
     assert!(parse(&minimal_file(&values), &Limits::default()).is_ok());
 
     // The size limit.
-    let limits = Limits {
-        max_bytes: 1000,
-        ..Limits::default()
-    };
-    assert_eq!(
-        parse(&read("CT_small.dcm"), &limits).unwrap_err(),
-        DicomError::TooLarge
-    );
+    let limits = Limits { max_bytes: 1000, ..Limits::default() };
+    assert_eq!(parse(&read("CT_small.dcm"), &limits).unwrap_err(), DicomError::TooLarge);
 }

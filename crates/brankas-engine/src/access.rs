@@ -219,10 +219,7 @@ impl Actor {
     /// The actor named by `actor.reference` (a FHIR Reference), against this server's base
     /// URL (`https://host/fhir`, without a trailing slash), when it is known.
     pub(crate) fn of_reference(reference: Option<&Value>, base: Option<&str>) -> Actor {
-        let Some(s) = reference
-            .and_then(|r| r.get("reference"))
-            .and_then(Value::as_str)
-        else {
+        let Some(s) = reference.and_then(|r| r.get("reference")).and_then(Value::as_str) else {
             return Actor::Unknown;
         };
         Self::of_str(s, base)
@@ -231,11 +228,8 @@ impl Actor {
     fn of_str(s: &str, base: Option<&str>) -> Actor {
         // An absolute URL on this server's base (scheme and host compared without case)
         // is its relative form; never a second absolute hop.
-        if let Some(base) = base
-            .map(|b| b.trim_end_matches('/'))
-            .filter(|b| !b.is_empty())
-            && s.get(..base.len())
-                .is_some_and(|head| head.eq_ignore_ascii_case(base))
+        if let Some(base) = base.map(|b| b.trim_end_matches('/')).filter(|b| !b.is_empty())
+            && s.get(..base.len()).is_some_and(|head| head.eq_ignore_ascii_case(base))
         {
             return match s[base.len()..].strip_prefix('/') {
                 Some(rest) if !rest.contains(':') => Self::of_str(rest, None),
@@ -293,11 +287,7 @@ pub(crate) struct ConsentRule {
 }
 
 fn codes(v: Option<&Value>) -> Vec<String> {
-    v.and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c.get("code").and_then(Value::as_str).map(String::from))
-        .collect()
+    v.and_then(Value::as_array).into_iter().flatten().filter_map(|c| c.get("code").and_then(Value::as_str).map(String::from)).collect()
 }
 
 /// The codes of a resource's `meta.security`.
@@ -316,45 +306,24 @@ impl ConsentRule {
             .get("scope")
             .and_then(|s| s.get("coding"))
             .and_then(Value::as_array)
-            .is_none_or(|cs| {
-                cs.iter()
-                    .any(|x| x.get("code").and_then(Value::as_str) == Some("patient-privacy"))
-            });
+            .is_none_or(|cs| cs.iter().any(|x| x.get("code").and_then(Value::as_str) == Some("patient-privacy")));
         if !privacy {
             return None;
         }
         Some(Self::build(c.get("provision")?, None, 0, base))
     }
 
-    fn build(
-        p: &Value,
-        parent: Option<&ConsentRule>,
-        depth: usize,
-        base: Option<&str>,
-    ) -> ConsentRule {
+    fn build(p: &Value, parent: Option<&ConsentRule>, depth: usize, base: Option<&str>) -> ConsentRule {
         let period = p.get("period");
-        let bound = |k: &str, hi: bool| {
-            period
-                .and_then(|x| x.get(k))
-                .and_then(Value::as_str)
-                .and_then(brankas_search::instant_range)
-                .map(|(lo, h)| if hi { h } else { lo })
-        };
+        let bound = |k: &str, hi: bool| period.and_then(|x| x.get(k)).and_then(Value::as_str).and_then(brankas_search::instant_range).map(|(lo, h)| if hi { h } else { lo });
         let inherit = |mine: Vec<String>, theirs: Option<&Vec<String>>| {
-            if mine.is_empty() {
-                theirs.cloned().unwrap_or_default()
-            } else {
-                mine
-            }
+            if mine.is_empty() { theirs.cloned().unwrap_or_default() } else { mine }
         };
         let actors: Vec<Actor> = match p.get("actor") {
             None => Vec::new(),
             // An actor element that is not a list of actors names someone unknown.
             Some(a) => match a.as_array() {
-                Some(list) => list
-                    .iter()
-                    .map(|a| Actor::of_reference(a.get("reference"), base))
-                    .collect(),
+                Some(list) => list.iter().map(|a| Actor::of_reference(a.get("reference"), base)).collect(),
                 None => vec![Actor::Unknown],
             },
         };
@@ -366,35 +335,18 @@ impl ConsentRule {
                 Some("deny") => false,
                 _ => parent.is_some_and(|x| !x.permit),
             },
-            actors: if actors.is_empty() {
-                parent.map(|x| x.actors.clone()).unwrap_or_default()
-            } else {
-                actors
-            },
+            actors: if actors.is_empty() { parent.map(|x| x.actors.clone()).unwrap_or_default() } else { actors },
             purposes: inherit(codes(p.get("purpose")), parent.map(|x| &x.purposes)),
             classes: inherit(codes(p.get("class")), parent.map(|x| &x.classes)),
             labels: inherit(codes(p.get("securityLabel")), parent.map(|x| &x.labels)),
-            start: bound("start", false)
-                .or(parent.map(|x| x.start))
-                .unwrap_or(i64::MIN),
-            end: bound("end", true)
-                .or(parent.map(|x| x.end))
-                .unwrap_or(i64::MAX),
-            uncertain: parent.is_some_and(|x| x.uncertain)
-                || ["data", "dataPeriod", "code"]
-                    .iter()
-                    .any(|k| p.get(*k).is_some()),
+            start: bound("start", false).or(parent.map(|x| x.start)).unwrap_or(i64::MIN),
+            end: bound("end", true).or(parent.map(|x| x.end)).unwrap_or(i64::MAX),
+            uncertain: parent.is_some_and(|x| x.uncertain) || ["data", "dataPeriod", "code"].iter().any(|k| p.get(*k).is_some()),
             trusted: false,
             exceptions: Vec::new(),
         };
         if depth < 4 {
-            let children: Vec<ConsentRule> = p
-                .get("provision")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .map(|c| Self::build(c, Some(&rule), depth + 1, base))
-                .collect();
+            let children: Vec<ConsentRule> = p.get("provision").and_then(Value::as_array).into_iter().flatten().map(|c| Self::build(c, Some(&rule), depth + 1, base)).collect();
             rule.exceptions = children;
         } else if p.get("provision").is_some() {
             // Deeper nesting is not evaluated: what this provision allows is uncertain.
@@ -404,18 +356,14 @@ impl ConsentRule {
     }
 
     fn applies_to_actor(&self, who: &Principal, now: i64) -> Applies {
-        if !(self.start..self.end).contains(&now)
-            || !(self.purposes.is_empty() || self.purposes.iter().any(|p| p == who.purpose()))
-        {
+        if !(self.start..self.end).contains(&now) || !(self.purposes.is_empty() || self.purposes.iter().any(|p| p == who.purpose())) {
             return Applies::No;
         }
         if self.actors.is_empty() {
             return Applies::Yes;
         }
         let named = |a: &Actor| match a {
-            Actor::Known(r) => {
-                who.organization() == Some(r.as_str()) || who.practitioner() == Some(r.as_str())
-            }
+            Actor::Known(r) => who.organization() == Some(r.as_str()) || who.practitioner() == Some(r.as_str()),
             _ => false,
         };
         if self.actors.iter().any(named) {
@@ -428,8 +376,7 @@ impl ConsentRule {
     }
 
     fn applies_to_record(&self, rtype: &str, labels: &[String]) -> bool {
-        (self.classes.is_empty() || self.classes.iter().any(|c| c == rtype))
-            && (self.labels.is_empty() || self.labels.iter().any(|l| labels.contains(l)))
+        (self.classes.is_empty() || self.classes.iter().any(|c| c == rtype)) && (self.labels.is_empty() || self.labels.iter().any(|l| labels.contains(l)))
     }
 
     /// Permit (true), deny (false) or no opinion, for this caller and record. A provision
@@ -469,10 +416,7 @@ impl ConsentRule {
     }
 
     fn names_permitted(&self, who: &Principal, now: i64) -> bool {
-        (self.permit
-            && !self.uncertain
-            && !self.actors.is_empty()
-            && self.applies_to_actor(who, now) == Applies::Yes)
+        (self.permit && !self.uncertain && !self.actors.is_empty() && self.applies_to_actor(who, now) == Applies::Yes)
             || self.exceptions.iter().any(|e| e.names_permitted(who, now))
     }
 }
@@ -504,10 +448,7 @@ impl RecordView {
     /// Sensitive labels (`meta.security`) need an explicit grant for each.
     pub(crate) fn labels_permit(&self, who: &Principal, resource: &Value) -> bool {
         self.open
-            || security_labels(resource)
-                .iter()
-                .filter(|l| l.as_str() != "PHOTO" && brankas_auth::SENSITIVE_CATEGORIES.contains(&l.as_str()))
-                .all(|l| who.has_sensitive_grant(l))
+            || security_labels(resource).iter().filter(|l| l.as_str() != "PHOTO" && brankas_auth::SENSITIVE_CATEGORIES.contains(&l.as_str())).all(|l| who.has_sensitive_grant(l))
     }
 
     /// Whether the caller reaches this record by care or by having written it (the check
@@ -732,11 +673,7 @@ impl Engine {
         self.role_allows_patient_data(who)?;
         if who.role() == Role::Patient {
             let own = who.patient().and_then(|p| p.strip_prefix("Patient/")).map(|id| self.vault.patient_partition(id));
-            return if own.as_ref() == Some(partition) {
-                Ok(RecordView::OPEN)
-            } else {
-                Err(forbidden("a patient client reaches its own patient's record only"))
-            };
+            return if own.as_ref() == Some(partition) { Ok(RecordView::OPEN) } else { Err(forbidden("a patient client reaches its own patient's record only")) };
         }
         if who.organization().is_none() {
             return Err(forbidden("this client acts for no organization"));
@@ -756,7 +693,9 @@ impl Engine {
         }
         if !reach.any() {
             return Err(forbidden(match act {
-                Act::Read => "your organization has no care relationship with this patient (an identity lookup answers with the Patient only; in an emergency, state purpose of use BTG and a reason)",
+                Act::Read => {
+                    "your organization has no care relationship with this patient (an identity lookup answers with the Patient only; in an emergency, state purpose of use BTG and a reason)"
+                }
                 Act::Write => "your organization has no care relationship with this patient",
             }));
         }
@@ -1124,10 +1063,7 @@ mod tests {
     fn consent_actors_are_compared_in_one_normal_form_and_fail_closed() {
         let base = Some("https://brankas.test/fhir");
         let now = 0;
-        let (a, b) = (
-            facility("Organization/rs-a", None),
-            facility("Organization/rs-b", None),
-        );
+        let (a, b) = (facility("Organization/rs-a", None), facility("Organization/rs-b", None));
         let dr = Principal::local_operator_for(Some("Organization/rs-b".into()));
         // The same organization, however it is written: denied to A only.
         for r in [
@@ -1137,21 +1073,10 @@ mod tests {
             json!({"reference": "HTTPS://Brankas.Test/fhir/Organization/rs-a/_history/1"}),
         ] {
             let rule = deny_to(r.clone(), base);
-            assert_eq!(
-                rule.decide(&a, now, "Observation", &[]),
-                Some(false),
-                "{r}: A is denied"
-            );
-            assert_eq!(
-                rule.decide(&b, now, "Observation", &[]),
-                None,
-                "{r}: B is not named"
-            );
+            assert_eq!(rule.decide(&a, now, "Observation", &[]), Some(false), "{r}: A is denied");
+            assert_eq!(rule.decide(&b, now, "Observation", &[]), None, "{r}: B is not named");
             let rule = permit_to(r.clone(), base);
-            assert!(
-                rule.names_permitted(&a, now) && !rule.names_permitted(&b, now),
-                "{r}: a permit names A"
-            );
+            assert!(rule.names_permitted(&a, now) && !rule.names_permitted(&b, now), "{r}: a permit names A");
         }
         // Who these name cannot be told: a deny denies everyone, a permit grants nobody.
         for r in [
@@ -1171,57 +1096,27 @@ mod tests {
         ] {
             let rule = deny_to(r.clone(), base);
             for who in [&a, &b, &dr] {
-                assert_eq!(
-                    rule.decide(who, now, "Observation", &[]),
-                    Some(false),
-                    "{r}: an uncertain deny denies"
-                );
+                assert_eq!(rule.decide(who, now, "Observation", &[]), Some(false), "{r}: an uncertain deny denies");
             }
             let rule = permit_to(r.clone(), base);
-            assert!(
-                !rule.names_permitted(&a, now),
-                "{r}: an uncertain permit names nobody"
-            );
-            assert_eq!(
-                rule.decide(&a, now, "Observation", &[]),
-                None,
-                "{r}: and grants nothing"
-            );
+            assert!(!rule.names_permitted(&a, now), "{r}: an uncertain permit names nobody");
+            assert_eq!(rule.decide(&a, now, "Observation", &[]), None, "{r}: and grants nothing");
         }
         // Without a known base URL, every absolute reference is another server's.
-        assert_eq!(
-            deny_to(
-                json!({"reference": "https://brankas.test/fhir/Organization/rs-b"}),
-                None
-            )
-            .decide(&a, now, "Observation", &[]),
-            Some(false)
-        );
+        assert_eq!(deny_to(json!({"reference": "https://brankas.test/fhir/Organization/rs-b"}), None).decide(&a, now, "Observation", &[]), Some(false));
         // A patient or related person is certainly not a facility.
-        assert_eq!(
-            deny_to(json!({"reference": "Patient/p1"}), base).decide(&a, now, "Observation", &[]),
-            None
-        );
+        assert_eq!(deny_to(json!({"reference": "Patient/p1"}), base).decide(&a, now, "Observation", &[]), None);
         // An uncertain actor among certain ones: the deny holds for everyone.
         let c = json!({"resourceType": "Consent", "status": "active", "provision": {"type": "deny",
             "actor": [{"reference": {"reference": "Organization/rs-b"}}, {"reference": {"identifier": {"value": "x"}}}]}});
-        assert_eq!(
-            ConsentRule::from_consent(&c, base)
-                .unwrap()
-                .decide(&a, now, "Observation", &[]),
-            Some(false)
-        );
+        assert_eq!(ConsentRule::from_consent(&c, base).unwrap().decide(&a, now, "Observation", &[]), Some(false));
         // A deny nested in a permit that names someone unknown still denies.
         let c = json!({"resourceType": "Consent", "status": "active", "provision": {"type": "permit",
             "actor": [{"reference": {"reference": "https://other.example/Organization/rs-a"}}],
             "provision": [{"type": "deny", "class": [{"code": "Observation"}]}]}});
         let rule = ConsentRule::from_consent(&c, base).unwrap();
         assert_eq!(rule.decide(&a, now, "Observation", &[]), Some(false));
-        assert_eq!(
-            rule.decide(&a, now, "Condition", &[]),
-            None,
-            "the permit grants nothing"
-        );
+        assert_eq!(rule.decide(&a, now, "Condition", &[]), None, "the permit grants nothing");
         // Conditions not evaluated (specific data): the deny covers more, the permit nothing.
         let c = json!({"resourceType": "Consent", "status": "active", "provision": {"type": "permit",
             "actor": [{"reference": {"reference": "Organization/rs-a"}}], "data": [{"meaning": "instance", "reference": {"reference": "Observation/o1"}}]}});
@@ -1230,12 +1125,7 @@ mod tests {
         assert_eq!(rule.decide(&a, now, "Observation", &[]), None);
         let c = json!({"resourceType": "Consent", "status": "active", "provision": {"type": "deny",
             "actor": [{"reference": {"reference": "Organization/rs-a"}}], "data": [{"meaning": "instance", "reference": {"reference": "Observation/o1"}}]}});
-        assert_eq!(
-            ConsentRule::from_consent(&c, base)
-                .unwrap()
-                .decide(&a, now, "Condition", &[]),
-            Some(false)
-        );
+        assert_eq!(ConsentRule::from_consent(&c, base).unwrap().decide(&a, now, "Condition", &[]), Some(false));
     }
 
     #[test]

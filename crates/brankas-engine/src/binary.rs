@@ -214,12 +214,14 @@ fn no_patient() -> EngineError {
 fn clean_photo(content_type: &str, bytes: Vec<u8>, limits: &brankas_media::Limits) -> Result<Vec<u8>> {
     match brankas_media::classify(content_type, &bytes[..bytes.len().min(16)]) {
         brankas_media::Handling::PassThrough => Ok(bytes),
-        brankas_media::Handling::Refuse => Err(EngineError::UnsupportedMedia(
-            "images of this type can carry location and camera metadata that cannot be removed here: send JPEG or PNG".into(),
-        )),
+        brankas_media::Handling::Refuse => {
+            Err(EngineError::UnsupportedMedia("images of this type can carry location and camera metadata that cannot be removed here: send JPEG or PNG".into()))
+        }
         brankas_media::Handling::Clean(kind) => brankas_media::clean(kind, &bytes, limits).map_err(|e| match e {
             brankas_media::MediaError::TooLarge => EngineError::TooLarge(format!("images are limited to {} bytes", limits.max_bytes)),
-            brankas_media::MediaError::TooManyPixels => EngineError::TooLarge(format!("images are limited to {} pixels, {} when their EXIF orientation must be applied", limits.max_pixels, limits.max_pixels_turned)),
+            brankas_media::MediaError::TooManyPixels => {
+                EngineError::TooLarge(format!("images are limited to {} pixels, {} when their EXIF orientation must be applied", limits.max_pixels, limits.max_pixels_turned))
+            }
             brankas_media::MediaError::TooMuchMemory => EngineError::TooLarge("decoding the image would exceed the memory limit".into()),
             e => EngineError::Unprocessable(format!("the image cannot be read: {e}")),
         }),
@@ -242,9 +244,7 @@ impl Engine {
             return Err(no_patient());
         }
         let s = self.read_gated(who, t, id).map_err(|e| match e {
-            EngineError::NotFound | EngineError::Gone | EngineError::BadRequest(_) => {
-                EngineError::Unprocessable("the securityContext names a resource that does not exist".into())
-            }
+            EngineError::NotFound | EngineError::Gone | EngineError::BadRequest(_) => EngineError::Unprocessable("the securityContext names a resource that does not exist".into()),
             e => e,
         })?;
         self.audit_subject(&s.resource).map(|(p, _)| p).ok_or_else(no_patient)

@@ -11,8 +11,8 @@ use brankas_auth::Principal;
 use brankas_store::{Expect, RecordKey};
 use serde_json::Value;
 
-use crate::crud::{check_type, new_id, now_us};
 use crate::access::Act;
+use crate::crud::{check_type, new_id, now_us};
 use crate::{Engine, EngineError, Prepared, Result, Stored};
 
 /// The outcome of one Bundle entry, for the HTTP layer to render.
@@ -101,9 +101,10 @@ fn rewrite_urls(v: &mut Value, map: &HashMap<String, String>, depth: usize) {
     match v {
         Value::Object(o) => {
             if let Some(Value::String(u)) = o.get_mut("url")
-                && let Some(to) = map.get(u.as_str()) {
-                    *u = to.clone();
-                }
+                && let Some(to) = map.get(u.as_str())
+            {
+                *u = to.clone();
+            }
             o.values_mut().for_each(|x| rewrite_urls(x, map, depth + 1));
         }
         Value::Array(a) => a.iter_mut().for_each(|x| rewrite_urls(x, map, depth + 1)),
@@ -208,7 +209,13 @@ impl Engine {
                     let p = prepared[i].take().ok_or(EngineError::Integrity)?;
                     let t = p.row.resource_type.clone();
                     let id = p.stored.resource.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
-                    let status = if p.stored.deleted { 204 } else if p.created { 201 } else { 200 };
+                    let status = if p.stored.deleted {
+                        204
+                    } else if p.created {
+                        201
+                    } else {
+                        200
+                    };
                     EntryOutcome { status, location: Some((t, id)), stored: Some(p.stored), error: None }
                 }
                 Planned::Done(o) => *o,
@@ -256,8 +263,7 @@ impl Engine {
             let t = e.url.split(['?', '/']).next().unwrap_or("");
             conditional && t != "Patient" && self.registry.in_patient_compartment(t)
         };
-        let order: Vec<usize> =
-            (0..entries.len()).filter(|&i| !dependent(&entries[i])).chain((0..entries.len()).filter(|&i| dependent(&entries[i]))).collect();
+        let order: Vec<usize> = (0..entries.len()).filter(|&i| !dependent(&entries[i])).chain((0..entries.len()).filter(|&i| dependent(&entries[i]))).collect();
         for i in order {
             let e = &entries[i];
             // What a conditional query sees of the resource: its references to other entries
@@ -319,8 +325,8 @@ impl Engine {
                     }
                 }
                 Method::Delete => {
-                    let (t, id) = split_instance(&e.url)
-                        .ok_or_else(|| EngineError::BadRequest(format!("Bundle.entry[{i}]: DELETE needs Type/id (conditional delete is not supported)")))?;
+                    let (t, id) =
+                        split_instance(&e.url).ok_or_else(|| EngineError::BadRequest(format!("Bundle.entry[{i}]: DELETE needs Type/id (conditional delete is not supported)")))?;
                     Some((t.to_string(), id.to_string()))
                 }
                 Method::Get => None,
@@ -401,14 +407,7 @@ impl Engine {
         Ok(PreparedTransaction { prepared, plan: plan.into_iter().map(|p| p.unwrap_or(Planned::Get)).collect(), gets, reads, queried })
     }
 
-    fn rewrite_references(
-        &self,
-        who: &Principal,
-        resource: &mut Value,
-        map: &HashMap<String, String>,
-        entry: usize,
-        queried: &mut bool,
-    ) -> Result<()> {
+    fn rewrite_references(&self, who: &Principal, resource: &mut Value, map: &HashMap<String, String>, entry: usize, queried: &mut bool) -> Result<()> {
         let mut conditional = Vec::new();
         rewrite_urls(resource, map, 0);
         brankas_fhir::for_each_reference_mut(resource, &mut |r: &mut String| {
@@ -418,9 +417,10 @@ impl Engine {
                 // Left for the check below: an unresolved placeholder is an error.
                 conditional.push(r.clone());
             } else if let Some((t, _)) = r.split_once('?')
-                && brankas_fhir::is_resource_type(t) {
-                    conditional.push(r.clone());
-                }
+                && brankas_fhir::is_resource_type(t)
+            {
+                conditional.push(r.clone());
+            }
         });
         if conditional.is_empty() {
             return Ok(());

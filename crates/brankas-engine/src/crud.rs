@@ -16,16 +16,7 @@ pub(crate) fn now_us() -> i64 {
 /// FHIR `instant` for a time in microseconds (millisecond precision, UTC).
 pub fn instant(us: i64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(us as i128 * 1000).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        t.month() as u8,
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
+    format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z", t.year(), t.month() as u8, t.day(), t.hour(), t.minute(), t.second(), t.millisecond())
 }
 
 impl Engine {
@@ -75,13 +66,15 @@ impl Engine {
             return self.vault.patient_partition(id);
         }
         if rtype == "Binary"
-            && let Some(p) = crate::binary::binary_patient(resource) {
-                return self.vault.patient_partition(p);
-            }
+            && let Some(p) = crate::binary::binary_patient(resource)
+        {
+            return self.vault.patient_partition(p);
+        }
         if self.registry.in_patient_compartment(rtype)
-            && let Some(p) = self.registry.patient_refs(rtype, resource).first() {
-                return self.vault.patient_partition(p);
-            }
+            && let Some(p) = self.registry.patient_refs(rtype, resource).first()
+        {
+            return self.vault.patient_partition(p);
+        }
         self.vault.system_partition()
     }
 
@@ -123,16 +116,7 @@ impl Engine {
     // The writer (`who`) is an argument of its own so that no write can be sealed without
     // the server's writer stamp.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn prepare(
-        &self,
-        who: &Principal,
-        rtype: &str,
-        id: &str,
-        mut resource: Value,
-        current: Option<&VersionRow>,
-        expect: Expect,
-        now: i64,
-    ) -> Result<Prepared> {
+    pub(crate) fn prepare(&self, who: &Principal, rtype: &str, id: &str, mut resource: Value, current: Option<&VersionRow>, expect: Expect, now: i64) -> Result<Prepared> {
         let obj = resource.as_object_mut().ok_or_else(|| EngineError::BadRequest("a resource must be a JSON object".into()))?;
         obj.insert("id".into(), Value::String(id.into()));
         let version = current.map(|c| c.version + 1).unwrap_or(1);
@@ -443,9 +427,5 @@ pub(crate) fn new_id() -> Result<String> {
 }
 
 pub(crate) fn check_type(rtype: &str) -> Result<()> {
-    if brankas_fhir::is_resource_type(rtype) {
-        Ok(())
-    } else {
-        Err(EngineError::BadRequest(format!("unknown resource type {}", safe_type(rtype))))
-    }
+    if brankas_fhir::is_resource_type(rtype) { Ok(()) } else { Err(EngineError::BadRequest(format!("unknown resource type {}", safe_type(rtype)))) }
 }

@@ -220,11 +220,13 @@ mod tests {
         let all: Admitted<Vec<u8>> = parts.into_iter().collect();
         assert_eq!(all.unreleased(), &vec![0, 1, 2]);
         assert_eq!(all.disclosure().partitions().len(), 3);
-        let chained = all.and_then(|v| Ok::<_, ()>(Admitted::new(v.len(), {
-            let mut d = Disclosure::none();
-            d.patient(PartitionId([9; 32]), None);
-            d
-        })));
+        let chained = all.and_then(|v| {
+            Ok::<_, ()>(Admitted::new(v.len(), {
+                let mut d = Disclosure::none();
+                d.patient(PartitionId([9; 32]), None);
+                d
+            }))
+        });
         assert_eq!(chained.unwrap().disclosure().partitions().len(), 4);
     }
 }

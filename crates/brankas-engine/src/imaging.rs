@@ -140,10 +140,7 @@ impl Engine {
         let blob = sink.finish()?;
         let inst = serde_json::to_vec(instance).map_err(|_| EngineError::Integrity)?;
         let meta = serde_json::to_vec(metadata).map_err(|_| EngineError::Integrity)?;
-        let extra = vec![
-            json!({"url": DICOM_INSTANCE_EXT, "valueBase64Binary": b64(&inst)}),
-            json!({"url": DICOM_METADATA_EXT, "valueBase64Binary": b64(&meta)}),
-        ];
+        let extra = vec![json!({"url": DICOM_INSTANCE_EXT, "valueBase64Binary": b64(&inst)}), json!({"url": DICOM_METADATA_EXT, "valueBase64Binary": b64(&meta)})];
         let out = self.binary_commit_with(who, target, "application/dicom", blob, None, extra)?;
         let d = self.disclosure_of([&out.stored]);
         Ok(Admitted::new(StoredInstance { binary: out.stored, binary_id: target.id.clone() }, d))
@@ -225,9 +222,10 @@ fn new_study(patient_id: &str, first: &Instance) -> Value {
         "subject": {"reference": format!("Patient/{patient_id}")},
     });
     if let Some(a) = first.accession_number.as_deref().filter(|a| !a.is_empty())
-        && let Some(ids) = s["identifier"].as_array_mut() {
-            ids.push(json!({"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]}, "value": a}));
-        }
+        && let Some(ids) = s["identifier"].as_array_mut()
+    {
+        ids.push(json!({"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]}, "value": a}));
+    }
     if let Some(d) = first.study_date.as_deref().and_then(fhir_date) {
         s["started"] = json!(d);
     }

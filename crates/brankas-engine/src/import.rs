@@ -72,14 +72,7 @@ impl<'a> Importer<'a> {
     /// whose current version it read was written, it ran a conditional query, or it failed
     /// on a precondition or conflict. So each unit sees every earlier group, as without the
     /// pipeline; units of the same group still do not see each other.
-    pub fn import_reader(
-        &self,
-        name: &str,
-        ndjson: bool,
-        mut reader: impl BufRead,
-        stats: &mut ImportStats,
-        progress: &mut dyn FnMut(&ImportStats),
-    ) -> Result<()> {
+    pub fn import_reader(&self, name: &str, ndjson: bool, mut reader: impl BufRead, stats: &mut ImportStats, progress: &mut dyn FnMut(&ImportStats)) -> Result<()> {
         let name = name.to_string();
         std::thread::scope(|s| {
             let mut inflight: Option<Inflight<'_>> = None;
@@ -92,10 +85,7 @@ impl<'a> Importer<'a> {
                     units
                 } else {
                     let mut buf = Vec::new();
-                    (&mut reader)
-                        .take(MAX_UNIT_BYTES as u64 + 1)
-                        .read_to_end(&mut buf)
-                        .map_err(|e| EngineError::BadRequest(format!("{name}: {e}")))?;
+                    (&mut reader).take(MAX_UNIT_BYTES as u64 + 1).read_to_end(&mut buf).map_err(|e| EngineError::BadRequest(format!("{name}: {e}")))?;
                     stats.bytes += buf.len() as u64;
                     done = true;
                     vec![(name.clone(), buf)]
@@ -274,10 +264,7 @@ fn read_group(name: &str, reader: &mut impl BufRead, line_no: &mut u64, stats: &
     let mut group_bytes = 0usize;
     loop {
         let mut line = Vec::new();
-        let n = reader
-            .take(MAX_UNIT_BYTES as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .map_err(|e| EngineError::BadRequest(format!("{name}: {e}")))?;
+        let n = reader.take(MAX_UNIT_BYTES as u64 + 1).read_until(b'\n', &mut line).map_err(|e| EngineError::BadRequest(format!("{name}: {e}")))?;
         if n == 0 {
             return Ok((group, true));
         }

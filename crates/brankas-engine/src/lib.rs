@@ -43,14 +43,14 @@ use brankas_search::Registry;
 use brankas_store::{BlobStore, Expect, PartitionId, RecordKey, Store, StoreError, StoredDek, VersionRow, WrappedKey, WriteBatch};
 
 pub use binary::{AttachmentLimits, BinaryTarget, BlobReader, BlobSink, NewBlob};
-pub use imaging::{StoredInstance, dicom_metadata, instance_of, study_uid_of};
 use brankas_vault::{BlindTerm, DataKey, RecordAad, Vault, VaultError};
+pub use imaging::{StoredInstance, dicom_metadata, instance_of, study_uid_of};
 use serde_json::Value;
 
-pub use import::{ImportStats, Importer};
 pub use bundle::{EntryOutcome, parse_etag};
 pub use crud::instant;
 pub use disclosure::{Admitted, Disclosed, Disclosure, Unaudited};
+pub use import::{ImportStats, Importer};
 pub use search::{Page, SearchRequest};
 pub use worklist::MAX_WORKLIST_DAYS;
 
@@ -209,7 +209,18 @@ pub(crate) struct Prepared {
 
 impl Engine {
     pub fn new(store: Arc<dyn Store>, vault: Arc<Vault>) -> Self {
-        Self { store, vault, registry: Registry::r4(), limits: Limits::default(), deks: Mutex::new(HashMap::new()), pending_deks: Mutex::new(HashMap::new()), blobs: None, attachments: binary::AttachmentLimits::default(), imaging: Mutex::new(()), base_url: std::sync::OnceLock::new() }
+        Self {
+            store,
+            vault,
+            registry: Registry::r4(),
+            limits: Limits::default(),
+            deks: Mutex::new(HashMap::new()),
+            pending_deks: Mutex::new(HashMap::new()),
+            blobs: None,
+            attachments: binary::AttachmentLimits::default(),
+            imaging: Mutex::new(()),
+            base_url: std::sync::OnceLock::new(),
+        }
     }
 
     pub fn with_limits(mut self, limits: Limits) -> Self {
@@ -282,11 +293,7 @@ impl Engine {
         if who.is_local_operator() {
             return Ok(access::RecordView::OPEN);
         }
-        if self.is_patient_partition(&row.partition) {
-            self.gate_patient(who, &row.partition, act)
-        } else {
-            self.gate_directory(who, act).map(|()| access::RecordView::OPEN)
-        }
+        if self.is_patient_partition(&row.partition) { self.gate_patient(who, &row.partition, act) } else { self.gate_directory(who, act).map(|()| access::RecordView::OPEN) }
     }
 
     /// The gate for a new version about to be written into `partition` (a create, or an
@@ -295,11 +302,7 @@ impl Engine {
         if who.is_local_operator() {
             return Ok(());
         }
-        if self.is_patient_partition(partition) {
-            self.gate_patient_write(who, partition)
-        } else {
-            self.gate_directory(who, access::Act::Write)
-        }
+        if self.is_patient_partition(partition) { self.gate_patient_write(who, partition) } else { self.gate_directory(who, access::Act::Write) }
     }
 
     // ----- keys -----
@@ -413,17 +416,12 @@ impl Engine {
     /// `expect` names the resource the caller asked for, when it knows it.
     pub(crate) fn open_row(&self, row: &VersionRow, expect: Option<(&str, &str)>) -> Result<Stored> {
         if let Some((t, _)) = expect
-            && row.resource_type != t {
-                return Err(EngineError::Integrity);
-            }
+            && row.resource_type != t
+        {
+            return Err(EngineError::Integrity);
+        }
         let key = self.data_key(&row.partition, false)?.ok_or(EngineError::Integrity)?;
-        let aad = RecordAad {
-            resource_type: &row.resource_type,
-            record: &row.key,
-            version: row.version,
-            partition: &row.partition,
-            dek_version: row.dek_version,
-        };
+        let aad = RecordAad { resource_type: &row.resource_type, record: &row.key, version: row.version, partition: &row.partition, dek_version: row.dek_version };
         let plain = key.open(&aad, &row.sealed)?;
         let resource: Value = serde_json::from_slice(&plain).map_err(|_| EngineError::Integrity)?;
         let id = resource.get("id").and_then(Value::as_str).ok_or(EngineError::Integrity)?;

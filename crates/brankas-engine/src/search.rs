@@ -69,11 +69,7 @@ impl Engine {
         self.require(who, &req.resource_type, 's')?;
         let query = Query::parse(self.registry, &req.resource_type, &req.pairs).map_err(qerr)?;
         if req.strict && !query.unknown_params().is_empty() {
-            return Err(EngineError::Search(format!(
-                "unknown search parameter '{}' for {}",
-                safe_param(&query.unknown_params()[0]),
-                req.resource_type
-            )));
+            return Err(EngineError::Search(format!("unknown search parameter '{}' for {}", safe_param(&query.unknown_params()[0]), req.resource_type)));
         }
         let (mut matches, pinned) = self.candidates(who, &req.resource_type, &query, req.compartment.as_deref(), &req.pairs, None)?;
         // Scope query restrictions filter before counting: a page never reveals (not even
@@ -161,12 +157,7 @@ impl Engine {
         if v["c"].as_str() != Some(who.client_id()) || v["x"].as_u64().is_none_or(|x| x < now_secs()) {
             return Err(bad());
         }
-        let pairs = v["p"]
-            .as_array()
-            .ok_or_else(bad)?
-            .iter()
-            .filter_map(|p| Some((p.get(0)?.as_str()?.to_string(), p.get(1)?.as_str()?.to_string())))
-            .collect();
+        let pairs = v["p"].as_array().ok_or_else(bad)?.iter().filter_map(|p| Some((p.get(0)?.as_str()?.to_string(), p.get(1)?.as_str()?.to_string()))).collect();
         Ok(SearchRequest {
             resource_type: v["t"].as_str().ok_or_else(bad)?.to_string(),
             pairs,
@@ -222,17 +213,20 @@ impl Engine {
                 // A patient's client finds its own patient only: others' rows are never opened.
                 let only = if who.role() == Role::Patient { Some(own) } else { None };
                 let hits = self.identity_search(&identity, pairs, only)?;
-                return Ok((match (who.role(), own) {
-                    (Role::Patient, own) => hits.into_iter().filter(|(row, _)| Some(&row.partition) == own.as_ref()).map(|(_, s)| s).collect(),
-                    // Demographics: photos only with a grant.
-                    _ => hits
-                        .into_iter()
-                        .map(|(_, mut s)| {
-                            crate::access::redact_photo(who, "Patient", &mut s.resource);
-                            s
-                        })
-                        .collect(),
-                }, None));
+                return Ok((
+                    match (who.role(), own) {
+                        (Role::Patient, own) => hits.into_iter().filter(|(row, _)| Some(&row.partition) == own.as_ref()).map(|(_, s)| s).collect(),
+                        // Demographics: photos only with a grant.
+                        _ => hits
+                            .into_iter()
+                            .map(|(_, mut s)| {
+                                crate::access::redact_photo(who, "Patient", &mut s.resource);
+                                s
+                            })
+                            .collect(),
+                    },
+                    None,
+                ));
             }
             if let Some(p) = owner {
                 return self.scan_owned(who, p, rtype, query).map(|f| (f, None));
@@ -310,22 +304,19 @@ impl Engine {
     /// whose hits may be opened (a patient's client): other hits are dropped before decryption.
     fn identity_search(&self, identity: &IdentityQuery, pairs: &[(String, String)], only: Option<Option<PartitionId>>) -> Result<Vec<(VersionRow, Stored)>> {
         let (term, used): (_, &[&str]) = match identity {
-            IdentityQuery::Identifier { system, value } => (
-                self.vault.blind_term("identifier", &["Patient", system, &brankas_fhir::normalize_identifier_value(value)]),
-                &["identifier"],
-            ),
+            IdentityQuery::Identifier { system, value } => {
+                (self.vault.blind_term("identifier", &["Patient", system, &brankas_fhir::normalize_identifier_value(value)]), &["identifier"])
+            }
             IdentityQuery::Phone(p) => {
                 let n = brankas_fhir::normalize_phone(p).ok_or_else(|| EngineError::Search("phone number is not valid".into()))?;
                 (self.vault.blind_term("phone", &[&n]), &["telecom", "phone"])
             }
-            IdentityQuery::NameBirthDate { name, birth_date, .. } => (
-                self.vault.blind_term("name-birthdate", &[&brankas_fhir::normalize_name(name), birth_date]),
-                &["name", "birthdate"],
-            ),
+            IdentityQuery::NameBirthDate { name, birth_date, .. } => {
+                (self.vault.blind_term("name-birthdate", &[&brankas_fhir::normalize_name(name), birth_date]), &["name", "birthdate"])
+            }
         };
         // The rest of the query (e.g. gender, active) filters the exact hits as usual.
-        let rest: Vec<(String, String)> =
-            pairs.iter().filter(|(k, _)| !used.contains(&k.split(':').next().unwrap_or(""))).cloned().collect();
+        let rest: Vec<(String, String)> = pairs.iter().filter(|(k, _)| !used.contains(&k.split(':').next().unwrap_or(""))).cloned().collect();
         let residual = Query::parse(self.registry, "Patient", &rest).map_err(qerr)?;
         let mut out = Vec::new();
         for (row, s) in self.term_hits_in(&term, "Patient", only)? {

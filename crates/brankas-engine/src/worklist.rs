@@ -75,9 +75,7 @@ fn params_of(rtype: &str) -> Option<(&'static str, &'static str)> {
 
 /// The (organization, hour) entries a record belongs to.
 pub(crate) fn entries(rtype: &str, resource: &Value, now: i64) -> Vec<(String, i64)> {
-    let day_of = |s: Option<&Value>| -> i64 {
-        s.and_then(Value::as_str).and_then(brankas_search::instant_range).map(|(lo, _)| lo).unwrap_or(now).div_euclid(US_PER_HOUR)
-    };
+    let day_of = |s: Option<&Value>| -> i64 { s.and_then(Value::as_str).and_then(brankas_search::instant_range).map(|(lo, _)| lo).unwrap_or(now).div_euclid(US_PER_HOUR) };
     let org = |v: &Value| -> Option<String> {
         let r = v.get("reference")?.as_str()?;
         brankas_fhir::is_valid_id(r.strip_prefix("Organization/")?).then(|| r.to_string())
@@ -113,9 +111,7 @@ fn day_range(pairs: &[(String, String)], param: &str) -> Result<(i64, i64)> {
         }
     }
     if lo == i64::MIN || hi == i64::MAX {
-        return Err(EngineError::Search(format!(
-            "a work list needs a bounded {param} range (e.g. {param}=ge2026-11-01&{param}=le2026-11-30), at most {MAX_WORKLIST_DAYS} days"
-        )));
+        return Err(EngineError::Search(format!("a work list needs a bounded {param} range (e.g. {param}=ge2026-11-01&{param}=le2026-11-30), at most {MAX_WORKLIST_DAYS} days")));
     }
     if hi < lo {
         return Ok((1, 0));

@@ -81,15 +81,7 @@ mod schema;
 pub mod validate;
 
 pub use nik::{IHS_SYSTEM, NIK_SYSTEM, NikError, NikInfo, check_patient_nik, parse_nik};
-pub use normalize::{
-    IdentityTerm, normalize_identifier_value, normalize_name, normalize_phone,
-    patient_identity_terms,
-};
-pub use references::{
-    RefKind, for_each_reference, for_each_reference_mut, is_valid_id, parse_reference,
-};
+pub use normalize::{IdentityTerm, normalize_identifier_value, normalize_name, normalize_phone, patient_identity_terms};
+pub use references::{RefKind, for_each_reference, for_each_reference_mut, is_valid_id, parse_reference};
 pub use resource_types::{is_resource_type, resource_types};
-pub use validate::{
-    HARD_MAX_DEPTH, Issue, IssueCode, Limits, MAX_ISSUES, ValidationErrors, validate_resource,
-    validate_resource_with,
-};
+pub use validate::{HARD_MAX_DEPTH, Issue, IssueCode, Limits, MAX_ISSUES, ValidationErrors, validate_resource, validate_resource_with};

@@ -109,22 +109,11 @@ pub fn parse_nik(nik: &str) -> Result<NikInfo, NikError> {
     if !(1..=12).contains(&month) || !(exists(1900) || exists(2000)) {
         return Err(NikError::BirthDate);
     }
-    let serial = d[12..]
-        .iter()
-        .fold(0u16, |acc, b| acc * 10 + u16::from(b - b'0'));
+    let serial = d[12..].iter().fold(0u16, |acc, b| acc * 10 + u16::from(b - b'0'));
     if serial == 0 {
         return Err(NikError::Serial);
     }
-    Ok(NikInfo {
-        province,
-        regency,
-        district,
-        day,
-        month,
-        year2,
-        female,
-        serial,
-    })
+    Ok(NikInfo { province, regency, district, day, month, year2, female, serial })
 }
 
 /// Checks every NIK identifier of a Patient against the NIK rules and against
@@ -145,10 +134,7 @@ pub fn check_patient_nik(patient: &Value) -> Result<(), NikError> {
     let Some(ids) = patient.get("identifier").and_then(Value::as_array) else {
         return Ok(());
     };
-    let birth = patient
-        .get("birthDate")
-        .and_then(Value::as_str)
-        .map(birth_parts);
+    let birth = patient.get("birthDate").and_then(Value::as_str).map(birth_parts);
     let female = match patient.get("gender").and_then(Value::as_str) {
         Some("female") => Some(true),
         Some("male") => Some(false),
@@ -181,18 +167,9 @@ pub fn check_patient_nik(patient: &Value) -> Result<(), NikError> {
 /// unparsable parts are `None` and so are not compared.
 fn birth_parts(s: &str) -> (Option<u32>, Option<u8>, Option<u8>) {
     let mut it = s.get(..10.min(s.len())).unwrap_or("").split('-');
-    let year = it
-        .next()
-        .filter(|y| y.len() == 4)
-        .and_then(|y| y.parse().ok());
-    let month = it
-        .next()
-        .filter(|m| m.len() == 2)
-        .and_then(|m| m.parse().ok());
-    let day = it
-        .next()
-        .filter(|d| d.len() == 2)
-        .and_then(|d| d.parse().ok());
+    let year = it.next().filter(|y| y.len() == 4).and_then(|y| y.parse().ok());
+    let month = it.next().filter(|m| m.len() == 2).and_then(|m| m.parse().ok());
+    let day = it.next().filter(|d| d.len() == 2).and_then(|d| d.parse().ok());
     (year, month, day)
 }
 
@@ -205,19 +182,7 @@ mod tests {
     #[test]
     fn parses_fields() {
         let i = parse_nik("9471022911000123").expect("valid");
-        assert_eq!(
-            i,
-            NikInfo {
-                province: 94,
-                regency: 71,
-                district: 2,
-                day: 29,
-                month: 11,
-                year2: 0,
-                female: false,
-                serial: 123
-            }
-        );
+        assert_eq!(i, NikInfo { province: 94, regency: 71, district: 2, day: 29, month: 11, year2: 0, female: false, serial: 123 });
         let i = parse_nik("9701017101059999").expect("valid");
         assert_eq!((i.day, i.female, i.serial), (31, true, 9999));
     }
@@ -229,15 +194,8 @@ mod tests {
         assert_eq!(parse_nik("317405050890000a"), Err(NikError::NotDigits));
         assert_eq!(parse_nik(&"３".repeat(16)), Err(NikError::NotDigits));
         assert_eq!(parse_nik("317405050890000é"), Err(NikError::NotDigits));
-        for p in [
-            "10", "20", "22", "30", "37", "50", "54", "60", "66", "70", "77", "80", "83", "90",
-            "98", "99",
-        ] {
-            assert_eq!(
-                parse_nik(&format!("{p}74050508900003")),
-                Err(NikError::Province),
-                "{p}"
-            );
+        for p in ["10", "20", "22", "30", "37", "50", "54", "60", "66", "70", "77", "80", "83", "90", "98", "99"] {
+            assert_eq!(parse_nik(&format!("{p}74050508900003")), Err(NikError::Province), "{p}");
         }
         assert_eq!(parse_nik("3100050508900003"), Err(NikError::Province));
         assert_eq!(parse_nik("3174000508900003"), Err(NikError::Province));
@@ -262,12 +220,7 @@ mod tests {
 
     #[test]
     fn error_messages_do_not_echo_the_nik() {
-        for nik in [
-            "31740505089000031",
-            "317405050890000a",
-            "0074050508900003",
-            "3174050508900000",
-        ] {
+        for nik in ["31740505089000031", "317405050890000a", "0074050508900003", "3174050508900000"] {
             let e = parse_nik(nik).unwrap_err();
             assert!(!e.to_string().contains("3174"), "{e}");
         }
@@ -282,38 +235,14 @@ mod tests {
 
     #[test]
     fn patient_checks() {
-        assert_eq!(
-            check_patient_nik(&patient("3174054508900003", "female", "1990-08-05")),
-            Ok(())
-        );
-        assert_eq!(
-            check_patient_nik(&patient(" 3174054508900003 ", "female", "1990-08")),
-            Ok(())
-        );
-        assert_eq!(
-            check_patient_nik(&patient("3174054508900003", "other", "2090")),
-            Ok(())
-        );
-        assert_eq!(
-            check_patient_nik(&patient("3174054508900003", "male", "1990-08-05")),
-            Err(NikError::GenderMismatch)
-        );
-        assert_eq!(
-            check_patient_nik(&patient("3174054508900003", "female", "1990-08-06")),
-            Err(NikError::BirthDateMismatch)
-        );
-        assert_eq!(
-            check_patient_nik(&patient("3174054508900003", "female", "1991")),
-            Err(NikError::BirthDateMismatch)
-        );
-        assert_eq!(
-            check_patient_nik(&patient("3174054508900000", "female", "1990-08-05")),
-            Err(NikError::Serial)
-        );
-        assert_eq!(
-            check_patient_nik(&json!({"resourceType": "Patient"})),
-            Ok(())
-        );
+        assert_eq!(check_patient_nik(&patient("3174054508900003", "female", "1990-08-05")), Ok(()));
+        assert_eq!(check_patient_nik(&patient(" 3174054508900003 ", "female", "1990-08")), Ok(()));
+        assert_eq!(check_patient_nik(&patient("3174054508900003", "other", "2090")), Ok(()));
+        assert_eq!(check_patient_nik(&patient("3174054508900003", "male", "1990-08-05")), Err(NikError::GenderMismatch));
+        assert_eq!(check_patient_nik(&patient("3174054508900003", "female", "1990-08-06")), Err(NikError::BirthDateMismatch));
+        assert_eq!(check_patient_nik(&patient("3174054508900003", "female", "1991")), Err(NikError::BirthDateMismatch));
+        assert_eq!(check_patient_nik(&patient("3174054508900000", "female", "1990-08-05")), Err(NikError::Serial));
+        assert_eq!(check_patient_nik(&json!({"resourceType": "Patient"})), Ok(()));
         let no_birth = json!({"resourceType": "Patient", "identifier": [{"system": NIK_SYSTEM, "value": "3174054508900003"}]});
         assert_eq!(check_patient_nik(&no_birth), Ok(()));
     }

@@ -163,22 +163,13 @@ pub fn normalize_identifier_value(s: &str) -> String {
 /// ```
 pub fn patient_identity_terms(patient: &Value) -> Vec<IdentityTerm> {
     let mut terms = Vec::new();
-    let arr = |name: &str| {
-        patient
-            .get(name)
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
-    };
+    let arr = |name: &str| patient.get(name).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
 
     for id in arr("identifier") {
         if let (Some(system), Some(value)) = (text(id, "system"), text(id, "value")) {
             let (system, value) = (system.trim(), normalize_identifier_value(value));
             if !system.is_empty() && !value.is_empty() {
-                terms.push(IdentityTerm::Identifier {
-                    system: system.to_string(),
-                    value,
-                });
+                terms.push(IdentityTerm::Identifier { system: system.to_string(), value });
             }
         }
     }
@@ -198,21 +189,14 @@ pub fn patient_identity_terms(patient: &Value) -> Vec<IdentityTerm> {
                 forms.push(normalize_name(t));
             }
             let family = text(name, "family");
-            let mut full: Vec<&str> = name
-                .get("given")
-                .and_then(Value::as_array)
-                .map(|g| g.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
+            let mut full: Vec<&str> = name.get("given").and_then(Value::as_array).map(|g| g.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
             full.extend(family);
             forms.push(normalize_name(&full.join(" ")));
             if let Some(f) = family {
                 forms.push(normalize_name(f));
             }
             for form in forms.into_iter().filter(|f| !f.is_empty()) {
-                terms.push(IdentityTerm::NameBirthDate {
-                    name: form,
-                    birth_date: birth.to_string(),
-                });
+                terms.push(IdentityTerm::NameBirthDate { name: form, birth_date: birth.to_string() });
             }
         }
     }
@@ -233,10 +217,7 @@ fn is_full_date(s: &str) -> bool {
     if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
         return false;
     }
-    let digits_ok = b
-        .iter()
-        .enumerate()
-        .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+    let digits_ok = b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
     if !digits_ok {
         return false;
     }
@@ -290,30 +271,13 @@ mod tests {
     #[test]
     fn phones() {
         let n = |s: &str| normalize_phone(s);
-        for s in [
-            "+62 812-3456-7890",
-            "0812 3456 7890",
-            "62812-3456-7890",
-            "+62 (0)812 3456 7890",
-            "tel:+6281234567890",
-            "0062 812 3456 7890",
-            "(0812) 3456.7890",
-        ] {
+        for s in ["+62 812-3456-7890", "0812 3456 7890", "62812-3456-7890", "+62 (0)812 3456 7890", "tel:+6281234567890", "0062 812 3456 7890", "(0812) 3456.7890"] {
             assert_eq!(n(s).as_deref(), Some("6281234567890"), "{s}");
         }
         assert_eq!(n("+44 20 7946 0958").as_deref(), Some("442079460958"));
         assert_eq!(n("555-123-4567").as_deref(), Some("5551234567"));
         assert_eq!(n("021 555 1234").as_deref(), Some("62215551234"));
-        for bad in [
-            "",
-            "12345",
-            "+0812345678",
-            "0812 abc 999",
-            "812+3456789",
-            "++62812345678",
-            "phone",
-            "00 0812345678",
-        ] {
+        for bad in ["", "12345", "+0812345678", "0812 abc 999", "812+3456789", "++62812345678", "phone", "00 0812345678"] {
             assert_eq!(n(bad), None, "{bad}");
         }
     }
@@ -359,17 +323,11 @@ mod tests {
             ]
         });
         let t = patient_identity_terms(&p);
-        let nb = |n: &str| IdentityTerm::NameBirthDate {
-            name: n.into(),
-            birth_date: "1990-08-05".into(),
-        };
+        let nb = |n: &str| IdentityTerm::NameBirthDate { name: n.into(), birth_date: "1990-08-05".into() };
         assert_eq!(
             t,
             vec![
-                IdentityTerm::Identifier {
-                    system: "https://fhir.kemkes.go.id/id/nik".into(),
-                    value: "3174054508900003".into()
-                },
+                IdentityTerm::Identifier { system: "https://fhir.kemkes.go.id/id/nik".into(), value: "3174054508900003".into() },
                 IdentityTerm::Phone("6281234567890".into()),
                 nb("siti aminah"),
                 nb("aminah"),
@@ -380,11 +338,7 @@ mod tests {
         for b in [json!("1990-08"), json!("1990-02-30"), json!(19900805)] {
             let mut q = p.clone();
             q["birthDate"] = b;
-            assert!(
-                patient_identity_terms(&q)
-                    .iter()
-                    .all(|t| !matches!(t, IdentityTerm::NameBirthDate { .. }))
-            );
+            assert!(patient_identity_terms(&q).iter().all(|t| !matches!(t, IdentityTerm::NameBirthDate { .. })));
         }
         assert!(patient_identity_terms(&json!("nope")).is_empty());
     }

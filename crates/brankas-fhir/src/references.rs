@@ -63,20 +63,13 @@ pub fn parse_reference(s: &str) -> Option<RefKind<'_>> {
     if let Some(uuid) = s.strip_prefix("urn:uuid:") {
         return is_uuid(uuid).then_some(RefKind::UrnUuid(uuid));
     }
-    if let Some(rest) = s
-        .strip_prefix("https://")
-        .or_else(|| s.strip_prefix("http://"))
-    {
-        let host_ok = rest
-            .split(['/', '?', '#'])
-            .next()
-            .is_some_and(|h| !h.is_empty());
+    if let Some(rest) = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://")) {
+        let host_ok = rest.split(['/', '?', '#']).next().is_some_and(|h| !h.is_empty());
         let clean = !s.chars().any(|c| c.is_whitespace() || c.is_control());
         return (host_ok && clean).then_some(RefKind::Absolute(s));
     }
     if let Some((rtype, query)) = s.split_once('?') {
-        return (is_resource_type(rtype) && !query.is_empty())
-            .then_some(RefKind::Conditional { rtype, query });
+        return (is_resource_type(rtype) && !query.is_empty()).then_some(RefKind::Conditional { rtype, query });
     }
     let mut parts = s.split('/');
     let (rtype, id) = (parts.next()?, parts.next()?);
@@ -95,9 +88,7 @@ pub fn parse_reference(s: &str) -> Option<RefKind<'_>> {
 /// assert!(!brankas_fhir::is_valid_id("a/b"));
 /// ```
 pub fn is_valid_id(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 /// 8-4-4-4-12 hexadecimal digits (either case).
@@ -180,27 +171,11 @@ mod tests {
 
     #[test]
     fn parses_all_shapes() {
-        assert_eq!(
-            parse_reference("Patient/123"),
-            Some(RefKind::Local {
-                rtype: "Patient",
-                id: "123",
-                version: None
-            })
-        );
+        assert_eq!(parse_reference("Patient/123"), Some(RefKind::Local { rtype: "Patient", id: "123", version: None }));
         assert_eq!(parse_reference("#"), Some(RefKind::Contained("")));
-        assert_eq!(
-            parse_reference("urn:uuid:0b1c8f6e-1b8e-4a4e-9d5e-2f1e9f0c2a11"),
-            Some(RefKind::UrnUuid("0b1c8f6e-1b8e-4a4e-9d5e-2f1e9f0c2a11"))
-        );
-        assert_eq!(
-            parse_reference("https://fhir.example.org/r4/Patient/123"),
-            Some(RefKind::Absolute("https://fhir.example.org/r4/Patient/123"))
-        );
-        assert_eq!(
-            parse_reference("http://hl7.org/fhir/ValueSet/x"),
-            Some(RefKind::Absolute("http://hl7.org/fhir/ValueSet/x"))
-        );
+        assert_eq!(parse_reference("urn:uuid:0b1c8f6e-1b8e-4a4e-9d5e-2f1e9f0c2a11"), Some(RefKind::UrnUuid("0b1c8f6e-1b8e-4a4e-9d5e-2f1e9f0c2a11")));
+        assert_eq!(parse_reference("https://fhir.example.org/r4/Patient/123"), Some(RefKind::Absolute("https://fhir.example.org/r4/Patient/123")));
+        assert_eq!(parse_reference("http://hl7.org/fhir/ValueSet/x"), Some(RefKind::Absolute("http://hl7.org/fhir/ValueSet/x")));
     }
 
     #[test]
@@ -255,10 +230,7 @@ mod tests {
                 *r = "Patient/abc".to_string();
             }
         });
-        assert_eq!(
-            v["entry"][1]["resource"]["subject"]["reference"],
-            "Patient/abc"
-        );
+        assert_eq!(v["entry"][1]["resource"]["subject"]["reference"], "Patient/abc");
     }
 
     #[test]

@@ -6,8 +6,7 @@ use crate::schema::SCHEMA;
 
 /// Borrowed views of the compiled schema's names; the schema lives for the
 /// whole process, so the names are `'static`.
-static NAMES: LazyLock<Vec<&'static str>> =
-    LazyLock::new(|| SCHEMA.resources.iter().map(|(n, _)| &**n).collect());
+static NAMES: LazyLock<Vec<&'static str>> = LazyLock::new(|| SCHEMA.resources.iter().map(|(n, _)| &**n).collect());
 
 /// All FHIR R4 resource type names (146), sorted.
 ///
@@ -44,24 +43,10 @@ mod tests {
         assert_eq!(t.len(), 146);
         assert_eq!(t.first(), Some(&"Account"));
         assert_eq!(t.last(), Some(&"VisionPrescription"));
-        for n in [
-            "Patient",
-            "Bundle",
-            "Binary",
-            "Parameters",
-            "MedicinalProductUndesirableEffect",
-        ] {
+        for n in ["Patient", "Bundle", "Binary", "Parameters", "MedicinalProductUndesirableEffect"] {
             assert!(is_resource_type(n), "{n}");
         }
-        for n in [
-            "",
-            "Resource",
-            "DomainResource",
-            "User",
-            "Project",
-            "HumanName",
-            "patient",
-        ] {
+        for n in ["", "Resource", "DomainResource", "User", "Project", "HumanName", "patient"] {
             assert!(!is_resource_type(n), "{n}");
         }
     }

@@ -152,10 +152,7 @@ pub(crate) struct ComplexType {
 impl ComplexType {
     /// Looks a property up by its JSON member name.
     pub(crate) fn prop(&self, name: &str) -> Option<&Prop> {
-        self.props
-            .binary_search_by(|p| p.name.as_ref().cmp(name))
-            .ok()
-            .map(|i| &self.props[i])
+        self.props.binary_search_by(|p| p.name.as_ref().cmp(name)).ok().map(|i| &self.props[i])
     }
 }
 
@@ -190,10 +187,7 @@ fn shape(msg: impl Into<String>) -> CompileError {
 impl Schema {
     /// Looks up an R4 resource type.
     pub(crate) fn resource(&self, name: &str) -> Option<TypeId> {
-        self.resources
-            .binary_search_by(|(n, _)| n.as_ref().cmp(name))
-            .ok()
-            .map(|i| self.resources[i].1)
+        self.resources.binary_search_by(|(n, _)| n.as_ref().cmp(name)).ok().map(|i| self.resources[i].1)
     }
 
     /// The complex type with this id.
@@ -204,20 +198,10 @@ impl Schema {
     /// Compiles the schema text. Only types reachable from R4 resources are kept.
     fn compile(text: &str) -> Result<Schema, CompileError> {
         let root: Value = serde_json::from_str(text)?;
-        let defs = root
-            .get("definitions")
-            .and_then(Value::as_object)
-            .ok_or_else(|| shape("no definitions"))?;
+        let defs = root.get("definitions").and_then(Value::as_object).ok_or_else(|| shape("no definitions"))?;
         let mut c = Compiler {
             defs,
-            schema: Schema {
-                types: Vec::new(),
-                prims: Vec::new(),
-                regexes: Vec::new(),
-                enums: Vec::new(),
-                consts: Vec::new(),
-                resources: Vec::new(),
-            },
+            schema: Schema { types: Vec::new(), prims: Vec::new(), regexes: Vec::new(), enums: Vec::new(), consts: Vec::new(), resources: Vec::new() },
             type_ids: HashMap::new(),
             prim_ids: HashMap::new(),
             regex_ids: HashMap::new(),
@@ -227,18 +211,10 @@ impl Schema {
         };
 
         // Resource types: the R4 prefix of ResourceList.
-        let list = defs
-            .get("ResourceList")
-            .and_then(|d| d.get("oneOf"))
-            .and_then(Value::as_array)
-            .ok_or_else(|| shape("no ResourceList.oneOf"))?;
+        let list = defs.get("ResourceList").and_then(|d| d.get("oneOf")).and_then(Value::as_array).ok_or_else(|| shape("no ResourceList.oneOf"))?;
         let mut names = Vec::new();
         for entry in list {
-            let name = entry
-                .get("$ref")
-                .and_then(Value::as_str)
-                .and_then(|r| r.strip_prefix("#/definitions/"))
-                .ok_or_else(|| shape("ResourceList entry without $ref"))?;
+            let name = entry.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix("#/definitions/")).ok_or_else(|| shape("ResourceList entry without $ref"))?;
             names.push(name);
             if name == LAST_R4_RESOURCE {
                 break;
@@ -278,9 +254,7 @@ struct Compiler<'j> {
 impl<'j> Compiler<'j> {
     /// The raw definition called `name`.
     fn def(&self, name: &str) -> Result<&'j Value, CompileError> {
-        self.defs
-            .get(name)
-            .ok_or_else(|| shape(format!("missing definition {name}")))
+        self.defs.get(name).ok_or_else(|| shape(format!("missing definition {name}")))
     }
 
     /// Reserves an id for a complex type and queues it for compilation.
@@ -291,11 +265,7 @@ impl<'j> Compiler<'j> {
         // Validate the name now so errors point at the reference.
         self.def(name)?;
         let id = u32::try_from(self.schema.types.len()).map_err(|_| shape("too many types"))?;
-        self.schema.types.push(ComplexType {
-            name: name.into(),
-            props: Vec::new(),
-            required: Vec::new(),
-        });
+        self.schema.types.push(ComplexType { name: name.into(), props: Vec::new(), required: Vec::new() });
         self.type_ids.insert(name, id);
         self.queue.push((name, id));
         Ok(id)
@@ -314,12 +284,7 @@ impl<'j> Compiler<'j> {
     }
 
     /// Adds a primitive, deriving its extra rules from its FHIR type name.
-    fn push_prim(
-        &mut self,
-        name: &str,
-        json: JsonKind,
-        pattern: Option<&'j str>,
-    ) -> Result<u32, CompileError> {
+    fn push_prim(&mut self, name: &str, json: JsonKind, pattern: Option<&'j str>) -> Result<u32, CompileError> {
         let num = match (json, name) {
             (JsonKind::Number, "decimal") => NumRule::Decimal,
             (JsonKind::Number, "integer") => NumRule::Integer,
@@ -342,13 +307,7 @@ impl<'j> Compiler<'j> {
             Some(p) if use_pattern => Some(self.regex(p)?),
             _ => None,
         };
-        self.schema.prims.push(Primitive {
-            name: name.into(),
-            json,
-            pattern,
-            num,
-            date,
-        });
+        self.schema.prims.push(Primitive { name: name.into(), json, pattern, num, date });
         u32::try_from(self.schema.prims.len() - 1).map_err(|_| shape("too many primitives"))
     }
 
@@ -405,10 +364,7 @@ impl<'j> Compiler<'j> {
             .as_array()
             .ok_or_else(|| shape("enum is not an array"))?
             .iter()
-            .map(|v| {
-                v.as_str()
-                    .ok_or_else(|| shape("enum value is not a string"))
-            })
+            .map(|v| v.as_str().ok_or_else(|| shape("enum value is not a string")))
             .collect::<Result<_, _>>()?;
         if let Some(&id) = self.enum_ids.get(&list) {
             return Ok(id);
@@ -422,9 +378,7 @@ impl<'j> Compiler<'j> {
 
     /// Resolves a `$ref` target to a value kind.
     fn reference(&mut self, r: &'j str) -> Result<Kind, CompileError> {
-        let name = r
-            .strip_prefix("#/definitions/")
-            .ok_or_else(|| shape(format!("unsupported $ref {r}")))?;
+        let name = r.strip_prefix("#/definitions/").ok_or_else(|| shape(format!("unsupported $ref {r}")))?;
         if name == "ResourceList" {
             return Ok(Kind::Resource);
         }
@@ -432,11 +386,7 @@ impl<'j> Compiler<'j> {
             return Ok(Kind::Xhtml);
         }
         let def = self.def(name)?;
-        if def.get("properties").is_some() {
-            Ok(Kind::Complex(self.complex(name)?))
-        } else {
-            Ok(Kind::Primitive(self.named_prim(name, def)?))
-        }
+        if def.get("properties").is_some() { Ok(Kind::Complex(self.complex(name)?)) } else { Ok(Kind::Primitive(self.named_prim(name, def)?)) }
     }
 
     /// Compiles one property schema (not an array).
@@ -450,8 +400,7 @@ impl<'j> Compiler<'j> {
         if let Some(c) = p.get("const") {
             let c = c.as_str().ok_or_else(|| shape("const is not a string"))?;
             self.schema.consts.push(c.into());
-            let id = u32::try_from(self.schema.consts.len() - 1)
-                .map_err(|_| shape("too many consts"))?;
+            let id = u32::try_from(self.schema.consts.len() - 1).map_err(|_| shape("too many consts"))?;
             return Ok(Kind::Const(id));
         }
         if p.get("type").is_some() {
@@ -463,14 +412,8 @@ impl<'j> Compiler<'j> {
     /// Compiles the properties and required list of one complex type.
     fn compile_type(&mut self, name: &'j str) -> Result<ComplexType, CompileError> {
         let def = self.def(name)?;
-        let props = def
-            .get("properties")
-            .and_then(Value::as_object)
-            .ok_or_else(|| shape(format!("{name} has no properties")))?;
-        let denied: &[&str] = NON_R4_PROPERTIES
-            .iter()
-            .find(|(t, _)| *t == name)
-            .map_or(&[], |(_, p)| p);
+        let props = def.get("properties").and_then(Value::as_object).ok_or_else(|| shape(format!("{name} has no properties")))?;
+        let denied: &[&str] = NON_R4_PROPERTIES.iter().find(|(t, _)| *t == name).map_or(&[], |(_, p)| p);
         let is_denied = |p: &str| {
             let base = p.strip_prefix('_').unwrap_or(p);
             denied.contains(&base)
@@ -482,39 +425,18 @@ impl<'j> Compiler<'j> {
             }
             let array = p.get("type").and_then(Value::as_str) == Some("array");
             let kind = if array {
-                let items = p
-                    .get("items")
-                    .ok_or_else(|| shape(format!("{name}.{pname} array without items")))?;
+                let items = p.get("items").ok_or_else(|| shape(format!("{name}.{pname} array without items")))?;
                 self.single(pname, items)?
             } else {
                 self.single(pname, p)?
             };
-            let nulls_ok = array
-                && (pname.starts_with('_') || matches!(kind, Kind::Primitive(_) | Kind::Enum(_)));
-            out.push(Prop {
-                name: pname.as_str().into(),
-                array,
-                kind,
-                nulls_ok,
-            });
+            let nulls_ok = array && (pname.starts_with('_') || matches!(kind, Kind::Primitive(_) | Kind::Enum(_)));
+            out.push(Prop { name: pname.as_str().into(), array, kind, nulls_ok });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
-        let required = def
-            .get("required")
-            .and_then(Value::as_array)
-            .map(|r| {
-                r.iter()
-                    .filter_map(Value::as_str)
-                    .filter(|r| !is_denied(r))
-                    .map(Box::<str>::from)
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok(ComplexType {
-            name: name.into(),
-            props: out,
-            required,
-        })
+        let required =
+            def.get("required").and_then(Value::as_array).map(|r| r.iter().filter_map(Value::as_str).filter(|r| !is_denied(r)).map(Box::<str>::from).collect()).unwrap_or_default();
+        Ok(ComplexType { name: name.into(), props: out, required })
     }
 }
 
@@ -591,11 +513,7 @@ mod tests {
         let meta = s.types.iter().find(|t| &*t.name == "Meta").expect("Meta");
         assert!(meta.prop("versionId").is_some());
         assert!(meta.prop("project").is_none());
-        let r = s
-            .types
-            .iter()
-            .find(|t| &*t.name == "Reference")
-            .expect("Reference");
+        let r = s.types.iter().find(|t| &*t.name == "Reference").expect("Reference");
         assert!(r.prop("resource").is_none());
         assert!(r.prop("reference").is_some());
     }
@@ -603,11 +521,7 @@ mod tests {
     #[test]
     fn inline_choice_types_get_their_fhir_name() {
         let s = &*SCHEMA;
-        let ext = s
-            .types
-            .iter()
-            .find(|t| &*t.name == "Extension")
-            .expect("Extension");
+        let ext = s.types.iter().find(|t| &*t.name == "Extension").expect("Extension");
         let name_of = |p: &str| match ext.prop(p).map(|p| p.kind) {
             Some(Kind::Primitive(i)) => s.prims[i as usize].name.to_string(),
             other => panic!("{p}: {other:?}"),
@@ -621,10 +535,7 @@ mod tests {
 
     #[test]
     fn whitespace_classes_follow_xml_schema() {
-        assert_eq!(
-            xsd_whitespace(r"^[^\s]+(\s[^\s]+)*$"),
-            r"^[^[ \t\n\r]]+([ \t\n\r][^[ \t\n\r]]+)*$"
-        );
+        assert_eq!(xsd_whitespace(r"^[^\s]+(\s[^\s]+)*$"), r"^[^[ \t\n\r]]+([ \t\n\r][^[ \t\n\r]]+)*$");
         assert_eq!(xsd_whitespace(r"^\S*\.\\$"), r"^[^ \t\n\r]*\.\\$");
         let string = Regex::new(&xsd_whitespace(r"^[ \r\n\t\S]+$")).expect("regex");
         assert!(string.is_match("a\u{a0}b"));

@@ -18,9 +18,7 @@ use std::fmt;
 
 use serde_json::{Map, Number, Value};
 
-use crate::schema::{
-    ComplexType, DateRule, JsonKind, Kind, NumRule, Primitive, SCHEMA, Schema, TypeId,
-};
+use crate::schema::{ComplexType, DateRule, JsonKind, Kind, NumRule, Primitive, SCHEMA, Schema, TypeId};
 
 /// At most this many issues are collected; validation stops after that.
 pub const MAX_ISSUES: usize = 20;
@@ -48,11 +46,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_depth: 64,
-            max_array_len: 100_000,
-            max_string_len: 16 * 1024 * 1024,
-        }
+        Limits { max_depth: 64, max_array_len: 100_000, max_string_len: 16 * 1024 * 1024 }
     }
 }
 
@@ -152,26 +146,12 @@ pub fn validate_resource_with(v: &Value, limits: &Limits) -> Result<(), Validati
     let schema: &'static Schema = &SCHEMA;
     let mut limits = *limits;
     limits.max_depth = limits.max_depth.min(HARD_MAX_DEPTH);
-    let mut w = Walker {
-        schema,
-        limits,
-        issues: Vec::new(),
-        path: Vec::with_capacity(16),
-        stop: false,
-    };
+    let mut w = Walker { schema, limits, issues: Vec::new(), path: Vec::with_capacity(16), stop: false };
     // Root the path at the resource type when it is known, for FHIR-style paths.
-    let root = v
-        .get("resourceType")
-        .and_then(Value::as_str)
-        .and_then(|t| schema.resource(t))
-        .map_or("Resource", |id| &*schema.ty(id).name);
+    let root = v.get("resourceType").and_then(Value::as_str).and_then(|t| schema.resource(t)).map_or("Resource", |id| &*schema.ty(id).name);
     w.path.push(Seg::Name(root));
     w.resource(v, 1);
-    if w.issues.is_empty() {
-        Ok(())
-    } else {
-        Err(ValidationErrors(w.issues))
-    }
+    if w.issues.is_empty() { Ok(()) } else { Err(ValidationErrors(w.issues)) }
 }
 
 /// One step of an element path. Names always come from the static schema.
@@ -217,11 +197,7 @@ impl Walker {
         if self.stop {
             return;
         }
-        self.issues.push(Issue {
-            path,
-            code,
-            message,
-        });
+        self.issues.push(Issue { path, code, message });
         if self.issues.len() >= MAX_ISSUES {
             self.stop = true;
         }
@@ -242,10 +218,7 @@ impl Walker {
     /// Enters one more container level; false (after reporting) if too deep.
     fn deeper(&mut self, depth: usize) -> bool {
         if depth > self.limits.max_depth {
-            self.too_costly(format!(
-                "content is nested more than {} levels deep",
-                self.limits.max_depth
-            ));
+            self.too_costly(format!("content is nested more than {} levels deep", self.limits.max_depth));
             false
         } else {
             true
@@ -258,44 +231,26 @@ impl Walker {
             return;
         }
         let Some(obj) = v.as_object() else {
-            self.report(
-                IssueCode::Structure,
-                format!(
-                    "expected a resource (a JSON object), found {}",
-                    json_name(v)
-                ),
-            );
+            self.report(IssueCode::Structure, format!("expected a resource (a JSON object), found {}", json_name(v)));
             return;
         };
         match obj.get("resourceType") {
             None => {
                 self.path.push(Seg::Name("resourceType"));
-                self.report(
-                    IssueCode::Required,
-                    "missing required element 'resourceType'",
-                );
+                self.report(IssueCode::Required, "missing required element 'resourceType'");
                 self.path.pop();
             }
             Some(Value::String(t)) => match self.schema.resource(t) {
                 Some(id) => self.object(obj, id, depth),
                 None => {
                     self.path.push(Seg::Name("resourceType"));
-                    self.report(
-                        IssueCode::NotSupported,
-                        "resource type is not a supported FHIR R4 resource type",
-                    );
+                    self.report(IssueCode::NotSupported, "resource type is not a supported FHIR R4 resource type");
                     self.path.pop();
                 }
             },
             Some(other) => {
                 self.path.push(Seg::Name("resourceType"));
-                self.report(
-                    IssueCode::Structure,
-                    format!(
-                        "expected a string (resourceType), found {}",
-                        json_name(other)
-                    ),
-                );
+                self.report(IssueCode::Structure, format!("expected a string (resourceType), found {}", json_name(other)));
                 self.path.pop();
             }
         }
@@ -305,10 +260,7 @@ impl Walker {
     fn object(&mut self, obj: &Map<String, Value>, id: TypeId, depth: usize) {
         let ty: &'static ComplexType = self.schema.ty(id);
         if obj.is_empty() {
-            self.report(
-                IssueCode::Structure,
-                format!("empty object is not allowed ({})", ty.name),
-            );
+            self.report(IssueCode::Structure, format!("empty object is not allowed ({})", ty.name));
             return;
         }
         for (key, val) in obj {
@@ -329,10 +281,7 @@ impl Walker {
                 return;
             }
             if !obj.contains_key(&**req) {
-                self.report(
-                    IssueCode::Required,
-                    format!("missing required element '{req}'"),
-                );
+                self.report(IssueCode::Required, format!("missing required element '{req}'"));
             }
         }
     }
@@ -352,21 +301,10 @@ impl Walker {
     }
 
     /// One property value: array or single, then each item.
-    fn element(
-        &mut self,
-        val: &Value,
-        array: bool,
-        nulls_ok: bool,
-        kind: Kind,
-        name: &str,
-        depth: usize,
-    ) {
+    fn element(&mut self, val: &Value, array: bool, nulls_ok: bool, kind: Kind, name: &str, depth: usize) {
         if array {
             let Value::Array(items) = val else {
-                self.report(
-                    IssueCode::Structure,
-                    format!("expected an array for '{name}', found {}", json_name(val)),
-                );
+                self.report(IssueCode::Structure, format!("expected an array for '{name}', found {}", json_name(val)));
                 return;
             };
             if items.is_empty() {
@@ -374,10 +312,7 @@ impl Walker {
                 return;
             }
             if items.len() > self.limits.max_array_len {
-                self.too_costly(format!(
-                    "array has more than {} items",
-                    self.limits.max_array_len
-                ));
+                self.too_costly(format!("array has more than {} items", self.limits.max_array_len));
                 return;
             }
             if !self.deeper(depth + 1) {
@@ -405,10 +340,7 @@ impl Walker {
             }
         } else {
             match val {
-                Value::Array(_) => self.report(
-                    IssueCode::Structure,
-                    format!("expected a single value for '{name}', not an array"),
-                ),
+                Value::Array(_) => self.report(IssueCode::Structure, format!("expected a single value for '{name}', not an array")),
                 Value::Null => self.report(IssueCode::Structure, "null is not allowed here"),
                 _ => self.item(val, kind, depth),
             }
@@ -447,10 +379,7 @@ impl Walker {
                 if let Some(s) = self.string(val, "xhtml")
                     && !s.trim_start().starts_with("<div")
                 {
-                    self.report(
-                        IssueCode::Invalid,
-                        "expected XHTML whose root is a <div> element",
-                    );
+                    self.report(IssueCode::Invalid, "expected XHTML whose root is a <div> element");
                 }
             }
             Kind::Complex(id) => {
@@ -461,10 +390,7 @@ impl Walker {
                     Some(obj) => self.object(obj, id, depth + 1),
                     None => {
                         let name = &schema.ty(id).name;
-                        self.report(
-                            IssueCode::Structure,
-                            format!("expected an object ({name}), found {}", json_name(val)),
-                        );
+                        self.report(IssueCode::Structure, format!("expected an object ({name}), found {}", json_name(val)));
                     }
                 }
             }
@@ -475,10 +401,7 @@ impl Walker {
     /// Checks that `val` is a non-empty string within the length limit.
     fn string<'v>(&mut self, val: &'v Value, type_name: &str) -> Option<&'v str> {
         let Value::String(s) = val else {
-            self.report(
-                IssueCode::Structure,
-                format!("expected a string ({type_name}), found {}", json_name(val)),
-            );
+            self.report(IssueCode::Structure, format!("expected a string ({type_name}), found {}", json_name(val)));
             return None;
         };
         if s.is_empty() {
@@ -486,10 +409,7 @@ impl Walker {
             return None;
         }
         if s.len() > self.limits.max_string_len {
-            self.too_costly(format!(
-                "string is longer than {} bytes",
-                self.limits.max_string_len
-            ));
+            self.too_costly(format!("string is longer than {} bytes", self.limits.max_string_len));
             return None;
         }
         Some(s)
@@ -521,18 +441,9 @@ impl Walker {
                 };
                 let matches = p.pattern.is_none_or(|i| self.schema.regexes[i].is_match(s));
                 if !matches {
-                    self.report(
-                        IssueCode::Value,
-                        format!("expected a string matching the {} format", p.name),
-                    );
+                    self.report(IssueCode::Value, format!("expected a string matching the {} format", p.name));
                 } else if p.date == DateRule::Calendar && !calendar_ok(s) {
-                    self.report(
-                        IssueCode::Value,
-                        format!(
-                            "expected a string matching the {} format with a date that exists",
-                            p.name
-                        ),
-                    );
+                    self.report(IssueCode::Value, format!("expected a string matching the {} format with a date that exists", p.name));
                 }
             }
         }
@@ -540,15 +451,7 @@ impl Walker {
 
     /// Reports a primitive of the wrong JSON type.
     fn wrong_type(&mut self, val: &Value, p: &Primitive) {
-        self.report(
-            IssueCode::Structure,
-            format!(
-                "expected {} ({}), found {}",
-                p.json.describe(),
-                p.name,
-                json_name(val)
-            ),
-        );
+        self.report(IssueCode::Structure, format!("expected {} ({}), found {}", p.json.describe(), p.name, json_name(val)));
     }
 
     /// Checks a number on its exact textual form; `Some(message)` if invalid.
@@ -561,24 +464,15 @@ impl Walker {
             }
             NumRule::PositiveInt => plain_digits(text) && text.parse::<i32>().is_ok_and(|v| v >= 1),
             NumRule::UnsignedInt => plain_digits(text) && text.parse::<i32>().is_ok(),
-            NumRule::Decimal | NumRule::Other => p
-                .pattern
-                .is_none_or(|i| self.schema.regexes[i].is_match(text)),
+            NumRule::Decimal | NumRule::Other => p.pattern.is_none_or(|i| self.schema.regexes[i].is_match(text)),
         };
         if ok {
             return None;
         }
         Some(match p.num {
-            NumRule::Integer => {
-                "expected an integer (no fraction or exponent) between -2147483648 and 2147483647"
-                    .to_string()
-            }
-            NumRule::PositiveInt => {
-                "expected a positiveInt (whole number from 1 to 2147483647)".to_string()
-            }
-            NumRule::UnsignedInt => {
-                "expected an unsignedInt (whole number from 0 to 2147483647)".to_string()
-            }
+            NumRule::Integer => "expected an integer (no fraction or exponent) between -2147483648 and 2147483647".to_string(),
+            NumRule::PositiveInt => "expected a positiveInt (whole number from 1 to 2147483647)".to_string(),
+            NumRule::UnsignedInt => "expected an unsignedInt (whole number from 0 to 2147483647)".to_string(),
             NumRule::Decimal | NumRule::Other => {
                 format!("expected a number matching the {} format", p.name)
             }
@@ -678,23 +572,14 @@ mod tests {
     #[test]
     fn top_level_shape() {
         let i = one(&json!([1]));
-        assert_eq!(
-            (i.code, i.path.as_str()),
-            (IssueCode::Structure, "Resource")
-        );
+        assert_eq!((i.code, i.path.as_str()), (IssueCode::Structure, "Resource"));
         let i = one(&json!({"id": "x"}));
-        assert_eq!(
-            (i.code, i.path.as_str()),
-            (IssueCode::Required, "Resource.resourceType")
-        );
+        assert_eq!((i.code, i.path.as_str()), (IssueCode::Required, "Resource.resourceType"));
         let i = one(&json!({"resourceType": "Unicorn"}));
         assert_eq!(i.code, IssueCode::NotSupported);
         assert!(!i.message.contains("Unicorn"));
         // Medplum-only types from the schema file are not R4.
-        assert_eq!(
-            one(&json!({"resourceType": "Project"})).code,
-            IssueCode::NotSupported
-        );
+        assert_eq!(one(&json!({"resourceType": "Project"})).code, IssueCode::NotSupported);
         let i = one(&json!({"resourceType": 5}));
         assert_eq!(i.code, IssueCode::Structure);
     }
@@ -702,21 +587,12 @@ mod tests {
     #[test]
     fn wrong_json_types() {
         let i = one(&json!({"resourceType": "Patient", "active": "true"}));
-        assert_eq!(
-            (i.code, i.path.as_str()),
-            (IssueCode::Structure, "Patient.active")
-        );
+        assert_eq!((i.code, i.path.as_str()), (IssueCode::Structure, "Patient.active"));
         assert!(i.message.contains("boolean"), "{}", i.message);
         let i = one(&json!({"resourceType": "Patient", "name": {"family": "X"}}));
-        assert_eq!(
-            (i.code, i.path.as_str()),
-            (IssueCode::Structure, "Patient.name")
-        );
+        assert_eq!((i.code, i.path.as_str()), (IssueCode::Structure, "Patient.name"));
         let i = one(&json!({"resourceType": "Patient", "gender": ["male"]}));
-        assert_eq!(
-            (i.code, i.path.as_str()),
-            (IssueCode::Structure, "Patient.gender")
-        );
+        assert_eq!((i.code, i.path.as_str()), (IssueCode::Structure, "Patient.gender"));
         let i = one(&json!({"resourceType": "Patient", "name": [{"given": ["A", 5]}]}));
         assert_eq!(i.path, "Patient.name[0].given[1]");
         let i = one(&json!({"resourceType": "Patient", "managingOrganization": "Organization/1"}));
@@ -726,10 +602,7 @@ mod tests {
     #[test]
     fn unknown_elements() {
         let i = one(&json!({"resourceType": "Patient", "foo": 1}));
-        assert_eq!(
-            (i.code, i.path.as_str()),
-            (IssueCode::Structure, "Patient.foo")
-        );
+        assert_eq!((i.code, i.path.as_str()), (IssueCode::Structure, "Patient.foo"));
         assert!(i.message.contains("'foo'"));
         let i = one(&json!({"resourceType": "Patient", "name": [{"nick name!": "x"}]}));
         assert_eq!(i.path, "Patient.name[0]");
@@ -746,114 +619,60 @@ mod tests {
     #[test]
     fn required_const_enum() {
         let i = one(&json!({"resourceType": "Patient", "text": {"status": "generated"}}));
-        assert_eq!(
-            (i.code, i.path.as_str()),
-            (IssueCode::Required, "Patient.text")
-        );
+        assert_eq!((i.code, i.path.as_str()), (IssueCode::Required, "Patient.text"));
         assert!(i.message.contains("'div'"));
         let i = one(&json!({"resourceType": "Patient", "gender": "lelaki"}));
-        assert_eq!(
-            (i.code, i.path.as_str()),
-            (IssueCode::Value, "Patient.gender")
-        );
+        assert_eq!((i.code, i.path.as_str()), (IssueCode::Value, "Patient.gender"));
         assert!(i.message.contains("male, female, other, unknown"));
         assert!(!i.message.contains("lelaki"));
         // The schema marks only complex elements required (a required primitive
         // may be given by its `_x` extension alone), so `status` is not listed.
         let i = one(&json!({"resourceType": "Observation", "status": "final"}));
-        assert_eq!(
-            (i.code, i.path.as_str()),
-            (IssueCode::Required, "Observation")
-        );
+        assert_eq!((i.code, i.path.as_str()), (IssueCode::Required, "Observation"));
         assert!(i.message.contains("'code'"));
     }
 
     #[test]
     fn dates() {
         for good in ["2020", "2020-02", "2020-02-29", "2000-02-29"] {
-            assert_eq!(
-                issues(&json!({"resourceType": "Patient", "birthDate": good})),
-                vec![],
-                "{good}"
-            );
+            assert_eq!(issues(&json!({"resourceType": "Patient", "birthDate": good})), vec![], "{good}");
         }
-        for bad in [
-            "2019-02-29",
-            "1900-02-29",
-            "2020-13-01",
-            "2020-1-1",
-            "20-01-01",
-            "2020-04-31",
-            "yesterday",
-        ] {
+        for bad in ["2019-02-29", "1900-02-29", "2020-13-01", "2020-1-1", "20-01-01", "2020-04-31", "yesterday"] {
             let i = one(&json!({"resourceType": "Patient", "birthDate": bad}));
-            assert_eq!(
-                (i.code, i.path.as_str()),
-                (IssueCode::Value, "Patient.birthDate"),
-                "{bad}"
-            );
+            assert_eq!((i.code, i.path.as_str()), (IssueCode::Value, "Patient.birthDate"), "{bad}");
             assert!(i.message.contains("date format"), "{}", i.message);
         }
-        let i =
-            one(&json!({"resourceType": "Patient", "deceasedDateTime": "2020-01-01T25:00:00Z"}));
+        let i = one(&json!({"resourceType": "Patient", "deceasedDateTime": "2020-01-01T25:00:00Z"}));
         assert!(i.message.contains("dateTime"), "{}", i.message);
-        assert_eq!(
-            issues(
-                &json!({"resourceType": "Patient", "deceasedDateTime": "2020-01-01T23:59:60.123+14:00"})
-            ),
-            vec![]
-        );
+        assert_eq!(issues(&json!({"resourceType": "Patient", "deceasedDateTime": "2020-01-01T23:59:60.123+14:00"})), vec![]);
     }
 
     #[test]
     fn decimals_keep_textual_form() {
-        let obs = |value: &str| {
-            parse(&format!(
-                r#"{{"resourceType":"Observation","status":"final","code":{{"text":"x"}},"valueQuantity":{{"value":{value}}}}}"#
-            ))
-        };
+        let obs = |value: &str| parse(&format!(r#"{{"resourceType":"Observation","status":"final","code":{{"text":"x"}},"valueQuantity":{{"value":{value}}}}}"#));
         assert_eq!(issues(&obs("1.50")), vec![]);
         assert_eq!(issues(&obs("-0.000")), vec![]);
         assert_eq!(issues(&obs("1e3")), vec![]);
         let i = one(&obs("\"1.50\""));
-        assert_eq!(
-            (i.code, i.path.as_str()),
-            (IssueCode::Structure, "Observation.valueQuantity.value")
-        );
+        assert_eq!((i.code, i.path.as_str()), (IssueCode::Structure, "Observation.valueQuantity.value"));
         assert!(i.message.contains("decimal"));
     }
 
     #[test]
     fn integers() {
-        let p = |n: &str| {
-            parse(&format!(
-                r#"{{"resourceType":"Patient","multipleBirthInteger":{n}}}"#
-            ))
-        };
+        let p = |n: &str| parse(&format!(r#"{{"resourceType":"Patient","multipleBirthInteger":{n}}}"#));
         for good in ["0", "1", "-5", "2147483647", "-2147483648"] {
             assert_eq!(issues(&p(good)), vec![], "{good}");
         }
         for bad in ["1.0", "1e2", "2147483648", "-2147483649", "1.5"] {
             let i = one(&p(bad));
-            assert_eq!(
-                (i.code, i.path.as_str()),
-                (IssueCode::Value, "Patient.multipleBirthInteger"),
-                "{bad}"
-            );
+            assert_eq!((i.code, i.path.as_str()), (IssueCode::Value, "Patient.multipleBirthInteger"), "{bad}");
         }
-        let pos = |n: &str| {
-            parse(&format!(
-                r#"{{"resourceType":"Patient","extension":[{{"url":"http://x","valuePositiveInt":{n}}}]}}"#
-            ))
-        };
+        let pos = |n: &str| parse(&format!(r#"{{"resourceType":"Patient","extension":[{{"url":"http://x","valuePositiveInt":{n}}}]}}"#));
         assert_eq!(issues(&pos("1")), vec![]);
         assert_eq!(one(&pos("0")).code, IssueCode::Value);
         assert_eq!(one(&pos("-1")).code, IssueCode::Value);
-        let uns = |n: &str| {
-            parse(&format!(
-                r#"{{"resourceType":"Patient","extension":[{{"url":"http://x","valueUnsignedInt":{n}}}]}}"#
-            ))
-        };
+        let uns = |n: &str| parse(&format!(r#"{{"resourceType":"Patient","extension":[{{"url":"http://x","valueUnsignedInt":{n}}}]}}"#));
         assert_eq!(issues(&uns("0")), vec![]);
         assert_eq!(one(&uns("-1")).code, IssueCode::Value);
         assert_eq!(one(&uns("0.5")).code, IssueCode::Value);
@@ -865,27 +684,12 @@ mod tests {
         assert_eq!((i.code, i.path.as_str()), (IssueCode::Value, "Patient.id"));
         let i = one(&json!({"resourceType": "Patient", "implicitRules": ""}));
         assert_eq!(i.message, "empty string is not allowed");
-        assert_eq!(
-            one(&json!({"resourceType": "Patient", "name": []})).code,
-            IssueCode::Structure
-        );
-        assert_eq!(
-            one(&json!({"resourceType": "Patient", "name": [{}]})).code,
-            IssueCode::Structure
-        );
-        assert_eq!(
-            one(&json!({"resourceType": "Patient", "gender": null})).code,
-            IssueCode::Structure
-        );
-        assert_eq!(
-            one(&json!({"resourceType": "Patient", "name": [null]})).code,
-            IssueCode::Structure
-        );
+        assert_eq!(one(&json!({"resourceType": "Patient", "name": []})).code, IssueCode::Structure);
+        assert_eq!(one(&json!({"resourceType": "Patient", "name": [{}]})).code, IssueCode::Structure);
+        assert_eq!(one(&json!({"resourceType": "Patient", "gender": null})).code, IssueCode::Structure);
+        assert_eq!(one(&json!({"resourceType": "Patient", "name": [null]})).code, IssueCode::Structure);
         let i = one(&json!({"resourceType": "Patient", "name": [{"given": [null, null]}]}));
-        assert_eq!(
-            (i.code, i.path.as_str()),
-            (IssueCode::Structure, "Patient.name[0].given")
-        );
+        assert_eq!((i.code, i.path.as_str()), (IssueCode::Structure, "Patient.name[0].given"));
         // Nulls keep primitive arrays aligned with their `_x` siblings.
         let v = json!({"resourceType": "Patient", "name": [{
             "given": ["A", null], "_given": [null, {"extension": [{"url": "http://x", "valueString": "b"}]}]
@@ -897,13 +701,8 @@ mod tests {
     fn narrative_div() {
         let ok = json!({"resourceType": "Patient", "text": {"status": "generated", "div": "\n  <div xmlns=\"http://www.w3.org/1999/xhtml\">x</div>"}});
         assert_eq!(issues(&ok), vec![]);
-        let i = one(
-            &json!({"resourceType": "Patient", "text": {"status": "generated", "div": "<p>x</p>"}}),
-        );
-        assert_eq!(
-            (i.code, i.path.as_str()),
-            (IssueCode::Invalid, "Patient.text.div")
-        );
+        let i = one(&json!({"resourceType": "Patient", "text": {"status": "generated", "div": "<p>x</p>"}}));
+        assert_eq!((i.code, i.path.as_str()), (IssueCode::Invalid, "Patient.text.div"));
     }
 
     #[test]
@@ -916,10 +715,7 @@ mod tests {
         let i = issues(&v);
         assert_eq!(i.len(), 2, "{i:#?}");
         assert_eq!(i[0].path, "Patient.contained[1].active");
-        assert_eq!(
-            (i[1].code, i[1].path.as_str()),
-            (IssueCode::NotSupported, "Patient.contained[2].resourceType")
-        );
+        assert_eq!((i[1].code, i[1].path.as_str()), (IssueCode::NotSupported, "Patient.contained[2].resourceType"));
 
         let b = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
             {"fullUrl": "urn:uuid:0b1c8f6e-1b8e-4a4e-9d5e-2f1e9f0c2a11",
@@ -930,10 +726,7 @@ mod tests {
         let i = issues(&b);
         assert_eq!(i.len(), 2, "{i:#?}");
         assert_eq!(i[0].path, "Bundle.entry[0].resource.birthDate");
-        assert_eq!(
-            i[1].path,
-            "Bundle.entry[1].resource.parameter[0].resource.active"
-        );
+        assert_eq!(i[1].path, "Bundle.entry[1].resource.parameter[0].resource.active");
     }
 
     #[test]
@@ -947,10 +740,7 @@ mod tests {
         assert_eq!(i.len(), 1, "{i:#?}");
         assert_eq!(i[0].code, IssueCode::TooCostly);
         // Even a silly limit is clamped rather than overflowing the stack.
-        let lim = Limits {
-            max_depth: usize::MAX,
-            ..Limits::default()
-        };
+        let lim = Limits { max_depth: usize::MAX, ..Limits::default() };
         let mut deep = json!({"url": "http://x", "valueString": "leaf"});
         for _ in 0..400 {
             deep = json!({"url": "http://x", "extension": [deep]});
@@ -963,11 +753,7 @@ mod tests {
 
     #[test]
     fn size_limits() {
-        let lim = Limits {
-            max_array_len: 3,
-            max_string_len: 10,
-            ..Limits::default()
-        };
+        let lim = Limits { max_array_len: 3, max_string_len: 10, ..Limits::default() };
         let v = json!({"resourceType": "Patient", "name": [{"given": ["a", "b", "c", "d"]}]});
         let e = validate_resource_with(&v, &lim).unwrap_err();
         assert_eq!(e.0[0].code, IssueCode::TooCostly);

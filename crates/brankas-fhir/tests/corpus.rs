@@ -12,29 +12,19 @@ use brankas_fhir::{Issue, validate_resource};
 use serde_json::Value;
 
 fn corpus_dir(sub: &str) -> Option<PathBuf> {
-    let base = std::env::var_os("BRANKAS_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus")
-        });
+    let base = std::env::var_os("BRANKAS_CORPUS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"));
     let dir = base.join(sub);
     if dir.is_dir() {
         Some(dir)
     } else {
-        println!(
-            "note: corpus directory {} not found; skipping",
-            dir.display()
-        );
+        println!("note: corpus directory {} not found; skipping", dir.display());
         None
     }
 }
 
 fn json_files(dir: &PathBuf) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("read corpus dir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(dir).expect("read corpus dir").filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "json")).collect();
     files.sort();
     files
 }
@@ -50,10 +40,7 @@ fn run(dir: &PathBuf) -> (Vec<(String, Vec<Issue>)>, usize, Duration) {
         let start = Instant::now();
         let r = validate_resource(&v);
         spent += start.elapsed();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         match r {
             Err(e) => failures.push((name, e.0)),
             Ok(()) => assert_rejects_unknown_element(v, &name),
@@ -69,19 +56,11 @@ fn assert_rejects_unknown_element(mut v: Value, name: &str) {
     obj.insert("bogusElement".into(), Value::Bool(true));
     let issues = validate_resource(&v).expect_err(name).0;
     assert_eq!(issues.len(), 1, "{name}: {issues:?}");
-    assert!(
-        issues[0].path.ends_with(".bogusElement"),
-        "{name}: {issues:?}"
-    );
+    assert!(issues[0].path.ends_with(".bogusElement"), "{name}: {issues:?}");
 }
 
 fn report(kind: &str, failures: &[(String, Vec<Issue>)], n: usize, spent: Duration) {
-    println!(
-        "{kind}: {n} files, {} failing, validation {:?} total, {:?} per file",
-        failures.len(),
-        spent,
-        spent / u32::try_from(n.max(1)).unwrap_or(u32::MAX)
-    );
+    println!("{kind}: {n} files, {} failing, validation {:?} total, {:?} per file", failures.len(), spent, spent / u32::try_from(n.max(1)).unwrap_or(u32::MAX));
     for (file, issues) in failures {
         for i in issues {
             println!("  {file}: {i}");
@@ -101,11 +80,7 @@ fn official_r4_examples_validate() {
     let (failures, n, spent) = run(&dir);
     report("official examples", &failures, n, spent);
     assert!(n >= 684, "expected the 684 official examples, found {n}");
-    assert!(
-        failures.is_empty(),
-        "{} official examples failed",
-        failures.len()
-    );
+    assert!(failures.is_empty(), "{} official examples failed", failures.len());
 }
 
 #[test]
@@ -116,9 +91,5 @@ fn synthea_bundles_validate() {
     let (failures, n, spent) = run(&dir);
     report("synthea bundles", &failures, n, spent);
     assert!(n > 0);
-    assert!(
-        failures.is_empty(),
-        "{} synthea bundles failed",
-        failures.len()
-    );
+    assert!(failures.is_empty(), "{} synthea bundles failed", failures.len());
 }

@@ -313,4 +313,3 @@ mod tests {
         t.join().unwrap();
     }
 }
-

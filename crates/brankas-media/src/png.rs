@@ -231,21 +231,15 @@ mod tests {
         ]);
         let trailing = [&input[..], b"after the end"].concat();
         let r = rewrite(&trailing, u64::MAX).expect("valid structure");
-        let expected = png(&[
-            ihdr(3, 2),
-            chunk(b"gAMA", &[0, 0, 0xB1, 0x8F]),
-            chunk(b"pHYs", &[0, 0, 0x0B, 0x13, 0, 0, 0x0B, 0x13, 1]),
-            chunk(b"IDAT", &[1, 2, 3]),
-            chunk(b"IEND", &[]),
-        ]);
+        let expected =
+            png(&[ihdr(3, 2), chunk(b"gAMA", &[0, 0, 0xB1, 0x8F]), chunk(b"pHYs", &[0, 0, 0x0B, 0x13, 0, 0, 0x0B, 0x13, 1]), chunk(b"IDAT", &[1, 2, 3]), chunk(b"IEND", &[])]);
         assert_eq!(r.bytes, expected);
         assert_eq!((r.width, r.height, r.orientation, r.animated), (3, 2, Some(8), false));
     }
 
     #[test]
     fn exif_after_the_image_data_is_not_read() {
-        let input =
-            png(&[ihdr(3, 2), chunk(b"IDAT", &[1]), chunk(b"eXIf", b"MM\0*\0\0\0\x08\0\x01\x01\x12\0\x03\0\0\0\x01\0\x08\0\0\0\0\0\0"), chunk(b"IEND", &[])]);
+        let input = png(&[ihdr(3, 2), chunk(b"IDAT", &[1]), chunk(b"eXIf", b"MM\0*\0\0\0\x08\0\x01\x01\x12\0\x03\0\0\0\x01\0\x08\0\0\0\0\0\0"), chunk(b"IEND", &[])]);
         assert_eq!(rewrite(&input, u64::MAX).expect("valid structure").orientation, None);
     }
 

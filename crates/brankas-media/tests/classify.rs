@@ -68,15 +68,8 @@ fn other_metadata_carrying_images_are_refused_whatever_the_declared_type() {
     let mp4: &[u8] = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00";
     let webp: &[u8] = b"RIFF\x24\x00\x00\x00WEBPVP8 ";
     let wav: &[u8] = b"RIFF\x24\x00\x00\x00WAVEfmt ";
-    for magic in [
-        b"II*\x00\x08\x00\x00\x00".as_slice(),
-        b"MM\x00*\x00\x00\x00\x08",
-        heic,
-        avif,
-        webp,
-        b"\0\0\0\x0CJXL \r\n\x87\n\0\0\0\x14",
-        b"\0\0\0\x0CjP  \r\n\x87\n\0\0\0\x14",
-    ] {
+    for magic in [b"II*\x00\x08\x00\x00\x00".as_slice(), b"MM\x00*\x00\x00\x00\x08", heic, avif, webp, b"\0\0\0\x0CJXL \r\n\x87\n\0\0\0\x14", b"\0\0\0\x0CjP  \r\n\x87\n\0\0\0\x14"]
+    {
         assert_eq!(classify("application/octet-stream", magic), Refuse, "{magic:?}");
         assert_eq!(classify("image/gif", magic), Refuse, "{magic:?}");
     }

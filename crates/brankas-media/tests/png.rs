@@ -6,8 +6,7 @@ use brankas_media::{ImageKind, Limits, clean, orientation};
 use common::*;
 use image::ImageFormat;
 
-const KEPT: [&[u8; 4]; 16] =
-    [b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT", b"pHYs", b"bKGD", b"acTL", b"fcTL", b"fdAT", b"cICP"];
+const KEPT: [&[u8; 4]; 16] = [b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT", b"pHYs", b"bKGD", b"acTL", b"fcTL", b"fdAT", b"cICP"];
 
 /// The test pattern as a PNG with colour chunks to keep, and text, EXIF (with GPS and
 /// `orientation`) and time to drop, before and after the image data, and bytes after IEND.
@@ -114,11 +113,8 @@ fn every_orientation_is_applied_exactly() {
 
 #[test]
 fn other_pixel_formats_keep_their_format() {
-    let images = [
-        image::DynamicImage::ImageLuma8(pattern().to_luma8()),
-        image::DynamicImage::ImageRgba8(pattern().to_rgba8()),
-        image::DynamicImage::ImageRgb16(pattern().to_rgb16()),
-    ];
+    let images =
+        [image::DynamicImage::ImageLuma8(pattern().to_luma8()), image::DynamicImage::ImageRgba8(pattern().to_rgba8()), image::DynamicImage::ImageRgb16(pattern().to_rgb16())];
     for img in images {
         let plain = encode(&img, ImageFormat::Png);
         let input = png_with_after_ihdr(&plain, &[png_chunk(b"eXIf", &exif_tiff(Some(3), true))]);

@@ -39,8 +39,7 @@ fn digits(b: &[u8], at: usize, n: usize) -> Option<i64> {
 
 fn day_number(y: i64, m: i64, d: i64) -> Option<i64> {
     let month = time::Month::try_from(u8::try_from(m).ok()?).ok()?;
-    let date = time::Date::from_calendar_date(i32::try_from(y).ok()?, month, u8::try_from(d).ok()?)
-        .ok()?;
+    let date = time::Date::from_calendar_date(i32::try_from(y).ok()?, month, u8::try_from(d).ok()?).ok()?;
     Some(i64::from(date.to_julian_day()) - UNIX_EPOCH_JULIAN_DAY)
 }
 
@@ -52,10 +51,7 @@ pub(crate) fn parse_range(s: &str) -> Option<Range> {
     if b.len() == 4 {
         let lo = day_number(y, 1, 1)?;
         let hi = day_number(y + 1, 1, 1).unwrap_or(lo + 366);
-        return Some(Range {
-            lo: lo * US_PER_DAY,
-            hi: hi * US_PER_DAY,
-        });
+        return Some(Range { lo: lo * US_PER_DAY, hi: hi * US_PER_DAY });
     }
     if b.get(4) != Some(&b'-') {
         return None;
@@ -63,15 +59,8 @@ pub(crate) fn parse_range(s: &str) -> Option<Range> {
     let m = digits(b, 5, 2)?;
     if b.len() == 7 {
         let lo = day_number(y, m, 1)?;
-        let hi = if m == 12 {
-            day_number(y + 1, 1, 1).unwrap_or(lo + 31)
-        } else {
-            day_number(y, m + 1, 1)?
-        };
-        return Some(Range {
-            lo: lo * US_PER_DAY,
-            hi: hi * US_PER_DAY,
-        });
+        let hi = if m == 12 { day_number(y + 1, 1, 1).unwrap_or(lo + 31) } else { day_number(y, m + 1, 1)? };
+        return Some(Range { lo: lo * US_PER_DAY, hi: hi * US_PER_DAY });
     }
     if b.get(7) != Some(&b'-') {
         return None;
@@ -79,10 +68,7 @@ pub(crate) fn parse_range(s: &str) -> Option<Range> {
     let d = digits(b, 8, 2)?;
     let day = day_number(y, m, d)?;
     if b.len() == 10 {
-        return Some(Range {
-            lo: day * US_PER_DAY,
-            hi: (day + 1) * US_PER_DAY,
-        });
+        return Some(Range { lo: day * US_PER_DAY, hi: (day + 1) * US_PER_DAY });
     }
     if b.get(10) != Some(&b'T') {
         return None;
@@ -216,35 +202,17 @@ mod tests {
         assert_eq!(dec.hi, r("2021").lo);
         let d = r("2021-03-04");
         assert_eq!(d.hi - d.lo, US_PER_DAY);
-        assert_eq!(
-            r("2021-03-04T10:00").hi - r("2021-03-04T10:00").lo,
-            60 * US_PER_SEC
-        );
-        assert_eq!(
-            r("2021-03-04T10:00:00Z").hi - r("2021-03-04T10:00:00Z").lo,
-            US_PER_SEC
-        );
-        assert_eq!(
-            r("2021-03-04T10:00:00.5Z").hi - r("2021-03-04T10:00:00.5Z").lo,
-            100_000
-        );
-        assert_eq!(
-            r("2021-03-04T10:00:00.123Z").hi - r("2021-03-04T10:00:00.123Z").lo,
-            1000
-        );
+        assert_eq!(r("2021-03-04T10:00").hi - r("2021-03-04T10:00").lo, 60 * US_PER_SEC);
+        assert_eq!(r("2021-03-04T10:00:00Z").hi - r("2021-03-04T10:00:00Z").lo, US_PER_SEC);
+        assert_eq!(r("2021-03-04T10:00:00.5Z").hi - r("2021-03-04T10:00:00.5Z").lo, 100_000);
+        assert_eq!(r("2021-03-04T10:00:00.123Z").hi - r("2021-03-04T10:00:00.123Z").lo, 1000);
         assert_eq!(r("1970-01-01T00:00:00Z").lo, 0);
     }
 
     #[test]
     fn timezones() {
-        assert_eq!(
-            r("2021-03-04T10:00:00+07:00").lo,
-            r("2021-03-04T03:00:00Z").lo
-        );
-        assert_eq!(
-            r("2021-03-04T10:00:00-02:30").lo,
-            r("2021-03-04T12:30:00Z").lo
-        );
+        assert_eq!(r("2021-03-04T10:00:00+07:00").lo, r("2021-03-04T03:00:00Z").lo);
+        assert_eq!(r("2021-03-04T10:00:00-02:30").lo, r("2021-03-04T12:30:00Z").lo);
         assert_eq!(r("2021-03-04T10:00:00").lo, r("2021-03-04T10:00:00Z").lo);
     }
 
@@ -277,13 +245,7 @@ mod tests {
             got.push(x);
             false
         });
-        assert_eq!(
-            got,
-            vec![Range {
-                lo: r("2021-01-01").lo,
-                hi: r("2021-01-31").hi
-            }]
-        );
+        assert_eq!(got, vec![Range { lo: r("2021-01-01").lo, hi: r("2021-01-31").hi }]);
         let open: Value = serde_json::json!({"start": "2021-01-01"});
         let mut hi = 0;
         for_each_range(&open, &mut |x| {

@@ -77,10 +77,7 @@ impl Dec {
         if !(-400..=400).contains(&e) {
             return None;
         }
-        Some(Dec {
-            m: if neg { -m } else { m },
-            e,
-        })
+        Some(Dec { m: if neg { -m } else { m }, e })
     }
 
     /// The implicit-precision range of a search value: ± half a unit in the
@@ -89,16 +86,7 @@ impl Dec {
     pub(crate) fn precision_bounds(self) -> Option<(Dec, Dec)> {
         let m10 = self.m.checked_mul(10)?;
         let e = self.e - 1;
-        Some((
-            Dec {
-                m: m10.checked_sub(5)?,
-                e,
-            },
-            Dec {
-                m: m10.checked_add(5)?,
-                e,
-            },
-        ))
+        Some((Dec { m: m10.checked_sub(5)?, e }, Dec { m: m10.checked_add(5)?, e }))
     }
 
     /// Approximate value, for the `ap` prefix only.
@@ -126,11 +114,7 @@ impl Ord for Dec {
             return self.m.cmp(&other.m);
         }
         // Scale the one with the larger exponent down to the smaller exponent.
-        let (big, small, flipped) = if self.e > other.e {
-            (*self, *other, false)
-        } else {
-            (*other, *self, true)
-        };
+        let (big, small, flipped) = if self.e > other.e { (*self, *other, false) } else { (*other, *self, true) };
         let diff = (big.e - small.e) as u32;
         let scaled = 10i128.checked_pow(diff).and_then(|p| big.m.checked_mul(p));
         let ord = match scaled {

@@ -49,32 +49,21 @@ pub enum QueryError {
 /// A parameter name fit for an error message: only `[A-Za-z0-9_:.-]`,
 /// at most 64 characters.
 pub(crate) fn safe_name(name: &str) -> String {
-    name.chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '.' | '-'))
-        .take(64)
-        .collect()
+    name.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '.' | '-')).take(64).collect()
 }
 
 impl QueryError {
     pub(crate) fn bad_value(name: &str) -> QueryError {
-        QueryError::BadValue {
-            param: safe_name(name),
-        }
+        QueryError::BadValue { param: safe_name(name) }
     }
     pub(crate) fn modifier(name: &str) -> QueryError {
-        QueryError::UnsupportedModifier {
-            param: safe_name(name),
-        }
+        QueryError::UnsupportedModifier { param: safe_name(name) }
     }
     pub(crate) fn unsupported(name: &str) -> QueryError {
-        QueryError::UnsupportedParam {
-            param: safe_name(name),
-        }
+        QueryError::UnsupportedParam { param: safe_name(name) }
     }
     pub(crate) fn sort(name: &str) -> QueryError {
-        QueryError::UnsupportedSort {
-            param: safe_name(name),
-        }
+        QueryError::UnsupportedSort { param: safe_name(name) }
     }
 }
 
@@ -87,9 +76,6 @@ mod tests {
         assert_eq!(safe_name("name:exact"), "name:exact");
         assert_eq!(safe_name("a b<script>"), "abscript");
         assert_eq!(safe_name(&"x".repeat(100)).len(), 64);
-        assert_eq!(
-            QueryError::bad_value("birth date").to_string(),
-            "invalid value for search parameter `birthdate`"
-        );
+        assert_eq!(QueryError::bad_value("birth date").to_string(), "invalid value for search parameter `birthdate`");
     }
 }

@@ -201,9 +201,7 @@ fn lex(src: &str) -> Result<Vec<Tok>, CompileError> {
                 out.push(Tok::Ident(s));
             }
             other => {
-                return Err(CompileError(format!(
-                    "unsupported character `{other}` at {i}"
-                )));
+                return Err(CompileError(format!("unsupported character `{other}` at {i}")));
             }
         }
     }
@@ -288,11 +286,7 @@ impl Parser {
         let right = self.union()?;
         // Only `path = literal` (either way round) occurs in the definitions.
         match (left, right) {
-            (Node::Lit(lit), other) | (other, Node::Lit(lit)) => Ok(Node::Eq {
-                left: Box::new(other),
-                lit,
-                negate,
-            }),
+            (Node::Lit(lit), other) | (other, Node::Lit(lit)) => Ok(Node::Eq { left: Box::new(other), lit, negate }),
             _ => Err(CompileError("equality between two paths".into())),
         }
     }
@@ -331,10 +325,7 @@ impl Parser {
             Some(Tok::Ident(s)) => s,
             other => return Err(CompileError(format!("expected type name, found {other:?}"))),
         };
-        while self.peek() == Some(&Tok::Dot)
-            && matches!(self.toks.get(self.pos + 1), Some(Tok::Ident(_)))
-            && (name == "FHIR" || name == "System")
-        {
+        while self.peek() == Some(&Tok::Dot) && matches!(self.toks.get(self.pos + 1), Some(Tok::Ident(_))) && (name == "FHIR" || name == "System") {
             self.pos += 1;
             if let Some(Tok::Ident(s)) = self.next() {
                 name = s;
@@ -355,18 +346,12 @@ impl Parser {
                             return Err(CompileError(format!("expected name, found {other:?}")));
                         }
                     };
-                    node = if self.peek() == Some(&Tok::LParen) {
-                        self.function(node, &name)?
-                    } else {
-                        Node::Member(Box::new(node), name)
-                    };
+                    node = if self.peek() == Some(&Tok::LParen) { self.function(node, &name)? } else { Node::Member(Box::new(node), name) };
                 }
                 Some(Tok::LBracket) => {
                     self.pos += 1;
                     let n = match self.next() {
-                        Some(Tok::Num(s)) => s
-                            .parse::<usize>()
-                            .map_err(|_| CompileError("bad index".into()))?,
+                        Some(Tok::Num(s)) => s.parse::<usize>().map_err(|_| CompileError("bad index".into()))?,
                         other => return Err(CompileError(format!("bad index {other:?}"))),
                     };
                     self.expect(&Tok::RBracket)?;
@@ -386,9 +371,7 @@ impl Parser {
             }
             Some(Tok::Str(s)) => Ok(Node::Lit(Value::String(s))),
             Some(Tok::Num(s)) => {
-                let n: serde_json::Number = s
-                    .parse()
-                    .map_err(|_| CompileError("bad number literal".into()))?;
+                let n: serde_json::Number = s.parse().map_err(|_| CompileError("bad number literal".into()))?;
                 Ok(Node::Lit(Value::Number(n)))
             }
             Some(Tok::This) => Ok(Node::This),
@@ -418,9 +401,7 @@ impl Parser {
                 let crit = self.expr()?;
                 self.expect(&Tok::RParen)?;
                 match crit {
-                    Node::Is(inner, ty) if *inner == Node::Resolve(Box::new(Node::This)) => {
-                        Node::RefIs(b, ty)
-                    }
+                    Node::Is(inner, ty) if *inner == Node::Resolve(Box::new(Node::This)) => Node::RefIs(b, ty),
                     crit => Node::Where(b, Box::new(crit)),
                 }
             }
@@ -459,11 +440,7 @@ impl Parser {
                 self.expect(&Tok::LParen)?;
                 let ty = self.type_name()?;
                 self.expect(&Tok::RParen)?;
-                if name == "is" {
-                    Node::Is(b, ty)
-                } else {
-                    Node::As(b, ty)
-                }
+                if name == "is" { Node::Is(b, ty) } else { Node::As(b, ty) }
             }
             other => return Err(CompileError(format!("unsupported function {other}()"))),
         })
@@ -473,19 +450,13 @@ impl Parser {
 /// Compiles an expression (not yet specialised to a resource type).
 pub(crate) fn compile(src: &str) -> Result<Node, CompileError> {
     let toks = lex(src)?;
-    let mut p = Parser {
-        toks,
-        pos: 0,
-        depth: 0,
-    };
+    let mut p = Parser { toks, pos: 0, depth: 0 };
     let node = p.expr()?;
     if p.pos != p.toks.len() {
         return Err(CompileError(format!("trailing input at token {}", p.pos)));
     }
     if node.contains_resolve() {
-        return Err(CompileError(
-            "resolve() outside where(resolve() is T)".into(),
-        ));
+        return Err(CompileError("resolve() outside where(resolve() is T)".into()));
     }
     Ok(node)
 }
@@ -550,8 +521,7 @@ const CHOICE_TYPES: &[&str] = &[
 
 fn choice_suffix<'k>(key: &'k str, name: &str) -> Option<&'k str> {
     let rest = key.strip_prefix(name)?;
-    (rest.starts_with(|c: char| c.is_ascii_uppercase()) && CHOICE_TYPES.contains(&rest))
-        .then_some(rest)
+    (rest.starts_with(|c: char| c.is_ascii_uppercase()) && CHOICE_TYPES.contains(&rest)).then_some(rest)
 }
 
 /// Is `actual` (a choice suffix like `DateTime`) the type `wanted` (as written
@@ -563,37 +533,10 @@ fn type_matches(actual: &str, wanted: &str) -> bool {
     let canon = |s: &str| -> &'static str {
         // Specialisations per the FHIR type hierarchy.
         match () {
-            _ if [
-                "Age",
-                "Count",
-                "Distance",
-                "Duration",
-                "SimpleQuantity",
-                "MoneyQuantity",
-            ]
-            .iter()
-            .any(|t| eq_first_caseless(s, t)) =>
-            {
-                "Quantity"
-            }
-            _ if ["Url", "Canonical", "Oid", "Uuid"]
-                .iter()
-                .any(|t| eq_first_caseless(s, t)) =>
-            {
-                "Uri"
-            }
-            _ if ["Code", "Id", "Markdown"]
-                .iter()
-                .any(|t| eq_first_caseless(s, t)) =>
-            {
-                "String"
-            }
-            _ if ["PositiveInt", "UnsignedInt"]
-                .iter()
-                .any(|t| eq_first_caseless(s, t)) =>
-            {
-                "Integer"
-            }
+            _ if ["Age", "Count", "Distance", "Duration", "SimpleQuantity", "MoneyQuantity"].iter().any(|t| eq_first_caseless(s, t)) => "Quantity",
+            _ if ["Url", "Canonical", "Oid", "Uuid"].iter().any(|t| eq_first_caseless(s, t)) => "Uri",
+            _ if ["Code", "Id", "Markdown"].iter().any(|t| eq_first_caseless(s, t)) => "String",
+            _ if ["PositiveInt", "UnsignedInt"].iter().any(|t| eq_first_caseless(s, t)) => "Integer",
             _ => "",
         }
     };
@@ -615,10 +558,7 @@ fn shape_matches(v: &Value, wanted: &str) -> bool {
     match v {
         Value::Object(_) => !primitive,
         Value::Bool(_) => wanted == "boolean",
-        Value::Number(_) => matches!(
-            wanted,
-            "decimal" | "integer" | "positiveInt" | "unsignedInt" | "integer64"
-        ),
+        Value::Number(_) => matches!(wanted, "decimal" | "integer" | "positiveInt" | "unsignedInt" | "integer64"),
         Value::String(_) => primitive && wanted != "boolean",
         _ => false,
     }
@@ -684,15 +624,10 @@ fn lit_equals(v: &Value, lit: &Value) -> bool {
     match (v, lit) {
         (Value::String(a), Value::String(b)) => a == b,
         (Value::Bool(a), Value::Bool(b)) => a == b,
-        (Value::Number(a), Value::Number(b)) => {
-            match (
-                crate::decimal::Dec::parse(a.as_str()),
-                crate::decimal::Dec::parse(b.as_str()),
-            ) {
-                (Some(x), Some(y)) => x == y,
-                _ => a.as_str() == b.as_str(),
-            }
-        }
+        (Value::Number(a), Value::Number(b)) => match (crate::decimal::Dec::parse(a.as_str()), crate::decimal::Dec::parse(b.as_str())) {
+            (Some(x), Some(y)) => x == y,
+            _ => a.as_str() == b.as_str(),
+        },
         _ => false,
     }
 }
@@ -713,9 +648,7 @@ impl Node {
             | Node::EmptyFn(b)
             | Node::Not(b)
             | Node::Eq { left: b, .. } => b.contains_resolve(),
-            Node::Where(a, b) | Node::And(a, b) | Node::Or(a, b) => {
-                a.contains_resolve() || b.contains_resolve()
-            }
+            Node::Where(a, b) | Node::And(a, b) | Node::Or(a, b) => a.contains_resolve() || b.contains_resolve(),
             Node::Union(v) => v.iter().any(Node::contains_resolve),
         }
     }
@@ -728,11 +661,7 @@ impl Node {
     pub(crate) fn specialize(&self, base: &str, is_domain: bool) -> Node {
         let s = |n: &Node| Box::new(n.specialize(base, is_domain));
         let wrap = |inner: Box<Node>, make: &dyn Fn(Box<Node>) -> Node| {
-            if *inner == Node::Empty {
-                Node::Empty
-            } else {
-                make(inner)
-            }
+            if *inner == Node::Empty { Node::Empty } else { make(inner) }
         };
         match self {
             Node::TypeRoot(t) => {
@@ -752,11 +681,7 @@ impl Node {
             Node::Resolve(b) => wrap(s(b), &Node::Resolve),
             Node::Where(b, c) => wrap(s(b), &|x| Node::Where(x, s(c))),
             Node::Union(v) => {
-                let mut kept: Vec<Node> = v
-                    .iter()
-                    .map(|n| n.specialize(base, is_domain))
-                    .filter(|n| *n != Node::Empty)
-                    .collect();
+                let mut kept: Vec<Node> = v.iter().map(|n| n.specialize(base, is_domain)).filter(|n| *n != Node::Empty).collect();
                 match kept.len() {
                     0 => Node::Empty,
                     1 => kept.pop().unwrap_or(Node::Empty),
@@ -771,25 +696,12 @@ impl Node {
             Node::Not(b) => Node::Not(s(b)),
             Node::And(a, b) => Node::And(s(a), s(b)),
             Node::Or(a, b) => Node::Or(s(a), s(b)),
-            Node::Eq { left, lit, negate } => Node::Eq {
-                left: s(left),
-                lit: lit.clone(),
-                negate: *negate,
-            },
+            Node::Eq { left, lit, negate } => Node::Eq { left: s(left), lit: lit.clone(), negate: *negate },
         }
     }
 
     fn is_boolean(&self) -> bool {
-        matches!(
-            self,
-            Node::Is(..)
-                | Node::Exists(_)
-                | Node::EmptyFn(_)
-                | Node::Not(_)
-                | Node::And(..)
-                | Node::Or(..)
-                | Node::Eq { .. }
-        )
+        matches!(self, Node::Is(..) | Node::Exists(_) | Node::EmptyFn(_) | Node::Not(_) | Node::And(..) | Node::Or(..) | Node::Eq { .. })
     }
 
     /// Streams the items of this expression evaluated on `ctx` into `f`.
@@ -799,14 +711,7 @@ impl Node {
             Node::This => f(ctx),
             Node::TypeRoot(t) => {
                 // Only reached for unspecialised expressions.
-                if ctx.value.get("resourceType").and_then(Value::as_str) == Some(t.as_str())
-                    || t == "Resource"
-                    || t == "DomainResource"
-                {
-                    f(ctx)
-                } else {
-                    CONTINUE
-                }
+                if ctx.value.get("resourceType").and_then(Value::as_str) == Some(t.as_str()) || t == "Resource" || t == "DomainResource" { f(ctx) } else { CONTINUE }
             }
             Node::Lit(v) => f(Item { value: v, ty: None }),
             Node::Member(b, name) => b.eval(ctx, &mut |it| member(it, name, &mut *f)),
@@ -820,25 +725,13 @@ impl Node {
                 CONTINUE
             }
             Node::As(b, t) => b.eval(ctx, &mut |it| if item_is(it, t) { f(it) } else { CONTINUE }),
-            Node::RefIs(b, t) => {
-                b.eval(ctx, &mut |it| if ref_is(it, t) { f(it) } else { CONTINUE })
-            }
+            Node::RefIs(b, t) => b.eval(ctx, &mut |it| if ref_is(it, t) { f(it) } else { CONTINUE }),
             Node::Where(b, c) => b.eval(ctx, &mut |it| {
-                if c.eval_bool(it) == Some(true) {
-                    f(it)
-                } else {
-                    CONTINUE
-                }
+                if c.eval_bool(it) == Some(true) { f(it) } else { CONTINUE }
             }),
             _ => match self.eval_bool(ctx) {
-                Some(true) => f(Item {
-                    value: &TRUE,
-                    ty: Some("Boolean"),
-                }),
-                Some(false) => f(Item {
-                    value: &FALSE,
-                    ty: Some("Boolean"),
-                }),
+                Some(true) => f(Item { value: &TRUE, ty: Some("Boolean") }),
+                Some(false) => f(Item { value: &FALSE, ty: Some("Boolean") }),
                 None => CONTINUE,
             },
         }
@@ -846,11 +739,7 @@ impl Node {
 
     fn any<'a>(&'a self, ctx: Item<'a>, mut p: impl FnMut(Item<'a>) -> bool) -> bool {
         self.eval(ctx, &mut |it| {
-            if p(it) {
-                ControlFlow::Break(())
-            } else {
-                CONTINUE
-            }
+            if p(it) { ControlFlow::Break(()) } else { CONTINUE }
         })
         .is_break()
     }
@@ -904,12 +793,7 @@ impl Node {
 }
 
 /// `[n]` / `first()` (`Some(n)`) and `last()` (`None`).
-fn nth<'a>(
-    b: &'a Node,
-    ctx: Item<'a>,
-    n: Option<usize>,
-    f: &mut dyn FnMut(Item<'a>) -> Flow,
-) -> Flow {
+fn nth<'a>(b: &'a Node, ctx: Item<'a>, n: Option<usize>, f: &mut dyn FnMut(Item<'a>) -> Flow) -> Flow {
     let mut i = 0usize;
     let mut pick = None;
     let _ = b.eval(ctx, &mut |it| {
@@ -954,50 +838,16 @@ mod tests {
             "valueQuantity": {"value": 1},
             "component": [{"valueCodeableConcept": {"text": "x"}}, {"valueQuantity": {"value": 2}}]
         });
-        assert_eq!(
-            values("Observation.code | Patient.name", "Observation", &obs),
-            vec![json!({"text": "c"})]
-        );
-        assert_eq!(
-            values("Observation.effective", "Observation", &obs),
-            vec![json!("2021-01-01")]
-        );
-        assert_eq!(
-            values("(Observation.effective as dateTime)", "Observation", &obs).len(),
-            1
-        );
-        assert_eq!(
-            values("(Observation.effective as Period)", "Observation", &obs).len(),
-            0
-        );
-        assert_eq!(
-            values("Observation.value.as(Quantity)", "Observation", &obs).len(),
-            1
-        );
-        assert_eq!(
-            values("Observation.value.ofType(Quantity)", "Observation", &obs).len(),
-            1
-        );
-        assert_eq!(
-            values(
-                "(Observation.component.value as CodeableConcept).text",
-                "Observation",
-                &obs
-            ),
-            vec![json!("x")]
-        );
-        assert_eq!(
-            values("Observation.component.value.first()", "Observation", &obs),
-            vec![json!({"text": "x"})]
-        );
-        assert_eq!(
-            values("Observation.component[1].value", "Observation", &obs),
-            vec![json!({"value": 2})]
-        );
-        assert_eq!(
-            values("Observation.component.value.last()", "Observation", &obs),
-            vec![json!({"value": 2})]
-        );
+        assert_eq!(values("Observation.code | Patient.name", "Observation", &obs), vec![json!({"text": "c"})]);
+        assert_eq!(values("Observation.effective", "Observation", &obs), vec![json!("2021-01-01")]);
+        assert_eq!(values("(Observation.effective as dateTime)", "Observation", &obs).len(), 1);
+        assert_eq!(values("(Observation.effective as Period)", "Observation", &obs).len(), 0);
+        assert_eq!(values("Observation.value.as(Quantity)", "Observation", &obs).len(), 1);
+        assert_eq!(values("Observation.value.ofType(Quantity)", "Observation", &obs).len(), 1);
+        assert_eq!(values("(Observation.component.value as CodeableConcept).text", "Observation", &obs), vec![json!("x")]);
+        assert_eq!(values("Observation.component.value.first()", "Observation", &obs), vec![json!({"text": "x"})]);
+        assert_eq!(values("Observation.component[1].value", "Observation", &obs), vec![json!({"value": 2})]);
+        assert_eq!(values("Observation.component.value.last()", "Observation", &obs), vec![json!({"value": 2})]);
         assert_eq!(values("Patient.name", "Observation", &obs).len(), 0);
     }
 
@@ -1009,52 +859,15 @@ mod tests {
             "link": [{"other": {"reference": "Patient/2"}}, {"other": {"reference": "RelatedPerson/3"}}],
             "deceasedDateTime": "2020-01-01"
         });
-        assert_eq!(
-            values("Patient.telecom.where(system='phone')", "Patient", &p),
-            vec![json!({"system": "phone", "value": "123"})]
-        );
-        assert_eq!(
-            values(
-                "Patient.link.other.where(resolve() is Patient)",
-                "Patient",
-                &p
-            ),
-            vec![json!({"reference": "Patient/2"})]
-        );
-        assert_eq!(
-            values(
-                "Patient.deceased.exists() and Patient.deceased != false",
-                "Patient",
-                &p
-            ),
-            vec![json!(true)]
-        );
+        assert_eq!(values("Patient.telecom.where(system='phone')", "Patient", &p), vec![json!({"system": "phone", "value": "123"})]);
+        assert_eq!(values("Patient.link.other.where(resolve() is Patient)", "Patient", &p), vec![json!({"reference": "Patient/2"})]);
+        assert_eq!(values("Patient.deceased.exists() and Patient.deceased != false", "Patient", &p), vec![json!(true)]);
         let alive = json!({"resourceType": "Patient", "deceasedBoolean": false});
-        assert_eq!(
-            values(
-                "Patient.deceased.exists() and Patient.deceased != false",
-                "Patient",
-                &alive
-            ),
-            vec![json!(false)]
-        );
+        assert_eq!(values("Patient.deceased.exists() and Patient.deceased != false", "Patient", &alive), vec![json!(false)]);
         let unknown = json!({"resourceType": "Patient"});
-        assert_eq!(
-            values(
-                "Patient.deceased.exists() and Patient.deceased != false",
-                "Patient",
-                &unknown
-            ),
-            vec![json!(false)]
-        );
-        assert_eq!(
-            values("Patient.telecom.exists(system='phone')", "Patient", &p),
-            vec![json!(true)]
-        );
-        assert_eq!(
-            values("Patient.telecom.where(system='fax').empty()", "Patient", &p),
-            vec![json!(true)]
-        );
+        assert_eq!(values("Patient.deceased.exists() and Patient.deceased != false", "Patient", &unknown), vec![json!(false)]);
+        assert_eq!(values("Patient.telecom.exists(system='phone')", "Patient", &p), vec![json!(true)]);
+        assert_eq!(values("Patient.telecom.where(system='fax').empty()", "Patient", &p), vec![json!(true)]);
     }
 
     #[test]

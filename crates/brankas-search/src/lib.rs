@@ -75,9 +75,7 @@ mod registry;
 mod text;
 
 pub use error::QueryError;
-pub use query::{
-    IdentityQuery, MAX_OR_VALUES, MAX_PARAMS, Query, ResultParams, SortKey, Summary, TotalMode,
-};
+pub use query::{IdentityQuery, MAX_OR_VALUES, MAX_PARAMS, Query, ResultParams, SortKey, Summary, TotalMode};
 pub use registry::{ParamKind, Registry, RegistryStats, SearchParam};
 
 /// The instant range `[lo, hi)` (microseconds since the Unix epoch, UTC) a FHIR `date`,

@@ -23,19 +23,7 @@ pub const MAX_OR_VALUES: usize = 100;
 /// Control parameters that this server does not implement; using them is an
 /// error rather than being silently ignored, since ignoring `_include` or
 /// `_has` would return a different answer than the client asked for.
-const UNSUPPORTED_CONTROL: &[&str] = &[
-    "_include",
-    "_revinclude",
-    "_has",
-    "_contained",
-    "_containedType",
-    "_filter",
-    "_list",
-    "_type",
-    "_query",
-    "_text",
-    "_content",
-];
+const UNSUPPORTED_CONTROL: &[&str] = &["_include", "_revinclude", "_has", "_contained", "_containedType", "_filter", "_list", "_type", "_query", "_text", "_content"];
 
 // ---------------------------------------------------------------- public types
 
@@ -305,14 +293,7 @@ impl fmt::Debug for Query {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Query")
             .field("resource_type", &self.resource_type)
-            .field(
-                "criteria",
-                &self
-                    .criteria
-                    .iter()
-                    .map(|c| c.code.as_str())
-                    .collect::<Vec<_>>(),
-            )
+            .field("criteria", &self.criteria.iter().map(|c| c.code.as_str()).collect::<Vec<_>>())
             .field("sort", &self.result.sort)
             .field("unknown", &self.unknown)
             .finish_non_exhaustive()
@@ -383,18 +364,12 @@ fn parse_number(s: &str) -> Option<NumQ> {
 fn parse_token(s: &str) -> Option<TokenQ> {
     let parts = split_unescaped(s, b'|');
     match parts.as_slice() {
-        [code] => Some(TokenQ {
-            system: None,
-            code: Some(unescape(code)),
-        }),
+        [code] => Some(TokenQ { system: None, code: Some(unescape(code)) }),
         [sys, code] => {
             if sys.is_empty() && code.is_empty() {
                 return None;
             }
-            Some(TokenQ {
-                system: Some(unescape(sys)),
-                code: (!code.is_empty()).then(|| unescape(code)),
-            })
+            Some(TokenQ { system: Some(unescape(sys)), code: (!code.is_empty()).then(|| unescape(code)) })
         }
         _ => None,
     }
@@ -402,18 +377,10 @@ fn parse_token(s: &str) -> Option<TokenQ> {
 
 fn parse_reference(s: &str, param: &SearchParam, modifier: &Modifier) -> Option<RefQ> {
     let v = unescape(s);
-    let typed = |p: reference::Parts<'_>| RefQ::Typed {
-        ty: p.ty.to_owned(),
-        id: p.id.to_owned(),
-        version: p.version.map(str::to_owned),
-    };
+    let typed = |p: reference::Parts<'_>| RefQ::Typed { ty: p.ty.to_owned(), id: p.id.to_owned(), version: p.version.map(str::to_owned) };
     if let Modifier::Type(t) = modifier {
         if reference::is_id(&v) {
-            return Some(RefQ::Typed {
-                ty: t.clone(),
-                id: v,
-                version: None,
-            });
+            return Some(RefQ::Typed { ty: t.clone(), id: v, version: None });
         }
         // `subject:Patient=Patient/1` is redundant but fine; another type
         // in the value contradicts the modifier.
@@ -423,13 +390,7 @@ fn parse_reference(s: &str, param: &SearchParam, modifier: &Modifier) -> Option<
         };
     }
     if v.contains("://") || v.starts_with("urn:") {
-        let tail = reference::parse(&v).map(|p| {
-            (
-                p.ty.to_owned(),
-                p.id.to_owned(),
-                p.version.map(str::to_owned),
-            )
-        });
+        let tail = reference::parse(&v).map(|p| (p.ty.to_owned(), p.id.to_owned(), p.version.map(str::to_owned)));
         return Some(RefQ::Literal { text: v, tail });
     }
     if let Some(p) = reference::parse(&v) {
@@ -438,18 +399,11 @@ fn parse_reference(s: &str, param: &SearchParam, modifier: &Modifier) -> Option<
     if reference::is_id(&v) {
         // A bare id is unambiguous when the parameter has one target type.
         return Some(match param.targets.as_slice() {
-            [only] => RefQ::Typed {
-                ty: only.clone(),
-                id: v,
-                version: None,
-            },
+            [only] => RefQ::Typed { ty: only.clone(), id: v, version: None },
             _ => RefQ::Id(v),
         });
     }
-    Some(RefQ::Literal {
-        text: v,
-        tail: None,
-    })
+    Some(RefQ::Literal { text: v, tail: None })
 }
 
 fn parse_modifier(registry: &Registry, param: &SearchParam, m: Option<&str>) -> Option<Modifier> {
@@ -466,12 +420,7 @@ fn parse_modifier(registry: &Registry, param: &SearchParam, m: Option<&str>) -> 
         (ParamKind::Token, "text") => Modifier::Text,
         (ParamKind::Token, "of-type") => Modifier::OfType,
         (ParamKind::Reference, "identifier") => Modifier::Identifier,
-        (ParamKind::Reference, t)
-            if registry.is_resource_type(t)
-                && (param.targets.is_empty() || param.targets.iter().any(|x| x == t)) =>
-        {
-            Modifier::Type(t.to_owned())
-        }
+        (ParamKind::Reference, t) if registry.is_resource_type(t) && (param.targets.is_empty() || param.targets.iter().any(|x| x == t)) => Modifier::Type(t.to_owned()),
         (ParamKind::Uri, "below") => Modifier::Below,
         (ParamKind::Uri, "above") => Modifier::Above,
         _ => return None,
@@ -491,12 +440,7 @@ fn parse_matcher(param: &SearchParam, modifier: &Modifier, raw: &str, now: i64) 
             // `ap`: 10% of the distance between the value and now (§3.1.1.4.7).
             let pad = now.saturating_sub(range.lo).saturating_abs() / 10;
             let plain_day = (prefix == Prefix::Eq && rest.len() == 10).then(|| rest.to_owned());
-            Matcher::Date {
-                prefix,
-                range,
-                pad,
-                plain_day,
-            }
+            Matcher::Date { prefix, range, pad, plain_day }
         }
         ParamKind::String => {
             let v = unescape(raw);
@@ -520,11 +464,7 @@ fn parse_matcher(param: &SearchParam, modifier: &Modifier, raw: &str, now: i64) 
                 if s.is_empty() || c.is_empty() || v.is_empty() {
                     return None;
                 }
-                Matcher::TokenOfType {
-                    system: unescape(s),
-                    code: unescape(c),
-                    value: unescape(v),
-                }
+                Matcher::TokenOfType { system: unescape(s), code: unescape(c), value: unescape(v) }
             }
             _ => Matcher::Token(parse_token(raw)?),
         },
@@ -536,18 +476,10 @@ fn parse_matcher(param: &SearchParam, modifier: &Modifier, raw: &str, now: i64) 
             let parts = split_unescaped(raw, b'|');
             let (num, system, code) = match parts.as_slice() {
                 [n] => (*n, None, None),
-                [n, s, c] => (
-                    *n,
-                    (!s.is_empty()).then(|| unescape(s)),
-                    (!c.is_empty()).then(|| unescape(c)),
-                ),
+                [n, s, c] => (*n, (!s.is_empty()).then(|| unescape(s)), (!c.is_empty()).then(|| unescape(c))),
                 _ => return None,
             };
-            Matcher::Quantity {
-                num: parse_number(&unescape(num))?,
-                system,
-                code,
-            }
+            Matcher::Quantity { num: parse_number(&unescape(num))?, system, code }
         }
         ParamKind::Uri => Matcher::Uri {
             value: unescape(raw),
@@ -569,11 +501,7 @@ impl Query {
     /// (`\,` escapes a comma). Pairs with an empty value are ignored, as the
     /// spec asks. Unknown parameter names do not fail: they are listed in
     /// [`Query::unknown_params`] for the caller to decide strict vs lenient.
-    pub fn parse(
-        registry: &Registry,
-        resource_type: &str,
-        pairs: &[(String, String)],
-    ) -> Result<Query, QueryError> {
+    pub fn parse(registry: &Registry, resource_type: &str, pairs: &[(String, String)]) -> Result<Query, QueryError> {
         if !registry.is_resource_type(resource_type) {
             return Err(QueryError::UnknownResourceType);
         }
@@ -610,18 +538,7 @@ impl Query {
                 None => (name.as_str(), None),
             };
 
-            if let Some(key) = [
-                "_count",
-                "_sort",
-                "_summary",
-                "_total",
-                "_elements",
-                "_format",
-                "_pretty",
-            ]
-            .into_iter()
-            .find(|k| *k == code)
-            {
+            if let Some(key) = ["_count", "_sort", "_summary", "_total", "_elements", "_format", "_pretty"].into_iter().find(|k| *k == code) {
                 if modifier.is_some() {
                     return Err(QueryError::modifier(name));
                 }
@@ -653,12 +570,8 @@ impl Query {
             if !param.is_supported() {
                 return Err(QueryError::unsupported(name));
             }
-            let expr = param
-                .expr
-                .clone()
-                .ok_or_else(|| QueryError::unsupported(name))?;
-            let modifier = parse_modifier(registry, param, modifier)
-                .ok_or_else(|| QueryError::modifier(name))?;
+            let expr = param.expr.clone().ok_or_else(|| QueryError::unsupported(name))?;
+            let modifier = parse_modifier(registry, param, modifier).ok_or_else(|| QueryError::modifier(name))?;
             let test = if modifier == Modifier::Missing {
                 or_values += 1;
                 match value.as_str() {
@@ -672,26 +585,13 @@ impl Query {
                 if or_values > MAX_OR_VALUES {
                     return Err(QueryError::TooComplex);
                 }
-                let values = raw_values
-                    .iter()
-                    .map(|v| parse_matcher(param, &modifier, v, now))
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| QueryError::bad_value(name))?;
-                Test::Any {
-                    values,
-                    negate: modifier == Modifier::Not,
-                }
+                let values = raw_values.iter().map(|v| parse_matcher(param, &modifier, v, now)).collect::<Option<Vec<_>>>().ok_or_else(|| QueryError::bad_value(name))?;
+                Test::Any { values, negate: modifier == Modifier::Not }
             };
             if or_values > MAX_OR_VALUES {
                 return Err(QueryError::TooComplex);
             }
-            q.criteria.push(Criterion {
-                code: code.to_owned(),
-                kind: param.kind,
-                modifier,
-                expr,
-                test,
-            });
+            q.criteria.push(Criterion { code: code.to_owned(), kind: param.kind, modifier, expr, test });
         }
 
         canon.sort();
@@ -701,12 +601,7 @@ impl Query {
         Ok(q)
     }
 
-    fn parse_result_param(
-        &mut self,
-        registry: &Registry,
-        key: &str,
-        value: &str,
-    ) -> Result<(), QueryError> {
+    fn parse_result_param(&mut self, registry: &Registry, key: &str, value: &str) -> Result<(), QueryError> {
         let r = &mut self.result;
         match key {
             "_count" => {
@@ -742,12 +637,7 @@ impl Query {
             }
             "_format" => r.format = Some(value.to_owned()),
             "_elements" => {
-                r.elements = value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-                    .collect();
+                r.elements = value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
             }
             "_sort" => {
                 for item in value.split(',') {
@@ -762,9 +652,7 @@ impl Query {
                         SortBy::Id
                     } else {
                         match registry.param(&self.resource_type, p) {
-                            Some(sp) if sp.kind == ParamKind::Date && sp.expr.is_some() => {
-                                SortBy::Date(sp.expr.clone().ok_or_else(|| QueryError::sort(p))?)
-                            }
+                            Some(sp) if sp.kind == ParamKind::Date && sp.expr.is_some() => SortBy::Date(sp.expr.clone().ok_or_else(|| QueryError::sort(p))?),
                             // A known parameter is named; anything else in a
                             // `_sort` value is arbitrary client text (a value,
                             // possibly patient data), so it is not echoed.
@@ -773,10 +661,7 @@ impl Query {
                         }
                     };
                     self.sort_by.push(by);
-                    self.result.sort.push(SortKey {
-                        param: p.to_owned(),
-                        descending,
-                    });
+                    self.result.sort.push(SortKey { param: p.to_owned(), descending });
                 }
             }
             _ => {}
@@ -799,10 +684,7 @@ impl Query {
             return None;
         }
         match &c.test {
-            Test::Any {
-                values,
-                negate: false,
-            } if values.len() == 1 => values.first(),
+            Test::Any { values, negate: false } if values.len() == 1 => values.first(),
             _ => None,
         }
     }
@@ -810,10 +692,7 @@ impl Query {
     fn compute_pinned(&self, registry: &Registry) -> Option<String> {
         let ty = self.resource_type.as_str();
         if ty == "Patient"
-            && let Some(Matcher::Token(TokenQ {
-                system: None,
-                code: Some(id),
-            })) = self.single("_id", |m| *m == Modifier::None)
+            && let Some(Matcher::Token(TokenQ { system: None, code: Some(id) })) = self.single("_id", |m| *m == Modifier::None)
             && reference::is_id(id)
         {
             return Some(id.clone());
@@ -828,9 +707,7 @@ impl Query {
         for c in &self.criteria {
             // `patient` is always a Patient-only view of a compartment
             // parameter (checked by a test against the definitions).
-            if c.kind != ParamKind::Reference
-                || !(compartment.contains(&c.code) || c.code == "patient")
-            {
+            if c.kind != ParamKind::Reference || !(compartment.contains(&c.code) || c.code == "patient") {
                 continue;
             }
             let ok_mod = |m: &Modifier| match m {
@@ -840,10 +717,7 @@ impl Query {
             };
             let id = match self.single(&c.code, ok_mod) {
                 Some(Matcher::Ref(RefQ::Typed { ty, id, .. })) if ty == "Patient" => id,
-                Some(Matcher::Ref(RefQ::Literal {
-                    tail: Some((ty, id, _)),
-                    ..
-                })) if ty == "Patient" => id,
+                Some(Matcher::Ref(RefQ::Literal { tail: Some((ty, id, _)), .. })) if ty == "Patient" => id,
                 _ => continue,
             };
             return Some(id.clone());
@@ -856,49 +730,26 @@ impl Query {
             return None;
         }
         let plain = |m: &Modifier| *m == Modifier::None;
-        if let Some(Matcher::Token(TokenQ {
-            system: Some(system),
-            code: Some(value),
-        })) = self.single("identifier", plain)
+        if let Some(Matcher::Token(TokenQ { system: Some(system), code: Some(value) })) = self.single("identifier", plain)
             && !system.is_empty()
         {
-            return Some(IdentityQuery::Identifier {
-                system: system.clone(),
-                value: value.clone(),
-            });
+            return Some(IdentityQuery::Identifier { system: system.clone(), value: value.clone() });
         }
         for (code, systems) in [("phone", &[][..]), ("telecom", &["phone"][..])] {
-            if let Some(Matcher::Token(TokenQ {
-                system,
-                code: Some(v),
-            })) = self.single(code, plain)
+            if let Some(Matcher::Token(TokenQ { system, code: Some(v) })) = self.single(code, plain)
                 && system.as_deref().is_none_or(|s| systems.contains(&s))
             {
                 return Some(IdentityQuery::Phone(v.clone()));
             }
         }
-        if let Some(Matcher::Str {
-            raw: name,
-            mode: StrMode::Prefix,
-            ..
-        }) = self.single("name", plain)
-            && let Some(Matcher::Date {
-                plain_day: Some(day),
-                ..
-            }) = self.single("birthdate", plain)
+        if let Some(Matcher::Str { raw: name, mode: StrMode::Prefix, .. }) = self.single("name", plain)
+            && let Some(Matcher::Date { plain_day: Some(day), .. }) = self.single("birthdate", plain)
         {
             let gender = match self.single("gender", plain) {
-                Some(Matcher::Token(TokenQ {
-                    system: None,
-                    code: Some(g),
-                })) => Some(g.clone()),
+                Some(Matcher::Token(TokenQ { system: None, code: Some(g) })) => Some(g.clone()),
                 _ => None,
             };
-            return Some(IdentityQuery::NameBirthDate {
-                name: name.clone(),
-                birth_date: day.clone(),
-                gender,
-            });
+            return Some(IdentityQuery::NameBirthDate { name: name.clone(), birth_date: day.clone(), gender });
         }
         None
     }
@@ -992,11 +843,7 @@ impl Query {
     /// latest end.
     pub fn compare(&self, a: &Value, b: &Value) -> Ordering {
         for (by, key) in self.sort_by.iter().zip(&self.result.sort) {
-            let ord = cmp_keys(
-                sort_value(by, key.descending, a),
-                sort_value(by, key.descending, b),
-                key.descending,
-            );
+            let ord = cmp_keys(sort_value(by, key.descending, a), sort_value(by, key.descending, b), key.descending);
             if ord != Ordering::Equal {
                 return ord;
             }
@@ -1011,23 +858,14 @@ impl Query {
             .into_iter()
             .map(|t| {
                 let v = resource(&t);
-                let keys = self
-                    .sort_by
-                    .iter()
-                    .zip(&self.result.sort)
-                    .map(|(by, k)| sort_value(by, k.descending, v).map(OwnedKey::from))
-                    .collect();
+                let keys = self.sort_by.iter().zip(&self.result.sort).map(|(by, k)| sort_value(by, k.descending, v).map(OwnedKey::from)).collect();
                 let id = id_of(v).map(str::to_owned);
                 (keys, id, t)
             })
             .collect();
         keyed.sort_by(|a, b| {
             for ((x, y), k) in a.0.iter().zip(&b.0).zip(&self.result.sort) {
-                let ord = cmp_keys(
-                    x.as_ref().map(OwnedKey::borrow),
-                    y.as_ref().map(OwnedKey::borrow),
-                    k.descending,
-                );
+                let ord = cmp_keys(x.as_ref().map(OwnedKey::borrow), y.as_ref().map(OwnedKey::borrow), k.descending);
                 if ord != Ordering::Equal {
                     return ord;
                 }
@@ -1118,21 +956,14 @@ impl Criterion {
         let root = Item::root(resource);
         match &self.test {
             Test::Missing(missing) => {
-                let present = self
-                    .expr
-                    .eval(root, &mut |_| ControlFlow::Break(()))
-                    .is_break();
+                let present = self.expr.eval(root, &mut |_| ControlFlow::Break(())).is_break();
                 present != *missing
             }
             Test::Any { values, negate } => {
                 let hit = self
                     .expr
                     .eval(root, &mut |it| {
-                        if values.iter().any(|m| m.matches(it)) {
-                            ControlFlow::Break(())
-                        } else {
-                            ControlFlow::Continue(())
-                        }
+                        if values.iter().any(|m| m.matches(it)) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
                     })
                     .is_break();
                 hit != *negate
@@ -1163,8 +994,7 @@ fn cmp_num(q: &NumQ, t_lo: Option<Dec>, t_hi: Option<Dec>) -> bool {
             // 10% of the value (§3.1.1.4.6), at least the implicit precision.
             let vf = v.to_f64();
             let pad = (vf.abs() * 0.1).max((q.hi.to_f64() - q.lo.to_f64()) / 2.0);
-            t_lo.is_none_or(|l| l.to_f64() <= vf + pad)
-                && t_hi.is_none_or(|h| h.to_f64() >= vf - pad)
+            t_lo.is_none_or(|l| l.to_f64() <= vf + pad) && t_hi.is_none_or(|h| h.to_f64() >= vf - pad)
         }
     }
 }
@@ -1212,18 +1042,10 @@ fn token_matches(q: &TokenQ, v: &Value) -> bool {
         // code part is compared (`system|` alone matches any value).
         Value::String(s) => q.code.as_deref().is_none_or(|c| c == s),
         Value::Bool(b) => q.code.as_deref() == Some(if *b { "true" } else { "false" }),
-        Value::Number(n) => q
-            .code
-            .as_deref()
-            .and_then(Dec::parse)
-            .zip(Dec::parse(n.as_str()))
-            .is_some_and(|(a, b)| a == b),
+        Value::Number(n) => q.code.as_deref().and_then(Dec::parse).zip(Dec::parse(n.as_str())).is_some_and(|(a, b)| a == b),
         Value::Object(o) => {
             if let Some(Value::Array(codings)) = o.get("coding") {
-                return codings.iter().any(|c| {
-                    c.as_object()
-                        .is_some_and(|c| sys_code(q, str_field(c, "system"), str_field(c, "code")))
-                });
+                return codings.iter().any(|c| c.as_object().is_some_and(|c| sys_code(q, str_field(c, "system"), str_field(c, "code"))));
             }
             if let Some(code) = str_field(o, "code") {
                 return sys_code(q, str_field(o, "system"), Some(code));
@@ -1250,35 +1072,18 @@ fn token_text_matches(folded: &str, v: &Value) -> bool {
         return true;
     }
     if let Some(Value::Array(codings)) = o.get("coding")
-        && codings
-            .iter()
-            .any(|c| hit(c.get("display").and_then(Value::as_str)))
+        && codings.iter().any(|c| hit(c.get("display").and_then(Value::as_str)))
     {
         return true;
     }
-    o.get("type")
-        .and_then(|t| t.get("text"))
-        .and_then(Value::as_str)
-        .is_some_and(|s| text::folded_starts_with(s, folded))
+    o.get("type").and_then(|t| t.get("text")).and_then(Value::as_str).is_some_and(|s| text::folded_starts_with(s, folded))
 }
 
 /// Fields searched by a `string` parameter on a complex element: HumanName
 /// (family, given, prefix, suffix, text) and Address (line, city, district,
 /// state, postalCode, country, text). `use`, `type` etc. are deliberately
 /// absent: `name=official` must not match every official name.
-const STRING_FIELDS: &[&str] = &[
-    "family",
-    "given",
-    "prefix",
-    "suffix",
-    "text",
-    "line",
-    "city",
-    "district",
-    "state",
-    "postalCode",
-    "country",
-];
+const STRING_FIELDS: &[&str] = &["family", "given", "prefix", "suffix", "text", "line", "city", "district", "state", "postalCode", "country"];
 
 fn string_matches(mode: StrMode, raw: &str, folded: &str, v: &Value) -> bool {
     let one = |s: &str| match mode {
@@ -1302,9 +1107,7 @@ fn ref_matches(q: &RefQ, v: &Value) -> bool {
         return false;
     };
     match q {
-        RefQ::Typed { ty, id, version } => reference::parse(t).is_some_and(|p| {
-            p.ty == ty && p.id == id && version.as_deref().is_none_or(|ver| p.version == Some(ver))
-        }),
+        RefQ::Typed { ty, id, version } => reference::parse(t).is_some_and(|p| p.ty == ty && p.id == id && version.as_deref().is_none_or(|ver| p.version == Some(ver))),
         RefQ::Id(id) => reference::parse(t).is_some_and(|p| p.id == id),
         RefQ::Literal { text, tail } => {
             // Exact text, or a canonical `url|version` against a bare url,
@@ -1312,30 +1115,17 @@ fn ref_matches(q: &RefQ, v: &Value) -> bool {
             // own base is not known here, so any base is accepted.
             t == text
                 || t.split_once('|').is_some_and(|(base, _)| base == text)
-                || tail.as_ref().is_some_and(|(ty, id, ver)| {
-                    reference::parse(t).is_some_and(|p| {
-                        p.ty == ty
-                            && p.id == id
-                            && ver.as_deref().is_none_or(|x| p.version == Some(x))
-                    })
-                })
+                || tail.as_ref().is_some_and(|(ty, id, ver)| reference::parse(t).is_some_and(|p| p.ty == ty && p.id == id && ver.as_deref().is_none_or(|x| p.version == Some(x))))
         }
     }
 }
 
 fn unit_ok(system: Option<&str>, code: Option<&str>, o: &Map<String, Value>) -> bool {
-    let (t_sys, t_code, unit, currency) = (
-        str_field(o, "system"),
-        str_field(o, "code"),
-        str_field(o, "unit"),
-        str_field(o, "currency"),
-    );
+    let (t_sys, t_code, unit, currency) = (str_field(o, "system"), str_field(o, "code"), str_field(o, "unit"), str_field(o, "currency"));
     match (system, code) {
         (None, None) => true,
         // Money: the currency is an ISO 4217 code.
-        (Some(s), c) if currency.is_some() => {
-            s == "urn:iso:std:iso:4217" && c.is_none_or(|c| Some(c) == currency)
-        }
+        (Some(s), c) if currency.is_some() => s == "urn:iso:std:iso:4217" && c.is_none_or(|c| Some(c) == currency),
         (Some(s), c) => t_sys == Some(s) && c.is_none_or(|c| t_code == Some(c)),
         (None, Some(c)) => t_code == Some(c) || unit == Some(c) || currency == Some(c),
     }
@@ -1343,11 +1133,7 @@ fn unit_ok(system: Option<&str>, code: Option<&str>, o: &Map<String, Value>) -> 
 
 fn quantity_matches(num: &NumQ, system: Option<&str>, code: Option<&str>, v: &Value) -> bool {
     match v {
-        Value::Number(n) => {
-            system.is_none()
-                && code.is_none()
-                && Dec::parse(n.as_str()).is_some_and(|d| cmp_num(num, Some(d), Some(d)))
-        }
+        Value::Number(n) => system.is_none() && code.is_none() && Dec::parse(n.as_str()).is_some_and(|d| cmp_num(num, Some(d), Some(d))),
         Value::Object(o) => {
             if o.contains_key("low") || o.contains_key("high") {
                 // Range: its bounds carry the units.
@@ -1384,33 +1170,19 @@ impl Matcher {
         let v = it.value;
         match self {
             Matcher::Number(q) => number_matches(q, v),
-            Matcher::Date {
-                prefix, range, pad, ..
-            } => date::for_each_range(v, &mut |t| cmp_date(*prefix, *range, *pad, t)),
+            Matcher::Date { prefix, range, pad, .. } => date::for_each_range(v, &mut |t| cmp_date(*prefix, *range, *pad, t)),
             Matcher::Str { raw, folded, mode } => string_matches(*mode, raw, folded, v),
             Matcher::Token(q) => token_matches(q, v),
             Matcher::TokenText(folded) => token_text_matches(folded, v),
-            Matcher::TokenOfType {
-                system,
-                code,
-                value,
-            } => {
+            Matcher::TokenOfType { system, code, value } => {
                 v.get("value").and_then(Value::as_str) == Some(value.as_str())
-                    && v.get("type")
-                        .and_then(|t| t.get("coding"))
-                        .and_then(Value::as_array)
-                        .is_some_and(|cs| {
-                            cs.iter().any(|c| {
-                                c.get("system").and_then(Value::as_str) == Some(system.as_str())
-                                    && c.get("code").and_then(Value::as_str) == Some(code.as_str())
-                            })
-                        })
+                    && v.get("type").and_then(|t| t.get("coding")).and_then(Value::as_array).is_some_and(|cs| {
+                        cs.iter().any(|c| c.get("system").and_then(Value::as_str) == Some(system.as_str()) && c.get("code").and_then(Value::as_str) == Some(code.as_str()))
+                    })
             }
             Matcher::Ref(q) => ref_matches(q, v),
             Matcher::RefIdentifier(q) => v.get("identifier").is_some_and(|id| token_matches(q, id)),
-            Matcher::Quantity { num, system, code } => {
-                quantity_matches(num, system.as_deref(), code.as_deref(), v)
-            }
+            Matcher::Quantity { num, system, code } => quantity_matches(num, system.as_deref(), code.as_deref(), v),
             Matcher::Uri { value, mode } => v.as_str().is_some_and(|t| match mode {
                 UriMode::Exact => t == value,
                 UriMode::Below => t.starts_with(value.as_str()),

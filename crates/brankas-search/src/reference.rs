@@ -17,10 +17,7 @@ fn is_type_name(s: &str) -> bool {
 
 /// FHIR `id`: 1–64 of `[A-Za-z0-9.-]`.
 pub(crate) fn is_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 /// Parses `[base/]Type/id[/_history/version]`. `None` for anything else
@@ -56,50 +53,13 @@ mod tests {
 
     #[test]
     fn forms() {
-        assert_eq!(
-            parse("Patient/1"),
-            Some(Parts {
-                ty: "Patient",
-                id: "1",
-                version: None
-            })
-        );
-        assert_eq!(
-            parse("Patient/1/_history/2"),
-            Some(Parts {
-                ty: "Patient",
-                id: "1",
-                version: Some("2")
-            })
-        );
-        assert_eq!(
-            parse("https://x.example/fhir/Patient/a-b.c"),
-            Some(Parts {
-                ty: "Patient",
-                id: "a-b.c",
-                version: None
-            })
-        );
-        assert_eq!(
-            parse("http://x/fhir/Observation/9/_history/1"),
-            Some(Parts {
-                ty: "Observation",
-                id: "9",
-                version: Some("1")
-            })
-        );
-        for bad in [
-            "urn:uuid:0f3c",
-            "#p1",
-            "123",
-            "patient/1",
-            "Patient/",
-            "/Patient/1",
-            "a/Patient/1",
-            "Patient/1/_history/",
-            "Patient/1 2",
-            "http://hl7.org/fhir/ValueSet/x|4.0.1",
-        ] {
+        assert_eq!(parse("Patient/1"), Some(Parts { ty: "Patient", id: "1", version: None }));
+        assert_eq!(parse("Patient/1/_history/2"), Some(Parts { ty: "Patient", id: "1", version: Some("2") }));
+        assert_eq!(parse("https://x.example/fhir/Patient/a-b.c"), Some(Parts { ty: "Patient", id: "a-b.c", version: None }));
+        assert_eq!(parse("http://x/fhir/Observation/9/_history/1"), Some(Parts { ty: "Observation", id: "9", version: Some("1") }));
+        for bad in
+            ["urn:uuid:0f3c", "#p1", "123", "patient/1", "Patient/", "/Patient/1", "a/Patient/1", "Patient/1/_history/", "Patient/1 2", "http://hl7.org/fhir/ValueSet/x|4.0.1"]
+        {
             assert_eq!(parse(bad), None, "{bad}");
         }
     }

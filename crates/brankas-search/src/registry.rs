@@ -24,8 +24,7 @@ const TYPES_WITHOUT_DEFINITIONS: &[&str] = &["Parameters"];
 static R4: LazyLock<Registry> = LazyLock::new(|| {
     // The data is embedded at compile time and covered by tests, so failing
     // here means a broken build, not bad input.
-    Registry::load(SEARCH_PARAMETERS_JSON, COMPARTMENT_JSON)
-        .unwrap_or_else(|e| panic!("embedded R4 search definitions are invalid: {}", e.0))
+    Registry::load(SEARCH_PARAMETERS_JSON, COMPARTMENT_JSON).unwrap_or_else(|e| panic!("embedded R4 search definitions are invalid: {}", e.0))
 });
 
 /// The kind of a search parameter (`SearchParameter.type`), which decides
@@ -91,11 +90,7 @@ impl SearchParam {
     }
 
     /// Streams the values of this parameter in `resource` to `f` (internal).
-    pub(crate) fn for_each<'a>(
-        &'a self,
-        resource: &'a Value,
-        f: &mut dyn FnMut(Item<'a>) -> ControlFlow<()>,
-    ) -> ControlFlow<()> {
+    pub(crate) fn for_each<'a>(&'a self, resource: &'a Value, f: &mut dyn FnMut(Item<'a>) -> ControlFlow<()>) -> ControlFlow<()> {
         match &self.expr {
             Some(e) => e.eval(Item::root(resource), f),
             None => ControlFlow::Continue(()),
@@ -179,14 +174,9 @@ impl Registry {
     }
 
     fn load(bundle_json: &str, compartment_json: &str) -> Result<Registry, LoadError> {
-        let bundle: Value =
-            serde_json::from_str(bundle_json).map_err(|_| LoadError("bundle json"))?;
-        let compartment: Value =
-            serde_json::from_str(compartment_json).map_err(|_| LoadError("compartment json"))?;
-        let entries = bundle
-            .get("entry")
-            .and_then(Value::as_array)
-            .ok_or(LoadError("bundle entries"))?;
+        let bundle: Value = serde_json::from_str(bundle_json).map_err(|_| LoadError("bundle json"))?;
+        let compartment: Value = serde_json::from_str(compartment_json).map_err(|_| LoadError("compartment json"))?;
+        let entries = bundle.get("entry").and_then(Value::as_array).ok_or(LoadError("bundle entries"))?;
 
         struct Def {
             code: String,
@@ -195,72 +185,30 @@ impl Registry {
             targets: Vec<String>,
             expr: Option<Node>,
         }
-        let strings = |v: Option<&Value>| -> Vec<String> {
-            v.and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
+        let strings =
+            |v: Option<&Value>| -> Vec<String> { v.and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect()).unwrap_or_default() };
 
         let mut defs = Vec::with_capacity(entries.len());
-        let mut stats = RegistryStats {
-            definitions: 0,
-            compiled: 0,
-            not_compiled: Vec::new(),
-        };
+        let mut stats = RegistryStats { definitions: 0, compiled: 0, not_compiled: Vec::new() };
         for e in entries {
             let r = e.get("resource").ok_or(LoadError("entry resource"))?;
-            let code = r
-                .get("code")
-                .and_then(Value::as_str)
-                .ok_or(LoadError("code"))?;
-            let kind = r
-                .get("type")
-                .and_then(Value::as_str)
-                .and_then(ParamKind::parse)
-                .ok_or(LoadError("type"))?;
+            let code = r.get("code").and_then(Value::as_str).ok_or(LoadError("code"))?;
+            let kind = r.get("type").and_then(Value::as_str).and_then(ParamKind::parse).ok_or(LoadError("type"))?;
             let bases = strings(r.get("base"));
             stats.definitions += 1;
-            let expr = r
-                .get("expression")
-                .and_then(Value::as_str)
-                .and_then(|x| fhirpath::compile(x).ok());
+            let expr = r.get("expression").and_then(Value::as_str).and_then(|x| fhirpath::compile(x).ok());
             if expr.is_some() {
                 stats.compiled += 1;
             } else {
-                stats.not_compiled.push(format!(
-                    "{}.{}",
-                    bases.first().map_or("?", String::as_str),
-                    code
-                ));
+                stats.not_compiled.push(format!("{}.{}", bases.first().map_or("?", String::as_str), code));
             }
-            defs.push(Def {
-                code: code.to_owned(),
-                kind,
-                bases,
-                targets: strings(r.get("target")),
-                expr,
-            });
+            defs.push(Def { code: code.to_owned(), kind, bases, targets: strings(r.get("target")), expr });
         }
 
         let mut compartment_map = HashMap::new();
-        let mut types: Vec<String> = TYPES_WITHOUT_DEFINITIONS
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        for c in compartment
-            .get("resource")
-            .and_then(Value::as_array)
-            .ok_or(LoadError("compartment resources"))?
-        {
-            let code = c
-                .get("code")
-                .and_then(Value::as_str)
-                .ok_or(LoadError("compartment code"))?;
+        let mut types: Vec<String> = TYPES_WITHOUT_DEFINITIONS.iter().map(|s| s.to_string()).collect();
+        for c in compartment.get("resource").and_then(Value::as_array).ok_or(LoadError("compartment resources"))? {
+            let code = c.get("code").and_then(Value::as_str).ok_or(LoadError("compartment code"))?;
             types.push(code.to_owned());
             let params = strings(c.get("param"));
             if !params.is_empty() {
@@ -279,41 +227,20 @@ impl Registry {
                 let s = n.specialize(ty, !NOT_DOMAIN_RESOURCES.contains(&ty));
                 (s != Node::Empty).then(|| Arc::new(s))
             });
-            SearchParam {
-                code: d.code.clone(),
-                kind: d.kind,
-                targets: effective_targets(&d.code, &d.targets, expr.as_deref()),
-                expr,
-            }
+            SearchParam { code: d.code.clone(), kind: d.kind, targets: effective_targets(&d.code, &d.targets, expr.as_deref()), expr }
         };
         let mut params: HashMap<String, TypeParams> = HashMap::new();
         for ty in &types {
             let domain = !NOT_DOMAIN_RESOURCES.contains(&ty.as_str());
-            let mut list: Vec<SearchParam> = defs
-                .iter()
-                .filter(|d| {
-                    d.bases
-                        .iter()
-                        .any(|b| b == ty || b == "Resource" || (b == "DomainResource" && domain))
-                })
-                .map(|d| make(d, ty))
-                .collect();
+            let mut list: Vec<SearchParam> =
+                defs.iter().filter(|d| d.bases.iter().any(|b| b == ty || b == "Resource" || (b == "DomainResource" && domain))).map(|d| make(d, ty)).collect();
             list.sort_by(|a, b| a.code.cmp(&b.code));
             list.dedup_by(|a, b| a.code == b.code);
-            let by_code = list
-                .iter()
-                .enumerate()
-                .map(|(i, p)| (p.code.clone(), i))
-                .collect();
+            let by_code = list.iter().enumerate().map(|(i, p)| (p.code.clone(), i)).collect();
             params.insert(ty.clone(), TypeParams { list, by_code });
         }
 
-        Ok(Registry {
-            types,
-            params,
-            compartment: compartment_map,
-            stats,
-        })
+        Ok(Registry { types, params, compartment: compartment_map, stats })
     }
 
     /// The parameter `code` on `resource_type`, including the common
@@ -327,11 +254,7 @@ impl Registry {
     /// Every parameter of `resource_type`, sorted by code; empty for an
     /// unknown type.
     pub fn params_for(&self, resource_type: &str) -> impl Iterator<Item = &SearchParam> {
-        self.params
-            .get(resource_type)
-            .map(|tp| tp.list.as_slice())
-            .unwrap_or_default()
-            .iter()
+        self.params.get(resource_type).map(|tp| tp.list.as_slice()).unwrap_or_default().iter()
     }
 
     /// Every concrete resource type of R4, sorted.
@@ -341,9 +264,7 @@ impl Registry {
 
     /// Whether `resource_type` is a concrete R4 resource type.
     pub fn is_resource_type(&self, resource_type: &str) -> bool {
-        self.types
-            .binary_search_by(|t| t.as_str().cmp(resource_type))
-            .is_ok()
+        self.types.binary_search_by(|t| t.as_str().cmp(resource_type)).is_ok()
     }
 
     /// Patient compartment membership per the CompartmentDefinition: whether
@@ -356,10 +277,7 @@ impl Registry {
     /// compartment, in the CompartmentDefinition's order (e.g. Observation:
     /// `["subject", "performer"]`); empty when not in the compartment.
     pub fn compartment_params(&self, resource_type: &str) -> &[String] {
-        self.compartment
-            .get(resource_type)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
+        self.compartment.get(resource_type).map(Vec::as_slice).unwrap_or_default()
     }
 
     /// The ids of the patients whose compartment this resource is in, in the
@@ -370,12 +288,7 @@ impl Registry {
     /// ignored. For a `Patient` resource: its own `id`, if present.
     pub fn patient_refs(&self, resource_type: &str, resource: &Value) -> Vec<String> {
         if resource_type == "Patient" {
-            return resource
-                .get("id")
-                .and_then(Value::as_str)
-                .filter(|id| crate::reference::is_id(id))
-                .map(|id| vec![id.to_owned()])
-                .unwrap_or_default();
+            return resource.get("id").and_then(Value::as_str).filter(|id| crate::reference::is_id(id)).map(|id| vec![id.to_owned()]).unwrap_or_default();
         }
         let mut out: Vec<String> = Vec::new();
         for code in self.compartment_params(resource_type) {
@@ -386,9 +299,7 @@ impl Registry {
                 // Only local references place a resource: `http://other/fhir/Patient/b` names a
                 // patient of another server, and filing it with our Patient/b would mix two
                 // people's records.
-                if let Some(parts) = fhirpath::reference_text(it.value)
-                    .filter(|t| !t.contains("://"))
-                    .and_then(crate::reference::parse)
+                if let Some(parts) = fhirpath::reference_text(it.value).filter(|t| !t.contains("://")).and_then(crate::reference::parse)
                     && parts.ty == "Patient"
                     && !out.iter().any(|x| x == parts.id)
                 {
@@ -414,56 +325,31 @@ mod tests {
     #[test]
     fn basics() {
         let r = Registry::r4();
-        assert!(
-            r.resource_types().len() >= 146,
-            "{}",
-            r.resource_types().len()
-        );
+        assert!(r.resource_types().len() >= 146, "{}", r.resource_types().len());
         assert!(r.is_resource_type("Observation"));
         assert!(r.is_resource_type("Parameters"));
         assert!(r.is_resource_type("Binary"));
         assert!(!r.is_resource_type("Resource"));
         assert!(!r.is_resource_type("observation"));
-        for code in [
-            "_id",
-            "_lastUpdated",
-            "_tag",
-            "_profile",
-            "_security",
-            "_source",
-            "_text",
-        ] {
+        for code in ["_id", "_lastUpdated", "_tag", "_profile", "_security", "_source", "_text"] {
             assert!(r.param("Observation", code).is_some(), "{code}");
         }
         assert!(r.param("Bundle", "_id").is_some());
         assert!(r.param("Bundle", "_text").is_none());
-        assert_eq!(
-            r.param("Observation", "code").map(|p| p.kind),
-            Some(ParamKind::Token)
-        );
-        assert_eq!(
-            r.param("Observation", "date").map(|p| p.kind),
-            Some(ParamKind::Date)
-        );
+        assert_eq!(r.param("Observation", "code").map(|p| p.kind), Some(ParamKind::Token));
+        assert_eq!(r.param("Observation", "date").map(|p| p.kind), Some(ParamKind::Date));
         assert!(r.param("Observation", "nope").is_none());
         assert!(r.param("Nope", "_id").is_none());
         assert_eq!(r.params_for("Nope").count(), 0);
         assert!(r.params_for("Patient").any(|p| p.code == "birthdate"));
-        assert_eq!(
-            r.compartment_params("Observation"),
-            ["subject", "performer"]
-        );
+        assert_eq!(r.compartment_params("Observation"), ["subject", "performer"]);
         assert!(r.in_patient_compartment("Patient"));
         assert!(r.in_patient_compartment("Observation"));
         assert!(!r.in_patient_compartment("Organization"));
         assert!(r.compartment_params("Organization").is_empty());
         let subject = r.param("Observation", "subject").unwrap();
         assert!(subject.targets.iter().any(|t| t == "Patient"));
-        assert!(
-            !r.param("Observation", "code-value-quantity")
-                .unwrap()
-                .is_supported()
-        );
+        assert!(!r.param("Observation", "code-value-quantity").unwrap().is_supported());
         assert!(!r.param("Location", "near").unwrap().is_supported());
         assert!(!r.param("Patient", "_text").unwrap().is_supported());
     }
@@ -486,13 +372,7 @@ mod tests {
         assert!(r.patient_refs("Observation", &grp).is_empty());
         let p = json!({"resourceType": "Patient", "id": "p1", "link": [{"other": {"reference": "Patient/p2"}}]});
         assert_eq!(r.patient_refs("Patient", &p), ["p1"]);
-        assert!(
-            r.patient_refs("Patient", &json!({"resourceType": "Patient"}))
-                .is_empty()
-        );
-        assert!(
-            r.patient_refs("Organization", &json!({"resourceType": "Organization"}))
-                .is_empty()
-        );
+        assert!(r.patient_refs("Patient", &json!({"resourceType": "Patient"})).is_empty());
+        assert!(r.patient_refs("Organization", &json!({"resourceType": "Organization"})).is_empty());
     }
 }

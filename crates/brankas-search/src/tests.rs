@@ -8,9 +8,7 @@ use crate::fhirpath::{self, Node};
 use crate::{IdentityQuery, ParamKind, Query, QueryError, Registry, Summary, TotalMode};
 
 fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
-    p.iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect()
+    p.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
 }
 
 fn q(ty: &str, p: &[(&str, &str)]) -> Query {
@@ -27,11 +25,7 @@ fn m(ty: &str, p: &[(&str, &str)], r: &Value) -> bool {
 
 fn obs_at(effective: Value) -> Value {
     let mut o = json!({"resourceType": "Observation", "id": "o", "status": "final"});
-    if let Some(p) = effective
-        .get("start")
-        .or(effective.get("end"))
-        .map(|_| effective.clone())
-    {
+    if let Some(p) = effective.get("start").or(effective.get("end")).map(|_| effective.clone()) {
         o["effectivePeriod"] = p;
     } else {
         o["effectiveDateTime"] = effective;
@@ -45,10 +39,7 @@ fn obs_at(effective: Value) -> Value {
 fn every_official_expression_compiles_where_it_matters() {
     let r = Registry::r4();
     let stats = r.stats();
-    println!(
-        "compiled {} of {} official search-parameter expressions; not compiled: {:?}",
-        stats.compiled, stats.definitions, stats.not_compiled
-    );
+    println!("compiled {} of {} official search-parameter expressions; not compiled: {:?}", stats.compiled, stats.definitions, stats.not_compiled);
     assert_eq!(stats.definitions, 1375);
     // Only the three definitions without any expression (_text, _content, _query).
     assert!(stats.compiled >= 1372, "{stats:?}");
@@ -74,11 +65,7 @@ fn every_official_expression_compiles_where_it_matters() {
     let mut checked = 0;
     for ty in required {
         for p in r.params_for(ty) {
-            if matches!(
-                p.kind,
-                ParamKind::Token | ParamKind::Date | ParamKind::Reference | ParamKind::String
-            ) && !["_text", "_content", "_query"].contains(&p.code.as_str())
-            {
+            if matches!(p.kind, ParamKind::Token | ParamKind::Date | ParamKind::Reference | ParamKind::String) && !["_text", "_content", "_query"].contains(&p.code.as_str()) {
                 assert!(p.is_supported(), "{ty}.{} does not compile", p.code);
                 checked += 1;
             }
@@ -96,8 +83,7 @@ fn every_official_expression_compiles_where_it_matters() {
                 supported += 1;
             } else {
                 assert!(
-                    matches!(p.kind, ParamKind::Composite | ParamKind::Special)
-                        || ["_text", "_content", "_query"].contains(&p.code.as_str()),
+                    matches!(p.kind, ParamKind::Composite | ParamKind::Special) || ["_text", "_content", "_query"].contains(&p.code.as_str()),
                     "{ty}.{} unexpectedly unsupported",
                     p.code
                 );
@@ -136,17 +122,9 @@ fn patient_param_is_within_compartment() {
             continue;
         };
         let Some(pe) = &patient.expr else { continue };
-        let allowed: Vec<Node> = r
-            .compartment_params(ty)
-            .iter()
-            .filter_map(|c| r.param(ty, c)?.expr.clone())
-            .flat_map(|e| branches(&e))
-            .collect();
+        let allowed: Vec<Node> = r.compartment_params(ty).iter().filter_map(|c| r.param(ty, c)?.expr.clone()).flat_map(|e| branches(&e)).collect();
         for b in branches(pe) {
-            assert!(
-                allowed.contains(&b),
-                "{ty}.patient branch {b:?} not in compartment"
-            );
+            assert!(allowed.contains(&b), "{ty}.patient branch {b:?} not in compartment");
         }
     }
 }
@@ -155,9 +133,7 @@ fn patient_param_is_within_compartment() {
 fn shared_expressions_are_specialised() {
     let r = Registry::r4();
     let p = r.param("Observation", "patient").unwrap();
-    let expected = fhirpath::compile("Observation.subject.where(resolve() is Patient)")
-        .unwrap()
-        .specialize("Observation", true);
+    let expected = fhirpath::compile("Observation.subject.where(resolve() is Patient)").unwrap().specialize("Observation", true);
     assert_eq!(**p.expr.as_ref().unwrap(), expected);
 }
 
@@ -229,23 +205,11 @@ fn date_periods() {
     assert!(t("eb2021-01-21"));
     assert!(!t("eb2021-01-20"));
     // AND of two occurrences: a range query.
-    assert!(m(
-        "Observation",
-        &[("date", "ge2021-01-01"), ("date", "le2021-01-31")],
-        &p
-    ));
+    assert!(m("Observation", &[("date", "ge2021-01-01"), ("date", "le2021-01-31")], &p));
     // ge/le are "overlaps the range above/below": a period straddling the
     // boundary matches both.
-    assert!(m(
-        "Observation",
-        &[("date", "ge2021-01-15"), ("date", "le2021-01-15")],
-        &p
-    ));
-    assert!(!m(
-        "Observation",
-        &[("date", "ge2021-01-25"), ("date", "le2021-01-31")],
-        &p
-    ));
+    assert!(m("Observation", &[("date", "ge2021-01-15"), ("date", "le2021-01-15")], &p));
+    assert!(!m("Observation", &[("date", "ge2021-01-25"), ("date", "le2021-01-31")], &p));
     // Open-ended period: ongoing.
     let open = obs_at(json!({"start": "2021-01-10"}));
     assert!(m("Observation", &[("date", "gt2030")], &open));
@@ -272,21 +236,8 @@ fn date_choice_and_last_updated() {
 
 #[test]
 fn bad_dates_are_bad_values() {
-    for v in [
-        "2021-13",
-        "yesterday",
-        "xx2021",
-        "2021-02-30",
-        "ge",
-        "2021-03-04T10",
-    ] {
-        assert_eq!(
-            err("Observation", &[("date", v)]),
-            QueryError::BadValue {
-                param: "date".into()
-            },
-            "{v}"
-        );
+    for v in ["2021-13", "yesterday", "xx2021", "2021-02-30", "ge", "2021-03-04T10"] {
+        assert_eq!(err("Observation", &[("date", v)]), QueryError::BadValue { param: "date".into() }, "{v}");
     }
 }
 
@@ -327,12 +278,7 @@ fn number_precision_and_prefixes() {
     assert!(m("RiskAssessment", &[("probability", "lt15")], &range));
     assert!(!m("RiskAssessment", &[("probability", "gt20")], &range));
     assert!(!m("RiskAssessment", &[("probability", "15")], &range));
-    assert_eq!(
-        err("RiskAssessment", &[("probability", "abc")]),
-        QueryError::BadValue {
-            param: "probability".into()
-        }
-    );
+    assert_eq!(err("RiskAssessment", &[("probability", "abc")]), QueryError::BadValue { param: "probability".into() });
 }
 
 #[test]
@@ -362,27 +308,13 @@ fn quantities() {
             {"code": {"text": "sys"}, "valueQuantity": {"value": 129, "code": "mm[Hg]", "system": "http://unitsofmeasure.org"}}
         ]
     });
-    assert!(m(
-        "Observation",
-        &[("component-value-quantity", "gt120||mm[Hg]")],
-        &bp
-    ));
+    assert!(m("Observation", &[("component-value-quantity", "gt120||mm[Hg]")], &bp));
     assert!(m("Observation", &[("combo-value-quantity", "lt80")], &bp));
     assert!(!m("Observation", &[("value-quantity", "lt80")], &bp));
-    assert_eq!(
-        err("Observation", &[("value-quantity", "5|a")]),
-        QueryError::BadValue {
-            param: "value-quantity".into()
-        }
-    );
+    assert_eq!(err("Observation", &[("value-quantity", "5|a")]), QueryError::BadValue { param: "value-quantity".into() });
     // Money.
-    let claim =
-        json!({"resourceType": "Invoice", "totalGross": {"value": 100.5, "currency": "IDR"}});
-    assert!(m(
-        "Invoice",
-        &[("totalgross", "gt100|urn:iso:std:iso:4217|IDR")],
-        &claim
-    ));
+    let claim = json!({"resourceType": "Invoice", "totalGross": {"value": 100.5, "currency": "IDR"}});
+    assert!(m("Invoice", &[("totalgross", "gt100|urn:iso:std:iso:4217|IDR")], &claim));
     assert!(m("Invoice", &[("totalgross", "gt100||IDR")], &claim));
     assert!(!m("Invoice", &[("totalgross", "gt100||USD")], &claim));
 }
@@ -419,18 +351,8 @@ fn token_forms() {
     assert!(!t("|44054006"));
     assert!(!t("4405400"));
     assert!(!t("Type 2 diabetes"));
-    assert_eq!(
-        err("Condition", &[("code", "|")]),
-        QueryError::BadValue {
-            param: "code".into()
-        }
-    );
-    assert_eq!(
-        err("Condition", &[("code", "a|b|c")]),
-        QueryError::BadValue {
-            param: "code".into()
-        }
-    );
+    assert_eq!(err("Condition", &[("code", "|")]), QueryError::BadValue { param: "code".into() });
+    assert_eq!(err("Condition", &[("code", "a|b|c")]), QueryError::BadValue { param: "code".into() });
     // Escaped `|` is part of the value.
     assert!(m("Condition", &[("identifier", "urn:sys|A\\|1")], &c));
     assert!(m("Condition", &[("identifier", "A\\|1")], &c));
@@ -448,40 +370,11 @@ fn token_modifiers() {
     assert!(!m("Condition", &[("code:not", "12345,E11")], &c));
     // :not also matches resources without the element.
     assert!(m("Condition", &[("severity:not", "x")], &c));
-    assert!(m(
-        "Condition",
-        &[(
-            "identifier:of-type",
-            "http://terminology.hl7.org/CodeSystem/v2-0203|MR|A\\|1"
-        )],
-        &c
-    ));
-    assert!(!m(
-        "Condition",
-        &[(
-            "identifier:of-type",
-            "http://terminology.hl7.org/CodeSystem/v2-0203|MR|B"
-        )],
-        &c
-    ));
-    assert_eq!(
-        err("Condition", &[("identifier:of-type", "MR|A")]),
-        QueryError::BadValue {
-            param: "identifier:of-type".into()
-        }
-    );
-    assert_eq!(
-        err("Condition", &[("code:in", "http://vs")]),
-        QueryError::UnsupportedModifier {
-            param: "code:in".into()
-        }
-    );
-    assert_eq!(
-        err("Condition", &[("code:exact", "x")]),
-        QueryError::UnsupportedModifier {
-            param: "code:exact".into()
-        }
-    );
+    assert!(m("Condition", &[("identifier:of-type", "http://terminology.hl7.org/CodeSystem/v2-0203|MR|A\\|1")], &c));
+    assert!(!m("Condition", &[("identifier:of-type", "http://terminology.hl7.org/CodeSystem/v2-0203|MR|B")], &c));
+    assert_eq!(err("Condition", &[("identifier:of-type", "MR|A")]), QueryError::BadValue { param: "identifier:of-type".into() });
+    assert_eq!(err("Condition", &[("code:in", "http://vs")]), QueryError::UnsupportedModifier { param: "code:in".into() });
+    assert_eq!(err("Condition", &[("code:exact", "x")]), QueryError::UnsupportedModifier { param: "code:exact".into() });
 }
 
 #[test]
@@ -497,22 +390,13 @@ fn tokens_on_primitives_identifiers_and_contact_points() {
     });
     let t = |k: &str, v: &str| m("Patient", &[(k, v)], &p);
     assert!(t("gender", "female"));
-    assert!(t(
-        "gender",
-        "http://hl7.org/fhir/administrative-gender|female"
-    ));
+    assert!(t("gender", "http://hl7.org/fhir/administrative-gender|female"));
     assert!(!t("gender", "male"));
     assert!(t("active", "true"));
     assert!(!t("active", "false"));
-    assert!(t(
-        "identifier",
-        "https://fhir.kemkes.go.id/id/nik|3201234567890123"
-    ));
+    assert!(t("identifier", "https://fhir.kemkes.go.id/id/nik|3201234567890123"));
     assert!(t("identifier", "3201234567890123"));
-    assert!(!t(
-        "identifier",
-        "https://fhir.kemkes.go.id/id/nik|3201234567890124"
-    ));
+    assert!(!t("identifier", "https://fhir.kemkes.go.id/id/nik|3201234567890124"));
     assert!(t("phone", "+62 812 0000"));
     assert!(!t("phone", "a@example.org"));
     assert!(t("email", "a@example.org"));
@@ -526,11 +410,7 @@ fn tokens_on_primitives_identifiers_and_contact_points() {
     let dead = json!({"resourceType": "Patient", "deceasedDateTime": "2020-01-01"});
     assert!(m("Patient", &[("deceased", "true")], &dead));
     let tagged = json!({"resourceType": "Observation", "meta": {"tag": [{"system": "https://smarthealthit.org/tags", "code": "synthea-5-2019"}]}});
-    assert!(m(
-        "Observation",
-        &[("_tag", "https://smarthealthit.org/tags|synthea-5-2019")],
-        &tagged
-    ));
+    assert!(m("Observation", &[("_tag", "https://smarthealthit.org/tags|synthea-5-2019")], &tagged));
 }
 
 // ------------------------------------------------------------ strings
@@ -563,12 +443,7 @@ fn string_prefix_case_and_accents() {
     assert!(t("address-postalcode", "121"));
     assert!(!t("address-city", "Bandung"));
     assert!(t("address:contains", "selatan"));
-    assert_eq!(
-        err("Patient", &[("name:text", "x")]),
-        QueryError::UnsupportedModifier {
-            param: "name:text".into()
-        }
-    );
+    assert_eq!(err("Patient", &[("name:text", "x")]), QueryError::UnsupportedModifier { param: "name:text".into() });
 }
 
 #[test]
@@ -583,12 +458,7 @@ fn or_and_escapes() {
     assert!(m("Patient", &[("name", "smith"), ("given", "bob,ann")], &p));
     // Empty values are ignored.
     assert!(m("Patient", &[("name", "")], &p));
-    assert_eq!(
-        err("Patient", &[("name", "a,,b")]),
-        QueryError::BadValue {
-            param: "name".into()
-        }
-    );
+    assert_eq!(err("Patient", &[("name", "a,,b")]), QueryError::BadValue { param: "name".into() });
 }
 
 #[test]
@@ -601,12 +471,7 @@ fn missing_modifier() {
     assert!(m("Condition", &[("subject:missing", "false")], &c));
     assert!(m("Condition", &[("abatement-age:missing", "true")], &c));
     assert!(m("Condition", &[("abatement-string:missing", "true")], &c));
-    assert_eq!(
-        err("Condition", &[("code:missing", "yes")]),
-        QueryError::BadValue {
-            param: "code:missing".into()
-        }
-    );
+    assert_eq!(err("Condition", &[("code:missing", "yes")]), QueryError::BadValue { param: "code:missing".into() });
 }
 
 // ------------------------------------------------------------ references, uris
@@ -638,18 +503,8 @@ fn references() {
     assert!(t("encounter:identifier", "urn:enc|E-1"));
     assert!(!t("encounter:identifier", "urn:enc|E-2"));
     assert!(t("based-on:identifier", "SR-9"));
-    assert_eq!(
-        err("Observation", &[("subject:Medication", "x")]),
-        QueryError::UnsupportedModifier {
-            param: "subject:Medication".into()
-        }
-    );
-    assert_eq!(
-        err("Observation", &[("subject:below", "x")]),
-        QueryError::UnsupportedModifier {
-            param: "subject:below".into()
-        }
-    );
+    assert_eq!(err("Observation", &[("subject:Medication", "x")]), QueryError::UnsupportedModifier { param: "subject:Medication".into() });
+    assert_eq!(err("Observation", &[("subject:below", "x")]), QueryError::UnsupportedModifier { param: "subject:below".into() });
     // Patient resources referenced by urn:uuid (unresolved bundles) are not
     // "resolve() is Patient" and so not in `patient`, but still in `subject`.
     let u = json!({"resourceType": "Observation", "subject": {"reference": "urn:uuid:0b8f"}});
@@ -659,45 +514,16 @@ fn references() {
 
 #[test]
 fn canonical_and_uri() {
-    let q1 =
-        json!({"resourceType": "Questionnaire", "url": "http://example.org/Questionnaire/phq9"});
-    assert!(m(
-        "Questionnaire",
-        &[("url", "http://example.org/Questionnaire/phq9")],
-        &q1
-    ));
-    assert!(!m(
-        "Questionnaire",
-        &[("url", "http://example.org/Questionnaire")],
-        &q1
-    ));
-    assert!(m(
-        "Questionnaire",
-        &[("url:below", "http://example.org/Questionnaire")],
-        &q1
-    ));
-    assert!(m(
-        "Questionnaire",
-        &[("url:above", "http://example.org/Questionnaire/phq9/v2")],
-        &q1
-    ));
+    let q1 = json!({"resourceType": "Questionnaire", "url": "http://example.org/Questionnaire/phq9"});
+    assert!(m("Questionnaire", &[("url", "http://example.org/Questionnaire/phq9")], &q1));
+    assert!(!m("Questionnaire", &[("url", "http://example.org/Questionnaire")], &q1));
+    assert!(m("Questionnaire", &[("url:below", "http://example.org/Questionnaire")], &q1));
+    assert!(m("Questionnaire", &[("url:above", "http://example.org/Questionnaire/phq9/v2")], &q1));
     let prof = json!({"resourceType": "Patient", "meta": {"profile": ["http://fhir.example/StructureDefinition/Pasien"]}});
-    assert!(m(
-        "Patient",
-        &[("_profile", "http://fhir.example/StructureDefinition/Pasien")],
-        &prof
-    ));
+    assert!(m("Patient", &[("_profile", "http://fhir.example/StructureDefinition/Pasien")], &prof));
     let qr = json!({"resourceType": "QuestionnaireResponse", "questionnaire": "http://example.org/Questionnaire/phq9|1.0"});
-    assert!(m(
-        "QuestionnaireResponse",
-        &[("questionnaire", "http://example.org/Questionnaire/phq9")],
-        &qr
-    ));
-    assert!(m(
-        "QuestionnaireResponse",
-        &[("questionnaire", "http://example.org/Questionnaire/phq9|1.0")],
-        &qr
-    ));
+    assert!(m("QuestionnaireResponse", &[("questionnaire", "http://example.org/Questionnaire/phq9")], &qr));
+    assert!(m("QuestionnaireResponse", &[("questionnaire", "http://example.org/Questionnaire/phq9|1.0")], &qr));
 }
 
 // ------------------------------------------------------------ unsupported / unknown / limits
@@ -705,125 +531,45 @@ fn canonical_and_uri() {
 #[test]
 fn unsupported_features_are_errors() {
     let u = |k: &str| QueryError::UnsupportedParam { param: k.into() };
-    assert_eq!(
-        err("Observation", &[("subject.name", "x")]),
-        u("subject.name")
-    );
-    assert_eq!(
-        err("Observation", &[("subject:Patient.name", "x")]),
-        u("subject:Patient.name")
-    );
-    assert_eq!(
-        err("Patient", &[("_has:Observation:patient:code", "x")]),
-        u("_has:Observation:patient:code")
-    );
-    assert_eq!(
-        err("Observation", &[("_include", "Observation:subject")]),
-        u("_include")
-    );
-    assert_eq!(
-        err("Observation", &[("_revinclude", "x")]),
-        u("_revinclude")
-    );
-    assert_eq!(
-        err("Observation", &[("code-value-quantity", "x$1")]),
-        u("code-value-quantity")
-    );
+    assert_eq!(err("Observation", &[("subject.name", "x")]), u("subject.name"));
+    assert_eq!(err("Observation", &[("subject:Patient.name", "x")]), u("subject:Patient.name"));
+    assert_eq!(err("Patient", &[("_has:Observation:patient:code", "x")]), u("_has:Observation:patient:code"));
+    assert_eq!(err("Observation", &[("_include", "Observation:subject")]), u("_include"));
+    assert_eq!(err("Observation", &[("_revinclude", "x")]), u("_revinclude"));
+    assert_eq!(err("Observation", &[("code-value-quantity", "x$1")]), u("code-value-quantity"));
     assert_eq!(err("Location", &[("near", "1|2")]), u("near"));
     assert_eq!(err("Patient", &[("_text", "x")]), u("_text"));
     assert_eq!(err("Patient", &[("_content", "x")]), u("_content"));
     assert_eq!(err("Nope", &[]), QueryError::UnknownResourceType);
-    assert_eq!(
-        err("Observation", &[("_count", "x")]),
-        QueryError::BadValue {
-            param: "_count".into()
-        }
-    );
-    assert_eq!(
-        err("Observation", &[("_count", "-1")]),
-        QueryError::BadValue {
-            param: "_count".into()
-        }
-    );
-    assert_eq!(
-        err("Observation", &[("_count", "1"), ("_count", "2")]),
-        QueryError::BadValue {
-            param: "_count".into()
-        }
-    );
-    assert_eq!(
-        err("Observation", &[("_summary", "maybe")]),
-        QueryError::BadValue {
-            param: "_summary".into()
-        }
-    );
-    assert_eq!(
-        err("Observation", &[("_count:x", "1")]),
-        QueryError::UnsupportedModifier {
-            param: "_count:x".into()
-        }
-    );
-    assert_eq!(
-        err("Observation", &[("_sort", "code")]),
-        QueryError::UnsupportedSort {
-            param: "code".into()
-        }
-    );
-    assert_eq!(
-        err("Observation", &[("_sort", "-nope")]),
-        QueryError::UnsupportedSort {
-            param: "_sort".into()
-        }
-    );
-    assert_eq!(
-        err("Observation", &[("_sort", "date,")]),
-        QueryError::BadValue {
-            param: "_sort".into()
-        }
-    );
+    assert_eq!(err("Observation", &[("_count", "x")]), QueryError::BadValue { param: "_count".into() });
+    assert_eq!(err("Observation", &[("_count", "-1")]), QueryError::BadValue { param: "_count".into() });
+    assert_eq!(err("Observation", &[("_count", "1"), ("_count", "2")]), QueryError::BadValue { param: "_count".into() });
+    assert_eq!(err("Observation", &[("_summary", "maybe")]), QueryError::BadValue { param: "_summary".into() });
+    assert_eq!(err("Observation", &[("_count:x", "1")]), QueryError::UnsupportedModifier { param: "_count:x".into() });
+    assert_eq!(err("Observation", &[("_sort", "code")]), QueryError::UnsupportedSort { param: "code".into() });
+    assert_eq!(err("Observation", &[("_sort", "-nope")]), QueryError::UnsupportedSort { param: "_sort".into() });
+    assert_eq!(err("Observation", &[("_sort", "date,")]), QueryError::BadValue { param: "_sort".into() });
 }
 
 #[test]
 fn unknown_params_are_reported_not_fatal() {
-    let query = q(
-        "Observation",
-        &[("foo", "1"), ("bar:baz", "2"), ("x.y", "3"), ("code", "1")],
-    );
+    let query = q("Observation", &[("foo", "1"), ("bar:baz", "2"), ("x.y", "3"), ("code", "1")]);
     assert_eq!(query.unknown_params(), ["foo", "bar:baz", "x.y"]);
     assert!(query.has_criteria());
 }
 
 #[test]
 fn complexity_limits() {
-    let many: Vec<(String, String)> = (0..51)
-        .map(|i| ("code".to_string(), i.to_string()))
-        .collect();
-    assert_eq!(
-        Query::parse(Registry::r4(), "Observation", &many).unwrap_err(),
-        QueryError::TooComplex
-    );
-    let fifty: Vec<(String, String)> = (0..50)
-        .map(|i| ("code".to_string(), i.to_string()))
-        .collect();
+    let many: Vec<(String, String)> = (0..51).map(|i| ("code".to_string(), i.to_string())).collect();
+    assert_eq!(Query::parse(Registry::r4(), "Observation", &many).unwrap_err(), QueryError::TooComplex);
+    let fifty: Vec<(String, String)> = (0..50).map(|i| ("code".to_string(), i.to_string())).collect();
     assert!(Query::parse(Registry::r4(), "Observation", &fifty).is_ok());
-    let ors = (0..101)
-        .map(|i| i.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    assert_eq!(
-        err("Observation", &[("code", &ors)]),
-        QueryError::TooComplex
-    );
-    let ors = (0..100)
-        .map(|i| i.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let ors = (0..101).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    assert_eq!(err("Observation", &[("code", &ors)]), QueryError::TooComplex);
+    let ors = (0..100).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
     assert!(Query::parse(Registry::r4(), "Observation", &pairs(&[("code", &ors)])).is_ok());
     let half = (0..60).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
-    assert_eq!(
-        err("Observation", &[("code", &half), ("category", &half)]),
-        QueryError::TooComplex
-    );
+    assert_eq!(err("Observation", &[("code", &half), ("category", &half)]), QueryError::TooComplex);
 }
 
 // ------------------------------------------------------------ result params, sort, canonical
@@ -832,15 +578,7 @@ fn complexity_limits() {
 fn result_params() {
     let query = q(
         "Observation",
-        &[
-            ("_count", "20"),
-            ("_sort", "-date,_id"),
-            ("_summary", "count"),
-            ("_total", "accurate"),
-            ("_elements", "id, code,,status"),
-            ("_format", "json"),
-            ("_pretty", "true"),
-        ],
+        &[("_count", "20"), ("_sort", "-date,_id"), ("_summary", "count"), ("_total", "accurate"), ("_elements", "id, code,,status"), ("_format", "json"), ("_pretty", "true")],
     );
     assert_eq!(query.count(), Some(20));
     let r = query.result_params();
@@ -866,18 +604,8 @@ fn sorting() {
         }
         o
     };
-    let items = vec![
-        mk("b", Some("2021-01-02")),
-        mk("a", None),
-        mk("c", Some("2021-01-01")),
-        mk("d", Some("2021-01-02")),
-        mk("e", Some("2020")),
-    ];
-    let ids = |v: &[Value]| {
-        v.iter()
-            .map(|x| x["id"].as_str().unwrap().to_owned())
-            .collect::<Vec<_>>()
-    };
+    let items = vec![mk("b", Some("2021-01-02")), mk("a", None), mk("c", Some("2021-01-01")), mk("d", Some("2021-01-02")), mk("e", Some("2020"))];
+    let ids = |v: &[Value]| v.iter().map(|x| x["id"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
 
     let asc = q("Observation", &[("_sort", "date")]);
     let mut v = items.clone();
@@ -911,39 +639,12 @@ fn sorting() {
 
 #[test]
 fn canonical_is_order_independent() {
-    let a = q(
-        "Observation",
-        &[
-            ("code", "1,2"),
-            ("date", "ge2021"),
-            ("_count", "5"),
-            ("x", "y"),
-        ],
-    );
-    let b = q(
-        "Observation",
-        &[
-            ("_count", "5"),
-            ("x", "y"),
-            ("date", "ge2021"),
-            ("code", "1,2"),
-        ],
-    );
+    let a = q("Observation", &[("code", "1,2"), ("date", "ge2021"), ("_count", "5"), ("x", "y")]);
+    let b = q("Observation", &[("_count", "5"), ("x", "y"), ("date", "ge2021"), ("code", "1,2")]);
     assert_eq!(a.canonical(), b.canonical());
-    let c = q(
-        "Observation",
-        &[
-            ("code", "1"),
-            ("code", "2"),
-            ("date", "ge2021"),
-            ("_count", "5"),
-        ],
-    );
+    let c = q("Observation", &[("code", "1"), ("code", "2"), ("date", "ge2021"), ("_count", "5")]);
     assert_ne!(a.canonical(), c.canonical());
-    let d = q(
-        "Patient",
-        &[("code", "1,2"), ("date", "ge2021"), ("_count", "5")],
-    );
+    let d = q("Patient", &[("code", "1,2"), ("date", "ge2021"), ("_count", "5")]);
     assert_ne!(a.canonical(), d.canonical());
     // Separators inside values cannot forge other pairs.
     let e = q("Observation", &[("code", "1&date=2021")]);
@@ -957,47 +658,20 @@ fn canonical_is_order_independent() {
 #[test]
 fn pinned_patient() {
     let pin = |ty: &str, p: &[(&str, &str)]| q(ty, p).pinned_patient().map(str::to_owned);
-    assert_eq!(
-        pin("Observation", &[("patient", "123")]),
-        Some("123".into())
-    );
-    assert_eq!(
-        pin("Observation", &[("patient", "Patient/123")]),
-        Some("123".into())
-    );
-    assert_eq!(
-        pin("Observation", &[("subject", "Patient/123")]),
-        Some("123".into())
-    );
-    assert_eq!(
-        pin("Observation", &[("subject:Patient", "123")]),
-        Some("123".into())
-    );
-    assert_eq!(
-        pin("Observation", &[("subject", "https://x/fhir/Patient/123")]),
-        Some("123".into())
-    );
-    assert_eq!(
-        pin("Observation", &[("subject", "Patient/123/_history/4")]),
-        Some("123".into())
-    );
-    assert_eq!(
-        pin("Observation", &[("performer", "Patient/9"), ("code", "x")]),
-        Some("9".into())
-    );
+    assert_eq!(pin("Observation", &[("patient", "123")]), Some("123".into()));
+    assert_eq!(pin("Observation", &[("patient", "Patient/123")]), Some("123".into()));
+    assert_eq!(pin("Observation", &[("subject", "Patient/123")]), Some("123".into()));
+    assert_eq!(pin("Observation", &[("subject:Patient", "123")]), Some("123".into()));
+    assert_eq!(pin("Observation", &[("subject", "https://x/fhir/Patient/123")]), Some("123".into()));
+    assert_eq!(pin("Observation", &[("subject", "Patient/123/_history/4")]), Some("123".into()));
+    assert_eq!(pin("Observation", &[("performer", "Patient/9"), ("code", "x")]), Some("9".into()));
     // Ambiguous or not a patient.
     assert_eq!(pin("Observation", &[("subject", "123")]), None);
     assert_eq!(pin("Observation", &[("subject", "Group/1")]), None);
     assert_eq!(pin("Observation", &[("patient", "1,2")]), None);
-    assert_eq!(
-        pin("Observation", &[("patient", "1"), ("patient", "1")]),
-        None
-    );
+    assert_eq!(pin("Observation", &[("patient", "1"), ("patient", "1")]), None);
     assert_eq!(pin("Observation", &[("patient:missing", "false")]), None);
-    assert_eq!(
-        pin("Observation", &[("patient:identifier", "urn:x|1")]),
-        None
-    );
+    assert_eq!(pin("Observation", &[("patient:identifier", "urn:x|1")]), None);
     assert_eq!(pin("Observation", &[("encounter", "Patient/1")]), None);
     assert_eq!(pin("Observation", &[("code", "1")]), None);
     assert_eq!(pin("Organization", &[("_id", "1")]), None);
@@ -1016,65 +690,31 @@ fn pinned_patient() {
 fn identity() {
     let id = |p: &[(&str, &str)]| q("Patient", p).identity();
     assert_eq!(
-        id(&[(
-            "identifier",
-            "https://fhir.kemkes.go.id/id/nik|3201234567890123"
-        )]),
-        Some(IdentityQuery::Identifier {
-            system: "https://fhir.kemkes.go.id/id/nik".into(),
-            value: "3201234567890123".into()
-        })
+        id(&[("identifier", "https://fhir.kemkes.go.id/id/nik|3201234567890123")]),
+        Some(IdentityQuery::Identifier { system: "https://fhir.kemkes.go.id/id/nik".into(), value: "3201234567890123".into() })
     );
     assert_eq!(id(&[("identifier", "3201234567890123")]), None);
     assert_eq!(id(&[("identifier", "urn:x|")]), None);
     assert_eq!(id(&[("identifier", "|v")]), None);
     assert_eq!(id(&[("identifier", "urn:x|1,urn:x|2")]), None);
-    assert_eq!(
-        id(&[("phone", "+62 812")]),
-        Some(IdentityQuery::Phone("+62 812".into()))
-    );
-    assert_eq!(
-        id(&[("telecom", "0812")]),
-        Some(IdentityQuery::Phone("0812".into()))
-    );
-    assert_eq!(
-        id(&[("telecom", "phone|0812")]),
-        Some(IdentityQuery::Phone("0812".into()))
-    );
+    assert_eq!(id(&[("phone", "+62 812")]), Some(IdentityQuery::Phone("+62 812".into())));
+    assert_eq!(id(&[("telecom", "0812")]), Some(IdentityQuery::Phone("0812".into())));
+    assert_eq!(id(&[("telecom", "phone|0812")]), Some(IdentityQuery::Phone("0812".into())));
     assert_eq!(id(&[("telecom", "email|a@b")]), None);
     assert_eq!(
         id(&[("name", "Siti Aminah"), ("birthdate", "1990-01-02")]),
-        Some(IdentityQuery::NameBirthDate {
-            name: "Siti Aminah".into(),
-            birth_date: "1990-01-02".into(),
-            gender: None
-        })
+        Some(IdentityQuery::NameBirthDate { name: "Siti Aminah".into(), birth_date: "1990-01-02".into(), gender: None })
     );
     assert_eq!(
-        id(&[
-            ("gender", "female"),
-            ("birthdate", "eq1990-01-02"),
-            ("name", "Siti")
-        ]),
-        Some(IdentityQuery::NameBirthDate {
-            name: "Siti".into(),
-            birth_date: "1990-01-02".into(),
-            gender: Some("female".into())
-        })
+        id(&[("gender", "female"), ("birthdate", "eq1990-01-02"), ("name", "Siti")]),
+        Some(IdentityQuery::NameBirthDate { name: "Siti".into(), birth_date: "1990-01-02".into(), gender: Some("female".into()) })
     );
     assert_eq!(id(&[("name", "Siti"), ("birthdate", "1990-01")]), None);
     assert_eq!(id(&[("name", "Siti"), ("birthdate", "ge1990-01-02")]), None);
-    assert_eq!(
-        id(&[("name:contains", "Siti"), ("birthdate", "1990-01-02")]),
-        None
-    );
+    assert_eq!(id(&[("name:contains", "Siti"), ("birthdate", "1990-01-02")]), None);
     assert_eq!(id(&[("name", "Siti")]), None);
     assert_eq!(id(&[("birthdate", "1990-01-02")]), None);
-    assert!(
-        q("Observation", &[("identifier", "a|b")])
-            .identity()
-            .is_none()
-    );
+    assert!(q("Observation", &[("identifier", "a|b")]).identity().is_none());
     // Debug never shows the values.
     let dbg = format!("{:?}", id(&[("identifier", "urn:x|SECRET123")]).unwrap());
     assert!(!dbg.contains("SECRET123"), "{dbg}");

@@ -106,10 +106,7 @@ impl Iterator for Fold<'_> {
 
 /// Folds `s` lazily.
 pub(crate) fn fold(s: &str) -> Fold<'_> {
-    Fold {
-        chars: s.chars(),
-        pending: Pending::None,
-    }
+    Fold { chars: s.chars(), pending: Pending::None }
 }
 
 /// Folds `s` into a new string (done once per query value, never per resource).
@@ -135,15 +132,10 @@ pub(crate) fn folded_contains(target: &str, folded_query: &str) -> bool {
     }
     if target.is_ascii() && folded_query.is_ascii() {
         let q = folded_query.as_bytes();
-        return target
-            .as_bytes()
-            .windows(q.len())
-            .any(|w| w.eq_ignore_ascii_case(q));
+        return target.as_bytes().windows(q.len()).any(|w| w.eq_ignore_ascii_case(q));
     }
     // Quadratic but allocation-free; strings in resources are short.
-    target
-        .char_indices()
-        .any(|(i, _)| folded_starts_with(&target[i..], folded_query))
+    target.char_indices().any(|(i, _)| folded_starts_with(&target[i..], folded_query))
 }
 
 #[cfg(test)]

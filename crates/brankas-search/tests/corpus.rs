@@ -11,18 +11,11 @@ use brankas_search::{Query, Registry};
 use serde_json::Value;
 
 fn corpus() -> Option<PathBuf> {
-    let dir = std::env::var_os("BRANKAS_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus")
-        });
+    let dir = std::env::var_os("BRANKAS_CORPUS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"));
     if dir.is_dir() {
         Some(dir)
     } else {
-        eprintln!(
-            "NOTE: corpus not found at {}; skipping (set BRANKAS_CORPUS)",
-            dir.display()
-        );
+        eprintln!("NOTE: corpus not found at {}; skipping (set BRANKAS_CORPUS)", dir.display());
         None
     }
 }
@@ -33,9 +26,7 @@ fn read(path: &std::path::Path) -> Value {
 }
 
 fn json_files(dir: &std::path::Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
     v.retain(|p| p.extension().is_some_and(|e| e == "json"));
     v.sort();
     v
@@ -75,46 +66,16 @@ fn patient_refs_on_official_examples() {
     let ex = dir.join("fhir-r4-examples");
     let load = |name: &str| read(&ex.join(name));
 
-    assert_eq!(
-        r.patient_refs("Observation", &load("Observation-example.json")),
-        ["example"]
-    );
-    assert_eq!(
-        r.patient_refs("Encounter", &load("Encounter-example.json")),
-        ["example"]
-    );
-    assert_eq!(
-        r.patient_refs("Condition", &load("Condition-example.json")),
-        ["example"]
-    );
-    assert_eq!(
-        r.patient_refs(
-            "AllergyIntolerance",
-            &load("AllergyIntolerance-example.json")
-        ),
-        ["example"]
-    );
-    assert_eq!(
-        r.patient_refs("Coverage", &load("Coverage-9876B1.json")),
-        ["4"]
-    );
-    assert_eq!(
-        r.patient_refs("Appointment", &load("Appointment-example.json")),
-        ["example"]
-    );
+    assert_eq!(r.patient_refs("Observation", &load("Observation-example.json")), ["example"]);
+    assert_eq!(r.patient_refs("Encounter", &load("Encounter-example.json")), ["example"]);
+    assert_eq!(r.patient_refs("Condition", &load("Condition-example.json")), ["example"]);
+    assert_eq!(r.patient_refs("AllergyIntolerance", &load("AllergyIntolerance-example.json")), ["example"]);
+    assert_eq!(r.patient_refs("Coverage", &load("Coverage-9876B1.json")), ["4"]);
+    assert_eq!(r.patient_refs("Appointment", &load("Appointment-example.json")), ["example"]);
     assert_eq!(r.patient_refs("Claim", &load("Claim-100150.json")), ["1"]);
-    assert_eq!(
-        r.patient_refs("CarePlan", &load("CarePlan-example.json")),
-        ["example"]
-    );
-    assert_eq!(
-        r.patient_refs("Patient", &load("Patient-example.json")),
-        ["example"]
-    );
-    assert!(
-        r.patient_refs("Provenance", &load("Provenance-example.json"))
-            .is_empty()
-    );
+    assert_eq!(r.patient_refs("CarePlan", &load("CarePlan-example.json")), ["example"]);
+    assert_eq!(r.patient_refs("Patient", &load("Patient-example.json")), ["example"]);
+    assert!(r.patient_refs("Provenance", &load("Provenance-example.json")).is_empty());
 
     let (mut files, mut in_compartment, mut with_patient) = (0, 0, 0);
     for path in json_files(&ex) {
@@ -136,11 +97,7 @@ fn patient_refs_on_official_examples() {
         let mut bound = BTreeSet::new();
         all_patient_refs(&v, &mut bound);
         for id in &refs {
-            assert!(
-                bound.contains(id),
-                "{}: {id} not referenced",
-                path.display()
-            );
+            assert!(bound.contains(id), "{}: {id} not referenced", path.display());
         }
         let unique: BTreeSet<_> = refs.iter().collect();
         assert_eq!(unique.len(), refs.len(), "{}: duplicates", path.display());
@@ -148,9 +105,7 @@ fn patient_refs_on_official_examples() {
             with_patient += 1;
         }
     }
-    println!(
-        "{files} examples, {in_compartment} of a compartment type, {with_patient} non-Patient ones with a patient"
-    );
+    println!("{files} examples, {in_compartment} of a compartment type, {with_patient} non-Patient ones with a patient");
     assert!(with_patient > 150, "{with_patient}");
 }
 
@@ -167,11 +122,7 @@ fn every_param_evaluates_on_every_example() {
             continue;
         };
         for p in r.params_for(ty).filter(|p| p.is_supported()) {
-            let missing = |b: &str| {
-                Query::parse(r, ty, &[(format!("{}:missing", p.code), b.to_owned())])
-                    .unwrap_or_else(|e| panic!("{ty}.{}: {e}", p.code))
-                    .matches(&v)
-            };
+            let missing = |b: &str| Query::parse(r, ty, &[(format!("{}:missing", p.code), b.to_owned())]).unwrap_or_else(|e| panic!("{ty}.{}: {e}", p.code)).matches(&v);
             assert_ne!(missing("true"), missing("false"), "{ty}.{}", p.code);
             evaluated += 1;
         }
@@ -181,11 +132,7 @@ fn every_param_evaluates_on_every_example() {
 
 fn synthea_bundles(dir: &std::path::Path) -> Vec<PathBuf> {
     let mut v = json_files(&dir.join("synthea"));
-    v.retain(|p| {
-        !p.file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with('_'))
-    });
+    v.retain(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('_')));
     v
 }
 
@@ -230,13 +177,8 @@ fn synthea_entries_belong_to_their_patient() {
     let mut checked = 0usize;
     for path in &bundles {
         let mut b = read(path);
-        let id =
-            rewrite_patient_urn(&mut b).unwrap_or_else(|| panic!("{}: no patient", path.display()));
-        let pinned = |ty: &str| {
-            Query::parse(r, ty, &[("patient".to_owned(), id.clone())])
-                .ok()
-                .filter(|q| q.pinned_patient() == Some(id.as_str()))
-        };
+        let id = rewrite_patient_urn(&mut b).unwrap_or_else(|| panic!("{}: no patient", path.display()));
+        let pinned = |ty: &str| Query::parse(r, ty, &[("patient".to_owned(), id.clone())]).ok().filter(|q| q.pinned_patient() == Some(id.as_str()));
         for e in b["entry"].as_array().into_iter().flatten() {
             let res = &e["resource"];
             let ty = res["resourceType"].as_str().unwrap_or_default();
@@ -248,30 +190,17 @@ fn synthea_entries_belong_to_their_patient() {
                 res["id"] = Value::String(id.clone());
             }
             let refs = r.patient_refs(ty, &res);
-            assert_eq!(
-                refs.first(),
-                Some(&id),
-                "{}: {ty} {:?}",
-                path.display(),
-                res.get("id")
-            );
+            assert_eq!(refs.first(), Some(&id), "{}: {ty} {:?}", path.display(), res.get("id"));
             // The same patient found by search: `patient=<id>` pins and matches.
             if ty != "Patient"
                 && let Some(q) = pinned(ty)
             {
-                assert!(
-                    q.matches(&res),
-                    "{}: {ty} not matched by patient=",
-                    path.display()
-                );
+                assert!(q.matches(&res), "{}: {ty} not matched by patient=", path.display());
             }
             checked += 1;
         }
     }
-    println!(
-        "{checked} Synthea compartment resources checked in {} bundles",
-        bundles.len()
-    );
+    println!("{checked} Synthea compartment resources checked in {} bundles", bundles.len());
     assert!(checked > 10_000);
 }
 
@@ -284,13 +213,7 @@ fn synthea_date_search_is_consistent() {
         return;
     };
     let b = read(&path);
-    let obs: Vec<&Value> = b["entry"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| &e["resource"])
-        .filter(|r| r["resourceType"] == "Observation")
-        .collect();
+    let obs: Vec<&Value> = b["entry"].as_array().into_iter().flatten().map(|e| &e["resource"]).filter(|r| r["resourceType"] == "Observation").collect();
     let year = |o: &Value| o["effectiveDateTime"].as_str().map(|s| s[..4].to_owned());
     let q = |v: &str| Query::parse(r, "Observation", &[("date".to_owned(), v.to_owned())]).unwrap();
     let (q2015, qge) = (q("2015"), q("ge2015"));
@@ -301,17 +224,9 @@ fn synthea_date_search_is_consistent() {
         assert_eq!(qge.matches(o), y.as_str() >= "2015");
     }
     // Sorting by -date puts the newest first.
-    let sort = Query::parse(
-        r,
-        "Observation",
-        &[("_sort".to_owned(), "-date".to_owned())],
-    )
-    .unwrap();
+    let sort = Query::parse(r, "Observation", &[("_sort".to_owned(), "-date".to_owned())]).unwrap();
     let mut sorted: Vec<&Value> = obs.clone();
     sorted.sort_by(|a, b| sort.compare(a, b));
-    let dates: Vec<&str> = sorted
-        .iter()
-        .filter_map(|o| o["effectiveDateTime"].as_str())
-        .collect();
+    let dates: Vec<&str> = sorted.iter().filter_map(|o| o["effectiveDateTime"].as_str()).collect();
     assert!(dates.windows(2).all(|w| w[0] >= w[1]));
 }

@@ -3,10 +3,7 @@
 //! A backend's tests call [`run_all`] with a factory for fresh, empty stores. The suite panics
 //! (failing the test) on the first violated property, naming it.
 
-use crate::{
-    BlindTerm, Expect, NewVersion, PartitionId, RecordKey, Store, StoreError, StoredDek, VersionRow,
-    WrappedKey, WriteBatch,
-};
+use crate::{BlindTerm, Expect, NewVersion, PartitionId, RecordKey, Store, StoreError, StoredDek, VersionRow, WrappedKey, WriteBatch};
 use brankas_vault::KekId;
 
 /// Runs every check, each against a fresh store from `fresh`.
@@ -133,10 +130,7 @@ fn expectations(s: &dyn Store) {
 fn batch_atomicity(s: &dyn Store) {
     put(s, sample_row(1, 1, 1, "Patient"), Expect::Absent).unwrap();
     let b = batch(
-        vec![
-            NewVersion { row: sample_row(2, 1, 1, "Observation"), expect: Expect::Absent },
-            NewVersion { row: sample_row(1, 2, 1, "Patient"), expect: Expect::Version(5) },
-        ],
+        vec![NewVersion { row: sample_row(2, 1, 1, "Observation"), expect: Expect::Absent }, NewVersion { row: sample_row(1, 2, 1, "Patient"), expect: Expect::Version(5) }],
         vec![(key(2), vec![BlindTerm([9; 32])])],
     );
     assert!(matches!(s.commit(&b), Err(StoreError::Conflict { index: 1 })));
@@ -147,13 +141,8 @@ fn batch_atomicity(s: &dyn Store) {
 
 fn commit_many_isolates_batches(s: &dyn Store) {
     let ok = batch(vec![NewVersion { row: sample_row(1, 1, 1, "Patient"), expect: Expect::Absent }], vec![]);
-    let bad = batch(
-        vec![
-            NewVersion { row: sample_row(3, 1, 1, "Patient"), expect: Expect::Absent },
-            NewVersion { row: sample_row(1, 1, 1, "Patient"), expect: Expect::Absent },
-        ],
-        vec![],
-    );
+    let bad =
+        batch(vec![NewVersion { row: sample_row(3, 1, 1, "Patient"), expect: Expect::Absent }, NewVersion { row: sample_row(1, 1, 1, "Patient"), expect: Expect::Absent }], vec![]);
     let ok2 = batch(vec![NewVersion { row: sample_row(2, 1, 2, "Patient"), expect: Expect::Absent }], vec![]);
     let res = s.commit_many(&[ok, bad, ok2]).unwrap();
     assert!(res[0].is_ok() && res[1].is_err() && res[2].is_ok());

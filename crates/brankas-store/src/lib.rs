@@ -22,10 +22,9 @@ pub mod blob;
 pub mod conformance;
 mod sqlite;
 
-pub use brankas_vault::{BlindTerm, PartitionId, RecordKey, WrappedKey};
 pub use blob::{BlobId, BlobStore, BlobWriter, FileBlobStore};
+pub use brankas_vault::{BlindTerm, PartitionId, RecordKey, WrappedKey};
 pub use sqlite::SqliteStore;
-
 
 /// Errors of a storage backend. They carry no row content.
 #[derive(Debug, thiserror::Error)]

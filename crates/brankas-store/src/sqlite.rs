@@ -8,11 +8,11 @@ use std::ffi::c_int;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 
-use rusqlite::{Connection, MAIN_DB, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use rusqlite::wal::CheckpointMode;
+use rusqlite::{Connection, MAIN_DB, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use crate::{
-    AlertRow, AuditAppend, AuditCheckpointRow, AuditHead, AuditRow, BlindTerm, GuardAdmission, Expect, PartitionId, RecordKey, Result, StateCounters, Store, StoreError, StoredDek,
+    AlertRow, AuditAppend, AuditCheckpointRow, AuditHead, AuditRow, BlindTerm, Expect, GuardAdmission, PartitionId, RecordKey, Result, StateCounters, Store, StoreError, StoredDek,
     VersionRow, WrappedKey, WriteBatch,
 };
 
@@ -171,8 +171,7 @@ fn open_conn(path: &Path, write: bool) -> Result<Connection> {
     let c = Connection::open_with_flags(path, flags).map_err(be)?;
     c.busy_timeout(std::time::Duration::from_secs(10)).map_err(be)?;
     // temp_store=MEMORY: SQLite's temporary files never reach the disk.
-    c.execute_batch("PRAGMA synchronous=FULL; PRAGMA temp_store=MEMORY; PRAGMA cache_size=-65536;")
-        .map_err(be)?;
+    c.execute_batch("PRAGMA synchronous=FULL; PRAGMA temp_store=MEMORY; PRAGMA cache_size=-65536;").map_err(be)?;
     Ok(c)
 }
 
@@ -181,8 +180,7 @@ fn open_conn(path: &Path, write: bool) -> Result<Connection> {
 fn prepare_layout(c: &mut Connection) -> Result<()> {
     let tx = c.transaction_with_behavior(TransactionBehavior::Exclusive).map_err(be)?;
     let layout: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(be)?;
-    let has_tables: bool =
-        tx.query_row("SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE name = 'versions')", [], |r| r.get(0)).map_err(be)?;
+    let has_tables: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE name = 'versions')", [], |r| r.get(0)).map_err(be)?;
     match layout {
         LAYOUT => {}
         0 if has_tables => migrate_v1(&tx)?,
@@ -411,10 +409,7 @@ fn dek_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Vec<u8>, Vec<u8>)> {
 }
 
 fn to_dek((p, w): (Vec<u8>, Vec<u8>)) -> Result<StoredDek> {
-    Ok(StoredDek {
-        partition: PartitionId(p.as_slice().try_into().map_err(|_| StoreError::Corrupt)?),
-        wrapped: WrappedKey::from_bytes(&w).map_err(|_| StoreError::Corrupt)?,
-    })
+    Ok(StoredDek { partition: PartitionId(p.as_slice().try_into().map_err(|_| StoreError::Corrupt)?), wrapped: WrappedKey::from_bytes(&w).map_err(|_| StoreError::Corrupt)? })
 }
 
 /// Applies one batch inside an open transaction. On a failed expectation returns Conflict and
@@ -428,11 +423,7 @@ fn apply(tx: &Connection, batch: &WriteBatch) -> Result<()> {
             .execute(params![&d.partition.0[..], &bytes])
             .map_err(be)?;
         if inserted == 0 {
-            let stored: Vec<u8> = tx
-                .prepare_cached("SELECT wrapped FROM deks WHERE partition = ?1")
-                .map_err(be)?
-                .query_row([&d.partition.0[..]], |r| r.get(0))
-                .map_err(be)?;
+            let stored: Vec<u8> = tx.prepare_cached("SELECT wrapped FROM deks WHERE partition = ?1").map_err(be)?.query_row([&d.partition.0[..]], |r| r.get(0)).map_err(be)?;
             if stored != bytes {
                 return Err(StoreError::DataKeyRace);
             }
@@ -445,11 +436,7 @@ fn apply(tx: &Connection, batch: &WriteBatch) -> Result<()> {
         if checked.contains(&p) {
             continue;
         }
-        let has: bool = tx
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM deks WHERE partition = ?1)")
-            .map_err(be)?
-            .query_row([&p.0[..]], |r| r.get(0))
-            .map_err(be)?;
+        let has: bool = tx.prepare_cached("SELECT EXISTS (SELECT 1 FROM deks WHERE partition = ?1)").map_err(be)?.query_row([&p.0[..]], |r| r.get(0)).map_err(be)?;
         if !has {
             return Err(StoreError::MissingDataKey);
         }
@@ -457,12 +444,8 @@ fn apply(tx: &Connection, batch: &WriteBatch) -> Result<()> {
     }
     for (i, nv) in batch.versions.iter().enumerate() {
         let r = &nv.row;
-        let cur: Option<i64> = tx
-            .prepare_cached("SELECT version FROM current WHERE rkey = ?1")
-            .map_err(be)?
-            .query_row(params![&r.key.0[..]], |x| x.get(0))
-            .optional()
-            .map_err(be)?;
+        let cur: Option<i64> =
+            tx.prepare_cached("SELECT version FROM current WHERE rkey = ?1").map_err(be)?.query_row(params![&r.key.0[..]], |x| x.get(0)).optional().map_err(be)?;
         let ok = match nv.expect {
             Expect::Any => true,
             Expect::Absent => cur.is_none(),
@@ -472,20 +455,13 @@ fn apply(tx: &Connection, batch: &WriteBatch) -> Result<()> {
         if !ok || cur.is_some_and(|c| c as u64 >= r.version) {
             return Err(StoreError::Conflict { index: i });
         }
-        tx.prepare_cached(
-            "INSERT INTO versions (rkey, version, partition, rtype, deleted, last_updated, dek_version, sealed) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)",
-        )
-        .map_err(be)?
-        .execute(params![
-            &r.key.0[..], r.version as i64, &r.partition.0[..], r.resource_type, r.deleted as i64,
-            r.last_updated_us, r.dek_version as i64, r.sealed
-        ])
-        .map_err(|e| match e {
-            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
-                StoreError::Conflict { index: i }
-            }
-            e => be(e),
-        })?;
+        tx.prepare_cached("INSERT INTO versions (rkey, version, partition, rtype, deleted, last_updated, dek_version, sealed) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)")
+            .map_err(be)?
+            .execute(params![&r.key.0[..], r.version as i64, &r.partition.0[..], r.resource_type, r.deleted as i64, r.last_updated_us, r.dek_version as i64, r.sealed])
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => StoreError::Conflict { index: i },
+                e => be(e),
+            })?;
         let vrow = tx.last_insert_rowid();
         tx.prepare_cached(
             "INSERT INTO current (rkey, version, partition, rtype, deleted, vrow) VALUES (?1,?2,?3,?4,?5,?6) \
@@ -496,18 +472,11 @@ fn apply(tx: &Connection, batch: &WriteBatch) -> Result<()> {
         .map_err(be)?;
     }
     if !batch.versions.is_empty() {
-        tx.prepare_cached("UPDATE counters SET n = n + ?1 WHERE name = 'versions'")
-            .map_err(be)?
-            .execute([batch.versions.len() as i64])
-            .map_err(be)?;
+        tx.prepare_cached("UPDATE counters SET n = n + ?1 WHERE name = 'versions'").map_err(be)?.execute([batch.versions.len() as i64]).map_err(be)?;
     }
     for (key, terms) in &batch.index {
-        let old: Option<Vec<u8>> = tx
-            .prepare_cached("SELECT terms FROM blind_terms WHERE rkey = ?1")
-            .map_err(be)?
-            .query_row(params![&key.0[..]], |r| r.get(0))
-            .optional()
-            .map_err(be)?;
+        let old: Option<Vec<u8>> =
+            tx.prepare_cached("SELECT terms FROM blind_terms WHERE rkey = ?1").map_err(be)?.query_row(params![&key.0[..]], |r| r.get(0)).optional().map_err(be)?;
         if let Some(old) = &old {
             if old.len() % 32 != 0 {
                 return Err(StoreError::Corrupt);
@@ -528,12 +497,10 @@ fn apply(tx: &Connection, batch: &WriteBatch) -> Result<()> {
                 tx.prepare_cached("DELETE FROM blind_terms WHERE rkey = ?1").map_err(be)?.execute(params![&key.0[..]]).map_err(be)?;
             }
         } else {
-            tx.prepare_cached(
-                "INSERT INTO blind_terms (rkey, terms) VALUES (?1, ?2) ON CONFLICT(rkey) DO UPDATE SET terms = excluded.terms",
-            )
-            .map_err(be)?
-            .execute(params![&key.0[..], all])
-            .map_err(be)?;
+            tx.prepare_cached("INSERT INTO blind_terms (rkey, terms) VALUES (?1, ?2) ON CONFLICT(rkey) DO UPDATE SET terms = excluded.terms")
+                .map_err(be)?
+                .execute(params![&key.0[..], all])
+                .map_err(be)?;
         }
     }
     Ok(())
@@ -546,30 +513,20 @@ impl Store for SqliteStore {
 
     fn put_meta(&self, name: &str, value: &[u8]) -> Result<()> {
         self.write(|c| {
-            c.execute("INSERT INTO meta (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = excluded.value", params![name, value])
-                .map_err(be)?;
+            c.execute("INSERT INTO meta (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = excluded.value", params![name, value]).map_err(be)?;
             Ok(())
         })
     }
 
     fn get_dek(&self, partition: &PartitionId) -> Result<Option<StoredDek>> {
-        self.read(|c| {
-            c.prepare_cached("SELECT partition, wrapped FROM deks WHERE partition = ?1")?
-                .query_row([&partition.0[..]], dek_row)
-                .optional()
-        })?
-        .map(to_dek)
-        .transpose()
+        self.read(|c| c.prepare_cached("SELECT partition, wrapped FROM deks WHERE partition = ?1")?.query_row([&partition.0[..]], dek_row).optional())?.map(to_dek).transpose()
     }
 
     fn insert_dek(&self, dek: &StoredDek) -> Result<StoredDek> {
         self.write(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(be)?;
-            tx.execute("INSERT OR IGNORE INTO deks (partition, wrapped) VALUES (?1, ?2)", params![&dek.partition.0[..], dek.wrapped.to_bytes()])
-                .map_err(be)?;
-            let stored = tx
-                .query_row("SELECT partition, wrapped FROM deks WHERE partition = ?1", [&dek.partition.0[..]], dek_row)
-                .map_err(be)?;
+            tx.execute("INSERT OR IGNORE INTO deks (partition, wrapped) VALUES (?1, ?2)", params![&dek.partition.0[..], dek.wrapped.to_bytes()]).map_err(be)?;
+            let stored = tx.query_row("SELECT partition, wrapped FROM deks WHERE partition = ?1", [&dek.partition.0[..]], dek_row).map_err(be)?;
             tx.commit().map_err(be)?;
             to_dek(stored)
         })
@@ -590,61 +547,41 @@ impl Store for SqliteStore {
     fn replace_dek(&self, old: &StoredDek, new: &StoredDek) -> Result<bool> {
         self.write(|c| {
             let n = c
-                .execute(
-                    "UPDATE deks SET wrapped = ?1 WHERE partition = ?2 AND wrapped = ?3",
-                    params![new.wrapped.to_bytes(), &old.partition.0[..], old.wrapped.to_bytes()],
-                )
+                .execute("UPDATE deks SET wrapped = ?1 WHERE partition = ?2 AND wrapped = ?3", params![new.wrapped.to_bytes(), &old.partition.0[..], old.wrapped.to_bytes()])
                 .map_err(be)?;
             Ok(n == 1)
         })
     }
 
     fn current(&self, key: &RecordKey) -> Result<Option<VersionRow>> {
-        self.read(|c| {
-            c.prepare_cached(&current_sql(KEY_FILTER))?
-                .query_row([&key.0[..]], current_row)
-                .optional()
-        })?
-        .transpose()
+        self.read(|c| c.prepare_cached(&current_sql(KEY_FILTER))?.query_row([&key.0[..]], current_row).optional())?.transpose()
     }
 
     fn version(&self, key: &RecordKey, version: u64) -> Result<Option<VersionRow>> {
         self.read(|c| {
-            c.prepare_cached(&format!("SELECT {ROW_COLS} FROM versions v WHERE v.rkey = ?1 AND v.version = ?2"))?
-                .query_row(params![&key.0[..], version as i64], row)
-                .optional()
+            c.prepare_cached(&format!("SELECT {ROW_COLS} FROM versions v WHERE v.rkey = ?1 AND v.version = ?2"))?.query_row(params![&key.0[..], version as i64], row).optional()
         })
     }
 
     fn history(&self, key: &RecordKey, before: Option<u64>, limit: usize) -> Result<Vec<VersionRow>> {
         let before = before.map(|b| b as i64).unwrap_or(i64::MAX);
         self.read(|c| {
-            c.prepare_cached(&format!(
-                "SELECT {ROW_COLS} FROM versions v WHERE v.rkey = ?1 AND v.version < ?2 ORDER BY v.version DESC LIMIT ?3"
-            ))?
-            .query_map(params![&key.0[..], before, limit as i64], row)?
-            .collect()
+            c.prepare_cached(&format!("SELECT {ROW_COLS} FROM versions v WHERE v.rkey = ?1 AND v.version < ?2 ORDER BY v.version DESC LIMIT ?3"))?
+                .query_map(params![&key.0[..], before, limit as i64], row)?
+                .collect()
         })
     }
 
     fn partition_current(&self, partition: &PartitionId, resource_type: Option<&str>) -> Result<Vec<VersionRow>> {
         let rows: Vec<Result<VersionRow>> = self.read(|c| match resource_type {
-            Some(t) => c
-                .prepare_cached(&current_sql(PARTITION_TYPE_FILTER))?
-                .query_map(params![&partition.0[..], t], current_row)?
-                .collect(),
-            None => c
-                .prepare_cached(&current_sql(PARTITION_FILTER))?
-                .query_map(params![&partition.0[..]], current_row)?
-                .collect(),
+            Some(t) => c.prepare_cached(&current_sql(PARTITION_TYPE_FILTER))?.query_map(params![&partition.0[..], t], current_row)?.collect(),
+            None => c.prepare_cached(&current_sql(PARTITION_FILTER))?.query_map(params![&partition.0[..]], current_row)?.collect(),
         })?;
         rows.into_iter().collect()
     }
 
     fn lookup(&self, term: &BlindTerm) -> Result<Vec<RecordKey>> {
-        let keys: Vec<Vec<u8>> = self.read(|c| {
-            c.prepare_cached("SELECT rkey FROM blind WHERE term = ?1")?.query_map([&term.0[..]], |r| r.get(0))?.collect()
-        })?;
+        let keys: Vec<Vec<u8>> = self.read(|c| c.prepare_cached("SELECT rkey FROM blind WHERE term = ?1")?.query_map([&term.0[..]], |r| r.get(0))?.collect())?;
         keys.into_iter().map(|k| Ok(RecordKey(k.as_slice().try_into().map_err(|_| StoreError::Corrupt)?))).collect()
     }
 
@@ -685,10 +622,7 @@ impl Store for SqliteStore {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(be)?;
             // Forget a few expired entries on each use, so the table stays as small as the
             // number of live entries.
-            tx.prepare_cached("DELETE FROM once WHERE key IN (SELECT key FROM once WHERE expires < ?1 LIMIT 16)")
-                .map_err(be)?
-                .execute([now])
-                .map_err(be)?;
+            tx.prepare_cached("DELETE FROM once WHERE key IN (SELECT key FROM once WHERE expires < ?1 LIMIT 16)").map_err(be)?.execute([now]).map_err(be)?;
             let fresh = tx
                 .prepare_cached("INSERT INTO once (key, expires) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET expires = excluded.expires WHERE once.expires < ?3")
                 .map_err(be)?
@@ -701,18 +635,12 @@ impl Store for SqliteStore {
     }
 
     fn get_client(&self, client_id: &str) -> Result<Option<Vec<u8>>> {
-        self.read(|c| {
-            c.prepare_cached("SELECT doc FROM clients WHERE client_id = ?1")?.query_row([client_id], |r| r.get(0)).optional()
-        })
+        self.read(|c| c.prepare_cached("SELECT doc FROM clients WHERE client_id = ?1")?.query_row([client_id], |r| r.get(0)).optional())
     }
 
     fn put_client(&self, client_id: &str, doc: &[u8]) -> Result<()> {
         self.write(|c| {
-            c.execute(
-                "INSERT INTO clients (client_id, doc) VALUES (?1, ?2) ON CONFLICT(client_id) DO UPDATE SET doc = excluded.doc",
-                params![client_id, doc],
-            )
-            .map_err(be)?;
+            c.execute("INSERT INTO clients (client_id, doc) VALUES (?1, ?2) ON CONFLICT(client_id) DO UPDATE SET doc = excluded.doc", params![client_id, doc]).map_err(be)?;
             Ok(())
         })
     }
@@ -732,11 +660,8 @@ impl Store for SqliteStore {
     fn audit_append(&self, a: &AuditAppend) -> Result<()> {
         let mut c = self.audit_writer.lock().map_err(|_| StoreError::Backend("audit writer poisoned".into()))?;
         let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(be)?;
-        let size: u64 = tx
-            .prepare_cached("SELECT size FROM audit_head WHERE id = 0")
-            .and_then(|mut q| q.query_row([], |r| r.get::<_, i64>(0)).optional())
-            .map_err(be)?
-            .unwrap_or(0) as u64;
+        let size: u64 =
+            tx.prepare_cached("SELECT size FROM audit_head WHERE id = 0").and_then(|mut q| q.query_row([], |r| r.get::<_, i64>(0)).optional()).map_err(be)?.unwrap_or(0) as u64;
         if !a.rows.is_empty() {
             let contiguous = a.rows.iter().enumerate().all(|(i, r)| r.seq == size + i as u64);
             let head_ok = a.head.as_ref().is_some_and(|h| h.size == size + a.rows.len() as u64);
@@ -778,9 +703,7 @@ impl Store for SqliteStore {
     fn audit_nodes(&self, level: u8, from: u64, limit: usize) -> Result<Vec<(u64, [u8; 32])>> {
         self.audit_read(|c| {
             c.prepare_cached("SELECT idx, hash FROM audit_nodes WHERE level = ?1 AND idx >= ?2 ORDER BY idx LIMIT ?3")?
-                .query_map(params![level as i64, from.min(i64::MAX as u64) as i64, limit as i64], |r| {
-                    Ok((r.get::<_, i64>(0)? as u64, blob32(r.get_ref(1)?.as_blob()?)?))
-                })?
+                .query_map(params![level as i64, from.min(i64::MAX as u64) as i64, limit as i64], |r| Ok((r.get::<_, i64>(0)? as u64, blob32(r.get_ref(1)?.as_blob()?)?)))?
                 .collect()
         })
     }
@@ -794,9 +717,7 @@ impl Store for SqliteStore {
     }
 
     fn audit_latest_checkpoint(&self) -> Result<Option<AuditCheckpointRow>> {
-        self.audit_read(|c| {
-            c.prepare_cached("SELECT size, time, note FROM audit_checkpoints ORDER BY size DESC LIMIT 1")?.query_row([], checkpoint_row).optional()
-        })
+        self.audit_read(|c| c.prepare_cached("SELECT size, time, note FROM audit_checkpoints ORDER BY size DESC LIMIT 1")?.query_row([], checkpoint_row).optional())
     }
 
     fn audit_by_partition(&self, partition: &PartitionId, before: Option<u64>, limit: usize) -> Result<Vec<AuditRow>> {
@@ -1036,9 +957,8 @@ mod tests {
         }
         assert_eq!(s.current(&a).unwrap().unwrap().version, 2);
         let raw = Connection::open(&path).unwrap();
-        let rowid = |k: &RecordKey, ver: i64| -> i64 {
-            raw.query_row("SELECT rowid FROM versions WHERE rkey = ?1 AND version = ?2", params![&k.0[..], ver], |r| r.get(0)).unwrap()
-        };
+        let rowid =
+            |k: &RecordKey, ver: i64| -> i64 { raw.query_row("SELECT rowid FROM versions WHERE rkey = ?1 AND version = ?2", params![&k.0[..], ver], |r| r.get(0)).unwrap() };
         // Rolled back to version 1 (pointer and its version column both edited).
         raw.execute("UPDATE current SET vrow = ?1, version = 1 WHERE rkey = ?2", params![rowid(&a, 1), &a.0[..]]).unwrap();
         assert!(matches!(s.current(&a), Err(StoreError::Corrupt)));
@@ -1132,7 +1052,16 @@ CREATE TABLE clients (client_id TEXT PRIMARY KEY, doc BLOB NOT NULL);
                     k[..4].copy_from_slice(&i.to_be_bytes());
                     k[4..8].copy_from_slice(&j.to_be_bytes());
                     crate::NewVersion {
-                        row: VersionRow { key: RecordKey(k), version: 1, partition: p, resource_type: "Observation".into(), deleted: false, last_updated_us: 0, dek_version: 1, sealed: vec![7; 3000] },
+                        row: VersionRow {
+                            key: RecordKey(k),
+                            version: 1,
+                            partition: p,
+                            resource_type: "Observation".into(),
+                            deleted: false,
+                            last_updated_us: 0,
+                            dek_version: 1,
+                            sealed: vec![7; 3000],
+                        },
                         expect: Expect::Absent,
                     }
                 })

@@ -251,7 +251,10 @@ fn uid(a: u64, b: u64) -> String {
 
 /// Name of a person: (family, given).
 fn person_name(rng: &mut Rng, cult: Culture, female: bool) -> (String, Vec<String>) {
-    use data::{BALI_NAME_FEMALE, BALI_NAME_MALE, BALI_ORDER, BATAK, BUGIS, GIVEN_FEMALE, GIVEN_MALE, MALUKU, MALUKU_PAPUA_GIVEN_FEMALE, MALUKU_PAPUA_GIVEN_MALE, MINAHASA, MINANG, PAPUA, SECOND_FEMALE, SECOND_MALE, SUNDA_FEMALE, SUNDA_MALE};
+    use data::{
+        BALI_NAME_FEMALE, BALI_NAME_MALE, BALI_ORDER, BATAK, BUGIS, GIVEN_FEMALE, GIVEN_MALE, MALUKU, MALUKU_PAPUA_GIVEN_FEMALE, MALUKU_PAPUA_GIVEN_MALE, MINAHASA, MINANG, PAPUA,
+        SECOND_FEMALE, SECOND_MALE, SUNDA_FEMALE, SUNDA_MALE,
+    };
     let culture = cult;
     let general = |rng: &mut Rng| if female { rng.pick(GIVEN_FEMALE) } else { rng.pick(GIVEN_MALE) };
     let second = |rng: &mut Rng| if female { rng.pick(SECOND_FEMALE) } else { rng.pick(SECOND_MALE) };
@@ -273,11 +276,7 @@ fn person_name(rng: &mut Rng, cult: Culture, female: bool) -> (String, Vec<Strin
     if let Some(clan) = clan
         && rng.chance(0.75)
     {
-        let g = if matches!(culture, Culture::Minahasa | Culture::Maluku | Culture::Papua) && rng.chance(0.6) {
-            christian(rng)
-        } else {
-            general(rng)
-        };
+        let g = if matches!(culture, Culture::Minahasa | Culture::Maluku | Culture::Papua) && rng.chance(0.6) { christian(rng) } else { general(rng) };
         return (rng.pick(clan).to_string(), vec![g.to_string()]);
     }
     let first = if culture == Culture::Sundanese && rng.chance(0.4) {
@@ -317,10 +316,14 @@ fn human_name(family: &str, given: &[String], prefix: Option<&str>) -> Value {
     let mut m = Map::new();
     m.insert("use".into(), "official".into());
     let text = full_name(family, given);
-    m.insert("text".into(), match prefix {
-        Some(p) => format!("{p} {text}"),
-        None => text,
-    }.into());
+    m.insert(
+        "text".into(),
+        match prefix {
+            Some(p) => format!("{p} {text}"),
+            None => text,
+        }
+        .into(),
+    );
     m.insert("family".into(), family.into());
     if !given.is_empty() {
         m.insert("given".into(), given.iter().map(|g| Value::from(g.as_str())).collect());
@@ -439,16 +442,7 @@ impl Population {
             day -= u32::from(NON_LEAP[month as usize - 1]);
             month += 1;
         }
-        let nik = format!(
-            "{:02}{:02}{:02}{:02}{:02}{:02}{:04}",
-            r.prov.code,
-            r.reg.code,
-            district,
-            day + if female { 40 } else { 0 },
-            month,
-            year % 100,
-            serial
-        );
+        let nik = format!("{:02}{:02}{:02}{:02}{:02}{:02}{:04}", r.prov.code, r.reg.code, district, day + if female { 40 } else { 0 }, month, year % 100, serial);
         const TEN11: u128 = 100_000_000_000;
         let ihs_n = (u128::from(i) * 7_919_003_139 + u128::from(h(&[seed, 6])) % TEN11) % TEN11;
         let mut rng = Rng::new(h(&[seed, 7, i]));
@@ -618,7 +612,7 @@ impl Gen<'_> {
         self.push(pat.clone(), patient);
         let n_enc = if full { self.rng.weighted(&[45, 25, 13, 8, 5, 4]) + 1 } else { 1 };
         let first = days_from_civil(2020, 3, 2).max(self.p.birth_day + 1);
-        let mut day = first + self.rng.range(0, (days_from_civil(2022, 12, 31) - first).max(30)) ;
+        let mut day = first + self.rng.range(0, (days_from_civil(2022, 12, 31) - first).max(30));
         let mut encs = Vec::with_capacity(n_enc);
         for k in 0..n_enc {
             if k > 0 {
@@ -660,10 +654,7 @@ impl Gen<'_> {
         let r = &self.pop.regs[self.p.reg];
         let mut m = Map::new();
         m.insert("resourceType".into(), "Patient".into());
-        m.insert(
-            "identifier".into(),
-            json!([{"use": "official", "system": NIK_SYSTEM, "value": id.nik}, {"use": "usual", "system": IHS_SYSTEM, "value": id.ihs}]),
-        );
+        m.insert("identifier".into(), json!([{"use": "official", "system": NIK_SYSTEM, "value": id.nik}, {"use": "usual", "system": IHS_SYSTEM, "value": id.ihs}]));
         m.insert("active".into(), true.into());
         m.insert("name".into(), json!([human_name(&id.family, &id.given, None)]));
         m.insert("telecom".into(), json!([{"system": "phone", "value": id.phone, "use": "mobile"}]));
@@ -678,49 +669,32 @@ impl Gen<'_> {
         let marital = if age_years < 19 {
             ("U", "unmarried")
         } else {
-            [("M", "Married"), ("M", "Married"), ("M", "Married"), ("S", "Never Married"), ("W", "Widowed"), ("D", "Divorced")]
-                [self.rng.below(6) as usize]
+            [("M", "Married"), ("M", "Married"), ("M", "Married"), ("S", "Never Married"), ("W", "Widowed"), ("D", "Divorced")][self.rng.below(6) as usize]
         };
         m.insert("maritalStatus".into(), concept("http://terminology.hl7.org/CodeSystem/v3-MaritalStatus", marital.0, marital.1));
         if photo {
             let png = files::portrait_png(self.rng.next_u64());
-            m.insert(
-                "photo".into(),
-                json!([{"contentType": "image/png", "data": b64(&png), "size": png.len(), "title": "Foto pasien"}]),
-            );
+            m.insert("photo".into(), json!([{"contentType": "image/png", "data": b64(&png), "size": png.len(), "title": "Foto pasien"}]));
         }
-        m.insert(
-            "communication".into(),
-            json!([{"language": concept("urn:ietf:bcp:47", "id-ID", "Indonesian (Indonesia)"), "preferred": true}]),
-        );
+        m.insert("communication".into(), json!([{"language": concept("urn:ietf:bcp:47", "id-ID", "Indonesian (Indonesia)"), "preferred": true}]));
         m.insert("managingOrganization".into(), self.fac_ref(self.p.home_fac));
         Value::Object(m)
     }
 
     fn encounter(&mut self, pat: &str, day: i64, full: bool) -> Enc {
         let r = &self.pop.regs[self.p.reg];
-        let fac = if self.rng.chance(0.7) {
-            self.p.home_fac
-        } else {
-            (r.fac_start + self.rng.below(u64::from(r.fac_count)) as u32) as usize
-        };
+        let fac = if self.rng.chance(0.7) { self.p.home_fac } else { (r.fac_start + self.rng.below(u64::from(r.fac_count)) as u32) as usize };
         let prac = fac * PRACTITIONERS_PER_FACILITY + self.rng.below(PRACTITIONERS_PER_FACILITY as u64) as usize;
         let start = self.rng.range(7 * 3600, 20 * 3600) as u32;
         let class = [("AMB", "ambulatory"), ("EMER", "emergency"), ("IMP", "inpatient encounter")][self.rng.weighted(&[85, 10, 5])];
-        let (end_day, end) = if class.0 == "IMP" {
-            (day + self.rng.range(2, 10), self.rng.range(8 * 3600, 12 * 3600) as u32)
-        } else {
-            (day, start + self.rng.range(600, 3 * 3600) as u32)
-        };
+        let (end_day, end) =
+            if class.0 == "IMP" { (day + self.rng.range(2, 10), self.rng.range(8 * 3600, 12 * 3600) as u32) } else { (day, start + self.rng.range(600, 3 * 3600) as u32) };
         let urn = self.urn();
         let cond = if full { Some(self.urn()) } else { None };
         let fac_id = format!("fac-{:04}", fac + 1);
         let mut m = Map::new();
         m.insert("resourceType".into(), "Encounter".into());
-        m.insert(
-            "identifier".into(),
-            json!([{"system": format!("http://sys-ids.kemkes.go.id/encounter/{fac_id}"), "value": format!("ENC-{}-{}", self.p.id.ihs, self.n)}]),
-        );
+        m.insert("identifier".into(), json!([{"system": format!("http://sys-ids.kemkes.go.id/encounter/{fac_id}"), "value": format!("ENC-{}-{}", self.p.id.ihs, self.n)}]));
         m.insert("status".into(), "finished".into());
         m.insert("class".into(), coding("http://terminology.hl7.org/CodeSystem/v3-ActCode", class.0, class.1));
         m.insert("subject".into(), reference(pat, Some(&full_name(&self.p.id.family, &self.p.id.given))));
@@ -735,10 +709,7 @@ impl Gen<'_> {
                 json!([{"condition": reference(c, None), "use": concept("http://terminology.hl7.org/CodeSystem/diagnosis-role", "CC", "Chief complaint"), "rank": 1}]),
             );
         }
-        m.insert(
-            "location".into(),
-            json!([{"location": reference(&format!("Location/loc-{:04}", fac + 1), Some(&format!("Poli Umum {}", self.pop.facilities[fac].name)))}]),
-        );
+        m.insert("location".into(), json!([{"location": reference(&format!("Location/loc-{:04}", fac + 1), Some(&format!("Poli Umum {}", self.pop.facilities[fac].name)))}]));
         m.insert("serviceProvider".into(), self.fac_ref(fac));
         self.push(urn.clone(), Value::Object(m));
         let e = Enc { urn, day, start, fac, prac };
@@ -884,11 +855,7 @@ impl Gen<'_> {
     fn referral(&mut self, pat: &str, e: &Enc) {
         let r = &self.pop.regs[self.p.reg];
         // To the regency's first facility (RSUD) or, from there, to another facility.
-        let to = if e.fac != r.fac_start as usize || r.fac_count == 1 {
-            r.fac_start as usize
-        } else {
-            r.fac_start as usize + 1
-        };
+        let to = if e.fac != r.fac_start as usize || r.fac_count == 1 { r.fac_start as usize } else { r.fac_start as usize + 1 };
         let urn = self.urn();
         let (y, m, d) = civil_from_days(e.day);
         let sr = json!({
@@ -947,10 +914,8 @@ impl Gen<'_> {
         let n_inst = self.rng.range(1, 2) as u32;
         let study_uid = uid(h(&[s, 0x51, self.i, self.n]), h(&[s, 0x52, self.i, self.n]));
         let series_uid = uid(h(&[s, 0x53, self.i, self.n]), h(&[s, 0x54, self.i, self.n]));
-        let sop_uids: Vec<String> =
-            (0..n_inst).map(|k| uid(h(&[s, 0x55, self.i, self.n, u64::from(k)]), h(&[s, 0x56, self.i, self.n, u64::from(k)]))).collect();
-        let (modality, mod_display, sop_class) =
-            if ct { ("CT", "Computed Tomography", files::SOP_CT) } else { ("CR", "Computed Radiography", files::SOP_CR) };
+        let sop_uids: Vec<String> = (0..n_inst).map(|k| uid(h(&[s, 0x55, self.i, self.n, u64::from(k)]), h(&[s, 0x56, self.i, self.n, u64::from(k)]))).collect();
+        let (modality, mod_display, sop_class) = if ct { ("CT", "Computed Tomography", files::SOP_CT) } else { ("CR", "Computed Radiography", files::SOP_CR) };
         let dcm = "http://dicom.nema.org/resources/ontology/DCM";
         let started = self.dt(e.day, e.start + 1500);
         let accession = format!("ACC{:04}{:08}", e.fac + 1, self.i % 100_000_000);

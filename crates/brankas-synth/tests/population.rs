@@ -27,10 +27,7 @@ fn deterministic() {
             assert_eq!(x, serde_json::to_string(&b.patient_bundle(i)).unwrap());
             assert_ne!(x, serde_json::to_string(&c.patient_bundle(i)).unwrap());
         }
-        assert_eq!(
-            serde_json::to_string(&a.directory_bundle()).unwrap(),
-            serde_json::to_string(&b.directory_bundle()).unwrap()
-        );
+        assert_eq!(serde_json::to_string(&a.directory_bundle()).unwrap(), serde_json::to_string(&b.directory_bundle()).unwrap());
     }
 }
 
@@ -98,8 +95,7 @@ fn resources_validate_and_reference_their_patient() {
     for r in resources(&dir) {
         brankas_fhir::validate_resource(r).unwrap_or_else(|e| panic!("{}: {e}", r["resourceType"]));
     }
-    let dir_ids: HashSet<String> =
-        resources(&dir).map(|r| format!("{}/{}", r["resourceType"].as_str().unwrap(), r["id"].as_str().unwrap())).collect();
+    let dir_ids: HashSet<String> = resources(&dir).map(|r| format!("{}/{}", r["resourceType"].as_str().unwrap(), r["id"].as_str().unwrap())).collect();
     for mix in [Mix::Full, Mix::Minimal] {
         let pop = Population::new(3, mix);
         for i in 0..200 {

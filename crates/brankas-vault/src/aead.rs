@@ -72,11 +72,7 @@ impl DataKey {
 
     /// Opens a sealed record; fails with [`VaultError::Integrity`] unless it was sealed by
     /// this key for exactly this `aad`.
-    pub fn open(
-        &self,
-        aad: &RecordAad<'_>,
-        sealed: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+    pub fn open(&self, aad: &RecordAad<'_>, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, VaultError> {
         self.open_raw(&aad.encode(), sealed)
     }
 
@@ -87,31 +83,19 @@ impl DataKey {
         out.push(FORMAT_V1);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plaintext);
-        let tag = self.key.seal_in_place_separate_tag(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(aad),
-            &mut out[1 + NONCE_LEN..],
-        )?;
+        let tag = self.key.seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut out[1 + NONCE_LEN..])?;
         out.extend_from_slice(tag.as_ref());
         Ok(out)
     }
 
-    pub(crate) fn open_raw(
-        &self,
-        aad: &[u8],
-        sealed: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+    pub(crate) fn open_raw(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, VaultError> {
         if sealed.len() < SEAL_OVERHEAD || sealed[0] != FORMAT_V1 {
             return Err(VaultError::Integrity);
         }
         let mut nonce = [0u8; NONCE_LEN];
         nonce.copy_from_slice(&sealed[1..1 + NONCE_LEN]);
         let mut buf = Zeroizing::new(sealed[1 + NONCE_LEN..].to_vec());
-        let len = self
-            .key
-            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf[..])
-            .map_err(|_| VaultError::Integrity)?
-            .len();
+        let len = self.key.open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf[..]).map_err(|_| VaultError::Integrity)?.len();
         buf.truncate(len);
         Ok(buf)
     }

@@ -33,12 +33,7 @@ pub trait KeyProvider: Send + Sync {
     /// Encrypts `key` (a data key or the system root) under KEK `kek`, bound to `context`.
     fn wrap(&self, kek: KekId, key: &[u8], context: &[u8]) -> Result<Vec<u8>, VaultError>;
     /// Reverses [`KeyProvider::wrap`]; fails on any tampering or context mismatch.
-    fn unwrap(
-        &self,
-        kek: KekId,
-        wrapped: &[u8],
-        context: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, VaultError>;
+    fn unwrap(&self, kek: KekId, wrapped: &[u8], context: &[u8]) -> Result<Zeroizing<Vec<u8>>, VaultError>;
     /// Creates a new KEK and makes it current. Older KEKs stay available for unwrapping.
     fn rotate(&self) -> Result<KekId, VaultError>;
     /// Re-reads provider state changed by another process (e.g. `brankas keys rotate`).
@@ -191,17 +186,11 @@ fn read_state(path: &Path) -> Result<KeyFileState, VaultError> {
         use std::os::unix::fs::PermissionsExt;
         let meta = fs::metadata(path).map_err(|e| VaultError::KeyFile(format!("{}: {e}", path.display())))?;
         if meta.permissions().mode() & 0o077 != 0 {
-            return Err(VaultError::KeyFile(format!(
-                "{} is accessible by group or others; run chmod 600 on it",
-                path.display()
-            )));
+            return Err(VaultError::KeyFile(format!("{} is accessible by group or others; run chmod 600 on it", path.display())));
         }
     }
-    let text = Zeroizing::new(
-        fs::read_to_string(path).map_err(|e| VaultError::KeyFile(format!("{}: {e}", path.display())))?,
-    );
-    let parsed: FileFormat =
-        serde_json::from_str(&text).map_err(|_| VaultError::KeyFile("not a Brankas key file".into()))?;
+    let text = Zeroizing::new(fs::read_to_string(path).map_err(|e| VaultError::KeyFile(format!("{}: {e}", path.display())))?);
+    let parsed: FileFormat = serde_json::from_str(&text).map_err(|_| VaultError::KeyFile("not a Brankas key file".into()))?;
     if parsed.format != FORMAT {
         return Err(VaultError::KeyFile("unsupported key file format".into()));
     }
@@ -221,11 +210,7 @@ fn read_state(path: &Path) -> Result<KeyFileState, VaultError> {
 }
 
 fn write_atomically(path: &Path, st: &KeyFileState, create_new: bool) -> Result<(), VaultError> {
-    let ff = FileFormat {
-        format: FORMAT.into(),
-        current: st.current.0,
-        keks: st.raw.iter().map(|(id, raw)| FileKek { id: id.0, key: B64.encode(&raw[..]) }).collect(),
-    };
+    let ff = FileFormat { format: FORMAT.into(), current: st.current.0, keks: st.raw.iter().map(|(id, raw)| FileKek { id: id.0, key: B64.encode(&raw[..]) }).collect() };
     let text = Zeroizing::new(serde_json::to_string_pretty(&ff).map_err(|_| VaultError::KeyFile("encode".into()))?);
     let err = |e: std::io::Error| VaultError::KeyFile(format!("{}: {e}", path.display()));
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));

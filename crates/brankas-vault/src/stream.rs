@@ -113,12 +113,7 @@ impl<K: Deref<Target = DataKey>> StreamOpener<K> {
             return Err(VaultError::Integrity);
         }
         let mut buf = Zeroizing::new(sealed.to_vec());
-        let n = self
-            .key
-            .key()
-            .open_in_place(nonce(&self.prefix, index as u32, last), Aad::from(&self.aad[..]), &mut buf[..])
-            .map_err(|_| VaultError::Integrity)?
-            .len();
+        let n = self.key.key().open_in_place(nonce(&self.prefix, index as u32, last), Aad::from(&self.aad[..]), &mut buf[..]).map_err(|_| VaultError::Integrity)?.len();
         buf.truncate(n);
         Ok(buf)
     }

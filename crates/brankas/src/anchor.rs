@@ -34,8 +34,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use brankas_audit::note::Checkpoint;
 use brankas_store::{
-    AlertRow, AuditAppend, AuditCheckpointRow, AuditHead, AuditRow, BlindTerm, GuardAdmission,
-    PartitionId, RecordKey, StateCounters, Store, StoreError, StoredDek, VersionRow, WriteBatch,
+    AlertRow, AuditAppend, AuditCheckpointRow, AuditHead, AuditRow, BlindTerm, GuardAdmission, PartitionId, RecordKey, StateCounters, Store, StoreError, StoredDek, VersionRow,
+    WriteBatch,
 };
 use brankas_vault::Vault;
 
@@ -104,12 +104,7 @@ impl State {
     fn parse(cp: Checkpoint, ext: &[String]) -> Option<State> {
         let set = |rest: &str| -> Option<(Digest, Option<Digest>)> {
             let parts: Vec<&str> = rest.split(' ').collect();
-            let d = |i: usize| -> Option<Digest> {
-                Some(Digest {
-                    count: parts.get(i)?.parse().ok()?,
-                    hash: unhex32(parts.get(i + 1)?)?,
-                })
-            };
+            let d = |i: usize| -> Option<Digest> { Some(Digest { count: parts.get(i)?.parse().ok()?, hash: unhex32(parts.get(i + 1)?)? }) };
             match parts.len() {
                 2 => Some((d(0)?, None)),
                 4 => Some((d(0)?, Some(d(2)?))),
@@ -143,10 +138,7 @@ struct Chain {
 
 impl Chain {
     fn new(domain: &str) -> Self {
-        Chain {
-            hash: brankas_vault::sha256(domain.as_bytes()),
-            count: 0,
-        }
+        Chain { hash: brankas_vault::sha256(domain.as_bytes()), count: 0 }
     }
     fn push(&mut self, parts: &[&[u8]]) {
         let mut b = self.hash.to_vec();
@@ -158,19 +150,13 @@ impl Chain {
         self.count += 1;
     }
     fn digest(&self) -> Digest {
-        Digest {
-            count: self.count,
-            hash: self.hash,
-        }
+        Digest { count: self.count, hash: self.hash }
     }
 }
 
 /// The digest of every stored client registration (id and document as stored, whatever
 /// fields the document has), with `replace` standing in for one of them.
-fn registry_digest(
-    store: &dyn Store,
-    replace: Option<(&str, &[u8])>,
-) -> Result<Digest, StoreError> {
+fn registry_digest(store: &dyn Store, replace: Option<(&str, &[u8])>) -> Result<Digest, StoreError> {
     let mut ids = store.list_clients()?;
     if let Some((id, _)) = replace
         && !ids.iter().any(|i| i == id)
@@ -206,8 +192,7 @@ fn canary_digest(store: &dyn Store, add: &[PartitionId]) -> Result<Digest, Store
 
 /// The directory's state as it is now, as an anchor would name it.
 pub(crate) fn current(store: &dyn Store, id: &str) -> Result<State> {
-    let (audit_size, audit_root) =
-        brankas_audit::head(store).context("reading the audit log's head")?;
+    let (audit_size, audit_root) = brankas_audit::head(store).context("reading the audit log's head")?;
     let c = store.state_counters()?;
     Ok(State {
         id: id.to_string(),
@@ -233,17 +218,9 @@ pub(crate) fn behind(store: &dyn Store, a: &State) -> Result<Vec<String>> {
     }
     let (size, _) = brankas_audit::head(store).context("reading the audit log's head")?;
     if size < a.audit_size {
-        out.push(format!(
-            "audit log: {size} records, the anchor names {} (an older copy, truncated, or deleted)",
-            a.audit_size
-        ));
-    } else if a.audit_size > 0
-        && brankas_audit::tree_root(store, a.audit_size).ok() != Some(a.audit_root)
-    {
-        out.push(format!(
-            "audit log: its first {} records do not match the anchored tree head (replaced)",
-            a.audit_size
-        ));
+        out.push(format!("audit log: {size} records, the anchor names {} (an older copy, truncated, or deleted)", a.audit_size));
+    } else if a.audit_size > 0 && brankas_audit::tree_root(store, a.audit_size).ok() != Some(a.audit_root) {
+        out.push(format!("audit log: its first {} records do not match the anchored tree head (replaced)", a.audit_size));
     }
     let c = store.state_counters()?;
     let present = store.versions_present()?;
@@ -264,10 +241,7 @@ pub(crate) fn behind(store: &dyn Store, a: &State) -> Result<Vec<String>> {
     } else {
         let can = canary_digest(store, &[])?;
         if can != a.canaries && Some(can) != a.canaries_pending {
-            out.push(format!(
-                "canaries: {} now, the anchor names {} (removed, or the guard database replaced)",
-                can.count, a.canaries.count
-            ));
+            out.push(format!("canaries: {} now, the anchor names {} (removed, or the guard database replaced)", can.count, a.canaries.count));
         }
     }
     Ok(out)
@@ -288,11 +262,7 @@ impl AnchorFile {
             p.push(ext);
             PathBuf::from(p)
         };
-        AnchorFile {
-            path: with(".anchor"),
-            lock: with(".anchor.lock"),
-            vault,
-        }
+        AnchorFile { path: with(".anchor"), lock: with(".anchor.lock"), vault }
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -309,26 +279,15 @@ impl AnchorFile {
         };
         let pk = self.vault.audit_public_key();
         let (cp, ext) = Checkpoint::verify_extended(&note, Some(&brankas_audit::origin(&pk)), &pk)
-            .map_err(|e| {
-                anyhow!(
-                    "{} is not an anchor signed by this data directory's key ({e})",
-                    self.path.display()
-                )
-            })?;
-        State::parse(cp, &ext)
-            .map(Some)
-            .ok_or_else(|| anyhow!("{} is not a readable anchor", self.path.display()))
+            .map_err(|e| anyhow!("{} is not an anchor signed by this data directory's key ({e})", self.path.display()))?;
+        State::parse(cp, &ext).map(Some).ok_or_else(|| anyhow!("{} is not a readable anchor", self.path.display()))
     }
 
     /// Writes the anchor atomically and durably: a temporary file, fsynced, renamed over the
     /// old one, and the directory fsynced.
     pub(crate) fn write(&self, s: &State) -> Result<()> {
         let pk = self.vault.audit_public_key();
-        let cp = Checkpoint {
-            origin: brankas_audit::origin(&pk),
-            size: s.audit_size,
-            root: s.audit_root,
-        };
+        let cp = Checkpoint { origin: brankas_audit::origin(&pk), size: s.audit_size, root: s.audit_root };
         let note = cp.sign_extended(&s.extensions(), &pk, |m| self.vault.audit_sign(m));
         let mut tmp = self.path.as_os_str().to_os_string();
         tmp.push(format!(".tmp{}", std::process::id()));
@@ -337,14 +296,11 @@ impl AnchorFile {
         opts.write(true).create(true).truncate(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts
-            .open(&tmp)
-            .with_context(|| format!("writing {}", tmp.display()))?;
+        let mut f = opts.open(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
         f.write_all(note.as_bytes())?;
         f.sync_all()?;
         drop(f);
-        std::fs::rename(&tmp, &self.path)
-            .with_context(|| format!("writing {}", self.path.display()))?;
+        std::fs::rename(&tmp, &self.path).with_context(|| format!("writing {}", self.path.display()))?;
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::File::open(dir)?.sync_all()?;
         }
@@ -358,11 +314,8 @@ impl AnchorFile {
         opts.read(true).write(true).create(true).truncate(false);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let lock = opts
-            .open(&self.lock)
-            .with_context(|| format!("opening {}", self.lock.display()))?;
-        lock.lock()
-            .with_context(|| format!("locking {}", self.lock.display()))?;
+        let lock = opts.open(&self.lock).with_context(|| format!("opening {}", self.lock.display()))?;
+        lock.lock().with_context(|| format!("locking {}", self.lock.display()))?;
         let r = f();
         let _ = lock.unlock();
         r
@@ -384,14 +337,9 @@ impl Anchor {
     /// Reads the anchor under its lock and writes back what `f` makes of it (if anything).
     fn update(&self, f: impl FnOnce(&mut State) -> Result<bool>) -> Result<()> {
         self.file.locked(|| {
-            let mut s = self.file.read()?.ok_or_else(|| {
-                anyhow!("the anchor file {} is missing", self.file.path().display())
-            })?;
+            let mut s = self.file.read()?.ok_or_else(|| anyhow!("the anchor file {} is missing", self.file.path().display()))?;
             if s.id != self.id {
-                bail!(
-                    "the anchor file {} belongs to another data directory",
-                    self.file.path().display()
-                );
+                bail!("the anchor file {} belongs to another data directory", self.file.path().display());
             }
             if f(&mut s)? {
                 self.file.write(&s)?;
@@ -488,25 +436,11 @@ pub(crate) struct AnchoredStore {
 impl AnchoredStore {
     /// Wraps `inner`, whose state has been checked against (or made) the anchor `id` in `file`.
     fn new(inner: Arc<dyn Store>, file: AnchorFile, id: String) -> Result<Self> {
-        let anchor = Arc::new(Anchor {
-            file,
-            id,
-            inner: inner.clone(),
-        });
-        let signal = Arc::new(Signal {
-            state: Mutex::new((false, false)),
-            cv: Condvar::new(),
-        });
+        let anchor = Arc::new(Anchor { file, id, inner: inner.clone() });
+        let signal = Arc::new(Signal { state: Mutex::new((false, false)), cv: Condvar::new() });
         let (a, sig) = (anchor.clone(), signal.clone());
-        let keeper = std::thread::Builder::new()
-            .name("state-anchor".into())
-            .spawn(move || keeper(a, sig))?;
-        Ok(Self {
-            inner,
-            anchor,
-            signal,
-            keeper: Some(keeper),
-        })
+        let keeper = std::thread::Builder::new().name("state-anchor".into()).spawn(move || keeper(a, sig))?;
+        Ok(Self { inner, anchor, signal, keeper: Some(keeper) })
     }
 }
 
@@ -567,9 +501,7 @@ pub(crate) fn open(
     record: impl FnOnce(&Opening) -> Result<()>,
 ) -> Result<(AnchoredStore, Opening)> {
     let file = AnchorFile::beside(key_file, vault);
-    let mark = inner
-        .get_meta(ANCHOR_META)?
-        .map(|m| String::from_utf8_lossy(&m).into_owned());
+    let mark = inner.get_meta(ANCHOR_META)?.map(|m| String::from_utf8_lossy(&m).into_owned());
     let (id, opening) = file.locked(|| {
         let accepted = |behind: Vec<String>| Opening::Accepted { reason: String::new(), behind };
         let (id, opening) = match (file.read(), &mark) {
@@ -607,22 +539,12 @@ pub(crate) fn open(
 }
 
 /// What is behind the anchor, without changing anything (`brankas anchor check`).
-pub(crate) fn inspect(
-    inner: &dyn Store,
-    vault: Arc<Vault>,
-    key_file: &Path,
-) -> Result<Vec<String>> {
+pub(crate) fn inspect(inner: &dyn Store, vault: Arc<Vault>, key_file: &Path) -> Result<Vec<String>> {
     let file = AnchorFile::beside(key_file, vault);
     match (file.read()?, inner.get_meta(ANCHOR_META)?) {
         (Some(a), _) => behind(inner, &a),
-        (None, Some(_)) => Ok(vec![format!(
-            "state anchor: {} is missing, but this data directory was anchored",
-            file.path().display()
-        )]),
-        (None, None) => Ok(vec![format!(
-            "state anchor: {} does not exist yet (made on the next start)",
-            file.path().display()
-        )]),
+        (None, Some(_)) => Ok(vec![format!("state anchor: {} is missing, but this data directory was anchored", file.path().display())]),
+        (None, None) => Ok(vec![format!("state anchor: {} does not exist yet (made on the next start)", file.path().display())]),
     }
 }
 
@@ -680,11 +602,7 @@ impl Store for AnchoredStore {
     fn insert_dek(&self, dek: &StoredDek) -> brankas_store::Result<StoredDek> {
         self.inner.insert_dek(dek)
     }
-    fn scan_deks(
-        &self,
-        after: Option<&PartitionId>,
-        limit: usize,
-    ) -> brankas_store::Result<Vec<StoredDek>> {
+    fn scan_deks(&self, after: Option<&PartitionId>, limit: usize) -> brankas_store::Result<Vec<StoredDek>> {
         self.inner.scan_deks(after, limit)
     }
     fn replace_dek(&self, old: &StoredDek, new: &StoredDek) -> brankas_store::Result<bool> {
@@ -696,19 +614,10 @@ impl Store for AnchoredStore {
     fn version(&self, key: &RecordKey, version: u64) -> brankas_store::Result<Option<VersionRow>> {
         self.inner.version(key, version)
     }
-    fn history(
-        &self,
-        key: &RecordKey,
-        before: Option<u64>,
-        limit: usize,
-    ) -> brankas_store::Result<Vec<VersionRow>> {
+    fn history(&self, key: &RecordKey, before: Option<u64>, limit: usize) -> brankas_store::Result<Vec<VersionRow>> {
         self.inner.history(key, before, limit)
     }
-    fn partition_current(
-        &self,
-        partition: &PartitionId,
-        resource_type: Option<&str>,
-    ) -> brankas_store::Result<Vec<VersionRow>> {
+    fn partition_current(&self, partition: &PartitionId, resource_type: Option<&str>) -> brankas_store::Result<Vec<VersionRow>> {
         self.inner.partition_current(partition, resource_type)
     }
     fn lookup(&self, term: &BlindTerm) -> brankas_store::Result<Vec<RecordKey>> {
@@ -717,10 +626,7 @@ impl Store for AnchoredStore {
     fn commit(&self, batch: &WriteBatch) -> brankas_store::Result<()> {
         self.inner.commit(batch)
     }
-    fn commit_many(
-        &self,
-        batches: &[WriteBatch],
-    ) -> brankas_store::Result<Vec<brankas_store::Result<()>>> {
+    fn commit_many(&self, batches: &[WriteBatch]) -> brankas_store::Result<Vec<brankas_store::Result<()>>> {
         self.inner.commit_many(batches)
     }
     fn use_once(&self, key: &[u8; 32], expires_at_us: i64) -> brankas_store::Result<bool> {
@@ -738,74 +644,34 @@ impl Store for AnchoredStore {
     fn audit_rows(&self, from: u64, limit: usize) -> brankas_store::Result<Vec<AuditRow>> {
         self.inner.audit_rows(from, limit)
     }
-    fn audit_nodes(
-        &self,
-        level: u8,
-        from: u64,
-        limit: usize,
-    ) -> brankas_store::Result<Vec<(u64, [u8; 32])>> {
+    fn audit_nodes(&self, level: u8, from: u64, limit: usize) -> brankas_store::Result<Vec<(u64, [u8; 32])>> {
         self.inner.audit_nodes(level, from, limit)
     }
-    fn audit_checkpoints(
-        &self,
-        from_size: u64,
-        limit: usize,
-    ) -> brankas_store::Result<Vec<AuditCheckpointRow>> {
+    fn audit_checkpoints(&self, from_size: u64, limit: usize) -> brankas_store::Result<Vec<AuditCheckpointRow>> {
         self.inner.audit_checkpoints(from_size, limit)
     }
     fn audit_latest_checkpoint(&self) -> brankas_store::Result<Option<AuditCheckpointRow>> {
         self.inner.audit_latest_checkpoint()
     }
-    fn audit_by_partition(
-        &self,
-        partition: &PartitionId,
-        before: Option<u64>,
-        limit: usize,
-    ) -> brankas_store::Result<Vec<AuditRow>> {
+    fn audit_by_partition(&self, partition: &PartitionId, before: Option<u64>, limit: usize) -> brankas_store::Result<Vec<AuditRow>> {
         self.inner.audit_by_partition(partition, before, limit)
     }
-    fn audit_by_actor(
-        &self,
-        actor: &[u8; 32],
-        before: Option<u64>,
-        limit: usize,
-    ) -> brankas_store::Result<Vec<AuditRow>> {
+    fn audit_by_actor(&self, actor: &[u8; 32], before: Option<u64>, limit: usize) -> brankas_store::Result<Vec<AuditRow>> {
         self.inner.audit_by_actor(actor, before, limit)
     }
-    fn audit_latest(
-        &self,
-        before: Option<u64>,
-        limit: usize,
-    ) -> brankas_store::Result<Vec<AuditRow>> {
+    fn audit_latest(&self, before: Option<u64>, limit: usize) -> brankas_store::Result<Vec<AuditRow>> {
         self.inner.audit_latest(before, limit)
     }
-    fn guard_admit(
-        &self,
-        client: &str,
-        hour: i64,
-        day: i64,
-        partitions: &[PartitionId],
-        per_hour: u32,
-        per_day: u32,
-    ) -> brankas_store::Result<GuardAdmission> {
-        self.inner
-            .guard_admit(client, hour, day, partitions, per_hour, per_day)
+    fn guard_admit(&self, client: &str, hour: i64, day: i64, partitions: &[PartitionId], per_hour: u32, per_day: u32) -> brankas_store::Result<GuardAdmission> {
+        self.inner.guard_admit(client, hour, day, partitions, per_hour, per_day)
     }
     fn guard_usage(&self, client: &str, hour: i64, day: i64) -> brankas_store::Result<(u32, u32)> {
         self.inner.guard_usage(client, hour, day)
     }
-    fn canaries_among(
-        &self,
-        partitions: &[PartitionId],
-    ) -> brankas_store::Result<Vec<PartitionId>> {
+    fn canaries_among(&self, partitions: &[PartitionId]) -> brankas_store::Result<Vec<PartitionId>> {
         self.inner.canaries_among(partitions)
     }
-    fn guard_address(
-        &self,
-        client: &str,
-        address: &str,
-        now_us: i64,
-    ) -> brankas_store::Result<(bool, u32)> {
+    fn guard_address(&self, client: &str, address: &str, now_us: i64) -> brankas_store::Result<(bool, u32)> {
         self.inner.guard_address(client, address, now_us)
     }
     fn guard_bump(&self, client: &str, counter: &str, day: i64) -> brankas_store::Result<u32> {

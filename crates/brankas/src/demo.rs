@@ -29,30 +29,46 @@ pub fn run(data_dir: &Path, key_file: Option<&Path>, listen: SocketAddr, insecur
         // Seeded on behalf of the demo clinic: the clinic's client is in its patients' care.
         let who = Principal::local_operator_for(Some(format!("Organization/{DEMO_ORG_ID}")));
         // The operator's own seeding: nothing of it is served to anyone.
-        drop(o.engine.update(&who, "Organization", DEMO_ORG_ID, json!({
-            "resourceType": "Organization", "id": DEMO_ORG_ID, "active": true,
-            "name": "Puskesmas Demo (fictional)",
-            "type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/organization-type", "code": "prov"}]}]
-        }), None)?);
+        drop(o.engine.update(
+            &who,
+            "Organization",
+            DEMO_ORG_ID,
+            json!({
+                "resourceType": "Organization", "id": DEMO_ORG_ID, "active": true,
+                "name": "Puskesmas Demo (fictional)",
+                "type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/organization-type", "code": "prov"}]}]
+            }),
+            None,
+        )?);
         for (name, nik, birth, gender, phone, city) in PEOPLE {
             let (given, family) = name.rsplit_once(' ').unwrap_or((name, ""));
-            let p = o.engine.create(&who, "Patient", json!({
-                "resourceType": "Patient",
-                "identifier": [{"system": brankas_fhir::NIK_SYSTEM, "value": nik}],
-                "name": [{"use": "official", "text": name, "family": family, "given": given.split(' ').collect::<Vec<_>>()}],
-                "telecom": [{"system": "phone", "value": phone, "use": "mobile"}],
-                "gender": gender, "birthDate": birth,
-                "address": [{"use": "home", "city": city, "country": "ID"}]
-            }), None)?;
+            let p = o.engine.create(
+                &who,
+                "Patient",
+                json!({
+                    "resourceType": "Patient",
+                    "identifier": [{"system": brankas_fhir::NIK_SYSTEM, "value": nik}],
+                    "name": [{"use": "official", "text": name, "family": family, "given": given.split(' ').collect::<Vec<_>>()}],
+                    "telecom": [{"system": "phone", "value": phone, "use": "mobile"}],
+                    "gender": gender, "birthDate": birth,
+                    "address": [{"use": "home", "city": city, "country": "ID"}]
+                }),
+                None,
+            )?;
             let pid = p.unreleased().stored.resource["id"].as_str().unwrap_or_default().to_string();
-            let enc = o.engine.create(&who, "Encounter", json!({
-                "resourceType": "Encounter", "status": "finished",
-                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
-                "subject": {"reference": format!("Patient/{pid}")},
-                "serviceProvider": {"reference": format!("Organization/{DEMO_ORG_ID}")},
-                "period": {"start": "2021-07-14T09:00:00+07:00", "end": "2021-07-14T09:30:00+07:00"},
-                "reasonCode": [{"text": "Demam dan batuk sejak tiga hari"}]
-            }), None)?;
+            let enc = o.engine.create(
+                &who,
+                "Encounter",
+                json!({
+                    "resourceType": "Encounter", "status": "finished",
+                    "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                    "subject": {"reference": format!("Patient/{pid}")},
+                    "serviceProvider": {"reference": format!("Organization/{DEMO_ORG_ID}")},
+                    "period": {"start": "2021-07-14T09:00:00+07:00", "end": "2021-07-14T09:30:00+07:00"},
+                    "reasonCode": [{"text": "Demam dan batuk sejak tiga hari"}]
+                }),
+                None,
+            )?;
             let eid = enc.unreleased().stored.resource["id"].as_str().unwrap_or_default().to_string();
             drop(o.engine.create(&who, "Observation", json!({
                 "resourceType": "Observation", "status": "final",
@@ -71,13 +87,16 @@ pub fn run(data_dir: &Path, key_file: Option<&Path>, listen: SocketAddr, insecur
     let op = brankas_auth::Principal::local_operator();
     let officer = ClientSpec { name: "demo security officer".into(), role: Some(Role::SecurityOfficer), scopes: "system/AuditEvent.rs".into(), ..Default::default() };
     let (officer, _) = o.auth.register(&officer, &op)?;
-    let (demo, _) = o.auth.register(&ClientSpec {
-        name: "demo clinic reader".into(),
-        role: Some(Role::FacilitySystem),
-        scopes: "system/*.rs".into(),
-        organization: Some(format!("Organization/{DEMO_ORG_ID}")),
-        ..Default::default()
-    }, &op)?;
+    let (demo, _) = o.auth.register(
+        &ClientSpec {
+            name: "demo clinic reader".into(),
+            role: Some(Role::FacilitySystem),
+            scopes: "system/*.rs".into(),
+            organization: Some(format!("Organization/{DEMO_ORG_ID}")),
+            ..Default::default()
+        },
+        &op,
+    )?;
     o.auth.approve(&demo.client_id, &o.auth.authenticate(&officer.client_id, &officer.client_secret)?)?;
     let token = o.auth.issue(&demo.client_id, &demo.client_secret, None)?;
     drop(o);
@@ -87,16 +106,28 @@ pub fn run(data_dir: &Path, key_file: Option<&Path>, listen: SocketAddr, insecur
     let tls = if insecure_http { Tls::None } else { Tls::SelfSigned };
     let access = token.access_token.clone();
     let (cid, secret) = (demo.client_id.clone(), demo.client_secret.clone());
-    serve(data_dir, Some(&kf), listen, tls, None, None, None, Some(Box::new(move |base: &str| {
-        let root = base.trim_end_matches("/fhir");
-        eprintln!("\nBrankas demo is running at {base} with {} synthetic patients.", PEOPLE.len());
-        eprintln!("A read-only client of the demo clinic was registered: client_id={cid}");
-        eprintln!("Access token (valid 5 minutes):\n  TOKEN={access}\n");
-        eprintln!("Try (find a patient by NIK, then read her compartment):");
-        eprintln!("  {curl} -H \"Authorization: Bearer $TOKEN\" '{base}/Patient?identifier={}%7C3171054708900003'", brankas_fhir::NIK_SYSTEM);
-        eprintln!("  {curl} -H \"Authorization: Bearer $TOKEN\" '{base}/Patient/<id from above>/$everything'");
-        eprintln!("A new token when this one expires:");
-        eprintln!("  {curl} -u '{cid}:{secret}' -d grant_type=client_credentials {root}/auth/token\n");
-        eprintln!("Health: {curl} {root}/health    Stop: Ctrl-C\n");
-    })), brankas_engine::AttachmentLimits::default(), None, crate::ConnArgs::default())
+    serve(
+        data_dir,
+        Some(&kf),
+        listen,
+        tls,
+        None,
+        None,
+        None,
+        Some(Box::new(move |base: &str| {
+            let root = base.trim_end_matches("/fhir");
+            eprintln!("\nBrankas demo is running at {base} with {} synthetic patients.", PEOPLE.len());
+            eprintln!("A read-only client of the demo clinic was registered: client_id={cid}");
+            eprintln!("Access token (valid 5 minutes):\n  TOKEN={access}\n");
+            eprintln!("Try (find a patient by NIK, then read her compartment):");
+            eprintln!("  {curl} -H \"Authorization: Bearer $TOKEN\" '{base}/Patient?identifier={}%7C3171054708900003'", brankas_fhir::NIK_SYSTEM);
+            eprintln!("  {curl} -H \"Authorization: Bearer $TOKEN\" '{base}/Patient/<id from above>/$everything'");
+            eprintln!("A new token when this one expires:");
+            eprintln!("  {curl} -u '{cid}:{secret}' -d grant_type=client_credentials {root}/auth/token\n");
+            eprintln!("Health: {curl} {root}/health    Stop: Ctrl-C\n");
+        })),
+        brankas_engine::AttachmentLimits::default(),
+        None,
+        crate::ConnArgs::default(),
+    )
 }

@@ -191,7 +191,12 @@ pub(crate) struct ConnArgs {
 impl Default for ConnArgs {
     fn default() -> Self {
         let d = brankas_api::ServeConfig::default();
-        Self { max_connections: d.max_connections, max_connections_per_address: d.max_connections_per_address, header_timeout: d.header_timeout.as_secs(), body_timeout: d.body_timeout.as_secs() }
+        Self {
+            max_connections: d.max_connections,
+            max_connections_per_address: d.max_connections_per_address,
+            header_timeout: d.header_timeout.as_secs(),
+            body_timeout: d.body_timeout.as_secs(),
+        }
     }
 }
 
@@ -488,9 +493,7 @@ impl Opened {
             target,
             ..Default::default()
         };
-        self.audit
-            .record_blocking(vec![brankas_audit::NewRecord { partition: None, client_id: "local-operator".into(), entry }])
-            .context("the audit log cannot be written")?;
+        self.audit.record_blocking(vec![brankas_audit::NewRecord { partition: None, client_id: "local-operator".into(), entry }]).context("the audit log cannot be written")?;
         Ok(())
     }
 }
@@ -755,7 +758,16 @@ pub(crate) fn serve(
         let base = base_url.unwrap_or_else(|| format!("{scheme}://{host}/fhir"));
         o.engine.set_base_url(&base);
         let webhook = webhook.map(brankas_api::webhook::Webhook::start).transpose().map_err(|e| anyhow::anyhow!(e))?;
-        let state = Arc::new(brankas_api::AppState { engine: o.engine.clone(), auth, base_url: base.clone(), limits: Default::default(), audit: o.audit.clone(), store: o.store.clone(), guard: Default::default(), webhook });
+        let state = Arc::new(brankas_api::AppState {
+            engine: o.engine.clone(),
+            auth,
+            base_url: base.clone(),
+            limits: Default::default(),
+            audit: o.audit.clone(),
+            store: o.store.clone(),
+            guard: Default::default(),
+            webhook,
+        });
         let app = brankas_api::router(state);
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
@@ -794,10 +806,8 @@ fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in paths {
         if p.is_dir() {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(p)?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| f.extension().is_some_and(|x| x == "json" || x == "ndjson" || x == "jsonl"))
-                .collect();
+            let mut files: Vec<PathBuf> =
+                std::fs::read_dir(p)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|f| f.extension().is_some_and(|x| x == "json" || x == "ndjson" || x == "jsonl")).collect();
             files.sort();
             out.extend(files);
         } else {

@@ -74,11 +74,22 @@ fn facilities_reach_their_own_patients_and_identity_lookups_only_elsewhere() {
     ] {
         assert_denied(get(&s, &rs_b, &path), &path, "Lestari");
     }
-    assert_denied(call(&s, &rs_b, reqwest::Method::PUT, &format!("Observation/{oid}"), Some(&{
-        let mut o = observation(&pid);
-        o["id"] = json!(oid);
-        o
-    }), &[]), "update of A's record", "Positive");
+    assert_denied(
+        call(
+            &s,
+            &rs_b,
+            reqwest::Method::PUT,
+            &format!("Observation/{oid}"),
+            Some(&{
+                let mut o = observation(&pid);
+                o["id"] = json!(oid);
+                o
+            }),
+            &[],
+        ),
+        "update of A's record",
+        "Positive",
+    );
     assert_denied(call(&s, &rs_b, reqwest::Method::DELETE, &format!("Observation/{oid}"), None, &[]), "delete of A's record", "Positive");
     assert_eq!(get(&s, &rs_a, &format!("Observation/{oid}")).1["meta"]["versionId"], "1", "nothing changed");
     // But an exact identity lookup answers (to register a visit), with the Patient only.
@@ -94,18 +105,25 @@ fn facilities_reach_their_own_patients_and_identity_lookups_only_elsewhere() {
 
     // An Encounter at puskesmas C (written by A, e.g. a referral visit) makes C part of the care.
     assert_denied(get(&s, &pkm_c, &format!("Observation/{oid}")), "C before the visit", "Positive");
-    create(&s, &rs_a, json!({"resourceType": "Encounter", "status": "finished",
+    create(
+        &s,
+        &rs_a,
+        json!({"resourceType": "Encounter", "status": "finished",
         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
         "subject": {"reference": format!("Patient/{pid}")}, "serviceProvider": {"reference": "Organization/pkm-c"},
-        "period": {"start": "2026-11-01T08:00:00+07:00"}}));
+        "period": {"start": "2026-11-01T08:00:00+07:00"}}),
+    );
     assert_eq!(get(&s, &pkm_c, &format!("Observation/{oid}")).0, 200, "C after the visit");
     assert_eq!(get(&s, &pkm_c, &format!("Patient/{pid}/$everything")).0, 200);
     // A referral ServiceRequest to B does the same for B.
-    create(&s, &rs_a, json!({"resourceType": "ServiceRequest", "status": "active", "intent": "order",
+    create(
+        &s,
+        &rs_a,
+        json!({"resourceType": "ServiceRequest", "status": "active", "intent": "order",
         "subject": {"reference": format!("Patient/{pid}")}, "performer": [{"reference": "Organization/rs-b"}],
-        "identifier": [{"system": "https://fhir.kemkes.go.id/id/referral", "value": "RJK-0001"}]}));
+        "identifier": [{"system": "https://fhir.kemkes.go.id/id/referral", "value": "RJK-0001"}]}),
+    );
     assert_eq!(get(&s, &rs_b, &format!("Observation/{oid}")).0, 200, "B after the referral");
-
 }
 
 /// The attack of issue 13: a facility that finds a patient by NIK and writes something for
@@ -128,13 +146,28 @@ fn writing_for_a_patient_opens_nothing_but_what_was_written() {
     // A writer stamp sent by the client is not believed.
     mine["meta"] = json!({"extension": [{"url": "https://brankas.id/fhir/StructureDefinition/written-by", "valueReference": {"reference": "Organization/rs-a"}}]});
     let my_obs = create(&s, &rs_d, mine);
-    create(&s, &rs_d, json!({"resourceType": "Encounter", "status": "finished",
+    create(
+        &s,
+        &rs_d,
+        json!({"resourceType": "Encounter", "status": "finished",
         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
-        "subject": {"reference": format!("Patient/{pid}")}, "serviceProvider": {"reference": "Organization/rs-d"}}));
-    create(&s, &rs_d, json!({"resourceType": "ServiceRequest", "status": "active", "intent": "order",
-        "subject": {"reference": format!("Patient/{pid}")}, "performer": [{"reference": "Organization/rs-e"}]}));
-    create(&s, &rs_d, consent(&pid, json!({"type": "permit",
-        "actor": [{"role": {"coding": [{"code": "PRCP"}]}, "reference": {"reference": "Organization/rs-d"}}]})));
+        "subject": {"reference": format!("Patient/{pid}")}, "serviceProvider": {"reference": "Organization/rs-d"}}),
+    );
+    create(
+        &s,
+        &rs_d,
+        json!({"resourceType": "ServiceRequest", "status": "active", "intent": "order",
+        "subject": {"reference": format!("Patient/{pid}")}, "performer": [{"reference": "Organization/rs-e"}]}),
+    );
+    create(
+        &s,
+        &rs_d,
+        consent(
+            &pid,
+            json!({"type": "permit",
+        "actor": [{"role": {"coding": [{"code": "PRCP"}]}, "reference": {"reference": "Organization/rs-d"}}]}),
+        ),
+    );
     // What it wrote it reads (and the stamp names it, not the one it claimed)...
     let (st, v) = get(&s, &rs_d, &format!("Observation/{my_obs}"));
     assert_eq!(st, 200, "{v}");
@@ -143,12 +176,7 @@ fn writing_for_a_patient_opens_nothing_but_what_was_written() {
     let (st, v) = get(&s, &rs_d, &format!("Observation?patient={pid}"));
     assert_eq!((st, v["total"].as_u64()), (200, Some(1)), "only its own: {v}");
     // ... and nothing else: not the Patient, not RS A's result, not through any route.
-    for path in [
-        format!("Patient/{pid}"),
-        format!("Observation/{oid}"),
-        format!("Observation/{oid}/_history/1"),
-        format!("Observation/{oid}/_history"),
-    ] {
+    for path in [format!("Patient/{pid}"), format!("Observation/{oid}"), format!("Observation/{oid}/_history/1"), format!("Observation/{oid}/_history")] {
         assert_denied(get(&s, &rs_d, &path), &path, "Positive");
     }
     let (_, all) = get(&s, &rs_d, &format!("Patient/{pid}/$everything"));
@@ -161,9 +189,19 @@ fn writing_for_a_patient_opens_nothing_but_what_was_written() {
     assert_denied(get(&s, &rs_e, &format!("Observation/{oid}")), "a referral from outside the care", "Positive");
     // The patient's own client writes the permit: that opens what it covers.
     let me = caller(&inst, &s, &["--name", "Mobile JKN", "--role", "patient", "--patient", &format!("Patient/{pid}"), "--scopes", "patient/*.cruds"]);
-    let (st, v) = call(&s, &me, reqwest::Method::POST, "Consent", Some(&consent(&pid, json!({"type": "permit",
+    let (st, v) = call(
+        &s,
+        &me,
+        reqwest::Method::POST,
+        "Consent",
+        Some(&consent(
+            &pid,
+            json!({"type": "permit",
         "actor": [{"role": {"coding": [{"code": "PRCP"}]}, "reference": {"reference": "Organization/rs-d"}}],
-        "class": [{"code": "Observation"}]}))), &[]);
+        "class": [{"code": "Observation"}]}),
+        )),
+        &[],
+    );
     assert_eq!(st, 201, "{v}");
     assert_eq!(get(&s, &rs_d, &format!("Observation/{oid}")).0, 200, "the patient's permit");
     assert_denied(get(&s, &rs_d, &format!("Patient/{pid}")), "the permit names Observations only", "Lestari");
@@ -177,8 +215,12 @@ fn writing_for_a_patient_opens_nothing_but_what_was_written() {
     assert_denied(get(&s, &rs_d, &format!("Patient/{pid}")), "a permit last written by a facility", "Lestari");
     assert_denied(get(&s, &rs_d, &format!("Observation/{oid}")), "a permit last written by a facility", "Positive");
     // RS A registered the patient, so it is in the care: its referral to E opens for E.
-    create(&s, &rs_a, json!({"resourceType": "ServiceRequest", "status": "active", "intent": "order",
-        "subject": {"reference": format!("Patient/{pid}")}, "performer": [{"reference": "Organization/rs-e"}]}));
+    create(
+        &s,
+        &rs_a,
+        json!({"resourceType": "ServiceRequest", "status": "active", "intent": "order",
+        "subject": {"reference": format!("Patient/{pid}")}, "performer": [{"reference": "Organization/rs-e"}]}),
+    );
     assert_eq!(get(&s, &rs_e, &format!("Observation/{oid}")).0, 200, "a referral from a facility in care");
 }
 
@@ -197,18 +239,37 @@ fn a_clinical_record_must_name_a_patient_that_exists() {
     orphan.as_object_mut().unwrap().remove("subject");
     let (st, v) = call(&s, &rs_a, reqwest::Method::POST, "Observation", Some(&orphan), &[]);
     assert_eq!((st, v["resourceType"].as_str()), (422, Some("OperationOutcome")), "{v}");
-    let (st, v) = call(&s, &rs_b, reqwest::Method::PUT, "Observation/orphan-1", Some(&{
-        let mut o = orphan.clone();
-        o["id"] = json!("orphan-1");
-        o
-    }), &[]);
+    let (st, v) = call(
+        &s,
+        &rs_b,
+        reqwest::Method::PUT,
+        "Observation/orphan-1",
+        Some(&{
+            let mut o = orphan.clone();
+            o["id"] = json!("orphan-1");
+            o
+        }),
+        &[],
+    );
     assert_eq!(st, 422, "{v}");
     // Another server's patient is not ours either.
-    let (st, _) = call(&s, &rs_a, reqwest::Method::POST, "Observation", Some(&observation("x").as_object().map(|o| {
-        let mut o = o.clone();
-        o.insert("subject".into(), json!({"reference": "https://other.example/fhir/Patient/1"}));
-        Value::Object(o)
-    }).unwrap()), &[]);
+    let (st, _) = call(
+        &s,
+        &rs_a,
+        reqwest::Method::POST,
+        "Observation",
+        Some(
+            &observation("x")
+                .as_object()
+                .map(|o| {
+                    let mut o = o.clone();
+                    o.insert("subject".into(), json!({"reference": "https://other.example/fhir/Patient/1"}));
+                    Value::Object(o)
+                })
+                .unwrap(),
+        ),
+        &[],
+    );
     assert_eq!(st, 422);
     // A deleted patient takes no new records.
     let gone = create(&s, &rs_a, patient("3273014708900007", "Santoso"));
@@ -273,12 +334,9 @@ fn roles_without_a_clinical_purpose_read_no_patient_data() {
     let officer = caller(&inst, &s, &["--name", "CSIRT", "--role", "security-officer", "--scopes", "system/AuditEvent.rs"]);
     let researcher = caller(&inst, &s, &["--name", "Litbangkes", "--role", "researcher"]);
     for (who, c) in [("admin", &admin), ("security officer", &officer), ("researcher", &researcher)] {
-        for path in [
-            format!("Patient/{pid}"),
-            format!("Patient?identifier={NIK_SYSTEM}|3171054708900003"),
-            format!("Observation?patient={pid}"),
-            format!("Patient/{pid}/$everything"),
-        ] {
+        for path in
+            [format!("Patient/{pid}"), format!("Patient?identifier={NIK_SYSTEM}|3171054708900003"), format!("Observation?patient={pid}"), format!("Patient/{pid}/$everything")]
+        {
             assert_denied(get(&s, c, &path), &format!("{who}: {path}"), "Lestari");
         }
     }
@@ -334,8 +392,11 @@ fn scope_query_restrictions_limit_reads_searches_and_writes() {
     let lab = create(&s, &rs, obs("laboratory", "Positive"));
     let vital = create(&s, &rs, obs("vital-signs", "Febrile"));
     // A laboratory information system of the same facility: laboratory results only.
-    let lis = caller(&inst, &s, &["--name", "LIS", "--role", "facility-system", "--organization", "Organization/rs-a", "--scopes",
-        "system/Patient.rs system/Observation.crs?category=laboratory"]);
+    let lis = caller(
+        &inst,
+        &s,
+        &["--name", "LIS", "--role", "facility-system", "--organization", "Organization/rs-a", "--scopes", "system/Patient.rs system/Observation.crs?category=laboratory"],
+    );
     assert_eq!(get(&s, &lis, &format!("Observation/{lab}")).0, 200);
     assert_denied(get(&s, &lis, &format!("Observation/{vital}")), "a vital sign through a laboratory scope", "Febrile");
     assert_denied(get(&s, &lis, &format!("Observation/{vital}/_history/1")), "vread of it", "Febrile");
@@ -350,8 +411,7 @@ fn scope_query_restrictions_limit_reads_searches_and_writes() {
     assert_eq!(call(&s, &lis, reqwest::Method::POST, "Observation", Some(&obs("laboratory", "Negative")), &[]).0, 201);
     assert_eq!(call(&s, &lis, reqwest::Method::POST, "Observation", Some(&obs("vital-signs", "36.5")), &[]).0, 403, "writes outside the restriction");
     // A restriction on a parameter the type does not have matches nothing, never everything.
-    let odd = caller(&inst, &s, &["--name", "odd", "--role", "facility-system", "--organization", "Organization/rs-a", "--scopes",
-        "system/Observation.rs?no-such-param=x"]);
+    let odd = caller(&inst, &s, &["--name", "odd", "--role", "facility-system", "--organization", "Organization/rs-a", "--scopes", "system/Observation.rs?no-such-param=x"]);
     assert_denied(get(&s, &odd, &format!("Observation/{lab}")), "unknown restriction", "Positive");
     assert_eq!(get(&s, &odd, &format!("Observation?patient={pid}")).1["total"], 0);
 }
@@ -379,16 +439,27 @@ fn the_patients_consent_is_enforced_record_by_record() {
     psy["meta"] = json!({"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PSY"}]});
     psy["valueCodeableConcept"] = json!({"text": "Depressive episode"});
     let psy = create(&s, &rs_a, psy);
-    create(&s, &rs_a, json!({"resourceType": "Encounter", "status": "finished",
+    create(
+        &s,
+        &rs_a,
+        json!({"resourceType": "Encounter", "status": "finished",
         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
-        "subject": {"reference": format!("Patient/{pid}")}, "serviceProvider": {"reference": "Organization/pkm-c"}}));
+        "subject": {"reference": format!("Patient/{pid}")}, "serviceProvider": {"reference": "Organization/pkm-c"}}),
+    );
     assert_eq!(get(&s, &pkm_c, &format!("Observation/{psy}")).0, 200, "before any consent, care is enough");
 
     // Psychiatric records: nobody but RS A (a deny with a nested permit).
-    create(&s, &rs_a, consent(&pid, json!({"type": "deny",
+    create(
+        &s,
+        &rs_a,
+        consent(
+            &pid,
+            json!({"type": "deny",
         "securityLabel": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PSY"}],
         "provision": [{"type": "permit", "actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "PRCP"}]},
-                                                      "reference": {"reference": "Organization/rs-a"}}]}]})));
+                                                      "reference": {"reference": "Organization/rs-a"}}]}]}),
+        ),
+    );
     assert_eq!(get(&s, &rs_a, &format!("Observation/{psy}")).0, 200, "the exception");
     assert_denied(get(&s, &pkm_c, &format!("Observation/{psy}")), "a labelled record the consent denies", "Depressive");
     assert_eq!(get(&s, &pkm_c, &format!("Observation/{plain}")).0, 200, "unlabelled records stay readable");
@@ -397,16 +468,25 @@ fn the_patients_consent_is_enforced_record_by_record() {
     let (_, all) = get(&s, &pkm_c, &format!("Patient/{pid}/$everything"));
     assert!(!all.to_string().contains("Depressive") && all.to_string().contains(&plain), "{all}");
     // Break-glass overrides the consent (and is alerted).
-    let (st, _) = call(&s, &pkm_c, reqwest::Method::GET, &format!("Observation/{psy}"), None,
-        &[("X-Purpose-Of-Use", "BTG"), ("X-Break-Glass-Reason", "suicide risk assessment in the emergency room")]);
+    let (st, _) = call(
+        &s,
+        &pkm_c,
+        reqwest::Method::GET,
+        &format!("Observation/{psy}"),
+        None,
+        &[("X-Purpose-Of-Use", "BTG"), ("X-Break-Glass-Reason", "suicide risk assessment in the emergency room")],
+    );
     assert_eq!(st, 200);
 
     // A permit by name lets a facility without a relationship see what it names, nothing
     // else; only when the patient's own client wrote it (a facility's permit opens nothing).
     assert_denied(get(&s, &rs_e, &format!("Observation/{plain}")), "no relationship, no consent", "Positive");
-    let permit_e = consent(&pid, json!({"type": "permit",
+    let permit_e = consent(
+        &pid,
+        json!({"type": "permit",
         "actor": [{"role": {"coding": [{"code": "PRCP"}]}, "reference": {"reference": "Organization/rs-e"}}],
-        "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "Observation"}]}));
+        "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "Observation"}]}),
+    );
     create(&s, &rs_a, permit_e.clone());
     assert_denied(get(&s, &rs_e, &format!("Observation/{plain}")), "a permit a facility wrote", "Positive");
     let me = caller(&inst, &s, &["--name", "me", "--role", "patient", "--patient", &format!("Patient/{pid}"), "--scopes", "patient/*.cruds"]);
@@ -416,8 +496,15 @@ fn the_patients_consent_is_enforced_record_by_record() {
     assert_denied(get(&s, &rs_e, &format!("Patient/{pid}")), "the permit names Observations only", "Lestari");
 
     // A consent that denies a facility everything.
-    create(&s, &rs_a, consent(&pid, json!({"type": "deny",
-        "actor": [{"role": {"coding": [{"code": "PRCP"}]}, "reference": {"reference": "Organization/pkm-c"}}]})));
+    create(
+        &s,
+        &rs_a,
+        consent(
+            &pid,
+            json!({"type": "deny",
+        "actor": [{"role": {"coding": [{"code": "PRCP"}]}, "reference": {"reference": "Organization/pkm-c"}}]}),
+        ),
+    );
     // (pkm-c still holds its break-glass grant from above: use a second client of pkm-c.)
     let pkm_c2 = facility_granted(&inst, &s, "pkm-c", "PSY");
     assert_denied(get(&s, &pkm_c2, &format!("Observation/{plain}")), "denied by name", "Positive");
@@ -452,8 +539,8 @@ fn sensitive_labels_and_photos_need_an_explicit_grant() {
     let (_, found) = get(&s, &rs, &format!("Patient?identifier={NIK_SYSTEM}|3171054708900003"));
     assert!(found["entry"][0]["resource"].get("photo").is_none(), "identity lookups redact photos too: {found}");
     // The HIV clinic's system holds both grants.
-    let vct = caller(&inst, &s, &["--name", "VCT clinic", "--role", "facility-system", "--organization", "Organization/rs-a",
-        "--scopes", "system/*.cruds", "--sensitive", "HIV,PHOTO"]);
+    let vct =
+        caller(&inst, &s, &["--name", "VCT clinic", "--role", "facility-system", "--organization", "Organization/rs-a", "--scopes", "system/*.cruds", "--sensitive", "HIV,PHOTO"]);
     let (st, v) = get(&s, &vct, &format!("Observation/{hiv}"));
     assert_eq!((st, v["valueCodeableConcept"]["text"].as_str()), (200, Some("HIV-1 antibody reactive")));
     assert_eq!(get(&s, &vct, &format!("Observation?patient={pid}")).1["total"], 2);
@@ -464,7 +551,8 @@ fn sensitive_labels_and_photos_need_an_explicit_grant() {
     assert_eq!(get(&s, &me, &format!("Observation/{hiv}")).0, 200);
     assert!(get(&s, &me, &format!("Patient/{pid}")).1.get("photo").is_some());
     // Unknown grants are refused at registration.
-    let out = inst.cli(&["clients", "create", "--name", "x", "--role", "facility-system", "--organization", "Organization/rs-a", "--scopes", "system/*.rs", "--sensitive", "EVERYTHING"]);
+    let out =
+        inst.cli(&["clients", "create", "--name", "x", "--role", "facility-system", "--organization", "Organization/rs-a", "--scopes", "system/*.rs", "--sensitive", "EVERYTHING"]);
     assert!(!out.status.success());
 }
 
@@ -475,10 +563,14 @@ fn facility_work_lists_are_the_one_cross_patient_search() {
     let rs_a = facility(&inst, &s, "rs-a");
     let rs_b = facility(&inst, &s, "rs-b");
     let visit = |c: &Caller, pid: &str, org: &str, start: &str| {
-        create(&s, c, json!({"resourceType": "Encounter", "status": "finished",
+        create(
+            &s,
+            c,
+            json!({"resourceType": "Encounter", "status": "finished",
             "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
             "subject": {"reference": format!("Patient/{pid}")}, "serviceProvider": {"reference": format!("Organization/{org}")},
-            "period": {"start": start, "end": start.replace("T0", "T1").replace("T10", "T11")}}))
+            "period": {"start": start, "end": start.replace("T0", "T1").replace("T10", "T11")}}),
+        )
     };
     let p1 = create(&s, &rs_a, patient("3171054708900003", "Lestari"));
     let p2 = create(&s, &rs_a, patient("3273014708900007", "Wulandari"));
@@ -513,9 +605,13 @@ fn facility_work_lists_are_the_one_cross_patient_search() {
     assert_eq!(get(&s, &me, "Encounter?service-provider=Organization/rs-a&date=2026-11-30").0, 403);
 
     // Incoming referrals: B's list of ServiceRequests naming it as performer.
-    let sr = create(&s, &rs_a, json!({"resourceType": "ServiceRequest", "status": "active", "intent": "order",
+    let sr = create(
+        &s,
+        &rs_a,
+        json!({"resourceType": "ServiceRequest", "status": "active", "intent": "order",
         "subject": {"reference": format!("Patient/{p1}")}, "performer": [{"reference": "Organization/rs-b"}],
-        "authoredOn": "2026-11-30T11:00:00+07:00", "identifier": [{"system": "https://fhir.kemkes.go.id/id/referral", "value": "RJK-0002"}]}));
+        "authoredOn": "2026-11-30T11:00:00+07:00", "identifier": [{"system": "https://fhir.kemkes.go.id/id/referral", "value": "RJK-0002"}]}),
+    );
     let (st, v) = get(&s, &rs_b, "ServiceRequest?performer=Organization/rs-b&authored=2026-11-30");
     assert_eq!((st, ids(&v)), (200, vec![sr]), "{v}");
     // A visit moved to another facility leaves the old list.
@@ -551,34 +647,15 @@ fn a_consent_deny_holds_however_the_organization_is_written_and_when_it_cannot_b
     let pkm_c = facility(&inst, &s, "pkm-c");
     let (pid, oid, eid) = patient_in_care_of_c(&s, &rs_a);
     let me = caller(&inst, &s, &["--name", "me", "--role", "patient", "--patient", &format!("Patient/{pid}"), "--scopes", "patient/*.cruds"]);
-    assert_eq!(
-        get(&s, &pkm_c, &format!("Observation/{oid}")).0,
-        200,
-        "care, no consent yet"
-    );
+    assert_eq!(get(&s, &pkm_c, &format!("Observation/{oid}")).0, 200, "care, no consent yet");
     let mut changed = observation(&pid);
     changed["id"] = json!(oid);
     for (form, reference) in [
-        (
-            "versioned",
-            json!({"reference": "Organization/pkm-c/_history/1"}),
-        ),
-        (
-            "absolute on this server",
-            json!({"reference": s.url("Organization/pkm-c")}),
-        ),
-        (
-            "absolute on another server",
-            json!({"reference": "https://sisrute.example/fhir/Organization/pkm-c"}),
-        ),
-        (
-            "an unresolved urn:uuid",
-            json!({"reference": "urn:uuid:0b3a2e7a-4d7e-4e4e-9f0a-2a4f0c1e2b3c"}),
-        ),
-        (
-            "an identifier",
-            json!({"identifier": {"system": "https://sirs.kemkes.go.id", "value": "3171015"}}),
-        ),
+        ("versioned", json!({"reference": "Organization/pkm-c/_history/1"})),
+        ("absolute on this server", json!({"reference": s.url("Organization/pkm-c")})),
+        ("absolute on another server", json!({"reference": "https://sisrute.example/fhir/Organization/pkm-c"})),
+        ("an unresolved urn:uuid", json!({"reference": "urn:uuid:0b3a2e7a-4d7e-4e4e-9f0a-2a4f0c1e2b3c"})),
+        ("an identifier", json!({"identifier": {"system": "https://sirs.kemkes.go.id", "value": "3171015"}})),
     ] {
         let (st, v) = call(
             &s,
@@ -594,92 +671,29 @@ fn a_consent_deny_holds_however_the_organization_is_written_and_when_it_cannot_b
         );
         assert_eq!(st, 201, "{form}: {v}");
         let cid = v["id"].as_str().unwrap().to_string();
-        for path in [
-            format!("Observation/{oid}"),
-            format!("Observation/{oid}/_history/1"),
-            format!("Patient/{pid}"),
-        ] {
-            assert_denied(
-                get(&s, &pkm_c, &path),
-                &format!("{form}: {path}"),
-                "Positive",
-            );
+        for path in [format!("Observation/{oid}"), format!("Observation/{oid}/_history/1"), format!("Patient/{pid}")] {
+            assert_denied(get(&s, &pkm_c, &path), &format!("{form}: {path}"), "Positive");
         }
-        for path in [
-            format!("Observation?patient={pid}"),
-            format!("Patient/{pid}/Observation"),
-            format!("Observation?_id={oid}&patient={pid}"),
-        ] {
+        for path in [format!("Observation?patient={pid}"), format!("Patient/{pid}/Observation"), format!("Observation?_id={oid}&patient={pid}")] {
             let (st, v) = get(&s, &pkm_c, &path);
-            assert_eq!(
-                (st, v["total"].as_u64()),
-                (200, Some(0)),
-                "{form}: {path}: {v}"
-            );
+            assert_eq!((st, v["total"].as_u64()), (200, Some(0)), "{form}: {path}: {v}");
         }
         let (st, v) = get(&s, &pkm_c, &format!("Patient/{pid}/$everything"));
-        assert!(
-            st == 403 || !v.to_string().contains(&oid),
-            "{form}: $everything: {st} {v}"
-        );
+        assert!(st == 403 || !v.to_string().contains(&oid), "{form}: $everything: {st} {v}");
         let (st, v) = get(&s, &pkm_c, &format!("Observation/{oid}/_history"));
-        assert!(
-            st == 403 || !v.to_string().contains("Positive"),
-            "{form}: history: {st} {v}"
-        );
-        let (st, v) = get(
-            &s,
-            &pkm_c,
-            "Encounter?service-provider=Organization/pkm-c&date=2026-11-30",
-        );
-        assert!(
-            st == 200 && !v.to_string().contains(&eid),
-            "{form}: the work list: {st} {v}"
-        );
-        assert_denied(
-            call(
-                &s,
-                &pkm_c,
-                reqwest::Method::PUT,
-                &format!("Observation/{oid}"),
-                Some(&changed),
-                &[],
-            ),
-            &format!("{form}: update"),
-            "Positive",
-        );
-        assert_denied(
-            call(
-                &s,
-                &pkm_c,
-                reqwest::Method::DELETE,
-                &format!("Observation/{oid}"),
-                None,
-                &[],
-            ),
-            &format!("{form}: delete"),
-            "Positive",
-        );
+        assert!(st == 403 || !v.to_string().contains("Positive"), "{form}: history: {st} {v}");
+        let (st, v) = get(&s, &pkm_c, "Encounter?service-provider=Organization/pkm-c&date=2026-11-30");
+        assert!(st == 200 && !v.to_string().contains(&eid), "{form}: the work list: {st} {v}");
+        assert_denied(call(&s, &pkm_c, reqwest::Method::PUT, &format!("Observation/{oid}"), Some(&changed), &[]), &format!("{form}: update"), "Positive");
+        assert_denied(call(&s, &pkm_c, reqwest::Method::DELETE, &format!("Observation/{oid}"), None, &[]), &format!("{form}: delete"), "Positive");
         // RS A, named by none of these, is not affected by those it can evaluate.
         let certain = matches!(form, "versioned" | "absolute on this server");
-        assert_eq!(
-            get(&s, &rs_a, &format!("Observation/{oid}")).0 == 200,
-            certain,
-            "{form}: RS A"
-        );
+        assert_eq!(get(&s, &rs_a, &format!("Observation/{oid}")).0 == 200, certain, "{form}: RS A");
         // The patient withdraws it (a deny nobody can evaluate denies RS A the Consent too).
         assert_eq!(call(&s, &me, reqwest::Method::DELETE, &format!("Consent/{cid}"), None, &[]).0, 204, "{form}");
-        assert_eq!(
-            get(&s, &pkm_c, &format!("Observation/{oid}")).0,
-            200,
-            "{form}: the consent withdrawn"
-        );
+        assert_eq!(get(&s, &pkm_c, &format!("Observation/{oid}")).0, 200, "{form}: the consent withdrawn");
     }
-    assert_eq!(
-        get(&s, &rs_a, &format!("Observation/{oid}")).1["meta"]["versionId"],
-        "1",
-        "nothing changed"
-    );
+    assert_eq!(get(&s, &rs_a, &format!("Observation/{oid}")).1["meta"]["versionId"], "1", "nothing changed");
 }
 
 #[test]
@@ -688,22 +702,8 @@ fn a_purpose_of_use_is_honoured_only_when_registered_and_then_like_break_glass()
     let s = inst.serve();
     let rs_a = facility(&inst, &s, "rs-a");
     let pkm_c = facility(&inst, &s, "pkm-c");
-    let pkm_c_er = caller(
-        &inst,
-        &s,
-        &[
-            "--name",
-            "pkm-c ER",
-            "--role",
-            "facility-system",
-            "--organization",
-            "Organization/pkm-c",
-            "--scopes",
-            "system/*.cruds",
-            "--purposes",
-            "ETREAT",
-        ],
-    );
+    let pkm_c_er =
+        caller(&inst, &s, &["--name", "pkm-c ER", "--role", "facility-system", "--organization", "Organization/pkm-c", "--scopes", "system/*.cruds", "--purposes", "ETREAT"]);
     let (pid, oid, _) = patient_in_care_of_c(&s, &rs_a);
     // Nobody but in an emergency (a deny with a nested permit for purpose ETREAT).
     create(
@@ -720,116 +720,29 @@ fn a_purpose_of_use_is_honoured_only_when_registered_and_then_like_break_glass()
     let etreat = ("X-Purpose-Of-Use", "ETREAT");
     let reason = ("X-Break-Glass-Reason", "patient brought in unconscious");
     // Stating the purpose is not enough: the client must be registered for it.
-    let (st, v) = call(
-        &s,
-        &pkm_c,
-        reqwest::Method::GET,
-        &path,
-        None,
-        &[etreat, reason],
-    );
-    assert_eq!(
-        (st, v["resourceType"].as_str()),
-        (403, Some("OperationOutcome")),
-        "unregistered: {v}"
-    );
-    let (st, _) = call(
-        &s,
-        &pkm_c,
-        reqwest::Method::GET,
-        &path,
-        None,
-        &[("X-Purpose-Of-Use", "HPAYMT"), reason],
-    );
+    let (st, v) = call(&s, &pkm_c, reqwest::Method::GET, &path, None, &[etreat, reason]);
+    assert_eq!((st, v["resourceType"].as_str()), (403, Some("OperationOutcome")), "unregistered: {v}");
+    let (st, _) = call(&s, &pkm_c, reqwest::Method::GET, &path, None, &[("X-Purpose-Of-Use", "HPAYMT"), reason]);
     assert_eq!(st, 403, "any other purpose, unregistered");
     // Registered, it needs a reason...
     let (st, v) = call(&s, &pkm_c_er, reqwest::Method::GET, &path, None, &[etreat]);
     assert_eq!(st, 400, "registered without a reason: {v}");
-    assert!(
-        v["issue"][0]["diagnostics"]
-            .as_str()
-            .unwrap()
-            .contains("reason"),
-        "{v}"
-    );
-    assert_denied(
-        get(&s, &pkm_c_er, &path),
-        "the registered client, for treatment",
-        "Positive",
-    );
-    let (st, _) = call(
-        &s,
-        &pkm_c_er,
-        reqwest::Method::GET,
-        &path,
-        None,
-        &[("X-Purpose-Of-Use", "HPAYMT"), reason],
-    );
+    assert!(v["issue"][0]["diagnostics"].as_str().unwrap().contains("reason"), "{v}");
+    assert_denied(get(&s, &pkm_c_er, &path), "the registered client, for treatment", "Positive");
+    let (st, _) = call(&s, &pkm_c_er, reqwest::Method::GET, &path, None, &[("X-Purpose-Of-Use", "HPAYMT"), reason]);
     assert_eq!(st, 403, "a purpose it is not registered for");
     // ... and with one it is honoured, and alerted.
-    let (st, v) = call(
-        &s,
-        &pkm_c_er,
-        reqwest::Method::GET,
-        &path,
-        None,
-        &[etreat, reason],
-    );
+    let (st, v) = call(&s, &pkm_c_er, reqwest::Method::GET, &path, None, &[etreat, reason]);
     assert_eq!(st, 200, "{v}");
     let log = std::fs::read_to_string(inst.log_file()).unwrap_or_default();
-    assert!(
-        log.contains("purpose of use other than treatment granted"),
-        "no alert logged"
-    );
-    assert!(
-        !log.contains(&pid) && !log.contains("Lestari"),
-        "the alert names the patient"
-    );
+    assert!(log.contains("purpose of use other than treatment granted"), "no alert logged");
+    assert!(!log.contains(&pid) && !log.contains("Lestari"), "the alert names the patient");
     // A purpose opens nothing by itself: without a care relationship, still 403.
-    let rs_e = caller(
-        &inst,
-        &s,
-        &[
-            "--name",
-            "rs-e",
-            "--role",
-            "facility-system",
-            "--organization",
-            "Organization/rs-e",
-            "--scopes",
-            "system/*.cruds",
-            "--purposes",
-            "ETREAT",
-        ],
-    );
-    assert_denied(
-        call(
-            &s,
-            &rs_e,
-            reqwest::Method::GET,
-            &path,
-            None,
-            &[etreat, reason],
-        ),
-        "no relationship",
-        "Positive",
-    );
+    let rs_e = caller(&inst, &s, &["--name", "rs-e", "--role", "facility-system", "--organization", "Organization/rs-e", "--scopes", "system/*.cruds", "--purposes", "ETREAT"]);
+    assert_denied(call(&s, &rs_e, reqwest::Method::GET, &path, None, &[etreat, reason]), "no relationship", "Positive");
     // Registration refuses BTG as a purpose (break-glass is its own mechanism), and malformed codes.
     for bad in ["BTG", "E TREAT"] {
-        let out = inst.cli(&[
-            "clients",
-            "create",
-            "--name",
-            "x",
-            "--role",
-            "facility-system",
-            "--organization",
-            "Organization/rs-a",
-            "--scopes",
-            "system/*.rs",
-            "--purposes",
-            bad,
-        ]);
+        let out = inst.cli(&["clients", "create", "--name", "x", "--role", "facility-system", "--organization", "Organization/rs-a", "--scopes", "system/*.rs", "--purposes", bad]);
         assert!(!out.status.success(), "{bad}");
     }
 }

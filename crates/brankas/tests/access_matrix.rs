@@ -135,8 +135,15 @@ fn generated_authorisation_matrix() {
     };
 
     // The data, written by rs-home's full client (with the HIV grant, to read back its own writes).
-    let writer = mk("writer", Role::Facility, Some("rs-home"), None, "system/*.cruds", true,
-        &["--name", "writer", "--role", "facility-system", "--organization", "Organization/rs-home", "--scopes", "system/*.cruds", "--sensitive", "HIV"]);
+    let writer = mk(
+        "writer",
+        Role::Facility,
+        Some("rs-home"),
+        None,
+        "system/*.cruds",
+        true,
+        &["--name", "writer", "--role", "facility-system", "--organization", "Organization/rs-home", "--scopes", "system/*.cruds", "--sensitive", "HIV"],
+    );
     let create = |body: Value| -> (String, Value) {
         let (st, v) = send(&s, &writer.token, reqwest::Method::POST, body["resourceType"].as_str().unwrap(), Some(&body));
         assert_eq!(st, 201, "{v}");
@@ -177,29 +184,81 @@ fn generated_authorisation_matrix() {
     let p_ref = format!("Patient/{}", pids["P"]);
     let q_ref = format!("Patient/{}", pids["Q"]);
     let callers = vec![
-        mk("facility home, full", Role::Facility, Some("rs-home"), None, "system/*.cruds", false,
-            &["--name", "a", "--role", "facility-system", "--organization", "Organization/rs-home", "--scopes", "system/*.cruds"]),
-        mk("facility home, read-only", Role::Facility, Some("rs-home"), None, "system/*.rs", false,
-            &["--name", "b", "--role", "facility-system", "--organization", "Organization/rs-home", "--scopes", "system/*.rs"]),
-        mk("facility home, Patient and Observation only", Role::Facility, Some("rs-home"), None, "system/Patient.rs system/Observation.rs", false,
-            &["--name", "c", "--role", "facility-system", "--organization", "Organization/rs-home", "--scopes", "system/Patient.rs system/Observation.rs"]),
-        mk("facility home, HIV grant", Role::Facility, Some("rs-home"), None, "system/*.cruds", true,
-            &["--name", "d", "--role", "facility-system", "--organization", "Organization/rs-home", "--scopes", "system/*.cruds", "--sensitive", "HIV"]),
-        mk("facility other", Role::Facility, Some("rs-other"), None, "system/*.cruds", true,
-            &["--name", "e", "--role", "facility-system", "--organization", "Organization/rs-other", "--scopes", "system/*.cruds", "--sensitive", "HIV"]),
-        mk("clinician home", Role::Clinician, Some("rs-home"), None, "user/*.cruds", false,
-            &["--name", "f", "--role", "clinician", "--organization", "Organization/rs-home", "--practitioner", "Practitioner/dr-1", "--scopes", "user/*.cruds"]),
-        mk("clinician other", Role::Clinician, Some("rs-other"), None, "user/*.cruds", false,
-            &["--name", "g", "--role", "clinician", "--organization", "Organization/rs-other", "--practitioner", "Practitioner/dr-2", "--scopes", "user/*.cruds"]),
-        mk("patient P", Role::Patient, None, Some("P"), "patient/*.rs", false,
-            &["--name", "h", "--role", "patient", "--patient", &p_ref, "--scopes", "patient/*.rs"]),
-        mk("patient Q", Role::Patient, None, Some("Q"), "patient/*.rs", false,
-            &["--name", "i", "--role", "patient", "--patient", &q_ref, "--scopes", "patient/*.rs"]),
-        Caller { name: "admin", role: Role::Admin, org: None, own: None,
+        mk(
+            "facility home, full",
+            Role::Facility,
+            Some("rs-home"),
+            None,
+            "system/*.cruds",
+            false,
+            &["--name", "a", "--role", "facility-system", "--organization", "Organization/rs-home", "--scopes", "system/*.cruds"],
+        ),
+        mk(
+            "facility home, read-only",
+            Role::Facility,
+            Some("rs-home"),
+            None,
+            "system/*.rs",
+            false,
+            &["--name", "b", "--role", "facility-system", "--organization", "Organization/rs-home", "--scopes", "system/*.rs"],
+        ),
+        mk(
+            "facility home, Patient and Observation only",
+            Role::Facility,
+            Some("rs-home"),
+            None,
+            "system/Patient.rs system/Observation.rs",
+            false,
+            &["--name", "c", "--role", "facility-system", "--organization", "Organization/rs-home", "--scopes", "system/Patient.rs system/Observation.rs"],
+        ),
+        mk(
+            "facility home, HIV grant",
+            Role::Facility,
+            Some("rs-home"),
+            None,
+            "system/*.cruds",
+            true,
+            &["--name", "d", "--role", "facility-system", "--organization", "Organization/rs-home", "--scopes", "system/*.cruds", "--sensitive", "HIV"],
+        ),
+        mk(
+            "facility other",
+            Role::Facility,
+            Some("rs-other"),
+            None,
+            "system/*.cruds",
+            true,
+            &["--name", "e", "--role", "facility-system", "--organization", "Organization/rs-other", "--scopes", "system/*.cruds", "--sensitive", "HIV"],
+        ),
+        mk(
+            "clinician home",
+            Role::Clinician,
+            Some("rs-home"),
+            None,
+            "user/*.cruds",
+            false,
+            &["--name", "f", "--role", "clinician", "--organization", "Organization/rs-home", "--practitioner", "Practitioner/dr-1", "--scopes", "user/*.cruds"],
+        ),
+        mk(
+            "clinician other",
+            Role::Clinician,
+            Some("rs-other"),
+            None,
+            "user/*.cruds",
+            false,
+            &["--name", "g", "--role", "clinician", "--organization", "Organization/rs-other", "--practitioner", "Practitioner/dr-2", "--scopes", "user/*.cruds"],
+        ),
+        mk("patient P", Role::Patient, None, Some("P"), "patient/*.rs", false, &["--name", "h", "--role", "patient", "--patient", &p_ref, "--scopes", "patient/*.rs"]),
+        mk("patient Q", Role::Patient, None, Some("Q"), "patient/*.rs", false, &["--name", "i", "--role", "patient", "--patient", &q_ref, "--scopes", "patient/*.rs"]),
+        Caller {
+            name: "admin",
+            role: Role::Admin,
+            org: None,
+            own: None,
             scopes: "system/Organization.cruds system/Practitioner.cruds system/PractitionerRole.cruds system/Location.cruds system/HealthcareService.cruds system/Endpoint.cruds",
-            hiv: false, token: admin_token.clone() },
-        mk("security officer", Role::Officer, None, None, "system/AuditEvent.rs", false,
-            &["--name", "j", "--role", "security-officer", "--scopes", "system/AuditEvent.rs"]),
+            hiv: false,
+            token: admin_token.clone(),
+        },
+        mk("security officer", Role::Officer, None, None, "system/AuditEvent.rs", false, &["--name", "j", "--role", "security-officer", "--scopes", "system/AuditEvent.rs"]),
         mk("researcher", Role::Researcher, None, None, "", false, &["--name", "k", "--role", "researcher"]),
     ];
 
@@ -270,7 +329,13 @@ fn generated_authorisation_matrix() {
     for c in callers.iter().filter(|c| c.org == Some("rs-other")) {
         for t in targets.iter().filter(|t| t.patient.is_some()) {
             let (st, _) = send(&s, &c.token, reqwest::Method::GET, &format!("{}/{}", t.rtype, t.id), None);
-            let got = if st == 200 { Want::Ok } else if st == 403 { Want::Denied } else { panic!("{}: read after create: {st}", c.name) };
+            let got = if st == 200 {
+                Want::Ok
+            } else if st == 403 {
+                Want::Denied
+            } else {
+                panic!("{}: read after create: {st}", c.name)
+            };
             check(format!("{} / {} of {} / read after its own create", c.name, t.rtype, t.patient.unwrap()), Want::Denied, got, st);
         }
     }

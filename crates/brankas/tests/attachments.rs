@@ -21,10 +21,14 @@ fn attachment(name: &str) -> Vec<u8> {
 /// `(file, content type)` of the corpus attachments, from its index.
 fn corpus_attachments() -> Vec<(String, String)> {
     let index = std::fs::read_to_string(common::corpus().join("attachments/INDEX.tsv")).expect("attachments/INDEX.tsv");
-    let rows: Vec<(String, String)> = index.lines().skip(1).filter_map(|l| {
-        let c: Vec<&str> = l.split('\t').collect();
-        (c.len() >= 3).then(|| (c[0].to_string(), c[2].to_string()))
-    }).collect();
+    let rows: Vec<(String, String)> = index
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let c: Vec<&str> = l.split('\t').collect();
+            (c.len() >= 3).then(|| (c[0].to_string(), c[2].to_string()))
+        })
+        .collect();
     assert_eq!(rows.len(), 4, "the corpus has four attachments");
     rows
 }
@@ -140,7 +144,16 @@ fn binaries_round_trip_byte_exact_with_ranges_and_versions() {
 
     // A new version by raw PUT; the old one stays readable by vread.
     let v2 = noise(70_000, 8);
-    let r = s.http.put(s.url(&format!("Binary/{id}"))).bearer_auth(&s.token).header("content-type", "text/plain").header("x-security-context", &ctx).header("if-match", "W/\"1\"").body(v2.clone()).send().unwrap();
+    let r = s
+        .http
+        .put(s.url(&format!("Binary/{id}")))
+        .bearer_auth(&s.token)
+        .header("content-type", "text/plain")
+        .header("x-security-context", &ctx)
+        .header("if-match", "W/\"1\"")
+        .body(v2.clone())
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 200);
     let r = raw_get(&s, &s.token, &format!("Binary/{id}"), &[]);
     assert_eq!(r.headers()["etag"], "W/\"2\"");
@@ -148,7 +161,16 @@ fn binaries_round_trip_byte_exact_with_ranges_and_versions() {
     assert_eq!(body_of(r), v2);
     assert_eq!(body_of(raw_get(&s, &s.token, &format!("Binary/{id}/_history/1"), &[])), big);
     assert_eq!(raw_get(&s, &s.token, &format!("Binary/{id}"), &[("if-none-match", "W/\"2\"")]).status(), 304);
-    let stale = s.http.put(s.url(&format!("Binary/{id}"))).bearer_auth(&s.token).header("content-type", "text/plain").header("x-security-context", &ctx).header("if-match", "W/\"1\"").body(b"x".to_vec()).send().unwrap();
+    let stale = s
+        .http
+        .put(s.url(&format!("Binary/{id}")))
+        .bearer_auth(&s.token)
+        .header("content-type", "text/plain")
+        .header("x-security-context", &ctx)
+        .header("if-match", "W/\"1\"")
+        .body(b"x".to_vec())
+        .send()
+        .unwrap();
     assert_eq!(stale.status(), 412, "a stale If-Match is refused");
 
     // FHIR JSON Binary with inline data; and a DocumentReference pointing at a Binary, whose
@@ -196,7 +218,9 @@ fn binaries_round_trip_byte_exact_with_ranges_and_versions() {
     let r = raw_get(&s, &s.token, &format!("Binary/{bid}"), &[]);
     assert_eq!(r.headers()["x-security-context"].to_str().unwrap(), ctx.as_str());
     assert_eq!(body_of(r), b"%PDF-1.4 rujukan");
-    let via_doc = s.create(&json!({"resourceType": "Binary", "contentType": "text/plain", "securityContext": {"reference": format!("DocumentReference/{did}")}, "data": B64.encode(b"surat")}));
+    let via_doc = s.create(
+        &json!({"resourceType": "Binary", "contentType": "text/plain", "securityContext": {"reference": format!("DocumentReference/{did}")}, "data": B64.encode(b"surat")}),
+    );
     assert_eq!(via_doc["securityContext"]["reference"], ctx.as_str());
     s.stop();
 }
@@ -389,8 +413,23 @@ fn attachment_reads_are_counted_by_the_guard() {
         ids.push(b["id"].as_str().unwrap().to_string());
     }
     // A second client of the same facility (same care relationships), allowed one patient.
-    let c = inst.caller(&s, &["--name", "ward pc", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.rs",
-        "--budget-per-hour", "1", "--budget-per-day", "10"]);
+    let c = inst.caller(
+        &s,
+        &[
+            "--name",
+            "ward pc",
+            "--role",
+            "facility-system",
+            "--organization",
+            "Organization/test-facility",
+            "--scopes",
+            "system/*.rs",
+            "--budget-per-hour",
+            "1",
+            "--budget-per-day",
+            "10",
+        ],
+    );
     let r = raw_get(&s, &c.token, &format!("Binary/{}", ids[0]), &[]);
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().unwrap(), "catatan Lestari");

@@ -49,12 +49,19 @@ fn every_access_is_recorded_once_per_patient_and_patients_see_theirs() {
     let s = inst.serve();
     let fac = Caller { id: s.client_id.clone(), token: s.token.clone() };
     // The facility names itself in the directory; patients will read that name.
-    let (st, v) = s.call(&fac.token, reqwest::Method::PUT, "Organization/test-facility", Some(&json!({"resourceType": "Organization", "id": "test-facility", "name": "Puskesmas Uji Coba"})), &[]);
+    let (st, v) = s.call(
+        &fac.token,
+        reqwest::Method::PUT,
+        "Organization/test-facility",
+        Some(&json!({"resourceType": "Organization", "id": "test-facility", "name": "Puskesmas Uji Coba"})),
+        &[],
+    );
     assert_eq!(st, 201, "{v}");
     let p1 = s.create(&patient("3171054708900003", "Lestari"))["id"].as_str().unwrap().to_string();
     let p2 = s.create(&patient("3171054708900011", "Wulandari"))["id"].as_str().unwrap().to_string();
     let obs = s.create(&observation(&p1))["id"].as_str().unwrap().to_string();
-    let clin = inst.caller(&s, &["--name", "dr sari", "--role", "clinician", "--organization", "Organization/test-facility", "--practitioner", "Practitioner/sari", "--scopes", "user/*.rs"]);
+    let clin = inst
+        .caller(&s, &["--name", "dr sari", "--role", "clinician", "--organization", "Organization/test-facility", "--practitioner", "Practitioner/sari", "--scopes", "user/*.rs"]);
     let stranger = inst.caller(&s, &["--name", "rs lain", "--role", "facility-system", "--organization", "Organization/rs-lain", "--scopes", "system/*.rs"]);
     let officer = inst.caller(&s, &["--name", "officer", "--role", "security-officer", "--scopes", "system/AuditEvent.rs"]);
     let me = inst.caller(&s, &["--name", "app of p1", "--role", "patient", "--patient", &format!("Patient/{p1}"), "--scopes", "patient/*.rs"]);
@@ -119,7 +126,12 @@ fn every_access_is_recorded_once_per_patient_and_patients_see_theirs() {
     assert_eq!(by_stranger.iter().filter(|e| !patients_of(e).is_empty()).count(), 3);
     assert_eq!(audit_events(&s, &officer.token, &format!("agent={}&outcome=4", stranger.id)).len(), 2);
     let about_obs = audit_events(&s, &officer.token, &format!("entity=Observation/{obs}"));
-    assert_eq!(about_obs.len(), 6, "its creation, the clinician's read, three searches and $everything: {}", about_obs.iter().map(|e| subtype(e).to_string()).collect::<Vec<_>>().join(" "));
+    assert_eq!(
+        about_obs.len(),
+        6,
+        "its creation, the clinician's read, three searches and $everything: {}",
+        about_obs.iter().map(|e| subtype(e).to_string()).collect::<Vec<_>>().join(" ")
+    );
     let created = audit_events(&s, &officer.token, &format!("patient={p1}&action=C"));
     assert_eq!(created.len(), 2, "{}", serde_json::to_string_pretty(&created).unwrap());
     assert!(audit_events(&s, &officer.token, &format!("patient={p1}&date=lt2020-01-01")).is_empty());
@@ -303,13 +315,7 @@ fn audit_verify_detects_every_kind_of_tampering() {
     expect_fail("truncate", &d, None, "truncated");
     // Truncated with the newer checkpoints removed too (an attacker cannot sign new ones):
     // a checkpoint kept outside the database names records that are gone.
-    let d = case(
-        "truncate-covered",
-        &format!(
-            "DELETE FROM audit_log WHERE seq >= {m}; DELETE FROM audit_checkpoints WHERE size > {m}; DELETE FROM audit_head;",
-            m = n - 3
-        ),
-    );
+    let d = case("truncate-covered", &format!("DELETE FROM audit_log WHERE seq >= {m}; DELETE FROM audit_checkpoints WHERE size > {m}; DELETE FROM audit_head;", m = n - 3));
     expect_fail("truncate-covered", &d, Some(&cp_file), "truncated");
     // A forged checkpoint: its size changed, its signature no longer holds.
     let d = case(
@@ -386,9 +392,14 @@ fn breach_report_lists_exactly_the_patients_a_credential_received() {
     let ekg = s.create(&json!({"resourceType": "Observation", "status": "final",
         "code": {"coding": [{"system": "http://loinc.org", "code": "11524-6", "display": "EKG study"}]},
         "subject": {"reference": format!("Patient/{}", ids[2])},
-        "valueSampledData": {"origin": {"value": 0}, "period": 2, "dimensions": 1, "data": "0 12 40 12 0 -5"}}))["id"].as_str().unwrap().to_string();
-    let thief = inst.caller(&s, &["--name", "dr x", "--role", "clinician", "--organization", "Organization/test-facility", "--practitioner", "Practitioner/x", "--scopes", "user/*.rs"]);
-    let bystander = inst.caller(&s, &["--name", "dr y", "--role", "clinician", "--organization", "Organization/test-facility", "--practitioner", "Practitioner/y", "--scopes", "user/*.rs"]);
+        "valueSampledData": {"origin": {"value": 0}, "period": 2, "dimensions": 1, "data": "0 12 40 12 0 -5"}}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let thief =
+        inst.caller(&s, &["--name", "dr x", "--role", "clinician", "--organization", "Organization/test-facility", "--practitioner", "Practitioner/x", "--scopes", "user/*.rs"]);
+    let bystander =
+        inst.caller(&s, &["--name", "dr y", "--role", "clinician", "--organization", "Organization/test-facility", "--practitioner", "Practitioner/y", "--scopes", "user/*.rs"]);
     let elsewhere = inst.caller(&s, &["--name", "rs lain", "--role", "facility-system", "--organization", "Organization/rs-lain", "--scopes", "system/*.cruds"]);
     let foreign = {
         let (st, v) = s.call(&elsewhere.token, reqwest::Method::POST, "Patient", Some(&patient("3171054708900053", "Kurniasih")), &[]);
@@ -411,7 +422,13 @@ fn breach_report_lists_exactly_the_patients_a_credential_received() {
     assert_eq!(s.get_as(&bystander.token, &format!("Patient/{}", ids[4])).0, 200);
     let _ = fac;
 
-    let r = s.http.get(format!("{}/admin/breach-report", s.root)).bearer_auth(&officer.token).query(&[("client", thief.id.as_str()), ("since", "2020-01-01"), ("contact", "DPO RS Uji, 021-555-0100")]).send().unwrap();
+    let r = s
+        .http
+        .get(format!("{}/admin/breach-report", s.root))
+        .bearer_auth(&officer.token)
+        .query(&[("client", thief.id.as_str()), ("since", "2020-01-01"), ("contact", "DPO RS Uji, 021-555-0100")])
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 200);
     let rep: Value = r.json().unwrap();
     let listed: std::collections::BTreeSet<String> = rep["patients"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_string()).collect();
@@ -431,7 +448,13 @@ fn breach_report_lists_exactly_the_patients_a_credential_received() {
     assert!(nid.contains("Pasal 46") && nid.contains("Susanti") && nid.contains("hasil laboratorium") && nid.contains("DPO RS Uji, 021-555-0100"), "{nid}");
     assert!(nen.contains("Article 46") && nen.contains("laboratory") && nen.contains("3 x 24 hours"), "{nen}");
     // CSV, in English; the CLI says the same.
-    let r = s.http.get(format!("{}/admin/breach-report", s.root)).bearer_auth(&officer.token).query(&[("client", thief.id.as_str()), ("since", "2020-01-01"), ("format", "csv"), ("lang", "en")]).send().unwrap();
+    let r = s
+        .http
+        .get(format!("{}/admin/breach-report", s.root))
+        .bearer_auth(&officer.token)
+        .query(&[("client", thief.id.as_str()), ("since", "2020-01-01"), ("format", "csv"), ("lang", "en")])
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 200);
     let csv = r.text().unwrap();
     assert_eq!(csv.lines().count(), 1 + received.len());

@@ -95,8 +95,27 @@ fn walks_in_every_order_meet_a_canary_early() {
     assert_eq!(canaries.len(), 5);
 
     let thief = |name: &str| {
-        inst.caller(&s, &["--name", name, "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.rs",
-            "--budget-per-hour", "100000", "--budget-per-day", "100000", "--rate-per-second", "100000", "--burst", "100000"])
+        inst.caller(
+            &s,
+            &[
+                "--name",
+                name,
+                "--role",
+                "facility-system",
+                "--organization",
+                "Organization/test-facility",
+                "--scopes",
+                "system/*.rs",
+                "--budget-per-hour",
+                "100000",
+                "--budget-per-day",
+                "100000",
+                "--rate-per-second",
+                "100000",
+                "--burst",
+                "100000",
+            ],
+        )
     };
     // Days before now: newest first in 92-day windows; oldest first by weeks and by days;
     // by days in a fixed pseudo-random order.
@@ -112,7 +131,9 @@ fn walks_in_every_order_meet_a_canary_early() {
         random.swap(i, (x % (i as u64 + 1)) as usize);
     }
     let mut figures = Vec::new();
-    for (name, windows, sort) in [("newest first", &newest, "-date"), ("oldest first, weekly", &weekly, "date"), ("oldest first, daily", &daily, "date"), ("random days", &random, "date")] {
+    for (name, windows, sort) in
+        [("newest first", &newest, "-date"), ("oldest first, weekly", &weekly, "date"), ("oldest first, daily", &daily, "date"), ("random days", &random, "date")]
+    {
         let t = thief(name);
         let (taken, tripped) = walk(&s, &t.token, windows, sort, &canaries);
         assert!(tripped, "{name}: the walk met no canary");

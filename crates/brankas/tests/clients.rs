@@ -31,14 +31,7 @@ fn get(s: &Server, token: &str, path: &str) -> u16 {
 }
 
 fn token_status(s: &Server, id: &str, secret: &str) -> u16 {
-    s.http
-        .post(format!("{}/auth/token", s.root))
-        .basic_auth(id, Some(secret))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .unwrap()
-        .status()
-        .as_u16()
+    s.http.post(format!("{}/auth/token", s.root)).basic_auth(id, Some(secret)).form(&[("grant_type", "client_credentials")]).send().unwrap().status().as_u16()
 }
 
 fn is_outcome(v: &Value) -> bool {
@@ -254,12 +247,7 @@ fn smart_backend_services_private_key_jwt() {
         let (st, v) = request(&assertion);
         assert_eq!(st, 401, "{what}: {v}");
     }
-    let r = s
-        .http
-        .post(&endpoint)
-        .form(&[("grant_type", "client_credentials"), ("client_assertion_type", "urn:other"), ("client_assertion", "x")])
-        .send()
-        .unwrap();
+    let r = s.http.post(&endpoint).form(&[("grant_type", "client_credentials"), ("client_assertion_type", "urn:other"), ("client_assertion", "x")]).send().unwrap();
     assert_eq!(r.status(), 400, "wrong assertion type");
     // Suspension applies to assertion-based clients as well.
     assert_eq!(admin_call(&s, &admin, reqwest::Method::POST, &format!("/admin/clients/{cid}/suspend"), None).0, 200);
@@ -277,13 +265,31 @@ fn tokens_of_a_trusted_hospital_identity_provider() {
     let jwks_file = dir.path().join("idp-jwks.json");
     std::fs::write(&jwks_file, idp.jwks().to_string()).unwrap();
     let iss = "https://sso.rs-harapan.example/realms/staff";
-    let c = inst.register(&["--name", "RS Harapan SSO", "--role", "clinician", "--organization", "Organization/rs-harapan",
-        "--scopes", "user/Patient.rs user/Observation.rs", "--issuer", iss, "--jwks", jwks_file.to_str().unwrap()]);
+    let c = inst.register(&[
+        "--name",
+        "RS Harapan SSO",
+        "--role",
+        "clinician",
+        "--organization",
+        "Organization/rs-harapan",
+        "--scopes",
+        "user/Patient.rs user/Observation.rs",
+        "--issuer",
+        iss,
+        "--jwks",
+        jwks_file.to_str().unwrap(),
+    ]);
     let cid = c["client_id"].as_str().unwrap().to_string();
     // The clinic's own patient, so that the clinician has something to read.
     let (st, p) = {
-        let r = s.http.post(s.url("Patient")).bearer_auth(&s.token).header("content-type", "application/fhir+json")
-            .body(json!({"resourceType": "Patient", "managingOrganization": {"reference": "Organization/rs-harapan"}, "gender": "female"}).to_string()).send().unwrap();
+        let r = s
+            .http
+            .post(s.url("Patient"))
+            .bearer_auth(&s.token)
+            .header("content-type", "application/fhir+json")
+            .body(json!({"resourceType": "Patient", "managingOrganization": {"reference": "Organization/rs-harapan"}, "gender": "female"}).to_string())
+            .send()
+            .unwrap();
         (r.status().as_u16(), r.json::<Value>().unwrap())
     };
     assert_eq!(st, 201);
@@ -293,7 +299,11 @@ fn tokens_of_a_trusted_hospital_identity_provider() {
         let mut c = json!({"iss": iss, "sub": "ani@rs-harapan", "aud": s.base, "iat": now(), "exp": now() + 240,
                            "scope": "user/Patient.rs", "fhirUser": "https://rs-harapan.example/fhir/Practitioner/dr-ani"});
         for (k, v) in over.as_object().unwrap() {
-            if v.is_null() { c.as_object_mut().unwrap().remove(k); } else { c[k] = v.clone(); }
+            if v.is_null() {
+                c.as_object_mut().unwrap().remove(k);
+            } else {
+                c[k] = v.clone();
+            }
         }
         c
     };
@@ -317,9 +327,36 @@ fn tokens_of_a_trusted_hospital_identity_provider() {
     assert_eq!(admin_call(&s, &admin, reqwest::Method::POST, &format!("/admin/clients/{cid}/suspend"), None).0, 200);
     assert_eq!(get(&s, &token, &format!("Patient/{pid}")), 401);
     // Registration rules: keys are required, and one client per issuer.
-    let out = inst.cli(&["clients", "create", "--name", "x", "--role", "clinician", "--organization", "Organization/a", "--scopes", "user/Patient.rs", "--issuer", "https://sso.example"]);
+    let out = inst.cli(&[
+        "clients",
+        "create",
+        "--name",
+        "x",
+        "--role",
+        "clinician",
+        "--organization",
+        "Organization/a",
+        "--scopes",
+        "user/Patient.rs",
+        "--issuer",
+        "https://sso.example",
+    ]);
     assert!(!out.status.success(), "an issuer without keys");
-    let out = inst.cli(&["clients", "create", "--name", "x", "--role", "clinician", "--organization", "Organization/rs-harapan",
-        "--scopes", "user/Patient.rs", "--issuer", iss, "--jwks", jwks_file.to_str().unwrap()]);
+    let out = inst.cli(&[
+        "clients",
+        "create",
+        "--name",
+        "x",
+        "--role",
+        "clinician",
+        "--organization",
+        "Organization/rs-harapan",
+        "--scopes",
+        "user/Patient.rs",
+        "--issuer",
+        iss,
+        "--jwks",
+        jwks_file.to_str().unwrap(),
+    ]);
     assert!(!out.status.success(), "a second client for the same issuer");
 }

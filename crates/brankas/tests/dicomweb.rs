@@ -245,12 +245,7 @@ fn stow_then_wado_returns_every_file_byte_for_byte_and_the_study_matches_pydicom
     let mut needles = Vec::new();
     for f in &files {
         let b = std::fs::read(f).unwrap();
-        let found: Vec<usize> = (132..b.len() - 64)
-            .rev()
-            .step_by(61)
-            .filter(|&at| b[at..at + 64].iter().collect::<std::collections::BTreeSet<_>>().len() >= 24)
-            .take(2)
-            .collect();
+        let found: Vec<usize> = (132..b.len() - 64).rev().step_by(61).filter(|&at| b[at..at + 64].iter().collect::<std::collections::BTreeSet<_>>().len() >= 24).take(2).collect();
         for at in found {
             needles.push((format!("{} at {at}", f.display()), b[at..at + 64].to_vec()));
         }
@@ -294,9 +289,14 @@ fn broken_dicom_is_refused_and_nothing_is_stored() {
     // Random bytes; a broken multipart body; the wrong media types.
     let (st, _) = stow(&s, &s.token, &format!("?patient=Patient/{pid}"), &[vec![0x42; 5000]]);
     assert_eq!(st, 409);
-    let r = s.http.post(format!("{}/dicomweb/studies", s.root)).bearer_auth(&s.token)
+    let r = s
+        .http
+        .post(format!("{}/dicomweb/studies", s.root))
+        .bearer_auth(&s.token)
         .header("content-type", format!("multipart/related; type=\"application/dicom\"; boundary={BOUNDARY}"))
-        .body(format!("--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\nabc")).send().unwrap();
+        .body(format!("--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\nabc"))
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 400);
     let r = s.http.post(format!("{}/dicomweb/studies", s.root)).bearer_auth(&s.token).header("content-type", "application/dicom").body(ct.clone()).send().unwrap();
     assert_eq!(r.status(), 415);
@@ -351,9 +351,14 @@ fn instances_find_their_patient_by_nik_or_ihs_number_never_by_guess() {
     assert_eq!(sb["total"], 1, "B still has only its own study");
     // Into a study by URL: an instance of another study is refused.
     let (st, _) = {
-        let r = s.http.post(format!("{}/dicomweb/studies/1.2.3.4", s.root)).bearer_auth(&s.token)
+        let r = s
+            .http
+            .post(format!("{}/dicomweb/studies/1.2.3.4", s.root))
+            .bearer_auth(&s.token)
             .header("content-type", format!("multipart/related; type=\"application/dicom\"; boundary={BOUNDARY}"))
-            .body(multipart(&[std::fs::read(&f1).unwrap()])).send().unwrap();
+            .body(multipart(&[std::fs::read(&f1).unwrap()]))
+            .send()
+            .unwrap();
         (r.status().as_u16(), ())
     };
     assert_eq!(st, 409);

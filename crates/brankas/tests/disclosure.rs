@@ -57,8 +57,25 @@ fn trimmed_and_counted_answers_count_against_the_budget_and_are_reported() {
     let s = inst.serve();
     let people = population(&s, 12);
     let off = officer(&inst, &s);
-    let stolen = inst.caller(&s, &["--name", "ward app", "--role", "clinician", "--organization", "Organization/test-facility", "--practitioner", "Practitioner/x",
-        "--scopes", "user/*.rs", "--budget-per-hour", "5", "--budget-per-day", "50"]);
+    let stolen = inst.caller(
+        &s,
+        &[
+            "--name",
+            "ward app",
+            "--role",
+            "clinician",
+            "--organization",
+            "Organization/test-facility",
+            "--practitioner",
+            "Practitioner/x",
+            "--scopes",
+            "user/*.rs",
+            "--budget-per-hour",
+            "5",
+            "--budget-per-day",
+            "50",
+        ],
+    );
     // Every shape of answer that carries no `subject` (or nothing but a number).
     let shapes = |id: &str, nik: &str| {
         vec![
@@ -112,8 +129,23 @@ fn a_trimmed_work_list_walk_stops_at_the_budget() {
     let people = population(&s, 9);
     let by_encounter: BTreeMap<String, String> = people.iter().map(|(p, _, e)| (e.clone(), p.clone())).collect();
     let off = officer(&inst, &s);
-    let sys = inst.caller(&s, &["--name", "simrs", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.rs",
-        "--budget-per-hour", "5", "--budget-per-day", "50"]);
+    let sys = inst.caller(
+        &s,
+        &[
+            "--name",
+            "simrs",
+            "--role",
+            "facility-system",
+            "--organization",
+            "Organization/test-facility",
+            "--scopes",
+            "system/*.rs",
+            "--budget-per-hour",
+            "5",
+            "--budget-per-day",
+            "50",
+        ],
+    );
     let mut got: BTreeSet<String> = BTreeSet::new();
     let mut codes = Vec::new();
     let mut next = Some(s.url("Encounter?service-provider=Organization/test-facility&date=ge2026-11-01&date=le2026-12-31&_count=2&_elements=reasonCode,period,diagnosis"));
@@ -139,8 +171,23 @@ fn a_trimmed_work_list_walk_stops_at_the_budget() {
     let (reported, report) = breach_ids(&s, &off, &sys.id);
     assert_eq!(reported, got, "{report}");
     // A count of the whole work list is the disclosure of every patient counted.
-    let counter = inst.caller(&s, &["--name", "counter", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.rs",
-        "--budget-per-hour", "5", "--budget-per-day", "50"]);
+    let counter = inst.caller(
+        &s,
+        &[
+            "--name",
+            "counter",
+            "--role",
+            "facility-system",
+            "--organization",
+            "Organization/test-facility",
+            "--scopes",
+            "system/*.rs",
+            "--budget-per-hour",
+            "5",
+            "--budget-per-day",
+            "50",
+        ],
+    );
     let (st, _) = s.get_as(&counter.token, "Encounter?service-provider=Organization/test-facility&date=ge2026-11-01&date=le2026-12-31&_summary=count");
     assert_eq!(st, 429, "nine patients counted exceed a budget of five");
 }

@@ -76,11 +76,8 @@ fn read_json(p: &Path) -> Value {
 }
 
 fn json_files(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
+    let mut v: Vec<PathBuf> =
+        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect();
     v.sort();
     v
 }
@@ -235,13 +232,7 @@ fn r4_examples_round_trip_exactly() {
 /// membership parameter (read from the corpus, not from the server).
 fn patient_compartment_types() -> BTreeSet<String> {
     let def = read_json(&common::corpus().join("fhir-r4-definitions/compartmentdefinition-patient.json"));
-    def["resource"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["param"].as_array().is_some_and(|p| !p.is_empty()))
-        .map(|r| r["code"].as_str().unwrap().to_string())
-        .collect()
+    def["resource"].as_array().unwrap().iter().filter(|r| r["param"].as_array().is_some_and(|p| !p.is_empty())).map(|r| r["code"].as_str().unwrap().to_string()).collect()
 }
 
 /// Replaces every `reference` string found in `map` (fullUrl → `Type/id`).
@@ -289,15 +280,7 @@ fn post_transaction(s: &Server, path: &Path) -> Posted {
     let name = path.file_name().unwrap().to_string_lossy().into_owned();
     let raw = std::fs::read_to_string(path).unwrap();
     let bundle: Value = serde_json::from_str(&raw).unwrap();
-    let r = reply(
-        s.http
-            .post(&s.base)
-            .bearer_auth(&s.token)
-            .header("content-type", "application/fhir+json")
-            .body(raw.clone())
-            .send()
-            .unwrap(),
-    );
+    let r = reply(s.http.post(&s.base).bearer_auth(&s.token).header("content-type", "application/fhir+json").body(raw.clone()).send().unwrap());
     assert_eq!(r.status, 200, "{name}: {}", &r.text[..r.text.len().min(2000)]);
     assert_eq!(r.json["resourceType"], "Bundle", "{name}");
     assert_eq!(r.json["type"], "transaction-response", "{name}");
@@ -326,8 +309,7 @@ fn post_transaction(s: &Server, path: &Path) -> Posted {
 fn verify_posted(s: &Server, p: &Posted, compartment: &BTreeSet<String>) {
     let name = &p.name;
     let req = entries(&p.bundle);
-    let map: HashMap<String, String> =
-        req.iter().zip(&p.created).map(|(e, (t, id))| (e["fullUrl"].as_str().unwrap().to_string(), format!("{t}/{id}"))).collect();
+    let map: HashMap<String, String> = req.iter().zip(&p.created).map(|(e, (t, id))| (e["fullUrl"].as_str().unwrap().to_string(), format!("{t}/{id}"))).collect();
     let pi = req.iter().position(|e| e["resource"]["resourceType"] == "Patient").expect("a Patient entry");
     let pid = p.created[pi].1.clone();
     let patient_ref = format!("Patient/{pid}");
@@ -362,10 +344,8 @@ fn verify_posted(s: &Server, p: &Posted, compartment: &BTreeSet<String>) {
     let ev = get(s, &format!("Patient/{pid}/$everything"));
     assert_eq!(ev.status, 200, "{name}: $everything {}", ev.text);
     assert_eq!(ev.json["type"], "searchset");
-    let got: Vec<(String, String)> = entries(&ev.json)
-        .iter()
-        .map(|e| (e["resource"]["resourceType"].as_str().unwrap().to_string(), e["resource"]["id"].as_str().unwrap().to_string()))
-        .collect();
+    let got: Vec<(String, String)> =
+        entries(&ev.json).iter().map(|e| (e["resource"]["resourceType"].as_str().unwrap().to_string(), e["resource"]["id"].as_str().unwrap().to_string())).collect();
     let got_set: BTreeSet<(String, String)> = got.iter().cloned().collect();
     assert_eq!(got.len(), got_set.len(), "{name}: $everything has duplicates");
     let want: BTreeSet<(String, String)> = p.created.iter().filter(|(t, _)| compartment.contains(t)).cloned().collect();
@@ -450,12 +430,7 @@ fn synthea_transactions_over_http() {
             assert_eq!(without_server_meta(r.json), without_server_meta(expected), "{}: {t}", p.name);
         }
     }
-    eprintln!(
-        "synthea: {} bundles / {total} resources POSTed in {:.1?}; {verified} bundles verified in depth in {:.1?}",
-        files.len(),
-        post_time,
-        start_verify.elapsed()
-    );
+    eprintln!("synthea: {} bundles / {total} resources POSTed in {:.1?}; {verified} bundles verified in depth in {:.1?}", files.len(), post_time, start_verify.elapsed());
 }
 
 // ------------------------------------------------------------------------------------------
@@ -499,9 +474,7 @@ fn offline_import_of_synthea_bundles() {
     for (f, b) in files.iter().zip(&bundles).filter(|(f, _)| !f.file_name().unwrap().to_string_lossy().starts_with('_')).step_by(25) {
         let name = f.file_name().unwrap().to_string_lossy();
         let patient = &entries(b).iter().find(|e| e["resource"]["resourceType"] == "Patient").unwrap()["resource"];
-        let ident = |sys: &str| {
-            patient["identifier"].as_array().unwrap().iter().find(|i| i["system"] == sys).unwrap()["value"].as_str().unwrap().to_string()
-        };
+        let ident = |sys: &str| patient["identifier"].as_array().unwrap().iter().find(|i| i["system"] == sys).unwrap()["value"].as_str().unwrap().to_string();
         let r = identifier_search(&s, "http://hl7.org/fhir/sid/us-ssn", &ident("http://hl7.org/fhir/sid/us-ssn"));
         assert_eq!(r.status, 200, "{name}: {}", r.text);
         assert_eq!(r.json["total"], 1, "{name}: SSN lookup");
@@ -624,8 +597,7 @@ fn offline_import_lines_see_every_earlier_group() {
     let inst = Instance::init();
     let tmp = tempfile::tempdir().unwrap();
     let patient = |i: usize, gender: &str| {
-        json!({"resourceType": "Patient", "id": format!("pg-{i}"), "identifier": [{"system": "urn:test:mrn", "value": format!("PG-{i}")}], "gender": gender})
-            .to_string()
+        json!({"resourceType": "Patient", "id": format!("pg-{i}"), "identifier": [{"system": "urn:test:mrn", "value": format!("PG-{i}")}], "gender": gender}).to_string()
     };
     let tx = |entry: Value| json!({"resourceType": "Bundle", "type": "transaction", "entry": [entry]}).to_string();
     // Groups hold 512 lines: lines 1-599 are new patients, so the lines after them fall in
@@ -854,8 +826,7 @@ fn transactions_resolve_urns_and_are_atomic() {
     let r = post_bundle(&s, &tx);
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json["type"], "transaction-response");
-    let locs: Vec<(String, String, String)> =
-        entries(&r.json).iter().map(|e| parse_location(e["response"]["location"].as_str().unwrap())).collect();
+    let locs: Vec<(String, String, String)> = entries(&r.json).iter().map(|e| parse_location(e["response"]["location"].as_str().unwrap())).collect();
     let statuses: Vec<&str> = entries(&r.json).iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, ["201 Created"; 3]);
     let (pid, eid, oid) = (&locs[1].1, &locs[2].1, &locs[0].1);
@@ -1009,7 +980,17 @@ fn patient_identity_search() {
     assert_eq!(get(&s, "Patient?name=Siti%20Aminah&birthdate=1990-08-06").json["total"], 0);
 
     // Anything that is not an exact identity lookup is refused with an OperationOutcome.
-    for q in ["name=Siti", "name=Siti%20Aminah", "birthdate=1990-08-05", "gender=female", "", "identifier=", "identifier=3174054508900003", "name=Siti&birthdate=ge1990-01-01", "family=Aminah&birthdate=1990-08-05"] {
+    for q in [
+        "name=Siti",
+        "name=Siti%20Aminah",
+        "birthdate=1990-08-05",
+        "gender=female",
+        "",
+        "identifier=",
+        "identifier=3174054508900003",
+        "name=Siti&birthdate=ge1990-01-01",
+        "family=Aminah&birthdate=1990-08-05",
+    ] {
         let r = get(&s, &format!("Patient?{q}"));
         assert_eq!(r.status, 400, "Patient?{q}: {}", r.text);
         r.assert_outcome();
@@ -1156,13 +1137,7 @@ fn clinical_search_paging_and_strictness() {
     assert_eq!(ids_of(&p2.json).len(), 3);
 
     // POST _search takes the same parameters as a form.
-    let form = s
-        .http
-        .post(s.url("Observation/_search"))
-        .bearer_auth(&s.token)
-        .form(&[("patient", pid.as_str()), ("code", code), ("date", "lt2021-01-01")])
-        .send()
-        .unwrap();
+    let form = s.http.post(s.url("Observation/_search")).bearer_auth(&s.token).form(&[("patient", pid.as_str()), ("code", code), ("date", "lt2021-01-01")]).send().unwrap();
     let form = reply(form);
     assert_eq!(form.status, 200, "{}", form.text);
     assert_eq!(ids_of(&form.json), [by_date["2020-06-01"].clone()]);
@@ -1187,15 +1162,28 @@ fn prefer_minimal_and_decimal_fidelity() {
     let (t, pid, v) = parse_location(p.header("location").expect("Location"));
     assert_eq!((t.as_str(), v.as_str()), ("Patient", "1"));
     assert_eq!(get(&s, &format!("Patient/{pid}")).status, 200);
-    let u = with_headers(&s, reqwest::Method::PUT, &format!("Patient/{pid}"), Some(&json!({"resourceType": "Patient", "id": pid, "gender": "male"})), &[("prefer", "return=minimal")]);
+    let u =
+        with_headers(&s, reqwest::Method::PUT, &format!("Patient/{pid}"), Some(&json!({"resourceType": "Patient", "id": pid, "gender": "male"})), &[("prefer", "return=minimal")]);
     assert_eq!(u.status, 200);
     assert!(u.text.is_empty());
     assert_eq!(u.header("etag"), Some("W/\"2\""));
-    let oo = with_headers(&s, reqwest::Method::PUT, &format!("Patient/{pid}"), Some(&json!({"resourceType": "Patient", "id": pid, "gender": "other"})), &[("prefer", "return=OperationOutcome")]);
+    let oo = with_headers(
+        &s,
+        reqwest::Method::PUT,
+        &format!("Patient/{pid}"),
+        Some(&json!({"resourceType": "Patient", "id": pid, "gender": "other"})),
+        &[("prefer", "return=OperationOutcome")],
+    );
     assert_eq!(oo.status, 200);
     assert_eq!(oo.json["resourceType"], "OperationOutcome");
     // Representation is the default.
-    let rep = with_headers(&s, reqwest::Method::PUT, &format!("Patient/{pid}"), Some(&json!({"resourceType": "Patient", "id": pid, "gender": "unknown"})), &[("prefer", "return=representation")]);
+    let rep = with_headers(
+        &s,
+        reqwest::Method::PUT,
+        &format!("Patient/{pid}"),
+        Some(&json!({"resourceType": "Patient", "id": pid, "gender": "unknown"})),
+        &[("prefer", "return=representation")],
+    );
     assert_eq!(rep.json["gender"], "unknown");
 
     // Decimals: the exact text is stored and served, never re-formatted through a float.
@@ -1205,7 +1193,8 @@ fn prefer_minimal_and_decimal_fidelity() {
     let c = reply(s.http.post(s.url("Observation")).bearer_auth(&s.token).header("content-type", "application/fhir+json").body(raw).send().unwrap());
     assert_eq!(c.status, 201, "{}", c.text);
     let oid = c.json["id"].as_str().unwrap().to_string();
-    for body in [&c.text, &get(&s, &format!("Observation/{oid}")).text, &get(&s, &format!("Observation?patient={pid}")).text, &get(&s, &format!("Patient/{pid}/$everything")).text] {
+    for body in [&c.text, &get(&s, &format!("Observation/{oid}")).text, &get(&s, &format!("Observation?patient={pid}")).text, &get(&s, &format!("Patient/{pid}/$everything")).text]
+    {
         assert!(body.contains(r#""value":1.50"#), "1.50 kept: {body}");
         assert!(body.contains(r#""value":0.000120"#), "0.000120 kept: {body}");
         assert!(body.contains(r#""value":12345678901234567890.10"#), "large decimal kept: {body}");

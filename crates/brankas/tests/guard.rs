@@ -56,8 +56,25 @@ fn a_stolen_credential_is_cut_off_at_its_budget_and_the_report_names_every_patie
     let people = population(&s, 12);
     let officer = inst.caller(&s, &["--name", "officer", "--role", "security-officer", "--scopes", "system/AuditEvent.rs"]);
     // The facility's clinician app, with a budget of 5 patients an hour.
-    let stolen = inst.caller(&s, &["--name", "ward app", "--role", "clinician", "--organization", "Organization/test-facility", "--practitioner", "Practitioner/x",
-        "--scopes", "user/*.rs", "--budget-per-hour", "5", "--budget-per-day", "50"]);
+    let stolen = inst.caller(
+        &s,
+        &[
+            "--name",
+            "ward app",
+            "--role",
+            "clinician",
+            "--organization",
+            "Organization/test-facility",
+            "--practitioner",
+            "Practitioner/x",
+            "--scopes",
+            "user/*.rs",
+            "--budget-per-hour",
+            "5",
+            "--budget-per-day",
+            "50",
+        ],
+    );
 
     // The thief's script, as fast as it can: identity enumeration (NIK lookups), then each
     // patient's record. Its own record of what it received:
@@ -100,8 +117,25 @@ fn a_stolen_credential_is_cut_off_at_its_budget_and_the_report_names_every_patie
 
     // A stolen facility credential (its information system) walks the facility's work list
     // page by page, then tries identity enumeration.
-    let sys = inst.caller(&s, &["--name", "simrs", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.rs",
-        "--budget-per-hour", "5", "--budget-per-day", "50", "--on-exceed", "suspend"]);
+    let sys = inst.caller(
+        &s,
+        &[
+            "--name",
+            "simrs",
+            "--role",
+            "facility-system",
+            "--organization",
+            "Organization/test-facility",
+            "--scopes",
+            "system/*.rs",
+            "--budget-per-hour",
+            "5",
+            "--budget-per-day",
+            "50",
+            "--on-exceed",
+            "suspend",
+        ],
+    );
     let mut got: BTreeSet<String> = BTreeSet::new();
     let mut codes = Vec::new();
     let mut next = Some(s.url("Encounter?service-provider=Organization/test-facility&date=ge2026-11-01&date=le2026-12-31&_count=2"));
@@ -136,8 +170,25 @@ fn a_stolen_credential_is_cut_off_at_its_budget_and_the_report_names_every_patie
     assert_eq!(ids_of(&breach(&s, &officer, &sys.id), "patients"), got, "the report names exactly what the walk received");
 
     // Throttle instead of suspend: refused past the budget, still served within it.
-    let slow = inst.caller(&s, &["--name", "kiosk", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.rs",
-        "--budget-per-hour", "2", "--budget-per-day", "2", "--on-exceed", "throttle"]);
+    let slow = inst.caller(
+        &s,
+        &[
+            "--name",
+            "kiosk",
+            "--role",
+            "facility-system",
+            "--organization",
+            "Organization/test-facility",
+            "--scopes",
+            "system/*.rs",
+            "--budget-per-hour",
+            "2",
+            "--budget-per-day",
+            "2",
+            "--on-exceed",
+            "throttle",
+        ],
+    );
     assert_eq!(s.get_as(&slow.token, &format!("Patient/{}", people[0].0)).0, 200);
     assert_eq!(s.get_as(&slow.token, &format!("Patient/{}", people[1].0)).0, 200);
     assert_eq!(s.get_as(&slow.token, &format!("Patient/{}", people[2].0)).0, 429);
@@ -164,8 +215,23 @@ fn the_first_touch_of_a_canary_suspends_and_nothing_real_follows() {
     let r = s.http.post(format!("{}/admin/canaries", s.root)).bearer_auth(&s.token).json(&json!({"count": 2})).send().unwrap();
     assert_eq!(r.status(), 403, "only officers plant canaries");
 
-    let walker = inst.caller(&s, &["--name", "walker", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.rs",
-        "--budget-per-hour", "1000", "--budget-per-day", "1000"]);
+    let walker = inst.caller(
+        &s,
+        &[
+            "--name",
+            "walker",
+            "--role",
+            "facility-system",
+            "--organization",
+            "Organization/test-facility",
+            "--scopes",
+            "system/*.rs",
+            "--budget-per-hour",
+            "1000",
+            "--budget-per-day",
+            "1000",
+        ],
+    );
     // The walk: the facility's recent encounters, newest first, then each patient.
     let (st, b) = s.get_as(&walker.token, "Encounter?service-provider=Organization/test-facility&date=ge2026-11-20&date=le2026-12-31");
     assert_eq!(st, 403, "the work list holds canaries: the page is refused and the client suspended: {b}");
@@ -198,8 +264,22 @@ fn two_servers_on_one_database_enforce_one_budget() {
     let a = inst.serve();
     let b = inst.serve();
     let people = population(&a, 8);
-    let thief = inst.register(&["--name", "ward app", "--role", "clinician", "--organization", "Organization/test-facility", "--practitioner", "Practitioner/x",
-        "--scopes", "user/*.rs", "--budget-per-hour", "4", "--budget-per-day", "40"]);
+    let thief = inst.register(&[
+        "--name",
+        "ward app",
+        "--role",
+        "clinician",
+        "--organization",
+        "Organization/test-facility",
+        "--practitioner",
+        "Practitioner/x",
+        "--scopes",
+        "user/*.rs",
+        "--budget-per-hour",
+        "4",
+        "--budget-per-day",
+        "40",
+    ]);
     let (id, secret) = (thief["client_id"].as_str().unwrap(), thief["client_secret"].as_str().unwrap());
     let (ta, tb) = (a.token_for(id, secret), b.token_for(id, secret));
     // Requests alternate between the two replicas.
@@ -231,7 +311,14 @@ fn failed_logins_lock_an_address_out_and_new_addresses_and_break_glass_raise_ale
     let er = inst.caller(&s, &["--name", "igd", "--role", "facility-system", "--organization", "Organization/rs-lain", "--scopes", "system/*.rs"]);
     // Break-glass on four patients in one day: each an alert, the fourth above the threshold.
     for (id, _) in people.iter().take(4) {
-        let r = s.http.get(s.url(&format!("Patient/{id}"))).bearer_auth(&er.token).header("X-Purpose-Of-Use", "BTG").header("X-Break-Glass-Reason", "unconscious, no ID").send().unwrap();
+        let r = s
+            .http
+            .get(s.url(&format!("Patient/{id}")))
+            .bearer_auth(&er.token)
+            .header("X-Purpose-Of-Use", "BTG")
+            .header("X-Break-Glass-Reason", "unconscious, no ID")
+            .send()
+            .unwrap();
         assert_eq!(r.status(), 200);
     }
     let al = alerts(&s, &officer);
@@ -268,8 +355,25 @@ fn request_rate_and_page_size_are_bounded_per_client() {
     let inst = Instance::init();
     let s = inst.serve();
     let people = population(&s, 5);
-    let c = inst.caller(&s, &["--name", "kiosk", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.rs",
-        "--rate-per-second", "1", "--burst", "3", "--max-page", "2"]);
+    let c = inst.caller(
+        &s,
+        &[
+            "--name",
+            "kiosk",
+            "--role",
+            "facility-system",
+            "--organization",
+            "Organization/test-facility",
+            "--scopes",
+            "system/*.rs",
+            "--rate-per-second",
+            "1",
+            "--burst",
+            "3",
+            "--max-page",
+            "2",
+        ],
+    );
     let codes: Vec<u16> = (0..4).map(|i| s.http.get(s.url(&format!("Patient/{}", people[i].0))).bearer_auth(&c.token).send().unwrap().status().as_u16()).collect();
     assert_eq!(codes, vec![200, 200, 200, 429], "a burst of 3, then 1 a second");
     let r = s.http.get(s.url(&format!("Patient/{}", people[0].0))).bearer_auth(&c.token).send().unwrap();
@@ -333,8 +437,23 @@ fn alerts_are_pushed_to_a_signed_webhook_and_retried() {
     let mut s = inst.serve_with(&["--insecure-http", "--alert-webhook", &format!("http://127.0.0.1:{port}/alerts"), "--alert-webhook-secret-file", secret_file.to_str().unwrap()]);
     s.token = s.new_token();
     let people = population(&s, 3);
-    let c = inst.caller(&s, &["--name", "kiosk", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.rs",
-        "--budget-per-hour", "1", "--budget-per-day", "1"]);
+    let c = inst.caller(
+        &s,
+        &[
+            "--name",
+            "kiosk",
+            "--role",
+            "facility-system",
+            "--organization",
+            "Organization/test-facility",
+            "--scopes",
+            "system/*.rs",
+            "--budget-per-hour",
+            "1",
+            "--budget-per-day",
+            "1",
+        ],
+    );
     assert_eq!(s.get_as(&c.token, &format!("Patient/{}", people[0].0)).0, 200);
     assert_eq!(s.get_as(&c.token, &format!("Patient/{}", people[1].0)).0, 429);
     // Delivered: refused once (500), delivered on the retry a second later.

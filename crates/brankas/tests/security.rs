@@ -118,12 +118,10 @@ impl Person {
     }
     /// Every identifying or clinical value of this person, as sent.
     fn values(&self) -> Vec<String> {
-        let mut v: Vec<String> = [
-            self.nik, self.given, self.family, self.birth, self.phone, self.line, self.city, self.anamnesis, self.note, self.lab, self.doc_title,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut v: Vec<String> = [self.nik, self.given, self.family, self.birth, self.phone, self.line, self.city, self.anamnesis, self.note, self.lab, self.doc_title]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         v.push(self.full_name());
         v
     }
@@ -238,7 +236,15 @@ fn dump_reveals_nothing(kill9: bool) {
         let pid = id_of(&created[0]);
         let unique: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ p.nik.as_bytes()[(i % 16) as usize]).collect();
         for (name, ct, bytes) in [("PDF", "application/pdf", pdf.clone()), ("GIF", "image/gif", gif.clone()), ("unique file", "application/octet-stream", unique)] {
-            let r = s.http.post(format!("{}/Binary", s.base)).bearer_auth(&s.token).header("content-type", ct).header("x-security-context", format!("Patient/{pid}")).body(bytes.clone()).send().unwrap();
+            let r = s
+                .http
+                .post(format!("{}/Binary", s.base))
+                .bearer_auth(&s.token)
+                .header("content-type", ct)
+                .header("x-security-context", format!("Patient/{pid}"))
+                .body(bytes.clone())
+                .send()
+                .unwrap();
             assert_eq!(r.status(), 201, "raw upload of the {name}");
             let id = r.json::<Value>().unwrap()["id"].as_str().unwrap().to_string();
             let back = s.http.get(format!("{}/Binary/{id}", s.base)).bearer_auth(&s.token).send().unwrap().bytes().unwrap();
@@ -353,10 +359,7 @@ struct Row {
 /// Rows of `rtype` at `version`, in write order.
 fn rows(c: &rusqlite::Connection, rtype: &str, version: i64) -> Vec<Row> {
     let mut st = c.prepare("SELECT rowid, rkey, partition FROM versions WHERE rtype = ?1 AND version = ?2 ORDER BY rowid").unwrap();
-    st.query_map(rusqlite::params![rtype, version], |r| Ok(Row { rowid: r.get(0)?, rkey: r.get(1)?, partition: r.get(2)? }))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
+    st.query_map(rusqlite::params![rtype, version], |r| Ok(Row { rowid: r.get(0)?, rkey: r.get(1)?, partition: r.get(2)? })).unwrap().map(Result::unwrap).collect()
 }
 
 fn sealed(c: &rusqlite::Connection, rowid: i64) -> Vec<u8> {
@@ -804,10 +807,21 @@ fn hostile_input_gets_a_clean_4xx_and_the_server_stays_healthy() {
     assert_rejected("invalid gender code", send(Method::POST, "Patient", fj, pat(json!({"gender": MARK}))), &[422]);
     assert_rejected("invalid birthDate", send(Method::POST, "Patient", fj, pat(json!({"birthDate": MARK}))), &[422]);
     assert_rejected("unknown element", send(Method::POST, "Patient", fj, pat(json!({"nickname": MARK}))), &[422]);
-    assert_rejected("invalid NIK", send(Method::POST, "Patient", fj, pat(json!({"identifier": [{"system": NIK_SYSTEM, "value": "3171019999990000"}], "birthDate": "1990-01-01"}))), &[422]);
+    assert_rejected(
+        "invalid NIK",
+        send(Method::POST, "Patient", fj, pat(json!({"identifier": [{"system": NIK_SYSTEM, "value": "3171019999990000"}], "birthDate": "1990-01-01"}))),
+        &[422],
+    );
 
     // Unknown resource type: 404 on every route, consistently.
-    for (m, p) in [(Method::GET, format!("Nope/{MARK}")), (Method::GET, format!("Nope?name={MARK}")), (Method::POST, "Nope".into()), (Method::PUT, format!("Nope/{MARK}")), (Method::DELETE, format!("Nope/{MARK}")), (Method::GET, format!("Nope/{MARK}/_history"))] {
+    for (m, p) in [
+        (Method::GET, format!("Nope/{MARK}")),
+        (Method::GET, format!("Nope?name={MARK}")),
+        (Method::POST, "Nope".into()),
+        (Method::PUT, format!("Nope/{MARK}")),
+        (Method::DELETE, format!("Nope/{MARK}")),
+        (Method::GET, format!("Nope/{MARK}/_history")),
+    ] {
         let body = serde_json::to_vec(&json!({"resourceType": "Nope", "id": MARK})).unwrap();
         assert_rejected(&format!("unknown type {m} {p}"), send(m, &p, fj, body), &[404]);
     }
@@ -822,7 +836,11 @@ fn hostile_input_gets_a_clean_4xx_and_the_server_stays_healthy() {
         send(Method::PUT, &format!("Patient/{long_id}"), fj, serde_json::to_vec(&json!({"resourceType": "Patient", "id": long_id})).unwrap()),
         &[400],
     );
-    assert_rejected("id mismatch", send(Method::PUT, &format!("Patient/{}", id_of(&keep)), fj, serde_json::to_vec(&json!({"resourceType": "Patient", "id": MARK})).unwrap()), &[400]);
+    assert_rejected(
+        "id mismatch",
+        send(Method::PUT, &format!("Patient/{}", id_of(&keep)), fj, serde_json::to_vec(&json!({"resourceType": "Patient", "id": MARK})).unwrap()),
+        &[400],
+    );
 
     // Hostile query strings
     let obs = format!("Observation?patient=Patient/{}", id_of(&keep));
@@ -845,7 +863,15 @@ fn hostile_input_gets_a_clean_4xx_and_the_server_stays_healthy() {
     assert_rejected("forged paging cursor", get_raw(&s, &format!("Patient?_page={MARK}")), &[400]);
     assert_rejected(
         "POST _search with invalid UTF-8",
-        done(s.http.post(s.url("Patient/_search")).bearer_auth(&s.token).header("content-type", "application/x-www-form-urlencoded").body(format!("name=%FF{MARK}&birthdate=1990-01-01")).send().unwrap()),
+        done(
+            s.http
+                .post(s.url("Patient/_search"))
+                .bearer_auth(&s.token)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("name=%FF{MARK}&birthdate=1990-01-01"))
+                .send()
+                .unwrap(),
+        ),
         &[400],
     );
 
@@ -1111,7 +1137,10 @@ fn the_tls_private_key_is_sealed_and_an_old_plaintext_key_is_migrated() {
     roots.add(ck.cert.der().clone()).unwrap();
     let trusted = tls_config(roots);
     // Control: the key's bytes are on disk before the first start.
-    assert!(std::fs::read(tls.join("key.pem")).unwrap().windows(EC_PKCS8_PREFIX.len()).any(|w| w == EC_PKCS8_PREFIX) || std::fs::read_to_string(tls.join("key.pem")).unwrap().contains("PRIVATE KEY"));
+    assert!(
+        std::fs::read(tls.join("key.pem")).unwrap().windows(EC_PKCS8_PREFIX.len()).any(|w| w == EC_PKCS8_PREFIX)
+            || std::fs::read_to_string(tls.join("key.pem")).unwrap().contains("PRIVATE KEY")
+    );
     for round in 0..2 {
         let (mut child, ev) = inst.spawn_serve(&[]);
         let ev = ev.expect("listening line");

@@ -15,20 +15,14 @@ use tokio::net::{TcpSocket, TcpStream};
 fn raise_fd_limit(want: u64) {
     // SAFETY: getrlimit/setrlimit only read and write the struct passed by reference.
     unsafe {
-        let mut r = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
+        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut r), 0);
         let target = want.min(r.rlim_max);
         if r.rlim_cur < target {
             r.rlim_cur = target;
             assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &r), 0);
         }
-        assert!(
-            r.rlim_cur >= want,
-            "the test needs {want} open files (ulimit -n)"
-        );
+        assert!(r.rlim_cur >= want, "the test needs {want} open files (ulimit -n)");
     }
 }
 
@@ -45,13 +39,7 @@ async fn connect(from: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
 
 /// `n` connections spread over source addresses `127.<net>.x.y`, `per` per address, each
 /// having sent `prefix` (possibly nothing).
-async fn open_many(
-    to: SocketAddr,
-    net: u8,
-    n: usize,
-    per: usize,
-    prefix: &'static [u8],
-) -> Vec<TcpStream> {
+async fn open_many(to: SocketAddr, net: u8, n: usize, per: usize, prefix: &'static [u8]) -> Vec<TcpStream> {
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
         let a = i / per;
@@ -99,12 +87,7 @@ const STALLED_TOKEN: &[u8] = b"POST /auth/token HTTP/1.1\r\nHost: x\r\nContent-T
 
 /// A client on a fresh connection from `from`, which must answer within a second.
 fn fresh_client(from: Ipv4Addr) -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .local_address(IpAddr::V4(from))
-        .timeout(Duration::from_secs(1))
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap()
+    reqwest::blocking::Client::builder().local_address(IpAddr::V4(from)).timeout(Duration::from_secs(1)).pool_max_idle_per_host(0).build().unwrap()
 }
 
 #[test]
@@ -113,16 +96,9 @@ fn stalled_connections_do_not_starve_health_token_or_reads() {
     let inst = Instance::init();
     let mut srv = inst.serve_with(&["--insecure-http", "--max-connections", "1024"]);
     srv.token = srv.new_token();
-    let pid = srv.create(&patient("3171054708900003", "Lestari"))["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pid = srv.create(&patient("3171054708900003", "Lestari"))["id"].as_str().unwrap().to_string();
     let to = server_addr(&srv);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
 
     // 2,000 connections that sent a token request's headers and stall its body, and 1,100
     // that send nothing, from 80 addresses (40 each: within the per-address limit, so it is
@@ -133,26 +109,15 @@ fn stalled_connections_do_not_starve_health_token_or_reads() {
         let silent = open_many(to, 2, 1100, 40, b"").await;
         (stalled, silent)
     });
-    eprintln!(
-        "opened {} stalled and {} silent connections in {:?}",
-        stalled.len(),
-        silent.len(),
-        t0.elapsed()
-    );
+    eprintln!("opened {} stalled and {} silent connections in {:?}", stalled.len(), silent.len(), t0.elapsed());
 
     // Fresh connections from another address are served, each within a second (once the
     // server has drained its accept queue of the burst).
     std::thread::sleep(Duration::from_millis(500));
-    for (i, from) in [Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3)]
-        .into_iter()
-        .enumerate()
-    {
+    for (i, from) in [Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3)].into_iter().enumerate() {
         let c = fresh_client(from);
         let t = Instant::now();
-        let r = c
-            .get(format!("{}/health", srv.root))
-            .send()
-            .unwrap_or_else(|e| panic!("/health starved ({i}): {e}"));
+        let r = c.get(format!("{}/health", srv.root)).send().unwrap_or_else(|e| panic!("/health starved ({i}): {e}"));
         assert_eq!(r.status(), 200);
         let r = c
             .post(format!("{}/auth/token", srv.root))
@@ -161,21 +126,10 @@ fn stalled_connections_do_not_starve_health_token_or_reads() {
             .send()
             .unwrap_or_else(|e| panic!("/auth/token starved ({i}): {e}"));
         assert_eq!(r.status(), 200);
-        let token = r.json::<serde_json::Value>().unwrap()["access_token"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let r = c
-            .get(srv.url(&format!("Patient/{pid}")))
-            .bearer_auth(&token)
-            .send()
-            .unwrap_or_else(|e| panic!("read starved ({i}): {e}"));
+        let token = r.json::<serde_json::Value>().unwrap()["access_token"].as_str().unwrap().to_string();
+        let r = c.get(srv.url(&format!("Patient/{pid}"))).bearer_auth(&token).send().unwrap_or_else(|e| panic!("read starved ({i}): {e}"));
         assert_eq!(r.status(), 200);
-        assert!(
-            t.elapsed() < Duration::from_secs(3),
-            "three requests took {:?}",
-            t.elapsed()
-        );
+        assert!(t.elapsed() < Duration::from_secs(3), "three requests took {:?}", t.elapsed());
     }
 
     // The server holds at most its cap of the 3,100 (the rest were shed, or never left the
@@ -187,11 +141,7 @@ fn stalled_connections_do_not_starve_health_token_or_reads() {
 
 /// Sockets open in process `pid` (Linux).
 fn sockets_of(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter(|l| l.to_string_lossy().starts_with("socket:"))
-        .count()
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().filter_map(|e| std::fs::read_link(e.ok()?.path()).ok()).filter(|l| l.to_string_lossy().starts_with("socket:")).count()
 }
 
 #[test]
@@ -200,11 +150,7 @@ fn one_address_holds_at_most_its_share() {
     let inst = Instance::init();
     let srv = inst.serve();
     let to = server_addr(&srv);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let socks = rt.block_on(async {
         let mut v = Vec::new();
         for _ in 0..200 {
@@ -213,16 +159,9 @@ fn one_address_holds_at_most_its_share() {
         v
     });
     let closed = rt.block_on(closed_within(socks, Duration::from_millis(1500)));
-    assert_eq!(
-        closed,
-        200 - 64,
-        "the default limit is 64 connections per address"
-    );
+    assert_eq!(closed, 200 - 64, "the default limit is 64 connections per address");
     // The address is not locked out: its newest connections are served.
-    let r = fresh_client(Ipv4Addr::new(127, 0, 0, 9))
-        .get(format!("{}/health", srv.root))
-        .send()
-        .unwrap();
+    let r = fresh_client(Ipv4Addr::new(127, 0, 0, 9)).get(format!("{}/health", srv.root)).send().unwrap();
     assert_eq!(r.status(), 200);
 }
 
@@ -231,50 +170,27 @@ fn a_silent_connection_is_closed_within_the_header_timeout() {
     let inst = Instance::init();
     let srv = inst.serve_with(&["--insecure-http", "--header-timeout", "2"]);
     let to = server_addr(&srv);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let t = Instant::now();
         let mut s = connect(Ipv4Addr::LOCALHOST, to).await.unwrap();
         let mut buf = [0u8; 64];
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-            .await
-            .expect("a silent connection must be closed")
-            .unwrap_or(0);
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.expect("a silent connection must be closed").unwrap_or(0);
         assert_eq!(n, 0);
-        assert!(
-            t.elapsed() < Duration::from_secs(4),
-            "closed after {:?}",
-            t.elapsed()
-        );
+        assert!(t.elapsed() < Duration::from_secs(4), "closed after {:?}", t.elapsed());
         // The same after a completed request: an idle keep-alive connection is closed too.
         let mut s = connect(Ipv4Addr::LOCALHOST, to).await.unwrap();
-        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
         let mut got = Vec::new();
         let t = Instant::now();
         loop {
-            match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-                .await
-                .expect("an idle connection must be closed")
-            {
+            match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.expect("an idle connection must be closed") {
                 Ok(0) | Err(_) => break,
                 Ok(n) => got.extend_from_slice(&buf[..n]),
             }
         }
-        assert!(
-            got.starts_with(b"HTTP/1.1 200"),
-            "{}",
-            String::from_utf8_lossy(&got)
-        );
-        assert!(
-            t.elapsed() < Duration::from_secs(4),
-            "closed after {:?}",
-            t.elapsed()
-        );
+        assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+        assert!(t.elapsed() < Duration::from_secs(4), "closed after {:?}", t.elapsed());
     });
 }
 
@@ -283,15 +199,9 @@ fn a_stalled_body_gets_408_but_a_slow_streaming_upload_finishes() {
     let inst = Instance::init();
     let mut srv = inst.serve_with(&["--insecure-http", "--body-timeout", "2"]);
     srv.token = srv.new_token();
-    let pid = srv.create(&patient("3171054708900003", "Lestari"))["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pid = srv.create(&patient("3171054708900003", "Lestari"))["id"].as_str().unwrap().to_string();
     let to = server_addr(&srv);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let token = srv.token.clone();
     rt.block_on(async {
         // An unauthenticated token request whose body never finishes.
@@ -335,10 +245,7 @@ async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        match tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf))
-            .await
-            .expect("the server must answer and close")
-        {
+        match tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf)).await.expect("the server must answer and close") {
             Ok(0) | Err(_) => return got,
             Ok(n) => got.extend_from_slice(&buf[..n]),
         }

@@ -48,13 +48,7 @@ fn demo_prints_a_token_and_requests_that_answer() {
     }
     assert!(!base.is_empty() && !token.is_empty(), "the demo printed no base URL or token");
     let http = reqwest::blocking::Client::new();
-    let found: Value = http
-        .get(format!("{base}/Patient?identifier=https://fhir.kemkes.go.id/id/nik%7C3171054708900003"))
-        .bearer_auth(&token)
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let found: Value = http.get(format!("{base}/Patient?identifier=https://fhir.kemkes.go.id/id/nik%7C3171054708900003")).bearer_auth(&token).send().unwrap().json().unwrap();
     assert_eq!(found["total"], 1, "{found}");
     let pid = found["entry"][0]["resource"]["id"].as_str().unwrap();
     let all: Value = http.get(format!("{base}/Patient/{pid}/$everything")).bearer_auth(&token).send().unwrap().json().unwrap();

@@ -55,10 +55,7 @@ pub enum QidoError {
 }
 
 fn param_name(name: &str) -> String {
-    name.chars()
-        .take(MAX_NAME_IN_ERROR)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+    name.chars().take(MAX_NAME_IN_ERROR).map(|c| if c.is_control() { '?' } else { c }).collect()
 }
 
 /// Matchable attributes.
@@ -141,11 +138,7 @@ const DEFS: &[Def] = &[
 
 /// Parses `GGGGEEEE` (either case).
 fn hex_tag(name: &str) -> Option<u32> {
-    if name.len() == 8 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
-        u32::from_str_radix(name, 16).ok()
-    } else {
-        None
-    }
+    if name.len() == 8 && name.bytes().all(|b| b.is_ascii_hexdigit()) { u32::from_str_radix(name, 16).ok() } else { None }
 }
 
 fn find_def(name: &str) -> Option<&'static Def> {
@@ -221,10 +214,7 @@ impl Matcher {
         }
         match kind {
             Kind::Uid => {
-                let uids: Vec<String> = value
-                    .split([',', '\\'])
-                    .map(|u| u.trim().to_owned())
-                    .collect();
+                let uids: Vec<String> = value.split([',', '\\']).map(|u| u.trim().to_owned()).collect();
                 if uids.len() > MAX_UIDS {
                     return Err(Invalid::TooMany);
                 }
@@ -240,13 +230,7 @@ impl Matcher {
                         (Some(d), Some(d))
                     }
                     Some((a, b)) => {
-                        let bound = |s: &str| -> Result<Option<u32>, Invalid> {
-                            if s.is_empty() {
-                                Ok(None)
-                            } else {
-                                parse_date(s).map(Some).ok_or(Invalid::Value)
-                            }
-                        };
+                        let bound = |s: &str| -> Result<Option<u32>, Invalid> { if s.is_empty() { Ok(None) } else { parse_date(s).map(Some).ok_or(Invalid::Value) } };
                         (bound(a)?, bound(b)?)
                     }
                 };
@@ -257,11 +241,7 @@ impl Matcher {
                 }
             }
             Kind::Int => {
-                if !value
-                    .trim_start_matches(['+', '-'])
-                    .bytes()
-                    .all(|b| b.is_ascii_digit())
-                {
+                if !value.trim_start_matches(['+', '-']).bytes().all(|b| b.is_ascii_digit()) {
                     return Err(Invalid::Value);
                 }
                 value.parse().map(Matcher::Int).map_err(|_| Invalid::Value)
@@ -270,11 +250,7 @@ impl Matcher {
             Kind::Text => Ok(Matcher::Text(Pattern::new(value))),
             Kind::Name => {
                 let name = normalize_name(value);
-                if is_universal(&name) {
-                    Ok(Matcher::Universal)
-                } else {
-                    Ok(Matcher::Name(Pattern::new(&name)))
-                }
+                if is_universal(&name) { Ok(Matcher::Universal) } else { Ok(Matcher::Name(Pattern::new(&name))) }
             }
             Kind::Code => {
                 let codes: Vec<&str> = value.split(',').map(str::trim).collect();
@@ -284,9 +260,7 @@ impl Matcher {
                 if codes.iter().any(|c| is_universal(c)) {
                     return Ok(Matcher::Universal);
                 }
-                Ok(Matcher::Codes(
-                    codes.into_iter().map(Pattern::new).collect(),
-                ))
+                Ok(Matcher::Codes(codes.into_iter().map(Pattern::new).collect()))
             }
         }
     }
@@ -296,24 +270,16 @@ impl Matcher {
             // Left to the row that has the attribute.
             (_, Field::Unavailable) | (Matcher::Universal, _) => true,
             (Matcher::Uids(uids), Field::Text(Some(v))) => uids.iter().any(|u| u == v),
-            (Matcher::Date { from, to }, Field::Text(Some(v))) => stored_date(v)
-                .is_some_and(|d| from.is_none_or(|f| d >= f) && to.is_none_or(|t| d <= t)),
+            (Matcher::Date { from, to }, Field::Text(Some(v))) => stored_date(v).is_some_and(|d| from.is_none_or(|f| d >= f) && to.is_none_or(|t| d <= t)),
             (Matcher::Int(n), Field::Int(Some(v))) => v == *n,
             // A multi-valued attribute matches if one of its values does.
             (Matcher::Text(p), Field::Text(Some(v))) => v.split('\\').any(|x| p.matches(x)),
             (Matcher::Name(p), Field::Text(Some(v))) => v.split('\\').any(|name| {
                 let name = normalize_name(name);
-                p.matches(&name)
-                    || name
-                        .split('=')
-                        .any(|group| p.matches(normalize_group(group)))
+                p.matches(&name) || name.split('=').any(|group| p.matches(normalize_group(group)))
             }),
-            (Matcher::Codes(ps), Field::Text(Some(v))) => v
-                .split('\\')
-                .any(|x| ps.iter().any(|p| p.matches(x.trim()))),
-            (Matcher::Codes(ps), Field::List(list)) => {
-                list.iter().any(|x| ps.iter().any(|p| p.matches(x)))
-            }
+            (Matcher::Codes(ps), Field::Text(Some(v))) => v.split('\\').any(|x| ps.iter().any(|p| p.matches(x.trim()))),
+            (Matcher::Codes(ps), Field::List(list)) => list.iter().any(|x| ps.iter().any(|p| p.matches(x))),
             _ => false,
         }
     }
@@ -416,8 +382,7 @@ impl IncludeFields {
                 self.tags.insert(tag);
             } else if let Some(entry) = StandardDataDictionary.by_name(field) {
                 let tag = entry.tag();
-                self.tags
-                    .insert((u32::from(tag.0) << 16) | u32::from(tag.1));
+                self.tags.insert((u32::from(tag.0) << 16) | u32::from(tag.1));
             } else {
                 return Err(Invalid::Value);
             }
@@ -517,14 +482,7 @@ impl fmt::Debug for Query {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Query")
             .field("level", &self.level)
-            .field(
-                "attributes",
-                &self
-                    .filters
-                    .iter()
-                    .map(|f| f.def.keyword)
-                    .collect::<Vec<_>>(),
-            )
+            .field("attributes", &self.filters.iter().map(|f| f.def.keyword).collect::<Vec<_>>())
             .field("limit", &self.limit)
             .field("offset", &self.offset)
             .field("include", &self.include)
@@ -538,30 +496,18 @@ fn parse_count(value: &str) -> Option<usize> {
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    value
-        .parse::<u32>()
-        .ok()
-        .and_then(|n| usize::try_from(n).ok())
+    value.parse::<u32>().ok().and_then(|n| usize::try_from(n).ok())
 }
 
 impl Query {
     /// Parses the decoded query pairs of a search at `level`; see [`Query`]
     /// for what is accepted.
     pub fn parse(level: Level, pairs: &[(String, String)]) -> Result<Query, QidoError> {
-        let size = pairs.iter().fold(0usize, |n, (k, v)| {
-            n.saturating_add(k.len()).saturating_add(v.len())
-        });
+        let size = pairs.iter().fold(0usize, |n, (k, v)| n.saturating_add(k.len()).saturating_add(v.len()));
         if size > MAX_QUERY_BYTES {
             return Err(QidoError::TooLarge);
         }
-        let mut query = Query {
-            level,
-            filters: Vec::new(),
-            limit: None,
-            offset: 0,
-            include: IncludeFields::default(),
-            fuzzy: false,
-        };
+        let mut query = Query { level, filters: Vec::new(), limit: None, offset: 0, include: IncludeFields::default(), fuzzy: false };
         let mut seen: Vec<&str> = Vec::new();
         let mut once = |key: &'static str, name: &str| {
             if seen.contains(&key) {
@@ -593,9 +539,8 @@ impl Query {
                 }
                 "includefield" => query.include.add(value).map_err(|_| invalid(name))?,
                 _ => {
-                    let def = find_def(name)
-                        .filter(|d| rank(d.owner) <= rank(level) || d.attr == Attr::Modality)
-                        .ok_or_else(|| QidoError::UnsupportedParameter(param_name(name)))?;
+                    let def =
+                        find_def(name).filter(|d| rank(d.owner) <= rank(level) || d.attr == Attr::Modality).ok_or_else(|| QidoError::UnsupportedParameter(param_name(name)))?;
                     once(def.keyword, name)?;
                     // In a study search, Modality means ModalitiesInStudy.
                     let attr = match (def.attr, level) {
@@ -647,25 +592,19 @@ impl Query {
     /// Whether the study matches every study attribute of the query (other
     /// attributes are ignored: see [`Query`]).
     pub fn matches_study(&self, row: &StudyRow) -> bool {
-        self.filters
-            .iter()
-            .all(|f| f.matcher.matches(study_field(row, f.attr)))
+        self.filters.iter().all(|f| f.matcher.matches(study_field(row, f.attr)))
     }
 
     /// Whether the series matches every attribute of the query that a
     /// series row has (StudyInstanceUID and the series attributes).
     pub fn matches_series(&self, row: &SeriesRow) -> bool {
-        self.filters
-            .iter()
-            .all(|f| f.matcher.matches(series_field(row, f.attr)))
+        self.filters.iter().all(|f| f.matcher.matches(series_field(row, f.attr)))
     }
 
     /// Whether the instance matches every attribute of the query that an
     /// instance row has (StudyInstanceUID, SeriesInstanceUID and the
     /// instance attributes).
     pub fn matches_instance(&self, row: &InstanceRow) -> bool {
-        self.filters
-            .iter()
-            .all(|f| f.matcher.matches(instance_field(row, f.attr)))
+        self.filters.iter().all(|f| f.matcher.matches(instance_field(row, f.attr)))
     }
 }

@@ -123,13 +123,7 @@ impl fmt::Debug for InstanceRow {
 /// The values of a multi-valued string (`\`-separated) as the modality list
 /// of one instance.
 fn modalities(instance: &Instance) -> impl Iterator<Item = &str> {
-    instance
-        .modality
-        .as_deref()
-        .into_iter()
-        .flat_map(|m| m.split('\\'))
-        .map(str::trim)
-        .filter(|m| !m.is_empty())
+    instance.modality.as_deref().into_iter().flat_map(|m| m.split('\\')).map(str::trim).filter(|m| !m.is_empty())
 }
 
 impl From<&Instance> for StudyRow {
@@ -198,10 +192,7 @@ pub fn study_rows<'a>(instances: impl IntoIterator<Item = &'a Instance>) -> Vec<
     for i in instances {
         let at = *index.entry(i.study_uid.as_str()).or_insert_with(|| {
             studies.push(Acc {
-                row: StudyRow {
-                    study_uid: i.study_uid.clone(),
-                    ..StudyRow::default()
-                },
+                row: StudyRow { study_uid: i.study_uid.clone(), ..StudyRow::default() },
                 series: BTreeSet::new(),
                 instances: BTreeSet::new(),
                 modalities: BTreeSet::new(),
@@ -215,10 +206,7 @@ pub fn study_rows<'a>(instances: impl IntoIterator<Item = &'a Instance>) -> Vec<
         fill(&mut row.accession_number, &i.accession_number);
         fill(&mut row.study_id, &i.study_id);
         fill(&mut row.study_description, &i.study_description);
-        fill(
-            &mut row.referring_physician_name,
-            &i.referring_physician_name,
-        );
+        fill(&mut row.referring_physician_name, &i.referring_physician_name);
         fill(&mut row.patient_id, &i.patient_id);
         fill(&mut row.patient_name, &i.patient_name);
         fill(&mut row.patient_birth_date, &i.patient_birth_date);
@@ -259,13 +247,7 @@ pub fn series_rows<'a>(instances: impl IntoIterator<Item = &'a Instance>) -> Vec
         fill(&mut row.body_part_examined, &i.body_part_examined);
         sops.insert(&i.sop_instance_uid);
     }
-    series
-        .into_iter()
-        .map(|(row, sops)| SeriesRow {
-            number_of_instances: count(sops.len()),
-            ..row
-        })
-        .collect()
+    series.into_iter().map(|(row, sops)| SeriesRow { number_of_instances: count(sops.len()), ..row }).collect()
 }
 
 /// Collects DICOM JSON attributes, written sorted by tag.
@@ -290,26 +272,12 @@ impl Attributes {
 
     /// A string attribute; multi-valued strings are split on `\`.
     fn text(&mut self, tag: u32, vr: &str, value: Option<&str>) {
-        let values = value
-            .map(|v| {
-                v.split('\\')
-                    .map(|s| {
-                        if s.is_empty() {
-                            Value::Null
-                        } else {
-                            Value::from(s)
-                        }
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let values = value.map(|v| v.split('\\').map(|s| if s.is_empty() { Value::Null } else { Value::from(s) }).collect()).unwrap_or_default();
         self.push(tag, vr, values);
     }
 
     fn name(&mut self, tag: u32, value: Option<&str>) {
-        let values = value
-            .map(|v| v.split('\\').map(person_name).collect())
-            .unwrap_or_default();
+        let values = value.map(|v| v.split('\\').map(person_name).collect()).unwrap_or_default();
         self.push(tag, "PN", values);
     }
 
@@ -325,11 +293,7 @@ impl Attributes {
 
     fn finish(mut self) -> Value {
         self.0.sort_by_key(|(tag, _)| *tag);
-        let map: Map<String, Value> = self
-            .0
-            .into_iter()
-            .map(|(tag, v)| (format!("{tag:08X}"), v))
-            .collect();
+        let map: Map<String, Value> = self.0.into_iter().map(|(tag, v)| (format!("{tag:08X}"), v)).collect();
         Value::Object(map)
     }
 }
@@ -347,14 +311,7 @@ impl StudyRow {
         a.text(0x0008_0020, "DA", self.study_date.as_deref());
         a.text(0x0008_0030, "TM", self.study_time.as_deref());
         a.text(0x0008_0050, "SH", self.accession_number.as_deref());
-        a.push(
-            0x0008_0061,
-            "CS",
-            self.modalities_in_study
-                .iter()
-                .map(|m| Value::from(m.as_str()))
-                .collect(),
-        );
+        a.push(0x0008_0061, "CS", self.modalities_in_study.iter().map(|m| Value::from(m.as_str())).collect());
         a.name(0x0008_0090, self.referring_physician_name.as_deref());
         a.retrieve_url(retrieve_url);
         a.name(0x0010_0010, self.patient_name.as_deref());

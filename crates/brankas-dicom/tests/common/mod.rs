@@ -11,11 +11,7 @@ use std::path::{Path, PathBuf};
 pub fn test_files_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("BRANKAS_DICOM_FILES") {
         let dir = PathBuf::from(dir);
-        assert!(
-            dir.join("CT_small.dcm").is_file(),
-            "BRANKAS_DICOM_FILES={} does not hold pydicom's test files (CT_small.dcm missing)",
-            dir.display()
-        );
+        assert!(dir.join("CT_small.dcm").is_file(), "BRANKAS_DICOM_FILES={} does not hold pydicom's test files (CT_small.dcm missing)", dir.display());
         return dir;
     }
     let venv_lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/ci-venv/lib");
@@ -97,12 +93,7 @@ pub fn part10(transfer_syntax: &str, media_sop_instance: &str, dataset: &[u8]) -
     meta.extend(elem(0x0002, 0x0010, b"UI", transfer_syntax.as_bytes()));
     let mut out = vec![0u8; 128];
     out.extend_from_slice(b"DICM");
-    out.extend(elem(
-        0x0002,
-        0x0000,
-        b"UL",
-        &(meta.len() as u32).to_le_bytes(),
-    ));
+    out.extend(elem(0x0002, 0x0000, b"UL", &(meta.len() as u32).to_le_bytes()));
     out.extend(meta);
     out.extend_from_slice(dataset);
     out

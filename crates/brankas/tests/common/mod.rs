@@ -13,9 +13,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_brankas");
 
 /// The shared corpus (FHIR examples, Synthea bundles, attachments).
 pub fn corpus() -> PathBuf {
-    std::env::var_os("BRANKAS_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"))
+    std::env::var_os("BRANKAS_CORPUS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"))
 }
 
 /// A data directory with its key file, created by `brankas init`.
@@ -37,13 +35,8 @@ pub struct Instance {
 impl Instance {
     pub fn init() -> Self {
         let root = tempfile::tempdir().expect("tempdir");
-        let out = Command::new(BIN)
-            .args(["init", "--data-dir"])
-            .arg(root.path().join("data"))
-            .arg("--key-file")
-            .arg(root.path().join("master.key"))
-            .output()
-            .expect("run brankas init");
+        let out =
+            Command::new(BIN).args(["init", "--data-dir"]).arg(root.path().join("data")).arg("--key-file").arg(root.path().join("master.key")).output().expect("run brankas init");
         assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
         let admin: Value = serde_json::from_slice(&out.stdout).expect("init prints JSON");
         let mut inst = Self {
@@ -63,9 +56,28 @@ impl Instance {
         // Every sensitive category granted: the API and fidelity tests read back exactly what
         // they wrote (the access tests register narrower clients of their own).
         let creds = inst.register(&[
-            "--name", "test facility", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.cruds",
-            "--sensitive", "HIV,PSY,ETH,SDV,STD,SUD,SICKLE,GDIS,R,V,PHOTO", "--budget-per-hour", "1000000", "--budget-per-day", "10000000",
-            "--rate-per-second", "1000000", "--burst", "1000000", "--max-page", "1000", "--max-concurrent", "10000",
+            "--name",
+            "test facility",
+            "--role",
+            "facility-system",
+            "--organization",
+            "Organization/test-facility",
+            "--scopes",
+            "system/*.cruds",
+            "--sensitive",
+            "HIV,PSY,ETH,SDV,STD,SUD,SICKLE,GDIS,R,V,PHOTO",
+            "--budget-per-hour",
+            "1000000",
+            "--budget-per-day",
+            "10000000",
+            "--rate-per-second",
+            "1000000",
+            "--burst",
+            "1000000",
+            "--max-page",
+            "1000",
+            "--max-concurrent",
+            "10000",
         ]);
         inst.client_id = creds["client_id"].as_str().unwrap().into();
         inst.client_secret = creds["client_secret"].as_str().unwrap().into();
@@ -108,14 +120,7 @@ impl Instance {
     }
     /// Runs a CLI subcommand against this instance's data directory and key file.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(BIN)
-            .args(args)
-            .arg("--data-dir")
-            .arg(self.data_dir())
-            .arg("--key-file")
-            .arg(self.key_file())
-            .output()
-            .expect("run brankas")
+        Command::new(BIN).args(args).arg("--data-dir").arg(self.data_dir()).arg("--key-file").arg(self.key_file()).output().expect("run brankas")
     }
     /// Starts `brankas serve --insecure-http` on a free loopback port.
     pub fn serve(&self) -> Server {
@@ -140,7 +145,16 @@ impl Instance {
         let url = ev["url"].as_str().unwrap().to_string();
         let root = url.trim_end_matches("/fhir").to_string();
         let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
-        let s = Server { child, base: url, root, http, client_id: self.client_id.clone(), client_secret: self.client_secret.clone(), token: String::new(), fingerprint: ev["tls_fingerprint"].as_str().map(String::from) };
+        let s = Server {
+            child,
+            base: url,
+            root,
+            http,
+            client_id: self.client_id.clone(),
+            client_secret: self.client_secret.clone(),
+            token: String::new(),
+            fingerprint: ev["tls_fingerprint"].as_str().map(String::from),
+        };
         s.wait_healthy();
         let mut s = s;
         if !extra.iter().any(|a| *a != "--insecure-http") {
@@ -186,13 +200,7 @@ impl Server {
 
     /// A token for any client, by its secret.
     pub fn token_for(&self, client_id: &str, secret: &str) -> String {
-        let r = self
-            .http
-            .post(format!("{}/auth/token", self.root))
-            .basic_auth(client_id, Some(secret))
-            .form(&[("grant_type", "client_credentials")])
-            .send()
-            .unwrap();
+        let r = self.http.post(format!("{}/auth/token", self.root)).basic_auth(client_id, Some(secret)).form(&[("grant_type", "client_credentials")]).send().unwrap();
         assert_eq!(r.status(), 200);
         r.json::<Value>().unwrap()["access_token"].as_str().unwrap().to_string()
     }
@@ -206,13 +214,7 @@ impl Server {
     }
 
     pub fn send_json(&self, method: reqwest::Method, path: &str, body: &Value) -> reqwest::blocking::Response {
-        self.http
-            .request(method, self.url(path))
-            .bearer_auth(&self.token)
-            .header("content-type", "application/fhir+json")
-            .body(serde_json::to_vec(body).unwrap())
-            .send()
-            .unwrap()
+        self.http.request(method, self.url(path)).bearer_auth(&self.token).header("content-type", "application/fhir+json").body(serde_json::to_vec(body).unwrap()).send().unwrap()
     }
 
     pub fn post(&self, path: &str, body: &Value) -> reqwest::blocking::Response {
