@@ -108,26 +108,39 @@ async fn authenticate(State(st): St, mut req: Request, next: Next) -> Response {
     let auth = st.auth.clone();
     let audience = st.base_url.clone();
     match tokio::task::spawn_blocking(move || auth.verify(&token, &audience)).await {
-        Ok(Ok(p)) => match p.with_purpose(purpose.as_deref(), reason.as_deref()) {
-            Ok(p) => {
-                // Its connection is no longer expendable while this request runs (see `server`).
-                if let Some(a) = req.extensions().get::<crate::server::Admission>() {
-                    a.authenticated();
+        Ok(Ok(p)) => {
+            let (client, role) = (p.client_id().to_string(), p.role().as_str());
+            match p.with_purpose(purpose.as_deref(), reason.as_deref()) {
+                Ok(p) => {
+                    // Its connection is no longer expendable while this request runs (see `server`).
+                    if let Some(a) = req.extensions().get::<crate::server::Admission>() {
+                        a.authenticated();
+                    }
+                    crate::guard::seen_at(&st, p.client_id(), addr).await;
+                    let _inflight = match p.limits() {
+                        Some(l) => match st.guard.start(p.client_id(), l) {
+                            Ok(f) => Some(f),
+                            Err(e) => return e.into_response(),
+                        },
+                        None => None,
+                    };
+                    req.extensions_mut().insert(p);
+                    next.run(req).await
                 }
-                crate::guard::seen_at(&st, p.client_id(), addr).await;
-                let _inflight = match p.limits() {
-                    Some(l) => match st.guard.start(p.client_id(), l) {
-                        Ok(f) => Some(f),
-                        Err(e) => return e.into_response(),
-                    },
-                    None => None,
-                };
-                req.extensions_mut().insert(p);
-                next.run(req).await
+                Err(brankas_auth::PurposeError::Malformed(m)) => ApiError::bad_request(m).into_response(),
+                Err(e @ brankas_auth::PurposeError::NotRegistered) => {
+                    // A credential claiming a purpose its registration does not list: refused,
+                    // audited and alerted (a stolen credential trying to open a consent's exception).
+                    let ctx = ReqCtx { request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default(), address: addr.map(|a| a.to_string()) };
+                    let why = e.to_string();
+                    if audit::finish_plain(&st, &client, role, &ctx, What::new("purpose-refused", "E", None), 403, Some(why.clone())).await.is_err() {
+                        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "the audit log cannot be written").into_response();
+                    }
+                    crate::guard::raise(&st, "purpose-refused", "medium", Some(&client), json!({"purpose": purpose.as_deref().unwrap_or("").chars().take(32).collect::<String>()}));
+                    ApiError::new(StatusCode::FORBIDDEN, "forbidden", why).into_response()
+                }
             }
-            Err(brankas_auth::PurposeError::Malformed(m)) => ApiError::bad_request(m).into_response(),
-            Err(e @ brankas_auth::PurposeError::NotRegistered) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()).into_response(),
-        },
+        }
         Ok(Err(brankas_auth::AuthError::Store(e))) => {
             tracing::error!(error = %e, "storage failure during authentication");
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "storage unavailable").into_response()

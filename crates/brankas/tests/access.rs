@@ -724,6 +724,14 @@ fn a_purpose_of_use_is_honoured_only_when_registered_and_then_like_break_glass()
     assert_eq!((st, v["resourceType"].as_str()), (403, Some("OperationOutcome")), "unregistered: {v}");
     let (st, _) = call(&s, &pkm_c, reqwest::Method::GET, &path, None, &[("X-Purpose-Of-Use", "HPAYMT"), reason]);
     assert_eq!(st, 403, "any other purpose, unregistered");
+    // The attempts are audited and alerted, naming the client (never the patient).
+    let officer = s.token_for(&inst.officer_id, &inst.officer_secret);
+    let (st, ev) = s.get_as(&officer, &format!("AuditEvent?agent={}&subtype=purpose-refused", pkm_c.id));
+    assert_eq!(st, 200, "{ev}");
+    assert_eq!(ev["entry"].as_array().map_or(0, Vec::len), 2, "both refusals audited: {ev}");
+    let al: serde_json::Value = s.http.get(format!("{}/admin/alerts", s.root)).bearer_auth(&officer).send().unwrap().json().unwrap();
+    let refused = al["alerts"].as_array().unwrap().iter().filter(|a| a["kind"] == "purpose-refused" && a["client_id"] == pkm_c.id.as_str()).count();
+    assert_eq!(refused, 2, "{al}");
     // Registered, it needs a reason...
     let (st, v) = call(&s, &pkm_c_er, reqwest::Method::GET, &path, None, &[etreat]);
     assert_eq!(st, 400, "registered without a reason: {v}");
