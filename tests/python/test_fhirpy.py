@@ -53,15 +53,23 @@ def server():
             capture_output=True, text=True, timeout=60, env=env, check=False,
         )
         assert init.returncode == 0, f"brankas init failed: {init.stderr}"
-        # The bootstrap admin reaches no patient data; a facility's system client does.
-        reg = subprocess.run(
-            [str(exe), "clients", "create", "--data-dir", str(data), "--key-file", str(key),
-             "--name", "fhirpy test clinic", "--role", "facility-system",
-             "--organization", "Organization/fhirpy-clinic", "--scopes", "system/*.cruds"],
-            capture_output=True, text=True, timeout=60, env=env, check=False,
-        )
-        assert reg.returncode == 0, f"brankas clients create failed: {reg.stderr}"
-        creds = json.loads(reg.stdout)
+        # The bootstrap admin reaches no patient data; a facility's system client does, once
+        # a security officer (the first one, registered by the key's holder) approves it.
+        def cli(*args):
+            r = subprocess.run([str(exe), *args, "--data-dir", str(data), "--key-file", str(key)],
+                               capture_output=True, text=True, timeout=60, env=env, check=False)
+            assert r.returncode == 0, f"brankas {args[:2]} failed: {r.stderr}"
+            return json.loads(r.stdout) if r.stdout.strip() else None
+        officer = cli("clients", "create", "--name", "fhirpy officer", "--role", "security-officer",
+                      "--scopes", "system/AuditEvent.rs")
+        assert officer["status"] == "active", officer
+        secret_file = pathlib.Path(tmp) / "officer.secret"
+        secret_file.write_text(officer["client_secret"])
+        creds = cli("clients", "create", "--name", "fhirpy test clinic", "--role", "facility-system",
+                    "--organization", "Organization/fhirpy-clinic", "--scopes", "system/*.cruds")
+        assert creds["status"] == "pending_approval", creds
+        cli("clients", "approve", creds["client_id"], "--approver-id", officer["client_id"],
+            "--approver-secret-file", str(secret_file))
 
         stderr_log = open(pathlib.Path(tmp) / "serve.stderr", "w+")
         proc = subprocess.Popen(
