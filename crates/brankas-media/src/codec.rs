@@ -4,7 +4,7 @@
 use std::io::Cursor;
 
 use image::error::LimitErrorKind;
-use image::{ColorType, DynamicImage, ImageDecoder, ImageEncoder, ImageError, ImageFormat, ImageReader};
+use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader};
 
 use crate::{Limits, MediaError};
 
@@ -28,48 +28,23 @@ fn decode_error(e: ImageError) -> MediaError {
     }
 }
 
-/// A decoded image and, if asked for, its ICC profile.
+/// A decoded image.
 pub(crate) struct Decoded {
     pub image: DynamicImage,
-    pub icc: Option<Vec<u8>>,
 }
 
 /// Decodes `bytes` completely, within `limits`: the output buffer is reserved against
 /// `max_alloc` before decoding starts (as `ImageReader::decode` does), and the PNG decoder
 /// also counts its own buffers against it.
-pub(crate) fn decode(format: ImageFormat, bytes: &[u8], limits: &Limits, want_icc: bool) -> Result<Decoded, MediaError> {
+pub(crate) fn decode(format: ImageFormat, bytes: &[u8], limits: &Limits) -> Result<Decoded, MediaError> {
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     reader.limits(image_limits(limits));
     let mut decoder = reader.into_decoder().map_err(decode_error)?;
-    let icc = if want_icc { decoder.icc_profile().map_err(decode_error)? } else { None };
     let mut budget = image_limits(limits);
     budget.reserve(decoder.total_bytes()).map_err(decode_error)?;
     decoder.set_limits(budget).map_err(decode_error)?;
     let image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
-    Ok(Decoded { image, icc })
-}
-
-/// Whether an ICC profile describes the colour space of `color` (an ICC profile's data colour
-/// space is at bytes 16..20 of its header). A CMYK JPEG is decoded to RGB, so its CMYK profile
-/// must not travel with the re-encoded RGB image.
-pub(crate) fn icc_fits(icc: &[u8], color: ColorType) -> bool {
-    match icc.get(16..20) {
-        Some(b"RGB ") => color.has_color(),
-        Some(b"GRAY") => !color.has_color(),
-        _ => false,
-    }
-}
-
-/// JPEG at quality 92, with `icc` if given. `image`'s encoder writes JFIF, the optional ICC
-/// profile and the image, no EXIF (none is given to it).
-pub(crate) fn encode_jpeg(image: &DynamicImage, icc: Option<Vec<u8>>) -> Result<Vec<u8>, MediaError> {
-    let mut out = Vec::new();
-    let mut encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 92);
-    if let Some(icc) = icc {
-        encoder.set_icc_profile(icc).map_err(|_| MediaError::Encode)?;
-    }
-    image.write_with_encoder(encoder).map_err(|_| MediaError::Encode)?;
-    Ok(out)
+    Ok(Decoded { image })
 }
 
 /// PNG with the encoder's defaults (no metadata is given to it).

@@ -8,6 +8,22 @@ const ORIENTATION: u16 = 0x0112;
 const SHORT: u16 = 3;
 const LONG: u16 = 4;
 
+/// A TIFF structure (big-endian) whose IFD0 holds the orientation and nothing else: what a
+/// cleaned JPEG carries so that viewers still turn it, instead of the original EXIF.
+pub(crate) fn orientation_only(value: u16) -> Vec<u8> {
+    let mut t = Vec::with_capacity(26);
+    t.extend_from_slice(b"MM\0*");
+    t.extend_from_slice(&8u32.to_be_bytes()); // IFD0 right after the header
+    t.extend_from_slice(&1u16.to_be_bytes()); // one entry
+    t.extend_from_slice(&ORIENTATION.to_be_bytes());
+    t.extend_from_slice(&SHORT.to_be_bytes());
+    t.extend_from_slice(&1u32.to_be_bytes());
+    t.extend_from_slice(&value.to_be_bytes());
+    t.extend_from_slice(&[0, 0]);
+    t.extend_from_slice(&0u32.to_be_bytes()); // no next IFD
+    t
+}
+
 /// The EXIF body of a JPEG APP1 segment or a PNG eXIf chunk: the TIFF structure, without the
 /// `Exif\0\0` prefix that APP1 always has and some PNG writers copy into eXIf.
 pub(crate) fn tiff_of(payload: &[u8]) -> &[u8] {

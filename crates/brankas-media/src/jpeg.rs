@@ -103,6 +103,26 @@ fn jfif_without_thumbnail(payload: &[u8]) -> Option<Vec<u8>> {
 /// the scans with their data; EOI. Dropped: APP1 (EXIF, XMP), other APP2 (MPF, which embeds
 /// further JPEGs with their own EXIF), APP3–APP13 (APP13 holds IPTC), APP15, COM, and anything
 /// after EOI. The frame size is checked against `max_pixels` as soon as it is read.
+/// A rewritten JPEG (see [`rewrite`]) with one Exif APP1 segment holding `tiff`, placed after
+/// SOI and the JFIF APP0 segment if there is one, as EXIF writers place it. `tiff` is the
+/// server's own (the orientation alone), a few dozen bytes.
+pub(crate) fn with_exif(rewritten: &[u8], tiff: &[u8]) -> Vec<u8> {
+    let mut at = 2;
+    if rewritten.get(2..4) == Some(&[0xFF, 0xE0]) {
+        let len = rewritten.get(4..6).map_or(0, |l| usize::from(u16::from_be_bytes([l[0], l[1]])));
+        at = (4 + len).min(rewritten.len());
+    }
+    let payload_len = 2 + 6 + tiff.len();
+    let mut out = Vec::with_capacity(rewritten.len() + payload_len + 2);
+    out.extend_from_slice(&rewritten[..at]);
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&u16::try_from(payload_len).unwrap_or(u16::MAX).to_be_bytes());
+    out.extend_from_slice(b"Exif\0\0");
+    out.extend_from_slice(tiff);
+    out.extend_from_slice(&rewritten[at..]);
+    out
+}
+
 pub(crate) fn rewrite(input: &[u8], max_pixels: u64) -> Result<Rewritten, MediaError> {
     if !input.starts_with(&[0xFF, SOI]) {
         return Err(MediaError::Malformed("not a JPEG: no start-of-image marker"));

@@ -14,12 +14,14 @@
 //!   chunk are dropped.
 //! - **Orientation**: dropping EXIF would drop the orientation too, turning a portrait photo
 //!   on its side; so when EXIF says the picture must be rotated or flipped (orientation 2–8),
-//!   the pixels are turned first and the image re-encoded (JPEG at quality 92, or PNG).
+//!   a JPEG keeps its pixels as they are (lossless) and gets a new EXIF segment holding the
+//!   orientation and nothing else, and a PNG (whose viewers seldom read eXIf) is turned and
+//!   re-encoded.
 //! - **Bounded**: the input size is checked first, the pixel count from the header before
 //!   any decoding (a 100000 × 100000 PNG of a few hundred bytes never allocates), and every
 //!   image is fully decoded within [`Limits`] so that truncated, corrupt or hostile images are
-//!   refused instead of stored. Turning costs a second copy of the pixels and an encode, so
-//!   it has a lower pixel bound ([`Limits::max_pixels_turned`]). Across the process at most
+//!   refused instead of stored. Turning a PNG costs a second copy of the pixels and an encode,
+//!   so it has a lower pixel bound ([`Limits::max_pixels_turned`]). Across the process at most
 //!   one image per core is decoded at once ([`max_concurrent`]); further calls wait their
 //!   turn, so a burst of large photos costs time, not memory beyond that many images.
 //!
@@ -234,25 +236,18 @@ pub fn clean(kind: ImageKind, bytes: &[u8], limits: &Limits) -> Result<Vec<u8>, 
 fn clean_jpeg(bytes: &[u8], limits: &Limits) -> Result<Vec<u8>, MediaError> {
     let rewritten = jpeg::rewrite(bytes, limits.max_pixels)?;
     let orientation = to_orientation(rewritten.orientation);
-    let turn = orientation != Orientation::NoTransforms;
-    if turn && u64::from(rewritten.width) * u64::from(rewritten.height) > limits.max_pixels_turned {
-        return Err(MediaError::TooManyPixels);
-    }
     // The rewrite is what gets decoded: what is stored is what was validated.
-    let decoded = codec::decode(ImageFormat::Jpeg, &rewritten.bytes, limits, turn)?;
+    let decoded = codec::decode(ImageFormat::Jpeg, &rewritten.bytes, limits)?;
     if (decoded.image.width(), decoded.image.height()) != (rewritten.width, rewritten.height) {
         return Err(MediaError::Malformed("the JPEG's frame header and image data disagree"));
     }
-    if !turn {
-        return Ok(rewritten.bytes);
+    drop(decoded);
+    match rewritten.orientation.filter(|_| orientation != Orientation::NoTransforms) {
+        None => Ok(rewritten.bytes),
+        // Lossless: the pixels stay as they are, and an EXIF holding the orientation alone
+        // (no position, time, camera or thumbnail) tells viewers how to turn them.
+        Some(o) => Ok(jpeg::with_exif(&rewritten.bytes, &exif::orientation_only(o))),
     }
-    let mut image = decoded.image;
-    image.apply_orientation(orientation);
-    let icc = decoded.icc.filter(|icc| codec::icc_fits(icc, image.color()));
-    let encoded = codec::encode_jpeg(&image, icc)?;
-    // Through the rewrite once more, so the output obeys the whitelist whatever the encoder
-    // writes (and cleaning it again changes nothing).
-    Ok(jpeg::rewrite(&encoded, u64::MAX)?.bytes)
 }
 
 fn clean_png(bytes: &[u8], limits: &Limits) -> Result<Vec<u8>, MediaError> {
@@ -266,7 +261,7 @@ fn clean_png(bytes: &[u8], limits: &Limits) -> Result<Vec<u8>, MediaError> {
     if turn && u64::from(rewritten.width) * u64::from(rewritten.height) > limits.max_pixels_turned {
         return Err(MediaError::TooManyPixels);
     }
-    let decoded = codec::decode(ImageFormat::Png, &rewritten.bytes, limits, false)?;
+    let decoded = codec::decode(ImageFormat::Png, &rewritten.bytes, limits)?;
     if (decoded.image.width(), decoded.image.height()) != (rewritten.width, rewritten.height) {
         return Err(MediaError::Malformed("the PNG's header and image data disagree"));
     }

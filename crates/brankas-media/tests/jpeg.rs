@@ -20,21 +20,52 @@ fn exif_of(jpeg: &[u8]) -> Option<Vec<u8>> {
     jpeg_segments(jpeg).0.into_iter().find(|(m, p)| *m == APP1 && p.starts_with(b"Exif\0\0")).map(|(_, p)| p[6..].to_vec())
 }
 
-/// Checks what every cleaned JPEG must be: only whitelisted segments, nothing after EOI, no
-/// EXIF bytes anywhere.
+/// The EXIF a cleaned JPEG may carry: IFD0 with the orientation and nothing else.
+fn orientation_only(o: u16) -> Vec<u8> {
+    let mut t = b"MM\0*".to_vec();
+    t.extend(8u32.to_be_bytes());
+    t.extend(1u16.to_be_bytes());
+    t.extend(0x0112u16.to_be_bytes());
+    t.extend(3u16.to_be_bytes());
+    t.extend(1u32.to_be_bytes());
+    t.extend(o.to_be_bytes());
+    t.extend([0, 0]);
+    t.extend(0u32.to_be_bytes());
+    t
+}
+
+/// Checks what every cleaned JPEG must be: only whitelisted segments, nothing after EOI, and
+/// no EXIF but, for a photo to be turned, one segment holding its orientation alone.
 fn assert_clean_structure(out: &[u8]) {
     let (segments, end) = jpeg_segments(out);
     assert_eq!(end, out.len(), "nothing after EOI");
+    let mut exifs = 0;
     for (marker, payload) in &segments {
         match *marker {
             APP0 => assert!(payload.starts_with(b"JFIF\0") && payload.len() == 14 && payload[12..] == [0, 0], "JFIF without thumbnail only"),
+            APP1 => {
+                let o = orientation(ImageKind::Jpeg, out).expect("an EXIF kept holds an orientation");
+                assert!((2..=8).contains(&o), "EXIF kept only for an orientation to apply");
+                assert_eq!(payload, &[&b"Exif\0\0"[..], &orientation_only(o)].concat(), "the orientation alone");
+                exifs += 1;
+            }
             APP2 => assert!(payload.starts_with(b"ICC_PROFILE\0"), "APP2 kept only for ICC"),
             APP14 => assert!(payload.starts_with(b"Adobe") && payload.len() == 12, "APP14 kept only for Adobe"),
-            0xE1..=0xEF | COM => panic!("metadata segment {marker:#04X} kept"),
+            0xE3..=0xEF | COM => panic!("metadata segment {marker:#04X} kept"),
             _ => {}
         }
     }
-    assert!(!contains(out, b"Exif\0\0"), "no Exif header anywhere");
+    assert!(exifs <= 1);
+    assert_eq!(out.windows(6).filter(|w| w == b"Exif\0\0").count(), exifs, "no Exif header elsewhere");
+}
+
+/// What a viewer shows: the decoded pixels turned as the file's EXIF orientation says.
+fn as_shown(out: &[u8]) -> image::DynamicImage {
+    let mut img = decode(out);
+    if let Some(o) = orientation(ImageKind::Jpeg, out).and_then(|o| u8::try_from(o).ok()).and_then(image::metadata::Orientation::from_exif) {
+        img.apply_orientation(o);
+    }
+    img
 }
 
 #[test]
@@ -50,7 +81,7 @@ fn corpus_photo_loses_its_gps_exif() {
 
     let out = clean(ImageKind::Jpeg, &input, &Limits::default()).expect("the corpus photo cleans");
     assert_clean_structure(&out);
-    assert!(exif_of(&out).is_none());
+    assert!(exif_of(&out).is_none() || orientation(ImageKind::Jpeg, &input).is_some_and(|o| o > 1), "no EXIF, but an orientation to apply");
     assert!(!contains(&out, &exif), "none of the EXIF block survives");
     assert!(out.len() < input.len());
 
@@ -58,15 +89,9 @@ fn corpus_photo_loses_its_gps_exif() {
     let after = decode(&out);
     let o = orientation(ImageKind::Jpeg, &input).unwrap_or(1);
     eprintln!("Binary-f006.jpg: EXIF orientation {:?}, {} x {}", orientation(ImageKind::Jpeg, &input), before.width(), before.height());
-    if o >= 5 {
-        assert_eq!((after.width(), after.height()), (before.height(), before.width()));
-    } else {
-        assert_eq!((after.width(), after.height()), (before.width(), before.height()));
-    }
-    if o == 1 {
-        assert_eq!(after.as_bytes(), before.as_bytes(), "lossless: the very same pixels");
-        assert_eq!(clean(ImageKind::Jpeg, &out, &Limits::default()).expect("cleans again"), out, "idempotent");
-    }
+    let _ = o;
+    assert_eq!(after.as_bytes(), before.as_bytes(), "lossless: the very same pixels");
+    assert_eq!(clean(ImageKind::Jpeg, &out, &Limits::default()).expect("cleans again"), out, "idempotent");
 }
 
 /// A fake ICC profile: a header saying RGB, which is all the crate looks at.
@@ -135,11 +160,15 @@ fn synthetic_jpeg_input_really_carries_the_metadata() {
 }
 
 #[test]
-fn orientation_6_is_applied_and_all_metadata_dropped() {
+fn orientation_6_is_kept_alone_losslessly_and_all_other_metadata_dropped() {
     let input = loaded_jpeg(Some(6));
     let out = clean(ImageKind::Jpeg, &input, &Limits::default()).expect("cleans");
     assert_nothing_secret(&out);
-    let shown = decode(&out);
+    // Lossless: the very same pixels, and an EXIF with the orientation alone.
+    assert_eq!(decode(&out).as_bytes(), decode(&input).as_bytes(), "the very same pixels");
+    let (ifd0, gps) = exif_tags(&exif_of(&out).expect("an EXIF for the orientation"));
+    assert_eq!((ifd0, gps), (vec![0x0112], vec![]), "IFD0 holds the orientation and nothing else");
+    let shown = as_shown(&out);
     assert_eq!((shown.width(), shown.height()), (H, W), "turned a quarter: dimensions swapped");
     // Turned clockwise: the top-left (red) quadrant is now at the top right, the bottom-left
     // (blue) one at the top left.
@@ -152,16 +181,19 @@ fn orientation_6_is_applied_and_all_metadata_dropped() {
     let (segments, _) = jpeg_segments(&out);
     let icc: Vec<u8> = segments.iter().filter(|(m, _)| *m == APP2).flat_map(|(_, p)| p[14..].to_vec()).collect();
     assert_eq!(icc, fake_icc());
-    assert_eq!(orientation(ImageKind::Jpeg, &out), None);
+    assert_eq!(orientation(ImageKind::Jpeg, &out), Some(6));
     assert_eq!(clean(ImageKind::Jpeg, &out, &Limits::default()).expect("cleans again"), out, "cleaning again changes nothing");
 }
 
 #[test]
-fn every_orientation_is_applied() {
+fn every_orientation_is_kept_and_shown_turned() {
     for o in 1..=8 {
-        let out = clean(ImageKind::Jpeg, &loaded_jpeg(Some(o)), &Limits::default()).expect("cleans");
+        let input = loaded_jpeg(Some(o));
+        let out = clean(ImageKind::Jpeg, &input, &Limits::default()).expect("cleans");
         assert_nothing_secret(&out);
-        assert_pattern_oriented(&decode(&out), o, 40);
+        assert_eq!(orientation(ImageKind::Jpeg, &out), (o > 1).then_some(o));
+        assert_eq!(decode(&out).as_bytes(), decode(&input).as_bytes(), "lossless");
+        assert_pattern_oriented(&as_shown(&out), o, 40);
     }
 }
 
@@ -198,7 +230,7 @@ fn out_of_range_orientation_is_ignored() {
 }
 
 #[test]
-fn greyscale_jpeg_turns_too() {
+fn greyscale_jpeg_is_shown_turned_too() {
     let grey = image::DynamicImage::ImageLuma8(pattern().to_luma8());
     let plain = encode(&grey, ImageFormat::Jpeg);
     let mut input = plain[..2].to_vec();
@@ -206,7 +238,7 @@ fn greyscale_jpeg_turns_too() {
     input.extend_from_slice(&plain[2..]);
     let out = clean(ImageKind::Jpeg, &input, &Limits::default()).expect("cleans");
     assert_nothing_secret(&out);
-    let shown = decode(&out);
+    let shown = as_shown(&out);
     assert_eq!(shown.color(), image::ColorType::L8);
     assert_eq!((shown.width(), shown.height()), (H, W));
     // Turned anticlockwise: the top-right quadrant is now at the top left.
@@ -244,7 +276,7 @@ fn progressive_jpeg_with_restarts_and_metadata_between_scans() {
         if o == 1 {
             assert_eq!(out, original, "exactly the file before metadata was planted");
         } else {
-            assert_pattern_oriented(&decode(&out), o, 40);
+            assert_pattern_oriented(&as_shown(&out), o, 40);
         }
     }
 }
