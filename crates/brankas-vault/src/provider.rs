@@ -153,7 +153,11 @@ impl KeyProvider for KeyFile {
 
     fn rotate(&self) -> Result<KekId, VaultError> {
         let mut st = self.state.write().map_err(|_| VaultError::KeyFile("lock poisoned".into()))?;
-        // Start from the file's view so two rotating processes do not lose each other's KEK.
+        // One rotation at a time across processes: the file is read, extended and replaced
+        // under an exclusive lock, so two rotations can never both pick the same number and
+        // the later rename never drops the other's key (with which it may already have
+        // wrapped the root and the patients' keys).
+        let _lock = lock_exclusive(&self.path)?;
         let fresh = read_state(&self.path)?;
         *st = fresh;
         let next = KekId(st.keks.keys().next_back().map(|k| k.0 + 1).unwrap_or(1));
@@ -209,13 +213,46 @@ fn read_state(path: &Path) -> Result<KeyFileState, VaultError> {
     Ok(st)
 }
 
+/// An exclusive advisory lock on `<key file>.lock` (beside the key file, created 0600), held
+/// while the returned file is open: every change of the key file happens under it.
+fn lock_exclusive(path: &Path) -> Result<fs::File, VaultError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = PathBuf::from(name);
+    let err = |e: std::io::Error| VaultError::KeyFile(format!("{}: {e}", lock_path.display()));
+    let mut opts = fs::OpenOptions::new();
+    opts.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let f = opts.open(&lock_path).map_err(err)?;
+    f.lock().map_err(err)?;
+    Ok(f)
+}
+
+/// Whether `text`, as it is about to replace the key file, holds every KEK of `st` with the
+/// same bytes and the same current one: checked on the written file before the rename.
+fn holds_all(text: &str, st: &KeyFileState) -> bool {
+    let Ok(parsed) = serde_json::from_str::<FileFormat>(text) else { return false };
+    parsed.current == st.current.0
+        && parsed.keks.len() == st.raw.len()
+        && st.raw.iter().all(|(id, raw)| parsed.keks.iter().any(|k| k.id == id.0 && B64.decode(k.key.as_bytes()).is_ok_and(|b| b[..] == raw[..])))
+}
+
 fn write_atomically(path: &Path, st: &KeyFileState, create_new: bool) -> Result<(), VaultError> {
     let ff = FileFormat { format: FORMAT.into(), current: st.current.0, keks: st.raw.iter().map(|(id, raw)| FileKek { id: id.0, key: B64.encode(&raw[..]) }).collect() };
     let text = Zeroizing::new(serde_json::to_string_pretty(&ff).map_err(|_| VaultError::KeyFile("encode".into()))?);
     let err = |e: std::io::Error| VaultError::KeyFile(format!("{}: {e}", path.display()));
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(err)?;
-    let tmp = path.with_extension("tmp");
+    // A name of this writer's own: two writers never share (or truncate) a temporary file.
+    let mut tag = [0u8; 8];
+    random_bytes(&mut tag)?;
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".tmp.{}.{}", std::process::id(), tag.iter().map(|b| format!("{b:02x}")).collect::<String>()));
+    let tmp = PathBuf::from(name);
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -227,6 +264,13 @@ fn write_atomically(path: &Path, st: &KeyFileState, create_new: bool) -> Result<
     f.write_all(text.as_bytes()).map_err(err)?;
     f.sync_all().map_err(err)?;
     drop(f);
+    // Read back what is about to become the key file: it must hold every key, or nothing is
+    // replaced.
+    let back = Zeroizing::new(fs::read_to_string(&tmp).unwrap_or_default());
+    if !holds_all(&back, st) {
+        let _ = fs::remove_file(&tmp);
+        return Err(VaultError::KeyFile("the rewritten key file did not read back whole; the key file was not changed".into()));
+    }
     if create_new && path.exists() {
         let _ = fs::remove_file(&tmp);
         return Err(VaultError::KeyFile("already exists".into()));
