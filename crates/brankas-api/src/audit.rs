@@ -125,6 +125,23 @@ pub(crate) fn records(st: &AppState, who: &Principal, ctx: &ReqCtx, what: &What,
             e.add_category(c);
         }
     }
+    // Denials carry their reason (fixed phrases); other failures their issue code.
+    let text = why.map(|e| if e.status == StatusCode::FORBIDDEN { e.message.clone() } else { e.code.to_string() });
+    complete(st, who, what, base, by_patient, status, text)
+}
+
+/// The records of a request, once those of the patients it served are in `by_patient`: one
+/// per further patient its gates were asked about (a denial names its patient too), one
+/// without a patient when there was none, each with the request's outcome.
+fn complete(
+    st: &AppState,
+    who: &Principal,
+    what: &What,
+    base: AuditEntry,
+    mut by_patient: BTreeMap<[u8; 32], (PartitionId, AuditEntry)>,
+    status: u16,
+    text: Option<String>,
+) -> Vec<NewRecord> {
     for p in who.trail().take() {
         let e = &mut by_patient.entry(p.0).or_insert_with(|| (p, base.clone())).1;
         if e.patient.is_none() {
@@ -133,12 +150,9 @@ pub(crate) fn records(st: &AppState, who: &Principal, ctx: &ReqCtx, what: &What,
             e.patient = what.candidates.iter().find(|c| st.engine.patient_partition(c) == p).cloned();
         }
     }
-    let outcome = Outcome::of_status(status);
-    // Denials carry their reason (fixed phrases); other failures their issue code.
-    let text = why.map(|e| if e.status == StatusCode::FORBIDDEN { e.message.clone() } else { e.code.to_string() });
     let finish = |mut e: AuditEntry| {
         e.status = status;
-        e.outcome = Some(outcome);
+        e.outcome = Some(Outcome::of_status(status));
         e.outcome_text = text.clone();
         e
     };
@@ -167,26 +181,11 @@ fn disclosed_records(st: &AppState, who: &Principal, ctx: &ReqCtx, what: &What, 
             e.add_category(c);
         }
     }
-    for p in who.trail().take() {
-        let e = &mut by_patient.entry(p.0).or_insert_with(|| (p, base.clone())).1;
-        if e.patient.is_none() {
-            e.patient = what.candidates.iter().find(|c| st.engine.patient_partition(c) == p).cloned();
-        }
-    }
     let (status, text) = match &outcome {
         Served::Cleared(_) => (200, None),
         Served::Refused(e) => (e.status.as_u16(), Some(e.message.clone())),
     };
-    let finish = |mut e: AuditEntry| {
-        e.status = status;
-        e.outcome = Some(Outcome::of_status(status));
-        e.outcome_text = text.clone();
-        e
-    };
-    if by_patient.is_empty() {
-        return vec![NewRecord { partition: None, client_id: who.client_id().into(), entry: finish(base) }];
-    }
-    by_patient.into_values().map(|(p, e)| NewRecord { partition: Some(p), client_id: who.client_id().into(), entry: finish(e) }).collect()
+    complete(st, who, what, base, by_patient, status, text)
 }
 
 /// How a disclosure went: admitted by the guard, or refused by it.

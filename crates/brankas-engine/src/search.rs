@@ -273,16 +273,21 @@ impl Engine {
         }
         // Nothing of the type stored (e.g. the patient is new in this very transaction):
         // nothing to decrypt, and nothing to decide.
-        if self.store.partition_current(&partition, Some(rtype))?.iter().all(|r| r.deleted) {
+        let rows = self.store.partition_current(&partition, Some(rtype))?;
+        if rows.iter().all(|r| r.deleted) {
             return Ok(Vec::new());
         }
         let view = self.gate_partition_read(who, &partition)?;
-        let found = self.scan(partition, rtype, query, None)?;
+        let found = self.scan_rows(rows, query)?;
         self.filter_consent(who, &view, rtype, found)
     }
 
     fn scan(&self, partition: PartitionId, rtype: &str, query: &Query, _patient: Option<&str>) -> Result<Vec<Stored>> {
-        let rows = self.store.partition_current(&partition, Some(rtype))?;
+        self.scan_rows(self.store.partition_current(&partition, Some(rtype))?, query)
+    }
+
+    /// The rows of one partition and type that match `query`, within the scan bound.
+    fn scan_rows(&self, rows: Vec<VersionRow>, query: &Query) -> Result<Vec<Stored>> {
         if rows.len() > self.limits.max_scan {
             return Err(EngineError::Search("too many resources to search; narrow the search".into()));
         }
@@ -352,21 +357,11 @@ impl Engine {
 
     /// [`Engine::term_hits`], opening only rows of partition `only` when it is given.
     fn term_hits_in(&self, term: &BlindTerm, rtype: &str, only: Option<Option<PartitionId>>) -> Result<Vec<(VersionRow, Stored)>> {
-        let mut out = Vec::new();
-        for key in self.store.lookup(term)? {
-            let Some(row) = self.store.current(&key)? else { continue };
-            if row.deleted || row.resource_type != rtype {
-                continue;
-            }
-            if let Some(p) = &only
-                && p.as_ref() != Some(&row.partition)
-            {
-                continue;
-            }
-            let s = self.open_row(&row, None)?;
-            out.push((row, s));
-        }
-        Ok(out)
+        self.term_rows(term, rtype)?
+            .into_iter()
+            .filter(|row| only.as_ref().is_none_or(|p| p.as_ref() == Some(&row.partition)))
+            .map(|row| self.open_row(&row, None).map(|s| (row, s)))
+            .collect()
     }
 
     /// Evaluates a conditional query (If-None-Exist, conditional update, conditional

@@ -17,7 +17,7 @@ fn audit_events(s: &Server, token: &str, query: &str) -> Vec<Value> {
     assert_eq!(st, 200, "{b}");
     loop {
         out.extend(b["entry"].as_array().into_iter().flatten().map(|e| e["resource"].clone()));
-        let next = b["link"].as_array().into_iter().flatten().find(|l| l["relation"] == "next").and_then(|l| l["url"].as_str()).map(String::from);
+        let next = common::next_link(&b);
         let Some(next) = next else { break };
         let r = s.http.get(next).bearer_auth(token).send().unwrap();
         assert_eq!(r.status(), 200);

@@ -66,7 +66,7 @@ fn walk(s: &Server, token: &str, windows: &[(i64, i64)], sort: &str, canaries: &
                 assert!(!canaries.contains(&pid), "a canary was served");
                 got.insert(pid);
             }
-            next = b["link"].as_array().into_iter().flatten().find(|l| l["relation"] == "next").and_then(|l| l["url"].as_str()).map(String::from);
+            next = common::next_link(&b);
         }
     }
     (got.len(), false)

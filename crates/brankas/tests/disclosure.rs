@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{Caller, Instance, NIK_SYSTEM, Server};
+use common::{Caller, Instance, NIK_SYSTEM, Server, next_link, report_ids};
 use serde_json::{Value, json};
 
 /// `n` patients, each with a visit at `Organization/test-facility` (its anamnesis in
@@ -37,10 +37,8 @@ fn officer(inst: &Instance, s: &Server) -> Caller {
 }
 
 fn breach_ids(s: &Server, officer: &Caller, client: &str) -> (BTreeSet<String>, Value) {
-    let r = s.http.get(format!("{}/admin/breach-report", s.root)).bearer_auth(&officer.token).query(&[("client", client), ("since", "2020-01-01")]).send().unwrap();
-    assert_eq!(r.status(), 200);
-    let v: Value = r.json().unwrap();
-    (v["patients"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_string()).collect(), v)
+    let v = s.breach_report(&officer.token, client);
+    (report_ids(&v, "patients"), v)
 }
 
 fn client_status(s: &Server, officer: &Caller, id: &str) -> Value {
@@ -163,7 +161,7 @@ fn a_trimmed_work_list_walk_stops_at_the_budget() {
             assert!(e["resource"]["reasonCode"][0]["text"].as_str().unwrap().contains("rahasia"));
             got.insert(by_encounter[e["resource"]["id"].as_str().unwrap()].clone());
         }
-        next = b["link"].as_array().into_iter().flatten().find(|l| l["relation"] == "next").and_then(|l| l["url"].as_str()).map(String::from);
+        next = next_link(&b);
     }
     assert_eq!(codes, vec![200, 200, 429], "two pages of two, the third would make six");
     assert_eq!(got.len(), 4);

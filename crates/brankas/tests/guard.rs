@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{Caller, Instance, NIK_SYSTEM, Server};
+use common::{Caller, Instance, NIK_SYSTEM, Server, next_link, report_ids};
 use serde_json::{Value, json};
 
 fn admin(s: &Server, token: &str, path: &str) -> (u16, Value) {
@@ -40,13 +40,7 @@ fn alerts(s: &Server, officer: &Caller) -> Vec<Value> {
 }
 
 fn breach(s: &Server, officer: &Caller, client: &str) -> Value {
-    let r = s.http.get(format!("{}/admin/breach-report", s.root)).bearer_auth(&officer.token).query(&[("client", client), ("since", "2020-01-01")]).send().unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().unwrap()
-}
-
-fn ids_of(report: &Value, key: &str) -> BTreeSet<String> {
-    report[key].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_string()).collect()
+    s.breach_report(&officer.token, client)
 }
 
 #[test]
@@ -108,12 +102,12 @@ fn a_stolen_credential_is_cut_off_at_its_budget_and_the_report_names_every_patie
     assert!(al.iter().any(|a| a["kind"] == "patient-budget" && a["client_id"] == stolen.id.as_str() && a["detail"]["action"] == "suspended"), "{al:?}");
     // The breach report names exactly the patients the script received.
     let report = breach(&s, &officer, &stolen.id);
-    assert_eq!(ids_of(&report, "patients"), received, "{report}");
+    assert_eq!(report_ids(&report, "patients"), received, "{report}");
     assert!(report["refused_attempts"].as_u64().unwrap() >= 1);
     // The CLI agrees.
     let o = inst.cli(&["breach-report", "--client", &stolen.id, "--since", "2020-01-01"]);
     assert!(o.status.success());
-    assert_eq!(ids_of(&serde_json::from_slice(&o.stdout).unwrap(), "patients"), received);
+    assert_eq!(report_ids(&serde_json::from_slice(&o.stdout).unwrap(), "patients"), received);
 
     // A stolen facility credential (its information system) walks the facility's work list
     // page by page, then tries identity enumeration.
@@ -151,7 +145,7 @@ fn a_stolen_credential_is_cut_off_at_its_budget_and_the_report_names_every_patie
         for e in b["entry"].as_array().into_iter().flatten() {
             got.insert(e["resource"]["subject"]["reference"].as_str().unwrap().trim_start_matches("Patient/").to_string());
         }
-        next = b["link"].as_array().into_iter().flatten().find(|l| l["relation"] == "next").and_then(|l| l["url"].as_str()).map(String::from);
+        next = next_link(&b);
     }
     for (_, nik) in &people {
         let (st, b) = s.get_as(&sys.token, &format!("Patient?identifier={NIK_SYSTEM}|{nik}"));
@@ -167,7 +161,7 @@ fn a_stolen_credential_is_cut_off_at_its_budget_and_the_report_names_every_patie
     let (_, v) = admin(&s, &officer.token, &format!("/admin/clients/{}", sys.id));
     assert_eq!(v["status"], "suspended");
     assert!(alerts(&s, &officer).iter().any(|a| a["kind"] == "patient-budget" && a["client_id"] == sys.id.as_str()));
-    assert_eq!(ids_of(&breach(&s, &officer, &sys.id), "patients"), got, "the report names exactly what the walk received");
+    assert_eq!(report_ids(&breach(&s, &officer, &sys.id), "patients"), got, "the report names exactly what the walk received");
 
     // Throttle instead of suspend: refused past the budget, still served within it.
     let slow = inst.caller(
@@ -251,7 +245,7 @@ fn the_first_touch_of_a_canary_suspends_and_nothing_real_follows() {
     // The breach report keeps canaries apart: trip-wires, not people to notify. (The refused
     // canary page disclosed nothing, so a report lists only what was served.)
     let report = breach(&s, &officer, &prober.id);
-    assert_eq!(ids_of(&report, "patients"), BTreeSet::from([people[1].0.clone()]), "{report}");
+    assert_eq!(report_ids(&report, "patients"), BTreeSet::from([people[1].0.clone()]), "{report}");
     // Even the facility's own client trips on a canary read by id.
     let (st, _) = s.get_as(&s.token, &format!("Patient/{}", canaries[0].0));
     assert_eq!(st, 403);

@@ -389,3 +389,22 @@ pub fn observation(pid: &str) -> Value {
            "subject": {"reference": format!("Patient/{pid}")}, "effectiveDateTime": "2021-07-14T09:10:00+07:00",
            "valueCodeableConcept": {"text": "Positive"}})
 }
+
+/// The `next` link of a searchset Bundle, if any.
+pub fn next_link(bundle: &Value) -> Option<String> {
+    bundle["link"].as_array().into_iter().flatten().find(|l| l["relation"] == "next").and_then(|l| l["url"].as_str()).map(String::from)
+}
+
+/// The `id`s listed under `key` (`patients`, `canaries`) of a breach report.
+pub fn report_ids(report: &Value, key: &str) -> std::collections::BTreeSet<String> {
+    report[key].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_string()).collect()
+}
+
+impl Server {
+    /// `GET /admin/breach-report?client=...&since=2020-01-01` with an officer's token; must answer 200.
+    pub fn breach_report(&self, officer_token: &str, client: &str) -> Value {
+        let r = self.http.get(format!("{}/admin/breach-report", self.root)).bearer_auth(officer_token).query(&[("client", client), ("since", "2020-01-01")]).send().unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().unwrap()
+    }
+}
