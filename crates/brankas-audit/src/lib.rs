@@ -25,7 +25,7 @@ pub mod note;
 mod verify;
 
 pub use entry::{AuditEntry, Outcome};
-pub use log::{AuditError, AuditLog, NewRecord, Opened, Proof, Receipt, head, tree_root};
+pub use log::{AppendHealth, AuditError, AuditLog, NewRecord, Opened, Proof, Receipt, WriteAhead, head, tree_root};
 pub use verify::{VerifyFailure, VerifyReport, verify};
 
 /// The log's origin line in checkpoints: names this deployment's log by its key.
