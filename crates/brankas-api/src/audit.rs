@@ -311,14 +311,13 @@ impl Filter {
             && self.outcome.as_ref().is_none_or(|c| o.entry.outcome.is_some_and(|x| x.code() == c))
             && self.subtype.as_ref().is_none_or(|s| *s == o.entry.interaction)
             && self.agent.as_ref().is_none_or(|a| *a == o.entry.client_id)
-            && self
-                .entity
-                .as_ref()
-                .is_none_or(|r| {
-                    // A write-ahead record names the version written (`Type/id/_history/v`).
-                    let version_of = |x: &String| x.strip_prefix(r.as_str()).is_some_and(|rest| rest.starts_with("/_history/"));
-                    o.entry.resources.iter().any(|x| x == r || version_of(x)) || o.entry.target.as_ref() == Some(r) || o.entry.patient.as_ref().is_some_and(|p| *r == format!("Patient/{p}"))
-                })
+            && self.entity.as_ref().is_none_or(|r| {
+                // A write-ahead record names the version written (`Type/id/_history/v`).
+                let version_of = |x: &String| x.strip_prefix(r.as_str()).is_some_and(|rest| rest.starts_with("/_history/"));
+                o.entry.resources.iter().any(|x| x == r || version_of(x))
+                    || o.entry.target.as_ref() == Some(r)
+                    || o.entry.patient.as_ref().is_some_and(|p| *r == format!("Patient/{p}"))
+            })
     }
 }
 

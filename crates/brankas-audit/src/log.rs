@@ -183,7 +183,12 @@ impl AuditLog {
         let public_key = vault.audit_public_key();
         let origin = crate::origin(&public_key);
         let state = WriterState::load(&*store)?;
-        let shared = Arc::new(Shared { store, vault, origin, public_key, queue: Mutex::new(Queue { pending: Vec::new(), stop: false }),
+        let shared = Arc::new(Shared {
+            store,
+            vault,
+            origin,
+            public_key,
+            queue: Mutex::new(Queue { pending: Vec::new(), stop: false }),
             wake: Condvar::new(),
             last: std::sync::atomic::AtomicU8::new(0),
             probed: Mutex::new(None),

@@ -401,7 +401,13 @@ impl Engine {
     /// outcome. Its audit records (one per partition written, naming `named`) are made durable
     /// first; if they cannot be, nothing is committed ([`ahead`]). The outer error is the
     /// engine's own; the inner one is the store's answer, for callers that retry on some of them.
-    pub(crate) fn commit_with_keys(&self, who: &Principal, mut batch: WriteBatch, named: &[ahead::Named], kind: Option<(&str, &str)>) -> Result<std::result::Result<(), StoreError>> {
+    pub(crate) fn commit_with_keys(
+        &self,
+        who: &Principal,
+        mut batch: WriteBatch,
+        named: &[ahead::Named],
+        kind: Option<(&str, &str)>,
+    ) -> Result<std::result::Result<(), StoreError>> {
         self.attach_new_keys(&mut batch)?;
         let ahead = self.write_ahead(who, &[&batch], named, kind)?;
         let r = self.commit_audited(&batch, &ahead)?;

@@ -863,7 +863,14 @@ fn import(data_dir: &Path, key_file: Option<&Path>, paths: &[PathBuf], quiet: bo
         "C",
         None,
         stats.failed == 0,
-        Some(format!("{} units, {} resources imported from {} files; {} skipped as already imported; {} refused", stats.units, stats.resources, files.len(), stats.skipped, stats.failed)),
+        Some(format!(
+            "{} units, {} resources imported from {} files; {} skipped as already imported; {} refused",
+            stats.units,
+            stats.resources,
+            files.len(),
+            stats.skipped,
+            stats.failed
+        )),
     )?;
     println!(
         "{}",
