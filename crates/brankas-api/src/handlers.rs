@@ -172,10 +172,12 @@ async fn health() -> Response {
 async fn ready(State(st): St) -> Response {
     let audit = st.audit.ready().await;
     let store = st.store.clone();
-    let (main, guard) =
-        tokio::task::spawn_blocking(move || (store.get_meta(brankas_engine::ROOT_META).is_ok_and(|r| r.is_some()), store.guard_usage("readiness-probe", 0, 0).is_ok()))
-            .await
-            .unwrap_or((false, false));
+    let (head, main, guard) = tokio::task::spawn_blocking(move || {
+        (brankas_audit::head(&*store).is_ok(), store.get_meta(brankas_engine::ROOT_META).is_ok_and(|r| r.is_some()), store.guard_usage("readiness-probe", 0, 0).is_ok())
+    })
+    .await
+    .unwrap_or((false, false, false));
+    let audit = audit && head;
     let word = |ok: bool| if ok { "ok" } else { "failing" };
     let components = json!({"audit-log": word(audit), "database": word(main), "guard-database": word(guard)});
     let failing: Vec<&str> = [("audit-log", audit), ("database", main), ("guard-database", guard)].iter().filter(|(_, ok)| !ok).map(|(n, _)| *n).collect();

@@ -268,13 +268,11 @@ impl AuditLog {
         }
     }
 
-    /// Whether the log can be written, for a readiness check: the last append's outcome and
-    /// the stored head readable; while the last append failed, one probe record (no patient,
-    /// client `readiness-probe`) at most once a second tells whether appends work again.
+    /// Whether the log can be written, for a readiness check: the last append's outcome; while
+    /// the last append failed, one probe record (no patient, client `readiness-probe`) at most
+    /// once a second tells whether appends work again. (Whether the stored head can be read is
+    /// the caller's check, on a blocking thread: [`head`].)
     pub async fn ready(&self) -> bool {
-        if self.shared.store.audit_head().is_err() {
-            return false;
-        }
         if self.health() != AppendHealth::Failing {
             return true;
         }

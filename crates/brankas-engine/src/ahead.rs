@@ -74,25 +74,26 @@ impl Engine {
     /// patient for the directory's resources. `kind` names the interaction when the versions do
     /// not (an access grant, an import); otherwise it follows the versions named.
     fn ahead_records(&self, who: &Principal, batches: &[&WriteBatch], named: &[Named], kind: Option<(&str, &str)>) -> Vec<NewRecord> {
-        let mut parts: BTreeMap<Option<[u8; 32]>, (Option<PartitionId>, Vec<&Named>)> = BTreeMap::new();
+        // By partition written (`None`: the directory).
+        let mut parts: BTreeMap<Option<PartitionId>, Vec<&Named>> = BTreeMap::new();
         for v in batches.iter().flat_map(|b| &b.versions) {
             let p = &v.row.partition;
             if self.is_patient_partition(p) {
-                parts.entry(Some(p.0)).or_insert((Some(*p), Vec::new()));
+                parts.entry(Some(*p)).or_default();
             } else if !is_internal(&v.row.resource_type) {
-                parts.entry(None).or_insert((None, Vec::new()));
+                parts.entry(None).or_default();
             }
         }
         for n in named {
-            let key = if self.is_patient_partition(&n.partition) { Some(n.partition.0) } else { None };
-            if let Some((_, list)) = parts.get_mut(&key) {
+            let key = if self.is_patient_partition(&n.partition) { Some(n.partition) } else { None };
+            if let Some(list) = parts.get_mut(&key) {
                 list.push(n);
             }
         }
         let req = who.request();
         let role = if who.is_local_operator() { "operator" } else { who.role().as_str() };
         parts
-            .into_values()
+            .into_iter()
             .map(|(partition, list)| {
                 let (interaction, action) = kind.unwrap_or_else(|| {
                     let first = list.first().map_or('U', |n| n.action);
