@@ -311,10 +311,13 @@ impl Filter {
             && self.outcome.as_ref().is_none_or(|c| o.entry.outcome.is_some_and(|x| x.code() == c))
             && self.subtype.as_ref().is_none_or(|s| *s == o.entry.interaction)
             && self.agent.as_ref().is_none_or(|a| *a == o.entry.client_id)
-            && self
-                .entity
-                .as_ref()
-                .is_none_or(|r| o.entry.resources.contains(r) || o.entry.target.as_ref() == Some(r) || o.entry.patient.as_ref().is_some_and(|p| *r == format!("Patient/{p}")))
+            && self.entity.as_ref().is_none_or(|r| {
+                // A write-ahead record names the version written (`Type/id/_history/v`).
+                let version_of = |x: &String| x.strip_prefix(r.as_str()).is_some_and(|rest| rest.starts_with("/_history/"));
+                o.entry.resources.iter().any(|x| x == r || version_of(x))
+                    || o.entry.target.as_ref() == Some(r)
+                    || o.entry.patient.as_ref().is_some_and(|p| *r == format!("Patient/{p}"))
+            })
     }
 }
 
@@ -492,7 +495,6 @@ fn render(o: &brankas_audit::Opened, queried_patient: Option<&str>) -> Value {
         "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": subtype}],
         "action": e.action,
         "recorded": instant(o.time_us),
-        "outcome": e.outcome.map_or("0", |x| x.code()),
         "source": {
             "observer": {"display": "Brankas"},
             "type": [coding("http://terminology.hl7.org/CodeSystem/security-source-type", "4", "Application Server")]
@@ -500,6 +502,10 @@ fn render(o: &brankas_audit::Opened, queried_patient: Option<&str>) -> Value {
     });
     if let Some(p) = profile.filter(|_| e.patient.is_some() || queried_patient.is_some()) {
         ev["meta"] = json!({"profile": [format!("https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.{p}")]});
+    }
+    // A record written ahead of a write has no outcome yet (its request's own record follows).
+    if let Some(x) = e.outcome {
+        ev["outcome"] = json!(x.code());
     }
     if let Some(t) = &e.outcome_text {
         ev["outcomeDesc"] = json!(t);
@@ -539,7 +545,8 @@ fn render(o: &brankas_audit::Opened, queried_patient: Option<&str>) -> Value {
         }));
     }
     for r in &e.resources {
-        if r.starts_with("Patient/") {
+        // The patient is named above; a version of the Patient written is named here.
+        if r.starts_with("Patient/") && !r.contains("/_history/") {
             continue;
         }
         entities.push(json!({
@@ -636,9 +643,14 @@ fn plain_words(o: &brankas_audit::Opened, names: &mut Names, st: &AppState) -> S
     let what_en = cats.iter().map(|c| c.1).collect::<Vec<_>>().join(", ");
     let at_id = place.as_ref().map(|p| format!(" di {}", escape(p))).unwrap_or_default();
     let at_en = place.as_ref().map(|p| format!(" at {}", escape(p))).unwrap_or_default();
-    let refused = e.outcome != Some(Outcome::Success);
+    let ahead = e.outcome.is_none();
+    let refused = !ahead && e.outcome != Some(Outcome::Success);
     let mut id = format!("{when}: {who_id}{at_id} {}{verb_id} data Anda: {}.", if refused { "mencoba " } else { "" }, escape(&what_id));
     let mut en = format!("{when}: {who_en}{at_en} {}{verb_en} your {}.", if refused { "tried to have " } else { "" }, escape(&what_en));
+    if ahead {
+        id.push_str(" (Dicatat sebelum perubahan disimpan.)");
+        en.push_str(" (Recorded before the change was stored.)");
+    }
     if refused {
         id.push_str(" Akses ini ditolak.");
         en.push_str(" This access was refused.");

@@ -36,6 +36,7 @@ pub(crate) fn streaming(clock: &Clock) {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/health/ready", get(ready))
         .route("/auth/token", post(token))
         .route("/fhir/metadata", get(metadata))
         .route("/fhir/.well-known/smart-configuration", get(smart_config))
@@ -89,7 +90,7 @@ async fn access_log(mut req: Request, next: Next) -> Response {
 /// produce one.
 async fn authenticate(State(st): St, mut req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    let public = matches!(path, "/health" | "/auth/token" | "/fhir/metadata" | "/fhir/.well-known/smart-configuration");
+    let public = matches!(path, "/health" | "/health/ready" | "/auth/token" | "/fhir/metadata" | "/fhir/.well-known/smart-configuration");
     if public {
         return next.run(req).await;
     }
@@ -110,7 +111,9 @@ async fn authenticate(State(st): St, mut req: Request, next: Next) -> Response {
     match tokio::task::spawn_blocking(move || auth.verify(&token, &audience)).await {
         Ok(Ok(p)) => {
             let (client, role) = (p.client_id().to_string(), p.role().as_str());
-            match p.with_purpose(purpose.as_deref(), reason.as_deref()) {
+            // The request the engine's write-ahead audit records name.
+            let tag = brankas_auth::RequestTag { request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default(), address: addr.map(|a| a.to_string()) };
+            match p.with_purpose(purpose.as_deref(), reason.as_deref()).map(|p| p.with_request(tag)) {
                 Ok(p) => {
                     // Its connection is no longer expendable while this request runs (see `server`).
                     if let Some(a) = req.extensions().get::<crate::server::Admission>() {
@@ -156,8 +159,33 @@ fn header_text(h: &HeaderMap, name: &str) -> Option<String> {
     h.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
 }
 
+/// Liveness: the process answers. Says nothing about whether it can serve (see [`ready`]).
 async fn health() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], r#"{"status":"ok"}"#).into_response()
+}
+
+/// Readiness: whether this server can serve requests now, without patient data. Each
+/// component it needs is named with `ok` or `failing`: the audit log (the last append's
+/// outcome, probed again at most once a second while it fails, and its head readable), the
+/// main database, and the guard's database. 200 when all are `ok`, else 503 naming the
+/// failing ones: a load balancer stops sending requests that would fail.
+async fn ready(State(st): St) -> Response {
+    let audit = st.audit.ready().await;
+    let store = st.store.clone();
+    let (head, main, guard) = tokio::task::spawn_blocking(move || {
+        (brankas_audit::head(&*store).is_ok(), store.get_meta(brankas_engine::ROOT_META).is_ok_and(|r| r.is_some()), store.guard_usage("readiness-probe", 0, 0).is_ok())
+    })
+    .await
+    .unwrap_or((false, false, false));
+    let audit = audit && head;
+    let word = |ok: bool| if ok { "ok" } else { "failing" };
+    let components = json!({"audit-log": word(audit), "database": word(main), "guard-database": word(guard)});
+    let failing: Vec<&str> = [("audit-log", audit), ("database", main), ("guard-database", guard)].iter().filter(|(_, ok)| !ok).map(|(n, _)| *n).collect();
+    let status = if failing.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({"status": if failing.is_empty() { "ready" } else { "not-ready" }, "failing": failing, "components": components});
+    let mut r = (status, serde_json::to_vec(&body).unwrap_or_default()).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
 }
 
 async fn metadata(State(st): St) -> Response {

@@ -1,7 +1,8 @@
 //! The HTTP boundary of Brankas.
 //!
 //! - [`router`]: the FHIR REST API at `/fhir` (JSON only), the OAuth2 token endpoint
-//!   `/auth/token` (client secret or `private_key_jwt`), SMART discovery, `/health`, and the
+//!   `/auth/token` (client secret or `private_key_jwt`), SMART discovery, `/health` (liveness),
+//!   `/health/ready` (readiness: the audit log and the databases, by name), and the
 //!   administration API under `/admin` (the client registry).
 //! - [`serve`]: the connection lifecycle (HTTPS by default, plain HTTP on request): admission
 //!   under global and per-address caps, handshake, idle and body clocks, graceful shutdown,
@@ -12,7 +13,7 @@
 //! of responses (Bundles, OperationOutcome, CapabilityStatement). Handlers never log query
 //! strings, bodies or ids of patients: only method, route template, status and time.
 //!
-//! *API boundary:* every route but `/health`, `/auth/token`, `/fhir/metadata` and
+//! *API boundary:* every route but `/health`, `/health/ready`, `/auth/token`, `/fhir/metadata` and
 //! `/fhir/.well-known/smart-configuration` requires a bearer token, verified on each request
 //! (so suspension and revocation are immediate).
 

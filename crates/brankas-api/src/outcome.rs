@@ -76,6 +76,7 @@ impl From<EngineError> for ApiError {
                 tracing::error!(error = %inner, "key failure");
                 Self::new(S::SERVICE_UNAVAILABLE, "transient", "key provider unavailable")
             }
+            EngineError::AuditUnavailable => Self::new(S::SERVICE_UNAVAILABLE, "transient", e.to_string()),
         }
     }
 }

@@ -235,6 +235,10 @@ pub fn breach_report(
                 if o.time_us >= until || !matches(&q.suspect, &o) {
                     continue;
                 }
+                if o.entry.outcome.is_none() {
+                    // Written ahead of a write; the request's own record tells how it went.
+                    continue;
+                }
                 if o.entry.outcome != Some(Outcome::Success) {
                     if o.partition.is_some() {
                         refused += 1;

@@ -5,7 +5,9 @@
 //! [`AuditEntry`] per patient touched (IHE Basic Audit Log Patterns). The [`AuditLog`] seals
 //! each under the vault's audit key, bound to its position, time, patient pseudonym and actor
 //! tag, appends them in group commits, and answers the caller only once they are durable: the
-//! HTTP layer releases a response only after that (fail closed).
+//! HTTP layer releases a response only after that (fail closed). A write's records go first:
+//! [`AuditLog::record_ahead`] returns the [`WriteAhead`] proof the engine's store commit
+//! requires, so no write is committed without its record.
 //!
 //! The records are the leaves of an RFC 6962 Merkle tree ([`merkle`]); the log signs a
 //! checkpoint (size and tree head, a C2SP signed note, Ed25519; [`note`]) at least every
@@ -25,7 +27,7 @@ pub mod note;
 mod verify;
 
 pub use entry::{AuditEntry, Outcome};
-pub use log::{AuditError, AuditLog, NewRecord, Opened, Proof, Receipt, head, tree_root};
+pub use log::{AppendHealth, AuditError, AuditLog, NewRecord, Opened, Proof, Receipt, WriteAhead, head, tree_root};
 pub use verify::{VerifyFailure, VerifyReport, verify};
 
 /// The log's origin line in checkpoints: names this deployment's log by its key.

@@ -76,6 +76,48 @@ impl std::fmt::Debug for Receipt {
     }
 }
 
+/// Proof that the write-ahead records of a write are durable (the data is not committed yet):
+/// which partitions they name (`None`: the directory, resources in no patient's compartment).
+/// Only [`AuditLog::record_ahead`] makes one, after the append, so code that holds a
+/// `WriteAhead` covering a partition has made a record of the write to that partition durable
+/// first: the engine's one store commit requires one covering every partition it writes, so
+/// no write is committed without its audit record (a crash between the two leaves a record of
+/// an attempted write, never an unaudited write).
+pub struct WriteAhead {
+    position: u64,
+    partitions: std::collections::BTreeSet<Option<PartitionId>>,
+}
+
+impl WriteAhead {
+    /// Position of the last record appended.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Whether a record of the write names this partition (`None`: the directory).
+    pub fn covers(&self, partition: Option<&PartitionId>) -> bool {
+        self.partitions.contains(&partition.copied())
+    }
+}
+
+/// Names nothing: positions only.
+impl std::fmt::Debug for WriteAhead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteAhead").field("position", &self.position).field("partitions", &self.partitions.len()).finish()
+    }
+}
+
+/// What the appender last saw of the log's storage, for a readiness check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppendHealth {
+    /// Nothing appended by this process yet.
+    Unknown,
+    /// The last append was durable.
+    Ok,
+    /// The last append failed: requests fail until an append succeeds again.
+    Failing,
+}
+
 fn served_partitions(records: &[NewRecord]) -> std::collections::BTreeSet<PartitionId> {
     records.iter().filter(|r| r.entry.outcome == Some(crate::Outcome::Success)).filter_map(|r| r.partition).collect()
 }
@@ -110,6 +152,10 @@ struct Shared {
     public_key: [u8; 32],
     queue: Mutex<Queue>,
     wake: Condvar,
+    /// The last append's outcome (see [`AppendHealth`]): 0 unknown, 1 ok, 2 failing.
+    last: std::sync::atomic::AtomicU8,
+    /// When a readiness probe last appended (so probes write at most one record a second).
+    probed: Mutex<Option<Instant>>,
 }
 
 /// The audit log of one server. Dropping it stops the appender after the records already
@@ -137,7 +183,16 @@ impl AuditLog {
         let public_key = vault.audit_public_key();
         let origin = crate::origin(&public_key);
         let state = WriterState::load(&*store)?;
-        let shared = Arc::new(Shared { store, vault, origin, public_key, queue: Mutex::new(Queue { pending: Vec::new(), stop: false }), wake: Condvar::new() });
+        let shared = Arc::new(Shared {
+            store,
+            vault,
+            origin,
+            public_key,
+            queue: Mutex::new(Queue { pending: Vec::new(), stop: false }),
+            wake: Condvar::new(),
+            last: std::sync::atomic::AtomicU8::new(0),
+            probed: Mutex::new(None),
+        });
         let s = shared.clone();
         let writer = std::thread::Builder::new().name("audit-append".into()).spawn(move || appender(s, state)).map_err(|_| AuditError::Unavailable)?;
         Ok(Self { shared, writer: Mutex::new(Some(writer)) })
@@ -193,6 +248,54 @@ impl AuditLog {
         let served = served_partitions(&records);
         let position = self.record_blocking(records)?;
         Ok(Receipt { position, served })
+    }
+
+    /// Appends the write-ahead records of a write from synchronous code (the engine, on a
+    /// blocking thread) and waits until they are durable: the [`WriteAhead`] it returns names
+    /// the partitions they cover, and is what the engine's store commit requires.
+    pub fn record_ahead(&self, records: Vec<NewRecord>) -> Result<WriteAhead, AuditError> {
+        let partitions = records.iter().map(|r| r.partition).collect();
+        let position = self.record_blocking(records)?;
+        Ok(WriteAhead { position, partitions })
+    }
+
+    /// The outcome of the last append (for a readiness check).
+    pub fn health(&self) -> AppendHealth {
+        match self.shared.last.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => AppendHealth::Ok,
+            2 => AppendHealth::Failing,
+            _ => AppendHealth::Unknown,
+        }
+    }
+
+    /// Whether the log can be written, for a readiness check: the last append's outcome; while
+    /// the last append failed, one probe record (no patient, client `readiness-probe`) at most
+    /// once a second tells whether appends work again. (Whether the stored head can be read is
+    /// the caller's check, on a blocking thread: [`head`].)
+    pub async fn ready(&self) -> bool {
+        if self.health() != AppendHealth::Failing {
+            return true;
+        }
+        let due = match self.shared.probed.lock() {
+            Ok(mut t) if t.is_none_or(|t| t.elapsed() >= CHECKPOINT_EVERY) => {
+                *t = Some(Instant::now());
+                true
+            }
+            _ => false,
+        };
+        if !due {
+            return false;
+        }
+        let entry = AuditEntry {
+            interaction: "readiness-probe".into(),
+            action: "E".into(),
+            outcome: Some(crate::Outcome::Success),
+            outcome_text: Some("the last append had failed; this record tests whether the log can be written again".into()),
+            client_id: "readiness-probe".into(),
+            role: "server".into(),
+            ..Default::default()
+        };
+        self.record(vec![NewRecord { partition: None, client_id: "readiness-probe".into(), entry }]).await.is_ok()
     }
 
     /// Appends records from synchronous code (the CLI) and waits.
@@ -424,6 +527,10 @@ fn append(shared: &Shared, state: &mut WriterState, batch: Vec<(Vec<NewRecord>, 
             Err(e) => break Err(e),
         }
     };
+    // A checkpoint alone says nothing about whether records can be appended.
+    if !records.is_empty() {
+        shared.last.store(if result.is_ok() { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
+    }
     match result {
         Ok(last) => {
             // Each set is answered with the position of its own last record.

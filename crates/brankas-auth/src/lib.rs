@@ -308,6 +308,17 @@ pub struct Principal {
     budget: Option<PatientBudget>,
     /// Request limits (none for the operator's local tools).
     limits: Option<RateLimits>,
+    /// The request this principal acts in (its id and the caller's address), set by the HTTP
+    /// layer for the audit records the engine writes ahead of a write.
+    request: RequestTag,
+}
+
+/// The request a [`Principal`] acts in: what the audit records of its writes name besides
+/// the client (empty for the operator's local tools).
+#[derive(Clone, Debug, Default)]
+pub struct RequestTag {
+    pub request_id: String,
+    pub address: Option<String>,
 }
 
 /// The partitions one request's gates were asked about, in order, without repeats, and the
@@ -471,6 +482,7 @@ impl Principal {
             trail: AccessTrail::default(),
             budget: None,
             limits: None,
+            request: RequestTag::default(),
         }
     }
 
@@ -496,6 +508,7 @@ impl Principal {
             trail: AccessTrail::default(),
             budget: None,
             limits: None,
+            request: self.request.clone(),
         })
     }
 
@@ -528,7 +541,19 @@ impl Principal {
             local: false,
             sensitive: rec.sensitive,
             trail: AccessTrail::default(),
+            request: RequestTag::default(),
         }
+    }
+
+    /// The same caller, acting in one request (its id and the caller's address).
+    pub fn with_request(mut self, request: RequestTag) -> Self {
+        self.request = request;
+        self
+    }
+
+    /// The request this principal acts in.
+    pub fn request(&self) -> &RequestTag {
+        &self.request
     }
 
     /// The patients this request's gates were asked about (see [`AccessTrail`]).

@@ -954,7 +954,7 @@ impl Engine {
                 }
             }
             let (nv, _) = self.prepare_care(partition, &care, current.as_ref().map(|(_, r)| r), now)?;
-            match self.commit_batch(WriteBatch { versions: vec![nv], ..Default::default() }) {
+            match self.commit_batch(who, WriteBatch { versions: vec![nv], ..Default::default() }, &[], Some(("access-grant", "U"))) {
                 Ok(()) => {
                     // The HTTP layer raises the alert (and the audit record names the patient).
                     who.trail().note_break_glass();
@@ -987,6 +987,7 @@ impl Engine {
         // A busy facility's writers all add to the same work list; a lost race is retried
         // with the list read again.
         self.check_patients_exist(prepared)?;
+        let named = self.named(prepared);
         for _ in 0..16 {
             let now = now_us();
             let mut care = self.care_versions(&self.care_facts(who, prepared, now), now)?;
@@ -1000,7 +1001,7 @@ impl Engine {
             }
             let n = batch.versions.len();
             batch.versions.extend(care);
-            match self.commit_with_keys(batch)? {
+            match self.commit_with_keys(who, batch, &named, None)? {
                 Ok(()) => return Ok(()),
                 Err(StoreError::Conflict { index }) if index >= n => continue,
                 Err(e) => return Err(e.into()),

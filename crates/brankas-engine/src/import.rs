@@ -1,16 +1,26 @@
 //! Offline bulk import: transaction Bundles (JSON) and NDJSON, prepared on all cores and
 //! committed in large groups (many Bundles per durable store transaction, each Bundle still
 //! all-or-nothing).
+//!
+//! An import can be killed and run again: each unit (a Bundle, a line) commits with a marker
+//! of itself (an internal record in the system partition whose key is a keyed hash of the
+//! unit's bytes: nothing of the content is readable), so a run that meets a unit already
+//! imported skips it, and a killed run re-run to the end leaves the state of one clean run.
+//! The consequence: a unit whose exact bytes were imported before is skipped in any later
+//! run too (to apply the same bytes again, import them over the API). Each group's write-ahead
+//! audit records (one per patient written, see `ahead`) are durable before the group commits.
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use brankas_auth::Principal;
-use brankas_store::{NewVersion, RecordKey, StoreError, WriteBatch};
+use brankas_store::{Expect, NewVersion, RecordKey, StoreError, VersionRow, WriteBatch};
+use brankas_vault::RecordAad;
 use serde_json::{Value, json};
 
 use crate::access::{CareFacts, merge_facts};
+use crate::ahead::Named;
 use crate::worklist::WorklistFacts;
 use crate::{Engine, EngineError, Result};
 
@@ -23,11 +33,16 @@ pub struct ImportStats {
     pub resources: u64,
     /// Units refused (invalid, conflicting…), each all-or-nothing.
     pub failed: u64,
+    /// Units skipped because an earlier run (or an identical earlier unit) imported them.
+    pub skipped: u64,
     /// First few failures: where, and the error (never content).
     pub errors: Vec<String>,
     /// Bytes of input read.
     pub bytes: u64,
 }
+
+/// Type of the internal records that mark imported units (never served).
+pub(crate) const MARK_TYPE: &str = "BrankasImport";
 
 /// Largest single input line or file accepted.
 const MAX_UNIT_BYTES: usize = 256 * 1024 * 1024;
@@ -139,7 +154,8 @@ impl<'a> Importer<'a> {
     /// preparation that commit may have made stale (see [`Importer::import_reader`]).
     fn refresh(&self, group: &mut [Unit], written: &HashSet<RecordKey>) {
         let stale = |u: &Unit| match &u.prep {
-            Ok(p) => p.queried || p.reads.iter().any(|k| written.contains(k)),
+            Ok(Some(p)) => p.queried || p.reads.iter().any(|k| written.contains(k)),
+            Ok(None) => false,
             Err(EngineError::PreconditionFailed(_) | EngineError::Conflict) => true,
             Err(_) => false,
         };
@@ -158,15 +174,19 @@ impl<'a> Importer<'a> {
     fn start_commit<'s>(&'s self, s: &'s std::thread::Scope<'s, '_>, group: Vec<Unit>, stats: &mut ImportStats) -> Result<Inflight<'s>> {
         let mut batches = Vec::new();
         let mut owners = Vec::new();
+        let mut named = Vec::new();
         let mut care = CareFacts::new();
         let mut worklists = WorklistFacts::new();
         for u in group {
             stats.units += 1;
             match u.prep {
-                Ok(mut p) => {
+                Ok(None) => stats.skipped += 1,
+                Ok(Some(mut p)) => {
                     self.engine.attach_new_keys(&mut p.batch)?;
+                    let mark = p.batch.versions.iter().rposition(|v| v.row.resource_type == MARK_TYPE);
                     batches.push(p.batch);
-                    owners.push((u.where_, p.resources));
+                    owners.push(Owner { where_: u.where_, resources: p.resources, mark });
+                    named.extend(p.named);
                     merge_facts(&mut care, p.care);
                     for (id, keys) in p.worklists {
                         worklists.entry(id).or_default().extend(keys);
@@ -188,12 +208,20 @@ impl<'a> Importer<'a> {
             if !b.versions.is_empty() {
                 self.engine.attach_new_keys(&mut b)?;
                 batches.push(b);
-                owners.push(("care relationships of the group".into(), 0));
+                owners.push(Owner { where_: "care relationships of the group".into(), resources: 0, mark: None });
             }
         }
-        let store = &self.engine.store;
+        if batches.is_empty() {
+            let handle = s.spawn(move || (batches, Ok(Vec::new())));
+            return Ok(Inflight { handle, owners });
+        }
+        // The group's audit records, one per patient it writes, are durable before any of it
+        // is committed; if they cannot be written, nothing of the group is.
+        let refs: Vec<&WriteBatch> = batches.iter().collect();
+        let ahead = self.engine.write_ahead(&self.who, &refs, &named, Some(("import", "C")))?;
+        let engine = self.engine;
         let handle = s.spawn(move || {
-            let r = store.commit_many(&batches);
+            let r = engine.commit_many_audited(&batches, &ahead);
             (batches, r)
         });
         Ok(Inflight { handle, owners })
@@ -205,13 +233,16 @@ impl<'a> Importer<'a> {
         let (batches, results) = f.handle.join().map_err(|_| EngineError::Integrity)?;
         let results = results?;
         let mut written = HashSet::new();
-        for (((where_, n), r), b) in f.owners.into_iter().zip(results).zip(&batches) {
+        for ((o, r), b) in f.owners.into_iter().zip(results).zip(&batches) {
+            let (where_, n) = (o.where_, o.resources);
             match r {
                 Ok(()) => {
                     self.engine.settle_new_keys(b, true)?;
                     stats.resources += n;
                     written.extend(b.versions.iter().map(|v| v.row.key));
                 }
+                // Its marker exists: an identical unit committed first (earlier in this run).
+                Err(StoreError::Conflict { index }) if Some(index) == o.mark => stats.skipped += 1,
                 Err(e) => {
                     if matches!(e, StoreError::DataKeyRace) {
                         self.engine.settle_new_keys(b, false)?;
@@ -223,7 +254,14 @@ impl<'a> Importer<'a> {
         Ok(written)
     }
 
-    fn prepare_unit(&self, bytes: &[u8]) -> Result<Prepped> {
+    /// Prepares one unit; `None` when it was imported before (its marker is stored).
+    fn prepare_unit(&self, bytes: &[u8]) -> Result<Option<Prepped>> {
+        let mark = self.mark_of(bytes);
+        if let Some((key, _)) = &mark
+            && self.engine.store.current(key)?.is_some()
+        {
+            return Ok(None);
+        }
         let v: Value = serde_json::from_slice(bytes).map_err(|e| EngineError::BadRequest(format!("not valid JSON (line {}, column {})", e.line(), e.column())))?;
         let bundle = match v.get("resourceType").and_then(Value::as_str) {
             Some("Bundle") if matches!(v.get("type").and_then(Value::as_str), Some("transaction" | "batch")) => v,
@@ -247,6 +285,7 @@ impl<'a> Importer<'a> {
         let care = self.engine.care_facts(&self.who, &tx.prepared, now);
         let worklists = crate::worklist::facts_of(&tx.prepared, now);
         let reads = tx.reads;
+        let named = self.engine.named(&tx.prepared);
         let mut batch = WriteBatch::default();
         for p in tx.prepared {
             batch.versions.push(NewVersion { row: p.row, expect: p.expect });
@@ -254,7 +293,31 @@ impl<'a> Importer<'a> {
                 batch.index.push(ix);
             }
         }
-        Ok(Prepped { batch, resources, reads, queried: tx.queried, care, worklists })
+        // The unit's marker, last in its batch: committed with the unit or not at all.
+        if let Some((key, id)) = mark {
+            batch.versions.push(self.marker(key, &id, now)?);
+        }
+        Ok(Some(Prepped { batch, resources, reads, queried: tx.queried, care, worklists, named }))
+    }
+
+    /// The record key and id of a unit's marker: a keyed hash of its bytes (surrounding
+    /// whitespace aside), so the store learns nothing of the content. `None` for bytes that
+    /// are not text (such a unit fails to parse anyway).
+    fn mark_of(&self, bytes: &[u8]) -> Option<(RecordKey, String)> {
+        let text = std::str::from_utf8(bytes).ok()?.trim();
+        let id: String = self.engine.vault.record_key(MARK_TYPE, text).0.iter().map(|b| format!("{b:02x}")).collect();
+        Some((self.engine.vault.record_key(MARK_TYPE, &id), id))
+    }
+
+    /// A unit's marker version: an internal record of the system partition that must not
+    /// exist yet.
+    fn marker(&self, key: RecordKey, id: &str, now: i64) -> Result<NewVersion> {
+        let partition = self.engine.vault.system_partition();
+        let dek = self.engine.data_key(&partition, true)?.ok_or(EngineError::Integrity)?;
+        let aad = RecordAad { resource_type: MARK_TYPE, record: &key, version: 1, partition: &partition, dek_version: 1 };
+        let sealed = dek.seal(&aad, &serde_json::to_vec(&json!({"resourceType": MARK_TYPE, "id": id})).map_err(|_| EngineError::Integrity)?)?;
+        let row = VersionRow { key, version: 1, partition, resource_type: MARK_TYPE.into(), deleted: false, last_updated_us: now, dek_version: 1, sealed };
+        Ok(NewVersion { row, expect: Expect::Absent })
     }
 }
 
@@ -285,14 +348,14 @@ fn read_group(name: &str, reader: &mut impl BufRead, line_no: &mut u64, stats: &
 type Input = (String, Vec<u8>);
 
 /// What a group's commit thread hands back: the batches, and each one's outcome.
-type Committed = (Vec<WriteBatch>, brankas_store::Result<Vec<brankas_store::Result<()>>>);
+type Committed = (Vec<WriteBatch>, Result<Vec<brankas_store::Result<()>>>);
 
 /// One input unit and the outcome of preparing it (the bytes are kept for a second
 /// preparation).
 struct Unit {
     where_: String,
     bytes: Vec<u8>,
-    prep: Result<Prepped>,
+    prep: Result<Option<Prepped>>,
 }
 
 /// A prepared unit: its writes, and what its preparation read of the store.
@@ -303,12 +366,22 @@ struct Prepped {
     queried: bool,
     care: CareFacts,
     worklists: WorklistFacts,
+    /// The versions as the group's write-ahead audit records name them.
+    named: Vec<Named>,
+}
+
+/// Whose a batch of a group is: where it came from, how many resources it writes, and the
+/// index of its marker version.
+struct Owner {
+    where_: String,
+    resources: u64,
+    mark: Option<usize>,
 }
 
 /// A group whose commit runs on its own thread: the batches come back with the outcome.
 struct Inflight<'s> {
     handle: std::thread::ScopedJoinHandle<'s, Committed>,
-    owners: Vec<(String, u64)>,
+    owners: Vec<Owner>,
 }
 
 fn fail(stats: &mut ImportStats, where_: &str, e: &EngineError) {

@@ -26,6 +26,7 @@
 //! resources per pseudonymous patient), and equality of blind-indexed identity values.
 
 mod access;
+mod ahead;
 mod binary;
 mod bundle;
 mod crud;
@@ -47,6 +48,7 @@ use brankas_vault::{BlindTerm, DataKey, RecordAad, Vault, VaultError};
 pub use imaging::{StoredInstance, dicom_metadata, instance_of, study_uid_of};
 use serde_json::Value;
 
+pub use ahead::WRITE_AHEAD_TEXT;
 pub use bundle::{EntryOutcome, parse_etag};
 pub use crud::instant;
 pub use disclosure::{Admitted, Disclosed, Disclosure, Unaudited};
@@ -91,6 +93,9 @@ pub enum EngineError {
     Store(#[source] StoreError),
     #[error("key handling failed")]
     Vault(#[source] VaultError),
+    /// The write's audit record could not be made durable, so nothing was committed.
+    #[error("the audit log cannot be written; nothing was stored")]
+    AuditUnavailable,
 }
 
 impl From<StoreError> for EngineError {
@@ -192,6 +197,9 @@ pub struct Engine {
     /// This server's FHIR base URL, once the server knows it: absolute references to it in
     /// Consents name its own resources ([`Engine::set_base_url`]).
     base_url: std::sync::OnceLock<String>,
+    /// Where the records written ahead of every commit go ([`Engine::set_audit`], see
+    /// [`ahead`]); unset, every write fails.
+    audit: std::sync::OnceLock<Arc<brankas_audit::AuditLog>>,
 }
 
 const PENDING_DEKS: usize = 100_000;
@@ -220,6 +228,7 @@ impl Engine {
             attachments: binary::AttachmentLimits::default(),
             imaging: Mutex::new(()),
             base_url: std::sync::OnceLock::new(),
+            audit: std::sync::OnceLock::new(),
         }
     }
 
@@ -287,7 +296,7 @@ impl Engine {
     /// [`Engine::gate_directory`]. The operator's local tools pass. Returns how the row's
     /// partition is shown to the caller, for [`Engine::gate_record`].
     pub(crate) fn gate_row(&self, who: &Principal, row: &VersionRow, act: access::Act) -> Result<access::RecordView> {
-        if row.resource_type == access::CARE_TYPE || row.resource_type == worklist::WORKLIST_TYPE {
+        if ahead::is_internal(&row.resource_type) {
             return Err(EngineError::NotFound);
         }
         if who.is_local_operator() {
@@ -382,17 +391,26 @@ impl Engine {
         Ok(())
     }
 
-    /// Commits one batch, bringing the data keys of new partitions along.
-    pub(crate) fn commit_batch(&self, batch: WriteBatch) -> Result<()> {
-        Ok(self.commit_with_keys(batch)??)
+    /// Commits one batch, bringing the data keys of new partitions along (see
+    /// [`Engine::commit_with_keys`]).
+    pub(crate) fn commit_batch(&self, who: &Principal, batch: WriteBatch, named: &[ahead::Named], kind: Option<(&str, &str)>) -> Result<()> {
+        Ok(self.commit_with_keys(who, batch, named, kind)??)
     }
 
     /// Commits one batch with the data keys of new partitions, and settles those keys by the
-    /// outcome. The outer error is the engine's own; the inner one is the store's answer, for
-    /// callers that retry on some of them.
-    pub(crate) fn commit_with_keys(&self, mut batch: WriteBatch) -> Result<std::result::Result<(), StoreError>> {
+    /// outcome. Its audit records (one per partition written, naming `named`) are made durable
+    /// first; if they cannot be, nothing is committed ([`ahead`]). The outer error is the
+    /// engine's own; the inner one is the store's answer, for callers that retry on some of them.
+    pub(crate) fn commit_with_keys(
+        &self,
+        who: &Principal,
+        mut batch: WriteBatch,
+        named: &[ahead::Named],
+        kind: Option<(&str, &str)>,
+    ) -> Result<std::result::Result<(), StoreError>> {
         self.attach_new_keys(&mut batch)?;
-        let r = self.store.commit(&batch);
+        let ahead = self.write_ahead(who, &[&batch], named, kind)?;
+        let r = self.commit_audited(&batch, &ahead)?;
         match &r {
             Ok(()) => self.settle_new_keys(&batch, true)?,
             Err(StoreError::DataKeyRace) => self.settle_new_keys(&batch, false)?,

@@ -415,7 +415,7 @@ impl Engine {
         }
         let mut out = Vec::with_capacity(rows.len());
         let mut restrictions: std::collections::HashMap<String, Option<Vec<Query>>> = std::collections::HashMap::new();
-        for row in rows.iter().filter(|r| !r.deleted && r.resource_type != crate::access::CARE_TYPE && who.scopes().permits(&r.resource_type, 'r')) {
+        for row in rows.iter().filter(|r| !r.deleted && !crate::ahead::is_internal(&r.resource_type) && who.scopes().permits(&r.resource_type, 'r')) {
             let mut s = self.open_row(row, None)?;
             if !view.permits(who, &row.resource_type, &s.resource) {
                 continue;

@@ -672,6 +672,8 @@ pub(crate) fn open_with(data_dir: &Path, key_file: Option<&Path>, attachments: b
     let engine = Arc::new(Engine::new(store.clone(), vault.clone()).with_blobs(blobs, attachments));
     let auth = Arc::new(Authority::new(store.clone(), vault.clone()));
     let audit = Arc::new(AuditLog::open(store.clone(), vault.clone()).context("opening the audit log")?);
+    // Every write's audit record is durable before its data commits (write-ahead).
+    engine.set_audit(audit.clone());
     Ok(Opened { store, vault, engine, auth, audit, opening_behind })
 }
 
@@ -861,11 +863,18 @@ fn import(data_dir: &Path, key_file: Option<&Path>, paths: &[PathBuf], quiet: bo
         "C",
         None,
         stats.failed == 0,
-        Some(format!("{} units, {} resources imported from {} files; {} refused", stats.units, stats.resources, files.len(), stats.failed)),
+        Some(format!(
+            "{} units, {} resources imported from {} files; {} skipped as already imported; {} refused",
+            stats.units,
+            stats.resources,
+            files.len(),
+            stats.skipped,
+            stats.failed
+        )),
     )?;
     println!(
         "{}",
-        serde_json::json!({"files": files.len(), "units": stats.units, "resources": stats.resources, "failed": stats.failed,
+        serde_json::json!({"files": files.len(), "units": stats.units, "resources": stats.resources, "skipped": stats.skipped, "failed": stats.failed,
             "seconds": (secs * 1000.0).round() / 1000.0, "resources_per_second": (stats.resources as f64 / secs.max(1e-9)).round()})
     );
     if stats.failed > 0 {

@@ -43,6 +43,11 @@ fn count(events: &[Value], sub: &str, outcome: &str, client: &str) -> usize {
     events.iter().filter(|e| subtype(e) == sub && e["outcome"] == outcome && client_of(e) == client).count()
 }
 
+/// Records written ahead of a write (no outcome yet).
+fn ahead(events: &[Value], sub: &str, client: &str) -> usize {
+    events.iter().filter(|e| subtype(e) == sub && e.get("outcome").is_none() && client_of(e) == client).count()
+}
+
 #[test]
 fn every_access_is_recorded_once_per_patient_and_patients_see_theirs() {
     let inst = Instance::init();
@@ -100,7 +105,11 @@ fn every_access_is_recorded_once_per_patient_and_patients_see_theirs() {
     assert_eq!(count(&ev, "read", "4", &stranger.id), 1, "the denied read");
     assert_eq!(count(&ev, "search-type", "4", &stranger.id), 1, "the denied search");
     assert_eq!(count(&ev, "read", "0", &stranger.id), 1, "the break-glass read");
-    assert_eq!(ev.len(), 12, "nothing else touched p1: {}", ev.iter().map(|e| format!("{}/{}/{}", subtype(e), e["outcome"], client_of(e))).collect::<Vec<_>>().join(" "));
+    // Each write's record written ahead of it: the Patient, the Observation, p1's part of the
+    // transaction (all creates), and the break-glass grant (the care record it writes).
+    assert_eq!(ahead(&ev, "create", &fac.id), 3, "records written ahead of the writes into p1");
+    assert_eq!(ahead(&ev, "access-grant", &stranger.id), 1, "the record written ahead of the break-glass grant");
+    assert_eq!(ev.len(), 16, "nothing else touched p1: {}", ev.iter().map(|e| format!("{}/{}/{}", subtype(e), e["outcome"], client_of(e))).collect::<Vec<_>>().join(" "));
     assert!(ev.iter().all(|e| patients_of(e) == vec![format!("Patient/{p1}")]), "every record names p1 and only p1");
     let btg = ev.iter().find(|e| client_of(e) == stranger.id && e["outcome"] == "0").unwrap();
     assert_eq!(btg["agent"][0]["purposeOfUse"][0]["coding"][0]["code"], "BTG");
@@ -115,12 +124,14 @@ fn every_access_is_recorded_once_per_patient_and_patients_see_theirs() {
     assert!(read["agent"].to_string().contains("Organization/test-facility"));
     assert!(read["meta"]["profile"][0].as_str().unwrap().ends_with("IHE.BasicAudit.PatientRead"));
 
-    // p2: the clinician's read, the lookup, its creation, its half of the transaction.
+    // p2: the clinician's read, the lookup, its creation, its half of the transaction (each
+    // write with its record written ahead).
     let ev2 = audit_events(&s, &officer.token, &format!("patient={p2}"));
     assert_eq!(count(&ev2, "read", "0", &clin.id), 1);
     assert_eq!(count(&ev2, "search-type", "0", &clin.id), 1);
     assert_eq!(count(&ev2, "transaction", "0", &fac.id), 1);
-    assert_eq!(ev2.len(), 4, "{}", ev2.iter().map(|e| subtype(e).to_string()).collect::<Vec<_>>().join(" "));
+    assert_eq!(ahead(&ev2, "create", &fac.id), 2);
+    assert_eq!(ev2.len(), 6, "{}", ev2.iter().map(|e| subtype(e).to_string()).collect::<Vec<_>>().join(" "));
     // By actor, and filtered.
     let by_stranger = audit_events(&s, &officer.token, &format!("agent={}", stranger.id));
     assert_eq!(by_stranger.iter().filter(|e| !patients_of(e).is_empty()).count(), 3);
@@ -128,12 +139,13 @@ fn every_access_is_recorded_once_per_patient_and_patients_see_theirs() {
     let about_obs = audit_events(&s, &officer.token, &format!("entity=Observation/{obs}"));
     assert_eq!(
         about_obs.len(),
-        6,
-        "its creation, the clinician's read, three searches and $everything: {}",
+        7,
+        "its creation (and the record written ahead of it, naming Observation/id/_history/1), the clinician's read, three searches and $everything: {}",
         about_obs.iter().map(|e| subtype(e).to_string()).collect::<Vec<_>>().join(" ")
     );
     let created = audit_events(&s, &officer.token, &format!("patient={p1}&action=C"));
-    assert_eq!(created.len(), 2, "{}", serde_json::to_string_pretty(&created).unwrap());
+    assert_eq!(created.iter().filter(|e| e["outcome"] == "0").count(), 2, "{}", serde_json::to_string_pretty(&created).unwrap());
+    assert_eq!(created.len(), 5, "and the records written ahead of the three creates into p1");
     assert!(audit_events(&s, &officer.token, &format!("patient={p1}&date=lt2020-01-01")).is_empty());
     assert_eq!(audit_events(&s, &officer.token, &format!("patient={p1}&date=ge2020-01-01&outcome=4")).len(), 2);
 
@@ -190,9 +202,11 @@ fn token_issuance_and_client_administration_are_recorded() {
     let o = inst.cli(&["import", "--quiet", "--organization", "Organization/rs-impor", file.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let imports = audit_events(&s, &officer.token, "agent=local-operator&subtype=import");
-    assert_eq!(imports.len(), 1);
-    assert!(imports[0]["agent"].to_string().contains("Organization/rs-impor"), "{}", imports[0]);
-    assert_eq!(audit_events(&s, &officer.token, "agent=local-operator&subtype=import").len(), 1);
+    // The run's record, and the one written ahead of its patient's data.
+    let (run, ahead): (Vec<&Value>, Vec<&Value>) = imports.iter().partition(|e| e.get("outcome").is_some());
+    assert_eq!((run.len(), ahead.len()), (1, 1), "{imports:?}");
+    assert!(run[0]["agent"].to_string().contains("Organization/rs-impor"), "{}", run[0]);
+    assert!(ahead[0]["agent"].to_string().contains("Organization/rs-impor"), "{}", ahead[0]);
     s.stop();
     let out = inst.cli(&["audit", "verify"]);
     assert!(out.status.success(), "two writers kept one intact log: {}", String::from_utf8_lossy(&out.stdout));
@@ -255,7 +269,7 @@ fn audit_verify_detects_every_kind_of_tampering() {
     assert!(ok, "{out}");
     let report: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     let n = report["records"].as_u64().unwrap();
-    assert_eq!(n, 25, "three CLI records (the harness officer, the facility client, its approval), one token, one create, 20 reads: {report}");
+    assert_eq!(n, 26, "three CLI records (the harness officer, the facility client, its approval), one token, one create and the record written ahead of it, 20 reads: {report}");
     assert_eq!(report["signed_size"].as_u64(), Some(n), "the whole log is signed after a graceful stop");
     // The published checkpoint, kept outside.
     let cp_file = inst.root.path().join("published-checkpoint");
