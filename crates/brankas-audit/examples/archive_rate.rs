@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use brankas_audit::archive::{self, Archive};
 use brankas_audit::{AuditEntry, AuditLog, NewRecord, verify_with};
-use brankas_store::{SqliteStore, Store};
+use brankas_store::SqliteStore;
 use brankas_vault::{KeyFile, Vault};
 
 fn main() {

@@ -208,7 +208,7 @@ pub fn write_segment(store: &dyn Store, vault: &Vault, up_to: u64, out: &Path) -
     std::fs::create_dir_all(out).map_err(|e| io("creating", out, e))?;
     let stem = Segment::stem(from, to);
     let (seg_tmp, seg_path) = (out.join(format!(".{stem}.seg.tmp")), out.join(format!("{stem}.seg")));
-    let file = std::fs::File::create(&seg_tmp).map_err(|e| io("creating", &seg_tmp, e))?;
+    let file = create_private(&seg_tmp).map_err(|e| io("creating", &seg_tmp, e))?;
     let mut w = HashingWriter { inner: BufWriter::new(file), sha: digest::Context::new(&digest::SHA256), bytes: 0 };
     w.write_all(MAGIC).map_err(|e| io("writing", &seg_tmp, e))?;
     let frontier_from = frontier.encode();
@@ -289,9 +289,18 @@ pub fn release(store: &dyn Store, done: &Archived) -> Result<(), ArchiveError> {
 }
 
 fn write_synced(p: &Path, bytes: &[u8]) -> Result<(), ArchiveError> {
-    let mut f = std::fs::File::create(p).map_err(|e| io("creating", p, e))?;
+    let mut f = create_private(p).map_err(|e| io("creating", p, e))?;
     f.write_all(bytes).map_err(|e| io("writing", p, e))?;
     f.sync_all().map_err(|e| io("syncing", p, e))
+}
+
+/// A new file readable by its owner only (the segment holds sealed records and pseudonyms).
+fn create_private(p: &Path) -> std::io::Result<std::fs::File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    o.open(p)
 }
 
 pub(crate) fn hex(b: &[u8]) -> String {

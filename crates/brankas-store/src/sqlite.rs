@@ -59,7 +59,7 @@ CREATE TABLE IF NOT EXISTS audit_archived (id INTEGER PRIMARY KEY CHECK (id = 0)
 /// Rows deleted per transaction when archived records leave the hot file, and free pages
 /// returned per transaction: each holds the audit writer briefly, so a running server's
 /// appends wait milliseconds, not the whole archive.
-const ARCHIVE_CHUNK: i64 = 16_384;
+const ARCHIVE_CHUNK: i64 = 4_096;
 const VACUUM_PAGES: i64 = 4_096;
 
 /// Security state (patient budgets, canaries, alerts) in a third file, `<name>.guard.db`,
