@@ -538,7 +538,17 @@ fn open_vault(data_dir: &Path, key_file: Option<&Path>) -> Result<(Arc<dyn Store
 fn audit_verify(data_dir: &Path, key_file: Option<&Path>, checkpoint: Option<&Path>, archive: &[PathBuf]) -> Result<()> {
     let (store, vault) = open_vault(data_dir, key_file)?;
     let external = checkpoint.map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))).transpose()?;
-    let archive = if archive.is_empty() { None } else { Some(brankas_audit::archive::Archive::open(archive)?) };
+    let archive = match archive {
+        [] => None,
+        dirs => match brankas_audit::archive::Archive::open(dirs) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                println!("{}", serde_json::json!({"intact": false, "failure": e.to_string()}));
+                eprintln!("audit log NOT verified: {e}");
+                std::process::exit(1);
+            }
+        },
+    };
     let start = std::time::Instant::now();
     match brankas_audit::verify_with(&*store, &vault, external.as_deref(), archive.as_ref()) {
         Ok(r) => {
