@@ -385,6 +385,7 @@ async fn search_inner(st: &Arc<AppState>, who: &Principal, pairs: &[(String, Str
         None => None,
     };
     let st2 = st.clone();
+    let since = f.since;
     let partition = patient.as_ref().map(|p| st.engine.patient_partition(p));
     let (found, next) = tokio::task::spawn_blocking(move || -> Result<(Vec<brankas_audit::Opened>, Option<u64>), brankas_audit::AuditError> {
         let mut out = Vec::new();
@@ -456,6 +457,16 @@ async fn search_inner(st: &Arc<AppState>, who: &Principal, pairs: &[(String, Str
         q.push(("_before".into(), n.to_string()));
         let qs = form_urlencoded::Serializer::new(String::new()).extend_pairs(q).finish();
         links.push(json!({"relation": "next", "url": format!("{base}/AuditEvent?{qs}")}));
+    }
+    let mut entries = entries;
+    // The search reached the oldest held record: say that older ones were archived.
+    if next.is_none() {
+        let s = st.clone();
+        let held = tokio::task::spawn_blocking(move || s.audit.held_from()).await.ok().and_then(Result::ok).flatten();
+        if let Some((first, t)) = held.filter(|(_, t)| since.is_none_or(|since| since < *t)) {
+            let text = format!("audit records before position {first} (written before {}) are archived (brankas audit archive) and were not searched", instant(t));
+            entries.push(json!({"resource": {"resourceType": "OperationOutcome", "issue": [{"severity": "information", "code": "informational", "diagnostics": text}]}, "search": {"mode": "outcome"}}));
+        }
     }
     let mut b = json!({"resourceType": "Bundle", "type": "searchset", "entry": entries});
     if !links.is_empty() {
@@ -789,6 +800,11 @@ fn audit_error(e: brankas_audit::AuditError) -> ApiError {
     match e {
         brankas_audit::AuditError::OutOfRange => ApiError::bad_request("no such position or tree size in the audit log"),
         brankas_audit::AuditError::Integrity => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "the audit log failed an integrity check"),
+        brankas_audit::AuditError::Archived { first } => ApiError::new(
+            StatusCode::GONE,
+            "not-found",
+            format!("the audit records before position {first} are archived (brankas audit archive); proofs that need them are made from the archive"),
+        ),
         _ => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "the audit log cannot be read"),
     }
 }

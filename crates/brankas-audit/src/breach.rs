@@ -93,6 +93,10 @@ pub struct BreachReport {
     pub patients: Vec<HitPatient>,
     /// Canary patients the suspect touched: trip-wires, not people (no notification).
     pub canaries: Vec<CanaryHit>,
+    /// Set when the window begins before the oldest record the hot log still holds: the
+    /// records before it were archived (`brankas audit archive`) and were not examined.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archived: Option<String>,
 }
 
 /// A canary touched: which, and when first.
@@ -294,7 +298,11 @@ pub fn breach_report(
         })
         .collect();
     patients.sort_by(|x, y| x.first_access.cmp(&y.first_access).then(x.id.cmp(&y.id)));
+    let archived = log.held_from()?.filter(|(_, t)| q.since_us < *t).map(|(first, t)| {
+        format!("audit records before position {first} (written before {}) are archived and were not examined: this report is incomplete for that part of the window", rfc3339(t))
+    });
     Ok(BreachReport {
+        archived,
         suspect,
         since: rfc3339(q.since_us),
         until: rfc3339(q.until_us.unwrap_or(now)),

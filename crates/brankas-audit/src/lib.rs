@@ -19,7 +19,9 @@
 //! The stored bytes reveal positions, times, patient pseudonyms and keyed actor tags; the
 //! content is sealed.
 
+pub mod archive;
 pub mod breach;
+mod codec;
 mod entry;
 mod log;
 pub mod merkle;
@@ -27,8 +29,8 @@ pub mod note;
 mod verify;
 
 pub use entry::{AuditEntry, Outcome};
-pub use log::{AppendHealth, AuditError, AuditLog, NewRecord, Opened, Proof, Receipt, WriteAhead, head, tree_root};
-pub use verify::{VerifyFailure, VerifyReport, verify};
+pub use log::{AppendHealth, AuditError, AuditLog, NewRecord, Opened, Proof, Receipt, WriteAhead, archived_from, head, tree_root};
+pub use verify::{VerifyFailure, VerifyReport, verify, verify_with};
 
 /// The log's origin line in checkpoints: names this deployment's log by its key.
 pub fn origin(public_key: &[u8; 32]) -> String {

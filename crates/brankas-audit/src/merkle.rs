@@ -254,6 +254,21 @@ impl Frontier {
         acc
     }
 
+    /// The frontier of the first `size` leaves, from the subtrees `src` answers (one per set
+    /// bit of `size`): how a log whose older records were archived resumes from its stored
+    /// subtree hashes.
+    pub fn at<S: HashSource>(src: &mut S, size: u64) -> Result<Frontier, S::Error> {
+        let mut nodes = Vec::new();
+        let mut start = 0u64;
+        for level in (0..64u8).rev() {
+            if size >> level & 1 == 1 {
+                nodes.push((level, src.subtree(level, start)?));
+                start += 1u64 << level;
+            }
+        }
+        Ok(Frontier { size, nodes })
+    }
+
     /// Stable encoding: size (8 bytes, big endian), then per node its level and hash.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = self.size.to_be_bytes().to_vec();
@@ -420,6 +435,11 @@ mod tests {
             }
         }
         assert_eq!(level8.len(), 2);
+        for n in [0u64, 1, 256, 299, 512, 600] {
+            let mut g = Frontier::default();
+            l[..n as usize].iter().for_each(|h| drop(g.push(*h)));
+            assert_eq!(Frontier::at(&mut &l[..], n).unwrap(), g, "frontier at {n}");
+        }
         assert!(Frontier::decode(&[0, 0, 0, 0, 0, 0, 0, 3, 0]).is_none());
     }
 }

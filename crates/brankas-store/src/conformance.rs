@@ -295,6 +295,19 @@ fn audit_log(s: &dyn Store) {
     assert_eq!(cps.iter().map(|c| c.size).collect::<Vec<_>>(), vec![3, 5]);
     assert_eq!(s.audit_latest_checkpoint().unwrap().unwrap().note, "note 5");
     assert_eq!(s.audit_checkpoints(4, 10).unwrap().len(), 1);
+    // Archiving: the records before the mark go, everything else stays.
+    assert_eq!(s.audit_archived().unwrap(), None);
+    assert!(matches!(s.audit_archive(6, "beyond"), Err(StoreError::Conflict { .. })));
+    s.audit_archive(3, "mark 3").unwrap();
+    assert_eq!(s.audit_archived().unwrap(), Some((3, "mark 3".to_string())));
+    assert_eq!(s.audit_rows(0, 100).unwrap().iter().map(|r| r.seq).collect::<Vec<_>>(), vec![3, 4]);
+    assert_eq!(s.audit_by_partition(&part(1), None, 10).unwrap().iter().map(|r| r.seq).collect::<Vec<_>>(), vec![4, 3]);
+    assert_eq!(s.audit_nodes(8, 0, 10).unwrap().len(), 5, "subtree hashes are kept");
+    assert_eq!(s.audit_head().unwrap(), Some(crate::AuditHead { size: 5, frontier: vec![5] }));
+    assert_eq!(s.audit_checkpoints(0, 10).unwrap().len(), 2);
+    assert!(matches!(s.audit_archive(2, "back"), Err(StoreError::Conflict { .. })), "the mark never moves back");
+    s.audit_append(&audit_append(vec![audit_row(5, None, 1)], 6, false)).unwrap();
+    assert_eq!(s.audit_rows(0, 100).unwrap().len(), 3, "appending goes on after an archive");
 }
 
 fn guard(s: &dyn Store) {

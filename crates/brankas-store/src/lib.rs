@@ -252,6 +252,17 @@ pub trait Store: Send + Sync + 'static {
     /// Audit records newest first, with position < `before` if given (a time window walks
     /// back from its end until records are older than it).
     fn audit_latest(&self, before: Option<u64>, limit: usize) -> Result<Vec<AuditRow>>;
+    /// Where the audit log's held records begin: `(first position held, the signed note that
+    /// marks it)`, `None` while nothing was archived. The records before it were moved to an
+    /// archive (`brankas audit archive`).
+    fn audit_archived(&self) -> Result<Option<(u64, String)>>;
+    /// Removes the audit records before `to` once they are archived (the caller wrote and
+    /// synced the archive first): records `to` and `note` as where the held records begin, then
+    /// deletes the rows in short transactions (a crash part-way leaves rows below the mark,
+    /// which a later call removes) and returns the freed pages to the file system. Stored
+    /// subtree hashes, checkpoints and the head are kept. [`StoreError::Conflict`] when `to`
+    /// is before the current mark or beyond the log.
+    fn audit_archive(&self, to: u64, note: &str) -> Result<()>;
 
     /// Admits `partitions` into `client`'s distinct-patient counts of the clock hour `hour`
     /// and the UTC day `day` if neither count then exceeds its limit; otherwise changes

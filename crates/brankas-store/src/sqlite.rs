@@ -53,7 +53,14 @@ CREATE INDEX IF NOT EXISTS audit_actor ON audit_log (actor, seq);
 CREATE TABLE IF NOT EXISTS audit_nodes (level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL, PRIMARY KEY (level, idx)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS audit_checkpoints (size INTEGER PRIMARY KEY, time INTEGER NOT NULL, note TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS audit_head (id INTEGER PRIMARY KEY CHECK (id = 0), size INTEGER NOT NULL, frontier BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS audit_archived (id INTEGER PRIMARY KEY CHECK (id = 0), first INTEGER NOT NULL, note TEXT NOT NULL);
 "#;
+
+/// Rows deleted per transaction when archived records leave the hot file, and free pages
+/// returned per transaction: each holds the audit writer briefly, so a running server's
+/// appends wait milliseconds, not the whole archive.
+const ARCHIVE_CHUNK: i64 = 4_096;
+const VACUUM_PAGES: i64 = 4_096;
 
 /// Security state (patient budgets, canaries, alerts) in a third file, `<name>.guard.db`,
 /// with `synchronous=NORMAL`: its writes happen on the request path (a client reaching a
@@ -253,7 +260,9 @@ impl SqliteStore {
         .map_err(be)?;
         let audit_path = Self::audit_path(path);
         let aw = open_conn(&audit_path, true)?;
-        aw.execute_batch("PRAGMA journal_mode=WAL;").map_err(be)?;
+        // Incremental auto-vacuum (effective on a new file, before its first table): archiving
+        // can hand freed pages back in short steps instead of rewriting the file.
+        aw.execute_batch("PRAGMA auto_vacuum=INCREMENTAL; PRAGMA journal_mode=WAL;").map_err(be)?;
         aw.execute_batch(AUDIT_SCHEMA).map_err(be)?;
         let ar = open_conn(&audit_path, false)?;
         let guard = open_conn(&path.with_extension("guard.db"), true)?;
@@ -690,6 +699,51 @@ impl Store for SqliteStore {
                 .map_err(be)?;
         }
         tx.commit().map_err(be)
+    }
+
+    fn audit_archived(&self) -> Result<Option<(u64, String)>> {
+        self.audit_read(|c| c.prepare_cached("SELECT first, note FROM audit_archived WHERE id = 0")?.query_row([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))).optional())
+    }
+
+    fn audit_archive(&self, to: u64, note: &str) -> Result<()> {
+        let mut c = self.audit_writer.lock().map_err(|_| StoreError::Backend("audit writer poisoned".into()))?;
+        {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(be)?;
+            let size = tx.query_row("SELECT size FROM audit_head WHERE id = 0", [], |r| r.get::<_, i64>(0)).optional().map_err(be)?.unwrap_or(0) as u64;
+            let first = tx.query_row("SELECT first FROM audit_archived WHERE id = 0", [], |r| r.get::<_, i64>(0)).optional().map_err(be)?.unwrap_or(0) as u64;
+            if to < first || to > size {
+                return Err(StoreError::Conflict { index: 0 });
+            }
+            tx.execute("INSERT OR REPLACE INTO audit_archived (id, first, note) VALUES (0, ?1, ?2)", params![to as i64, note]).map_err(be)?;
+            tx.commit().map_err(be)?;
+        }
+        loop {
+            let n = c.execute("DELETE FROM audit_log WHERE seq < ?1 AND seq < (SELECT MIN(seq) FROM audit_log) + ?2", params![to as i64, ARCHIVE_CHUNK]).map_err(be)?;
+            if n == 0 {
+                break;
+            }
+        }
+        // A file made before incremental auto-vacuum is rewritten once (a full VACUUM, which
+        // holds the writer for its whole run); afterwards free pages go back in short steps.
+        let mode: i64 = c.query_row("PRAGMA auto_vacuum", [], |r| r.get(0)).map_err(be)?;
+        if mode != 2 {
+            c.execute_batch("PRAGMA auto_vacuum=INCREMENTAL; VACUUM;").map_err(be)?;
+        } else {
+            loop {
+                let free: i64 = c.query_row("PRAGMA freelist_count", [], |r| r.get(0)).map_err(be)?;
+                if free == 0 {
+                    break;
+                }
+                // Stepped to its end: each step may free only part of the pages asked for.
+                let mut st = c.prepare(&format!("PRAGMA incremental_vacuum({VACUUM_PAGES})")).map_err(be)?;
+                let mut rows = st.query([]).map_err(be)?;
+                while rows.next().map_err(be)?.is_some() {}
+            }
+        }
+        // Hands the shrunk file back: the WAL's pages are copied in and the WAL emptied (a
+        // reader still in an old snapshot may keep part of it until the next checkpoint).
+        c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(be)?;
+        Ok(())
     }
 
     fn audit_rows(&self, from: u64, limit: usize) -> Result<Vec<AuditRow>> {

@@ -641,6 +641,16 @@ impl Store for AnchoredStore {
     fn audit_head(&self) -> brankas_store::Result<Option<AuditHead>> {
         self.inner.audit_head()
     }
+    fn audit_archived(&self) -> brankas_store::Result<Option<(u64, String)>> {
+        self.inner.audit_archived()
+    }
+    fn audit_archive(&self, to: u64, note: &str) -> brankas_store::Result<()> {
+        // The anchor's tree head is recomputed at every start from the stored subtrees and
+        // the records after the last complete one: anchored at the head first, it never needs
+        // an archived record.
+        self.anchor.advance().map_err(be)?;
+        self.inner.audit_archive(to, note)
+    }
     fn audit_rows(&self, from: u64, limit: usize) -> brankas_store::Result<Vec<AuditRow>> {
         self.inner.audit_rows(from, limit)
     }

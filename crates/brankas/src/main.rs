@@ -4,6 +4,7 @@
 //! vault) and hands over to the library crates.
 
 mod anchor;
+mod audit_cmd;
 mod clients_cmd;
 mod demo;
 mod synth_cmd;
@@ -292,6 +293,27 @@ enum AuditCmd {
         /// `GET /admin/audit/checkpoint`, its `note`): the log must still contain it.
         #[arg(long)]
         checkpoint: Option<PathBuf>,
+        /// Directories of archive segments (`brankas audit archive --out`): the archived and
+        /// the held records are verified as one log. Without it, a log whose older records
+        /// were archived is verified from where its held records begin.
+        #[arg(long)]
+        archive: Vec<PathBuf>,
+    },
+    /// Move the records before a cut (rounded down to a multiple of 256 and to the newest
+    /// signed checkpoint) into a segment file in --out, proven against a signed checkpoint and
+    /// synced before they are deleted from the hot database, whose space is then reclaimed.
+    Archive {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Archive the records written before this time (RFC 3339 or YYYY-MM-DD).
+        #[arg(long)]
+        before: Option<String>,
+        /// Archive the records before this position.
+        #[arg(long)]
+        up_to: Option<u64>,
+        /// The archive directory (created if needed).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Print the newest signed checkpoint (a C2SP signed note) and the verifier key.
     Checkpoint(DataArgs),
@@ -347,7 +369,8 @@ fn main() -> Result<()> {
         Cmd::Synth(a) => synth_cmd::run(a),
         Cmd::Clients { cmd } => clients_cmd::run(cmd),
         Cmd::Keys { cmd: KeysCmd::Rotate(d) } => rotate(&d.data_dir, d.key_file.as_deref()),
-        Cmd::Audit { cmd: AuditCmd::Verify { data, checkpoint } } => audit_verify(&data.data_dir, data.key_file.as_deref(), checkpoint.as_deref()),
+        Cmd::Audit { cmd: AuditCmd::Verify { data, checkpoint, archive } } => audit_verify(&data.data_dir, data.key_file.as_deref(), checkpoint.as_deref(), &archive),
+        Cmd::Audit { cmd: AuditCmd::Archive { data, before, up_to, out } } => audit_cmd::archive(&data.data_dir, data.key_file.as_deref(), before.as_deref(), up_to, &out),
         Cmd::Audit { cmd: AuditCmd::Checkpoint(d) } => audit_checkpoint(&d.data_dir, d.key_file.as_deref()),
         Cmd::Canary { cmd: CanaryCmd::Create { data, count, organization } } => {
             let o = open(&data.data_dir, data.key_file.as_deref())?;
@@ -512,17 +535,32 @@ fn open_vault(data_dir: &Path, key_file: Option<&Path>) -> Result<(Arc<dyn Store
     Ok((store, vault))
 }
 
-fn audit_verify(data_dir: &Path, key_file: Option<&Path>, checkpoint: Option<&Path>) -> Result<()> {
+fn audit_verify(data_dir: &Path, key_file: Option<&Path>, checkpoint: Option<&Path>, archive: &[PathBuf]) -> Result<()> {
     let (store, vault) = open_vault(data_dir, key_file)?;
     let external = checkpoint.map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))).transpose()?;
+    let archive = match archive {
+        [] => None,
+        dirs => match brankas_audit::archive::Archive::open(dirs) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                println!("{}", serde_json::json!({"intact": false, "failure": e.to_string()}));
+                eprintln!("audit log NOT verified: {e}");
+                std::process::exit(1);
+            }
+        },
+    };
     let start = std::time::Instant::now();
-    match brankas_audit::verify(&*store, &vault, external.as_deref()) {
+    match brankas_audit::verify_with(&*store, &vault, external.as_deref(), archive.as_ref()) {
         Ok(r) => {
             println!(
                 "{}",
                 serde_json::json!({"intact": true, "records": r.records, "checkpoints": r.checkpoints, "signed_size": r.signed_size,
+                    "first_checked": r.first_checked, "archived": r.archived,
                     "root": r.root.iter().map(|b| format!("{b:02x}")).collect::<String>(), "seconds": (start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0})
             );
+            if r.first_checked > 0 {
+                eprintln!("records 0 to {} are archived and were not checked: give --archive DIR to verify them", r.first_checked - 1);
+            }
             Ok(())
         }
         Err(f) => {
