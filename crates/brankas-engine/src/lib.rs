@@ -33,6 +33,7 @@ mod disclosure;
 mod imaging;
 mod import;
 mod search;
+mod verify;
 mod worklist;
 
 use std::collections::HashMap;
@@ -52,6 +53,7 @@ pub use crud::instant;
 pub use disclosure::{Admitted, Disclosed, Disclosure, Unaudited};
 pub use import::{ImportStats, Importer};
 pub use search::{Page, SearchRequest};
+pub use verify::{RowProblem, VerifiedRow};
 pub use worklist::MAX_WORKLIST_DAYS;
 
 /// Meta name under which the wrapped system root is stored.
