@@ -50,11 +50,11 @@ impl SqliteStore {
             let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let problems = match open_conn(&f, false).and_then(|c| {
                 let mut q = c.prepare(pragma).map_err(be)?;
-                let rows = q.query_map([], |r| r.get::<_, String>(0)).map_err(be)?.collect::<rusqlite::Result<Vec<_>>>().map_err(be);
-                rows
+                let rows: Vec<String> = q.query_map([], |r| r.get::<_, String>(0)).map_err(be)?.collect::<rusqlite::Result<_>>().map_err(be)?;
+                Ok(rows)
             }) {
                 Ok(rows) => rows.into_iter().filter(|r| r != "ok").collect(),
-                Err(StoreError::Corrupt) => vec!["the file is not a readable SQLite database (damaged header or schema)".to_string()],
+                Err(StoreError::Corrupt) => vec!["SQLite reports the file as malformed and could not finish checking it".to_string()],
                 Err(e) => return Err(e),
             };
             out.push(FileCheck { file: name, problems });
@@ -116,7 +116,7 @@ impl SqliteStore {
         rows.into_iter()
             .map(|(k, t)| {
                 let key = RecordKey(k.as_slice().try_into().map_err(|_| StoreError::Corrupt)?);
-                let terms = if t.len() % 32 == 0 { Ok(t.chunks(32).map(|c| BlindTerm(c.try_into().expect("32 bytes"))).collect()) } else { Err(StoreError::Corrupt) };
+                let terms = if t.len().is_multiple_of(32) { Ok(t.chunks(32).map(|c| BlindTerm(c.try_into().expect("32 bytes"))).collect()) } else { Err(StoreError::Corrupt) };
                 Ok((key, terms))
             })
             .collect()
@@ -126,7 +126,7 @@ impl SqliteStore {
     pub fn blind_terms_of(&self, key: &RecordKey) -> Result<Vec<BlindTerm>> {
         let t: Option<Vec<u8>> = self.read(|c| c.prepare_cached("SELECT terms FROM blind_terms WHERE rkey = ?1")?.query_row([&key.0[..]], |r| r.get(0)).optional())?;
         let t = t.unwrap_or_default();
-        if t.len() % 32 != 0 {
+        if !t.len().is_multiple_of(32) {
             return Err(StoreError::Corrupt);
         }
         Ok(t.chunks(32).map(|c| BlindTerm(c.try_into().expect("32 bytes"))).collect())
