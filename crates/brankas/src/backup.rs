@@ -3,8 +3,8 @@
 //!
 //! A backup holds everything in the data directory, as ciphertext (never the key file, which
 //! lives outside it): the three databases, each one snapshot taken while writers carry on (the
-//! data first, then the audit log, so every write in the data's snapshot has its audit record;
-//! see [`SqliteStore::snapshot_into`]); then the attachments (blobs are written before the
+//! data first, then the audit log, so every write acknowledged before the backup has its audit
+//! record; see [`SqliteStore::snapshot_into`] for the writes in flight); then the attachments (blobs are written before the
 //! Binary that names them commits and never change, so every blob the data snapshot names is
 //! already there when they are copied); then every other file (the sealed TLS material). A
 //! `manifest.json` lists each file with its size and SHA-256, and the audit log's size, tree

@@ -17,6 +17,8 @@ use crate::{BlindTerm, RecordKey, Result, StoreError, VersionRow};
 pub struct FileCheck {
     /// The file's name within the data directory.
     pub file: String,
+    /// The file does not exist (then `problems` is empty: nothing was checked).
+    pub missing: bool,
     /// SQLite's messages (page numbers, tables and indexes; never row content), at most 20.
     pub problems: Vec<String>,
 }
@@ -48,6 +50,10 @@ impl SqliteStore {
         let mut out = Vec::new();
         for f in Self::files(path) {
             let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if !f.exists() {
+                out.push(FileCheck { file: name, missing: true, problems: Vec::new() });
+                continue;
+            }
             let problems = match open_conn(&f, false).and_then(|c| {
                 let mut q = c.prepare(pragma).map_err(be)?;
                 let rows: Vec<String> = q.query_map([], |r| r.get::<_, String>(0)).map_err(be)?.collect::<rusqlite::Result<_>>().map_err(be)?;
@@ -57,7 +63,7 @@ impl SqliteStore {
                 Err(StoreError::Corrupt) => vec!["SQLite reports the file as malformed and could not finish checking it".to_string()],
                 Err(e) => return Err(e),
             };
-            out.push(FileCheck { file: name, problems });
+            out.push(FileCheck { file: name, missing: false, problems });
         }
         Ok(out)
     }
@@ -138,12 +144,15 @@ impl SqliteStore {
     /// Each copy is one snapshot of its file (SQLite's online backup inside a read
     /// transaction: pages committed later are not seen). The three read transactions begin
     /// one after the other *before* any copying, in the order of [`SqliteStore::files`]: the
-    /// data first, then the audit log. A write's audit record is appended before the answer
-    /// leaves (and never before its data commits), so every acknowledged write in the data
-    /// snapshot has its record in the audit snapshot, which began later; the audit snapshot
-    /// may also hold records of writes that came after the data snapshot (harmless: a record
-    /// of an access, not data). The copies are left in rollback-journal mode, one
-    /// self-contained file each, whose bytes do not change until they are opened for writing.
+    /// data first, then the audit log. A write's audit record is durable before its answer
+    /// leaves, so every write acknowledged before the snapshot has its record in the audit
+    /// snapshot, which began later; the audit snapshot may also hold records of writes that
+    /// came after the data snapshot (harmless: a record of an access, not data). A write in
+    /// flight whose data commits just before the data snapshot and whose audit record is
+    /// appended after the audit snapshot began (microseconds later) is in the data copy
+    /// without its record; once data and audit commit together, or audit first, this order
+    /// makes the pair exact. The copies are left in rollback-journal mode, one self-contained
+    /// file each, whose bytes do not change until they are opened for writing.
     pub fn snapshot_into(path: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
         let srcs = Self::files(path);
         let mut conns = Vec::new();
