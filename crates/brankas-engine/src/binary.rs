@@ -353,6 +353,15 @@ impl Engine {
         self.open_blob(id, key, blob).map(Some)
     }
 
+    /// Whether the blob a Binary names is absent from the blob store (`brankas verify` tells a
+    /// missing attachment from a damaged one).
+    pub(crate) fn blob_absent(&self, resource: &Value) -> bool {
+        match (blob_id_of(resource), self.blobs.as_ref()) {
+            (Some(b), Some(s)) => matches!(s.len(&b), Ok(None)),
+            _ => false,
+        }
+    }
+
     fn open_blob(&self, binary_id: &str, key: Arc<DataKey>, blob: BlobId) -> Result<BlobReader> {
         let store = self.blob_store()?.clone();
         let len = store.len(&blob)?.ok_or(EngineError::Integrity)?;

@@ -34,6 +34,7 @@ mod disclosure;
 mod imaging;
 mod import;
 mod search;
+mod verify;
 mod worklist;
 
 use std::collections::HashMap;
@@ -54,6 +55,7 @@ pub use crud::instant;
 pub use disclosure::{Admitted, Disclosed, Disclosure, Unaudited};
 pub use import::{ImportStats, Importer};
 pub use search::{Page, SearchRequest};
+pub use verify::{RowProblem, VerifiedRow};
 pub use worklist::MAX_WORKLIST_DAYS;
 
 /// Meta name under which the wrapped system root is stored.

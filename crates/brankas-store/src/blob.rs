@@ -41,6 +41,15 @@ pub trait BlobStore: Send + Sync + 'static {
     fn delete(&self, id: &BlobId) -> Result<bool>;
 }
 
+/// Creates a directory and its missing parents readable by the owner only (0700).
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+}
+
 fn io(e: std::io::Error) -> StoreError {
     StoreError::Backend(format!("blob store: {e}"))
 }
@@ -55,7 +64,7 @@ impl FileBlobStore {
     /// Opens (creating) the store at `root` (e.g. `<data-dir>/blobs`); clears abandoned
     /// temporary files.
     pub fn open(root: &Path) -> Result<Self> {
-        std::fs::create_dir_all(root.join("tmp")).map_err(io)?;
+        private_dir(&root.join("tmp")).map_err(io)?;
         for e in std::fs::read_dir(root.join("tmp")).map_err(io)?.flatten() {
             let _ = std::fs::remove_file(e.path());
         }
@@ -87,7 +96,7 @@ impl BlobWriter for FileWriter {
         f.sync_all().map_err(io)?;
         drop(f);
         let dir = self.dest.parent().ok_or_else(|| StoreError::Backend("blob path".into()))?.to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(io)?;
+        private_dir(&dir).map_err(io)?;
         // A hard link is created atomically and never replaces an existing name: of two
         // writers of one id, exactly one wins.
         match std::fs::hard_link(&self.tmp, &self.dest) {
@@ -114,7 +123,11 @@ impl BlobStore for FileBlobStore {
         let mut nonce = [0u8; 8];
         brankas_vault::random_bytes(&mut nonce).map_err(|_| StoreError::Backend("no randomness".into()))?;
         let tmp = self.root.join("tmp").join(format!("{}-{}", id.hex(), nonce.iter().map(|b| format!("{b:02x}")).collect::<String>()));
-        let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io)?;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let file = opts.open(&tmp).map_err(io)?;
         Ok(Box::new(FileWriter { tmp, dest: self.path(id), file: Some(file), written: 0 }))
     }
 

@@ -24,7 +24,7 @@ mod sqlite;
 
 pub use blob::{BlobId, BlobStore, BlobWriter, FileBlobStore};
 pub use brankas_vault::{BlindTerm, PartitionId, RecordKey, WrappedKey};
-pub use sqlite::SqliteStore;
+pub use sqlite::{CheckDepth, FileCheck, SqliteStore};
 
 /// Errors of a storage backend. They carry no row content.
 #[derive(Debug, thiserror::Error)]

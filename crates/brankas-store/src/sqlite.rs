@@ -11,6 +11,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use rusqlite::wal::CheckpointMode;
 use rusqlite::{Connection, MAIN_DB, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
+mod maintenance;
+pub use maintenance::{CheckDepth, FileCheck};
+
 use crate::{
     AlertRow, AuditAppend, AuditCheckpointRow, AuditHead, AuditRow, BlindTerm, Expect, GuardAdmission, PartitionId, RecordKey, Result, StateCounters, Store, StoreError, StoredDek,
     VersionRow, WrappedKey, WriteBatch,
@@ -165,8 +168,40 @@ fn checkpointer(conn: Connection, signal: Arc<CheckpointSignal>) {
     }
 }
 
+/// A SQLite error as the store's. Damage (a malformed page, a file that is not a database, a
+/// stored value of the wrong shape) is [`StoreError::Corrupt`], never a transient backend
+/// failure: retrying cannot help, and it must be reported as damaged data.
 fn be(e: rusqlite::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
+    use rusqlite::ErrorCode as C;
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _) if matches!(f.code, C::DatabaseCorrupt | C::NotADatabase) => StoreError::Corrupt,
+        rusqlite::Error::InvalidColumnType(..) | rusqlite::Error::FromSqlConversionFailure(..) => StoreError::Corrupt,
+        _ => StoreError::Backend(e.to_string()),
+    }
+}
+
+/// Creates a database file readable by its owner only (0600) before SQLite opens it (SQLite
+/// gives its `-wal` and `-shm` files the mode of the database file), and narrows the mode of
+/// an existing one (files made by earlier releases were 0644).
+fn owner_only(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let io = |e: std::io::Error| StoreError::Backend(format!("{}: {e}", path.display()));
+        std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(path).map_err(io)?;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.as_os_str().to_os_string();
+            p.push(suffix);
+            let p = std::path::PathBuf::from(p);
+            match std::fs::metadata(&p) {
+                Ok(m) if m.permissions().mode() & 0o077 != 0 => std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).map_err(io)?,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+    }
+    Ok(())
 }
 
 fn open_conn(path: &Path, write: bool) -> Result<Connection> {
@@ -237,6 +272,9 @@ fn migrate_v1(tx: &Connection) -> Result<()> {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Self> {
+        for p in [path.to_path_buf(), Self::audit_path(path), path.with_extension("guard.db")] {
+            owner_only(&p)?;
+        }
         let mut w = open_conn(path, true)?;
         w.execute_batch("PRAGMA journal_mode=WAL;").map_err(be)?;
         prepare_layout(&mut w)?;

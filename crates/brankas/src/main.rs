@@ -1,13 +1,16 @@
-//! `brankas`: the one binary. Subcommands: init, serve, import, synth, clients, keys rotate, demo.
+//! `brankas`: the one binary. Subcommands: init, serve, import, synth, clients, keys rotate,
+//! verify, backup, restore, demo.
 //!
 //! The binary is thin: it parses arguments, opens the data directory (store + key provider +
 //! vault) and hands over to the library crates.
 
 mod anchor;
 mod audit_cmd;
+mod backup;
 mod clients_cmd;
 mod demo;
 mod synth_cmd;
+mod verify;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -153,6 +156,37 @@ enum Cmd {
     Anchor {
         #[command(subcommand)]
         cmd: AnchorCmd,
+    },
+    /// Check that every record, version, data key, blind-index row and attachment of the data
+    /// directory opens and matches its row, the databases' structure, and the audit log: exit 0
+    /// only when everything does; problems are named by record, never by content.
+    Verify(DataArgs),
+    /// A consistent online backup of the data directory (ciphertext only, never the key file)
+    /// into a new directory, with a manifest, checked before it is reported.
+    Backup {
+        #[command(flatten)]
+        data: DataArgs,
+        /// The new (or empty) directory the backup is written to.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Bring a backup back into a new (or empty) data directory: checked against its manifest,
+    /// the audit log verified, erasures re-applied, and the state anchor moved to the restored
+    /// state with an audit record of the reason.
+    Restore {
+        /// The backup directory (`brankas backup --out`).
+        #[arg(long)]
+        from: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
+        /// Why (goes into the audit record and the alert).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Restore into a non-empty directory (its contents are moved aside to
+        /// `<data-dir>.replaced-<time>`, not deleted), or a backup whose audit log is of another
+        /// history than the anchored one.
+        #[arg(long)]
+        force: bool,
     },
     /// Zero-setup demonstration: init a data directory if needed, seed synthetic patients,
     /// print a token and ready-to-paste requests, and serve.
@@ -399,6 +433,12 @@ fn main() -> Result<()> {
             drop(o);
             println!("{}", serde_json::json!({"accepted": accepted}));
             Ok(())
+        }
+        Cmd::Verify(d) => verify::run(&d.data_dir, d.key_file.as_deref()),
+        Cmd::Backup { data, out } => backup::backup(&data.data_dir, data.key_file.as_deref(), &out),
+        Cmd::Restore { from, data, reason, force } => {
+            let reason = reason.map(|r| accept_reason(&r)).transpose()?;
+            backup::restore(&from, &data.data_dir, data.key_file.as_deref(), reason, force)
         }
         Cmd::Demo { data_dir, key_file, listen, insecure_http } => demo::run(&data_dir, key_file.as_deref(), listen, insecure_http),
     }
@@ -699,6 +739,7 @@ pub(crate) fn open_with(data_dir: &Path, key_file: Option<&Path>, attachments: b
     let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&db)?);
     let root = sqlite.get_meta(ROOT_META)?.context("the data directory has no system root key")?;
     let vault = Arc::new(Vault::open(provider, &WrappedKey::from_bytes(&root)?).context("the key file does not open this data directory")?);
+    backup::reapply_erasures(&*sqlite, &vault, &kp)?;
     let (anchored, opening) = anchor::open(sqlite.clone(), vault.clone(), &kp, accept.as_deref(), |o| record_opening(&sqlite, &vault, &kp, o))?;
     let opening_behind = match opening {
         anchor::Opening::Accepted { behind, .. } => behind,
@@ -772,6 +813,7 @@ pub(crate) fn serve(
     accept_state_rollback: Option<String>,
     conn: ConnArgs,
 ) -> Result<()> {
+    verify::start_check(data_dir)?;
     let o = open_with(data_dir, key_file, attachments, accept_state_rollback)?;
     let auth = match token_seconds {
         Some(s) => Arc::new(Authority::new(o.store.clone(), o.vault.clone()).with_token_seconds(s)),
