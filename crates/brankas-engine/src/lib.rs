@@ -30,6 +30,7 @@ mod binary;
 mod bundle;
 mod crud;
 mod disclosure;
+pub mod erasure;
 mod imaging;
 mod import;
 mod search;
@@ -50,6 +51,7 @@ use serde_json::Value;
 pub use bundle::{EntryOutcome, parse_etag};
 pub use crud::instant;
 pub use disclosure::{Admitted, Disclosed, Disclosure, Unaudited};
+pub use erasure::{ErasureReason, ErasureReport, LedgerApplied, apply_ledger};
 pub use import::{ImportStats, Importer};
 pub use search::{Page, SearchRequest};
 pub use worklist::MAX_WORKLIST_DAYS;
@@ -108,6 +110,8 @@ impl From<VaultError> for EngineError {
     fn from(e: VaultError) -> Self {
         match e {
             VaultError::Integrity => EngineError::Integrity,
+            // The partition was erased (crypto-shredding): gone for good.
+            VaultError::Erased => EngineError::Gone,
             e => EngineError::Vault(e),
         }
     }

@@ -31,11 +31,13 @@
 
 mod aead;
 mod provider;
+mod shred;
 mod stream;
 mod vault;
 
 pub use aead::{DataKey, RecordAad, SEAL_OVERHEAD};
 pub use provider::{KekId, KeyFile, KeyProvider};
+pub use shred::{Erasure, ErasureRecord, SHRED_BUCKETS, bucket_of, bucket_scan_start};
 pub use stream::{STREAM_HEADER_LEN, STREAM_SEGMENT, STREAM_TAG_LEN, StreamOpener, StreamSealer, opener as stream_opener, sealer as stream_sealer};
 pub use vault::{BlindTerm, PartitionId, RecordKey, SYSTEM_PARTITION_LABEL, Vault, WrappedKey};
 
@@ -55,6 +57,13 @@ pub enum VaultError {
     /// The system root secret is missing or malformed.
     #[error("system root key: {0}")]
     Root(&'static str),
+    /// The partition was erased: its data key is destroyed (crypto-shredding).
+    #[error("the data key was erased")]
+    Erased,
+    /// The erasure ledger or the shred keys beside the key file are missing, damaged or
+    /// inconsistent.
+    #[error("erasure ledger: {0}")]
+    Ledger(String),
     /// The cryptographic library reported a failure (e.g. no randomness).
     #[error("cryptographic operation failed")]
     Crypto,
