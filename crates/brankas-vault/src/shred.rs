@@ -21,8 +21,9 @@
 //! Files are written as the key file is: under an exclusive lock (`<key-file>.shred.lock`),
 //! through a temporary file of the writer's own that is read back whole before the rename.
 //!
-//! Buckets are created 256 at a time (those sharing the first byte), when a new patient first
-//! needs one of them: the file is rewritten at most 256 times as a deployment grows.
+//! The buckets are created all at once, when the first patient needs one (65,536 keys, a file
+//! of about 7.5 MB written once): creating them as patients arrive would rewrite the growing
+//! file hundreds of times during a deployment's first thousands of patients.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -46,8 +47,6 @@ pub const SHRED_BUCKETS: u32 = 65_536;
 pub(crate) const SHRED_KEK: KekId = KekId(0);
 /// The `kek` of an erased partition's tombstone: no key at all.
 pub(crate) const ERASED_KEK: KekId = KekId(u32::MAX);
-/// Buckets created together.
-const GROUP: u32 = 256;
 const FORMAT: &str = "brankas-shred-v1";
 
 /// The shred-key bucket of a partition.
@@ -269,13 +268,12 @@ impl Shredder {
         Ok((kek, self.provider.wrap(kek, &raw[..], &self.context(b, g))?))
     }
 
-    /// Adds the group of buckets holding `b` to `st` if it is missing; true if it was.
+    /// Adds every missing bucket to `st` if `b` is missing; true if it was.
     fn add_group(&self, st: &mut ShredState, b: u16) -> Result<bool, VaultError> {
         if st.keys.contains_key(&b) {
             return Ok(false);
         }
-        let first = (u32::from(b) / GROUP) * GROUP;
-        for x in first..first + GROUP {
+        for x in 0..SHRED_BUCKETS {
             let x = x as u16;
             if !st.keys.contains_key(&x) {
                 let k = self.fresh(x, 1)?;
@@ -676,7 +674,7 @@ mod tests {
         assert_eq!(moved.shred_generation(), Some(1));
         assert!(v.migrate_data_key(&p, &moved).unwrap().is_none());
         let new = v.provider().rotate().unwrap();
-        assert!(v.rewrap_shred_keys(new).unwrap() >= 256);
+        assert_eq!(v.rewrap_shred_keys(new).unwrap(), super::SHRED_BUCKETS as usize);
         let aad = RecordAad { resource_type: "Patient", record: &RecordKey([3; 32]), version: 1, partition: &p, dek_version: 1 };
         let sealed = plain.open_data_key(&p, &legacy).unwrap().seal(&aad, b"before").unwrap();
         let (v2, _) = vault(dir.path(), Some(&root));
