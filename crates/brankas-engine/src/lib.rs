@@ -424,6 +424,19 @@ impl Engine {
         {
             return Err(EngineError::Integrity);
         }
+        if row.sealed.is_empty() {
+            // Cleared by an erasure (possibly by another process, while this one still holds
+            // the key in its cache): gone if the stored key is the tombstone, else tampering.
+            return Err(match self.store.get_dek(&row.partition)? {
+                Some(d) if d.wrapped.is_erased() => {
+                    if let Ok(mut c) = self.deks.lock() {
+                        c.remove(&row.partition);
+                    }
+                    EngineError::Gone
+                }
+                _ => EngineError::Integrity,
+            });
+        }
         let key = self.data_key(&row.partition, false)?.ok_or(EngineError::Integrity)?;
         let aad = RecordAad { resource_type: &row.resource_type, record: &row.key, version: row.version, partition: &row.partition, dek_version: row.dek_version };
         let plain = key.open(&aad, &row.sealed)?;

@@ -287,3 +287,21 @@ fn an_erasure_over_http_needs_a_second_officer() {
     // The ledger beside the key file holds it.
     assert_eq!(std::fs::read_to_string(inst.root.path().join("master.key.erasures")).unwrap().lines().count(), 1);
 }
+
+#[test]
+fn an_erasure_at_the_command_line_reaches_a_running_server() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let p = id_of(&s.create(&patient("3171014708900001", "Berjalan")));
+    let o = id_of(&s.create(&observation(&p)));
+    // Read once, so the server holds the patient's data key in its cache.
+    assert_eq!(status(&s, &format!("Observation/{o}")), 200);
+    let out = inst.cli(&["erase", "--patient", &format!("Patient/{p}"), "--reason", "created-in-error"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(status(&s, &format!("Observation/{o}")), 410, "gone, not a 500, although the key was cached");
+    assert_eq!(status(&s, &format!("Patient/{p}")), 410);
+    assert_eq!(status(&s, &format!("Patient/{p}/Observation")), 410);
+    let other = id_of(&s.create(&patient("3171014708900002", "Baru")));
+    assert_eq!(status(&s, &format!("Patient/{other}")), 200, "new patients are created and read after the erasure");
+    s.stop();
+}
