@@ -14,6 +14,9 @@
 //!   record-key key, token key and cursor key. It wraps and unwraps per-partition data keys.
 //! - [`DataKey`]: one partition's (one patient's, or the system's) AES-256-GCM-SIV key.
 //!   Seals records with associated data that binds them to their place ([`RecordAad`]).
+//! - Shred keys and the erasure ledger (`shred` module, [`Vault::with_erasure`], [`Erasure`]):
+//!   data keys are wrapped under one of 65,536 bucket keys kept beside the key file, so
+//!   erasing a patient (destroying its bucket key's generation) reaches every copy of the data.
 //!
 //! ```
 //! use brankas_vault::{DataKey, RecordAad, PartitionId, RecordKey};
