@@ -7,6 +7,7 @@
 //! | `POST /admin/clients/{id}/suspend`, `POST /admin/clients/{id}/reinstate` | admin, security-officer |
 //! | `POST /admin/clients/{id}/approve` | security-officer (not the requester's) |
 //! | `POST /admin/clients/{id}/reject` | admin, security-officer |
+//! | `/admin/erasures…` | erasure requests (two people): see the `erasure` module |
 //!
 //! Bodies and answers are plain JSON; errors are OperationOutcome like everywhere else. A new
 //! client's secret appears once, in the answer to its creation, and is never stored.
@@ -47,6 +48,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/admin/clients/{id}/revoke", post(revoke))
         .route("/admin/clients/{id}/approve", post(approve))
         .route("/admin/clients/{id}/reject", post(reject))
+        .merge(crate::erasure::routes())
         .route_layer(axum::middleware::from_fn_with_state(state, audited))
 }
 
@@ -68,7 +70,8 @@ async fn audited(State(st): St, ctx: crate::audit::ReqCtx, req: axum::extract::R
     }
     let status = resp.status().as_u16();
     let why = (status >= 400).then(|| resp.status().canonical_reason().unwrap_or("failed").to_string());
-    let what = crate::audit::What::new("client-admin", action, Some(target));
+    let kind = if target.starts_with("/admin/erasures") { "erasure-admin" } else { "client-admin" };
+    let what = crate::audit::What::new(kind, action, Some(target));
     match crate::audit::finish_by(&st, &who, &ctx, what, status, why).await {
         Ok(()) => resp,
         Err(e) => e.into_response(),
@@ -80,7 +83,7 @@ async fn audited(State(st): St, ctx: crate::audit::ReqCtx, req: axum::extract::R
 #[derive(Clone)]
 struct AuditNote(String);
 
-fn noted(mut r: Response, note: String) -> Response {
+pub(crate) fn noted(mut r: Response, note: String) -> Response {
     r.extensions_mut().insert(AuditNote(note));
     r
 }
@@ -108,13 +111,17 @@ fn decided(st: &AppState, who: &Principal, rec: &ClientRecord, req: &PendingRequ
     noted(json(StatusCode::OK, &view(&*st.store, rec)), format!("{kind} {} requested by {}", req.kind.as_str(), req.requested_by))
 }
 
+pub(crate) fn json_response(status: StatusCode, v: &Value) -> Response {
+    json(status, v)
+}
+
 fn json(status: StatusCode, v: &Value) -> Response {
     let mut r = (status, serde_json::to_vec(v).unwrap_or_default()).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
-fn require(who: &Principal, roles: &[Role]) -> Result<(), ApiError> {
+pub(crate) fn require(who: &Principal, roles: &[Role]) -> Result<(), ApiError> {
     if roles.contains(&who.role()) {
         Ok(())
     } else {
@@ -123,7 +130,7 @@ fn require(who: &Principal, roles: &[Role]) -> Result<(), ApiError> {
     }
 }
 
-fn auth_error(e: AuthError) -> ApiError {
+pub(crate) fn auth_error(e: AuthError) -> ApiError {
     match e {
         AuthError::BadRegistration(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", format!("bad client registration: {m}")),
         AuthError::UnknownClient => ApiError::not_found(),
@@ -141,7 +148,7 @@ fn auth_error(e: AuthError) -> ApiError {
     }
 }
 
-async fn body_json<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+pub(crate) async fn body_json<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
     let bytes = axum::body::to_bytes(body, MAX_ADMIN_BODY)
         .await
         .map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too-costly", format!("request body larger than {MAX_ADMIN_BODY} bytes")))?;

@@ -23,6 +23,7 @@ mod audit;
 pub mod canary;
 mod capability;
 pub mod dicomweb;
+mod erasure;
 pub mod guard;
 mod handlers;
 mod inmem;

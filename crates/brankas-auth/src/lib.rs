@@ -815,6 +815,23 @@ impl Authority {
         Ok((rec, req))
     }
 
+    /// Whether `by` counts as a second person for a request `requester` made (an erasure, see
+    /// `brankas-api`'s `admin` module): `by` is an active security officer, not the requester,
+    /// and shares no registration lineage with it (the rule of [`Authority::approve`]).
+    pub fn second_person(&self, requester: &str, by: &Principal) -> Result<(), AuthError> {
+        if by.role() != Role::SecurityOfficer || by.is_local_operator() {
+            return Err(AuthError::NotAllowed("requests are approved by a security officer"));
+        }
+        if requester == by.client_id() {
+            return Err(AuthError::NotAllowed("a request is approved by a security officer other than its requester"));
+        }
+        let mine = self.lineage(by.client_id())?;
+        if self.lineage(requester)?.iter().any(|c| mine.contains(c)) {
+            return Err(AuthError::NotAllowed("the approver was registered by the requester or by whoever registered it: that is not a second person"));
+        }
+        Ok(())
+    }
+
     /// A client and the chain of clients that registered it (by `created_by`), without
     /// `local-operator`: whoever is in it has seen the client's secret, or the secret of
     /// someone who registered it.

@@ -31,6 +31,7 @@ mod binary;
 mod bundle;
 mod crud;
 mod disclosure;
+pub mod erasure;
 mod imaging;
 mod import;
 mod search;
@@ -53,6 +54,7 @@ pub use ahead::WRITE_AHEAD_TEXT;
 pub use bundle::{EntryOutcome, parse_etag};
 pub use crud::instant;
 pub use disclosure::{Admitted, Disclosed, Disclosure, Unaudited};
+pub use erasure::{ErasureReason, ErasureReport, LedgerApplied, apply_ledger};
 pub use import::{ImportStats, Importer};
 pub use search::{Page, SearchRequest};
 pub use verify::{RowProblem, VerifiedRow};
@@ -115,6 +117,8 @@ impl From<VaultError> for EngineError {
     fn from(e: VaultError) -> Self {
         match e {
             VaultError::Integrity => EngineError::Integrity,
+            // The partition was erased (crypto-shredding): gone for good.
+            VaultError::Erased => EngineError::Gone,
             e => EngineError::Vault(e),
         }
     }
@@ -439,6 +443,19 @@ impl Engine {
             && row.resource_type != t
         {
             return Err(EngineError::Integrity);
+        }
+        if row.sealed.is_empty() {
+            // Cleared by an erasure (possibly by another process, while this one still holds
+            // the key in its cache): gone if the stored key is the tombstone, else tampering.
+            return Err(match self.store.get_dek(&row.partition)? {
+                Some(d) if d.wrapped.is_erased() => {
+                    if let Ok(mut c) = self.deks.lock() {
+                        c.remove(&row.partition);
+                    }
+                    EngineError::Gone
+                }
+                _ => EngineError::Integrity,
+            });
         }
         let key = self.data_key(&row.partition, false)?.ok_or(EngineError::Integrity)?;
         let aad = RecordAad { resource_type: &row.resource_type, record: &row.key, version: row.version, partition: &row.partition, dek_version: row.dek_version };

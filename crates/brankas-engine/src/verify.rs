@@ -33,6 +33,9 @@ pub enum RowProblem {
     AttachmentMissing(String),
     /// The attachment is there but fails to open (altered, cut, or another Binary's).
     AttachmentDamaged(String),
+    /// The patient was erased: its data key is the tombstone an erasure leaves (crypto-
+    /// shredding), so nothing of it opens, by design. Not a finding.
+    Erased,
     /// The key provider or the blob store failed (not a finding about the data).
     Unavailable(String),
 }
@@ -43,11 +46,13 @@ impl Engine {
     pub fn verify_version(&self, row: &VersionRow) -> Result<VerifiedRow, RowProblem> {
         match self.data_key(&row.partition, false) {
             Ok(Some(_)) => {}
+            Err(EngineError::Gone) => return Err(RowProblem::Erased),
             Ok(None) | Err(EngineError::Integrity) => return Err(RowProblem::NoDataKey),
             Err(e) => return Err(RowProblem::Unavailable(e.to_string())),
         }
         let s = match self.open_row(row, None) {
             Ok(s) => s,
+            Err(EngineError::Gone) => return Err(RowProblem::Erased),
             Err(EngineError::Integrity) => return Err(RowProblem::DoesNotOpen),
             Err(e) => return Err(RowProblem::Unavailable(e.to_string())),
         };
@@ -81,6 +86,9 @@ impl Engine {
 
     /// Opens a partition's wrapped data key with the key provider.
     pub fn verify_data_key(&self, dek: &StoredDek) -> Result<(), RowProblem> {
+        if dek.wrapped.is_erased() {
+            return Err(RowProblem::Erased);
+        }
         match self.vault.open_data_key(&dek.partition, &dek.wrapped) {
             Ok(_) => Ok(()),
             Err(brankas_vault::VaultError::Integrity) => Err(RowProblem::NoDataKey),

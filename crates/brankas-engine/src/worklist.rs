@@ -205,6 +205,11 @@ impl Engine {
             if row.deleted || row.resource_type != rtype {
                 continue;
             }
+            // An erased patient's records stay listed (the lists are not rewritten) but are
+            // gone: skipped.
+            if matches!(self.data_key(&row.partition, false), Err(EngineError::Gone)) {
+                continue;
+            }
             // How this patient's records are shown to the caller is decided before any of them
             // is decrypted.
             let view = match views.entry(row.partition) {

@@ -26,6 +26,7 @@ pub fn run_all(fresh: &mut dyn FnMut() -> Box<dyn Store>) {
         ("audit_log", audit_log),
         ("guard", guard),
         ("state_counters", state_counters),
+        ("erase_partition", erase_partition),
     ];
     for (name, check) in checks {
         let store = fresh();
@@ -364,4 +365,27 @@ fn state_counters(s: &dyn Store) {
     let r = s.commit_many(&[batch(vec![nv(1, 2, Expect::Version(1))], vec![]), batch(vec![nv(2, 2, Expect::Version(5))], vec![])]);
     assert!(r.unwrap()[1].is_err());
     assert_eq!((s.state_counters().unwrap().versions, s.versions_present().unwrap()), (3, 3));
+}
+
+/// Erasing a partition: its key becomes the tombstone, its records lose their blind terms and
+/// their sealed bytes, everything else (other partitions, row and version counts) stays.
+fn erase_partition(s: &dyn Store) {
+    let (t1, t2) = (BlindTerm([1; 32]), BlindTerm([2; 32]));
+    let nv = |k: u8, v: u64, p: u8| NewVersion { row: sample_row(k, v, p, "Patient"), expect: Expect::Any };
+    s.commit(&batch(vec![nv(1, 1, 5), nv(1, 2, 5), nv(2, 1, 6)], vec![(key(1), vec![t1, t2]), (key(2), vec![t1])])).unwrap();
+    assert_eq!(s.erase_partition(&part(5)).unwrap(), 1);
+    assert!(s.get_dek(&part(5)).unwrap().unwrap().wrapped.is_erased());
+    assert_eq!(s.get_dek(&part(6)).unwrap(), Some(sample_dek(6)));
+    assert_eq!(s.lookup(&t1).unwrap(), vec![key(2)]);
+    assert!(s.lookup(&t2).unwrap().is_empty());
+    for v in [1, 2] {
+        assert!(s.version(&key(1), v).unwrap().unwrap().sealed.is_empty(), "version {v}'s ciphertext is gone");
+    }
+    assert_eq!(s.current(&key(1)).unwrap().map(|r| r.version), Some(2), "the record keeps its place (reads find it erased)");
+    assert_eq!(s.current(&key(2)).unwrap().unwrap(), sample_row(2, 1, 6, "Patient"));
+    assert_eq!((s.state_counters().unwrap().versions, s.versions_present().unwrap()), (3, 3));
+    // Idempotent, and a partition without a key gets the tombstone.
+    assert_eq!(s.erase_partition(&part(5)).unwrap(), 1);
+    assert_eq!(s.erase_partition(&part(7)).unwrap(), 0);
+    assert!(s.get_dek(&part(7)).unwrap().unwrap().wrapped.is_erased());
 }

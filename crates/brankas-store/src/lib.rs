@@ -198,6 +198,14 @@ pub trait Store: Send + Sync + 'static {
     fn scan_deks(&self, after: Option<&PartitionId>, limit: usize) -> Result<Vec<StoredDek>>;
     /// Replaces a partition's wrapped key if it is still `old` (rotation racing nothing else).
     fn replace_dek(&self, old: &StoredDek, new: &StoredDek) -> Result<bool>;
+    /// Erases a partition's rows (crypto-shredding, with the shred key destroyed by the
+    /// vault): in one transaction, its data key becomes the tombstone
+    /// ([`WrappedKey::erased`], inserted if it had none), the blind-index terms of its
+    /// records are removed, and the sealed bytes of their versions are overwritten with
+    /// nothing (the rows, their count and the current pointers stay, so history and the
+    /// state anchor's version count are unchanged, and reads find an erased patient instead
+    /// of a missing one). Returns the number of records. Idempotent.
+    fn erase_partition(&self, partition: &PartitionId) -> Result<u64>;
 
     /// The current version of a record, deleted or not. A current pointer that disagrees with
     /// the row it names, or names a version older than the record's newest, is

@@ -600,6 +600,41 @@ impl Store for SqliteStore {
         })
     }
 
+    fn erase_partition(&self, partition: &PartitionId) -> Result<u64> {
+        self.write(|c| {
+            // Freed pages are zeroed, so the ciphertext does not linger in the file (hygiene:
+            // the destroyed key is what makes it unreadable).
+            c.execute_batch("PRAGMA secure_delete = ON;").map_err(be)?;
+            let r = (|| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(be)?;
+                tx.execute(
+                    "INSERT INTO deks (partition, wrapped) VALUES (?1, ?2) ON CONFLICT(partition) DO UPDATE SET wrapped = excluded.wrapped",
+                    params![&partition.0[..], WrappedKey::erased().to_bytes()],
+                )
+                .map_err(be)?;
+                let keys: Vec<Vec<u8>> = {
+                    let mut q = tx.prepare("SELECT rkey FROM current WHERE partition = ?1").map_err(be)?;
+                    q.query_map(params![&partition.0[..]], |r| r.get(0)).map_err(be)?.collect::<rusqlite::Result<_>>().map_err(be)?
+                };
+                for k in &keys {
+                    let old: Option<Vec<u8>> = tx.query_row("SELECT terms FROM blind_terms WHERE rkey = ?1", params![k], |r| r.get(0)).optional().map_err(be)?;
+                    if let Some(old) = old {
+                        let mut del = tx.prepare_cached("DELETE FROM blind WHERE term = ?1 AND rkey = ?2").map_err(be)?;
+                        for t in old.chunks_exact(32) {
+                            del.execute(params![t, k]).map_err(be)?;
+                        }
+                        tx.execute("DELETE FROM blind_terms WHERE rkey = ?1", params![k]).map_err(be)?;
+                    }
+                    tx.execute("UPDATE versions SET sealed = x'' WHERE rkey = ?1 AND partition = ?2", params![k, &partition.0[..]]).map_err(be)?;
+                }
+                tx.commit().map_err(be)?;
+                Ok(keys.len() as u64)
+            })();
+            let _ = c.execute_batch("PRAGMA secure_delete = OFF;");
+            r
+        })
+    }
+
     fn current(&self, key: &RecordKey) -> Result<Option<VersionRow>> {
         self.read(|c| c.prepare_cached(&current_sql(KEY_FILTER))?.query_row([&key.0[..]], current_row).optional())?.transpose()
     }

@@ -14,6 +14,9 @@
 //!   record-key key, token key and cursor key. It wraps and unwraps per-partition data keys.
 //! - [`DataKey`]: one partition's (one patient's, or the system's) AES-256-GCM-SIV key.
 //!   Seals records with associated data that binds them to their place ([`RecordAad`]).
+//! - Shred keys and the erasure ledger (`shred` module, [`Vault::with_erasure`], [`Erasure`]):
+//!   data keys are wrapped under one of 65,536 bucket keys kept beside the key file, so
+//!   erasing a patient (destroying its bucket key's generation) reaches every copy of the data.
 //!
 //! ```
 //! use brankas_vault::{DataKey, RecordAad, PartitionId, RecordKey};
@@ -31,11 +34,13 @@
 
 mod aead;
 mod provider;
+mod shred;
 mod stream;
 mod vault;
 
 pub use aead::{DataKey, RecordAad, SEAL_OVERHEAD};
 pub use provider::{KekId, KeyFile, KeyProvider};
+pub use shred::{Erasure, ErasureRecord, SHRED_BUCKETS, bucket_of, bucket_scan_start};
 pub use stream::{STREAM_HEADER_LEN, STREAM_SEGMENT, STREAM_TAG_LEN, StreamOpener, StreamSealer, opener as stream_opener, sealer as stream_sealer};
 pub use vault::{BlindTerm, PartitionId, RecordKey, SYSTEM_PARTITION_LABEL, Vault, WrappedKey};
 
@@ -55,6 +60,13 @@ pub enum VaultError {
     /// The system root secret is missing or malformed.
     #[error("system root key: {0}")]
     Root(&'static str),
+    /// The partition was erased: its data key is destroyed (crypto-shredding).
+    #[error("the data key was erased")]
+    Erased,
+    /// The erasure ledger or the shred keys beside the key file are missing, damaged or
+    /// inconsistent.
+    #[error("erasure ledger: {0}")]
+    Ledger(String),
     /// The cryptographic library reported a failure (e.g. no randomness).
     #[error("cryptographic operation failed")]
     Crypto,

@@ -54,7 +54,7 @@ pub struct KeyFile {
     stamp: RwLock<Option<(std::time::SystemTime, u64)>>,
 }
 
-fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+pub(crate) fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
     let m = fs::metadata(path).ok()?;
     Some((m.modified().ok()?, m.len()))
 }
@@ -215,7 +215,7 @@ fn read_state(path: &Path) -> Result<KeyFileState, VaultError> {
 
 /// An exclusive advisory lock on `<key file>.lock` (beside the key file, created 0600), held
 /// while the returned file is open: every change of the key file happens under it.
-fn lock_exclusive(path: &Path) -> Result<fs::File, VaultError> {
+pub(crate) fn lock_exclusive(path: &Path) -> Result<fs::File, VaultError> {
     let mut name = path.as_os_str().to_owned();
     name.push(".lock");
     let lock_path = PathBuf::from(name);
@@ -244,6 +244,15 @@ fn holds_all(text: &str, st: &KeyFileState) -> bool {
 fn write_atomically(path: &Path, st: &KeyFileState, create_new: bool) -> Result<(), VaultError> {
     let ff = FileFormat { format: FORMAT.into(), current: st.current.0, keks: st.raw.iter().map(|(id, raw)| FileKek { id: id.0, key: B64.encode(&raw[..]) }).collect() };
     let text = Zeroizing::new(serde_json::to_string_pretty(&ff).map_err(|_| VaultError::KeyFile("encode".into()))?);
+    replace_file(path, text.as_bytes(), create_new, |back| std::str::from_utf8(back).is_ok_and(|t| holds_all(t, st))).map_err(|e| {
+        if matches!(e, VaultError::Integrity) { VaultError::KeyFile("the rewritten key file did not read back whole; the key file was not changed".into()) } else { e }
+    })
+}
+
+/// Replaces `path` with `bytes` (mode 0600): a temporary file of this writer's own, fsynced,
+/// read back and checked by `whole` (otherwise nothing is replaced: [`VaultError::Integrity`]),
+/// renamed into place, and the directory fsynced. With `create_new`, fails if `path` exists.
+pub(crate) fn replace_file(path: &Path, bytes: &[u8], create_new: bool, whole: impl Fn(&[u8]) -> bool) -> Result<(), VaultError> {
     let err = |e: std::io::Error| VaultError::KeyFile(format!("{}: {e}", path.display()));
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(err)?;
@@ -261,15 +270,14 @@ fn write_atomically(path: &Path, st: &KeyFileState, create_new: bool) -> Result<
         opts.mode(0o600);
     }
     let mut f = opts.open(&tmp).map_err(err)?;
-    f.write_all(text.as_bytes()).map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
     f.sync_all().map_err(err)?;
     drop(f);
-    // Read back what is about to become the key file: it must hold every key, or nothing is
-    // replaced.
-    let back = Zeroizing::new(fs::read_to_string(&tmp).unwrap_or_default());
-    if !holds_all(&back, st) {
+    // Read back what is about to replace the file: it must be whole, or nothing is replaced.
+    let back = Zeroizing::new(fs::read(&tmp).unwrap_or_default());
+    if !whole(&back) {
         let _ = fs::remove_file(&tmp);
-        return Err(VaultError::KeyFile("the rewritten key file did not read back whole; the key file was not changed".into()));
+        return Err(VaultError::Integrity);
     }
     if create_new && path.exists() {
         let _ = fs::remove_file(&tmp);

@@ -8,6 +8,7 @@ use zeroize::Zeroizing;
 
 use crate::aead::DataKey;
 use crate::provider::{KekId, KeyProvider};
+use crate::shred::{ERASED_KEK, Erasure, ErasureRecord, SHRED_KEK, Shredder};
 use crate::{VaultError, random_bytes};
 
 /// A keyed pseudonym naming one partition: a patient (HMAC of the patient's id under the
@@ -52,6 +53,30 @@ pub struct WrappedKey {
 }
 
 impl WrappedKey {
+    /// The tombstone stored in place of an erased partition's data key.
+    pub fn erased() -> Self {
+        WrappedKey { kek: ERASED_KEK, key_version: 0, bytes: Vec::new() }
+    }
+
+    /// Whether this is an erased partition's tombstone.
+    pub fn is_erased(&self) -> bool {
+        self.kek == ERASED_KEK
+    }
+
+    /// The generation of the shred key this data key is wrapped under (`None` if it is
+    /// wrapped by a KEK directly, or erased).
+    pub fn shred_generation(&self) -> Option<u32> {
+        if self.kek != SHRED_KEK || self.bytes.len() < 4 {
+            return None;
+        }
+        Some(u32::from_be_bytes([self.bytes[0], self.bytes[1], self.bytes[2], self.bytes[3]]))
+    }
+
+    /// Whether this key is wrapped by a KEK directly (not under a shred key, not erased).
+    pub fn is_kek_wrapped(&self) -> bool {
+        self.kek != SHRED_KEK && self.kek != ERASED_KEK
+    }
+
     /// Self-describing byte form, for storing in a single column.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(8 + self.bytes.len());
@@ -91,6 +116,11 @@ pub struct Vault {
     audit_index: hmac::Key,
     audit_signing: Ed25519KeyPair,
     secrets: DataKey,
+    /// MACs the erasure ledger and tags the shred keys as this directory's.
+    erasure: hmac::Key,
+    /// The shred keys and the erasure ledger beside the key material, once attached
+    /// ([`Vault::with_erasure`]); without them, data keys are wrapped by the KEK directly.
+    shred: Option<Shredder>,
 }
 
 const ROOT_CONTEXT: &[u8] = b"system-root";
@@ -134,8 +164,63 @@ impl Vault {
             audit_index: hmac::Key::new(hmac::HMAC_SHA256, &derive(b"audit-index")?[..]),
             audit_signing: Ed25519KeyPair::from_seed_unchecked(&derive(b"audit-signing")?[..]).map_err(|_| VaultError::Crypto)?,
             secrets: DataKey::from_bytes(&derive(b"opaque-secret")?[..])?,
+            erasure: hmac::Key::new(hmac::HMAC_SHA256, &derive(b"erasure-ledger")?[..]),
+            shred: None,
             provider,
         })
+    }
+
+    /// Attaches the shred keys (`<base>.shred`) and the erasure ledger (`<base>.erasures`)
+    /// kept with the key material (`base` is the key file): from then on new data keys are
+    /// wrapped under their bucket's shred key, and partitions can be erased for good. Shred
+    /// keys of another data directory at that path are refused.
+    pub fn with_erasure(mut self, base: &std::path::Path) -> Result<Self, VaultError> {
+        let owner = mac(&self.erasure, &[b"shred-owner"]);
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &mac(&self.erasure, &[b"ledger-mac"]));
+        self.shred = Some(Shredder::open(base, self.provider.clone(), key, owner)?);
+        Ok(self)
+    }
+
+    fn shredder(&self) -> Result<&Shredder, VaultError> {
+        self.shred.as_ref().ok_or_else(|| VaultError::Ledger("no shred keys are attached to this vault".into()))
+    }
+
+    /// The shred-key file, if attached.
+    pub fn shred_path(&self) -> Option<&std::path::Path> {
+        self.shred.as_ref().map(Shredder::path)
+    }
+
+    /// Begins erasing `partition` (see [`crate::Erasure`]).
+    pub fn begin_erasure(&self, partition: &PartitionId) -> Result<Erasure<'_>, VaultError> {
+        self.shredder()?.begin(partition)
+    }
+
+    /// Every completed erasure, verified (MAC chain, and against the shred keys: a truncated,
+    /// removed, edited or replaced ledger is [`VaultError::Ledger`]). Empty without shred keys.
+    pub fn erasure_ledger(&self) -> Result<Vec<ErasureRecord>, VaultError> {
+        match &self.shred {
+            Some(s) => s.ledger(),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Rewraps the shred keys under KEK `to` (key rotation; the data keys under them stay as
+    /// they are). Returns how many were rewrapped.
+    pub fn rewrap_shred_keys(&self, to: KekId) -> Result<usize, VaultError> {
+        match &self.shred {
+            Some(s) => s.rewrap_all(to),
+            None => Ok(0),
+        }
+    }
+
+    /// A data key still wrapped by a KEK directly (stored by an earlier release), wrapped
+    /// under its bucket's shred key instead; `None` if it already is (or is erased).
+    pub fn migrate_data_key(&self, partition: &PartitionId, wrapped: &WrappedKey) -> Result<Option<WrappedKey>, VaultError> {
+        if !wrapped.is_kek_wrapped() {
+            return Ok(None);
+        }
+        let raw = self.provider.unwrap(wrapped.kek, &wrapped.bytes, &dek_context(partition, wrapped.key_version))?;
+        Ok(Some(self.shredder()?.wrap_dek(partition, wrapped.key_version, &raw)?))
     }
 
     /// The key provider.
@@ -175,21 +260,33 @@ impl Vault {
     /// A fresh data key for `partition`, and its wrapped form to store.
     pub fn new_data_key(&self, partition: &PartitionId) -> Result<(DataKey, WrappedKey), VaultError> {
         let (key, raw) = DataKey::generate_with_bytes()?;
-        let kek = self.provider.current()?;
         let version = 1;
+        if let Some(s) = &self.shred {
+            return Ok((key, s.wrap_dek(partition, version, &raw[..])?));
+        }
+        let kek = self.provider.current()?;
         let bytes = self.provider.wrap(kek, &raw[..], &dek_context(partition, version))?;
         Ok((key, WrappedKey { kek, key_version: version, bytes }))
     }
 
-    /// Unwraps a stored data key. Fails if it was wrapped for another partition.
+    /// Unwraps a stored data key. Fails if it was wrapped for another partition; an erased
+    /// partition's tombstone is [`VaultError::Erased`]; a key under a destroyed generation of
+    /// its shred key is [`VaultError::Integrity`].
     pub fn open_data_key(&self, partition: &PartitionId, wrapped: &WrappedKey) -> Result<DataKey, VaultError> {
-        let raw = self.provider.unwrap(wrapped.kek, &wrapped.bytes, &dek_context(partition, wrapped.key_version))?;
+        let raw = match wrapped.kek {
+            ERASED_KEK => return Err(VaultError::Erased),
+            SHRED_KEK => self.shredder()?.unwrap_dek(partition, wrapped)?,
+            kek => self.provider.unwrap(kek, &wrapped.bytes, &dek_context(partition, wrapped.key_version))?,
+        };
         DataKey::from_bytes(&raw)
     }
 
-    /// Rewraps a stored data key under KEK `to`; the data key itself, and so all data sealed
-    /// with it, stays the same.
+    /// Rewraps a data key wrapped by a KEK under KEK `to`; the data key itself, and so all
+    /// data sealed with it, stays the same.
     pub fn rewrap_data_key(&self, partition: &PartitionId, wrapped: &WrappedKey, to: KekId) -> Result<WrappedKey, VaultError> {
+        if !wrapped.is_kek_wrapped() {
+            return Err(VaultError::Integrity);
+        }
         let ctx = dek_context(partition, wrapped.key_version);
         let raw = self.provider.unwrap(wrapped.kek, &wrapped.bytes, &ctx)?;
         Ok(WrappedKey { kek: to, key_version: wrapped.key_version, bytes: self.provider.wrap(to, &raw, &ctx)? })
@@ -266,7 +363,7 @@ fn secret_context(label: &str) -> Vec<u8> {
     c
 }
 
-fn dek_context(partition: &PartitionId, version: u32) -> Vec<u8> {
+pub(crate) fn dek_context(partition: &PartitionId, version: u32) -> Vec<u8> {
     let mut c = b"data-key".to_vec();
     c.extend_from_slice(&partition.0);
     c.extend_from_slice(&version.to_be_bytes());

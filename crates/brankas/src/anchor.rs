@@ -608,6 +608,9 @@ impl Store for AnchoredStore {
     fn replace_dek(&self, old: &StoredDek, new: &StoredDek) -> brankas_store::Result<bool> {
         self.inner.replace_dek(old, new)
     }
+    fn erase_partition(&self, partition: &PartitionId) -> brankas_store::Result<u64> {
+        self.inner.erase_partition(partition)
+    }
     fn current(&self, key: &RecordKey) -> brankas_store::Result<Option<VersionRow>> {
         self.inner.current(key)
     }

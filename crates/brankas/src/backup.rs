@@ -14,7 +14,7 @@
 //!
 //! `restore` copies a backup into an empty (or new) directory, checking every file against the
 //! manifest as it goes, verifies the restored audit log against the manifest, re-applies the
-//! erasures kept beside the key file ([`reapply_erasures`]), and re-anchors the state anchor to
+//! erasures kept beside the key file (`erase::apply_erasure_ledger`), and re-anchors the state anchor to
 //! the restored state with an audit record of its reason: the anchor refuses an older copy of
 //! the directory made any other way (a plain `cp`), and accepts this one.
 //!
@@ -281,14 +281,6 @@ fn check_manifest(dir: &Path, m: &Value) -> Result<()> {
     Ok(())
 }
 
-/// The hook erasure uses: re-applies, to a directory just restored or opened, the erasures
-/// recorded beside the key file (an erased patient's data key destroyed again, so an older
-/// backup cannot bring the patient back). Called by `restore` before the directory is anchored
-/// and by every opening of a data directory. There is no erasure ledger yet: nothing to do.
-pub(crate) fn reapply_erasures(_store: &dyn Store, _vault: &Vault, _key_file: &Path) -> Result<()> {
-    Ok(())
-}
-
 /// `brankas restore`: prints one JSON object.
 pub(crate) fn restore(from: &Path, data_dir: &Path, key_file: Option<&Path>, reason: Option<String>, force: bool) -> Result<()> {
     let start = Instant::now();
@@ -326,12 +318,14 @@ pub(crate) fn restore(from: &Path, data_dir: &Path, key_file: Option<&Path>, rea
     }
     let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&data_dir.join(DB_FILE))?);
     let root = sqlite.get_meta(ROOT_META)?.context("the backup has no system root key")?;
-    let vault = Arc::new(Vault::open(provider, &WrappedKey::from_bytes(&root)?).context("the key file does not open this backup")?);
+    let vault = Arc::new(crate::erase::attach(Vault::open(provider, &WrappedKey::from_bytes(&root)?).context("the key file does not open this backup")?, &kp)?);
     let r = brankas_audit::verify(&*sqlite, &vault, None).map_err(|f| anyhow!("the restored audit log does not verify: {f}"))?;
     if json!(r.records) != manifest["audit"]["size"] || json!(hex(&r.root)) != manifest["audit"]["root"] {
         bail!("the restored audit log is not the one the manifest names");
     }
-    reapply_erasures(&*sqlite, &vault, &kp)?;
+    // Erasures recorded beside the key file after this backup was taken are applied again: an
+    // erased patient does not come back with an older backup.
+    crate::erase::apply_erasure_ledger(&*sqlite, &vault)?;
     let (size, root_now) = (r.records, r.root);
     let continuity = match AnchorFile::beside(&kp, vault.clone()).read() {
         Ok(None) => "no state anchor beside the key file: the restored state is anchored as the first".to_string(),

@@ -9,6 +9,7 @@ mod audit_cmd;
 mod backup;
 mod clients_cmd;
 mod demo;
+mod erase;
 mod synth_cmd;
 mod verify;
 
@@ -187,6 +188,23 @@ enum Cmd {
         /// history than the anchored one.
         #[arg(long)]
         force: bool,
+    },
+    /// Erase a patient's record for a lawful reason (crypto-shredding): the data key is
+    /// destroyed, so no copy of the ciphertext (backups, replicas, dumps) opens again.
+    Erase {
+        #[command(flatten)]
+        data: DataArgs,
+        /// The patient, `Patient/<id>`.
+        #[arg(long)]
+        patient: String,
+        /// The reason code: created-in-error, duplicate-registration, court-order,
+        /// unlawful-processing (these override the 25-year retention), patient-request,
+        /// retention-expired (only after it).
+        #[arg(long)]
+        reason: String,
+        /// A line for the audit record (e.g. the court order's number); no patient data.
+        #[arg(long)]
+        note: Option<String>,
     },
     /// Zero-setup demonstration: init a data directory if needed, seed synthetic patients,
     /// print a token and ready-to-paste requests, and serve.
@@ -440,6 +458,7 @@ fn main() -> Result<()> {
             let reason = reason.map(|r| accept_reason(&r)).transpose()?;
             backup::restore(&from, &data.data_dir, data.key_file.as_deref(), reason, force)
         }
+        Cmd::Erase { data, patient, reason, note } => erase::run(&data.data_dir, data.key_file.as_deref(), &patient, &reason, note),
         Cmd::Demo { data_dir, key_file, listen, insecure_http } => demo::run(&data_dir, key_file.as_deref(), listen, insecure_http),
     }
 }
@@ -571,7 +590,7 @@ fn open_vault(data_dir: &Path, key_file: Option<&Path>) -> Result<(Arc<dyn Store
     let provider: Arc<dyn KeyProvider> = Arc::new(KeyFile::open(&kp).with_context(|| format!("opening key file {}", kp.display()))?);
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db)?);
     let root = store.get_meta(ROOT_META)?.context("the data directory has no system root key")?;
-    let vault = Arc::new(Vault::open(provider, &WrappedKey::from_bytes(&root)?).context("the key file does not open this data directory")?);
+    let vault = Arc::new(erase::attach(Vault::open(provider, &WrappedKey::from_bytes(&root)?).context("the key file does not open this data directory")?, &kp)?);
     Ok((store, vault))
 }
 
@@ -738,8 +757,8 @@ pub(crate) fn open_with(data_dir: &Path, key_file: Option<&Path>, attachments: b
     let provider: Arc<dyn KeyProvider> = Arc::new(KeyFile::open(&kp).with_context(|| format!("opening key file {}", kp.display()))?);
     let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&db)?);
     let root = sqlite.get_meta(ROOT_META)?.context("the data directory has no system root key")?;
-    let vault = Arc::new(Vault::open(provider, &WrappedKey::from_bytes(&root)?).context("the key file does not open this data directory")?);
-    backup::reapply_erasures(&*sqlite, &vault, &kp)?;
+    let vault = Arc::new(erase::attach(Vault::open(provider, &WrappedKey::from_bytes(&root)?).context("the key file does not open this data directory")?, &kp)?);
+    erase::apply_erasure_ledger(&*sqlite, &vault)?;
     let (anchored, opening) = anchor::open(sqlite.clone(), vault.clone(), &kp, accept.as_deref(), |o| record_opening(&sqlite, &vault, &kp, o))?;
     let opening_behind = match opening {
         anchor::Opening::Accepted { behind, .. } => behind,
@@ -776,6 +795,7 @@ pub(crate) fn init(data_dir: &Path, key_file: Option<&Path>) -> Result<brankas_a
     };
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db)?);
     let (vault, root) = Vault::create(provider)?;
+    let vault = erase::attach(vault, &kp)?;
     store.put_meta(ROOT_META, &root.to_bytes())?;
     let vault = Arc::new(vault);
     let auth = Authority::new(store.clone(), vault.clone());
@@ -966,10 +986,14 @@ fn import(data_dir: &Path, key_file: Option<&Path>, paths: &[PathBuf], quiet: bo
 fn rotate(data_dir: &Path, key_file: Option<&Path>) -> Result<()> {
     let o = open(data_dir, key_file)?;
     let new = o.vault.provider().rotate()?;
+    // The shred keys are what the KEK wraps; the data keys under them stay as they are.
+    let shred = o.vault.rewrap_shred_keys(new)?;
     let root = WrappedKey::from_bytes(&o.store.get_meta(ROOT_META)?.context("no root key")?)?;
     o.store.put_meta(ROOT_META, &o.vault.rewrap_root(&root, new)?.to_bytes())?;
-    // Passes until one finds nothing left under an older KEK: a server that created a data
-    // key just before it noticed the rotation is caught by the next pass.
+    // Data keys still wrapped by a KEK directly (stored by an earlier release) move into their
+    // shred-key bucket, from where an erasure reaches every later copy. Passes until one finds
+    // none left: a server that created a data key just before it saw the shred keys is caught
+    // by the next pass.
     let mut n = 0u64;
     for _pass in 0..10 {
         let mut after = None;
@@ -978,9 +1002,9 @@ fn rotate(data_dir: &Path, key_file: Option<&Path>) -> Result<()> {
             let page = o.store.scan_deks(after.as_ref(), 1000)?;
             let Some(last) = page.last() else { break };
             after = Some(last.partition);
-            for d in page.iter().filter(|d| d.wrapped.kek != new) {
-                let nw = brankas_store::StoredDek { partition: d.partition, wrapped: o.vault.rewrap_data_key(&d.partition, &d.wrapped, new)? };
-                if o.store.replace_dek(d, &nw)? {
+            for d in page.iter() {
+                let Some(w) = o.vault.migrate_data_key(&d.partition, &d.wrapped)? else { continue };
+                if o.store.replace_dek(d, &brankas_store::StoredDek { partition: d.partition, wrapped: w })? {
                     this_pass += 1;
                 }
             }
@@ -990,7 +1014,7 @@ fn rotate(data_dir: &Path, key_file: Option<&Path>) -> Result<()> {
             break;
         }
     }
-    o.audit_local("key-rotation", "U", None, true, Some(format!("{n} data keys rewrapped")))?;
-    println!("{}", serde_json::json!({"kek": new.to_string(), "rewrapped_data_keys": n}));
+    o.audit_local("key-rotation", "U", None, true, Some(format!("{shred} shred keys rewrapped, {n} data keys moved into shred-key buckets")))?;
+    println!("{}", serde_json::json!({"kek": new.to_string(), "rewrapped_shred_keys": shred, "migrated_data_keys": n}));
     Ok(())
 }

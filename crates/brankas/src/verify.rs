@@ -63,6 +63,10 @@ fn record_name(resource_type: &str, key: &RecordKey) -> String {
 #[derive(Default)]
 struct Counts {
     data_keys: u64,
+    /// Data keys that are an erasure's tombstone, and the versions of those patients (their
+    /// sealed bytes cleared): erased by design, not damaged.
+    erased_patients: u64,
+    erased_versions: u64,
     records: u64,
     versions: u64,
     current: u64,
@@ -108,7 +112,7 @@ pub(crate) fn run(data_dir: &Path, key_file: Option<&Path>) -> Result<()> {
     let opened = SqliteStore::open(&db).map_err(anyhow::Error::from).and_then(|s| {
         let s = Arc::new(s);
         let root = s.get_meta(ROOT_META)?.context("the data directory has no system root key")?;
-        let vault = Arc::new(Vault::open(provider, &WrappedKey::from_bytes(&root)?).context("the key file does not open this data directory")?);
+        let vault = Arc::new(crate::erase::attach(Vault::open(provider, &WrappedKey::from_bytes(&root)?).context("the key file does not open this data directory")?, &kp)?);
         Ok((s, vault))
     });
     let mut audit = Value::Null;
@@ -135,7 +139,7 @@ pub(crate) fn run(data_dir: &Path, key_file: Option<&Path>) -> Result<()> {
         "intact": intact,
         "seconds": (start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
         "counts": {
-            "data_keys": counts.data_keys, "records": counts.records, "versions": counts.versions, "current": counts.current,
+            "data_keys": counts.data_keys, "erased_patients": counts.erased_patients, "erased_versions": counts.erased_versions, "records": counts.records, "versions": counts.versions, "current": counts.current,
             "attachments": counts.attachments, "attachment_bytes": counts.attachment_bytes,
             "blind_rows": counts.blind_rows, "blind_lists": counts.blind_lists,
         },
@@ -156,6 +160,7 @@ pub(crate) fn run(data_dir: &Path, key_file: Option<&Path>) -> Result<()> {
 fn rows(sqlite: &SqliteStore, engine: &Engine, report: &mut Report, counts: &mut Counts) -> Result<()> {
     // Data keys: each opens; their partitions are remembered (32 bytes each).
     let mut partitions = HashSet::new();
+    let mut erased = HashSet::new();
     let mut after = None;
     loop {
         let page = sqlite.scan_deks(after.as_ref(), PAGE)?;
@@ -163,10 +168,15 @@ fn rows(sqlite: &SqliteStore, engine: &Engine, report: &mut Report, counts: &mut
         after = Some(last.partition);
         for d in &page {
             counts.data_keys += 1;
-            if engine.verify_data_key(d).is_err() {
-                report.add("data-key", format!("partition {}", &hex(&d.partition.0)[..16]), "the wrapped data key does not open with the key file");
-            } else {
-                partitions.insert(d.partition.0);
+            match engine.verify_data_key(d) {
+                Err(RowProblem::Erased) => {
+                    counts.erased_patients += 1;
+                    erased.insert(d.partition.0);
+                }
+                Err(_) => report.add("data-key", format!("partition {}", &hex(&d.partition.0)[..16]), "the wrapped data key does not open with the key file"),
+                Ok(()) => {
+                    partitions.insert(d.partition.0);
+                }
             }
         }
     }
@@ -202,6 +212,15 @@ fn rows(sqlite: &SqliteStore, engine: &Engine, report: &mut Report, counts: &mut
             if row.resource_type != rec.resource_type {
                 rec.problems.push(("version", format!("version {} is stored as another resource type", row.version)));
             }
+            if erased.contains(&row.partition.0) {
+                // An erased patient's rows keep their place (the version count the anchor
+                // follows) without their sealed bytes; an index term left would be a finding.
+                counts.erased_versions += 1;
+                rec.name.get_or_insert_with(|| format!("{} (erased)", record_name(&rec.resource_type, &rec.key)));
+                rec.terms = Some(Vec::new());
+                rec.newest_opened = true;
+                continue;
+            }
             if !partitions.contains(&row.partition.0) {
                 rec.problems.push(("version", format!("version {}: its partition has no data key that opens", row.version)));
                 rec.newest_opened = false;
@@ -229,6 +248,8 @@ fn rows(sqlite: &SqliteStore, engine: &Engine, report: &mut Report, counts: &mut
                     rec.problems.push(("attachment", format!("version {}: its attachment does not open (damaged, cut or another's)", row.version)));
                 }
                 Err(RowProblem::Unavailable(e)) => rec.problems.push(("unavailable", format!("version {}: could not be checked: {e}", row.version))),
+                // The partition's key became the tombstone during the scan (an erasure ran).
+                Err(RowProblem::Erased) => counts.erased_versions += 1,
             }
         }
     }
