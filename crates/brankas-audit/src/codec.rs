@@ -355,7 +355,7 @@ fn text(w: &mut Vec<u8>, s: &str) {
     } else if let Some(u) = uuid_bytes(s) {
         varint(w, UUID);
         w.extend_from_slice(&u);
-    } else if s.len() >= 8 && s.len() % 2 == 0 && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+    } else if s.len() >= 8 && s.len().is_multiple_of(2) && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
         varint(w, ((s.len() / 2) as u64) << 2 | HEX);
         w.extend(s.as_bytes().chunks(2).map(|p| nibble(p[0]) << 4 | nibble(p[1])));
     } else {
