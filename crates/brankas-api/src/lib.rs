@@ -25,6 +25,7 @@ pub mod dicomweb;
 pub mod guard;
 mod handlers;
 mod inmem;
+pub mod metrics;
 pub mod outcome;
 mod server;
 pub mod tls;
@@ -71,4 +72,6 @@ pub struct AppState {
     pub guard: guard::GuardState,
     /// Where alerts are pushed, if configured.
     pub webhook: Option<webhook::Webhook>,
+    /// The figures `/metrics` serves, and who may read them.
+    pub metrics: metrics::Metrics,
 }
