@@ -8,8 +8,11 @@
 
 use serde_json::Value;
 
+/// A fuzz target: any bytes in, no panic out.
+pub type Target = fn(&[u8]);
+
 /// The targets, by name (the file names under `fuzz/fuzz_targets/` and `fuzz/seeds/`).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("fhir_json", fhir_json),
     ("search_params", search_params),
     ("fhirpath", fhirpath),
