@@ -196,7 +196,10 @@ enum Served<'a> {
 
 /// Makes the records durable; on failure the caller's answer is replaced by 503.
 pub(crate) async fn commit(st: &AppState, records: Vec<NewRecord>) -> Result<(), ApiError> {
-    match st.audit.record(records).await {
+    let (n, start) = (records.len(), std::time::Instant::now());
+    let r = st.audit.record(records).await;
+    st.metrics.audit_append(n, start.elapsed(), r.is_ok());
+    match r {
         Ok(_) => Ok(()),
         Err(e) => {
             tracing::error!(error = %e, "audit records could not be written; the request fails");
@@ -222,7 +225,10 @@ pub(crate) async fn finish<T>(st: &AppState, who: &Principal, ctx: &ReqCtx, what
     match crate::guard::admit(st, who, admitted.disclosure()).await {
         Ok(cleared) => {
             let recs = disclosed_records(st, who, ctx, &what, admitted.disclosure(), Served::Cleared(cleared));
-            let receipt = match st.audit.record_receipt(recs).await {
+            let (n, start) = (recs.len(), std::time::Instant::now());
+            let r = st.audit.record_receipt(recs).await;
+            st.metrics.audit_append(n, start.elapsed(), r.is_ok());
+            let receipt = match r {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(error = %e, "audit records could not be written; the request fails");

@@ -388,6 +388,37 @@ fn failure_of(e: &EngineError) -> u16 {
     }
 }
 
+/// The parts of a STOW-RS body as [`stow`] reads them (the same Content-Type rule, boundary
+/// and per-part limit), each with its content type, without storing anything. For the
+/// fuzzer (`brankas-fuzz`) and its regression tests.
+#[doc(hidden)]
+pub async fn multipart_parts(content_type: &str, body: bytes::Bytes, max: u64) -> Result<Vec<(Option<String>, Vec<u8>)>, String> {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, axum::http::HeaderValue::from_str(content_type).map_err(|e| e.to_string())?);
+    let boundary = boundary(&headers).map_err(|e| e.message)?;
+    let constraints = multer::Constraints::new().size_limit(multer::SizeLimit::new().per_field(max));
+    let stream = futures_once(body);
+    let mut mp = multer::Multipart::with_constraints(stream, boundary, constraints);
+    let mut out = Vec::new();
+    while let Some(mut field) = mp.next_field().await.map_err(|e| multipart_error(e, max).message)? {
+        let ct = field.content_type().map(|m| m.essence_str().to_string());
+        let mut bytes = Vec::new();
+        while let Some(c) = field.chunk().await.map_err(|e| multipart_error(e, max).message)? {
+            bytes.extend_from_slice(&c);
+        }
+        out.push((ct, bytes));
+        if out.len() > MAX_PARTS {
+            return Err("too many parts".into());
+        }
+    }
+    Ok(out)
+}
+
+/// A body of one chunk, as a stream.
+fn futures_once(b: bytes::Bytes) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::convert::Infallible>> {
+    futures_util::stream::once(async move { Ok(b) })
+}
+
 fn multipart_error(e: multer::Error, max: u64) -> ApiError {
     match e {
         multer::Error::FieldSizeExceeded { .. } | multer::Error::StreamSizeExceeded { .. } => {

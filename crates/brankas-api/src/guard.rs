@@ -212,6 +212,7 @@ fn suspended_error() -> ApiError {
 /// Raises an alert: stored, and logged without patient data.
 pub(crate) fn raise(st: &AppState, kind: &str, severity: &str, client_id: Option<&str>, detail: Value) {
     tracing::warn!(alert = kind, severity, client_id = client_id.unwrap_or(""), "security alert");
+    st.metrics.alert(kind);
     let row = AlertRow { id: 0, time_us: now_us(), kind: kind.into(), severity: severity.into(), client_id: client_id.map(String::from), detail: detail.to_string() };
     let id = match st.store.alert_add(&row) {
         Ok(id) => Some(id),
@@ -273,12 +274,14 @@ pub(crate) async fn admit(st: &AppState, who: &Principal, disclosure: &brankas_e
     match verdict {
         None => Ok(cleared),
         Some(("canary", detail, _)) => {
+            st.metrics.suspension();
             raise(st, "canary", "critical", Some(who.client_id()), detail);
             Err(suspended_error())
         }
         Some((kind, detail, suspended)) => {
             raise(st, kind, "high", Some(who.client_id()), detail);
             if suspended {
+                st.metrics.suspension();
                 Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "throttled", "patient budget exceeded: nothing was served and this credential has been suspended"))
             } else {
                 Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "throttled", "patient budget exceeded: nothing was served; try again in the next hour"))

@@ -37,6 +37,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/health/ready", get(ready))
+        .route("/metrics", get(crate::metrics::scrape))
         .route("/auth/token", post(token))
         .route("/fhir/metadata", get(metadata))
         .route("/fhir/.well-known/smart-configuration", get(smart_config))
@@ -53,7 +54,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::dicomweb::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
-        .layer(middleware::from_fn(access_log))
+        .layer(middleware::from_fn_with_state(state.clone(), access_log))
         .with_state(state)
 }
 
@@ -67,7 +68,7 @@ async fn method_not_allowed() -> ApiError {
 
 /// Logs method, route template, status and duration: never the raw path, query or body,
 /// which can hold identifiers of patients.
-async fn access_log(mut req: Request, next: Next) -> Response {
+async fn access_log(State(st): St, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
     let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_else(|| "(unmatched)".into());
@@ -80,7 +81,9 @@ async fn access_log(mut req: Request, next: Next) -> Response {
     let h = resp.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
-    tracing::info!(request_id = %rid, %method, route = %route, status = resp.status().as_u16(), ms = start.elapsed().as_millis() as u64, "request");
+    let took = start.elapsed();
+    st.metrics.request(&method, &route, resp.status(), took);
+    tracing::info!(request_id = %rid, %method, route = %route, status = resp.status().as_u16(), ms = took.as_millis() as u64, "request");
     resp
 }
 
@@ -90,7 +93,8 @@ async fn access_log(mut req: Request, next: Next) -> Response {
 /// produce one.
 async fn authenticate(State(st): St, mut req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    let public = matches!(path, "/health" | "/health/ready" | "/auth/token" | "/fhir/metadata" | "/fhir/.well-known/smart-configuration");
+    // `/metrics` checks its own credential (the metrics token, see `metrics`).
+    let public = matches!(path, "/health" | "/health/ready" | "/metrics" | "/auth/token" | "/fhir/metadata" | "/fhir/.well-known/smart-configuration");
     if public {
         return next.run(req).await;
     }
@@ -123,7 +127,10 @@ async fn authenticate(State(st): St, mut req: Request, next: Next) -> Response {
                     let _inflight = match p.limits() {
                         Some(l) => match st.guard.start(p.client_id(), l) {
                             Ok(f) => Some(f),
-                            Err(e) => return e.into_response(),
+                            Err(e) => {
+                                st.metrics.throttle();
+                                return e.into_response();
+                            }
                         },
                         None => None,
                     };

@@ -27,6 +27,7 @@ mod erasure;
 pub mod guard;
 mod handlers;
 mod inmem;
+pub mod metrics;
 pub mod outcome;
 mod server;
 pub mod tls;
@@ -73,4 +74,6 @@ pub struct AppState {
     pub guard: guard::GuardState,
     /// Where alerts are pushed, if configured.
     pub webhook: Option<webhook::Webhook>,
+    /// The figures `/metrics` serves, and who may read them.
+    pub metrics: metrics::Metrics,
 }

@@ -189,6 +189,8 @@ pub struct Engine {
     limits: Limits,
     /// Unwrapped data keys by partition; bounded, cleared when full.
     deks: Mutex<HashMap<PartitionId, Arc<DataKey>>>,
+    /// Lookups of `deks` that found the key, and that had to unwrap it (for metrics).
+    key_cache: [std::sync::atomic::AtomicU64; 2],
     /// Data keys made for partitions that have none stored yet, with their wrapped form.
     /// They reach the store inside the first batch that uses them ([`Engine::attach_new_keys`]),
     /// so a new patient costs no separate durable commit; concurrent writers in this process
@@ -229,6 +231,7 @@ impl Engine {
             registry: Registry::r4(),
             limits: Limits::default(),
             deks: Mutex::new(HashMap::new()),
+            key_cache: Default::default(),
             pending_deks: Mutex::new(HashMap::new()),
             blobs: None,
             attachments: binary::AttachmentLimits::default(),
@@ -324,8 +327,10 @@ impl Engine {
 
     pub(crate) fn data_key(&self, partition: &PartitionId, create: bool) -> Result<Option<Arc<DataKey>>> {
         if let Some(k) = self.deks.lock().map_err(|_| EngineError::Integrity)?.get(partition) {
+            self.key_cache[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(Some(k.clone()));
         }
+        self.key_cache[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let key = match self.store.get_dek(partition)? {
             Some(d) => Arc::new(self.vault.open_data_key(partition, &d.wrapped)?),
             None if create => {
@@ -346,6 +351,11 @@ impl Engine {
         };
         self.cache_key(partition, key.clone())?;
         Ok(Some(key))
+    }
+
+    /// Data-key cache lookups since start: `(hits, misses)`.
+    pub fn key_cache_counts(&self) -> (u64, u64) {
+        (self.key_cache[0].load(std::sync::atomic::Ordering::Relaxed), self.key_cache[1].load(std::sync::atomic::Ordering::Relaxed))
     }
 
     fn cache_key(&self, partition: &PartitionId, key: Arc<DataKey>) -> Result<()> {

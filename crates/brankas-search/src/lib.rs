@@ -84,5 +84,23 @@ pub fn instant_range(s: &str) -> Option<(i64, i64)> {
     date::parse_range(s).map(|r| (r.lo, r.hi))
 }
 
+/// Compiles a FHIRPath expression as the registry does, and evaluates it (specialised to the
+/// resource's type, and unspecialised) over `resource`, collecting at most 10,000 items.
+/// For the fuzzer (`brankas-fuzz`): returns whether the expression compiled.
+#[doc(hidden)]
+pub fn fuzz_fhirpath(expr: &str, resource: &serde_json::Value) -> bool {
+    let Ok(node) = fhirpath::compile(expr) else { return false };
+    let ty = resource.get("resourceType").and_then(serde_json::Value::as_str).unwrap_or("Patient");
+    for n in [node.specialize(ty, true), node] {
+        let mut seen = 0usize;
+        let _ = n.eval(fhirpath::Item::root(resource), &mut |_| {
+            seen += 1;
+            if seen >= 10_000 { std::ops::ControlFlow::Break(()) } else { std::ops::ControlFlow::Continue(()) }
+        });
+        let _ = n.eval_bool(fhirpath::Item::root(resource));
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests;

@@ -8,6 +8,7 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::{Result, StoreError};
 
@@ -54,30 +55,141 @@ fn io(e: std::io::Error) -> StoreError {
     StoreError::Backend(format!("blob store: {e}"))
 }
 
-/// Blobs as files: `<root>/<2 hex>/<2 hex>/<64 hex>`, written to `<root>/tmp/` first, fsynced,
-/// then linked into place (and the directory fsynced), so a crash leaves a blob whole or absent.
+/// Blobs as files: `<root>/<2 hex>/<2 hex>/<64 hex>`, written to a temporary file first,
+/// fsynced, then linked into place (and the directory fsynced), so a crash leaves a blob whole
+/// or absent.
+///
+/// Temporary files belong to their process: each process that writes gets its own directory
+/// `<root>/tmp/<pid>-<random>/` holding a `lock` file it keeps exclusively locked for as long
+/// as the store (or one of its writers) lives. Opening a store removes only the directories
+/// whose lock can be taken (their owner is gone) and files of the older flat layout, so a
+/// command or a second server opening the data directory never breaks an upload in flight.
 pub struct FileBlobStore {
     root: PathBuf,
+    /// This process's temporary directory, made at the first write.
+    own: std::sync::Mutex<Option<Arc<OwnTmp>>>,
+}
+
+/// A temporary directory held by this process: its lock file stays open (and locked) until
+/// the last user drops it, then the directory goes.
+struct OwnTmp {
+    dir: PathBuf,
+    _lock: std::fs::File,
+}
+
+impl Drop for OwnTmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const LOCK_FILE: &str = "lock";
+
+fn hex8() -> Result<String> {
+    let mut nonce = [0u8; 8];
+    brankas_vault::random_bytes(&mut nonce).map_err(|_| StoreError::Backend("no randomness".into()))?;
+    Ok(nonce.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Whether `path` still names the file open as `f` (a sweeper may have removed it between
+/// its creation and its locking).
+fn same_file(f: &std::fs::File, path: &Path) -> bool {
+    let (Ok(a), Ok(b)) = (f.metadata(), std::fs::metadata(path)) else { return false };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        a.dev() == b.dev() && a.ino() == b.ino()
+    }
+    #[cfg(not(unix))]
+    {
+        a.len() == b.len()
+    }
 }
 
 impl FileBlobStore {
-    /// Opens (creating) the store at `root` (e.g. `<data-dir>/blobs`); clears abandoned
-    /// temporary files.
+    /// Opens (creating) the store at `root` (e.g. `<data-dir>/blobs`); clears the temporary
+    /// files of processes that are gone, never those of a live one.
     pub fn open(root: &Path) -> Result<Self> {
-        private_dir(&root.join("tmp")).map_err(io)?;
-        for e in std::fs::read_dir(root.join("tmp")).map_err(io)?.flatten() {
-            let _ = std::fs::remove_file(e.path());
+        let tmp = root.join("tmp");
+        private_dir(&tmp).map_err(io)?;
+        for e in std::fs::read_dir(&tmp).map_err(io)?.flatten() {
+            let path = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => sweep_dir(&path),
+                // The flat layout of earlier versions: no owner can be told.
+                Ok(_) => {
+                    let _ = std::fs::remove_file(&path);
+                }
+                Err(_) => {}
+            }
         }
-        Ok(Self { root: root.to_path_buf() })
+        Ok(Self { root: root.to_path_buf(), own: std::sync::Mutex::new(None) })
     }
 
     fn path(&self, id: &BlobId) -> PathBuf {
         let h = id.hex();
         self.root.join(&h[..2]).join(&h[2..4]).join(h)
     }
+
+    /// This process's temporary directory, made (and locked) on first use.
+    fn own_tmp(&self) -> Result<Arc<OwnTmp>> {
+        let mut own = self.own.lock().map_err(|_| StoreError::Backend("blob store lock poisoned".into()))?;
+        if let Some(t) = own.as_ref() {
+            return Ok(t.clone());
+        }
+        // A sweeper in another process may remove a directory between its creation and the
+        // locking of its lock file; then the check below fails and another name is tried.
+        for _ in 0..16 {
+            let dir = self.root.join("tmp").join(format!("{}-{}", std::process::id(), hex8()?));
+            private_dir(&self.root.join("tmp")).map_err(io)?;
+            let mut b = std::fs::DirBuilder::new();
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+            match b.create(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io(e)),
+            }
+            let lock_path = dir.join(LOCK_FILE);
+            let f = match std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&lock_path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(e)),
+            };
+            f.lock().map_err(io)?;
+            if !same_file(&f, &lock_path) {
+                continue;
+            }
+            let t = Arc::new(OwnTmp { dir, _lock: f });
+            *own = Some(t.clone());
+            return Ok(t);
+        }
+        Err(StoreError::Backend("blob store: no temporary directory could be claimed".into()))
+    }
+}
+
+/// Removes another process's temporary directory if its owner is gone (its lock can be
+/// taken); a directory without a lock file is removed only when empty (its owner may be
+/// about to create the lock file, and then retries under another name).
+fn sweep_dir(dir: &Path) {
+    match std::fs::OpenOptions::new().read(true).write(true).open(dir.join(LOCK_FILE)) {
+        Ok(f) => {
+            if f.try_lock().is_ok() {
+                // Held while removing: an owner that had not locked yet finds its lock file
+                // gone afterwards and starts over.
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let _ = std::fs::remove_dir(dir);
+        }
+        Err(_) => {}
+    }
 }
 
 struct FileWriter {
+    /// Keeps this process's temporary directory (and its lock) alive while writing.
+    _own: Arc<OwnTmp>,
     tmp: PathBuf,
     dest: PathBuf,
     file: Option<std::fs::File>,
@@ -120,15 +232,14 @@ impl Drop for FileWriter {
 
 impl BlobStore for FileBlobStore {
     fn create(&self, id: &BlobId) -> Result<Box<dyn BlobWriter>> {
-        let mut nonce = [0u8; 8];
-        brankas_vault::random_bytes(&mut nonce).map_err(|_| StoreError::Backend("no randomness".into()))?;
-        let tmp = self.root.join("tmp").join(format!("{}-{}", id.hex(), nonce.iter().map(|b| format!("{b:02x}")).collect::<String>()));
+        let own = self.own_tmp()?;
+        let tmp = own.dir.join(format!("{}-{}", id.hex(), hex8()?));
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create_new(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
         let file = opts.open(&tmp).map_err(io)?;
-        Ok(Box::new(FileWriter { tmp, dest: self.path(id), file: Some(file), written: 0 }))
+        Ok(Box::new(FileWriter { _own: own, tmp, dest: self.path(id), file: Some(file), written: 0 }))
     }
 
     fn len(&self, id: &BlobId) -> Result<Option<u64>> {
@@ -238,12 +349,45 @@ mod tests {
     #[test]
     fn abandoned_temporary_files_are_cleared_on_open() {
         let d = tempfile::tempdir().unwrap();
-        let s = FileBlobStore::open(&d.path().join("blobs")).unwrap();
+        let root = d.path().join("blobs");
+        let tmp = root.join("tmp");
+        let s = FileBlobStore::open(&root).unwrap();
         let mut w = s.create(&BlobId([9; 32])).unwrap();
         w.write(b"x").unwrap();
-        std::mem::forget(w); // as if the process died mid-upload
-        assert_eq!(std::fs::read_dir(d.path().join("blobs/tmp")).unwrap().count(), 1);
-        let _ = FileBlobStore::open(&d.path().join("blobs")).unwrap();
-        assert_eq!(std::fs::read_dir(d.path().join("blobs/tmp")).unwrap().count(), 0);
+        // As if the process died mid-upload: its directory stays, its lock goes with it.
+        let dead = s.own.lock().unwrap().as_ref().unwrap().dir.clone();
+        std::mem::forget(w);
+        let own = s.own.lock().unwrap().take().unwrap();
+        own._lock.unlock().unwrap();
+        std::mem::forget(own); // keeps the directory on disk
+        assert!(dead.join(LOCK_FILE).exists());
+        // Files of the earlier flat layout, and an empty directory whose owner never locked.
+        std::fs::write(tmp.join("aa-flat"), b"old").unwrap();
+        std::fs::create_dir(tmp.join("1-empty")).unwrap();
+        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 3);
+        let _ = FileBlobStore::open(&root).unwrap();
+        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "the dead owner's files, the flat files and the empty directory went");
+    }
+
+    #[test]
+    fn another_open_keeps_uploads_in_flight() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("blobs");
+        let a = FileBlobStore::open(&root).unwrap();
+        let mut w = a.create(&BlobId([7; 32])).unwrap();
+        w.write(b"first half, ").unwrap();
+        // A command or a second server opens the same directory while the upload goes on.
+        let b = FileBlobStore::open(&root).unwrap();
+        let mut other = b.create(&BlobId([8; 32])).unwrap();
+        other.write(b"theirs").unwrap();
+        let _ = FileBlobStore::open(&root).unwrap();
+        w.write(b"second half").unwrap();
+        assert_eq!(w.commit().unwrap(), 23);
+        assert_eq!(other.commit().unwrap(), 6);
+        assert_eq!(b.read_at(&BlobId([7; 32]), 0, 100).unwrap().unwrap(), b"first half, second half");
+        // Each store's directory goes with it.
+        drop(a);
+        drop(b);
+        assert_eq!(std::fs::read_dir(root.join("tmp")).unwrap().count(), 0);
     }
 }

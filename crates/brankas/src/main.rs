@@ -221,7 +221,8 @@ enum Cmd {
     },
 }
 
-/// Connection limits and clocks (the rules are in `brankas-api`'s `server` module).
+/// Connection limits and clocks (the rules are in `brankas-api`'s `server` module), and who
+/// may read the server's metrics.
 #[derive(Args, Clone)]
 pub(crate) struct ConnArgs {
     /// Most connections open at once; past it a new connection displaces a stalled or idle
@@ -239,6 +240,10 @@ pub(crate) struct ConnArgs {
     /// without a byte instead).
     #[arg(long, default_value_t = brankas_api::ServeConfig::default().body_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
     body_timeout: u64,
+    /// A file holding the bearer token of the metrics scraper: `/metrics` (Prometheus text)
+    /// answers only that token (compared in constant time). Without it there is no `/metrics`.
+    #[arg(long, env = "BRANKAS_METRICS_TOKEN_FILE")]
+    metrics_token_file: Option<PathBuf>,
 }
 
 impl Default for ConnArgs {
@@ -249,11 +254,27 @@ impl Default for ConnArgs {
             max_connections_per_address: d.max_connections_per_address,
             header_timeout: d.header_timeout.as_secs(),
             body_timeout: d.body_timeout.as_secs(),
+            metrics_token_file: None,
         }
     }
 }
 
 impl ConnArgs {
+    /// The metrics of a server on `data_dir`, open to the token of `--metrics-token-file`.
+    fn metrics(&self, data_dir: &Path) -> Result<brankas_api::metrics::Metrics> {
+        let token = match &self.metrics_token_file {
+            Some(f) => {
+                let t = std::fs::read_to_string(f).with_context(|| format!("reading the metrics token file {}", f.display()))?;
+                if t.trim().len() < 16 {
+                    bail!("the metrics token in {} is shorter than 16 characters", f.display());
+                }
+                Some(t)
+            }
+            None => None,
+        };
+        Ok(brankas_api::metrics::Metrics::new(token.as_deref(), Some(data_dir.to_path_buf())))
+    }
+
     /// The listener's configuration, with the connection cap kept within the file
     /// descriptors this process may open (raised to its hard limit first).
     fn config(&self) -> brankas_api::ServeConfig {
@@ -834,6 +855,7 @@ pub(crate) fn serve(
     conn: ConnArgs,
 ) -> Result<()> {
     verify::start_check(data_dir)?;
+    let metrics = conn.metrics(data_dir)?;
     let o = open_with(data_dir, key_file, attachments, accept_state_rollback)?;
     let auth = match token_seconds {
         Some(s) => Arc::new(Authority::new(o.store.clone(), o.vault.clone()).with_token_seconds(s)),
@@ -869,6 +891,7 @@ pub(crate) fn serve(
             store: o.store.clone(),
             guard: Default::default(),
             webhook,
+            metrics,
         });
         let app = brankas_api::router(state);
         let (tx, rx) = tokio::sync::watch::channel(false);

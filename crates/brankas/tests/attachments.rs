@@ -442,3 +442,81 @@ fn attachment_reads_are_counted_by_the_guard() {
     assert_eq!((st, &found["total"]), (200, &json!(1)));
     s.stop();
 }
+
+/// A request body fed through a channel: the test decides when each part leaves.
+struct Fed {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+    at: usize,
+}
+
+impl std::io::Read for Fed {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.buf.len() {
+            match self.rx.recv() {
+                Ok(next) => (self.buf, self.at) = (next, 0),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.at);
+        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// Bytes the server has written to temporary files of uploads in flight.
+fn in_flight_bytes(inst: &Instance) -> u64 {
+    common::all_files(&inst.data_dir().join("blobs/tmp"))
+        .iter()
+        .filter(|p| p.file_name().is_some_and(|n| n != "lock"))
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+#[test]
+fn uploads_in_flight_survive_commands_and_a_second_server() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let pid = new_patient(&s);
+    let ctx = format!("Patient/{pid}");
+    let big = noise(6 * 1024 * 1024 + 17, 11);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let body = reqwest::blocking::Body::new(Fed { rx, buf: Vec::new(), at: 0 });
+    let req = s.http.post(s.url("Binary")).bearer_auth(&s.token).header("content-type", "application/octet-stream").header("x-security-context", &ctx).body(body);
+    let uploading = std::thread::spawn(move || {
+        let r = req.send().unwrap();
+        let st = r.status().as_u16();
+        (st, r.json::<Value>().unwrap_or(Value::Null))
+    });
+    let half = big.len() / 2;
+    for c in big[..half].chunks(256 * 1024) {
+        tx.send(c.to_vec()).unwrap();
+    }
+    // Wait until the server has written part of the body to its temporary file.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while in_flight_bytes(&inst) < 1024 * 1024 {
+        assert!(std::time::Instant::now() < deadline, "the upload never reached the blob store");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    // Neighbours open the data directory meanwhile: a CLI command, and a second server.
+    let out = inst.cli(&["clients", "list"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let second = inst.serve();
+    assert!(in_flight_bytes(&inst) >= 1024 * 1024, "the upload's temporary file is still there");
+    second.stop();
+
+    for c in big[half..].chunks(256 * 1024) {
+        tx.send(c.to_vec()).unwrap();
+    }
+    drop(tx);
+    let (st, b) = uploading.join().unwrap();
+    assert_eq!(st, 201, "the upload completes: {b}");
+    let id = b["id"].as_str().unwrap();
+    assert_eq!(body_of(raw_get(&s, &s.token, &format!("Binary/{id}"), &[])), big, "and reads back whole");
+    s.stop();
+    // The servers' temporary directories went with them.
+    assert_eq!(in_flight_bytes(&inst), 0);
+}
