@@ -151,7 +151,11 @@ impl FileBlobStore {
                 Err(e) => return Err(io(e)),
             }
             let lock_path = dir.join(LOCK_FILE);
-            let f = match std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&lock_path) {
+            let mut lock_opts = std::fs::OpenOptions::new();
+            lock_opts.read(true).write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut lock_opts, 0o600);
+            let f = match lock_opts.open(&lock_path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(io(e)),
