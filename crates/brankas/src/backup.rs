@@ -366,28 +366,5 @@ pub(crate) fn restore(from: &Path, data_dir: &Path, key_file: Option<&Path>, rea
 /// The restore's audit record (as the local operator, with the reason) and alert, written into
 /// the restored log before the anchor moves to it.
 fn record_restore(store: &Arc<dyn Store>, vault: &Arc<Vault>, text: &str, continuity: &str) -> Result<()> {
-    let audit = brankas_audit::AuditLog::open(store.clone(), vault.clone()).context("opening the audit log")?;
-    let entry = brankas_audit::AuditEntry {
-        interaction: "restore".into(),
-        action: "E".into(),
-        outcome: Some(brankas_audit::Outcome::Success),
-        outcome_text: Some(text.to_string()),
-        client_id: "local-operator".into(),
-        role: "operator".into(),
-        ..Default::default()
-    };
-    audit
-        .record_blocking(vec![brankas_audit::NewRecord { partition: None, client_id: "local-operator".into(), entry }])
-        .context("the audit log cannot be written; nothing restored")?;
-    drop(audit);
-    store.alert_add(&brankas_store::AlertRow {
-        id: 0,
-        time_us: now_us(),
-        kind: "state-restored".into(),
-        severity: "warning".into(),
-        client_id: None,
-        detail: json!({"restore": text, "continuity": continuity}).to_string(),
-    })?;
-    tracing::warn!(alert = "state-restored", "the data directory was restored from a backup");
-    Ok(())
+    crate::operator_act(store, vault, "restore", text.to_string(), "state-restored", "warning", &json!({"restore": text, "continuity": continuity}), "nothing restored")
 }

@@ -746,6 +746,24 @@ fn record_opening(store: &Arc<dyn Store>, vault: &Arc<Vault>, kp: &Path, o: &anc
             serde_json::json!({"reason": reason, "behind": behind}),
         ),
     };
+    operator_act(store, vault, interaction, text, kind, severity, &detail, "nothing accepted")
+}
+
+/// An administrative act of the local operator on the data directory (an anchored opening, a
+/// restore): its audit record (interaction `E`, the operator's words in `text`) is durable
+/// before its alert is stored; `refused` says what did not happen if the record cannot be
+/// written.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn operator_act(
+    store: &Arc<dyn Store>,
+    vault: &Arc<Vault>,
+    interaction: &str,
+    text: String,
+    kind: &str,
+    severity: &str,
+    detail: &serde_json::Value,
+    refused: &str,
+) -> Result<()> {
     let audit = AuditLog::open(store.clone(), vault.clone()).context("opening the audit log")?;
     let entry = brankas_audit::AuditEntry {
         interaction: interaction.into(),
@@ -758,7 +776,7 @@ fn record_opening(store: &Arc<dyn Store>, vault: &Arc<Vault>, kp: &Path, o: &anc
     };
     audit
         .record_blocking(vec![brankas_audit::NewRecord { partition: None, client_id: "local-operator".into(), entry }])
-        .context("the audit log cannot be written; nothing accepted")?;
+        .with_context(|| format!("the audit log cannot be written; {refused}"))?;
     drop(audit);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros() as i64;
     store.alert_add(&brankas_store::AlertRow { id: 0, time_us: now, kind: kind.into(), severity: severity.into(), client_id: None, detail: detail.to_string() })?;

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{Caller, Instance, NIK_SYSTEM, Server, observation, patient};
+use common::{Caller, Instance, NIK_SYSTEM, Server, copy_files, observation, patient};
 use serde_json::{Value, json};
 
 /// Every AuditEvent of a search, following next links.
@@ -236,16 +236,6 @@ fn without_a_durable_audit_record_nothing_is_served() {
     assert!(out.status.success(), "the log stays intact across the failure: {}", String::from_utf8_lossy(&out.stdout));
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_file() {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
-
 fn verify(inst: &Instance, data: &Path, checkpoint: Option<&Path>) -> (bool, String) {
     let mut cmd = std::process::Command::new(common::BIN);
     cmd.args(["audit", "verify", "--data-dir"]).arg(data).arg("--key-file").arg(inst.key_file());
@@ -279,7 +269,7 @@ fn audit_verify_detects_every_kind_of_tampering() {
 
     let case_with = |name: &str, f: &dyn Fn(&rusqlite::Connection)| -> std::path::PathBuf {
         let d = inst.root.path().join(format!("case-{name}"));
-        copy_dir(&inst.data_dir(), &d);
+        copy_files(&inst.data_dir(), &d);
         let c = rusqlite::Connection::open(d.join("brankas.audit.db")).unwrap();
         f(&c);
         drop(c);

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{Instance, patient};
+use common::{Instance, copy_files, patient};
 use serde_json::Value;
 
 fn run(inst: &Instance, args: &[&str], extra: &[&Path]) -> (bool, Value, String) {
@@ -37,16 +37,6 @@ fn archive(inst: &Instance, cut: &[&str], out: &Path) -> Value {
     let (ok, v, all) = run(inst, &args, &[]);
     assert!(ok, "archive failed: {all}");
     v
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_file() {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 /// The byte offset of record `seq`'s sealed bytes in a segment file of records from `from`.
@@ -144,7 +134,7 @@ fn archived_records_leave_the_hot_database_and_the_log_still_verifies_whole() {
     };
     // One bit of an archived record.
     let bad = inst.root.path().join("archive-edited");
-    copy_dir(&out, &bad);
+    copy_files(&out, &bad);
     let first_seg = bad.join(seg.file_name().unwrap());
     let mut bytes = std::fs::read(&first_seg).unwrap();
     let off = sealed_offset(&bytes, 0, 100);
@@ -153,14 +143,14 @@ fn archived_records_leave_the_hot_database_and_the_log_still_verifies_whole() {
     expect_fail("edited segment", &inst.data_dir(), Some(&bad), "record 100 was altered");
     // A segment cut short.
     let short = inst.root.path().join("archive-short");
-    copy_dir(&out, &short);
+    copy_files(&out, &short);
     let s0 = short.join(seg.file_name().unwrap());
     let len = std::fs::metadata(&s0).unwrap().len();
     std::fs::OpenOptions::new().write(true).open(&s0).unwrap().set_len(len - 10).unwrap();
     expect_fail("short segment", &inst.data_dir(), Some(&short), "is damaged at position 511");
     // A missing segment.
     let gap = inst.root.path().join("archive-gap");
-    copy_dir(&out, &gap);
+    copy_files(&out, &gap);
     std::fs::remove_file(gap.join(seg.file_name().unwrap())).unwrap();
     std::fs::remove_file(gap.join(seg.with_extension("json").file_name().unwrap())).unwrap();
     let (ok, _, all) = verify(&inst, &inst.data_dir(), Some(&gap));
@@ -168,7 +158,7 @@ fn archived_records_leave_the_hot_database_and_the_log_still_verifies_whole() {
 
     let case = |name: &str, sql: &str| -> PathBuf {
         let d = inst.root.path().join(format!("case-{name}"));
-        copy_dir(&inst.data_dir(), &d);
+        copy_files(&inst.data_dir(), &d);
         let c = rusqlite::Connection::open(d.join("brankas.audit.db")).unwrap();
         c.execute_batch(sql).unwrap();
         d

@@ -408,3 +408,14 @@ impl Server {
         r.json().unwrap()
     }
 }
+
+/// Copies the files (not the subdirectories) of `from` into `to`, creating it.
+pub fn copy_files(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
