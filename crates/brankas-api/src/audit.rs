@@ -249,6 +249,80 @@ pub(crate) async fn finish<T>(st: &AppState, who: &Principal, ctx: &ReqCtx, what
     }
 }
 
+/// [`commit`] on a blocking thread, leading its own group commit.
+pub(crate) fn commit_blocking(st: &AppState, records: Vec<NewRecord>) -> Result<(), ApiError> {
+    let (n, start) = (records.len(), std::time::Instant::now());
+    let r = st.audit.record_blocking(records);
+    st.metrics.audit_append(n, start.elapsed(), r.is_ok());
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::error!(error = %e, "audit records could not be written; the request fails");
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "the audit log cannot be written; nothing was served"))
+        }
+    }
+}
+
+/// [`finish`] on a blocking thread: the same guard, durable records and release, with the
+/// request's records appended in a group commit this thread leads itself (see
+/// [`brankas_audit::AuditLog::record_blocking`]).
+pub(crate) fn finish_blocking<T>(st: &AppState, who: &Principal, ctx: &ReqCtx, what: What, result: Result<Admitted<T>, ApiError>) -> Result<T, ApiError> {
+    let admitted = match result {
+        Ok(a) => a,
+        Err(e) => {
+            commit_blocking(st, records(st, who, ctx, &what, e.status.as_u16(), Some(&e), &[]))?;
+            crate::guard::break_glass_blocking(st, who);
+            return Err(e);
+        }
+    };
+    match crate::guard::admit_blocking(st, who, admitted.disclosure()) {
+        Ok(cleared) => {
+            let recs = disclosed_records(st, who, ctx, &what, admitted.disclosure(), Served::Cleared(cleared));
+            let (n, start) = (recs.len(), std::time::Instant::now());
+            let r = st.audit.record_receipt_blocking(recs);
+            st.metrics.audit_append(n, start.elapsed(), r.is_ok());
+            let receipt = match r {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "audit records could not be written; the request fails");
+                    return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "the audit log cannot be written; nothing was served"));
+                }
+            };
+            crate::guard::break_glass_blocking(st, who);
+            admitted.release(&receipt).map_err(|e| {
+                tracing::error!(error = %e, "an answer's audit did not cover what it discloses; nothing was served");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error")
+            })
+        }
+        Err(e) => {
+            commit_blocking(st, disclosed_records(st, who, ctx, &what, admitted.disclosure(), Served::Refused(&e)))?;
+            crate::guard::break_glass_blocking(st, who);
+            Err(e)
+        }
+    }
+}
+
+/// A request's engine work, guard and audit in one blocking task: `work` runs, then
+/// [`finish_blocking`]; one hand-off from the async runtime and back per request.
+pub(crate) async fn served<T: Send + 'static>(
+    st: &Arc<AppState>,
+    who: &Principal,
+    ctx: &ReqCtx,
+    what: What,
+    work: impl FnOnce(&brankas_engine::Engine, &Principal) -> Result<Admitted<T>, brankas_engine::EngineError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let (s, w, c) = (st.clone(), who.clone(), ctx.clone());
+    match tokio::task::spawn_blocking(move || {
+        let r = work(&s.engine, &w).map_err(ApiError::from);
+        finish_blocking(&s, &w, &c, what, r)
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error")),
+    }
+}
+
 /// Audits a request of an authenticated client that touches no patient.
 pub(crate) async fn finish_by(st: &AppState, who: &Principal, ctx: &ReqCtx, what: What, status: u16, why: Option<String>) -> Result<(), ApiError> {
     finish_plain(st, who.client_id(), who.role().as_str(), ctx, what, status, why).await

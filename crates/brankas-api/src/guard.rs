@@ -38,6 +38,10 @@ pub struct GuardState {
     seen: std::sync::Mutex<std::collections::HashSet<(String, std::net::IpAddr)>>,
     /// Per client: token bucket (tokens, last refill) and requests in progress.
     rates: std::sync::Mutex<std::collections::HashMap<String, Rate>>,
+    /// The (client, patient) pairs this replica had admitted in the current clock hour (the
+    /// hour it holds): counted in the shared store for this hour and day, and checked
+    /// against the canaries, when first admitted.
+    admitted: std::sync::Mutex<(i64, std::collections::HashSet<(String, brankas_store::PartitionId)>)>,
 }
 
 struct Rate {
@@ -186,6 +190,27 @@ pub(crate) async fn break_glass(st: &AppState, who: &Principal) {
     );
 }
 
+/// [`break_glass`] on a blocking thread.
+pub(crate) fn break_glass_blocking(st: &AppState, who: &Principal) {
+    let grants = who.trail().take_break_glass();
+    if grants == 0 {
+        return;
+    }
+    let (_, day) = windows();
+    let mut n = 0;
+    for _ in 0..grants {
+        n = st.store.guard_bump(who.client_id(), "break-glass", day).unwrap_or(n + 1);
+    }
+    let severity = if n > BREAK_GLASS_PER_DAY { "high" } else { "medium" };
+    raise(
+        st,
+        "break-glass",
+        severity,
+        Some(who.client_id()),
+        json!({"grants_today": n, "threshold": BREAK_GLASS_PER_DAY, "reason_given": who.break_glass_reason().is_some(), "purpose": who.purpose()}),
+    );
+}
+
 const US_PER_HOUR: i64 = 3_600_000_000;
 const US_PER_DAY: i64 = 86_400_000_000;
 
@@ -228,51 +253,112 @@ pub(crate) fn raise(st: &AppState, kind: &str, severity: &str, client_id: Option
 
 /// Checks what a response would disclose (the engine's disclosure: every patient the access
 /// checks admitted into the answer, however it is later trimmed or counted). `Err` replaces
-/// the response.
+/// the response. From async code; [`admit_blocking`] is the same on a blocking thread.
 pub(crate) async fn admit(st: &AppState, who: &Principal, disclosure: &brankas_engine::Disclosure) -> Result<Cleared, ApiError> {
-    let cleared = Cleared { _private: () };
+    if already_admitted(st, who, disclosure) {
+        return Ok(Cleared { _private: () });
+    }
+    let parts = disclosure.partitions();
+    let Some(budget) = who.budget() else { return no_budget() };
+    let (store, auth, client, p) = (st.store.clone(), st.auth.clone(), who.client_id().to_string(), parts.clone());
+    let (hour, day) = windows();
+    let verdict = tokio::task::spawn_blocking(move || verdict_of(&*store, &auth, &client, &p, budget, hour, day))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error"))?;
+    conclude(st, who, verdict, parts, hour)
+}
+
+/// [`admit`] on a blocking thread (the request's one blocking task).
+pub(crate) fn admit_blocking(st: &AppState, who: &Principal, disclosure: &brankas_engine::Disclosure) -> Result<Cleared, ApiError> {
+    if already_admitted(st, who, disclosure) {
+        return Ok(Cleared { _private: () });
+    }
+    let parts = disclosure.partitions();
+    let Some(budget) = who.budget() else { return no_budget() };
+    let (hour, day) = windows();
+    let verdict = verdict_of(&*st.store, &st.auth, who.client_id(), &parts, budget, hour, day);
+    conclude(st, who, verdict, parts, hour)
+}
+
+/// Clients without a budget reach no patient data; a disclosure for one is refused.
+fn no_budget() -> Result<Cleared, ApiError> {
+    tracing::error!("a disclosure for a client without a patient budget was refused");
+    Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this client reaches no patient data"))
+}
+
+/// Whether every patient of `disclosure` was admitted for this client by this replica in the
+/// current hour: then nothing can change. Each was counted in the shared store for this hour
+/// and its day when first admitted (a patient already counted adds nothing to either count,
+/// so no budget can be exceeded by it), and was not a canary then; a canary is always a new
+/// patient, marked before it exists, so a patient admitted once never becomes one. Suspension
+/// is not the guard's to check here: a suspended client's token is refused before any work.
+fn already_admitted(st: &AppState, who: &Principal, disclosure: &brankas_engine::Disclosure) -> bool {
     let parts = disclosure.partitions();
     if parts.is_empty() {
-        return Ok(cleared);
+        return true;
     }
-    // Clients without a budget reach no patient data; a disclosure for one is refused.
-    let Some(budget) = who.budget() else {
-        tracing::error!("a disclosure for a client without a patient budget was refused");
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this client reaches no patient data"));
-    };
-    let st2 = st.store.clone();
-    let auth = st.auth.clone();
-    let client = who.client_id().to_string();
-    let verdict = tokio::task::spawn_blocking(move || -> Result<Option<(&'static str, Value, bool)>, brankas_store::StoreError> {
-        let canaries = st2.canaries_among(&parts)?;
-        if !canaries.is_empty() {
-            let _ = auth.suspend(&client);
-            return Ok(Some(("canary", json!({"canaries_touched": canaries.len(), "action": "suspended"}), true)));
-        }
-        let (hour, day) = windows();
-        let a = st2.guard_admit(&client, hour, day, &parts, budget.per_hour, budget.per_day)?;
-        if a.admitted {
-            return Ok(None);
-        }
-        let suspend = budget.on_exceed == OnExceed::Suspend;
-        if suspend {
-            let _ = auth.suspend(&client);
-        }
-        Ok(Some((
-            "patient-budget",
-            json!({"per_hour": budget.per_hour, "per_day": budget.per_day, "would_be_hour": a.hour, "would_be_day": a.day,
-                   "action": if suspend { "suspended" } else { "throttled" }}),
-            suspend,
-        )))
-    })
-    .await
-    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error"))?
-    .map_err(|e| {
+    if who.budget().is_none() {
+        return false;
+    }
+    let (hour, _) = windows();
+    let Ok(cache) = st.guard.admitted.lock() else { return false };
+    cache.0 == hour && parts.iter().all(|p| cache.1.contains(&(who.client_id().to_string(), *p)))
+}
+
+type Verdict = Result<Option<(&'static str, Value, bool)>, brankas_store::StoreError>;
+
+/// The shared state's verdict on disclosing `parts` to `client` (store reads and writes:
+/// blocking): `None` admitted, or why not (and whether the client was suspended).
+fn verdict_of(
+    store: &dyn brankas_store::Store,
+    auth: &brankas_auth::Authority,
+    client: &str,
+    parts: &[brankas_store::PartitionId],
+    budget: brankas_auth::PatientBudget,
+    hour: i64,
+    day: i64,
+) -> Verdict {
+    let canaries = store.canaries_among(parts)?;
+    if !canaries.is_empty() {
+        let _ = auth.suspend(client);
+        return Ok(Some(("canary", json!({"canaries_touched": canaries.len(), "action": "suspended"}), true)));
+    }
+    let a = store.guard_admit(client, hour, day, parts, budget.per_hour, budget.per_day)?;
+    if a.admitted {
+        return Ok(None);
+    }
+    let suspend = budget.on_exceed == OnExceed::Suspend;
+    if suspend {
+        let _ = auth.suspend(client);
+    }
+    Ok(Some((
+        "patient-budget",
+        json!({"per_hour": budget.per_hour, "per_day": budget.per_day, "would_be_hour": a.hour, "would_be_day": a.day,
+               "action": if suspend { "suspended" } else { "throttled" }}),
+        suspend,
+    )))
+}
+
+/// Acts on a verdict: remembers what was admitted (see [`already_admitted`]), or raises the
+/// alert and refuses.
+fn conclude(st: &AppState, who: &Principal, verdict: Verdict, parts: Vec<brankas_store::PartitionId>, hour: i64) -> Result<Cleared, ApiError> {
+    let verdict = verdict.map_err(|e| {
         tracing::error!(error = %e, "guard state unavailable");
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "security state unavailable; nothing was served")
     })?;
     match verdict {
-        None => Ok(cleared),
+        None => {
+            if !parts.is_empty()
+                && let Ok(mut cache) = st.guard.admitted.lock()
+            {
+                if cache.0 != hour || cache.1.len() >= MAX_TRACKED {
+                    *cache = (hour, Default::default());
+                }
+                let client = who.client_id().to_string();
+                cache.1.extend(parts.into_iter().map(|p| (client.clone(), p)));
+            }
+            Ok(Cleared { _private: () })
+        }
         Some(("canary", detail, _)) => {
             st.metrics.suspension();
             raise(st, "canary", "critical", Some(who.client_id()), detail);

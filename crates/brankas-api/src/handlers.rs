@@ -500,10 +500,8 @@ async fn read(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, 
         check_accept(&headers, q.as_deref())?;
     }
     not_audit_event(&rtype)?;
-    let engine = st.engine.clone();
-    let (t, w, target) = (rtype.clone(), who.clone(), target(&rtype, &id));
-    let s = blocking(move || engine.read(&w, &t, &id)).await;
-    let s = audit::finish(&st, &who, &ctx, What::new("read", "R", target), s).await?;
+    let (t, target) = (rtype.clone(), target(&rtype, &id));
+    let s = audit::served(&st, &who, &ctx, What::new("read", "R", target), move |engine, w| engine.read(w, &t, &id)).await?;
     if rtype == "Binary" {
         return binary_response(&st, s, &headers, q.as_deref()).await;
     }
@@ -530,10 +528,8 @@ async fn vread(
     check_type(&rtype)?;
     not_audit_event(&rtype)?;
     let version: u64 = vid.parse().map_err(|_| ApiError::not_found())?;
-    let engine = st.engine.clone();
-    let (t, w, target) = (rtype.clone(), who.clone(), target(&rtype, &id));
-    let s = blocking(move || engine.vread(&w, &t, &id, version)).await;
-    let s = audit::finish(&st, &who, &ctx, What::new("vread", "R", target), s).await?;
+    let (t, target) = (rtype.clone(), target(&rtype, &id));
+    let s = audit::served(&st, &who, &ctx, What::new("vread", "R", target), move |engine, w| engine.vread(w, &t, &id, version)).await?;
     if rtype == "Binary" {
         return binary_response(&st, s, &headers, q.as_deref()).await;
     }
@@ -697,19 +693,16 @@ fn cap_page(st: &AppState, who: &Principal, mut pairs: Vec<(String, String)>) ->
     pairs
 }
 
-async fn run_search(st: &AppState, who: Principal, ctx: ReqCtx, rtype: String, pairs: Vec<(String, String)>, headers: &HeaderMap) -> ApiResult {
+async fn run_search(st: &Arc<AppState>, who: Principal, ctx: ReqCtx, rtype: String, pairs: Vec<(String, String)>, headers: &HeaderMap) -> ApiResult {
     let pairs = cap_page(st, &who, pairs);
-    let engine = st.engine.clone();
     let what = What::new("search", "R", Some(rtype.clone())).with_query(&pairs);
-    let w = who.clone();
     let page = if let Some((_, cursor)) = pairs.iter().find(|(k, _)| k == "_page") {
         let c = cursor.clone();
-        blocking(move || engine.search_page(&w, &c)).await
+        audit::served(st, &who, &ctx, what, move |engine, w| engine.search_page(w, &c)).await?
     } else {
         let req = SearchRequest { resource_type: rtype.clone(), pairs, compartment: None, offset: 0, strict: strict(headers) };
-        blocking(move || engine.search(&w, &req)).await
+        audit::served(st, &who, &ctx, what, move |engine, w| engine.search(w, &req)).await?
     };
-    let page = audit::finish(st, &who, &ctx, what, page).await?;
     Ok(json_response(StatusCode::OK, &searchset(st, &page, Some(&rtype))))
 }
 

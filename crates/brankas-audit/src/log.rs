@@ -1,7 +1,15 @@
-//! The appender: a thread that takes the records of concurrent requests, seals them, extends
-//! the Merkle tree, and writes them in one durable append (group commit), then answers each
-//! request. It signs a checkpoint with an append at least once a second while records arrive,
-//! and one more when records wait unsigned for a second.
+//! The appender: records of concurrent requests are sealed, extend the Merkle tree and are
+//! written in one durable append (group commit), then each request is answered.
+//!
+//! Group commits are led by the waiting requests themselves: a synchronous caller
+//! ([`AuditLog::record_blocking`], the request path's blocking task) queues its records and takes
+//! the writer's lock; whoever holds it drains the whole queue (its own records and every
+//! record queued while the previous append was being synced) into one append, answers every
+//! submitter in it, and lets the next waiter in, which usually finds its records already
+//! durable. No hand-off to another thread sits on that path. Asynchronous submitters
+//! ([`AuditLog::record`]) wake a background thread that leads for them; the same thread signs a
+//! checkpoint at least once a second while records arrive, and one more when records wait
+//! unsigned for a second.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -150,6 +158,9 @@ struct Queue {
 }
 
 struct Shared {
+    /// What the appender knows between appends; its lock is the leader's: whoever holds it
+    /// appends the queue's records.
+    state: Mutex<WriterState>,
     store: Arc<dyn Store>,
     vault: Arc<Vault>,
     origin: String,
@@ -188,6 +199,7 @@ impl AuditLog {
         let origin = crate::origin(&public_key);
         let state = WriterState::load(&*store)?;
         let shared = Arc::new(Shared {
+            state: Mutex::new(state),
             store,
             vault,
             origin,
@@ -198,7 +210,7 @@ impl AuditLog {
             probed: Mutex::new(None),
         });
         let s = shared.clone();
-        let writer = std::thread::Builder::new().name("audit-append".into()).spawn(move || appender(s, state)).map_err(|_| AuditError::Unavailable)?;
+        let writer = std::thread::Builder::new().name("audit-append".into()).spawn(move || appender(s)).map_err(|_| AuditError::Unavailable)?;
         Ok(Self { shared, writer: Mutex::new(Some(writer)) })
     }
 
@@ -215,23 +227,30 @@ impl AuditLog {
     /// Submits records; the receiver answers (with the last record's position) once all of
     /// them are durable, or with the error that kept them from being written.
     pub fn submit(&self, records: Vec<NewRecord>) -> oneshot::Receiver<Result<u64, AuditError>> {
+        let (rx, queued) = self.enqueue(records);
+        if queued {
+            self.shared.wake.notify_one();
+        }
+        rx
+    }
+
+    /// Queues records; `true` if they wait in the queue (else the receiver is answered).
+    fn enqueue(&self, records: Vec<NewRecord>) -> (oneshot::Receiver<Result<u64, AuditError>>, bool) {
         let (tx, rx) = oneshot::channel();
         if records.is_empty() {
             let _ = tx.send(Ok(0));
-            return rx;
+            return (rx, false);
         }
         let Ok(mut q) = self.shared.queue.lock() else {
             let _ = tx.send(Err(AuditError::Unavailable));
-            return rx;
+            return (rx, false);
         };
         if q.stop {
             let _ = tx.send(Err(AuditError::Stopped));
-            return rx;
+            return (rx, false);
         }
         q.pending.push((records, tx));
-        drop(q);
-        self.shared.wake.notify_one();
-        rx
+        (rx, true)
     }
 
     /// Appends records and waits until they are durable.
@@ -302,9 +321,33 @@ impl AuditLog {
         self.record(vec![NewRecord { partition: None, client_id: "readiness-probe".into(), entry }]).await.is_ok()
     }
 
-    /// Appends records from synchronous code (the CLI) and waits.
+    /// Appends records from synchronous code (a request's blocking task, the CLI) and waits
+    /// until they are durable, leading the group commit itself: it takes the writer's lock and
+    /// appends everything queued, unless the holder before it already did. (Whoever drains a
+    /// submission holds the lock until it has answered it, so once this caller holds the lock
+    /// its records are either answered or still queued.)
     pub fn record_blocking(&self, records: Vec<NewRecord>) -> Result<u64, AuditError> {
-        self.submit(records).blocking_recv().map_err(|_| AuditError::Unavailable)?
+        let (mut rx, queued) = self.enqueue(records);
+        if !queued {
+            return rx.blocking_recv().map_err(|_| AuditError::Unavailable)?;
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(r) => return r,
+                Err(oneshot::error::TryRecvError::Closed) => return Err(AuditError::Unavailable),
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+            let Ok(mut state) = self.shared.state.lock() else { return Err(AuditError::Unavailable) };
+            match rx.try_recv() {
+                Ok(r) => return r,
+                Err(oneshot::error::TryRecvError::Closed) => return Err(AuditError::Unavailable),
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+            let Some((batch, _)) = take_batch(&self.shared) else { return Err(AuditError::Unavailable) };
+            if !batch.is_empty() {
+                append(&self.shared, &mut state, batch, false);
+            }
+        }
     }
 
     /// The newest signed checkpoint (a C2SP signed note).
@@ -487,25 +530,34 @@ fn now_us() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
 }
 
-fn appender(shared: Arc<Shared>, mut state: WriterState) {
+/// Whole submissions from the queue, at least one, up to about [`MAX_BATCH`] records, and
+/// whether the log stops after them. `None` if the queue's lock is poisoned.
+fn take_batch(shared: &Shared) -> Option<(Vec<(Vec<NewRecord>, Reply)>, bool)> {
+    let mut q = shared.queue.lock().ok()?;
+    let (mut n, mut records) = (0, 0);
+    while n < q.pending.len() && (n == 0 || records + q.pending[n].0.len() <= MAX_BATCH) {
+        records += q.pending[n].0.len();
+        n += 1;
+    }
+    Some((q.pending.drain(..n).collect::<Vec<_>>(), q.stop && q.pending.len() == n))
+}
+
+/// The background appender: leads group commits for asynchronous submitters, signs due
+/// checkpoints, and on stop appends what is left and signs a last checkpoint.
+fn appender(shared: Arc<Shared>) {
     loop {
-        let (batch, stop) = {
-            let Ok(mut q) = shared.queue.lock() else { return };
+        {
+            let Ok(q) = shared.queue.lock() else { return };
             if q.pending.is_empty() && !q.stop {
-                let wait = if state.frontier.size() > state.checkpointed { CHECKPOINT_EVERY } else { Duration::from_secs(3600) };
-                q = match shared.wake.wait_timeout(q, wait) {
-                    Ok((q, _)) => q,
-                    Err(_) => return,
-                };
+                // Woken by an asynchronous submission, or once a second to sign what
+                // synchronous leaders appended.
+                if shared.wake.wait_timeout(q, CHECKPOINT_EVERY).is_err() {
+                    return;
+                }
             }
-            // Whole submissions, at least one, up to about MAX_BATCH records.
-            let (mut n, mut records) = (0, 0);
-            while n < q.pending.len() && (n == 0 || records + q.pending[n].0.len() <= MAX_BATCH) {
-                records += q.pending[n].0.len();
-                n += 1;
-            }
-            (q.pending.drain(..n).collect::<Vec<_>>(), q.stop && q.pending.len() == n)
-        };
+        }
+        let Ok(mut state) = shared.state.lock() else { return };
+        let Some((batch, stop)) = take_batch(&shared) else { return };
         let unsigned = state.frontier.size() > state.checkpointed;
         let due = unsigned && state.checkpoint_at.is_none_or(|t| t.elapsed() >= CHECKPOINT_EVERY);
         if !batch.is_empty() || due || (stop && unsigned) {

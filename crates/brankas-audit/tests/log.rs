@@ -98,3 +98,64 @@ async fn concurrent_requests_share_group_commits() {
     let report = verify(&*store, &vault, None).unwrap();
     assert_eq!(report.records, 800);
 }
+
+/// Synchronous submitters lead their own group commits, side by side with asynchronous ones:
+/// every submission gets its own positions (none shared, none lost, as its answer says), and
+/// what the leaders appended is signed by the background thread within seconds, with no
+/// further submission to trigger it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synchronous_submitters_lead_their_own_group_commits() {
+    let (_dir, store, vault) = setup();
+    let log = Arc::new(AuditLog::open(store.clone(), vault.clone()).unwrap());
+    let mut threads = Vec::new();
+    for t in 0..16 {
+        let (log, vault) = (log.clone(), vault.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut ends = Vec::new();
+            for i in 0..40 {
+                let n = 1 + (t + i) % 3;
+                let set: Vec<NewRecord> = (0..n).map(|j| rec(&vault, &format!("s{t}-{i}-{j}"), "c-sync")).collect();
+                ends.push((log.record_blocking(set).unwrap(), n as u64));
+            }
+            ends
+        }));
+    }
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let (log, vault) = (log.clone(), vault.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ends = Vec::new();
+            for i in 0..40 {
+                ends.push((log.record(vec![rec(&vault, &format!("a{t}-{i}"), "c-async")]).await.unwrap(), 1u64));
+            }
+            ends
+        }));
+    }
+    let mut spans = Vec::new();
+    for t in threads {
+        spans.extend(t.join().unwrap());
+    }
+    for t in tasks {
+        spans.extend(t.await.unwrap());
+    }
+    // Each submission's last position names a span of its own: spans tile the log exactly.
+    let mut covered: Vec<(u64, u64)> = spans.iter().map(|(last, n)| (last + 1 - n, *last)).collect();
+    covered.sort();
+    let total: u64 = spans.iter().map(|(_, n)| n).sum();
+    assert_eq!(covered.first().unwrap().0, 0);
+    assert!(covered.windows(2).all(|w| w[1].0 == w[0].1 + 1), "submissions' positions overlap or leave gaps");
+    assert_eq!(covered.last().unwrap().1 + 1, total);
+    assert_eq!(store.audit_head().unwrap().unwrap().size, total);
+    // Every record is where its submission was told it is.
+    let rows = log.by_client("c-sync", None, 100_000).unwrap();
+    assert_eq!(rows.len() as u64, spans.iter().take(16 * 40).map(|(_, n)| n).sum::<u64>());
+    // Signed without another submission: the background thread signs what leaders appended.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while log.latest_checkpoint().unwrap().is_none_or(|c| c.size < total) {
+        assert!(std::time::Instant::now() < deadline, "the appended records were never signed");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    drop(Arc::into_inner(log).unwrap());
+    let report = verify(&*store, &vault, None).unwrap();
+    assert_eq!((report.records, report.signed_size), (total, total));
+}

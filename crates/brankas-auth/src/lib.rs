@@ -578,7 +578,23 @@ pub struct Authority {
     token_seconds: u64,
     /// Trusted issuer → client id, rebuilt from the registry on a miss (at most once a second).
     issuers: std::sync::Mutex<(std::collections::HashMap<String, String>, Option<std::time::Instant>)>,
+    /// Registrations already verified, by client id: the stored document's exact bytes, and
+    /// what they gave (the record, its granted scopes). A token verification still reads the
+    /// stored document every time (so a suspension or a narrowing, by this process or any
+    /// other, counts from the next request); only when the bytes are those already checked
+    /// are the MAC and the parsing skipped.
+    verified: std::sync::Mutex<std::collections::HashMap<String, Arc<VerifiedRegistration>>>,
 }
+
+/// A stored registration document and what its verification gave.
+struct VerifiedRegistration {
+    doc: Vec<u8>,
+    rec: ClientRecord,
+    granted: Scopes,
+}
+
+/// Registrations remembered at most (beyond, the memory starts over).
+const MAX_VERIFIED: usize = 10_000;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Claims {
@@ -603,7 +619,13 @@ fn rfc3339_now() -> String {
 
 impl Authority {
     pub fn new(store: Arc<dyn Store>, vault: Arc<Vault>) -> Self {
-        Self { store, vault, token_seconds: MAX_TOKEN_SECONDS, issuers: std::sync::Mutex::new((std::collections::HashMap::new(), None)) }
+        Self {
+            store,
+            vault,
+            token_seconds: MAX_TOKEN_SECONDS,
+            issuers: std::sync::Mutex::new((std::collections::HashMap::new(), None)),
+            verified: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
     }
 
     /// Sets the token lifetime, capped at [`MAX_TOKEN_SECONDS`].
@@ -884,6 +906,11 @@ impl Authority {
     /// planted in the database) is an integrity failure, never a usable client.
     pub fn client(&self, client_id: &str) -> Result<Option<ClientRecord>, AuthError> {
         let Some(doc) = self.store.get_client(client_id)? else { return Ok(None) };
+        self.check_registration(client_id, &doc).map(Some)
+    }
+
+    /// A stored registration document, checked: its MAC binds it to `client_id`.
+    fn check_registration(&self, client_id: &str, doc: &[u8]) -> Result<ClientRecord, AuthError> {
         let corrupt = || AuthError::Integrity;
         let (mac_hex, body) = doc.split_at_checked(64).ok_or_else(corrupt)?;
         let expected = hex(&self.vault.registry_mac(&registry_input(client_id, body)));
@@ -895,7 +922,29 @@ impl Authority {
         if rec.client_id != client_id {
             return Err(corrupt());
         }
-        Ok(Some(rec))
+        Ok(rec)
+    }
+
+    /// The registration in force for a token's verification: read from the store on every
+    /// call; checked again only when its bytes differ from those last checked.
+    fn registration_now(&self, client_id: &str) -> Result<Option<Arc<VerifiedRegistration>>, AuthError> {
+        let Some(doc) = self.store.get_client(client_id)? else { return Ok(None) };
+        if let Ok(m) = self.verified.lock()
+            && let Some(v) = m.get(client_id)
+            && v.doc == doc
+        {
+            return Ok(Some(v.clone()));
+        }
+        let rec = self.check_registration(client_id, &doc)?;
+        let granted = Scopes::parse(&rec.scopes).map_err(|_| AuthError::InvalidToken)?;
+        let v = Arc::new(VerifiedRegistration { doc, rec, granted });
+        if let Ok(mut m) = self.verified.lock() {
+            if m.len() >= MAX_VERIFIED {
+                m.clear();
+            }
+            m.insert(client_id.to_string(), v.clone());
+        }
+        Ok(Some(v))
     }
 
     /// Stores a client's registration, with a MAC binding it to its client id.
@@ -1077,21 +1126,21 @@ impl Authority {
         if claims.exp <= now {
             return Err(AuthError::Stale);
         }
-        let rec = match self.client(&claims.sub) {
+        let reg = match self.registration_now(&claims.sub) {
             Ok(Some(r)) => r,
             Ok(None) | Err(AuthError::Integrity) => return Err(AuthError::InvalidToken),
             Err(e) => return Err(e),
         };
-        if rec.status != ClientStatus::Active {
+        if reg.rec.status != ClientStatus::Active {
             return Err(AuthError::Stale);
         }
         // The token's scopes, but never more than the registration grants now: narrowing a
         // client's scopes takes effect on its next request too.
         let scopes = Scopes::parse(&claims.scope).map_err(|_| AuthError::InvalidToken)?;
-        let granted = Scopes::parse(&rec.scopes).map_err(|_| AuthError::InvalidToken)?;
-        if !granted.covers(&scopes) {
+        if !reg.granted.covers(&scopes) {
             return Err(AuthError::InvalidToken);
         }
+        let rec = reg.rec.clone();
         let (practitioner, patient) = (rec.practitioner.clone(), rec.patient.clone());
         Ok(Principal::of_client(rec, scopes, claims.jti, practitioner, patient))
     }
