@@ -173,8 +173,8 @@ pub(crate) struct PreparedTransaction {
     /// commits (the bulk importer) can tell whether those commits made it stale: the records
     /// whose current version it read ...
     pub reads: Vec<RecordKey>,
-    /// ... and whether it ran a query (conditional create, update or reference).
-    pub queried: bool,
+    /// ... and the resource types it queried (conditional create, update or reference).
+    pub queried: Vec<String>,
 }
 
 enum Planned {
@@ -252,7 +252,7 @@ impl Engine {
         let mut targets: Vec<Option<(String, String)>> = (0..entries.len()).map(|_| None).collect();
         let mut plan: Vec<Option<Planned>> = (0..entries.len()).map(|_| None).collect();
         let mut map: HashMap<String, String> = HashMap::new();
-        let mut queried = false;
+        let mut queried: Vec<String> = Vec::new();
         let mut reads = Vec::new();
         let dependent = |e: &Entry| {
             let conditional = match e.method {
@@ -285,7 +285,7 @@ impl Engine {
                     self.require(who, t, 'c')?;
                     let mut existing = None;
                     if let Some(q) = &e.if_none_exist {
-                        queried = true;
+                        queried.push(t.to_string());
                         let found = self.conditional_match(who, t, q, view)?;
                         match found.len() {
                             0 => {}
@@ -307,7 +307,7 @@ impl Engine {
                         Some((t.to_string(), id.to_string()))
                     } else if let Some((t, q)) = e.url.split_once('?') {
                         check_type(t)?;
-                        queried = true;
+                        queried.push(t.to_string());
                         let found = self.conditional_match(who, t, q, view)?;
                         match found.len() {
                             0 => {
@@ -407,7 +407,7 @@ impl Engine {
         Ok(PreparedTransaction { prepared, plan: plan.into_iter().map(|p| p.unwrap_or(Planned::Get)).collect(), gets, reads, queried })
     }
 
-    fn rewrite_references(&self, who: &Principal, resource: &mut Value, map: &HashMap<String, String>, entry: usize, queried: &mut bool) -> Result<()> {
+    fn rewrite_references(&self, who: &Principal, resource: &mut Value, map: &HashMap<String, String>, entry: usize, queried: &mut Vec<String>) -> Result<()> {
         let mut conditional = Vec::new();
         rewrite_urls(resource, map, 0);
         brankas_fhir::for_each_reference_mut(resource, &mut |r: &mut String| {
@@ -431,7 +431,7 @@ impl Engine {
                 return Err(EngineError::BadRequest(format!("Bundle.entry[{entry}]: a urn reference names no entry of this Bundle")));
             }
             let (t, q) = c.split_once('?').ok_or(EngineError::Integrity)?;
-            *queried = true;
+            queried.push(t.to_string());
             let found = self.conditional_match(who, t, q, None)?;
             match found.len() {
                 1 => {

@@ -72,47 +72,136 @@ impl<'a> Importer<'a> {
 
     /// Imports one file. `progress` is called with the stats after each group commit.
     pub fn import_file(&self, path: &Path, stats: &mut ImportStats, progress: &mut dyn FnMut(&ImportStats)) -> Result<()> {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let f = std::fs::File::open(path).map_err(|e| EngineError::BadRequest(format!("{name}: {e}")))?;
-        let ndjson = name.ends_with(".ndjson") || name.ends_with(".jsonl");
-        self.import_reader(&name, ndjson, BufReader::with_capacity(1 << 20, f), stats, progress)
+        self.import_paths(std::slice::from_ref(&path.to_path_buf()), stats, progress)
+    }
+
+    /// Imports files in order: JSON Bundle files (a unit each) and NDJSON files (`.ndjson`,
+    /// `.jsonl`: a unit per line), all as one stream of units, so that many small Bundle files
+    /// share each group's preparation on all cores and its one durable commit. A file that
+    /// cannot be read counts as one failed unit; the others go on.
+    pub fn import_paths(&self, paths: &[std::path::PathBuf], stats: &mut ImportStats, progress: &mut dyn FnMut(&ImportStats)) -> Result<()> {
+        let mut files = paths.iter();
+        let mut open: Option<(String, BufReader<std::fs::File>, u64)> = None;
+        self.import_units(
+            &mut |stats: &mut ImportStats| loop {
+                if let Some((name, reader, line_no)) = open.as_mut() {
+                    let (units, end) = match read_group(name, reader, line_no, stats) {
+                        Ok(r) => r,
+                        // A file that cannot be read on: counted, and the next file goes on.
+                        Err(e) => {
+                            stats.units += 1;
+                            fail(stats, &name.clone(), &e);
+                            (Vec::new(), true)
+                        }
+                    };
+                    if end {
+                        open = None;
+                    }
+                    if !units.is_empty() {
+                        return Ok(Some(units));
+                    }
+                    continue;
+                }
+                let Some(path) = files.next() else { return Ok(None) };
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let f = match std::fs::File::open(path) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        stats.units += 1;
+                        fail(stats, &name, &EngineError::BadRequest(format!("{e}")));
+                        continue;
+                    }
+                };
+                if name.ends_with(".ndjson") || name.ends_with(".jsonl") {
+                    open = Some((name, BufReader::with_capacity(1 << 20, f), 0));
+                    continue;
+                }
+                let mut buf = Vec::new();
+                if let Err(e) = f.take(MAX_UNIT_BYTES as u64 + 1).read_to_end(&mut buf) {
+                    stats.units += 1;
+                    fail(stats, &name, &EngineError::BadRequest(format!("{e}")));
+                    continue;
+                }
+                stats.bytes += buf.len() as u64;
+                return Ok(Some(vec![(name, buf)]));
+            },
+            stats,
+            progress,
+        )
     }
 
     /// Imports from a reader: NDJSON (one resource or Bundle per line) when `ndjson`, else one
     /// JSON Bundle. `name` appears in refusal messages (never content).
+    pub fn import_reader(&self, name: &str, ndjson: bool, mut reader: impl BufRead, stats: &mut ImportStats, progress: &mut dyn FnMut(&ImportStats)) -> Result<()> {
+        let name = name.to_string();
+        let (mut line_no, mut done) = (0u64, false);
+        self.import_units(
+            &mut |stats: &mut ImportStats| {
+                if done {
+                    return Ok(None);
+                }
+                if ndjson {
+                    let (units, end) = read_group(&name, &mut reader, &mut line_no, stats)?;
+                    done = end;
+                    return Ok(Some(units));
+                }
+                let mut buf = Vec::new();
+                (&mut reader).take(MAX_UNIT_BYTES as u64 + 1).read_to_end(&mut buf).map_err(|e| EngineError::BadRequest(format!("{name}: {e}")))?;
+                stats.bytes += buf.len() as u64;
+                done = true;
+                Ok(Some(vec![(name.clone(), buf)]))
+            },
+            stats,
+            progress,
+        )
+    }
+
+    /// Imports a stream of units (`next` gives the next few, `None` at the end) in groups.
     ///
     /// Groups are pipelined: while one group commits (SQLite writes on one core), the next is
     /// read and prepared on the others. A unit prepared during the previous group's commit is
     /// prepared again after it when that commit could have changed what it read: a record
-    /// whose current version it read was written, it ran a conditional query, or it failed
-    /// on a precondition or conflict. So each unit sees every earlier group, as without the
-    /// pipeline; units of the same group still do not see each other.
-    pub fn import_reader(&self, name: &str, ndjson: bool, mut reader: impl BufRead, stats: &mut ImportStats, progress: &mut dyn FnMut(&ImportStats)) -> Result<()> {
-        let name = name.to_string();
+    /// whose current version it read was written, it queried a type the commit wrote, or it
+    /// failed on something the store's state decides (a precondition, a conflict, a record
+    /// not found). Within a group, units are as if imported one after another: a group ends
+    /// before the first unit that depends on an earlier unit of the group (it read a record
+    /// one of them writes, queried a type one of them writes, or failed on the store's state
+    /// while earlier units were pending), and that unit starts the next group. So each unit
+    /// sees every unit before it, and independent units (a patient's Bundle after another's)
+    /// share one group.
+    fn import_units(&self, next: &mut dyn FnMut(&mut ImportStats) -> Result<Option<Vec<Input>>>, stats: &mut ImportStats, progress: &mut dyn FnMut(&ImportStats)) -> Result<()> {
         std::thread::scope(|s| {
             let mut inflight: Option<Inflight<'_>> = None;
-            let mut line_no = 0u64;
-            let mut done = false;
-            while !done {
-                let units = if ndjson {
-                    let (units, end) = read_group(&name, &mut reader, &mut line_no, stats)?;
-                    done = end;
-                    units
-                } else {
-                    let mut buf = Vec::new();
-                    (&mut reader).take(MAX_UNIT_BYTES as u64 + 1).read_to_end(&mut buf).map_err(|e| EngineError::BadRequest(format!("{name}: {e}")))?;
-                    stats.bytes += buf.len() as u64;
-                    done = true;
-                    vec![(name.clone(), buf)]
-                };
-                if units.is_empty() {
-                    continue;
+            let mut carry: std::collections::VecDeque<Input> = std::collections::VecDeque::new();
+            let mut ended = false;
+            loop {
+                let mut bytes: usize = carry.iter().map(|(_, b)| b.len()).sum();
+                while !ended && carry.len() < GROUP && bytes < GROUP_BYTES {
+                    match next(stats)? {
+                        Some(units) => {
+                            bytes += units.iter().map(|(_, b)| b.len()).sum::<usize>();
+                            carry.extend(units);
+                        }
+                        None => ended = true,
+                    }
                 }
-                let mut group = self.prepare_group(units);
+                if carry.is_empty() {
+                    break;
+                }
+                let (mut take, mut taken) = (0, 0usize);
+                while take < carry.len() && take < GROUP && (take == 0 || taken + carry[take].1.len() <= GROUP_BYTES) {
+                    taken += carry[take].1.len();
+                    take += 1;
+                }
+                let mut group = self.prepare_group(carry.drain(..take).collect());
                 if let Some(f) = inflight.take() {
                     let written = self.finish(f, stats)?;
                     progress(stats);
                     self.refresh(&mut group, &written);
+                }
+                let cut = independent_prefix(&group);
+                for u in group.drain(cut..).rev() {
+                    carry.push_front((u.where_, u.bytes));
                 }
                 inflight = Some(self.start_commit(s, group, stats)?);
             }
@@ -152,12 +241,11 @@ impl<'a> Importer<'a> {
 
     /// Prepares again, now that the previous group is committed, the units whose
     /// preparation that commit may have made stale (see [`Importer::import_reader`]).
-    fn refresh(&self, group: &mut [Unit], written: &HashSet<RecordKey>) {
+    fn refresh(&self, group: &mut [Unit], written: &Written) {
         let stale = |u: &Unit| match &u.prep {
-            Ok(Some(p)) => p.queried || p.reads.iter().any(|k| written.contains(k)),
+            Ok(Some(p)) => p.queried.iter().any(|t| written.types.contains(t)) || p.reads.iter().any(|k| written.keys.contains(k)),
             Ok(None) => false,
-            Err(EngineError::PreconditionFailed(_) | EngineError::Conflict) => true,
-            Err(_) => false,
+            Err(e) => depends_on_state(e),
         };
         let again: Vec<usize> = (0..group.len()).filter(|&i| stale(&group[i])).collect();
         if again.is_empty() {
@@ -228,18 +316,19 @@ impl<'a> Importer<'a> {
     }
 
     /// Waits for a group's commit, settles its data keys and counts its outcome. Returns the
-    /// records it wrote.
-    fn finish(&self, f: Inflight<'_>, stats: &mut ImportStats) -> Result<HashSet<RecordKey>> {
+    /// records (and their types) it wrote.
+    fn finish(&self, f: Inflight<'_>, stats: &mut ImportStats) -> Result<Written> {
         let (batches, results) = f.handle.join().map_err(|_| EngineError::Integrity)?;
         let results = results?;
-        let mut written = HashSet::new();
+        let mut written = Written::default();
         for ((o, r), b) in f.owners.into_iter().zip(results).zip(&batches) {
             let (where_, n) = (o.where_, o.resources);
             match r {
                 Ok(()) => {
                     self.engine.settle_new_keys(b, true)?;
                     stats.resources += n;
-                    written.extend(b.versions.iter().map(|v| v.row.key));
+                    written.keys.extend(b.versions.iter().map(|v| v.row.key));
+                    written.types.extend(b.versions.iter().map(|v| v.row.resource_type.clone()));
                 }
                 // Its marker exists: an identical unit committed first (earlier in this run).
                 Err(StoreError::Conflict { index }) if Some(index) == o.mark => stats.skipped += 1,
@@ -347,6 +436,42 @@ fn read_group(name: &str, reader: &mut impl BufRead, line_no: &mut u64, stats: &
 /// One input unit as read: where it came from (file and line), and its bytes.
 type Input = (String, Vec<u8>);
 
+/// What a committed group wrote: record keys and resource types.
+#[derive(Default)]
+struct Written {
+    keys: HashSet<RecordKey>,
+    types: HashSet<String>,
+}
+
+/// Whether a preparation's failure may depend on what other units write (so it is prepared
+/// again once they are committed): a record or patient not found, a precondition, a conflict.
+fn depends_on_state(e: &EngineError) -> bool {
+    matches!(e, EngineError::PreconditionFailed(_) | EngineError::Conflict | EngineError::NotFound | EngineError::Gone | EngineError::Unprocessable(_))
+}
+
+/// How many units, from the first, are independent of each other (see
+/// [`Importer::import_units`]): the first unit that read a record or queried a type written
+/// by an earlier one, or failed on the store's state after earlier units, ends the prefix.
+/// Never 0 for a non-empty group: the first unit has nothing before it.
+fn independent_prefix(group: &[Unit]) -> usize {
+    let mut written = Written::default();
+    for (i, u) in group.iter().enumerate() {
+        match &u.prep {
+            Ok(Some(p)) => {
+                if i > 0 && (p.queried.iter().any(|t| written.types.contains(t)) || p.reads.iter().any(|k| written.keys.contains(k))) {
+                    return i;
+                }
+                written.keys.extend(p.batch.versions.iter().map(|v| v.row.key));
+                written.types.extend(p.batch.versions.iter().filter(|v| v.row.resource_type != MARK_TYPE).map(|v| v.row.resource_type.clone()));
+            }
+            Ok(None) => {}
+            Err(e) if i > 0 && depends_on_state(e) && !written.keys.is_empty() => return i,
+            Err(_) => {}
+        }
+    }
+    group.len()
+}
+
 /// What a group's commit thread hands back: the batches, and each one's outcome.
 type Committed = (Vec<WriteBatch>, Result<Vec<brankas_store::Result<()>>>);
 
@@ -363,7 +488,7 @@ struct Prepped {
     batch: WriteBatch,
     resources: u64,
     reads: Vec<RecordKey>,
-    queried: bool,
+    queried: Vec<String>,
     care: CareFacts,
     worklists: WorklistFacts,
     /// The versions as the group's write-ahead audit records name them.

@@ -978,16 +978,21 @@ fn import(data_dir: &Path, key_file: Option<&Path>, paths: &[PathBuf], quiet: bo
     let start = std::time::Instant::now();
     let importer = Importer::new(&o.engine, brankas_auth::Principal::local_operator_for(organization.clone()));
     let mut stats = ImportStats::default();
-    for f in &files {
-        let mut progress = |s: &ImportStats| {
-            bar.set_position(s.bytes);
-            bar.set_message(format!("{} resources, {} failed", s.resources, s.failed));
+    let mut progress = |s: &ImportStats| {
+        bar.set_position(s.bytes);
+        bar.set_message(format!("{} resources, {} failed", s.resources, s.failed));
+    };
+    // Files are one stream of units (many small Bundle files share each group commit);
+    // standard input, where named, is read as NDJSON at its place in the order.
+    for run in files.split_inclusive(|f| f.as_os_str() == "-") {
+        let (paths, stdin) = match run.split_last() {
+            Some((last, rest)) if last.as_os_str() == "-" => (rest, true),
+            _ => (run, false),
         };
-        let r = if f.as_os_str() == "-" {
-            importer.import_reader("stdin", true, std::io::stdin().lock(), &mut stats, &mut progress)
-        } else {
-            importer.import_file(f, &mut stats, &mut progress)
-        };
+        let mut r = importer.import_paths(paths, &mut stats, &mut progress);
+        if stdin && r.is_ok() {
+            r = importer.import_reader("stdin", true, std::io::stdin().lock(), &mut stats, &mut progress);
+        }
         if let Err(e) = r {
             stats.failed += 1;
             stats.errors.push(e.to_string());

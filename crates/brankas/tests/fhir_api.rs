@@ -634,6 +634,75 @@ fn offline_import_lines_see_every_earlier_group() {
     assert_eq!(o.json["total"], 1, "{}", o.text);
 }
 
+/// Units of one group are as if imported one after another: a line or a file that depends on
+/// an earlier one of the same group (a Patient created two lines before, an Organization a
+/// file before created or conditionally created) sees it, and independent files share a group.
+#[test]
+fn offline_import_units_see_earlier_units_of_their_group() {
+    let inst = Instance::init();
+    let tmp = tempfile::tempdir().unwrap();
+    let tx = |entries: Vec<Value>| json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}).to_string();
+    let lines = [
+        json!({"resourceType": "Patient", "id": "sg-1", "identifier": [{"system": "urn:test:mrn", "value": "SG-1"}]}).to_string(),
+        json!({"resourceType": "Observation", "id": "sg-obs", "status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient/sg-1"}}).to_string(),
+        tx(vec![json!({"resource": {"resourceType": "Patient", "gender": "other"},
+            "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:test:mrn|SG-1"}})]),
+        json!({"resourceType": "Patient", "id": "sg-1", "identifier": [{"system": "urn:test:mrn", "value": "SG-1"}], "gender": "female"}).to_string(),
+    ];
+    let file = tmp.path().join("one-group.ndjson");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let (code, stats, stderr) = import_json(&inst, &file);
+    assert_eq!(code, 0, "{stats} {stderr}");
+    assert_eq!((stats["units"].as_u64(), stats["failed"].as_u64()), (Some(4), Some(0)), "{stats} {stderr}");
+
+    // Bundle files: the first creates an Organization by a conditional create; the next ones
+    // refer to it by a conditional reference or conditionally create it again; many patients'
+    // files in between are independent of each other.
+    let dir = tmp.path().join("files");
+    std::fs::create_dir_all(&dir).unwrap();
+    let org = |n: &str| {
+        tx(vec![
+            json!({"fullUrl": "urn:uuid:4b8c1d2e-0000-4000-8000-000000000001", "resource": {"resourceType": "Organization", "name": n, "identifier": [{"system": "urn:test:org", "value": "ORG-1"}]},
+            "request": {"method": "POST", "url": "Organization", "ifNoneExist": "identifier=urn:test:org|ORG-1"}}),
+        ])
+    };
+    std::fs::write(dir.join("a-org.json"), org("first")).unwrap();
+    for i in 0..40 {
+        let pid = format!("urn:uuid:4b8c1d2e-0000-4000-8000-{:012}", 100 + i);
+        std::fs::write(
+            dir.join(format!("b-patient-{i:02}.json")),
+            tx(vec![
+                json!({"fullUrl": pid, "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:test:mrn", "value": format!("SF-{i}")}],
+                    "managingOrganization": {"reference": "Organization?identifier=urn:test:org|ORG-1"}}, "request": {"method": "POST", "url": "Patient"}}),
+                json!({"resource": {"resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"}, "subject": {"reference": pid},
+                    "serviceProvider": {"reference": "Organization?identifier=urn:test:org|ORG-1"}}, "request": {"method": "POST", "url": "Encounter"}}),
+            ]),
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.join("c-org-again.json"), org("second")).unwrap();
+    let (code, stats, stderr) = import_json(&inst, &dir);
+    assert_eq!(code, 0, "{stats} {stderr}");
+    assert_eq!((stats["units"].as_u64(), stats["failed"].as_u64()), (Some(42), Some(0)), "{stats} {stderr}");
+
+    let s = inst.serve();
+    let p1 = get(&s, "Patient/sg-1");
+    assert_eq!((p1.json["meta"]["versionId"].as_str(), p1.json["gender"].as_str()), (Some("2"), Some("female")), "{}", p1.text);
+    let r = identifier_search(&s, "urn:test:mrn", "SG-1");
+    assert_eq!(r.json["total"], 1, "the conditional create made a duplicate: {}", r.text);
+    let o = get(&s, "Observation/sg-obs");
+    assert_eq!(o.status, 200, "{}", o.text);
+    let orgs = get(&s, "Organization?identifier=urn:test:org|ORG-1");
+    assert_eq!(orgs.json["total"], 1, "{}", orgs.text);
+    let org_id = entries(&orgs.json)[0]["resource"]["id"].as_str().unwrap().to_string();
+    assert_eq!(entries(&orgs.json)[0]["resource"]["name"], "first");
+    for i in [0, 17, 39] {
+        let p = identifier_search(&s, "urn:test:mrn", &format!("SF-{i}"));
+        assert_eq!(p.json["total"], 1, "{}", p.text);
+        assert_eq!(entries(&p.json)[0]["resource"]["managingOrganization"]["reference"], format!("Organization/{org_id}"));
+    }
+}
+
 // ------------------------------------------------------------------------------------------
 // 4. Versioning: create, update, If-Match, vread, history, delete, re-create.
 // ------------------------------------------------------------------------------------------
