@@ -77,7 +77,7 @@ fn sixty_four_writers_registering_visits_in_one_facility_hour_never_conflict() {
         hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
     });
     let failed: Vec<String> = results.iter().filter(|(st, _)| *st != 201).map(|(st, v)| format!("{st}: {}", v["issue"][0]["diagnostics"])).collect();
-    assert!(failed.is_empty(), "{} of {} visits were refused: {:?}", failed.len(), results.len(), failed);
+    assert!(failed.is_empty(), "{} of {} visits were refused, e.g. {:?}", failed.len(), results.len(), &failed[..failed.len().min(3)]);
     let created: BTreeSet<String> = results.iter().map(|(_, v)| v["id"].as_str().unwrap().to_string()).collect();
     assert_eq!(created.len(), WRITERS * EACH);
     assert_eq!(listed(&s), created, "every visit is on the facility's work list, once");
@@ -145,4 +145,89 @@ fn a_work_list_grows_in_proportion_to_its_visits() {
     }
     assert_eq!(worklist_bytes(&inst), two, "an update in the same hour is no new entry");
     assert_eq!(listed(&s).len(), 2 * N);
+}
+
+/// `brankas verify`: exit status and its JSON.
+fn verify(inst: &Instance) -> (i32, Value) {
+    let out = inst.cli(&["verify"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("verify prints one JSON object: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap(), v)
+}
+
+#[test]
+fn verify_opens_every_work_list_entry_and_names_one_moved_to_another_list() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let pids = patients(&s, 3, 1);
+    for (i, pid) in pids.iter().enumerate() {
+        assert_eq!(s.call(&s.token, reqwest::Method::POST, "Encounter", Some(&visit(pid, i)), &[]).0, 201);
+    }
+    // Another facility-hour: another list.
+    let mut other = visit(&pids[0], 0);
+    other["period"]["start"] = json!("2026-11-30T12:00:00+07:00");
+    other["period"]["end"] = json!("2026-11-30T13:00:00+07:00");
+    assert_eq!(s.call(&s.token, reqwest::Method::POST, "Encounter", Some(&other), &[]).0, 201);
+    s.stop();
+    let (code, v) = verify(&inst);
+    assert_eq!((code, v["counts"]["list_entries"].as_u64()), (0, Some(4)), "{v}");
+    // An entry moved under the other list's tag (same id, same sealed bytes) does not open.
+    let db = rusqlite::Connection::open(inst.data_dir().join("brankas.db")).unwrap();
+    let lists: Vec<Vec<u8>> = db.prepare("SELECT list FROM list_entries GROUP BY list ORDER BY COUNT(*)").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    assert_eq!(lists.len(), 2);
+    let entry: Vec<u8> = db.query_row("SELECT entry FROM list_entries WHERE list = ?1 LIMIT 1", [&lists[1]], |r| r.get(0)).unwrap();
+    assert_eq!(db.execute("UPDATE list_entries SET list = ?1 WHERE list = ?2 AND entry = ?3", rusqlite::params![lists[0], lists[1], entry]).unwrap(), 1);
+    drop(db);
+    let (code, v) = verify(&inst);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["problems_total"], 1, "{v}");
+    assert_eq!(v["problems"][0]["kind"], "list-entry", "{v}");
+}
+
+/// Not a test: a measurement. `BRANKAS_WL_USERS` writers (32) each register
+/// `BRANKAS_WL_ITERATIONS` visits (40) at one facility in one hour; prints throughput,
+/// latencies, refusals and database bytes as JSON. Run with
+/// `cargo test --release -p brankas --test worklist -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_concurrent_registrations_at_one_facility_hour() {
+    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let (users, iterations) = (env("BRANKAS_WL_USERS", 32), env("BRANKAS_WL_ITERATIONS", 40));
+    let inst = Instance::init();
+    let s = inst.serve();
+    let pids = patients(&s, users, 8);
+    let start = Barrier::new(users);
+    let t0 = std::time::Instant::now();
+    let results: Vec<(u16, f64)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = pids
+            .iter()
+            .enumerate()
+            .map(|(u, pid)| {
+                let (s, start) = (&s, &start);
+                sc.spawn(move || {
+                    start.wait();
+                    (0..iterations)
+                        .map(|i| {
+                            let t = std::time::Instant::now();
+                            let (st, _) = s.call(&s.token, reqwest::Method::POST, "Encounter", Some(&visit(pid, u * iterations + i)), &[]);
+                            (st, t.elapsed().as_secs_f64() * 1000.0)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let secs = t0.elapsed().as_secs_f64();
+    let ok = results.iter().filter(|(st, _)| *st == 201).count();
+    let mut ms: Vec<f64> = results.iter().map(|(_, m)| *m).collect();
+    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| ms[((ms.len() as f64 * p) as usize).min(ms.len() - 1)];
+    let wl = worklist_bytes(&inst);
+    s.stop();
+    let files: u64 = ["brankas.db", "brankas.db-wal"].iter().filter_map(|f| std::fs::metadata(inst.data_dir().join(f)).ok()).map(|m| m.len()).sum();
+    println!(
+        "{}",
+        json!({"users": users, "iterations": iterations, "seconds": secs, "created": ok, "refused": results.len() - ok,
+            "created_per_second": ok as f64 / secs, "p50_ms": pct(0.5), "p99_ms": pct(0.99), "worklist_bytes": wl, "database_bytes": files})
+    );
 }
