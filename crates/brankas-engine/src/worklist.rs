@@ -328,7 +328,7 @@ mod tests {
 
     fn found(engine: &Engine, who: &Principal, date: &str) -> Vec<String> {
         let pairs = vec![("service-provider".to_string(), "Organization/rs-a".to_string()), ("date".to_string(), date.to_string())];
-        let query = Query::parse(&engine.registry, "Encounter", &pairs).unwrap();
+        let query = Query::parse(engine.registry, "Encounter", &pairs).unwrap();
         let mut ids: Vec<String> =
             engine.worklist_search(who, "Encounter", &query, &pairs).unwrap().unwrap().into_iter().map(|s| s.resource["id"].as_str().unwrap().to_string()).collect();
         ids.sort();

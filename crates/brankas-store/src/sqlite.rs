@@ -279,10 +279,8 @@ fn migrate_v1(tx: &Connection) -> Result<()> {
 /// as whole documents among the versions), and the mark that such documents may be stored
 /// ([`crate::META_LEGACY_LISTS`]): the engine reads them beside the entries.
 fn migrate_list_entries(tx: &Connection) -> Result<()> {
-    tx.execute_batch(
-        "CREATE TABLE IF NOT EXISTS list_entries (list BLOB NOT NULL, entry BLOB NOT NULL, sealed BLOB NOT NULL, PRIMARY KEY (list, entry)) WITHOUT ROWID;",
-    )
-    .map_err(be)?;
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS list_entries (list BLOB NOT NULL, entry BLOB NOT NULL, sealed BLOB NOT NULL, PRIMARY KEY (list, entry)) WITHOUT ROWID;")
+        .map_err(be)?;
     tx.execute("INSERT INTO meta (name, value) VALUES (?1, x'01') ON CONFLICT(name) DO NOTHING", [crate::META_LEGACY_LISTS]).map_err(be)?;
     Ok(())
 }
@@ -1203,7 +1201,12 @@ CREATE TABLE clients (client_id TEXT PRIMARY KEY, doc BLOB NOT NULL);
         {
             let s = SqliteStore::open(&path).unwrap();
             assert_eq!(s.get_meta(crate::META_LEGACY_LISTS).unwrap(), None, "a new database holds no list documents");
-            s.commit(&WriteBatch { versions: vec![crate::NewVersion { row: crate::conformance::sample_row(1, 1, 9, "Patient"), expect: Expect::Absent }], deks: vec![crate::conformance::sample_dek(9)], ..Default::default() }).unwrap();
+            s.commit(&WriteBatch {
+                versions: vec![crate::NewVersion { row: crate::conformance::sample_row(1, 1, 9, "Patient"), expect: Expect::Absent }],
+                deks: vec![crate::conformance::sample_dek(9)],
+                ..Default::default()
+            })
+            .unwrap();
         }
         // As layout 2 left it: no list_entries, user_version 2.
         Connection::open(&path).unwrap().execute_batch("DROP TABLE list_entries; PRAGMA user_version = 2;").unwrap();

@@ -89,11 +89,8 @@ fn worklist_bytes(inst: &Instance) -> i64 {
     let db = rusqlite::Connection::open_with_flags(inst.data_dir().join("brankas.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     let documents: i64 = db.query_row("SELECT COALESCE(SUM(length(rkey) + length(sealed)), 0) FROM versions WHERE rtype = 'BrankasWorklist'", [], |r| r.get(0)).unwrap();
     let has_entries: bool = db.query_row("SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE name = 'list_entries')", [], |r| r.get(0)).unwrap();
-    let entries: i64 = if has_entries {
-        db.query_row("SELECT COALESCE(SUM(length(list) + length(entry) + length(sealed)), 0) FROM list_entries", [], |r| r.get(0)).unwrap()
-    } else {
-        0
-    };
+    let entries: i64 =
+        if has_entries { db.query_row("SELECT COALESCE(SUM(length(list) + length(entry) + length(sealed)), 0) FROM list_entries", [], |r| r.get(0)).unwrap() } else { 0 };
     documents + entries
 }
 
@@ -172,7 +169,8 @@ fn verify_opens_every_work_list_entry_and_names_one_moved_to_another_list() {
     assert_eq!((code, v["counts"]["list_entries"].as_u64()), (0, Some(4)), "{v}");
     // An entry moved under the other list's tag (same id, same sealed bytes) does not open.
     let db = rusqlite::Connection::open(inst.data_dir().join("brankas.db")).unwrap();
-    let lists: Vec<Vec<u8>> = db.prepare("SELECT list FROM list_entries GROUP BY list ORDER BY COUNT(*)").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    let lists: Vec<Vec<u8>> =
+        db.prepare("SELECT list FROM list_entries GROUP BY list ORDER BY COUNT(*)").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
     assert_eq!(lists.len(), 2);
     let entry: Vec<u8> = db.query_row("SELECT entry FROM list_entries WHERE list = ?1 LIMIT 1", [&lists[1]], |r| r.get(0)).unwrap();
     assert_eq!(db.execute("UPDATE list_entries SET list = ?1 WHERE list = ?2 AND entry = ?3", rusqlite::params![lists[0], lists[1], entry]).unwrap(), 1);
