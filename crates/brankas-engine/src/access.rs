@@ -984,15 +984,15 @@ impl Engine {
     /// Commits prepared resource versions together with the care-record versions they imply,
     /// retrying (with freshly read care records) when only a care record lost a race.
     pub(crate) fn commit_with_care(&self, who: &Principal, prepared: &[Prepared]) -> Result<()> {
-        // A busy facility's writers all add to the same work list; a lost race is retried
-        // with the list read again.
+        // Work-list entries are appended (no expectation), so a busy facility's writers never
+        // race on them; only a care record that changed under a write is read again.
         self.check_patients_exist(prepared)?;
         let named = self.named(prepared);
+        let entries = self.worklist_entries(&crate::worklist::facts_of(prepared, now_us()))?;
         for _ in 0..16 {
             let now = now_us();
-            let mut care = self.care_versions(&self.care_facts(who, prepared, now), now)?;
-            care.extend(self.worklist_versions(&crate::worklist::facts_of(prepared, now), now)?);
-            let mut batch = WriteBatch::default();
+            let care = self.care_versions(&self.care_facts(who, prepared, now), now)?;
+            let mut batch = WriteBatch { list_entries: entries.clone(), ..Default::default() };
             for p in prepared {
                 batch.versions.push(NewVersion { row: p.row.clone(), expect: p.expect });
                 if let Some(ix) = &p.index {

@@ -21,7 +21,6 @@ use serde_json::{Value, json};
 
 use crate::access::{CareFacts, merge_facts};
 use crate::ahead::Named;
-use crate::worklist::WorklistFacts;
 use crate::{Engine, EngineError, Result};
 
 /// Counts of an import run.
@@ -264,7 +263,6 @@ impl<'a> Importer<'a> {
         let mut owners = Vec::new();
         let mut named = Vec::new();
         let mut care = CareFacts::new();
-        let mut worklists = WorklistFacts::new();
         for u in group {
             stats.units += 1;
             match u.prep {
@@ -276,9 +274,6 @@ impl<'a> Importer<'a> {
                     owners.push(Owner { where_: u.where_, resources: p.resources, mark });
                     named.extend(p.named);
                     merge_facts(&mut care, p.care);
-                    for (id, keys) in p.worklists {
-                        worklists.entry(id).or_default().extend(keys);
-                    }
                 }
                 Err(e) => fail(stats, &u.where_, &e),
             }
@@ -288,10 +283,9 @@ impl<'a> Importer<'a> {
         // earlier group is committed. Should a unit fail at commit, the relationship it
         // would have established is still recorded: a facility that tried to submit data
         // for a patient is in that patient's care.
-        if !care.is_empty() || !worklists.is_empty() {
+        if !care.is_empty() {
             let now = crate::crud::now_us();
-            let mut versions = self.engine.care_versions(&care, now)?;
-            versions.extend(self.engine.worklist_versions(&worklists, now)?);
+            let versions = self.engine.care_versions(&care, now)?;
             let mut b = WriteBatch { versions, ..Default::default() };
             if !b.versions.is_empty() {
                 self.engine.attach_new_keys(&mut b)?;
@@ -372,10 +366,11 @@ impl<'a> Importer<'a> {
         // for the whole group at once, after its units (see `start_commit`).
         let now = crate::crud::now_us();
         let care = self.engine.care_facts(&self.who, &tx.prepared, now);
-        let worklists = crate::worklist::facts_of(&tx.prepared, now);
+        // The unit's work-list entries are appended with it (they never conflict).
+        let list_entries = self.engine.worklist_entries(&crate::worklist::facts_of(&tx.prepared, now))?;
         let reads = tx.reads;
         let named = self.engine.named(&tx.prepared);
-        let mut batch = WriteBatch::default();
+        let mut batch = WriteBatch { list_entries, ..Default::default() };
         for p in tx.prepared {
             batch.versions.push(NewVersion { row: p.row, expect: p.expect });
             if let Some(ix) = p.index {
@@ -386,7 +381,7 @@ impl<'a> Importer<'a> {
         if let Some((key, id)) = mark {
             batch.versions.push(self.marker(key, &id, now)?);
         }
-        Ok(Some(Prepped { batch, resources, reads, queried: tx.queried, care, worklists, named }))
+        Ok(Some(Prepped { batch, resources, reads, queried: tx.queried, care, named }))
     }
 
     /// The record key and id of a unit's marker: a keyed hash of its bytes (surrounding
@@ -490,7 +485,6 @@ struct Prepped {
     reads: Vec<RecordKey>,
     queried: Vec<String>,
     care: CareFacts,
-    worklists: WorklistFacts,
     /// The versions as the group's write-ahead audit records name them.
     named: Vec<Named>,
 }

@@ -373,8 +373,10 @@ impl Engine {
         if pending.is_empty() {
             return Ok(());
         }
-        for v in &batch.versions {
-            let p = &v.row.partition;
+        // List entries are sealed under the system partition's key.
+        let system = (!batch.list_entries.is_empty()).then(|| self.vault.system_partition());
+        let partitions: Vec<PartitionId> = batch.versions.iter().map(|v| v.row.partition).chain(system).collect();
+        for p in &partitions {
             if let Some((_, wrapped)) = pending.get(p)
                 && !batch.deks.iter().any(|d| &d.partition == p)
             {

@@ -5,29 +5,46 @@
 //! referrals) find, across patients, the records that name the caller's own organization,
 //! within a bounded date range. No other cross-patient search exists.
 //!
-//! The index is a sealed list per (organization, type, hour) of the record keys that named the
-//! organization, kept in the system partition as an internal record (type [`WORKLIST_TYPE`])
-//! and written in the same atomic batch as the record. At rest it reveals the number and size
-//! of such lists and when they were written, never which organization, day or patients (its
-//! record key is a keyed hash; its content is sealed). A hit is re-read and re-checked against
-//! the query (a record may have changed since), and the patient's consent and sensitive
-//! labels apply to it as to any other read. Lists are per hour so that each stays small
-//! (a list is rewritten whole when a record joins it): a hospital with 2,000 visits a day
-//! rewrites lists of about a hundred keys.
+//! The index is an append-only list per (organization, type, hour): one store entry
+//! ([`brankas_store::ListEntry`]) per record that joined it, written in the same atomic batch
+//! as the record. A list is named by its tag, a keyed hash of its id (the record key of
+//! [`WORKLIST_TYPE`] and `Organization/x|Encounter|<hour>`); an entry by a keyed hash of the
+//! list id and the record key, so that the same record joining the same list again (an update
+//! that stays in the hour) stores nothing new; its content, the record key, is sealed under
+//! the system partition's data key and bound to its tag and id ([`brankas_vault::EntryAad`]).
+//! Entries carry no expectation: any number of writers add to one list at once without a
+//! conflict, and the list costs one small row per visit, never a rewrite.
+//!
+//! At rest this reveals the number of entries per tag and when they were written, never which
+//! organization, day or patients (tags and ids are keyed hashes; record keys are sealed, so two
+//! patients' visits to the same facility in the same hour are not linked). A read gathers the
+//! entries of every hour of the range, opens and dedupes them, then re-reads and re-checks each
+//! record against the query (it may have changed or moved since); the patient's consent and
+//! sensitive labels apply as to any other read, and erased patients' records are skipped
+//! (their entries stay: sealed under the system key, they name nothing readable).
+//!
+//! Releases before list entries kept each list as one sealed document of type
+//! [`WORKLIST_TYPE`], rewritten whole when a record joined it. Those documents are still read,
+//! beside the entries, in a database converted from that layout (the store marks it with
+//! [`brankas_store::META_LEGACY_LISTS`]); nothing writes them any more.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use brankas_auth::{Principal, Role};
 use brankas_search::Query;
-use brankas_store::{Expect, NewVersion, RecordKey, VersionRow};
-use brankas_vault::RecordAad;
+use brankas_store::{ListEntry, META_LEGACY_LISTS, RecordKey, VersionRow};
+use brankas_vault::EntryAad;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::{Engine, EngineError, Result, Stored};
 
-/// Resource type of the internal work-list records (never served or matched by a search).
+/// Resource type of the work-list documents of earlier releases (never served or matched by a
+/// search, no longer written), and the domain of the lists' tags.
 pub(crate) const WORKLIST_TYPE: &str = "BrankasWorklist";
+
+/// The domain of entry ids (a keyed hash of list id and record key; never a stored type).
+const ENTRY_DOMAIN: &str = "BrankasWorklistEntry";
 
 /// Longest date range of one work-list search, in days.
 pub const MAX_WORKLIST_DAYS: i64 = 92;
@@ -38,6 +55,7 @@ const US_PER_HOUR: i64 = 3_600_000_000;
 /// Work-list entries to add: list id (`Organization/x|Encounter|<hour>`) → record keys.
 pub(crate) type WorklistFacts = BTreeMap<String, BTreeSet<RecordKey>>;
 
+/// A work-list document of an earlier release.
 #[derive(Serialize, Deserialize)]
 struct Worklist {
     id: String,
@@ -123,6 +141,7 @@ fn day_range(pairs: &[(String, String)], param: &str) -> Result<(i64, i64)> {
 }
 
 impl Engine {
+    /// A work-list document of an earlier release.
     fn worklist_row(&self, id: &str) -> Result<Option<(Worklist, VersionRow)>> {
         let key = self.vault.record_key(WORKLIST_TYPE, id);
         let Some(row) = self.store.current(&key)? else { return Ok(None) };
@@ -134,28 +153,76 @@ impl Engine {
         Ok(Some((wl, row)))
     }
 
-    /// New versions of the work lists `facts` adds to (only those that gain a key).
-    pub(crate) fn worklist_versions(&self, facts: &WorklistFacts, now: i64) -> Result<Vec<NewVersion>> {
-        let mut out = Vec::new();
+    /// The tag of list `id` in the store.
+    fn list_tag(&self, id: &str) -> [u8; 32] {
+        self.vault.record_key(WORKLIST_TYPE, id).0
+    }
+
+    /// The id of `key`'s entry in list `id`: the same record joining the same list again has
+    /// the same entry.
+    fn entry_id(&self, id: &str, key: &RecordKey) -> [u8; 32] {
+        self.vault.record_key(ENTRY_DOMAIN, &format!("{id}|{}", hex(&key.0))).0
+    }
+
+    /// The list entries `facts` adds, sealed, for the batch that writes the records.
+    pub(crate) fn worklist_entries(&self, facts: &WorklistFacts) -> Result<Vec<ListEntry>> {
+        if facts.is_empty() {
+            return Ok(Vec::new());
+        }
         let partition = self.vault.system_partition();
+        let dek = self.data_key(&partition, true)?.ok_or(EngineError::Integrity)?;
+        let mut out = Vec::new();
         for (id, keys) in facts {
-            let current = self.worklist_row(id)?;
-            let mut wl = current.as_ref().map(|(w, _)| Worklist { id: w.id.clone(), keys: w.keys.clone() }).unwrap_or(Worklist { id: id.clone(), keys: BTreeSet::new() });
-            let before = wl.keys.len();
-            wl.keys.extend(keys.iter().map(|k| hex(&k.0)));
-            if wl.keys.len() == before {
-                continue;
+            let list = self.list_tag(id);
+            for key in keys {
+                let entry = self.entry_id(id, key);
+                let sealed = dek.seal_entry(&EntryAad { list: &list, entry: &entry, partition: &partition, dek_version: 1 }, &key.0)?;
+                out.push(ListEntry { list, entry, sealed });
             }
-            let key = self.vault.record_key(WORKLIST_TYPE, id);
-            let version = current.as_ref().map(|(_, r)| r.version + 1).unwrap_or(1);
-            let dek = self.data_key(&partition, true)?.ok_or(EngineError::Integrity)?;
-            let aad = RecordAad { resource_type: WORKLIST_TYPE, record: &key, version, partition: &partition, dek_version: 1 };
-            let sealed = dek.seal(&aad, &serde_json::to_vec(&wl).map_err(|_| EngineError::Integrity)?)?;
-            let row = VersionRow { key, version, partition, resource_type: WORKLIST_TYPE.into(), deleted: false, last_updated_us: now, dek_version: 1, sealed };
-            let expect = current.as_ref().map(|(_, r)| Expect::Version(r.version)).unwrap_or(Expect::Absent);
-            out.push(NewVersion { row, expect });
         }
         Ok(out)
+    }
+
+    /// Opens a list entry: the record key it holds. An entry that does not open under its tag
+    /// and id, or whose id is not its record's in this list, is [`EngineError::Integrity`].
+    fn open_entry(&self, id: Option<&str>, e: &ListEntry) -> Result<RecordKey> {
+        let partition = self.vault.system_partition();
+        let dek = self.data_key(&partition, false)?.ok_or(EngineError::Integrity)?;
+        let plain = dek.open_entry(&EntryAad { list: &e.list, entry: &e.entry, partition: &partition, dek_version: 1 }, &e.sealed)?;
+        let key = RecordKey(plain.as_slice().try_into().map_err(|_| EngineError::Integrity)?);
+        if id.is_some_and(|id| self.entry_id(id, &key) != e.entry) {
+            return Err(EngineError::Integrity);
+        }
+        Ok(key)
+    }
+
+    /// The record keys of the lists `ids`, per list (entries, and the documents of an earlier
+    /// release where the database may hold them).
+    fn worklist_keys(&self, ids: &[String]) -> Result<Vec<BTreeSet<RecordKey>>> {
+        let tags: BTreeMap<[u8; 32], usize> = ids.iter().enumerate().map(|(i, id)| (self.list_tag(id), i)).collect();
+        let mut out = vec![BTreeSet::new(); ids.len()];
+        for e in self.store.list_entries(&tags.keys().copied().collect::<Vec<_>>())? {
+            let i = *tags.get(&e.list).ok_or(EngineError::Integrity)?;
+            out[i].insert(self.open_entry(Some(&ids[i]), &e)?);
+        }
+        if self.store.get_meta(META_LEGACY_LISTS)?.is_some() {
+            for (i, id) in ids.iter().enumerate() {
+                if let Some((wl, _)) = self.worklist_row(id)? {
+                    out[i].extend(wl.keys.iter().filter_map(|k| unhex(k)).map(RecordKey));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Checks a stored list entry without serving it (`brankas verify`): it opens under the
+    /// system partition's key, bound to its tag and id, and holds a record key.
+    pub fn verify_list_entry(&self, e: &ListEntry) -> std::result::Result<(), crate::RowProblem> {
+        match self.open_entry(None, e) {
+            Ok(_) => Ok(()),
+            Err(EngineError::Integrity) => Err(crate::RowProblem::DoesNotOpen),
+            Err(e) => Err(crate::RowProblem::Unavailable(e.to_string())),
+        }
     }
 
     /// How a facility's visits are spread over time: `(hour, visits)` of every hour in the
@@ -167,13 +234,9 @@ impl Engine {
             return Err(EngineError::Forbidden("a facility's visit profile is its own".into()));
         }
         let now = crate::crud::now_us().div_euclid(US_PER_HOUR);
-        let mut out = Vec::new();
-        for hour in now - days.clamp(1, 3660) * 24..=now {
-            if let Some((wl, _)) = self.worklist_row(&list_id(organization, "Encounter", hour))? {
-                out.push((hour, wl.keys.len()));
-            }
-        }
-        Ok(out)
+        let hours: Vec<i64> = (now - days.clamp(1, 3660) * 24..=now).collect();
+        let ids: Vec<String> = hours.iter().map(|h| list_id(organization, "Encounter", *h)).collect();
+        Ok(hours.into_iter().zip(self.worklist_keys(&ids)?).filter(|(_, k)| !k.is_empty()).map(|(h, k)| (h, k.len())).collect())
     }
 
     /// Serves a work-list search if the query is one (`None` otherwise).
@@ -189,12 +252,8 @@ impl Engine {
             return Err(EngineError::Forbidden("a work list is searched by the organization's own clients only, for that organization".into()));
         }
         let (first, last) = day_range(pairs, date_param)?;
-        let mut keys = BTreeSet::new();
-        for hour in first..=last {
-            if let Some((wl, _)) = self.worklist_row(&list_id(&org, rtype, hour))? {
-                keys.extend(wl.keys.iter().filter_map(|k| unhex(k)).map(RecordKey));
-            }
-        }
+        let ids: Vec<String> = (first..=last).map(|h| list_id(&org, rtype, h)).collect();
+        let keys: BTreeSet<RecordKey> = self.worklist_keys(&ids)?.into_iter().flatten().collect();
         if keys.len() > self.limits.max_scan {
             return Err(EngineError::Search("too many records in this work list; narrow the date range".into()));
         }
@@ -205,7 +264,7 @@ impl Engine {
             if row.deleted || row.resource_type != rtype {
                 continue;
             }
-            // An erased patient's records stay listed (the lists are not rewritten) but are
+            // An erased patient's records stay listed (entries are never removed) but are
             // gone: skipped.
             if matches!(self.data_key(&row.partition, false), Err(EngineError::Gone)) {
                 continue;
@@ -246,7 +305,81 @@ pub(crate) fn facts_of(prepared: &[crate::Prepared], now: i64) -> WorklistFacts 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use brankas_store::{Expect, NewVersion, SqliteStore, Store, WriteBatch};
+    use brankas_vault::{KeyFile, RecordAad, Vault};
     use serde_json::json;
+    use std::sync::Arc;
+
+    /// An engine over a fresh data directory in `dir`, writing its audit log there.
+    fn engine(dir: &std::path::Path) -> Engine {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("brankas.db")).unwrap());
+        let provider = Arc::new(KeyFile::create(&dir.join("key")).unwrap());
+        let (vault, _) = Vault::create(provider).unwrap();
+        let vault = Arc::new(vault);
+        let engine = Engine::new(store.clone(), vault.clone());
+        engine.set_audit(Arc::new(brankas_audit::AuditLog::open(store, vault).unwrap()));
+        engine
+    }
+
+    fn visit(pid: &str, start: &str) -> Value {
+        json!({"resourceType": "Encounter", "status": "finished", "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+            "subject": {"reference": format!("Patient/{pid}")}, "serviceProvider": {"reference": "Organization/rs-a"}, "period": {"start": start, "end": start.replace("T08", "T09")}})
+    }
+
+    fn found(engine: &Engine, who: &Principal, date: &str) -> Vec<String> {
+        let pairs = vec![("service-provider".to_string(), "Organization/rs-a".to_string()), ("date".to_string(), date.to_string())];
+        let query = Query::parse(engine.registry, "Encounter", &pairs).unwrap();
+        let mut ids: Vec<String> =
+            engine.worklist_search(who, "Encounter", &query, &pairs).unwrap().unwrap().into_iter().map(|s| s.resource["id"].as_str().unwrap().to_string()).collect();
+        ids.sort();
+        ids
+    }
+
+    /// A data directory of the release that kept each list as one document: its documents
+    /// are still read (beside the entries written since), as long as the store says the
+    /// database comes from that layout.
+    #[test]
+    fn work_list_documents_of_an_earlier_release_are_still_read() {
+        let dir = std::env::temp_dir().join(format!("brankas-worklist-{}", brankas_vault::random_id(8).unwrap()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let engine = engine(&dir);
+        let who = Principal::local_operator_for(Some("Organization/rs-a".into()));
+        let _ = engine.update(&who, "Patient", "p1", json!({"resourceType": "Patient", "id": "p1", "name": [{"family": "Lestari"}]}), None).unwrap();
+        // Written now: an entry.
+        let mut new = visit("p1", "2026-11-30T08:10:00+07:00");
+        new["id"] = json!("e-new");
+        let _ = engine.update(&who, "Encounter", "e-new", new, None).unwrap();
+        // Written by the earlier release: the record without an entry, and the hour's list
+        // document naming it.
+        let old = {
+            let mut v = visit("p1", "2026-11-30T08:40:00+07:00");
+            v["id"] = json!("e-old");
+            v
+        };
+        let now = crate::crud::now_us();
+        let p = engine.prepare(&who, "Encounter", "e-old", old.clone(), None, Expect::Absent, now).unwrap();
+        let mut batch = WriteBatch { versions: vec![NewVersion { row: p.row.clone(), expect: Expect::Absent }], ..Default::default() };
+        let (org, hour) = entries("Encounter", &old, now).remove(0);
+        let id = list_id(&org, "Encounter", hour);
+        let key = engine.vault.record_key(WORKLIST_TYPE, &id);
+        let partition = engine.vault.system_partition();
+        let doc = serde_json::to_vec(&Worklist { id: id.clone(), keys: [hex(&p.row.key.0)].into() }).unwrap();
+        let dek = engine.data_key(&partition, true).unwrap().unwrap();
+        let sealed = dek.seal(&RecordAad { resource_type: WORKLIST_TYPE, record: &key, version: 1, partition: &partition, dek_version: 1 }, &doc).unwrap();
+        let row = VersionRow { key, version: 1, partition, resource_type: WORKLIST_TYPE.into(), deleted: false, last_updated_us: now, dek_version: 1, sealed };
+        batch.versions.push(NewVersion { row, expect: Expect::Absent });
+        engine.attach_new_keys(&mut batch).unwrap();
+        engine.store.commit(&batch).unwrap();
+        assert_eq!(found(&engine, &who, "2026-11-30"), vec!["e-new".to_string()], "documents are looked for only in a database of that layout");
+        engine.store.put_meta(META_LEGACY_LISTS, &[1]).unwrap();
+        assert_eq!(found(&engine, &who, "2026-11-30"), vec!["e-new".to_string(), "e-old".to_string()], "the entry and the document");
+        // A database made with entries has no documents, and does not look for them.
+        let fresh_dir = dir.join("fresh");
+        std::fs::create_dir_all(&fresh_dir).unwrap();
+        assert_eq!(SqliteStore::open(&fresh_dir.join("brankas.db")).unwrap().get_meta(META_LEGACY_LISTS).unwrap(), None);
+        drop(engine);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn entries_and_day_ranges() {

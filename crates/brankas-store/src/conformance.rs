@@ -3,7 +3,7 @@
 //! A backend's tests call [`run_all`] with a factory for fresh, empty stores. The suite panics
 //! (failing the test) on the first violated property, naming it.
 
-use crate::{BlindTerm, Expect, NewVersion, PartitionId, RecordKey, Store, StoreError, StoredDek, VersionRow, WrappedKey, WriteBatch};
+use crate::{BlindTerm, Expect, ListEntry, NewVersion, PartitionId, RecordKey, Store, StoreError, StoredDek, VersionRow, WrappedKey, WriteBatch};
 use brankas_vault::KekId;
 
 /// Runs every check, each against a fresh store from `fresh`.
@@ -27,6 +27,9 @@ pub fn run_all(fresh: &mut dyn FnMut() -> Box<dyn Store>) {
         ("guard", guard),
         ("state_counters", state_counters),
         ("erase_partition", erase_partition),
+        ("list_entries_append", list_entries_append),
+        ("list_entries_commit_with_their_batch", list_entries_commit_with_their_batch),
+        ("list_entries_never_conflict", list_entries_never_conflict),
     ];
     for (name, check) in checks {
         let store = fresh();
@@ -66,7 +69,7 @@ pub fn sample_dek(p: u8) -> StoredDek {
 fn batch(versions: Vec<NewVersion>, index: Vec<(RecordKey, Vec<BlindTerm>)>) -> WriteBatch {
     let mut deks: Vec<StoredDek> = versions.iter().map(|v| sample_dek(v.row.partition.0[0])).collect();
     deks.dedup();
-    WriteBatch { versions, index, deks }
+    WriteBatch { versions, index, deks, ..Default::default() }
 }
 
 fn put(s: &dyn Store, row: VersionRow, expect: Expect) -> crate::Result<()> {
@@ -388,4 +391,61 @@ fn erase_partition(s: &dyn Store) {
     assert_eq!(s.erase_partition(&part(5)).unwrap(), 1);
     assert_eq!(s.erase_partition(&part(7)).unwrap(), 0);
     assert!(s.get_dek(&part(7)).unwrap().unwrap().wrapped.is_erased());
+}
+
+fn entry(list: u8, e: u8, content: u8) -> ListEntry {
+    ListEntry { list: [list; 32], entry: [e; 32], sealed: vec![list, e, content, 0xEE] }
+}
+
+fn entries_only(entries: Vec<ListEntry>) -> WriteBatch {
+    WriteBatch { list_entries: entries, ..Default::default() }
+}
+
+/// Entries are appended per list and read back per list, in entry order; an entry stored
+/// again keeps the first one's content; they are not versions.
+fn list_entries_append(s: &dyn Store) {
+    assert!(s.list_entries(&[[1; 32]]).unwrap().is_empty());
+    s.commit(&entries_only(vec![entry(1, 3, 0), entry(1, 2, 0), entry(2, 1, 0)])).unwrap();
+    assert_eq!(s.list_entries(&[[1; 32]]).unwrap(), vec![entry(1, 2, 0), entry(1, 3, 0)]);
+    assert_eq!(s.list_entries(&[[2; 32], [9; 32], [1; 32]]).unwrap(), vec![entry(1, 2, 0), entry(1, 3, 0), entry(2, 1, 0)], "several lists, in (list, entry) order");
+    assert_eq!(s.list_entries(&[[2; 32], [2; 32]]).unwrap(), vec![entry(2, 1, 0)], "a list named twice is read once");
+    // The same entry again (another sealing of the same content): no error, no change.
+    s.commit(&entries_only(vec![entry(1, 2, 7), entry(1, 4, 7)])).unwrap();
+    assert_eq!(s.list_entries(&[[1; 32]]).unwrap(), vec![entry(1, 2, 0), entry(1, 3, 0), entry(1, 4, 7)]);
+    assert_eq!((s.state_counters().unwrap().versions, s.versions_present().unwrap()), (0, 0), "entries are not versions");
+    // An erasure leaves the lists (their entries are sealed under another partition's key).
+    s.erase_partition(&part(1)).unwrap();
+    assert_eq!(s.list_entries(&[[1; 32]]).unwrap().len(), 3);
+}
+
+/// Entries land with the rest of their batch or not at all, in `commit` and in `commit_many`.
+fn list_entries_commit_with_their_batch(s: &dyn Store) {
+    put(s, sample_row(1, 1, 1, "Encounter"), Expect::Absent).unwrap();
+    let mut b = batch(vec![NewVersion { row: sample_row(2, 1, 1, "Encounter"), expect: Expect::Absent }], vec![]);
+    b.list_entries.push(entry(5, 2, 0));
+    s.commit(&b).unwrap();
+    assert_eq!(s.list_entries(&[[5; 32]]).unwrap(), vec![entry(5, 2, 0)]);
+    let mut bad = batch(vec![NewVersion { row: sample_row(1, 2, 1, "Encounter"), expect: Expect::Version(9) }], vec![]);
+    bad.list_entries.push(entry(5, 1, 0));
+    assert!(matches!(s.commit(&bad), Err(StoreError::Conflict { index: 0 })));
+    assert_eq!(s.list_entries(&[[5; 32]]).unwrap(), vec![entry(5, 2, 0)], "a refused batch adds no entry");
+    let mut ok = batch(vec![NewVersion { row: sample_row(3, 1, 1, "Encounter"), expect: Expect::Absent }], vec![]);
+    ok.list_entries.push(entry(5, 3, 0));
+    let res = s.commit_many(&[bad, ok]).unwrap();
+    assert!(res[0].is_err() && res[1].is_ok());
+    assert_eq!(s.list_entries(&[[5; 32]]).unwrap(), vec![entry(5, 2, 0), entry(5, 3, 0)], "only the committed batch's entry");
+}
+
+/// Writers appending to one list at once all succeed: entries carry no expectation.
+fn list_entries_never_conflict(s: &dyn Store) {
+    std::thread::scope(|sc| {
+        for t in 0..8u8 {
+            sc.spawn(move || {
+                for i in 0..16u8 {
+                    s.commit(&entries_only(vec![entry(7, t * 16 + i, t)])).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(s.list_entries(&[[7; 32]]).unwrap().len(), 128);
 }

@@ -95,6 +95,22 @@ pub struct NewVersion {
     pub expect: Expect,
 }
 
+/// One entry of an append-only list (a facility's work list): the list's tag and the entry's
+/// id, both keyed hashes, and the sealed content. The store learns how many entries each tag
+/// holds and when they were written, never what they say (a record key, sealed, so that a
+/// list does not link the records it names at rest).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListEntry {
+    pub list: [u8; 32],
+    pub entry: [u8; 32],
+    pub sealed: Vec<u8>,
+}
+
+/// The meta value a database holds when it was made by a release that kept work lists as
+/// whole documents (before list entries existed): such documents may still be stored and are
+/// read beside the entries. A database created with list entries never has it.
+pub const META_LEGACY_LISTS: &str = "legacy-list-documents";
+
 /// An atomic unit of writes: all of it lands, or none of it.
 #[derive(Clone, Debug, Default)]
 pub struct WriteBatch {
@@ -108,11 +124,15 @@ pub struct WriteBatch {
     /// [`StoreError::DataKeyRace`]. Every partition of `versions` must have a key, stored
     /// before or brought here, or the batch is [`StoreError::MissingDataKey`].
     pub deks: Vec<StoredDek>,
+    /// List entries added: each inserted unless its `(list, entry)` is already stored (then
+    /// the stored one stays). They carry no expectation and never conflict; they are not
+    /// versions (the version counter does not count them).
+    pub list_entries: Vec<ListEntry>,
 }
 
 impl WriteBatch {
     pub fn is_empty(&self) -> bool {
-        self.versions.is_empty() && self.index.is_empty() && self.deks.is_empty()
+        self.versions.is_empty() && self.index.is_empty() && self.deks.is_empty() && self.list_entries.is_empty()
     }
 }
 
@@ -219,6 +239,9 @@ pub trait Store: Send + Sync + 'static {
     fn partition_current(&self, partition: &PartitionId, resource_type: Option<&str>) -> Result<Vec<VersionRow>>;
     /// Records whose blind-index terms include `term`.
     fn lookup(&self, term: &BlindTerm) -> Result<Vec<RecordKey>>;
+    /// The entries of the lists `lists` (one point query per tag), in `(list, entry)` order;
+    /// a tag without entries adds nothing.
+    fn list_entries(&self, lists: &[[u8; 32]]) -> Result<Vec<ListEntry>>;
     /// Applies a batch atomically and durably, checking every [`Expect`] first.
     fn commit(&self, batch: &WriteBatch) -> Result<()>;
     /// Applies many independent batches in one durable transaction (bulk import): each batch

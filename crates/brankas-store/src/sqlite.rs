@@ -15,13 +15,14 @@ mod maintenance;
 pub use maintenance::{CheckDepth, FileCheck};
 
 use crate::{
-    AlertRow, AuditAppend, AuditCheckpointRow, AuditHead, AuditRow, BlindTerm, Expect, GuardAdmission, PartitionId, RecordKey, Result, StateCounters, Store, StoreError, StoredDek,
-    VersionRow, WrappedKey, WriteBatch,
+    AlertRow, AuditAppend, AuditCheckpointRow, AuditHead, AuditRow, BlindTerm, Expect, GuardAdmission, ListEntry, PartitionId, RecordKey, Result, StateCounters, Store, StoreError,
+    StoredDek, VersionRow, WrappedKey, WriteBatch,
 };
 
 /// The layout version this code writes, kept in `PRAGMA user_version`. Version 1 (no
 /// `user_version`) indexed the blind table by record as well; [`migrate_v1`] converts it.
-const LAYOUT: i64 = 2;
+/// Version 2 had no `list_entries`; [`migrate_list_entries`] adds it.
+const LAYOUT: i64 = 3;
 
 /// Every table is keyed for the one access path it serves, and each secondary index costs an
 /// entry at a random position per insert (the keys are keyed hashes), so there are as few as
@@ -44,6 +45,7 @@ CREATE TABLE IF NOT EXISTS blind (term BLOB NOT NULL, rkey BLOB NOT NULL, PRIMAR
 CREATE TABLE IF NOT EXISTS blind_terms (rkey BLOB PRIMARY KEY, terms BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS clients (client_id TEXT PRIMARY KEY, doc BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS once (key BLOB PRIMARY KEY, expires INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS list_entries (list BLOB NOT NULL, entry BLOB NOT NULL, sealed BLOB NOT NULL, PRIMARY KEY (list, entry)) WITHOUT ROWID;
 "#;
 
 /// The audit log lives in a file of its own beside the database (`<name>.audit.db`), with
@@ -225,8 +227,12 @@ fn prepare_layout(c: &mut Connection) -> Result<()> {
     let has_tables: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE name = 'versions')", [], |r| r.get(0)).map_err(be)?;
     match layout {
         LAYOUT => {}
-        0 if has_tables => migrate_v1(&tx)?,
-        0 => tx.execute_batch(SCHEMA).map_err(be)?,
+        0 if !has_tables => tx.execute_batch(SCHEMA).map_err(be)?,
+        0 => {
+            migrate_v1(&tx)?;
+            migrate_list_entries(&tx)?;
+        }
+        2 => migrate_list_entries(&tx)?,
         n if n > LAYOUT => return Err(StoreError::Backend(format!("database layout {n} is newer than this release reads ({LAYOUT})"))),
         n => return Err(StoreError::Backend(format!("unknown database layout {n}"))),
     }
@@ -267,6 +273,16 @@ fn migrate_v1(tx: &Connection) -> Result<()> {
          ALTER TABLE deks_v2 RENAME TO deks;",
     )
     .map_err(be)
+}
+
+/// Layout 2 to 3: the table of list entries (facility work lists, which earlier releases kept
+/// as whole documents among the versions), and the mark that such documents may be stored
+/// ([`crate::META_LEGACY_LISTS`]): the engine reads them beside the entries.
+fn migrate_list_entries(tx: &Connection) -> Result<()> {
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS list_entries (list BLOB NOT NULL, entry BLOB NOT NULL, sealed BLOB NOT NULL, PRIMARY KEY (list, entry)) WITHOUT ROWID;")
+        .map_err(be)?;
+    tx.execute("INSERT INTO meta (name, value) VALUES (?1, x'01') ON CONFLICT(name) DO NOTHING", [crate::META_LEGACY_LISTS]).map_err(be)?;
+    Ok(())
 }
 
 impl SqliteStore {
@@ -550,7 +566,17 @@ fn apply(tx: &Connection, batch: &WriteBatch) -> Result<()> {
                 .map_err(be)?;
         }
     }
+    // Appended, never replaced: an entry already stored (the same record joining the same
+    // list again) stays as it is, and nothing conflicts.
+    let mut ins = tx.prepare_cached("INSERT INTO list_entries (list, entry, sealed) VALUES (?1, ?2, ?3) ON CONFLICT(list, entry) DO NOTHING").map_err(be)?;
+    for e in &batch.list_entries {
+        ins.execute(params![&e.list[..], &e.entry[..], e.sealed]).map_err(be)?;
+    }
     Ok(())
+}
+
+fn list_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<ListEntry> {
+    Ok(ListEntry { list: blob32(r.get_ref(0)?.as_blob()?)?, entry: blob32(r.get_ref(1)?.as_blob()?)?, sealed: r.get(2)? })
 }
 
 impl Store for SqliteStore {
@@ -665,6 +691,22 @@ impl Store for SqliteStore {
     fn lookup(&self, term: &BlindTerm) -> Result<Vec<RecordKey>> {
         let keys: Vec<Vec<u8>> = self.read(|c| c.prepare_cached("SELECT rkey FROM blind WHERE term = ?1")?.query_map([&term.0[..]], |r| r.get(0))?.collect())?;
         keys.into_iter().map(|k| Ok(RecordKey(k.as_slice().try_into().map_err(|_| StoreError::Corrupt)?))).collect()
+    }
+
+    fn list_entries(&self, lists: &[[u8; 32]]) -> Result<Vec<ListEntry>> {
+        let mut tags = lists.to_vec();
+        tags.sort_unstable();
+        tags.dedup();
+        self.read(|c| {
+            let mut q = c.prepare_cached("SELECT list, entry, sealed FROM list_entries WHERE list = ?1 ORDER BY entry")?;
+            let mut out = Vec::new();
+            for t in &tags {
+                for e in q.query_map([&t[..]], list_entry)? {
+                    out.push(e?);
+                }
+            }
+            Ok(out)
+        })
     }
 
     fn commit(&self, batch: &WriteBatch) -> Result<()> {
@@ -1150,6 +1192,33 @@ CREATE TABLE clients (client_id TEXT PRIMARY KEY, doc BLOB NOT NULL);
         // Opening again changes nothing.
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.lookup(&BlindTerm([4; 32])).unwrap(), vec![RecordKey([1; 32])]);
+    }
+
+    #[test]
+    fn a_layout_2_database_gains_list_entries_and_is_marked_as_holding_list_documents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            assert_eq!(s.get_meta(crate::META_LEGACY_LISTS).unwrap(), None, "a new database holds no list documents");
+            s.commit(&WriteBatch {
+                versions: vec![crate::NewVersion { row: crate::conformance::sample_row(1, 1, 9, "Patient"), expect: Expect::Absent }],
+                deks: vec![crate::conformance::sample_dek(9)],
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        // As layout 2 left it: no list_entries, user_version 2.
+        Connection::open(&path).unwrap().execute_batch("DROP TABLE list_entries; PRAGMA user_version = 2;").unwrap();
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.get_meta(crate::META_LEGACY_LISTS).unwrap().as_deref(), Some(&[1u8][..]));
+        assert_eq!(s.current(&RecordKey([1; 32])).unwrap().unwrap().version, 1);
+        let e = crate::ListEntry { list: [3; 32], entry: [4; 32], sealed: vec![5] };
+        s.commit(&WriteBatch { list_entries: vec![e.clone()], ..Default::default() }).unwrap();
+        assert_eq!(s.list_entries(&[[3; 32]]).unwrap(), vec![e]);
+        drop(s);
+        let v: i64 = Connection::open(&path).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, LAYOUT);
     }
 
     #[test]

@@ -37,6 +37,29 @@ impl RecordAad<'_> {
     }
 }
 
+/// What a sealed list entry is bound to: the list it belongs to and its id there (both keyed
+/// hashes, as the store holds them), and the partition and key version that seal it. An entry
+/// copied under another list or id, or sealed by another partition's key, does not open. The
+/// domain (`brankas-list-entry-v1`) differs from a record's, so neither opens as the other.
+pub struct EntryAad<'a> {
+    pub list: &'a [u8; 32],
+    pub entry: &'a [u8; 32],
+    pub partition: &'a PartitionId,
+    pub dek_version: u32,
+}
+
+impl EntryAad<'_> {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(128);
+        v.extend_from_slice(b"brankas-list-entry-v1");
+        v.extend_from_slice(self.list);
+        v.extend_from_slice(self.entry);
+        v.extend_from_slice(&self.partition.0);
+        v.extend_from_slice(&self.dek_version.to_be_bytes());
+        v
+    }
+}
+
 /// One partition's data key. Holds the key inside aws-lc; its bytes cannot be read back.
 pub struct DataKey {
     key: LessSafeKey,
@@ -73,6 +96,17 @@ impl DataKey {
     /// Opens a sealed record; fails with [`VaultError::Integrity`] unless it was sealed by
     /// this key for exactly this `aad`.
     pub fn open(&self, aad: &RecordAad<'_>, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        self.open_raw(&aad.encode(), sealed)
+    }
+
+    /// Seals a list entry's bytes, bound to `aad`.
+    pub fn seal_entry(&self, aad: &EntryAad<'_>, plaintext: &[u8]) -> Result<Vec<u8>, VaultError> {
+        self.seal_raw(&aad.encode(), plaintext)
+    }
+
+    /// Opens a sealed list entry; fails with [`VaultError::Integrity`] unless it was sealed by
+    /// this key for exactly this `aad`.
+    pub fn open_entry(&self, aad: &EntryAad<'_>, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, VaultError> {
         self.open_raw(&aad.encode(), sealed)
     }
 
@@ -122,6 +156,22 @@ mod tests {
         assert!(matches!(k.open(&aad(&q, "a", 1), &s), Err(VaultError::Integrity)));
         let other = DataKey::generate().unwrap();
         assert!(matches!(other.open(&aad(&p, "a", 1), &s), Err(VaultError::Integrity)));
+    }
+
+    #[test]
+    fn list_entries_are_bound_to_their_list_and_id() {
+        let k = DataKey::generate().unwrap();
+        let p = PartitionId([1; 32]);
+        let e = |list: &'static [u8; 32], entry: &'static [u8; 32]| EntryAad { list, entry, partition: &p, dek_version: 1 };
+        let s = k.seal_entry(&e(&[1; 32], &[2; 32]), b"record key").unwrap();
+        assert_eq!(&*k.open_entry(&e(&[1; 32], &[2; 32]), &s).unwrap(), b"record key");
+        assert!(matches!(k.open_entry(&e(&[3; 32], &[2; 32]), &s), Err(VaultError::Integrity)), "moved to another list");
+        assert!(matches!(k.open_entry(&e(&[1; 32], &[3; 32]), &s), Err(VaultError::Integrity)), "another entry id");
+        let q = PartitionId([2; 32]);
+        assert!(matches!(k.open_entry(&EntryAad { list: &[1; 32], entry: &[2; 32], partition: &q, dek_version: 1 }, &s), Err(VaultError::Integrity)));
+        // Not a record, whatever the record's fields.
+        let r = RecordAad { resource_type: "", record: &RecordKey([1; 32]), version: 0, partition: &p, dek_version: 1 };
+        assert!(matches!(k.open(&r, &s), Err(VaultError::Integrity)));
     }
 
     #[test]

@@ -626,6 +626,9 @@ impl Store for AnchoredStore {
     fn lookup(&self, term: &BlindTerm) -> brankas_store::Result<Vec<RecordKey>> {
         self.inner.lookup(term)
     }
+    fn list_entries(&self, lists: &[[u8; 32]]) -> brankas_store::Result<Vec<brankas_store::ListEntry>> {
+        self.inner.list_entries(lists)
+    }
     fn commit(&self, batch: &WriteBatch) -> brankas_store::Result<()> {
         self.inner.commit(batch)
     }

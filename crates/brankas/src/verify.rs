@@ -14,6 +14,8 @@
 //! - a Binary's attachment exists and every segment of it opens;
 //! - a record's blind-index terms are those its current content calls for, and the term table
 //!   and the per-record term lists agree both ways;
+//! - each work-list entry opens with the system partition's key under its AAD (list tag and
+//!   entry id);
 //! - the audit log verifies (`brankas_audit::verify`).
 
 use std::collections::HashSet;
@@ -74,6 +76,7 @@ struct Counts {
     attachment_bytes: u64,
     blind_rows: u64,
     blind_lists: u64,
+    list_entries: u64,
 }
 
 /// The versions of one record met so far (they arrive in version order).
@@ -141,7 +144,7 @@ pub(crate) fn run(data_dir: &Path, key_file: Option<&Path>) -> Result<()> {
         "counts": {
             "data_keys": counts.data_keys, "erased_patients": counts.erased_patients, "erased_versions": counts.erased_versions, "records": counts.records, "versions": counts.versions, "current": counts.current,
             "attachments": counts.attachments, "attachment_bytes": counts.attachment_bytes,
-            "blind_rows": counts.blind_rows, "blind_lists": counts.blind_lists,
+            "blind_rows": counts.blind_rows, "blind_lists": counts.blind_lists, "list_entries": counts.list_entries,
         },
         "files": files,
         "audit": audit,
@@ -267,6 +270,22 @@ fn rows(sqlite: &SqliteStore, engine: &Engine, report: &mut Report, counts: &mut
             counts.current += 1;
             if r.is_err() && sqlite.history(&key, None, 1)?.is_empty() {
                 report.add("current", format!("record {}", &hex(&key.0)[..16]), "the current pointer names no stored version");
+            }
+        }
+    }
+    // Work-list entries: each opens under the system partition's key, bound to its list
+    // and id.
+    let mut after: Option<([u8; 32], [u8; 32])> = None;
+    loop {
+        let page = sqlite.scan_list_entries(after.as_ref().map(|(l, e)| (l, e)), PAGE)?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.list, last.entry));
+        for e in &page {
+            counts.list_entries += 1;
+            match engine.verify_list_entry(e) {
+                Ok(()) => {}
+                Err(RowProblem::Unavailable(m)) => report.add("unavailable", format!("work-list entry {}", &hex(&e.entry)[..16]), format!("could not be checked: {m}")),
+                Err(_) => report.add("list-entry", format!("work-list entry {}", &hex(&e.entry)[..16]), "the sealed entry does not open (damaged, moved or altered)"),
             }
         }
     }

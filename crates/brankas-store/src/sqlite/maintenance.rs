@@ -100,6 +100,16 @@ impl SqliteStore {
         })
     }
 
+    /// List entries in (list, entry) order after `after`, at most `limit`.
+    pub fn scan_list_entries(&self, after: Option<(&[u8; 32], &[u8; 32])>, limit: usize) -> Result<Vec<crate::ListEntry>> {
+        let (l, e) = after.map_or((Vec::new(), Vec::new()), |(l, e)| (l.to_vec(), e.to_vec()));
+        self.read(|c| {
+            c.prepare_cached("SELECT list, entry, sealed FROM list_entries WHERE (list, entry) > (CAST(?1 AS BLOB), CAST(?2 AS BLOB)) ORDER BY list, entry LIMIT ?3")?
+                .query_map(params![l, e, limit as i64], super::list_entry)?
+                .collect()
+        })
+    }
+
     /// Blind-index rows (term, record) in order after `after`, at most `limit`.
     pub fn scan_blind(&self, after: Option<(&BlindTerm, &RecordKey)>, limit: usize) -> Result<Vec<(BlindTerm, RecordKey)>> {
         let (t, k) = after.map_or((Vec::new(), Vec::new()), |(t, k)| (t.0.to_vec(), k.0.to_vec()));
