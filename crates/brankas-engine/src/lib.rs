@@ -31,6 +31,7 @@ mod binary;
 mod bundle;
 mod crud;
 mod disclosure;
+mod entry;
 pub mod erasure;
 mod imaging;
 mod import;
@@ -163,6 +164,10 @@ pub struct Stored {
     /// The partition the row was stored in (the patient whose record it is, or the system
     /// partition): what an answer serving it discloses.
     pub(crate) partition: PartitionId,
+    /// Set when `resource` is only the record's search entry (a pruned copy, see [`entry`]):
+    /// the entry's JSON, checked against the whole record when it is served
+    /// ([`Engine::complete`]). Never served as it is.
+    pub(crate) entry: Option<Vec<u8>>,
 }
 
 impl Stored {
@@ -191,6 +196,8 @@ pub struct Engine {
     deks: Mutex<HashMap<PartitionId, Arc<DataKey>>>,
     /// Lookups of `deks` that found the key, and that had to unwrap it (for metrics).
     key_cache: [std::sync::atomic::AtomicU64; 2],
+    /// Whole records and search entries opened (see [`Engine::open_counts`]).
+    opens: [std::sync::atomic::AtomicU64; 2],
     /// Data keys made for partitions that have none stored yet, with their wrapped form.
     /// They reach the store inside the first batch that uses them ([`Engine::attach_new_keys`]),
     /// so a new patient costs no separate durable commit; concurrent writers in this process
@@ -218,6 +225,8 @@ const DEK_CACHE: usize = 50_000;
 pub(crate) struct Prepared {
     pub row: VersionRow,
     pub expect: Expect,
+    /// The version's sealed search entry ([`entry`]); none for delete markers.
+    pub entry: Option<Vec<u8>>,
     pub index: Option<(RecordKey, Vec<BlindTerm>)>,
     pub stored: Stored,
     pub created: bool,
@@ -232,6 +241,7 @@ impl Engine {
             limits: Limits::default(),
             deks: Mutex::new(HashMap::new()),
             key_cache: Default::default(),
+            opens: Default::default(),
             pending_deks: Mutex::new(HashMap::new()),
             blobs: None,
             attachments: binary::AttachmentLimits::default(),
@@ -470,12 +480,13 @@ impl Engine {
         let key = self.data_key(&row.partition, false)?.ok_or(EngineError::Integrity)?;
         let aad = RecordAad { resource_type: &row.resource_type, record: &row.key, version: row.version, partition: &row.partition, dek_version: row.dek_version };
         let plain = key.open(&aad, &row.sealed)?;
+        self.opens[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let resource: Value = serde_json::from_slice(&plain).map_err(|_| EngineError::Integrity)?;
         let id = resource.get("id").and_then(Value::as_str).ok_or(EngineError::Integrity)?;
         if self.vault.record_key(&row.resource_type, id) != row.key || expect.is_some_and(|(_, eid)| eid != id) {
             return Err(EngineError::Integrity);
         }
-        Ok(Stored { resource, version: row.version, last_updated_us: row.last_updated_us, deleted: row.deleted, partition: row.partition })
+        Ok(Stored { resource, version: row.version, last_updated_us: row.last_updated_us, deleted: row.deleted, partition: row.partition, entry: None })
     }
 }
 

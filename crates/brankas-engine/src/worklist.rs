@@ -153,7 +153,7 @@ impl Engine {
             let sealed = dek.seal(&aad, &serde_json::to_vec(&wl).map_err(|_| EngineError::Integrity)?)?;
             let row = VersionRow { key, version, partition, resource_type: WORKLIST_TYPE.into(), deleted: false, last_updated_us: now, dek_version: 1, sealed };
             let expect = current.as_ref().map(|(_, r)| Expect::Version(r.version)).unwrap_or(Expect::Absent);
-            out.push(NewVersion { row, expect });
+            out.push(NewVersion { row, expect, entry: None });
         }
         Ok(out)
     }

@@ -15,13 +15,14 @@ mod maintenance;
 pub use maintenance::{CheckDepth, FileCheck};
 
 use crate::{
-    AlertRow, AuditAppend, AuditCheckpointRow, AuditHead, AuditRow, BlindTerm, Expect, GuardAdmission, PartitionId, RecordKey, Result, StateCounters, Store, StoreError, StoredDek,
+    AlertRow, AuditAppend, AuditCheckpointRow, AuditHead, AuditRow, BlindTerm, EntryRow, Expect, GuardAdmission, PartitionId, RecordKey, Result, StateCounters, Store, StoreError, StoredDek,
     VersionRow, WrappedKey, WriteBatch,
 };
 
 /// The layout version this code writes, kept in `PRAGMA user_version`. Version 1 (no
 /// `user_version`) indexed the blind table by record as well; [`migrate_v1`] converts it.
-const LAYOUT: i64 = 2;
+/// Version 2 had no search entries; [`migrate_entries`] adds their (empty) table.
+const LAYOUT: i64 = 3;
 
 /// Every table is keyed for the one access path it serves, and each secondary index costs an
 /// entry at a random position per insert (the keys are keyed hashes), so there are as few as
@@ -40,6 +41,7 @@ CREATE TABLE IF NOT EXISTS current (
     rkey BLOB PRIMARY KEY, version INTEGER NOT NULL, partition BLOB NOT NULL, rtype TEXT NOT NULL,
     deleted INTEGER NOT NULL, vrow INTEGER NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS current_partition ON current (partition, rtype);
+CREATE TABLE IF NOT EXISTS entries (rkey BLOB PRIMARY KEY, version INTEGER NOT NULL, entry BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS blind (term BLOB NOT NULL, rkey BLOB NOT NULL, PRIMARY KEY (term, rkey)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS blind_terms (rkey BLOB PRIMARY KEY, terms BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS clients (client_id TEXT PRIMARY KEY, doc BLOB NOT NULL);
@@ -225,7 +227,11 @@ fn prepare_layout(c: &mut Connection) -> Result<()> {
     let has_tables: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE name = 'versions')", [], |r| r.get(0)).map_err(be)?;
     match layout {
         LAYOUT => {}
-        0 if has_tables => migrate_v1(&tx)?,
+        0 if has_tables => {
+            migrate_v1(&tx)?;
+            migrate_entries(&tx)?;
+        }
+        2 => migrate_entries(&tx)?,
         0 => tx.execute_batch(SCHEMA).map_err(be)?,
         n if n > LAYOUT => return Err(StoreError::Backend(format!("database layout {n} is newer than this release reads ({LAYOUT})"))),
         n => return Err(StoreError::Backend(format!("unknown database layout {n}"))),
@@ -267,6 +273,12 @@ fn migrate_v1(tx: &Connection) -> Result<()> {
          ALTER TABLE deks_v2 RENAME TO deks;",
     )
     .map_err(be)
+}
+
+/// Layout 2 to 3: the `entries` table of sealed search entries, empty. Records written
+/// before have none until their next version; searches open those records whole.
+fn migrate_entries(tx: &Connection) -> Result<()> {
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS entries (rkey BLOB PRIMARY KEY, version INTEGER NOT NULL, entry BLOB NOT NULL) WITHOUT ROWID;").map_err(be)
 }
 
 impl SqliteStore {
@@ -434,6 +446,39 @@ fn current_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<VersionRow>> {
     Ok(if ok { Ok(v) } else { Err(StoreError::Corrupt) })
 }
 
+/// The columns of a version row before its sealed resource (SQLite reads a row's columns
+/// in order: stopping before `sealed` leaves its overflow pages unread).
+const FACT_COLS: &str = "v.rkey, v.version, v.partition, v.rtype, v.deleted, v.last_updated, v.dek_version";
+
+/// Current rows' facts and their search entries (of the same version), filtered by `filter`.
+fn entries_sql(filter: &str) -> String {
+    format!("SELECT {FACT_COLS}, {CUR_COLS}, e.version, e.entry FROM current c JOIN versions v ON v.rowid = c.vrow LEFT JOIN entries e ON e.rkey = c.rkey WHERE {filter}")
+}
+
+/// A current row's facts and entry, checked as [`current_row`] checks the pointer.
+fn entry_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<EntryRow>> {
+    let key = RecordKey(blob32(r.get_ref(0)?.as_blob()?)?);
+    let version = r.get::<_, i64>(1)? as u64;
+    let partition = PartitionId(blob32(r.get_ref(2)?.as_blob()?)?);
+    let resource_type: String = r.get(3)?;
+    let deleted = r.get::<_, i64>(4)? != 0;
+    let ok = r.get_ref(7)?.as_blob()? == &key.0[..]
+        && r.get::<_, i64>(8)? as u64 == version
+        && r.get_ref(9)?.as_blob()? == &partition.0[..]
+        && r.get_ref(10)?.as_str()? == resource_type
+        && (r.get::<_, i64>(11)? != 0) == deleted
+        && r.get::<_, Option<i64>>(12)?.map(|m| m as u64) == Some(version);
+    if !ok {
+        return Ok(Err(StoreError::Corrupt));
+    }
+    // An entry of another version is stale (its record was rewritten without one): none.
+    let entry = match r.get::<_, Option<i64>>(13)? {
+        Some(v) if v as u64 == version => r.get::<_, Option<Vec<u8>>>(14)?,
+        _ => None,
+    };
+    Ok(Ok(EntryRow { key, version, partition, resource_type, last_updated_us: r.get(5)?, dek_version: r.get::<_, i64>(6)? as u32, entry }))
+}
+
 /// Current rows with their version rows, filtered by `filter`.
 ///
 /// The filters compare against `CAST(?n AS ...)`, not a bare `?n`: with a bare parameter,
@@ -517,6 +562,14 @@ fn apply(tx: &Connection, batch: &WriteBatch) -> Result<()> {
         .map_err(be)?
         .execute(params![&r.key.0[..], r.version as i64, &r.partition.0[..], r.resource_type, r.deleted as i64, vrow])
         .map_err(be)?;
+        match &nv.entry {
+            Some(e) => tx
+                .prepare_cached("INSERT INTO entries (rkey, version, entry) VALUES (?1,?2,?3) ON CONFLICT(rkey) DO UPDATE SET version=excluded.version, entry=excluded.entry")
+                .map_err(be)?
+                .execute(params![&r.key.0[..], r.version as i64, e])
+                .map_err(be)?,
+            None => tx.prepare_cached("DELETE FROM entries WHERE rkey = ?1").map_err(be)?.execute(params![&r.key.0[..]]).map_err(be)?,
+        };
     }
     if !batch.versions.is_empty() {
         tx.prepare_cached("UPDATE counters SET n = n + ?1 WHERE name = 'versions'").map_err(be)?.execute([batch.versions.len() as i64]).map_err(be)?;
@@ -626,6 +679,7 @@ impl Store for SqliteStore {
                         tx.execute("DELETE FROM blind_terms WHERE rkey = ?1", params![k]).map_err(be)?;
                     }
                     tx.execute("UPDATE versions SET sealed = x'' WHERE rkey = ?1 AND partition = ?2", params![k, &partition.0[..]]).map_err(be)?;
+                    tx.execute("DELETE FROM entries WHERE rkey = ?1", params![k]).map_err(be)?;
                 }
                 tx.commit().map_err(be)?;
                 Ok(keys.len() as u64)
@@ -658,6 +712,14 @@ impl Store for SqliteStore {
         let rows: Vec<Result<VersionRow>> = self.read(|c| match resource_type {
             Some(t) => c.prepare_cached(&current_sql(PARTITION_TYPE_FILTER))?.query_map(params![&partition.0[..], t], current_row)?.collect(),
             None => c.prepare_cached(&current_sql(PARTITION_FILTER))?.query_map(params![&partition.0[..]], current_row)?.collect(),
+        })?;
+        rows.into_iter().collect()
+    }
+
+    fn partition_entries(&self, partition: &PartitionId, resource_type: Option<&str>) -> Result<Vec<EntryRow>> {
+        let rows: Vec<Result<EntryRow>> = self.read(|c| match resource_type {
+            Some(t) => c.prepare_cached(&entries_sql(PARTITION_TYPE_FILTER))?.query_map(params![&partition.0[..], t], entry_row)?.collect(),
+            None => c.prepare_cached(&entries_sql(PARTITION_FILTER))?.query_map(params![&partition.0[..]], entry_row)?.collect(),
         })?;
         rows.into_iter().collect()
     }
@@ -1078,6 +1140,7 @@ mod tests {
         let v = |key: RecordKey, version: u64, expect: Expect| crate::NewVersion {
             row: VersionRow { key, version, partition: p, resource_type: "Patient".into(), deleted: false, last_updated_us: 0, dek_version: 1, sealed: vec![version as u8] },
             expect,
+            entry: None,
         };
         for nv in [v(a, 1, Expect::Absent), v(a, 2, Expect::Version(1)), v(b, 1, Expect::Absent)] {
             s.commit(&WriteBatch { versions: vec![nv], deks: vec![crate::conformance::sample_dek(9)], ..Default::default() }).unwrap();
@@ -1190,6 +1253,7 @@ CREATE TABLE clients (client_id TEXT PRIMARY KEY, doc BLOB NOT NULL);
                             sealed: vec![7; 3000],
                         },
                         expect: Expect::Absent,
+                        entry: None,
                     }
                 })
                 .collect();
