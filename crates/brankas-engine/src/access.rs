@@ -441,7 +441,7 @@ impl RecordView {
     pub(crate) const OPEN: RecordView = RecordView { open: true, care: true, writer: None, rules: Vec::new(), now: 0 };
 
     /// Restricted by labels, the patient's consent `rules`, and what the caller reaches.
-    fn restricted(rules: Vec<ConsentRule>, care: bool, writer: Option<String>, now: i64) -> RecordView {
+    pub(crate) fn restricted(rules: Vec<ConsentRule>, care: bool, writer: Option<String>, now: i64) -> RecordView {
         RecordView { open: false, care, writer, rules, now }
     }
 

@@ -241,7 +241,9 @@ impl Registry {
             list.dedup_by(|a, b| a.code == b.code);
             let by_code = list.iter().enumerate().map(|(i, p)| (p.code.clone(), i)).collect();
             let mut names = std::collections::BTreeSet::new();
-            let all_named = list.iter().filter_map(|p| p.expr.as_deref()).all(|e| e.context_members(&mut names));
+            // Composite and special parameters are never evaluated (a query naming one is
+            // refused), so what their expressions read does not count.
+            let all_named = list.iter().filter(|p| p.is_supported()).filter_map(|p| p.expr.as_deref()).all(|e| e.context_members(&mut names));
             let reads = all_named.then(|| names.into_iter().collect());
             params.insert(ty.clone(), TypeParams { list, by_code, reads });
         }

@@ -1216,6 +1216,29 @@ CREATE TABLE clients (client_id TEXT PRIMARY KEY, doc BLOB NOT NULL);
     }
 
     #[test]
+    fn a_layout_2_database_gets_the_entries_table_and_its_rows_have_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let row = crate::conformance::sample_row(1, 1, 9, "Observation");
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.commit(&WriteBatch { versions: vec![crate::NewVersion { row: row.clone(), expect: Expect::Absent, entry: None }], deks: vec![crate::conformance::sample_dek(9)], ..Default::default() })
+                .unwrap();
+        }
+        // As layout 2 left it: no entries table.
+        Connection::open(&path).unwrap().execute_batch("DROP TABLE entries; PRAGMA user_version = 2;").unwrap();
+        let s = SqliteStore::open(&path).unwrap();
+        let v: i64 = Connection::open(&path).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, LAYOUT);
+        let found = s.partition_entries(&row.partition, Some("Observation")).unwrap();
+        assert_eq!((found.len(), found[0].key, found[0].entry.clone()), (1, row.key, None));
+        let mut next = crate::conformance::sample_row(1, 2, 9, "Observation");
+        next.sealed = vec![2];
+        s.commit(&WriteBatch { versions: vec![crate::NewVersion { row: next, expect: Expect::Version(1), entry: Some(vec![7, 7]) }], ..Default::default() }).unwrap();
+        assert_eq!(s.partition_entries(&row.partition, None).unwrap()[0].entry, Some(vec![7, 7]));
+    }
+
+    #[test]
     fn a_database_from_a_later_release_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
