@@ -54,8 +54,8 @@ pub(crate) fn prune(registry: &Registry, rtype: &str, resource: &Value) -> Value
     Value::Object(out)
 }
 
-/// The fingerprint of the pruning rule for `rtype` (FNV-1a over the format and the names of
-/// the elements kept of a resource holding every element the type's parameters name).
+/// The fingerprint of the pruning rule for `rtype`: FNV-1a over [`FORMAT`], the type and the
+/// element names its parameters read (`*` when they may read everything).
 pub(crate) fn fingerprint(registry: &Registry, rtype: &str) -> [u8; 8] {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |b: &[u8]| {
@@ -68,10 +68,10 @@ pub(crate) fn fingerprint(registry: &Registry, rtype: &str) -> [u8; 8] {
     };
     eat(&[FORMAT]);
     eat(rtype.as_bytes());
-    let mut names: Vec<&str> = registry.search_read_names(rtype).map(|v| v.iter().map(String::as_str).collect()).unwrap_or_else(|| vec!["*"]);
-    names.sort_unstable();
-    for n in names {
-        eat(n.as_bytes());
+    // The names come sorted.
+    match registry.search_read_names(rtype) {
+        Some(names) => names.iter().for_each(|n| eat(n.as_bytes())),
+        None => eat(b"*"),
     }
     h.to_be_bytes()
 }

@@ -12,8 +12,10 @@
 //! compartment types that name no patient, go to the system partition under the system key.
 //!
 //! How search works without plaintext indexes: a clinical search must name one patient; the
-//! engine decrypts that patient's resources of the type and evaluates the query in memory
-//! (`brankas_search`). Nothing about clinical content is indexed at rest. Across patients only
+//! engine decrypts that patient's search entries of the type (small pruned copies of the
+//! records, sealed under the same key, see `entry`), evaluates the query in memory
+//! (`brankas_search`), and opens whole only the records it returns. Nothing about clinical
+//! content is indexed at rest in the clear. Across patients only
 //! exact identity lookups exist, through blind-index terms (HMAC) of identifiers, phone numbers
 //! and name + birth date.
 //!
@@ -23,7 +25,8 @@
 //!
 //! *Accepted leakage, documented here because this crate introduces it:* the store learns each
 //! record's resource type, version count, write times and owning partition (so the number of
-//! resources per pseudonymous patient), and equality of blind-indexed identity values.
+//! resources per pseudonymous patient), and equality of blind-indexed identity values. A
+//! search entry adds only its length (a sealed copy of part of a record it sits beside).
 
 mod access;
 mod ahead;

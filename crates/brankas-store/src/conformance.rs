@@ -132,7 +132,10 @@ fn expectations(s: &dyn Store) {
 fn batch_atomicity(s: &dyn Store) {
     put(s, sample_row(1, 1, 1, "Patient"), Expect::Absent).unwrap();
     let b = batch(
-        vec![NewVersion { row: sample_row(2, 1, 1, "Observation"), expect: Expect::Absent, entry: None }, NewVersion { row: sample_row(1, 2, 1, "Patient"), expect: Expect::Version(5), entry: None }],
+        vec![
+            NewVersion { row: sample_row(2, 1, 1, "Observation"), expect: Expect::Absent, entry: None },
+            NewVersion { row: sample_row(1, 2, 1, "Patient"), expect: Expect::Version(5), entry: None },
+        ],
         vec![(key(2), vec![BlindTerm([9; 32])])],
     );
     assert!(matches!(s.commit(&b), Err(StoreError::Conflict { index: 1 })));
@@ -143,8 +146,13 @@ fn batch_atomicity(s: &dyn Store) {
 
 fn commit_many_isolates_batches(s: &dyn Store) {
     let ok = batch(vec![NewVersion { row: sample_row(1, 1, 1, "Patient"), expect: Expect::Absent, entry: None }], vec![]);
-    let bad =
-        batch(vec![NewVersion { row: sample_row(3, 1, 1, "Patient"), expect: Expect::Absent, entry: None }, NewVersion { row: sample_row(1, 1, 1, "Patient"), expect: Expect::Absent, entry: None }], vec![]);
+    let bad = batch(
+        vec![
+            NewVersion { row: sample_row(3, 1, 1, "Patient"), expect: Expect::Absent, entry: None },
+            NewVersion { row: sample_row(1, 1, 1, "Patient"), expect: Expect::Absent, entry: None },
+        ],
+        vec![],
+    );
     let ok2 = batch(vec![NewVersion { row: sample_row(2, 1, 2, "Patient"), expect: Expect::Absent, entry: None }], vec![]);
     let res = s.commit_many(&[ok, bad, ok2]).unwrap();
     assert!(res[0].is_ok() && res[1].is_err() && res[2].is_ok());

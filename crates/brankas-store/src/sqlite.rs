@@ -15,8 +15,8 @@ mod maintenance;
 pub use maintenance::{CheckDepth, FileCheck};
 
 use crate::{
-    AlertRow, AuditAppend, AuditCheckpointRow, AuditHead, AuditRow, BlindTerm, EntryRow, Expect, GuardAdmission, PartitionId, RecordKey, Result, StateCounters, Store, StoreError, StoredDek,
-    VersionRow, WrappedKey, WriteBatch,
+    AlertRow, AuditAppend, AuditCheckpointRow, AuditHead, AuditRow, BlindTerm, EntryRow, Expect, GuardAdmission, PartitionId, RecordKey, Result, StateCounters, Store, StoreError,
+    StoredDek, VersionRow, WrappedKey, WriteBatch,
 };
 
 /// The layout version this code writes, kept in `PRAGMA user_version`. Version 1 (no
@@ -1222,8 +1222,12 @@ CREATE TABLE clients (client_id TEXT PRIMARY KEY, doc BLOB NOT NULL);
         let row = crate::conformance::sample_row(1, 1, 9, "Observation");
         {
             let s = SqliteStore::open(&path).unwrap();
-            s.commit(&WriteBatch { versions: vec![crate::NewVersion { row: row.clone(), expect: Expect::Absent, entry: None }], deks: vec![crate::conformance::sample_dek(9)], ..Default::default() })
-                .unwrap();
+            s.commit(&WriteBatch {
+                versions: vec![crate::NewVersion { row: row.clone(), expect: Expect::Absent, entry: None }],
+                deks: vec![crate::conformance::sample_dek(9)],
+                ..Default::default()
+            })
+            .unwrap();
         }
         // As layout 2 left it: no entries table.
         Connection::open(&path).unwrap().execute_batch("DROP TABLE entries; PRAGMA user_version = 2;").unwrap();

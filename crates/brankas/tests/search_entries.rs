@@ -225,10 +225,12 @@ fn an_altered_swapped_or_replayed_entry_fails_the_search() {
     let ids: Vec<String> = page["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].as_str().unwrap().to_string()).collect();
     let (old_rkey, old_entry): (Vec<u8>, Vec<u8>) = {
         let mut r = s.get(&format!("Observation/{}", ids[0])).json::<Value>().unwrap();
-        let before: Vec<(Vec<u8>, Vec<u8>)> = db.prepare("SELECT rkey, entry FROM entries").unwrap().query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+        let before: Vec<(Vec<u8>, Vec<u8>)> =
+            db.prepare("SELECT rkey, entry FROM entries").unwrap().query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
         r["status"] = json!("entered-in-error");
         assert_eq!(s.put(&format!("Observation/{}", ids[0]), &r).status(), 200);
-        let after: Vec<(Vec<u8>, Vec<u8>)> = db.prepare("SELECT rkey, entry FROM entries").unwrap().query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+        let after: Vec<(Vec<u8>, Vec<u8>)> =
+            db.prepare("SELECT rkey, entry FROM entries").unwrap().query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
         before.into_iter().find(|b| after.iter().any(|a| a.0 == b.0 && a.1 != b.1)).expect("the updated record's entry changed")
     };
     db.execute("UPDATE entries SET entry = ?2 WHERE rkey = ?1", params![old_rkey, old_entry]).unwrap();
