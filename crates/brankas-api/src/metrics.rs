@@ -228,6 +228,10 @@ pub(crate) async fn scrape(State(st): State<Arc<AppState>>, headers: HeaderMap) 
     let _ = writeln!(out, "brankas_key_cache_hits_total {hits}");
     head(&mut out, "brankas_key_cache_misses_total", "counter", "Data-key lookups that read and unwrapped the key.");
     let _ = writeln!(out, "brankas_key_cache_misses_total {misses}");
+    let (records, entries) = st.engine.open_counts();
+    head(&mut out, "brankas_records_opened_total", "counter", "Sealed records decrypted: whole resources (kind=record) and search entries (kind=entry).");
+    let _ = writeln!(out, "brankas_records_opened_total{{kind=\"record\"}} {records}");
+    let _ = writeln!(out, "brankas_records_opened_total{{kind=\"entry\"}} {entries}");
 
     let store = st.store.clone();
     let audit = st.audit.clone();

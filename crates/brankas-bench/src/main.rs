@@ -34,6 +34,7 @@ use clap::Parser;
 use serde_json::{Value, json};
 
 mod attach;
+mod compartment;
 mod scale;
 
 #[derive(clap::Subcommand, Debug)]
@@ -42,6 +43,8 @@ enum Cmd {
     Scale(scale::ScaleArgs),
     /// Upload and download one large attachment; the machine's AEAD and file-copy floors.
     Attachments(attach::AttachArgs),
+    /// One page of a search inside a patient with many records (search entries or not).
+    Compartment(compartment::CompartmentArgs),
 }
 
 #[derive(Parser, Debug)]
@@ -110,6 +113,7 @@ fn main() -> Result<()> {
     let mut args = Args::parse();
     match args.cmd.take() {
         Some(Cmd::Scale(a)) => return scale::run(a),
+        Some(Cmd::Compartment(a)) => return compartment::run(a),
         Some(Cmd::Attachments(a)) => return attach::run(a),
         None => {}
     }

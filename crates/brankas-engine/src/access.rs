@@ -441,7 +441,7 @@ impl RecordView {
     pub(crate) const OPEN: RecordView = RecordView { open: true, care: true, writer: None, rules: Vec::new(), now: 0 };
 
     /// Restricted by labels, the patient's consent `rules`, and what the caller reaches.
-    fn restricted(rules: Vec<ConsentRule>, care: bool, writer: Option<String>, now: i64) -> RecordView {
+    pub(crate) fn restricted(rules: Vec<ConsentRule>, care: bool, writer: Option<String>, now: i64) -> RecordView {
         RecordView { open: false, care, writer, rules, now }
     }
 
@@ -826,7 +826,7 @@ impl Engine {
         let sealed = dek.seal(&aad, &serde_json::to_vec(care).map_err(|_| EngineError::Integrity)?)?;
         let row = VersionRow { key, version, partition: *partition, resource_type: CARE_TYPE.into(), deleted: false, last_updated_us: now, dek_version: 1, sealed };
         let expect = current.map(|c| Expect::Version(c.version)).unwrap_or(Expect::Absent);
-        Ok((NewVersion { row, expect }, key))
+        Ok((NewVersion { row, expect, entry: None }, key))
     }
 
     /// What `prepared` (about to be written by `who`) tells about the patients' care, by
@@ -994,7 +994,7 @@ impl Engine {
             let care = self.care_versions(&self.care_facts(who, prepared, now), now)?;
             let mut batch = WriteBatch { list_entries: entries.clone(), ..Default::default() };
             for p in prepared {
-                batch.versions.push(NewVersion { row: p.row.clone(), expect: p.expect });
+                batch.versions.push(NewVersion { row: p.row.clone(), expect: p.expect, entry: p.entry.clone() });
                 if let Some(ix) = &p.index {
                     batch.index.push(ix.clone());
                 }

@@ -140,12 +140,14 @@ impl Engine {
         let dek_version = 1;
         let aad = RecordAad { resource_type: rtype, record: &rkey, version, partition: &partition, dek_version };
         let sealed = key.seal(&aad, &bytes)?;
+        let entry = Some(self.seal_entry(&key, &aad, &resource)?);
         let index = self.index_terms(rtype, &resource).map(|t| (rkey, t));
         Ok(Prepared {
             row: VersionRow { key: rkey, version, partition, resource_type: rtype.into(), deleted: false, last_updated_us: now, dek_version, sealed },
             expect,
+            entry,
             index,
-            stored: Stored { resource, version, last_updated_us: now, deleted: false, partition },
+            stored: Stored { resource, version, last_updated_us: now, deleted: false, partition, entry: None },
             created: current.is_none_or(|c| c.deleted),
         })
     }
@@ -161,9 +163,10 @@ impl Engine {
         Ok(Prepared {
             row: VersionRow { key: current.key, version, partition, resource_type: rtype.into(), deleted: true, last_updated_us: now, dek_version: 1, sealed },
             expect: Expect::Version(current.version),
+            entry: None,
             // Identity lookups must no longer find a deleted patient.
             index: Some((current.key, Vec::new())),
-            stored: Stored { resource: tomb, version, last_updated_us: now, deleted: true, partition: current.partition },
+            stored: Stored { resource: tomb, version, last_updated_us: now, deleted: true, partition: current.partition, entry: None },
             created: false,
         })
     }

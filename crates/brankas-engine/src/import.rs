@@ -372,7 +372,7 @@ impl<'a> Importer<'a> {
         let named = self.engine.named(&tx.prepared);
         let mut batch = WriteBatch { list_entries, ..Default::default() };
         for p in tx.prepared {
-            batch.versions.push(NewVersion { row: p.row, expect: p.expect });
+            batch.versions.push(NewVersion { row: p.row, expect: p.expect, entry: p.entry });
             if let Some(ix) = p.index {
                 batch.index.push(ix);
             }
@@ -401,7 +401,7 @@ impl<'a> Importer<'a> {
         let aad = RecordAad { resource_type: MARK_TYPE, record: &key, version: 1, partition: &partition, dek_version: 1 };
         let sealed = dek.seal(&aad, &serde_json::to_vec(&json!({"resourceType": MARK_TYPE, "id": id})).map_err(|_| EngineError::Integrity)?)?;
         let row = VersionRow { key, version: 1, partition, resource_type: MARK_TYPE.into(), deleted: false, last_updated_us: now, dek_version: 1, sealed };
-        Ok(NewVersion { row, expect: Expect::Absent })
+        Ok(NewVersion { row, expect: Expect::Absent, entry: None })
     }
 }
 

@@ -12,8 +12,10 @@
 //! compartment types that name no patient, go to the system partition under the system key.
 //!
 //! How search works without plaintext indexes: a clinical search must name one patient; the
-//! engine decrypts that patient's resources of the type and evaluates the query in memory
-//! (`brankas_search`). Nothing about clinical content is indexed at rest. Across patients only
+//! engine decrypts that patient's search entries of the type (small pruned copies of the
+//! records, sealed under the same key, see `entry`), evaluates the query in memory
+//! (`brankas_search`), and opens whole only the records it returns. Nothing about clinical
+//! content is indexed at rest in the clear. Across patients only
 //! exact identity lookups exist, through blind-index terms (HMAC) of identifiers, phone numbers
 //! and name + birth date.
 //!
@@ -23,7 +25,8 @@
 //!
 //! *Accepted leakage, documented here because this crate introduces it:* the store learns each
 //! record's resource type, version count, write times and owning partition (so the number of
-//! resources per pseudonymous patient), and equality of blind-indexed identity values.
+//! resources per pseudonymous patient), and equality of blind-indexed identity values. A
+//! search entry adds only its length (a sealed copy of part of a record it sits beside).
 
 mod access;
 mod ahead;
@@ -31,6 +34,7 @@ mod binary;
 mod bundle;
 mod crud;
 mod disclosure;
+mod entry;
 pub mod erasure;
 mod imaging;
 mod import;
@@ -163,6 +167,10 @@ pub struct Stored {
     /// The partition the row was stored in (the patient whose record it is, or the system
     /// partition): what an answer serving it discloses.
     pub(crate) partition: PartitionId,
+    /// Set when `resource` is only the record's search entry (a pruned copy, see [`entry`]):
+    /// the entry's JSON, checked against the whole record when it is served
+    /// ([`Engine::complete`]). Never served as it is.
+    pub(crate) entry: Option<Vec<u8>>,
 }
 
 impl Stored {
@@ -191,6 +199,8 @@ pub struct Engine {
     deks: Mutex<HashMap<PartitionId, Arc<DataKey>>>,
     /// Lookups of `deks` that found the key, and that had to unwrap it (for metrics).
     key_cache: [std::sync::atomic::AtomicU64; 2],
+    /// Whole records and search entries opened (see [`Engine::open_counts`]).
+    opens: [std::sync::atomic::AtomicU64; 2],
     /// Data keys made for partitions that have none stored yet, with their wrapped form.
     /// They reach the store inside the first batch that uses them ([`Engine::attach_new_keys`]),
     /// so a new patient costs no separate durable commit; concurrent writers in this process
@@ -218,6 +228,8 @@ const DEK_CACHE: usize = 50_000;
 pub(crate) struct Prepared {
     pub row: VersionRow,
     pub expect: Expect,
+    /// The version's sealed search entry ([`entry`]); none for delete markers.
+    pub entry: Option<Vec<u8>>,
     pub index: Option<(RecordKey, Vec<BlindTerm>)>,
     pub stored: Stored,
     pub created: bool,
@@ -232,6 +244,7 @@ impl Engine {
             limits: Limits::default(),
             deks: Mutex::new(HashMap::new()),
             key_cache: Default::default(),
+            opens: Default::default(),
             pending_deks: Mutex::new(HashMap::new()),
             blobs: None,
             attachments: binary::AttachmentLimits::default(),
@@ -472,12 +485,13 @@ impl Engine {
         let key = self.data_key(&row.partition, false)?.ok_or(EngineError::Integrity)?;
         let aad = RecordAad { resource_type: &row.resource_type, record: &row.key, version: row.version, partition: &row.partition, dek_version: row.dek_version };
         let plain = key.open(&aad, &row.sealed)?;
+        self.opens[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let resource: Value = serde_json::from_slice(&plain).map_err(|_| EngineError::Integrity)?;
         let id = resource.get("id").and_then(Value::as_str).ok_or(EngineError::Integrity)?;
         if self.vault.record_key(&row.resource_type, id) != row.key || expect.is_some_and(|(_, eid)| eid != id) {
             return Err(EngineError::Integrity);
         }
-        Ok(Stored { resource, version: row.version, last_updated_us: row.last_updated_us, deleted: row.deleted, partition: row.partition })
+        Ok(Stored { resource, version: row.version, last_updated_us: row.last_updated_us, deleted: row.deleted, partition: row.partition, entry: None })
     }
 }
 

@@ -4,7 +4,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use brankas_auth::{Principal, Role};
 use brankas_search::{IdentityQuery, Query, QueryError, Summary};
-use brankas_store::{PartitionId, VersionRow};
+use brankas_store::{EntryRow, PartitionId, VersionRow};
 use brankas_vault::BlindTerm;
 use serde_json::{Value, json};
 
@@ -105,7 +105,8 @@ impl Engine {
             // The answer is a count: every record counted informed it.
             matches.iter().for_each(|s| self.disclose(&mut disclosure, s));
         }
-        let resources_all: Vec<Stored> = matches.into_iter().skip(offset).take(take).collect();
+        // Only the page is opened whole (the rest was decided on search entries).
+        let resources_all: Vec<Stored> = matches.into_iter().skip(offset).take(take).map(|s| self.complete(who, s)).collect::<Result<_>>()?;
         resources_all.iter().for_each(|s| self.disclose(&mut disclosure, s));
         let mut resources = resources_all;
         let keep: Option<Vec<&str>> = match rp.summary {
@@ -273,8 +274,8 @@ impl Engine {
         }
         // Nothing of the type stored (e.g. the patient is new in this very transaction):
         // nothing to decrypt, and nothing to decide.
-        let rows = self.store.partition_current(&partition, Some(rtype))?;
-        if rows.iter().all(|r| r.deleted) {
+        let rows = self.store.partition_entries(&partition, Some(rtype))?;
+        if rows.is_empty() {
             return Ok(Vec::new());
         }
         let view = self.gate_partition_read(who, &partition)?;
@@ -283,15 +284,24 @@ impl Engine {
     }
 
     fn scan(&self, partition: PartitionId, rtype: &str, query: &Query, _patient: Option<&str>) -> Result<Vec<Stored>> {
-        self.scan_rows(self.store.partition_current(&partition, Some(rtype))?, query)
+        self.scan_rows(self.store.partition_entries(&partition, Some(rtype))?, query)
     }
 
-    /// The rows of one partition and type that match `query`, within the scan bound.
-    fn scan_rows(&self, rows: Vec<VersionRow>, query: &Query) -> Result<Vec<Stored>> {
+    /// The current rows of one partition and type that match `query`, within the scan
+    /// bound, decided on their search entries ([`crate::entry`]): what is returned is pruned
+    /// where the row has an entry, and must pass [`Engine::complete`] before it is served.
+    fn scan_rows(&self, rows: Vec<EntryRow>, query: &Query) -> Result<Vec<Stored>> {
         if rows.len() > self.limits.max_scan {
             return Err(EngineError::Search("too many resources to search; narrow the search".into()));
         }
-        self.filter_rows(rows, query)
+        let mut out = Vec::new();
+        for row in &rows {
+            let s = self.open_for_search(row)?;
+            if query.matches(&s.resource) {
+                out.push(s);
+            }
+        }
+        Ok(out)
     }
 
     fn filter_rows(&self, rows: Vec<VersionRow>, query: &Query) -> Result<Vec<Stored>> {
@@ -394,7 +404,7 @@ impl Engine {
         {
             found.retain(|s| qs.iter().any(|q| q.matches(&s.resource)));
         }
-        Ok(found)
+        found.into_iter().map(|s| self.complete(who, s)).collect()
     }
 
     /// `Patient/[id]/$everything`: the patient's whole compartment, limited to the types the

@@ -84,6 +84,36 @@ impl Engine {
         Ok(VerifiedRow { resource_type: row.resource_type.clone(), id, terms, attachment_bytes })
     }
 
+    /// Checks a stored search entry against the version it names (`row`, read by the caller):
+    /// it opens under the version's AAD, and is exactly the pruned copy of the record. An
+    /// entry written under an earlier pruning rule is not used by searches and passes.
+    pub fn verify_entry(&self, row: &VersionRow, entry: &[u8]) -> Result<(), RowProblem> {
+        let facts = brankas_store::EntryRow {
+            key: row.key,
+            version: row.version,
+            partition: row.partition,
+            resource_type: row.resource_type.clone(),
+            last_updated_us: row.last_updated_us,
+            dek_version: row.dek_version,
+            entry: Some(entry.to_vec()),
+        };
+        let problem = |e: EngineError| match e {
+            EngineError::Gone => RowProblem::Erased,
+            EngineError::Integrity => RowProblem::DoesNotOpen,
+            e => RowProblem::Unavailable(e.to_string()),
+        };
+        let Some(pruned) = self.open_entry(&facts).map_err(problem)? else { return Ok(()) };
+        if row.deleted {
+            return Err(RowProblem::DoesNotOpen);
+        }
+        // A version that does not open is reported as such; its entry cannot be compared.
+        let Ok(full) = self.open_row(row, None) else { return Ok(()) };
+        if crate::entry::prune(self.registry, &row.resource_type, &full.resource) != pruned.resource {
+            return Err(RowProblem::DoesNotOpen);
+        }
+        Ok(())
+    }
+
     /// Opens a partition's wrapped data key with the key provider.
     pub fn verify_data_key(&self, dek: &StoredDek) -> Result<(), RowProblem> {
         if dek.wrapped.is_erased() {

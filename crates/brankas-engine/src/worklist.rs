@@ -176,7 +176,7 @@ impl Engine {
             let list = self.list_tag(id);
             for key in keys {
                 let entry = self.entry_id(id, key);
-                let sealed = dek.seal_entry(&EntryAad { list: &list, entry: &entry, partition: &partition, dek_version: 1 }, &key.0)?;
+                let sealed = dek.seal_list_entry(&EntryAad { list: &list, entry: &entry, partition: &partition, dek_version: 1 }, &key.0)?;
                 out.push(ListEntry { list, entry, sealed });
             }
         }
@@ -185,10 +185,10 @@ impl Engine {
 
     /// Opens a list entry: the record key it holds. An entry that does not open under its tag
     /// and id, or whose id is not its record's in this list, is [`EngineError::Integrity`].
-    fn open_entry(&self, id: Option<&str>, e: &ListEntry) -> Result<RecordKey> {
+    fn open_list_entry(&self, id: Option<&str>, e: &ListEntry) -> Result<RecordKey> {
         let partition = self.vault.system_partition();
         let dek = self.data_key(&partition, false)?.ok_or(EngineError::Integrity)?;
-        let plain = dek.open_entry(&EntryAad { list: &e.list, entry: &e.entry, partition: &partition, dek_version: 1 }, &e.sealed)?;
+        let plain = dek.open_list_entry(&EntryAad { list: &e.list, entry: &e.entry, partition: &partition, dek_version: 1 }, &e.sealed)?;
         let key = RecordKey(plain.as_slice().try_into().map_err(|_| EngineError::Integrity)?);
         if id.is_some_and(|id| self.entry_id(id, &key) != e.entry) {
             return Err(EngineError::Integrity);
@@ -203,7 +203,7 @@ impl Engine {
         let mut out = vec![BTreeSet::new(); ids.len()];
         for e in self.store.list_entries(&tags.keys().copied().collect::<Vec<_>>())? {
             let i = *tags.get(&e.list).ok_or(EngineError::Integrity)?;
-            out[i].insert(self.open_entry(Some(&ids[i]), &e)?);
+            out[i].insert(self.open_list_entry(Some(&ids[i]), &e)?);
         }
         if self.store.get_meta(META_LEGACY_LISTS)?.is_some() {
             for (i, id) in ids.iter().enumerate() {
@@ -218,7 +218,7 @@ impl Engine {
     /// Checks a stored list entry without serving it (`brankas verify`): it opens under the
     /// system partition's key, bound to its tag and id, and holds a record key.
     pub fn verify_list_entry(&self, e: &ListEntry) -> std::result::Result<(), crate::RowProblem> {
-        match self.open_entry(None, e) {
+        match self.open_list_entry(None, e) {
             Ok(_) => Ok(()),
             Err(EngineError::Integrity) => Err(crate::RowProblem::DoesNotOpen),
             Err(e) => Err(crate::RowProblem::Unavailable(e.to_string())),
@@ -358,7 +358,7 @@ mod tests {
         };
         let now = crate::crud::now_us();
         let p = engine.prepare(&who, "Encounter", "e-old", old.clone(), None, Expect::Absent, now).unwrap();
-        let mut batch = WriteBatch { versions: vec![NewVersion { row: p.row.clone(), expect: Expect::Absent }], ..Default::default() };
+        let mut batch = WriteBatch { versions: vec![NewVersion { row: p.row.clone(), expect: Expect::Absent, entry: None }], ..Default::default() };
         let (org, hour) = entries("Encounter", &old, now).remove(0);
         let id = list_id(&org, "Encounter", hour);
         let key = engine.vault.record_key(WORKLIST_TYPE, &id);
@@ -367,7 +367,7 @@ mod tests {
         let dek = engine.data_key(&partition, true).unwrap().unwrap();
         let sealed = dek.seal(&RecordAad { resource_type: WORKLIST_TYPE, record: &key, version: 1, partition: &partition, dek_version: 1 }, &doc).unwrap();
         let row = VersionRow { key, version: 1, partition, resource_type: WORKLIST_TYPE.into(), deleted: false, last_updated_us: now, dek_version: 1, sealed };
-        batch.versions.push(NewVersion { row, expect: Expect::Absent });
+        batch.versions.push(NewVersion { row, expect: Expect::Absent, entry: None });
         engine.attach_new_keys(&mut batch).unwrap();
         engine.store.commit(&batch).unwrap();
         assert_eq!(found(&engine, &who, "2026-11-30"), vec!["e-new".to_string()], "documents are looked for only in a database of that layout");

@@ -605,6 +605,12 @@ fn emit<'a>(v: &'a Value, ty: Option<&'a str>, f: &mut dyn FnMut(Item<'a>) -> Fl
     }
 }
 
+/// Whether the JSON key `key` is what [`member`] finds for the FHIRPath name `name` (the
+/// name itself, or a choice variant such as `valueQuantity` for `value`).
+pub(crate) fn member_matches(key: &str, name: &str) -> bool {
+    key == name || choice_suffix(key, name).is_some()
+}
+
 fn member<'a>(it: Item<'a>, name: &str, f: &mut dyn FnMut(Item<'a>) -> Flow) -> Flow {
     let Value::Object(m) = it.value else {
         return CONTINUE;
@@ -698,6 +704,54 @@ impl Node {
             Node::Or(a, b) => Node::Or(s(a), s(b)),
             Node::Eq { left, lit, negate } => Node::Eq { left: s(left), lit: lit.clone(), negate: *negate },
         }
+    }
+
+    /// Adds to `out` the top-level members of the context item that evaluating this
+    /// expression and reading its items can look at; false when it may read the context
+    /// item beyond its members (e.g. the expression yields the item itself, or tests its
+    /// type). A sound over-approximation: a resource pruned to those members (choice
+    /// variants `value[x]` included, see [`member_matches`]) gives every search parameter
+    /// the same values as the whole resource.
+    pub(crate) fn context_members(&self, out: &mut std::collections::BTreeSet<String>) -> bool {
+        self.touches(out) && !self.emits_context()
+    }
+
+    /// Whether items of this expression may be the context item itself.
+    fn emits_context(&self) -> bool {
+        match self {
+            Node::This | Node::TypeRoot(_) => true,
+            Node::Empty | Node::Lit(_) | Node::Member(..) | Node::Resolve(_) => false,
+            Node::Index(b, _) | Node::First(b) | Node::Last(b) | Node::As(b, _) | Node::RefIs(b, _) | Node::Where(b, _) => b.emits_context(),
+            Node::Union(v) => v.iter().any(Node::emits_context),
+            Node::Is(..) | Node::Exists(_) | Node::EmptyFn(_) | Node::Not(_) | Node::And(..) | Node::Or(..) | Node::Eq { .. } => false,
+        }
+    }
+
+    /// The context's members that evaluating this expression reads, not counting what a
+    /// consumer reads of its items (see [`Node::context_members`]).
+    fn touches(&self, out: &mut std::collections::BTreeSet<String>) -> bool {
+        match self {
+            Node::Empty | Node::This | Node::TypeRoot(_) | Node::Lit(_) => true,
+            Node::Member(b, n) => {
+                if b.emits_context() {
+                    out.insert(n.clone());
+                }
+                b.touches(out)
+            }
+            Node::Index(b, _) | Node::First(b) | Node::Last(b) | Node::Resolve(b) | Node::Exists(b) | Node::EmptyFn(b) => b.touches(out),
+            // These look into the item itself (its shape, its reference text).
+            Node::As(b, _) | Node::RefIs(b, _) | Node::Is(b, _) => !b.emits_context() && b.touches(out),
+            Node::Where(b, c) => b.touches(out) && (!b.emits_context() || c.bool_reads(out)),
+            Node::Union(v) => v.iter().all(|n| n.touches(out)),
+            Node::Not(b) => b.bool_reads(out),
+            Node::And(a, b) | Node::Or(a, b) => a.bool_reads(out) && b.bool_reads(out),
+            Node::Eq { left, .. } => left.context_members(out),
+        }
+    }
+
+    /// What [`Node::eval_bool`] reads of its context.
+    fn bool_reads(&self, out: &mut std::collections::BTreeSet<String>) -> bool {
+        if self.is_boolean() { self.touches(out) } else { self.context_members(out) }
     }
 
     fn is_boolean(&self) -> bool {

@@ -103,6 +103,9 @@ struct TypeParams {
     /// Sorted by code.
     list: Vec<SearchParam>,
     by_code: HashMap<String, usize>,
+    /// The top-level elements any of the parameters can read, or `None` when some
+    /// parameter may read more than named elements (see [`Registry::search_reads`]).
+    reads: Option<Vec<String>>,
 }
 
 /// How many of the official definitions compiled; see [`Registry::stats`].
@@ -237,7 +240,12 @@ impl Registry {
             list.sort_by(|a, b| a.code.cmp(&b.code));
             list.dedup_by(|a, b| a.code == b.code);
             let by_code = list.iter().enumerate().map(|(i, p)| (p.code.clone(), i)).collect();
-            params.insert(ty.clone(), TypeParams { list, by_code });
+            let mut names = std::collections::BTreeSet::new();
+            // Composite and special parameters are never evaluated (a query naming one is
+            // refused), so what their expressions read does not count.
+            let all_named = list.iter().filter(|p| p.is_supported()).filter_map(|p| p.expr.as_deref()).all(|e| e.context_members(&mut names));
+            let reads = all_named.then(|| names.into_iter().collect());
+            params.insert(ty.clone(), TypeParams { list, by_code, reads });
         }
 
         Ok(Registry { types, params, compartment: compartment_map, stats })
@@ -249,6 +257,29 @@ impl Registry {
     pub fn param(&self, resource_type: &str, code: &str) -> Option<&SearchParam> {
         let tp = self.params.get(resource_type)?;
         tp.by_code.get(code).map(|&i| &tp.list[i])
+    }
+
+    /// Whether a search parameter of `resource_type` (as a criterion, a `_sort` key or a
+    /// scope restriction) can read the top-level element `key` of a resource: the elements
+    /// its FHIRPath expressions name, with their choice variants (`value` keeps
+    /// `valueQuantity`). `resourceType` is always read; so is everything of a type where
+    /// some expression reads more than named elements. A resource pruned to these elements
+    /// matches, sorts and counts exactly as the whole one (so a search can decide on a
+    /// small copy and open the whole resource only for what it returns).
+    pub fn search_reads(&self, resource_type: &str, key: &str) -> bool {
+        if key == "resourceType" {
+            return true;
+        }
+        match self.params.get(resource_type).map(|tp| &tp.reads) {
+            Some(Some(names)) => names.iter().any(|n| fhirpath::member_matches(key, n)),
+            _ => true,
+        }
+    }
+
+    /// The element names behind [`Registry::search_reads`] (choice names unexpanded), or
+    /// `None` when the type's parameters may read every element.
+    pub fn search_read_names(&self, resource_type: &str) -> Option<&[String]> {
+        self.params.get(resource_type).and_then(|tp| tp.reads.as_deref())
     }
 
     /// Every parameter of `resource_type`, sorted by code; empty for an

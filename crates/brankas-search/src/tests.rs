@@ -721,3 +721,28 @@ fn identity() {
     let dbg = format!("{:?}", q("Patient", &[("name", "SECRETNAME")]));
     assert!(!dbg.contains("SECRETNAME"), "{dbg}");
 }
+
+#[test]
+fn search_reads_names_the_elements_parameters_can_read() {
+    let r = Registry::r4();
+    for k in ["resourceType", "id", "meta", "code", "subject", "status", "valueQuantity", "valueCodeableConcept", "effectivePeriod", "component", "category"] {
+        assert!(r.search_reads("Observation", k), "Observation.{k}");
+    }
+    for k in ["note", "text", "referenceRange", "valueQuantityX", "statusReason"] {
+        assert!(!r.search_reads("Observation", k), "Observation.{k} is read by no parameter");
+    }
+    assert!(r.search_reads("Patient", "birthDate") && r.search_reads("Patient", "deceasedBoolean") && !r.search_reads("Patient", "photo"));
+    // What an expression reads of its context: members, choice variants, and the whole item
+    // when the expression yields it or looks at its type.
+    let reads = |src: &str| {
+        let n = fhirpath::compile(src).unwrap().specialize("Observation", true);
+        let mut s = std::collections::BTreeSet::new();
+        n.context_members(&mut s).then_some(s.into_iter().collect::<Vec<_>>())
+    };
+    assert_eq!(reads("Observation.value.as(Quantity)"), Some(vec!["value".to_string()]));
+    assert_eq!(reads("Observation.component.where(code.exists()).value"), Some(vec!["component".to_string()]));
+    assert_eq!(reads("Observation.subject.where(resolve() is Patient) | Observation.focus"), Some(vec!["focus".to_string(), "subject".to_string()]));
+    assert_eq!(reads("Observation.where(status = 'final').code"), Some(vec!["code".to_string(), "status".to_string()]));
+    assert_eq!(reads("Observation"), None);
+    assert_eq!(reads("Observation.is(Observation)"), None);
+}

@@ -18,6 +18,7 @@ pub fn run_all(fresh: &mut dyn FnMut() -> Box<dyn Store>) {
         ("batch_atomicity", batch_atomicity),
         ("commit_many_isolates_batches", commit_many_isolates_batches),
         ("partition_listing", partition_listing),
+        ("search_entries", search_entries),
         ("blind_index", blind_index),
         ("use_once", use_once),
         ("clients", clients),
@@ -73,7 +74,7 @@ fn batch(versions: Vec<NewVersion>, index: Vec<(RecordKey, Vec<BlindTerm>)>) -> 
 }
 
 fn put(s: &dyn Store, row: VersionRow, expect: Expect) -> crate::Result<()> {
-    s.commit(&batch(vec![NewVersion { row, expect }], vec![]))
+    s.commit(&batch(vec![NewVersion { row, expect, entry: None }], vec![]))
 }
 
 fn meta(s: &dyn Store) {
@@ -134,7 +135,10 @@ fn expectations(s: &dyn Store) {
 fn batch_atomicity(s: &dyn Store) {
     put(s, sample_row(1, 1, 1, "Patient"), Expect::Absent).unwrap();
     let b = batch(
-        vec![NewVersion { row: sample_row(2, 1, 1, "Observation"), expect: Expect::Absent }, NewVersion { row: sample_row(1, 2, 1, "Patient"), expect: Expect::Version(5) }],
+        vec![
+            NewVersion { row: sample_row(2, 1, 1, "Observation"), expect: Expect::Absent, entry: None },
+            NewVersion { row: sample_row(1, 2, 1, "Patient"), expect: Expect::Version(5), entry: None },
+        ],
         vec![(key(2), vec![BlindTerm([9; 32])])],
     );
     assert!(matches!(s.commit(&b), Err(StoreError::Conflict { index: 1 })));
@@ -144,10 +148,15 @@ fn batch_atomicity(s: &dyn Store) {
 }
 
 fn commit_many_isolates_batches(s: &dyn Store) {
-    let ok = batch(vec![NewVersion { row: sample_row(1, 1, 1, "Patient"), expect: Expect::Absent }], vec![]);
-    let bad =
-        batch(vec![NewVersion { row: sample_row(3, 1, 1, "Patient"), expect: Expect::Absent }, NewVersion { row: sample_row(1, 1, 1, "Patient"), expect: Expect::Absent }], vec![]);
-    let ok2 = batch(vec![NewVersion { row: sample_row(2, 1, 2, "Patient"), expect: Expect::Absent }], vec![]);
+    let ok = batch(vec![NewVersion { row: sample_row(1, 1, 1, "Patient"), expect: Expect::Absent, entry: None }], vec![]);
+    let bad = batch(
+        vec![
+            NewVersion { row: sample_row(3, 1, 1, "Patient"), expect: Expect::Absent, entry: None },
+            NewVersion { row: sample_row(1, 1, 1, "Patient"), expect: Expect::Absent, entry: None },
+        ],
+        vec![],
+    );
+    let ok2 = batch(vec![NewVersion { row: sample_row(2, 1, 2, "Patient"), expect: Expect::Absent, entry: None }], vec![]);
     let res = s.commit_many(&[ok, bad, ok2]).unwrap();
     assert!(res[0].is_ok() && res[1].is_err() && res[2].is_ok());
     assert!(s.current(&key(1)).unwrap().is_some());
@@ -170,6 +179,49 @@ fn partition_listing(s: &dyn Store) {
     let all = s.partition_current(&part(1), None).unwrap();
     assert_eq!(all.len(), 2);
     assert!(s.partition_current(&part(9), None).unwrap().is_empty());
+}
+
+/// Search entries: stored with their version, listed with the current version's facts (no
+/// sealed resource), replaced or dropped by the next version, gone with an erasure.
+fn search_entries(s: &dyn Store) {
+    let nv = |k: u8, v: u64, p: u8, rtype: &str, expect: Expect, entry: Option<&[u8]>| NewVersion { row: sample_row(k, v, p, rtype), expect, entry: entry.map(<[u8]>::to_vec) };
+    let facts = |r: &VersionRow, entry: Option<&[u8]>| crate::EntryRow {
+        key: r.key,
+        version: r.version,
+        partition: r.partition,
+        resource_type: r.resource_type.clone(),
+        last_updated_us: r.last_updated_us,
+        dek_version: r.dek_version,
+        entry: entry.map(<[u8]>::to_vec),
+    };
+    s.commit(&batch(
+        vec![
+            nv(1, 1, 1, "Observation", Expect::Absent, Some(b"e1")),
+            nv(2, 1, 1, "Observation", Expect::Absent, None),
+            nv(3, 1, 1, "Condition", Expect::Absent, Some(b"e3")),
+            nv(4, 1, 2, "Observation", Expect::Absent, Some(b"e4")),
+        ],
+        vec![],
+    ))
+    .unwrap();
+    let mut obs = s.partition_entries(&part(1), Some("Observation")).unwrap();
+    obs.sort_by_key(|e| e.key);
+    assert_eq!(obs, vec![facts(&sample_row(1, 1, 1, "Observation"), Some(b"e1")), facts(&sample_row(2, 1, 1, "Observation"), None)]);
+    assert_eq!(s.partition_entries(&part(1), None).unwrap().len(), 3);
+    // The next version's entry replaces the record's; a version without one drops it.
+    s.commit(&batch(vec![nv(1, 2, 1, "Observation", Expect::Version(1), Some(b"e1v2")), nv(3, 2, 1, "Condition", Expect::Version(1), None)], vec![])).unwrap();
+    let by_key = |k: u8| s.partition_entries(&part(1), None).unwrap().into_iter().find(|e| e.key == key(k)).unwrap();
+    assert_eq!(by_key(1), facts(&sample_row(1, 2, 1, "Observation"), Some(b"e1v2")));
+    assert_eq!(by_key(3).entry, None);
+    // Deleted records are not listed, like partition_current.
+    let mut d = sample_row(1, 3, 1, "Observation");
+    d.deleted = true;
+    s.commit(&batch(vec![NewVersion { row: d, expect: Expect::Version(2), entry: None }], vec![])).unwrap();
+    assert!(s.partition_entries(&part(1), Some("Observation")).unwrap().iter().all(|e| e.key != key(1)));
+    // Erasure takes the entries with the ciphertext.
+    s.erase_partition(&part(2)).unwrap();
+    assert_eq!(s.partition_entries(&part(2), None).unwrap().iter().map(|e| e.entry.clone()).collect::<Vec<_>>(), vec![None]);
+    assert!(s.partition_entries(&part(9), None).unwrap().is_empty());
 }
 
 fn blind_index(s: &dyn Store) {
@@ -224,7 +276,7 @@ fn concurrent_writers(s: &dyn Store) {
 }
 
 fn data_keys_commit_with_their_batch(s: &dyn Store) {
-    let nv = |k: u8, p: u8| NewVersion { row: sample_row(k, 1, p, "Patient"), expect: Expect::Absent };
+    let nv = |k: u8, p: u8| NewVersion { row: sample_row(k, 1, p, "Patient"), expect: Expect::Absent, entry: None };
     // A version without a key for its partition is refused, and leaves nothing.
     let r = s.commit(&WriteBatch { versions: vec![nv(1, 1)], ..Default::default() });
     assert!(matches!(r, Err(StoreError::MissingDataKey)), "{r:?}");
@@ -360,7 +412,7 @@ fn guard(s: &dyn Store) {
 
 /// The version counter follows every stored version, in the commit's transaction.
 fn state_counters(s: &dyn Store) {
-    let nv = |k: u8, v: u64, expect: Expect| NewVersion { row: sample_row(k, v, 9, "Observation"), expect };
+    let nv = |k: u8, v: u64, expect: Expect| NewVersion { row: sample_row(k, v, 9, "Observation"), expect, entry: None };
     assert_eq!((s.state_counters().unwrap().versions, s.versions_present().unwrap()), (0, 0));
     s.commit(&batch(vec![nv(1, 1, Expect::Absent), nv(2, 1, Expect::Absent)], vec![])).unwrap();
     // A refused batch counts nothing.
@@ -374,7 +426,7 @@ fn state_counters(s: &dyn Store) {
 /// their sealed bytes, everything else (other partitions, row and version counts) stays.
 fn erase_partition(s: &dyn Store) {
     let (t1, t2) = (BlindTerm([1; 32]), BlindTerm([2; 32]));
-    let nv = |k: u8, v: u64, p: u8| NewVersion { row: sample_row(k, v, p, "Patient"), expect: Expect::Any };
+    let nv = |k: u8, v: u64, p: u8| NewVersion { row: sample_row(k, v, p, "Patient"), expect: Expect::Any, entry: None };
     s.commit(&batch(vec![nv(1, 1, 5), nv(1, 2, 5), nv(2, 1, 6)], vec![(key(1), vec![t1, t2]), (key(2), vec![t1])])).unwrap();
     assert_eq!(s.erase_partition(&part(5)).unwrap(), 1);
     assert!(s.get_dek(&part(5)).unwrap().unwrap().wrapped.is_erased());
@@ -421,15 +473,15 @@ fn list_entries_append(s: &dyn Store) {
 /// Entries land with the rest of their batch or not at all, in `commit` and in `commit_many`.
 fn list_entries_commit_with_their_batch(s: &dyn Store) {
     put(s, sample_row(1, 1, 1, "Encounter"), Expect::Absent).unwrap();
-    let mut b = batch(vec![NewVersion { row: sample_row(2, 1, 1, "Encounter"), expect: Expect::Absent }], vec![]);
+    let mut b = batch(vec![NewVersion { row: sample_row(2, 1, 1, "Encounter"), expect: Expect::Absent, entry: None }], vec![]);
     b.list_entries.push(entry(5, 2, 0));
     s.commit(&b).unwrap();
     assert_eq!(s.list_entries(&[[5; 32]]).unwrap(), vec![entry(5, 2, 0)]);
-    let mut bad = batch(vec![NewVersion { row: sample_row(1, 2, 1, "Encounter"), expect: Expect::Version(9) }], vec![]);
+    let mut bad = batch(vec![NewVersion { row: sample_row(1, 2, 1, "Encounter"), expect: Expect::Version(9), entry: None }], vec![]);
     bad.list_entries.push(entry(5, 1, 0));
     assert!(matches!(s.commit(&bad), Err(StoreError::Conflict { index: 0 })));
     assert_eq!(s.list_entries(&[[5; 32]]).unwrap(), vec![entry(5, 2, 0)], "a refused batch adds no entry");
-    let mut ok = batch(vec![NewVersion { row: sample_row(3, 1, 1, "Encounter"), expect: Expect::Absent }], vec![]);
+    let mut ok = batch(vec![NewVersion { row: sample_row(3, 1, 1, "Encounter"), expect: Expect::Absent, entry: None }], vec![]);
     ok.list_entries.push(entry(5, 3, 0));
     let res = s.commit_many(&[bad, ok]).unwrap();
     assert!(res[0].is_err() && res[1].is_ok());

@@ -93,6 +93,25 @@ pub enum Expect {
 pub struct NewVersion {
     pub row: VersionRow,
     pub expect: Expect,
+    /// The version's sealed search entry (a small sealed copy of what search reads, bound to
+    /// the same record and version), stored beside the current version and replaced with it;
+    /// `None` stores none (the record's previous entry goes too).
+    pub entry: Option<Vec<u8>>,
+}
+
+/// A current, non-deleted version as a search sees it first: the row's facts and its sealed
+/// search entry, without the sealed resource (read with [`Store::version`] when served).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryRow {
+    pub key: RecordKey,
+    pub version: u64,
+    pub partition: PartitionId,
+    pub resource_type: String,
+    pub last_updated_us: i64,
+    pub dek_version: u32,
+    /// The sealed search entry of exactly this version; `None` when it has none (written
+    /// before entries existed, or erased).
+    pub entry: Option<Vec<u8>>,
 }
 
 /// One entry of an append-only list (a facility's work list): the list's tag and the entry's
@@ -237,6 +256,11 @@ pub trait Store: Send + Sync + 'static {
     fn history(&self, key: &RecordKey, before: Option<u64>, limit: usize) -> Result<Vec<VersionRow>>;
     /// Current, non-deleted versions in a partition, of one type or of all types.
     fn partition_current(&self, partition: &PartitionId, resource_type: Option<&str>) -> Result<Vec<VersionRow>>;
+    /// [`Store::partition_current`] without the sealed resources: each current, non-deleted
+    /// version's facts with its search entry (see [`NewVersion::entry`]). The same checks of
+    /// the current pointer apply ([`StoreError::Corrupt`]); an entry stored for another
+    /// version than the current one is not returned.
+    fn partition_entries(&self, partition: &PartitionId, resource_type: Option<&str>) -> Result<Vec<EntryRow>>;
     /// Records whose blind-index terms include `term`.
     fn lookup(&self, term: &BlindTerm) -> Result<Vec<RecordKey>>;
     /// The entries of the lists `lists` (one point query per tag), in `(list, entry)` order;

@@ -15,14 +15,15 @@ mod maintenance;
 pub use maintenance::{CheckDepth, FileCheck};
 
 use crate::{
-    AlertRow, AuditAppend, AuditCheckpointRow, AuditHead, AuditRow, BlindTerm, Expect, GuardAdmission, ListEntry, PartitionId, RecordKey, Result, StateCounters, Store, StoreError,
-    StoredDek, VersionRow, WrappedKey, WriteBatch,
+    AlertRow, AuditAppend, AuditCheckpointRow, AuditHead, AuditRow, BlindTerm, EntryRow, Expect, GuardAdmission, ListEntry, PartitionId, RecordKey, Result, StateCounters, Store,
+    StoreError, StoredDek, VersionRow, WrappedKey, WriteBatch,
 };
 
 /// The layout version this code writes, kept in `PRAGMA user_version`. Version 1 (no
 /// `user_version`) indexed the blind table by record as well; [`migrate_v1`] converts it.
-/// Version 2 had no `list_entries`; [`migrate_list_entries`] adds it.
-const LAYOUT: i64 = 3;
+/// Version 2 had no `list_entries`; [`migrate_list_entries`] adds it. Version 3 had no search
+/// entries; [`migrate_entries`] adds their (empty) table.
+const LAYOUT: i64 = 4;
 
 /// Every table is keyed for the one access path it serves, and each secondary index costs an
 /// entry at a random position per insert (the keys are keyed hashes), so there are as few as
@@ -41,6 +42,7 @@ CREATE TABLE IF NOT EXISTS current (
     rkey BLOB PRIMARY KEY, version INTEGER NOT NULL, partition BLOB NOT NULL, rtype TEXT NOT NULL,
     deleted INTEGER NOT NULL, vrow INTEGER NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS current_partition ON current (partition, rtype);
+CREATE TABLE IF NOT EXISTS entries (rkey BLOB PRIMARY KEY, version INTEGER NOT NULL, entry BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS blind (term BLOB NOT NULL, rkey BLOB NOT NULL, PRIMARY KEY (term, rkey)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS blind_terms (rkey BLOB PRIMARY KEY, terms BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS clients (client_id TEXT PRIMARY KEY, doc BLOB NOT NULL);
@@ -231,8 +233,13 @@ fn prepare_layout(c: &mut Connection) -> Result<()> {
         0 => {
             migrate_v1(&tx)?;
             migrate_list_entries(&tx)?;
+            migrate_entries(&tx)?;
         }
-        2 => migrate_list_entries(&tx)?,
+        2 => {
+            migrate_list_entries(&tx)?;
+            migrate_entries(&tx)?;
+        }
+        3 => migrate_entries(&tx)?,
         n if n > LAYOUT => return Err(StoreError::Backend(format!("database layout {n} is newer than this release reads ({LAYOUT})"))),
         n => return Err(StoreError::Backend(format!("unknown database layout {n}"))),
     }
@@ -283,6 +290,12 @@ fn migrate_list_entries(tx: &Connection) -> Result<()> {
         .map_err(be)?;
     tx.execute("INSERT INTO meta (name, value) VALUES (?1, x'01') ON CONFLICT(name) DO NOTHING", [crate::META_LEGACY_LISTS]).map_err(be)?;
     Ok(())
+}
+
+/// Layout 2 to 3: the `entries` table of sealed search entries, empty. Records written
+/// before have none until their next version; searches open those records whole.
+fn migrate_entries(tx: &Connection) -> Result<()> {
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS entries (rkey BLOB PRIMARY KEY, version INTEGER NOT NULL, entry BLOB NOT NULL) WITHOUT ROWID;").map_err(be)
 }
 
 impl SqliteStore {
@@ -450,6 +463,39 @@ fn current_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<VersionRow>> {
     Ok(if ok { Ok(v) } else { Err(StoreError::Corrupt) })
 }
 
+/// The columns of a version row before its sealed resource (SQLite reads a row's columns
+/// in order: stopping before `sealed` leaves its overflow pages unread).
+const FACT_COLS: &str = "v.rkey, v.version, v.partition, v.rtype, v.deleted, v.last_updated, v.dek_version";
+
+/// Current rows' facts and their search entries (of the same version), filtered by `filter`.
+fn entries_sql(filter: &str) -> String {
+    format!("SELECT {FACT_COLS}, {CUR_COLS}, e.version, e.entry FROM current c JOIN versions v ON v.rowid = c.vrow LEFT JOIN entries e ON e.rkey = c.rkey WHERE {filter}")
+}
+
+/// A current row's facts and entry, checked as [`current_row`] checks the pointer.
+fn entry_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<EntryRow>> {
+    let key = RecordKey(blob32(r.get_ref(0)?.as_blob()?)?);
+    let version = r.get::<_, i64>(1)? as u64;
+    let partition = PartitionId(blob32(r.get_ref(2)?.as_blob()?)?);
+    let resource_type: String = r.get(3)?;
+    let deleted = r.get::<_, i64>(4)? != 0;
+    let ok = r.get_ref(7)?.as_blob()? == &key.0[..]
+        && r.get::<_, i64>(8)? as u64 == version
+        && r.get_ref(9)?.as_blob()? == &partition.0[..]
+        && r.get_ref(10)?.as_str()? == resource_type
+        && (r.get::<_, i64>(11)? != 0) == deleted
+        && r.get::<_, Option<i64>>(12)?.map(|m| m as u64) == Some(version);
+    if !ok {
+        return Ok(Err(StoreError::Corrupt));
+    }
+    // An entry of another version is stale (its record was rewritten without one): none.
+    let entry = match r.get::<_, Option<i64>>(13)? {
+        Some(v) if v as u64 == version => r.get::<_, Option<Vec<u8>>>(14)?,
+        _ => None,
+    };
+    Ok(Ok(EntryRow { key, version, partition, resource_type, last_updated_us: r.get(5)?, dek_version: r.get::<_, i64>(6)? as u32, entry }))
+}
+
 /// Current rows with their version rows, filtered by `filter`.
 ///
 /// The filters compare against `CAST(?n AS ...)`, not a bare `?n`: with a bare parameter,
@@ -533,6 +579,14 @@ fn apply(tx: &Connection, batch: &WriteBatch) -> Result<()> {
         .map_err(be)?
         .execute(params![&r.key.0[..], r.version as i64, &r.partition.0[..], r.resource_type, r.deleted as i64, vrow])
         .map_err(be)?;
+        match &nv.entry {
+            Some(e) => tx
+                .prepare_cached("INSERT INTO entries (rkey, version, entry) VALUES (?1,?2,?3) ON CONFLICT(rkey) DO UPDATE SET version=excluded.version, entry=excluded.entry")
+                .map_err(be)?
+                .execute(params![&r.key.0[..], r.version as i64, e])
+                .map_err(be)?,
+            None => tx.prepare_cached("DELETE FROM entries WHERE rkey = ?1").map_err(be)?.execute(params![&r.key.0[..]]).map_err(be)?,
+        };
     }
     if !batch.versions.is_empty() {
         tx.prepare_cached("UPDATE counters SET n = n + ?1 WHERE name = 'versions'").map_err(be)?.execute([batch.versions.len() as i64]).map_err(be)?;
@@ -652,6 +706,7 @@ impl Store for SqliteStore {
                         tx.execute("DELETE FROM blind_terms WHERE rkey = ?1", params![k]).map_err(be)?;
                     }
                     tx.execute("UPDATE versions SET sealed = x'' WHERE rkey = ?1 AND partition = ?2", params![k, &partition.0[..]]).map_err(be)?;
+                    tx.execute("DELETE FROM entries WHERE rkey = ?1", params![k]).map_err(be)?;
                 }
                 tx.commit().map_err(be)?;
                 Ok(keys.len() as u64)
@@ -684,6 +739,14 @@ impl Store for SqliteStore {
         let rows: Vec<Result<VersionRow>> = self.read(|c| match resource_type {
             Some(t) => c.prepare_cached(&current_sql(PARTITION_TYPE_FILTER))?.query_map(params![&partition.0[..], t], current_row)?.collect(),
             None => c.prepare_cached(&current_sql(PARTITION_FILTER))?.query_map(params![&partition.0[..]], current_row)?.collect(),
+        })?;
+        rows.into_iter().collect()
+    }
+
+    fn partition_entries(&self, partition: &PartitionId, resource_type: Option<&str>) -> Result<Vec<EntryRow>> {
+        let rows: Vec<Result<EntryRow>> = self.read(|c| match resource_type {
+            Some(t) => c.prepare_cached(&entries_sql(PARTITION_TYPE_FILTER))?.query_map(params![&partition.0[..], t], entry_row)?.collect(),
+            None => c.prepare_cached(&entries_sql(PARTITION_FILTER))?.query_map(params![&partition.0[..]], entry_row)?.collect(),
         })?;
         rows.into_iter().collect()
     }
@@ -1120,6 +1183,7 @@ mod tests {
         let v = |key: RecordKey, version: u64, expect: Expect| crate::NewVersion {
             row: VersionRow { key, version, partition: p, resource_type: "Patient".into(), deleted: false, last_updated_us: 0, dek_version: 1, sealed: vec![version as u8] },
             expect,
+            entry: None,
         };
         for nv in [v(a, 1, Expect::Absent), v(a, 2, Expect::Version(1)), v(b, 1, Expect::Absent)] {
             s.commit(&WriteBatch { versions: vec![nv], deks: vec![crate::conformance::sample_dek(9)], ..Default::default() }).unwrap();
@@ -1202,14 +1266,14 @@ CREATE TABLE clients (client_id TEXT PRIMARY KEY, doc BLOB NOT NULL);
             let s = SqliteStore::open(&path).unwrap();
             assert_eq!(s.get_meta(crate::META_LEGACY_LISTS).unwrap(), None, "a new database holds no list documents");
             s.commit(&WriteBatch {
-                versions: vec![crate::NewVersion { row: crate::conformance::sample_row(1, 1, 9, "Patient"), expect: Expect::Absent }],
+                versions: vec![crate::NewVersion { row: crate::conformance::sample_row(1, 1, 9, "Patient"), expect: Expect::Absent, entry: None }],
                 deks: vec![crate::conformance::sample_dek(9)],
                 ..Default::default()
             })
             .unwrap();
         }
         // As layout 2 left it: no list_entries, user_version 2.
-        Connection::open(&path).unwrap().execute_batch("DROP TABLE list_entries; PRAGMA user_version = 2;").unwrap();
+        Connection::open(&path).unwrap().execute_batch("DROP TABLE list_entries; DROP TABLE entries; PRAGMA user_version = 2;").unwrap();
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.get_meta(crate::META_LEGACY_LISTS).unwrap().as_deref(), Some(&[1u8][..]));
         assert_eq!(s.current(&RecordKey([1; 32])).unwrap().unwrap().version, 1);
@@ -1219,6 +1283,33 @@ CREATE TABLE clients (client_id TEXT PRIMARY KEY, doc BLOB NOT NULL);
         drop(s);
         let v: i64 = Connection::open(&path).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(v, LAYOUT);
+    }
+
+    #[test]
+    fn a_layout_2_database_gets_the_entries_table_and_its_rows_have_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let row = crate::conformance::sample_row(1, 1, 9, "Observation");
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.commit(&WriteBatch {
+                versions: vec![crate::NewVersion { row: row.clone(), expect: Expect::Absent, entry: None }],
+                deks: vec![crate::conformance::sample_dek(9)],
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        // As layout 3 left it: no entries table.
+        Connection::open(&path).unwrap().execute_batch("DROP TABLE entries; PRAGMA user_version = 3;").unwrap();
+        let s = SqliteStore::open(&path).unwrap();
+        let v: i64 = Connection::open(&path).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, LAYOUT);
+        let found = s.partition_entries(&row.partition, Some("Observation")).unwrap();
+        assert_eq!((found.len(), found[0].key, found[0].entry.clone()), (1, row.key, None));
+        let mut next = crate::conformance::sample_row(1, 2, 9, "Observation");
+        next.sealed = vec![2];
+        s.commit(&WriteBatch { versions: vec![crate::NewVersion { row: next, expect: Expect::Version(1), entry: Some(vec![7, 7]) }], ..Default::default() }).unwrap();
+        assert_eq!(s.partition_entries(&row.partition, None).unwrap()[0].entry, Some(vec![7, 7]));
     }
 
     #[test]
@@ -1259,6 +1350,7 @@ CREATE TABLE clients (client_id TEXT PRIMARY KEY, doc BLOB NOT NULL);
                             sealed: vec![7; 3000],
                         },
                         expect: Expect::Absent,
+                        entry: None,
                     }
                 })
                 .collect();

@@ -7,6 +7,10 @@ use crate::{PartitionId, RecordKey, VaultError, random_bytes};
 
 /// Format byte in front of every sealed record, so the format can evolve.
 const FORMAT_V1: u8 = 1;
+/// AAD domain of search entries (records use `brankas-record-v1`; same length, so the two
+/// encodings never collide).
+const ENTRY_DOMAIN: &[u8] = b"brankas-sentry-v1";
+
 /// Bytes a sealed record adds to its plaintext: format byte, nonce, tag.
 pub const SEAL_OVERHEAD: usize = 1 + NONCE_LEN + 16;
 
@@ -24,9 +28,14 @@ pub struct RecordAad<'a> {
 
 impl RecordAad<'_> {
     fn encode(&self) -> Vec<u8> {
+        self.encode_as(b"brankas-record-v1")
+    }
+
+    /// `domain` separates what is sealed for one record: the record itself, its search entry.
+    fn encode_as(&self, domain: &[u8]) -> Vec<u8> {
         // Length-prefixed fields: no two different tuples encode to the same bytes.
         let mut v = Vec::with_capacity(96);
-        v.extend_from_slice(b"brankas-record-v1");
+        v.extend_from_slice(domain);
         v.extend_from_slice(&(self.resource_type.len() as u32).to_be_bytes());
         v.extend_from_slice(self.resource_type.as_bytes());
         v.extend_from_slice(&self.record.0);
@@ -100,14 +109,26 @@ impl DataKey {
     }
 
     /// Seals a list entry's bytes, bound to `aad`.
-    pub fn seal_entry(&self, aad: &EntryAad<'_>, plaintext: &[u8]) -> Result<Vec<u8>, VaultError> {
+    pub fn seal_list_entry(&self, aad: &EntryAad<'_>, plaintext: &[u8]) -> Result<Vec<u8>, VaultError> {
         self.seal_raw(&aad.encode(), plaintext)
     }
 
     /// Opens a sealed list entry; fails with [`VaultError::Integrity`] unless it was sealed by
     /// this key for exactly this `aad`.
-    pub fn open_entry(&self, aad: &EntryAad<'_>, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+    pub fn open_list_entry(&self, aad: &EntryAad<'_>, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, VaultError> {
         self.open_raw(&aad.encode(), sealed)
+    }
+
+    /// Seals a record version's search entry (a pruned copy of it, see the engine's search),
+    /// bound to the same record, version, partition and key version as the record, under a
+    /// domain of its own: an entry never opens as a record, nor a record as an entry.
+    pub fn seal_entry(&self, aad: &RecordAad<'_>, plaintext: &[u8]) -> Result<Vec<u8>, VaultError> {
+        self.seal_raw(&aad.encode_as(ENTRY_DOMAIN), plaintext)
+    }
+
+    /// Opens a search entry sealed by [`DataKey::seal_entry`] for exactly this `aad`.
+    pub fn open_entry(&self, aad: &RecordAad<'_>, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        self.open_raw(&aad.encode_as(ENTRY_DOMAIN), sealed)
     }
 
     pub(crate) fn seal_raw(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, VaultError> {
@@ -163,15 +184,28 @@ mod tests {
         let k = DataKey::generate().unwrap();
         let p = PartitionId([1; 32]);
         let e = |list: &'static [u8; 32], entry: &'static [u8; 32]| EntryAad { list, entry, partition: &p, dek_version: 1 };
-        let s = k.seal_entry(&e(&[1; 32], &[2; 32]), b"record key").unwrap();
-        assert_eq!(&*k.open_entry(&e(&[1; 32], &[2; 32]), &s).unwrap(), b"record key");
-        assert!(matches!(k.open_entry(&e(&[3; 32], &[2; 32]), &s), Err(VaultError::Integrity)), "moved to another list");
-        assert!(matches!(k.open_entry(&e(&[1; 32], &[3; 32]), &s), Err(VaultError::Integrity)), "another entry id");
+        let s = k.seal_list_entry(&e(&[1; 32], &[2; 32]), b"record key").unwrap();
+        assert_eq!(&*k.open_list_entry(&e(&[1; 32], &[2; 32]), &s).unwrap(), b"record key");
+        assert!(matches!(k.open_list_entry(&e(&[3; 32], &[2; 32]), &s), Err(VaultError::Integrity)), "moved to another list");
+        assert!(matches!(k.open_list_entry(&e(&[1; 32], &[3; 32]), &s), Err(VaultError::Integrity)), "another entry id");
         let q = PartitionId([2; 32]);
-        assert!(matches!(k.open_entry(&EntryAad { list: &[1; 32], entry: &[2; 32], partition: &q, dek_version: 1 }, &s), Err(VaultError::Integrity)));
+        assert!(matches!(k.open_list_entry(&EntryAad { list: &[1; 32], entry: &[2; 32], partition: &q, dek_version: 1 }, &s), Err(VaultError::Integrity)));
         // Not a record, whatever the record's fields.
         let r = RecordAad { resource_type: "", record: &RecordKey([1; 32]), version: 0, partition: &p, dek_version: 1 };
         assert!(matches!(k.open(&r, &s), Err(VaultError::Integrity)));
+    }
+
+    #[test]
+    fn entries_and_records_never_open_as_each_other() {
+        let k = DataKey::generate().unwrap();
+        let p = PartitionId([1; 32]);
+        let e = k.seal_entry(&aad(&p, "a", 1), b"entry").unwrap();
+        assert_eq!(&*k.open_entry(&aad(&p, "a", 1), &e).unwrap(), b"entry");
+        assert!(matches!(k.open(&aad(&p, "a", 1), &e), Err(VaultError::Integrity)));
+        assert!(matches!(k.open_entry(&aad(&p, "a", 2), &e), Err(VaultError::Integrity)));
+        assert!(matches!(k.open_entry(&aad(&p, "b", 1), &e), Err(VaultError::Integrity)));
+        let r = k.seal(&aad(&p, "a", 1), b"record").unwrap();
+        assert!(matches!(k.open_entry(&aad(&p, "a", 1), &r), Err(VaultError::Integrity)));
     }
 
     #[test]

@@ -623,6 +623,9 @@ impl Store for AnchoredStore {
     fn partition_current(&self, partition: &PartitionId, resource_type: Option<&str>) -> brankas_store::Result<Vec<VersionRow>> {
         self.inner.partition_current(partition, resource_type)
     }
+    fn partition_entries(&self, partition: &PartitionId, resource_type: Option<&str>) -> brankas_store::Result<Vec<brankas_store::EntryRow>> {
+        self.inner.partition_entries(partition, resource_type)
+    }
     fn lookup(&self, term: &BlindTerm) -> brankas_store::Result<Vec<RecordKey>> {
         self.inner.lookup(term)
     }

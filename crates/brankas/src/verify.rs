@@ -77,6 +77,7 @@ struct Counts {
     blind_rows: u64,
     blind_lists: u64,
     list_entries: u64,
+    search_entries: u64,
 }
 
 /// The versions of one record met so far (they arrive in version order).
@@ -144,7 +145,7 @@ pub(crate) fn run(data_dir: &Path, key_file: Option<&Path>) -> Result<()> {
         "counts": {
             "data_keys": counts.data_keys, "erased_patients": counts.erased_patients, "erased_versions": counts.erased_versions, "records": counts.records, "versions": counts.versions, "current": counts.current,
             "attachments": counts.attachments, "attachment_bytes": counts.attachment_bytes,
-            "blind_rows": counts.blind_rows, "blind_lists": counts.blind_lists, "list_entries": counts.list_entries,
+            "blind_rows": counts.blind_rows, "blind_lists": counts.blind_lists, "list_entries": counts.list_entries, "search_entries": counts.search_entries,
         },
         "files": files,
         "audit": audit,
@@ -286,6 +287,28 @@ fn rows(sqlite: &SqliteStore, engine: &Engine, report: &mut Report, counts: &mut
                 Ok(()) => {}
                 Err(RowProblem::Unavailable(m)) => report.add("unavailable", format!("work-list entry {}", &hex(&e.entry)[..16]), format!("could not be checked: {m}")),
                 Err(_) => report.add("list-entry", format!("work-list entry {}", &hex(&e.entry)[..16]), "the sealed entry does not open (damaged, moved or altered)"),
+            }
+        }
+    }
+    // Search entries: each belongs to its record's current version, opens under its AAD and
+    // is the pruned copy of that version (a search trusts nothing else of it).
+    let mut after = None;
+    loop {
+        let page = sqlite.scan_entries(after.as_ref(), PAGE)?;
+        let Some((last, _, _)) = page.last() else { break };
+        after = Some(*last);
+        for (key, version, entry) in page {
+            counts.search_entries += 1;
+            let name = format!("record {}", &hex(&key.0)[..16]);
+            match sqlite.current(&key) {
+                Ok(Some(row)) if row.version == version => match engine.verify_entry(&row, &entry) {
+                    Ok(()) | Err(RowProblem::Erased) => {}
+                    Err(RowProblem::Unavailable(e)) => report.add("unavailable", name, format!("search entry could not be checked: {e}")),
+                    Err(_) => report.add("search-entry", name, "the search entry does not open under its record, or is not that record's (damaged, moved or altered)"),
+                },
+                // A broken current pointer is reported above.
+                Err(_) => {}
+                _ => report.add("search-entry", name, "a search entry names a version that is not its record's current one (left behind or replayed)"),
             }
         }
     }

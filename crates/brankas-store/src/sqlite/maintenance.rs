@@ -110,6 +110,17 @@ impl SqliteStore {
         })
     }
 
+    /// Search entries `(record, version, sealed entry)` in record order after `after`, at most
+    /// `limit`.
+    pub fn scan_entries(&self, after: Option<&RecordKey>, limit: usize) -> Result<Vec<(RecordKey, u64, Vec<u8>)>> {
+        let k = after.map(|k| k.0.to_vec()).unwrap_or_default();
+        self.read(|c| {
+            c.prepare_cached("SELECT rkey, version, entry FROM entries WHERE rkey > CAST(?1 AS BLOB) ORDER BY rkey LIMIT ?2")?
+                .query_map(params![k, limit as i64], |r| Ok((RecordKey(blob32(r.get_ref(0)?.as_blob()?)?), r.get::<_, i64>(1)? as u64, r.get(2)?)))?
+                .collect()
+        })
+    }
+
     /// Blind-index rows (term, record) in order after `after`, at most `limit`.
     pub fn scan_blind(&self, after: Option<(&BlindTerm, &RecordKey)>, limit: usize) -> Result<Vec<(BlindTerm, RecordKey)>> {
         let (t, k) = after.map_or((Vec::new(), Vec::new()), |(t, k)| (t.0.to_vec(), k.0.to_vec()));
@@ -222,7 +233,7 @@ mod tests {
         for k in 1..=n {
             let mut row = sample_row(k, 1, 1, "Patient");
             row.sealed = vec![0xA5; 600];
-            s.commit(&WriteBatch { versions: vec![NewVersion { row, expect: Expect::Absent }], deks: vec![sample_dek(1)], ..Default::default() }).unwrap();
+            s.commit(&WriteBatch { versions: vec![NewVersion { row, expect: Expect::Absent, entry: None }], deks: vec![sample_dek(1)], ..Default::default() }).unwrap();
         }
         s
     }
@@ -276,7 +287,7 @@ mod tests {
         // Written after the snapshot: not in it.
         let mut row = sample_row(9, 1, 1, "Patient");
         row.sealed = vec![1; 10];
-        s.commit(&WriteBatch { versions: vec![NewVersion { row, expect: Expect::Absent }], ..Default::default() }).unwrap();
+        s.commit(&WriteBatch { versions: vec![NewVersion { row, expect: Expect::Absent, entry: None }], ..Default::default() }).unwrap();
         let names: Vec<_> = std::fs::read_dir(out.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
         assert_eq!(names.len(), 3, "one file per database, no journal: {names:?}");
         let copy = SqliteStore::open(&out.path().join("brankas.db")).unwrap();
