@@ -674,11 +674,14 @@ def one_run(kind, args, bundles, index, search_parameters):
         log(f"  CRUD cycle, {args.crud_users} users")
         run["crud"] = crud_cycle(server, args.crud_users, args.duration, args.warmup, args.seed + index)
         log(f"  CRUD: {run['crud']['iterations_per_s']} iterations/s, p50 {run['crud']['iteration_p50_ms']} ms, errors {run['crud']['errors']}")
-        run["log_tail_warnings"] = sum(1 for line in tail(server.log_path, 100000).splitlines() if " WARN " in line or " ERROR " in line or '"level":"ERROR"' in line)
-    finally:
+        run["server_log_warnings"] = sum(1 for line in tail(server.log_path, 10**7).splitlines() if "WARN" in line or "ERROR" in line)
+    except BaseException:
         server.stop()
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+        log(f"  the run's directory and server log are kept in {work}")
+        raise
+    server.stop()
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
     return run
 
 
