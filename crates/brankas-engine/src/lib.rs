@@ -170,7 +170,7 @@ pub struct Stored {
     /// Set when `resource` is only the record's search entry (a pruned copy, see [`entry`]):
     /// the entry's JSON, checked against the whole record when it is served
     /// ([`Engine::complete`]). Never served as it is.
-    pub(crate) entry: Option<Vec<u8>>,
+    pub(crate) entry: Option<entry::EntryCopy>,
 }
 
 impl Stored {

@@ -77,6 +77,7 @@ impl Engine {
         if !who.is_local_operator()
             && let Some(qs) = self.scope_restrictions(who, &req.resource_type, 's')?
         {
+            matches.iter_mut().try_for_each(|s| self.widen(s))?;
             matches.retain(|s| qs.iter().any(|q| q.matches(&s.resource)));
         }
         matches.sort_by(|a, b| {
@@ -102,7 +103,9 @@ impl Engine {
             disclosure.patient(p, pid);
         }
         if take == 0 {
-            // The answer is a count: every record counted informed it.
+            // The answer is a count: every record counted informed it (its categories read
+            // more than a gate copy holds).
+            matches.iter_mut().try_for_each(|s| self.widen(s))?;
             matches.iter().for_each(|s| self.disclose(&mut disclosure, s));
         }
         // Only the page is opened whole (the rest was decided on search entries).
@@ -279,24 +282,28 @@ impl Engine {
             return Ok(Vec::new());
         }
         let view = self.gate_partition_read(who, &partition)?;
-        let found = self.scan_rows(rows, query)?;
+        let found = self.scan_rows(rows, rtype, query)?;
         self.filter_consent(who, &view, rtype, found)
     }
 
     fn scan(&self, partition: PartitionId, rtype: &str, query: &Query, _patient: Option<&str>) -> Result<Vec<Stored>> {
-        self.scan_rows(self.store.partition_entries(&partition, Some(rtype))?, query)
+        self.scan_rows(self.store.partition_entries(&partition, Some(rtype))?, rtype, query)
     }
 
     /// The current rows of one partition and type that match `query`, within the scan
     /// bound, decided on their search entries ([`crate::entry`]): what is returned is pruned
     /// where the row has an entry, and must pass [`Engine::complete`] before it is served.
-    fn scan_rows(&self, rows: Vec<EntryRow>, query: &Query) -> Result<Vec<Stored>> {
+    /// Decided on the entries' gate copies where the query's criteria and sort keys read no
+    /// more ([`crate::entry::gate_suffices`]); what reads more later ([`Engine::widen`]) turns
+    /// them into the pruned copies first.
+    fn scan_rows(&self, rows: Vec<EntryRow>, rtype: &str, query: &Query) -> Result<Vec<Stored>> {
         if rows.len() > self.limits.max_scan {
             return Err(EngineError::Search("too many resources to search; narrow the search".into()));
         }
+        let tier = if crate::entry::gate_suffices(self.registry, rtype, query) { crate::entry::Tier::Gate } else { crate::entry::Tier::Pruned };
         let mut out = Vec::new();
         for row in &rows {
-            let s = self.open_for_search(row)?;
+            let s = self.open_for_search(row, tier)?;
             if query.matches(&s.resource) {
                 out.push(s);
             }
@@ -402,6 +409,7 @@ impl Engine {
         if !who.is_local_operator()
             && let Some(qs) = self.scope_restrictions(who, rtype, 's')?
         {
+            found.iter_mut().try_for_each(|s| self.widen(s))?;
             found.retain(|s| qs.iter().any(|q| q.matches(&s.resource)));
         }
         found.into_iter().map(|s| self.complete(who, s)).collect()

@@ -784,6 +784,31 @@ impl Query {
         &self.unknown
     }
 
+    /// The top-level elements of the resource its criteria and sort keys read (`resourceType`
+    /// aside), or `None` when some expression may read more than named elements. A resource
+    /// pruned to these elements matches and sorts exactly as the whole one.
+    pub fn reads(&self) -> Option<std::collections::BTreeSet<String>> {
+        let mut names = std::collections::BTreeSet::new();
+        for c in &self.criteria {
+            if !c.expr.context_members(&mut names) {
+                return None;
+            }
+        }
+        for by in &self.sort_by {
+            match by {
+                SortBy::Id => {
+                    names.insert("id".to_string());
+                }
+                SortBy::Date(e) => {
+                    if !e.context_members(&mut names) {
+                        return None;
+                    }
+                }
+            }
+        }
+        Some(names)
+    }
+
     /// Whether the query selects anything at all (has criteria); a query
     /// with only result parameters matches every resource.
     pub fn has_criteria(&self) -> bool {

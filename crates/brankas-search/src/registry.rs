@@ -282,6 +282,14 @@ impl Registry {
         self.params.get(resource_type).and_then(|tp| tp.reads.as_deref())
     }
 
+    /// The top-level elements parameter `code` of `resource_type` reads, or `None` when it is
+    /// unknown, unsupported, or may read more than named elements.
+    pub fn param_reads(&self, resource_type: &str, code: &str) -> Option<std::collections::BTreeSet<String>> {
+        let p = self.param(resource_type, code)?;
+        let mut names = std::collections::BTreeSet::new();
+        (p.is_supported() && p.expr.as_deref()?.context_members(&mut names)).then_some(names)
+    }
+
     /// Every parameter of `resource_type`, sorted by code; empty for an
     /// unknown type.
     pub fn params_for(&self, resource_type: &str) -> impl Iterator<Item = &SearchParam> {
