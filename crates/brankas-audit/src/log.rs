@@ -151,6 +151,9 @@ pub struct Proof {
 
 type Reply = oneshot::Sender<Result<u64, AuditError>>;
 
+/// Records submitted together, and where their answer goes.
+type Submission = (Vec<NewRecord>, Reply);
+
 /// Submitted sets of records, each answered as a whole.
 struct Queue {
     pending: Vec<(Vec<NewRecord>, Reply)>,
@@ -532,7 +535,7 @@ fn now_us() -> i64 {
 
 /// Whole submissions from the queue, at least one, up to about [`MAX_BATCH`] records, and
 /// whether the log stops after them. `None` if the queue's lock is poisoned.
-fn take_batch(shared: &Shared) -> Option<(Vec<(Vec<NewRecord>, Reply)>, bool)> {
+fn take_batch(shared: &Shared) -> Option<(Vec<Submission>, bool)> {
     let mut q = shared.queue.lock().ok()?;
     let (mut n, mut records) = (0, 0);
     while n < q.pending.len() && (n == 0 || records + q.pending[n].0.len() <= MAX_BATCH) {
