@@ -68,8 +68,29 @@ fn parts(plain: &[u8]) -> Result<(&[u8], &[u8])> {
     Ok((gate, &plain[4 + len..]))
 }
 
-/// The elements of the gate copy of `rtype`.
-pub(crate) fn gate_elements(registry: &Registry, rtype: &str) -> BTreeSet<String> {
+/// What the rule gives for one type (computed once per registry and type: every seal and
+/// every entry opened needs it).
+struct Rule {
+    fingerprint: [u8; 8],
+    gate: BTreeSet<String>,
+}
+
+type Rules = std::sync::RwLock<std::collections::HashMap<(usize, String), std::sync::Arc<Rule>>>;
+static RULES: std::sync::LazyLock<Rules> = std::sync::LazyLock::new(Default::default);
+
+fn rule(registry: &Registry, rtype: &str) -> std::sync::Arc<Rule> {
+    let k = (registry as *const Registry as usize, rtype.to_string());
+    if let Some(r) = RULES.read().ok().and_then(|m| m.get(&k).cloned()) {
+        return r;
+    }
+    let r = std::sync::Arc::new(Rule { fingerprint: compute_fingerprint(registry, rtype), gate: compute_gate_elements(registry, rtype) });
+    if let Ok(mut m) = RULES.write() {
+        m.insert(k, r.clone());
+    }
+    r
+}
+
+fn compute_gate_elements(registry: &Registry, rtype: &str) -> BTreeSet<String> {
     let mut out: BTreeSet<String> = GATE_KEPT.iter().map(|s| s.to_string()).collect();
     for code in ["patient", "subject"] {
         if let Some(r) = registry.param_reads(rtype, code) {
@@ -82,15 +103,15 @@ pub(crate) fn gate_elements(registry: &Registry, rtype: &str) -> BTreeSet<String
 /// The gate copy of `resource`.
 pub(crate) fn gate(registry: &Registry, rtype: &str, resource: &Value) -> Value {
     let Some(obj) = resource.as_object() else { return resource.clone() };
-    let keep = gate_elements(registry, rtype);
-    Value::Object(obj.iter().filter(|(k, _)| keep.contains(k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect())
+    let r = rule(registry, rtype);
+    Value::Object(obj.iter().filter(|(k, _)| r.gate.contains(k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect())
 }
 
 /// Whether a search by `query` on `rtype` can decide on the gate copies: its criteria and sort
 /// keys read only the gate copy's elements. (Never for Patient, whose photos the pruned copy
 /// marks for redaction.)
 pub(crate) fn gate_suffices(registry: &Registry, rtype: &str, query: &Query) -> bool {
-    rtype != "Patient" && query.reads().is_some_and(|r| r.is_subset(&gate_elements(registry, rtype)))
+    rtype != "Patient" && query.reads().is_some_and(|r| r.is_subset(&rule(registry, rtype).gate))
 }
 
 /// Top-level elements kept besides those the search parameters read: the disclosure's
@@ -117,6 +138,10 @@ pub(crate) fn prune(registry: &Registry, rtype: &str, resource: &Value) -> Value
 /// The fingerprint of the pruning rule for `rtype`: FNV-1a over [`FORMAT`], the type and the
 /// element names its parameters read (`*` when they may read everything).
 pub(crate) fn fingerprint(registry: &Registry, rtype: &str) -> [u8; 8] {
+    rule(registry, rtype).fingerprint
+}
+
+fn compute_fingerprint(registry: &Registry, rtype: &str) -> [u8; 8] {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |b: &[u8]| {
         for x in b {
@@ -128,7 +153,7 @@ pub(crate) fn fingerprint(registry: &Registry, rtype: &str) -> [u8; 8] {
     };
     eat(&[FORMAT]);
     eat(rtype.as_bytes());
-    gate_elements(registry, rtype).iter().for_each(|n| eat(n.as_bytes()));
+    compute_gate_elements(registry, rtype).iter().for_each(|n| eat(n.as_bytes()));
     eat(b"|");
     // The names come sorted.
     match registry.search_read_names(rtype) {
@@ -198,8 +223,13 @@ impl Engine {
     }
 
     /// The whole record behind a [`Stored`] made from an entry (others are returned as they
-    /// are), redacted for `who` as the entry was. The entry must be exactly the pruned copy
-    /// of the record served: every decision taken on it is then the one the record gets.
+    /// are), redacted for `who` as the entry was. The record served is the version the entry
+    /// is sealed to (its AEAD binds it to this record key, version, partition and key; the
+    /// store returns only the current version's entry), so every decision taken on the entry
+    /// is the one the record gets: the entry was made from this very version in its commit,
+    /// under a rule its fingerprint names. That the copies equal the record's is checked by
+    /// `brankas verify` (and the property test), not again on every page: it would parse each
+    /// served record's entry a second time.
     pub(crate) fn complete(&self, who: &brankas_auth::Principal, s: Stored) -> Result<Stored> {
         let Some(copy) = s.entry else { return Ok(s) };
         let rtype = s.resource.get("resourceType").and_then(Value::as_str).ok_or(EngineError::Integrity)?;
@@ -210,16 +240,16 @@ impl Engine {
             return Err(EngineError::Integrity);
         }
         let mut full = self.open_row(&row, Some((rtype, id)))?;
-        let (g, p) = parts(&copy.plain)?;
-        let gate_copy: Value = serde_json::from_slice(g).map_err(|_| EngineError::Integrity)?;
-        let entry: Value = serde_json::from_slice(p).map_err(|_| EngineError::Integrity)?;
-        if prune(self.registry, rtype, &full.resource) != entry || gate(self.registry, rtype, &full.resource) != gate_copy {
+        if full.version != s.version || full.partition != s.partition {
             return Err(EngineError::Integrity);
         }
         // The gates removed the photos from the entry exactly when they are to be removed
-        // from the record (`RecordView::redact`).
-        if entry.get("photo").is_some() && s.resource.get("photo").is_none() {
-            crate::access::redact_photo(who, rtype, &mut full.resource);
+        // from the record (`RecordView::redact`). (Patients are never decided on gate copies.)
+        if rtype == "Patient" && copy.tier == Tier::Pruned {
+            let entry: Value = serde_json::from_slice(parts(&copy.plain)?.1).map_err(|_| EngineError::Integrity)?;
+            if entry.get("photo").is_some() && s.resource.get("photo").is_none() {
+                crate::access::redact_photo(who, rtype, &mut full.resource);
+            }
         }
         Ok(full)
     }
