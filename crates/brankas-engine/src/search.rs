@@ -282,28 +282,35 @@ impl Engine {
             return Ok(Vec::new());
         }
         let view = self.gate_partition_read(who, &partition)?;
-        let found = self.scan_rows(rows, rtype, query)?;
+        let found = self.scan(partition, rtype, query, None)?;
         self.filter_consent(who, &view, rtype, found)
     }
 
+    /// The current records of one partition and type that match `query`: decided on their
+    /// search entries where the query's criteria and sort keys read no more than an entry
+    /// holds ([`crate::entry::gate_suffices`]), else on the records opened whole.
     fn scan(&self, partition: PartitionId, rtype: &str, query: &Query, _patient: Option<&str>) -> Result<Vec<Stored>> {
-        self.scan_rows(self.store.partition_entries(&partition, Some(rtype))?, rtype, query)
-    }
-
-    /// The current rows of one partition and type that match `query`, within the scan
-    /// bound, decided on their search entries ([`crate::entry`]): what is returned is pruned
-    /// where the row has an entry, and must pass [`Engine::complete`] before it is served.
-    /// Decided on the entries' gate copies where the query's criteria and sort keys read no
-    /// more ([`crate::entry::gate_suffices`]); what reads more later ([`Engine::widen`]) turns
-    /// them into the pruned copies first.
-    fn scan_rows(&self, rows: Vec<EntryRow>, rtype: &str, query: &Query) -> Result<Vec<Stored>> {
+        if crate::entry::gate_suffices(self.registry, rtype, query) {
+            return self.scan_rows(self.store.partition_entries(&partition, Some(rtype))?, query);
+        }
+        let rows = self.store.partition_current(&partition, Some(rtype))?;
         if rows.len() > self.limits.max_scan {
             return Err(EngineError::Search("too many resources to search; narrow the search".into()));
         }
-        let tier = if crate::entry::gate_suffices(self.registry, rtype, query) { crate::entry::Tier::Gate } else { crate::entry::Tier::Pruned };
+        self.filter_rows(rows, query)
+    }
+
+    /// The current rows of one partition and type that match `query`, within the scan
+    /// bound, decided on their search entries ([`crate::entry`]): what is returned is the
+    /// entry where the row has one, and must pass [`Engine::complete`] before it is served
+    /// (what needs more of a record first gets it whole, [`Engine::widen`]).
+    fn scan_rows(&self, rows: Vec<EntryRow>, query: &Query) -> Result<Vec<Stored>> {
+        if rows.len() > self.limits.max_scan {
+            return Err(EngineError::Search("too many resources to search; narrow the search".into()));
+        }
         let mut out = Vec::new();
         for row in &rows {
-            let s = self.open_for_search(row, tier)?;
+            let s = self.open_for_search(row)?;
             if query.matches(&s.resource) {
                 out.push(s);
             }

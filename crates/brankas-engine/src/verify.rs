@@ -102,16 +102,13 @@ impl Engine {
             EngineError::Integrity => RowProblem::DoesNotOpen,
             e => RowProblem::Unavailable(e.to_string()),
         };
-        let Some(pruned) = self.open_entry(&facts, crate::entry::Tier::Pruned).map_err(problem)? else { return Ok(()) };
-        let Some(gate_copy) = self.open_entry(&facts, crate::entry::Tier::Gate).map_err(problem)? else { return Ok(()) };
+        let Some(entry) = self.open_entry(&facts).map_err(problem)? else { return Ok(()) };
         if row.deleted {
             return Err(RowProblem::DoesNotOpen);
         }
         // A version that does not open is reported as such; its entry cannot be compared.
         let Ok(full) = self.open_row(row, None) else { return Ok(()) };
-        if crate::entry::prune(self.registry, &row.resource_type, &full.resource) != pruned.resource
-            || crate::entry::gate(self.registry, &row.resource_type, &full.resource) != gate_copy.resource
-        {
+        if crate::entry::entry_copy(self.registry, &row.resource_type, &full.resource) != entry.resource {
             return Err(RowProblem::DoesNotOpen);
         }
         Ok(())
