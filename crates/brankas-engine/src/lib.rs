@@ -352,6 +352,15 @@ impl Engine {
                 if let Some((k, _)) = pending.get(partition) {
                     return Ok(Some(k.clone()));
                 }
+                // Another request of this process may have committed the partition's first key
+                // since the read above (its pending key is settled only after its commit, under
+                // this lock): read again before making a second key that would lose the race.
+                if let Some(d) = self.store.get_dek(partition)? {
+                    drop(pending);
+                    let key = Arc::new(self.vault.open_data_key(partition, &d.wrapped)?);
+                    self.cache_key(partition, key.clone())?;
+                    return Ok(Some(key));
+                }
                 let (k, wrapped) = self.vault.new_data_key(partition)?;
                 let k = Arc::new(k);
                 if pending.len() >= PENDING_DEKS {
