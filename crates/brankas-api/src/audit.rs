@@ -197,10 +197,14 @@ enum Served<'a> {
 /// Makes the records durable; on failure the caller's answer is replaced by 503.
 pub(crate) async fn commit(st: &AppState, records: Vec<NewRecord>) -> Result<(), ApiError> {
     let (n, start) = (records.len(), std::time::Instant::now());
-    let r = st.audit.record(records).await;
+    appended(st, n, start, st.audit.record(records).await).map(drop)
+}
+
+/// An append's outcome, counted in the metrics; a failure is the 503 that replaces the answer.
+fn appended<T>(st: &AppState, n: usize, start: std::time::Instant, r: Result<T, brankas_audit::AuditError>) -> Result<T, ApiError> {
     st.metrics.audit_append(n, start.elapsed(), r.is_ok());
     match r {
-        Ok(_) => Ok(()),
+        Ok(v) => Ok(v),
         Err(e) => {
             tracing::error!(error = %e, "audit records could not be written; the request fails");
             Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "the audit log cannot be written; nothing was served"))
@@ -226,15 +230,7 @@ pub(crate) async fn finish<T>(st: &AppState, who: &Principal, ctx: &ReqCtx, what
         Ok(cleared) => {
             let recs = disclosed_records(st, who, ctx, &what, admitted.disclosure(), Served::Cleared(cleared));
             let (n, start) = (recs.len(), std::time::Instant::now());
-            let r = st.audit.record_receipt(recs).await;
-            st.metrics.audit_append(n, start.elapsed(), r.is_ok());
-            let receipt = match r {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(error = %e, "audit records could not be written; the request fails");
-                    return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "the audit log cannot be written; nothing was served"));
-                }
-            };
+            let receipt = appended(st, n, start, st.audit.record_receipt(recs).await)?;
             crate::guard::break_glass(st, who).await;
             admitted.release(&receipt).map_err(|e| {
                 tracing::error!(error = %e, "an answer's audit did not cover what it discloses; nothing was served");
@@ -252,15 +248,7 @@ pub(crate) async fn finish<T>(st: &AppState, who: &Principal, ctx: &ReqCtx, what
 /// [`commit`] on a blocking thread, leading its own group commit.
 pub(crate) fn commit_blocking(st: &AppState, records: Vec<NewRecord>) -> Result<(), ApiError> {
     let (n, start) = (records.len(), std::time::Instant::now());
-    let r = st.audit.record_blocking(records);
-    st.metrics.audit_append(n, start.elapsed(), r.is_ok());
-    match r {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            tracing::error!(error = %e, "audit records could not be written; the request fails");
-            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "the audit log cannot be written; nothing was served"))
-        }
-    }
+    appended(st, n, start, st.audit.record_blocking(records)).map(drop)
 }
 
 /// [`finish`] on a blocking thread: the same guard, durable records and release, with the
@@ -279,15 +267,7 @@ pub(crate) fn finish_blocking<T>(st: &AppState, who: &Principal, ctx: &ReqCtx, w
         Ok(cleared) => {
             let recs = disclosed_records(st, who, ctx, &what, admitted.disclosure(), Served::Cleared(cleared));
             let (n, start) = (recs.len(), std::time::Instant::now());
-            let r = st.audit.record_receipt_blocking(recs);
-            st.metrics.audit_append(n, start.elapsed(), r.is_ok());
-            let receipt = match r {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(error = %e, "audit records could not be written; the request fails");
-                    return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "the audit log cannot be written; nothing was served"));
-                }
-            };
+            let receipt = appended(st, n, start, st.audit.record_receipt_blocking(recs))?;
             crate::guard::break_glass_blocking(st, who);
             admitted.release(&receipt).map_err(|e| {
                 tracing::error!(error = %e, "an answer's audit did not cover what it discloses; nothing was served");

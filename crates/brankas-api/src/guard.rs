@@ -180,14 +180,7 @@ pub(crate) async fn break_glass(st: &AppState, who: &Principal) {
         let (store, c) = (store.clone(), c.clone());
         n = tokio::task::spawn_blocking(move || store.guard_bump(&c, "break-glass", day)).await.ok().and_then(Result::ok).unwrap_or(n + 1);
     }
-    let severity = if n > BREAK_GLASS_PER_DAY { "high" } else { "medium" };
-    raise(
-        st,
-        "break-glass",
-        severity,
-        Some(who.client_id()),
-        json!({"grants_today": n, "threshold": BREAK_GLASS_PER_DAY, "reason_given": who.break_glass_reason().is_some(), "purpose": who.purpose()}),
-    );
+    break_glass_alert(st, who, n);
 }
 
 /// [`break_glass`] on a blocking thread.
@@ -201,6 +194,12 @@ pub(crate) fn break_glass_blocking(st: &AppState, who: &Principal) {
     for _ in 0..grants {
         n = st.store.guard_bump(who.client_id(), "break-glass", day).unwrap_or(n + 1);
     }
+    break_glass_alert(st, who, n);
+}
+
+/// The alert of a request's break-glass grants: `high` once the client's grants today pass
+/// the threshold.
+fn break_glass_alert(st: &AppState, who: &Principal, n: u32) {
     let severity = if n > BREAK_GLASS_PER_DAY { "high" } else { "medium" };
     raise(
         st,
