@@ -303,6 +303,21 @@ pub(crate) async fn served<T: Send + 'static>(
     }
 }
 
+/// A point read's engine work on the runtime thread, then [`finish`]: the work is a few
+/// indexed reads and one AEAD open, cheaper than a hand-off to the blocking pool and back;
+/// the guard's memory and the audit log's group commit (led by its own thread for
+/// asynchronous submitters, one wake per group) keep the rest off this thread.
+pub(crate) async fn served_inline<T>(
+    st: &Arc<AppState>,
+    who: &Principal,
+    ctx: &ReqCtx,
+    what: What,
+    work: impl FnOnce(&brankas_engine::Engine, &Principal) -> Result<Admitted<T>, brankas_engine::EngineError>,
+) -> Result<T, ApiError> {
+    let r = work(&st.engine, who).map_err(ApiError::from);
+    finish(st, who, ctx, what, r).await
+}
+
 /// Audits a request of an authenticated client that touches no patient.
 pub(crate) async fn finish_by(st: &AppState, who: &Principal, ctx: &ReqCtx, what: What, status: u16, why: Option<String>) -> Result<(), ApiError> {
     finish_plain(st, who.client_id(), who.role().as_str(), ctx, what, status, why).await

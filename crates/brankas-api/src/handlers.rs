@@ -110,10 +110,11 @@ async fn authenticate(State(st): St, mut req: Request, next: Next) -> Response {
     // Purpose of use (HL7 v3 PurposeOfUse) and, for break-glass (BTG), its reason.
     let purpose = header_text(req.headers(), "x-purpose-of-use");
     let reason = header_text(req.headers(), "x-break-glass-reason");
-    let auth = st.auth.clone();
-    let audience = st.base_url.clone();
-    match tokio::task::spawn_blocking(move || auth.verify(&token, &audience)).await {
-        Ok(Ok(p)) => {
+    // On the runtime thread: a MAC, a parse on a changed registration, and one indexed read
+    // of the registration (so that a suspension applies to the very next request) cost a few
+    // microseconds, less than a hand-off to the blocking pool and back.
+    match st.auth.verify(&token, &st.base_url) {
+        Ok(p) => {
             let (client, role) = (p.client_id().to_string(), p.role().as_str());
             // The request the engine's write-ahead audit records name.
             let tag = brankas_auth::RequestTag { request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default(), address: addr.map(|a| a.to_string()) };
@@ -151,7 +152,7 @@ async fn authenticate(State(st): St, mut req: Request, next: Next) -> Response {
                 }
             }
         }
-        Ok(Err(brankas_auth::AuthError::Store(e))) => {
+        Err(brankas_auth::AuthError::Store(e)) => {
             tracing::error!(error = %e, "storage failure during authentication");
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "storage unavailable").into_response()
         }
@@ -302,6 +303,11 @@ async fn token(State(st): St, ctx: ReqCtx, headers: HeaderMap, body: Body) -> Re
 // ----- helpers -----
 
 pub(crate) fn json_response(status: StatusCode, v: &Value) -> Response {
+    serialized_response(status, v)
+}
+
+/// A FHIR JSON response of any serializable value.
+pub(crate) fn serialized_response(status: StatusCode, v: &impl serde::Serialize) -> Response {
     let body = serde_json::to_vec(v).unwrap_or_default();
     let mut r = (status, body).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
@@ -501,7 +507,7 @@ async fn read(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, 
     }
     not_audit_event(&rtype)?;
     let (t, target) = (rtype.clone(), target(&rtype, &id));
-    let s = audit::served(&st, &who, &ctx, What::new("read", "R", target), move |engine, w| engine.read(w, &t, &id)).await?;
+    let s = audit::served_inline(&st, &who, &ctx, What::new("read", "R", target), |engine, w| engine.read(w, &t, &id)).await?;
     if rtype == "Binary" {
         return binary_response(&st, s, &headers, q.as_deref()).await;
     }
@@ -529,7 +535,7 @@ async fn vread(
     not_audit_event(&rtype)?;
     let version: u64 = vid.parse().map_err(|_| ApiError::not_found())?;
     let (t, target) = (rtype.clone(), target(&rtype, &id));
-    let s = audit::served(&st, &who, &ctx, What::new("vread", "R", target), move |engine, w| engine.vread(w, &t, &id, version)).await?;
+    let s = audit::served_inline(&st, &who, &ctx, What::new("vread", "R", target), |engine, w| engine.vread(w, &t, &id, version)).await?;
     if rtype == "Binary" {
         return binary_response(&st, s, &headers, q.as_deref()).await;
     }
@@ -578,7 +584,7 @@ async fn instance_sub(
         let all = audit::finish(&st, &who, &ctx, What::new("everything", "R", target), all).await?;
         let total = all.len();
         let page = Page { total, offset: 0, count: total, next: None, previous: None, this: String::new(), resources: all };
-        return Ok(json_response(StatusCode::OK, &searchset(&st, &page, None)));
+        return Ok(searchset(&st, &page, None));
     }
     if rtype == "Patient" && brankas_fhir::is_resource_type(&sub) {
         let what = What::new("search", "R", target(&rtype, &id)).with_query(&pairs);
@@ -593,7 +599,7 @@ async fn instance_sub(
             blocking(move || engine.search(&w, &req)).await
         };
         let page = audit::finish(&st, &who, &ctx, what, page).await?;
-        return Ok(json_response(StatusCode::OK, &searchset(&st, &page, Some(&sub))));
+        return Ok(searchset(&st, &page, Some(&sub)));
     }
     if sub.starts_with('$') {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not-supported", "operation not supported"));
@@ -701,42 +707,72 @@ async fn run_search(st: &Arc<AppState>, who: Principal, ctx: ReqCtx, rtype: Stri
         audit::served(st, &who, &ctx, what, move |engine, w| engine.search_page(w, &c)).await?
     } else {
         let req = SearchRequest { resource_type: rtype.clone(), pairs, compartment: None, offset: 0, strict: strict(headers) };
-        audit::served(st, &who, &ctx, what, move |engine, w| engine.search(w, &req)).await?
+        if rtype == "Patient" {
+            // A Patient search is an exact identity lookup through the blind index (the
+            // engine refuses any other): a few index hits, as cheap as a read.
+            audit::served_inline(st, &who, &ctx, what, |engine, w| engine.search(w, &req)).await?
+        } else {
+            audit::served(st, &who, &ctx, what, move |engine, w| engine.search(w, &req)).await?
+        }
     };
-    Ok(json_response(StatusCode::OK, &searchset(st, &page, Some(&rtype))))
+    Ok(searchset(st, &page, Some(&rtype)))
 }
 
 /// A searchset Bundle. Paging links carry only a sealed cursor, so the query (which may be
-/// a NIK or a name) never appears in a link, a proxy log or a browser history.
-fn searchset(st: &AppState, page: &Page, rtype: Option<&str>) -> Value {
+/// a NIK or a name) never appears in a link, a proxy log or a browser history. Serialized
+/// straight from the page's resources, without copying them into a second JSON tree.
+fn searchset(st: &AppState, page: &Page, rtype: Option<&str>) -> Response {
+    #[derive(serde::Serialize)]
+    struct Link {
+        relation: &'static str,
+        url: String,
+    }
+    #[derive(serde::Serialize)]
+    struct Mode {
+        mode: &'static str,
+    }
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Entry<'a> {
+        full_url: String,
+        resource: &'a Value,
+        search: Mode,
+    }
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct SearchSet<'a> {
+        resource_type: &'static str,
+        #[serde(rename = "type")]
+        kind: &'static str,
+        total: usize,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        link: Vec<Link>,
+        entry: Vec<Entry<'a>>,
+    }
     let base = &st.base_url;
-    let entries: Vec<Value> = page
+    let entry = page
         .resources
         .iter()
         .map(|s| {
             let t = s.resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
             let id = s.resource.get("id").and_then(Value::as_str).unwrap_or_default();
-            json!({"fullUrl": format!("{base}/{t}/{id}"), "resource": s.resource, "search": {"mode": "match"}})
+            Entry { full_url: format!("{base}/{t}/{id}"), resource: &s.resource, search: Mode { mode: "match" } }
         })
         .collect();
-    let mut links = Vec::new();
+    let mut link = Vec::new();
     if let Some(t) = rtype {
-        let link = |c: &str| format!("{base}/{t}?_page={c}");
+        let url = |c: &str| format!("{base}/{t}?_page={c}");
         if !page.this.is_empty() {
-            links.push(json!({"relation": "self", "url": link(&page.this)}));
+            link.push(Link { relation: "self", url: url(&page.this) });
         }
         if let Some(n) = &page.next {
-            links.push(json!({"relation": "next", "url": link(n)}));
+            link.push(Link { relation: "next", url: url(n) });
         }
         if let Some(p) = &page.previous {
-            links.push(json!({"relation": "previous", "url": link(p)}));
+            link.push(Link { relation: "previous", url: url(p) });
         }
     }
-    let mut b = json!({"resourceType": "Bundle", "type": "searchset", "total": page.total, "entry": entries});
-    if !links.is_empty() {
-        b["link"] = Value::Array(links);
-    }
-    b
+    serialized_response(StatusCode::OK, &SearchSet { resource_type: "Bundle", kind: "searchset", total: page.total, link, entry })
 }
 
 async fn bundle(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, headers: HeaderMap, body: Body) -> ApiResult {

@@ -13,6 +13,11 @@ mod erase;
 mod synth_cmd;
 mod verify;
 
+/// mimalloc: thread-local free lists instead of glibc's locked arenas (see BENCHMARKS.md,
+/// "Reads at the hardware's pace"). Secrets are zeroized by their own types before they are freed.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
