@@ -304,9 +304,9 @@ pub(crate) async fn served<T: Send + 'static>(
 }
 
 /// A point read's engine work on the runtime thread, then [`finish`]: the work is a few
-/// indexed reads and one AEAD open, cheaper than a hand-off to the blocking pool and back;
-/// the guard's memory and the audit log's group commit (led by its own thread for
-/// asynchronous submitters, one wake per group) keep the rest off this thread.
+/// indexed reads and one AEAD open, cheaper than a hand-off to the blocking pool and back.
+/// The guard blocks this thread only for a patient it has not admitted this hour; the audit
+/// append only when the log is idle (see [`brankas_audit::AuditLog::record`]).
 pub(crate) async fn served_inline<T>(
     st: &Arc<AppState>,
     who: &Principal,

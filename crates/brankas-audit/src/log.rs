@@ -267,11 +267,7 @@ impl AuditLog {
         if queued {
             match self.shared.state.try_lock() {
                 Ok(mut state) => {
-                    if let Some((batch, _)) = take_batch(&self.shared)
-                        && !batch.is_empty()
-                    {
-                        append(&self.shared, &mut state, batch, false);
-                    }
+                    lead(&self.shared, &mut state);
                 }
                 Err(std::sync::TryLockError::WouldBlock) => {}
                 Err(std::sync::TryLockError::Poisoned(_)) => return Err(AuditError::Unavailable),
@@ -372,9 +368,8 @@ impl AuditLog {
                 Err(oneshot::error::TryRecvError::Closed) => return Err(AuditError::Unavailable),
                 Err(oneshot::error::TryRecvError::Empty) => {}
             }
-            let Some((batch, _)) = take_batch(&self.shared) else { return Err(AuditError::Unavailable) };
-            if !batch.is_empty() {
-                append(&self.shared, &mut state, batch, false);
+            if !lead(&self.shared, &mut state) {
+                return Err(AuditError::Unavailable);
             }
         }
     }
@@ -569,6 +564,16 @@ fn take_batch(shared: &Shared) -> Option<(Vec<Submission>, bool)> {
         n += 1;
     }
     Some((q.pending.drain(..n).collect::<Vec<_>>(), q.stop && q.pending.len() == n))
+}
+
+/// A group commit led by a submitter holding the writer's lock: appends what is queued (one
+/// batch). `false` if the queue's lock is poisoned.
+fn lead(shared: &Shared, state: &mut WriterState) -> bool {
+    let Some((batch, _)) = take_batch(shared) else { return false };
+    if !batch.is_empty() {
+        append(shared, state, batch, false);
+    }
+    true
 }
 
 /// The background appender: leads group commits for asynchronous submitters, signs due
