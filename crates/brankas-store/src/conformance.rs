@@ -23,6 +23,7 @@ pub fn run_all(fresh: &mut dyn FnMut() -> Box<dyn Store>) {
         ("use_once", use_once),
         ("clients", clients),
         ("concurrent_writers", concurrent_writers),
+        ("concurrent_commits_keep_their_own_outcome", concurrent_commits_keep_their_own_outcome),
         ("data_keys_commit_with_their_batch", data_keys_commit_with_their_batch),
         ("audit_log", audit_log),
         ("guard", guard),
@@ -273,6 +274,54 @@ fn concurrent_writers(s: &dyn Store) {
         }
     });
     assert_eq!(wins.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+fn concurrent_commits_keep_their_own_outcome(s: &dyn Store) {
+    // 16 threads commit at once (a backend may group them): each batch lands or fails alone,
+    // by its own expectations, with its own outcome. Thread t writes record 100 + t (fresh,
+    // lands), and every second thread also races for record 1 (exactly one of those wins;
+    // a loser's whole batch, its fresh record too, is left out).
+    put(s, sample_row(1, 1, 1, "Patient"), Expect::Absent).unwrap();
+    let outcomes: Vec<(u8, bool, crate::Result<()>)> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..16u8)
+            .map(|t| {
+                sc.spawn(move || {
+                    let contested = t % 2 == 0;
+                    let mut versions = vec![NewVersion { row: sample_row(100 + t, 1, 1 + t % 3, "Observation"), expect: Expect::Absent, entry: None }];
+                    if contested {
+                        versions.push(NewVersion { row: sample_row(1, 2, 1, "Patient"), expect: Expect::Version(1), entry: None });
+                    }
+                    for round in 0..5u8 {
+                        let b = batch(vec![NewVersion { row: sample_row(200 + t, u64::from(round) + 1, 1, "Encounter"), expect: Expect::Any, entry: None }], vec![]);
+                        s.commit(&b).unwrap();
+                    }
+                    (t, contested, s.commit(&batch(versions, vec![])))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut wins = 0;
+    for (t, contested, r) in outcomes {
+        let fresh = s.current(&key(100 + t)).unwrap();
+        assert_eq!(s.current(&key(200 + t)).unwrap().map(|r| r.version), Some(5), "thread {t}: every unconditioned commit lands");
+        match (contested, r) {
+            (false, r) => {
+                assert!(r.is_ok(), "thread {t}: an uncontested batch must land: {r:?}");
+                assert!(fresh.is_some());
+            }
+            (true, Ok(())) => {
+                wins += 1;
+                assert!(fresh.is_some(), "thread {t}: a batch that won must be stored whole");
+            }
+            (true, Err(e)) => {
+                assert!(matches!(e, StoreError::Conflict { index: 1 }), "thread {t}: a lost race is a conflict on its own item: {e:?}");
+                assert!(fresh.is_none(), "thread {t}: a batch that lost must leave nothing");
+            }
+        }
+    }
+    assert_eq!(wins, 1, "exactly one contested batch wins");
+    assert_eq!(s.current(&key(1)).unwrap().unwrap().version, 2);
 }
 
 fn data_keys_commit_with_their_batch(s: &dyn Store) {

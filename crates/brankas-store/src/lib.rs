@@ -27,7 +27,7 @@ pub use brankas_vault::{BlindTerm, PartitionId, RecordKey, WrappedKey};
 pub use sqlite::{CheckDepth, FileCheck, SqliteStore};
 
 /// Errors of a storage backend. They carry no row content.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// An optimistic-concurrency expectation of a [`WriteBatch`] did not hold; nothing was written.
     #[error("write conflict on item {index} of the batch")]

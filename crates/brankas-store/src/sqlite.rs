@@ -98,6 +98,14 @@ const READERS: usize = 8;
 struct Readers {
     idle: Vec<Connection>,
     open: usize,
+    /// Threads waiting for a connection (woken only when there are some).
+    waiting: usize,
+}
+
+/// A write batch waiting for a group commit, and where its outcome goes.
+struct Queued {
+    batch: WriteBatch,
+    outcome: Arc<Mutex<Option<Result<()>>>>,
 }
 
 /// Pages in the WAL after which a commit wakes the background checkpointer (SQLite's own
@@ -128,6 +136,9 @@ impl CheckpointSignal {
 pub struct SqliteStore {
     path: std::path::PathBuf,
     writer: Mutex<Connection>,
+    /// Batches handed to [`Store::commit`] and not yet committed: whoever next holds the
+    /// writer commits all of them in one transaction (one sync for the group).
+    queued: Mutex<Vec<Queued>>,
     audit_writer: Mutex<Connection>,
     audit_reader: Mutex<Connection>,
     guard: Mutex<Connection>,
@@ -346,10 +357,11 @@ impl SqliteStore {
         Ok(Self {
             path: path.to_owned(),
             writer: Mutex::new(w),
+            queued: Mutex::new(Vec::new()),
             audit_writer: Mutex::new(aw),
             audit_reader: Mutex::new(ar),
             guard: Mutex::new(guard),
-            readers: Mutex::new(Readers { idle: Vec::new(), open: 0 }),
+            readers: Mutex::new(Readers { idle: Vec::new(), open: 0, waiting: 0 }),
             reader_freed: Condvar::new(),
             checkpoint_signal: signal,
             checkpointer: Some(checkpointer),
@@ -378,7 +390,10 @@ impl SqliteStore {
                     pool.open += 1;
                     break None;
                 }
-                pool = self.reader_freed.wait(pool).map_err(|_| poisoned())?;
+                pool.waiting += 1;
+                let woken = self.reader_freed.wait(pool);
+                pool = woken.map_err(|_| poisoned())?;
+                pool.waiting -= 1;
             }
         };
         let conn = match conn {
@@ -407,13 +422,20 @@ impl SqliteStore {
 
     /// Returns a reader connection to the pool (or, with `None`, gives up its slot).
     fn release(&self, conn: Option<Connection>) {
-        if let Ok(mut pool) = self.readers.lock() {
-            match conn {
-                Some(c) => pool.idle.push(c),
-                None => pool.open -= 1,
+        let waiting = match self.readers.lock() {
+            Ok(mut pool) => {
+                match conn {
+                    Some(c) => pool.idle.push(c),
+                    None => pool.open -= 1,
+                }
+                pool.waiting
             }
+            Err(_) => 1,
+        };
+        // A futex wake per read costs a system call: only when someone waits.
+        if waiting > 0 {
+            self.reader_freed.notify_one();
         }
-        self.reader_freed.notify_one();
     }
 
     fn write<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
@@ -523,6 +545,51 @@ fn to_dek((p, w): (Vec<u8>, Vec<u8>)) -> Result<StoredDek> {
 
 /// Applies one batch inside an open transaction. On a failed expectation returns Conflict and
 /// leaves the rollback to the caller.
+/// Commits `batches` in one transaction, each under its own savepoint, with one outcome
+/// each, as if committed one by one in order. A batch whose own expectation fails (conflict,
+/// data-key race, missing key) is rolled back alone; any other failure while applying
+/// abandons the group, and each batch is then committed alone, so that one batch's failure
+/// is never another's.
+fn commit_group(c: &mut Connection, batches: &[&WriteBatch]) -> Vec<Result<()>> {
+    let alone = |c: &mut Connection, b: &WriteBatch| -> Result<()> {
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(be)?;
+        apply(&tx, b)?; // dropping tx on error rolls back
+        tx.commit().map_err(be)
+    };
+    if let [one] = batches {
+        return vec![alone(c, one)];
+    }
+    let grouped = (|| -> Result<Result<Vec<Result<()>>>> {
+        let mut tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(be)?;
+        let mut out = Vec::with_capacity(batches.len());
+        for b in batches {
+            let sp = tx.savepoint().map_err(be)?;
+            match apply(&sp, b) {
+                Ok(()) => {
+                    sp.commit().map_err(be)?;
+                    out.push(Ok(()));
+                }
+                Err(e @ (StoreError::Conflict { .. } | StoreError::DataKeyRace | StoreError::MissingDataKey)) => {
+                    drop(sp); // rolls back this batch only
+                    out.push(Err(e));
+                }
+                // Dropping `tx` rolls the whole group back; the batches go alone.
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        tx.commit().map_err(be)?;
+        Ok(Ok(out))
+    })();
+    match grouped {
+        Ok(Ok(out)) => out,
+        // Applying failed for another reason than a batch's own expectation: nothing of the
+        // group is written; find out whose it was.
+        Ok(Err(_)) => batches.iter().map(|b| alone(c, b)).collect(),
+        // The transaction could not begin or commit: nothing of the group is written.
+        Err(e) => batches.iter().map(|_| Err(e.clone())).collect(),
+    }
+}
+
 fn apply(tx: &Connection, batch: &WriteBatch) -> Result<()> {
     for d in &batch.deks {
         let bytes = d.wrapped.to_bytes();
@@ -772,12 +839,35 @@ impl Store for SqliteStore {
         })
     }
 
+    /// Group commit: the batch joins the queue, and whoever holds the writer next commits
+    /// every queued batch in one transaction, each under a savepoint of its own (one sync for
+    /// all; each batch all-or-nothing, with its own outcome, as if committed one by one in
+    /// queue order). A caller whose batch a leader already committed returns its outcome.
     fn commit(&self, batch: &WriteBatch) -> Result<()> {
-        self.write(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(be)?;
-            apply(&tx, batch)?; // dropping tx on error rolls back
-            tx.commit().map_err(be)
-        })
+        let poisoned = || StoreError::Backend("writer poisoned".into());
+        let outcome = Arc::new(Mutex::new(None));
+        self.queued.lock().map_err(|_| poisoned())?.push(Queued { batch: batch.clone(), outcome: outcome.clone() });
+        let mut conn = self.writer.lock().map_err(|_| poisoned())?;
+        if let Some(done) = outcome.lock().map_err(|_| poisoned())?.take() {
+            return done;
+        }
+        // Ours is still queued (only a writer's holder takes batches, and fills every outcome
+        // it takes before letting go): lead the group.
+        let group = std::mem::take(&mut *self.queued.lock().map_err(|_| poisoned())?);
+        let batches: Vec<&WriteBatch> = group.iter().map(|q| &q.batch).collect();
+        let results = commit_group(&mut conn, &batches);
+        // Every outcome is filled before the writer is let go: a follower that takes it next
+        // must find its own.
+        let mut mine = None;
+        for (q, r) in group.into_iter().zip(results) {
+            if Arc::ptr_eq(&q.outcome, &outcome) {
+                mine = Some(r);
+            } else if let Ok(mut slot) = q.outcome.lock() {
+                *slot = Some(r);
+            }
+        }
+        drop(conn);
+        mine.unwrap_or_else(|| Err(StoreError::Backend("group commit lost a batch".into())))
     }
 
     fn commit_many(&self, batches: &[WriteBatch]) -> Result<Vec<Result<()>>> {
