@@ -528,6 +528,28 @@ fn current_sql(filter: &str) -> String {
     format!("SELECT {ROW_COLS}, {CUR_COLS} FROM current c JOIN versions v ON v.rowid = c.vrow WHERE {filter}")
 }
 const KEY_FILTER: &str = "c.rkey = CAST(?1 AS BLOB)";
+
+/// The statements of the hot read paths, formatted once (a statement cache lookup hashes the
+/// text; formatting it on every call cost an allocation per read).
+struct Statements {
+    current_by_key: String,
+    current_by_type: String,
+    current_by_partition: String,
+    entries_by_type: String,
+    entries_by_partition: String,
+    version: String,
+    history: String,
+}
+
+static SQL: std::sync::LazyLock<Statements> = std::sync::LazyLock::new(|| Statements {
+    current_by_key: current_sql(KEY_FILTER),
+    current_by_type: current_sql(PARTITION_TYPE_FILTER),
+    current_by_partition: current_sql(PARTITION_FILTER),
+    entries_by_type: entries_sql(PARTITION_TYPE_FILTER),
+    entries_by_partition: entries_sql(PARTITION_FILTER),
+    version: format!("SELECT {ROW_COLS} FROM versions v WHERE v.rkey = ?1 AND v.version = ?2"),
+    history: format!("SELECT {ROW_COLS} FROM versions v WHERE v.rkey = ?1 AND v.version < ?2 ORDER BY v.version DESC LIMIT ?3"),
+});
 const PARTITION_TYPE_FILTER: &str = "c.partition = CAST(?1 AS BLOB) AND c.rtype = CAST(?2 AS TEXT) AND c.deleted = 0";
 const PARTITION_FILTER: &str = "c.partition = CAST(?1 AS BLOB) AND c.deleted = 0";
 
@@ -784,19 +806,19 @@ impl Store for SqliteStore {
     }
 
     fn current(&self, key: &RecordKey) -> Result<Option<VersionRow>> {
-        self.read(|c| c.prepare_cached(&current_sql(KEY_FILTER))?.query_row([&key.0[..]], current_row).optional())?.transpose()
+        self.read(|c| c.prepare_cached(&SQL.current_by_key)?.query_row([&key.0[..]], current_row).optional())?.transpose()
     }
 
     fn version(&self, key: &RecordKey, version: u64) -> Result<Option<VersionRow>> {
         self.read(|c| {
-            c.prepare_cached(&format!("SELECT {ROW_COLS} FROM versions v WHERE v.rkey = ?1 AND v.version = ?2"))?.query_row(params![&key.0[..], version as i64], row).optional()
+            c.prepare_cached(&SQL.version)?.query_row(params![&key.0[..], version as i64], row).optional()
         })
     }
 
     fn history(&self, key: &RecordKey, before: Option<u64>, limit: usize) -> Result<Vec<VersionRow>> {
         let before = before.map(|b| b as i64).unwrap_or(i64::MAX);
         self.read(|c| {
-            c.prepare_cached(&format!("SELECT {ROW_COLS} FROM versions v WHERE v.rkey = ?1 AND v.version < ?2 ORDER BY v.version DESC LIMIT ?3"))?
+            c.prepare_cached(&SQL.history)?
                 .query_map(params![&key.0[..], before, limit as i64], row)?
                 .collect()
         })
@@ -804,16 +826,16 @@ impl Store for SqliteStore {
 
     fn partition_current(&self, partition: &PartitionId, resource_type: Option<&str>) -> Result<Vec<VersionRow>> {
         let rows: Vec<Result<VersionRow>> = self.read(|c| match resource_type {
-            Some(t) => c.prepare_cached(&current_sql(PARTITION_TYPE_FILTER))?.query_map(params![&partition.0[..], t], current_row)?.collect(),
-            None => c.prepare_cached(&current_sql(PARTITION_FILTER))?.query_map(params![&partition.0[..]], current_row)?.collect(),
+            Some(t) => c.prepare_cached(&SQL.current_by_type)?.query_map(params![&partition.0[..], t], current_row)?.collect(),
+            None => c.prepare_cached(&SQL.current_by_partition)?.query_map(params![&partition.0[..]], current_row)?.collect(),
         })?;
         rows.into_iter().collect()
     }
 
     fn partition_entries(&self, partition: &PartitionId, resource_type: Option<&str>) -> Result<Vec<EntryRow>> {
         let rows: Vec<Result<EntryRow>> = self.read(|c| match resource_type {
-            Some(t) => c.prepare_cached(&entries_sql(PARTITION_TYPE_FILTER))?.query_map(params![&partition.0[..], t], entry_row)?.collect(),
-            None => c.prepare_cached(&entries_sql(PARTITION_FILTER))?.query_map(params![&partition.0[..]], entry_row)?.collect(),
+            Some(t) => c.prepare_cached(&SQL.entries_by_type)?.query_map(params![&partition.0[..], t], entry_row)?.collect(),
+            None => c.prepare_cached(&SQL.entries_by_partition)?.query_map(params![&partition.0[..]], entry_row)?.collect(),
         })?;
         rows.into_iter().collect()
     }
