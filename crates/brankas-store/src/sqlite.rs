@@ -810,18 +810,12 @@ impl Store for SqliteStore {
     }
 
     fn version(&self, key: &RecordKey, version: u64) -> Result<Option<VersionRow>> {
-        self.read(|c| {
-            c.prepare_cached(&SQL.version)?.query_row(params![&key.0[..], version as i64], row).optional()
-        })
+        self.read(|c| c.prepare_cached(&SQL.version)?.query_row(params![&key.0[..], version as i64], row).optional())
     }
 
     fn history(&self, key: &RecordKey, before: Option<u64>, limit: usize) -> Result<Vec<VersionRow>> {
         let before = before.map(|b| b as i64).unwrap_or(i64::MAX);
-        self.read(|c| {
-            c.prepare_cached(&SQL.history)?
-                .query_map(params![&key.0[..], before, limit as i64], row)?
-                .collect()
-        })
+        self.read(|c| c.prepare_cached(&SQL.history)?.query_map(params![&key.0[..], before, limit as i64], row)?.collect())
     }
 
     fn partition_current(&self, partition: &PartitionId, resource_type: Option<&str>) -> Result<Vec<VersionRow>> {

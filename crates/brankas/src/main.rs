@@ -10,6 +10,7 @@ mod backup;
 mod clients_cmd;
 mod demo;
 mod erase;
+mod logsink;
 mod synth_cmd;
 mod verify;
 
@@ -422,7 +423,7 @@ enum KeysCmd {
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(logsink::Sink)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BRANKAS_LOG").unwrap_or_else(|_| "info".into()))
         .init();
@@ -441,6 +442,7 @@ fn main() -> Result<()> {
             };
             let attachments = brankas_engine::AttachmentLimits { max_bytes: max_attachment_bytes, ..Default::default() };
             let accept = accept_state_rollback.map(|r| accept_reason(&r)).transpose()?;
+            let _log = logsink::start();
             serve(&data.data_dir, data.key_file.as_deref(), listen, tls, base_url, token_seconds, webhook.config()?, None, attachments, accept, conn)
         }
         Cmd::Import { data, paths, quiet, organization } => import(&data.data_dir, data.key_file.as_deref(), &paths, quiet, organization),
