@@ -583,24 +583,14 @@ fn commit_group(c: &mut Connection, batches: &[&WriteBatch]) -> Vec<Result<()>> 
     }
     let grouped = (|| -> Result<Result<Vec<Result<()>>>> {
         let mut tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(be)?;
-        let mut out = Vec::with_capacity(batches.len());
-        for b in batches {
-            let sp = tx.savepoint().map_err(be)?;
-            match apply(&sp, b) {
-                Ok(()) => {
-                    sp.commit().map_err(be)?;
-                    out.push(Ok(()));
-                }
-                Err(e @ (StoreError::Conflict { .. } | StoreError::DataKeyRace | StoreError::MissingDataKey)) => {
-                    drop(sp); // rolls back this batch only
-                    out.push(Err(e));
-                }
-                // Dropping `tx` rolls the whole group back; the batches go alone.
-                Err(e) => return Ok(Err(e)),
+        match apply_each(&mut tx, batches) {
+            Ok(out) => {
+                tx.commit().map_err(be)?;
+                Ok(Ok(out))
             }
+            // Dropping `tx` rolls the whole group back; the batches go alone.
+            Err(e) => Ok(Err(e)),
         }
-        tx.commit().map_err(be)?;
-        Ok(Ok(out))
     })();
     match grouped {
         Ok(Ok(out)) => out,
@@ -610,6 +600,28 @@ fn commit_group(c: &mut Connection, batches: &[&WriteBatch]) -> Vec<Result<()>> 
         // The transaction could not begin or commit: nothing of the group is written.
         Err(e) => batches.iter().map(|_| Err(e.clone())).collect(),
     }
+}
+
+/// Applies each batch inside `tx` under a savepoint of its own: a batch whose own expectation
+/// fails (conflict, data-key race, missing key) is rolled back alone, its outcome that error.
+/// Any other failure is returned; the caller then drops `tx`, which rolls every batch back.
+fn apply_each(tx: &mut rusqlite::Transaction<'_>, batches: &[&WriteBatch]) -> Result<Vec<Result<()>>> {
+    let mut out = Vec::with_capacity(batches.len());
+    for b in batches {
+        let sp = tx.savepoint().map_err(be)?;
+        match apply(&sp, b) {
+            Ok(()) => {
+                sp.commit().map_err(be)?;
+                out.push(Ok(()));
+            }
+            Err(e @ (StoreError::Conflict { .. } | StoreError::DataKeyRace | StoreError::MissingDataKey)) => {
+                drop(sp); // rolls back this batch only
+                out.push(Err(e));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
 }
 
 fn apply(tx: &Connection, batch: &WriteBatch) -> Result<()> {
@@ -889,21 +901,7 @@ impl Store for SqliteStore {
     fn commit_many(&self, batches: &[WriteBatch]) -> Result<Vec<Result<()>>> {
         self.write(|c| {
             let mut tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(be)?;
-            let mut out = Vec::with_capacity(batches.len());
-            for b in batches {
-                let sp = tx.savepoint().map_err(be)?;
-                match apply(&sp, b) {
-                    Ok(()) => {
-                        sp.commit().map_err(be)?;
-                        out.push(Ok(()));
-                    }
-                    Err(e @ (StoreError::Conflict { .. } | StoreError::DataKeyRace | StoreError::MissingDataKey)) => {
-                        drop(sp); // rolls back this batch only
-                        out.push(Err(e));
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
+            let out = apply_each(&mut tx, &batches.iter().collect::<Vec<_>>())?;
             tx.commit().map_err(be)?;
             Ok(out)
         })
