@@ -528,6 +528,8 @@ fn current_sql(filter: &str) -> String {
     format!("SELECT {ROW_COLS}, {CUR_COLS} FROM current c JOIN versions v ON v.rowid = c.vrow WHERE {filter}")
 }
 const KEY_FILTER: &str = "c.rkey = CAST(?1 AS BLOB)";
+const PARTITION_TYPE_FILTER: &str = "c.partition = CAST(?1 AS BLOB) AND c.rtype = CAST(?2 AS TEXT) AND c.deleted = 0";
+const PARTITION_FILTER: &str = "c.partition = CAST(?1 AS BLOB) AND c.deleted = 0";
 
 /// The statements of the hot read paths, formatted once (a statement cache lookup hashes the
 /// text; formatting it on every call cost an allocation per read).
@@ -550,8 +552,6 @@ static SQL: std::sync::LazyLock<Statements> = std::sync::LazyLock::new(|| Statem
     version: format!("SELECT {ROW_COLS} FROM versions v WHERE v.rkey = ?1 AND v.version = ?2"),
     history: format!("SELECT {ROW_COLS} FROM versions v WHERE v.rkey = ?1 AND v.version < ?2 ORDER BY v.version DESC LIMIT ?3"),
 });
-const PARTITION_TYPE_FILTER: &str = "c.partition = CAST(?1 AS BLOB) AND c.rtype = CAST(?2 AS TEXT) AND c.deleted = 0";
-const PARTITION_FILTER: &str = "c.partition = CAST(?1 AS BLOB) AND c.deleted = 0";
 
 fn blob32(b: &[u8]) -> rusqlite::Result<[u8; 32]> {
     b.try_into().map_err(|_| rusqlite::Error::InvalidColumnType(0, "blob32".into(), rusqlite::types::Type::Blob))
@@ -565,8 +565,6 @@ fn to_dek((p, w): (Vec<u8>, Vec<u8>)) -> Result<StoredDek> {
     Ok(StoredDek { partition: PartitionId(p.as_slice().try_into().map_err(|_| StoreError::Corrupt)?), wrapped: WrappedKey::from_bytes(&w).map_err(|_| StoreError::Corrupt)? })
 }
 
-/// Applies one batch inside an open transaction. On a failed expectation returns Conflict and
-/// leaves the rollback to the caller.
 /// Commits `batches` in one transaction, each under its own savepoint, with one outcome
 /// each, as if committed one by one in order. A batch whose own expectation fails (conflict,
 /// data-key race, missing key) is rolled back alone; any other failure while applying
@@ -581,24 +579,23 @@ fn commit_group(c: &mut Connection, batches: &[&WriteBatch]) -> Vec<Result<()>> 
     if let [one] = batches {
         return vec![alone(c, one)];
     }
-    let grouped = (|| -> Result<Result<Vec<Result<()>>>> {
-        let mut tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(be)?;
-        match apply_each(&mut tx, batches) {
-            Ok(out) => {
-                tx.commit().map_err(be)?;
-                Ok(Ok(out))
-            }
-            // Dropping `tx` rolls the whole group back; the batches go alone.
-            Err(e) => Ok(Err(e)),
+    // The transaction could not begin or commit: nothing of the group is written.
+    let all_fail = |e: StoreError| batches.iter().map(|_| Err(e.clone())).collect();
+    let mut tx = match c.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => return all_fail(be(e)),
+    };
+    match apply_each(&mut tx, batches) {
+        Ok(out) => match tx.commit() {
+            Ok(()) => out,
+            Err(e) => all_fail(be(e)),
+        },
+        // Applying failed for another reason than a batch's own expectation: dropping `tx`
+        // rolls the whole group back; each batch goes alone, to find out whose it was.
+        Err(_) => {
+            drop(tx);
+            batches.iter().map(|b| alone(c, b)).collect()
         }
-    })();
-    match grouped {
-        Ok(Ok(out)) => out,
-        // Applying failed for another reason than a batch's own expectation: nothing of the
-        // group is written; find out whose it was.
-        Ok(Err(_)) => batches.iter().map(|b| alone(c, b)).collect(),
-        // The transaction could not begin or commit: nothing of the group is written.
-        Err(e) => batches.iter().map(|_| Err(e.clone())).collect(),
     }
 }
 
@@ -624,6 +621,8 @@ fn apply_each(tx: &mut rusqlite::Transaction<'_>, batches: &[&WriteBatch]) -> Re
     Ok(out)
 }
 
+/// Applies one batch inside an open transaction. On a failed expectation returns Conflict and
+/// leaves the rollback to the caller.
 fn apply(tx: &Connection, batch: &WriteBatch) -> Result<()> {
     for d in &batch.deks {
         let bytes = d.wrapped.to_bytes();
