@@ -3,6 +3,10 @@
 //! `verify` over everything written. Prints one JSON line.
 //!
 //! `cargo run --release -p brankas-audit --example append_rate -- [concurrency] [seconds] [dir]`
+//!
+//! `WORKERS` sets the Tokio worker threads (default 1; a server has one per core). Every 10 s
+//! the rate of the last 10 s goes to stderr, so a long run shows whether the rate holds as
+//! the log grows. `dir` must be new: each run makes its own key.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,11 +27,23 @@ fn main() {
     let vault = Arc::new(Vault::create(kf).unwrap().0);
     let store = Arc::new(SqliteStore::open(&dir.join("brankas.db")).unwrap());
     let log = Arc::new(AuditLog::open(store.clone(), vault.clone()).unwrap());
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(std::env::var("WORKERS").ok().and_then(|w| w.parse().ok()).unwrap_or(1)).enable_all().build().unwrap();
     let done = Arc::new(AtomicU64::new(0));
     let lat_us = Arc::new(std::sync::Mutex::new(Vec::new()));
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(seconds);
+    {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut last = 0;
+            loop {
+                std::thread::sleep(Duration::from_secs(10));
+                let n = done.load(Ordering::Relaxed);
+                eprintln!("{{\"records\":{n},\"records_per_s_last_10s\":{}}}", (n - last) / 10);
+                last = n;
+            }
+        });
+    }
     rt.block_on(async {
         let mut tasks = Vec::new();
         for t in 0..concurrency {
