@@ -395,7 +395,9 @@ fn resource_response(st: &AppState, status: StatusCode, s: &Stored, rtype: &str,
         Return::Representation => json_response(status, &s.resource),
         Return::Minimal => status.into_response(),
         Return::Outcome => {
-            json_response(status, &json!({"resourceType": "OperationOutcome", "issue": [{"severity": "information", "code": "informational", "diagnostics": "ok"}]}))
+            let mut issues = vec![json!({"severity": "information", "code": "informational", "diagnostics": "ok"})];
+            issues.extend(quality_warnings(&s.resource));
+            json_response(status, &json!({"resourceType": "OperationOutcome", "issue": issues}))
         }
     };
     let h = r.headers_mut();
@@ -409,6 +411,22 @@ fn resource_response(st: &AppState, status: StatusCode, s: &Stored, rtype: &str,
         h.insert(header::LOCATION, v);
     }
     r
+}
+
+/// The warnings a written resource carries as data-quality flags (a Patient whose NIK
+/// disagrees with its birth date or gender), as OperationOutcome issues. They name the
+/// element, never its value.
+fn quality_warnings(resource: &Value) -> Vec<Value> {
+    let tags = resource.get("meta").and_then(|m| m.get("tag")).and_then(Value::as_array);
+    tags.into_iter()
+        .flatten()
+        .filter(|t| t.get("system").and_then(Value::as_str) == Some(brankas_fhir::DATA_QUALITY_SYSTEM))
+        .filter_map(|t| brankas_fhir::NikWarning::from_code(t.get("code").and_then(Value::as_str)?))
+        .map(|w| {
+            json!({"severity": "warning", "code": "business-rule", "diagnostics": format!("{w}: stored, and flagged for review ({} code {})", brankas_fhir::DATA_QUALITY_SYSTEM, w.code()),
+                "expression": ["Patient.identifier", w.expression()]})
+        })
+        .collect()
 }
 
 fn query_pairs(st: &AppState, raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
@@ -817,6 +835,12 @@ fn response_entry(st: &AppState, o: EntryOutcome, ret: Return) -> Value {
         resp["lastModified"] = json!(instant(s.last_updated_us));
         if ret == Return::Representation && !s.deleted {
             entry["resource"] = s.resource.clone();
+        }
+        let warnings = quality_warnings(&s.resource);
+        if !warnings.is_empty() || ret == Return::Outcome {
+            let mut issues = vec![json!({"severity": "information", "code": "informational", "diagnostics": "ok"})];
+            issues.extend(warnings);
+            resp["outcome"] = json!({"resourceType": "OperationOutcome", "issue": issues});
         }
     }
     entry["response"] = resp;

@@ -32,6 +32,7 @@ impl Engine {
         }
         brankas_fhir::validate_resource(resource).map_err(|e| EngineError::Invalid(e.0))?;
         if rtype == "Patient" {
+            // A disagreement with the birth date or gender is a flag (`prepare`), not a refusal.
             brankas_fhir::check_patient_nik(resource).map_err(EngineError::Nik)?;
         }
         Ok(())
@@ -124,8 +125,11 @@ impl Engine {
         let meta = meta.as_object_mut().ok_or_else(|| EngineError::BadRequest("meta must be an object".into()))?;
         meta.insert("versionId".into(), Value::String(version.to_string()));
         meta.insert("lastUpdated".into(), Value::String(instant(now)));
-        // Who wrote a record is the server's to say, never the client's.
+        // Who wrote a record is the server's to say, never the client's; so are data-quality flags.
         crate::access::strip_writers(&mut resource);
+        if rtype == "Patient" {
+            brankas_fhir::flag_patient_nik(&mut resource);
+        }
         // Validate after stamping, so server-set meta is checked too.
         self.validate(rtype, &resource)?;
         let partition = self.partition_of(rtype, id, &resource);

@@ -24,8 +24,10 @@
 //!   [`for_each_reference_mut`] visit (and can rewrite) every reference in a
 //!   resource, e.g. to resolve `urn:uuid:` references in a transaction.
 //! * **NIK** — [`parse_nik`] and [`check_patient_nik`] check Indonesian
-//!   national ID numbers ([`NIK_SYSTEM`]) and their consistency with a
-//!   Patient's birth date and gender.
+//!   national ID numbers ([`NIK_SYSTEM`], and the mother's, [`NIK_IBU_SYSTEM`]):
+//!   one that cannot have been issued is an error, one that disagrees with the
+//!   Patient's birth date or gender a [`NikWarning`], which [`flag_patient_nik`]
+//!   records as a `meta.tag`.
 //! * **Normalisation** — [`normalize_phone`], [`normalize_name`],
 //!   [`normalize_identifier_value`] and [`patient_identity_terms`] produce the
 //!   deterministic [`IdentityTerm`] keys used for exact patient matching.
@@ -45,7 +47,7 @@
 //!     "managingOrganization": {"reference": "Organization/rs-1"}
 //! });
 //! assert!(validate_resource(&patient).is_ok());
-//! assert!(brankas_fhir::check_patient_nik(&patient).is_ok());
+//! assert_eq!(brankas_fhir::check_patient_nik(&patient), Ok(vec![]));
 //! // The NIK identifier, "siti aminah" and "aminah", each with the birth date.
 //! assert_eq!(patient_identity_terms(&patient).len(), 3);
 //!
@@ -80,7 +82,7 @@ pub mod resource_types;
 mod schema;
 pub mod validate;
 
-pub use nik::{IHS_SYSTEM, NIK_SYSTEM, NikError, NikInfo, check_patient_nik, parse_nik};
+pub use nik::{DATA_QUALITY_SYSTEM, IHS_SYSTEM, NIK_IBU_SYSTEM, NIK_SYSTEM, NikError, NikInfo, NikWarning, check_patient_nik, flag_patient_nik, parse_nik};
 pub use normalize::{IdentityTerm, normalize_identifier_value, normalize_name, normalize_phone, patient_identity_terms};
 pub use references::{RefKind, for_each_reference, for_each_reference_mut, is_valid_id, parse_reference};
 pub use resource_types::{is_resource_type, resource_types};

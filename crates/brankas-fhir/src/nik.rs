@@ -17,7 +17,14 @@ pub const NIK_SYSTEM: &str = "https://fhir.kemkes.go.id/id/nik";
 /// `Identifier.system` for the SATUSEHAT patient number (IHS number).
 pub const IHS_SYSTEM: &str = "https://fhir.kemkes.go.id/id/ihs-number";
 
-/// Why a NIK is not acceptable. Messages never include the NIK itself.
+/// `Identifier.system` for the mother's NIK on a newborn without one of its own (SATUSEHAT).
+pub const NIK_IBU_SYSTEM: &str = "https://fhir.kemkes.go.id/id/nik-ibu";
+
+/// `Meta.tag` system of the server's data-quality flags: a Patient whose NIK disagrees with
+/// its birth date or gender is stored, tagged with the disagreement (see [`NikWarning`]).
+pub const DATA_QUALITY_SYSTEM: &str = "https://brankas.id/fhir/CodeSystem/data-quality";
+
+/// Why a NIK cannot be an issued NIK: refused. Messages never include the NIK itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum NikError {
     /// Not exactly 16 characters.
@@ -33,15 +40,49 @@ pub enum NikError {
     /// The encoded birth date does not exist in either 19YY or 20YY.
     #[error("NIK birth date part is not a valid date")]
     BirthDate,
+    /// The serial number is `0000`.
+    #[error("NIK serial number is not valid")]
+    Serial,
+}
+
+/// Where a well-formed NIK disagrees with the Patient that holds it: accepted, flagged.
+///
+/// Real registrations disagree for ordinary reasons: a NIK keeps the date it was issued with
+/// after a birth date is corrected, registries hold placeholder dates, SATUSEHAT's own sandbox
+/// identities do not encode their birth dates. Refusing them would keep the patient's record
+/// out; the server stores the Patient, answers with a warning and tags it
+/// ([`DATA_QUALITY_SYSTEM`], [`NikWarning::code`]) so that the registration can be checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, thiserror::Error)]
+pub enum NikWarning {
     /// The encoded birth date disagrees with `Patient.birthDate`.
     #[error("NIK birth date does not match the patient's birth date")]
     BirthDateMismatch,
     /// The +40 female day rule disagrees with `Patient.gender`.
     #[error("NIK gender encoding does not match the patient's gender")]
     GenderMismatch,
-    /// The serial number is `0000`.
-    #[error("NIK serial number is not valid")]
-    Serial,
+}
+
+impl NikWarning {
+    /// The code of the flag in [`DATA_QUALITY_SYSTEM`].
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::BirthDateMismatch => "nik-birthdate-mismatch",
+            Self::GenderMismatch => "nik-gender-mismatch",
+        }
+    }
+
+    /// The element the warning is about, as a FHIRPath expression.
+    pub fn expression(self) -> &'static str {
+        match self {
+            Self::BirthDateMismatch => "Patient.birthDate",
+            Self::GenderMismatch => "Patient.gender",
+        }
+    }
+
+    /// The warning whose flag has this code.
+    pub fn from_code(code: &str) -> Option<Self> {
+        [Self::BirthDateMismatch, Self::GenderMismatch].into_iter().find(|w| w.code() == code)
+    }
 }
 
 /// The fields decoded from a valid NIK.
@@ -116,23 +157,29 @@ pub fn parse_nik(nik: &str) -> Result<NikInfo, NikError> {
     Ok(NikInfo { province, regency, district, day, month, year2, female, serial })
 }
 
-/// Checks every NIK identifier of a Patient against the NIK rules and against
-/// the patient's own `birthDate` and `gender`.
+/// Checks the NIK identifiers of a Patient: its own ([`NIK_SYSTEM`]) against the NIK rules
+/// and against the patient's `birthDate` and `gender`, the mother's on a newborn
+/// ([`NIK_IBU_SYSTEM`]) against the NIK rules only.
 ///
-/// For each `identifier` whose `system` is [`NIK_SYSTEM`] and which has a
-/// string `value` (trimmed with [`normalize_identifier_value`]): the NIK must
-/// parse; if `birthDate` is present, its parts that are given (year, month,
-/// day) must match the NIK's; if `gender` is `female` or `male`, it must match
-/// the +40 day rule. Returns the first problem found.
+/// A NIK that cannot have been issued (length, digits, region, date part, serial) is an
+/// error. A well-formed NIK that disagrees with the patient is a [`NikWarning`]: if
+/// `birthDate` is present, its parts that are given (year, month, day) must match the NIK's;
+/// if `gender` is `female` or `male`, it must match the +40 day rule. Values are trimmed with
+/// [`normalize_identifier_value`]. The warnings come sorted, each once.
 ///
 /// ```
+/// use brankas_fhir::{NikWarning, check_patient_nik};
 /// let p = serde_json::json!({"resourceType": "Patient", "gender": "male", "birthDate": "1990-08-05",
 ///   "identifier": [{"system": brankas_fhir::NIK_SYSTEM, "value": "3174050508900003"}]});
-/// assert!(brankas_fhir::check_patient_nik(&p).is_ok());
+/// assert_eq!(check_patient_nik(&p), Ok(vec![]));
+/// let p = serde_json::json!({"resourceType": "Patient", "gender": "male", "birthDate": "1992-01-09",
+///   "identifier": [{"system": brankas_fhir::NIK_SYSTEM, "value": "9271060312000001"}]});
+/// assert_eq!(check_patient_nik(&p), Ok(vec![NikWarning::BirthDateMismatch]));
 /// ```
-pub fn check_patient_nik(patient: &Value) -> Result<(), NikError> {
+pub fn check_patient_nik(patient: &Value) -> Result<Vec<NikWarning>, NikError> {
+    let mut warnings = Vec::new();
     let Some(ids) = patient.get("identifier").and_then(Value::as_array) else {
-        return Ok(());
+        return Ok(warnings);
     };
     let birth = patient.get("birthDate").and_then(Value::as_str).map(birth_parts);
     let female = match patient.get("gender").and_then(Value::as_str) {
@@ -141,26 +188,58 @@ pub fn check_patient_nik(patient: &Value) -> Result<(), NikError> {
         _ => None,
     };
     for id in ids {
-        if id.get("system").and_then(Value::as_str) != Some(NIK_SYSTEM) {
-            continue;
-        }
+        let own = match id.get("system").and_then(Value::as_str) {
+            Some(NIK_SYSTEM) => true,
+            Some(NIK_IBU_SYSTEM) => false,
+            _ => continue,
+        };
         let Some(value) = id.get("value").and_then(Value::as_str) else {
             continue;
         };
         let info = parse_nik(&normalize_identifier_value(value))?;
+        if !own {
+            continue;
+        }
         if let Some((year, month, day)) = birth {
             let year_ok = year.is_none_or(|y| y % 100 == u32::from(info.year2));
             let month_ok = month.is_none_or(|m| m == info.month);
             let day_ok = day.is_none_or(|d| d == info.day);
             if !(year_ok && month_ok && day_ok) {
-                return Err(NikError::BirthDateMismatch);
+                warnings.push(NikWarning::BirthDateMismatch);
             }
         }
         if female.is_some_and(|f| f != info.female) {
-            return Err(NikError::GenderMismatch);
+            warnings.push(NikWarning::GenderMismatch);
         }
     }
-    Ok(())
+    warnings.sort_unstable();
+    warnings.dedup();
+    Ok(warnings)
+}
+
+/// Sets a Patient's data-quality flags from its NIK: removes every `meta.tag` of
+/// [`DATA_QUALITY_SYSTEM`] (the server's to set, never the client's) and adds one per
+/// [`NikWarning`] of [`check_patient_nik`]. Returns the warnings; a NIK that is an error
+/// leaves no flag (the write is refused by the caller's check). A `meta` or `meta.tag` that
+/// is not of the right shape is left alone for validation to refuse.
+pub fn flag_patient_nik(patient: &mut Value) -> Vec<NikWarning> {
+    let warnings = check_patient_nik(patient).unwrap_or_default();
+    let Some(obj) = patient.as_object_mut() else { return warnings };
+    let Some(meta) = obj.entry("meta").or_insert_with(|| Value::Object(Default::default())).as_object_mut() else {
+        return warnings;
+    };
+    let had_tags = meta.contains_key("tag");
+    let Some(tags) = meta.entry("tag").or_insert_with(|| Value::Array(Vec::new())).as_array_mut() else {
+        return warnings;
+    };
+    tags.retain(|t| t.get("system").and_then(Value::as_str) != Some(DATA_QUALITY_SYSTEM));
+    for w in &warnings {
+        tags.push(serde_json::json!({"system": DATA_QUALITY_SYSTEM, "code": w.code(), "display": w.to_string()}));
+    }
+    if tags.is_empty() && !had_tags {
+        meta.remove("tag");
+    }
+    warnings
 }
 
 /// Year, month and day of a FHIR `date` (`YYYY`, `YYYY-MM` or `YYYY-MM-DD`);
@@ -235,16 +314,68 @@ mod tests {
 
     #[test]
     fn patient_checks() {
-        assert_eq!(check_patient_nik(&patient("3174054508900003", "female", "1990-08-05")), Ok(()));
-        assert_eq!(check_patient_nik(&patient(" 3174054508900003 ", "female", "1990-08")), Ok(()));
-        assert_eq!(check_patient_nik(&patient("3174054508900003", "other", "2090")), Ok(()));
-        assert_eq!(check_patient_nik(&patient("3174054508900003", "male", "1990-08-05")), Err(NikError::GenderMismatch));
-        assert_eq!(check_patient_nik(&patient("3174054508900003", "female", "1990-08-06")), Err(NikError::BirthDateMismatch));
-        assert_eq!(check_patient_nik(&patient("3174054508900003", "female", "1991")), Err(NikError::BirthDateMismatch));
+        use NikWarning::*;
+        assert_eq!(check_patient_nik(&patient("3174054508900003", "female", "1990-08-05")), Ok(vec![]));
+        assert_eq!(check_patient_nik(&patient(" 3174054508900003 ", "female", "1990-08")), Ok(vec![]));
+        assert_eq!(check_patient_nik(&patient("3174054508900003", "other", "2090")), Ok(vec![]));
+        assert_eq!(check_patient_nik(&patient("3174054508900003", "male", "1990-08-05")), Ok(vec![GenderMismatch]));
+        assert_eq!(check_patient_nik(&patient("3174054508900003", "female", "1990-08-06")), Ok(vec![BirthDateMismatch]));
+        assert_eq!(check_patient_nik(&patient("3174054508900003", "female", "1991")), Ok(vec![BirthDateMismatch]));
+        assert_eq!(check_patient_nik(&patient("3174054508900003", "male", "1991")), Ok(vec![BirthDateMismatch, GenderMismatch]));
         assert_eq!(check_patient_nik(&patient("3174054508900000", "female", "1990-08-05")), Err(NikError::Serial));
-        assert_eq!(check_patient_nik(&json!({"resourceType": "Patient"})), Ok(()));
+        assert_eq!(check_patient_nik(&json!({"resourceType": "Patient"})), Ok(vec![]));
         let no_birth = json!({"resourceType": "Patient", "identifier": [{"system": NIK_SYSTEM, "value": "3174054508900003"}]});
-        assert_eq!(check_patient_nik(&no_birth), Ok(()));
+        assert_eq!(check_patient_nik(&no_birth), Ok(vec![]));
+    }
+
+    /// SATUSEHAT's published sandbox identities (NIK, gender, birth date): none encodes its
+    /// birth date, all are well formed, so all go in with a warning.
+    #[test]
+    fn satusehat_sandbox_identities_are_accepted_with_a_warning() {
+        for (nik, gender, birth) in [
+            ("9271060312000001", "male", "1992-01-09"),
+            ("9204014804000002", "female", "1989-11-03"),
+            ("9104224509000003", "female", "1976-07-07"),
+            ("9104223107000004", "male", "1977-09-03"),
+        ] {
+            assert_eq!(check_patient_nik(&patient(nik, gender, birth)), Ok(vec![NikWarning::BirthDateMismatch]), "{nik}");
+        }
+    }
+
+    /// The mother's NIK on a newborn is held to the NIK rules, never to the child's birth
+    /// date or gender.
+    #[test]
+    fn mothers_nik_gets_the_structural_check_only() {
+        let newborn = |nik: &str| {
+            json!({"resourceType": "Patient", "gender": "male", "birthDate": "2024-03-01",
+                "identifier": [{"system": NIK_IBU_SYSTEM, "value": nik}]})
+        };
+        assert_eq!(check_patient_nik(&newborn("3174054508900003")), Ok(vec![]));
+        assert_eq!(check_patient_nik(&newborn("1234")), Err(NikError::Length));
+        assert_eq!(check_patient_nik(&newborn("0074054508900003")), Err(NikError::Province));
+    }
+
+    #[test]
+    fn flags_are_the_servers_to_set() {
+        let mut p = patient("3174054508900003", "male", "1990-08-05");
+        p["meta"] = json!({"tag": [
+            {"system": DATA_QUALITY_SYSTEM, "code": "nik-birthdate-mismatch"},
+            {"system": "http://example.org/tags", "code": "keep"}
+        ]});
+        assert_eq!(flag_patient_nik(&mut p), vec![NikWarning::GenderMismatch]);
+        assert_eq!(
+            p["meta"]["tag"],
+            json!([{"system": "http://example.org/tags", "code": "keep"},
+                {"system": DATA_QUALITY_SYSTEM, "code": "nik-gender-mismatch", "display": "NIK gender encoding does not match the patient's gender"}])
+        );
+        // Corrected: the flag goes; a Patient that never had tags gets none.
+        p["gender"] = json!("female");
+        assert_eq!(flag_patient_nik(&mut p), vec![]);
+        assert_eq!(p["meta"]["tag"], json!([{"system": "http://example.org/tags", "code": "keep"}]));
+        let mut clean = patient("3174054508900003", "female", "1990-08-05");
+        flag_patient_nik(&mut clean);
+        assert_eq!(clean["meta"], json!({}));
+        assert_eq!(NikWarning::from_code("nik-gender-mismatch"), Some(NikWarning::GenderMismatch));
     }
 
     proptest! {
