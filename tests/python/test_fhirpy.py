@@ -144,20 +144,48 @@ def test_create_read_and_find_by_nik(client):
 
     found = client.resources("Patient").search(identifier=f"{NIK_SYSTEM}|{NIK}").fetch()
     assert [p.id for p in found] == [patient.id]
+    # count() sends _count=0 with fhirpy's own _totalMethod, which R4 servers ignore.
+    assert client.resources("Patient").search(identifier=f"{NIK_SYSTEM}|{NIK}").count() == 1
 
 
 def test_invalid_nik_is_refused(client):
-    # Day 47 means a woman: the same NIK on a man born that day contradicts itself.
+    # Province 99 does not exist: no such NIK can have been issued.
     from fhirpy.base.exceptions import OperationOutcome
 
     patient = client.resource(
         "Patient",
-        identifier=[{"system": NIK_SYSTEM, "value": NIK}],
+        identifier=[{"system": NIK_SYSTEM, "value": "9971054708900003"}],
+        gender="female",
+        birthDate="1990-08-07",
+    )
+    with pytest.raises(OperationOutcome) as refused:
+        patient.save()
+    assert "9971054708900003" not in str(refused.value)
+
+
+def test_nik_disagreeing_with_gender_is_stored_and_flagged(client):
+    # Day 47 means a woman: on a man's registration the NIK disagrees, which real data does.
+    patient = client.resource(
+        "Patient",
+        identifier=[{"system": NIK_SYSTEM, "value": "3171054708900004"}],
         gender="male",
         birthDate="1990-08-07",
     )
-    with pytest.raises(OperationOutcome):
-        patient.save()
+    patient.save()
+    read = client.reference("Patient", patient.id).to_resource()
+    flags = [t["code"] for t in read["meta"].get("tag", []) if t["system"] == "https://brankas.id/fhir/CodeSystem/data-quality"]
+    assert flags == ["nik-gender-mismatch"]
+
+
+def test_second_patient_with_a_held_nik_is_a_conflict(client):
+    from fhirpy.base.exceptions import OperationOutcome
+
+    first = client.resource("Patient", identifier=[{"system": NIK_SYSTEM, "value": "3171054708900005"}], gender="female")
+    first.save()
+    second = client.resource("Patient", identifier=[{"system": NIK_SYSTEM, "value": "3171054708900005"}], gender="female")
+    with pytest.raises(OperationOutcome) as refused:
+        second.save()
+    assert f"Patient/{first.id}" in str(refused.value)
 
 
 def test_unknown_nik_finds_nobody(client):

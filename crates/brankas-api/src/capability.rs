@@ -32,8 +32,8 @@ pub fn capability_statement(base: &str) -> Value {
                 "readHistory": true,
                 "updateCreate": true,
                 "conditionalCreate": true,
-                "conditionalUpdate": false,
-                "conditionalDelete": "not-supported",
+                "conditionalUpdate": true,
+                "conditionalDelete": "single",
                 "interaction": interactions,
                 "searchParam": params,
             })

@@ -131,7 +131,7 @@ async fn create(State(st): St, Extension(who): Extension<Principal>, body: Body)
         let _one = LIST.lock().map_err(|_| unavailable())?;
         let mut all = load(&s)?;
         if all.len() >= MAX_PENDING {
-            return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "throttled", "too many erasure requests are waiting"));
+            return Err(ApiError::throttled("too many erasure requests are waiting for a security officer", 3_600));
         }
         let mut r = Request {
             id: format!("e-{}", brankas_vault::random_id(12).map_err(|_| unavailable())?),

@@ -78,13 +78,11 @@ impl GuardState {
         r.tokens = (r.tokens + (now - r.at).as_secs_f64() * f64::from(l.requests_per_second)).min(f64::from(l.burst));
         r.at = now;
         if r.inflight >= l.max_concurrent {
-            return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "throttled", format!("more than {} requests at once for this client", l.max_concurrent)));
+            return Err(ApiError::throttled(format!("more than {} requests at once for this client", l.max_concurrent), 1));
         }
         if r.tokens < 1.0 {
             let wait = ((1.0 - r.tokens) / f64::from(l.requests_per_second.max(1))).ceil().max(1.0);
-            let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "throttled", format!("request rate above {} per second for this client", l.requests_per_second));
-            e.retry_after = Some(wait as u64);
-            return Err(e);
+            return Err(ApiError::throttled(format!("request rate above {} per second for this client", l.requests_per_second), wait as u64));
         }
         r.tokens -= 1.0;
         r.inflight += 1;
@@ -364,12 +362,16 @@ fn conclude(st: &AppState, who: &Principal, verdict: Verdict, parts: Vec<brankas
             Err(suspended_error())
         }
         Some((kind, detail, suspended)) => {
+            // The hour's budget comes back at the next clock hour, the day's at the next UTC day.
+            let day_spent = detail["would_be_day"].as_u64() > detail["per_day"].as_u64();
+            let secs = (now_us() / 1_000_000).max(0) as u64;
+            let (period, until) = if day_spent { ("UTC day", 86_400 - secs % 86_400) } else { ("hour", 3_600 - secs % 3_600) };
             raise(st, kind, "high", Some(who.client_id()), detail);
             if suspended {
                 st.metrics.suspension();
-                Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "throttled", "patient budget exceeded: nothing was served and this credential has been suspended"))
+                Err(ApiError::throttled("patient budget exceeded: nothing was served and this credential has been suspended until a security officer reinstates it", until))
             } else {
-                Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "throttled", "patient budget exceeded: nothing was served; try again in the next hour"))
+                Err(ApiError::throttled(format!("patient budget exceeded: nothing was served; try again in the next {period}"), until))
             }
         }
     }

@@ -43,7 +43,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/fhir/.well-known/smart-configuration", get(smart_config))
         .route("/fhir", post(bundle).fallback(method_not_allowed))
         .route("/fhir/", post(bundle).fallback(method_not_allowed))
-        .route("/fhir/{rtype}", get(search_get).post(create).fallback(method_not_allowed))
+        .route("/fhir/{rtype}", get(search_get).post(create).put(conditional_update).delete(conditional_delete).fallback(method_not_allowed))
         .route("/fhir/{rtype}/_search", post(search_post).fallback(method_not_allowed))
         .route("/fhir/{rtype}/{id}", get(read).put(update).delete(delete).fallback(method_not_allowed))
         .route("/fhir/{rtype}/{id}/{sub}", get(instance_sub).fallback(method_not_allowed))
@@ -104,6 +104,7 @@ async fn authenticate(State(st): St, mut req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
+        .filter(|t| !t.is_empty())
         .map(String::from);
     let addr = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
     let Some(token) = token else { return ApiError::unauthorized().into_response() };
@@ -159,7 +160,7 @@ async fn authenticate(State(st): St, mut req: Request, next: Next) -> Response {
         // Bearer tokens are 256-bit MACs: a bad one is a client's bug, not a guess worth
         // locking an address (and its whole NAT) out for; failed logins at the token
         // endpoint are what is counted.
-        _ => ApiError::unauthorized().into_response(),
+        Err(e) => ApiError::invalid_token(&e).into_response(),
     }
 }
 
@@ -371,8 +372,10 @@ fn prefer_return(headers: &HeaderMap) -> Return {
     }
 }
 
+/// `Prefer: handling=strict`: unknown search parameters are an error. Without it they are
+/// ignored and reported (R4's lenient handling, which clients such as fhirpy rely on).
 fn strict(headers: &HeaderMap) -> bool {
-    !headers.get("prefer").and_then(|v| v.to_str().ok()).is_some_and(|p| p.contains("handling=lenient"))
+    headers.get_all("prefer").iter().filter_map(|v| v.to_str().ok()).any(|p| p.split([',', ';']).any(|d| d.trim() == "handling=strict"))
 }
 
 fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
@@ -469,17 +472,100 @@ async fn binary_response(st: &Arc<AppState>, mut s: Stored, headers: &HeaderMap,
     Ok(r)
 }
 
-async fn create(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, clock: Clock, Path(rtype): Path<String>, headers: HeaderMap, body: Body) -> ApiResult {
+/// The search criteria of a conditional interaction's URL (`Type?criteria`), without the
+/// format parameters; `None` when there are none.
+fn criteria(st: &AppState, q: Option<&str>) -> Result<Option<String>, ApiError> {
+    let pairs = query_pairs(st, q)?;
+    if pairs.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()))
+}
+
+/// `PUT [type]?[criteria]`: conditional update.
+async fn conditional_update(
+    State(st): St,
+    Extension(who): Extension<Principal>,
+    ctx: ReqCtx,
+    Path(rtype): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
     check_type(&rtype)?;
     not_audit_event(&rtype)?;
+    let Some(criteria) = criteria(&st, q.as_deref())? else {
+        return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "not-supported", "PUT takes Type/id, or Type?criteria for a conditional update"));
+    };
+    let resource = read_json(&st, &headers, body).await?;
+    let im = if_match(&headers)?;
+    let engine = st.engine.clone();
+    let (t, w) = (rtype.clone(), who.clone());
+    let out = blocking(move || engine.conditional_update(&w, &t, &criteria, resource, im)).await;
+    let out = audit::finish(&st, &who, &ctx, What::new("update", "U", Some(rtype.clone())), out).await?;
+    let status = if out.created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok(resource_response(&st, status, &out.stored, &rtype, prefer_return(&headers), true))
+}
+
+/// `DELETE [type]?[criteria]`: conditional delete of the one resource the criteria match.
+async fn conditional_delete(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, Path(rtype): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap) -> ApiResult {
+    check_type(&rtype)?;
+    not_audit_event(&rtype)?;
+    let Some(criteria) = criteria(&st, q.as_deref())? else {
+        return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "not-supported", "DELETE takes Type/id, or Type?criteria for a conditional delete"));
+    };
+    let im = if_match(&headers)?;
+    let engine = st.engine.clone();
+    let (t, w) = (rtype.clone(), who.clone());
+    let out = blocking(move || engine.conditional_delete(&w, &t, &criteria, im)).await;
+    let out = audit::finish(&st, &who, &ctx, What::new("delete", "D", Some(rtype)), out.map(Admitted::nothing)).await?;
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    if let Some(s) = out
+        && let Ok(v) = HeaderValue::from_str(&s.etag())
+    {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(r)
+}
+
+// Each argument is an axum extractor.
+#[allow(clippy::too_many_arguments)]
+async fn create(
+    State(st): St,
+    Extension(who): Extension<Principal>,
+    ctx: ReqCtx,
+    clock: Clock,
+    Path(rtype): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    check_type(&rtype)?;
+    not_audit_event(&rtype)?;
+    // Criteria in the URL (`POST Type?criteria`, as fhirpy's get_or_create sends) make a
+    // conditional create, as If-None-Exist does; never ignored.
+    let url_criteria = criteria(&st, q.as_deref())?;
     if rtype == "Binary" && crate::attach::is_raw(&headers) {
+        if url_criteria.is_some() {
+            return Err(ApiError::bad_request("a raw Binary upload takes no search criteria"));
+        }
         streaming(&clock);
         let out = crate::attach::upload(&st, &who, None, None, &headers, body).await;
         let out = audit::finish(&st, &who, &ctx, What::new("create", "C", Some(rtype.clone())), out).await?;
         return Ok(resource_response(&st, StatusCode::CREATED, &out.stored, &rtype, prefer_return(&headers), true));
     }
     let resource = read_json(&st, &headers, body).await?;
-    let ine = headers.get("if-none-exist").and_then(|v| v.to_str().ok()).map(String::from);
+    let header_criteria = match headers.get("if-none-exist") {
+        Some(v) => Some(v.to_str().map_err(|_| ApiError::bad_request("If-None-Exist is not valid text"))?.trim_start_matches('?').to_string()),
+        None => None,
+    };
+    let ine = match (url_criteria, header_criteria) {
+        (Some(u), Some(h)) if criteria(&st, Some(&h))?.as_deref() != Some(u.as_str()) => {
+            return Err(ApiError::bad_request("the URL's criteria and If-None-Exist differ; give one"));
+        }
+        (Some(u), _) => Some(u),
+        (None, h) => h,
+    };
     let engine = st.engine.clone();
     let (t, w) = (rtype.clone(), who.clone());
     let out = blocking(move || engine.create(&w, &t, resource, ine.as_deref())).await;
@@ -601,7 +687,7 @@ async fn instance_sub(
         let all = blocking(move || engine.everything(&w, &id)).await;
         let all = audit::finish(&st, &who, &ctx, What::new("everything", "R", target), all).await?;
         let total = all.len();
-        let page = Page { total, offset: 0, count: total, next: None, previous: None, this: String::new(), resources: all };
+        let page = Page { total, offset: 0, count: total, next: None, previous: None, this: String::new(), resources: all, ignored: Vec::new() };
         return Ok(searchset(&st, &page, None));
     }
     if rtype == "Patient" && brankas_fhir::is_resource_type(&sub) {
@@ -752,7 +838,8 @@ fn searchset(st: &AppState, page: &Page, rtype: Option<&str>) -> Response {
     #[derive(serde::Serialize)]
     #[serde(rename_all = "camelCase")]
     struct Entry<'a> {
-        full_url: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        full_url: Option<String>,
         resource: &'a Value,
         search: Mode,
     }
@@ -768,15 +855,28 @@ fn searchset(st: &AppState, page: &Page, rtype: Option<&str>) -> Response {
         entry: Vec<Entry<'a>>,
     }
     let base = &st.base_url;
-    let entry = page
+    let mut entry: Vec<Entry<'_>> = page
         .resources
         .iter()
         .map(|s| {
             let t = s.resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
             let id = s.resource.get("id").and_then(Value::as_str).unwrap_or_default();
-            Entry { full_url: format!("{base}/{t}/{id}"), resource: &s.resource, search: Mode { mode: "match" } }
+            Entry { full_url: Some(format!("{base}/{t}/{id}")), resource: &s.resource, search: Mode { mode: "match" } }
         })
         .collect();
+    // Parameters ignored (lenient handling) are reported by name in an outcome entry: the
+    // paging links are sealed cursors and cannot say which parameters were used.
+    let outcome = (!page.ignored.is_empty()).then(|| {
+        let issues: Vec<Value> = page
+            .ignored
+            .iter()
+            .map(|p| json!({"severity": "warning", "code": "not-supported", "diagnostics": format!("unknown search parameter '{p}' was ignored (send Prefer: handling=strict to refuse it)")}))
+            .collect();
+        json!({"resourceType": "OperationOutcome", "issue": issues})
+    });
+    if let Some(o) = &outcome {
+        entry.push(Entry { full_url: None, resource: o, search: Mode { mode: "outcome" } });
+    }
     let mut link = Vec::new();
     if let Some(t) = rtype {
         let url = |c: &str| format!("{base}/{t}?_page={c}");

@@ -14,13 +14,32 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub issues: Vec<(String, &'static str, String)>,
-    /// Seconds for a `Retry-After` header (429, 503).
+    /// Seconds for a `Retry-After` header (429, 503). Every 429 has one (1 s unless set).
     pub retry_after: Option<u64>,
+    /// The RFC 6750 `error_description` of a 401 for a bearer token that was presented but
+    /// not accepted (sent with `error="invalid_token"`); none when no token was presented.
+    pub invalid_token: Option<&'static str>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), issues: Vec::new(), retry_after: None }
+        Self { status, code, message: message.into(), issues: Vec::new(), retry_after: None, invalid_token: None }
+    }
+    /// 429 with the seconds after which a retry may succeed.
+    pub fn throttled(message: impl Into<String>, retry_after: u64) -> Self {
+        Self { retry_after: Some(retry_after.max(1)), ..Self::new(StatusCode::TOO_MANY_REQUESTS, "throttled", message) }
+    }
+    /// 401 for a bearer token that was presented and not accepted (RFC 6750 `invalid_token`):
+    /// expired (FHIR issue `expired`: fetch a new token) or otherwise not valid.
+    pub fn invalid_token(e: &brankas_auth::AuthError) -> Self {
+        let (code, description, message) = match e {
+            brankas_auth::AuthError::Expired => ("expired", "The access token expired", "the access token expired; request a new one"),
+            brankas_auth::AuthError::Stale => {
+                ("login", "The access token is no longer valid", "the access token is no longer valid (its client was suspended, revoked or narrowed)")
+            }
+            _ => ("login", "The access token is not valid", "the bearer access token is not valid"),
+        };
+        Self { invalid_token: Some(description), ..Self::new(StatusCode::UNAUTHORIZED, code, message) }
     }
     pub fn bad_request(m: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid", m)
@@ -58,6 +77,7 @@ impl From<EngineError> for ApiError {
                 err
             }
             EngineError::Nik(_) => Self::new(S::UNPROCESSABLE_ENTITY, "value", e.to_string()),
+            EngineError::NikHeld(_) => Self::new(S::CONFLICT, "duplicate", e.to_string()),
             EngineError::BadRequest(_) => Self::new(S::BAD_REQUEST, "invalid", e.to_string()),
             EngineError::Unprocessable(_) => Self::new(S::UNPROCESSABLE_ENTITY, "processing", e.to_string()),
             EngineError::Search(_) => Self::new(S::BAD_REQUEST, "not-supported", e.to_string()),
@@ -86,13 +106,18 @@ impl IntoResponse for ApiError {
         let body = serde_json::to_vec(&self.to_outcome()).unwrap_or_default();
         let mut r = (self.status, body).into_response();
         r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::FHIR_JSON));
-        if let Some(s) = self.retry_after
+        let retry_after = self.retry_after.or((self.status == StatusCode::TOO_MANY_REQUESTS).then_some(1));
+        if let Some(s) = retry_after
             && let Ok(v) = HeaderValue::from_str(&s.to_string())
         {
             r.headers_mut().insert(header::RETRY_AFTER, v);
         }
         if self.status == StatusCode::UNAUTHORIZED {
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"brankas\""));
+            let challenge = match self.invalid_token {
+                Some(d) => HeaderValue::from_str(&format!("Bearer realm=\"brankas\", error=\"invalid_token\", error_description=\"{d}\"")).ok(),
+                None => None,
+            };
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, challenge.unwrap_or(HeaderValue::from_static("Bearer realm=\"brankas\"")));
         }
         r
     }

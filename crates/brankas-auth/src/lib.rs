@@ -50,10 +50,14 @@ pub enum AuthError {
     InvalidScope,
     #[error("client is not active")]
     Inactive,
-    /// A token this server signed, no longer valid (expired, or its client suspended,
-    /// revoked or narrowed): not a guess.
+    /// A token this server signed, no longer valid (its client suspended, revoked or
+    /// narrowed): not a guess.
     #[error("the access token is no longer valid")]
     Stale,
+    /// A token that was valid and has expired (ours, or a trusted issuer's with a valid
+    /// signature): fetch a new one.
+    #[error("the access token expired")]
+    Expired,
     #[error("no such client")]
     UnknownClient,
     #[error("a revoked client cannot be changed or reinstated")]
@@ -1124,7 +1128,7 @@ impl Authority {
             return Err(AuthError::InvalidToken);
         }
         if claims.exp <= now {
-            return Err(AuthError::Stale);
+            return Err(AuthError::Expired);
         }
         let reg = match self.registration_now(&claims.sub) {
             Ok(Some(r)) => r,
@@ -1196,8 +1200,11 @@ impl Authority {
         let now = now_secs();
         let exp = claims.get("exp").and_then(|v| v.as_u64()).ok_or(AuthError::InvalidToken)?;
         let iat = claims.get("iat").and_then(|v| v.as_u64()).ok_or(AuthError::InvalidToken)?;
-        if s("iss") != Some(iss) || !aud_ok || exp <= now || exp > now + MAX_TOKEN_SECONDS || iat > now + 60 || exp.saturating_sub(iat) > MAX_TOKEN_SECONDS {
+        if s("iss") != Some(iss) || !aud_ok || exp > now + MAX_TOKEN_SECONDS || iat > now + 60 || exp.saturating_sub(iat) > MAX_TOKEN_SECONDS {
             return Err(AuthError::InvalidToken);
+        }
+        if exp <= now {
+            return Err(AuthError::Expired);
         }
         let scopes = Scopes::parse(s("scope").unwrap_or("")).map_err(|_| AuthError::InvalidToken)?;
         let granted = Scopes::parse(&rec.scopes).map_err(|_| AuthError::InvalidToken)?;

@@ -998,12 +998,14 @@ impl Engine {
                 if let Some(ix) = &p.index {
                     batch.index.push(ix.clone());
                 }
+                batch.unique.extend(p.unique.iter().map(|t| (p.row.key, *t)));
             }
             let n = batch.versions.len();
             batch.versions.extend(care);
             match self.commit_with_keys(who, batch, &named, None)? {
                 Ok(()) => return Ok(()),
                 Err(StoreError::Conflict { index }) if index >= n => continue,
+                Err(StoreError::TermHeld { holder }) => return Err(self.nik_held(&holder)),
                 Err(e) => return Err(e.into()),
             }
         }

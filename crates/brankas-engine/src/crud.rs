@@ -112,6 +112,31 @@ impl Engine {
         Some(terms)
     }
 
+    /// The blind terms of a Patient's own NIKs: one patient each (the store refuses a second
+    /// holder, [`brankas_store::WriteBatch::unique`]). The same terms as its identity index.
+    pub(crate) fn nik_terms(&self, patient: &Value) -> Vec<BlindTerm> {
+        brankas_fhir::patient_identity_terms(patient)
+            .into_iter()
+            .filter_map(|t| match t {
+                IdentityTerm::Identifier { system, value } if system == brankas_fhir::NIK_SYSTEM => Some(self.vault.blind_term("identifier", &["Patient", &system, &value])),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The error for a write whose NIK another record holds, naming that Patient.
+    pub(crate) fn nik_held(&self, holder: &brankas_store::RecordKey) -> EngineError {
+        let name = self
+            .store
+            .current(holder)
+            .ok()
+            .flatten()
+            .filter(|row| row.resource_type == "Patient" && !row.deleted)
+            .and_then(|row| self.open_row(&row, None).ok())
+            .and_then(|s| s.resource.get("id").and_then(Value::as_str).map(|id| format!("Patient/{id}")));
+        EngineError::NikHeld(name.unwrap_or_else(|| "another Patient".into()))
+    }
+
     /// Validates, stamps meta, places and seals one resource. `current` is the record's
     /// current row, read by the caller (None when absent).
     // The writer (`who`) is an argument of its own so that no write can be sealed without
@@ -146,11 +171,13 @@ impl Engine {
         let sealed = key.seal(&aad, &bytes)?;
         let entry = Some(self.seal_entry(&key, &aad, &resource)?);
         let index = self.index_terms(rtype, &resource).map(|t| (rkey, t));
+        let unique = if rtype == "Patient" { self.nik_terms(&resource) } else { Vec::new() };
         Ok(Prepared {
             row: VersionRow { key: rkey, version, partition, resource_type: rtype.into(), deleted: false, last_updated_us: now, dek_version, sealed },
             expect,
             entry,
             index,
+            unique,
             stored: Stored { resource, version, last_updated_us: now, deleted: false, partition, entry: None },
             created: current.is_none_or(|c| c.deleted),
         })
@@ -170,6 +197,7 @@ impl Engine {
             entry: None,
             // Identity lookups must no longer find a deleted patient.
             index: Some((current.key, Vec::new())),
+            unique: Vec::new(),
             stored: Stored { resource: tomb, version, last_updated_us: now, deleted: true, partition: current.partition, entry: None },
             created: false,
         })
@@ -364,6 +392,48 @@ impl Engine {
         let mut s = self.open_row(&row, Some((rtype, id)))?;
         self.gate_record(who, &view, rtype, 'r', &mut s.resource)?;
         Ok(s)
+    }
+
+    /// `PUT [type]?[criteria]` (conditional update): no match creates (with the body's id, or
+    /// a new one), one match updates that resource (a body id naming another is refused), more
+    /// than one is a failed precondition (412). The criteria are evaluated as the caller sees.
+    pub fn conditional_update(&self, who: &Principal, rtype: &str, criteria: &str, mut resource: Value, if_match: Option<u64>) -> Result<Admitted<WriteOutcome>> {
+        check_type(rtype)?;
+        let found = self.conditional_match(who, rtype, criteria, Some(&resource))?;
+        let body_id = resource.get("id").and_then(Value::as_str).map(String::from);
+        let id = match found.as_slice() {
+            [] => match body_id {
+                Some(id) => id,
+                None => new_id()?,
+            },
+            [one] => {
+                let id = one.resource.get("id").and_then(Value::as_str).ok_or(EngineError::Integrity)?.to_string();
+                if body_id.is_some_and(|b| b != id) {
+                    return Err(EngineError::BadRequest("the resource id differs from the id of the resource the criteria found".into()));
+                }
+                id
+            }
+            _ => return Err(EngineError::PreconditionFailed("the conditional update's criteria matched more than one resource".into())),
+        };
+        let obj = resource.as_object_mut().ok_or_else(|| EngineError::BadRequest("a resource must be a JSON object".into()))?;
+        obj.insert("id".into(), Value::String(id.clone()));
+        self.update(who, rtype, &id, resource, if_match)
+    }
+
+    /// `DELETE [type]?[criteria]` (conditional delete, one resource at a time): no match is
+    /// 404, one match is deleted, more than one is a failed precondition (412).
+    pub fn conditional_delete(&self, who: &Principal, rtype: &str, criteria: &str, if_match: Option<u64>) -> Result<Option<Stored>> {
+        check_type(rtype)?;
+        self.require(who, rtype, 'd')?;
+        let found = self.conditional_match(who, rtype, criteria, None)?;
+        match found.as_slice() {
+            [] => Err(EngineError::NotFound),
+            [one] => {
+                let id = one.resource.get("id").and_then(Value::as_str).ok_or(EngineError::Integrity)?.to_string();
+                self.delete(who, rtype, &id, if_match)
+            }
+            _ => Err(EngineError::PreconditionFailed("the conditional delete's criteria matched more than one resource".into())),
+        }
     }
 
     /// `DELETE [type]/[id]`: writes a delete marker version. Deleting what does not exist, or

@@ -372,6 +372,7 @@ impl<'a> Importer<'a> {
         let named = self.engine.named(&tx.prepared);
         let mut batch = WriteBatch { list_entries, ..Default::default() };
         for p in tx.prepared {
+            batch.unique.extend(p.unique.iter().map(|t| (p.row.key, *t)));
             batch.versions.push(NewVersion { row: p.row, expect: p.expect, entry: p.entry });
             if let Some(ix) = p.index {
                 batch.index.push(ix);

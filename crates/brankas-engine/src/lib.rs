@@ -83,6 +83,10 @@ pub enum EngineError {
     Invalid(Vec<brankas_fhir::Issue>),
     #[error("invalid national identity number (NIK): {0}")]
     Nik(brankas_fhir::NikError),
+    /// Another Patient holds the NIK the write gives (a reference to it, or a phrase when it
+    /// could not be read).
+    #[error("a Patient with this NIK already exists: {0}; update that Patient instead of creating another")]
+    NikHeld(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -112,6 +116,7 @@ impl From<StoreError> for EngineError {
             // A racing replica stored another key for a new patient first: retry.
             StoreError::Conflict { .. } | StoreError::DataKeyRace => EngineError::Conflict,
             StoreError::Corrupt => EngineError::Integrity,
+            StoreError::TermHeld { .. } => EngineError::NikHeld("another Patient".into()),
             e => EngineError::Store(e),
         }
     }
@@ -231,6 +236,8 @@ pub(crate) struct Prepared {
     /// The version's sealed search entry ([`entry`]); none for delete markers.
     pub entry: Option<Vec<u8>>,
     pub index: Option<(RecordKey, Vec<BlindTerm>)>,
+    /// Terms among `index` that no other record may hold (a Patient's NIK).
+    pub unique: Vec<BlindTerm>,
     pub stored: Stored,
     pub created: bool,
 }

@@ -21,7 +21,8 @@ pub struct SearchRequest {
     pub compartment: Option<String>,
     /// First result to return.
     pub offset: usize,
-    /// Unknown parameters are an error (FHIR `Prefer: handling=strict`, our default).
+    /// Unknown parameters are an error (FHIR `Prefer: handling=strict`); otherwise they are
+    /// ignored and named in [`Page::ignored`] (lenient, the default R4 servers apply).
     pub strict: bool,
 }
 
@@ -37,6 +38,9 @@ pub struct Page {
     pub next: Option<String>,
     pub previous: Option<String>,
     pub this: String,
+    /// Names of the parameters that were not understood and so were ignored (lenient
+    /// handling, the default), sanitised: the answer reports them.
+    pub ignored: Vec<String>,
 }
 
 /// The patient a search names, when its gate admitted the search: (partition, patient id).
@@ -131,6 +135,7 @@ impl Engine {
             total,
             offset,
             count: take,
+            ignored: query.unknown_params().iter().map(|p| safe_param(p)).collect(),
         };
         Ok(Admitted::new(page, disclosure))
     }

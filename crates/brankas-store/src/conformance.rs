@@ -20,6 +20,7 @@ pub fn run_all(fresh: &mut dyn FnMut() -> Box<dyn Store>) {
         ("partition_listing", partition_listing),
         ("search_entries", search_entries),
         ("blind_index", blind_index),
+        ("unique_terms", unique_terms),
         ("use_once", use_once),
         ("clients", clients),
         ("concurrent_writers", concurrent_writers),
@@ -238,6 +239,47 @@ fn blind_index(s: &dyn Store) {
     assert_eq!(s.lookup(&t1).unwrap(), vec![key(2)]);
     s.commit(&batch(vec![], vec![(key(1), vec![])])).unwrap();
     assert!(s.lookup(&t2).unwrap().is_empty());
+}
+
+/// A record created with its unique terms (a Patient with its NIK).
+fn with_unique(k: u8, term: BlindTerm, also: BlindTerm) -> WriteBatch {
+    let mut b = batch(vec![NewVersion { row: sample_row(k, 1, k, "Patient"), expect: Expect::Absent, entry: None }], vec![(key(k), vec![term, also])]);
+    b.unique = vec![(key(k), term)];
+    b
+}
+
+fn unique_terms(s: &dyn Store) {
+    let (nik, nik2, name) = (BlindTerm([1; 32]), BlindTerm([2; 32]), BlindTerm([9; 32]));
+    s.commit(&with_unique(1, nik, name)).unwrap();
+    // A second record may not take the term: nothing of its batch is written.
+    let r = s.commit(&with_unique(2, nik, name));
+    assert!(matches!(r, Err(StoreError::TermHeld { holder }) if holder == key(1)), "{r:?}");
+    assert_eq!(s.current(&key(2)).unwrap(), None);
+    assert_eq!(s.lookup(&name).unwrap(), vec![key(1)]);
+    // Terms that are not unique are shared freely; the holder itself may keep its own.
+    s.commit(&with_unique(3, nik2, name)).unwrap();
+    let mut again = batch(vec![], vec![(key(1), vec![nik, name])]);
+    again.unique = vec![(key(1), nik)];
+    s.commit(&again).unwrap();
+    // Once the holder lets the term go, another record takes it, in one batch.
+    let mut moved = batch(vec![NewVersion { row: sample_row(2, 1, 2, "Patient"), expect: Expect::Absent, entry: None }], vec![(key(1), vec![name]), (key(2), vec![nik])]);
+    moved.unique = vec![(key(2), nik)];
+    s.commit(&moved).unwrap();
+    assert_eq!(s.lookup(&nik).unwrap(), vec![key(2)]);
+    // Two records of one batch cannot both take a term.
+    let mut both = batch(vec![], vec![(key(4), vec![BlindTerm([4; 32])]), (key(5), vec![BlindTerm([4; 32])])]);
+    both.unique = vec![(key(4), BlindTerm([4; 32])), (key(5), BlindTerm([4; 32]))];
+    assert!(matches!(s.commit(&both), Err(StoreError::TermHeld { .. })));
+    assert!(s.lookup(&BlindTerm([4; 32])).unwrap().is_empty());
+    // Eight writers race for one term: exactly one takes it, whichever commits first.
+    let term = BlindTerm([7; 32]);
+    let results: Vec<_> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (10..18u8).map(|k| sc.spawn(move || s.commit(&with_unique(k, term, name)))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+    assert!(results.iter().all(|r| r.is_ok() || matches!(r, Err(StoreError::TermHeld { .. }))), "{results:?}");
+    assert_eq!(s.lookup(&term).unwrap().len(), 1);
 }
 
 fn use_once(s: &dyn Store) {

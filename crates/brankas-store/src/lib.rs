@@ -40,6 +40,10 @@ pub enum StoreError {
     /// written (the rows would be unreadable).
     #[error("a version's partition has no data key")]
     MissingDataKey,
+    /// A term of the batch's [`WriteBatch::unique`] is held by another record (`holder`);
+    /// nothing was written.
+    #[error("a unique blind-index term is held by another record")]
+    TermHeld { holder: RecordKey },
     /// A stored value could not be decoded (corruption or tampering).
     #[error("stored data is corrupt")]
     Corrupt,
@@ -147,6 +151,12 @@ pub struct WriteBatch {
     /// the stored one stays). They carry no expectation and never conflict; they are not
     /// versions (the version counter does not count them).
     pub list_entries: Vec<ListEntry>,
+    /// Terms that, once the batch's index changes are applied, must be held by the given
+    /// record alone (a national identity number names one patient): checked in the same
+    /// transaction, so two concurrent batches cannot both take a term. Another holder makes
+    /// the batch [`StoreError::TermHeld`] and nothing is written. Each term must also be among
+    /// the record's terms in [`WriteBatch::index`].
+    pub unique: Vec<(RecordKey, BlindTerm)>,
 }
 
 impl WriteBatch {

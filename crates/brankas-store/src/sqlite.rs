@@ -614,7 +614,7 @@ fn commit_group(c: &mut Connection, batches: &[&WriteBatch]) -> Vec<Result<()>> 
 }
 
 /// Applies each batch inside `tx` under a savepoint of its own: a batch whose own expectation
-/// fails (conflict, data-key race, missing key) is rolled back alone, its outcome that error.
+/// fails (conflict, data-key race, missing key, a unique term held) is rolled back alone, its outcome that error.
 /// Any other failure is returned; the caller then drops `tx`, which rolls every batch back.
 fn apply_each(tx: &mut rusqlite::Transaction<'_>, batches: &[&WriteBatch]) -> Result<Vec<Result<()>>> {
     let mut out = Vec::with_capacity(batches.len());
@@ -625,7 +625,7 @@ fn apply_each(tx: &mut rusqlite::Transaction<'_>, batches: &[&WriteBatch]) -> Re
                 sp.commit().map_err(be)?;
                 out.push(Ok(()));
             }
-            Err(e @ (StoreError::Conflict { .. } | StoreError::DataKeyRace | StoreError::MissingDataKey)) => {
+            Err(e @ (StoreError::Conflict { .. } | StoreError::DataKeyRace | StoreError::MissingDataKey | StoreError::TermHeld { .. })) => {
                 drop(sp); // rolls back this batch only
                 out.push(Err(e));
             }
@@ -732,6 +732,15 @@ fn apply(tx: &Connection, batch: &WriteBatch) -> Result<()> {
                 .map_err(be)?
                 .execute(params![&key.0[..], all])
                 .map_err(be)?;
+        }
+    }
+    // After every index change of the batch, so that two records of one batch cannot both
+    // take a term either.
+    let mut other = tx.prepare_cached("SELECT rkey FROM blind WHERE term = ?1 AND rkey != ?2 LIMIT 1").map_err(be)?;
+    for (key, term) in &batch.unique {
+        let holder: Option<Vec<u8>> = other.query_row(params![&term.0[..], &key.0[..]], |r| r.get(0)).optional().map_err(be)?;
+        if let Some(h) = holder {
+            return Err(StoreError::TermHeld { holder: RecordKey(h.as_slice().try_into().map_err(|_| StoreError::Corrupt)?) });
         }
     }
     // Appended, never replaced: an entry already stored (the same record joining the same

@@ -87,8 +87,12 @@ fn entries(bundle: &Value) -> &Vec<Value> {
     bundle["entry"].as_array().expect("Bundle.entry")
 }
 
+/// The ids of a Bundle's resources (a searchset's matches, not its outcome entry).
 fn ids_of(bundle: &Value) -> Vec<String> {
-    bundle["entry"].as_array().map(|es| es.iter().map(|e| e["resource"]["id"].as_str().unwrap().to_string()).collect()).unwrap_or_default()
+    bundle["entry"]
+        .as_array()
+        .map(|es| es.iter().filter(|e| e["search"]["mode"] != "outcome").map(|e| e["resource"]["id"].as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
 }
 
 fn link(bundle: &Value, rel: &str) -> Option<String> {
@@ -875,6 +879,59 @@ fn conditional_create_on_identifier() {
     let bad = with_headers(&s, reqwest::Method::POST, "Patient", Some(&other), &[("if-none-exist", "gender=female")]);
     assert_eq!(bad.status, 400, "{}", bad.text);
     bad.assert_outcome();
+    // Criteria in the URL are a conditional create too (fhirpy's get_or_create), never
+    // ignored: the existing Patient comes back, no duplicate is made.
+    let url = format!("Patient?{ine}");
+    let via_url = reply(s.post(&url, &again));
+    assert_eq!(via_url.status, 200, "{}", via_url.text);
+    assert_eq!(via_url.json["id"], json!(id));
+    let fresh = reply(s.post("Patient?identifier=urn:test:mrn|C-3", &json!({"resourceType": "Patient", "identifier": [{"system": "urn:test:mrn", "value": "C-3"}]})));
+    assert_eq!(fresh.status, 201, "{}", fresh.text);
+    let differ = with_headers(&s, reqwest::Method::POST, &url, Some(&again), &[("if-none-exist", "identifier=urn:test:mrn|C-2")]);
+    assert_eq!(differ.status, 400, "{}", differ.text);
+    assert_eq!(reply(s.post("Patient?gender=female", &other)).status, 400, "not an identity lookup: refused");
+    assert_eq!(identifier_search(&s, NIK_SYSTEM, NIK_SITI).json["total"], 1);
+}
+
+/// `PUT Type?criteria` and `DELETE Type?criteria`: no match creates (update) or is 404
+/// (delete), one match is that resource, more than one is 412.
+#[test]
+fn conditional_update_and_delete() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let mrn = |v: &str| json!({"resourceType": "Patient", "identifier": [{"system": "urn:test:mrn", "value": v}], "gender": "female"});
+    // No match: created, with a new id.
+    let r = reply(s.put("Patient?identifier=urn:test:mrn|M-1", &mrn("M-1")));
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.json["id"].as_str().unwrap().to_string();
+    assert!(r.header("location").unwrap().contains(&format!("Patient/{id}/_history/1")));
+    // One match: that Patient is updated, whatever id the body left out.
+    let mut changed = mrn("M-1");
+    changed["active"] = json!(true);
+    let r = reply(s.put("Patient?identifier=urn:test:mrn|M-1", &changed));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!((r.json["id"].as_str(), r.json["meta"]["versionId"].as_str(), r.json["active"].as_bool()), (Some(id.as_str()), Some("2"), Some(true)));
+    // A body id naming another resource is refused; If-Match is honoured.
+    let mut wrong = changed.clone();
+    wrong["id"] = json!("someone-else");
+    assert_eq!(reply(s.put("Patient?identifier=urn:test:mrn|M-1", &wrong)).status, 400);
+    let stale = with_headers(&s, reqwest::Method::PUT, "Patient?identifier=urn:test:mrn|M-1", Some(&changed), &[("if-match", "W/\"1\"")]);
+    assert_eq!(stale.status, 412, "{}", stale.text);
+    // Two matches: 412 for both interactions, nothing changed.
+    let mut two = mrn("M-2");
+    s.create(&two);
+    two["gender"] = json!("male");
+    s.create(&two);
+    assert_eq!(reply(s.put("Patient?identifier=urn:test:mrn|M-2", &two)).status, 412);
+    assert_eq!(s.delete("Patient?identifier=urn:test:mrn|M-2").status().as_u16(), 412);
+    assert_eq!(identifier_search(&s, "urn:test:mrn", "M-2").json["total"], 2);
+    // Delete: one match deleted, then none left: 404.
+    assert_eq!(s.delete("Patient?identifier=urn:test:mrn|M-1").status().as_u16(), 204);
+    assert_eq!(get(&s, &format!("Patient/{id}")).status, 410);
+    assert_eq!(s.delete("Patient?identifier=urn:test:mrn|M-1").status().as_u16(), 404);
+    // Without criteria, PUT and DELETE on the type are not allowed.
+    assert_eq!(reply(s.put("Patient", &mrn("M-3"))).status, 405);
+    assert_eq!(s.delete("Patient").status().as_u16(), 405);
 }
 
 #[test]
@@ -1077,17 +1134,21 @@ fn patient_identity_search() {
     assert_eq!(get(&s, "Patient?phone=081234567890").json["total"], 0);
     assert_eq!(ids_of(&get(&s, "Patient?phone=%2B6281900001111").json), [sid.as_str()]);
 
-    // A duplicate registration with the same NIK: both are found, and paging through them
-    // never puts the NIK (or any other part of the query) into a link.
-    let dup = s.create(&patient_siti())["id"].as_str().unwrap().to_string();
-    let mut page = get(&s, &format!("Patient?identifier={}|{NIK_SITI}&_count=1", url_encode(NIK_SYSTEM)));
+    // A second registration of the same person without the NIK (the same phone, name and
+    // birth date; a second NIK registration would be refused): both are found, and paging
+    // through them never puts the phone (or any other part of the query) into a link.
+    let mut again = moved.clone();
+    again.as_object_mut().unwrap().remove("identifier");
+    again.as_object_mut().unwrap().remove("id");
+    let dup = s.create(&again)["id"].as_str().unwrap().to_string();
+    let mut page = get(&s, "Patient?phone=081900001111&_count=1");
     let mut seen = Vec::new();
     loop {
         assert_eq!(page.status, 200, "{}", page.text);
         assert_eq!(page.json["total"], 2);
         for l in page.json["link"].as_array().unwrap() {
             let url = l["url"].as_str().unwrap();
-            for secret in [NIK_SITI, "identifier", "kemkes", "_count="] {
+            for secret in ["081900001111", "phone", "_count="] {
                 assert!(!url.contains(secret), "link leaks `{secret}`: {url}");
             }
         }
@@ -1188,23 +1249,34 @@ fn clinical_search_paging_and_strictness() {
     // A cursor is bound to the client that got it: the same link works again for it.
     assert_eq!(get_abs(&s, cursor_link).status, 200);
 
-    // Unknown parameters: 400 by default (and with handling=strict), ignored when lenient.
+    // Unknown parameters: ignored by default (and with handling=lenient) and reported by name
+    // in an outcome entry; 400 with handling=strict. Neither echoes the value.
     let unknown = format!("Observation?patient={pid}&code={}&colour=blue", url_encode(code));
-    let strict = get(&s, &unknown);
+    let strict = with_headers(&s, reqwest::Method::GET, &unknown, None, &[("prefer", "handling=strict")]);
     assert_eq!(strict.status, 400, "{}", strict.text);
     strict.assert_outcome();
     assert!(strict.text.contains("colour") && !strict.text.contains("blue"), "{}", strict.text);
-    let strict2 = with_headers(&s, reqwest::Method::GET, &unknown, None, &[("prefer", "handling=strict")]);
-    assert_eq!(strict2.status, 400);
-    let lenient = with_headers(&s, reqwest::Method::GET, &unknown, None, &[("prefer", "handling=lenient")]);
-    assert_eq!(lenient.status, 200, "{}", lenient.text);
-    assert_eq!(lenient.json["total"], 7);
-    // Lenient paging keeps being lenient.
-    let lenient_paged = with_headers(&s, reqwest::Method::GET, &format!("{unknown}&_count=3"), None, &[("prefer", "handling=lenient")]);
+    for lenient in [get(&s, &unknown), with_headers(&s, reqwest::Method::GET, &unknown, None, &[("prefer", "handling=lenient")])] {
+        assert_eq!(lenient.status, 200, "{}", lenient.text);
+        assert_eq!(lenient.json["total"], 7);
+        let outcome: Vec<&Value> = entries(&lenient.json).iter().filter(|e| e["search"]["mode"] == "outcome").collect();
+        assert_eq!(outcome.len(), 1, "{}", lenient.text);
+        assert_eq!(outcome[0]["resource"]["resourceType"], "OperationOutcome");
+        assert_eq!(outcome[0]["resource"]["issue"][0]["severity"], "warning");
+        let said = outcome[0]["resource"]["issue"][0]["diagnostics"].as_str().unwrap();
+        assert!(said.contains("'colour'") && !lenient.text.contains("blue"), "{said}");
+        assert_eq!(ids_of(&lenient.json).len(), 7);
+    }
+    assert!(entries(&get(&s, &format!("Observation?patient={pid}")).json).iter().all(|e| e["search"]["mode"] == "match"), "no outcome when all were used");
+    // Paging keeps the handling.
+    let lenient_paged = get(&s, &format!("{unknown}&_count=3"));
     let next = link(&lenient_paged.json, "next").unwrap();
     let p2 = get_abs(&s, &next);
     assert_eq!(p2.status, 200, "{}", p2.text);
     assert_eq!(ids_of(&p2.json).len(), 3);
+    let strict_paged = with_headers(&s, reqwest::Method::GET, &format!("Observation?patient={pid}&_count=3"), None, &[("prefer", "handling=strict")]);
+    let next = link(&strict_paged.json, "next").unwrap();
+    assert_eq!(get_abs(&s, &next).status, 200);
 
     // POST _search takes the same parameters as a form.
     let form = s.http.post(s.url("Observation/_search")).bearer_auth(&s.token).form(&[("patient", pid.as_str()), ("code", code), ("date", "lt2021-01-01")]).send().unwrap();
@@ -1328,6 +1400,59 @@ fn nik_validation_refuses_without_echoing() {
     s.create(&with_nik("3174050508900003", "male", Some("1990-08-05")));
     s.create(&with_nik("9274056908000001", "female", Some("2000-08-29"))); // a woman born 29-08-2000 in Papua
     assert_eq!(identifier_search(&s, NIK_SYSTEM, NIK_SITI).json["total"], 1);
+}
+
+/// A NIK names one person: a second Patient with a NIK already held is a conflict (409) that
+/// names the existing Patient, whether created, updated, in a transaction or by concurrent
+/// clients racing; a deleted Patient's NIK is free again.
+#[test]
+fn a_nik_already_held_is_a_conflict_naming_the_patient() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let nik = "3174054508900003";
+    let body = json!({"resourceType": "Patient", "identifier": [{"system": NIK_SYSTEM, "value": nik}], "gender": "female", "birthDate": "1990-08-05"});
+    let first = s.create(&body);
+    let id = first["id"].as_str().unwrap().to_string();
+    // The same NIK, spelled with spaces around it, is the same NIK.
+    let mut spaced = body.clone();
+    spaced["identifier"][0]["value"] = json!(format!(" {nik} "));
+    for b in [&body, &spaced] {
+        let r = reply(s.post("Patient", b));
+        assert_eq!(r.status, 409, "{}", r.text);
+        r.assert_outcome();
+        assert_eq!(r.json["issue"][0]["code"], "duplicate");
+        assert!(r.text.contains(&format!("Patient/{id}")), "the existing Patient is named: {}", r.text);
+        assert!(!r.text.contains(nik), "the NIK is not echoed: {}", r.text);
+    }
+    // Another Patient cannot take it by update; the holder itself can be updated.
+    let other = s.create(&json!({"resourceType": "Patient", "gender": "male"}));
+    let mut taken = other.clone();
+    taken["identifier"] = body["identifier"].clone();
+    let r = reply(s.put(&format!("Patient/{}", other["id"].as_str().unwrap()), &taken));
+    assert_eq!(r.status, 409, "{}", r.text);
+    let mut same = first.clone();
+    same["active"] = json!(true);
+    assert_eq!(reply(s.put(&format!("Patient/{id}"), &same)).status, 200);
+    // Two Patients of one transaction with the same NIK: the whole transaction is refused.
+    let pair = |n: &str| json!({"resourceType": "Patient", "identifier": [{"system": NIK_SYSTEM, "value": n}]});
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": pair("3174050508900005"), "request": {"method": "POST", "url": "Patient"}},
+        {"resource": pair("3174050508900005"), "request": {"method": "POST", "url": "Patient"}}]});
+    let r = post_bundle(&s, &tx);
+    assert_eq!(r.status, 409, "{}", r.text);
+    assert_eq!(identifier_search(&s, NIK_SYSTEM, "3174050508900005").json["total"], 0);
+    // Eight registration desks racing with one NIK: one Patient.
+    let racing = pair("3174050508900006");
+    let statuses: Vec<u16> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..8).map(|_| sc.spawn(|| s.post("Patient", &racing).status().as_u16())).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(statuses.iter().filter(|c| **c == 201).count(), 1, "{statuses:?}");
+    assert!(statuses.iter().all(|c| *c == 201 || *c == 409), "{statuses:?}");
+    assert_eq!(identifier_search(&s, NIK_SYSTEM, "3174050508900006").json["total"], 1);
+    // Once the holder is deleted, the NIK can be registered again.
+    assert_eq!(s.delete(&format!("Patient/{id}")).status().as_u16(), 204);
+    assert_eq!(reply(s.post("Patient", &body)).status, 201);
 }
 
 /// The data-quality flags of a Patient (`meta.tag` in the server's system).

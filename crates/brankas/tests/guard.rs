@@ -185,7 +185,14 @@ fn a_stolen_credential_is_cut_off_at_its_budget_and_the_report_names_every_patie
     );
     assert_eq!(s.get_as(&slow.token, &format!("Patient/{}", people[0].0)).0, 200);
     assert_eq!(s.get_as(&slow.token, &format!("Patient/{}", people[1].0)).0, 200);
-    assert_eq!(s.get_as(&slow.token, &format!("Patient/{}", people[2].0)).0, 429);
+    // The day's budget (2) is spent too: the answer says to come back at the next UTC day.
+    let r = s.http.get(s.url(&format!("Patient/{}", people[2].0))).bearer_auth(&slow.token).send().unwrap();
+    assert_eq!(r.status(), 429);
+    let wait: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let to_midnight = 86_400 - now % 86_400;
+    assert!(wait.abs_diff(to_midnight) <= 5, "Retry-After {wait} s, next UTC day in {to_midnight} s");
+    assert!(r.text().unwrap().contains("next UTC day"));
     assert_eq!(s.get_as(&slow.token, &format!("Patient/{}", people[0].0)).0, 200, "patients already counted stay readable");
 }
 
@@ -233,6 +240,9 @@ fn the_first_touch_of_a_canary_suspends_and_nothing_real_follows() {
     for (id, _) in &people {
         assert_eq!(s.get_as(&walker.token, &format!("Patient/{id}")).0, 401, "zero real patients after the canary");
     }
+    // The refusal says why, per RFC 6750: the token is no longer valid (not that it expired).
+    let r = s.http.get(s.url(&format!("Patient/{}", people[0].0))).bearer_auth(&walker.token).send().unwrap();
+    assert_eq!(r.headers()["www-authenticate"].to_str().unwrap(), "Bearer realm=\"brankas\", error=\"invalid_token\", error_description=\"The access token is no longer valid\"");
     let al = alerts(&s, &officer);
     assert!(al.iter().any(|a| a["kind"] == "canary" && a["severity"] == "critical" && a["client_id"] == walker.id.as_str()), "{al:?}");
 

@@ -548,8 +548,17 @@ fn request(s: &Server, m: &Method, path: &str, body: &Option<Value>, auth: Optio
     }
 }
 
-/// Every FHIR route answers 401 + OperationOutcome + WWW-Authenticate with `auth`.
+/// Every FHIR route answers 401 + OperationOutcome + WWW-Authenticate with `auth`: a bearer
+/// token that was presented gets RFC 6750's `invalid_token` with "not valid"; no token, no
+/// error code.
 fn assert_all_401(s: &Server, auth: Option<&str>, what: &str) {
+    assert_all_401_as(s, auth, what, "The access token is not valid", "login");
+}
+
+/// [`assert_all_401`] with the `error_description` and the OperationOutcome issue code a
+/// presented token must get.
+fn assert_all_401_as(s: &Server, auth: Option<&str>, what: &str, description: &str, code: &str) {
+    let presented = auth.and_then(|a| a.strip_prefix("Bearer ")).is_some_and(|t| !t.trim().is_empty());
     for (m, path, body) in fhir_routes() {
         let r = request(s, &m, path, &body, auth).send().unwrap();
         let st = r.status().as_u16();
@@ -557,7 +566,13 @@ fn assert_all_401(s: &Server, auth: Option<&str>, what: &str) {
         let text = r.text().unwrap();
         assert_eq!(st, 401, "{what}: {m} /fhir/{path}: {text:.300}");
         assert_eq!(parse(&text)["resourceType"], "OperationOutcome", "{what}: {m} /fhir/{path}");
-        assert!(www.as_deref().is_some_and(|w| w.starts_with("Bearer")), "{what}: {m} /fhir/{path}: WWW-Authenticate {www:?}");
+        let www = www.unwrap_or_default();
+        if presented {
+            assert_eq!(www, format!("Bearer realm=\"brankas\", error=\"invalid_token\", error_description=\"{description}\""), "{what}: {m} /fhir/{path}");
+            assert_eq!(parse(&text)["issue"][0]["code"], code, "{what}: {m} /fhir/{path}");
+        } else {
+            assert_eq!(www, "Bearer realm=\"brankas\"", "{what}: {m} /fhir/{path}: no token, no error code");
+        }
         assert!(!text.contains(MARK), "{what}: {m} /fhir/{path} echoes the body");
     }
 }
@@ -648,7 +663,7 @@ fn every_fhir_route_requires_a_valid_token() {
     let r = o.http.post(format!("{}/auth/token", o.root)).basic_auth(&other.client_id, Some(&other.client_secret)).form(&[("grant_type", "client_credentials")]).send().unwrap();
     assert_eq!(r.json::<Value>().unwrap()["expires_in"], 2, "--token-seconds sets the lifetime");
     std::thread::sleep(Duration::from_millis(3200));
-    assert_all_401(&o, Some(&format!("Bearer {short}")), "expired token");
+    assert_all_401_as(&o, Some(&format!("Bearer {short}")), "expired token", "The access token expired", "expired");
 
     // (f) a suspended or revoked client: its unexpired token stops working at once (the
     // status is re-read on every request), and it cannot get a new one. There is no admin
@@ -657,6 +672,7 @@ fn every_fhir_route_requires_a_valid_token() {
     let fresh = s.new_token();
     for (field, status) in [("status", "suspended"), ("status", "revoked"), ("name", "renamed in the database")] {
         let original = set_client_field(&inst, field, status);
+        // An edited registration fails its MAC: the token's client is unknown.
         assert_all_401(&s, Some(&format!("Bearer {fresh}")), status);
         let r = s.http.post(format!("{}/auth/token", s.root)).basic_auth(&inst.client_id, Some(&inst.client_secret)).form(&[("grant_type", "client_credentials")]).send().unwrap();
         assert_eq!(r.status(), 401, "{status} client gets no token");
