@@ -191,3 +191,32 @@ def test_second_patient_with_a_held_nik_is_a_conflict(client):
 def test_unknown_nik_finds_nobody(client):
     found = client.resources("Patient").search(identifier=f"{NIK_SYSTEM}|3171050101900001").fetch()
     assert found == []
+
+
+def test_patch_and_conditional_interactions(client):
+    """fhirpy's patch(), get_or_create(), and conditional update, patch and delete of a search."""
+    nik = "3171054708900006"
+    by_nik = {"identifier": f"{NIK_SYSTEM}|{nik}"}
+    body = client.resource("Patient", identifier=[{"system": NIK_SYSTEM, "value": nik}], gender="female", birthDate="1990-08-07")
+    made, created = client.resources("Patient").search(**by_nik).get_or_create(body)
+    assert created
+    again, created = client.resources("Patient").search(**by_nik).get_or_create(body)
+    assert not created and again.id == made.id
+    # client.patch sends a JSON object: merged into the stored Patient.
+    client.patch("Patient", made.id, active=True)
+    assert client.reference("Patient", made.id).to_resource()["active"] is True
+    # resource.patch sends only the named fields.
+    made.patch(active=False)
+    read = client.reference("Patient", made.id).to_resource()
+    assert read["active"] is False and read["birthDate"] == "1990-08-07"
+    assert read["meta"]["versionId"] == "3"
+    # Conditional patch and update of the one Patient the search finds.
+    client.resources("Patient").search(**by_nik).patch(gender="female", multipleBirthBoolean=False)
+    assert client.reference("Patient", made.id).to_resource()["multipleBirthBoolean"] is False
+    updated, created = client.resources("Patient").search(**by_nik).update(
+        client.resource("Patient", identifier=[{"system": NIK_SYSTEM, "value": nik}], gender="female", birthDate="1990-08-07", active=True)
+    )
+    assert not created and updated.id == made.id and updated["active"] is True
+    # Conditional delete: gone.
+    client.resources("Patient").search(**by_nik).delete()
+    assert client.resources("Patient").search(**by_nik).fetch() == []

@@ -569,6 +569,7 @@ fn render(o: &brankas_audit::Opened, queried_patient: Option<&str>) -> Value {
         "everything" => ("operation", Some("PatientRead")),
         "create" => ("create", Some("PatientCreate")),
         "update" => ("update", Some("PatientUpdate")),
+        "patch" => ("patch", Some("PatientUpdate")),
         "delete" => ("delete", Some("PatientDelete")),
         "transaction" => ("transaction", None),
         "batch" => ("batch", None),

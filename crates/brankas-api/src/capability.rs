@@ -24,7 +24,7 @@ pub fn capability_statement(base: &str) -> Value {
             } else {
                 "Directory resource: encrypted under the system key."
             };
-            let interactions: Vec<Value> = ["read", "vread", "update", "delete", "history-instance", "create", "search-type"].iter().map(|c| json!({"code": c})).collect();
+            let interactions: Vec<Value> = ["read", "vread", "update", "patch", "delete", "history-instance", "create", "search-type"].iter().map(|c| json!({"code": c})).collect();
             json!({
                 "type": t,
                 "documentation": doc,

@@ -43,9 +43,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/fhir/.well-known/smart-configuration", get(smart_config))
         .route("/fhir", post(bundle).fallback(method_not_allowed))
         .route("/fhir/", post(bundle).fallback(method_not_allowed))
-        .route("/fhir/{rtype}", get(search_get).post(create).put(conditional_update).delete(conditional_delete).fallback(method_not_allowed))
+        .route("/fhir/{rtype}", get(search_get).post(create).put(conditional_update).delete(conditional_delete).patch(conditional_patch).fallback(method_not_allowed))
         .route("/fhir/{rtype}/_search", post(search_post).fallback(method_not_allowed))
-        .route("/fhir/{rtype}/{id}", get(read).put(update).delete(delete).fallback(method_not_allowed))
+        .route("/fhir/{rtype}/{id}", get(read).put(update).delete(delete).patch(patch).fallback(method_not_allowed))
         .route("/fhir/{rtype}/{id}/{sub}", get(instance_sub).fallback(method_not_allowed))
         .route("/fhir/{rtype}/{id}/_history/{vid}", get(vread).fallback(method_not_allowed))
         .merge(crate::admin::routes(state.clone()))
@@ -470,6 +470,76 @@ async fn binary_response(st: &Arc<AppState>, mut s: Stored, headers: &HeaderMap,
         h.insert(header::LAST_MODIFIED, v);
     }
     Ok(r)
+}
+
+/// `PATCH [type]/[id]`: JSON Patch (`application/json-patch+json`, an array of operations) or
+/// JSON Merge Patch (`application/merge-patch+json`, or a plain JSON object as fhirpy sends).
+/// FHIRPath Patch (a `Parameters` body) is refused as not supported.
+async fn patch(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, Path((rtype, id)): Path<(String, String)>, headers: HeaderMap, body: Body) -> ApiResult {
+    check_type(&rtype)?;
+    not_audit_event(&rtype)?;
+    let body = patch_body(&st, &headers, body).await?;
+    let im = if_match(&headers)?;
+    let engine = st.engine.clone();
+    let (t, w, target) = (rtype.clone(), who.clone(), target(&rtype, &id));
+    let out = blocking(move || engine.patch(&w, &t, &id, &body, im)).await;
+    let out = audit::finish(&st, &who, &ctx, What::new("patch", "U", target), out).await?;
+    Ok(resource_response(&st, StatusCode::OK, &out.stored, &rtype, prefer_return(&headers), false))
+}
+
+/// `PATCH [type]?[criteria]`: conditional patch of the one resource the criteria match.
+async fn conditional_patch(
+    State(st): St,
+    Extension(who): Extension<Principal>,
+    ctx: ReqCtx,
+    Path(rtype): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    check_type(&rtype)?;
+    not_audit_event(&rtype)?;
+    let Some(criteria) = criteria(&st, q.as_deref())? else {
+        return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "not-supported", "PATCH takes Type/id, or Type?criteria for a conditional patch"));
+    };
+    let body = patch_body(&st, &headers, body).await?;
+    let im = if_match(&headers)?;
+    let engine = st.engine.clone();
+    let (t, w) = (rtype.clone(), who.clone());
+    let out = blocking(move || engine.conditional_patch(&w, &t, &criteria, &body, im)).await;
+    let out = audit::finish(&st, &who, &ctx, What::new("patch", "U", Some(rtype.clone())), out).await?;
+    Ok(resource_response(&st, StatusCode::OK, &out.stored, &rtype, prefer_return(&headers), false))
+}
+
+/// A PATCH body by its media type (see [`patch`]).
+async fn patch_body(st: &AppState, headers: &HeaderMap, body: Body) -> Result<brankas_engine::PatchBody, ApiError> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let json_patch = mime == "application/json-patch+json";
+    if !json_patch && !matches!(mime.as_str(), "application/merge-patch+json" | "application/json" | "application/fhir+json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not-supported",
+            "PATCH takes application/json-patch+json (JSON Patch) or application/merge-patch+json (JSON Merge Patch)",
+        ));
+    }
+    let mut plain = headers.clone();
+    plain.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let v = read_json(st, &plain, body).await?;
+    Ok(if json_patch {
+        if !v.is_array() {
+            return Err(ApiError::bad_request("a JSON Patch is an array of operations"));
+        }
+        brankas_engine::PatchBody::Json(
+            serde_json::from_value(v).map_err(|_| ApiError::bad_request("the JSON Patch has an operation that is not valid (op, path, value or from)"))?,
+        )
+    } else if v.get("resourceType").and_then(Value::as_str) == Some("Parameters") {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not-supported", "FHIRPath Patch is not supported yet; send a JSON Patch (application/json-patch+json)"));
+    } else if v.is_object() {
+        brankas_engine::PatchBody::Merge(v)
+    } else {
+        return Err(ApiError::bad_request("a merge patch is a JSON object"));
+    })
 }
 
 /// The search criteria of a conditional interaction's URL (`Type?criteria`), without the

@@ -394,6 +394,60 @@ impl Engine {
         Ok(s)
     }
 
+    /// `PATCH [type]/[id]`: applies a JSON Patch (RFC 6902) or a JSON Merge Patch (RFC 7386)
+    /// to the current version and writes the result as the next one. The caller must be able
+    /// to read the resource whole (the patched answer shows all of it; a resource partly
+    /// hidden from the caller is refused rather than patched on a partial view) and to update
+    /// it; the new version must still be the same resource (type and id) and valid R4. The
+    /// write expects the version the patch was applied to, so a concurrent change is a
+    /// conflict, never lost.
+    pub fn patch(&self, who: &Principal, rtype: &str, id: &str, body: &PatchBody, if_match: Option<u64>) -> Result<Admitted<WriteOutcome>> {
+        let seen = self.read_gated(who, rtype, id)?;
+        if if_match.is_some_and(|v| v != seen.version) {
+            return Err(EngineError::PreconditionFailed("If-Match does not match the current version".into()));
+        }
+        let row = self.current_row(rtype, id)?.ok_or(EngineError::NotFound)?;
+        if row.version != seen.version {
+            return Err(EngineError::Conflict);
+        }
+        let mut doc = self.open_row(&row, Some((rtype, id)))?.resource;
+        if doc != seen.resource {
+            return Err(EngineError::Forbidden("part of this resource is hidden from this client; it cannot be patched (update it whole)".into()));
+        }
+        match body {
+            PatchBody::Json(ops) => json_patch::patch(&mut doc, ops).map_err(|e| {
+                let why = match e.kind {
+                    json_patch::PatchErrorKind::TestFailed => "its test failed",
+                    json_patch::PatchErrorKind::InvalidFromPointer => "its from path does not exist",
+                    json_patch::PatchErrorKind::CannotMoveInsideItself => "it moves a value inside itself",
+                    _ => "its path does not exist",
+                };
+                EngineError::Unprocessable(format!("JSON Patch operation {} was not applied: {why}; nothing was changed", e.operation))
+            })?,
+            PatchBody::Merge(m) => json_patch::merge(&mut doc, m),
+        }
+        if doc.get("resourceType").and_then(Value::as_str) != Some(rtype) || doc.get("id").and_then(Value::as_str) != Some(id) {
+            return Err(EngineError::Unprocessable("a patch may not change the resource's type or id".into()));
+        }
+        let w = self.update_gated(who, rtype, id, doc, Some(seen.version))?;
+        Ok(self.admit_write(w))
+    }
+
+    /// `PATCH [type]?[criteria]` (conditional patch): no match is 404, one match is patched,
+    /// more than one is a failed precondition (412).
+    pub fn conditional_patch(&self, who: &Principal, rtype: &str, criteria: &str, body: &PatchBody, if_match: Option<u64>) -> Result<Admitted<WriteOutcome>> {
+        check_type(rtype)?;
+        let found = self.conditional_match(who, rtype, criteria, None)?;
+        match found.as_slice() {
+            [] => Err(EngineError::NotFound),
+            [one] => {
+                let id = one.resource.get("id").and_then(Value::as_str).ok_or(EngineError::Integrity)?.to_string();
+                self.patch(who, rtype, &id, body, if_match)
+            }
+            _ => Err(EngineError::PreconditionFailed("the conditional patch's criteria matched more than one resource".into())),
+        }
+    }
+
     /// `PUT [type]?[criteria]` (conditional update): no match creates (with the body's id, or
     /// a new one), one match updates that resource (a body id naming another is refused), more
     /// than one is a failed precondition (412). The criteria are evaluated as the caller sees.
@@ -499,6 +553,15 @@ impl Engine {
 }
 
 /// A new server-assigned id: 128 random bits, hex (reveals nothing, never guessable).
+/// The body of a PATCH.
+#[derive(Debug)]
+pub enum PatchBody {
+    /// JSON Patch (RFC 6902), `application/json-patch+json`: applied whole or not at all.
+    Json(json_patch::Patch),
+    /// JSON Merge Patch (RFC 7386): members replace, `null` removes.
+    Merge(Value),
+}
+
 pub(crate) fn new_id() -> Result<String> {
     Ok(brankas_vault::random_id(16)?)
 }

@@ -893,6 +893,75 @@ fn conditional_create_on_identifier() {
     assert_eq!(identifier_search(&s, NIK_SYSTEM, NIK_SITI).json["total"], 1);
 }
 
+fn patch_as(s: &Server, path: &str, content_type: &str, body: &Value, headers: &[(&str, &str)]) -> Reply {
+    let mut rb = s.http.patch(s.url(path)).bearer_auth(&s.token).header("content-type", content_type).body(serde_json::to_vec(body).unwrap());
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    reply(rb.send().unwrap())
+}
+
+/// PATCH with JSON Patch (as SATUSEHAT documents it) and JSON Merge Patch (as fhirpy sends
+/// it): applied whole or not at all, to the current version, never changing the type or id,
+/// validated like any write; FHIRPath Patch is refused as not supported.
+#[test]
+fn patch_with_json_patch_and_merge_patch() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let p = s.create(&patient_siti());
+    let id = p["id"].as_str().unwrap().to_string();
+    let at = format!("Patient/{id}");
+    let jp = "application/json-patch+json";
+    // SATUSEHAT's style: replace and add by JSON Pointer.
+    let ops = json!([
+        {"op": "replace", "path": "/name/0/family", "value": "Aminah-Rahayu"},
+        {"op": "add", "path": "/telecom/-", "value": {"system": "email", "value": "siti@example.org"}},
+        {"op": "test", "path": "/gender", "value": "female"}
+    ]);
+    let r = patch_as(&s, &at, jp, &ops, &[]);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["name"][0]["family"], "Aminah-Rahayu");
+    assert_eq!(r.json["telecom"].as_array().unwrap().len(), 2);
+    assert_eq!(r.json["meta"]["versionId"], "2");
+    assert_eq!(r.header("etag"), Some("W/\"2\""));
+    assert_eq!(get(&s, &at).json["name"][0]["family"], "Aminah-Rahayu");
+    // A failed test: nothing applied (not even the operations before it), 422, no value echoed.
+    let failing = json!([{"op": "replace", "path": "/gender", "value": "male"}, {"op": "test", "path": "/birthDate", "value": "1901-01-01"}]);
+    let r = patch_as(&s, &at, jp, &failing, &[]);
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(!r.text.contains("1901") && !r.text.contains("male\""), "{}", r.text);
+    assert_eq!(get(&s, &at).json["gender"], "female");
+    assert_eq!(get(&s, &at).json["meta"]["versionId"], "2");
+    // A path that does not exist, an id or type change, an invalid result: refused.
+    assert_eq!(patch_as(&s, &at, jp, &json!([{"op": "remove", "path": "/nothing/here"}]), &[]).status, 422);
+    assert_eq!(patch_as(&s, &at, jp, &json!([{"op": "replace", "path": "/id", "value": "other"}]), &[]).status, 422);
+    assert_eq!(patch_as(&s, &at, jp, &json!([{"op": "replace", "path": "/resourceType", "value": "Group"}]), &[]).status, 422);
+    assert_eq!(patch_as(&s, &at, jp, &json!([{"op": "replace", "path": "/birthDate", "value": "5 August"}]), &[]).status, 422);
+    assert_eq!(patch_as(&s, &at, jp, &json!({"op": "replace"}), &[]).status, 400, "not an array");
+    assert_eq!(patch_as(&s, &at, jp, &json!([{"op": "frobnicate", "path": "/x"}]), &[]).status, 400);
+    // If-Match: a stale version is refused.
+    assert_eq!(patch_as(&s, &at, jp, &json!([{"op": "add", "path": "/active", "value": true}]), &[("if-match", "W/\"1\"")]).status, 412);
+    // JSON Merge Patch (fhirpy sends a plain JSON object): members replace, null removes.
+    let r = patch_as(&s, &at, "application/json", &json!({"active": true, "telecom": null}), &[]);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!((r.json["active"].as_bool(), r.json.get("telecom").is_none(), r.json["meta"]["versionId"].as_str()), (Some(true), true, Some("3")));
+    assert_eq!(patch_as(&s, &at, "application/merge-patch+json", &json!({"gender": "other"}), &[]).json["gender"], "other");
+    // FHIRPath Patch is not supported yet; other media types are refused.
+    let fp = json!({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [{"name": "type", "valueCode": "delete"}, {"name": "path", "valueString": "Patient.active"}]}]});
+    let r = patch_as(&s, &at, "application/fhir+json", &fp, &[]);
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(r.text.contains("FHIRPath Patch"));
+    assert_eq!(patch_as(&s, &at, "text/plain", &json!({}), &[]).status, 415);
+    // A client that may update but not read cannot read through a patch.
+    let writer = inst.caller(&s, &["--name", "writer", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/Patient.cu"]);
+    let r = s.http.patch(s.url(&at)).bearer_auth(&writer.token).header("content-type", jp).body("[]").send().unwrap();
+    assert_eq!(r.status(), 403, "{}", r.text().unwrap());
+    // Missing and deleted resources.
+    assert_eq!(patch_as(&s, "Patient/no-such-patient", jp, &json!([]), &[]).status, 404);
+    assert_eq!(s.delete(&at).status().as_u16(), 204);
+    assert_eq!(patch_as(&s, &at, jp, &json!([]), &[]).status, 410);
+}
+
 /// `PUT Type?criteria` and `DELETE Type?criteria`: no match creates (update) or is 404
 /// (delete), one match is that resource, more than one is 412.
 #[test]
