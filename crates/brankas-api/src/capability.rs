@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-pub fn capability_statement(base: &str) -> Value {
+pub fn capability_statement(base: &str, cors: bool) -> Value {
     let registry = brankas_search::Registry::r4();
     let token_url = token_url(base);
     let resources: Vec<Value> = registry
@@ -51,7 +51,7 @@ pub fn capability_statement(base: &str) -> Value {
         "rest": [{
             "mode": "server",
             "security": {
-                "cors": false,
+                "cors": cors,
                 "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}]}],
                 "extension": [{
                     "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",

@@ -198,7 +198,7 @@ async fn ready(State(st): St) -> Response {
 }
 
 async fn metadata(State(st): St) -> Response {
-    json_response(StatusCode::OK, &capability::capability_statement(&st.base_url))
+    json_response(StatusCode::OK, &capability::capability_statement(&st.base_url, st.cors))
 }
 
 async fn smart_config(State(st): St) -> Response {

@@ -22,6 +22,7 @@ mod attach;
 mod audit;
 pub mod canary;
 mod capability;
+pub mod cors;
 pub mod dicomweb;
 mod erasure;
 pub mod guard;
@@ -76,4 +77,6 @@ pub struct AppState {
     pub webhook: Option<webhook::Webhook>,
     /// The figures `/metrics` serves, and who may read them.
     pub metrics: metrics::Metrics,
+    /// Whether browser origins are allowed (`cors::layer`), for the CapabilityStatement.
+    pub cors: bool,
 }

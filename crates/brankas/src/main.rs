@@ -250,6 +250,11 @@ pub(crate) struct ConnArgs {
     /// answers only that token (compared in constant time). Without it there is no `/metrics`.
     #[arg(long, env = "BRANKAS_METRICS_TOKEN_FILE")]
     metrics_token_file: Option<PathBuf>,
+    /// A browser origin (`https://app.example`) whose pages may call this server (CORS);
+    /// repeat for more, or list them comma-separated in the variable. Exact origins only,
+    /// never `*`; without any, no CORS headers are sent.
+    #[arg(long = "cors-origin", env = "BRANKAS_CORS_ORIGINS", value_delimiter = ',')]
+    cors_origins: Vec<String>,
 }
 
 impl Default for ConnArgs {
@@ -261,6 +266,7 @@ impl Default for ConnArgs {
             header_timeout: d.header_timeout.as_secs(),
             body_timeout: d.body_timeout.as_secs(),
             metrics_token_file: None,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -881,6 +887,7 @@ pub(crate) fn serve(
 ) -> Result<()> {
     verify::start_check(data_dir)?;
     let metrics = conn.metrics(data_dir)?;
+    let cors = brankas_api::cors::layer(&conn.cors_origins)?;
     let o = open_with(data_dir, key_file, attachments, accept_state_rollback)?;
     let auth = match token_seconds {
         Some(s) => Arc::new(Authority::new(o.store.clone(), o.vault.clone()).with_token_seconds(s)),
@@ -917,8 +924,15 @@ pub(crate) fn serve(
             guard: Default::default(),
             webhook,
             metrics,
+            cors: cors.is_some(),
         });
         let app = brankas_api::router(state);
+        // Outermost: a preflight is answered before authentication, and every answer to an
+        // allowed origin carries the headers.
+        let app = match cors {
+            Some(layer) => app.layer(layer),
+            None => app,
+        };
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

@@ -1755,3 +1755,58 @@ fn elements_and_summary_subset_results_and_say_so() {
     let r = get(&s, &format!("Patient/{pid}"));
     assert!(r.json.get("text").is_some() && r.json["meta"].get("tag").is_none(), "{}", r.text);
 }
+
+// ------------------------------------------------------------------------------------------
+// Browser applications: CORS.
+// ------------------------------------------------------------------------------------------
+
+/// CORS answers only the configured origins: a preflight without a token, every answer
+/// (refusals too) with the headers a browser needs; another origin, or a server without
+/// `--cors-origin`, gets no CORS headers at all.
+#[test]
+fn cors_for_the_configured_origins_only() {
+    let inst = Instance::init();
+    let mut s = inst.serve_with(&["--insecure-http", "--cors-origin", "https://app.example", "--cors-origin", "http://localhost:3000"]);
+    s.token = s.new_token();
+    let acao = |r: &Response| r.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap().to_string());
+    let preflight = |origin: &str| {
+        s.http
+            .request(reqwest::Method::OPTIONS, s.url("Patient"))
+            .header("origin", origin)
+            .header("access-control-request-method", "PATCH")
+            .header("access-control-request-headers", "authorization,content-type,prefer,if-match")
+            .send()
+            .unwrap()
+    };
+    let pre = preflight("https://app.example");
+    assert!(pre.status().is_success(), "{}", pre.status());
+    assert_eq!(acao(&pre).as_deref(), Some("https://app.example"));
+    let allowed = pre.headers()["access-control-allow-headers"].to_str().unwrap().to_ascii_lowercase();
+    for h in ["authorization", "content-type", "prefer", "if-match"] {
+        assert!(allowed.contains(h), "{h} not in {allowed}");
+    }
+    assert!(pre.headers()["access-control-allow-methods"].to_str().unwrap().contains("PATCH"));
+    assert_eq!(acao(&preflight("http://localhost:3000")).as_deref(), Some("http://localhost:3000"));
+    // Answers from the allowed origin, refusals included, can be read by its page.
+    let r =
+        s.http.get(s.url(&format!("Patient/{}", s.create(&patient_siti())["id"].as_str().unwrap()))).bearer_auth(&s.token).header("origin", "https://app.example").send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(acao(&r).as_deref(), Some("https://app.example"));
+    let exposed = r.headers()["access-control-expose-headers"].to_str().unwrap().to_ascii_lowercase();
+    assert!(exposed.contains("etag") && exposed.contains("location"), "{exposed}");
+    let r = s.http.get(s.url("Patient/x")).header("origin", "https://app.example").send().unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(acao(&r).as_deref(), Some("https://app.example"));
+    // Another origin gets nothing it could use.
+    assert_eq!(acao(&preflight("https://evil.example")), None);
+    let r = s.http.get(s.url("metadata")).header("origin", "https://evil.example").send().unwrap();
+    assert_eq!(acao(&r), None);
+    let cap = reply(s.http.get(s.url("metadata")).send().unwrap());
+    assert_eq!(cap.json["rest"][0]["security"]["cors"], true);
+    s.stop();
+    // Without --cors-origin: no CORS at all.
+    let s = inst.serve();
+    let r = s.http.get(s.url("metadata")).header("origin", "https://app.example").send().unwrap();
+    assert_eq!(acao(&r), None);
+    assert_eq!(reply(s.http.get(s.url("metadata")).send().unwrap()).json["rest"][0]["security"]["cors"], false);
+}
