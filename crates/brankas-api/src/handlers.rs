@@ -387,6 +387,17 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     }
 }
 
+/// Whether the client's copy is current (304): `If-None-Match` names this version, or,
+/// without it (RFC 9110 gives it precedence), `If-Modified-Since` is not before the version's
+/// time (to the second, the precision of `Last-Modified`). An unparsable date is ignored.
+fn not_modified(headers: &HeaderMap, s: &Stored) -> bool {
+    if let Some(inm) = headers.get(header::IF_NONE_MATCH) {
+        return inm.to_str().ok().and_then(parse_etag) == Some(s.version);
+    }
+    let since = headers.get(header::IF_MODIFIED_SINCE).and_then(|v| v.to_str().ok()).and_then(|v| httpdate::parse_http_date(v).ok());
+    since.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).is_some_and(|t| s.last_updated_us / 1_000_000 <= t.as_secs() as i64)
+}
+
 fn last_modified(us: i64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp(us / 1_000_000).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     t.format(&time::format_description::well_known::Rfc2822).map(|s| s.replace("+0000", "GMT")).unwrap_or_default()
@@ -452,7 +463,7 @@ fn query_pairs(st: &AppState, raw: Option<&str>) -> Result<Vec<(String, String)>
 
 /// A served Binary: the raw content, or FHIR JSON with `data` inline when asked for.
 async fn binary_response(st: &Arc<AppState>, mut s: Stored, headers: &HeaderMap, q: Option<&str>) -> ApiResult {
-    let etag_hit = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).and_then(parse_etag) == Some(s.version);
+    let etag_hit = not_modified(headers, &s);
     let mut r = if etag_hit {
         StatusCode::NOT_MODIFIED.into_response()
     } else if crate::attach::wants_json(headers, q) {
@@ -685,12 +696,13 @@ async fn read(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, 
     if rtype == "Binary" {
         return binary_response(&st, s, &headers, q.as_deref()).await;
     }
-    if let Some(inm) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok())
-        && parse_etag(inm) == Some(s.version)
-    {
+    if not_modified(&headers, &s) {
         let mut r = StatusCode::NOT_MODIFIED.into_response();
         if let Ok(v) = HeaderValue::from_str(&s.etag()) {
             r.headers_mut().insert(header::ETAG, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&last_modified(s.last_updated_us)) {
+            r.headers_mut().insert(header::LAST_MODIFIED, v);
         }
         return Ok(r);
     }

@@ -751,6 +751,15 @@ fn versioning_history_and_delete() {
     // If-None-Match on read: 304 for the current version.
     let nm = with_headers(&s, reqwest::Method::GET, &format!("Patient/{id}"), None, &[("if-none-match", "W/\"3\"")]);
     assert_eq!(nm.status, 304);
+    // If-Modified-Since: 304 from the version's Last-Modified on, 200 before it; an
+    // If-None-Match naming an older version wins over a date (RFC 9110).
+    let lm = ok.header("last-modified").unwrap().to_string();
+    let at = |h: &[(&str, &str)]| with_headers(&s, reqwest::Method::GET, &format!("Patient/{id}"), None, h).status;
+    assert_eq!(at(&[("if-modified-since", &lm)]), 304);
+    assert_eq!(at(&[("if-modified-since", "Fri, 01 Jan 2100 00:00:00 GMT")]), 304);
+    assert_eq!(at(&[("if-modified-since", "Sat, 01 Jan 2000 00:00:00 GMT")]), 200);
+    assert_eq!(at(&[("if-modified-since", "not a date")]), 200);
+    assert_eq!(at(&[("if-modified-since", &lm), ("if-none-match", "W/\"2\"")]), 200);
 
     // vread of every version.
     let r1 = get(&s, &format!("Patient/{id}/_history/1"));
