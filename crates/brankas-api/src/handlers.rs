@@ -55,7 +55,26 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), access_log))
+        .layer(compression())
         .with_state(state)
+}
+
+/// gzip or brotli, when the client accepts one, for JSON answers of more than 1 KiB
+/// (searchsets, `$everything`, Bundles, DICOM JSON). Not for attachments, images or DICOM
+/// files (already compressed, or served by range), nor small answers such as a token. At a
+/// middle level (4): a large searchset shrinks several-fold at a small cost of CPU.
+fn compression() -> tower_http::compression::CompressionLayer<impl tower_http::compression::Predicate> {
+    use tower_http::compression::predicate::{Predicate as _, SizeAbove};
+    use tower_http::compression::{CompressionLayer, CompressionLevel};
+    fn json(_: StatusCode, _: axum::http::Version, h: &HeaderMap, _: &axum::http::Extensions) -> bool {
+        let ct = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        matches!(ct.split(';').next().unwrap_or("").trim(), "application/fhir+json" | "application/json" | "application/dicom+json")
+    }
+    CompressionLayer::new()
+        .gzip(true)
+        .br(true)
+        .quality(CompressionLevel::Precise(4))
+        .compress_when(SizeAbove::new(1024).and(json as fn(StatusCode, axum::http::Version, &HeaderMap, &axum::http::Extensions) -> bool))
 }
 
 async fn not_found() -> ApiError {

@@ -1819,3 +1819,34 @@ fn cors_for_the_configured_origins_only() {
     assert_eq!(acao(&r), None);
     assert_eq!(reply(s.http.get(s.url("metadata")).send().unwrap()).json["rest"][0]["security"]["cors"], false);
 }
+
+/// Large JSON answers are compressed when the client accepts it (gzip, brotli), and decode to
+/// the same answer; small ones, and clients that do not ask, get plain JSON.
+#[test]
+fn large_json_answers_are_compressed_on_request() {
+    use std::io::Read as _;
+    let inst = Instance::init();
+    let s = inst.serve();
+    let pid = s.create(&patient_siti())["id"].as_str().unwrap().to_string();
+    for i in 0..20 {
+        s.create(&obs_for(&format!("Patient/{pid}"), "8867-4", &format!("2024-01-{:02}", i + 1)));
+    }
+    let url = s.url(&format!("Observation?patient={pid}"));
+    let plain = s.http.get(&url).bearer_auth(&s.token).send().unwrap();
+    assert!(plain.headers().get("content-encoding").is_none());
+    let plain: Value = plain.json().unwrap();
+    assert_eq!(plain["total"], 20);
+    let zipped = s.http.get(&url).bearer_auth(&s.token).header("accept-encoding", "gzip").send().unwrap();
+    assert_eq!(zipped.status(), 200);
+    assert_eq!(zipped.headers()["content-encoding"], "gzip");
+    let bytes = zipped.bytes().unwrap();
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&bytes[..]).read_to_string(&mut text).unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["entry"], plain["entry"]);
+    assert!(bytes.len() * 3 < text.len(), "{} compressed bytes for {}", bytes.len(), text.len());
+    let br = s.http.get(&url).bearer_auth(&s.token).header("accept-encoding", "br").send().unwrap();
+    assert_eq!(br.headers()["content-encoding"], "br");
+    // A small answer stays plain.
+    let small = s.http.get(s.url("Patient/no-such")).bearer_auth(&s.token).header("accept-encoding", "gzip").send().unwrap();
+    assert!(small.headers().get("content-encoding").is_none());
+}
