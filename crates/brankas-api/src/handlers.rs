@@ -527,11 +527,7 @@ async fn conditional_patch(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    check_type(&rtype)?;
-    not_audit_event(&rtype)?;
-    let Some(criteria) = criteria(&st, q.as_deref())? else {
-        return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "not-supported", "PATCH takes Type/id, or Type?criteria for a conditional patch"));
-    };
+    let criteria = conditional_target(&st, &rtype, q.as_deref(), "PATCH", "patch")?;
     let body = patch_body(&st, &headers, body).await?;
     let im = if_match(&headers)?;
     let engine = st.engine.clone();
@@ -582,6 +578,15 @@ fn criteria(st: &AppState, q: Option<&str>) -> Result<Option<String>, ApiError> 
     Ok(Some(form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()))
 }
 
+/// The criteria of a conditional interaction on a type (`METHOD Type?criteria`), after the
+/// checks every interaction on a type gets; without criteria the method is not allowed there.
+fn conditional_target(st: &AppState, rtype: &str, q: Option<&str>, method: &str, interaction: &str) -> Result<String, ApiError> {
+    check_type(rtype)?;
+    not_audit_event(rtype)?;
+    criteria(st, q)?
+        .ok_or_else(|| ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "not-supported", format!("{method} takes Type/id, or Type?criteria for a conditional {interaction}")))
+}
+
 /// `PUT [type]?[criteria]`: conditional update.
 async fn conditional_update(
     State(st): St,
@@ -592,11 +597,7 @@ async fn conditional_update(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    check_type(&rtype)?;
-    not_audit_event(&rtype)?;
-    let Some(criteria) = criteria(&st, q.as_deref())? else {
-        return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "not-supported", "PUT takes Type/id, or Type?criteria for a conditional update"));
-    };
+    let criteria = conditional_target(&st, &rtype, q.as_deref(), "PUT", "update")?;
     let resource = read_json(&st, &headers, body).await?;
     let im = if_match(&headers)?;
     let engine = st.engine.clone();
@@ -609,11 +610,7 @@ async fn conditional_update(
 
 /// `DELETE [type]?[criteria]`: conditional delete of the one resource the criteria match.
 async fn conditional_delete(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, Path(rtype): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap) -> ApiResult {
-    check_type(&rtype)?;
-    not_audit_event(&rtype)?;
-    let Some(criteria) = criteria(&st, q.as_deref())? else {
-        return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "not-supported", "DELETE takes Type/id, or Type?criteria for a conditional delete"));
-    };
+    let criteria = conditional_target(&st, &rtype, q.as_deref(), "DELETE", "delete")?;
     let im = if_match(&headers)?;
     let engine = st.engine.clone();
     let (t, w) = (rtype.clone(), who.clone());

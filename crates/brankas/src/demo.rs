@@ -1,7 +1,8 @@
 //! `brankas demo`: the zero-setup first run. Seeds a fictional clinic and a few synthetic
-//! patients seen there (fictional people with structurally valid NIKs), registers a read-only
-//! facility-system client for the clinic, prints a token and ready-to-paste requests, then
-//! serves.
+//! patients seen there (fictional people with structurally valid NIKs), registers a client of
+//! the clinic that can read and write (approved by a demo security officer, as the two-person
+//! rule asks), prints on stdout a token and lines that run as pasted (a lookup, the patient's
+//! whole record, a write), then serves.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,6 +22,35 @@ const PEOPLE: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("Budi Santoso", "3273011203850002", "1985-03-12", "male", "+62 813 2233 4455", "Bandung"),
     ("Ni Luh Putu Ayu", "5171026105920001", "1992-05-21", "female", "+62 817 9988 7766", "Denpasar"),
 ];
+
+/// What the demo prints once it serves: lines that run as pasted into a POSIX shell (no
+/// placeholder to fill in), the token first.
+fn banner(base: &str, curl: &str, cid: &str, secret: &str, token: &str) -> String {
+    let root = base.trim_end_matches("/fhir");
+    let auth = "-H \"Authorization: Bearer $TOKEN\"";
+    let lookup = format!("'{base}/Patient?identifier={}%7C3171054708900003'", brankas_fhir::NIK_SYSTEM);
+    let observation = r#"'{"resourceType":"Observation","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"8310-5","display":"Body temperature"}]},"subject":{"reference":"Patient/'"$ID"'"},"effectiveDateTime":"2021-07-15T08:00:00+07:00","valueQuantity":{"value":37.2,"unit":"Cel","system":"http://unitsofmeasure.org","code":"Cel"}}'"#;
+    [
+        String::new(),
+        format!("Brankas demo is running at {base} with {} synthetic patients.", PEOPLE.len()),
+        format!("A client of the demo clinic that can read and write was registered: client_id={cid}"),
+        "Paste these lines into a shell (the token is valid 5 minutes):".into(),
+        String::new(),
+        format!("TOKEN={token}"),
+        "# Find a patient by her NIK:".into(),
+        format!("{curl} {auth} {lookup}"),
+        "# Her whole record:".into(),
+        format!("ID=$({curl} {auth} {lookup} | grep -o '\"id\":\"[^\"]*\"' | head -1 | cut -d'\"' -f4)"),
+        format!("{curl} {auth} \"{base}/Patient/$ID/\\$everything\""),
+        "# Record a temperature for her:".into(),
+        format!("{curl} {auth} -H 'Content-Type: application/fhir+json' -d {observation} {base}/Observation"),
+        "# A new token when this one expires:".into(),
+        format!("TOKEN=$({curl} -u '{cid}:{secret}' -d grant_type=client_credentials {root}/auth/token | grep -o '\"access_token\":\"[^\"]*\"' | cut -d'\"' -f4)"),
+        String::new(),
+        format!("Health: {curl} {root}/health    Stop: Ctrl-C"),
+    ]
+    .join("\n")
+}
 
 pub fn run(data_dir: &Path, key_file: Option<&Path>, listen: SocketAddr, insecure_http: bool) -> Result<()> {
     if !data_dir.join(crate::DB_FILE).exists() {
@@ -89,9 +119,9 @@ pub fn run(data_dir: &Path, key_file: Option<&Path>, listen: SocketAddr, insecur
     let (officer, _) = o.auth.register(&officer, &op)?;
     let (demo, _) = o.auth.register(
         &ClientSpec {
-            name: "demo clinic reader".into(),
+            name: "demo clinic".into(),
             role: Some(Role::FacilitySystem),
-            scopes: "system/*.rs".into(),
+            scopes: "system/*.cruds".into(),
             organization: Some(format!("Organization/{DEMO_ORG_ID}")),
             ..Default::default()
         },
@@ -115,16 +145,7 @@ pub fn run(data_dir: &Path, key_file: Option<&Path>, listen: SocketAddr, insecur
         None,
         None,
         Some(Box::new(move |base: &str| {
-            let root = base.trim_end_matches("/fhir");
-            eprintln!("\nBrankas demo is running at {base} with {} synthetic patients.", PEOPLE.len());
-            eprintln!("A read-only client of the demo clinic was registered: client_id={cid}");
-            eprintln!("Access token (valid 5 minutes):\n  TOKEN={access}\n");
-            eprintln!("Try (find a patient by NIK, then read her compartment):");
-            eprintln!("  {curl} -H \"Authorization: Bearer $TOKEN\" '{base}/Patient?identifier={}%7C3171054708900003'", brankas_fhir::NIK_SYSTEM);
-            eprintln!("  {curl} -H \"Authorization: Bearer $TOKEN\" '{base}/Patient/<id from above>/$everything'");
-            eprintln!("A new token when this one expires:");
-            eprintln!("  {curl} -u '{cid}:{secret}' -d grant_type=client_credentials {root}/auth/token\n");
-            eprintln!("Health: {curl} {root}/health    Stop: Ctrl-C\n");
+            println!("{}", banner(base, &curl, &cid, &secret, &access));
         })),
         brankas_engine::AttachmentLimits::default(),
         None,
