@@ -815,6 +815,21 @@ async fn history(st: &AppState, who: Principal, rtype: String, id: String, pairs
     // The page size the engine will really use, so that a full page gets its `next` link.
     let count = count.clamp(1, st.engine.limits().max_history);
     let before = pairs.iter().find(|(k, _)| k == "_before_version").and_then(|(_, v)| v.parse::<u64>().ok());
+    let date = |name: &str| -> Result<Option<(i64, i64)>, ApiError> {
+        match pairs.iter().find(|(k, _)| k == name) {
+            None => Ok(None),
+            Some((_, v)) => brankas_search::date_range(v).map(Some).ok_or_else(|| ApiError::bad_request(format!("{name} must be a FHIR date, dateTime or instant"))),
+        }
+    };
+    let window = brankas_engine::HistoryWindow { since: date("_since")?.map(|(lo, _)| lo), at: date("_at")? };
+    if window.since.is_some() || window.at.is_some() {
+        let kept: Vec<(String, String)> = pairs.iter().filter(|(k, _)| k == "_since" || k == "_at").cloned().collect();
+        let again = form_urlencoded::Serializer::new(String::new()).extend_pairs(kept).finish();
+        let engine = st.engine.clone();
+        let (t, i) = (rtype.clone(), id.clone());
+        let page = blocking(move || engine.history_window(&who, &t, &i, window, count, before)).await?;
+        return Ok(page.map(|(versions, total)| history_bundle(st, &rtype, &id, versions, total, count, &again)));
+    }
     let engine = st.engine.clone();
     let (t, i) = (rtype.clone(), id.clone());
     let versions = blocking(move || {
@@ -831,10 +846,11 @@ async fn history(st: &AppState, who: Principal, rtype: String, id: String, pairs
         Ok(page.map(|p| (p, total)))
     })
     .await?;
-    Ok(versions.map(|(versions, total)| history_bundle(st, &rtype, &id, versions, total, count)))
+    Ok(versions.map(|(versions, total)| history_bundle(st, &rtype, &id, versions, total, count, "")))
 }
 
-fn history_bundle(st: &AppState, rtype: &str, id: &str, versions: Vec<Stored>, total: u64, count: usize) -> Response {
+/// A history Bundle; `window` (`_since=…&_at=…`, or empty) is carried into the next link.
+fn history_bundle(st: &AppState, rtype: &str, id: &str, versions: Vec<Stored>, total: u64, count: usize, window: &str) -> Response {
     let base = &st.base_url;
     let entries: Vec<Value> = versions
         .iter()
@@ -860,7 +876,8 @@ fn history_bundle(st: &AppState, rtype: &str, id: &str, versions: Vec<Stored>, t
         && last.version > 1
         && versions.len() >= count.max(1)
     {
-        links.push(json!({"relation": "next", "url": format!("{base}/{rtype}/{id}/_history?_count={count}&_before_version={}", last.version)}));
+        let window = if window.is_empty() { String::new() } else { format!("&{window}") };
+        links.push(json!({"relation": "next", "url": format!("{base}/{rtype}/{id}/_history?_count={count}&_before_version={}{window}", last.version)}));
     }
     json_response(StatusCode::OK, &json!({"resourceType": "Bundle", "type": "history", "total": total, "link": links, "entry": entries}))
 }

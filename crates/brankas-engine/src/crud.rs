@@ -530,11 +530,70 @@ impl Engine {
         if rows.is_empty() && before.is_none() {
             return Err(EngineError::NotFound);
         }
+        self.open_versions(who, rtype, id, &rows)
+    }
+
+    /// `GET [type]/[id]/_history?_since=…` or `_at=…`: the versions in the window, newest
+    /// first, `count` of them below version `before`, and how many the window holds in all.
+    /// `_since`: versions written at or after it. `_at`: the versions that were current at some
+    /// moment of the period its precision covers (written in it, and the one current when it
+    /// began). Decided on the versions' write times, which the store keeps in the clear; only
+    /// the page is opened, through the same gates as any history.
+    pub fn history_window(&self, who: &Principal, rtype: &str, id: &str, window: HistoryWindow, count: usize, before: Option<u64>) -> Result<Admitted<(Vec<Stored>, u64)>> {
+        check_type(rtype)?;
+        self.require(who, rtype, 'r')?;
+        if !brankas_fhir::is_valid_id(id) {
+            return Err(EngineError::NotFound);
+        }
+        let key = self.vault.record_key(rtype, id);
+        let mut matching: Vec<VersionRow> = Vec::new();
+        let mut cursor = None;
+        let mut any = false;
+        'walk: loop {
+            let rows = self.store.history(&key, cursor, self.limits.max_history)?;
+            if rows.is_empty() {
+                break;
+            }
+            any = true;
+            for r in rows {
+                cursor = Some(r.version);
+                let t = r.last_updated_us;
+                if window.since.is_some_and(|s| t < s) {
+                    break 'walk;
+                }
+                if let Some((lo, hi)) = window.at {
+                    if t >= hi {
+                        continue;
+                    }
+                    if t < lo {
+                        matching.push(r);
+                        break 'walk;
+                    }
+                }
+                if matching.len() >= MAX_WINDOW_VERSIONS {
+                    return Err(EngineError::TooLarge(format!("more than {MAX_WINDOW_VERSIONS} versions in the window; narrow _since or _at")));
+                }
+                matching.push(r);
+            }
+        }
+        if !any {
+            return Err(EngineError::NotFound);
+        }
+        let total = matching.len() as u64;
+        let page: Vec<VersionRow> = matching.into_iter().filter(|r| before.is_none_or(|b| r.version < b)).take(count.clamp(1, self.limits.max_history)).collect();
+        let v = self.open_versions(who, rtype, id, &page)?;
+        let d = self.disclosure_of(&v);
+        Ok(Admitted::new((v, total), d))
+    }
+
+    /// Versions of one record, each gated (a resource may have moved between patients) and
+    /// opened.
+    fn open_versions(&self, who: &Principal, rtype: &str, id: &str, rows: &[VersionRow]) -> Result<Vec<Stored>> {
         // Every version is gated: a resource may have moved between patients.
         // Versions in one partition share its view.
         let mut views: Vec<(PartitionId, crate::access::RecordView)> = Vec::new();
         let mut at = Vec::with_capacity(rows.len());
-        for r in &rows {
+        for r in rows {
             let i = match views.iter().position(|(p, _)| *p == r.partition) {
                 Some(i) => i,
                 None => {
@@ -552,7 +611,18 @@ impl Engine {
     }
 }
 
-/// A new server-assigned id: 128 random bits, hex (reveals nothing, never guessable).
+/// The window of `_history?_since=` / `_at=`, in microseconds since the Unix epoch.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HistoryWindow {
+    /// Versions written at or after this instant.
+    pub since: Option<i64>,
+    /// The half-open period `[lo, hi)` whose current versions are asked for.
+    pub at: Option<(i64, i64)>,
+}
+
+/// Most versions one `_since`/`_at` window may hold (it is walked whole to count them).
+const MAX_WINDOW_VERSIONS: usize = 10_000;
+
 /// The body of a PATCH.
 #[derive(Debug)]
 pub enum PatchBody {
@@ -562,6 +632,7 @@ pub enum PatchBody {
     Merge(Value),
 }
 
+/// A new server-assigned id: 128 random bits, hex (reveals nothing, never guessable).
 pub(crate) fn new_id() -> Result<String> {
     Ok(brankas_vault::random_id(16)?)
 }

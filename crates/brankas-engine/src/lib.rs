@@ -56,7 +56,7 @@ use serde_json::Value;
 
 pub use ahead::WRITE_AHEAD_TEXT;
 pub use bundle::{EntryOutcome, parse_etag};
-pub use crud::{PatchBody, instant};
+pub use crud::{HistoryWindow, PatchBody, instant};
 pub use disclosure::{Admitted, Disclosed, Disclosure, Unaudited};
 pub use erasure::{ErasureReason, ErasureReport, LedgerApplied, apply_ledger};
 pub use import::{ImportStats, Importer};

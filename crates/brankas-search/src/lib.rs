@@ -75,6 +75,13 @@ mod registry;
 mod text;
 
 pub use error::QueryError;
+
+/// The instants a FHIR `date`, `dateTime` or `instant` stands for, by its precision: half-open
+/// `[lo, hi)` in microseconds since the Unix epoch (UTC; no zone means UTC). `None` if it is
+/// not one.
+pub fn date_range(s: &str) -> Option<(i64, i64)> {
+    date::parse_range(s).map(|r| (r.lo, r.hi))
+}
 pub use query::{IdentityQuery, MAX_OR_VALUES, MAX_PARAMS, Query, ResultParams, SortKey, Summary, TotalMode};
 pub use registry::{ParamKind, Registry, RegistryStats, SearchParam};
 

@@ -1850,3 +1850,45 @@ fn large_json_answers_are_compressed_on_request() {
     let small = s.http.get(s.url("Patient/no-such")).bearer_auth(&s.token).header("accept-encoding", "gzip").send().unwrap();
     assert!(small.headers().get("content-encoding").is_none());
 }
+
+/// Instance history with `_since` (versions written from then on) and `_at` (the versions
+/// current at some moment of the period), paged with the window kept in the next link.
+#[test]
+fn history_since_and_at() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let mut p = s.create(&json!({"resourceType": "Patient", "gender": "female", "active": true}));
+    let id = p["id"].as_str().unwrap().to_string();
+    let mut stamps = vec![p["meta"]["lastUpdated"].as_str().unwrap().to_string()];
+    for n in 2..=5 {
+        std::thread::sleep(std::time::Duration::from_millis(15));
+        p["active"] = json!(n % 2 == 0);
+        p = reply(s.put(&format!("Patient/{id}"), &p)).json;
+        stamps.push(p["meta"]["lastUpdated"].as_str().unwrap().to_string());
+    }
+    let versions = |q: &str| {
+        let r = get(&s, &format!("Patient/{id}/_history?{q}"));
+        assert_eq!(r.status, 200, "{q}: {}", r.text);
+        let v: Vec<String> = entries(&r.json).iter().map(|e| e["resource"]["meta"]["versionId"].as_str().unwrap().to_string()).collect();
+        (v, r.json["total"].as_u64().unwrap(), link(&r.json, "next"))
+    };
+    let enc = |t: &str| url_encode(t);
+    let (v, total, _) = versions(&format!("_since={}", enc(&stamps[2])));
+    assert_eq!((v, total), (vec!["5".to_string(), "4".into(), "3".into()], 3));
+    // _at an instant of version 2: version 2 (written in that millisecond) and version 1 (current when it began).
+    let (v, total, _) = versions(&format!("_at={}", enc(&stamps[1])));
+    assert_eq!((v, total), (vec!["2".to_string(), "1".into()], 2));
+    // A period before the resource existed: nothing; far in the future: the current version.
+    assert_eq!(versions("_at=2001").0, Vec::<String>::new());
+    assert_eq!(versions("_at=2999").0, vec!["5".to_string()]);
+    // Paged: the window stays in the next link.
+    let (v, total, next) = versions(&format!("_since={}&_count=2", enc(&stamps[1])));
+    assert_eq!((v, total), (vec!["5".to_string(), "4".into()], 4));
+    let next = next.expect("a next link");
+    assert!(next.contains("_since="), "{next}");
+    let page2 = get_abs(&s, &next);
+    let v2: Vec<&str> = entries(&page2.json).iter().map(|e| e["resource"]["meta"]["versionId"].as_str().unwrap()).collect();
+    assert_eq!(v2, ["3", "2"]);
+    assert_eq!(get(&s, &format!("Patient/{id}/_history?_since=yesterday")).status, 400);
+    assert_eq!(get(&s, "Patient/no-such/_history?_since=2020").status, 404);
+}
