@@ -427,11 +427,7 @@ fn resource_response(st: &AppState, status: StatusCode, s: &Stored, rtype: &str,
     let mut r = match ret {
         Return::Representation => json_response(status, &s.resource),
         Return::Minimal => status.into_response(),
-        Return::Outcome => {
-            let mut issues = vec![json!({"severity": "information", "code": "informational", "diagnostics": "ok"})];
-            issues.extend(quality_warnings(&s.resource));
-            json_response(status, &json!({"resourceType": "OperationOutcome", "issue": issues}))
-        }
+        Return::Outcome => json_response(status, &write_outcome(&s.resource)),
     };
     let h = r.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&s.etag()) {
@@ -444,6 +440,13 @@ fn resource_response(st: &AppState, status: StatusCode, s: &Stored, rtype: &str,
         h.insert(header::LOCATION, v);
     }
     r
+}
+
+/// The OperationOutcome of a write: "ok", and the warnings of its data-quality flags.
+fn write_outcome(resource: &Value) -> Value {
+    let mut issues = vec![json!({"severity": "information", "code": "informational", "diagnostics": "ok"})];
+    issues.extend(quality_warnings(resource));
+    json!({"resourceType": "OperationOutcome", "issue": issues})
 }
 
 /// The warnings a written resource carries as data-quality flags (a Patient whose NIK
@@ -587,6 +590,18 @@ fn conditional_target(st: &AppState, rtype: &str, q: Option<&str>, method: &str,
         .ok_or_else(|| ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "not-supported", format!("{method} takes Type/id, or Type?criteria for a conditional {interaction}")))
 }
 
+/// 204 for a delete, with the ETag of the delete marker it wrote (none when there was
+/// nothing to delete).
+fn deleted_response(marker: Option<Stored>) -> Response {
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    if let Some(s) = marker
+        && let Ok(v) = HeaderValue::from_str(&s.etag())
+    {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    r
+}
+
 /// `PUT [type]?[criteria]`: conditional update.
 async fn conditional_update(
     State(st): St,
@@ -616,13 +631,7 @@ async fn conditional_delete(State(st): St, Extension(who): Extension<Principal>,
     let (t, w) = (rtype.clone(), who.clone());
     let out = blocking(move || engine.conditional_delete(&w, &t, &criteria, im)).await;
     let out = audit::finish(&st, &who, &ctx, What::new("delete", "D", Some(rtype)), out.map(Admitted::nothing)).await?;
-    let mut r = StatusCode::NO_CONTENT.into_response();
-    if let Some(s) = out
-        && let Ok(v) = HeaderValue::from_str(&s.etag())
-    {
-        r.headers_mut().insert(header::ETAG, v);
-    }
-    Ok(r)
+    Ok(deleted_response(out))
 }
 
 // Each argument is an axum extractor.
@@ -752,13 +761,7 @@ async fn delete(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx
     let (w, target) = (who.clone(), target(&rtype, &id));
     let out = blocking(move || engine.delete(&w, &rtype, &id, im)).await;
     let out = audit::finish(&st, &who, &ctx, What::new("delete", "D", target), out.map(Admitted::nothing)).await?;
-    let mut r = StatusCode::NO_CONTENT.into_response();
-    if let Some(s) = out
-        && let Ok(v) = HeaderValue::from_str(&s.etag())
-    {
-        r.headers_mut().insert(header::ETAG, v);
-    }
-    Ok(r)
+    Ok(deleted_response(out))
 }
 
 async fn instance_sub(
@@ -1051,11 +1054,8 @@ fn response_entry(st: &AppState, o: EntryOutcome, ret: Return) -> Value {
         if ret == Return::Representation && !s.deleted {
             entry["resource"] = s.resource.clone();
         }
-        let warnings = quality_warnings(&s.resource);
-        if !warnings.is_empty() || ret == Return::Outcome {
-            let mut issues = vec![json!({"severity": "information", "code": "informational", "diagnostics": "ok"})];
-            issues.extend(warnings);
-            resp["outcome"] = json!({"resourceType": "OperationOutcome", "issue": issues});
+        if ret == Return::Outcome || !quality_warnings(&s.resource).is_empty() {
+            resp["outcome"] = write_outcome(&s.resource);
         }
     }
     entry["response"] = resp;

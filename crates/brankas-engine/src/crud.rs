@@ -87,7 +87,7 @@ impl Engine {
             let terms = brankas_fhir::patient_identity_terms(resource)
                 .into_iter()
                 .map(|t| match t {
-                    IdentityTerm::Identifier { system, value } => self.vault.blind_term("identifier", &["Patient", &system, &value]),
+                    IdentityTerm::Identifier { system, value } => self.patient_identifier_term(&system, &value),
                     IdentityTerm::Phone(p) => self.vault.blind_term("phone", &[&p]),
                     IdentityTerm::NameBirthDate { name, birth_date } => self.vault.blind_term("name-birthdate", &[&name, &birth_date]),
                 })
@@ -112,13 +112,18 @@ impl Engine {
         Some(terms)
     }
 
+    /// The blind term of a Patient's identifier (its system and normalised value).
+    fn patient_identifier_term(&self, system: &str, value: &str) -> BlindTerm {
+        self.vault.blind_term("identifier", &["Patient", system, value])
+    }
+
     /// The blind terms of a Patient's own NIKs: one patient each (the store refuses a second
     /// holder, [`brankas_store::WriteBatch::unique`]). The same terms as its identity index.
     pub(crate) fn nik_terms(&self, patient: &Value) -> Vec<BlindTerm> {
         brankas_fhir::patient_identity_terms(patient)
             .into_iter()
             .filter_map(|t| match t {
-                IdentityTerm::Identifier { system, value } if system == brankas_fhir::NIK_SYSTEM => Some(self.vault.blind_term("identifier", &["Patient", &system, &value])),
+                IdentityTerm::Identifier { system, value } if system == brankas_fhir::NIK_SYSTEM => Some(self.patient_identifier_term(&system, &value)),
                 _ => None,
             })
             .collect()
@@ -433,41 +438,37 @@ impl Engine {
         Ok(self.admit_write(w))
     }
 
+    /// The id of the one resource a conditional interaction's criteria match, as the caller
+    /// sees them (`resource` pins clinical criteria to its patient); `None` when none does,
+    /// a failed precondition (412) when more than one does.
+    fn single_match(&self, who: &Principal, rtype: &str, criteria: &str, resource: Option<&Value>, interaction: &str) -> Result<Option<String>> {
+        check_type(rtype)?;
+        match self.conditional_match(who, rtype, criteria, resource)?.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some(one.resource.get("id").and_then(Value::as_str).ok_or(EngineError::Integrity)?.to_string())),
+            _ => Err(EngineError::PreconditionFailed(format!("the conditional {interaction}'s criteria matched more than one resource"))),
+        }
+    }
+
     /// `PATCH [type]?[criteria]` (conditional patch): no match is 404, one match is patched,
     /// more than one is a failed precondition (412).
     pub fn conditional_patch(&self, who: &Principal, rtype: &str, criteria: &str, body: &PatchBody, if_match: Option<u64>) -> Result<Admitted<WriteOutcome>> {
-        check_type(rtype)?;
-        let found = self.conditional_match(who, rtype, criteria, None)?;
-        match found.as_slice() {
-            [] => Err(EngineError::NotFound),
-            [one] => {
-                let id = one.resource.get("id").and_then(Value::as_str).ok_or(EngineError::Integrity)?.to_string();
-                self.patch(who, rtype, &id, body, if_match)
-            }
-            _ => Err(EngineError::PreconditionFailed("the conditional patch's criteria matched more than one resource".into())),
-        }
+        let id = self.single_match(who, rtype, criteria, None, "patch")?.ok_or(EngineError::NotFound)?;
+        self.patch(who, rtype, &id, body, if_match)
     }
 
     /// `PUT [type]?[criteria]` (conditional update): no match creates (with the body's id, or
     /// a new one), one match updates that resource (a body id naming another is refused), more
     /// than one is a failed precondition (412). The criteria are evaluated as the caller sees.
     pub fn conditional_update(&self, who: &Principal, rtype: &str, criteria: &str, mut resource: Value, if_match: Option<u64>) -> Result<Admitted<WriteOutcome>> {
-        check_type(rtype)?;
-        let found = self.conditional_match(who, rtype, criteria, Some(&resource))?;
+        let found = self.single_match(who, rtype, criteria, Some(&resource), "update")?;
         let body_id = resource.get("id").and_then(Value::as_str).map(String::from);
-        let id = match found.as_slice() {
-            [] => match body_id {
-                Some(id) => id,
-                None => new_id()?,
-            },
-            [one] => {
-                let id = one.resource.get("id").and_then(Value::as_str).ok_or(EngineError::Integrity)?.to_string();
-                if body_id.is_some_and(|b| b != id) {
-                    return Err(EngineError::BadRequest("the resource id differs from the id of the resource the criteria found".into()));
-                }
-                id
+        let id = match (found, body_id) {
+            (Some(id), Some(b)) if b != id => {
+                return Err(EngineError::BadRequest("the resource id differs from the id of the resource the criteria found".into()));
             }
-            _ => return Err(EngineError::PreconditionFailed("the conditional update's criteria matched more than one resource".into())),
+            (Some(id), _) | (None, Some(id)) => id,
+            (None, None) => new_id()?,
         };
         let obj = resource.as_object_mut().ok_or_else(|| EngineError::BadRequest("a resource must be a JSON object".into()))?;
         obj.insert("id".into(), Value::String(id.clone()));
@@ -479,15 +480,8 @@ impl Engine {
     pub fn conditional_delete(&self, who: &Principal, rtype: &str, criteria: &str, if_match: Option<u64>) -> Result<Option<Stored>> {
         check_type(rtype)?;
         self.require(who, rtype, 'd')?;
-        let found = self.conditional_match(who, rtype, criteria, None)?;
-        match found.as_slice() {
-            [] => Err(EngineError::NotFound),
-            [one] => {
-                let id = one.resource.get("id").and_then(Value::as_str).ok_or(EngineError::Integrity)?.to_string();
-                self.delete(who, rtype, &id, if_match)
-            }
-            _ => Err(EngineError::PreconditionFailed("the conditional delete's criteria matched more than one resource".into())),
-        }
+        let id = self.single_match(who, rtype, criteria, None, "delete")?.ok_or(EngineError::NotFound)?;
+        self.delete(who, rtype, &id, if_match)
     }
 
     /// `DELETE [type]/[id]`: writes a delete marker version. Deleting what does not exist, or
