@@ -220,3 +220,38 @@ def test_patch_and_conditional_interactions(client):
     # Conditional delete: gone.
     client.resources("Patient").search(**by_nik).delete()
     assert client.resources("Patient").search(**by_nik).fetch() == []
+
+
+def test_include_and_revinclude(client):
+    """fhirpy's include() and revinclude(): one round trip brings the referenced and the
+    referencing resources, marked as included."""
+    nik = "3171054708900008"
+    patient = client.resource("Patient", identifier=[{"system": NIK_SYSTEM, "value": nik}], gender="female", birthDate="1990-08-07")
+    patient.save()
+    doctor = client.resource("Practitioner", name=[{"family": "Wijaya", "prefix": ["dr."]}])
+    doctor.save()
+    obs = client.resource(
+        "Observation",
+        status="final",
+        code={"coding": [{"system": "http://loinc.org", "code": "94558-4"}]},
+        subject=patient.to_reference(),
+        performer=[doctor.to_reference()],
+        valueCodeableConcept={"text": "Negative"},
+    )
+    obs.save()
+
+    bundle = client.resources("Observation").search(patient=patient.id).include("Observation", "subject").include("Observation", "performer").fetch_raw()
+    modes = sorted((e["search"]["mode"], e["resource"]["resourceType"]) for e in bundle["entry"])
+    assert modes == [("include", "Patient"), ("include", "Practitioner"), ("match", "Observation")]
+    # fetch() keeps the searched type only, as fhirpy documents.
+    assert [o.id for o in client.resources("Observation").search(patient=patient.id).include("Observation", "performer").fetch()] == [obs.id]
+
+    bundle = (
+        client.resources("Patient")
+        .search(identifier=f"{NIK_SYSTEM}|{nik}")
+        .revinclude("Observation", "subject")
+        .include("Observation", "performer", iterate=True)
+        .fetch_raw()
+    )
+    modes = sorted((e["search"]["mode"], e["resource"]["resourceType"], e["resource"]["id"]) for e in bundle["entry"])
+    assert modes == sorted([("match", "Patient", patient.id), ("include", "Observation", obs.id), ("include", "Practitioner", doctor.id)])

@@ -5,17 +5,29 @@ use serde_json::{Value, json};
 pub fn capability_statement(base: &str, cors: bool) -> Value {
     let registry = brankas_search::Registry::r4();
     let token_url = token_url(base);
+    // `_revinclude` values by the type they can point at.
+    let mut rev: std::collections::HashMap<&str, Vec<String>> = std::collections::HashMap::new();
+    for t in registry.resource_types().iter().filter(|t| brankas_fhir::is_resource_type(t)) {
+        for p in registry.params_for(t).filter(|p| p.kind == brankas_search::ParamKind::Reference && p.is_supported()) {
+            for target in &p.targets {
+                rev.entry(target.as_str()).or_default().push(format!("{t}:{}", p.code));
+            }
+        }
+    }
     let resources: Vec<Value> = registry
         .resource_types()
         .iter()
         .filter(|t| brankas_fhir::is_resource_type(t))
         .map(|t| {
             let in_compartment = registry.in_patient_compartment(t);
-            let mut params: Vec<Value> = registry
-                .params_for(t)
-                .filter(|p| !matches!(p.kind, brankas_search::ParamKind::Composite | brankas_search::ParamKind::Special))
-                .map(|p| json!({"name": p.code, "type": kind_code(&p.kind)}))
-                .collect();
+            let mut params: Vec<Value> = registry.params_for(t).filter(|p| p.is_supported()).map(|p| json!({"name": p.code, "type": kind_code(&p.kind)})).collect();
+            let mut include: Vec<String> =
+                registry.params_for(t).filter(|p| p.kind == brankas_search::ParamKind::Reference && p.is_supported()).map(|p| format!("{t}:{}", p.code)).collect();
+            if !include.is_empty() {
+                include.push(format!("{t}:*"));
+            }
+            let mut revinclude = rev.get(t.as_str()).cloned().unwrap_or_default();
+            revinclude.sort();
             params.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
             let doc = if t == "Patient" {
                 "Search only by exact identity: identifier=system|value, telecom/phone, or name+birthdate(+gender). No listing."
@@ -25,7 +37,7 @@ pub fn capability_statement(base: &str, cors: bool) -> Value {
                 "Directory resource: encrypted under the system key."
             };
             let interactions: Vec<Value> = ["read", "vread", "update", "patch", "delete", "history-instance", "create", "search-type"].iter().map(|c| json!({"code": c})).collect();
-            json!({
+            let mut r = json!({
                 "type": t,
                 "documentation": doc,
                 "versioning": "versioned-update",
@@ -36,7 +48,15 @@ pub fn capability_statement(base: &str, cors: bool) -> Value {
                 "conditionalDelete": "single",
                 "interaction": interactions,
                 "searchParam": params,
-            })
+            });
+            // R4 allows no empty arrays.
+            if !include.is_empty() {
+                r["searchInclude"] = json!(include);
+            }
+            if !revinclude.is_empty() {
+                r["searchRevInclude"] = json!(revinclude);
+            }
+            r
         })
         .collect();
     json!({

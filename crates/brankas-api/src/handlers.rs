@@ -788,7 +788,8 @@ async fn instance_sub(
         let all = blocking(move || engine.everything(&w, &id)).await;
         let all = audit::finish(&st, &who, &ctx, What::new("everything", "R", target), all).await?;
         let total = all.len();
-        let page = Page { total, offset: 0, count: total, next: None, previous: None, this: String::new(), resources: all, ignored: Vec::new() };
+        let page =
+            Page { total, offset: 0, count: total, next: None, previous: None, this: String::new(), resources: all, ignored: Vec::new(), included: Vec::new(), notes: Vec::new() };
         return Ok(searchset(&st, &page, None));
     }
     if rtype == "Patient" && brankas_fhir::is_resource_type(&sub) {
@@ -973,22 +974,21 @@ fn searchset(st: &AppState, page: &Page, rtype: Option<&str>) -> Response {
         entry: Vec<Entry<'a>>,
     }
     let base = &st.base_url;
-    let mut entry: Vec<Entry<'_>> = page
-        .resources
-        .iter()
-        .map(|s| {
-            let t = s.resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
-            let id = s.resource.get("id").and_then(Value::as_str).unwrap_or_default();
-            Entry { full_url: Some(format!("{base}/{t}/{id}")), resource: &s.resource, search: Mode { mode: "match" } }
-        })
-        .collect();
+    fn entry_of<'a>(base: &str, s: &'a Stored, mode: &'static str) -> Entry<'a> {
+        let t = s.resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+        let id = s.resource.get("id").and_then(Value::as_str).unwrap_or_default();
+        Entry { full_url: Some(format!("{base}/{t}/{id}")), resource: &s.resource, search: Mode { mode } }
+    }
+    let mut entry: Vec<Entry<'_>> = page.resources.iter().map(|s| entry_of(base, s, "match")).chain(page.included.iter().map(|s| entry_of(base, s, "include"))).collect();
     // Parameters ignored (lenient handling) are reported by name in an outcome entry: the
-    // paging links are sealed cursors and cannot say which parameters were used.
-    let outcome = (!page.ignored.is_empty()).then(|| {
+    // paging links are sealed cursors and cannot say which parameters were used. So are
+    // references an include did not follow.
+    let outcome = (!page.ignored.is_empty() || !page.notes.is_empty()).then(|| {
         let issues: Vec<Value> = page
             .ignored
             .iter()
             .map(|p| json!({"severity": "warning", "code": "not-supported", "diagnostics": format!("unknown search parameter '{p}' was ignored (send Prefer: handling=strict to refuse it)")}))
+            .chain(page.notes.iter().map(|n| json!({"severity": "information", "code": "informational", "diagnostics": n})))
             .collect();
         json!({"resourceType": "OperationOutcome", "issue": issues})
     });

@@ -367,11 +367,17 @@ impl Engine {
             return Err(EngineError::NotFound);
         }
         let row = self.current_row(rtype, id)?.ok_or(EngineError::NotFound)?;
-        let view = self.gate_row(who, &row, Act::Read)?;
+        self.serve_row(who, rtype, id, &row)
+    }
+
+    /// The read of `row`, the current row of `rtype`/`id` (scope and id already checked):
+    /// gated, opened, then gated on its content and redacted.
+    pub(crate) fn serve_row(&self, who: &Principal, rtype: &str, id: &str, row: &VersionRow) -> Result<Stored> {
+        let view = self.gate_row(who, row, Act::Read)?;
         if row.deleted {
             return Err(EngineError::Gone);
         }
-        let mut s = self.open_row(&row, Some((rtype, id)))?;
+        let mut s = self.open_row(row, Some((rtype, id)))?;
         self.gate_record(who, &view, rtype, 'r', &mut s.resource)?;
         Ok(s)
     }

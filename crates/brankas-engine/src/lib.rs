@@ -38,6 +38,7 @@ mod entry;
 pub mod erasure;
 mod imaging;
 mod import;
+mod include;
 mod search;
 mod verify;
 mod worklist;
@@ -147,6 +148,8 @@ pub struct Limits {
     /// Most resources decrypted to answer one search (a patient with more of one type gets
     /// a 400 asking for a narrower search instead of an unbounded scan).
     pub max_scan: usize,
+    /// Most resources `_include` and `_revinclude` add to one page.
+    pub max_include: usize,
     /// Most versions returned by one history page.
     pub max_history: usize,
     /// How long a care relationship (an Encounter at a facility, data it submitted...) lets
@@ -158,7 +161,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { default_count: 50, max_count: 500, max_bundle_entries: 20_000, max_scan: 200_000, max_history: 500, care_days: 730, break_glass_minutes: 60 }
+        Self { default_count: 50, max_count: 500, max_bundle_entries: 20_000, max_scan: 200_000, max_include: 1_000, max_history: 500, care_days: 730, break_glass_minutes: 60 }
     }
 }
 

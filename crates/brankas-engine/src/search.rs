@@ -41,6 +41,11 @@ pub struct Page {
     /// Names of the parameters that were not understood and so were ignored (lenient
     /// handling, the default), sanitised: the answer reports them.
     pub ignored: Vec<String>,
+    /// What `_include` and `_revinclude` added (`search.mode` `include`).
+    pub included: Vec<Stored>,
+    /// Warnings for the answer's OperationOutcome (what was not followed, and why): names of
+    /// types and parameters only.
+    pub notes: Vec<String>,
 }
 
 /// The patient a search names, when its gate admitted the search: (partition, patient id).
@@ -78,12 +83,7 @@ impl Engine {
         let (mut matches, pinned) = self.candidates(who, &req.resource_type, &query, req.compartment.as_deref(), &req.pairs, None)?;
         // Scope query restrictions filter before counting: a page never reveals (not even
         // in its total) a resource the caller may not see.
-        if !who.is_local_operator()
-            && let Some(qs) = self.scope_restrictions(who, &req.resource_type, 's')?
-        {
-            matches.iter_mut().try_for_each(|s| self.widen(s))?;
-            matches.retain(|s| qs.iter().any(|q| q.matches(&s.resource)));
-        }
+        self.restrict_to_scopes(who, &req.resource_type, &mut matches)?;
         matches.sort_by(|a, b| {
             if query.sort().is_empty() {
                 b.last_updated_us.cmp(&a.last_updated_us).then_with(|| id_of(&a.resource).cmp(id_of(&b.resource)))
@@ -103,6 +103,7 @@ impl Engine {
         let offset = req.offset.min(total);
         let take = if summary_count || count == 0 { 0 } else { count };
         let mut disclosure = Disclosure::none();
+        let pinned_partition = pinned.as_ref().map(|(p, _)| *p);
         if let Some((p, pid)) = pinned {
             disclosure.patient(p, pid);
         }
@@ -115,6 +116,8 @@ impl Engine {
         // Only the page is opened whole (the rest was decided on search entries).
         let resources_all: Vec<Stored> = matches.into_iter().skip(offset).take(take).map(|s| self.complete(who, s)).collect::<Result<_>>()?;
         resources_all.iter().for_each(|s| self.disclose(&mut disclosure, s));
+        let (include, revinclude) = query.includes();
+        let included = self.included(who, &resources_all, pinned_partition, include, revinclude, &mut disclosure)?;
         let mut resources = resources_all;
         let keep: Option<Vec<&str>> = match rp.summary {
             Some(Summary::Text) => Some(vec!["text"]),
@@ -136,6 +139,8 @@ impl Engine {
             offset,
             count: take,
             ignored: query.unknown_params().iter().map(|p| safe_param(p)).collect(),
+            included: included.resources,
+            notes: included.notes.into_iter().collect(),
         };
         Ok(Admitted::new(page, disclosure))
     }
@@ -417,13 +422,25 @@ impl Engine {
                 None
             }
         });
-        let (mut found, _) = self.candidates(who, rtype, &query, None, &pairs, owner)?;
+        let (found, _) = self.candidates(who, rtype, &query, None, &pairs, owner)?;
+        self.served_matches(who, rtype, found)
+    }
+
+    /// Keeps the matches the caller's scope query restrictions allow (a search never reveals,
+    /// not even in its total, a resource the caller may not see).
+    fn restrict_to_scopes(&self, who: &Principal, rtype: &str, matches: &mut Vec<Stored>) -> Result<()> {
         if !who.is_local_operator()
             && let Some(qs) = self.scope_restrictions(who, rtype, 's')?
         {
-            found.iter_mut().try_for_each(|s| self.widen(s))?;
-            found.retain(|s| qs.iter().any(|q| q.matches(&s.resource)));
+            matches.iter_mut().try_for_each(|s| self.widen(s))?;
+            matches.retain(|s| qs.iter().any(|q| q.matches(&s.resource)));
         }
+        Ok(())
+    }
+
+    /// Matches of [`Engine::candidates`] as served: within the scopes, opened whole.
+    pub(crate) fn served_matches(&self, who: &Principal, rtype: &str, mut found: Vec<Stored>) -> Result<Vec<Stored>> {
+        self.restrict_to_scopes(who, rtype, &mut found)?;
         found.into_iter().map(|s| self.complete(who, s)).collect()
     }
 

@@ -82,7 +82,7 @@ pub use error::QueryError;
 pub fn date_range(s: &str) -> Option<(i64, i64)> {
     date::parse_range(s).map(|r| (r.lo, r.hi))
 }
-pub use query::{IdentityQuery, MAX_OR_VALUES, MAX_PARAMS, Query, ResultParams, SortKey, Summary, TotalMode};
+pub use query::{IdentityQuery, Include, MAX_OR_VALUES, MAX_PARAMS, Query, ResultParams, SortKey, Summary, TotalMode};
 pub use registry::{ParamKind, Registry, RegistryStats, SearchParam};
 
 /// The instant range `[lo, hi)` (microseconds since the Unix epoch, UTC) a FHIR `date`,

@@ -23,7 +23,7 @@ pub const MAX_OR_VALUES: usize = 100;
 /// Control parameters that this server does not implement; using them is an
 /// error rather than being silently ignored, since ignoring `_include` or
 /// `_has` would return a different answer than the client asked for.
-const UNSUPPORTED_CONTROL: &[&str] = &["_include", "_revinclude", "_has", "_contained", "_containedType", "_filter", "_list", "_type", "_query", "_text", "_content"];
+const UNSUPPORTED_CONTROL: &[&str] = &["_has", "_contained", "_containedType", "_filter", "_list", "_type", "_query", "_text", "_content"];
 
 // ---------------------------------------------------------------- public types
 
@@ -80,7 +80,30 @@ pub struct ResultParams {
     pub format: Option<String>,
     /// `_pretty`.
     pub pretty: Option<bool>,
+    /// `_include` values, in order.
+    pub include: Vec<Include>,
+    /// `_revinclude` values, in order.
+    pub revinclude: Vec<Include>,
 }
+
+/// One `_include` or `_revinclude` (R4 §3.1.1.5.4): the references that reference
+/// parameter `param` of `source` finds. For `_include` they are followed from the results
+/// to what they point at; for `_revinclude` they are found pointing at the results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Include {
+    /// The resource type the parameter belongs to (`Observation` in `Observation:subject`).
+    pub source: String,
+    /// The reference parameter's code, or `None` for `*` (every reference parameter).
+    pub param: Option<String>,
+    /// Only references to this type (`Observation:subject:Patient`).
+    pub target: Option<String>,
+    /// `:iterate` (`:recurse`, its STU3 name, is taken as the same): applied to included
+    /// resources too, not only to the matches.
+    pub iterate: bool,
+}
+
+/// Most `_include` and `_revinclude` values in one query.
+const MAX_INCLUDES: usize = 16;
 
 /// An exact-identity lookup on Patient (see [`Query::identity`]). Values are
 /// as given (unescaped, not normalised). `Debug` redacts them: they are
@@ -538,6 +561,23 @@ impl Query {
                 None => (name.as_str(), None),
             };
 
+            if code == "_include" || code == "_revinclude" {
+                let iterate = match modifier {
+                    None => false,
+                    Some("iterate" | "recurse") => true,
+                    Some(_) => return Err(QueryError::modifier(name)),
+                };
+                let rev = code == "_revinclude";
+                let inc = parse_include(registry, &q.resource_type, value, iterate, rev).ok_or_else(|| QueryError::bad_value(code))?;
+                let list = if rev { &mut q.result.revinclude } else { &mut q.result.include };
+                if !list.contains(&inc) {
+                    list.push(inc);
+                }
+                if q.result.include.len() + q.result.revinclude.len() > MAX_INCLUDES {
+                    return Err(QueryError::TooComplex);
+                }
+                continue;
+            }
             if let Some(key) = ["_count", "_sort", "_summary", "_total", "_elements", "_format", "_pretty"].into_iter().find(|k| *k == code) {
                 if modifier.is_some() {
                     return Err(QueryError::modifier(name));
@@ -599,6 +639,11 @@ impl Query {
         q.pinned = q.compute_pinned(registry);
         q.identity = q.compute_identity();
         Ok(q)
+    }
+
+    /// `_include`/`_revinclude` values of the query.
+    pub fn includes(&self) -> (&[Include], &[Include]) {
+        (&self.result.include, &self.result.revinclude)
     }
 
     fn parse_result_param(&mut self, registry: &Registry, key: &str, value: &str) -> Result<(), QueryError> {
@@ -1215,4 +1260,37 @@ impl Matcher {
             }),
         }
     }
+}
+
+/// Parses `Source:param[:Target]` or `Source:*`. Without `:iterate`, an `_include` must start
+/// from the searched type and a `_revinclude` must be able to point at it.
+fn parse_include(registry: &Registry, searched: &str, value: &str, iterate: bool, rev: bool) -> Option<Include> {
+    let mut parts = value.split(':');
+    let source = parts.next()?;
+    let param = parts.next()?;
+    let target = parts.next();
+    if parts.next().is_some() || !registry.is_resource_type(source) {
+        return None;
+    }
+    let targets: Vec<&str> = if param == "*" {
+        if target.is_some() {
+            return None;
+        }
+        registry.params_for(source).filter(|p| p.kind == ParamKind::Reference && p.is_supported()).flat_map(|p| p.targets.iter().map(String::as_str)).collect()
+    } else {
+        let p = registry.param(source, param).filter(|p| p.kind == ParamKind::Reference && p.is_supported())?;
+        p.targets.iter().map(String::as_str).collect()
+    };
+    if let Some(t) = target
+        && !targets.contains(&t)
+    {
+        return None;
+    }
+    if !iterate {
+        let fits = if rev { target.map_or_else(|| targets.contains(&searched), |t| t == searched) } else { source == searched };
+        if !fits {
+            return None;
+        }
+    }
+    Some(Include { source: source.to_owned(), param: (param != "*").then(|| param.to_owned()), target: target.map(str::to_owned), iterate })
 }

@@ -350,6 +350,29 @@ impl Registry {
         out
     }
 
+    /// The local literal references (`Type/id`, relative: another server's resources are not
+    /// ours to follow) that reference parameter `code` of `resource_type` (every reference
+    /// parameter, for `None`) finds in `resource`, as (type, id), deduplicated, in document
+    /// order. A version in the reference is dropped: the current resource is meant.
+    pub fn references(&self, resource_type: &str, code: Option<&str>, resource: &Value) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        let params: Vec<&SearchParam> = match code {
+            Some(c) => self.param(resource_type, c).into_iter().collect(),
+            None => self.params_for(resource_type).collect(),
+        };
+        for p in params.into_iter().filter(|p| p.kind == ParamKind::Reference && p.is_supported()) {
+            let _ = p.for_each(resource, &mut |it| {
+                if let Some(parts) = fhirpath::reference_text(it.value).filter(|t| !t.contains("://")).and_then(crate::reference::parse)
+                    && !out.iter().any(|(t, i)| t == parts.ty && i == parts.id)
+                {
+                    out.push((parts.ty.to_owned(), parts.id.to_owned()));
+                }
+                ControlFlow::Continue(())
+            });
+        }
+        out
+    }
+
     /// How many of the official definitions compiled.
     pub fn stats(&self) -> &RegistryStats {
         &self.stats

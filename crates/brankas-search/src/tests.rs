@@ -5,7 +5,7 @@ use std::cmp::Ordering;
 use serde_json::{Value, json};
 
 use crate::fhirpath::{self, Node};
-use crate::{IdentityQuery, ParamKind, Query, QueryError, Registry, Summary, TotalMode};
+use crate::{IdentityQuery, Include, ParamKind, Query, QueryError, Registry, Summary, TotalMode};
 
 fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
     p.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
@@ -534,8 +534,6 @@ fn unsupported_features_are_errors() {
     assert_eq!(err("Observation", &[("subject.name", "x")]), u("subject.name"));
     assert_eq!(err("Observation", &[("subject:Patient.name", "x")]), u("subject:Patient.name"));
     assert_eq!(err("Patient", &[("_has:Observation:patient:code", "x")]), u("_has:Observation:patient:code"));
-    assert_eq!(err("Observation", &[("_include", "Observation:subject")]), u("_include"));
-    assert_eq!(err("Observation", &[("_revinclude", "x")]), u("_revinclude"));
     assert_eq!(err("Observation", &[("code-value-quantity", "x$1")]), u("code-value-quantity"));
     assert_eq!(err("Location", &[("near", "1|2")]), u("near"));
     assert_eq!(err("Patient", &[("_text", "x")]), u("_text"));
@@ -745,4 +743,79 @@ fn search_reads_names_the_elements_parameters_can_read() {
     assert_eq!(reads("Observation.where(status = 'final').code"), Some(vec!["code".to_string(), "status".to_string()]));
     assert_eq!(reads("Observation"), None);
     assert_eq!(reads("Observation.is(Observation)"), None);
+}
+
+// ------------------------------------------------------------ _include / _revinclude
+
+#[test]
+fn includes_are_parsed_and_checked_against_the_definitions() {
+    let inc = |source: &str, param: Option<&str>, target: Option<&str>, iterate: bool| Include {
+        source: source.into(),
+        param: param.map(String::from),
+        target: target.map(String::from),
+        iterate,
+    };
+    let query = q(
+        "Observation",
+        &[
+            ("_include", "Observation:subject:Patient"),
+            ("_include", "Observation:performer"),
+            ("_include:iterate", "Patient:general-practitioner"),
+            ("_revinclude", "Provenance:target"),
+            ("_include", "Observation:subject:Patient"),
+        ],
+    );
+    let (i, r) = query.includes();
+    assert_eq!(
+        i,
+        [inc("Observation", Some("subject"), Some("Patient"), false), inc("Observation", Some("performer"), None, false), inc("Patient", Some("general-practitioner"), None, true)]
+    );
+    assert_eq!(r, [inc("Provenance", Some("target"), None, false)]);
+    assert!(!query.has_criteria(), "includes select nothing");
+    assert_eq!(q("Encounter", &[("_include", "Encounter:*")]).includes().0, [inc("Encounter", None, None, false)]);
+    assert_eq!(q("Patient", &[("_revinclude:recurse", "Observation:subject")]).includes().1, [inc("Observation", Some("subject"), None, true)]);
+
+    let bad = |k: &str| QueryError::BadValue { param: k.into() };
+    // Not the searched type, not a reference parameter, a target it cannot point at, a
+    // revinclude that cannot point at the searched type, garbage.
+    assert_eq!(err("Observation", &[("_include", "Patient:general-practitioner")]), bad("_include"));
+    assert_eq!(err("Observation", &[("_include", "Observation:code")]), bad("_include"));
+    assert_eq!(err("Observation", &[("_include", "Observation:subject:Medication")]), bad("_include"));
+    assert_eq!(err("Observation", &[("_include", "Observation:*:Patient")]), bad("_include"));
+    assert_eq!(err("Practitioner", &[("_revinclude", "Observation:subject")]), bad("_revinclude"));
+    assert_eq!(err("Observation", &[("_include", "Observation")]), bad("_include"));
+    assert_eq!(err("Observation", &[("_include", "Nope:subject")]), bad("_include"));
+    assert_eq!(err("Observation", &[("_include", "Observation:subject:Patient:x")]), bad("_include"));
+    assert_eq!(err("Observation", &[("_include:deep", "Observation:subject")]), QueryError::UnsupportedModifier { param: "_include:deep".into() });
+    let many: Vec<(String, String)> = ["subject", "performer", "encounter", "based-on", "derived-from", "has-member", "part-of", "specimen", "device", "focus"]
+        .iter()
+        .flat_map(|p| {
+            [("_include".to_string(), format!("Observation:{p}")), ("_revinclude".to_string(), "Provenance:target:Observation".to_string())]
+                .into_iter()
+                .chain([("_include:iterate".to_string(), format!("Observation:{p}"))])
+        })
+        .collect();
+    assert_eq!(Query::parse(Registry::r4(), "Observation", &many).expect_err("too many"), QueryError::TooComplex);
+}
+
+#[test]
+fn references_are_the_local_literal_ones() {
+    let o = json!({
+        "resourceType": "Observation", "id": "o", "status": "final",
+        "subject": {"reference": "Patient/p1"},
+        "performer": [{"reference": "Practitioner/d1/_history/3"}, {"reference": "https://other.example/fhir/Practitioner/d2"}, {"reference": "#c1"}, {"reference": "urn:uuid:9b5c"}, {"display": "Dr. X"}],
+        "encounter": {"reference": "Encounter/e1"},
+        "hasMember": [{"reference": "Observation/o2"}, {"reference": "Observation/o2"}]
+    });
+    let r = Registry::r4();
+    let refs = |code: Option<&str>| r.references("Observation", code, &o);
+    let pair = |t: &str, i: &str| (t.to_string(), i.to_string());
+    assert_eq!(refs(Some("subject")), [pair("Patient", "p1")]);
+    assert_eq!(refs(Some("performer")), [pair("Practitioner", "d1")]);
+    assert_eq!(refs(Some("code")), Vec::<(String, String)>::new());
+    let all = refs(None);
+    for want in [pair("Patient", "p1"), pair("Practitioner", "d1"), pair("Encounter", "e1"), pair("Observation", "o2")] {
+        assert!(all.contains(&want), "{want:?} in {all:?}");
+    }
+    assert_eq!(all.iter().filter(|p| **p == pair("Observation", "o2")).count(), 1);
 }

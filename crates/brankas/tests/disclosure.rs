@@ -212,3 +212,27 @@ fn a_canary_trips_on_a_count() {
     let al: Value = r.json().unwrap();
     assert!(al["alerts"].as_array().unwrap().iter().any(|a| a["kind"] == "canary" && a["client_id"] == thief.id.as_str()), "{al}");
 }
+
+/// What `_include` adds to a work-list page is disclosed with it: the breach report names
+/// each patient with the identity the included Patient carried, not only the visit.
+#[test]
+fn what_an_include_adds_is_disclosed_with_the_page() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let people = population(&s, 3);
+    let off = officer(&inst, &s);
+    let sys = inst.caller(&s, &["--name", "simrs", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.rs"]);
+    let url = "Encounter?service-provider=Organization/test-facility&date=ge2026-11-01&date=le2026-12-31&_include=Encounter:subject&_elements=period";
+    let (st, b) = s.get_as(&sys.token, url);
+    assert_eq!(st, 200, "{b}");
+    let included: BTreeSet<String> =
+        b["entry"].as_array().unwrap().iter().filter(|e| e["search"]["mode"] == "include").map(|e| e["resource"]["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(included, people.iter().map(|p| p.0.clone()).collect::<BTreeSet<_>>(), "{b}");
+    let (reported, report) = breach_ids(&s, &off, &sys.id);
+    assert_eq!(reported, included, "{report}");
+    for p in report["patients"].as_array().unwrap() {
+        let cats: Vec<&str> = p["categories"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+        assert!(cats.contains(&"identity"), "the included Patient is disclosed: {p}");
+        assert!(cats.contains(&"anamnesis and conditions"), "{p}");
+    }
+}
