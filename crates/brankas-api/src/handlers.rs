@@ -785,12 +785,16 @@ async fn instance_sub(
     if rtype == "Patient" && sub == "$everything" {
         let engine = st.engine.clone();
         let (w, target) = (who.clone(), target(&rtype, &id));
-        let all = blocking(move || engine.everything(&w, &id)).await;
-        let all = audit::finish(&st, &who, &ctx, What::new("everything", "R", target), all).await?;
-        let total = all.len();
-        let page =
-            Page { total, offset: 0, count: total, next: None, previous: None, this: String::new(), resources: all, ignored: Vec::new(), included: Vec::new(), notes: Vec::new() };
-        return Ok(searchset(&st, &page, None));
+        let links = format!("Patient/{id}/$everything");
+        let page = if let Some((_, cursor)) = pairs.iter().find(|(k, _)| k == "_page") {
+            let c = cursor.clone();
+            blocking(move || engine.everything_page(&w, &c)).await
+        } else {
+            let req = everything_request(&st, &who, id, &pairs, strict(&headers))?;
+            blocking(move || engine.everything(&w, &req)).await
+        };
+        let page = audit::finish(&st, &who, &ctx, What::new("everything", "R", target), page).await?;
+        return Ok(searchset(&st, &page, Some(&links)));
     }
     if rtype == "Patient" && brankas_fhir::is_resource_type(&sub) {
         let what = What::new("search", "R", target(&rtype, &id)).with_query(&pairs);
@@ -811,6 +815,58 @@ async fn instance_sub(
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not-supported", "operation not supported"));
     }
     Err(ApiError::not_found())
+}
+
+/// The parameters of `Patient/[id]/$everything` (R4: `_count`, `_since`, `_type`; `start` and
+/// `end`, which select by each resource's clinical date, are not supported).
+fn everything_request(st: &AppState, who: &Principal, patient_id: String, pairs: &[(String, String)], strict: bool) -> Result<brankas_engine::EverythingRequest, ApiError> {
+    let mut req = brankas_engine::EverythingRequest { patient_id, ..Default::default() };
+    let mut seen: Vec<&str> = Vec::new();
+    for (k, v) in pairs {
+        if matches!(k.as_str(), "_count" | "_since" | "_type") && seen.contains(&k.as_str()) {
+            return Err(ApiError::bad_request(format!("{k} may be given once")));
+        }
+        seen.push(k);
+        match k.as_str() {
+            "_count" => {
+                let n = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0 && v.bytes().all(|b| b.is_ascii_digit()))
+                    .ok_or_else(|| ApiError::bad_request("_count must be a positive whole number"))?;
+                let max = who.limits().map_or(usize::MAX, |l| l.max_page as usize);
+                req.count = Some(n.min(max));
+            }
+            "_since" => {
+                let (lo, _) = brankas_search::date_range(v).ok_or_else(|| ApiError::bad_request("_since must be a FHIR date, dateTime or instant"))?;
+                req.since = Some(lo);
+            }
+            "_type" => {
+                for t in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                    if !brankas_fhir::is_resource_type(t) {
+                        return Err(ApiError::bad_request("_type names an unknown resource type"));
+                    }
+                    if !req.types.iter().any(|x| x == t) {
+                        req.types.push(t.to_string());
+                    }
+                }
+            }
+            "_format" | "_pretty" => {}
+            other => {
+                let name = brankas_engine::safe_param(other);
+                if strict {
+                    return Err(ApiError::bad_request(format!("parameter '{name}' is not supported by $everything")));
+                }
+                req.ignored.push(name);
+            }
+        }
+    }
+    if req.count.is_none()
+        && let Some(l) = who.limits()
+    {
+        req.count = Some(st.engine.limits().default_count.min(l.max_page as usize));
+    }
+    Ok(req)
 }
 
 /// The history Bundle, with what its versions disclose.
@@ -944,7 +1000,8 @@ async fn run_search(st: &Arc<AppState>, who: Principal, ctx: ReqCtx, rtype: Stri
 /// A searchset Bundle. Paging links carry only a sealed cursor, so the query (which may be
 /// a NIK or a name) never appears in a link, a proxy log or a browser history. Serialized
 /// straight from the page's resources, without copying them into a second JSON tree.
-fn searchset(st: &AppState, page: &Page, rtype: Option<&str>) -> Response {
+/// `links_at` is the path the paging links go to (`Observation`, `Patient/x/$everything`).
+fn searchset(st: &AppState, page: &Page, links_at: Option<&str>) -> Response {
     #[derive(serde::Serialize)]
     struct Link {
         relation: &'static str,
@@ -996,7 +1053,7 @@ fn searchset(st: &AppState, page: &Page, rtype: Option<&str>) -> Response {
         entry.push(Entry { full_url: None, resource: o, search: Mode { mode: "outcome" } });
     }
     let mut link = Vec::new();
-    if let Some(t) = rtype {
+    if let Some(t) = links_at {
         let url = |c: &str| format!("{base}/{t}?_page={c}");
         if !page.this.is_empty() {
             link.push(Link { relation: "self", url: url(&page.this) });

@@ -61,7 +61,7 @@ pub use crud::{HistoryWindow, PatchBody, instant};
 pub use disclosure::{Admitted, Disclosed, Disclosure, Unaudited};
 pub use erasure::{ErasureReason, ErasureReport, LedgerApplied, apply_ledger};
 pub use import::{ImportStats, Importer};
-pub use search::{Page, SearchRequest};
+pub use search::{EverythingRequest, Page, SearchRequest, safe_param};
 pub use verify::{RowProblem, VerifiedRow};
 pub use worklist::MAX_WORKLIST_DAYS;
 

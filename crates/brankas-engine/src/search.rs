@@ -160,7 +160,8 @@ impl Engine {
         Ok(B64.encode(sealed))
     }
 
-    fn open_cursor(&self, who: &Principal, cursor: &str) -> Result<SearchRequest> {
+    /// The state sealed in a paging cursor, if it was made for this client and has not expired.
+    fn open_cursor_value(&self, who: &Principal, cursor: &str) -> Result<Value> {
         let bad = || EngineError::BadRequest("invalid or expired paging link".into());
         if cursor.len() > 16_384 {
             return Err(bad());
@@ -169,6 +170,15 @@ impl Engine {
         let plain = self.vault.open_cursor(&sealed).map_err(|_| bad())?;
         let v: Value = serde_json::from_slice(&plain).map_err(|_| bad())?;
         if v["c"].as_str() != Some(who.client_id()) || v["x"].as_u64().is_none_or(|x| x < now_secs()) {
+            return Err(bad());
+        }
+        Ok(v)
+    }
+
+    fn open_cursor(&self, who: &Principal, cursor: &str) -> Result<SearchRequest> {
+        let bad = || EngineError::BadRequest("invalid or expired paging link".into());
+        let v = self.open_cursor_value(who, cursor)?;
+        if v["e"].as_bool() == Some(true) {
             return Err(bad());
         }
         let pairs = v["p"].as_array().ok_or_else(bad)?.iter().filter_map(|p| Some((p.get(0)?.as_str()?.to_string(), p.get(1)?.as_str()?.to_string()))).collect();
@@ -444,52 +454,134 @@ impl Engine {
         found.into_iter().map(|s| self.complete(who, s)).collect()
     }
 
-    /// `Patient/[id]/$everything`: the patient's whole compartment, limited to the types the
-    /// caller's scopes allow reading.
-    pub fn everything(&self, who: &Principal, patient_id: &str) -> Result<Admitted<Vec<Stored>>> {
+    /// `Patient/[id]/$everything` (R4 §Patient-everything): the patient's whole compartment
+    /// that the caller may see (scopes, consent, labels, redaction), one page at a time: the
+    /// Patient first, then by type and time. Decided on the search entries; only the page is
+    /// opened whole, and only the page (with the patient) is disclosed.
+    pub fn everything(&self, who: &Principal, req: &EverythingRequest) -> Result<Admitted<Page>> {
         self.require(who, "Patient", 'r')?;
+        let patient_id = req.patient_id.as_str();
         if !brankas_fhir::is_valid_id(patient_id) {
             return Err(EngineError::NotFound);
+        }
+        if let Some(t) = req.types.iter().find(|t| !self.registry.in_patient_compartment(t)) {
+            return Err(EngineError::BadRequest(format!("_type {} is not in the Patient compartment", safe_param(t))));
         }
         let patient = self.current_row("Patient", patient_id)?.ok_or(EngineError::NotFound)?;
         let view = self.gate_row(who, &patient, Act::Read)?;
         if patient.deleted {
             return Err(EngineError::Gone);
         }
-        let rows = self.store.partition_current(&self.vault.patient_partition(patient_id), None)?;
+        let partition = self.vault.patient_partition(patient_id);
+        let mut rows = self.store.partition_entries(&partition, None)?;
+        rows.retain(|r| {
+            !crate::ahead::is_internal(&r.resource_type)
+                && who.scopes().permits(&r.resource_type, 'r')
+                && (req.types.is_empty() || req.types.contains(&r.resource_type))
+                && req.since.is_none_or(|t| r.last_updated_us >= t)
+        });
         if rows.len() > self.limits.max_scan {
-            return Err(EngineError::Search("compartment too large for one $everything".into()));
+            return Err(EngineError::Search("compartment too large for one $everything: narrow it with _type or _since".into()));
         }
-        let mut out = Vec::with_capacity(rows.len());
+        // The Patient first, then by type and time: a stable, readable order.
+        rows.sort_by(|a, b| {
+            (a.resource_type != "Patient")
+                .cmp(&(b.resource_type != "Patient"))
+                .then_with(|| a.resource_type.cmp(&b.resource_type))
+                .then(a.last_updated_us.cmp(&b.last_updated_us))
+                .then_with(|| a.key.0.cmp(&b.key.0))
+        });
         let mut restrictions: std::collections::HashMap<String, Option<Vec<Query>>> = std::collections::HashMap::new();
-        for row in rows.iter().filter(|r| !r.deleted && !crate::ahead::is_internal(&r.resource_type) && who.scopes().permits(&r.resource_type, 'r')) {
-            let mut s = self.open_row(row, None)?;
+        let mut visible = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut s = self.open_for_search(row)?;
             if !view.permits(who, &row.resource_type, &s.resource) {
                 continue;
             }
-            view.redact(who, &row.resource_type, &mut s.resource);
             if !who.is_local_operator() {
                 if !restrictions.contains_key(&row.resource_type) {
                     restrictions.insert(row.resource_type.clone(), self.scope_restrictions(who, &row.resource_type, 'r')?);
                 }
-                if let Some(Some(qs)) = restrictions.get(&row.resource_type)
-                    && !qs.iter().any(|q| q.matches(&s.resource))
-                {
-                    continue;
+                if let Some(Some(qs)) = restrictions.get(&row.resource_type) {
+                    self.widen(&mut s)?;
+                    if !qs.iter().any(|q| q.matches(&s.resource)) {
+                        continue;
+                    }
                 }
             }
-            out.push(s);
+            visible.push(s);
         }
-        // The Patient first, then by type and time: a stable, readable order.
-        out.sort_by(|a, b| {
-            let ta = type_of(&a.resource);
-            let tb = type_of(&b.resource);
-            (ta != "Patient").cmp(&(tb != "Patient")).then(ta.cmp(tb)).then(a.last_updated_us.cmp(&b.last_updated_us))
-        });
-        let mut d = self.disclosure_of(&out);
+        let total = visible.len();
+        let count = req.count.unwrap_or(self.limits.default_count).clamp(1, self.limits.max_count);
+        let offset = req.offset.min(total);
+        let mut page = Vec::with_capacity(count.min(total - offset));
+        for s in visible.into_iter().skip(offset).take(count) {
+            let rtype = s.resource.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_owned();
+            let mut s = self.complete(who, s)?;
+            view.redact(who, &rtype, &mut s.resource);
+            page.push(s);
+        }
+        let mut d = self.disclosure_of(&page);
         d.patient(patient.partition, Some(patient_id.to_string()));
-        Ok(Admitted::new(out, d))
+        let cursor = |o: usize| self.seal_everything_cursor(who, req, o, count);
+        let page = Page {
+            next: if offset + count < total { Some(cursor(offset + count)?) } else { None },
+            previous: if offset > 0 { Some(cursor(offset.saturating_sub(count))?) } else { None },
+            this: cursor(offset)?,
+            resources: page,
+            total,
+            offset,
+            count,
+            ignored: req.ignored.clone(),
+            included: Vec::new(),
+            notes: Vec::new(),
+        };
+        Ok(Admitted::new(page, d))
     }
+
+    /// Continues `$everything` from a paging cursor made for this client.
+    pub fn everything_page(&self, who: &Principal, cursor: &str) -> Result<Admitted<Page>> {
+        let v = self.open_cursor_value(who, cursor)?;
+        let bad = || EngineError::BadRequest("invalid or expired paging link".into());
+        if v["e"].as_bool() != Some(true) {
+            return Err(bad());
+        }
+        let strings = |k: &str| -> Vec<String> { v[k].as_array().into_iter().flatten().filter_map(Value::as_str).map(String::from).collect() };
+        let req = EverythingRequest {
+            patient_id: v["k"].as_str().ok_or_else(bad)?.to_string(),
+            types: strings("t"),
+            since: v["s"].as_i64(),
+            count: v["n"].as_u64().map(|n| n as usize),
+            offset: v["o"].as_u64().ok_or_else(bad)? as usize,
+            ignored: strings("i"),
+        };
+        self.everything(who, &req)
+    }
+
+    fn seal_everything_cursor(&self, who: &Principal, req: &EverythingRequest, offset: usize, count: usize) -> Result<String> {
+        let state = json!({
+            "c": who.client_id(), "e": true, "k": req.patient_id, "t": req.types, "s": req.since,
+            "n": count, "o": offset, "i": req.ignored, "x": now_secs() + CURSOR_SECONDS,
+        });
+        let sealed = self.vault.seal_cursor(&serde_json::to_vec(&state).map_err(|_| EngineError::Integrity)?)?;
+        Ok(B64.encode(sealed))
+    }
+}
+
+/// `Patient/[id]/$everything` as the HTTP layer hands it over.
+#[derive(Clone, Debug, Default)]
+pub struct EverythingRequest {
+    pub patient_id: String,
+    /// `_type`: only these types (each in the Patient compartment); empty for all.
+    pub types: Vec<String>,
+    /// `_since`: only resources last updated at or after this instant (µs since the epoch).
+    pub since: Option<i64>,
+    /// `_count`: the page size (the engine's default when absent, capped at its largest).
+    pub count: Option<usize>,
+    /// First result to return.
+    pub offset: usize,
+    /// Parameters not understood (reported, lenient handling).
+    pub ignored: Vec<String>,
 }
 
 /// Keeps `resourceType`, `id`, `meta` and the top-level elements `keep` accepts, and marks the
@@ -514,11 +606,7 @@ fn id_of(v: &Value) -> &str {
     v.get("id").and_then(Value::as_str).unwrap_or("")
 }
 
-fn type_of(v: &Value) -> &str {
-    v.get("resourceType").and_then(Value::as_str).unwrap_or("")
-}
-
 /// A parameter name fit to echo: ASCII name characters only, bounded.
-pub(crate) fn safe_param(p: &str) -> String {
+pub fn safe_param(p: &str) -> String {
     p.chars().filter(|c| c.is_ascii_alphanumeric() || "_-:.".contains(*c)).take(64).collect()
 }

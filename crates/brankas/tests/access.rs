@@ -538,6 +538,21 @@ fn sensitive_labels_and_photos_need_an_explicit_grant() {
     assert!(read["meta"]["security"].to_string().contains("REDACTED"), "{read}");
     let (_, found) = get(&s, &rs, &format!("Patient?identifier={NIK_SYSTEM}|3171054708900003"));
     assert!(found["entry"][0]["resource"].get("photo").is_none(), "identity lookups redact photos too: {found}");
+    // Every other way to the Patient resource redacts it alike: a search by id, the
+    // compartment's own Patient search (decided on search entries), an include, a revinclude.
+    for path in [
+        format!("Patient?_id={pid}"),
+        format!("Patient/{pid}/Patient"),
+        format!("Observation?patient={pid}&_include=Observation:subject"),
+        format!("Patient/{pid}/Patient?_revinclude=Patient:link"),
+        format!("Patient/{pid}/$everything"),
+    ] {
+        let (st, found) = get(&s, &rs, &path);
+        assert_eq!(st, 200, "{path}: {found}");
+        let text = found.to_string();
+        assert!(text.contains(&format!("\"Patient\",\"id\":\"{pid}\"")) || text.contains(&pid), "{path}: {found}");
+        assert!(!text.contains("iVBORw0KGgo"), "{path} shows the photo: {found}");
+    }
     // The HIV clinic's system holds both grants.
     let vct =
         caller(&inst, &s, &["--name", "VCT clinic", "--role", "facility-system", "--organization", "Organization/rs-a", "--scopes", "system/*.cruds", "--sensitive", "HIV,PHOTO"]);

@@ -345,12 +345,20 @@ fn verify_posted(s: &Server, p: &Posted, compartment: &BTreeSet<String>) {
     assert!(!sent_values.is_empty(), "{name}: no Observation with valueQuantity");
     assert_eq!(raw_values, sent_values, "{name}: valueQuantity.value texts");
 
-    // $everything: exactly the bundle's compartment resources.
-    let ev = get(s, &format!("Patient/{pid}/$everything"));
+    // $everything: exactly the bundle's compartment resources, over its pages.
+    let ev = get(s, &format!("Patient/{pid}/$everything?_count=100"));
     assert_eq!(ev.status, 200, "{name}: $everything {}", ev.text);
     assert_eq!(ev.json["type"], "searchset");
-    let got: Vec<(String, String)> =
-        entries(&ev.json).iter().map(|e| (e["resource"]["resourceType"].as_str().unwrap().to_string(), e["resource"]["id"].as_str().unwrap().to_string())).collect();
+    let mut got: Vec<(String, String)> = Vec::new();
+    let mut page = ev.json.clone();
+    loop {
+        assert!(entries(&page).len() <= 100, "{name}: a page of at most _count");
+        got.extend(entries(&page).iter().map(|e| (e["resource"]["resourceType"].as_str().unwrap().to_string(), e["resource"]["id"].as_str().unwrap().to_string())));
+        let Some(next) = link(&page, "next") else { break };
+        let r = get_abs(s, &next);
+        assert_eq!(r.status, 200, "{name}: {}", r.text);
+        page = r.json;
+    }
     let got_set: BTreeSet<(String, String)> = got.iter().cloned().collect();
     assert_eq!(got.len(), got_set.len(), "{name}: $everything has duplicates");
     let want: BTreeSet<(String, String)> = p.created.iter().filter(|(t, _)| compartment.contains(t)).cloned().collect();
@@ -1891,4 +1899,74 @@ fn history_since_and_at() {
     assert_eq!(v2, ["3", "2"]);
     assert_eq!(get(&s, &format!("Patient/{id}/_history?_since=yesterday")).status, 400);
     assert_eq!(get(&s, "Patient/no-such/_history?_since=2020").status, 404);
+}
+
+#[test]
+fn everything_pages_and_takes_count_since_and_type() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let pid = s.create(&patient_siti())["id"].as_str().unwrap().to_string();
+    let mut early = BTreeSet::new();
+    for i in 0..5 {
+        early.insert(s.create(&obs_for(&format!("Patient/{pid}"), "8867-4", &format!("2026-11-0{}T08:00:00+07:00", i + 1)))["id"].as_str().unwrap().to_string());
+    }
+    let cond = s.create(&json!({"resourceType": "Condition", "subject": {"reference": format!("Patient/{pid}")}, "code": {"text": "demam"}}));
+    // The mark: a time between the two groups (a directory entry's write time).
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let mark = s.create(&json!({"resourceType": "Practitioner", "name": [{"family": "Wijaya"}]}))["meta"]["lastUpdated"].as_str().unwrap().to_string();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let mut late = BTreeSet::new();
+    for i in 0..3 {
+        late.insert(s.create(&obs_for(&format!("Patient/{pid}"), "8310-5", &format!("2026-11-1{i}T08:00:00+07:00")))["id"].as_str().unwrap().to_string());
+    }
+    let walk = |q: &str| -> (Vec<(String, String)>, u64, usize) {
+        let r = get(&s, &format!("Patient/{pid}/$everything{q}"));
+        assert_eq!(r.status, 200, "{q}: {}", r.text);
+        let total = r.json["total"].as_u64().unwrap();
+        let mut page = r.json;
+        let (mut got, mut pages) = (Vec::new(), 0);
+        loop {
+            pages += 1;
+            got.extend(entries(&page).iter().map(|e| (e["resource"]["resourceType"].as_str().unwrap().to_string(), e["resource"]["id"].as_str().unwrap().to_string())));
+            let Some(next) = link(&page, "next") else { break };
+            assert!(next.contains(&format!("/Patient/{pid}/$everything?_page=")) && !next.contains("_count") && !next.contains("_type"), "a sealed cursor: {next}");
+            let r = get_abs(&s, &next);
+            assert_eq!(r.status, 200, "{}", r.text);
+            page = r.json;
+        }
+        (got, total, pages)
+    };
+    // Paged by _count: every resource once, the Patient first, over ceil(10/3) pages.
+    let (got, total, pages) = walk("?_count=3");
+    assert_eq!((total, got.len(), pages), (10, 10, 4), "{got:?}");
+    assert_eq!(got[0], ("Patient".to_string(), pid.clone()));
+    assert_eq!(got.iter().collect::<BTreeSet<_>>().len(), 10);
+    // _type: only those types (the Patient only when asked for).
+    let (got, total, _) = walk("?_type=Condition,Patient");
+    assert_eq!(total, 2);
+    assert_eq!(got, vec![("Patient".to_string(), pid.clone()), ("Condition".to_string(), cond["id"].as_str().unwrap().to_string())]);
+    // _since: what changed after the mark.
+    let (got, total, _) = walk(&format!("?_since={}&_count=2", url_encode(&mark)));
+    assert_eq!(total, 3);
+    assert_eq!(got.into_iter().map(|(_, id)| id).collect::<BTreeSet<_>>(), late);
+    let (got, _, _) = walk("?_type=Observation");
+    assert_eq!(got.into_iter().map(|(_, id)| id).collect::<BTreeSet<_>>(), early.union(&late).cloned().collect());
+    // Unknown parameters are ignored and named (start/end select by clinical dates, which
+    // is not supported), or refused when the client asks for strict handling.
+    let r = get(&s, &format!("Patient/{pid}/$everything?start=2026-11-10&_count=1"));
+    assert_eq!(r.status, 200);
+    assert!(r.text.contains("'start' was ignored"), "{}", r.text);
+    let r = with_headers(&s, reqwest::Method::GET, &format!("Patient/{pid}/$everything?start=2026-11-10"), None, &[("prefer", "handling=strict")]);
+    assert_eq!(r.status, 400, "{}", r.text);
+    for bad in ["_type=Practitioner", "_type=Nope", "_count=0", "_count=x", "_since=yesterday", "_count=1&_count=2", "_page=AAAA"] {
+        let r = get(&s, &format!("Patient/{pid}/$everything?{bad}"));
+        assert_eq!(r.status, 400, "{bad}: {}", r.text);
+        r.assert_outcome();
+    }
+    // A paging link is the client's own.
+    let r = get(&s, &format!("Patient/{pid}/$everything?_count=1"));
+    let next = link(&r.json, "next").unwrap();
+    let other = inst.caller(&s, &["--name", "other", "--role", "facility-system", "--organization", "Organization/x", "--scopes", "system/*.rs"]);
+    let r = reply(s.http.get(&next).bearer_auth(&other.token).send().unwrap());
+    assert_eq!(r.status, 400, "{}", r.text);
 }
