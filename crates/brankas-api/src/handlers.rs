@@ -790,7 +790,7 @@ async fn instance_sub(
             let c = cursor.clone();
             blocking(move || engine.everything_page(&w, &c)).await
         } else {
-            let req = everything_request(&st, &who, id, &pairs, strict(&headers))?;
+            let req = brankas_engine::EverythingRequest::from_query(id, &pairs, strict(&headers))?;
             blocking(move || engine.everything(&w, &req)).await
         };
         let page = audit::finish(&st, &who, &ctx, What::new("everything", "R", target), page).await?;
@@ -815,58 +815,6 @@ async fn instance_sub(
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not-supported", "operation not supported"));
     }
     Err(ApiError::not_found())
-}
-
-/// The parameters of `Patient/[id]/$everything` (R4: `_count`, `_since`, `_type`; `start` and
-/// `end`, which select by each resource's clinical date, are not supported).
-fn everything_request(st: &AppState, who: &Principal, patient_id: String, pairs: &[(String, String)], strict: bool) -> Result<brankas_engine::EverythingRequest, ApiError> {
-    let mut req = brankas_engine::EverythingRequest { patient_id, ..Default::default() };
-    let mut seen: Vec<&str> = Vec::new();
-    for (k, v) in pairs {
-        if matches!(k.as_str(), "_count" | "_since" | "_type") && seen.contains(&k.as_str()) {
-            return Err(ApiError::bad_request(format!("{k} may be given once")));
-        }
-        seen.push(k);
-        match k.as_str() {
-            "_count" => {
-                let n = v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| *n > 0 && v.bytes().all(|b| b.is_ascii_digit()))
-                    .ok_or_else(|| ApiError::bad_request("_count must be a positive whole number"))?;
-                let max = who.limits().map_or(usize::MAX, |l| l.max_page as usize);
-                req.count = Some(n.min(max));
-            }
-            "_since" => {
-                let (lo, _) = brankas_search::date_range(v).ok_or_else(|| ApiError::bad_request("_since must be a FHIR date, dateTime or instant"))?;
-                req.since = Some(lo);
-            }
-            "_type" => {
-                for t in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-                    if !brankas_fhir::is_resource_type(t) {
-                        return Err(ApiError::bad_request("_type names an unknown resource type"));
-                    }
-                    if !req.types.iter().any(|x| x == t) {
-                        req.types.push(t.to_string());
-                    }
-                }
-            }
-            "_format" | "_pretty" => {}
-            other => {
-                let name = brankas_engine::safe_param(other);
-                if strict {
-                    return Err(ApiError::bad_request(format!("parameter '{name}' is not supported by $everything")));
-                }
-                req.ignored.push(name);
-            }
-        }
-    }
-    if req.count.is_none()
-        && let Some(l) = who.limits()
-    {
-        req.count = Some(st.engine.limits().default_count.min(l.max_page as usize));
-    }
-    Ok(req)
 }
 
 /// The history Bundle, with what its versions disclose.
@@ -1002,41 +950,51 @@ async fn run_search(st: &Arc<AppState>, who: Principal, ctx: ReqCtx, rtype: Stri
 /// straight from the page's resources, without copying them into a second JSON tree.
 /// `links_at` is the path the paging links go to (`Observation`, `Patient/x/$everything`).
 fn searchset(st: &AppState, page: &Page, links_at: Option<&str>) -> Response {
-    #[derive(serde::Serialize)]
-    struct Link {
-        relation: &'static str,
-        url: String,
-    }
-    #[derive(serde::Serialize)]
-    struct Mode {
-        mode: &'static str,
-    }
-    #[derive(serde::Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Entry<'a> {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        full_url: Option<String>,
-        resource: &'a Value,
-        search: Mode,
-    }
-    #[derive(serde::Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct SearchSet<'a> {
-        resource_type: &'static str,
-        #[serde(rename = "type")]
-        kind: &'static str,
-        total: usize,
-        #[serde(skip_serializing_if = "Vec::is_empty")]
-        link: Vec<Link>,
-        entry: Vec<Entry<'a>>,
-    }
+    searchset_with(st, page, links_at, |b| serialized_response(StatusCode::OK, b))
+}
+
+#[derive(serde::Serialize)]
+struct Link {
+    relation: &'static str,
+    url: String,
+}
+
+#[derive(serde::Serialize)]
+struct Mode {
+    mode: &'static str,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SetEntry<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    full_url: Option<String>,
+    resource: &'a Value,
+    search: Mode,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SearchSet<'a> {
+    resource_type: &'static str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    total: usize,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    link: Vec<Link>,
+    entry: Vec<SetEntry<'a>>,
+}
+
+/// Builds the searchset Bundle of `page` (borrowing its resources) and hands it to `f`: to
+/// serialize as an answer, or into a Bundle entry's resource.
+fn searchset_with<R>(st: &AppState, page: &Page, links_at: Option<&str>, f: impl FnOnce(&SearchSet<'_>) -> R) -> R {
     let base = &st.base_url;
-    fn entry_of<'a>(base: &str, s: &'a Stored, mode: &'static str) -> Entry<'a> {
+    fn entry_of<'a>(base: &str, s: &'a Stored, mode: &'static str) -> SetEntry<'a> {
         let t = s.resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
         let id = s.resource.get("id").and_then(Value::as_str).unwrap_or_default();
-        Entry { full_url: Some(format!("{base}/{t}/{id}")), resource: &s.resource, search: Mode { mode } }
+        SetEntry { full_url: Some(format!("{base}/{t}/{id}")), resource: &s.resource, search: Mode { mode } }
     }
-    let mut entry: Vec<Entry<'_>> = page.resources.iter().map(|s| entry_of(base, s, "match")).chain(page.included.iter().map(|s| entry_of(base, s, "include"))).collect();
+    let mut entry: Vec<SetEntry<'_>> = page.resources.iter().map(|s| entry_of(base, s, "match")).chain(page.included.iter().map(|s| entry_of(base, s, "include"))).collect();
     // Parameters ignored (lenient handling) are reported by name in an outcome entry: the
     // paging links are sealed cursors and cannot say which parameters were used. So are
     // references an include did not follow.
@@ -1050,7 +1008,7 @@ fn searchset(st: &AppState, page: &Page, links_at: Option<&str>) -> Response {
         json!({"resourceType": "OperationOutcome", "issue": issues})
     });
     if let Some(o) = &outcome {
-        entry.push(Entry { full_url: None, resource: o, search: Mode { mode: "outcome" } });
+        entry.push(SetEntry { full_url: None, resource: o, search: Mode { mode: "outcome" } });
     }
     let mut link = Vec::new();
     if let Some(t) = links_at {
@@ -1065,7 +1023,7 @@ fn searchset(st: &AppState, page: &Page, links_at: Option<&str>) -> Response {
             link.push(Link { relation: "previous", url: url(p) });
         }
     }
-    serialized_response(StatusCode::OK, &SearchSet { resource_type: "Bundle", kind: "searchset", total: page.total, link, entry })
+    f(&SearchSet { resource_type: "Bundle", kind: "searchset", total: page.total, link, entry })
 }
 
 async fn bundle(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, headers: HeaderMap, body: Body) -> ApiResult {
@@ -1096,6 +1054,10 @@ fn response_entry(st: &AppState, o: EntryOutcome, ret: Return) -> Value {
     if let Some(err) = o.error {
         let e = ApiError::from(err);
         return json!({"response": {"status": status_line(e.status.as_u16()), "outcome": e.to_outcome()}});
+    }
+    if let Some((page, links)) = &o.page {
+        let set = searchset_with(st, page, Some(links), |b| serde_json::to_value(b).unwrap_or(Value::Null));
+        return json!({"resource": set, "response": {"status": status_line(o.status)}});
     }
     let mut resp = json!({"status": status_line(o.status)});
     let mut entry = json!({});

@@ -26,6 +26,18 @@ pub struct EntryOutcome {
     pub location: Option<(String, String)>,
     /// A failed entry of a batch.
     pub error: Option<EngineError>,
+    /// A search (or `$everything`) entry's page, with the path its paging links go to.
+    pub page: Option<(crate::Page, String)>,
+}
+
+impl EntryOutcome {
+    fn failed(e: EngineError) -> Self {
+        EntryOutcome { status: 0, stored: None, location: None, error: Some(e), page: None }
+    }
+
+    fn done(status: u16, location: Option<(String, String)>, stored: Option<Stored>) -> Self {
+        EntryOutcome { status, stored, location, error: None, page: None }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -33,6 +45,7 @@ enum Method {
     Get,
     Post,
     Put,
+    Patch,
     Delete,
 }
 
@@ -43,6 +56,9 @@ struct Entry {
     resource: Option<Value>,
     if_none_exist: Option<String>,
     if_match: Option<u64>,
+    if_none_match: Option<u64>,
+    /// `ifModifiedSince`, µs since the epoch.
+    if_modified_since: Option<i64>,
 }
 
 /// Parses `W/"3"` or `"3"` or `3`.
@@ -70,12 +86,13 @@ fn parse_entries(bundle: &Value, max: usize) -> Result<Vec<Entry>> {
                 Some("POST") => Method::Post,
                 Some("PUT") => Method::Put,
                 Some("DELETE") => Method::Delete,
-                Some("PATCH" | "HEAD") => return Err(bad(&format!("Bundle.entry[{i}]: method not supported"))),
+                Some("PATCH") => Method::Patch,
+                Some("HEAD") => return Err(bad(&format!("Bundle.entry[{i}]: method not supported"))),
                 _ => return Err(bad(&format!("Bundle.entry[{i}].request.method is missing or invalid"))),
             };
             let url = req.get("url").and_then(Value::as_str).ok_or_else(|| bad(&format!("Bundle.entry[{i}].request.url is missing")))?;
             let resource = e.get("resource").cloned();
-            if matches!(method, Method::Post | Method::Put) && resource.is_none() {
+            if matches!(method, Method::Post | Method::Put | Method::Patch) && resource.is_none() {
                 return Err(bad(&format!("Bundle.entry[{i}].resource is missing")));
             }
             Ok(Entry {
@@ -85,6 +102,11 @@ fn parse_entries(bundle: &Value, max: usize) -> Result<Vec<Entry>> {
                 resource,
                 if_none_exist: req.get("ifNoneExist").and_then(Value::as_str).map(String::from),
                 if_match: req.get("ifMatch").and_then(Value::as_str).and_then(parse_etag),
+                if_none_match: req.get("ifNoneMatch").and_then(Value::as_str).and_then(parse_etag),
+                if_modified_since: match req.get("ifModifiedSince").and_then(Value::as_str) {
+                    None => None,
+                    Some(t) => Some(brankas_search::date_range(t).ok_or_else(|| bad(&format!("Bundle.entry[{i}].request.ifModifiedSince is not an instant")))?.0),
+                },
             })
         })
         .collect::<Result<Vec<Entry>>>()?;
@@ -168,13 +190,26 @@ pub(crate) struct PreparedTransaction {
     /// Per entry: index into `prepared`, or a ready outcome (conditional create that matched,
     /// delete of nothing), or a GET to run after the commit.
     plan: Vec<Planned>,
-    gets: Vec<(usize, String)>,
+    gets: Vec<(usize, GetEntry)>,
     /// What the preparation read of the store, so that a caller preparing ahead of other
     /// commits (the bulk importer) can tell whether those commits made it stale: the records
     /// whose current version it read ...
     pub reads: Vec<RecordKey>,
     /// ... and the resource types it queried (conditional create, update or reference).
     pub queried: Vec<String>,
+}
+
+/// What a GET entry asks.
+pub(crate) struct GetEntry {
+    url: String,
+    if_none_match: Option<u64>,
+    if_modified_since: Option<i64>,
+}
+
+impl From<&Entry> for GetEntry {
+    fn from(e: &Entry) -> Self {
+        GetEntry { url: e.url.clone(), if_none_match: e.if_none_match, if_modified_since: e.if_modified_since }
+    }
 }
 
 enum Planned {
@@ -188,18 +223,22 @@ impl Engine {
     pub fn transaction(&self, who: &Principal, bundle: &Value) -> Result<crate::Admitted<Vec<EntryOutcome>>> {
         let tx = self.prepare_transaction(who, bundle)?;
         self.commit_prepared(who, &tx.prepared)?;
-        let out = self.finish_transaction(who, tx)?;
-        Ok(self.admit_entries(out))
+        let mut searched = crate::Admitted::nothing(());
+        let out = self.finish_transaction(who, tx, &mut searched)?;
+        Ok(self.admit_entries(out, searched))
     }
 
     /// A Bundle's answer discloses every resource its entries return (reads, writes echoed,
-    /// conditional matches), whether or not `Prefer: return=minimal` then leaves them out.
-    fn admit_entries(&self, out: Vec<EntryOutcome>) -> crate::Admitted<Vec<EntryOutcome>> {
+    /// conditional matches), whether or not `Prefer: return=minimal` then leaves them out, and
+    /// what its searches disclosed (`searched`).
+    fn admit_entries(&self, out: Vec<EntryOutcome>, searched: crate::Admitted<()>) -> crate::Admitted<Vec<EntryOutcome>> {
         let d = self.disclosure_of(out.iter().filter_map(|e| e.stored.as_ref()));
-        crate::Admitted::new(out, d)
+        let mut admitted = crate::Admitted::new(out, d);
+        admitted.take(searched);
+        admitted
     }
 
-    pub(crate) fn finish_transaction(&self, who: &Principal, tx: PreparedTransaction) -> Result<Vec<EntryOutcome>> {
+    pub(crate) fn finish_transaction(&self, who: &Principal, tx: PreparedTransaction, searched: &mut crate::Admitted<()>) -> Result<Vec<EntryOutcome>> {
         let PreparedTransaction { prepared, plan, gets, .. } = tx;
         let mut prepared: Vec<Option<Prepared>> = prepared.into_iter().map(Some).collect();
         let mut out = Vec::with_capacity(plan.len());
@@ -216,29 +255,65 @@ impl Engine {
                     } else {
                         200
                     };
-                    EntryOutcome { status, location: Some((t, id)), stored: Some(p.stored), error: None }
+                    EntryOutcome::done(status, Some((t, id)), Some(p.stored))
                 }
                 Planned::Done(o) => *o,
-                Planned::Get => EntryOutcome { status: 0, stored: None, location: None, error: None },
+                Planned::Get => EntryOutcome::done(0, None, None),
             });
         }
-        for (i, url) in gets {
-            out[i] = self.entry_get(who, &url);
+        for (i, get) in gets {
+            out[i] = self.entry_get(who, &get, searched).unwrap_or_else(EntryOutcome::failed);
         }
         Ok(out)
     }
 
-    fn entry_get(&self, who: &Principal, url: &str) -> EntryOutcome {
-        let res = match split_instance(url) {
-            Some((t, id)) => self.read_gated(who, t, id),
-            None => Err(EngineError::BadRequest("only reads of Type/id are supported inside a Bundle".into())),
-        };
-        match res {
-            Ok(s) => {
-                let loc = split_instance(url).map(|(t, id)| (t.to_string(), id.to_string()));
-                EntryOutcome { status: 200, stored: Some(s), location: loc, error: None }
+    /// A GET entry: a read (`Type/id`, with `ifNoneMatch` and `ifModifiedSince`), a version
+    /// read (`Type/id/_history/n`), a search (`Type?…`, `Patient/id/Type?…`, a paging link's
+    /// `?_page=…`) or `Patient/id/$everything`, each as its own request would be, unknown
+    /// search parameters ignored and reported (lenient handling).
+    fn entry_get(&self, who: &Principal, e: &GetEntry, searched: &mut crate::Admitted<()>) -> Result<EntryOutcome> {
+        let (path, query) = e.url.split_once('?').unwrap_or((e.url.as_str(), ""));
+        let pairs = crate::search::parse_query_string(query);
+        let cursor = pairs.iter().find(|(k, _)| k == "_page").map(|(_, c)| c.clone());
+        let parts: Vec<&str> = path.split('/').collect();
+        let searchset = |page: crate::Page, links: String| EntryOutcome { status: 200, stored: None, location: None, error: None, page: Some((page, links)) };
+        match parts.as_slice() {
+            ["AuditEvent", ..] => Err(EngineError::BadRequest("AuditEvent is searched directly (GET /fhir/AuditEvent?patient=...), not inside a Bundle".into())),
+            [t] => {
+                check_type(t)?;
+                let page = match cursor {
+                    Some(c) => self.search_page(who, &c)?,
+                    None => self.search(who, &crate::SearchRequest { resource_type: t.to_string(), pairs, compartment: None, offset: 0, strict: false })?,
+                };
+                Ok(searchset(searched.take(page), t.to_string()))
             }
-            Err(e) => EntryOutcome { status: 0, stored: None, location: None, error: Some(e) },
+            [t, id] => {
+                let s = self.read_gated(who, t, id)?;
+                let unchanged = e.if_none_match.map(|v| v == s.version).or_else(|| e.if_modified_since.map(|t| s.last_updated_us < t + 1_000_000)).unwrap_or(false);
+                let loc = Some((t.to_string(), id.to_string()));
+                // Not modified: nothing of the resource is returned, but its version was read.
+                Ok(if unchanged { EntryOutcome::done(304, loc, None) } else { EntryOutcome::done(200, loc, Some(s)) })
+            }
+            [t, id, "_history", v] => {
+                let v = v.parse::<u64>().map_err(|_| EngineError::NotFound)?;
+                let s = self.vread_gated(who, t, id, v)?;
+                Ok(EntryOutcome::done(200, Some((t.to_string(), id.to_string())), Some(s)))
+            }
+            ["Patient", id, "$everything"] => {
+                let page = match cursor {
+                    Some(c) => self.everything_page(who, &c)?,
+                    None => self.everything(who, &crate::EverythingRequest::from_query(id.to_string(), &pairs, false)?)?,
+                };
+                Ok(searchset(searched.take(page), format!("Patient/{id}/$everything")))
+            }
+            ["Patient", id, t] if brankas_fhir::is_resource_type(t) => {
+                let page = match cursor {
+                    Some(c) => self.search_page(who, &c)?,
+                    None => self.search(who, &crate::SearchRequest { resource_type: t.to_string(), pairs, compartment: Some(id.to_string()), offset: 0, strict: false })?,
+                };
+                Ok(searchset(searched.take(page), t.to_string()))
+            }
+            _ => Err(EngineError::BadRequest("this request is not supported inside a Bundle: reads, version reads, searches and $everything are".into())),
         }
     }
 
@@ -296,7 +371,7 @@ impl Engine {
                     match existing {
                         Some(s) => {
                             let id = s.resource.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
-                            plan[i] = Some(Planned::Done(Box::new(EntryOutcome { status: 200, location: Some((t.into(), id.clone())), stored: Some(s), error: None })));
+                            plan[i] = Some(Planned::Done(Box::new(EntryOutcome::done(200, Some((t.into(), id.clone())), Some(s)))));
                             Some((t.to_string(), id))
                         }
                         None => Some((t.to_string(), new_id()?)),
@@ -324,10 +399,21 @@ impl Engine {
                         return Err(EngineError::BadRequest(format!("Bundle.entry[{i}].request.url must be Type/id or Type?query")));
                     }
                 }
-                Method::Delete => {
-                    let (t, id) =
-                        split_instance(&e.url).ok_or_else(|| EngineError::BadRequest(format!("Bundle.entry[{i}]: DELETE needs Type/id (conditional delete is not supported)")))?;
-                    Some((t.to_string(), id.to_string()))
+                Method::Delete | Method::Patch => {
+                    if let Some((t, id)) = split_instance(&e.url) {
+                        Some((t.to_string(), id.to_string()))
+                    } else if let Some((t, q)) = e.url.split_once('?') {
+                        let what = if e.method == Method::Delete { "delete" } else { "patch" };
+                        check_type(t)?;
+                        queried.push(t.to_string());
+                        match self.conditional_match(who, t, q, None)?.as_slice() {
+                            [] => return Err(EngineError::PreconditionFailed(format!("Bundle.entry[{i}]: the conditional {what}'s criteria matched nothing"))),
+                            [one] => Some((t.to_string(), one.resource.get("id").and_then(Value::as_str).unwrap_or_default().to_string())),
+                            _ => return Err(EngineError::PreconditionFailed(format!("Bundle.entry[{i}]: the conditional {what}'s criteria matched more than one resource"))),
+                        }
+                    } else {
+                        return Err(EngineError::BadRequest(format!("Bundle.entry[{i}].request.url must be Type/id or Type?query")));
+                    }
                 }
                 Method::Get => None,
             };
@@ -346,7 +432,7 @@ impl Engine {
             }
             if e.method == Method::Get {
                 plan[i] = Some(Planned::Get);
-                gets.push((i, e.url));
+                gets.push((i, GetEntry::from(&e)));
                 continue;
             }
             let (t, id) = target.ok_or(EngineError::Integrity)?;
@@ -361,7 +447,7 @@ impl Engine {
                     self.require(who, &t, 'd')?;
                     match current.as_ref().filter(|c| !c.deleted) {
                         None => {
-                            plan[i] = Some(Planned::Done(Box::new(EntryOutcome { status: 204, location: Some((t, id)), stored: None, error: None })));
+                            plan[i] = Some(Planned::Done(Box::new(EntryOutcome::done(204, Some((t, id)), None))));
                             continue;
                         }
                         Some(c) => {
@@ -377,6 +463,15 @@ impl Engine {
                 }
                 _ => {
                     let mut resource = e.resource.ok_or(EngineError::Integrity)?;
+                    let mut if_match = e.if_match;
+                    if e.method == Method::Patch {
+                        // The patch applies to the current version, read whole as the caller
+                        // sees it; the write expects that version.
+                        let body = crate::PatchBody::from_binary(&resource).map_err(|err| in_entry(err, i))?;
+                        let (doc, version) = self.patched(who, &t, &id, &body, e.if_match).map_err(|err| in_entry(err, i))?;
+                        resource = doc;
+                        if_match = Some(version);
+                    }
                     if resource.get("resourceType").and_then(Value::as_str) != Some(t.as_str()) {
                         return Err(EngineError::BadRequest(format!("Bundle.entry[{i}]: resourceType does not match request.url")));
                     }
@@ -384,7 +479,7 @@ impl Engine {
                     let live = current.as_ref().filter(|c| !c.deleted);
                     self.require(who, &t, if live.is_some() { 'u' } else { 'c' })?;
                     let view = live.map(|c| self.gate_row(who, c, Act::Write)).transpose()?;
-                    let expect = match (e.method, e.if_match, &current) {
+                    let expect = match (e.method, if_match, &current) {
                         (Method::Post, _, _) => Expect::Absent,
                         (_, Some(v), Some(c)) if c.version == v && !c.deleted => Expect::Version(v),
                         (_, Some(_), _) => return Err(EngineError::PreconditionFailed(format!("Bundle.entry[{i}]: ifMatch does not match"))),
@@ -454,28 +549,61 @@ impl Engine {
     pub fn batch(&self, who: &Principal, bundle: &Value) -> Result<crate::Admitted<Vec<EntryOutcome>>> {
         let entries = parse_entries(bundle, self.limits.max_bundle_entries)?;
         let mut out = Vec::with_capacity(entries.len());
+        let mut searched = crate::Admitted::nothing(());
         for e in entries {
             let r: Result<EntryOutcome> = (|| match e.method {
-                Method::Get => Ok(self.entry_get(who, &e.url)),
+                Method::Get => self.entry_get(who, &GetEntry::from(&e), &mut searched),
                 Method::Post => {
                     let w = self.create_gated(who, &e.url, e.resource.clone().ok_or(EngineError::Integrity)?, e.if_none_exist.as_deref())?;
                     let id = w.stored.resource.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
-                    Ok(EntryOutcome { status: if w.created { 201 } else { 200 }, location: Some((e.url.clone(), id)), stored: Some(w.stored), error: None })
+                    Ok(EntryOutcome::done(if w.created { 201 } else { 200 }, Some((e.url.clone(), id)), Some(w.stored)))
                 }
                 Method::Put => {
-                    let (t, id) = split_instance(&e.url).ok_or_else(|| EngineError::BadRequest("PUT needs Type/id".into()))?;
-                    let w = self.update_gated(who, t, id, e.resource.clone().ok_or(EngineError::Integrity)?, e.if_match)?;
-                    Ok(EntryOutcome { status: if w.created { 201 } else { 200 }, location: Some((t.into(), id.into())), stored: Some(w.stored), error: None })
+                    let resource = e.resource.clone().ok_or(EngineError::Integrity)?;
+                    let w = match split_instance(&e.url) {
+                        Some((t, id)) => self.update_gated(who, t, id, resource, e.if_match)?,
+                        None => {
+                            let (t, q) = e.url.split_once('?').ok_or_else(|| EngineError::BadRequest("PUT needs Type/id or Type?criteria".into()))?;
+                            searched.take(self.conditional_update(who, t, q, resource, e.if_match)?)
+                        }
+                    };
+                    Ok(EntryOutcome::done(if w.created { 201 } else { 200 }, self.location_of(&w.stored), Some(w.stored)))
+                }
+                Method::Patch => {
+                    let body = crate::PatchBody::from_binary(e.resource.as_ref().ok_or(EngineError::Integrity)?)?;
+                    let w = searched.take(match split_instance(&e.url) {
+                        Some((t, id)) => self.patch(who, t, id, &body, e.if_match)?,
+                        None => {
+                            let (t, q) = e.url.split_once('?').ok_or_else(|| EngineError::BadRequest("PATCH needs Type/id or Type?criteria".into()))?;
+                            self.conditional_patch(who, t, q, &body, e.if_match)?
+                        }
+                    });
+                    Ok(EntryOutcome::done(200, self.location_of(&w.stored), Some(w.stored)))
                 }
                 Method::Delete => {
-                    let (t, id) = split_instance(&e.url).ok_or_else(|| EngineError::BadRequest("DELETE needs Type/id".into()))?;
-                    self.delete(who, t, id, e.if_match)?;
-                    Ok(EntryOutcome { status: 204, location: Some((t.into(), id.into())), stored: None, error: None })
+                    let loc = match split_instance(&e.url) {
+                        Some((t, id)) => {
+                            self.delete(who, t, id, e.if_match)?;
+                            (t.to_string(), id.to_string())
+                        }
+                        None => {
+                            let (t, q) = e.url.split_once('?').ok_or_else(|| EngineError::BadRequest("DELETE needs Type/id or Type?criteria".into()))?;
+                            let gone = self.conditional_delete(who, t, q, e.if_match)?;
+                            (t.to_string(), gone.as_ref().and_then(|s| s.resource.get("id")).and_then(Value::as_str).unwrap_or_default().to_string())
+                        }
+                    };
+                    Ok(EntryOutcome::done(204, Some(loc), None))
                 }
             })();
-            out.push(r.unwrap_or_else(|err| EntryOutcome { status: 0, stored: None, location: None, error: Some(err) }));
+            out.push(r.unwrap_or_else(EntryOutcome::failed));
         }
-        Ok(self.admit_entries(out))
+        Ok(self.admit_entries(out, searched))
+    }
+
+    fn location_of(&self, s: &Stored) -> Option<(String, String)> {
+        let t = s.resource.get("resourceType").and_then(Value::as_str)?;
+        let id = s.resource.get("id").and_then(Value::as_str)?;
+        Some((t.to_string(), id.to_string()))
     }
 }
 

@@ -389,7 +389,7 @@ impl Engine {
         Ok(Admitted::new(s, d))
     }
 
-    fn vread_gated(&self, who: &Principal, rtype: &str, id: &str, version: u64) -> Result<Stored> {
+    pub(crate) fn vread_gated(&self, who: &Principal, rtype: &str, id: &str, version: u64) -> Result<Stored> {
         check_type(rtype)?;
         self.require(who, rtype, 'r')?;
         if !brankas_fhir::is_valid_id(id) {
@@ -413,6 +413,14 @@ impl Engine {
     /// write expects the version the patch was applied to, so a concurrent change is a
     /// conflict, never lost.
     pub fn patch(&self, who: &Principal, rtype: &str, id: &str, body: &PatchBody, if_match: Option<u64>) -> Result<Admitted<WriteOutcome>> {
+        let (doc, version) = self.patched(who, rtype, id, body, if_match)?;
+        let w = self.update_gated(who, rtype, id, doc, Some(version))?;
+        Ok(self.admit_write(w))
+    }
+
+    /// The resource `rtype`/`id` with `body` applied, and the version it was applied to (which
+    /// the write must expect): the caller must be able to read the resource whole.
+    pub(crate) fn patched(&self, who: &Principal, rtype: &str, id: &str, body: &PatchBody, if_match: Option<u64>) -> Result<(Value, u64)> {
         let seen = self.read_gated(who, rtype, id)?;
         if if_match.is_some_and(|v| v != seen.version) {
             return Err(EngineError::PreconditionFailed("If-Match does not match the current version".into()));
@@ -440,8 +448,7 @@ impl Engine {
         if doc.get("resourceType").and_then(Value::as_str) != Some(rtype) || doc.get("id").and_then(Value::as_str) != Some(id) {
             return Err(EngineError::Unprocessable("a patch may not change the resource's type or id".into()));
         }
-        let w = self.update_gated(who, rtype, id, doc, Some(seen.version))?;
-        Ok(self.admit_write(w))
+        Ok((doc, seen.version))
     }
 
     /// The id of the one resource a conditional interaction's criteria match, as the caller
@@ -630,6 +637,32 @@ pub enum PatchBody {
     Json(json_patch::Patch),
     /// JSON Merge Patch (RFC 7386): members replace, `null` removes.
     Merge(Value),
+}
+
+impl PatchBody {
+    /// The patch a Bundle entry carries (R4 §3.1.0.7.3): a Binary whose `contentType` is
+    /// `application/json-patch+json` (or `application/merge-patch+json`) and whose `data` is
+    /// the patch, base64-encoded.
+    pub fn from_binary(resource: &Value) -> Result<PatchBody> {
+        use base64::Engine as _;
+        let bad = |m: &str| EngineError::BadRequest(m.to_string());
+        match resource.get("resourceType").and_then(Value::as_str) {
+            Some("Binary") => {}
+            Some("Parameters") => return Err(EngineError::Unprocessable("FHIRPath Patch is not supported yet; send a JSON Patch in a Binary".into())),
+            _ => return Err(bad("a PATCH entry's resource is a Binary holding a JSON Patch")),
+        }
+        let ct = resource.get("contentType").and_then(Value::as_str).unwrap_or_default();
+        let data = resource.get("data").and_then(Value::as_str).ok_or_else(|| bad("the patch Binary has no data"))?;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(data).map_err(|_| bad("the patch Binary's data is not base64"))?;
+        let v: Value = serde_json::from_slice(&bytes).map_err(|_| bad("the patch Binary's data is not JSON"))?;
+        match ct.split(';').next().unwrap_or_default().trim() {
+            "application/json-patch+json" => {
+                Ok(PatchBody::Json(serde_json::from_value(v).map_err(|_| bad("the JSON Patch has an operation that is not valid (op, path, value or from)"))?))
+            }
+            "application/merge-patch+json" if v.is_object() => Ok(PatchBody::Merge(v)),
+            _ => Err(EngineError::UnsupportedMedia("a patch Binary's contentType is application/json-patch+json or application/merge-patch+json".into())),
+        }
+    }
 }
 
 /// A new server-assigned id: 128 random bits, hex (reveals nothing, never guessable).

@@ -91,7 +91,7 @@ impl Engine {
                 query.compare(&a.resource, &b.resource)
             }
         });
-        let count = query.count().unwrap_or(self.limits.default_count).min(self.limits.max_count);
+        let count = query.count().unwrap_or(self.limits.default_count).min(self.page_limit(who));
         let rp = query.result_params();
         let summary_count = matches!(rp.summary, Some(Summary::Count));
         if matches!(rp.summary, Some(Summary::True)) {
@@ -143,6 +143,11 @@ impl Engine {
             notes: included.notes.into_iter().collect(),
         };
         Ok(Admitted::new(page, disclosure))
+    }
+
+    /// The largest page `who` gets: the engine's, or the client's own when smaller.
+    fn page_limit(&self, who: &Principal) -> usize {
+        who.limits().map_or(self.limits.max_count, |l| self.limits.max_count.min(l.max_page as usize)).max(1)
     }
 
     /// Continues a search from an opaque paging cursor made for this client.
@@ -512,7 +517,7 @@ impl Engine {
             visible.push(s);
         }
         let total = visible.len();
-        let count = req.count.unwrap_or(self.limits.default_count).clamp(1, self.limits.max_count);
+        let count = req.count.unwrap_or(self.limits.default_count).clamp(1, self.page_limit(who));
         let offset = req.offset.min(total);
         let mut page = Vec::with_capacity(count.min(total - offset));
         for s in visible.into_iter().skip(offset).take(count) {
@@ -565,6 +570,54 @@ impl Engine {
         });
         let sealed = self.vault.seal_cursor(&serde_json::to_vec(&state).map_err(|_| EngineError::Integrity)?)?;
         Ok(B64.encode(sealed))
+    }
+}
+
+impl EverythingRequest {
+    /// The parameters of `Patient/[id]/$everything` (R4: `_count`, `_since`, `_type`).
+    /// `start` and `end`, which select by each resource's clinical date, are not supported:
+    /// like any other parameter not understood they are ignored and reported, or refused
+    /// under strict handling.
+    pub fn from_query(patient_id: String, pairs: &[(String, String)], strict: bool) -> Result<Self> {
+        let bad = |m: String| EngineError::BadRequest(m);
+        let mut req = EverythingRequest { patient_id, ..Default::default() };
+        let mut seen: Vec<&str> = Vec::new();
+        for (k, v) in pairs {
+            if matches!(k.as_str(), "_count" | "_since" | "_type") && seen.contains(&k.as_str()) {
+                return Err(bad(format!("{k} may be given once")));
+            }
+            seen.push(k);
+            match k.as_str() {
+                "_count" => {
+                    let n =
+                        v.parse::<usize>().ok().filter(|n| *n > 0 && v.bytes().all(|b| b.is_ascii_digit())).ok_or_else(|| bad("_count must be a positive whole number".into()))?;
+                    req.count = Some(n);
+                }
+                "_since" => {
+                    let (lo, _) = brankas_search::date_range(v).ok_or_else(|| bad("_since must be a FHIR date, dateTime or instant".into()))?;
+                    req.since = Some(lo);
+                }
+                "_type" => {
+                    for t in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                        if !brankas_fhir::is_resource_type(t) {
+                            return Err(bad("_type names an unknown resource type".into()));
+                        }
+                        if !req.types.iter().any(|x| x == t) {
+                            req.types.push(t.to_string());
+                        }
+                    }
+                }
+                "_format" | "_pretty" => {}
+                other => {
+                    let name = safe_param(other);
+                    if strict {
+                        return Err(bad(format!("parameter '{name}' is not supported by $everything")));
+                    }
+                    req.ignored.push(name);
+                }
+            }
+        }
+        Ok(req)
     }
 }
 

@@ -236,3 +236,41 @@ fn what_an_include_adds_is_disclosed_with_the_page() {
         assert!(cats.contains(&"anamnesis and conditions"), "{p}");
     }
 }
+
+/// Searches inside a batch disclose like searches of their own: three patients' records in one
+/// batch exceed a budget of two, and the whole answer is refused.
+#[test]
+fn searches_inside_a_batch_count_against_the_budget() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let people = population(&s, 3);
+    let sys = inst.caller(
+        &s,
+        &[
+            "--name",
+            "simrs",
+            "--role",
+            "facility-system",
+            "--organization",
+            "Organization/test-facility",
+            "--scopes",
+            "system/*.rs",
+            "--budget-per-hour",
+            "2",
+            "--budget-per-day",
+            "50",
+        ],
+    );
+    let batch = |ids: &[&(String, String, String)]| {
+        json!({"resourceType": "Bundle", "type": "batch", "entry": ids.iter().enumerate().map(|(i, (p, _, _))| {
+            let url = if i % 2 == 0 { format!("Condition?patient={p}&_summary=count") } else { format!("Patient/{p}/$everything?_type=Condition&_elements=code") };
+            json!({"request": {"method": "GET", "url": url}})
+        }).collect::<Vec<_>>()})
+    };
+    let (st, b) = s.call(&sys.token, reqwest::Method::POST, "", Some(&batch(&[&people[0], &people[1]])), &[]);
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["entry"][0]["resource"]["total"], 1, "{b}");
+    let (st, b) = s.call(&sys.token, reqwest::Method::POST, "", Some(&batch(&[&people[2]])), &[]);
+    assert_eq!(st, 429, "a third patient, through a count inside a batch: {b}");
+    assert!(!b.to_string().contains("rahasia"), "{b}");
+}

@@ -1145,6 +1145,109 @@ fn batch_reports_each_entry() {
     assert_eq!(post_bundle(&s, &coll).status, 400);
 }
 
+/// The official R4 batch examples of reads and searches run against the official example
+/// Patient: each entry answers as its own request would.
+#[test]
+fn official_batch_examples_of_reads_and_searches() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let dir = common::corpus().join("fhir-r4-examples");
+    let patient = read_json(&dir.join("Patient-example.json"));
+    assert_eq!(reply(s.put("Patient/example", &patient)).status, 201);
+    let mut cond = json!({"resourceType": "Condition", "subject": {"reference": "Patient/example"}, "code": {"text": "demam"}});
+    cond["id"] = json!("c1");
+    assert_eq!(reply(s.put("Condition/c1", &cond)).status, 201);
+    let r = post_bundle(&s, &read_json(&dir.join("Bundle-bundle-request-simplesummary.json")));
+    assert_eq!(r.status, 200, "{}", r.text);
+    let es = entries(&r.json);
+    let statuses: Vec<&str> = es.iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["200 OK"; 4], "{}", r.text);
+    assert_eq!(es[0]["resource"]["id"], "example");
+    assert_eq!(es[1]["resource"]["type"], "searchset");
+    assert_eq!(es[1]["resource"]["total"], 1);
+    assert_eq!(es[1]["resource"]["entry"][0]["resource"]["id"], "c1");
+    assert_eq!(es[2]["resource"]["total"], 0);
+    // The search's paging link works outside the Bundle.
+    let this = link(&es[1]["resource"], "self").expect("a self link");
+    assert_eq!(get_abs(&s, &this).json["entry"][0]["resource"]["id"], "c1");
+    // _list (functional lists) is not supported: that entry says so; `notgiven` is no R4
+    // parameter: ignored and reported, as a search of its own would.
+    let r = post_bundle(&s, &read_json(&dir.join("Bundle-bundle-request-medsallergies.json")));
+    assert_eq!(r.status, 200, "{}", r.text);
+    let es = entries(&r.json);
+    let statuses: Vec<&str> = es.iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["200 OK", "400 Bad Request", "400 Bad Request", "400 Bad Request", "200 OK"], "{}", r.text);
+    assert!(es[1]["response"]["outcome"].to_string().contains("_list"), "{}", r.text);
+    assert!(es[4]["resource"].to_string().contains("'notgiven:not' was ignored"), "{}", r.text);
+}
+
+#[test]
+fn bundles_read_search_patch_and_delete_conditionally() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let pid = s.create(&patient_siti())["id"].as_str().unwrap().to_string();
+    let oid = s.create(&obs_for(&format!("Patient/{pid}"), "8867-4", "2026-11-01T08:00:00+07:00"))["id"].as_str().unwrap().to_string();
+    let b64 = |v: Value| base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(&v).unwrap());
+    let patch = |ops: Value| json!({"resourceType": "Binary", "contentType": "application/json-patch+json", "data": b64(ops)});
+    // A transaction: a patch by id, a patch by criteria, a conditional delete, then reads and
+    // a search that see them (GETs run after the writes).
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": patch(json!([{"op": "replace", "path": "/status", "value": "amended"}])), "request": {"method": "PATCH", "url": format!("Observation/{oid}")}},
+        {"resource": patch(json!([{"op": "add", "path": "/active", "value": false}])), "request": {"method": "PATCH", "url": format!("Patient?identifier={NIK_SYSTEM}|{NIK_SITI}")}},
+        {"resource": {"resourceType": "Practitioner", "identifier": [{"system": "urn:test:sip", "value": "SIP-1"}]}, "request": {"method": "POST", "url": "Practitioner"}},
+        {"request": {"method": "GET", "url": format!("Observation/{oid}")}},
+        {"request": {"method": "GET", "url": format!("Observation?patient={pid}&_include=Observation:subject")}},
+        {"request": {"method": "GET", "url": format!("Patient/{pid}/$everything?_count=1")}},
+        {"request": {"method": "GET", "url": format!("Patient/{pid}"), "ifNoneMatch": "W/\"2\""}},
+        {"request": {"method": "GET", "url": format!("Observation/{oid}/_history/1")}}
+    ]});
+    let r = post_bundle(&s, &tx);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let es = entries(&r.json);
+    let statuses: Vec<&str> = es.iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["200 OK", "200 OK", "201 Created", "200 OK", "200 OK", "200 OK", "304 Not Modified", "200 OK"], "{}", r.text);
+    assert_eq!(es[3]["resource"]["status"], "amended");
+    assert_eq!(es[4]["resource"]["entry"][0]["resource"]["status"], "amended");
+    assert_eq!(es[4]["resource"]["entry"][1]["search"]["mode"], "include");
+    assert_eq!(es[4]["resource"]["entry"][1]["resource"]["active"], false);
+    assert_eq!(es[5]["resource"]["total"], 2);
+    assert_eq!(entries(&es[5]["resource"]).len(), 1);
+    assert!(link(&es[5]["resource"], "next").unwrap().contains("/$everything?_page="));
+    assert!(es[6].get("resource").is_none(), "{}", r.text);
+    assert_eq!(es[7]["resource"]["status"], "final");
+    // All or nothing: a patch that fails its test fails the transaction, the other entry too.
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": patch(json!([{"op": "test", "path": "/status", "value": "final"}, {"op": "replace", "path": "/status", "value": "cancelled"}])), "request": {"method": "PATCH", "url": format!("Observation/{oid}")}},
+        {"request": {"method": "DELETE", "url": "Practitioner?identifier=urn:test:sip|SIP-1"}}
+    ]});
+    let r = post_bundle(&s, &tx);
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert_eq!(get(&s, &format!("Observation/{oid}")).json["status"], "amended");
+    assert_eq!(get(&s, "Practitioner?identifier=urn:test:sip|SIP-1").json["total"], 1);
+    // A conditional delete that matches nothing fails the transaction; one that matches deletes.
+    let del = |q: &str| json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"request": {"method": "DELETE", "url": q}}]});
+    assert_eq!(post_bundle(&s, &del("Practitioner?identifier=urn:test:sip|NONE")).status, 412);
+    let r = post_bundle(&s, &del("Practitioner?identifier=urn:test:sip|SIP-1"));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(get(&s, "Practitioner?identifier=urn:test:sip|SIP-1").json["total"], 0);
+    // A batch: each entry on its own; a merge patch by criteria, a bad patch, a conditional
+    // update, an unsupported read.
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": {"resourceType": "Binary", "contentType": "application/merge-patch+json", "data": b64(json!({"active": true}))}, "request": {"method": "PATCH", "url": format!("Patient?identifier={NIK_SYSTEM}|{NIK_SITI}")}},
+        {"resource": {"resourceType": "Binary", "contentType": "text/plain", "data": b64(json!([]))}, "request": {"method": "PATCH", "url": format!("Patient/{pid}")}},
+        {"resource": {"resourceType": "Parameters", "parameter": []}, "request": {"method": "PATCH", "url": format!("Patient/{pid}")}},
+        {"resource": {"resourceType": "Practitioner", "identifier": [{"system": "urn:test:sip", "value": "SIP-2"}], "active": true}, "request": {"method": "PUT", "url": "Practitioner?identifier=urn:test:sip|SIP-2"}},
+        {"request": {"method": "GET", "url": format!("Patient/{pid}/_history")}},
+        {"request": {"method": "GET", "url": "AuditEvent?patient=x"}}
+    ]});
+    let r = post_bundle(&s, &batch);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let es = entries(&r.json);
+    let statuses: Vec<&str> = es.iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["200 OK", "415 Unsupported Media Type", "422 Unprocessable Entity", "201 Created", "400 Bad Request", "400 Bad Request"], "{}", r.text);
+    assert_eq!(get(&s, &format!("Patient/{pid}")).json["active"], true);
+}
+
 // ------------------------------------------------------------------------------------------
 // 6. Search: identity lookups, patient-pinned clinical search, paging, strictness.
 // ------------------------------------------------------------------------------------------
