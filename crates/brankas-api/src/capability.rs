@@ -81,7 +81,11 @@ pub fn capability_statement(base: &str, cors: bool) -> Value {
             },
             "resource": resources,
             "interaction": [{"code": "transaction"}, {"code": "batch"}],
-            "operation": [{"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}],
+            "operation": [
+                {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"},
+                {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"},
+                {"name": "meta", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-meta"}
+            ],
             "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"]
         }]
     })

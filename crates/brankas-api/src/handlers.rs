@@ -45,7 +45,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/fhir/", post(bundle).fallback(method_not_allowed))
         .route("/fhir/{rtype}", get(search_get).post(create).put(conditional_update).delete(conditional_delete).patch(conditional_patch).fallback(method_not_allowed))
         .route("/fhir/{rtype}/_search", post(search_post).fallback(method_not_allowed))
-        .route("/fhir/{rtype}/{id}", get(read).put(update).delete(delete).patch(patch).fallback(method_not_allowed))
+        .route("/fhir/{rtype}/{id}", get(read).put(update).delete(delete).patch(patch).post(type_operation).fallback(method_not_allowed))
         .route("/fhir/{rtype}/{id}/{sub}", get(instance_sub).fallback(method_not_allowed))
         .route("/fhir/{rtype}/{id}/_history/{vid}", get(vread).fallback(method_not_allowed))
         .merge(crate::admin::routes(state.clone()))
@@ -731,7 +731,78 @@ async fn read(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, 
         }
         return Ok(r);
     }
+    let mut s = s;
+    trim_read(&st, q.as_deref(), &mut s.resource)?;
     Ok(resource_response(&st, StatusCode::OK, &s, &rtype, Return::Representation, false))
+}
+
+/// `POST [type]/$validate` (R4 Resource-validate, no mode): the resource (or a Parameters
+/// holding it as `resource`) is checked as a create would check it and nothing is stored.
+/// The answer is 200 with an OperationOutcome whether or not the resource is valid; its issues
+/// name elements, never values.
+async fn type_operation(State(st): St, Extension(who): Extension<Principal>, Path((rtype, op)): Path<(String, String)>, headers: HeaderMap, body: Body) -> ApiResult {
+    check_type(&rtype)?;
+    if op != "$validate" {
+        return Err(if op.starts_with('$') {
+            ApiError::new(StatusCode::NOT_FOUND, "not-supported", "operation not supported")
+        } else {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "not-supported", "POST goes to the type (create) or to the base URL (Bundle)")
+        });
+    }
+    let v = read_json(&st, &headers, body).await?;
+    let resource = if v.get("resourceType").and_then(Value::as_str) == Some("Parameters") && rtype != "Parameters" {
+        let params = v.get("parameter").and_then(Value::as_array);
+        if params.into_iter().flatten().any(|p| p.get("name").and_then(Value::as_str) == Some("mode")) {
+            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not-supported", "$validate modes (create, update, delete) are not supported; validate without a mode"));
+        }
+        params
+            .into_iter()
+            .flatten()
+            .find(|p| p.get("name").and_then(Value::as_str) == Some("resource"))
+            .and_then(|p| p.get("resource"))
+            .cloned()
+            .ok_or_else(|| ApiError::bad_request("Parameters for $validate carry the resource as parameter 'resource'"))?
+    } else {
+        v
+    };
+    let engine = st.engine.clone();
+    let outcome = match blocking(move || engine.validate_only(&who, &rtype, resource)).await {
+        Ok(flagged) => {
+            let mut issues = vec![json!({"severity": "information", "code": "informational", "diagnostics": "the resource is valid"})];
+            issues.extend(quality_warnings(&flagged));
+            json!({"resourceType": "OperationOutcome", "issue": issues})
+        }
+        // What is wrong with the resource is the answer; anything else (scopes) is an error.
+        Err(e) if matches!(e.status, StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY) => e.to_outcome(),
+        Err(e) => return Err(e),
+    };
+    Ok(json_response(StatusCode::OK, &outcome))
+}
+
+/// `_summary` and `_elements` on a read (R4 §3.1.1.5.8, §3.1.1.5.9): the answer is trimmed
+/// (valid R4, marked SUBSETTED) after the whole record was admitted and audited.
+fn trim_read(st: &AppState, q: Option<&str>, resource: &mut Value) -> Result<(), ApiError> {
+    use brankas_fhir::definitions::Trim;
+    let pairs = query_pairs(st, q)?;
+    let mut elements: Vec<String> = Vec::new();
+    let mut summary: Option<&str> = None;
+    for (k, v) in &pairs {
+        match k.as_str() {
+            "_summary" => summary = Some(v.as_str()),
+            "_elements" => elements.extend(v.split(',').map(str::trim).filter(|e| !e.is_empty()).map(String::from)),
+            _ => {}
+        }
+    }
+    let how = match summary {
+        Some("true") => Trim::Summary,
+        Some("text") => Trim::Text,
+        Some("data") => Trim::Data,
+        Some("false") | None if elements.is_empty() => return Ok(()),
+        Some("false") | None => Trim::Elements(&elements),
+        Some(_) => return Err(ApiError::bad_request("_summary on a read is true, text, data or false")),
+    };
+    brankas_fhir::definitions::trim(resource, how);
+    Ok(())
 }
 
 async fn vread(
@@ -746,10 +817,11 @@ async fn vread(
     not_audit_event(&rtype)?;
     let version: u64 = vid.parse().map_err(|_| ApiError::not_found())?;
     let (t, target) = (rtype.clone(), target(&rtype, &id));
-    let s = audit::served_inline(&st, &who, &ctx, What::new("vread", "R", target), |engine, w| engine.vread(w, &t, &id, version)).await?;
+    let mut s = audit::served_inline(&st, &who, &ctx, What::new("vread", "R", target), |engine, w| engine.vread(w, &t, &id, version)).await?;
     if rtype == "Binary" {
         return binary_response(&st, s, &headers, q.as_deref()).await;
     }
+    trim_read(&st, q.as_deref(), &mut s.resource)?;
     Ok(resource_response(&st, StatusCode::OK, &s, &rtype, Return::Representation, false))
 }
 
@@ -810,6 +882,13 @@ async fn instance_sub(
         };
         let page = audit::finish(&st, &who, &ctx, what, page).await?;
         return Ok(searchset(&st, &page, Some(&sub)));
+    }
+    if sub == "$meta" {
+        // `[type]/[id]/$meta` (R4 Resource-meta): the resource's meta, read like the resource.
+        let (t, target) = (rtype.clone(), target(&rtype, &id));
+        let s = audit::served_inline(&st, &who, &ctx, What::new("read", "R", target), |engine, w| engine.read(w, &t, &id)).await?;
+        let meta = s.resource.get("meta").cloned().unwrap_or_else(|| json!({}));
+        return Ok(json_response(StatusCode::OK, &json!({"resourceType": "Parameters", "parameter": [{"name": "return", "valueMeta": meta}]})));
     }
     if sub.starts_with('$') {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not-supported", "operation not supported"));

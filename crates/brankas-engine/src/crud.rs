@@ -38,6 +38,22 @@ impl Engine {
         Ok(())
     }
 
+    /// `POST [type]/$validate`: whether `resource` would be accepted as a create of `rtype`
+    /// (structure, the official definitions, NIK rules), without storing anything or
+    /// resolving references; the resource as it would be flagged (data-quality tags). For a
+    /// client that may create or update the type.
+    pub fn validate_only(&self, who: &Principal, rtype: &str, mut resource: Value) -> Result<Value> {
+        check_type(rtype)?;
+        if self.require(who, rtype, 'c').is_err() {
+            self.require(who, rtype, 'u')?;
+        }
+        if rtype == "Patient" {
+            brankas_fhir::flag_patient_nik(&mut resource);
+        }
+        self.validate(rtype, &resource)?;
+        Ok(resource)
+    }
+
     /// The patient a served or written resource belongs to, for its audit record: the
     /// Patient's own id, or the patient its compartment reference names, with that patient's
     /// partition. `None` for the directory.

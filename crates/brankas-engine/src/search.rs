@@ -94,11 +94,6 @@ impl Engine {
         let count = query.count().unwrap_or(self.limits.default_count).min(self.page_limit(who));
         let rp = query.result_params();
         let summary_count = matches!(rp.summary, Some(Summary::Count));
-        if matches!(rp.summary, Some(Summary::True)) {
-            // Needs the isSummary flags of every element, which the R4 JSON Schema lacks:
-            // refuse rather than return full resources under a summary's name.
-            return Err(EngineError::Search("_summary=true is not supported; use _elements".into()));
-        }
         let total = matches.len();
         let offset = req.offset.min(total);
         let take = if summary_count || count == 0 { 0 } else { count };
@@ -119,15 +114,8 @@ impl Engine {
         let (include, revinclude) = query.includes();
         let included = self.included(who, &resources_all, pinned_partition, include, revinclude, &mut disclosure)?;
         let mut resources = resources_all;
-        let keep: Option<Vec<&str>> = match rp.summary {
-            Some(Summary::Text) => Some(vec!["text"]),
-            _ if !rp.elements.is_empty() => Some(rp.elements.iter().map(String::as_str).collect()),
-            _ => None,
-        };
-        if let Some(keep) = keep {
-            resources.iter_mut().for_each(|s| subset(&mut s.resource, |k| keep.contains(&k)));
-        } else if matches!(rp.summary, Some(Summary::Data)) {
-            resources.iter_mut().for_each(|s| subset(&mut s.resource, |k| k != "text"));
+        if let Some(how) = trim_of(rp) {
+            resources.iter_mut().for_each(|s| brankas_fhir::definitions::trim(&mut s.resource, how));
         }
         let cursor = |o: usize| self.seal_cursor(who, req, o);
         let page = Page {
@@ -637,21 +625,15 @@ pub struct EverythingRequest {
     pub ignored: Vec<String>,
 }
 
-/// Keeps `resourceType`, `id`, `meta` and the top-level elements `keep` accepts, and marks the
-/// resource SUBSETTED (FHIR R4 §3.1.1.5.9) so that nobody mistakes it for the whole record.
-fn subset(resource: &mut Value, keep: impl Fn(&str) -> bool) {
-    let Some(obj) = resource.as_object_mut() else { return };
-    let before = obj.len();
-    obj.retain(|k, _| matches!(k.as_str(), "resourceType" | "id" | "meta") || keep(k));
-    if obj.len() == before {
-        return;
-    }
-    let meta = obj.entry("meta").or_insert_with(|| json!({}));
-    if let Some(m) = meta.as_object_mut() {
-        let tags = m.entry("tag").or_insert_with(|| json!([]));
-        if let Some(t) = tags.as_array_mut() {
-            t.push(json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}));
-        }
+/// How `_summary` or `_elements` trims each resource of an answer (`None`: whole).
+pub fn trim_of(rp: &brankas_search::ResultParams) -> Option<brankas_fhir::definitions::Trim<'_>> {
+    use brankas_fhir::definitions::Trim;
+    match rp.summary {
+        Some(Summary::True) => Some(Trim::Summary),
+        Some(Summary::Text) => Some(Trim::Text),
+        Some(Summary::Data) => Some(Trim::Data),
+        _ if !rp.elements.is_empty() => Some(Trim::Elements(&rp.elements)),
+        _ => None,
     }
 }
 

@@ -151,6 +151,10 @@ pub fn validate_resource_with(v: &Value, limits: &Limits) -> Result<(), Validati
     let root = v.get("resourceType").and_then(Value::as_str).and_then(|t| schema.resource(t)).map_or("Resource", |id| &*schema.ty(id).name);
     w.path.push(Seg::Name(root));
     w.resource(v, 1);
+    if w.issues.is_empty() {
+        // Sound structure: then the rules of the StructureDefinitions the schema cannot say.
+        w.issues = crate::definitions::check(v, MAX_ISSUES);
+    }
     if w.issues.is_empty() { Ok(()) } else { Err(ValidationErrors(w.issues)) }
 }
 

@@ -80,7 +80,11 @@ fn official_r4_examples_validate() {
     let (failures, n, spent) = run(&dir);
     report("official examples", &failures, n, spent);
     assert!(n >= 684, "expected the 684 official examples, found {n}");
-    assert!(failures.is_empty(), "{} official examples failed", failures.len());
+    // The one official example that breaks its own StructureDefinition: Questionnaire qs1's
+    // nested items have no `linkId`, which Questionnaire.item.linkId (1..1) requires.
+    let failed: Vec<&str> = failures.iter().map(|(f, _)| f.as_str()).collect();
+    assert_eq!(failed, ["Questionnaire-qs1.json"], "official examples failing");
+    assert!(failures[0].1.iter().all(|i| i.path.ends_with(".linkId") && i.code == brankas_fhir::IssueCode::Required), "{:?}", failures[0].1);
 }
 
 #[test]
