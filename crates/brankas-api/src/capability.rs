@@ -7,7 +7,7 @@ pub fn capability_statement(base: &str, cors: bool) -> Value {
     let token_url = token_url(base);
     // `_revinclude` values by the type they can point at.
     let mut rev: std::collections::HashMap<&str, Vec<String>> = std::collections::HashMap::new();
-    for t in registry.resource_types().iter().filter(|t| brankas_fhir::is_resource_type(t)) {
+    for t in registry.resource_types().iter().filter(|t| brankas_fhir::is_resource_type(t) && *t != "AuditEvent") {
         for p in registry.params_for(t).filter(|p| p.kind == brankas_search::ParamKind::Reference && p.is_supported()) {
             for target in &p.targets {
                 rev.entry(target.as_str()).or_default().push(format!("{t}:{}", p.code));
@@ -20,23 +20,35 @@ pub fn capability_statement(base: &str, cors: bool) -> Value {
         .filter(|t| brankas_fhir::is_resource_type(t))
         .map(|t| {
             let in_compartment = registry.in_patient_compartment(t);
-            let mut params: Vec<Value> = registry.params_for(t).filter(|p| p.is_supported()).map(|p| json!({"name": p.code, "type": kind_code(&p.kind)})).collect();
+            // The audit log has its own search (see `audit::search`): these parameters, no includes.
+            let audit = t == "AuditEvent";
+            let mut params: Vec<Value> = registry
+                .params_for(t)
+                .filter(|p| p.is_supported())
+                .filter(|p| !audit || matches!(p.code.as_str(), "patient" | "agent" | "entity" | "date" | "action" | "outcome" | "subtype"))
+                .map(|p| json!({"name": p.code, "type": kind_code(&p.kind)}))
+                .collect();
             let mut include: Vec<String> =
-                registry.params_for(t).filter(|p| p.kind == brankas_search::ParamKind::Reference && p.is_supported()).map(|p| format!("{t}:{}", p.code)).collect();
+                registry.params_for(t).filter(|p| !audit && p.kind == brankas_search::ParamKind::Reference && p.is_supported()).map(|p| format!("{t}:{}", p.code)).collect();
             if !include.is_empty() {
                 include.push(format!("{t}:*"));
             }
             let mut revinclude = rev.get(t.as_str()).cloned().unwrap_or_default();
             revinclude.sort();
             params.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-            let doc = if t == "Patient" {
+            let doc = if t == "AuditEvent" {
+                "Written by the server's own audit log, never by clients; searched per patient (patient=), by agent or by date window."
+            } else if t == "Subscription" {
+                "Stored as a directory resource; no notifications are sent."
+            } else if t == "Patient" {
                 "Search only by exact identity: identifier=system|value, telecom/phone, or name+birthdate(+gender). No listing."
             } else if in_compartment {
                 "Search requires one patient (patient= or subject=), or use Patient/[id]/[type]."
             } else {
                 "Directory resource: encrypted under the system key."
             };
-            let interactions: Vec<Value> = ["read", "vread", "update", "patch", "delete", "history-instance", "create", "search-type"].iter().map(|c| json!({"code": c})).collect();
+            let codes: &[&str] = if t == "AuditEvent" { &["search-type"] } else { &["read", "vread", "update", "patch", "delete", "history-instance", "create", "search-type"] };
+            let interactions: Vec<Value> = codes.iter().map(|c| json!({"code": c})).collect();
             let mut r = json!({
                 "type": t,
                 "documentation": doc,

@@ -172,6 +172,10 @@ impl Engine {
             .into_iter()
             .filter(|p| spec.target.as_deref().is_none_or(|t| t == ttype) && self.registry.param(&spec.source, p).is_some_and(|sp| sp.targets.iter().any(|t| t == ttype)))
             .collect();
+        if spec.source == "AuditEvent" {
+            notes.insert("AuditEvent is read through the audit log's own search, not through _revinclude".into());
+            return Ok(Vec::new());
+        }
         if params.is_empty() || crate::ahead::is_internal(&spec.source) || self.require(who, &spec.source, 's').is_err() {
             return Ok(Vec::new());
         }

@@ -631,8 +631,8 @@ pub fn trim_of(rp: &brankas_search::ResultParams) -> Option<brankas_fhir::defini
     match rp.summary {
         Some(Summary::True) => Some(Trim::Summary),
         Some(Summary::Text) => Some(Trim::Text),
-        Some(Summary::Data) => Some(Trim::Data),
         _ if !rp.elements.is_empty() => Some(Trim::Elements(&rp.elements)),
+        Some(Summary::Data) => Some(Trim::Data),
         _ => None,
     }
 }

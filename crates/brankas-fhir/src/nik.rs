@@ -225,6 +225,9 @@ pub fn check_patient_nik(patient: &Value) -> Result<Vec<NikWarning>, NikError> {
 pub fn flag_patient_nik(patient: &mut Value) -> Vec<NikWarning> {
     let warnings = check_patient_nik(patient).unwrap_or_default();
     let Some(obj) = patient.as_object_mut() else { return warnings };
+    if warnings.is_empty() && !obj.contains_key("meta") {
+        return warnings;
+    }
     let Some(meta) = obj.entry("meta").or_insert_with(|| Value::Object(Default::default())).as_object_mut() else {
         return warnings;
     };

@@ -74,15 +74,16 @@ fn trimmed_and_counted_answers_count_against_the_budget_and_are_reported() {
             "50",
         ],
     );
-    // Every shape of answer that carries no `subject` (or nothing but a number).
+    // Every shape of answer that carries no `subject` (or nothing but a number). (A
+    // Condition's subject is mandatory, so a trimmed Condition keeps it: valid R4.)
     let shapes = |id: &str, nik: &str| {
         vec![
-            format!("Patient/{id}/Condition?_elements=note"),
-            format!("Condition?patient={id}&_summary=text"),
-            format!("Condition?patient=Patient/{id}&_summary=count"),
-            format!("Patient/{id}/Condition?_summary=data&_elements=code"),
-            format!("Patient?identifier={NIK_SYSTEM}|{nik}&_elements=birthDate"),
             format!("Patient/{id}/Encounter?_elements=reasonCode"),
+            format!("Encounter?patient={id}&_summary=text"),
+            format!("Condition?patient=Patient/{id}&_summary=count"),
+            format!("Patient/{id}/Encounter?_summary=data&_elements=status"),
+            format!("Patient?identifier={NIK_SYSTEM}|{nik}&_elements=birthDate"),
+            format!("Patient/{id}/Encounter?_elements=period"),
         ]
     };
     let mut answered: BTreeSet<String> = BTreeSet::new();
