@@ -255,3 +255,25 @@ def test_include_and_revinclude(client):
     )
     modes = sorted((e["search"]["mode"], e["resource"]["resourceType"], e["resource"]["id"]) for e in bundle["entry"])
     assert modes == sorted([("match", "Patient", patient.id), ("include", "Observation", obs.id), ("include", "Practitioner", doctor.id)])
+
+
+def test_has_and_chained_search(client):
+    """fhirpy's has() and a chained parameter (search(subject__identifier=...) is spelled with
+    fhirpy's own chain syntax as `subject.identifier`)."""
+    nik = "3171054708900009"
+    patient = client.resource("Patient", identifier=[{"system": NIK_SYSTEM, "value": nik}], gender="female", birthDate="1990-08-07")
+    patient.save()
+    obs = client.resource(
+        "Observation",
+        status="final",
+        code={"coding": [{"system": "http://loinc.org", "code": "94558-4"}]},
+        subject=patient.to_reference(),
+        valueCodeableConcept={"text": "Negative"},
+    )
+    obs.save()
+    by_nik = {"identifier": f"{NIK_SYSTEM}|{nik}"}
+    found = client.resources("Patient").search(**by_nik).has("Observation", "patient", code="94558-4").fetch()
+    assert [p.id for p in found] == [patient.id]
+    assert client.resources("Patient").search(**by_nik).has("Observation", "patient", code="0000-0").fetch() == []
+    chained = client.resources("Observation").search(**{"subject.identifier": f"{NIK_SYSTEM}|{nik}"}).fetch()
+    assert [o.id for o in chained] == [obs.id]

@@ -33,7 +33,7 @@ pub fn capability_statement(base: &str, cors: bool) -> Value {
             if !include.is_empty() {
                 include.push(format!("{t}:*"));
             }
-            let mut revinclude = rev.get(t.as_str()).cloned().unwrap_or_default();
+            let mut revinclude = if audit { Vec::new() } else { rev.get(t.as_str()).cloned().unwrap_or_default() };
             revinclude.sort();
             params.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
             let doc = if t == "AuditEvent" {

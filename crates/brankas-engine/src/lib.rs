@@ -32,6 +32,7 @@ mod access;
 mod ahead;
 mod binary;
 mod bundle;
+mod chain;
 mod crud;
 mod disclosure;
 mod entry;

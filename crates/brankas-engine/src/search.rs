@@ -76,11 +76,45 @@ impl Engine {
     pub fn search(&self, who: &Principal, req: &SearchRequest) -> Result<Admitted<Page>> {
         check_type(&req.resource_type)?;
         self.require(who, &req.resource_type, 's')?;
-        let query = Query::parse(self.registry, &req.resource_type, &req.pairs).map_err(qerr)?;
+        let split = self.split_chains(&req.resource_type, &req.pairs)?;
+        let query = Query::parse(self.registry, &req.resource_type, &split.plain).map_err(qerr)?;
         if req.strict && !query.unknown_params().is_empty() {
             return Err(EngineError::Search(format!("unknown search parameter '{}' for {}", safe_param(&query.unknown_params()[0]), req.resource_type)));
         }
-        let (mut matches, pinned) = self.candidates(who, &req.resource_type, &query, req.compartment.as_deref(), &req.pairs, None)?;
+        // The patients the search was admitted to (and looked into): disclosed, even by an
+        // empty page or a count.
+        let mut pinned: Vec<(PartitionId, Option<String>)> = Vec::new();
+        let mut matches = match &split.chain {
+            None => {
+                let (m, p) = self.candidates(who, &req.resource_type, &query, req.compartment.as_deref(), &split.plain, None)?;
+                pinned.extend(p);
+                m
+            }
+            Some((param, chained)) => {
+                // Once per patient the chained identity names, as `param=Patient/<id>`.
+                let ids = self.chain_patients(who, chained)?;
+                let many = ids.len() > 1;
+                let mut all = Vec::new();
+                for id in ids {
+                    let mut pairs = split.plain.clone();
+                    pairs.push((param.clone(), format!("Patient/{id}")));
+                    let q = Query::parse(self.registry, &req.resource_type, &pairs).map_err(qerr)?;
+                    match self.candidates(who, &req.resource_type, &q, req.compartment.as_deref(), &pairs, None) {
+                        Ok((m, p)) => {
+                            pinned.extend(p);
+                            all.extend(m);
+                        }
+                        // Of several people found, those the caller cannot reach are left out.
+                        Err(EngineError::Forbidden(_)) if many => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                all
+            }
+        };
+        let (kept, looked) = self.apply_has(who, matches, &split.has)?;
+        matches = kept;
+        pinned.extend(looked);
         // Scope query restrictions filter before counting: a page never reveals (not even
         // in its total) a resource the caller may not see.
         self.restrict_to_scopes(who, &req.resource_type, &mut matches)?;
@@ -98,8 +132,11 @@ impl Engine {
         let offset = req.offset.min(total);
         let take = if summary_count || count == 0 { 0 } else { count };
         let mut disclosure = Disclosure::none();
-        let pinned_partition = pinned.as_ref().map(|(p, _)| *p);
-        if let Some((p, pid)) = pinned {
+        let pinned_partition = match pinned.as_slice() {
+            [(p, _)] => Some(*p),
+            _ => None,
+        };
+        for (p, pid) in pinned {
             disclosure.patient(p, pid);
         }
         if take == 0 {
@@ -431,7 +468,7 @@ impl Engine {
 
     /// Keeps the matches the caller's scope query restrictions allow (a search never reveals,
     /// not even in its total, a resource the caller may not see).
-    fn restrict_to_scopes(&self, who: &Principal, rtype: &str, matches: &mut Vec<Stored>) -> Result<()> {
+    pub(crate) fn restrict_to_scopes(&self, who: &Principal, rtype: &str, matches: &mut Vec<Stored>) -> Result<()> {
         if !who.is_local_operator()
             && let Some(qs) = self.scope_restrictions(who, rtype, 's')?
         {

@@ -256,3 +256,59 @@ fn every_include_the_capability_statement_lists_is_accepted() {
     });
     assert!(asked > 1_000, "{asked}");
 }
+
+#[test]
+fn chains_reach_patients_by_identity_and_has_looks_inside_one_record() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let rs_a = facility(&inst, &s, "rs-a", "system/*.cruds");
+    let w = world(&s, &rs_a);
+    let want: Vec<String> = sorted(w.obs.iter().map(|o| format!("Observation/{o}")).collect());
+    let nik = format!("{NIK_SYSTEM}|3171054708900003");
+    for chain in [
+        format!("subject.identifier={nik}"),
+        format!("subject:Patient.identifier={nik}"),
+        format!("patient.identifier={nik}"),
+        "subject.name=Lestari&subject.birthdate=1990-08-07".to_string(),
+    ] {
+        let (st, b) = get(&s, &rs_a, &format!("Observation?{chain}"));
+        assert_eq!(st, 200, "{chain}: {b}");
+        assert_eq!(by_mode(&b, "match"), want, "{chain}");
+        // Paging keeps the chain.
+        let (_, b) = get(&s, &rs_a, &format!("Observation?{chain}&_count=1"));
+        let r = s.http.get(next_link(&b).expect("next")).bearer_auth(&rs_a.token).send().unwrap();
+        assert_eq!(by_mode(&r.json::<Value>().unwrap(), "match").len(), 1);
+    }
+    let (st, b) = get(&s, &rs_a, &format!("Observation?subject.identifier={NIK_SYSTEM}|3171054708900099"));
+    assert_eq!((st, b["total"].as_u64()), (200, Some(0)), "nobody: nothing");
+    // Chains that are no identity, or go elsewhere than a patient, would list across patients.
+    for bad in ["subject.gender=female", "encounter.status=finished", "subject:Group.name=x", "subject.organization.name=x"] {
+        let (st, b) = get(&s, &rs_a, &format!("Observation?{bad}"));
+        assert_eq!(st, 400, "{bad}: {b}");
+    }
+    // The patient's own gate decides: another facility reaches nothing through a chain.
+    let rs_b = facility(&inst, &s, "rs-b", "system/*.cruds");
+    let (st, b) = get(&s, &rs_b, &format!("Observation?subject.identifier={nik}"));
+    assert_eq!(st, 403, "{b}");
+    assert!(!b.to_string().contains("94558-4"));
+
+    // _has: the patient found by NIK, kept only if its record holds such a result.
+    let has = |code: &str| format!("Patient?identifier={nik}&_has:Observation:patient:code={code}");
+    let (st, b) = get(&s, &rs_a, &has("94558-4"));
+    assert_eq!((st, by_mode(&b, "match")), (200, vec![format!("Patient/{}", w.pid)]), "{b}");
+    let (st, b) = get(&s, &rs_a, &has("0000-0"));
+    assert_eq!((st, b["total"].as_u64()), (200, Some(0)), "{b}");
+    // Looking into a record needs its gate.
+    let (st, _) = get(&s, &rs_b, &has("94558-4"));
+    assert_eq!(st, 403);
+    // Within one record: the visits some result points at.
+    let (st, b) = get(&s, &rs_a, &format!("Encounter?patient={}&_has:Observation:encounter:code=94558-4", w.pid));
+    assert_eq!((st, by_mode(&b, "match")), (200, vec![format!("Encounter/{}", w.enc)]), "{b}");
+    // From the directory into patients' records, or _has within _has: refused.
+    let (st, _) = get(&s, &rs_a, &format!("Practitioner?_id={}&_has:Observation:performer:code=94558-4", w.doctor));
+    assert_eq!(st, 400);
+    let (st, _) = get(&s, &rs_a, &format!("Patient?identifier={nik}&_has:Observation:patient:_has:Provenance:target:agent=x"));
+    assert_eq!(st, 400);
+    let (st, _) = get(&s, &rs_a, &format!("Patient?identifier={nik}&_has:Observation:code:code=x"));
+    assert_eq!(st, 400, "not a reference parameter");
+}
