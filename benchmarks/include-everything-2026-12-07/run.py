@@ -149,7 +149,9 @@ try:
     for _ in range(2):
         for k in SHAPES:
             phase(k)
-    # One large record: BIG results, written in transactions of 500.
+    # One large record: BIG results, written in transactions of 500 (a fresh connection: the
+    # first one has idled out).
+    h = conn()
     pid = create(h, {"resourceType": "Patient", "gender": "female", "birthDate": "1990-08-07", "name": [{"family": "Besar"}]})
     enc = create(h, {"resourceType": "Encounter", "status": "finished", "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
                      "subject": {"reference": f"Patient/{pid}"}, "serviceProvider": {"reference": "Organization/fac-0001"}})
