@@ -3,8 +3,10 @@
 //! - STOW-RS `POST /dicomweb/studies[/{study}]`: `multipart/related; type="application/dicom"`,
 //!   each part one Part 10 instance (at most [`MAX_INSTANCE`] bytes, parsed whole: broken or
 //!   truncated files are refused and nothing of them is stored). An instance goes to the
-//!   patient named by `?patient=Patient/<id>`, or else to the one patient whose NIK or IHS
-//!   number equals its PatientID; an unknown or ambiguous patient is refused, never guessed.
+//!   patient named by `?patient=Patient/<id>`, or else to the one patient whose NIK, IHS
+//!   number, identifier in the IssuerOfPatientID system (a URI) or in the sending facility's
+//!   registered record-number system equals its PatientID; an unknown or ambiguous patient is
+//!   refused, never guessed.
 //! - WADO-RS `GET /dicomweb/studies/{study}[/series/{series}[/instances/{sop}]]`: the instances
 //!   as stored (`multipart/related; type="application/dicom"`, streamed segment by segment),
 //!   and `.../metadata` as DICOM JSON.
@@ -91,11 +93,20 @@ fn uid_ok(u: &str) -> Result<(), ApiError> {
 
 // ----- patients -----
 
-/// The patient a DICOM PatientID names: the one Patient whose NIK or IHS number it is.
-fn patient_by_dicom_id(engine: &brankas_engine::Engine, who: &Principal, pid: &str) -> Result<Admitted<Stored>, EngineError> {
+/// The patient a DICOM PatientID names: the one Patient that holds it as its NIK, its IHS
+/// number, an identifier in the system IssuerOfPatientID names (when that is a URI), or an
+/// identifier in the sending facility's registered record-number system (its MRN). Found
+/// through the identity lookup (a disclosure, and the caller's own rules); none or more than
+/// one is refused, never guessed.
+fn patient_by_dicom_id(engine: &brankas_engine::Engine, who: &Principal, pid: &str, issuer: Option<&str>) -> Result<Admitted<Stored>, EngineError> {
     let mut acc = Admitted::nothing(());
     let mut found: Vec<Stored> = Vec::new();
-    for system in [brankas_fhir::NIK_SYSTEM, brankas_fhir::IHS_SYSTEM] {
+    let issuer = issuer.map(str::trim).filter(|i| (i.contains("://") || i.starts_with("urn:")) && !i.contains('|'));
+    let mut systems = vec![brankas_fhir::NIK_SYSTEM, brankas_fhir::IHS_SYSTEM];
+    systems.extend(issuer);
+    systems.extend(who.record_number_system());
+    systems.dedup();
+    for system in systems {
         let req = SearchRequest { resource_type: "Patient".into(), pairs: vec![("identifier".into(), format!("{system}|{pid}"))], compartment: None, offset: 0, strict: true };
         for s in acc.take(engine.search(who, &req)?).resources {
             if !found.iter().any(|f| f.resource.get("id") == s.resource.get("id")) {
@@ -105,7 +116,9 @@ fn patient_by_dicom_id(engine: &brankas_engine::Engine, who: &Principal, pid: &s
     }
     match found.len() {
         1 => Ok(acc.map(|()| found.remove(0))),
-        0 => Err(EngineError::Unprocessable("no patient has this PatientID as NIK or IHS number; name the patient with ?patient=Patient/<id>".into())),
+        0 => Err(EngineError::Unprocessable(
+            "no patient has this PatientID as NIK, IHS number, in the IssuerOfPatientID system or in the facility's record-number system; name the patient with ?patient=Patient/<id>".into(),
+        )),
         _ => Err(EngineError::Unprocessable("more than one patient matches this PatientID; name the patient with ?patient=Patient/<id>".into())),
     }
 }
@@ -299,14 +312,16 @@ async fn stow_inner(st: &Arc<AppState>, who: &Principal, study: Option<String>, 
             continue;
         }
         // Which patient.
-        let key = hint.clone().map(|h| format!("hint:{h}")).unwrap_or_else(|| format!("id:{}", inst.patient_id.clone().unwrap_or_default()));
+        let issuer = inst.issuer_of_patient_id.clone();
+        let key =
+            hint.clone().map(|h| format!("hint:{h}")).unwrap_or_else(|| format!("id:{}|{}", issuer.as_deref().unwrap_or_default(), inst.patient_id.clone().unwrap_or_default()));
         if !patients.contains_key(&key) {
             let engine = st.engine.clone();
             let (w, h, dicom_id) = (who.clone(), hint.clone(), inst.patient_id.clone().unwrap_or_default());
             let r = tokio::task::spawn_blocking(move || match h {
                 Some(h) => Ok(AdmittedOr::Hint(h)),
                 None if dicom_id.trim().is_empty() => Err(EngineError::Unprocessable("no PatientID".into())),
-                None => patient_by_dicom_id(&engine, &w, dicom_id.trim())
+                None => patient_by_dicom_id(&engine, &w, dicom_id.trim(), issuer.as_deref())
                     .map(|p| AdmittedOr::Found(p.map(|p| p.resource.get("id").and_then(Value::as_str).unwrap_or_default().to_string()))),
             })
             .await
@@ -586,7 +601,8 @@ fn studies_for(engine: &brankas_engine::Engine, who: &Principal, pairs: &[(Strin
     let patient = if let Some(h) = pairs.iter().find(|(k, _)| k == "patient").map(|(_, v)| v.strip_prefix("Patient/").unwrap_or(v).to_string()) {
         Some(acc.take(engine.read(who, "Patient", &h)?))
     } else if let Some(pid) = pairs.iter().find(|(k, _)| k == "PatientID" || k == "00100020").map(|(_, v)| v.clone()) {
-        match patient_by_dicom_id(engine, who, pid.trim()) {
+        let issuer = pairs.iter().find(|(k, _)| k == "IssuerOfPatientID" || k == "00100021").map(|(_, v)| v.as_str());
+        match patient_by_dicom_id(engine, who, pid.trim(), issuer) {
             Ok(p) => Some(acc.take(p)),
             Err(EngineError::Unprocessable(_)) => return Ok(acc.map(|()| Vec::new())),
             Err(e) => return Err(e),
@@ -725,7 +741,8 @@ async fn qido(st: Arc<AppState>, who: Principal, ctx: ReqCtx, q: Option<String>,
             uid_ok(u)?;
         }
         // The patient is chosen by `studies_for`; the rest of the query matches attributes.
-        let matching: Vec<(String, String)> = pairs.iter().filter(|(k, _)| !matches!(k.as_str(), "patient" | "PatientID" | "00100020")).cloned().collect();
+        let matching: Vec<(String, String)> =
+            pairs.iter().filter(|(k, _)| !matches!(k.as_str(), "patient" | "PatientID" | "00100020" | "IssuerOfPatientID" | "00100021")).cloned().collect();
         let query = qido::Query::parse(level, &matching).map_err(|e| ApiError::bad_request(e.to_string()))?;
         let engine = st.engine.clone();
         let (w, p, s) = (who.clone(), pairs.clone(), study.clone());

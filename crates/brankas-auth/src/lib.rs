@@ -188,6 +188,9 @@ pub struct ClientRecord {
     /// `Practitioner/<id>` the client acts for (clinician).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub practitioner: Option<String>,
+    /// The identifier system of the facility's own medical record numbers (facility-system).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_number_system: Option<String>,
     /// `Patient/<id>` the client is bound to (patient).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patient: Option<String>,
@@ -250,6 +253,7 @@ impl ClientRecord {
         self.scopes = Scopes::parse(&spec.scopes).map_err(|_| AuthError::BadRegistration("invalid scopes"))?.to_string();
         self.organization = spec.organization;
         self.practitioner = spec.practitioner;
+        self.record_number_system = spec.record_number_system;
         self.patient = spec.patient;
         self.jwks = spec.jwks;
         self.sensitive = spec.sensitive;
@@ -267,6 +271,7 @@ impl ClientRecord {
             scopes: self.scopes.clone(),
             organization: self.organization.clone(),
             practitioner: self.practitioner.clone(),
+            record_number_system: self.record_number_system.clone(),
             patient: self.patient.clone(),
             jwks: self.jwks.clone(),
             sensitive: self.sensitive.clone(),
@@ -294,6 +299,8 @@ pub struct Principal {
     organization: Option<String>,
     practitioner: Option<String>,
     patient: Option<String>,
+    /// The facility's own medical-record-number system, if registered.
+    record_number_system: Option<String>,
     /// Purpose of use the request states (`TREAT` when it states none).
     purpose: String,
     /// The stated reason of a break-glass request (purpose `BTG`) or of a request stating
@@ -395,6 +402,12 @@ impl Principal {
     pub fn organization(&self) -> Option<&str> {
         self.organization.as_deref()
     }
+
+    /// The identifier system of the facility's own medical record numbers, if its
+    /// registration names one (DICOM PatientIDs are looked up in it).
+    pub fn record_number_system(&self) -> Option<&str> {
+        self.record_number_system.as_deref()
+    }
     /// `Practitioner/<id>` the caller acts for, if any.
     pub fn practitioner(&self) -> Option<&str> {
         self.practitioner.as_deref()
@@ -484,6 +497,7 @@ impl Principal {
             local: true,
             sensitive: Vec::new(),
             trail: AccessTrail::default(),
+            record_number_system: None,
             budget: None,
             limits: None,
             request: RequestTag::default(),
@@ -510,6 +524,7 @@ impl Principal {
             sensitive: Vec::new(),
             purposes: Vec::new(),
             trail: AccessTrail::default(),
+            record_number_system: None,
             budget: None,
             limits: None,
             request: self.request.clone(),
@@ -539,6 +554,7 @@ impl Principal {
             organization: rec.organization,
             practitioner,
             patient,
+            record_number_system: rec.record_number_system,
             purpose: "TREAT".into(),
             break_glass_reason: None,
             purposes: rec.purposes,
@@ -669,6 +685,7 @@ impl Authority {
             updated: None,
             organization: None,
             practitioner: None,
+            record_number_system: None,
             patient: None,
             jwks: None,
             sensitive: Vec::new(),

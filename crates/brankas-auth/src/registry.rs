@@ -33,6 +33,11 @@ pub struct ClientSpec {
     /// `Practitioner/<id>`: the practitioner a `clinician` client acts for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub practitioner: Option<String>,
+    /// The identifier system of a `facility-system` client's own medical record numbers (an
+    /// absolute URI, e.g. `http://sys-ids.kemkes.go.id/mrn/<organization>`): a DICOM
+    /// instance it sends is linked to the one Patient with its PatientID in this system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_number_system: Option<String>,
     /// `Patient/<id>`: the one patient a `patient` client is bound to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patient: Option<String>,
@@ -195,6 +200,8 @@ pub struct ClientUpdate {
     #[serde(default, with = "double_option")]
     pub practitioner: Option<Option<String>>,
     #[serde(default, with = "double_option")]
+    pub record_number_system: Option<Option<String>>,
+    #[serde(default, with = "double_option")]
     pub patient: Option<Option<String>>,
     #[serde(default, with = "double_option")]
     pub jwks: Option<Option<serde_json::Value>>,
@@ -223,6 +230,9 @@ impl ClientUpdate {
         }
         if let Some(p) = &self.practitioner {
             spec.practitioner = p.clone();
+        }
+        if let Some(r) = &self.record_number_system {
+            spec.record_number_system = r.clone();
         }
         if let Some(p) = &self.patient {
             spec.patient = p.clone();
@@ -324,6 +334,17 @@ impl ClientSpec {
         check_ref(&self.organization, "Organization", "organization must be Organization/<id>")?;
         check_ref(&self.practitioner, "Practitioner", "practitioner must be Practitioner/<id>")?;
         check_ref(&self.patient, "Patient", "patient must be Patient/<id>")?;
+        if let Some(sys) = &self.record_number_system {
+            let uri = (sys.starts_with("http://") || sys.starts_with("https://") || sys.starts_with("urn:"))
+                && sys.len() <= 255
+                && !sys.chars().any(|c| c.is_whitespace() || c.is_control() || c == '|');
+            if !uri {
+                return Err(AuthError::BadRegistration("record_number_system must be an absolute URI (http, https or urn) without spaces or '|'"));
+            }
+            if role != Role::FacilitySystem {
+                return Err(AuthError::BadRegistration("only a facility-system client has a record_number_system"));
+            }
+        }
         if let Some(b) = &self.patient_budget {
             b.validate()?;
         }

@@ -127,6 +127,10 @@ pub struct Binding {
     /// Practitioner/<id> the client acts for (clinician).
     #[arg(long)]
     practitioner: Option<String>,
+    /// The identifier system of the facility's own medical record numbers (facility-system;
+    /// an absolute URI): DICOM instances it sends are linked by PatientID in this system.
+    #[arg(long)]
+    record_number_system: Option<String>,
     /// Patient/<id> the client is bound to (patient).
     #[arg(long)]
     patient: Option<String>,
@@ -201,6 +205,7 @@ pub fn run(cmd: ClientsCmd) -> Result<()> {
                 scopes,
                 organization: bind.organization,
                 practitioner: bind.practitioner,
+                record_number_system: bind.record_number_system,
                 patient: bind.patient,
                 jwks: read_jwks(&bind.jwks)?,
                 patient_budget: budget,
@@ -240,6 +245,7 @@ pub fn run(cmd: ClientsCmd) -> Result<()> {
                 scopes,
                 organization: bind.organization.map(Some),
                 practitioner: bind.practitioner.map(Some),
+                record_number_system: bind.record_number_system.map(Some),
                 patient: bind.patient.map(Some),
                 jwks: read_jwks(&bind.jwks)?.map(Some),
                 patient_budget: budget.map(Some),

@@ -364,6 +364,91 @@ fn instances_find_their_patient_by_nik_or_ihs_number_never_by_guess() {
     assert_eq!(st, 409);
 }
 
+/// A copy of `src` with new UIDs, this PatientID and this IssuerOfPatientID, written by pydicom.
+fn rewrite_issuer(src: &Path, dst: &Path, patient_id: &str, issuer: &str) {
+    let script = r#"
+import sys, pydicom
+from pydicom.uid import generate_uid
+d = pydicom.dcmread(sys.argv[1])
+d.PatientID = sys.argv[3]
+d.IssuerOfPatientID = sys.argv[4]
+d.StudyInstanceUID = generate_uid(); d.SeriesInstanceUID = generate_uid()
+u = generate_uid(); d.SOPInstanceUID = u; d.file_meta.MediaStorageSOPInstanceUID = u
+d.save_as(sys.argv[2])
+"#;
+    let out = Command::new(python()).arg("-c").arg(script).arg(src).arg(dst).arg(patient_id).arg(issuer).output().unwrap();
+    assert!(out.status.success(), "pydicom rewrite: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A modality sends the hospital's own record number: linked through the facility's
+/// registered record-number system, or the IssuerOfPatientID system; never guessed.
+#[test]
+fn hospital_record_numbers_link_instances_to_their_patient() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let tmp = tempfile::tempdir().unwrap();
+    const MRN: &str = "http://sys-ids.kemkes.go.id/mrn/rs-a";
+    let pacs =
+        inst.caller(&s, &["--name", "pacs", "--role", "facility-system", "--organization", "Organization/rs-a", "--scopes", "system/*.cruds", "--record-number-system", MRN]);
+    let mut pc = patient(NIK, "Lestari");
+    pc["identifier"].as_array_mut().unwrap().push(json!({"system": MRN, "value": "RM-000123"}));
+    let (st, v) = s.call(&pacs.token, reqwest::Method::POST, "Patient", Some(&pc), &[]);
+    assert_eq!(st, 201, "{v}");
+    let c = v["id"].as_str().unwrap().to_string();
+    let f = tmp.path().join("mrn.dcm");
+    rewrite(&dcm("CT_small.dcm"), &f, "RM-000123", true);
+    let (st, body) = stow(&s, &pacs.token, "", &[std::fs::read(&f).unwrap()]);
+    assert_eq!(st, 200, "{body}");
+    let (_, studies) = s.get_as(&pacs.token, &format!("ImagingStudy?patient=Patient/{c}"));
+    assert_eq!(studies["total"], 1, "{studies}");
+    // QIDO by the record number finds it.
+    let (st, found) = djson(&s, &pacs.token, "/studies?PatientID=RM-000123");
+    assert_eq!((st, found.as_array().map(Vec::len)), (200, Some(1)), "{found}");
+    // A client without that registration cannot link by it: refused, nothing stored.
+    let f2 = tmp.path().join("mrn2.dcm");
+    rewrite(&dcm("CT_small.dcm"), &f2, "RM-000123", true);
+    let (st, body) = stow(&s, &s.token, "", &[std::fs::read(&f2).unwrap()]);
+    assert_eq!(st, 409, "{body}");
+    // IssuerOfPatientID naming the identifier system (a URI) links for anyone.
+    let mut pd = patient("3171054708900004", "Wulandari");
+    pd["identifier"].as_array_mut().unwrap().push(json!({"system": "urn:oid:1.2.360.1.99", "value": "RM-000456"}));
+    let d = s.create(&pd)["id"].as_str().unwrap().to_string();
+    let f3 = tmp.path().join("issuer.dcm");
+    rewrite_issuer(&dcm("MR_small.dcm"), &f3, "RM-000456", "urn:oid:1.2.360.1.99");
+    let (st, body) = stow(&s, &s.token, "", &[std::fs::read(&f3).unwrap()]);
+    assert_eq!(st, 200, "{body}");
+    let (_, studies) = s.get_as(&s.token, &format!("ImagingStudy?patient=Patient/{d}"));
+    assert_eq!(studies["total"], 1, "{studies}");
+    // A local issuer name is no system: not guessed.
+    let f4 = tmp.path().join("local-issuer.dcm");
+    rewrite_issuer(&dcm("MR_small.dcm"), &f4, "RM-000456", "RSA");
+    let (st, body) = stow(&s, &s.token, "", &[std::fs::read(&f4).unwrap()]);
+    assert_eq!(st, 409, "{body}");
+    // Registration: an absolute URI, for facility systems only.
+    for bad in [
+        vec!["--name", "x", "--role", "facility-system", "--organization", "Organization/rs-a", "--scopes", "system/*.rs", "--record-number-system", "not a uri"],
+        vec![
+            "--name",
+            "x",
+            "--role",
+            "clinician",
+            "--organization",
+            "Organization/rs-a",
+            "--practitioner",
+            "Practitioner/p",
+            "--scopes",
+            "user/*.rs",
+            "--record-number-system",
+            MRN,
+        ],
+    ] {
+        let mut args = vec!["clients", "create"];
+        args.extend(bad);
+        let out = inst.cli(&args);
+        assert!(!out.status.success(), "{args:?}");
+    }
+}
+
 #[test]
 fn qido_and_metadata_within_one_patient_and_access_control() {
     let inst = Instance::init();
