@@ -166,7 +166,7 @@ impl Engine {
                 None => (crate::crud::new_id()?, new_study(patient_id, &list[0].1), None),
             };
             for (binary_id, inst) in list {
-                add_instance(&mut study, binary_id, inst);
+                add_instance(&mut study, binary_id, inst, who.organization());
             }
             study["id"] = json!(id);
             let w = match version {
@@ -235,7 +235,9 @@ fn new_study(patient_id: &str, first: &Instance) -> Value {
     s
 }
 
-fn add_instance(study: &mut Value, binary_id: &str, inst: &Instance) {
+/// Adds an instance to its series (creating the series). A new series names the sending
+/// facility as its performer, which puts the study in that facility's imaging work list.
+fn add_instance(study: &mut Value, binary_id: &str, inst: &Instance, sender: Option<&str>) {
     if study.get("series").and_then(Value::as_array).is_none() {
         study["series"] = json!([]);
     }
@@ -252,6 +254,10 @@ fn add_instance(study: &mut Value, binary_id: &str, inst: &Instance) {
             }
             if let Some(d) = inst.series_date.as_deref().and_then(fhir_date) {
                 s["started"] = json!(d);
+            }
+            if let Some(org) = sender {
+                s["performer"] =
+                    json!([{"function": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "PRF"}]}, "actor": {"reference": org}}]);
             }
             series_list.push(s);
             series_list.len() - 1

@@ -1,8 +1,9 @@
 //! Facility work lists: the one cross-patient search, for a facility's own clients.
 //!
-//! `Encounter?service-provider=Organization/<own>&date=ge…&date=le…` (the day's visits) and
+//! `Encounter?service-provider=Organization/<own>&date=ge…&date=le…` (the day's visits),
 //! `ServiceRequest?performer=Organization/<own>&authored=ge…&authored=le…` (incoming
-//! referrals) find, across patients, the records that name the caller's own organization,
+//! referrals) and `ImagingStudy?performer=Organization/<own>&started=ge…&started=le…` (the
+//! studies its modalities sent, by study date) find, across patients, the records that name the caller's own organization,
 //! within a bounded date range. No other cross-patient search exists.
 //!
 //! The index is an append-only list per (organization, type, hour): one store entry
@@ -82,11 +83,12 @@ fn list_id(org: &str, rtype: &str, hour: i64) -> String {
     format!("{org}|{rtype}|{hour}")
 }
 
-/// The parameters of the two work lists: (organization parameter, date parameter).
+/// The parameters of the work lists: (organization parameter, date parameter).
 fn params_of(rtype: &str) -> Option<(&'static str, &'static str)> {
     match rtype {
         "Encounter" => Some(("service-provider", "date")),
         "ServiceRequest" => Some(("performer", "authored")),
+        "ImagingStudy" => Some(("performer", "started")),
         _ => None,
     }
 }
@@ -106,6 +108,23 @@ pub(crate) fn entries(rtype: &str, resource: &Value, now: i64) -> Vec<(String, i
         "ServiceRequest" => {
             let day = day_of(resource.get("authoredOn"));
             resource.get("performer").and_then(Value::as_array).into_iter().flatten().filter_map(org).map(|o| (o, day)).collect()
+        }
+        "ImagingStudy" => {
+            // The facilities that performed a series (the sender of a DICOM study), by the
+            // study's start.
+            let day = day_of(resource.get("started"));
+            let mut orgs: Vec<(String, i64)> = resource
+                .get("series")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .flat_map(|s| s.get("performer").and_then(Value::as_array).into_iter().flatten())
+                .filter_map(|p| p.get("actor").and_then(org))
+                .map(|o| (o, day))
+                .collect();
+            orgs.sort();
+            orgs.dedup();
+            orgs
         }
         _ => Vec::new(),
     }

@@ -404,6 +404,19 @@ fn hospital_record_numbers_link_instances_to_their_patient() {
     // QIDO by the record number finds it.
     let (st, found) = djson(&s, &pacs.token, "/studies?PatientID=RM-000123");
     assert_eq!((st, found.as_array().map(Vec::len)), (200, Some(1)), "{found}");
+    // The facility's imaging work list: the studies its modalities sent, by study date
+    // (CT_small was taken on 19 Jan 2004); another facility's list does not hold them, and
+    // another facility cannot read this one's.
+    let list = "ImagingStudy?performer=Organization/rs-a&started=ge2004-01-01&started=le2004-01-31";
+    let (st, wl) = s.get_as(&pacs.token, list);
+    assert_eq!((st, wl["total"].as_u64()), (200, Some(1)), "{wl}");
+    assert_eq!(wl["entry"][0]["resource"]["subject"]["reference"], format!("Patient/{c}"));
+    let (_, other) = s.get_as(&pacs.token, "ImagingStudy?performer=Organization/rs-a&started=ge2004-02-01&started=le2004-02-28");
+    assert_eq!(other["total"], 0);
+    let rs_b = inst.caller(&s, &["--name", "rs-b", "--role", "facility-system", "--organization", "Organization/rs-b", "--scopes", "system/*.rs"]);
+    assert_eq!(s.get_as(&rs_b.token, list).0, 403);
+    let (_, b_list) = s.get_as(&rs_b.token, "ImagingStudy?performer=Organization/rs-b&started=ge2004-01-01&started=le2004-01-31");
+    assert_eq!(b_list["total"], 0);
     // A client without that registration cannot link by it: refused, nothing stored.
     let f2 = tmp.path().join("mrn2.dcm");
     rewrite(&dcm("CT_small.dcm"), &f2, "RM-000123", true);
