@@ -55,6 +55,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), access_log))
+        .layer(middleware::from_fn(crate::lang::localize))
         .layer(compression())
         .with_state(state)
 }

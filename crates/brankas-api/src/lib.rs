@@ -28,6 +28,7 @@ mod erasure;
 pub mod guard;
 mod handlers;
 mod inmem;
+mod lang;
 pub mod metrics;
 pub mod outcome;
 mod server;

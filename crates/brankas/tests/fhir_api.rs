@@ -2202,3 +2202,43 @@ fn validate_and_meta_operations() {
     assert_eq!(s.call(&reader.token, reqwest::Method::GET, &format!("Patient/{pid}/$meta"), None, &[]).0, 403);
     assert_eq!(get(&s, "Patient/nobody/$meta").status, 404);
 }
+
+/// Errors in Indonesian when the client asks for it; English otherwise.
+#[test]
+fn errors_speak_indonesian_when_asked() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let id = [("accept-language", "id-ID,id;q=0.9,en;q=0.5")];
+    let r = with_headers(&s, reqwest::Method::GET, "Patient/nobody", None, &id);
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("content-language"), Some("id"));
+    assert_eq!(r.json["issue"][0]["diagnostics"], "sumber daya tidak ditemukan", "{}", r.text);
+    assert_eq!(r.json["issue"][0]["details"]["text"], "Sumber daya tidak ditemukan.");
+    // Validation issues, with the element names they carry.
+    let pid = s.create(&patient_siti())["id"].as_str().unwrap().to_string();
+    let mut o = obs_for(&format!("Patient/{pid}"), "8867-4", "2026-11-01T08:00:00+07:00");
+    o.as_object_mut().unwrap().remove("status");
+    let r = with_headers(&s, reqwest::Method::POST, "Observation", Some(&o), &id);
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(r.json["issue"].as_array().unwrap().iter().any(|i| i["diagnostics"] == "status wajib diisi (kardinalitas minimum 1)"), "{}", r.text);
+    // A message without a translation keeps its English, under an Indonesian category.
+    let r = with_headers(&s, reqwest::Method::GET, "Observation?code=x", None, &id);
+    assert_eq!(r.status, 400);
+    assert!(r.json["issue"][0]["diagnostics"].as_str().unwrap().starts_with("pencarian tidak didukung"), "{}", r.text);
+    assert!(r.json["issue"][0]["details"]["text"].is_string());
+    // Without a token, too.
+    let anon = reqwest::blocking::Client::new();
+    let r = reply(anon.get(s.url("Patient/x")).header("accept-language", "id").send().unwrap());
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json["issue"][0]["diagnostics"], "diperlukan token akses Bearer yang sah", "{}", r.text);
+    // English by default, and when English is preferred.
+    let r = get(&s, "Patient/nobody");
+    assert_eq!(r.json["issue"][0]["diagnostics"], "resource not found");
+    assert!(r.header("content-language").is_none());
+    let r = with_headers(&s, reqwest::Method::GET, "Patient/nobody", None, &[("accept-language", "en-US,en;q=0.9,id;q=0.8")]);
+    assert_eq!(r.json["issue"][0]["diagnostics"], "resource not found");
+    // Successful answers are not touched.
+    let r = with_headers(&s, reqwest::Method::GET, &format!("Patient/{pid}"), None, &id);
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-language").is_none());
+}
