@@ -563,8 +563,8 @@ async fn patch_body(st: &AppState, headers: &HeaderMap, body: Body) -> Result<br
         brankas_engine::PatchBody::Json(
             serde_json::from_value(v).map_err(|_| ApiError::bad_request("the JSON Patch has an operation that is not valid (op, path, value or from)"))?,
         )
-    } else if v.get("resourceType").and_then(Value::as_str) == Some("Parameters") {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not-supported", "FHIRPath Patch is not supported yet; send a JSON Patch (application/json-patch+json)"));
+    } else if v.get("resourceType").and_then(Value::as_str) == Some("Parameters") && !mime.starts_with("application/merge-patch") {
+        brankas_engine::PatchBody::FhirPath(v)
     } else if v.is_object() {
         brankas_engine::PatchBody::Merge(v)
     } else {

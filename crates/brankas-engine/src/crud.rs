@@ -460,6 +460,7 @@ impl Engine {
                 EngineError::Unprocessable(format!("JSON Patch operation {} was not applied: {why}; nothing was changed", e.operation))
             })?,
             PatchBody::Merge(m) => json_patch::merge(&mut doc, m),
+            PatchBody::FhirPath(p) => brankas_fhir::fhirpath_patch::apply(&mut doc, p).map_err(|e| EngineError::Unprocessable(format!("{e}; nothing was changed")))?,
         }
         if doc.get("resourceType").and_then(Value::as_str) != Some(rtype) || doc.get("id").and_then(Value::as_str) != Some(id) {
             return Err(EngineError::Unprocessable("a patch may not change the resource's type or id".into()));
@@ -653,18 +654,20 @@ pub enum PatchBody {
     Json(json_patch::Patch),
     /// JSON Merge Patch (RFC 7386): members replace, `null` removes.
     Merge(Value),
+    /// FHIRPath Patch: a `Parameters` resource of operations ([`brankas_fhir::fhirpath_patch`]).
+    FhirPath(Value),
 }
 
 impl PatchBody {
-    /// The patch a Bundle entry carries (R4 §3.1.0.7.3): a Binary whose `contentType` is
-    /// `application/json-patch+json` (or `application/merge-patch+json`) and whose `data` is
-    /// the patch, base64-encoded.
+    /// The patch a Bundle entry carries (R4 §3.1.0.7.3): a FHIRPath Patch `Parameters`, or a
+    /// Binary whose `contentType` is `application/json-patch+json` (or
+    /// `application/merge-patch+json`) and whose `data` is the patch, base64-encoded.
     pub fn from_binary(resource: &Value) -> Result<PatchBody> {
         use base64::Engine as _;
         let bad = |m: &str| EngineError::BadRequest(m.to_string());
         match resource.get("resourceType").and_then(Value::as_str) {
             Some("Binary") => {}
-            Some("Parameters") => return Err(EngineError::Unprocessable("FHIRPath Patch is not supported yet; send a JSON Patch in a Binary".into())),
+            Some("Parameters") => return Ok(PatchBody::FhirPath(resource.clone())),
             _ => return Err(bad("a PATCH entry's resource is a Binary holding a JSON Patch")),
         }
         let ct = resource.get("contentType").and_then(Value::as_str).unwrap_or_default();

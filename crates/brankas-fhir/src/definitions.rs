@@ -132,7 +132,7 @@ impl Definitions {
 
 /// The element of `elements` a JSON key names (`valueQuantity` → `value[x]`), and the type a
 /// choice key selects. `_name` (a primitive's extensions) names the element `name`.
-fn element_for<'a>(elements: &'a [ElementDef], key: &str) -> Option<(&'a ElementDef, Option<&'a str>)> {
+pub(crate) fn element_for<'a>(elements: &'a [ElementDef], key: &str) -> Option<(&'a ElementDef, Option<&'a str>)> {
     let key = key.strip_prefix('_').unwrap_or(key);
     for e in elements {
         if !e.choice {

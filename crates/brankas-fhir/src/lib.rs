@@ -76,6 +76,7 @@
 // The modules are public so that items can be named by area
 // (`brankas_fhir::validate::Limits`); everything is also re-exported at the root.
 pub mod definitions;
+pub mod fhirpath_patch;
 pub mod nik;
 pub mod normalize;
 pub mod references;

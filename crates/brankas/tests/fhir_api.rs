@@ -928,7 +928,7 @@ fn patch_as(s: &Server, path: &str, content_type: &str, body: &Value, headers: &
 
 /// PATCH with JSON Patch (as SATUSEHAT documents it) and JSON Merge Patch (as fhirpy sends
 /// it): applied whole or not at all, to the current version, never changing the type or id,
-/// validated like any write; FHIRPath Patch is refused as not supported.
+/// validated like any write; and FHIRPath Patch.
 #[test]
 fn patch_with_json_patch_and_merge_patch() {
     let inst = Instance::init();
@@ -971,11 +971,26 @@ fn patch_with_json_patch_and_merge_patch() {
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!((r.json["active"].as_bool(), r.json.get("telecom").is_none(), r.json["meta"]["versionId"].as_str()), (Some(true), true, Some("3")));
     assert_eq!(patch_as(&s, &at, "application/merge-patch+json", &json!({"gender": "other"}), &[]).json["gender"], "other");
-    // FHIRPath Patch is not supported yet; other media types are refused.
-    let fp = json!({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [{"name": "type", "valueCode": "delete"}, {"name": "path", "valueString": "Patient.active"}]}]});
+    // FHIRPath Patch (a Parameters resource): the R4 operations, whole or not at all.
+    let op = |parts: Value| json!({"name": "operation", "part": parts});
+    let fp = json!({"resourceType": "Parameters", "parameter": [
+        op(json!([{"name": "type", "valueCode": "delete"}, {"name": "path", "valueString": "Patient.active"}])),
+        op(json!([{"name": "type", "valueCode": "add"}, {"name": "path", "valueString": "Patient.name[0]"}, {"name": "name", "valueString": "given"}, {"name": "value", "valueString": "Ayu"}])),
+        op(json!([{"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Patient.identifier.where(system = 'https://fhir.kemkes.go.id/id/nik').value"}, {"name": "value", "valueString": NIK_SITI}])),
+    ]});
     let r = patch_as(&s, &at, "application/fhir+json", &fp, &[]);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.json.get("active").is_none(), "{}", r.text);
+    assert_eq!(r.json["name"][0]["given"].as_array().unwrap().last().unwrap(), "Ayu");
+    let bad = json!({"resourceType": "Parameters", "parameter": [
+        op(json!([{"name": "type", "valueCode": "add"}, {"name": "path", "valueString": "Patient"}, {"name": "name", "valueString": "active"}, {"name": "value", "valueBoolean": true}])),
+        op(json!([{"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Patient.name.given"}, {"name": "value", "valueString": "rahasia"}])),
+    ]});
+    let before = get(&s, &at).json["meta"]["versionId"].clone();
+    let r = patch_as(&s, &at, "application/fhir+json", &bad, &[]);
     assert_eq!(r.status, 422, "{}", r.text);
-    assert!(r.text.contains("FHIRPath Patch"));
+    assert!(r.text.contains("FHIRPath Patch operation 1") && !r.text.contains("rahasia"), "{}", r.text);
+    assert_eq!(get(&s, &at).json["meta"]["versionId"], before, "nothing applied");
     assert_eq!(patch_as(&s, &at, "text/plain", &json!({}), &[]).status, 415);
     // A client that may update but not read cannot read through a patch.
     let writer = inst.caller(&s, &["--name", "writer", "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/Patient.cu"]);
@@ -1195,6 +1210,7 @@ fn bundles_read_search_patch_and_delete_conditionally() {
     let s = inst.serve();
     let pid = s.create(&patient_siti())["id"].as_str().unwrap().to_string();
     let oid = s.create(&obs_for(&format!("Patient/{pid}"), "8867-4", "2026-11-01T08:00:00+07:00"))["id"].as_str().unwrap().to_string();
+    let oid2 = s.create(&obs_for(&format!("Patient/{pid}"), "8310-5", "2026-11-01T08:00:00+07:00"))["id"].as_str().unwrap().to_string();
     let b64 = |v: Value| base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(&v).unwrap());
     let patch = |ops: Value| json!({"resourceType": "Binary", "contentType": "application/json-patch+json", "data": b64(ops)});
     // A transaction: a patch by id, a patch by criteria, a conditional delete, then reads and
@@ -1202,6 +1218,8 @@ fn bundles_read_search_patch_and_delete_conditionally() {
     let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
         {"resource": patch(json!([{"op": "replace", "path": "/status", "value": "amended"}])), "request": {"method": "PATCH", "url": format!("Observation/{oid}")}},
         {"resource": patch(json!([{"op": "add", "path": "/active", "value": false}])), "request": {"method": "PATCH", "url": format!("Patient?identifier={NIK_SYSTEM}|{NIK_SITI}")}},
+        {"resource": {"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [{"name": "type", "valueCode": "add"}, {"name": "path", "valueString": "Observation"},
+            {"name": "name", "valueString": "note"}, {"name": "value", "valueAnnotation": {"text": "dicatat ulang"}}]}]}, "request": {"method": "PATCH", "url": format!("Observation/{oid2}")}},
         {"resource": {"resourceType": "Practitioner", "identifier": [{"system": "urn:test:sip", "value": "SIP-1"}]}, "request": {"method": "POST", "url": "Practitioner"}},
         {"request": {"method": "GET", "url": format!("Observation/{oid}")}},
         {"request": {"method": "GET", "url": format!("Observation?patient={pid}&_include=Observation:subject")}},
@@ -1213,12 +1231,16 @@ fn bundles_read_search_patch_and_delete_conditionally() {
     assert_eq!(r.status, 200, "{}", r.text);
     let es = entries(&r.json);
     let statuses: Vec<&str> = es.iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
-    assert_eq!(statuses, ["200 OK", "200 OK", "201 Created", "200 OK", "200 OK", "200 OK", "304 Not Modified", "200 OK"], "{}", r.text);
+    assert_eq!(statuses, ["200 OK", "200 OK", "200 OK", "201 Created", "200 OK", "200 OK", "200 OK", "304 Not Modified", "200 OK"], "{}", r.text);
+    let es = &es[1..];
     assert_eq!(es[3]["resource"]["status"], "amended");
-    assert_eq!(es[4]["resource"]["entry"][0]["resource"]["status"], "amended");
-    assert_eq!(es[4]["resource"]["entry"][1]["search"]["mode"], "include");
-    assert_eq!(es[4]["resource"]["entry"][1]["resource"]["active"], false);
-    assert_eq!(es[5]["resource"]["total"], 2);
+    assert_eq!(get(&s, &format!("Observation/{oid2}")).json["note"][0]["text"], "dicatat ulang", "a FHIRPath Patch inside the transaction");
+    let found = entries(&es[4]["resource"]);
+    assert!(found.iter().any(|e| e["resource"]["id"] == oid.as_str() && e["resource"]["status"] == "amended"), "{}", r.text);
+    let included: Vec<&Value> = found.iter().filter(|e| e["search"]["mode"] == "include").collect();
+    assert_eq!(included.len(), 1);
+    assert_eq!(included[0]["resource"]["active"], false);
+    assert_eq!(es[5]["resource"]["total"], 3);
     assert_eq!(entries(&es[5]["resource"]).len(), 1);
     assert!(link(&es[5]["resource"], "next").unwrap().contains("/$everything?_page="));
     assert!(es[6].get("resource").is_none(), "{}", r.text);
@@ -1244,6 +1266,8 @@ fn bundles_read_search_patch_and_delete_conditionally() {
         {"resource": {"resourceType": "Binary", "contentType": "application/merge-patch+json", "data": b64(json!({"active": true}))}, "request": {"method": "PATCH", "url": format!("Patient?identifier={NIK_SYSTEM}|{NIK_SITI}")}},
         {"resource": {"resourceType": "Binary", "contentType": "text/plain", "data": b64(json!([]))}, "request": {"method": "PATCH", "url": format!("Patient/{pid}")}},
         {"resource": {"resourceType": "Parameters", "parameter": []}, "request": {"method": "PATCH", "url": format!("Patient/{pid}")}},
+        {"resource": {"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [{"name": "type", "valueCode": "add"}, {"name": "path", "valueString": "Patient"},
+            {"name": "name", "valueString": "multipleBirthBoolean"}, {"name": "value", "valueBoolean": false}]}]}, "request": {"method": "PATCH", "url": format!("Patient/{pid}")}},
         {"resource": {"resourceType": "Practitioner", "identifier": [{"system": "urn:test:sip", "value": "SIP-2"}], "active": true}, "request": {"method": "PUT", "url": "Practitioner?identifier=urn:test:sip|SIP-2"}},
         {"request": {"method": "GET", "url": format!("Patient/{pid}/_history")}},
         {"request": {"method": "GET", "url": "AuditEvent?patient=x"}}
@@ -1252,8 +1276,9 @@ fn bundles_read_search_patch_and_delete_conditionally() {
     assert_eq!(r.status, 200, "{}", r.text);
     let es = entries(&r.json);
     let statuses: Vec<&str> = es.iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
-    assert_eq!(statuses, ["200 OK", "415 Unsupported Media Type", "422 Unprocessable Entity", "201 Created", "400 Bad Request", "400 Bad Request"], "{}", r.text);
-    assert_eq!(get(&s, &format!("Patient/{pid}")).json["active"], true);
+    assert_eq!(statuses, ["200 OK", "415 Unsupported Media Type", "422 Unprocessable Entity", "200 OK", "201 Created", "400 Bad Request", "400 Bad Request"], "{}", r.text);
+    let now = get(&s, &format!("Patient/{pid}")).json;
+    assert_eq!((now["active"].as_bool(), now["multipleBirthBoolean"].as_bool()), (Some(true), Some(false)), "a FHIRPath Patch in a batch");
 }
 
 // ------------------------------------------------------------------------------------------
