@@ -1,0 +1,72 @@
+"""Interoperability: a real, unmodified DICOMweb client (dicomweb-client) stores, finds and
+retrieves a study on a real `brankas serve`, with real DICOM files from pydicom's test data.
+"""
+
+import copy
+
+import pytest
+import requests
+from dicomweb_client.api import DICOMwebClient
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+NIK_SYSTEM = "https://fhir.kemkes.go.id/id/nik"
+NIK = "3171054708900010"
+
+
+@pytest.fixture(scope="module")
+def dicomweb(server):
+    root = server["url"].rsplit("/fhir", 1)[0]
+    headers = {"Authorization": f"Bearer {server['token']}"}
+    r = requests.post(f"{server['url']}/Patient", headers={**headers, "Content-Type": "application/fhir+json"},
+                      json={"resourceType": "Patient", "identifier": [{"system": NIK_SYSTEM, "value": NIK}], "gender": "female", "birthDate": "1990-08-07"},
+                      timeout=30)
+    assert r.status_code == 201, r.text
+    return DICOMwebClient(url=f"{root}/dicomweb", headers=headers)
+
+
+def test_store_search_and_retrieve_a_study(dicomweb):
+    ct = dcmread(get_testdata_file("CT_small.dcm"))
+    ct.PatientID = NIK
+    ct.StudyInstanceUID = generate_uid()
+    ct.SeriesInstanceUID = generate_uid()
+    ct.SOPInstanceUID = generate_uid()
+    ct.file_meta.MediaStorageSOPInstanceUID = ct.SOPInstanceUID
+    second = copy.deepcopy(ct)
+    second.SOPInstanceUID = generate_uid()
+    second.file_meta.MediaStorageSOPInstanceUID = second.SOPInstanceUID
+
+    result = dicomweb.store_instances([ct, second])
+    assert len(result.ReferencedSOPSequence) == 2
+    assert "FailedSOPSequence" not in result
+
+    studies = dicomweb.search_for_studies(search_filters={"PatientID": NIK})
+    assert [s["0020000D"]["Value"][0] for s in studies] == [ct.StudyInstanceUID]
+    series = dicomweb.search_for_series(study_instance_uid=ct.StudyInstanceUID)
+    assert [s["0020000E"]["Value"][0] for s in series] == [ct.SeriesInstanceUID]
+    instances = dicomweb.search_for_instances(study_instance_uid=ct.StudyInstanceUID, series_instance_uid=ct.SeriesInstanceUID)
+    assert sorted(i["00080018"]["Value"][0] for i in instances) == sorted([ct.SOPInstanceUID, second.SOPInstanceUID])
+
+    got = dicomweb.retrieve_study(ct.StudyInstanceUID)
+    by_uid = {d.SOPInstanceUID: d for d in got}
+    assert set(by_uid) == {ct.SOPInstanceUID, second.SOPInstanceUID}
+    assert by_uid[ct.SOPInstanceUID].PixelData == ct.PixelData, "the pixels come back as sent"
+    one = dicomweb.retrieve_instance(ct.StudyInstanceUID, ct.SeriesInstanceUID, ct.SOPInstanceUID)
+    assert one.PatientID == NIK and one.PixelData == ct.PixelData
+
+    meta = dicomweb.retrieve_instance_metadata(ct.StudyInstanceUID, ct.SeriesInstanceUID, ct.SOPInstanceUID)
+    assert meta["00100020"]["Value"] == [NIK]
+    assert "7FE00010" not in meta or "Value" not in meta["7FE00010"], "metadata carries no pixel data"
+
+
+def test_an_unknown_patient_is_refused(dicomweb):
+    ct = dcmread(get_testdata_file("CT_small.dcm"))
+    ct.PatientID = "3171050000000009"
+    ct.StudyInstanceUID = generate_uid()
+    ct.SOPInstanceUID = generate_uid()
+    ct.file_meta.MediaStorageSOPInstanceUID = ct.SOPInstanceUID
+    with pytest.raises(requests.HTTPError) as refused:
+        dicomweb.store_instances([ct])
+    assert refused.value.response.status_code == 409
+    assert dicomweb.search_for_studies(search_filters={"PatientID": "3171050000000009"}) == []
