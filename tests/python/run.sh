@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 tests/python/venv.sh
+# The Node.js client's packages, exactly as locked (only when they changed).
+if [ ! -d tests/js/node_modules ] || [ tests/js/package-lock.json -nt tests/js/node_modules ]; then
+    (cd tests/js && npm ci --silent --no-audit --no-fund)
+fi
 venv=${BRANKAS_VENV:-target/ci-venv}
 export BRANKAS_BIN=${BRANKAS_BIN:-${CARGO_TARGET_DIR:-target}/debug/brankas}
 set +e
