@@ -168,3 +168,32 @@ def test_has_and_chained_search(client):
     assert client.resources("Patient").search(**by_nik).has("Observation", "patient", code="0000-0").fetch() == []
     chained = client.resources("Observation").search(**{"subject.identifier": f"{NIK_SYSTEM}|{nik}"}).fetch()
     assert [o.id for o in chained] == [obs.id]
+
+
+def test_async_client(server):
+    """fhirpy's AsyncFHIRClient does the same against the same server."""
+    import asyncio
+
+    from fhirpy import AsyncFHIRClient
+
+    async def scenario():
+        client = AsyncFHIRClient(server["url"], authorization=f"Bearer {server['token']}")
+        nik = "3171054708900012"
+        patient = client.resource("Patient", identifier=[{"system": NIK_SYSTEM, "value": nik}], gender="female", birthDate="1990-08-07")
+        await patient.save()
+        obs = client.resource("Observation", status="final", code={"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                              subject=patient.to_reference(), valueQuantity={"value": 72, "unit": "/min"})
+        await obs.save()
+        found = await client.resources("Patient").search(identifier=f"{NIK_SYSTEM}|{nik}").fetch()
+        assert [p.id for p in found] == [patient.id]
+        assert await client.resources("Observation").search(patient=patient.id).count() == 1
+        raw = await client.resources("Observation").search(patient=patient.id).include("Observation", "subject").fetch_raw()
+        assert sorted(e["search"]["mode"] for e in raw["entry"]) == ["include", "match"]
+        await patient.patch(active=True)
+        assert (await client.reference("Patient", patient.id).to_resource())["active"] is True
+        made, created = await client.resources("Patient").search(identifier=f"{NIK_SYSTEM}|{nik}").get_or_create(patient)
+        assert not created and made.id == patient.id
+        await obs.delete()
+        assert await client.resources("Observation").search(patient=patient.id).fetch() == []
+
+    asyncio.run(scenario())
