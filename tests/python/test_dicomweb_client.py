@@ -70,3 +70,49 @@ def test_an_unknown_patient_is_refused(dicomweb):
         dicomweb.store_instances([ct])
     assert refused.value.response.status_code == 409
     assert dicomweb.search_for_studies(search_filters={"PatientID": "3171050000000009"}) == []
+
+
+def test_frames_rendered_and_thumbnail_for_a_viewer(dicomweb):
+    import io
+
+    from PIL import Image
+
+    ct = dcmread(get_testdata_file("CT_small.dcm"))
+    ct.PatientID = NIK
+    ct.StudyInstanceUID = generate_uid()
+    ct.SeriesInstanceUID = generate_uid()
+    ct.SOPInstanceUID = generate_uid()
+    ct.file_meta.MediaStorageSOPInstanceUID = ct.SOPInstanceUID
+    dicomweb.store_instances([ct])
+    ids = (ct.StudyInstanceUID, ct.SeriesInstanceUID, ct.SOPInstanceUID)
+
+    frames = dicomweb.retrieve_instance_frames(*ids, frame_numbers=[1], media_types=("application/octet-stream",))
+    assert frames == [ct.PixelData], "frame 1 is the native pixel data"
+
+    png = dicomweb.retrieve_instance_rendered(*ids, media_types=("image/png",))
+    img = Image.open(io.BytesIO(png))
+    assert (img.format, img.size, img.mode) == ("PNG", (ct.Columns, ct.Rows), "L")
+    lo, hi = img.getextrema()
+    assert hi - lo > 100, "windowed, not flat"
+    jpeg = dicomweb.retrieve_instance_rendered(*ids, media_types=("image/jpeg",))
+    assert Image.open(io.BytesIO(jpeg)).format == "JPEG"
+    # The thumbnail: at most 128 pixels a side.
+    thumb = requests.get(f"{dicomweb.base_url}/studies/{ids[0]}/series/{ids[1]}/instances/{ids[2]}/thumbnail",
+                         headers={**dicomweb._session.headers, "Accept": "image/jpeg"}, timeout=30)
+    assert thumb.status_code == 200, thumb.text
+    assert max(Image.open(io.BytesIO(thumb.content)).size) <= 128
+
+    # A frame that does not exist; a compressed instance is served as stored, not rendered.
+    with pytest.raises(requests.HTTPError) as missing:
+        dicomweb.retrieve_instance_frames(*ids, frame_numbers=[2], media_types=("application/octet-stream",))
+    assert missing.value.response.status_code == 404
+    jp = dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
+    jp.PatientID = NIK
+    jp.StudyInstanceUID = generate_uid()
+    jp.SeriesInstanceUID = generate_uid()
+    jp.SOPInstanceUID = generate_uid()
+    jp.file_meta.MediaStorageSOPInstanceUID = jp.SOPInstanceUID
+    dicomweb.store_instances([jp])
+    with pytest.raises(requests.HTTPError) as compressed:
+        dicomweb.retrieve_instance_rendered(jp.StudyInstanceUID, jp.SeriesInstanceUID, jp.SOPInstanceUID, media_types=("image/jpeg",))
+    assert compressed.value.response.status_code == 406

@@ -9,7 +9,8 @@
 //!   refused, never guessed.
 //! - WADO-RS `GET /dicomweb/studies/{study}[/series/{series}[/instances/{sop}]]`: the instances
 //!   as stored (`multipart/related; type="application/dicom"`, streamed segment by segment),
-//!   and `.../metadata` as DICOM JSON.
+//!   `.../metadata` as DICOM JSON, and for viewers an uncompressed instance's `frames/{n,…}`
+//!   (native pixel data), `rendered` (JPEG or PNG) and `thumbnail`.
 //! - QIDO-RS `GET /dicomweb/studies`, `/series`, `/instances`, and within a study or series:
 //!   searches within one patient (`PatientID=` matched as NIK or IHS number, or `patient=`),
 //!   or of one study (`StudyInstanceUID=`).
@@ -63,6 +64,9 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/dicomweb/studies/{study}/series/{series}/instances", get(qido_instances_of_series))
         .route("/dicomweb/studies/{study}/series/{series}/instances/{sop}", get(wado_instance))
         .route("/dicomweb/studies/{study}/series/{series}/instances/{sop}/metadata", get(meta_instance))
+        .route("/dicomweb/studies/{study}/series/{series}/instances/{sop}/rendered", get(rendered_instance))
+        .route("/dicomweb/studies/{study}/series/{series}/instances/{sop}/thumbnail", get(thumbnail_instance))
+        .route("/dicomweb/studies/{study}/series/{series}/instances/{sop}/frames/{frames}", get(frames_instance))
 }
 
 fn root(st: &AppState) -> String {
@@ -554,6 +558,121 @@ async fn wado_instance(
     headers: HeaderMap,
 ) -> ApiResult {
     wado(st, who, ctx, headers, study, Some(series), Some(sop)).await
+}
+
+// ----- frames, rendered, thumbnail -----
+
+/// One instance, read whole (bounded by [`MAX_INSTANCE`]) and parsed, audited as a retrieve.
+async fn parsed_instance(st: &Arc<AppState>, who: &Principal, ctx: &ReqCtx, study: String, series: String, sop: String) -> Result<brankas_dicom::Parsed, ApiError> {
+    let what = What::new("dicom-retrieve", "R", Some("ImagingStudy".into()));
+    let r = instances(st, who, &study, Some(&series), Some(&sop)).await;
+    let (_, list) = audit::finish(st, who, ctx, what, r).await?;
+    let engine = st.engine.clone();
+    blocking(move || {
+        let b = list.first().ok_or(EngineError::NotFound)?;
+        let reader = engine.binary_reader(b)?.ok_or(EngineError::NotFound)?;
+        if reader.size() > MAX_INSTANCE {
+            return Err(EngineError::TooLarge("instance too large to render".into()));
+        }
+        let mut bytes = Vec::with_capacity(reader.size() as usize);
+        while (bytes.len() as u64) < reader.size() {
+            let chunk = reader.read_span(bytes.len() as u64, 1 << 20)?;
+            if chunk.is_empty() {
+                return Err(EngineError::Integrity);
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        // It was parsed whole when it was stored: failing now means it changed.
+        brankas_dicom::parse(&bytes, &brankas_dicom::Limits::default()).map_err(|_| EngineError::Integrity)
+    })
+    .await
+}
+
+fn render_error(e: brankas_dicom::render::RenderError) -> ApiError {
+    use brankas_dicom::render::RenderError as R;
+    match e {
+        R::NoFrame => ApiError::not_found(),
+        R::Unsupported(m) => ApiError::new(StatusCode::NOT_ACCEPTABLE, "not-supported", m),
+        R::NoPixels => ApiError::new(StatusCode::NOT_ACCEPTABLE, "not-supported", "the instance has no pixel data to render"),
+    }
+}
+
+/// `image/png` when the client asks for it (and not for JPEG first), else `image/jpeg` (the
+/// default of PS3.18 for rendered single frames).
+fn rendered_type(headers: &HeaderMap) -> brankas_media::Encoding {
+    let a = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    match (a.find("image/png"), a.find("image/jpeg")) {
+        (Some(p), Some(j)) if p < j => brankas_media::Encoding::Png,
+        (Some(_), None) => brankas_media::Encoding::Png,
+        _ => brankas_media::Encoding::Jpeg,
+    }
+}
+
+async fn rendered(st: Arc<AppState>, who: Principal, ctx: ReqCtx, headers: HeaderMap, ids: (String, String, String), max_side: Option<u32>) -> ApiResult {
+    let parsed = parsed_instance(&st, &who, &ctx, ids.0, ids.1, ids.2).await?;
+    let encoding = rendered_type(&headers);
+    let image = tokio::task::spawn_blocking(move || {
+        let img = brankas_dicom::render::render(&parsed, 1).map_err(render_error)?;
+        brankas_media::encode_pixels(img.width, img.height, img.rgb, img.pixels, encoding, max_side)
+            .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "rendering failed"))
+    })
+    .await
+    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error"))??;
+    let ct = match encoding {
+        brankas_media::Encoding::Png => "image/png",
+        brankas_media::Encoding::Jpeg => "image/jpeg",
+    };
+    let mut r = (StatusCode::OK, image).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    Ok(r)
+}
+
+/// `.../instances/{sop}/rendered`: the first frame as JPEG (or PNG), windowed as the instance
+/// says (uncompressed instances).
+async fn rendered_instance(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, Path(ids): Path<(String, String, String)>, headers: HeaderMap) -> ApiResult {
+    rendered(st, who, ctx, headers, ids, None).await
+}
+
+/// `.../instances/{sop}/thumbnail`: the rendered first frame, at most 128 pixels a side.
+async fn thumbnail_instance(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, Path(ids): Path<(String, String, String)>, headers: HeaderMap) -> ApiResult {
+    rendered(st, who, ctx, headers, ids, Some(128)).await
+}
+
+/// `.../instances/{sop}/frames/{1,2,…}`: the frames' native pixel data, one part each
+/// (`multipart/related; type="application/octet-stream"`).
+async fn frames_instance(
+    State(st): St,
+    Extension(who): Extension<Principal>,
+    ctx: ReqCtx,
+    Path((study, series, sop, frames)): Path<(String, String, String, String)>,
+) -> ApiResult {
+    let wanted: Vec<usize> =
+        frames.split(',').map(|f| f.trim().parse::<usize>()).collect::<Result<_, _>>().map_err(|_| ApiError::bad_request("frames are numbers from 1, separated by commas"))?;
+    if wanted.is_empty() || wanted.len() > 1_000 {
+        return Err(ApiError::bad_request("between 1 and 1000 frames per request"));
+    }
+    let parsed = parsed_instance(&st, &who, &ctx, study, series, sop).await?;
+    let mut nonce = [0u8; 12];
+    brankas_vault::random_bytes(&mut nonce).map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error"))?;
+    let boundary: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    let body = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ApiError> {
+        let mut out = Vec::new();
+        for n in wanted {
+            let f = brankas_dicom::render::frame(&parsed, n).map_err(render_error)?;
+            out.extend_from_slice(format!("--{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes());
+            out.extend_from_slice(&f);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        Ok(out)
+    });
+    let body = body.await.map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error"))??;
+    let ct = format!("multipart/related; type=\"application/octet-stream\"; boundary={}", nonce.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let mut r = (StatusCode::OK, body).into_response();
+    if let Ok(v) = HeaderValue::from_str(&ct) {
+        r.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    Ok(r)
 }
 
 async fn metadata(st: Arc<AppState>, who: Principal, ctx: ReqCtx, study: String, series: Option<String>, sop: Option<String>) -> ApiResult {

@@ -79,6 +79,7 @@ mod error;
 mod instance;
 mod json;
 pub mod qido;
+pub mod render;
 mod scan;
 mod uid;
 mod un;

@@ -308,3 +308,34 @@ mod tests {
         t.join().unwrap();
     }
 }
+
+/// The format of an image made by [`encode_pixels`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Png,
+    /// JPEG at quality 90.
+    Jpeg,
+}
+
+/// Encodes 8-bit samples (grey, or RGB when `rgb`), row by row, as PNG or JPEG, first scaled
+/// down to fit `max_side` (a thumbnail) if given. For images this server renders itself
+/// (DICOM frames): nothing of a client's file passes through, so there is no metadata to clean.
+pub fn encode_pixels(width: u32, height: u32, rgb: bool, pixels: Vec<u8>, encoding: Encoding, max_side: Option<u32>) -> Result<Vec<u8>, MediaError> {
+    use image::{DynamicImage, GrayImage, RgbImage};
+    let img = if rgb {
+        DynamicImage::ImageRgb8(RgbImage::from_raw(width, height, pixels).ok_or(MediaError::Malformed("pixel count does not match the size"))?)
+    } else {
+        DynamicImage::ImageLuma8(GrayImage::from_raw(width, height, pixels).ok_or(MediaError::Malformed("pixel count does not match the size"))?)
+    };
+    let img = match max_side {
+        Some(m) if width.max(height) > m => img.thumbnail(m, m),
+        _ => img,
+    };
+    let mut out = Vec::new();
+    match encoding {
+        Encoding::Png => img.write_with_encoder(image::codecs::png::PngEncoder::new(&mut out)),
+        Encoding::Jpeg => img.write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)),
+    }
+    .map_err(|_| MediaError::Encode)?;
+    Ok(out)
+}
