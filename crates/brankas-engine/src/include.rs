@@ -77,13 +77,14 @@ impl Engine {
             if inc.is_empty() && rev.is_empty() {
                 break;
             }
-            let sources: Vec<Stored> = if round == 0 { page.to_vec() } else { out.resources[from..].to_vec() };
+            // This round's sources, borrowed: the page, then what the last round added.
+            let sources: &[Stored] = if round == 0 { page } else { &out.resources[from..] };
             if sources.is_empty() {
                 break;
             }
             from = out.resources.len();
             let mut new: Vec<Stored> = Vec::new();
-            for src in &sources {
+            for src in sources {
                 let (stype, sid) = key_of(&src.resource);
                 for spec in inc.iter().filter(|i| i.source == stype) {
                     for (t, id) in self.registry.references(&stype, spec.param.as_deref(), &src.resource) {
