@@ -409,10 +409,13 @@ fn date_bound(v: &str) -> Result<(String, i64, i64), ApiError> {
     Ok((prefix, start, end))
 }
 
+/// The search parameters of the audit log's own AuditEvent search (besides `_count` and the
+/// `_before` of its paging links); the CapabilityStatement lists these.
+pub(crate) const SEARCH_PARAMS: [&str; 7] = ["patient", "agent", "entity", "date", "action", "outcome", "subtype"];
+
 async fn search_inner(st: &Arc<AppState>, who: &Principal, pairs: &[(String, String)]) -> Result<(Value, Vec<String>), ApiError> {
     let param = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let known = ["patient", "agent", "entity", "date", "action", "outcome", "subtype", "_count", "_before"];
-    if let Some((k, _)) = pairs.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+    if let Some((k, _)) = pairs.iter().find(|(k, _)| !SEARCH_PARAMS.contains(&k.as_str()) && !matches!(k.as_str(), "_count" | "_before")) {
         return Err(ApiError::bad_request(format!("AuditEvent search does not support the parameter {}", k.chars().take(40).collect::<String>())));
     }
     let patient = param("patient").map(|p| p.strip_prefix("Patient/").unwrap_or(&p).to_string());

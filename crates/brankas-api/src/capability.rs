@@ -25,7 +25,7 @@ pub fn capability_statement(base: &str, cors: bool) -> Value {
             let mut params: Vec<Value> = registry
                 .params_for(t)
                 .filter(|p| p.is_supported())
-                .filter(|p| !audit || matches!(p.code.as_str(), "patient" | "agent" | "entity" | "date" | "action" | "outcome" | "subtype"))
+                .filter(|p| !audit || crate::audit::SEARCH_PARAMS.contains(&p.code.as_str()))
                 .map(|p| json!({"name": p.code, "type": kind_code(&p.kind)}))
                 .collect();
             let mut include: Vec<String> =
