@@ -494,9 +494,7 @@ async fn wado(st: Arc<AppState>, who: Principal, ctx: ReqCtx, headers: HeaderMap
         Ok(out)
     })
     .await?;
-    let mut nonce = [0u8; 12];
-    brankas_vault::random_bytes(&mut nonce).map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error"))?;
-    let boundary: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    let boundary = new_boundary()?;
     let len: u64 = readers.iter().map(|r| r.size() + part_head(&boundary).len() as u64 + 2).sum::<u64>() + boundary.len() as u64 + 6;
     let stream = multipart_stream(readers, boundary.clone());
     let mut r = (StatusCode::OK, Body::from_stream(stream)).into_response();
@@ -505,6 +503,13 @@ async fn wado(st: Arc<AppState>, who: Principal, ctx: ReqCtx, headers: HeaderMap
     }
     r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     Ok(r)
+}
+
+/// A fresh multipart boundary: 96 random bits, hex.
+fn new_boundary() -> Result<String, ApiError> {
+    let mut nonce = [0u8; 12];
+    brankas_vault::random_bytes(&mut nonce).map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error"))?;
+    Ok(nonce.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn part_head(boundary: &str) -> String {
@@ -652,9 +657,8 @@ async fn frames_instance(
         return Err(ApiError::bad_request("between 1 and 1000 frames per request"));
     }
     let parsed = parsed_instance(&st, &who, &ctx, study, series, sop).await?;
-    let mut nonce = [0u8; 12];
-    brankas_vault::random_bytes(&mut nonce).map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error"))?;
-    let boundary: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    let boundary = new_boundary()?;
+    let ct = format!("multipart/related; type=\"application/octet-stream\"; boundary={boundary}");
     let body = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ApiError> {
         let mut out = Vec::new();
         for n in wanted {
@@ -667,7 +671,6 @@ async fn frames_instance(
         Ok(out)
     });
     let body = body.await.map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error"))??;
-    let ct = format!("multipart/related; type=\"application/octet-stream\"; boundary={}", nonce.iter().map(|b| format!("{b:02x}")).collect::<String>());
     let mut r = (StatusCode::OK, body).into_response();
     if let Ok(v) = HeaderValue::from_str(&ct) {
         r.headers_mut().insert(header::CONTENT_TYPE, v);
