@@ -15,6 +15,17 @@ NIK_SYSTEM = "https://fhir.kemkes.go.id/id/nik"
 NIK = "3171054708900010"
 
 
+def fresh(name, patient_id=NIK):
+    """One of pydicom's test files as a new study (new UIDs) of `patient_id`."""
+    ds = dcmread(get_testdata_file(name))
+    ds.PatientID = patient_id
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return ds
+
+
 @pytest.fixture(scope="module")
 def dicomweb(server):
     root = server["url"].rsplit("/fhir", 1)[0]
@@ -27,12 +38,7 @@ def dicomweb(server):
 
 
 def test_store_search_and_retrieve_a_study(dicomweb):
-    ct = dcmread(get_testdata_file("CT_small.dcm"))
-    ct.PatientID = NIK
-    ct.StudyInstanceUID = generate_uid()
-    ct.SeriesInstanceUID = generate_uid()
-    ct.SOPInstanceUID = generate_uid()
-    ct.file_meta.MediaStorageSOPInstanceUID = ct.SOPInstanceUID
+    ct = fresh("CT_small.dcm")
     second = copy.deepcopy(ct)
     second.SOPInstanceUID = generate_uid()
     second.file_meta.MediaStorageSOPInstanceUID = second.SOPInstanceUID
@@ -61,11 +67,7 @@ def test_store_search_and_retrieve_a_study(dicomweb):
 
 
 def test_an_unknown_patient_is_refused(dicomweb):
-    ct = dcmread(get_testdata_file("CT_small.dcm"))
-    ct.PatientID = "3171050000000009"
-    ct.StudyInstanceUID = generate_uid()
-    ct.SOPInstanceUID = generate_uid()
-    ct.file_meta.MediaStorageSOPInstanceUID = ct.SOPInstanceUID
+    ct = fresh("CT_small.dcm", patient_id="3171050000000009")
     with pytest.raises(requests.HTTPError) as refused:
         dicomweb.store_instances([ct])
     assert refused.value.response.status_code == 409
@@ -77,12 +79,7 @@ def test_frames_rendered_and_thumbnail_for_a_viewer(dicomweb):
 
     from PIL import Image
 
-    ct = dcmread(get_testdata_file("CT_small.dcm"))
-    ct.PatientID = NIK
-    ct.StudyInstanceUID = generate_uid()
-    ct.SeriesInstanceUID = generate_uid()
-    ct.SOPInstanceUID = generate_uid()
-    ct.file_meta.MediaStorageSOPInstanceUID = ct.SOPInstanceUID
+    ct = fresh("CT_small.dcm")
     dicomweb.store_instances([ct])
     ids = (ct.StudyInstanceUID, ct.SeriesInstanceUID, ct.SOPInstanceUID)
 
@@ -106,12 +103,7 @@ def test_frames_rendered_and_thumbnail_for_a_viewer(dicomweb):
     with pytest.raises(requests.HTTPError) as missing:
         dicomweb.retrieve_instance_frames(*ids, frame_numbers=[2], media_types=("application/octet-stream",))
     assert missing.value.response.status_code == 404
-    jp = dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
-    jp.PatientID = NIK
-    jp.StudyInstanceUID = generate_uid()
-    jp.SeriesInstanceUID = generate_uid()
-    jp.SOPInstanceUID = generate_uid()
-    jp.file_meta.MediaStorageSOPInstanceUID = jp.SOPInstanceUID
+    jp = fresh("SC_rgb_jpeg_dcmtk.dcm")
     dicomweb.store_instances([jp])
     with pytest.raises(requests.HTTPError) as compressed:
         dicomweb.retrieve_instance_rendered(jp.StudyInstanceUID, jp.SeriesInstanceUID, jp.SOPInstanceUID, media_types=("image/jpeg",))

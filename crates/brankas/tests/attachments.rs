@@ -413,23 +413,7 @@ fn attachment_reads_are_counted_by_the_guard() {
         ids.push(b["id"].as_str().unwrap().to_string());
     }
     // A second client of the same facility (same care relationships), allowed one patient.
-    let c = inst.caller(
-        &s,
-        &[
-            "--name",
-            "ward pc",
-            "--role",
-            "facility-system",
-            "--organization",
-            "Organization/test-facility",
-            "--scopes",
-            "system/*.rs",
-            "--budget-per-hour",
-            "1",
-            "--budget-per-day",
-            "10",
-        ],
-    );
+    let c = inst.budgeted_facility(&s, "ward pc", 1, 10, &[]);
     let r = raw_get(&s, &c.token, &format!("Binary/{}", ids[0]), &[]);
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().unwrap(), "catatan Lestari");

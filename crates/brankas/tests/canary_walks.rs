@@ -94,29 +94,7 @@ fn walks_in_every_order_meet_a_canary_early() {
     let canaries: BTreeSet<String> = planted["canaries"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap().to_string()).collect();
     assert_eq!(canaries.len(), 5);
 
-    let thief = |name: &str| {
-        inst.caller(
-            &s,
-            &[
-                "--name",
-                name,
-                "--role",
-                "facility-system",
-                "--organization",
-                "Organization/test-facility",
-                "--scopes",
-                "system/*.rs",
-                "--budget-per-hour",
-                "100000",
-                "--budget-per-day",
-                "100000",
-                "--rate-per-second",
-                "100000",
-                "--burst",
-                "100000",
-            ],
-        )
-    };
+    let thief = |name: &str| inst.budgeted_facility(&s, name, 100000, 100000, &["--rate-per-second", "100000", "--burst", "100000"]);
     // Days before now: newest first in 92-day windows; oldest first by weeks and by days;
     // by days in a fixed pseudo-random order.
     let newest: Vec<(i64, i64)> = (0..4).map(|k| (k * 92 + 91, k * 92)).collect();

@@ -128,23 +128,7 @@ fn a_trimmed_work_list_walk_stops_at_the_budget() {
     let people = population(&s, 9);
     let by_encounter: BTreeMap<String, String> = people.iter().map(|(p, _, e)| (e.clone(), p.clone())).collect();
     let off = officer(&inst, &s);
-    let sys = inst.caller(
-        &s,
-        &[
-            "--name",
-            "simrs",
-            "--role",
-            "facility-system",
-            "--organization",
-            "Organization/test-facility",
-            "--scopes",
-            "system/*.rs",
-            "--budget-per-hour",
-            "5",
-            "--budget-per-day",
-            "50",
-        ],
-    );
+    let sys = inst.budgeted_facility(&s, "simrs", 5, 50, &[]);
     let mut got: BTreeSet<String> = BTreeSet::new();
     let mut codes = Vec::new();
     let mut next = Some(s.url("Encounter?service-provider=Organization/test-facility&date=ge2026-11-01&date=le2026-12-31&_count=2&_elements=reasonCode,period,diagnosis"));
@@ -170,23 +154,7 @@ fn a_trimmed_work_list_walk_stops_at_the_budget() {
     let (reported, report) = breach_ids(&s, &off, &sys.id);
     assert_eq!(reported, got, "{report}");
     // A count of the whole work list is the disclosure of every patient counted.
-    let counter = inst.caller(
-        &s,
-        &[
-            "--name",
-            "counter",
-            "--role",
-            "facility-system",
-            "--organization",
-            "Organization/test-facility",
-            "--scopes",
-            "system/*.rs",
-            "--budget-per-hour",
-            "5",
-            "--budget-per-day",
-            "50",
-        ],
-    );
+    let counter = inst.budgeted_facility(&s, "counter", 5, 50, &[]);
     let (st, _) = s.get_as(&counter.token, "Encounter?service-provider=Organization/test-facility&date=ge2026-11-01&date=le2026-12-31&_summary=count");
     assert_eq!(st, 429, "nine patients counted exceed a budget of five");
 }
@@ -245,23 +213,7 @@ fn searches_inside_a_batch_count_against_the_budget() {
     let inst = Instance::init();
     let s = inst.serve();
     let people = population(&s, 3);
-    let sys = inst.caller(
-        &s,
-        &[
-            "--name",
-            "simrs",
-            "--role",
-            "facility-system",
-            "--organization",
-            "Organization/test-facility",
-            "--scopes",
-            "system/*.rs",
-            "--budget-per-hour",
-            "2",
-            "--budget-per-day",
-            "50",
-        ],
-    );
+    let sys = inst.budgeted_facility(&s, "simrs", 2, 50, &[]);
     let batch = |ids: &[&(String, String, String)]| {
         json!({"resourceType": "Bundle", "type": "batch", "entry": ids.iter().enumerate().map(|(i, (p, _, _))| {
             let url = if i % 2 == 0 { format!("Condition?patient={p}&_summary=count") } else { format!("Patient/{p}/$everything?_type=Condition&_elements=code") };

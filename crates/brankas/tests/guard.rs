@@ -111,25 +111,7 @@ fn a_stolen_credential_is_cut_off_at_its_budget_and_the_report_names_every_patie
 
     // A stolen facility credential (its information system) walks the facility's work list
     // page by page, then tries identity enumeration.
-    let sys = inst.caller(
-        &s,
-        &[
-            "--name",
-            "simrs",
-            "--role",
-            "facility-system",
-            "--organization",
-            "Organization/test-facility",
-            "--scopes",
-            "system/*.rs",
-            "--budget-per-hour",
-            "5",
-            "--budget-per-day",
-            "50",
-            "--on-exceed",
-            "suspend",
-        ],
-    );
+    let sys = inst.budgeted_facility(&s, "simrs", 5, 50, &["--on-exceed", "suspend"]);
     let mut got: BTreeSet<String> = BTreeSet::new();
     let mut codes = Vec::new();
     let mut next = Some(s.url("Encounter?service-provider=Organization/test-facility&date=ge2026-11-01&date=le2026-12-31&_count=2"));
@@ -164,25 +146,7 @@ fn a_stolen_credential_is_cut_off_at_its_budget_and_the_report_names_every_patie
     assert_eq!(report_ids(&breach(&s, &officer, &sys.id), "patients"), got, "the report names exactly what the walk received");
 
     // Throttle instead of suspend: refused past the budget, still served within it.
-    let slow = inst.caller(
-        &s,
-        &[
-            "--name",
-            "kiosk",
-            "--role",
-            "facility-system",
-            "--organization",
-            "Organization/test-facility",
-            "--scopes",
-            "system/*.rs",
-            "--budget-per-hour",
-            "2",
-            "--budget-per-day",
-            "2",
-            "--on-exceed",
-            "throttle",
-        ],
-    );
+    let slow = inst.budgeted_facility(&s, "kiosk", 2, 2, &["--on-exceed", "throttle"]);
     assert_eq!(s.get_as(&slow.token, &format!("Patient/{}", people[0].0)).0, 200);
     assert_eq!(s.get_as(&slow.token, &format!("Patient/{}", people[1].0)).0, 200);
     // The day's budget (2) is spent too: the answer says to come back at the next UTC day.
@@ -216,23 +180,7 @@ fn the_first_touch_of_a_canary_suspends_and_nothing_real_follows() {
     let r = s.http.post(format!("{}/admin/canaries", s.root)).bearer_auth(&s.token).json(&json!({"count": 2})).send().unwrap();
     assert_eq!(r.status(), 403, "only officers plant canaries");
 
-    let walker = inst.caller(
-        &s,
-        &[
-            "--name",
-            "walker",
-            "--role",
-            "facility-system",
-            "--organization",
-            "Organization/test-facility",
-            "--scopes",
-            "system/*.rs",
-            "--budget-per-hour",
-            "1000",
-            "--budget-per-day",
-            "1000",
-        ],
-    );
+    let walker = inst.budgeted_facility(&s, "walker", 1000, 1000, &[]);
     // The walk: the facility's recent encounters, newest first, then each patient.
     let (st, b) = s.get_as(&walker.token, "Encounter?service-provider=Organization/test-facility&date=ge2026-11-20&date=le2026-12-31");
     assert_eq!(st, 403, "the work list holds canaries: the page is refused and the client suspended: {b}");
@@ -441,23 +389,7 @@ fn alerts_are_pushed_to_a_signed_webhook_and_retried() {
     let mut s = inst.serve_with(&["--insecure-http", "--alert-webhook", &format!("http://127.0.0.1:{port}/alerts"), "--alert-webhook-secret-file", secret_file.to_str().unwrap()]);
     s.token = s.new_token();
     let people = population(&s, 3);
-    let c = inst.caller(
-        &s,
-        &[
-            "--name",
-            "kiosk",
-            "--role",
-            "facility-system",
-            "--organization",
-            "Organization/test-facility",
-            "--scopes",
-            "system/*.rs",
-            "--budget-per-hour",
-            "1",
-            "--budget-per-day",
-            "1",
-        ],
-    );
+    let c = inst.budgeted_facility(&s, "kiosk", 1, 1, &[]);
     assert_eq!(s.get_as(&c.token, &format!("Patient/{}", people[0].0)).0, 200);
     assert_eq!(s.get_as(&c.token, &format!("Patient/{}", people[1].0)).0, 429);
     // Delivered: refused once (500), delivered on the retry a second later.

@@ -346,6 +346,16 @@ pub struct Caller {
 }
 
 impl Instance {
+    /// A `facility-system` client of `Organization/test-facility` (scopes `system/*.rs`) with a
+    /// patient budget of `per_hour` an hour and `per_day` a day, and `extra` options.
+    pub fn budgeted_facility(&self, s: &Server, name: &str, per_hour: u32, per_day: u32, extra: &[&str]) -> Caller {
+        let (h, d) = (per_hour.to_string(), per_day.to_string());
+        let mut args = vec!["--name", name, "--role", "facility-system", "--organization", "Organization/test-facility", "--scopes", "system/*.rs"];
+        args.extend(["--budget-per-hour", &h, "--budget-per-day", &d]);
+        args.extend_from_slice(extra);
+        self.caller(s, &args)
+    }
+
     /// Registers a client (`brankas clients create <args>`) and gets it a token from `s`.
     pub fn caller(&self, s: &Server, args: &[&str]) -> Caller {
         let c = self.register(args);
