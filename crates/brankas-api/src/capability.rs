@@ -41,13 +41,14 @@ pub fn capability_statement(base: &str, cors: bool) -> Value {
             } else if t == "Subscription" {
                 "Stored as a directory resource; no notifications are sent."
             } else if t == "Patient" {
-                "Search only by exact identity: identifier=system|value, telecom/phone, or name+birthdate(+gender). No listing."
+                "Search only by exact identity: identifier=system|value, telecom/phone, or name+birthdate(+gender). No listing. Type history takes patient=<id> (one record)."
             } else if in_compartment {
-                "Search requires one patient (patient= or subject=), or use Patient/[id]/[type]."
+                "Search requires one patient (patient= or subject=), or use Patient/[id]/[type]; type history requires patient=<id> (one record)."
             } else {
                 "Directory resource: encrypted under the system key."
             };
-            let codes: &[&str] = if t == "AuditEvent" { &["search-type"] } else { &["read", "vread", "update", "patch", "delete", "history-instance", "create", "search-type"] };
+            let codes: &[&str] =
+                if t == "AuditEvent" { &["search-type"] } else { &["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"] };
             let interactions: Vec<Value> = codes.iter().map(|c| json!({"code": c})).collect();
             let mut r = json!({
                 "type": t,
@@ -92,7 +93,11 @@ pub fn capability_statement(base: &str, cors: bool) -> Value {
                 "description": "OAuth2 client_credentials; bearer tokens of at most 300 seconds; SMART v2 system scopes."
             },
             "resource": resources,
-            "interaction": [{"code": "transaction"}, {"code": "batch"}],
+            "interaction": [
+                {"code": "transaction"},
+                {"code": "batch"},
+                {"code": "history-system", "documentation": "One patient's record at a time: patient=<id>, or the patient a patient's own client is bound to."}
+            ],
             "operation": [
                 {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"},
                 {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"},

@@ -713,6 +713,9 @@ async fn update(
 
 async fn read(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, Path((rtype, id)): Path<(String, String)>, RawQuery(q): RawQuery, headers: HeaderMap) -> ApiResult {
     check_type(&rtype)?;
+    if id == "_history" {
+        return type_history(&st, who, ctx, Some(rtype), q.as_deref(), &headers).await;
+    }
     if rtype != "Binary" {
         check_accept(&headers, q.as_deref())?;
     }
@@ -937,28 +940,73 @@ async fn history(st: &AppState, who: Principal, rtype: String, id: String, pairs
     Ok(versions.map(|(versions, total)| history_bundle(st, &rtype, &id, versions, total, count, "")))
 }
 
+/// One entry of a history Bundle: the version, and the request that wrote it.
+fn history_entry(base: &str, s: &Stored) -> Value {
+    let rtype = s.resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+    let id = s.resource.get("id").and_then(Value::as_str).unwrap_or_default();
+    let mut e = json!({"fullUrl": format!("{base}/{rtype}/{id}")});
+    let (method, status) = if s.deleted {
+        ("DELETE", "204 No Content")
+    } else if s.version == 1 {
+        ("POST", "201 Created")
+    } else {
+        ("PUT", "200 OK")
+    };
+    if !s.deleted {
+        e["resource"] = s.resource.clone();
+    }
+    e["request"] = json!({"method": method, "url": if method == "POST" { rtype.to_string() } else { format!("{rtype}/{id}") }});
+    e["response"] = json!({"status": status, "etag": s.etag(), "lastModified": instant(s.last_updated_us)});
+    e
+}
+
+/// `GET [type]/_history` and `GET _history`: one patient's record (named by `patient`, or
+/// the caller's own), or a directory type. Audited as what it reads.
+async fn type_history(st: &AppState, who: Principal, ctx: ReqCtx, rtype: Option<String>, q: Option<&str>, headers: &HeaderMap) -> ApiResult {
+    check_accept(headers, q)?;
+    if let Some(t) = &rtype {
+        not_audit_event(t)?;
+    }
+    let pairs = query_pairs(st, q)?;
+    let at = rtype.as_deref().map_or_else(|| "_history".to_string(), |t| format!("{t}/_history"));
+    let named = pairs.iter().find(|(k, _)| k == "patient").map(|(_, v)| v.strip_prefix("Patient/").unwrap_or(v).to_string());
+    let target = match named.as_deref().or_else(|| who.patient().and_then(|p| p.strip_prefix("Patient/"))) {
+        Some(pid) => target("Patient", pid),
+        None => rtype.clone(),
+    };
+    let what = What::new(if rtype.is_some() { "history-type" } else { "history-system" }, "R", target).with_query(&pairs);
+    let engine = st.engine.clone();
+    let w = who.clone();
+    let page = if let Some((_, cursor)) = pairs.iter().find(|(k, _)| k == "_page") {
+        let c = cursor.clone();
+        blocking(move || engine.type_history_page(&w, &c)).await
+    } else {
+        let req = brankas_engine::HistoryRequest::from_query(rtype, &pairs, strict(headers))?;
+        blocking(move || engine.type_history(&w, &req)).await
+    };
+    let page = audit::finish(st, &who, &ctx, what, page).await?;
+    let base = &st.base_url;
+    // The self link says what was used (the record, the window, the page size): any other
+    // parameter was ignored, or refused under strict handling.
+    let used: Vec<(&str, String)> = pairs.iter().filter(|(k, _)| matches!(k.as_str(), "_count" | "_since" | "_at")).map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let mut this = form_urlencoded::Serializer::new(String::new());
+    if let Some(p) = &page.patient {
+        this.append_pair("patient", p);
+    }
+    this.extend_pairs(used);
+    let this = this.finish();
+    let mut links = vec![json!({"relation": "self", "url": if this.is_empty() { format!("{base}/{at}") } else { format!("{base}/{at}?{this}") }})];
+    if let Some(next) = &page.next {
+        links.push(json!({"relation": "next", "url": format!("{base}/{at}?_page={next}")}));
+    }
+    let entries: Vec<Value> = page.versions.iter().map(|s| history_entry(base, s)).collect();
+    Ok(json_response(StatusCode::OK, &json!({"resourceType": "Bundle", "type": "history", "link": links, "entry": entries})))
+}
+
 /// A history Bundle; `window` (`_since=…&_at=…`, or empty) is carried into the next link.
 fn history_bundle(st: &AppState, rtype: &str, id: &str, versions: Vec<Stored>, total: u64, count: usize, window: &str) -> Response {
     let base = &st.base_url;
-    let entries: Vec<Value> = versions
-        .iter()
-        .map(|s| {
-            let mut e = json!({"fullUrl": format!("{base}/{rtype}/{id}")});
-            let (method, status) = if s.deleted {
-                ("DELETE", "204 No Content")
-            } else if s.version == 1 {
-                ("POST", "201 Created")
-            } else {
-                ("PUT", "200 OK")
-            };
-            if !s.deleted {
-                e["resource"] = s.resource.clone();
-            }
-            e["request"] = json!({"method": method, "url": if method == "POST" { rtype.to_string() } else { format!("{rtype}/{id}") }});
-            e["response"] = json!({"status": status, "etag": s.etag(), "lastModified": instant(s.last_updated_us)});
-            e
-        })
-        .collect();
+    let entries: Vec<Value> = versions.iter().map(|s| history_entry(base, s)).collect();
     let mut links = vec![json!({"relation": "self", "url": format!("{base}/{rtype}/{id}/_history")})];
     if let Some(last) = versions.last()
         && last.version > 1
@@ -971,6 +1019,9 @@ fn history_bundle(st: &AppState, rtype: &str, id: &str, versions: Vec<Stored>, t
 }
 
 async fn search_get(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, Path(rtype): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap) -> ApiResult {
+    if rtype == "_history" {
+        return type_history(&st, who, ctx, None, q.as_deref(), &headers).await;
+    }
     check_type(&rtype)?;
     check_accept(&headers, q.as_deref())?;
     let pairs = query_pairs(&st, q.as_deref())?;

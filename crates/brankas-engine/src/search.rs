@@ -52,9 +52,9 @@ pub struct Page {
 pub(crate) type Pinned = Option<(PartitionId, Option<String>)>;
 
 /// How long a paging cursor stays valid.
-const CURSOR_SECONDS: u64 = 900;
+pub(crate) const CURSOR_SECONDS: u64 = 900;
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
@@ -171,7 +171,7 @@ impl Engine {
     }
 
     /// The largest page `who` gets: the engine's, or the client's own when smaller.
-    fn page_limit(&self, who: &Principal) -> usize {
+    pub(crate) fn page_limit(&self, who: &Principal) -> usize {
         who.limits().map_or(self.limits.max_count, |l| self.limits.max_count.min(l.max_page as usize)).max(1)
     }
 
@@ -191,7 +191,7 @@ impl Engine {
     }
 
     /// The state sealed in a paging cursor, if it was made for this client and has not expired.
-    fn open_cursor_value(&self, who: &Principal, cursor: &str) -> Result<Value> {
+    pub(crate) fn open_cursor_value(&self, who: &Principal, cursor: &str) -> Result<Value> {
         let bad = || EngineError::BadRequest("invalid or expired paging link".into());
         if cursor.len() > 16_384 {
             return Err(bad());
@@ -208,7 +208,7 @@ impl Engine {
     fn open_cursor(&self, who: &Principal, cursor: &str) -> Result<SearchRequest> {
         let bad = || EngineError::BadRequest("invalid or expired paging link".into());
         let v = self.open_cursor_value(who, cursor)?;
-        if v["e"].as_bool() == Some(true) {
+        if v["e"].as_bool() == Some(true) || v["h"].as_bool() == Some(true) {
             return Err(bad());
         }
         let pairs = v["p"].as_array().ok_or_else(bad)?.iter().filter_map(|p| Some((p.get(0)?.as_str()?.to_string(), p.get(1)?.as_str()?.to_string()))).collect();

@@ -18,6 +18,7 @@ pub fn run_all(fresh: &mut dyn FnMut() -> Box<dyn Store>) {
         ("batch_atomicity", batch_atomicity),
         ("commit_many_isolates_batches", commit_many_isolates_batches),
         ("partition_listing", partition_listing),
+        ("partition_versions", partition_versions),
         ("search_entries", search_entries),
         ("blind_index", blind_index),
         ("unique_terms", unique_terms),
@@ -182,6 +183,40 @@ fn partition_listing(s: &dyn Store) {
     let all = s.partition_current(&part(1), None).unwrap();
     assert_eq!(all.len(), 2);
     assert!(s.partition_current(&part(9), None).unwrap().is_empty());
+}
+
+/// Every version of a partition (deleted ones too), newest first, paged by place, from a
+/// write time on, of one type or all; other partitions' versions never.
+fn partition_versions(s: &dyn Store) {
+    use crate::VersionPos;
+    let at = |k: u8, v: u64, p: u8, rtype: &str, t: i64| {
+        let mut r = sample_row(k, v, p, rtype);
+        r.last_updated_us = t;
+        r
+    };
+    put(s, at(1, 1, 1, "Patient", 10), Expect::Absent).unwrap();
+    put(s, at(2, 1, 1, "Observation", 20), Expect::Absent).unwrap();
+    put(s, at(3, 1, 1, "Observation", 20), Expect::Absent).unwrap();
+    let mut d = at(2, 2, 1, "Observation", 30);
+    d.deleted = true;
+    put(s, d, Expect::Version(1)).unwrap();
+    put(s, at(4, 1, 2, "Observation", 25), Expect::Absent).unwrap();
+    let ids = |rows: Vec<VersionRow>| rows.iter().map(|r| (r.key.0[0], r.version)).collect::<Vec<_>>();
+    // Newest first; at one write time, the greater record key first.
+    assert_eq!(ids(s.partition_versions(&part(1), None, None, None, 10).unwrap()), vec![(2, 2), (3, 1), (2, 1), (1, 1)]);
+    assert_eq!(ids(s.partition_versions(&part(1), Some("Observation"), None, None, 10).unwrap()), vec![(2, 2), (3, 1), (2, 1)]);
+    assert!(s.partition_versions(&part(1), None, None, None, 10).unwrap()[0].deleted);
+    // Paged: each page continues after the last row of the one before, ties included.
+    let first = s.partition_versions(&part(1), None, None, None, 2).unwrap();
+    let after = VersionPos::of(first.last().unwrap());
+    assert_eq!(ids(s.partition_versions(&part(1), None, None, Some(&after), 2).unwrap()), vec![(2, 1), (1, 1)]);
+    // From a write time on; before one.
+    assert_eq!(ids(s.partition_versions(&part(1), None, Some(20), None, 10).unwrap()), vec![(2, 2), (3, 1), (2, 1)]);
+    assert_eq!(ids(s.partition_versions(&part(1), None, None, Some(&VersionPos::written_before(30)), 10).unwrap()), vec![(3, 1), (2, 1), (1, 1)]);
+    assert_eq!(ids(s.partition_versions(&part(2), None, None, None, 10).unwrap()), vec![(4, 1)]);
+    assert!(s.partition_versions(&part(9), None, None, None, 10).unwrap().is_empty());
+    // The rows are whole: what was sealed comes back.
+    assert_eq!(s.partition_versions(&part(2), None, None, None, 1).unwrap()[0], at(4, 1, 2, "Observation", 25));
 }
 
 /// Search entries: stored with their version, listed with the current version's facts (no

@@ -74,6 +74,27 @@ pub struct VersionRow {
     pub sealed: Vec<u8>,
 }
 
+/// A place in a partition's versions as [`Store::partition_versions`] lists them (newest
+/// first): a listing continues with the versions that come after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VersionPos {
+    pub last_updated_us: i64,
+    pub key: RecordKey,
+    pub version: u64,
+}
+
+impl VersionPos {
+    /// The place of a row.
+    pub fn of(row: &VersionRow) -> Self {
+        VersionPos { last_updated_us: row.last_updated_us, key: row.key, version: row.version }
+    }
+    /// The place just before every version written at or after `t`: a listing from it holds
+    /// the versions written before `t`.
+    pub fn written_before(t: i64) -> Self {
+        VersionPos { last_updated_us: t, key: RecordKey([0; 32]), version: 0 }
+    }
+}
+
 /// A partition's wrapped data key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredDek {
@@ -264,6 +285,11 @@ pub trait Store: Send + Sync + 'static {
     fn version(&self, key: &RecordKey, version: u64) -> Result<Option<VersionRow>>;
     /// Versions of a record, newest first, with version < `before` if given, at most `limit`.
     fn history(&self, key: &RecordKey, before: Option<u64>, limit: usize) -> Result<Vec<VersionRow>>;
+    /// Every version sealed in a partition (deleted ones too), of one type or of all types,
+    /// newest first in [`VersionPos`] order: write time, then record key, then version, all
+    /// descending. Only versions written at or after `since_us`, and strictly after `after`
+    /// in that order (paging), at most `limit`. Type and system history read it.
+    fn partition_versions(&self, partition: &PartitionId, resource_type: Option<&str>, since_us: Option<i64>, after: Option<&VersionPos>, limit: usize) -> Result<Vec<VersionRow>>;
     /// Current, non-deleted versions in a partition, of one type or of all types.
     fn partition_current(&self, partition: &PartitionId, resource_type: Option<&str>) -> Result<Vec<VersionRow>>;
     /// [`Store::partition_current`] without the sealed resources: each current, non-deleted

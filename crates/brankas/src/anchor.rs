@@ -617,6 +617,16 @@ impl Store for AnchoredStore {
     fn version(&self, key: &RecordKey, version: u64) -> brankas_store::Result<Option<VersionRow>> {
         self.inner.version(key, version)
     }
+    fn partition_versions(
+        &self,
+        partition: &PartitionId,
+        resource_type: Option<&str>,
+        since_us: Option<i64>,
+        after: Option<&brankas_store::VersionPos>,
+        limit: usize,
+    ) -> brankas_store::Result<Vec<VersionRow>> {
+        self.inner.partition_versions(partition, resource_type, since_us, after, limit)
+    }
     fn history(&self, key: &RecordKey, before: Option<u64>, limit: usize) -> brankas_store::Result<Vec<VersionRow>> {
         self.inner.history(key, before, limit)
     }

@@ -82,6 +82,32 @@ fn every_listed_search_parameter_and_operation_answers() {
     assert_eq!(s.get_as(&rs.token, &format!("Patient/{pid}/$meta")).0, 200);
     let (st, v): (u16, Value) = s.call(&rs.token, reqwest::Method::POST, "Patient/$validate", Some(&patient("3171054708900003", "Lestari")), &[]);
     assert_eq!((st, v["issue"][0]["severity"].as_str()), (200, Some("information")), "{v}");
+    // Type history for every type that lists it (one patient's record, or the directory),
+    // and system history for the record.
+    let (st, v) = s.call(
+        &rs.token,
+        reqwest::Method::POST,
+        "Observation",
+        Some(&serde_json::json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{pid}")}})),
+        &[],
+    );
+    assert_eq!(st, 201, "{v}");
+    let mut histories = 0;
+    for r in rest["resource"].as_array().unwrap() {
+        let t = r["type"].as_str().unwrap();
+        if !r["interaction"].as_array().unwrap().iter().any(|i| i["code"] == "history-type") {
+            continue;
+        }
+        let of_patient = t == "Patient" || r["documentation"].as_str().unwrap().contains("one patient");
+        let path = if of_patient { format!("{t}/_history?patient={pid}") } else { format!("{t}/_history") };
+        let (st, b) = s.get_as(&rs.token, &path);
+        assert_eq!((st, b["type"].as_str()), (200, Some("history")), "{path}: {b}");
+        histories += 1;
+    }
+    assert!(histories > 140, "{histories}");
+    assert!(rest["interaction"].as_array().unwrap().iter().any(|i| i["code"] == "history-system"));
+    let (st, b) = s.get_as(&rs.token, &format!("_history?patient={pid}"));
+    assert_eq!((st, b["entry"].as_array().map(Vec::len)), (200, Some(2)), "{b}");
     // AuditEvent is written by the audit log only: no write interaction is listed.
     let audit = rest["resource"].as_array().unwrap().iter().find(|r| r["type"] == "AuditEvent").unwrap();
     assert_eq!(audit["interaction"], serde_json::json!([{"code": "search-type"}]));

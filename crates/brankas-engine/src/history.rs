@@ -1,0 +1,284 @@
+//! Type and system history (`GET [type]/_history`, `GET _history`), inside the walls the
+//! access model sets: one patient's record, or the directory. There is no history across
+//! patients, as there is no search across them: a caller names the patient (`patient=<id>`)
+//! or is bound to one (a patient's own client), and the record's gate admits it or not.
+//!
+//! The versions are listed from the store by partition and write time (which it keeps in the
+//! clear); only the versions served are opened, each through the same checks a read of it
+//! would pass (scopes with their restrictions, labels, consent, photo redaction). What is
+//! hidden is left out of the page, never refused and never counted. Pages continue from a
+//! place in the listing sealed into a cursor bound to the client, so a page stays right while
+//! new versions are written.
+
+use crate::access::Act;
+use crate::crud::HistoryWindow;
+use crate::search::{CURSOR_SECONDS, now_secs};
+use crate::{Admitted, Engine, EngineError, Result, Stored, ahead, safe_type};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use brankas_auth::Principal;
+use brankas_store::{PartitionId, RecordKey, VersionPos, VersionRow};
+use serde_json::json;
+
+/// Versions one `_at` window may hold (the record is walked to find them).
+const MAX_AT_VERSIONS: usize = 10_000;
+
+/// `GET [type]/_history` or `GET _history` as the HTTP layer hands it over.
+#[derive(Clone, Debug, Default)]
+pub struct HistoryRequest {
+    /// The type; `None` for system history (every type of the record).
+    pub resource_type: Option<String>,
+    /// `patient`: whose record (a patient's own client need not say).
+    pub patient: Option<String>,
+    pub window: HistoryWindow,
+    /// `_count`: the page size (the engine's default when absent, capped at its largest).
+    pub count: Option<usize>,
+}
+
+/// One page of a type or system history.
+#[derive(Debug)]
+pub struct HistoryPage {
+    /// Newest first; deleted versions are delete markers (only their id is meaningful).
+    pub versions: Vec<Stored>,
+    /// A sealed cursor for the next page, when the listing goes on.
+    pub next: Option<String>,
+    /// The patient whose record this is (`None`: the directory).
+    pub patient: Option<String>,
+}
+
+impl HistoryRequest {
+    /// The parameters of type and system history: `_count`, `_since`, `_at` (R4), and
+    /// `patient`, which names the record. Others are ignored (the answer's self link names
+    /// those used), or refused under strict handling.
+    pub fn from_query(resource_type: Option<String>, pairs: &[(String, String)], strict: bool) -> Result<Self> {
+        let bad = |m: String| EngineError::BadRequest(m);
+        let mut req = HistoryRequest { resource_type, ..Default::default() };
+        let mut seen: Vec<&str> = Vec::new();
+        for (k, v) in pairs {
+            if matches!(k.as_str(), "_count" | "_since" | "_at" | "patient") && seen.contains(&k.as_str()) {
+                return Err(bad(format!("{k} may be given once")));
+            }
+            seen.push(k);
+            let date = |name: &str| brankas_search::date_range(v).ok_or_else(|| bad(format!("{name} must be a FHIR date, dateTime or instant")));
+            match k.as_str() {
+                "_count" => {
+                    let n =
+                        v.parse::<usize>().ok().filter(|n| *n > 0 && v.bytes().all(|b| b.is_ascii_digit())).ok_or_else(|| bad("_count must be a positive whole number".into()))?;
+                    req.count = Some(n);
+                }
+                "_since" => req.window.since = Some(date("_since")?.0),
+                "_at" => req.window.at = Some(date("_at")?),
+                "patient" => {
+                    let id = v.strip_prefix("Patient/").unwrap_or(v);
+                    if !brankas_fhir::is_valid_id(id) {
+                        return Err(bad("patient must be a Patient id (or Patient/<id>)".into()));
+                    }
+                    req.patient = Some(id.to_string());
+                }
+                "_format" | "_pretty" => {}
+                other if strict => return Err(bad(format!("parameter '{}' is not supported by history", crate::safe_param(other)))),
+                _ => {}
+            }
+        }
+        Ok(req)
+    }
+}
+
+/// Where a history listing reads: one patient's record, or the directory.
+struct Walls {
+    partition: PartitionId,
+    patient: Option<String>,
+    view: crate::access::RecordView,
+}
+
+impl Engine {
+    /// `GET [type]/_history` and `GET _history`: the versions of one patient's record (of one
+    /// type, or all), or of one directory type, that the caller may see, newest first.
+    pub fn type_history(&self, who: &Principal, req: &HistoryRequest) -> Result<Admitted<HistoryPage>> {
+        self.history_from(who, req, None)
+    }
+
+    /// Continues a type or system history from a paging cursor made for this client.
+    pub fn type_history_page(&self, who: &Principal, cursor: &str) -> Result<Admitted<HistoryPage>> {
+        let v = self.open_cursor_value(who, cursor)?;
+        let bad = || EngineError::BadRequest("invalid or expired paging link".into());
+        if v["h"].as_bool() != Some(true) {
+            return Err(bad());
+        }
+        let key = B64.decode(v["k"].as_str().ok_or_else(bad)?).ok().and_then(|k| <[u8; 32]>::try_from(k).ok()).ok_or_else(bad)?;
+        let after = VersionPos { last_updated_us: v["u"].as_i64().ok_or_else(bad)?, key: RecordKey(key), version: v["v"].as_u64().ok_or_else(bad)? };
+        let at = match (v["al"].as_i64(), v["ah"].as_i64()) {
+            (Some(lo), Some(hi)) => Some((lo, hi)),
+            _ => None,
+        };
+        let req = HistoryRequest {
+            resource_type: v["t"].as_str().map(String::from),
+            patient: v["p"].as_str().map(String::from),
+            window: HistoryWindow { since: v["s"].as_i64(), at },
+            count: v["n"].as_u64().map(|n| n as usize),
+        };
+        self.history_from(who, &req, Some(after))
+    }
+
+    fn history_from(&self, who: &Principal, req: &HistoryRequest, after: Option<VersionPos>) -> Result<Admitted<HistoryPage>> {
+        let rtype = req.resource_type.as_deref();
+        if let Some(t) = rtype {
+            crate::crud::check_type(t)?;
+            self.require(who, t, 'r')?;
+        }
+        let walls = self.history_walls(who, rtype, req.patient.as_deref())?;
+        let count = req.count.unwrap_or(self.limits.default_count).clamp(1, self.limits.max_history.min(self.page_limit(who)));
+        // What the caller's scopes let it read at all (system history lists every type).
+        let readable = |row: &VersionRow| !ahead::is_internal(&row.resource_type) && (who.is_local_operator() || who.scopes().permits(&row.resource_type, 'r'));
+        let mut served: Vec<Stored> = Vec::with_capacity(count);
+        let mut last: Option<VersionPos> = None;
+        let mut more = false;
+        match req.window.at {
+            None => {
+                let mut from = after;
+                let mut examined = 0usize;
+                'walk: loop {
+                    let rows = self.store.partition_versions(&walls.partition, rtype, req.window.since, from.as_ref(), count + 1)?;
+                    let full = rows.len() > count;
+                    for row in &rows {
+                        // A full page, or enough looked at for one answer (what is hidden
+                        // may be most of a record): the rest is for the next page.
+                        if served.len() == count || examined == self.limits.max_scan {
+                            more = true;
+                            break 'walk;
+                        }
+                        examined += 1;
+                        from = Some(VersionPos::of(row));
+                        last = from;
+                        if readable(row)
+                            && let Some(s) = self.history_version(who, &walls, row)?
+                        {
+                            served.push(s);
+                        }
+                    }
+                    if !full {
+                        break;
+                    }
+                }
+            }
+            Some((lo, hi)) => {
+                // The versions current at some moment of [lo, hi): those written in it, and
+                // each record's newest one written before it began.
+                let mut matching: Vec<VersionRow> = Vec::new();
+                let mut before_lo: std::collections::HashSet<RecordKey> = std::collections::HashSet::new();
+                let mut from = Some(VersionPos::written_before(hi));
+                let mut walked = 0usize;
+                loop {
+                    let rows = self.store.partition_versions(&walls.partition, rtype, req.window.since, from.as_ref(), 500)?;
+                    let n = rows.len();
+                    walked += n;
+                    if walked > self.limits.max_scan {
+                        return Err(EngineError::TooLarge("too many versions to walk for _at; narrow it with _since or a type".into()));
+                    }
+                    for row in rows {
+                        from = Some(VersionPos::of(&row));
+                        if row.last_updated_us < lo && !before_lo.insert(row.key) {
+                            continue;
+                        }
+                        if matching.len() >= MAX_AT_VERSIONS {
+                            return Err(EngineError::TooLarge(format!("more than {MAX_AT_VERSIONS} versions in the window; narrow _at, or add _since or a type")));
+                        }
+                        matching.push(row);
+                    }
+                    if n < 500 {
+                        break;
+                    }
+                }
+                for row in matching.iter().filter(|r| after.is_none_or(|a| listed_after(&VersionPos::of(r), &a))) {
+                    if served.len() == count {
+                        more = true;
+                        break;
+                    }
+                    last = Some(VersionPos::of(row));
+                    if readable(row)
+                        && let Some(s) = self.history_version(who, &walls, row)?
+                    {
+                        served.push(s);
+                    }
+                }
+            }
+        }
+        let next = match (more, last) {
+            (true, Some(pos)) => Some(self.seal_history_cursor(who, req, &pos)?),
+            _ => None,
+        };
+        let mut d = self.disclosure_of(&served);
+        if let Some(pid) = &walls.patient {
+            d.patient(walls.partition, Some(pid.clone()));
+        }
+        let page = HistoryPage { versions: served, next, patient: walls.patient };
+        Ok(Admitted::new(page, d))
+    }
+
+    /// The record a history reads, and the caller's view of it; or the directory.
+    fn history_walls(&self, who: &Principal, rtype: Option<&str>, patient: Option<&str>) -> Result<Walls> {
+        let of_patients = rtype.is_none_or(|t| t == "Patient" || t == "Binary" || self.registry.in_patient_compartment(t));
+        let named = match patient {
+            Some(_) if !of_patients => {
+                return Err(EngineError::BadRequest(format!(
+                    "{} is not in the Patient compartment: its history is the directory's, without patient",
+                    safe_type(rtype.unwrap_or_default())
+                )));
+            }
+            Some(p) => Some(p.to_string()),
+            None => who.patient().and_then(|p| p.strip_prefix("Patient/")).map(String::from),
+        };
+        let Some(pid) = named else {
+            if of_patients && rtype != Some("Binary") {
+                let what = rtype.map_or_else(|| "system history".to_string(), |t| format!("the history of {t}"));
+                return Err(EngineError::Search(format!(
+                    "{what} is kept per patient, never across patients: name one patient with patient=<id> (or read Patient/<id>/_history for the Patient alone)"
+                )));
+            }
+            if !who.is_local_operator() {
+                self.gate_directory(who, Act::Read)?;
+            }
+            return Ok(Walls { partition: self.vault.system_partition(), patient: None, view: crate::access::RecordView::OPEN });
+        };
+        if !brankas_fhir::is_valid_id(&pid) {
+            return Err(EngineError::NotFound);
+        }
+        // The record's gate, as a read of its Patient would pass it (care, consent, break-glass,
+        // budget): a patient the caller may not reach is refused, one that never existed is
+        // not found.
+        let row = self.current_row("Patient", &pid)?.ok_or(EngineError::NotFound)?;
+        let view = self.gate_row(who, &row, Act::Read)?;
+        Ok(Walls { partition: row.partition, patient: Some(pid), view })
+    }
+
+    /// One listed version as a read of it would serve it, or `None` when the caller may not
+    /// see it (left out, never refused). Delete markers carry nothing but their id.
+    fn history_version(&self, who: &Principal, walls: &Walls, row: &VersionRow) -> Result<Option<Stored>> {
+        let mut s = self.open_row(row, None)?;
+        if s.deleted {
+            return Ok(Some(s));
+        }
+        let rtype = row.resource_type.as_str();
+        if !walls.view.permits(who, rtype, &s.resource) || !self.scope_permits_resource(who, rtype, 'r', &s.resource)? {
+            return Ok(None);
+        }
+        walls.view.redact(who, rtype, &mut s.resource);
+        Ok(Some(s))
+    }
+
+    fn seal_history_cursor(&self, who: &Principal, req: &HistoryRequest, pos: &VersionPos) -> Result<String> {
+        let state = json!({
+            "c": who.client_id(), "h": true, "t": req.resource_type, "p": req.patient, "s": req.window.since,
+            "al": req.window.at.map(|a| a.0), "ah": req.window.at.map(|a| a.1), "n": req.count,
+            "u": pos.last_updated_us, "k": B64.encode(pos.key.0), "v": pos.version, "x": now_secs() + CURSOR_SECONDS,
+        });
+        let sealed = self.vault.seal_cursor(&serde_json::to_vec(&state).map_err(|_| EngineError::Integrity)?)?;
+        Ok(B64.encode(sealed))
+    }
+}
+
+/// Whether `a` comes after `b` in a listing newest first (write time, record key, version,
+/// all descending).
+fn listed_after(a: &VersionPos, b: &VersionPos) -> bool {
+    (a.last_updated_us, a.key.0, a.version) < (b.last_updated_us, b.key.0, b.version)
+}
