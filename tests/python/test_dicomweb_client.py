@@ -99,12 +99,90 @@ def test_frames_rendered_and_thumbnail_for_a_viewer(dicomweb):
     assert thumb.status_code == 200, thumb.text
     assert max(Image.open(io.BytesIO(thumb.content)).size) <= 128
 
-    # A frame that does not exist; a compressed instance is served as stored, not rendered.
+    # A frame that does not exist.
     with pytest.raises(requests.HTTPError) as missing:
         dicomweb.retrieve_instance_frames(*ids, frame_numbers=[2], media_types=("application/octet-stream",))
     assert missing.value.response.status_code == 404
+
+
+def stored_frames(ds):
+    """The compressed bitstream of each frame, as pydicom splits the encapsulated data."""
+    from pydicom.encaps import generate_frames
+
+    return list(generate_frames(ds.PixelData, number_of_frames=int(getattr(ds, "NumberOfFrames", 1))))
+
+
+def frames_raw(dicomweb, ids, frames, accept):
+    """A frames request with an exact Accept header: (status, content type, [(part type,
+    transfer syntax, bytes)])."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    url = f"{dicomweb.base_url}/studies/{ids[0]}/series/{ids[1]}/instances/{ids[2]}/frames/{frames}"
+    r = requests.get(url, headers={**dicomweb._session.headers, "Accept": accept}, timeout=30)
+    if r.status_code != 200:
+        return r.status_code, r.headers.get("content-type"), []
+    msg = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + r.headers["content-type"].encode() + b"\r\n\r\n" + r.content)
+    parts = [(p.get_content_type(), p["content-type"].params.get("transfer-syntax"), p.get_payload(decode=True)) for p in msg.iter_parts()]
+    return r.status_code, r.headers["content-type"], parts
+
+
+def test_compressed_instances_for_a_viewer(dicomweb):
+    """A viewer (OHIF asks `transfer-syntax=*`) gets compressed frames as stored; a client
+    asking for plain octets gets RLE and 8-bit JPEG decoded; rendered and thumbnail work for
+    those, and what is not decoded here (JPEG 2000) is a 406 that says how to ask."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    # RLE, 16-bit monochrome: decoded exactly as pydicom decodes it.
+    rle = fresh("MR_small_RLE.dcm")
+    dicomweb.store_instances([rle])
+    ids = (rle.StudyInstanceUID, rle.SeriesInstanceUID, rle.SOPInstanceUID)
+    frames = dicomweb.retrieve_instance_frames(*ids, frame_numbers=[1], media_types=("application/octet-stream",))
+    assert frames == [rle.pixel_array.astype("<u2").tobytes()], "RLE decoded to native little-endian samples"
+    status, ct, parts = frames_raw(dicomweb, ids, "1", 'multipart/related; type="application/octet-stream"; transfer-syntax=*')
+    assert status == 200 and parts == [("application/octet-stream", "1.2.840.10008.1.2.5", stored_frames(rle)[0])], (status, ct)
+    png = dicomweb.retrieve_instance_rendered(*ids, media_types=("image/png",))
+    img = Image.open(io.BytesIO(png))
+    assert (img.size, img.mode) == ((rle.Columns, rle.Rows), "L")
+    assert np.ptp(np.asarray(img)) > 100, "windowed, not flat"
+
+    # RLE, RGB, two frames.
+    rgb = fresh("SC_rgb_rle_2frame.dcm")
+    dicomweb.store_instances([rgb])
+    ids = (rgb.StudyInstanceUID, rgb.SeriesInstanceUID, rgb.SOPInstanceUID)
+    frames = dicomweb.retrieve_instance_frames(*ids, frame_numbers=[1, 2], media_types=("application/octet-stream",))
+    assert frames == [rgb.pixel_array[0].tobytes(), rgb.pixel_array[1].tobytes()]
+
+    # JPEG baseline: as stored for a viewer, byte for byte; decoded for plain octets, close to
+    # what pydicom (through Pillow) decodes; rendered; a thumbnail.
     jp = fresh("SC_rgb_jpeg_dcmtk.dcm")
     dicomweb.store_instances([jp])
-    with pytest.raises(requests.HTTPError) as compressed:
-        dicomweb.retrieve_instance_rendered(jp.StudyInstanceUID, jp.SeriesInstanceUID, jp.SOPInstanceUID, media_types=("image/jpeg",))
-    assert compressed.value.response.status_code == 406
+    ids = (jp.StudyInstanceUID, jp.SeriesInstanceUID, jp.SOPInstanceUID)
+    status, ct, parts = frames_raw(dicomweb, ids, "1", "multipart/related; type=application/octet-stream; transfer-syntax=*")
+    assert status == 200 and parts == [("application/octet-stream", "1.2.840.10008.1.2.4.50", stored_frames(jp)[0])], (status, ct)
+    as_jpeg = dicomweb.retrieve_instance_frames(*ids, frame_numbers=[1], media_types=(("image/jpeg", "1.2.840.10008.1.2.4.50"),))
+    assert as_jpeg == stored_frames(jp)
+    native = dicomweb.retrieve_instance_frames(*ids, frame_numbers=[1], media_types=("application/octet-stream",))[0]
+    mine = np.frombuffer(native, dtype=np.uint8).reshape(jp.Rows, jp.Columns, 3).astype(int)
+    assert np.abs(mine - jp.pixel_array.astype(int)).mean() < 3, "decoded to the same RGB (within IDCT rounding)"
+    rendered = Image.open(io.BytesIO(dicomweb.retrieve_instance_rendered(*ids, media_types=("image/png",))))
+    assert (rendered.size, rendered.mode) == ((jp.Columns, jp.Rows), "RGB")
+    thumb = requests.get(f"{dicomweb.base_url}/studies/{ids[0]}/series/{ids[1]}/instances/{ids[2]}/thumbnail",
+                         headers={**dicomweb._session.headers, "Accept": "image/jpeg"}, timeout=30)
+    assert thumb.status_code == 200 and Image.open(io.BytesIO(thumb.content)).format == "JPEG"
+
+    # JPEG 2000: served as stored only.
+    j2k = fresh("JPEG2000.dcm")
+    dicomweb.store_instances([j2k])
+    ids = (j2k.StudyInstanceUID, j2k.SeriesInstanceUID, j2k.SOPInstanceUID)
+    status, ct, parts = frames_raw(dicomweb, ids, "1", "multipart/related; type=application/octet-stream; transfer-syntax=*")
+    assert status == 200 and parts[0][2] == stored_frames(j2k)[0]
+    status, _, _ = frames_raw(dicomweb, ids, "1", "multipart/related; type=application/octet-stream")
+    assert status == 406
+    with pytest.raises(requests.HTTPError) as refused:
+        dicomweb.retrieve_instance_rendered(*ids, media_types=("image/jpeg",))
+    assert refused.value.response.status_code == 406
+    assert "transfer-syntax=*" in refused.value.response.text

@@ -9,8 +9,9 @@
 //!   refused, never guessed.
 //! - WADO-RS `GET /dicomweb/studies/{study}[/series/{series}[/instances/{sop}]]`: the instances
 //!   as stored (`multipart/related; type="application/dicom"`, streamed segment by segment),
-//!   `.../metadata` as DICOM JSON, and for viewers an uncompressed instance's `frames/{n,…}`
-//!   (native pixel data), `rendered` (JPEG or PNG) and `thumbnail`.
+//!   `.../metadata` as DICOM JSON, and for viewers `frames/{n,…}` (native samples, or a
+//!   compressed frame's bitstream as stored when asked with `transfer-syntax=*`), `rendered`
+//!   (JPEG or PNG) and `thumbnail` (uncompressed, RLE and 8-bit JPEG instances).
 //! - QIDO-RS `GET /dicomweb/studies`, `/series`, `/instances`, and within a study or series:
 //!   searches within one patient (`PatientID=` matched as NIK or IHS number, or `patient=`),
 //!   or of one study (`StudyInstanceUID=`).
@@ -633,7 +634,7 @@ async fn rendered(st: Arc<AppState>, who: Principal, ctx: ReqCtx, headers: Heade
 }
 
 /// `.../instances/{sop}/rendered`: the first frame as JPEG (or PNG), windowed as the instance
-/// says (uncompressed instances).
+/// says (uncompressed, RLE and 8-bit JPEG instances).
 async fn rendered_instance(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, Path(ids): Path<(String, String, String)>, headers: HeaderMap) -> ApiResult {
     rendered(st, who, ctx, headers, ids, None).await
 }
@@ -643,13 +644,48 @@ async fn thumbnail_instance(State(st): St, Extension(who): Extension<Principal>,
     rendered(st, who, ctx, headers, ids, Some(128)).await
 }
 
-/// `.../instances/{sop}/frames/{1,2,…}`: the frames' native pixel data, one part each
-/// (`multipart/related; type="application/octet-stream"`).
+/// Whether a `frames` request accepts the frames of an instance stored in transfer syntax
+/// `ts` as stored (compressed): its Accept names `transfer-syntax=*` or `ts` itself, or the
+/// bitstream's media type (`image/jpeg`, `image/jls`, `image/jp2`, `image/dicom-rle`)
+/// without another transfer syntax. Otherwise the frames are decoded to native samples, the
+/// default of PS3.18 (§8.7.3.5.2: `application/octet-stream`, Explicit VR Little Endian).
+fn frames_as_stored(headers: &HeaderMap, ts: &str) -> bool {
+    let accept = headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(",").to_ascii_lowercase();
+    let stored_type = brankas_dicom::render::frame_media_type(ts);
+    // Parameters of one media range (`type`, `transfer-syntax`): quoted or not, split on `;`.
+    accept.split(',').any(|range| {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default();
+        let mut kind = media.to_string();
+        let mut syntax: Option<String> = None;
+        for p in parts {
+            let Some((k, v)) = p.split_once('=') else { continue };
+            let v = v.trim().trim_matches('"').to_string();
+            match k.trim() {
+                "type" if media == "multipart/related" => kind = v,
+                "transfer-syntax" => syntax = Some(v),
+                _ => {}
+            }
+        }
+        match syntax.as_deref() {
+            Some("*") => true,
+            Some(t) => t == ts,
+            None => kind == stored_type && kind != "application/octet-stream",
+        }
+    })
+}
+
+/// `.../instances/{sop}/frames/{1,2,…}`: one part per frame
+/// (`multipart/related`). Uncompressed instances give their native samples. Compressed ones
+/// give the frame's bitstream as stored when the Accept header takes it (a viewer such as
+/// OHIF asks `transfer-syntax=*`), else the frame decoded to native samples (RLE and 8-bit
+/// JPEG; other codings are 406, naming how to ask).
 async fn frames_instance(
     State(st): St,
     Extension(who): Extension<Principal>,
     ctx: ReqCtx,
     Path((study, series, sop, frames)): Path<(String, String, String, String)>,
+    headers: HeaderMap,
 ) -> ApiResult {
     let wanted: Vec<usize> =
         frames.split(',').map(|f| f.trim().parse::<usize>()).collect::<Result<_, _>>().map_err(|_| ApiError::bad_request("frames are numbers from 1, separated by commas"))?;
@@ -657,13 +693,25 @@ async fn frames_instance(
         return Err(ApiError::bad_request("between 1 and 1000 frames per request"));
     }
     let parsed = parsed_instance(&st, &who, &ctx, study, series, sop).await?;
+    let ts = parsed.instance.transfer_syntax.clone();
+    let as_stored = !brankas_dicom::render::is_native(&parsed) && frames_as_stored(&headers, &ts);
+    let part_type = if as_stored {
+        let asked_octets = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/octet-stream"));
+        let media = if asked_octets { "application/octet-stream" } else { brankas_dicom::render::frame_media_type(&ts) };
+        format!("{media}; transfer-syntax={ts}")
+    } else if brankas_dicom::render::is_native(&parsed) {
+        "application/octet-stream".to_string()
+    } else {
+        format!("application/octet-stream; transfer-syntax={}", brankas_dicom::render::EXPLICIT_LE)
+    };
     let boundary = new_boundary()?;
-    let ct = format!("multipart/related; type=\"application/octet-stream\"; boundary={boundary}");
+    let media = part_type.split(';').next().unwrap_or_default().to_string();
+    let ct = format!("multipart/related; type=\"{media}\"; boundary={boundary}");
     let body = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ApiError> {
         let mut out = Vec::new();
         for n in wanted {
-            let f = brankas_dicom::render::frame(&parsed, n).map_err(render_error)?;
-            out.extend_from_slice(format!("--{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes());
+            let f = if as_stored { brankas_dicom::render::stored_frame(&parsed, n) } else { brankas_dicom::render::frame(&parsed, n) }.map_err(render_error)?;
+            out.extend_from_slice(format!("--{boundary}\r\nContent-Type: {part_type}\r\n\r\n").as_bytes());
             out.extend_from_slice(&f);
             out.extend_from_slice(b"\r\n");
         }
