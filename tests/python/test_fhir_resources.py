@@ -101,6 +101,15 @@ def test_every_answer_parses_as_r4(s):
                                                             "gender": "female", "birthDate": "1990-08-07", "active": True}, expect=200)
     s.call("DELETE", f"Observation/{obs_ids[2]}")
     s.call("GET", f"Observation/{obs_ids[2]}", expect=410)
+    # Histories of the record (with its update, patches and delete) and of the directory.
+    for path in [f"Observation/_history?patient={pid}", f"_history?patient={pid}&_count=3", f"Practitioner/_history",
+                 f"Observation/_history?patient={pid}&_since=2020-01-01", f"Observation/{obs_ids[2]}/_history"]:
+        b = s.call("GET", path, expect=200)
+        nxt = [link["url"] for link in b.get("link", []) if link["relation"] == "next"]
+        if nxt:
+            r = requests.get(nxt[0], headers=s.headers, timeout=60)
+            assert r.status_code == 200, r.text
+            construct_fhir_element("Bundle", r.json())
     # Bundles: a transaction with a read, a search and a patch; a batch with a failure.
     patch = base64.b64encode(json.dumps([{"op": "add", "path": "/valueQuantity/comparator", "value": ">"}]).encode()).decode()
     s.call("POST", "", {"resourceType": "Bundle", "type": "transaction", "entry": [
@@ -113,6 +122,7 @@ def test_every_answer_parses_as_r4(s):
     s.call("POST", "", {"resourceType": "Bundle", "type": "batch", "entry": [
         {"request": {"method": "GET", "url": f"Patient/{pid}/$everything?_count=1"}},
         {"request": {"method": "GET", "url": "Patient/nobody"}},
+        {"request": {"method": "GET", "url": f"Observation/_history?patient={pid}"}},
         {"resource": {"resourceType": "Observation", "code": {"text": "x"}}, "request": {"method": "POST", "url": "Observation"}},
     ]}, expect=200)
     # Errors are OperationOutcomes.

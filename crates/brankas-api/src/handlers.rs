@@ -854,9 +854,10 @@ async fn instance_sub(
     not_audit_event(&rtype)?;
     if sub == "_history" {
         let what = What::new("history", "R", target(&rtype, &id));
-        let r = history(&st, who.clone(), rtype, id, &pairs).await;
-        let r = audit::finish(&st, &who, &ctx, what, r).await?;
-        return Ok(r);
+        let (engine, w, at) = (st.engine.clone(), who.clone(), format!("{rtype}/{id}/_history"));
+        let page = blocking(move || engine.history_of(&w, Some(&rtype), Some(&id), &pairs, false)).await;
+        let page = audit::finish(&st, &who, &ctx, what, page).await?;
+        return Ok(json_response(StatusCode::OK, &history_bundle(&st, &at, &page)));
     }
     if rtype == "Patient" && sub == "$everything" {
         let engine = st.engine.clone();
@@ -900,46 +901,6 @@ async fn instance_sub(
     Err(ApiError::not_found())
 }
 
-/// The history Bundle, with what its versions disclose.
-async fn history(st: &AppState, who: Principal, rtype: String, id: String, pairs: &[(String, String)]) -> Result<Admitted<Response>, ApiError> {
-    let count = pairs.iter().find(|(k, _)| k == "_count").and_then(|(_, v)| v.parse::<usize>().ok()).unwrap_or(st.engine.limits().default_count);
-    // The page size the engine will really use, so that a full page gets its `next` link.
-    let count = count.clamp(1, st.engine.limits().max_history);
-    let before = pairs.iter().find(|(k, _)| k == "_before_version").and_then(|(_, v)| v.parse::<u64>().ok());
-    let date = |name: &str| -> Result<Option<(i64, i64)>, ApiError> {
-        match pairs.iter().find(|(k, _)| k == name) {
-            None => Ok(None),
-            Some((_, v)) => brankas_search::date_range(v).map(Some).ok_or_else(|| ApiError::bad_request(format!("{name} must be a FHIR date, dateTime or instant"))),
-        }
-    };
-    let window = brankas_engine::HistoryWindow { since: date("_since")?.map(|(lo, _)| lo), at: date("_at")? };
-    if window.since.is_some() || window.at.is_some() {
-        let kept: Vec<(String, String)> = pairs.iter().filter(|(k, _)| k == "_since" || k == "_at").cloned().collect();
-        let again = form_urlencoded::Serializer::new(String::new()).extend_pairs(kept).finish();
-        let engine = st.engine.clone();
-        let (t, i) = (rtype.clone(), id.clone());
-        let page = blocking(move || engine.history_window(&who, &t, &i, window, count, before)).await?;
-        return Ok(page.map(|(versions, total)| history_bundle(st, &rtype, &id, versions, total, count, &again)));
-    }
-    let engine = st.engine.clone();
-    let (t, i) = (rtype.clone(), id.clone());
-    let versions = blocking(move || {
-        let mut page = engine.history(&who, &t, &i, count, before)?;
-        // Versions are numbered 1, 2, 3… (a delete is a version too), so the newest one's
-        // number is how many there are: Bundle.total counts all of them, not this page.
-        let total = match (before, page.unreleased().first()) {
-            (None, Some(newest)) => newest.version,
-            _ => {
-                let newest = engine.history(&who, &t, &i, 1, None)?;
-                page.take(newest).first().map_or(0, |s| s.version)
-            }
-        };
-        Ok(page.map(|p| (p, total)))
-    })
-    .await?;
-    Ok(versions.map(|(versions, total)| history_bundle(st, &rtype, &id, versions, total, count, "")))
-}
-
 /// One entry of a history Bundle: the version, and the request that wrote it.
 fn history_entry(base: &str, s: &Stored) -> Value {
     let rtype = s.resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
@@ -975,47 +936,27 @@ async fn type_history(st: &AppState, who: Principal, ctx: ReqCtx, rtype: Option<
         None => rtype.clone(),
     };
     let what = What::new(if rtype.is_some() { "history-type" } else { "history-system" }, "R", target).with_query(&pairs);
-    let engine = st.engine.clone();
-    let w = who.clone();
-    let page = if let Some((_, cursor)) = pairs.iter().find(|(k, _)| k == "_page") {
-        let c = cursor.clone();
-        blocking(move || engine.type_history_page(&w, &c)).await
-    } else {
-        let req = brankas_engine::HistoryRequest::from_query(rtype, &pairs, strict(headers))?;
-        blocking(move || engine.type_history(&w, &req)).await
-    };
+    let (engine, w, strict) = (st.engine.clone(), who.clone(), strict(headers));
+    let page = blocking(move || engine.history_of(&w, rtype.as_deref(), None, &pairs, strict)).await;
     let page = audit::finish(st, &who, &ctx, what, page).await?;
-    let base = &st.base_url;
-    // The self link says what was used (the record, the window, the page size): any other
-    // parameter was ignored, or refused under strict handling.
-    let used: Vec<(&str, String)> = pairs.iter().filter(|(k, _)| matches!(k.as_str(), "_count" | "_since" | "_at")).map(|(k, v)| (k.as_str(), v.clone())).collect();
-    let mut this = form_urlencoded::Serializer::new(String::new());
-    if let Some(p) = &page.patient {
-        this.append_pair("patient", p);
-    }
-    this.extend_pairs(used);
-    let this = this.finish();
-    let mut links = vec![json!({"relation": "self", "url": if this.is_empty() { format!("{base}/{at}") } else { format!("{base}/{at}?{this}") }})];
-    if let Some(next) = &page.next {
-        links.push(json!({"relation": "next", "url": format!("{base}/{at}?_page={next}")}));
-    }
-    let entries: Vec<Value> = page.versions.iter().map(|s| history_entry(base, s)).collect();
-    Ok(json_response(StatusCode::OK, &json!({"resourceType": "Bundle", "type": "history", "link": links, "entry": entries})))
+    Ok(json_response(StatusCode::OK, &history_bundle(st, &at, &page)))
 }
 
-/// A history Bundle; `window` (`_since=…&_at=…`, or empty) is carried into the next link.
-fn history_bundle(st: &AppState, rtype: &str, id: &str, versions: Vec<Stored>, total: u64, count: usize, window: &str) -> Response {
+/// A history Bundle at `at` (`Type/id/_history`, `Type/_history`, `_history`): the self link
+/// says which parameters were used; `total` when it is known (one resource's history).
+fn history_bundle(st: &AppState, at: &str, page: &brankas_engine::HistoryPage) -> Value {
     let base = &st.base_url;
-    let entries: Vec<Value> = versions.iter().map(|s| history_entry(base, s)).collect();
-    let mut links = vec![json!({"relation": "self", "url": format!("{base}/{rtype}/{id}/_history")})];
-    if let Some(last) = versions.last()
-        && last.version > 1
-        && versions.len() >= count.max(1)
-    {
-        let window = if window.is_empty() { String::new() } else { format!("&{window}") };
-        links.push(json!({"relation": "next", "url": format!("{base}/{rtype}/{id}/_history?_count={count}&_before_version={}{window}", last.version)}));
+    let link = |q: &str| if q.is_empty() { format!("{base}/{at}") } else { format!("{base}/{at}?{q}") };
+    let mut links = vec![json!({"relation": "self", "url": link(&page.this)})];
+    if let Some(next) = &page.next {
+        links.push(json!({"relation": "next", "url": link(next)}));
     }
-    json_response(StatusCode::OK, &json!({"resourceType": "Bundle", "type": "history", "total": total, "link": links, "entry": entries}))
+    let entries: Vec<Value> = page.versions.iter().map(|s| history_entry(base, s)).collect();
+    let mut b = json!({"resourceType": "Bundle", "type": "history", "link": links, "entry": entries});
+    if let Some(total) = page.total {
+        b["total"] = json!(total);
+    }
+    b
 }
 
 async fn search_get(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, Path(rtype): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap) -> ApiResult {
@@ -1189,6 +1130,9 @@ fn response_entry(st: &AppState, o: EntryOutcome, ret: Return) -> Value {
     if let Some((page, links)) = &o.page {
         let set = searchset_with(st, page, Some(links), |b| serde_json::to_value(b).unwrap_or(Value::Null));
         return json!({"resource": set, "response": {"status": status_line(o.status)}});
+    }
+    if let Some((page, at)) = &o.history {
+        return json!({"resource": history_bundle(st, at, page), "response": {"status": status_line(o.status)}});
     }
     let mut resp = json!({"status": status_line(o.status)});
     let mut entry = json!({});

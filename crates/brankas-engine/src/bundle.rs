@@ -28,15 +28,17 @@ pub struct EntryOutcome {
     pub error: Option<EngineError>,
     /// A search (or `$everything`) entry's page, with the path its paging links go to.
     pub page: Option<(crate::Page, String)>,
+    /// A history entry's page, with the path its links go to.
+    pub history: Option<(crate::HistoryPage, String)>,
 }
 
 impl EntryOutcome {
     fn failed(e: EngineError) -> Self {
-        EntryOutcome { status: 0, stored: None, location: None, error: Some(e), page: None }
+        EntryOutcome { status: 0, stored: None, location: None, error: Some(e), page: None, history: None }
     }
 
     fn done(status: u16, location: Option<(String, String)>, stored: Option<Stored>) -> Self {
-        EntryOutcome { status, stored, location, error: None, page: None }
+        EntryOutcome { status, stored, location, error: None, page: None, history: None }
     }
 }
 
@@ -268,7 +270,7 @@ impl Engine {
     }
 
     /// A GET entry: a read (`Type/id`, with `ifNoneMatch` and `ifModifiedSince`), a version
-    /// read (`Type/id/_history/n`), a search (`Type?…`, `Patient/id/Type?…`, a paging link's
+    /// read (`Type/id/_history/n`), a history (of a resource, a type or the system), a search (`Type?…`, `Patient/id/Type?…`, a paging link's
     /// `?_page=…`) or `Patient/id/$everything`, each as its own request would be, unknown
     /// search parameters ignored and reported (lenient handling).
     fn entry_get(&self, who: &Principal, e: &GetEntry, searched: &mut crate::Admitted<()>) -> Result<EntryOutcome> {
@@ -276,9 +278,19 @@ impl Engine {
         let pairs = crate::search::parse_query_string(query);
         let cursor = pairs.iter().find(|(k, _)| k == "_page").map(|(_, c)| c.clone());
         let parts: Vec<&str> = path.split('/').collect();
-        let searchset = |page: crate::Page, links: String| EntryOutcome { status: 200, stored: None, location: None, error: None, page: Some((page, links)) };
+        let searchset = |page: crate::Page, links: String| EntryOutcome { status: 200, stored: None, location: None, error: None, page: Some((page, links)), history: None };
+        let history = |page: crate::HistoryPage, links: String| EntryOutcome { status: 200, stored: None, location: None, error: None, page: None, history: Some((page, links)) };
         match parts.as_slice() {
             ["AuditEvent", ..] => Err(EngineError::BadRequest("AuditEvent is searched directly (GET /fhir/AuditEvent?patient=...), not inside a Bundle".into())),
+            ["_history"] => Ok(history(searched.take(self.history_of(who, None, None, &pairs, false)?), "_history".into())),
+            [t, "_history"] => {
+                check_type(t)?;
+                Ok(history(searched.take(self.history_of(who, Some(t), None, &pairs, false)?), format!("{t}/_history")))
+            }
+            [t, id, "_history"] => {
+                check_type(t)?;
+                Ok(history(searched.take(self.history_of(who, Some(t), Some(id), &pairs, false)?), format!("{t}/{id}/_history")))
+            }
             [t] => {
                 check_type(t)?;
                 let page = match cursor {
@@ -313,7 +325,7 @@ impl Engine {
                 };
                 Ok(searchset(searched.take(page), t.to_string()))
             }
-            _ => Err(EngineError::BadRequest("this request is not supported inside a Bundle: reads, version reads, searches and $everything are".into())),
+            _ => Err(EngineError::BadRequest("this request is not supported inside a Bundle: reads, version reads, histories, searches and $everything are".into())),
         }
     }
 

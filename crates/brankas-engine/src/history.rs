@@ -33,17 +33,23 @@ pub struct HistoryRequest {
     pub window: HistoryWindow,
     /// `_count`: the page size (the engine's default when absent, capped at its largest).
     pub count: Option<usize>,
+    /// The parameters used, as given (the self link's query).
+    pub used: Vec<(String, String)>,
 }
 
-/// One page of a type or system history.
+/// One page of a history, at any level.
 #[derive(Debug)]
 pub struct HistoryPage {
     /// Newest first; deleted versions are delete markers (only their id is meaningful).
     pub versions: Vec<Stored>,
-    /// A sealed cursor for the next page, when the listing goes on.
+    /// The query of the next page's link (a sealed cursor, or the next versions' window),
+    /// when the listing goes on.
     pub next: Option<String>,
-    /// The patient whose record this is (`None`: the directory).
-    pub patient: Option<String>,
+    /// The query of the self link: the parameters used (the record, the window, the page
+    /// size); any other was ignored.
+    pub this: String,
+    /// How many versions the listing holds in all, when it is known (one resource's history).
+    pub total: Option<u64>,
 }
 
 impl HistoryRequest {
@@ -59,6 +65,9 @@ impl HistoryRequest {
                 return Err(bad(format!("{k} may be given once")));
             }
             seen.push(k);
+            if matches!(k.as_str(), "_count" | "_since" | "_at" | "patient") {
+                req.used.push((k.clone(), v.clone()));
+            }
             let date = |name: &str| brankas_search::date_range(v).ok_or_else(|| bad(format!("{name} must be a FHIR date, dateTime or instant")));
             match k.as_str() {
                 "_count" => {
@@ -92,6 +101,61 @@ struct Walls {
 }
 
 impl Engine {
+    /// Any history a URL asks for: of one resource (`[type]/[id]/_history`), of a type
+    /// (`[type]/_history`) or of the system (`_history`), a paging link's `_page` included.
+    pub fn history_of(&self, who: &Principal, rtype: Option<&str>, id: Option<&str>, pairs: &[(String, String)], strict: bool) -> Result<Admitted<HistoryPage>> {
+        if let (Some(t), Some(id)) = (rtype, id) {
+            return self.instance_history(who, t, id, pairs);
+        }
+        match pairs.iter().find(|(k, _)| k == "_page") {
+            Some((_, cursor)) => self.type_history_page(who, cursor),
+            None => self.type_history(who, &HistoryRequest::from_query(rtype.map(String::from), pairs, strict)?),
+        }
+    }
+
+    /// `GET [type]/[id]/_history`: `_count`, `_since` and `_at`, and `_before_version` in its
+    /// own next links (versions are numbered, so a page continues below the last one shown).
+    fn instance_history(&self, who: &Principal, rtype: &str, id: &str, pairs: &[(String, String)]) -> Result<Admitted<HistoryPage>> {
+        let count = pairs.iter().find(|(k, _)| k == "_count").and_then(|(_, v)| v.parse::<usize>().ok()).unwrap_or(self.limits.default_count);
+        // The page size really used, so that a full page gets its `next` link.
+        let count = count.clamp(1, self.limits.max_history);
+        let before = pairs.iter().find(|(k, _)| k == "_before_version").and_then(|(_, v)| v.parse::<u64>().ok());
+        let date = |name: &str| -> Result<Option<(i64, i64)>> {
+            match pairs.iter().find(|(k, _)| k == name) {
+                None => Ok(None),
+                Some((_, v)) => brankas_search::date_range(v).map(Some).ok_or_else(|| EngineError::BadRequest(format!("{name} must be a FHIR date, dateTime or instant"))),
+            }
+        };
+        let window = HistoryWindow { since: date("_since")?.map(|(lo, _)| lo), at: date("_at")? };
+        let kept: Vec<(String, String)> = pairs.iter().filter(|(k, _)| k == "_since" || k == "_at").cloned().collect();
+        let again = form_urlencoded::Serializer::new(String::new()).extend_pairs(&kept).finish();
+        let listed = if window.since.is_some() || window.at.is_some() {
+            self.history_window(who, rtype, id, window, count, before)?
+        } else {
+            let mut page = self.history(who, rtype, id, count, before)?;
+            // Versions are numbered 1, 2, 3… (a delete is a version too), so the newest one's
+            // number is how many there are: the total counts all of them, not this page.
+            let total = match (before, page.unreleased().first()) {
+                (None, Some(newest)) => newest.version,
+                _ => {
+                    let newest = self.history(who, rtype, id, 1, None)?;
+                    page.take(newest).first().map_or(0, |s| s.version)
+                }
+            };
+            page.map(|p| (p, total))
+        };
+        Ok(listed.map(|(versions, total)| {
+            let next = match versions.last() {
+                Some(last) if last.version > 1 && versions.len() >= count => {
+                    let window = if again.is_empty() { String::new() } else { format!("&{again}") };
+                    Some(format!("_count={count}&_before_version={}{window}", last.version))
+                }
+                _ => None,
+            };
+            HistoryPage { versions, next, this: again, total: Some(total) }
+        }))
+    }
+
     /// `GET [type]/_history` and `GET _history`: the versions of one patient's record (of one
     /// type, or all), or of one directory type, that the caller may see, newest first.
     pub fn type_history(&self, who: &Principal, req: &HistoryRequest) -> Result<Admitted<HistoryPage>> {
@@ -116,6 +180,7 @@ impl Engine {
             patient: v["p"].as_str().map(String::from),
             window: HistoryWindow { since: v["s"].as_i64(), at },
             count: v["n"].as_u64().map(|n| n as usize),
+            used: v["g"].as_array().into_iter().flatten().filter_map(|p| Some((p.get(0)?.as_str()?.to_string(), p.get(1)?.as_str()?.to_string()))).collect(),
         };
         self.history_from(who, &req, Some(after))
     }
@@ -204,14 +269,22 @@ impl Engine {
             }
         }
         let next = match (more, last) {
-            (true, Some(pos)) => Some(self.seal_history_cursor(who, req, &pos)?),
+            (true, Some(pos)) => Some(format!("_page={}", self.seal_history_cursor(who, req, &pos)?)),
             _ => None,
         };
         let mut d = self.disclosure_of(&served);
         if let Some(pid) = &walls.patient {
             d.patient(walls.partition, Some(pid.clone()));
         }
-        let page = HistoryPage { versions: served, next, patient: walls.patient };
+        let mut this = form_urlencoded::Serializer::new(String::new());
+        if req.patient.is_none()
+            && let Some(p) = &walls.patient
+        {
+            // The record a patient's own client reads without naming it.
+            this.append_pair("patient", p);
+        }
+        this.extend_pairs(&req.used);
+        let page = HistoryPage { versions: served, next, this: this.finish(), total: None };
         Ok(Admitted::new(page, d))
     }
 
@@ -269,7 +342,7 @@ impl Engine {
     fn seal_history_cursor(&self, who: &Principal, req: &HistoryRequest, pos: &VersionPos) -> Result<String> {
         let state = json!({
             "c": who.client_id(), "h": true, "t": req.resource_type, "p": req.patient, "s": req.window.since,
-            "al": req.window.at.map(|a| a.0), "ah": req.window.at.map(|a| a.1), "n": req.count,
+            "al": req.window.at.map(|a| a.0), "ah": req.window.at.map(|a| a.1), "n": req.count, "g": req.used,
             "u": pos.last_updated_us, "k": B64.encode(pos.key.0), "v": pos.version, "x": now_secs() + CURSOR_SECONDS,
         });
         let sealed = self.vault.seal_cursor(&serde_json::to_vec(&state).map_err(|_| EngineError::Integrity)?)?;

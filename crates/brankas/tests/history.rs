@@ -224,6 +224,12 @@ fn history_is_disclosed_counted_and_audited() {
     let statuses: Vec<u16> = ids.iter().map(|id| s.get_as(&budgeted.token, &format!("Observation/_history?patient={id}")).0).collect();
     assert_eq!(statuses, vec![200, 200, 429]);
     assert_eq!(s.get_as(&budgeted.token, &format!("_history?patient={}", ids[0])).0, 200);
+    // Inside a batch too: the batch's histories join its disclosure and its budget.
+    let fresh = inst.budgeted_facility(&s, "batch reader", 2, 100, &["--on-exceed", "throttle"]);
+    let entries: Vec<Value> = ids.iter().map(|id| json!({"request": {"method": "GET", "url": format!("Observation/_history?patient={id}")}})).collect();
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": entries});
+    let (st, b) = s.call(&fresh.token, reqwest::Method::POST, "", Some(&batch), &[]);
+    assert_eq!(st, 429, "{b}");
 
     // The read is in the patient's access history, as history.
     let (st, _) = s.get_as(&rs.token, &format!("_history?patient={}", ids[0]));
@@ -252,4 +258,41 @@ fn directory_history_needs_no_patient_and_takes_none() {
     // A researcher reaches no clinical API, the directory's history included.
     let researcher = inst.caller(&s, &["--name", "research", "--role", "researcher"]);
     assert_eq!(s.get_as(&researcher.token, "Organization/_history").0, 403);
+}
+
+#[test]
+fn histories_inside_a_batch_answer_as_their_own_requests() {
+    let inst = Instance::init();
+    let s = inst.serve();
+    let rs = facility(&inst, &s, "rs-a", "rs-a", &[]);
+    let a = create(&s, &rs, &patient("3171054708900003", "Lestari"));
+    let o = create(&s, &rs, &observation(&a));
+    let mut changed = observation(&a);
+    changed["id"] = json!(o);
+    changed["status"] = json!("amended");
+    assert_eq!(s.call(&rs.token, reqwest::Method::PUT, &format!("Observation/{o}"), Some(&changed), &[]).0, 200);
+    let org = create(&s, &rs, &json!({"resourceType": "Organization", "name": "RSUD Sehat"}));
+    let get = |url: String| json!({"request": {"method": "GET", "url": url}});
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        get(format!("Observation/{o}/_history?_count=1")),
+        get(format!("Observation/_history?patient={a}")),
+        get(format!("_history?patient={a}")),
+        get("Organization/_history".into()),
+        get("Observation/_history".into()),
+    ]});
+    let (st, b) = s.call(&rs.token, reqwest::Method::POST, "", Some(&batch), &[]);
+    assert_eq!(st, 200, "{b}");
+    let e = b["entry"].as_array().unwrap();
+    // One resource's history: a page of one, its total, and a next link that works.
+    assert_eq!(e[0]["response"]["status"], "200 OK");
+    let one = &e[0]["resource"];
+    assert_eq!((one["type"].as_str(), one["total"].as_u64()), (Some("history"), Some(2)));
+    assert_eq!(listed(one), vec![(format!("Observation/{o}"), "2".into(), "PUT".into())]);
+    let (st, rest) = s.get_as(&rs.token, next_link(one).unwrap().split("/fhir/").nth(1).unwrap());
+    assert_eq!((st, listed(&rest)), (200, vec![(format!("Observation/{o}"), "1".into(), "POST".into())]));
+    assert_eq!(listed(&e[1]["resource"]).len(), 2);
+    assert_eq!(listed(&e[2]["resource"]).len(), 3);
+    assert_eq!(listed(&e[3]["resource"]), vec![(format!("Organization/{org}"), "1".into(), "POST".into())]);
+    // Across patients: that entry fails as its own request would, the others stand.
+    assert!(e[4]["response"]["status"].as_str().unwrap().starts_with("400"), "{}", e[4]);
 }
