@@ -101,7 +101,9 @@ pub fn capability_statement(base: &str, cors: bool) -> Value {
             "operation": [
                 {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"},
                 {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"},
-                {"name": "meta", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-meta"}
+                {"name": "meta", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-meta"},
+                {"name": "meta-add", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-meta-add"},
+                {"name": "meta-delete", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-meta-delete"}
             ],
             "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"]
         }]

@@ -46,7 +46,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/fhir/{rtype}", get(search_get).post(create).put(conditional_update).delete(conditional_delete).patch(conditional_patch).fallback(method_not_allowed))
         .route("/fhir/{rtype}/_search", post(search_post).fallback(method_not_allowed))
         .route("/fhir/{rtype}/{id}", get(read).put(update).delete(delete).patch(patch).post(type_operation).fallback(method_not_allowed))
-        .route("/fhir/{rtype}/{id}/{sub}", get(instance_sub).fallback(method_not_allowed))
+        .route("/fhir/{rtype}/{id}/{sub}", get(instance_sub).post(instance_operation).fallback(method_not_allowed))
         .route("/fhir/{rtype}/{id}/_history/{vid}", get(vread).fallback(method_not_allowed))
         .merge(crate::admin::routes(state.clone()))
         .merge(crate::audit::routes())
@@ -781,6 +781,42 @@ async fn type_operation(State(st): St, Extension(who): Extension<Principal>, Pat
         Err(e) => return Err(e),
     };
     Ok(json_response(StatusCode::OK, &outcome))
+}
+
+/// `POST [type]/[id]/$meta-add` and `$meta-delete` (R4 Resource-meta-add, -delete): a
+/// `Parameters` with a `meta` parameter (`valueMeta`); the answer is the resource's meta as
+/// it then is. Audited as the patch it is.
+async fn instance_operation(
+    State(st): St,
+    Extension(who): Extension<Principal>,
+    ctx: ReqCtx,
+    Path((rtype, id, op)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    check_type(&rtype)?;
+    not_audit_event(&rtype)?;
+    let add = match op.as_str() {
+        "$meta-add" => true,
+        "$meta-delete" => false,
+        o if o.starts_with('$') => return Err(ApiError::new(StatusCode::NOT_FOUND, "not-supported", "operation not supported")),
+        _ => return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "not-supported", "POST goes to the type (create) or to the base URL (Bundle)")),
+    };
+    let v = read_json(&st, &headers, body).await?;
+    if v.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
+        return Err(ApiError::bad_request("$meta-add and $meta-delete take a Parameters resource"));
+    }
+    let metas: Vec<&Value> = v.get("parameter").and_then(Value::as_array).into_iter().flatten().filter(|p| p.get("name").and_then(Value::as_str) == Some("meta")).collect();
+    let meta = match metas.as_slice() {
+        [one] => one.get("valueMeta").cloned().ok_or_else(|| ApiError::bad_request("the meta parameter carries a valueMeta"))?,
+        _ => return Err(ApiError::bad_request("$meta-add and $meta-delete take exactly one parameter 'meta' (valueMeta)")),
+    };
+    let engine = st.engine.clone();
+    let (t, w, target) = (rtype.clone(), who.clone(), target(&rtype, &id));
+    let out = blocking(move || engine.meta_change(&w, &t, &id, &meta, add)).await;
+    let s = audit::finish(&st, &who, &ctx, What::new("patch", "U", target), out).await?;
+    let meta = s.resource.get("meta").cloned().unwrap_or_else(|| json!({}));
+    Ok(json_response(StatusCode::OK, &json!({"resourceType": "Parameters", "parameter": [{"name": "return", "valueMeta": meta}]})))
 }
 
 /// `_summary` and `_elements` on a read (R4 §3.1.1.5.8, §3.1.1.5.9): the answer is trimmed

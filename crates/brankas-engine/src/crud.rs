@@ -461,11 +461,31 @@ impl Engine {
             })?,
             PatchBody::Merge(m) => json_patch::merge(&mut doc, m),
             PatchBody::FhirPath(p) => brankas_fhir::fhirpath_patch::apply(&mut doc, p).map_err(|e| EngineError::Unprocessable(format!("{e}; nothing was changed")))?,
+            PatchBody::Meta { add, meta } => {
+                apply_meta(&mut doc, meta, *add)?;
+            }
         }
         if doc.get("resourceType").and_then(Value::as_str) != Some(rtype) || doc.get("id").and_then(Value::as_str) != Some(id) {
             return Err(EngineError::Unprocessable("a patch may not change the resource's type or id".into()));
         }
         Ok((doc, seen.version))
+    }
+
+    /// `$meta-add` and `$meta-delete` (R4 Resource-meta-add, -delete): profiles, security
+    /// labels and tags added to, or removed from, the current version's meta. Written as a new
+    /// version (a stored version is never changed in place), gated as a patch is (the caller
+    /// reads the resource whole and may update it); nothing is written when nothing changes.
+    /// Returns the resource as it then is.
+    pub fn meta_change(&self, who: &Principal, rtype: &str, id: &str, meta: &Value, add: bool) -> Result<Admitted<Stored>> {
+        check_type(rtype)?;
+        self.require(who, rtype, 'u')?;
+        let seen = self.read_gated(who, rtype, id)?;
+        let mut probe = seen.resource.clone();
+        if !apply_meta(&mut probe, meta, add)? {
+            let d = self.disclosure_of(std::slice::from_ref(&seen));
+            return Ok(Admitted::new(seen, d));
+        }
+        Ok(self.patch(who, rtype, id, &PatchBody::Meta { add, meta: meta.clone() }, Some(seen.version))?.map(|w| w.stored))
     }
 
     /// The id of the one resource a conditional interaction's criteria match, as the caller
@@ -656,6 +676,9 @@ pub enum PatchBody {
     Merge(Value),
     /// FHIRPath Patch: a `Parameters` resource of operations ([`brankas_fhir::fhirpath_patch`]).
     FhirPath(Value),
+    /// `$meta-add` (`add`) or `$meta-delete`: the profiles, security labels and tags of a
+    /// `Meta` added to, or removed from, the resource's own.
+    Meta { add: bool, meta: Value },
 }
 
 impl PatchBody {
@@ -682,6 +705,47 @@ impl PatchBody {
             _ => Err(EngineError::UnsupportedMedia("a patch Binary's contentType is application/json-patch+json or application/merge-patch+json".into())),
         }
     }
+}
+
+/// Adds (or removes) the profiles, security labels and tags of `change` (a `Meta`) to (from)
+/// `doc`'s meta; codings are the same when their system and code are. Whether anything changed.
+fn apply_meta(doc: &mut Value, change: &Value, add: bool) -> Result<bool> {
+    let bad = |m: &str| EngineError::BadRequest(m.to_string());
+    let change = change.as_object().ok_or_else(|| bad("the meta parameter is a Meta"))?;
+    if change.keys().any(|k| !matches!(k.as_str(), "profile" | "security" | "tag")) {
+        return Err(bad("$meta-add and $meta-delete change a resource's profile, security and tag only"));
+    }
+    let obj = doc.as_object_mut().ok_or(EngineError::Integrity)?;
+    let meta = obj.entry("meta").or_insert_with(|| json!({})).as_object_mut().ok_or(EngineError::Integrity)?;
+    let mut changed = false;
+    for key in ["profile", "security", "tag"] {
+        let Some(given) = change.get(key) else { continue };
+        let given = given.as_array().ok_or_else(|| bad("meta.profile, meta.security and meta.tag are lists"))?;
+        let same = |a: &Value, b: &Value| -> bool { if key == "profile" { a == b } else { a.get("system") == b.get("system") && a.get("code") == b.get("code") } };
+        for g in given {
+            let ok = if key == "profile" { g.as_str().is_some_and(|p| !p.is_empty()) } else { g.get("code").and_then(Value::as_str).is_some_and(|c| !c.is_empty()) };
+            if !ok {
+                return Err(bad("each profile is a canonical URL, and each security label or tag a Coding with a code"));
+            }
+        }
+        let list = meta.entry(key).or_insert_with(|| json!([])).as_array_mut().ok_or(EngineError::Integrity)?;
+        let before = list.len();
+        if add {
+            for g in given {
+                if !list.iter().any(|x| same(x, g)) {
+                    list.push(g.clone());
+                    changed = true;
+                }
+            }
+        } else {
+            list.retain(|x| !given.iter().any(|g| same(x, g)));
+            changed |= list.len() != before;
+        }
+        if list.is_empty() {
+            meta.remove(key);
+        }
+    }
+    Ok(changed)
 }
 
 /// A new server-assigned id: 128 random bits, hex (reveals nothing, never guessable).

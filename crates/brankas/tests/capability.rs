@@ -77,9 +77,14 @@ fn every_listed_search_parameter_and_operation_answers() {
 
     // The operations it lists.
     let ops: Vec<&str> = rest["operation"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap()).collect();
-    assert_eq!(ops, ["everything", "validate", "meta"]);
+    assert_eq!(ops, ["everything", "validate", "meta", "meta-add", "meta-delete"]);
     assert_eq!(s.get_as(&rs.token, &format!("Patient/{pid}/$everything")).0, 200);
     assert_eq!(s.get_as(&rs.token, &format!("Patient/{pid}/$meta")).0, 200);
+    for op in ["$meta-add", "$meta-delete"] {
+        let change = serde_json::json!({"resourceType": "Parameters", "parameter": [{"name": "meta", "valueMeta": {"tag": [{"system": "urn:test", "code": "x"}]}}]});
+        let (st, v) = s.call(&rs.token, reqwest::Method::POST, &format!("Patient/{pid}/{op}"), Some(&change), &[]);
+        assert_eq!(st, 200, "{op}: {v}");
+    }
     let (st, v): (u16, Value) = s.call(&rs.token, reqwest::Method::POST, "Patient/$validate", Some(&patient("3171054708900003", "Lestari")), &[]);
     assert_eq!((st, v["issue"][0]["severity"].as_str()), (200, Some("information")), "{v}");
     // Type history for every type that lists it (one patient's record, or the directory),
@@ -107,7 +112,8 @@ fn every_listed_search_parameter_and_operation_answers() {
     assert!(histories > 140, "{histories}");
     assert!(rest["interaction"].as_array().unwrap().iter().any(|i| i["code"] == "history-system"));
     let (st, b) = s.get_as(&rs.token, &format!("_history?patient={pid}"));
-    assert_eq!((st, b["entry"].as_array().map(Vec::len)), (200, Some(2)), "{b}");
+    // The Patient's three versions (created, tagged, untagged) and the Observation.
+    assert_eq!((st, b["entry"].as_array().map(Vec::len)), (200, Some(4)), "{b}");
     // AuditEvent is written by the audit log only: no write interaction is listed.
     let audit = rest["resource"].as_array().unwrap().iter().find(|r| r["type"] == "AuditEvent").unwrap();
     assert_eq!(audit["interaction"], serde_json::json!([{"code": "search-type"}]));

@@ -2227,6 +2227,37 @@ fn validate_and_meta_operations() {
     assert!(r.json.get("name").is_none() && !r.text.contains(NIK_SITI));
     assert_eq!(s.call(&reader.token, reqwest::Method::GET, &format!("Patient/{pid}/$meta"), None, &[]).0, 403);
     assert_eq!(get(&s, "Patient/nobody/$meta").status, 404);
+
+    // $meta-add and $meta-delete: a tag added once (a new version), not twice; removed.
+    let tag = json!({"system": "urn:test:tags", "code": "rujukan"});
+    let change = |meta: Value| json!({"resourceType": "Parameters", "parameter": [{"name": "meta", "valueMeta": meta}]});
+    let r = reply(s.post(&format!("Patient/{pid}/$meta-add"), &change(json!({"tag": [tag]}))));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!((r.json["parameter"][0]["valueMeta"]["tag"].clone(), r.json["parameter"][0]["valueMeta"]["versionId"].as_str()), (json!([tag]), Some("2")));
+    let r = reply(s.post(&format!("Patient/{pid}/$meta-add"), &change(json!({"tag": [tag], "profile": []}))));
+    assert_eq!(r.json["parameter"][0]["valueMeta"]["versionId"], "2", "nothing changed, nothing written");
+    assert_eq!(get(&s, &format!("Patient/{pid}")).json["meta"]["tag"], json!([tag]));
+    let r = reply(s.post(&format!("Patient/{pid}/$meta-delete"), &change(json!({"tag": [{"system": "urn:test:tags", "code": "rujukan", "display": "any"}]}))));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!((r.json["parameter"][0]["valueMeta"].get("tag"), r.json["parameter"][0]["valueMeta"]["versionId"].as_str()), (None, Some("3")));
+    assert_eq!(get(&s, &format!("Patient/{pid}/_history")).json["total"], 3);
+    // What it does not change, and malformed requests, are refused without echoing.
+    for bad in [
+        change(json!({"versionId": "9"})),
+        change(json!({"tag": [{"system": "urn:x"}]})),
+        change(json!({"profile": "http://example.org/p"})),
+        json!({"resourceType": "Parameters", "parameter": []}),
+        json!({"resourceType": "Patient"}),
+    ] {
+        let r = reply(s.post(&format!("Patient/{pid}/$meta-add"), &bad));
+        assert_eq!(r.status, 400, "{bad}: {}", r.text);
+        assert!(!r.text.contains(NIK_SITI));
+    }
+    assert_eq!(reply(s.post(&format!("Patient/{pid}/$nope"), &change(json!({"tag": [tag]})))).status, 404);
+    assert_eq!(reply(s.post("Patient/nobody/$meta-add", &change(json!({"tag": [tag]})))).status, 404);
+    // It writes: a client that may only read cannot.
+    let r = s.call(&reader.token, reqwest::Method::POST, &format!("Patient/{pid}/$meta-add"), Some(&change(json!({"tag": [tag]}))), &[]);
+    assert_eq!(r.0, 403);
 }
 
 /// Errors in Indonesian when the client asks for it; English otherwise.
