@@ -906,11 +906,15 @@ async fn instance_sub(
             let req = brankas_engine::EverythingRequest::from_query(id, &pairs, strict(&headers))?;
             blocking(move || engine.everything(&w, &req)).await
         };
-        let page = audit::finish(&st, &who, &ctx, What::new("everything", "R", target), page).await?;
+        let mut page = audit::finish(&st, &who, &ctx, What::new("everything", "R", target), page).await?;
+        if pairs.iter().any(|(k, _)| k == "_page") {
+            page.used = None;
+        }
         return Ok(searchset(&st, &page, Some(&links)));
     }
     if rtype == "Patient" && brankas_fhir::is_resource_type(&sub) {
         let what = What::new("search", "R", target(&rtype, &id)).with_query(&pairs);
+        let paged = pairs.iter().any(|(k, _)| k == "_page");
         let engine = st.engine.clone();
         let w = who.clone();
         let page = if let Some((_, cursor)) = pairs.iter().find(|(k, _)| k == "_page") {
@@ -921,7 +925,10 @@ async fn instance_sub(
             let req = SearchRequest { resource_type: sub.clone(), pairs, compartment: Some(id), offset: 0, strict: strict(&headers) };
             blocking(move || engine.search(&w, &req)).await
         };
-        let page = audit::finish(&st, &who, &ctx, what, page).await?;
+        let mut page = audit::finish(&st, &who, &ctx, what, page).await?;
+        if paged {
+            page.used = None;
+        }
         return Ok(searchset(&st, &page, Some(&sub)));
     }
     if sub == "$meta" {
@@ -1005,7 +1012,7 @@ async fn search_get(State(st): St, Extension(who): Extension<Principal>, ctx: Re
     if rtype == "AuditEvent" {
         return audit::search(st.clone(), who, ctx, pairs).await;
     }
-    run_search(&st, who, ctx, rtype, pairs, &headers).await
+    run_search(&st, who, ctx, rtype, pairs, &headers, true).await
 }
 
 async fn search_post(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx, Path(rtype): Path<String>, headers: HeaderMap, body: Body) -> ApiResult {
@@ -1019,7 +1026,7 @@ async fn search_post(State(st): St, Extension(who): Extension<Principal>, ctx: R
     if rtype == "AuditEvent" {
         return audit::search(st.clone(), who, ctx, pairs).await;
     }
-    run_search(&st, who, ctx, rtype, pairs, &headers).await
+    run_search(&st, who, ctx, rtype, pairs, &headers, false).await
 }
 
 /// `_count` within the client's largest page (and the engine's default page when it is larger).
@@ -1034,10 +1041,13 @@ fn cap_page(st: &AppState, who: &Principal, mut pairs: Vec<(String, String)>) ->
     pairs
 }
 
-async fn run_search(st: &Arc<AppState>, who: Principal, ctx: ReqCtx, rtype: String, pairs: Vec<(String, String)>, headers: &HeaderMap) -> ApiResult {
+/// A search; `in_url`: its parameters came in the request's URL (a GET), so its self link may
+/// show them again (a POST `_search` form keeps them out of URLs, and so does its answer).
+async fn run_search(st: &Arc<AppState>, who: Principal, ctx: ReqCtx, rtype: String, pairs: Vec<(String, String)>, headers: &HeaderMap, in_url: bool) -> ApiResult {
     let pairs = cap_page(st, &who, pairs);
     let what = What::new("search", "R", Some(rtype.clone())).with_query(&pairs);
-    let page = if let Some((_, cursor)) = pairs.iter().find(|(k, _)| k == "_page") {
+    let paged = pairs.iter().any(|(k, _)| k == "_page");
+    let mut page = if let Some((_, cursor)) = pairs.iter().find(|(k, _)| k == "_page") {
         let c = cursor.clone();
         audit::served(st, &who, &ctx, what, move |engine, w| engine.search_page(w, &c)).await?
     } else {
@@ -1050,11 +1060,15 @@ async fn run_search(st: &Arc<AppState>, who: Principal, ctx: ReqCtx, rtype: Stri
             audit::served(st, &who, &ctx, what, move |engine, w| engine.search(w, &req)).await?
         }
     };
+    if paged || !in_url {
+        page.used = None;
+    }
     Ok(searchset(st, &page, Some(&rtype)))
 }
 
-/// A searchset Bundle. Paging links carry only a sealed cursor, so the query (which may be
-/// a NIK or a name) never appears in a link, a proxy log or a browser history. Serialized
+/// A searchset Bundle. Paging links carry a sealed cursor; the self link also lists the
+/// parameters used, except when a value says who a person is (a NIK, a name, a birth date,
+/// a phone), which never appears in a link, a proxy log or a browser history. Serialized
 /// straight from the page's resources, without copying them into a second JSON tree.
 /// `links_at` is the path the paging links go to (`Observation`, `Patient/x/$everything`).
 fn searchset(st: &AppState, page: &Page, links_at: Option<&str>) -> Response {
@@ -1122,7 +1136,12 @@ fn searchset_with<R>(st: &AppState, page: &Page, links_at: Option<&str>, f: impl
     if let Some(t) = links_at {
         let url = |c: &str| format!("{base}/{t}?_page={c}");
         if !page.this.is_empty() {
-            link.push(Link { relation: "self", url: url(&page.this) });
+            // The parameters used, then the page itself (a request with `_page` is that page).
+            let url = match page.used.as_deref() {
+                Some(q) if !q.is_empty() => format!("{base}/{t}?{q}&_page={}", page.this),
+                _ => url(&page.this),
+            };
+            link.push(Link { relation: "self", url });
         }
         if let Some(n) = &page.next {
             link.push(Link { relation: "next", url: url(n) });

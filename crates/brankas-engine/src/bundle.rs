@@ -278,7 +278,12 @@ impl Engine {
         let pairs = crate::search::parse_query_string(query);
         let cursor = pairs.iter().find(|(k, _)| k == "_page").map(|(_, c)| c.clone());
         let parts: Vec<&str> = path.split('/').collect();
-        let searchset = |page: crate::Page, links: String| EntryOutcome { status: 200, stored: None, location: None, error: None, page: Some((page, links)), history: None };
+        // An entry's URL is in the Bundle's body, not in a request URL: its self link shows
+        // the page's cursor only.
+        let searchset = |mut page: crate::Page, links: String| {
+            page.used = None;
+            EntryOutcome { status: 200, stored: None, location: None, error: None, page: Some((page, links)), history: None }
+        };
         let history = |page: crate::HistoryPage, links: String| EntryOutcome { status: 200, stored: None, location: None, error: None, page: None, history: Some((page, links)) };
         match parts.as_slice() {
             ["AuditEvent", ..] => Err(EngineError::BadRequest("AuditEvent is searched directly (GET /fhir/AuditEvent?patient=...), not inside a Bundle".into())),

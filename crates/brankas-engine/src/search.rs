@@ -38,6 +38,10 @@ pub struct Page {
     pub next: Option<String>,
     pub previous: Option<String>,
     pub this: String,
+    /// The parameters used, URL-encoded, for the self link (which also carries `this`);
+    /// `None` when a value is a person's identity (a NIK, a name, a birth date, a phone…),
+    /// which never appears in a link.
+    pub used: Option<String>,
     /// Names of the parameters that were not understood and so were ignored (lenient
     /// handling, the default), sanitised: the answer reports them.
     pub ignored: Vec<String>,
@@ -46,6 +50,36 @@ pub struct Page {
     /// Warnings for the answer's OperationOutcome (what was not followed, and why): names of
     /// types and parameters only.
     pub notes: Vec<String>,
+}
+
+/// Names of search parameters whose values say who a person is: a search using one of
+/// them (as a parameter, a chain's step or a modifier's base) gets no parameters in its links.
+const IDENTITY_PARAMS: &[&str] =
+    &["identifier", "telecom", "phone", "email", "name", "family", "given", "birthdate", "address", "address-city", "address-postalcode", "address-state", "phonetic"];
+
+/// The query a search's self link shows: the parameters used (those not understood are left
+/// out, as they were ignored), or `None` for a Patient search, a chain, or any search naming
+/// a person's identity.
+fn used_query(rtype: &str, pairs: &[(String, String)], unknown: &[String], chained: bool) -> Option<String> {
+    let identifying = |k: &str| k.split([':', '.']).any(|part| IDENTITY_PARAMS.contains(&part));
+    if rtype == "Patient" || chained || pairs.iter().any(|(k, _)| identifying(k)) {
+        return None;
+    }
+    let kept = pairs.iter().filter(|(k, _)| k != "_page" && !unknown.contains(k));
+    Some(form_urlencoded::Serializer::new(String::new()).extend_pairs(kept).finish())
+}
+
+/// The query a `$everything` self link shows.
+fn everything_query(req: &EverythingRequest, count: usize) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    q.append_pair("_count", &count.to_string());
+    if let Some(t) = req.since {
+        q.append_pair("_since", &crate::instant(t));
+    }
+    if !req.types.is_empty() {
+        q.append_pair("_type", &req.types.join(","));
+    }
+    q.finish()
 }
 
 /// The patient a search names, when its gate admitted the search: (partition, patient id).
@@ -159,6 +193,7 @@ impl Engine {
             next: if take > 0 && offset + take < total { Some(cursor(offset + take)?) } else { None },
             previous: if offset > 0 && take > 0 { Some(cursor(offset.saturating_sub(take))?) } else { None },
             this: cursor(offset)?,
+            used: used_query(&req.resource_type, &req.pairs, query.unknown_params(), split.chain.is_some()),
             resources,
             total,
             offset,
@@ -558,6 +593,7 @@ impl Engine {
             next: if offset + count < total { Some(cursor(offset + count)?) } else { None },
             previous: if offset > 0 { Some(cursor(offset.saturating_sub(count))?) } else { None },
             this: cursor(offset)?,
+            used: Some(everything_query(req, count)),
             resources: page,
             total,
             offset,

@@ -1424,7 +1424,13 @@ fn clinical_search_paging_and_strictness() {
         let ids = ids_of(&page.json);
         assert!(ids.len() <= 2);
         got.extend(ids);
+        // Links a client follows (next, previous, and the self link of a page reached through
+        // one) carry the sealed cursor alone; only the first page's self link repeats what the
+        // request's own URL said.
         for l in page.json["link"].as_array().unwrap() {
+            if l["relation"] == "self" && pages == 1 {
+                continue;
+            }
             let url = l["url"].as_str().unwrap();
             for secret in [pid.as_str(), "patient=", "8867-4", "loinc.org", "2021-01-01", "date=", "_sort=", "_count=", NIK_SITI] {
                 assert!(!url.contains(secret), "paging link leaks `{secret}`: {url}");
@@ -1489,7 +1495,18 @@ fn clinical_search_paging_and_strictness() {
         let said = outcome[0]["resource"]["issue"][0]["diagnostics"].as_str().unwrap();
         assert!(said.contains("'colour'") && !lenient.text.contains("blue"), "{said}");
         assert_eq!(ids_of(&lenient.json).len(), 7);
+        // The self link says which were used (and is that page).
+        let this = link(&lenient.json, "self").unwrap();
+        assert!(this.contains(&format!("patient={pid}")) && this.contains("code=") && this.contains("_page=") && !this.contains("colour"), "{this}");
+        assert_eq!(ids_of(&get_abs(&s, &this).json), ids_of(&lenient.json));
     }
+    // A value that says who a person is never appears in a link, the self link included.
+    let found = get(&s, &format!("Patient?identifier={NIK_SYSTEM}|{NIK_SITI}"));
+    assert_eq!(found.status, 200, "{}", found.text);
+    let links: Vec<&str> = found.json["link"].as_array().unwrap().iter().map(|l| l["url"].as_str().unwrap()).collect();
+    assert!(!links.is_empty() && links.iter().all(|l| !l.contains(NIK_SITI) && !l.contains("identifier")), "{links:?}");
+    let chained = get(&s, &format!("Observation?subject.identifier={NIK_SYSTEM}|{NIK_SITI}"));
+    assert!(chained.json["link"].as_array().unwrap().iter().all(|l| !l["url"].as_str().unwrap().contains(NIK_SITI)), "{}", chained.text);
     assert!(entries(&get(&s, &format!("Observation?patient={pid}")).json).iter().all(|e| e["search"]["mode"] == "match"), "no outcome when all were used");
     // Paging keeps the handling.
     let lenient_paged = get(&s, &format!("{unknown}&_count=3"));
@@ -1506,6 +1523,9 @@ fn clinical_search_paging_and_strictness() {
     let form = reply(form);
     assert_eq!(form.status, 200, "{}", form.text);
     assert_eq!(ids_of(&form.json), [by_date["2020-06-01"].clone()]);
+    // A form keeps its parameters out of URLs, and so does its answer's self link.
+    let this = link(&form.json, "self").unwrap();
+    assert!(this.contains("_page=") && !this.contains(&pid) && !this.contains("code="), "{this}");
     // _summary=count: the total without entries.
     let count = get(&s, &format!("Observation?patient={pid}&_summary=count"));
     assert_eq!(count.json["total"], 8);
