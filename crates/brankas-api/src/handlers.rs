@@ -1168,8 +1168,23 @@ async fn bundle(State(st): St, Extension(who): Extension<Principal>, ctx: ReqCtx
     let w = who.clone();
     let outcomes = blocking(move || if kind == "transaction" { engine.transaction(&w, &b) } else { engine.batch(&w, &b) }).await;
     let outcomes = audit::finish(&st, &who, &ctx, What::new(kind, "E", None), outcomes).await?;
-    let entries: Vec<Value> = outcomes.into_iter().map(|o| response_entry(&st, o, ret)).collect();
-    Ok(json_response(StatusCode::OK, &json!({"resourceType": "Bundle", "type": format!("{kind}-response"), "entry": entries})))
+    let mut entries: Vec<Value> = outcomes.into_iter().map(|o| response_entry(&st, o, ret)).collect();
+    // A batch answers 200 whatever its entries did: their errors speak Indonesian when asked,
+    // as a request of their own would.
+    let indonesian = crate::lang::wants_indonesian(&headers);
+    if indonesian {
+        for e in &mut entries {
+            let failed = e.pointer("/response/status").and_then(Value::as_str).and_then(|s| s.get(..3)).and_then(|c| c.parse::<u16>().ok()).is_some_and(|c| c >= 400);
+            if let Some(o) = e.pointer_mut("/response/outcome").filter(|_| failed) {
+                crate::lang::localize_outcome(o);
+            }
+        }
+    }
+    let mut r = json_response(StatusCode::OK, &json!({"resourceType": "Bundle", "type": format!("{kind}-response"), "entry": entries}));
+    if indonesian {
+        r.headers_mut().insert(header::CONTENT_LANGUAGE, HeaderValue::from_static("id"));
+    }
+    Ok(r)
 }
 
 fn status_line(code: u16) -> String {

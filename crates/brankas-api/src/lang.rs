@@ -1,4 +1,6 @@
 //! Error answers in Indonesian when the client asks for it (`Accept-Language: id`).
+//! The failed entries of a batch (answered 200 as a whole) are localized the same way, by
+//! the Bundle handler with [`localize_outcome`].
 //!
 //! A response layer: an error answer (status 400 and above) that is an `OperationOutcome`
 //! gets, in each issue, `details.text` in Indonesian saying what kind of error it is (from the
@@ -63,7 +65,8 @@ fn category(code: &str) -> &'static str {
     }
 }
 
-/// Known English messages (`{}` a part carried over) and their Indonesian.
+/// Known English messages (`{}` a part carried over) and their Indonesian; the first that
+/// fits a message is used, so general forms come after the particular ones.
 const TEMPLATES: &[(&str, &str)] = &[
     ("resource not found", "sumber daya tidak ditemukan"),
     ("resource was deleted", "sumber daya telah dihapus"),
@@ -106,15 +109,51 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("search not supported: unknown search parameter '{}' for {}", "pencarian tidak didukung: parameter pencarian '{}' tidak dikenal untuk {}"),
     ("search not supported: search parameter `{}` is not supported", "pencarian tidak didukung: parameter pencarian `{}` tidak didukung"),
     ("search not supported: invalid value for search parameter `{}`", "pencarian tidak didukung: nilai tidak valid untuk parameter pencarian `{}`"),
-    ("search not supported: {}", "pencarian tidak didukung: {}"),
     ("forbidden: a patient client reaches its own patient's record only", "akses ditolak: klien pasien hanya dapat menjangkau rekam medis pasiennya sendiri"),
     ("forbidden: this record carries a sensitive label your client holds no grant for", "akses ditolak: rekam ini berlabel sensitif dan klien Anda tidak memiliki izin untuknya"),
     ("forbidden: the patient's consent does not allow your organization this record", "akses ditolak: persetujuan pasien tidak mengizinkan organisasi Anda mengakses rekam ini"),
-    ("forbidden: {}", "akses ditolak: {}"),
     ("the audit log cannot be written; nothing was stored", "log audit tidak dapat ditulis; tidak ada yang disimpan"),
     ("storage unavailable", "penyimpanan tidak tersedia"),
     ("query string too long", "query string terlalu panjang"),
     ("invalid or expired paging link", "tautan halaman tidak valid atau sudah kedaluwarsa"),
+    ("{} may be given once", "{} hanya boleh diberikan sekali"),
+    ("_count must be a positive whole number", "_count harus bilangan bulat positif"),
+    ("{} must be a FHIR date, dateTime or instant", "{} harus berupa date, dateTime atau instant FHIR"),
+    ("patient must be a Patient id (or Patient/<id>)", "patient harus berupa id Pasien (atau Patient/<id>)"),
+    (
+        "search not supported: the history of {} is kept per patient, never across patients: name one patient with patient=<id> (or read Patient/<id>/_history for the Patient alone)",
+        "pencarian tidak didukung: riwayat {} disimpan per pasien, tidak pernah lintas pasien: sebutkan satu pasien dengan patient=<id> (atau baca Patient/<id>/_history untuk Pasien itu saja)",
+    ),
+    (
+        "search not supported: system history is kept per patient, never across patients: name one patient with patient=<id> (or read Patient/<id>/_history for the Patient alone)",
+        "pencarian tidak didukung: riwayat sistem disimpan per pasien, tidak pernah lintas pasien: sebutkan satu pasien dengan patient=<id> (atau baca Patient/<id>/_history untuk Pasien itu saja)",
+    ),
+    (
+        "{} is not in the Patient compartment: its history is the directory's, without patient",
+        "{} tidak termasuk kompartemen Pasien: riwayatnya adalah riwayat direktori, tanpa patient",
+    ),
+    ("JSON Patch operation {} was not applied: its path does not exist; nothing was changed", "operasi JSON Patch {} tidak diterapkan: path-nya tidak ada; tidak ada yang diubah"),
+    ("JSON Patch operation {} was not applied: its test failed; nothing was changed", "operasi JSON Patch {} tidak diterapkan: test-nya gagal; tidak ada yang diubah"),
+    ("a patch may not change the resource's type or id", "patch tidak boleh mengubah tipe atau id sumber daya"),
+    (
+        "part of this resource is hidden from this client; it cannot be patched (update it whole)",
+        "sebagian sumber daya ini tersembunyi bagi klien ini; sumber daya ini tidak dapat di-patch (perbarui secara utuh)",
+    ),
+    ("$meta-add and $meta-delete take exactly one parameter 'meta' (valueMeta)", "$meta-add dan $meta-delete menerima tepat satu parameter 'meta' (valueMeta)"),
+    ("$meta-add and $meta-delete change a resource's profile, security and tag only", "$meta-add dan $meta-delete hanya mengubah profile, security dan tag sumber daya"),
+    ("frames are numbers from 1, separated by commas", "nomor frame dimulai dari 1, dipisahkan koma"),
+    ("between 1 and 1000 frames per request", "antara 1 dan 1000 frame per permintaan"),
+    (
+        "pixel data in this transfer syntax (JPEG 2000, JPEG-LS or lossless JPEG) is served as stored only: ask for frames with transfer-syntax=*, or retrieve the instance",
+        "data piksel dalam transfer syntax ini (JPEG 2000, JPEG-LS atau JPEG lossless) hanya dilayani apa adanya: minta frame dengan transfer-syntax=*, atau ambil instance-nya",
+    ),
+    (
+        "this request is not supported inside a Bundle: reads, version reads, histories, searches and $everything are",
+        "permintaan ini tidak didukung di dalam Bundle: yang didukung adalah baca, baca versi, riwayat, pencarian dan $everything",
+    ),
+    // The general forms last: the first template that fits is used.
+    ("search not supported: {}", "pencarian tidak didukung: {}"),
+    ("forbidden: {}", "akses ditolak: {}"),
 ];
 
 /// The Indonesian of one of the server's messages, if it is a known one.
@@ -217,6 +256,14 @@ mod tests {
         assert!(!h("fr, de"));
         assert!(!h("id;q=0"));
         assert!(!wants_indonesian(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn no_template_is_hidden_by_an_earlier_one() {
+        for (en, id) in TEMPLATES {
+            let msg = en.replace("{}", "Xy");
+            assert_eq!(translate(&msg), Some(id.replace("{}", "Xy")), "{en}");
+        }
     }
 
     #[test]

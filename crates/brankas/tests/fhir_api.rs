@@ -2314,6 +2314,20 @@ fn errors_speak_indonesian_when_asked() {
     assert!(r.header("content-language").is_none());
     let r = with_headers(&s, reqwest::Method::GET, "Patient/nobody", None, &[("accept-language", "en-US,en;q=0.9,id;q=0.8")]);
     assert_eq!(r.json["issue"][0]["diagnostics"], "resource not found");
+    // A batch's failed entries too; type history across patients is refused in Indonesian.
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Patient/nobody"}},
+        {"request": {"method": "GET", "url": "Observation/_history"}},
+        {"request": {"method": "GET", "url": format!("Patient/{pid}")}},
+    ]});
+    let r = with_headers(&s, reqwest::Method::POST, "", Some(&batch), &id);
+    assert_eq!((r.status, r.header("content-language")), (200, Some("id")), "{}", r.text);
+    let said = |i: usize| r.json["entry"][i]["response"]["outcome"]["issue"][0]["diagnostics"].as_str().unwrap_or_default().to_string();
+    assert_eq!(said(0), "sumber daya tidak ditemukan");
+    assert!(said(1).starts_with("pencarian tidak didukung: riwayat Observation disimpan per pasien"), "{}", said(1));
+    assert_eq!(r.json["entry"][2]["resource"]["id"], json!(pid));
+    let r = with_headers(&s, reqwest::Method::GET, "Observation/_history", None, &id);
+    assert!(r.json["issue"][0]["diagnostics"].as_str().unwrap().contains("disimpan per pasien"), "{}", r.text);
     // Successful answers are not touched.
     let r = with_headers(&s, reqwest::Method::GET, &format!("Patient/{pid}"), None, &id);
     assert_eq!(r.status, 200);
