@@ -23,6 +23,9 @@ use serde_json::json;
 /// Versions one `_at` window may hold (the record is walked to find them).
 const MAX_AT_VERSIONS: usize = 10_000;
 
+/// Versions read at a time while an `_at` window walks the record.
+const AT_BATCH: usize = 5_000;
+
 /// `GET [type]/_history` or `GET _history` as the HTTP layer hands it over.
 #[derive(Clone, Debug, Default)]
 pub struct HistoryRequest {
@@ -234,7 +237,8 @@ impl Engine {
                 let mut from = Some(VersionPos::written_before(hi));
                 let mut walked = 0usize;
                 loop {
-                    let rows = self.store.partition_versions(&walls.partition, rtype, req.window.since, from.as_ref(), 500)?;
+                    // Each call sorts the record's versions again: few, large batches.
+                    let rows = self.store.partition_versions(&walls.partition, rtype, req.window.since, from.as_ref(), AT_BATCH)?;
                     let n = rows.len();
                     walked += n;
                     if walked > self.limits.max_scan {
@@ -250,7 +254,7 @@ impl Engine {
                         }
                         matching.push(row);
                     }
-                    if n < 500 {
+                    if n < AT_BATCH {
                         break;
                     }
                 }

@@ -217,6 +217,11 @@ fn partition_versions(s: &dyn Store) {
     assert!(s.partition_versions(&part(9), None, None, None, 10).unwrap().is_empty());
     // The rows are whole: what was sealed comes back.
     assert_eq!(s.partition_versions(&part(2), None, None, None, 1).unwrap()[0], at(4, 1, 2, "Observation", 25));
+    // A record that moves to another partition: its versions before the move are listed by
+    // neither, those after it by the new one.
+    put(s, at(3, 2, 2, "Observation", 40), Expect::Version(1)).unwrap();
+    assert_eq!(ids(s.partition_versions(&part(1), None, None, None, 10).unwrap()), vec![(2, 2), (2, 1), (1, 1)]);
+    assert_eq!(ids(s.partition_versions(&part(2), None, None, None, 10).unwrap()), vec![(3, 2), (4, 1)]);
 }
 
 /// Search entries: stored with their version, listed with the current version's facts (no

@@ -285,10 +285,12 @@ pub trait Store: Send + Sync + 'static {
     fn version(&self, key: &RecordKey, version: u64) -> Result<Option<VersionRow>>;
     /// Versions of a record, newest first, with version < `before` if given, at most `limit`.
     fn history(&self, key: &RecordKey, before: Option<u64>, limit: usize) -> Result<Vec<VersionRow>>;
-    /// Every version sealed in a partition (deleted ones too), of one type or of all types,
-    /// newest first in [`VersionPos`] order: write time, then record key, then version, all
-    /// descending. Only versions written at or after `since_us`, and strictly after `after`
-    /// in that order (paging), at most `limit`. Type and system history read it.
+    /// The versions (deleted ones too) of the records a partition holds, of one type or of
+    /// all types, that were sealed in that partition, newest first in [`VersionPos`] order:
+    /// write time, then record key, then version, all descending. Only versions written at
+    /// or after `since_us`, and strictly after `after` in that order (paging), at most
+    /// `limit`. A record moved to another partition is listed by neither for the versions
+    /// before its move. Type and system history read it.
     fn partition_versions(&self, partition: &PartitionId, resource_type: Option<&str>, since_us: Option<i64>, after: Option<&VersionPos>, limit: usize) -> Result<Vec<VersionRow>>;
     /// Current, non-deleted versions in a partition, of one type or of all types.
     fn partition_current(&self, partition: &PartitionId, resource_type: Option<&str>) -> Result<Vec<VersionRow>>;

@@ -22,15 +22,15 @@ use crate::{
 /// The layout version this code writes, kept in `PRAGMA user_version`. Version 1 (no
 /// `user_version`) indexed the blind table by record as well; [`migrate_v1`] converts it.
 /// Version 2 had no `list_entries`; [`migrate_list_entries`] adds it. Version 3 had no search
-/// entries; [`migrate_entries`] adds their (empty) table. Version 4 had no index of versions
-/// by partition; [`migrate_versions_by_partition`] builds it.
-const LAYOUT: i64 = 5;
+/// entries; [`migrate_entries`] adds their (empty) table.
+const LAYOUT: i64 = 4;
 
 /// Every table is keyed for the one access path it serves, and each secondary index costs an
 /// entry at a random position per insert (the keys are keyed hashes), so there are as few as
-/// the reads need: `versions_key` (vread, history, the newest-version check),
-/// `versions_partition` (type and system history: one record's, or the directory's, versions
-/// by write time) and `current_partition` (compartment reads). A record's own blind terms are kept in one row of
+/// the reads need: `versions_key` (vread, history, the newest-version check) and
+/// `current_partition` (compartment reads; type and system history go through it to each
+/// record's versions, rather than an index of versions by partition that every write would
+/// pay for). A record's own blind terms are kept in one row of
 /// `blind_terms`, so replacing them needs no index over `blind` by record.
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -40,7 +40,6 @@ CREATE TABLE IF NOT EXISTS versions (
     deleted INTEGER NOT NULL, last_updated INTEGER NOT NULL, dek_version INTEGER NOT NULL,
     sealed BLOB NOT NULL);
 CREATE UNIQUE INDEX IF NOT EXISTS versions_key ON versions (rkey, version);
-CREATE INDEX IF NOT EXISTS versions_partition ON versions (partition, rtype, last_updated);
 CREATE TABLE IF NOT EXISTS current (
     rkey BLOB PRIMARY KEY, version INTEGER NOT NULL, partition BLOB NOT NULL, rtype TEXT NOT NULL,
     deleted INTEGER NOT NULL, vrow INTEGER NOT NULL) WITHOUT ROWID;
@@ -261,18 +260,12 @@ fn prepare_layout(c: &mut Connection) -> Result<()> {
             migrate_v1(&tx)?;
             migrate_list_entries(&tx)?;
             migrate_entries(&tx)?;
-            migrate_versions_by_partition(&tx)?;
         }
         2 => {
             migrate_list_entries(&tx)?;
             migrate_entries(&tx)?;
-            migrate_versions_by_partition(&tx)?;
         }
-        3 => {
-            migrate_entries(&tx)?;
-            migrate_versions_by_partition(&tx)?;
-        }
-        4 => migrate_versions_by_partition(&tx)?,
+        3 => migrate_entries(&tx)?,
         n if n > LAYOUT => return Err(StoreError::Backend(format!("database layout {n} is newer than this release reads ({LAYOUT})"))),
         n => return Err(StoreError::Backend(format!("unknown database layout {n}"))),
     }
@@ -329,12 +322,6 @@ fn migrate_list_entries(tx: &Connection) -> Result<()> {
 /// before have none until their next version; searches open those records whole.
 fn migrate_entries(tx: &Connection) -> Result<()> {
     tx.execute_batch("CREATE TABLE IF NOT EXISTS entries (rkey BLOB PRIMARY KEY, version INTEGER NOT NULL, entry BLOB NOT NULL) WITHOUT ROWID;").map_err(be)
-}
-
-/// Layout 4 to 5: versions indexed by partition, type and write time (one pass over the
-/// versions table when a database made by an earlier release is first opened).
-fn migrate_versions_by_partition(tx: &Connection) -> Result<()> {
-    tx.execute_batch("CREATE INDEX IF NOT EXISTS versions_partition ON versions (partition, rtype, last_updated);").map_err(be)
 }
 
 impl SqliteStore {
@@ -582,15 +569,18 @@ static SQL: std::sync::LazyLock<Statements> = std::sync::LazyLock::new(|| Statem
     entries_by_partition: entries_sql(PARTITION_FILTER),
     version: format!("SELECT {ROW_COLS} FROM versions v WHERE v.rkey = ?1 AND v.version = ?2"),
     history: format!("SELECT {ROW_COLS} FROM versions v WHERE v.rkey = ?1 AND v.version < ?2 ORDER BY v.version DESC LIMIT ?3"),
-    versions_by_type: versions_sql("AND v.rtype = CAST(?7 AS TEXT)"),
+    versions_by_type: versions_sql("AND c.rtype = CAST(?7 AS TEXT)"),
     versions_by_partition: versions_sql(""),
 });
 
-/// A partition's versions newest first, from a place ([`crate::VersionPos`]) on: `?1`
-/// partition, `?2` since, `?3`/`?4`/`?5` the place (time, record key, version), `?6` limit.
+/// The places ([`crate::VersionPos`]) of a partition's versions, newest first: of the records
+/// the partition holds (through `current_partition`), the versions sealed in it. `?1`
+/// partition, `?2` since, `?3`/`?4`/`?5` the place to continue after (time, record key,
+/// version), `?6` limit. Only the places are sorted; the rows are read by record and version.
 fn versions_sql(filter: &str) -> String {
     format!(
-        "SELECT {ROW_COLS} FROM versions v WHERE v.partition = CAST(?1 AS BLOB) {filter} AND v.last_updated >= ?2 \
+        "SELECT v.last_updated, v.rkey, v.version FROM current c JOIN versions v ON v.rkey = c.rkey \
+         WHERE c.partition = CAST(?1 AS BLOB) {filter} AND v.partition = CAST(?1 AS BLOB) AND v.last_updated >= ?2 \
          AND (v.last_updated, v.rkey, v.version) < (?3, CAST(?4 AS BLOB), ?5) ORDER BY v.last_updated DESC, v.rkey DESC, v.version DESC LIMIT ?6"
     )
 }
@@ -895,9 +885,14 @@ impl Store for SqliteStore {
             None => (i64::MAX, vec![0xFF; 33], i64::MAX),
         };
         let limit = limit.min(i64::MAX as usize) as i64;
-        self.read(|c| match resource_type {
-            Some(rt) => c.prepare_cached(&SQL.versions_by_type)?.query_map(params![&partition.0[..], since, t, k, v, limit, rt], row)?.collect(),
-            None => c.prepare_cached(&SQL.versions_by_partition)?.query_map(params![&partition.0[..], since, t, k, v, limit], row)?.collect(),
+        self.read(|c| {
+            let place = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(Vec<u8>, i64)> { Ok((r.get(1)?, r.get(2)?)) };
+            let places: Vec<(Vec<u8>, i64)> = match resource_type {
+                Some(rt) => c.prepare_cached(&SQL.versions_by_type)?.query_map(params![&partition.0[..], since, t, k, v, limit, rt], place)?.collect::<rusqlite::Result<_>>()?,
+                None => c.prepare_cached(&SQL.versions_by_partition)?.query_map(params![&partition.0[..], since, t, k, v, limit], place)?.collect::<rusqlite::Result<_>>()?,
+            };
+            let mut one = c.prepare_cached(&SQL.version)?;
+            places.into_iter().map(|(key, version)| one.query_row(params![key, version], row)).collect()
         })
     }
 
@@ -1549,15 +1544,11 @@ CREATE TABLE clients (client_id TEXT PRIMARY KEY, doc BLOB NOT NULL);
             })
             .unwrap();
         }
-        // As layout 3 left it: no entries table, no index of versions by partition.
-        Connection::open(&path).unwrap().execute_batch("DROP TABLE entries; DROP INDEX versions_partition; PRAGMA user_version = 3;").unwrap();
+        // As layout 3 left it: no entries table.
+        Connection::open(&path).unwrap().execute_batch("DROP TABLE entries; PRAGMA user_version = 3;").unwrap();
         let s = SqliteStore::open(&path).unwrap();
-        let raw = Connection::open(&path).unwrap();
-        let v: i64 = raw.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let v: i64 = Connection::open(&path).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(v, LAYOUT);
-        let indexed: i64 = raw.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'versions_partition'", [], |r| r.get(0)).unwrap();
-        assert_eq!(indexed, 1, "the migration builds the index of versions by partition");
-        assert_eq!(s.partition_versions(&row.partition, None, None, None, 5).unwrap(), vec![row.clone()]);
         let found = s.partition_entries(&row.partition, Some("Observation")).unwrap();
         assert_eq!((found.len(), found[0].key, found[0].entry.clone()), (1, row.key, None));
         let mut next = crate::conformance::sample_row(1, 2, 9, "Observation");
