@@ -30,6 +30,7 @@ pub fn run_all(fresh: &mut dyn FnMut() -> Box<dyn Store>) {
         ("audit_log", audit_log),
         ("audit_by_partition_over_a_long_log", audit_by_partition_over_a_long_log),
         ("guard", guard),
+        ("appenders_and_admissions_race", appenders_and_admissions_race),
         ("state_counters", state_counters),
         ("erase_partition", erase_partition),
         ("list_entries_append", list_entries_append),
@@ -542,6 +543,31 @@ fn audit_by_partition_over_a_long_log(s: &dyn Store) {
     // Appending goes on, and what it adds is found.
     s.audit_append(&audit_append(vec![audit_row(N, Some(3), 1)], N + 1, false)).unwrap();
     assert_eq!(walk(3, 1), vec![N, 20_000]);
+}
+
+/// What several servers do at once on one store: eight appenders continue the audit log from
+/// the same head (exactly one lands, the log has no gap or fork), and eight admissions of
+/// different patients under a budget of three (exactly three are admitted).
+fn appenders_and_admissions_race(s: &dyn Store) {
+    s.audit_append(&audit_append(vec![audit_row(0, Some(1), 1)], 1, false)).unwrap();
+    let results: Vec<_> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..8u8).map(|a| sc.spawn(move || s.audit_append(&audit_append(vec![audit_row(1, Some(a), a), audit_row(2, None, a)], 3, false)))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+    assert!(results.iter().all(|r| r.is_ok() || matches!(r, Err(StoreError::Conflict { .. }))), "{results:?}");
+    let rows = s.audit_rows(0, 10).unwrap();
+    assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![0, 1, 2]);
+    assert_eq!(rows[1].actor, rows[2].actor, "the two rows of one append, not a mix");
+    assert_eq!(s.audit_head().unwrap().map(|h| h.size), Some(3));
+
+    let (h, d) = (490_000, 20_400);
+    let admitted: Vec<bool> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (1..=8u8).map(|p| sc.spawn(move || s.guard_admit("racer", h, d, &[part(p)], 3, 100).unwrap().admitted)).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(admitted.iter().filter(|a| **a).count(), 3, "{admitted:?}");
+    assert_eq!(s.guard_usage("racer", h, d).unwrap(), (3, 3));
 }
 
 fn guard(s: &dyn Store) {

@@ -20,10 +20,12 @@
 
 pub mod blob;
 pub mod conformance;
+mod pg;
 mod sqlite;
 
 pub use blob::{BlobId, BlobStore, BlobWriter, FileBlobStore};
 pub use brankas_vault::{BlindTerm, PartitionId, RecordKey, WrappedKey};
+pub use pg::PostgresStore;
 pub use sqlite::{CheckDepth, FileCheck, SqliteStore};
 
 /// Errors of a storage backend. They carry no row content.
