@@ -33,12 +33,14 @@
 //! a large margin; GCM-SIV's bound is higher still).
 
 mod aead;
+mod pkcs11;
 mod provider;
 mod shred;
 mod stream;
 mod vault;
 
 pub use aead::{DataKey, EntryAad, RecordAad, SEAL_OVERHEAD};
+pub use pkcs11::{Pkcs11Config, Pkcs11Provider};
 pub use provider::{KekId, KeyFile, KeyProvider};
 pub use shred::{Erasure, ErasureRecord, SHRED_BUCKETS, bucket_of, bucket_scan_start};
 pub use stream::{STREAM_HEADER_LEN, STREAM_SEGMENT, STREAM_TAG_LEN, StreamOpener, StreamSealer, opener as stream_opener, sealer as stream_sealer};
