@@ -70,8 +70,16 @@ CREATE TABLE IF NOT EXISTS guard_meta (name TEXT PRIMARY KEY, value TEXT NOT NUL
 
 fn be(e: postgres::Error) -> StoreError {
     // The database's own message names tables and constraints, never row values (every
-    // value is a parameter), so it is safe to carry.
-    StoreError::Backend(format!("postgres: {}", e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string())))
+    // value is a parameter), so it is safe to carry; so are the connection's causes (I/O,
+    // TLS).
+    let msg = match e.as_db_error() {
+        Some(d) => d.message().to_string(),
+        None => match std::error::Error::source(&e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    };
+    StoreError::Backend(format!("postgres: {msg}"))
 }
 
 fn unique_violation(e: &postgres::Error) -> bool {
@@ -87,30 +95,107 @@ fn lock_key(b: &[u8]) -> i32 {
     i32::from_le_bytes([b[0], b[1], b[2], b[3]])
 }
 
+/// How to reach the database: a `postgres://` URL (or key-value string) without a password,
+/// the password apart (from a file), and TLS.
+#[derive(Clone, Default)]
+pub struct PgOptions {
+    pub url: String,
+    /// The schema holding the deployment's tables (created when missing).
+    pub schema: String,
+    /// The password, when the server asks for one (read from a file by the caller; never
+    /// printed).
+    pub password: Option<zeroize::Zeroizing<String>>,
+    /// A PEM file of the certificate authorities the database's certificate must chain to.
+    /// Given (or with `sslmode=require` in the URL), the connection is TLS (rustls), the
+    /// server's certificate and name checked; without it, `sslmode=require` checks against
+    /// the public web roots.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgOptions").field("schema", &self.schema).field("tls", &self.ca_file.is_some()).finish_non_exhaustive()
+    }
+}
+
+/// A connector: plain, or TLS through rustls (aws-lc-rs, as everywhere else).
+#[derive(Clone)]
+enum Connector {
+    Plain,
+    Tls(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
 /// The PostgreSQL store. Connections are opened on demand up to [`POOL`] and kept; each call
 /// takes one, so calls from many threads run at once (the database orders them).
 pub struct PostgresStore {
-    url: String,
+    config: postgres::Config,
+    connector: Connector,
     schema: String,
     idle: Mutex<Vec<Client>>,
 }
 
 impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The URL may carry a password: never printed.
+        // The configuration may carry a password: never printed.
         f.debug_struct("PostgresStore").field("schema", &self.schema).finish_non_exhaustive()
     }
 }
 
+fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig> {
+    let bad = |m: String| StoreError::Backend(m);
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| bad(format!("reading the database CA file {}: {e}", path.display())))?;
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let cert = cert.map_err(|_| bad(format!("the database CA file {} is not PEM certificates", path.display())))?;
+                roots.add(cert).map_err(|e| bad(format!("a certificate of {}: {e}", path.display())))?;
+            }
+            if roots.is_empty() {
+                return Err(bad(format!("the database CA file {} holds no certificate", path.display())));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(format!("TLS: {e}")))
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+}
+
 impl PostgresStore {
-    /// Connects to `url` (a `postgres://` URL or key-value string, without TLS) and creates
-    /// the tables in `schema` if they are missing.
+    /// Connects to `url` without TLS or password (a database on this host, as the tests run
+    /// it) and creates the tables in `schema` if they are missing.
     pub fn open(url: &str, schema: &str) -> Result<Self> {
+        Self::open_with(&PgOptions { url: url.into(), schema: schema.into(), ..Default::default() })
+    }
+
+    /// Connects as `opts` say and creates the tables in its schema if they are missing. A
+    /// password in the URL is refused: it belongs in a file, not in a command line.
+    pub fn open_with(opts: &PgOptions) -> Result<Self> {
+        let schema = opts.schema.as_str();
         if schema.is_empty() || !schema.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
             return Err(StoreError::Backend("the schema name is lowercase letters, digits and _".into()));
         }
-        let store = PostgresStore { url: url.to_string(), schema: schema.to_string(), idle: Mutex::new(Vec::new()) };
-        let mut c = Client::connect(url, NoTls).map_err(be)?;
+        let mut config: postgres::Config = opts.url.parse().map_err(|_| StoreError::Backend("the database URL is not a PostgreSQL connection string".into()))?;
+        if config.get_password().is_some() {
+            return Err(StoreError::Backend("the database URL carries a password: give it in a password file instead".into()));
+        }
+        if let Some(p) = &opts.password {
+            config.password(p.as_bytes());
+        }
+        let tls = opts.ca_file.is_some() || config.get_ssl_mode() == postgres::config::SslMode::Require;
+        let connector = if tls {
+            if config.get_ssl_mode() != postgres::config::SslMode::Require {
+                // A CA given means TLS is required, not merely preferred.
+                config.ssl_mode(postgres::config::SslMode::Require);
+            }
+            Connector::Tls(tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(opts.ca_file.as_deref())?))
+        } else {
+            Connector::Plain
+        };
+        let store = PostgresStore { config, connector, schema: schema.to_string(), idle: Mutex::new(Vec::new()) };
+        let mut c = store.connect_raw()?;
         let mut tx = c.transaction().map_err(be)?;
         // One creator at a time, whichever server starts first.
         tx.execute("SELECT pg_advisory_xact_lock(0, 0)", &[]).map_err(be)?;
@@ -124,12 +209,25 @@ impl PostgresStore {
         Ok(store)
     }
 
+    fn connect_raw(&self) -> Result<Client> {
+        match &self.connector {
+            Connector::Plain => self.config.connect(NoTls),
+            Connector::Tls(t) => self.config.connect(t.clone()),
+        }
+        .map_err(be)
+    }
+
+    /// Whether this store's connections are encrypted (as the server reports them).
+    pub fn connection_is_tls(&self) -> Result<bool> {
+        Ok(self.client()?.get().query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).map_err(be)?.get(0))
+    }
+
     fn client(&self) -> Result<Pooled<'_>> {
         let idle = self.idle.lock().map_err(|_| poisoned())?.pop();
         let c = match idle {
             Some(c) if !c.is_closed() => c,
             _ => {
-                let mut c = Client::connect(&self.url, NoTls).map_err(be)?;
+                let mut c = self.connect_raw()?;
                 c.batch_execute(&format!("SET search_path TO {}", self.schema)).map_err(be)?;
                 c
             }
@@ -882,5 +980,36 @@ mod tests {
         for s in schemas {
             c.batch_execute(&format!("DROP SCHEMA {s} CASCADE")).unwrap();
         }
+    }
+
+    /// TLS to the database: with the server's CA the connection is encrypted (the server says
+    /// so), with another CA it is refused; a password in the URL is refused.
+    /// `BRANKAS_TEST_DATABASE_CA` names the test server's certificate (`.ci/run` sets it).
+    #[test]
+    fn tls_and_no_password_in_the_url() {
+        let (Ok(url), Ok(ca)) = (std::env::var("BRANKAS_TEST_DATABASE_URL"), std::env::var("BRANKAS_TEST_DATABASE_CA")) else {
+            assert!(std::env::var_os("BRANKAS_REQUIRE_POSTGRES").is_none(), "BRANKAS_REQUIRE_POSTGRES is set but the test database or its CA is not");
+            eprintln!("postgres TLS: BRANKAS_TEST_DATABASE_URL or BRANKAS_TEST_DATABASE_CA not set; skipped");
+            return;
+        };
+        let schema = format!("tls_{}", brankas_vault::random_id(4).unwrap());
+        let opts = super::PgOptions { url: url.clone(), schema: schema.clone(), ca_file: Some(ca.into()), ..Default::default() };
+        let s = super::PostgresStore::open_with(&opts).unwrap();
+        assert!(s.connection_is_tls().unwrap(), "the connection is encrypted");
+        use crate::Store as _;
+        s.put_meta("x", b"y").unwrap();
+        assert_eq!(s.get_meta("x").unwrap(), Some(b"y".to_vec()));
+        // Another CA: the server's certificate does not chain to it.
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("other.pem");
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+        std::fs::write(&other, cert.cert.pem()).unwrap();
+        let wrong = super::PgOptions { ca_file: Some(other), ..opts.clone() };
+        assert!(super::PostgresStore::open_with(&wrong).is_err());
+        let with_password = super::PgOptions { url: url.replacen("brankas@", "brankas:secret@", 1), ..opts };
+        let e = super::PostgresStore::open_with(&with_password).unwrap_err().to_string();
+        assert!(e.contains("password file") && !e.contains("secret"), "{e}");
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).unwrap();
     }
 }
