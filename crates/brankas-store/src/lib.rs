@@ -25,7 +25,7 @@ mod sqlite;
 
 pub use blob::{BlobId, BlobStore, BlobWriter, FileBlobStore};
 pub use brankas_vault::{BlindTerm, PartitionId, RecordKey, WrappedKey};
-pub use pg::PostgresStore;
+pub use pg::{PgOptions, PostgresStore};
 pub use sqlite::{CheckDepth, FileCheck, SqliteStore};
 
 /// Errors of a storage backend. They carry no row content.

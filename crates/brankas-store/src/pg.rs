@@ -126,8 +126,27 @@ enum Connector {
 }
 
 /// The PostgreSQL store. Connections are opened on demand up to [`POOL`] and kept; each call
-/// takes one, so calls from many threads run at once (the database orders them).
-pub struct PostgresStore {
+/// takes one, so calls from many threads run at once (the database orders them). Every call
+/// runs off the async runtime's scheduling ([`off_runtime`]): the synchronous client blocks
+/// on a runtime of its own, which a runtime thread may not do, and some reads of a request
+/// run on the runtime thread.
+pub struct PostgresStore(Inner);
+
+/// Runs a blocking store call from anywhere: inside a multi-threaded runtime through
+/// `block_in_place`, inside a single-threaded one on a scoped thread of its own, elsewhere as
+/// it is.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        Ok(_) => std::thread::scope(|s| match s.spawn(f).join() {
+            Ok(v) => v,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }),
+        Err(_) => f(),
+    }
+}
+
+struct Inner {
     config: postgres::Config,
     connector: Connector,
     schema: String,
@@ -137,7 +156,7 @@ pub struct PostgresStore {
 impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The configuration may carry a password: never printed.
-        f.debug_struct("PostgresStore").field("schema", &self.schema).finish_non_exhaustive()
+        f.debug_struct("PostgresStore").field("schema", &self.0.schema).finish_non_exhaustive()
     }
 }
 
@@ -173,6 +192,17 @@ impl PostgresStore {
     /// Connects as `opts` say and creates the tables in its schema if they are missing. A
     /// password in the URL is refused: it belongs in a file, not in a command line.
     pub fn open_with(opts: &PgOptions) -> Result<Self> {
+        off_runtime(|| Inner::open_with(opts)).map(PostgresStore)
+    }
+
+    /// Whether this store's connections are encrypted (as the server reports them).
+    pub fn connection_is_tls(&self) -> Result<bool> {
+        off_runtime(|| self.0.connection_is_tls())
+    }
+}
+
+impl Inner {
+    fn open_with(opts: &PgOptions) -> Result<Self> {
         let schema = opts.schema.as_str();
         if schema.is_empty() || !schema.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
             return Err(StoreError::Backend("the schema name is lowercase letters, digits and _".into()));
@@ -194,12 +224,13 @@ impl PostgresStore {
         } else {
             Connector::Plain
         };
-        let store = PostgresStore { config, connector, schema: schema.to_string(), idle: Mutex::new(Vec::new()) };
+        let store = Inner { config, connector, schema: schema.to_string(), idle: Mutex::new(Vec::new()) };
         let mut c = store.connect_raw()?;
         let mut tx = c.transaction().map_err(be)?;
         // One creator at a time, whichever server starts first.
         tx.execute("SELECT pg_advisory_xact_lock(0, 0)", &[]).map_err(be)?;
-        tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}; SET LOCAL search_path TO {schema};")).map_err(be)?;
+        // "already exists, skipping" notices are not news on every start.
+        tx.batch_execute(&format!("SET LOCAL client_min_messages TO warning; CREATE SCHEMA IF NOT EXISTS {schema}; SET LOCAL search_path TO {schema};")).map_err(be)?;
         tx.batch_execute(SCHEMA).map_err(be)?;
         let epoch = brankas_vault::random_id(16).map_err(|_| StoreError::Backend("no randomness".into()))?;
         tx.execute("INSERT INTO guard_meta (name, value) VALUES ('epoch', $1) ON CONFLICT (name) DO NOTHING", &[&epoch]).map_err(be)?;
@@ -217,8 +248,7 @@ impl PostgresStore {
         .map_err(be)
     }
 
-    /// Whether this store's connections are encrypted (as the server reports them).
-    pub fn connection_is_tls(&self) -> Result<bool> {
+    fn connection_is_tls(&self) -> Result<bool> {
         Ok(self.client()?.get().query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).map_err(be)?.get(0))
     }
 
@@ -251,7 +281,7 @@ fn poisoned() -> StoreError {
 
 /// A pooled connection, returned to the pool when dropped (unless broken).
 struct Pooled<'a> {
-    store: &'a PostgresStore,
+    store: &'a Inner,
     client: Option<Client>,
 }
 
@@ -439,6 +469,180 @@ fn guard_windows(hour: i64, day: i64) -> [i64; 2] {
 }
 
 impl Store for PostgresStore {
+    fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        off_runtime(|| self.0.get_meta(name))
+    }
+
+    fn put_meta(&self, name: &str, value: &[u8]) -> Result<()> {
+        off_runtime(|| self.0.put_meta(name, value))
+    }
+
+    fn get_dek(&self, partition: &PartitionId) -> Result<Option<StoredDek>> {
+        off_runtime(|| self.0.get_dek(partition))
+    }
+
+    fn insert_dek(&self, dek: &StoredDek) -> Result<StoredDek> {
+        off_runtime(|| self.0.insert_dek(dek))
+    }
+
+    fn scan_deks(&self, after: Option<&PartitionId>, limit: usize) -> Result<Vec<StoredDek>> {
+        off_runtime(|| self.0.scan_deks(after, limit))
+    }
+
+    fn replace_dek(&self, old: &StoredDek, new: &StoredDek) -> Result<bool> {
+        off_runtime(|| self.0.replace_dek(old, new))
+    }
+
+    fn erase_partition(&self, partition: &PartitionId) -> Result<u64> {
+        off_runtime(|| self.0.erase_partition(partition))
+    }
+
+    fn current(&self, key: &RecordKey) -> Result<Option<VersionRow>> {
+        off_runtime(|| self.0.current(key))
+    }
+
+    fn version(&self, key: &RecordKey, version: u64) -> Result<Option<VersionRow>> {
+        off_runtime(|| self.0.version(key, version))
+    }
+
+    fn history(&self, key: &RecordKey, before: Option<u64>, limit: usize) -> Result<Vec<VersionRow>> {
+        off_runtime(|| self.0.history(key, before, limit))
+    }
+
+    fn partition_versions(&self, partition: &PartitionId, resource_type: Option<&str>, since_us: Option<i64>, after: Option<&VersionPos>, limit: usize) -> Result<Vec<VersionRow>> {
+        off_runtime(|| self.0.partition_versions(partition, resource_type, since_us, after, limit))
+    }
+
+    fn partition_current(&self, partition: &PartitionId, resource_type: Option<&str>) -> Result<Vec<VersionRow>> {
+        off_runtime(|| self.0.partition_current(partition, resource_type))
+    }
+
+    fn partition_entries(&self, partition: &PartitionId, resource_type: Option<&str>) -> Result<Vec<EntryRow>> {
+        off_runtime(|| self.0.partition_entries(partition, resource_type))
+    }
+
+    fn lookup(&self, term: &BlindTerm) -> Result<Vec<RecordKey>> {
+        off_runtime(|| self.0.lookup(term))
+    }
+
+    fn list_entries(&self, lists: &[[u8; 32]]) -> Result<Vec<ListEntry>> {
+        off_runtime(|| self.0.list_entries(lists))
+    }
+
+    fn commit(&self, batch: &WriteBatch) -> Result<()> {
+        off_runtime(|| self.0.commit(batch))
+    }
+
+    fn commit_many(&self, batches: &[WriteBatch]) -> Result<Vec<Result<()>>> {
+        off_runtime(|| self.0.commit_many(batches))
+    }
+
+    fn use_once(&self, key: &[u8; 32], expires_at_us: i64) -> Result<bool> {
+        off_runtime(|| self.0.use_once(key, expires_at_us))
+    }
+
+    fn get_client(&self, client_id: &str) -> Result<Option<Vec<u8>>> {
+        off_runtime(|| self.0.get_client(client_id))
+    }
+
+    fn put_client(&self, client_id: &str, doc: &[u8]) -> Result<()> {
+        off_runtime(|| self.0.put_client(client_id, doc))
+    }
+
+    fn list_clients(&self) -> Result<Vec<String>> {
+        off_runtime(|| self.0.list_clients())
+    }
+
+    fn audit_head(&self) -> Result<Option<AuditHead>> {
+        off_runtime(|| self.0.audit_head())
+    }
+
+    fn audit_append(&self, append: &AuditAppend) -> Result<()> {
+        off_runtime(|| self.0.audit_append(append))
+    }
+
+    fn audit_rows(&self, from: u64, limit: usize) -> Result<Vec<AuditRow>> {
+        off_runtime(|| self.0.audit_rows(from, limit))
+    }
+
+    fn audit_nodes(&self, level: u8, from: u64, limit: usize) -> Result<Vec<(u64, [u8; 32])>> {
+        off_runtime(|| self.0.audit_nodes(level, from, limit))
+    }
+
+    fn audit_checkpoints(&self, from_size: u64, limit: usize) -> Result<Vec<AuditCheckpointRow>> {
+        off_runtime(|| self.0.audit_checkpoints(from_size, limit))
+    }
+
+    fn audit_latest_checkpoint(&self) -> Result<Option<AuditCheckpointRow>> {
+        off_runtime(|| self.0.audit_latest_checkpoint())
+    }
+
+    fn audit_by_partition(&self, partition: &PartitionId, before: Option<u64>, limit: usize) -> Result<Vec<AuditRow>> {
+        off_runtime(|| self.0.audit_by_partition(partition, before, limit))
+    }
+
+    fn audit_by_actor(&self, actor: &[u8; 32], before: Option<u64>, limit: usize) -> Result<Vec<AuditRow>> {
+        off_runtime(|| self.0.audit_by_actor(actor, before, limit))
+    }
+
+    fn audit_latest(&self, before: Option<u64>, limit: usize) -> Result<Vec<AuditRow>> {
+        off_runtime(|| self.0.audit_latest(before, limit))
+    }
+
+    fn audit_archived(&self) -> Result<Option<(u64, String)>> {
+        off_runtime(|| self.0.audit_archived())
+    }
+
+    fn audit_archive(&self, to: u64, note: &str) -> Result<()> {
+        off_runtime(|| self.0.audit_archive(to, note))
+    }
+
+    fn guard_admit(&self, client: &str, hour: i64, day: i64, partitions: &[PartitionId], per_hour: u32, per_day: u32) -> Result<GuardAdmission> {
+        off_runtime(|| self.0.guard_admit(client, hour, day, partitions, per_hour, per_day))
+    }
+
+    fn guard_usage(&self, client: &str, hour: i64, day: i64) -> Result<(u32, u32)> {
+        off_runtime(|| self.0.guard_usage(client, hour, day))
+    }
+
+    fn canary_add(&self, partitions: &[PartitionId]) -> Result<()> {
+        off_runtime(|| self.0.canary_add(partitions))
+    }
+
+    fn canaries_among(&self, partitions: &[PartitionId]) -> Result<Vec<PartitionId>> {
+        off_runtime(|| self.0.canaries_among(partitions))
+    }
+
+    fn guard_address(&self, client: &str, address: &str, now_us: i64) -> Result<(bool, u32)> {
+        off_runtime(|| self.0.guard_address(client, address, now_us))
+    }
+
+    fn guard_bump(&self, client: &str, counter: &str, day: i64) -> Result<u32> {
+        off_runtime(|| self.0.guard_bump(client, counter, day))
+    }
+
+    fn alert_add(&self, alert: &AlertRow) -> Result<u64> {
+        off_runtime(|| self.0.alert_add(alert))
+    }
+
+    fn alerts(&self, before: Option<u64>, limit: usize) -> Result<Vec<AlertRow>> {
+        off_runtime(|| self.0.alerts(before, limit))
+    }
+
+    fn state_counters(&self) -> Result<StateCounters> {
+        off_runtime(|| self.0.state_counters())
+    }
+
+    fn versions_present(&self) -> Result<u64> {
+        off_runtime(|| self.0.versions_present())
+    }
+
+    fn canaries(&self) -> Result<Vec<PartitionId>> {
+        off_runtime(|| self.0.canaries())
+    }
+}
+
+impl Store for Inner {
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.client()?.get().query_opt("SELECT value FROM meta WHERE name = $1", &[&name]).map_err(be)?.map(|r| r.get(0)))
     }

@@ -25,6 +25,7 @@ fn file_len(p: &Path) -> u64 {
 }
 
 pub(crate) fn archive(data_dir: &Path, key_file: Option<&Path>, before: Option<&str>, up_to: Option<u64>, out: &Path) -> Result<()> {
+    crate::sqlite_only("brankas audit archive")?;
     let o = crate::open(data_dir, key_file)?;
     let cut = match (before, up_to) {
         (Some(t), None) => position_at(&*o.store, brankas_audit::breach::parse_time(t).context("--before must be RFC 3339 or YYYY-MM-DD")?)?,

@@ -157,6 +157,7 @@ fn walk(root: &Path) -> Result<Vec<PathBuf>> {
 
 /// `brankas backup`: prints one JSON object.
 pub(crate) fn backup(data_dir: &Path, key_file: Option<&Path>, out: &Path) -> Result<()> {
+    crate::sqlite_only("brankas backup")?;
     let start = Instant::now();
     if !empty_or_absent(out)? {
         bail!("{} is not empty: a backup goes into a new or empty directory", out.display());
@@ -283,6 +284,7 @@ fn check_manifest(dir: &Path, m: &Value) -> Result<()> {
 
 /// `brankas restore`: prints one JSON object.
 pub(crate) fn restore(from: &Path, data_dir: &Path, key_file: Option<&Path>, reason: Option<String>, force: bool) -> Result<()> {
+    crate::sqlite_only("brankas restore")?;
     let start = Instant::now();
     let mtext = std::fs::read_to_string(from.join(MANIFEST)).with_context(|| format!("{} is not a backup (no {MANIFEST})", from.display()))?;
     let manifest: Value = serde_json::from_str(&mtext).context("the backup's manifest is not readable")?;

@@ -53,6 +53,7 @@ fn banner(base: &str, curl: &str, cid: &str, secret: &str, token: &str) -> Strin
 }
 
 pub fn run(data_dir: &Path, key_file: Option<&Path>, listen: SocketAddr, insecure_http: bool) -> Result<()> {
+    crate::sqlite_only("brankas demo")?;
     if !data_dir.join(crate::DB_FILE).exists() {
         init(data_dir, key_file)?;
         let o = open(data_dir, key_file)?;

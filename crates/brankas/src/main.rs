@@ -36,6 +36,87 @@ use clap::{Args, Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    #[command(flatten)]
+    database: DatabaseArgs,
+}
+
+/// Where the deployment's store is: `<data-dir>/brankas.db` (the embedded default), or a
+/// PostgreSQL database shared by several servers (scale-out). Accepted by every command that
+/// opens a deployment.
+#[derive(Args, Clone, Debug)]
+struct DatabaseArgs {
+    /// The store in PostgreSQL instead of the data directory's SQLite file:
+    /// `postgres://USER@HOST:PORT/DB` (add `?sslmode=require` for TLS). No password here: see
+    /// --database-password-file. The data directory still holds this server's own files
+    /// (TLS material, attachments).
+    #[arg(long, global = true, env = "BRANKAS_DATABASE_URL")]
+    database: Option<String>,
+    /// A file whose first line is the database password.
+    #[arg(long, global = true, env = "BRANKAS_DATABASE_PASSWORD_FILE", requires = "database")]
+    database_password_file: Option<PathBuf>,
+    /// PEM certificates of the authority the database's TLS certificate must chain to (TLS is
+    /// then required).
+    #[arg(long, global = true, env = "BRANKAS_DATABASE_CA_FILE", requires = "database")]
+    database_ca_file: Option<PathBuf>,
+    /// The schema holding the deployment's tables.
+    #[arg(long, global = true, env = "BRANKAS_DATABASE_SCHEMA", default_value = "brankas", requires = "database")]
+    database_schema: String,
+}
+
+/// The deployment's PostgreSQL store, when the command line names one: set once, before any
+/// command runs, and read by every opening of the store ([`open_store`]).
+static DATABASE: std::sync::OnceLock<brankas_store::PgOptions> = std::sync::OnceLock::new();
+
+impl DatabaseArgs {
+    fn install(&self) -> Result<()> {
+        let Some(url) = &self.database else { return Ok(()) };
+        let password = self
+            .database_password_file
+            .as_deref()
+            .map(|p| -> Result<zeroize::Zeroizing<String>> {
+                let raw = zeroize::Zeroizing::new(std::fs::read_to_string(p).with_context(|| format!("reading the database password file {}", p.display()))?);
+                Ok(zeroize::Zeroizing::new(raw.lines().next().unwrap_or_default().to_string()))
+            })
+            .transpose()?;
+        let opts = brankas_store::PgOptions { url: url.clone(), schema: self.database_schema.clone(), password, ca_file: self.database_ca_file.clone() };
+        DATABASE.set(opts).map_err(|_| anyhow::anyhow!("the database is chosen once"))?;
+        Ok(())
+    }
+}
+
+/// Opens the deployment's store: the PostgreSQL database the command line names, or the data
+/// directory's SQLite file. `created`: whether it must be new (`init`) or already initialised.
+pub(crate) fn open_store(data_dir: &Path, created: bool) -> Result<Arc<dyn Store>> {
+    let store: Arc<dyn Store> = match DATABASE.get() {
+        Some(opts) => Arc::new(brankas_store::PostgresStore::open_with(opts).context("opening the PostgreSQL store")?),
+        None => {
+            let db = data_dir.join(DB_FILE);
+            if db.exists() == created {
+                if created {
+                    bail!("{} is already initialised", data_dir.display());
+                }
+                bail!("{} is not initialised: run `brankas init --data-dir {}` first", data_dir.display(), data_dir.display());
+            }
+            return Ok(Arc::new(SqliteStore::open(&db)?));
+        }
+    };
+    let has_root = store.get_meta(ROOT_META)?.is_some();
+    if created && has_root {
+        bail!("the database is already initialised");
+    }
+    if !created && !has_root {
+        bail!("the database is not initialised: run `brankas init --database ...` first");
+    }
+    Ok(store)
+}
+
+/// Refuses a command that works on the data directory's SQLite files when the store is in
+/// PostgreSQL (its own tools back up and check it).
+pub(crate) fn sqlite_only(what: &str) -> Result<()> {
+    if DATABASE.get().is_some() {
+        bail!("{what} works on the embedded store's files; a PostgreSQL store is backed up with pg_dump or its own backup tools, and checked by `brankas audit verify`");
+    }
+    Ok(())
 }
 
 #[derive(Args, Clone)]
@@ -434,6 +515,7 @@ fn main() -> Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BRANKAS_LOG").unwrap_or_else(|_| "info".into()))
         .init();
     let cli = Cli::parse();
+    cli.database.install()?;
     match cli.cmd {
         Cmd::Init(d) => {
             let creds = init(&d.data_dir, d.key_file.as_deref())?;
@@ -617,12 +699,8 @@ impl Opened {
 /// The store and the vault of a data directory, without starting anything.
 fn open_vault(data_dir: &Path, key_file: Option<&Path>) -> Result<(Arc<dyn Store>, Arc<Vault>)> {
     let kp = key_path(data_dir, key_file)?;
-    let db = data_dir.join(DB_FILE);
-    if !db.exists() {
-        bail!("{} is not initialised: run `brankas init --data-dir {}` first", data_dir.display(), data_dir.display());
-    }
+    let store = open_store(data_dir, false)?;
     let provider: Arc<dyn KeyProvider> = Arc::new(KeyFile::open(&kp).with_context(|| format!("opening key file {}", kp.display()))?);
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db)?);
     let root = store.get_meta(ROOT_META)?.context("the data directory has no system root key")?;
     let vault = Arc::new(erase::attach(Vault::open(provider, &WrappedKey::from_bytes(&root)?).context("the key file does not open this data directory")?, &kp)?);
     Ok((store, vault))
@@ -802,12 +880,8 @@ pub(crate) fn operator_act(
 /// anchor (refused if behind, unless `accept` gives the operator's reason).
 pub(crate) fn open_with(data_dir: &Path, key_file: Option<&Path>, attachments: brankas_engine::AttachmentLimits, accept: Option<String>) -> Result<Opened> {
     let kp = key_path(data_dir, key_file)?;
-    let db = data_dir.join(DB_FILE);
-    if !db.exists() {
-        bail!("{} is not initialised: run `brankas init --data-dir {}` first", data_dir.display(), data_dir.display());
-    }
+    let sqlite = open_store(data_dir, false)?;
     let provider: Arc<dyn KeyProvider> = Arc::new(KeyFile::open(&kp).with_context(|| format!("opening key file {}", kp.display()))?);
-    let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&db)?);
     let root = sqlite.get_meta(ROOT_META)?.context("the data directory has no system root key")?;
     let vault = Arc::new(erase::attach(Vault::open(provider, &WrappedKey::from_bytes(&root)?).context("the key file does not open this data directory")?, &kp)?);
     erase::apply_erasure_ledger(&*sqlite, &vault)?;
@@ -835,17 +909,13 @@ pub(crate) fn init(data_dir: &Path, key_file: Option<&Path>) -> Result<brankas_a
         std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))?;
     }
     let kp = key_path(data_dir, key_file)?;
-    let db = data_dir.join(DB_FILE);
-    if db.exists() {
-        bail!("{} is already initialised", data_dir.display());
-    }
+    let store = open_store(data_dir, true)?;
     let provider: Arc<dyn KeyProvider> = if kp.exists() {
         Arc::new(KeyFile::open(&kp)?)
     } else {
         eprintln!("created master key file {} (keep it outside backups of the data directory)", kp.display());
         Arc::new(KeyFile::create(&kp)?)
     };
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db)?);
     let (vault, root) = Vault::create(provider)?;
     let vault = erase::attach(vault, &kp)?;
     store.put_meta(ROOT_META, &root.to_bytes())?;

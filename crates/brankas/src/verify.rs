@@ -94,6 +94,7 @@ struct Record {
 
 /// `brankas verify`: prints one JSON object; exit 0 only when everything opens and matches.
 pub(crate) fn run(data_dir: &Path, key_file: Option<&Path>) -> Result<()> {
+    crate::sqlite_only("brankas verify")?;
     let start = Instant::now();
     let kp = key_path(data_dir, key_file)?;
     let db = data_dir.join(DB_FILE);

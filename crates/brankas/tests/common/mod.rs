@@ -30,13 +30,27 @@ pub struct Instance {
     /// approves every registration the tests make through [`Instance::register`].
     pub officer_id: String,
     pub officer_secret: String,
+    /// Options every command of this instance takes (e.g. `--database URL`).
+    pub extra: Vec<String>,
 }
 
 impl Instance {
     pub fn init() -> Self {
+        Self::init_with(&[])
+    }
+
+    /// [`Instance::init`] with options every command of the instance then takes (the
+    /// scale-out tests' `--database URL --database-schema S`).
+    pub fn init_with(extra: &[&str]) -> Self {
         let root = tempfile::tempdir().expect("tempdir");
-        let out =
-            Command::new(BIN).args(["init", "--data-dir"]).arg(root.path().join("data")).arg("--key-file").arg(root.path().join("master.key")).output().expect("run brankas init");
+        let out = Command::new(BIN)
+            .args(["init", "--data-dir"])
+            .arg(root.path().join("data"))
+            .arg("--key-file")
+            .arg(root.path().join("master.key"))
+            .args(extra)
+            .output()
+            .expect("run brankas init");
         assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
         let admin: Value = serde_json::from_slice(&out.stdout).expect("init prints JSON");
         let mut inst = Self {
@@ -46,6 +60,7 @@ impl Instance {
             admin_secret: admin["client_secret"].as_str().unwrap().into(),
             officer_id: String::new(),
             officer_secret: String::new(),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
             root,
         };
         let officer = inst.register_pending(&["--name", "harness officer", "--role", "security-officer", "--scopes", "system/AuditEvent.rs"]);
@@ -120,20 +135,27 @@ impl Instance {
     }
     /// Runs a CLI subcommand against this instance's data directory and key file.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(BIN).args(args).arg("--data-dir").arg(self.data_dir()).arg("--key-file").arg(self.key_file()).output().expect("run brankas")
+        Command::new(BIN).args(args).arg("--data-dir").arg(self.data_dir()).arg("--key-file").arg(self.key_file()).args(&self.extra).output().expect("run brankas")
     }
     /// Starts `brankas serve --insecure-http` on a free loopback port.
     pub fn serve(&self) -> Server {
         self.serve_with(&["--insecure-http"])
     }
     pub fn serve_with(&self, extra: &[&str]) -> Server {
+        self.serve_in(&self.data_dir(), extra)
+    }
+
+    /// A server of this instance with `data_dir` as its own directory (a second server of a
+    /// deployment whose store is elsewhere).
+    pub fn serve_in(&self, data_dir: &Path, extra: &[&str]) -> Server {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_file()).unwrap();
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(self.data_dir())
+            .arg(data_dir)
             .arg("--key-file")
             .arg(self.key_file())
             .args(extra)
+            .args(&self.extra)
             .env("BRANKAS_LOG", "debug")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
