@@ -62,6 +62,21 @@ fn a_deployment_on_postgres_serves_from_any_server_and_its_dump_holds_no_plainte
     // A NIK held on one server is held on all of them.
     let (st, dup) = b.call(&token, reqwest::Method::POST, "Patient", Some(&patient(nik, "Lain")), &[]);
     assert_eq!(st, 409, "{dup}");
+    // A budget is one budget, whichever server a request reaches: a client allowed two
+    // patients an hour reads one on each server, and the third, on either, is refused.
+    let mut ids = Vec::new();
+    for (n, family) in [("3171054708900011", "Wibowo"), ("3171054708900029", "Santoso"), ("3171054708900037", "Halim")] {
+        let mut q = patient(n, family);
+        q["managingOrganization"] = serde_json::json!({"reference": "Organization/test-facility"});
+        ids.push(a.create(&q)["id"].as_str().unwrap().to_string());
+    }
+    let budgeted = inst.budgeted_facility(&a, "reader", 2, 100, &["--on-exceed", "throttle"]);
+    // A token from one server is good on the other (both sign with the deployment's keys).
+    let token_b = budgeted.token.clone();
+    assert_eq!(a.get_as(&budgeted.token, &format!("Patient/{}", ids[0])).0, 200);
+    assert_eq!(b.get_as(&token_b, &format!("Patient/{}", ids[1])).0, 200);
+    assert_eq!(a.get_as(&budgeted.token, &format!("Patient/{}", ids[2])).0, 429);
+    assert_eq!(b.get_as(&token_b, &format!("Patient/{}", ids[2])).0, 429);
     // Both servers append one audit log.
     let out = inst.cli(&["audit", "verify"]);
     assert!(out.status.success(), "audit verify: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
