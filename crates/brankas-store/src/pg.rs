@@ -15,10 +15,12 @@
 //! *Architecture invariant:* as for every backend, this module never sees plaintext or keys:
 //! rows arrive sealed and keys wrapped.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use postgres::error::SqlState;
-use postgres::{Client, NoTls, Transaction};
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Row, Statement, Transaction};
 
 use crate::{
     AlertRow, AuditAppend, AuditCheckpointRow, AuditHead, AuditRow, BlindTerm, EntryRow, Expect, GuardAdmission, ListEntry, PartitionId, RecordKey, Result, StateCounters, Store,
@@ -150,7 +152,7 @@ struct Inner {
     config: postgres::Config,
     connector: Connector,
     schema: String,
-    idle: Mutex<Vec<Client>>,
+    idle: Mutex<Vec<Conn>>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -236,7 +238,7 @@ impl Inner {
         tx.execute("INSERT INTO guard_meta (name, value) VALUES ('epoch', $1) ON CONFLICT (name) DO NOTHING", &[&epoch]).map_err(be)?;
         tx.commit().map_err(be)?;
         c.batch_execute(&format!("SET search_path TO {schema}")).map_err(be)?;
-        store.idle.lock().map_err(|_| poisoned())?.push(c);
+        store.idle.lock().map_err(|_| poisoned())?.push(Conn { client: c, stmts: HashMap::new() });
         Ok(store)
     }
 
@@ -255,18 +257,18 @@ impl Inner {
     fn client(&self) -> Result<Pooled<'_>> {
         let idle = self.idle.lock().map_err(|_| poisoned())?.pop();
         let c = match idle {
-            Some(c) if !c.is_closed() => c,
+            Some(c) if !c.client.is_closed() => c,
             _ => {
                 let mut c = self.connect_raw()?;
                 c.batch_execute(&format!("SET search_path TO {}", self.schema)).map_err(be)?;
-                c
+                Conn { client: c, stmts: HashMap::new() }
             }
         };
-        Ok(Pooled { store: self, client: Some(c) })
+        Ok(Pooled { store: self, conn: Some(c) })
     }
 
     /// Runs `f` in a transaction, committed when it returns `Ok`.
-    fn tx<T>(&self, f: impl FnOnce(&mut Transaction<'_>) -> Result<T>) -> Result<T> {
+    fn tx<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T>) -> Result<T> {
         let mut c = self.client()?;
         let mut tx = c.get().transaction().map_err(be)?;
         let out = f(&mut tx)?;
@@ -282,19 +284,95 @@ fn poisoned() -> StoreError {
 /// A pooled connection, returned to the pool when dropped (unless broken).
 struct Pooled<'a> {
     store: &'a Inner,
-    client: Option<Client>,
+    conn: Option<Conn>,
 }
 
 impl Pooled<'_> {
-    fn get(&mut self) -> &mut Client {
-        self.client.as_mut().expect("a pooled connection is present until dropped")
+    fn get(&mut self) -> &mut Conn {
+        self.conn.as_mut().expect("a pooled connection is present until dropped")
+    }
+}
+
+/// A connection and the statements prepared on it: each query is parsed and planned once per
+/// connection, not on every call (the statements are the module's own, a bounded set).
+struct Conn {
+    client: Client,
+    stmts: HashMap<String, Statement>,
+}
+
+type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
+
+/// The prepared statement for `sql`, prepared on first use through `prepare`.
+fn cached(stmts: &mut HashMap<String, Statement>, sql: &str, prepare: impl FnOnce(&str) -> Result<Statement, postgres::Error>) -> Result<Statement, postgres::Error> {
+    if let Some(st) = stmts.get(sql) {
+        return Ok(st.clone());
+    }
+    let st = prepare(sql)?;
+    stmts.insert(sql.to_string(), st.clone());
+    Ok(st)
+}
+
+impl Conn {
+    fn query(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, postgres::Error> {
+        let st = cached(&mut self.stmts, sql, |q| self.client.prepare(q))?;
+        self.client.query(&st, params)
+    }
+    fn query_opt(&mut self, sql: &str, params: Params<'_>) -> Result<Option<Row>, postgres::Error> {
+        let st = cached(&mut self.stmts, sql, |q| self.client.prepare(q))?;
+        self.client.query_opt(&st, params)
+    }
+    fn query_one(&mut self, sql: &str, params: Params<'_>) -> Result<Row, postgres::Error> {
+        let st = cached(&mut self.stmts, sql, |q| self.client.prepare(q))?;
+        self.client.query_one(&st, params)
+    }
+    fn execute(&mut self, sql: &str, params: Params<'_>) -> Result<u64, postgres::Error> {
+        let st = cached(&mut self.stmts, sql, |q| self.client.prepare(q))?;
+        self.client.execute(&st, params)
+    }
+    fn transaction(&mut self) -> Result<Tx<'_>, postgres::Error> {
+        let Conn { client, stmts } = self;
+        Ok(Tx { tx: client.transaction()?, stmts })
+    }
+}
+
+/// A transaction (or savepoint) on a [`Conn`], with its statement cache.
+struct Tx<'a> {
+    tx: Transaction<'a>,
+    stmts: &'a mut HashMap<String, Statement>,
+}
+
+impl Tx<'_> {
+    fn query(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, postgres::Error> {
+        let st = cached(self.stmts, sql, |q| self.tx.prepare(q))?;
+        self.tx.query(&st, params)
+    }
+    fn query_opt(&mut self, sql: &str, params: Params<'_>) -> Result<Option<Row>, postgres::Error> {
+        let st = cached(self.stmts, sql, |q| self.tx.prepare(q))?;
+        self.tx.query_opt(&st, params)
+    }
+    fn query_one(&mut self, sql: &str, params: Params<'_>) -> Result<Row, postgres::Error> {
+        let st = cached(self.stmts, sql, |q| self.tx.prepare(q))?;
+        self.tx.query_one(&st, params)
+    }
+    fn execute(&mut self, sql: &str, params: Params<'_>) -> Result<u64, postgres::Error> {
+        let st = cached(self.stmts, sql, |q| self.tx.prepare(q))?;
+        self.tx.execute(&st, params)
+    }
+    fn savepoint(&mut self, name: &str) -> Result<Tx<'_>, postgres::Error> {
+        Ok(Tx { tx: self.tx.savepoint(name)?, stmts: &mut *self.stmts })
+    }
+    fn commit(self) -> Result<(), postgres::Error> {
+        self.tx.commit()
+    }
+    fn rollback(self) -> Result<(), postgres::Error> {
+        self.tx.rollback()
     }
 }
 
 impl Drop for Pooled<'_> {
     fn drop(&mut self) {
-        if let Some(c) = self.client.take()
-            && !c.is_closed()
+        if let Some(c) = self.conn.take()
+            && !c.client.is_closed()
             && let Ok(mut idle) = self.store.idle.lock()
             && idle.len() < POOL
         {
@@ -355,7 +433,7 @@ const CURRENT_SQL: &str = "SELECT v.rkey, v.version, v.partition, v.rtype, v.del
 
 /// Applies one batch inside `tx`; a failed expectation is returned for the caller to roll
 /// back.
-fn apply(tx: &mut Transaction<'_>, batch: &WriteBatch) -> Result<()> {
+fn apply(tx: &mut Tx<'_>, batch: &WriteBatch) -> Result<()> {
     for d in &batch.deks {
         let bytes = d.wrapped.to_bytes();
         let n = tx.execute("INSERT INTO deks (partition, wrapped) VALUES ($1, $2) ON CONFLICT (partition) DO NOTHING", &[&&d.partition.0[..], &bytes]).map_err(be)?;
