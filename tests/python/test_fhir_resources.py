@@ -37,6 +37,16 @@ class Session:
             return v
         return None
 
+    def call_with_next_page(self, path):
+        """GET a Bundle and, when it has a next link, its next page: both must be valid R4."""
+        b = self.call("GET", path, expect=200)
+        nxt = [link["url"] for link in b.get("link", []) if link["relation"] == "next"]
+        if nxt:
+            r = requests.get(nxt[0], headers=self.headers, timeout=60)
+            assert r.status_code == 200, r.text
+            construct_fhir_element("Bundle", r.json())
+            self.checked += 1
+
 
 @pytest.fixture(scope="module")
 def s(server):
@@ -85,12 +95,7 @@ def test_every_answer_parses_as_r4(s):
         f"Patient/{pid}/$everything?_type=Observation&_since=2020-01-01",
     ]
     for path in bundle_paths:
-        b = s.call("GET", path, expect=200)
-        nxt = [link["url"] for link in b.get("link", []) if link["relation"] == "next"]
-        if nxt:
-            r = requests.get(nxt[0], headers=s.headers, timeout=60)
-            assert r.status_code == 200, r.text
-            construct_fhir_element("Bundle", r.json())
+        s.call_with_next_page(path)
     # Writes: update, PATCH (both kinds), conditional update, delete.
     o = s.call("GET", f"Observation/{obs_ids[1]}")
     o["status"] = "amended"
@@ -104,12 +109,7 @@ def test_every_answer_parses_as_r4(s):
     # Histories of the record (with its update, patches and delete) and of the directory.
     for path in [f"Observation/_history?patient={pid}", f"_history?patient={pid}&_count=3", f"Practitioner/_history",
                  f"Observation/_history?patient={pid}&_since=2020-01-01", f"Observation/{obs_ids[2]}/_history"]:
-        b = s.call("GET", path, expect=200)
-        nxt = [link["url"] for link in b.get("link", []) if link["relation"] == "next"]
-        if nxt:
-            r = requests.get(nxt[0], headers=s.headers, timeout=60)
-            assert r.status_code == 200, r.text
-            construct_fhir_element("Bundle", r.json())
+        s.call_with_next_page(path)
     # Bundles: a transaction with a read, a search and a patch; a batch with a failure.
     patch = base64.b64encode(json.dumps([{"op": "add", "path": "/valueQuantity/comparator", "value": ">"}]).encode()).decode()
     s.call("POST", "", {"resourceType": "Bundle", "type": "transaction", "entry": [

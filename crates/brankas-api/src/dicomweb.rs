@@ -647,13 +647,15 @@ async fn thumbnail_instance(State(st): St, Extension(who): Extension<Principal>,
 /// Whether a `frames` request accepts the frames of an instance stored in transfer syntax
 /// `ts` as stored (compressed): its Accept names `transfer-syntax=*` or `ts` itself, or the
 /// bitstream's media type (`image/jpeg`, `image/jls`, `image/jp2`, `image/dicom-rle`)
-/// without another transfer syntax. Otherwise the frames are decoded to native samples, the
-/// default of PS3.18 (§8.7.3.5.2: `application/octet-stream`, Explicit VR Little Endian).
-fn frames_as_stored(headers: &HeaderMap, ts: &str) -> bool {
+/// without another transfer syntax; then the media type its parts are labelled with (the
+/// accepting range's: `application/octet-stream`, else the bitstream's). Otherwise (`None`)
+/// the frames are decoded to native samples, the default of PS3.18 (§8.7.3.5.2:
+/// `application/octet-stream`, Explicit VR Little Endian).
+fn frames_as_stored(headers: &HeaderMap, ts: &str) -> Option<&'static str> {
     let accept = headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(",").to_ascii_lowercase();
     let stored_type = brankas_dicom::render::frame_media_type(ts);
     // Parameters of one media range (`type`, `transfer-syntax`): quoted or not, split on `;`.
-    accept.split(',').any(|range| {
+    accept.split(',').find_map(|range| {
         let mut parts = range.split(';').map(str::trim);
         let media = parts.next().unwrap_or_default();
         let mut kind = media.to_string();
@@ -667,11 +669,12 @@ fn frames_as_stored(headers: &HeaderMap, ts: &str) -> bool {
                 _ => {}
             }
         }
-        match syntax.as_deref() {
+        let takes = match syntax.as_deref() {
             Some("*") => true,
             Some(t) => t == ts,
             None => kind == stored_type && kind != "application/octet-stream",
-        }
+        };
+        takes.then_some(if kind == "application/octet-stream" { "application/octet-stream" } else { stored_type })
     })
 }
 
@@ -694,10 +697,9 @@ async fn frames_instance(
     }
     let parsed = parsed_instance(&st, &who, &ctx, study, series, sop).await?;
     let ts = parsed.instance.transfer_syntax.clone();
-    let as_stored = !brankas_dicom::render::is_native(&parsed) && frames_as_stored(&headers, &ts);
-    let part_type = if as_stored {
-        let asked_octets = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/octet-stream"));
-        let media = if asked_octets { "application/octet-stream" } else { brankas_dicom::render::frame_media_type(&ts) };
+    let stored_as = if brankas_dicom::render::is_native(&parsed) { None } else { frames_as_stored(&headers, &ts) };
+    let as_stored = stored_as.is_some();
+    let part_type = if let Some(media) = stored_as {
         format!("{media}; transfer-syntax={ts}")
     } else if brankas_dicom::render::is_native(&parsed) {
         "application/octet-stream".to_string()

@@ -92,7 +92,8 @@ fn key32(b: &[u8]) -> Result<[u8; 32]> {
     b.try_into().map_err(|_| StoreError::Corrupt)
 }
 
-/// The first eight bytes of a keyed hash, as an advisory lock's key.
+/// The first four bytes of a keyed hash, as an advisory lock's key (collisions only make two
+/// unrelated terms wait for each other).
 fn lock_key(b: &[u8]) -> i32 {
     i32::from_le_bytes([b[0], b[1], b[2], b[3]])
 }
